@@ -1,0 +1,129 @@
+//! SDK configuration: endpoints, timeouts and the refresh and retry policies.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::policy::{RefreshPolicy, RetryPolicy};
+
+/// The production Webex API base URL.
+pub const DEFAULT_BASE_URL: &str = "https://webexapis.com/v1";
+
+/// The project's environment variables (beyond the seed's `WEBEX_*` credentials).
+pub mod env {
+    /// API base URL; the authorize and token URLs derive from it.
+    pub const BASE_URL: &str = "BYOVA_BASE_URL";
+    /// Storage URL: `memory:`, `file:///dir`, `sqlite:///path.db`, `postgres://…`, `mysql://…`,
+    /// `redis://…`.
+    pub const STORAGE: &str = "BYOVA_STORAGE";
+}
+
+/// SDK configuration (the seed's `BYOVAConfig`). `Default` is production Webex.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ByovaConfig {
+    /// API base URL, without a trailing slash (`https://webexapis.com/v1`).
+    pub base_url: String,
+    /// The browser authorization endpoint.
+    pub authorize_url: String,
+    /// The token endpoint.
+    pub token_url: String,
+    /// The Webex region used in derived ids (`us`).
+    pub region: String,
+    /// Timeout for one HTTP request.
+    pub timeout: Duration,
+    /// When tokens count as expired and when they are refreshed ahead of time.
+    pub refresh: RefreshPolicy,
+    /// How failed requests are retried.
+    pub retry: RetryPolicy,
+}
+
+impl Default for ByovaConfig {
+    fn default() -> Self {
+        Self::derived(DEFAULT_BASE_URL.to_owned())
+    }
+}
+
+impl ByovaConfig {
+    /// A configuration for another API base (a fake server, FedRAMP), deriving
+    /// `{base}/authorize` and `{base}/access_token`.
+    ///
+    /// ```
+    /// let config = byova_core::ByovaConfig::with_base_url("http://127.0.0.1:8080/v1/")?;
+    /// assert_eq!(config.token_url, "http://127.0.0.1:8080/v1/access_token");
+    /// # Ok::<(), byova_core::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when the URL is not `http://` or `https://` with a host.
+    pub fn with_base_url(base_url: &str) -> Result<Self> {
+        let trimmed = base_url.trim().trim_end_matches('/');
+        let rest = trimmed.strip_prefix("https://").or_else(|| trimmed.strip_prefix("http://")).ok_or_else(
+            || Error::Configuration(format!("base URL {trimmed:?} must start with https:// or http://")),
+        )?;
+        if rest.is_empty() || rest.starts_with('/') || trimmed.contains(['?', '#', ' ']) {
+            return Err(Error::Configuration(format!(
+                "base URL {trimmed:?} needs a host and no query string"
+            )));
+        }
+        Ok(Self::derived(trimmed.to_owned()))
+    }
+
+    fn derived(base_url: String) -> Self {
+        Self {
+            authorize_url: format!("{base_url}/authorize"),
+            token_url: format!("{base_url}/access_token"),
+            base_url,
+            region: "us".to_owned(),
+            timeout: Duration::from_secs(30),
+            refresh: RefreshPolicy::default(),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Builds the configuration from `BYOVA_BASE_URL` via `lookup` (production when unset).
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when the variable holds an unusable URL.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        match lookup(env::BASE_URL).filter(|v| !v.trim().is_empty()) {
+            Some(url) => {
+                Self::with_base_url(&url).map_err(|e| Error::Configuration(format!("{}: {e}", env::BASE_URL)))
+            }
+            None => Ok(Self::default()),
+        }
+    }
+
+    /// `{base_url}/{path}`.
+    pub fn api_url(&self, path: &str) -> String {
+        format!("{}/{}", self.base_url, path.trim_start_matches('/'))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_production_webex() {
+        let c = ByovaConfig::default();
+        assert_eq!(c.base_url, "https://webexapis.com/v1");
+        assert_eq!(c.authorize_url, "https://webexapis.com/v1/authorize");
+        assert_eq!(c.token_url, "https://webexapis.com/v1/access_token");
+        assert_eq!(c.region, "us");
+    }
+
+    #[test]
+    fn bad_base_urls_are_typed_errors() {
+        for bad in ["", "ftp://x", "https://", "http:///v1", "webexapis.com", "https://x/v1?a=b"] {
+            assert!(matches!(ByovaConfig::with_base_url(bad), Err(Error::Configuration(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn lookup_names_the_variable_on_error() {
+        let err = ByovaConfig::from_lookup(|_| Some("nope".into())).unwrap_err();
+        assert!(err.to_string().contains("BYOVA_BASE_URL"));
+        let c = ByovaConfig::from_lookup(|_| None).unwrap();
+        assert_eq!(c.base_url, DEFAULT_BASE_URL);
+    }
+}

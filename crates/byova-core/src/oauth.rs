@@ -1,0 +1,580 @@
+//! Integration OAuth and Service App token requests as values, and the parsing of their
+//! responses, including what every error status means.
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::Deserialize;
+
+use crate::config::ByovaConfig;
+use crate::credentials::{DEFAULT_INTEGRATION_SCOPES, IntegrationCredentials, ServiceAppCredentials};
+use crate::error::{ApiFailure, Error, Result, TokenSubject};
+use crate::http::{HttpRequest, HttpResponse, Method, RetryClass};
+use crate::ids::{derive_application_id_in_region, encode_webex_id};
+use crate::secret::{
+    AccessToken, AuthorizationCode, ClientSecret, CsrfState, PkceCodeVerifier, RefreshToken,
+};
+use crate::time::Timestamp;
+use crate::tokens::OAuthTokens;
+
+/// Token responses larger than this are refused unread.
+pub const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// RFC 3986 unreserved characters stay; everything else is percent-encoded.
+const QUERY: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
+/// A ready authorization request: the URL for the browser and what the redirect must match.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct AuthorizationRequest {
+    /// The URL to open in the browser.
+    pub url: String,
+    /// The `state` the redirect must carry back.
+    pub state: CsrfState,
+    /// The PKCE verifier to send with the code exchange, when PKCE is used.
+    pub pkce_verifier: Option<PkceCodeVerifier>,
+}
+
+impl AuthorizationRequest {
+    /// Builds the authorization URL with fresh randomness: a `state` of 128 random bits unless
+    /// one is given, and (with `pkce`) an S256 challenge from a 43-character verifier.
+    ///
+    /// `scopes: None` requests [`DEFAULT_INTEGRATION_SCOPES`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an empty scope list or a scope containing whitespace.
+    pub fn new(
+        config: &ByovaConfig,
+        credentials: &IntegrationCredentials,
+        scopes: Option<&[&str]>,
+        state: Option<CsrfState>,
+        pkce: bool,
+    ) -> Result<Self> {
+        let state = state.unwrap_or_else(CsrfState::new_random);
+        let verifier = pkce.then(PkceCodeVerifier::new_random);
+        Self::with_parts(config, credentials, scopes, state, verifier)
+    }
+
+    /// [`AuthorizationRequest::new`] with caller-supplied `state` and verifier.
+    ///
+    /// # Errors
+    /// As [`AuthorizationRequest::new`].
+    pub fn with_parts(
+        config: &ByovaConfig,
+        credentials: &IntegrationCredentials,
+        scopes: Option<&[&str]>,
+        state: CsrfState,
+        pkce_verifier: Option<PkceCodeVerifier>,
+    ) -> Result<Self> {
+        let scopes = scopes.unwrap_or(&DEFAULT_INTEGRATION_SCOPES);
+        if scopes.is_empty() || scopes.iter().any(|s| s.is_empty() || s.contains(char::is_whitespace)) {
+            return Err(Error::InvalidInput(
+                "scopes must be a non-empty list of names without whitespace".into(),
+            ));
+        }
+        let enc = |v: &str| utf8_percent_encode(v, QUERY).to_string();
+        let mut url = format!(
+            "{}?response_type=code&client_id={}&redirect_uri={}&scope={}&state={}",
+            config.authorize_url,
+            enc(&credentials.client_id),
+            enc(&credentials.redirect_uri),
+            enc(&scopes.join(" ")),
+            enc(state.expose_secret()),
+        );
+        if let Some(v) = &pkce_verifier {
+            url.push_str("&code_challenge=");
+            url.push_str(&v.s256_challenge());
+            url.push_str("&code_challenge_method=S256");
+        }
+        Ok(Self { url, state, pkce_verifier })
+    }
+}
+
+/// The token-endpoint call exchanging an authorization code (never retried once sent: codes
+/// are single use).
+pub fn code_exchange_request(
+    config: &ByovaConfig,
+    credentials: &IntegrationCredentials,
+    code: &AuthorizationCode,
+    pkce_verifier: Option<&PkceCodeVerifier>,
+) -> HttpRequest {
+    let mut form = vec![
+        ("grant_type", "authorization_code"),
+        ("code", code.expose_secret()),
+        ("redirect_uri", credentials.redirect_uri.as_str()),
+        ("client_id", credentials.client_id.as_str()),
+        ("client_secret", credentials.client_secret.expose_secret()),
+    ];
+    if let Some(v) = pkce_verifier {
+        form.push(("code_verifier", v.expose_secret()));
+    }
+    token_endpoint(config, RetryClass::OnlyIfNotProcessed).form_body(&form)
+}
+
+/// The token-endpoint call refreshing with `refresh_token`, for an Integration or a Service App
+/// (each uses its own client credentials).
+pub fn refresh_request(
+    config: &ByovaConfig,
+    client_id: &str,
+    client_secret: &ClientSecret,
+    refresh_token: &RefreshToken,
+) -> HttpRequest {
+    token_endpoint(config, RetryClass::Idempotent).form_body(&[
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token.expose_secret()),
+        ("client_id", client_id),
+        ("client_secret", client_secret.expose_secret()),
+    ])
+}
+
+fn token_endpoint(config: &ByovaConfig, retry: RetryClass) -> HttpRequest {
+    HttpRequest::new(Method::Post, config.token_url.clone(), retry).header("Accept", "application/json")
+}
+
+/// `POST /applications/{applicationId}/token` with the Integration's bearer: mints Service App
+/// tokens for `org_id` (a UUID; sent as the base64 Webex org id the API reference shows).
+pub fn service_app_token_request(
+    config: &ByovaConfig,
+    credentials: &ServiceAppCredentials,
+    org_id: &str,
+    integration_bearer: &AccessToken,
+) -> HttpRequest {
+    let application_id = derive_application_id_in_region(&config.region, &credentials.client_id);
+    let body = serde_json::json!({
+        "clientId": credentials.client_id,
+        "clientSecret": credentials.client_secret.expose_secret(),
+        "targetOrgId": encode_webex_id(&config.region, "ORGANIZATION", org_id),
+    });
+    HttpRequest::new(
+        Method::Post,
+        config.api_url(&format!("applications/{application_id}/token")),
+        RetryClass::Idempotent,
+    )
+    .header("Accept", "application/json")
+    .secret_header("Authorization", format!("Bearer {}", integration_bearer.expose_secret()))
+    .json_body(&body)
+}
+
+/// Which call a token response answers; it decides what an error status means.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TokenCall {
+    /// An authorization-code exchange.
+    CodeExchange,
+    /// A refresh of the subject's stored refresh token.
+    Refresh(TokenSubject),
+    /// A Service App token fetch for the org.
+    ServiceAppFetch {
+        /// The org asked for.
+        org_id: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Seconds {
+    Number(u64),
+    Text(String),
+}
+
+impl Seconds {
+    fn get(&self) -> Option<u64> {
+        match self {
+            Seconds::Number(n) => Some(*n),
+            Seconds::Text(s) => s.trim().parse().ok(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenBody {
+    access_token: Option<String>,
+    expires_in: Option<Seconds>,
+    token_type: Option<String>,
+    refresh_token: Option<String>,
+    refresh_token_expires_in: Option<Seconds>,
+    scope: Option<String>,
+}
+
+/// Parses a token-endpoint (or Service App token) response. `sent_at` is when the request was
+/// sent: expiry is computed from it.
+///
+/// `access_token` and `expires_in` are required; everything else is optional; unknown keys are
+/// ignored; `token_type` must be `Bearer` in any case.
+///
+/// # Errors
+/// The [`Error`] the status means for `call` (see [`error_from_response`]), or
+/// [`Error::InvalidResponse`] for a 2xx body that is not a usable token response.
+pub fn parse_token_response(
+    response: &HttpResponse,
+    sent_at: Timestamp,
+    call: &TokenCall,
+) -> Result<OAuthTokens> {
+    if !response.is_success() {
+        return Err(error_from_response(response, call));
+    }
+    let invalid = |what: &str| Error::InvalidResponse { what: what.to_owned(), status: response.status };
+    if response.body.len() > MAX_TOKEN_RESPONSE_BYTES {
+        return Err(invalid("the token response is larger than 64 KiB"));
+    }
+    // serde's messages can quote values, so only the fact of failure is kept.
+    let body: TokenBody = serde_json::from_slice(&response.body)
+        .map_err(|_| invalid("the token response is not a JSON object of the expected shape"))?;
+    let access =
+        body.access_token.filter(|t| !t.is_empty()).ok_or_else(|| invalid("access_token is missing"))?;
+    let expires_in = body
+        .expires_in
+        .as_ref()
+        .and_then(Seconds::get)
+        .ok_or_else(|| invalid("expires_in is missing or not a number of seconds"))?;
+    let token_type = body.token_type.unwrap_or_else(|| "Bearer".to_owned());
+    if !token_type.eq_ignore_ascii_case("bearer") {
+        return Err(invalid("token_type is not Bearer"));
+    }
+    let mut tokens = OAuthTokens::new(AccessToken::new(access), expires_in, sent_at);
+    tokens.token_type = "Bearer".to_owned();
+    tokens.scope = body.scope;
+    if let Some(refresh) = body.refresh_token.filter(|t| !t.is_empty()) {
+        let rexp = body.refresh_token_expires_in.as_ref().and_then(Seconds::get);
+        tokens = tokens.with_refresh_token(RefreshToken::new(refresh), rexp);
+    }
+    Ok(tokens)
+}
+
+/// The OAuth error codes of RFC 6749 §5.2 and §4.1.2.1 that byova recognises in a body.
+const OAUTH_ERROR_CODES: [&str; 11] = [
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "access_denied",
+    "server_error",
+    "temporarily_unavailable",
+    "unsupported_response_type",
+    "login_required",
+];
+
+/// Returns the canonical static spelling of a known OAuth error code.
+pub fn known_oauth_error(code: &str) -> Option<&'static str> {
+    OAUTH_ERROR_CODES.iter().copied().find(|c| *c == code)
+}
+
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    error: Option<serde_json::Value>,
+    #[serde(rename = "trackingId")]
+    tracking_id: Option<serde_json::Value>,
+}
+
+/// What a non-2xx answer means, for either Webex error body (`{message, errors, trackingId}`)
+/// or an OAuth one (`{error, error_description}`), or no JSON at all (a 429 may come as HTML).
+///
+/// - 429 and 423 → [`Error::RateLimited`] with `Retry-After` in seconds;
+/// - a refresh answered 400 with `invalid_grant`, or 400 without any OAuth code (Webex's own
+///   shape for a bad refresh token) → [`Error::ReauthorizationRequired`];
+/// - a Service App fetch answered 403 → [`Error::ServiceAppNotAuthorized`];
+/// - `invalid_client`, 401 and 403 → [`Error::Authentication`]; 404 → [`Error::NotFound`];
+///   400/409/415 → [`Error::Validation`]; 5xx → [`Error::Server`].
+pub fn error_from_response(response: &HttpResponse, call: &TokenCall) -> Error {
+    let body: ErrorBody = if response.body.len() <= MAX_TOKEN_RESPONSE_BYTES {
+        serde_json::from_slice(&response.body).unwrap_or_default()
+    } else {
+        ErrorBody::default()
+    };
+    let oauth_error = body.error.as_ref().and_then(|v| v.as_str()).and_then(known_oauth_error);
+    let tracking_id = tracking_id(response)
+        .or_else(|| body.tracking_id.as_ref().and_then(|v| v.as_str()).map(sanitize_tracking_id));
+    let failure = ApiFailure { status: response.status, tracking_id, oauth_error };
+    classify(failure, response.header("Retry-After"), call)
+}
+
+fn classify(failure: ApiFailure, retry_after: Option<&str>, call: &TokenCall) -> Error {
+    match (failure.status, call) {
+        (429 | 423, _) => Error::RateLimited { retry_after: parse_retry_after(retry_after), failure },
+        (400 | 401, TokenCall::Refresh(subject)) if failure.oauth_error == Some("invalid_grant") => {
+            Error::ReauthorizationRequired { subject: subject.clone(), failure }
+        }
+        (400 | 401, _) if failure.oauth_error == Some("invalid_client") => Error::Authentication(failure),
+        (400, TokenCall::Refresh(subject)) if failure.oauth_error.is_none() => {
+            Error::ReauthorizationRequired { subject: subject.clone(), failure }
+        }
+        (403, TokenCall::ServiceAppFetch { org_id }) => {
+            Error::ServiceAppNotAuthorized { org_id: org_id.clone(), failure }
+        }
+        (401 | 403, _) => Error::Authentication(failure),
+        (404, _) => Error::NotFound(failure),
+        (400 | 409 | 415, _) => Error::Validation(failure),
+        (500..=599, _) => Error::Server(failure),
+        _ => Error::UnexpectedStatus(failure),
+    }
+}
+
+/// The error for a non-2xx answer to a call that is not a token call (webhooks and the like).
+pub fn api_error(response: &HttpResponse) -> Error {
+    error_from_response(response, &TokenCall::CodeExchange)
+}
+
+/// `Retry-After` as delay-seconds. The HTTP-date form is not used by Webex and yields `None`,
+/// which the retry policy treats as its default wait.
+pub fn parse_retry_after(value: Option<&str>) -> Option<std::time::Duration> {
+    value?.trim().parse::<u64>().ok().map(std::time::Duration::from_secs)
+}
+
+/// The `trackingId` response header, when present.
+pub fn tracking_id(response: &HttpResponse) -> Option<String> {
+    response.header("trackingId").map(sanitize_tracking_id)
+}
+
+/// Tracking ids are quoted in errors and logs: keep them short and printable.
+fn sanitize_tracking_id(raw: &str) -> String {
+    raw.chars().filter(|c| c.is_ascii_graphic()).take(128).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ByovaConfig {
+        ByovaConfig::with_base_url("https://webex.test/v1").unwrap()
+    }
+
+    fn creds() -> IntegrationCredentials {
+        IntegrationCredentials::new("Cint", "INT-SECRET")
+    }
+
+    fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> HttpResponse {
+        HttpResponse::new(
+            status,
+            headers.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect(),
+            body.as_bytes().to_vec(),
+        )
+    }
+
+    fn body(req: &HttpRequest) -> String {
+        String::from_utf8(req.body.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn snapshot_authorization_url_with_pkce() {
+        let verifier = PkceCodeVerifier::new("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk");
+        let req = AuthorizationRequest::with_parts(
+            &config(),
+            &creds(),
+            None,
+            CsrfState::new("st8"),
+            Some(verifier),
+        )
+        .unwrap();
+        assert_eq!(
+            req.url,
+            "https://webex.test/v1/authorize?response_type=code&client_id=Cint\
+             &redirect_uri=http%3A%2F%2F127.0.0.1%3A8765%2Fcallback\
+             &scope=spark%3Aall%20spark%3Aapplications_token%20application%3Awebhooks_write%20application%3Awebhooks_read\
+             &state=st8&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256"
+        );
+    }
+
+    #[test]
+    fn authorization_url_generates_state_and_rejects_bad_scopes() {
+        let req = AuthorizationRequest::new(&config(), &creds(), Some(&["spark:all"]), None, true).unwrap();
+        assert_eq!(req.state.expose_secret().len(), 22);
+        assert!(req.url.contains(&format!("state={}", req.state.expose_secret())));
+        assert!(req.pkce_verifier.as_ref().unwrap().is_well_formed());
+        let no_pkce = AuthorizationRequest::new(&config(), &creds(), None, None, false).unwrap();
+        assert!(!no_pkce.url.contains("code_challenge"));
+        for bad in [&[][..], &[""], &["a b"]] {
+            assert!(matches!(
+                AuthorizationRequest::new(&config(), &creds(), Some(bad), None, true),
+                Err(Error::InvalidInput(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn snapshot_code_exchange() {
+        let verifier = PkceCodeVerifier::new("v".repeat(43));
+        let req =
+            code_exchange_request(&config(), &creds(), &AuthorizationCode::new("the code"), Some(&verifier));
+        assert_eq!(req.method, Method::Post);
+        assert_eq!(req.url, "https://webex.test/v1/access_token");
+        assert_eq!(req.retry, RetryClass::OnlyIfNotProcessed);
+        assert_eq!(req.header_value("content-type"), Some("application/x-www-form-urlencoded"));
+        assert_eq!(
+            body(&req),
+            format!(
+                "grant_type=authorization_code&code=the+code&redirect_uri=http%3A%2F%2F127.0.0.1%3A8765%2Fcallback\
+                 &client_id=Cint&client_secret=INT-SECRET&code_verifier={}",
+                "v".repeat(43)
+            )
+        );
+    }
+
+    #[test]
+    fn snapshot_refresh() {
+        let req = refresh_request(&config(), "Csa", &ClientSecret::new("S&S"), &RefreshToken::new("R/1"));
+        assert_eq!(req.retry, RetryClass::Idempotent);
+        assert_eq!(
+            body(&req),
+            "grant_type=refresh_token&refresh_token=R%2F1&client_id=Csa&client_secret=S%26S"
+        );
+        assert!(req.header_value("authorization").is_none());
+    }
+
+    #[test]
+    fn snapshot_service_app_fetch() {
+        let sa = ServiceAppCredentials::new("Cf2e954e018f2de8c1403e2618323551df65", "SA-SECRET");
+        let req = service_app_token_request(
+            &config(),
+            &sa,
+            "63b02f90-9cc6-43b8-aa6d-cad425ac554c",
+            &AccessToken::new("INT-BEARER"),
+        );
+        assert_eq!(
+            req.url,
+            "https://webex.test/v1/applications/Y2lzY29zcGFyazovL3VzL0FQUExJQ0FUSU9OL0NmMmU5NTRlMDE4ZjJkZThjMTQwM2UyNjE4MzIzNTUxZGY2NQ/token"
+        );
+        assert_eq!(req.header_value("Authorization"), Some("Bearer INT-BEARER"));
+        assert_eq!(req.header_value("Content-Type"), Some("application/json"));
+        assert_eq!(
+            body(&req),
+            r#"{"clientId":"Cf2e954e018f2de8c1403e2618323551df65","clientSecret":"SA-SECRET","targetOrgId":"Y2lzY29zcGFyazovL3VzL09SR0FOSVpBVElPTi82M2IwMmY5MC05Y2M2LTQzYjgtYWE2ZC1jYWQ0MjVhYzU1NGM"}"#
+        );
+        assert!(!format!("{req:?}").contains("INT-BEARER"));
+    }
+
+    #[test]
+    fn parses_a_full_token_response() {
+        let r = resp(
+            200,
+            &[],
+            r#"{"access_token":"A","expires_in":1209599,"refresh_token":"R","refresh_token_expires_in":"7775999","token_type":"bearer","scope":"spark:all","id_token":"x"}"#,
+        );
+        let t = parse_token_response(&r, Timestamp::from_unix_secs(100), &TokenCall::CodeExchange).unwrap();
+        assert!(t.access_token.ct_eq_str("A"));
+        assert_eq!(t.expires_at(), Timestamp::from_unix_secs(100 + 1_209_599));
+        assert!(t.refresh_token.as_ref().unwrap().ct_eq_str("R"));
+        assert_eq!(t.refresh_token_expires_in, Some(7_775_999));
+        assert_eq!(t.token_type, "Bearer");
+        assert_eq!(t.scope.as_deref(), Some("spark:all"));
+    }
+
+    #[test]
+    fn minimal_response_has_no_refresh_token() {
+        let r = resp(200, &[], r#"{"access_token":"A","expires_in":60}"#);
+        let t = parse_token_response(&r, Timestamp::EPOCH, &TokenCall::CodeExchange).unwrap();
+        assert!(t.refresh_token.is_none());
+        let empty = resp(200, &[], r#"{"access_token":"A","expires_in":60,"refresh_token":""}"#);
+        assert!(
+            parse_token_response(&empty, Timestamp::EPOCH, &TokenCall::CodeExchange)
+                .unwrap()
+                .refresh_token
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn bad_token_responses_are_typed_and_never_echo_the_body() {
+        let cases = [
+            r#"{"expires_in":60}"#,
+            r#"{"access_token":"","expires_in":60}"#,
+            r#"{"access_token":"SECRET-CANARY"}"#,
+            r#"{"access_token":"SECRET-CANARY","expires_in":"soon"}"#,
+            r#"{"access_token":"SECRET-CANARY","expires_in":-1}"#,
+            r#"{"access_token":"SECRET-CANARY","expires_in":60,"token_type":"mac"}"#,
+            r#"{"access_token":5,"expires_in":60,"x":"SECRET-CANARY"}"#,
+            "<html>SECRET-CANARY</html>",
+            "",
+            "[]",
+        ];
+        for case in cases {
+            let err = parse_token_response(&resp(200, &[], case), Timestamp::EPOCH, &TokenCall::CodeExchange)
+                .unwrap_err();
+            assert!(matches!(err, Error::InvalidResponse { status: 200, .. }), "{case}: {err:?}");
+            assert!(!err.to_string().contains("SECRET-CANARY"));
+            assert!(!format!("{err:?}").contains("SECRET-CANARY"));
+        }
+        let huge = format!(r#"{{"access_token":"{}","expires_in":1}}"#, "a".repeat(MAX_TOKEN_RESPONSE_BYTES));
+        assert!(matches!(
+            parse_token_response(&resp(200, &[], &huge), Timestamp::EPOCH, &TokenCall::CodeExchange),
+            Err(Error::InvalidResponse { .. })
+        ));
+    }
+
+    #[test]
+    fn token_type_is_case_insensitive() {
+        for tt in ["bearer", "Bearer", "BEARER"] {
+            let r = resp(200, &[], &format!(r#"{{"access_token":"A","expires_in":1,"token_type":"{tt}"}}"#));
+            assert!(parse_token_response(&r, Timestamp::EPOCH, &TokenCall::CodeExchange).is_ok());
+        }
+    }
+
+    #[test]
+    fn status_mapping() {
+        let refresh = TokenCall::Refresh(TokenSubject::Integration);
+        let fetch = TokenCall::ServiceAppFetch { org_id: "o1".into() };
+        let webex_400 =
+            r#"{"message":"SECRET-CANARY bad","errors":[{"description":"x"}],"trackingId":"ROUTER_B"}"#;
+        let cases: Vec<(HttpResponse, &TokenCall, fn(&Error) -> bool)> = vec![
+            (
+                resp(400, &[], r#"{"error":"invalid_grant","error_description":"SECRET-CANARY"}"#),
+                &refresh,
+                |e| matches!(e, Error::ReauthorizationRequired { .. }),
+            ),
+            (resp(400, &[], webex_400), &refresh, |e| matches!(e, Error::ReauthorizationRequired { .. })),
+            (resp(401, &[], r#"{"error":"invalid_grant"}"#), &refresh, |e| {
+                matches!(e, Error::ReauthorizationRequired { .. })
+            }),
+            (resp(401, &[], r#"{"error":"invalid_client"}"#), &refresh, |e| {
+                matches!(e, Error::Authentication(_))
+            }),
+            (resp(400, &[], r#"{"error":"invalid_client"}"#), &refresh, |e| {
+                matches!(e, Error::Authentication(_))
+            }),
+            (resp(400, &[], r#"{"error":"invalid_grant"}"#), &TokenCall::CodeExchange, |e| {
+                matches!(e, Error::Validation(_))
+            }),
+            (resp(403, &[], webex_400), &fetch, |e| matches!(e, Error::ServiceAppNotAuthorized { .. })),
+            (resp(403, &[], ""), &TokenCall::CodeExchange, |e| matches!(e, Error::Authentication(_))),
+            (resp(401, &[], ""), &fetch, |e| matches!(e, Error::Authentication(_))),
+            (resp(404, &[], ""), &fetch, |e| matches!(e, Error::NotFound(_))),
+            (resp(409, &[], ""), &fetch, |e| matches!(e, Error::Validation(_))),
+            (resp(415, &[], ""), &fetch, |e| matches!(e, Error::Validation(_))),
+            (resp(502, &[], "<html>bad gateway</html>"), &refresh, |e| matches!(e, Error::Server(_))),
+            (resp(418, &[], ""), &refresh, |e| matches!(e, Error::UnexpectedStatus(_))),
+        ];
+        for (r, call, check) in cases {
+            let e = error_from_response(&r, call);
+            assert!(check(&e), "{} {call:?} -> {e:?}", r.status);
+            assert!(!e.to_string().contains("SECRET-CANARY"));
+            assert!(!format!("{e:?}").contains("SECRET-CANARY"));
+        }
+    }
+
+    #[test]
+    fn rate_limit_with_html_body_and_retry_after() {
+        let r =
+            resp(429, &[("retry-after", "3600"), ("Content-Type", "text/html")], "<html>slow down</html>");
+        let e = error_from_response(&r, &TokenCall::CodeExchange);
+        assert_eq!(e.retry_after(), Some(std::time::Duration::from_secs(3600)));
+        let no_header = error_from_response(&resp(429, &[], ""), &TokenCall::CodeExchange);
+        assert!(matches!(no_header, Error::RateLimited { retry_after: None, .. }));
+        let date = error_from_response(
+            &resp(423, &[("Retry-After", "Wed, 21 Oct 2015 07:28:00 GMT")], ""),
+            &TokenCall::CodeExchange,
+        );
+        assert!(matches!(date, Error::RateLimited { retry_after: None, .. }));
+    }
+
+    #[test]
+    fn tracking_id_from_header_or_body() {
+        let h = error_from_response(
+            &resp(500, &[("TrackingId", "ROUTER_H")], r#"{"trackingId":"ROUTER_B"}"#),
+            &TokenCall::CodeExchange,
+        );
+        assert_eq!(h.tracking_id(), Some("ROUTER_H"));
+        let b =
+            error_from_response(&resp(500, &[], r#"{"trackingId":"ROUTER_B"}"#), &TokenCall::CodeExchange);
+        assert_eq!(b.tracking_id(), Some("ROUTER_B"));
+        assert!(b.to_string().contains("ROUTER_B"));
+    }
+}

@@ -1,0 +1,251 @@
+//! The refresh policy (is a token fresh, due for refresh-ahead, or expired?) and the retry
+//! schedule (wait how long before trying again, or give up?). Pure functions of their inputs;
+//! both flavours ask these and never decide on their own.
+
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::http::RetryClass;
+use crate::time::Timestamp;
+use crate::tokens::OAuthTokens;
+
+/// How fresh a stored token is at a given moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    /// Use it; nothing to do.
+    Fresh,
+    /// Still usable, but refresh now so callers never see it expire.
+    RefreshAhead,
+    /// Within the safety buffer of its expiry (or past it): refresh before use.
+    Expired,
+}
+
+/// When tokens count as expired and when they are refreshed ahead of expiry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RefreshPolicy {
+    /// A token within this much of its expiry is treated as expired (clock skew, request
+    /// latency).
+    pub expiry_buffer: Duration,
+    /// Refresh-ahead starts once this fraction of the token's lifetime has passed
+    /// (in percent, 0–100).
+    pub refresh_ahead_percent: u8,
+    /// Up to this much is subtracted from the refresh-ahead point, differently per key and
+    /// process, so a fleet does not refresh in lockstep.
+    pub jitter: Duration,
+}
+
+impl Default for RefreshPolicy {
+    fn default() -> Self {
+        Self {
+            expiry_buffer: Duration::from_secs(60),
+            refresh_ahead_percent: 80,
+            jitter: Duration::from_secs(300),
+        }
+    }
+}
+
+impl RefreshPolicy {
+    /// Classifies `tokens` at `now`. `jitter_seed` is any per-key, per-process number (a hash
+    /// of the key mixed with a random process seed); the same seed gives the same answer.
+    pub fn assess(&self, tokens: &OAuthTokens, now: Timestamp, jitter_seed: u64) -> Freshness {
+        if tokens.is_expired(self.expiry_buffer, now) {
+            return Freshness::Expired;
+        }
+        if now >= self.refresh_ahead_at(tokens, jitter_seed) {
+            Freshness::RefreshAhead
+        } else {
+            Freshness::Fresh
+        }
+    }
+
+    /// The moment refresh-ahead begins for `tokens` under `jitter_seed`.
+    pub fn refresh_ahead_at(&self, tokens: &OAuthTokens, jitter_seed: u64) -> Timestamp {
+        let lifetime = Duration::from_secs(tokens.expires_in);
+        let percent = u32::from(self.refresh_ahead_percent.min(100));
+        let ahead = tokens.obtained_at.saturating_add(lifetime * percent / 100);
+        // Jitter never exceeds a tenth of the lifetime, so short-lived tokens stay useful.
+        let max_jitter = self.jitter.min(lifetime / 10);
+        let max_ms = u64::try_from(max_jitter.as_millis()).unwrap_or(u64::MAX);
+        let jitter_ms = if max_ms == 0 { 0 } else { splitmix64(jitter_seed) % (max_ms + 1) };
+        ahead.saturating_sub(Duration::from_millis(jitter_ms))
+    }
+}
+
+/// A small, well-mixed hash so nearby seeds give unrelated jitter.
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// What to do after a failed attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryDecision {
+    /// Wait this long, then send the request again.
+    RetryAfter(Duration),
+    /// Return the error to the caller.
+    GiveUp,
+}
+
+/// Capped, jittered exponential backoff that honours `Retry-After`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RetryPolicy {
+    /// Attempts in total, the first included.
+    pub max_attempts: u32,
+    /// The first backoff delay.
+    pub base_delay: Duration,
+    /// No backoff delay is longer than this.
+    pub max_delay: Duration,
+    /// A `Retry-After` longer than this is not waited for: the error goes to the caller.
+    pub max_retry_after: Duration,
+    /// The wait when a 429 carries no usable `Retry-After`.
+    pub default_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 4,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(5),
+            max_retry_after: Duration::from_secs(60),
+            default_retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// A policy that never retries.
+    pub fn none() -> Self {
+        Self { max_attempts: 1, ..Self::default() }
+    }
+
+    /// Decides what follows failed attempt number `attempt` (1 for the first) of a request of
+    /// class `class` that failed with `error`. `random` is a uniform sample in `0..=u32::MAX`
+    /// that spreads backoff ("full jitter").
+    pub fn decide(&self, class: RetryClass, attempt: u32, error: &Error, random: u32) -> RetryDecision {
+        if attempt >= self.max_attempts || !error.is_retryable() {
+            return RetryDecision::GiveUp;
+        }
+        let certainly_unprocessed = matches!(error, Error::RateLimited { .. })
+            || matches!(error, Error::Transport { maybe_sent: false, .. });
+        if class == RetryClass::OnlyIfNotProcessed && !certainly_unprocessed {
+            return RetryDecision::GiveUp;
+        }
+        if let Error::RateLimited { retry_after, .. } = error {
+            let wait = retry_after.unwrap_or(self.default_retry_after);
+            return if wait > self.max_retry_after {
+                RetryDecision::GiveUp
+            } else {
+                RetryDecision::RetryAfter(wait)
+            };
+        }
+        let exp = self.base_delay.saturating_mul(1u32 << (attempt - 1).min(16));
+        let cap = exp.min(self.max_delay);
+        let fraction = f64::from(random) / f64::from(u32::MAX);
+        RetryDecision::RetryAfter(cap.mul_f64(0.5 + fraction / 2.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ApiFailure;
+    use crate::secret::AccessToken;
+
+    fn tokens(obtained_secs: u64, expires_in: u64) -> OAuthTokens {
+        OAuthTokens::new(AccessToken::new("a"), expires_in, Timestamp::from_unix_secs(obtained_secs))
+    }
+
+    #[test]
+    fn fresh_then_refresh_ahead_then_expired() {
+        let p = RefreshPolicy { jitter: Duration::ZERO, ..RefreshPolicy::default() };
+        let t = tokens(1_000, 1_000);
+        assert_eq!(p.assess(&t, Timestamp::from_unix_secs(1_000), 1), Freshness::Fresh);
+        assert_eq!(p.assess(&t, Timestamp::from_unix_secs(1_799), 1), Freshness::Fresh);
+        assert_eq!(p.assess(&t, Timestamp::from_unix_secs(1_800), 1), Freshness::RefreshAhead);
+        // Expired 60 s (the buffer) before the real expiry at 2_000.
+        assert_eq!(p.assess(&t, Timestamp::from_unix_secs(1_940), 1), Freshness::Expired);
+        assert_eq!(p.assess(&t, Timestamp::from_unix_secs(5_000), 1), Freshness::Expired);
+    }
+
+    #[test]
+    fn jitter_spreads_refresh_ahead_within_bounds() {
+        let p = RefreshPolicy::default();
+        let t = tokens(0, 1_209_599);
+        let base = Timestamp::from_unix_secs(0).saturating_add(Duration::from_secs(1_209_599) * 80 / 100);
+        let points: std::collections::HashSet<_> =
+            (0..100).map(|seed| p.refresh_ahead_at(&t, seed)).collect();
+        assert!(points.len() > 90, "jitter should differ per seed");
+        for point in points {
+            assert!(point <= base && point >= base.saturating_sub(Duration::from_secs(300)));
+        }
+    }
+
+    #[test]
+    fn jitter_is_bounded_by_a_tenth_of_short_lifetimes() {
+        let p = RefreshPolicy { expiry_buffer: Duration::ZERO, ..RefreshPolicy::default() };
+        let t = tokens(0, 10);
+        for seed in 0..1000 {
+            assert!(p.refresh_ahead_at(&t, seed) >= Timestamp::from_unix_secs(7));
+        }
+    }
+
+    #[test]
+    fn retry_honours_retry_after_and_gives_up_on_long_waits() {
+        let p = RetryPolicy::default();
+        let rl = |s| Error::RateLimited {
+            retry_after: Some(Duration::from_secs(s)),
+            failure: ApiFailure::new(429),
+        };
+        assert_eq!(
+            p.decide(RetryClass::Idempotent, 1, &rl(3), 0),
+            RetryDecision::RetryAfter(Duration::from_secs(3))
+        );
+        assert_eq!(p.decide(RetryClass::Idempotent, 1, &rl(3600), 0), RetryDecision::GiveUp);
+        let no_header = Error::RateLimited { retry_after: None, failure: ApiFailure::new(429) };
+        assert_eq!(
+            p.decide(RetryClass::Idempotent, 1, &no_header, 0),
+            RetryDecision::RetryAfter(p.default_retry_after)
+        );
+        assert_eq!(p.decide(RetryClass::Idempotent, 4, &rl(3), 0), RetryDecision::GiveUp);
+    }
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let p = RetryPolicy::default();
+        let e = Error::Server(ApiFailure::new(503));
+        let RetryDecision::RetryAfter(low) = p.decide(RetryClass::Idempotent, 1, &e, 0) else { panic!() };
+        let RetryDecision::RetryAfter(high) = p.decide(RetryClass::Idempotent, 1, &e, u32::MAX) else {
+            panic!()
+        };
+        assert_eq!(low, Duration::from_millis(100));
+        assert_eq!(high, Duration::from_millis(200));
+        let big = RetryPolicy { max_attempts: 100, ..RetryPolicy::default() };
+        let RetryDecision::RetryAfter(d) = big.decide(RetryClass::Idempotent, 40, &e, u32::MAX) else {
+            panic!()
+        };
+        assert_eq!(d, big.max_delay);
+    }
+
+    #[test]
+    fn a_code_exchange_is_not_retried_once_the_server_may_have_seen_it() {
+        let p = RetryPolicy::default();
+        let class = RetryClass::OnlyIfNotProcessed;
+        assert_eq!(p.decide(class, 1, &Error::Server(ApiFailure::new(500)), 0), RetryDecision::GiveUp);
+        let reset = Error::Transport { message: "reset".into(), maybe_sent: true };
+        assert_eq!(p.decide(class, 1, &reset, 0), RetryDecision::GiveUp);
+        let refused = Error::Transport { message: "refused".into(), maybe_sent: false };
+        assert!(matches!(p.decide(class, 1, &refused, 0), RetryDecision::RetryAfter(_)));
+    }
+
+    #[test]
+    fn non_retryable_errors_give_up_at_once() {
+        let p = RetryPolicy::default();
+        let e = Error::Authentication(ApiFailure::new(401));
+        assert_eq!(p.decide(RetryClass::Idempotent, 1, &e, 0), RetryDecision::GiveUp);
+    }
+}

@@ -1,0 +1,570 @@
+//! Token storage: the async [`TokenStorage`] (the seed's six methods), its blocking twin
+//! [`BlockingTokenStorage`], the coordination hooks the refresh path uses, and
+//! [`InMemoryTokenStorage`].
+//!
+//! # Coordination hooks
+//! Shared backends (file, Redis, SQL) let several processes refresh safely: a **lease** per key
+//! so one process calls the token endpoint (efficiency), and a **version** on every record so
+//! a write based on a stale read is rejected (correctness). The hooks have defaults that
+//! describe a single process, so a backend implementing only the six seed methods still works;
+//! it reports [`supports_coordination`](TokenStorage::supports_coordination) `false`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::TokenSubject;
+use crate::time::{Clock, SystemClock, Timestamp};
+use crate::tokens::{OAuthTokens, ServiceAppTokens};
+
+/// Whose tokens a record holds.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TokenKey {
+    /// The provider's Integration.
+    Integration,
+    /// A customer organization's Service App tokens.
+    Org(String),
+}
+
+impl TokenKey {
+    /// The key for an org.
+    pub fn org(org_id: impl Into<String>) -> Self {
+        TokenKey::Org(org_id.into())
+    }
+
+    /// The subject used in errors.
+    pub fn subject(&self) -> TokenSubject {
+        match self {
+            TokenKey::Integration => TokenSubject::Integration,
+            TokenKey::Org(org) => TokenSubject::Org(org.clone()),
+        }
+    }
+}
+
+impl fmt::Display for TokenKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TokenKey::Integration => f.write_str("integration"),
+            TokenKey::Org(org) => write!(f, "org {org}"),
+        }
+    }
+}
+
+/// A record with the version it was read at. Versions only grow; a backend without
+/// coordination reports [`UNVERSIONED`].
+#[derive(Clone, Debug)]
+pub struct Versioned<T> {
+    /// The record.
+    pub value: T,
+    /// Its version.
+    pub version: u64,
+}
+
+/// The version a backend without coordination reports.
+pub const UNVERSIONED: u64 = 0;
+
+/// The condition a versioned write checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// No record may exist.
+    Absent,
+    /// The stored record must have this version.
+    Version(u64),
+    /// Write unconditionally.
+    Any,
+}
+
+/// A lease on one key, held by one owner until it is released or its time-to-live passes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The key it covers.
+    pub key: TokenKey,
+    /// The owner's random token; only the owner can release the lease.
+    pub owner: u128,
+}
+
+impl Lease {
+    /// A lease with a fresh random owner token.
+    pub fn new(key: TokenKey) -> Self {
+        Self { key, owner: u128::from_le_bytes(crate::secret::random_bytes::<16>()) }
+    }
+}
+
+/// What kind of storage failure happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StorageErrorKind {
+    /// The backend could not be reached or timed out. Retry later; nothing was lost.
+    Unavailable,
+    /// A versioned write lost to another writer. Re-read, then decide again.
+    Conflict,
+    /// A stored record does not parse. It is left in place for a person to inspect.
+    Corrupt,
+    /// Anything else (permissions, bad configuration, a bad key).
+    Other,
+}
+
+impl fmt::Display for StorageErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StorageErrorKind::Unavailable => "unavailable",
+            StorageErrorKind::Conflict => "conflict",
+            StorageErrorKind::Corrupt => "corrupt",
+            StorageErrorKind::Other => "other",
+        })
+    }
+}
+
+/// A token store failure. Messages name the key and the backend, never a token.
+#[derive(Debug, thiserror::Error)]
+#[error("token storage error ({kind}): {message}")]
+pub struct StorageError {
+    kind: StorageErrorKind,
+    message: String,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StorageError {
+    /// A new error of `kind`.
+    pub fn new(kind: StorageErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into(), source: None }
+    }
+
+    /// The backend is unreachable.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StorageErrorKind::Unavailable, message)
+    }
+
+    /// A versioned write lost.
+    pub fn conflict(key: &TokenKey) -> Self {
+        Self::new(StorageErrorKind::Conflict, format!("the record for {key} changed since it was read"))
+    }
+
+    /// A record does not parse.
+    pub fn corrupt(message: impl Into<String>) -> Self {
+        Self::new(StorageErrorKind::Corrupt, message)
+    }
+
+    /// Anything else.
+    pub fn other(message: impl Into<String>) -> Self {
+        Self::new(StorageErrorKind::Other, message)
+    }
+
+    /// Attaches the underlying error (it must not carry a secret in its message).
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// The kind.
+    pub fn kind(&self) -> StorageErrorKind {
+        self.kind
+    }
+
+    /// Whether the same operation may succeed later (unavailable) or after a re-read (conflict).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.kind, StorageErrorKind::Unavailable | StorageErrorKind::Conflict)
+    }
+}
+
+/// Decodes a stored record, mapping failure to a [`StorageErrorKind::Corrupt`] error that names
+/// `key` and `location` (a file, a Redis key, a table) but no content.
+pub fn decode_record(bytes: &[u8], key: &TokenKey, location: &str) -> Result<OAuthTokens, StorageError> {
+    OAuthTokens::from_json(bytes).map_err(|why| {
+        StorageError::corrupt(format!("the record for {key} at {location} is unreadable: {why}"))
+    })
+}
+
+fn check_org_id(org_id: &str) -> Result<(), StorageError> {
+    if org_id.trim().is_empty() {
+        return Err(StorageError::other("an org id must not be empty"));
+    }
+    Ok(())
+}
+
+/// Async token storage (the seed's `TokenStorage` protocol) plus coordination hooks.
+#[async_trait]
+pub trait TokenStorage: Send + Sync {
+    /// Stored Integration tokens, or `None` when not authorized.
+    async fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError>;
+    /// Persists Integration tokens.
+    async fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError>;
+    /// Service App tokens for an org, or `None` when not registered.
+    async fn get_service_app_tokens(&self, org_id: &str) -> Result<Option<ServiceAppTokens>, StorageError>;
+    /// Persists Service App tokens for an org.
+    async fn set_service_app_tokens(
+        &self,
+        org_id: &str,
+        tokens: &ServiceAppTokens,
+    ) -> Result<(), StorageError>;
+    /// Removes an org's Service App tokens (deauthorization). Removing an absent org is not an
+    /// error.
+    async fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError>;
+    /// Org ids with stored Service App tokens.
+    async fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError>;
+
+    /// Whether [`load`](Self::load), [`store`](Self::store) and the leases below coordinate
+    /// for real (versions and exclusive leases). `false` by default.
+    fn supports_coordination(&self) -> bool {
+        false
+    }
+
+    /// Reads a record with its version.
+    async fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
+        let value = match key {
+            TokenKey::Integration => self.get_integration_tokens().await?,
+            TokenKey::Org(org) => self.get_service_app_tokens(org).await?,
+        };
+        Ok(value.map(|value| Versioned { value, version: UNVERSIONED }))
+    }
+
+    /// Writes a record if `expect` holds, returning the new version; a stale `expect` fails
+    /// with [`StorageErrorKind::Conflict`]. The default writes unconditionally.
+    async fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
+        let _ = expect;
+        match key {
+            TokenKey::Integration => self.set_integration_tokens(tokens).await?,
+            TokenKey::Org(org) => self.set_service_app_tokens(org, tokens).await?,
+        }
+        Ok(UNVERSIONED)
+    }
+
+    /// Takes the lease on `key` for `ttl`, or `None` while another owner holds it. The default
+    /// always grants it (one process: in-process single-flight does the work).
+    async fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
+        let _ = ttl;
+        Ok(Some(Lease::new(key.clone())))
+    }
+
+    /// Releases a lease; a lease that expired and was taken by another owner is left alone.
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
+        let _ = lease;
+        Ok(())
+    }
+}
+
+/// Blocking token storage: the same contract as [`TokenStorage`], without async.
+pub trait BlockingTokenStorage: Send + Sync {
+    /// Stored Integration tokens, or `None` when not authorized.
+    fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError>;
+    /// Persists Integration tokens.
+    fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError>;
+    /// Service App tokens for an org, or `None` when not registered.
+    fn get_service_app_tokens(&self, org_id: &str) -> Result<Option<ServiceAppTokens>, StorageError>;
+    /// Persists Service App tokens for an org.
+    fn set_service_app_tokens(&self, org_id: &str, tokens: &ServiceAppTokens) -> Result<(), StorageError>;
+    /// Removes an org's Service App tokens. Removing an absent org is not an error.
+    fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError>;
+    /// Org ids with stored Service App tokens.
+    fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError>;
+
+    /// See [`TokenStorage::supports_coordination`].
+    fn supports_coordination(&self) -> bool {
+        false
+    }
+
+    /// See [`TokenStorage::load`].
+    fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
+        let value = match key {
+            TokenKey::Integration => self.get_integration_tokens()?,
+            TokenKey::Org(org) => self.get_service_app_tokens(org)?,
+        };
+        Ok(value.map(|value| Versioned { value, version: UNVERSIONED }))
+    }
+
+    /// See [`TokenStorage::store`].
+    fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
+        let _ = expect;
+        match key {
+            TokenKey::Integration => self.set_integration_tokens(tokens)?,
+            TokenKey::Org(org) => self.set_service_app_tokens(org, tokens)?,
+        }
+        Ok(UNVERSIONED)
+    }
+
+    /// See [`TokenStorage::try_acquire_lease`].
+    fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
+        let _ = ttl;
+        Ok(Some(Lease::new(key.clone())))
+    }
+
+    /// See [`TokenStorage::release_lease`].
+    fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
+        let _ = lease;
+        Ok(())
+    }
+}
+
+/// In-process token storage for development and tests; tokens are lost when the process exits.
+///
+/// Records are kept in their stored (serialized) form, exactly as durable backends keep them,
+/// so it exercises the same codec. Versions and leases are real (within this process).
+///
+/// ```
+/// use byova_core::{InMemoryTokenStorage, BlockingTokenStorage, OAuthTokens, AccessToken, Timestamp};
+/// let store = InMemoryTokenStorage::new();
+/// let tokens = OAuthTokens::new(AccessToken::new("a"), 3600, Timestamp::from_unix_secs(0));
+/// BlockingTokenStorage::set_service_app_tokens(&store, "org-1", &tokens)?;
+/// assert_eq!(BlockingTokenStorage::list_registered_orgs(&store)?, ["org-1"]);
+/// # Ok::<(), byova_core::StorageError>(())
+/// ```
+pub struct InMemoryTokenStorage {
+    state: Mutex<MemoryState>,
+    clock: Arc<dyn Clock>,
+}
+
+#[derive(Default)]
+struct MemoryState {
+    records: HashMap<TokenKey, (Vec<u8>, u64)>,
+    leases: HashMap<TokenKey, (u128, Timestamp)>,
+    /// One counter for all keys, so a record deleted and created again never reuses a version.
+    last_version: u64,
+}
+
+impl fmt::Debug for InMemoryTokenStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let records = self.lock().records.len();
+        f.debug_struct("InMemoryTokenStorage").field("records", &records).finish_non_exhaustive()
+    }
+}
+
+impl Default for InMemoryTokenStorage {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InMemoryTokenStorage {
+    /// Empty storage on the system clock (the clock only times leases).
+    pub fn new() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
+
+    /// Empty storage timing leases with `clock`.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self { state: Mutex::new(MemoryState::default()), clock }
+    }
+
+    /// Stores raw bytes as the record for `key`, bypassing the codec: a test hook for the
+    /// conformance suite's corrupt-record case.
+    pub fn put_raw_record(&self, key: &TokenKey, bytes: Vec<u8>) {
+        let mut state = self.lock();
+        state.last_version += 1;
+        let v = state.last_version;
+        state.records.insert(key.clone(), (bytes, v));
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MemoryState> {
+        // No code path panics while holding the lock, but a poisoned map is still consistent.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn load_sync(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
+        if let TokenKey::Org(org) = key {
+            check_org_id(org)?;
+        }
+        let state = self.lock();
+        match state.records.get(key) {
+            None => Ok(None),
+            Some((bytes, version)) => {
+                let value = decode_record(bytes, key, "memory")?;
+                Ok(Some(Versioned { value, version: *version }))
+            }
+        }
+    }
+
+    fn store_sync(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
+        if let TokenKey::Org(org) = key {
+            check_org_id(org)?;
+        }
+        let bytes = tokens.to_json();
+        let mut state = self.lock();
+        let current = state.records.get(key).map(|(_, v)| *v);
+        let ok = match expect {
+            Expect::Any => true,
+            Expect::Absent => current.is_none(),
+            Expect::Version(v) => current == Some(v),
+        };
+        if !ok {
+            return Err(StorageError::conflict(key));
+        }
+        state.last_version += 1;
+        let version = state.last_version;
+        state.records.insert(key.clone(), (bytes, version));
+        Ok(version)
+    }
+
+    fn delete_sync(&self, org_id: &str) -> Result<(), StorageError> {
+        check_org_id(org_id)?;
+        self.lock().records.remove(&TokenKey::org(org_id));
+        Ok(())
+    }
+
+    fn list_sync(&self) -> Vec<String> {
+        let state = self.lock();
+        let mut orgs: Vec<String> = state
+            .records
+            .keys()
+            .filter_map(|k| match k {
+                TokenKey::Org(org) => Some(org.clone()),
+                TokenKey::Integration => None,
+            })
+            .collect();
+        orgs.sort();
+        orgs
+    }
+
+    fn acquire_sync(&self, key: &TokenKey, ttl: Duration) -> Option<Lease> {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        if let Some((_, until)) = state.leases.get(key) {
+            if *until > now {
+                return None;
+            }
+        }
+        let lease = Lease::new(key.clone());
+        state.leases.insert(key.clone(), (lease.owner, now.saturating_add(ttl)));
+        Some(lease)
+    }
+
+    fn release_sync(&self, lease: &Lease) {
+        let mut state = self.lock();
+        if state.leases.get(&lease.key).is_some_and(|(owner, _)| *owner == lease.owner) {
+            state.leases.remove(&lease.key);
+        }
+    }
+}
+
+/// Implements one of the storage traits over the inherent `*_sync` methods above, so the
+/// async and blocking implementations cannot drift apart.
+macro_rules! memory_storage_impl {
+    ($(#[$attr:meta])* $trait:ident $(, $async_kw:ident)?) => {
+        $(#[$attr])*
+        impl $trait for InMemoryTokenStorage {
+        $($async_kw)? fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
+            Ok(self.load_sync(&TokenKey::Integration)?.map(|v| v.value))
+        }
+        $($async_kw)? fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError> {
+            self.store_sync(&TokenKey::Integration, tokens, Expect::Any).map(drop)
+        }
+        $($async_kw)? fn get_service_app_tokens(&self, org_id: &str) -> Result<Option<ServiceAppTokens>, StorageError> {
+            Ok(self.load_sync(&TokenKey::org(org_id))?.map(|v| v.value))
+        }
+        $($async_kw)? fn set_service_app_tokens(&self, org_id: &str, tokens: &ServiceAppTokens) -> Result<(), StorageError> {
+            self.store_sync(&TokenKey::org(org_id), tokens, Expect::Any).map(drop)
+        }
+        $($async_kw)? fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError> {
+            self.delete_sync(org_id)
+        }
+        $($async_kw)? fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
+            Ok(self.list_sync())
+        }
+        fn supports_coordination(&self) -> bool {
+            true
+        }
+        $($async_kw)? fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
+            self.load_sync(key)
+        }
+        $($async_kw)? fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
+            self.store_sync(key, tokens, expect)
+        }
+        $($async_kw)? fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
+            Ok(self.acquire_sync(key, ttl))
+        }
+        $($async_kw)? fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
+            self.release_sync(lease);
+            Ok(())
+        }
+        }
+    };
+}
+
+memory_storage_impl!(
+    #[async_trait]
+    TokenStorage,
+    async
+);
+memory_storage_impl!(BlockingTokenStorage);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::{AccessToken, RefreshToken};
+
+    fn tokens(access: &str) -> OAuthTokens {
+        OAuthTokens::new(AccessToken::new(access), 60, Timestamp::from_unix_secs(1))
+            .with_refresh_token(RefreshToken::new("R"), None)
+    }
+
+    /// A backend that implements only the seed's six methods.
+    #[derive(Default)]
+    struct SixMethods(Mutex<HashMap<String, OAuthTokens>>);
+
+    impl BlockingTokenStorage for SixMethods {
+        fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
+            Ok(self.0.lock().unwrap().get("").cloned())
+        }
+        fn set_integration_tokens(&self, t: &OAuthTokens) -> Result<(), StorageError> {
+            self.0.lock().unwrap().insert(String::new(), t.clone());
+            Ok(())
+        }
+        fn get_service_app_tokens(&self, org: &str) -> Result<Option<OAuthTokens>, StorageError> {
+            Ok(self.0.lock().unwrap().get(org).cloned())
+        }
+        fn set_service_app_tokens(&self, org: &str, t: &OAuthTokens) -> Result<(), StorageError> {
+            self.0.lock().unwrap().insert(org.to_owned(), t.clone());
+            Ok(())
+        }
+        fn delete_service_app_tokens(&self, org: &str) -> Result<(), StorageError> {
+            self.0.lock().unwrap().remove(org);
+            Ok(())
+        }
+        fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
+            Ok(self.0.lock().unwrap().keys().filter(|k| !k.is_empty()).cloned().collect())
+        }
+    }
+
+    #[test]
+    fn six_method_backends_get_single_process_defaults() {
+        let s = SixMethods::default();
+        assert!(!s.supports_coordination());
+        assert!(s.load(&TokenKey::Integration).unwrap().is_none());
+        assert_eq!(s.store(&TokenKey::Integration, &tokens("a"), Expect::Version(7)).unwrap(), UNVERSIONED);
+        let loaded = s.load(&TokenKey::Integration).unwrap().unwrap();
+        assert_eq!(loaded.version, UNVERSIONED);
+        assert!(loaded.value.access_token.ct_eq_str("a"));
+        let lease = s.try_acquire_lease(&TokenKey::Integration, Duration::from_secs(1)).unwrap().unwrap();
+        assert!(s.try_acquire_lease(&TokenKey::Integration, Duration::from_secs(1)).unwrap().is_some());
+        s.release_lease(&lease).unwrap();
+        s.store(&TokenKey::org("o"), &tokens("b"), Expect::Any).unwrap();
+        assert_eq!(s.list_registered_orgs().unwrap(), ["o"]);
+    }
+
+    #[test]
+    fn memory_versions_never_repeat_after_delete() {
+        let s = InMemoryTokenStorage::new();
+        let key = TokenKey::org("o");
+        let v1 = BlockingTokenStorage::store(&s, &key, &tokens("a"), Expect::Absent).unwrap();
+        BlockingTokenStorage::delete_service_app_tokens(&s, "o").unwrap();
+        let v2 = BlockingTokenStorage::store(&s, &key, &tokens("b"), Expect::Absent).unwrap();
+        assert!(v2 > v1);
+        let err = BlockingTokenStorage::store(&s, &key, &tokens("c"), Expect::Version(v1)).unwrap_err();
+        assert_eq!(err.kind(), StorageErrorKind::Conflict);
+        assert!(err.is_retryable());
+    }
+
+    #[test]
+    fn storage_errors_name_the_key_not_the_content() {
+        let s = InMemoryTokenStorage::new();
+        s.put_raw_record(&TokenKey::org("o-9"), b"{\"access_token\":\"SECRET-CANARY\"".to_vec());
+        let err = BlockingTokenStorage::get_service_app_tokens(&s, "o-9").unwrap_err();
+        assert_eq!(err.kind(), StorageErrorKind::Corrupt);
+        let msg = err.to_string();
+        assert!(msg.contains("org o-9") && !msg.contains("SECRET-CANARY"), "{msg}");
+        assert!(BlockingTokenStorage::get_service_app_tokens(&s, " ").is_err());
+    }
+}

@@ -1,0 +1,281 @@
+//! Token records: [`OAuthTokens`] (and its alias [`ServiceAppTokens`]), with absolute expiry
+//! and a stable, versioned serde form for storage.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::secret::{AccessToken, RefreshToken};
+use crate::time::Timestamp;
+
+/// The storage schema version [`OAuthTokens`] serializes with. Records from older schemas are
+/// read; records from a newer byova are refused with a clear error rather than misread.
+pub const TOKEN_SCHEMA_VERSION: u32 = 1;
+
+/// OAuth tokens from the Webex token endpoint (Integration or Service App).
+///
+/// `obtained_at` is when the request that produced them was *sent*, so the computed expiry is
+/// never later than the real one.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct OAuthTokens {
+    /// The bearer access token.
+    pub access_token: AccessToken,
+    /// Lifetime of the access token in seconds, from `obtained_at`.
+    pub expires_in: u64,
+    /// Always `Bearer` for Webex.
+    pub token_type: String,
+    /// The refresh token, when one was issued.
+    pub refresh_token: Option<RefreshToken>,
+    /// Lifetime of the refresh token in seconds, from `obtained_at`.
+    pub refresh_token_expires_in: Option<u64>,
+    /// Granted scopes, space-separated, when the server said.
+    pub scope: Option<String>,
+    /// When the request that produced these tokens was sent.
+    pub obtained_at: Timestamp,
+}
+
+/// Service App tokens have exactly the shape of Integration tokens.
+pub type ServiceAppTokens = OAuthTokens;
+
+impl OAuthTokens {
+    /// Tokens with just an access token (a `Bearer` without refresh token).
+    pub fn new(access_token: AccessToken, expires_in: u64, obtained_at: Timestamp) -> Self {
+        Self {
+            access_token,
+            expires_in,
+            token_type: "Bearer".to_owned(),
+            refresh_token: None,
+            refresh_token_expires_in: None,
+            scope: None,
+            obtained_at,
+        }
+    }
+
+    /// Adds a refresh token and its lifetime.
+    pub fn with_refresh_token(mut self, token: RefreshToken, expires_in: Option<u64>) -> Self {
+        self.refresh_token = Some(token);
+        self.refresh_token_expires_in = expires_in;
+        self
+    }
+
+    /// When the access token expires.
+    pub fn expires_at(&self) -> Timestamp {
+        self.obtained_at.saturating_add(Duration::from_secs(self.expires_in))
+    }
+
+    /// When the refresh token expires, when its lifetime is known.
+    pub fn refresh_token_expires_at(&self) -> Option<Timestamp> {
+        self.refresh_token_expires_in.map(|s| self.obtained_at.saturating_add(Duration::from_secs(s)))
+    }
+
+    /// Whether the access token is expired at `now`, counting it expired `buffer` early.
+    pub fn is_expired(&self, buffer: Duration, now: Timestamp) -> bool {
+        now >= self.expires_at().saturating_sub(buffer)
+    }
+
+    /// Keeps `previous`'s refresh token when these tokens came without one: a refresh response
+    /// that omits `refresh_token` must never cost the stored one.
+    pub fn inherit_refresh_token(mut self, previous: &OAuthTokens) -> Self {
+        if self.refresh_token.is_none() {
+            self.refresh_token = previous.refresh_token.clone();
+            self.refresh_token_expires_in = previous
+                .refresh_token_expires_at()
+                .map(|at| at.saturating_duration_since(self.obtained_at).as_secs());
+        }
+        self
+    }
+
+    /// The stored form: JSON with a schema version. Secrets are included; this is the one
+    /// place they leave their types, for the store codec.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serializing a struct of strings and integers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses the stored form.
+    ///
+    /// # Errors
+    /// A description of what is wrong (never the content) when the bytes are not a record of a
+    /// schema this version understands.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            // serde_json's messages quote at most a type or a field name, never a value of
+            // ours, but keep only the classification to be safe.
+            format!(
+                "not a byova token record ({:?} error at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            )
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct WireOut<'a> {
+    schema: u32,
+    access_token: &'a str,
+    expires_in: u64,
+    token_type: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refresh_token_expires_in: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<&'a str>,
+    obtained_at_ms: u64,
+}
+
+#[derive(Deserialize)]
+struct WireIn {
+    schema: u32,
+    access_token: String,
+    expires_in: u64,
+    token_type: String,
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    refresh_token_expires_in: Option<u64>,
+    #[serde(default)]
+    scope: Option<String>,
+    obtained_at_ms: u64,
+}
+
+impl Serialize for OAuthTokens {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        WireOut {
+            schema: TOKEN_SCHEMA_VERSION,
+            access_token: self.access_token.expose_secret(),
+            expires_in: self.expires_in,
+            token_type: &self.token_type,
+            refresh_token: self.refresh_token.as_ref().map(|t| t.expose_secret()),
+            refresh_token_expires_in: self.refresh_token_expires_in,
+            scope: self.scope.as_deref(),
+            obtained_at_ms: self.obtained_at.as_unix_millis(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for OAuthTokens {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let w = WireIn::deserialize(deserializer)?;
+        if w.schema == 0 || w.schema > TOKEN_SCHEMA_VERSION {
+            return Err(serde::de::Error::custom(format!(
+                "token record schema {} is not supported by this byova (schema {TOKEN_SCHEMA_VERSION})",
+                w.schema
+            )));
+        }
+        Ok(OAuthTokens {
+            access_token: AccessToken::new(w.access_token),
+            expires_in: w.expires_in,
+            token_type: w.token_type,
+            refresh_token: w.refresh_token.map(RefreshToken::new),
+            refresh_token_expires_in: w.refresh_token_expires_in,
+            scope: w.scope,
+            obtained_at: Timestamp::from_unix_millis(w.obtained_at_ms),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> OAuthTokens {
+        OAuthTokens::new(
+            AccessToken::new("ACCESS-CANARY"),
+            1_209_599,
+            Timestamp::from_unix_millis(1_764_000_000_500),
+        )
+        .with_refresh_token(RefreshToken::new("REFRESH-CANARY"), Some(7_775_999))
+    }
+
+    #[test]
+    fn debug_pins_redaction() {
+        assert_eq!(
+            format!("{:?}", sample()),
+            "OAuthTokens { access_token: AccessToken([redacted]), expires_in: 1209599, token_type: \"Bearer\", \
+             refresh_token: Some(RefreshToken([redacted])), refresh_token_expires_in: Some(7775999), scope: None, \
+             obtained_at: Timestamp(1764000000500) }"
+        );
+    }
+
+    #[test]
+    fn expiry_is_absolute_from_obtained_at() {
+        let t = sample();
+        assert_eq!(t.expires_at().as_unix_millis(), 1_764_000_000_500 + 1_209_599_000);
+        assert_eq!(t.refresh_token_expires_at().unwrap().as_unix_millis(), 1_764_000_000_500 + 7_775_999_000);
+        let exp = t.expires_at();
+        assert!(!t.is_expired(Duration::ZERO, exp.saturating_sub(Duration::from_millis(1))));
+        assert!(t.is_expired(Duration::ZERO, exp));
+        assert!(t.is_expired(Duration::from_secs(60), exp.saturating_sub(Duration::from_secs(60))));
+    }
+
+    #[test]
+    fn stored_form_is_stable() {
+        assert_eq!(
+            String::from_utf8(sample().to_json()).unwrap(),
+            r#"{"schema":1,"access_token":"ACCESS-CANARY","expires_in":1209599,"token_type":"Bearer","refresh_token":"REFRESH-CANARY","refresh_token_expires_in":7775999,"obtained_at_ms":1764000000500}"#
+        );
+    }
+
+    #[test]
+    fn newer_schemas_and_garbage_are_refused_without_echoing_content() {
+        let newer = br#"{"schema":2,"access_token":"SECRET","expires_in":1,"token_type":"Bearer","obtained_at_ms":0}"#;
+        let err = OAuthTokens::from_json(newer).unwrap_err();
+        assert!(!err.contains("SECRET"), "{err}");
+        for bad in [&b""[..], b"{", b"null", b"{\"schema\":1}", b"\xff\xfe"] {
+            assert!(OAuthTokens::from_json(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_for_forward_compatibility() {
+        let rec = br#"{"schema":1,"access_token":"a","expires_in":5,"token_type":"Bearer","obtained_at_ms":7,"future":true}"#;
+        let t = OAuthTokens::from_json(rec).unwrap();
+        assert_eq!(t.expires_in, 5);
+        assert!(t.refresh_token.is_none());
+    }
+
+    #[test]
+    fn inherit_keeps_the_old_refresh_token_and_its_expiry() {
+        let old = sample();
+        let new = OAuthTokens::new(
+            AccessToken::new("new"),
+            100,
+            old.obtained_at.saturating_add(Duration::from_secs(1000)),
+        );
+        let merged = new.inherit_refresh_token(&old);
+        assert!(merged.refresh_token.as_ref().unwrap().ct_eq_str("REFRESH-CANARY"));
+        assert_eq!(merged.refresh_token_expires_at(), old.refresh_token_expires_at());
+        let rotated =
+            sample().with_refresh_token(RefreshToken::new("R2"), Some(5)).inherit_refresh_token(&old);
+        assert!(rotated.refresh_token.unwrap().ct_eq_str("R2"));
+    }
+
+    proptest! {
+        #[test]
+        fn records_round_trip_byte_exact(
+            access in "\\PC{0,80}", refresh in proptest::option::of("\\PC{0,80}"),
+            expires_in: u64, rexp: Option<u64>, scope in proptest::option::of("[a-z: _]{0,40}"),
+            obtained in 0u64..u64::MAX / 2, token_type in "[A-Za-z]{1,10}",
+        ) {
+            let mut t = OAuthTokens::new(AccessToken::new(access.clone()), expires_in, Timestamp::from_unix_millis(obtained));
+            t.token_type = token_type.clone();
+            t.scope = scope.clone();
+            if let Some(r) = &refresh { t = t.with_refresh_token(RefreshToken::new(r.clone()), rexp); }
+            let bytes = t.to_json();
+            let back = OAuthTokens::from_json(&bytes).unwrap();
+            prop_assert_eq!(back.access_token.expose_secret(), access.as_str());
+            prop_assert_eq!(back.refresh_token.as_ref().map(|r| r.expose_secret().to_owned()), refresh);
+            prop_assert_eq!(back.expires_in, expires_in);
+            prop_assert_eq!(&back.scope, &scope);
+            prop_assert_eq!(&back.token_type, &token_type);
+            prop_assert_eq!(back.obtained_at.as_unix_millis(), obtained);
+            prop_assert_eq!(back.to_json(), bytes);
+        }
+    }
+}
