@@ -87,11 +87,14 @@ pub struct HttpRequest {
 }
 
 impl HttpRequest {
-    pub(crate) fn new(method: Method, url: String, retry: RetryClass) -> Self {
+    /// A request with no headers and an empty body. Endpoint requests come from core's
+    /// builders; this is for tools and tests that need a free-form one.
+    pub fn new(method: Method, url: String, retry: RetryClass) -> Self {
         Self { method, url, headers: Vec::new(), body: Zeroizing::new(Vec::new()), retry }
     }
 
-    pub(crate) fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+    /// Adds a header that may be logged.
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.headers.push((name, HeaderValue::Plain(value.into())));
         self
     }
@@ -116,7 +119,8 @@ impl HttpRequest {
         self.header("Content-Type", "application/json").with_body(body)
     }
 
-    fn with_body(mut self, body: Zeroizing<Vec<u8>>) -> Self {
+    /// Replaces the body.
+    pub fn with_body(mut self, body: Zeroizing<Vec<u8>>) -> Self {
         self.body = body;
         self
     }

@@ -1,0 +1,503 @@
+//! The storage conformance suite: the whole [`TokenStorage`] / [`BlockingTokenStorage`]
+//! contract as public functions any backend's own tests call.
+//!
+//! ```no_run
+//! # async fn example() {
+//! use std::sync::Arc;
+//! use byova_core::InMemoryTokenStorage;
+//! use byova_testkit::conformance;
+//!
+//! let storage = Arc::new(InMemoryTokenStorage::new());
+//! let corrupt = storage.clone();
+//! let report = conformance::check_token_storage(
+//!     storage,
+//!     Some(Box::new(move |key| corrupt.put_raw_record(key, b"{not json".to_vec()))),
+//! )
+//! .await;
+//! assert!(report.skipped.is_empty());
+//! # }
+//! ```
+//!
+//! The suite works on a store that other data already lives in (a shared Redis or database):
+//! every org id it uses carries a random per-run prefix, and list checks are about its own ids.
+//! It does write the Integration record. Coordination cases (versions, leases, concurrent
+//! versioned writers) run when the backend reports
+//! [`supports_coordination`](TokenStorage::supports_coordination); otherwise they are listed in
+//! [`ConformanceReport::skipped`].
+//!
+//! Failures panic at the end with every failed case named, so one run shows them all.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use byova_core::{
+    AccessToken, BlockingTokenStorage, Expect, Lease, OAuthTokens, RefreshToken, StorageError,
+    StorageErrorKind, Timestamp, TokenKey, TokenStorage, Versioned,
+};
+
+/// Writes an unparseable record for a key, bypassing the codec (for the corrupt-record case).
+pub type Corrupter = Box<dyn Fn(&TokenKey) + Send + Sync>;
+
+/// What the suite ran.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct ConformanceReport {
+    /// Cases that passed.
+    pub passed: Vec<&'static str>,
+    /// Cases not applicable to this backend (no coordination, no corrupter).
+    pub skipped: Vec<&'static str>,
+}
+
+type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+type Res<T> = Result<T, StorageError>;
+
+/// Either flavour of storage behind one async face, so the suite is written once.
+#[derive(Clone)]
+enum Target {
+    Async(Arc<dyn TokenStorage>),
+    Blocking(Arc<dyn BlockingTokenStorage>),
+}
+
+macro_rules! dispatch {
+    ($self:ident, |$s:ident| $call:expr) => {
+        match $self {
+            Target::Async($s) => {
+                let $s = $s.clone();
+                Box::pin(async move { $call.await })
+            }
+            Target::Blocking($s) => {
+                let $s = $s.clone();
+                Box::pin(async move {
+                    tokio::task::spawn_blocking(move || $call).await.unwrap_or_else(|e| {
+                        Err(StorageError::other(format!("blocking storage call panicked: {e}")))
+                    })
+                })
+            }
+        }
+    };
+}
+
+impl Target {
+    fn supports_coordination(&self) -> bool {
+        match self {
+            Target::Async(s) => s.supports_coordination(),
+            Target::Blocking(s) => s.supports_coordination(),
+        }
+    }
+    fn get_integration(&self) -> BoxFut<'static, Res<Option<OAuthTokens>>> {
+        dispatch!(self, |s| s.get_integration_tokens())
+    }
+    fn set_integration(&self, t: OAuthTokens) -> BoxFut<'static, Res<()>> {
+        dispatch!(self, |s| s.set_integration_tokens(&t))
+    }
+    fn get_org(&self, org: String) -> BoxFut<'static, Res<Option<OAuthTokens>>> {
+        dispatch!(self, |s| s.get_service_app_tokens(&org))
+    }
+    fn set_org(&self, org: String, t: OAuthTokens) -> BoxFut<'static, Res<()>> {
+        dispatch!(self, |s| s.set_service_app_tokens(&org, &t))
+    }
+    fn delete_org(&self, org: String) -> BoxFut<'static, Res<()>> {
+        dispatch!(self, |s| s.delete_service_app_tokens(&org))
+    }
+    fn list(&self) -> BoxFut<'static, Res<Vec<String>>> {
+        dispatch!(self, |s| s.list_registered_orgs())
+    }
+    fn load(&self, key: TokenKey) -> BoxFut<'static, Res<Option<Versioned<OAuthTokens>>>> {
+        dispatch!(self, |s| s.load(&key))
+    }
+    fn store(&self, key: TokenKey, t: OAuthTokens, expect: Expect) -> BoxFut<'static, Res<u64>> {
+        dispatch!(self, |s| s.store(&key, &t, expect))
+    }
+    fn acquire(&self, key: TokenKey, ttl: Duration) -> BoxFut<'static, Res<Option<Lease>>> {
+        dispatch!(self, |s| s.try_acquire_lease(&key, ttl))
+    }
+    fn release(&self, lease: Lease) -> BoxFut<'static, Res<()>> {
+        dispatch!(self, |s| s.release_lease(&lease))
+    }
+}
+
+/// Runs the suite against an async backend. Call it from a multi-threaded tokio test.
+///
+/// # Panics
+/// When any case fails, naming every failed case.
+pub async fn check_token_storage(
+    storage: Arc<dyn TokenStorage>,
+    corrupt: Option<Corrupter>,
+) -> ConformanceReport {
+    run(Target::Async(storage), corrupt).await
+}
+
+/// Runs the suite against a blocking backend, on a runtime of its own (concurrent cases use
+/// real threads). Call it from a plain `#[test]`, not from inside an async runtime.
+///
+/// # Panics
+/// When any case fails, naming every failed case.
+pub fn check_blocking_token_storage(
+    storage: Arc<dyn BlockingTokenStorage>,
+    corrupt: Option<Corrupter>,
+) -> ConformanceReport {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(32)
+        .enable_all()
+        .build()
+        .expect("a runtime for the conformance suite");
+    rt.block_on(run(Target::Blocking(storage), corrupt))
+}
+
+type CaseResult = Result<(), String>;
+
+fn ensure(cond: bool, what: impl FnOnce() -> String) -> CaseResult {
+    if cond { Ok(()) } else { Err(what()) }
+}
+
+fn ok<T>(r: Res<T>, what: &str) -> Result<T, String> {
+    r.map_err(|e| format!("{what} failed: {e}"))
+}
+
+/// Tokens whose fields all differ per `tag`, with characters that trip naive codecs.
+pub fn sample_tokens(tag: &str) -> OAuthTokens {
+    let mut t = OAuthTokens::new(
+        AccessToken::new(format!("at-{tag}-ünï\"cødé\\/+=%\n")),
+        1_209_599,
+        Timestamp::from_unix_millis(1_764_000_000_123),
+    )
+    .with_refresh_token(RefreshToken::new(format!("rt-{tag}-{}", "x".repeat(200))), Some(7_775_999));
+    t.scope = Some(format!("spark:all spark:applications_token {tag}"));
+    t
+}
+
+fn same(a: &OAuthTokens, b: &OAuthTokens) -> bool {
+    a.to_json() == b.to_json()
+}
+
+fn counter_tokens(n: u64) -> OAuthTokens {
+    OAuthTokens::new(AccessToken::new(n.to_string()), 60, Timestamp::from_unix_secs(n))
+}
+
+fn counter_of(t: &OAuthTokens) -> Result<u64, String> {
+    t.access_token.expose_secret().parse().map_err(|_| "counter record does not hold a number".to_owned())
+}
+
+struct Suite {
+    target: Target,
+    run_id: String,
+}
+
+impl Suite {
+    fn org(&self, name: &str) -> String {
+        format!("{}-{name}", self.run_id)
+    }
+
+    async fn integration_round_trip(&self) -> CaseResult {
+        let t = &self.target;
+        let a = sample_tokens("integration-a");
+        ok(t.set_integration(a.clone()).await, "set_integration_tokens")?;
+        let got = ok(t.get_integration().await, "get_integration_tokens")?
+            .ok_or("stored Integration tokens read back as None")?;
+        ensure(same(&got, &a), || "Integration tokens did not round-trip byte-exact".into())?;
+        let b = sample_tokens("integration-b");
+        ok(t.set_integration(b.clone()).await, "set_integration_tokens")?;
+        let got = ok(t.get_integration().await, "get_integration_tokens")?
+            .ok_or("overwritten Integration tokens read back as None")?;
+        ensure(same(&got, &b), || "overwriting Integration tokens did not replace them".into())
+    }
+
+    async fn org_round_trip_and_isolation(&self) -> CaseResult {
+        let t = &self.target;
+        let (a, b) = (self.org("iso-a"), self.org("iso-b"));
+        ok(t.set_org(a.clone(), sample_tokens("org-a")).await, "set_service_app_tokens")?;
+        ok(t.set_org(b.clone(), sample_tokens("org-b")).await, "set_service_app_tokens")?;
+        let got_a =
+            ok(t.get_org(a.clone()).await, "get_service_app_tokens")?.ok_or("org a read back as None")?;
+        let got_b =
+            ok(t.get_org(b.clone()).await, "get_service_app_tokens")?.ok_or("org b read back as None")?;
+        ensure(same(&got_a, &sample_tokens("org-a")), || {
+            "org a's tokens did not round-trip byte-exact".into()
+        })?;
+        ensure(same(&got_b, &sample_tokens("org-b")), || {
+            "org b got something other than its own tokens".into()
+        })?;
+        let none = ok(t.get_org(self.org("never-registered")).await, "get_service_app_tokens")?;
+        ensure(none.is_none(), || "an unregistered org returned tokens".into())?;
+        let list = ok(t.list().await, "list_registered_orgs")?;
+        ensure(!list.iter().any(|o| o.is_empty()), || {
+            "the Integration record appeared in list_registered_orgs".into()
+        })
+    }
+
+    async fn list_after_delete(&self) -> CaseResult {
+        let t = &self.target;
+        let (a, b) = (self.org("del-a"), self.org("del-b"));
+        ok(t.set_org(a.clone(), sample_tokens("a")).await, "set_service_app_tokens")?;
+        ok(t.set_org(b.clone(), sample_tokens("b")).await, "set_service_app_tokens")?;
+        let list = ok(t.list().await, "list_registered_orgs")?;
+        ensure(list.contains(&a) && list.contains(&b), || "list_registered_orgs lacks a stored org".into())?;
+        ensure(list.iter().filter(|o| **o == a).count() == 1, || {
+            "list_registered_orgs repeats an org".into()
+        })?;
+        ok(t.delete_org(a.clone()).await, "delete_service_app_tokens")?;
+        let list = ok(t.list().await, "list_registered_orgs")?;
+        ensure(!list.contains(&a), || "a deleted org is still listed".into())?;
+        ensure(list.contains(&b), || "deleting one org removed another".into())?;
+        ensure(ok(t.get_org(a.clone()).await, "get_service_app_tokens")?.is_none(), || {
+            "a deleted org still has tokens".into()
+        })?;
+        ok(t.delete_org(a).await, "deleting an absent org (must not be an error)")
+    }
+
+    async fn awkward_org_ids(&self) -> CaseResult {
+        let t = &self.target;
+        let names = [
+            "../../etc/passwd".to_owned(),
+            "a/b\\c".to_owned(),
+            "org:with:colons{and}braces".to_owned(),
+            "ünïcødé-組織".to_owned(),
+            "x".repeat(200),
+            ".".to_owned(),
+            "integration".to_owned(),
+            "%2e%2e".to_owned(),
+        ];
+        for (i, name) in names.iter().enumerate() {
+            let org = self.org(name);
+            ok(
+                t.set_org(org.clone(), sample_tokens(&i.to_string())).await,
+                "set_service_app_tokens with an awkward org id",
+            )?;
+        }
+        let list = ok(t.list().await, "list_registered_orgs")?;
+        for (i, name) in names.iter().enumerate() {
+            let org = self.org(name);
+            let got = ok(t.get_org(org.clone()).await, "get_service_app_tokens")?
+                .ok_or_else(|| format!("org id {name:?} read back as None"))?;
+            ensure(same(&got, &sample_tokens(&i.to_string())), || {
+                format!("org id {name:?} read back another org's tokens")
+            })?;
+            ensure(list.contains(&org), || format!("org id {name:?} is missing from list_registered_orgs"))?;
+            ok(t.delete_org(org).await, "delete_service_app_tokens")?;
+        }
+        Ok(())
+    }
+
+    async fn concurrent_writers_distinct_orgs(&self) -> CaseResult {
+        let mut tasks = Vec::new();
+        for w in 0..8 {
+            let t = self.target.clone();
+            let prefix = self.org(&format!("conc-{w}"));
+            tasks.push(tokio::spawn(async move {
+                for i in 0..10 {
+                    t.set_org(format!("{prefix}-{i}"), sample_tokens(&format!("{w}-{i}"))).await?;
+                }
+                Ok::<(), StorageError>(())
+            }));
+        }
+        for task in tasks {
+            let joined = task.await.map_err(|e| format!("a writer task failed: {e}"))?;
+            ok(joined, "concurrent set_service_app_tokens")?;
+        }
+        let list = ok(self.target.list().await, "list_registered_orgs")?;
+        for w in 0..8 {
+            for i in 0..10 {
+                let org = format!("{}-{i}", self.org(&format!("conc-{w}")));
+                ensure(list.contains(&org), || format!("{org} written concurrently is missing"))?;
+                let got = ok(self.target.get_org(org.clone()).await, "get_service_app_tokens")?
+                    .ok_or("lost a concurrent write")?;
+                ensure(same(&got, &sample_tokens(&format!("{w}-{i}"))), || {
+                    format!("{org} holds another writer's tokens")
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn versioned_writes(&self) -> CaseResult {
+        let t = &self.target;
+        let key = TokenKey::org(self.org("versioned"));
+        let v1 = ok(
+            t.store(key.clone(), counter_tokens(1), Expect::Absent).await,
+            "store(Expect::Absent) on a new key",
+        )?;
+        let again = t.store(key.clone(), counter_tokens(9), Expect::Absent).await;
+        ensure(matches!(&again, Err(e) if e.kind() == StorageErrorKind::Conflict), || {
+            format!("store(Absent) over an existing record gave {again:?}, not a conflict")
+        })?;
+        let loaded = ok(t.load(key.clone()).await, "load")?.ok_or("load returned None after store")?;
+        ensure(loaded.version == v1, || {
+            format!("load's version {} differs from store's {v1}", loaded.version)
+        })?;
+        let v2 = ok(
+            t.store(key.clone(), counter_tokens(2), Expect::Version(v1)).await,
+            "store(Expect::Version(current))",
+        )?;
+        ensure(v2 > v1, || format!("version did not grow: {v1} then {v2}"))?;
+        let stale = t.store(key.clone(), counter_tokens(3), Expect::Version(v1)).await;
+        ensure(matches!(&stale, Err(e) if e.kind() == StorageErrorKind::Conflict), || {
+            format!("a stale versioned write gave {stale:?}, not a conflict")
+        })?;
+        let loaded = ok(t.load(key.clone()).await, "load")?.ok_or("record vanished")?;
+        ensure(counter_of(&loaded.value)? == 2 && loaded.version == v2, || {
+            "a rejected write changed the record".into()
+        })?;
+        let v3 = ok(t.store(key.clone(), counter_tokens(4), Expect::Any).await, "store(Expect::Any)")?;
+        ensure(v3 > v2, || "an unconditional write did not advance the version".into())?;
+        let via_seed = ok(t.get_org(self.org("versioned")).await, "get_service_app_tokens")?
+            .ok_or("seed read missed a versioned write")?;
+        ensure(counter_of(&via_seed)? == 4, || "the seed read and the versioned read disagree".into())?;
+        // A record deleted and created again must not accept a write based on the old version.
+        ok(t.delete_org(self.org("versioned")).await, "delete_service_app_tokens")?;
+        let v4 =
+            ok(t.store(key.clone(), counter_tokens(5), Expect::Absent).await, "store(Absent) after delete")?;
+        let aba = t.store(key.clone(), counter_tokens(6), Expect::Version(v3)).await;
+        ensure(matches!(&aba, Err(e) if e.kind() == StorageErrorKind::Conflict), || {
+            "a write based on the pre-delete version was accepted".into()
+        })?;
+        ensure(v4 != v3, || "a re-created record reused the deleted record's version".into())?;
+        let seeded = ok(t.load(key).await, "load")?;
+        ensure(seeded.is_some_and(|v| v.version == v4), || {
+            "load after re-create has the wrong version".into()
+        })
+    }
+
+    async fn lease_exclusivity_and_expiry(&self) -> CaseResult {
+        let t = &self.target;
+        let key = TokenKey::org(self.org("lease"));
+        let ttl = Duration::from_millis(400);
+        let first = ok(t.acquire(key.clone(), ttl).await, "try_acquire_lease")?
+            .ok_or("a free lease was not granted")?;
+        ensure(ok(t.acquire(key.clone(), ttl).await, "try_acquire_lease")?.is_none(), || {
+            "a held lease was granted twice".into()
+        })?;
+        let other_key = TokenKey::org(self.org("lease-other"));
+        let other = ok(t.acquire(other_key, ttl).await, "try_acquire_lease")?
+            .ok_or("a lease on another key was refused")?;
+        let impostor = Lease { key: key.clone(), owner: first.owner.wrapping_add(1) };
+        ok(t.release(impostor).await, "release_lease by a non-owner")?;
+        ensure(ok(t.acquire(key.clone(), ttl).await, "try_acquire_lease")?.is_none(), || {
+            "a non-owner released someone else's lease".into()
+        })?;
+        ok(t.release(first.clone()).await, "release_lease")?;
+        let second = ok(t.acquire(key.clone(), Duration::from_millis(300)).await, "try_acquire_lease")?
+            .ok_or("a released lease was not granted again")?;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let third = ok(t.acquire(key.clone(), Duration::from_secs(10)).await, "try_acquire_lease")?
+            .ok_or("an expired lease was not granted to a new owner")?;
+        ok(t.release(second).await, "release_lease of an expired lease")?;
+        ensure(ok(t.acquire(key.clone(), ttl).await, "try_acquire_lease")?.is_none(), || {
+            "releasing an expired lease freed its successor's".into()
+        })?;
+        ok(t.release(third).await, "release_lease")?;
+        ok(t.release(other).await, "release_lease")
+    }
+
+    async fn concurrent_versioned_increments(&self) -> CaseResult {
+        const WRITERS: u64 = 8;
+        const EACH: u64 = 25;
+        let key = TokenKey::org(self.org("increments"));
+        ok(self.target.store(key.clone(), counter_tokens(0), Expect::Absent).await, "store")?;
+        let mut tasks = Vec::new();
+        for _ in 0..WRITERS {
+            let t = self.target.clone();
+            let key = key.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut done = 0;
+                let mut attempts = 0u32;
+                while done < EACH {
+                    attempts += 1;
+                    if attempts > 100_000 {
+                        return Err("a writer made no progress in 100000 attempts".to_owned());
+                    }
+                    let cur =
+                        t.load(key.clone()).await.map_err(|e| e.to_string())?.ok_or("record vanished")?;
+                    let n = counter_of(&cur.value)?;
+                    match t.store(key.clone(), counter_tokens(n + 1), Expect::Version(cur.version)).await {
+                        Ok(_) => done += 1,
+                        Err(e) if e.kind() == StorageErrorKind::Conflict => tokio::task::yield_now().await,
+                        Err(e) => return Err(format!("versioned store failed: {e}")),
+                    }
+                }
+                Ok(())
+            }));
+        }
+        for task in tasks {
+            task.await.map_err(|e| e.to_string())??;
+        }
+        let end = ok(self.target.load(key).await, "load")?.ok_or("record vanished")?;
+        let n = counter_of(&end.value)?;
+        ensure(n == WRITERS * EACH, || {
+            format!("lost updates: {n} after {} versioned increments", WRITERS * EACH)
+        })
+    }
+
+    async fn corrupt_record_is_typed(&self, corrupt: &Corrupter) -> CaseResult {
+        let org = self.org("corrupt");
+        let neighbour = self.org("corrupt-neighbour");
+        ok(self.target.set_org(neighbour.clone(), sample_tokens("n")).await, "set_service_app_tokens")?;
+        corrupt(&TokenKey::org(org.clone()));
+        let got = self.target.get_org(org.clone()).await;
+        ensure(matches!(&got, Err(e) if e.kind() == StorageErrorKind::Corrupt), || {
+            format!("a corrupt record read as {:?}, not a Corrupt error", got.as_ref().map(|o| o.is_some()))
+        })?;
+        let neighbour_ok = ok(
+            self.target.get_org(neighbour.clone()).await,
+            "get_service_app_tokens next to a corrupt record",
+        )?;
+        ensure(neighbour_ok.is_some(), || "a corrupt record hid its neighbour".into())?;
+        let _ = self.target.delete_org(org).await;
+        ok(self.target.delete_org(neighbour).await, "delete_service_app_tokens")
+    }
+
+    async fn cleanup(&self) {
+        if let Ok(list) = self.target.list().await {
+            for org in list.into_iter().filter(|o| o.starts_with(&self.run_id)) {
+                let _ = self.target.delete_org(org).await;
+            }
+        }
+    }
+}
+
+async fn run(target: Target, corrupt: Option<Corrupter>) -> ConformanceReport {
+    let mut rand = [0u8; 6];
+    getrandom::fill(&mut rand).unwrap_or_default();
+    let run_id = format!("conf{}", rand.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let suite = Suite { target, run_id };
+    let coordinated = suite.target.supports_coordination();
+    let mut report = ConformanceReport::default();
+    let mut failures = Vec::new();
+    let mut record = |name: &'static str, result: Option<CaseResult>| match result {
+        None => report.skipped.push(name),
+        Some(Ok(())) => report.passed.push(name),
+        Some(Err(why)) => failures.push(format!("{name}: {why}")),
+    };
+    record("integration_round_trip", Some(suite.integration_round_trip().await));
+    record("org_round_trip_and_isolation", Some(suite.org_round_trip_and_isolation().await));
+    record("list_after_delete", Some(suite.list_after_delete().await));
+    record("awkward_org_ids", Some(suite.awkward_org_ids().await));
+    record("concurrent_writers_distinct_orgs", Some(suite.concurrent_writers_distinct_orgs().await));
+    record("versioned_writes", if coordinated { Some(suite.versioned_writes().await) } else { None });
+    record(
+        "lease_exclusivity_and_expiry",
+        if coordinated { Some(suite.lease_exclusivity_and_expiry().await) } else { None },
+    );
+    record(
+        "concurrent_versioned_increments",
+        if coordinated { Some(suite.concurrent_versioned_increments().await) } else { None },
+    );
+    record(
+        "corrupt_record_is_typed",
+        match &corrupt {
+            Some(c) => Some(suite.corrupt_record_is_typed(c).await),
+            None => None,
+        },
+    );
+    suite.cleanup().await;
+    for name in &report.passed {
+        println!("conformance: {name} ... ok");
+    }
+    for name in &report.skipped {
+        println!("conformance: {name} ... not applicable to this backend");
+    }
+    assert!(failures.is_empty(), "storage conformance failures:\n  {}", failures.join("\n  "));
+    report
+}
