@@ -1,1 +1,218 @@
-fn main() {}
+//! byova's project automation, with no dependencies beyond std.
+//!
+//! - `cargo xtask ci`: fmt check, clippy (warnings denied), the dependency-boundary check,
+//!   services, every test, docs (warnings denied), cargo-deny (licenses, bans, sources).
+//! - `cargo xtask test`: services, then every test.
+//! - `cargo xtask services`: checks PostgreSQL, MariaDB and Redis on their loopback ports,
+//!   starts any that is installed but down, and prints the `BYOVA_TEST_*_URL` values.
+//! - `cargo xtask deps`: the dependency-boundary check alone.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::{Duration, Instant};
+
+type Result<T = (), E = String> = std::result::Result<T, E>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("test") => test(&args[1..]),
+        Some("services") => services().map(|envs| {
+            for (name, value) in envs {
+                println!("{name}={value}");
+            }
+        }),
+        Some("deps") => dependency_boundaries(),
+        _ => {
+            eprintln!("usage: cargo xtask <ci|test|services|deps>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+fn step(name: &str) {
+    println!("\n==> {name}");
+}
+
+fn run(cmd: &mut Command) -> Result {
+    let shown = format!("{cmd:?}");
+    let status = cmd.current_dir(root()).status().map_err(|e| format!("could not run {shown}: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("{shown} failed ({status})")) }
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn ci() -> Result {
+    let started = Instant::now();
+    step("cargo fmt --check");
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    step("cargo clippy (warnings denied)");
+    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    step("dependency boundaries");
+    dependency_boundaries()?;
+    test(&[])?;
+    step("cargo doc (warnings denied)");
+    run(cargo().args(["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings"))?;
+    step("cargo deny check licenses bans sources");
+    ensure_cargo_deny()?;
+    run(cargo().args(["deny", "check", "licenses", "bans", "sources"]))?;
+    println!("\nci: all green in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn test(extra: &[String]) -> Result {
+    step("services");
+    let envs = services()?;
+    step("cargo test --workspace");
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace"]).args(extra);
+    for (name, value) in envs {
+        cmd.env(name, value);
+    }
+    run(&mut cmd)
+}
+
+fn ensure_cargo_deny() -> Result {
+    let present = cargo().args(["deny", "--version"]).output().is_ok_and(|o| o.status.success());
+    if !present {
+        println!("cargo-deny is missing; installing it from crates.io (a few minutes, once per machine)");
+        run(cargo().args(["install", "cargo-deny", "--locked"]))?;
+    }
+    Ok(())
+}
+
+/// Crates that must not appear in a crate's normal dependency tree.
+const BOUNDARIES: &[(&str, &[&str])] =
+    &[("byova-core", &["tokio", "reqwest", "ureq", "hyper", "redis", "sqlx", "rusqlite", "mio", "socket2"])];
+
+fn dependency_boundaries() -> Result {
+    for (krate, banned) in BOUNDARIES {
+        let out = cargo()
+            .args(["tree", "-p", krate, "-e", "normal", "--prefix", "none", "--format", "{p}"])
+            .current_dir(root())
+            .output()
+            .map_err(|e| format!("cargo tree: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("cargo tree -p {krate} failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let tree = String::from_utf8_lossy(&out.stdout);
+        let mut names: Vec<&str> = tree.lines().filter_map(|l| l.split_whitespace().next()).collect();
+        names.sort_unstable();
+        names.dedup();
+        let found: Vec<&str> = names.iter().copied().filter(|n| banned.contains(n)).collect();
+        if !found.is_empty() {
+            return Err(format!(
+                "{krate} must stay free of I/O crates, but its normal dependencies include {}",
+                found.join(", ")
+            ));
+        }
+        println!(
+            "{krate}: {} crates in the normal dependency tree, none of {}",
+            names.len(),
+            banned.join(", ")
+        );
+    }
+    Ok(())
+}
+
+struct Service {
+    name: &'static str,
+    port: u16,
+    env: &'static str,
+    url: &'static str,
+    binary: &'static str,
+    start: &'static str,
+}
+
+const SERVICES: &[Service] = &[
+    Service {
+        name: "PostgreSQL",
+        port: 5432,
+        env: "BYOVA_TEST_POSTGRES_URL",
+        url: "postgres://postgres@127.0.0.1:5432/test",
+        binary: "/usr/bin/pg_ctlcluster",
+        start: "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql | head -n1) main start",
+    },
+    Service {
+        name: "MariaDB",
+        port: 3306,
+        env: "BYOVA_TEST_MYSQL_URL",
+        url: "mysql://root@127.0.0.1:3306/test",
+        binary: "/usr/sbin/mariadbd",
+        start: "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd",
+    },
+    Service {
+        name: "Redis",
+        port: 6379,
+        env: "BYOVA_TEST_REDIS_URL",
+        url: "redis://127.0.0.1:6379/0",
+        binary: "/usr/bin/redis-server",
+        start: "mkdir -p /var/lib/redis /var/log/redis && redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 \
+                --save '' --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log",
+    },
+];
+
+fn is_up(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+}
+
+/// Makes every service reachable (starting installed ones that are down) and returns the
+/// environment the tests read. In CI (`CI=true`) a service that cannot be made reachable is an
+/// error; elsewhere its variable is left out and backend tests report that they skipped.
+fn services() -> Result<Vec<(&'static str, String)>> {
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    let mut envs = Vec::new();
+    let mut missing = Vec::new();
+    for s in SERVICES {
+        if let Ok(url) = std::env::var(s.env) {
+            println!("{}: using {} from the environment", s.name, s.env);
+            envs.push((s.env, url));
+            continue;
+        }
+        if !is_up(s.port) {
+            if Path::new(s.binary).exists() {
+                println!("{}: down on 127.0.0.1:{}; starting it", s.name, s.port);
+                let status = Command::new("sh").args(["-c", s.start]).status();
+                if !status.is_ok_and(|st| st.success()) {
+                    println!("{}: the start command failed", s.name);
+                }
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while !is_up(s.port) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+            } else {
+                println!("{}: not installed ({} is missing)", s.name, s.binary);
+            }
+        }
+        if is_up(s.port) {
+            println!("{}: up on 127.0.0.1:{}", s.name, s.port);
+            envs.push((s.env, s.url.to_owned()));
+        } else {
+            missing.push(s.name);
+        }
+    }
+    if !missing.is_empty() {
+        let msg = format!("{} could not be reached or started", missing.join(", "));
+        if in_ci {
+            return Err(format!("{msg}; CI needs every backend service"));
+        }
+        println!("warning: {msg}; tests for those backends will report that they skipped");
+    }
+    Ok(envs)
+}

@@ -514,7 +514,8 @@ mod tests {
         let fetch = TokenCall::ServiceAppFetch { org_id: "o1".into() };
         let webex_400 =
             r#"{"message":"SECRET-CANARY bad","errors":[{"description":"x"}],"trackingId":"ROUTER_B"}"#;
-        let cases: Vec<(HttpResponse, &TokenCall, fn(&Error) -> bool)> = vec![
+        type Check = fn(&Error) -> bool;
+        let cases: Vec<(HttpResponse, &TokenCall, Check)> = vec![
             (
                 resp(400, &[], r#"{"error":"invalid_grant","error_description":"SECRET-CANARY"}"#),
                 &refresh,

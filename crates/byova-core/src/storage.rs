@@ -421,10 +421,8 @@ impl InMemoryTokenStorage {
     fn acquire_sync(&self, key: &TokenKey, ttl: Duration) -> Option<Lease> {
         let now = self.clock.now();
         let mut state = self.lock();
-        if let Some((_, until)) = state.leases.get(key) {
-            if *until > now {
-                return None;
-            }
+        if state.leases.get(key).is_some_and(|(_, until)| *until > now) {
+            return None;
         }
         let lease = Lease::new(key.clone());
         state.leases.insert(key.clone(), (lease.owner, now.saturating_add(ttl)));

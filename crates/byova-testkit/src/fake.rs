@@ -993,7 +993,7 @@ fn header<'h>(headers: &'h hyper::HeaderMap, name: &str) -> Option<&'h str> {
 
 fn is_loopback_uri(uri: &str) -> Option<(&str, &str)> {
     let rest = uri.strip_prefix("http://")?;
-    let (authority, path) = rest.split_once('/').map(|(a, p)| (a, p)).unwrap_or((rest, ""));
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
     let host = authority.rsplit_once(':').map(|(h, _)| h).unwrap_or(authority);
     matches!(host, "127.0.0.1" | "[::1]" | "localhost").then_some((host, path))
 }
@@ -1300,7 +1300,7 @@ impl Ctx<'_> {
                 "The request requires a valid access token set in the Authorization request header.",
             );
         }
-        let id = path.strip_prefix("/v1/webhooks/").map(|id| percent_decode(id));
+        let id = path.strip_prefix("/v1/webhooks/").map(percent_decode);
         match (method.as_str(), id) {
             ("GET", None) => {
                 let q = form(query.as_bytes());

@@ -23,25 +23,7 @@ fn query_param(url: &str, name: &str) -> Option<String> {
 }
 
 fn form_pairs(s: &str) -> HashMap<String, String> {
-    s.split('&').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_owned(), percent_decode(v))).collect()
-}
-
-fn percent_decode(v: &str) -> String {
-    let bytes = v.replace('+', " ").into_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() + 1 {
-            if let Ok(b) = u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out).unwrap()
+    form_urlencoded::parse(s.as_bytes()).into_owned().collect()
 }
 
 /// Runs the authorization flow against the fake: returns the exchange response.
@@ -425,8 +407,11 @@ fn webhooks_crud_with_link_pagination() {
     ));
 }
 
+/// Headers (lower-cased names) and body of one delivery.
+type Delivery = (HashMap<String, String>, Vec<u8>);
+
 /// A loopback receiver that records each delivery and answers `status`.
-fn receiver(status: u16) -> (String, mpsc::Receiver<(HashMap<String, String>, Vec<u8>)>) {
+fn receiver(status: u16) -> (String, mpsc::Receiver<Delivery>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/webex", listener.local_addr().unwrap());
     let (tx, rx) = mpsc::channel();

@@ -1,0 +1,112 @@
+//! Workspace hygiene as tests: rules the project holds itself to, checked on every run.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() && path.file_name().is_some_and(|n| n != "target") {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+fn member_manifests() -> Vec<PathBuf> {
+    let mut manifests: Vec<PathBuf> = fs::read_dir(root().join("crates"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("Cargo.toml"))
+        .filter(|p| p.exists())
+        .collect();
+    manifests.push(root().join("xtask/Cargo.toml"));
+    manifests.push(root().join("tests/Cargo.toml"));
+    manifests
+}
+
+#[test]
+fn every_member_opts_into_workspace_lints_and_declares_dependencies_once() {
+    for manifest in member_manifests() {
+        let text = fs::read_to_string(&manifest).unwrap();
+        assert!(
+            text.contains("[lints]\nworkspace = true"),
+            "{} lacks `[lints] workspace = true`",
+            manifest.display()
+        );
+        let mut section = String::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.starts_with('[') {
+                section = line.to_owned();
+                continue;
+            }
+            if section.ends_with("dependencies]") && !line.is_empty() && !line.starts_with('#') {
+                assert!(
+                    line.contains(".workspace = true") || line.contains("workspace = true"),
+                    "{}: `{line}` must come from [workspace.dependencies]",
+                    manifest.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn folder_name_is_crate_name() {
+    for manifest in member_manifests() {
+        let dir = manifest.parent().unwrap().file_name().unwrap().to_string_lossy().into_owned();
+        let text = fs::read_to_string(&manifest).unwrap();
+        let name = text.lines().find_map(|l| l.strip_prefix("name = ")).unwrap().trim_matches('"').to_owned();
+        let expected = if dir == "tests" { "byova-tests".to_owned() } else { dir };
+        assert_eq!(name, expected, "{}", manifest.display());
+    }
+}
+
+#[test]
+fn library_crates_forbid_unsafe_and_document_everything() {
+    for entry in fs::read_dir(root().join("crates")).unwrap().flatten() {
+        let lib = entry.path().join("src/lib.rs");
+        if let Ok(text) = fs::read_to_string(&lib) {
+            assert!(text.contains("#![forbid(unsafe_code)]"), "{} must forbid unsafe code", lib.display());
+            assert!(text.contains("#![warn(missing_docs)]"), "{} must warn on missing docs", lib.display());
+            assert!(text.starts_with("//!"), "{} must open with a crate doc comment", lib.display());
+        }
+    }
+}
+
+#[test]
+fn no_stubs_ignored_tests_or_debug_macros() {
+    let banned = [
+        concat!("todo", "!("),
+        concat!("unimplemented", "!("),
+        concat!("#[", "ignore"),
+        concat!("dbg", "!("),
+    ];
+    let mut files = Vec::new();
+    for dir in ["crates", "xtask", "tests"] {
+        rust_files(&root().join(dir), &mut files);
+    }
+    assert!(files.len() > 10, "the walk found too few files: {files:?}");
+    for file in files {
+        let text = fs::read_to_string(&file).unwrap();
+        for b in banned {
+            assert!(!text.contains(b), "{} contains `{b}`", file.display());
+        }
+    }
+}
+
+#[test]
+fn ci_runs_exactly_the_readme_test_command() {
+    let ci = fs::read_to_string(root().join(".ci/run")).unwrap();
+    let command =
+        ci.lines().rfind(|l| !l.trim().is_empty() && !l.starts_with('#')).unwrap().trim().to_owned();
+    let readme = fs::read_to_string(root().join("README.md")).unwrap();
+    let setup = readme.split("## Set up").nth(1).unwrap().split("```").nth(1).unwrap();
+    assert!(setup.lines().any(|l| l.trim() == command), "README's set-up block does not show `{command}`");
+}
