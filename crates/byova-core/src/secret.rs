@@ -5,6 +5,12 @@
 //! [`ct_eq`](ClientSecret::ct_eq), which compares SHA-256 digests in constant time), and wipes
 //! its buffer when dropped. The only way to read the value is the explicitly named
 //! `expose_secret()`, so every place a secret leaves the type is easy to find in review.
+//!
+//! Clones share one buffer (an `Arc`, as aws-credential-types does), so a token handed to many
+//! callers exists once in memory, cloning it costs an atomic increment, and it is wiped when
+//! the last clone is dropped.
+
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -13,12 +19,12 @@ use zeroize::Zeroizing;
 macro_rules! secret_type {
     ($(#[$meta:meta])* $name:ident, clone: $clone:tt) => {
         $(#[$meta])*
-        pub struct $name(Zeroizing<String>);
+        pub struct $name(Arc<Zeroizing<String>>);
 
         impl $name {
             /// Wraps a secret value.
             pub fn new(value: impl Into<String>) -> Self {
-                Self(Zeroizing::new(value.into()))
+                Self(Arc::new(Zeroizing::new(value.into())))
             }
 
             /// The secret value. Leaking it may compromise the OAuth flow: never log it.
@@ -112,7 +118,6 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut buf = [0u8; N];
     // The OS random source failing is not a condition a token library can recover from, and
     // falling back to weaker randomness would be worse than stopping.
-    #[allow(clippy::expect_used)]
     getrandom::fill(&mut buf).expect("the operating system's random source is unavailable");
     buf
 }
