@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::policy::{RefreshPolicy, RetryPolicy};
+use crate::policy::{CoordinationPolicy, RefreshPolicy, RetryPolicy};
 
 /// The production Webex API base URL.
 pub const DEFAULT_BASE_URL: &str = "https://webexapis.com/v1";
@@ -35,6 +35,8 @@ pub struct ByovaConfig {
     pub refresh: RefreshPolicy,
     /// How failed requests are retried.
     pub retry: RetryPolicy,
+    /// Leases, polling and cache re-validation across callers and processes.
+    pub coordination: CoordinationPolicy,
 }
 
 impl Default for ByovaConfig {
@@ -77,6 +79,7 @@ impl ByovaConfig {
             timeout: Duration::from_secs(30),
             refresh: RefreshPolicy::default(),
             retry: RetryPolicy::default(),
+            coordination: CoordinationPolicy::default(),
         }
     }
 

@@ -40,19 +40,23 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod cache;
 mod config;
 mod credentials;
 mod error;
 mod http;
 mod ids;
+mod listener;
 mod oauth;
 mod policy;
+pub mod refresh;
 mod secret;
 mod storage;
 mod time;
 mod tokens;
 mod webhook;
 
+pub use cache::{CacheEntry, TokenCache};
 pub use config::{ByovaConfig, DEFAULT_BASE_URL, env as config_env};
 pub use credentials::{
     DEFAULT_INTEGRATION_SCOPES, DEFAULT_REDIRECT_URI, IntegrationCredentials, ServiceAppCredentials,
@@ -64,12 +68,17 @@ pub use ids::{
     decode_org_id, decode_webex_id, derive_application_id, derive_application_id_in_region, encode_webex_id,
     normalize_org_id,
 };
+pub use listener::{
+    CallbackHandler, CallbackReply, CallbackVerdict, LoopbackRedirect, MAX_CALLBACK_HEAD_BYTES, RequestHead,
+    parse_request_head,
+};
 pub use oauth::{
     AuthorizationRequest, MAX_TOKEN_RESPONSE_BYTES, TokenCall, api_error, code_exchange_request,
     error_from_response, known_oauth_error, parse_retry_after, parse_token_response, refresh_request,
     service_app_token_request, tracking_id,
 };
-pub use policy::{Freshness, RefreshPolicy, RetryDecision, RetryPolicy};
+pub use policy::{CoordinationPolicy, Freshness, RefreshPolicy, RetryDecision, RetryPolicy};
+pub use refresh::{Outcome, RefreshClient, RefreshMachine, RefreshMode, Step};
 pub use secret::{
     AccessToken, AuthorizationCode, ClientSecret, CsrfState, PkceCodeVerifier, RefreshToken, WebhookSecret,
 };

@@ -80,6 +80,29 @@ fn splitmix64(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// How callers and processes coordinate around one key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CoordinationPolicy {
+    /// How long a refresh lease lasts; longer than a refresh with all its retries takes.
+    pub lease_ttl: Duration,
+    /// How often a caller without the lease re-reads storage while another process refreshes.
+    pub poll_interval: Duration,
+    /// A cached token is re-read from storage at least this often, so a deauthorization or a
+    /// refresh elsewhere is seen.
+    pub cache_revalidate: Duration,
+}
+
+impl Default for CoordinationPolicy {
+    fn default() -> Self {
+        Self {
+            lease_ttl: Duration::from_secs(60),
+            poll_interval: Duration::from_millis(50),
+            cache_revalidate: Duration::from_secs(30),
+        }
+    }
+}
+
 /// What to do after a failed attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RetryDecision {

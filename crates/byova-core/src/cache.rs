@@ -1,0 +1,180 @@
+//! The process-local token cache that answers the hot path.
+//!
+//! A fresh token is served from here without a storage round trip: one uncontended read lock,
+//! two timestamp comparisons and an `Arc` increment. Each entry remembers when refresh-ahead
+//! begins for it (with per-key, per-process jitter) and when it was last read from storage, so
+//! a shared backend's changes (a deauthorization, a refresh by another replica) are seen within
+//! [`TokenCache::revalidate_after`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::policy::{Freshness, RefreshPolicy};
+use crate::secret::AccessToken;
+use crate::storage::{TokenKey, Versioned};
+use crate::time::Timestamp;
+use crate::tokens::OAuthTokens;
+
+/// One cached record.
+#[derive(Debug)]
+pub struct CacheEntry {
+    /// The record as last read or written.
+    pub record: Versioned<OAuthTokens>,
+    /// From this moment the entry is no longer served from the hot path.
+    pub serve_until: Timestamp,
+}
+
+/// The cache: one slot for the Integration, a map for orgs.
+#[derive(Debug)]
+pub struct TokenCache {
+    integration: RwLock<Option<Arc<CacheEntry>>>,
+    orgs: RwLock<HashMap<String, Arc<CacheEntry>>>,
+    policy: RefreshPolicy,
+    process_seed: u64,
+    revalidate_after: Duration,
+}
+
+impl TokenCache {
+    /// An empty cache. `process_seed` spreads refresh-ahead across processes; entries are
+    /// re-read from storage at least every `revalidate_after`.
+    pub fn new(policy: RefreshPolicy, process_seed: u64, revalidate_after: Duration) -> Self {
+        Self {
+            integration: RwLock::new(None),
+            orgs: RwLock::new(HashMap::new()),
+            policy,
+            process_seed,
+            revalidate_after,
+        }
+    }
+
+    /// How long an entry is trusted before it is re-read from storage.
+    pub fn revalidate_after(&self) -> Duration {
+        self.revalidate_after
+    }
+
+    /// The jitter seed for `key` in this process.
+    pub fn jitter_seed(&self, key: &TokenKey) -> u64 {
+        // FNV-1a over the key, mixed with the process seed.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ self.process_seed;
+        let bytes: &[u8] = match key {
+            TokenKey::Integration => b"\x00integration",
+            TokenKey::Org(org) => org.as_bytes(),
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h
+    }
+
+    /// The hot path for the Integration: the access token when it is fresh at `now`.
+    #[inline]
+    pub fn fresh_integration(&self, now: Timestamp) -> Option<AccessToken> {
+        let slot = self.integration.read().unwrap_or_else(|e| e.into_inner());
+        slot.as_ref().filter(|e| now < e.serve_until).map(|e| e.record.value.access_token.clone())
+    }
+
+    /// The hot path for an org.
+    #[inline]
+    pub fn fresh_org(&self, org_id: &str, now: Timestamp) -> Option<AccessToken> {
+        let map = self.orgs.read().unwrap_or_else(|e| e.into_inner());
+        map.get(org_id).filter(|e| now < e.serve_until).map(|e| e.record.value.access_token.clone())
+    }
+
+    /// The hot path for any key.
+    pub fn fresh(&self, key: &TokenKey, now: Timestamp) -> Option<AccessToken> {
+        match key {
+            TokenKey::Integration => self.fresh_integration(now),
+            TokenKey::Org(org) => self.fresh_org(org, now),
+        }
+    }
+
+    /// The cached entry, fresh or not.
+    pub fn get(&self, key: &TokenKey) -> Option<Arc<CacheEntry>> {
+        match key {
+            TokenKey::Integration => self.integration.read().unwrap_or_else(|e| e.into_inner()).clone(),
+            TokenKey::Org(org) => self.orgs.read().unwrap_or_else(|e| e.into_inner()).get(org).cloned(),
+        }
+    }
+
+    /// Caches `record`, read from or written to storage at `now`. A record that is not fresh
+    /// is cached too (status reports use it) but never served from the hot path.
+    pub fn put(&self, key: &TokenKey, record: Versioned<OAuthTokens>, now: Timestamp) {
+        let seed = self.jitter_seed(key);
+        let serve_until = match self.policy.assess(&record.value, now, seed) {
+            Freshness::Fresh => self
+                .policy
+                .refresh_ahead_at(&record.value, seed)
+                .min(now.saturating_add(self.revalidate_after)),
+            Freshness::RefreshAhead | Freshness::Expired => Timestamp::EPOCH,
+        };
+        let entry = Arc::new(CacheEntry { record, serve_until });
+        match key {
+            TokenKey::Integration => {
+                *self.integration.write().unwrap_or_else(|e| e.into_inner()) = Some(entry)
+            }
+            TokenKey::Org(org) => {
+                self.orgs.write().unwrap_or_else(|e| e.into_inner()).insert(org.clone(), entry);
+            }
+        }
+    }
+
+    /// Forgets `key` (deauthorized, removed, or found missing in storage).
+    pub fn remove(&self, key: &TokenKey) {
+        match key {
+            TokenKey::Integration => *self.integration.write().unwrap_or_else(|e| e.into_inner()) = None,
+            TokenKey::Org(org) => {
+                self.orgs.write().unwrap_or_else(|e| e.into_inner()).remove(org);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(obtained: u64, expires_in: u64) -> Versioned<OAuthTokens> {
+        Versioned {
+            value: OAuthTokens::new(AccessToken::new("A"), expires_in, Timestamp::from_unix_secs(obtained)),
+            version: 3,
+        }
+    }
+
+    #[test]
+    fn serves_fresh_entries_until_revalidation_or_refresh_ahead() {
+        let policy = RefreshPolicy { jitter: Duration::ZERO, ..RefreshPolicy::default() };
+        let cache = TokenCache::new(policy, 1, Duration::from_secs(30));
+        let now = Timestamp::from_unix_secs(1000);
+        cache.put(&TokenKey::Integration, record(1000, 10_000), now);
+        assert!(cache.fresh_integration(now).is_some());
+        assert!(cache.fresh_integration(Timestamp::from_unix_secs(1029)).is_some());
+        assert!(cache.fresh_integration(Timestamp::from_unix_secs(1030)).is_none(), "re-read after 30 s");
+        cache.put(&TokenKey::org("o"), record(1000, 100), now);
+        assert!(cache.fresh_org("o", Timestamp::from_unix_secs(1010)).is_some());
+        // Refresh-ahead begins at 80 % of 100 s, before the revalidation interval ends.
+        assert!(cache.fresh_org("o", Timestamp::from_unix_secs(1080)).is_none());
+        assert!(cache.fresh_org("other", now).is_none());
+        cache.remove(&TokenKey::org("o"));
+        assert!(cache.get(&TokenKey::org("o")).is_none());
+    }
+
+    #[test]
+    fn stale_records_are_kept_but_never_served() {
+        let cache = TokenCache::new(RefreshPolicy::default(), 1, Duration::from_secs(30));
+        let now = Timestamp::from_unix_secs(100_000);
+        cache.put(&TokenKey::Integration, record(0, 60), now);
+        assert!(cache.fresh_integration(now).is_none());
+        assert_eq!(cache.get(&TokenKey::Integration).unwrap().record.version, 3);
+    }
+
+    #[test]
+    fn jitter_seeds_differ_per_key_and_process() {
+        let a = TokenCache::new(RefreshPolicy::default(), 1, Duration::from_secs(1));
+        let b = TokenCache::new(RefreshPolicy::default(), 2, Duration::from_secs(1));
+        assert_ne!(a.jitter_seed(&TokenKey::org("x")), a.jitter_seed(&TokenKey::org("y")));
+        assert_ne!(a.jitter_seed(&TokenKey::org("x")), b.jitter_seed(&TokenKey::org("x")));
+        assert_eq!(a.jitter_seed(&TokenKey::Integration), a.jitter_seed(&TokenKey::Integration));
+    }
+}
