@@ -15,6 +15,8 @@ pub mod env {
     /// Storage URL: `memory:`, `file:///dir`, `sqlite:///path.db`, `postgres://…`, `mysql://…`,
     /// `redis://…`.
     pub const STORAGE: &str = "BYOVA_STORAGE";
+    /// The secret `serviceApp` webhooks are registered with; deliveries must be signed with it.
+    pub const WEBHOOK_SECRET: &str = "BYOVA_WEBHOOK_SECRET";
 }
 
 /// SDK configuration (the seed's `BYOVAConfig`). `Default` is production Webex.

@@ -157,6 +157,9 @@ pub enum Error {
     /// An argument was not acceptable (an org id that is not base64, say).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// A webhook delivery's `X-Spark-Signature` was missing, malformed or wrong.
+    #[error("webhook rejected: {0}")]
+    WebhookSignature(#[from] crate::webhook::SignatureError),
 }
 
 fn retry_after_text(retry_after: &Option<Duration>) -> String {

@@ -72,6 +72,80 @@ impl RefreshPolicy {
     }
 }
 
+/// What a readiness probe needs to know about one key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TokenState {
+    /// The access token is fresh.
+    Valid,
+    /// Still valid; it will be refreshed on next use (refresh-ahead).
+    RefreshSoon,
+    /// The access token expired; it will be refreshed on next use.
+    Expired,
+    /// A person must authorize again (the refresh token was rejected or has expired).
+    ReauthorizationRequired,
+}
+
+impl TokenState {
+    /// A short lowercase name for JSON and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenState::Valid => "valid",
+            TokenState::RefreshSoon => "refresh_soon",
+            TokenState::Expired => "expired",
+            TokenState::ReauthorizationRequired => "reauthorization_required",
+        }
+    }
+}
+
+/// One key's status, for readiness probes and `byova status`. Holds no secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyStatus {
+    /// The key.
+    pub key: crate::storage::TokenKey,
+    /// Its state.
+    pub state: TokenState,
+    /// When the access token expires.
+    pub access_expires_at: Timestamp,
+    /// When the refresh token expires, when known.
+    pub refresh_expires_at: Option<Timestamp>,
+}
+
+impl RefreshPolicy {
+    /// The [`KeyStatus`] of `tokens` at `now`.
+    pub fn key_status(
+        &self,
+        key: crate::storage::TokenKey,
+        tokens: &OAuthTokens,
+        now: Timestamp,
+        jitter_seed: u64,
+        rejected: bool,
+    ) -> KeyStatus {
+        KeyStatus {
+            state: self.state(tokens, now, jitter_seed, rejected),
+            access_expires_at: tokens.expires_at(),
+            refresh_expires_at: tokens.refresh_token_expires_at(),
+            key,
+        }
+    }
+
+    /// The state of `tokens` at `now`. `rejected` says a refresh with the stored refresh token
+    /// was already answered `invalid_grant`.
+    pub fn state(&self, tokens: &OAuthTokens, now: Timestamp, jitter_seed: u64, rejected: bool) -> TokenState {
+        let refresh_dead = rejected
+            || tokens.refresh_token.is_none()
+            || tokens.refresh_token_expires_at().is_some_and(|at| at <= now);
+        match self.assess(tokens, now, jitter_seed) {
+            Freshness::Fresh => TokenState::Valid,
+            Freshness::RefreshAhead if refresh_dead => TokenState::Valid,
+            Freshness::RefreshAhead => TokenState::RefreshSoon,
+            Freshness::Expired if refresh_dead => TokenState::ReauthorizationRequired,
+            Freshness::Expired => TokenState::Expired,
+        }
+    }
+}
+
 /// A small, well-mixed hash so nearby seeds give unrelated jitter.
 fn splitmix64(mut x: u64) -> u64 {
     x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -215,6 +289,21 @@ mod tests {
         for seed in 0..1000 {
             assert!(p.refresh_ahead_at(&t, seed) >= Timestamp::from_unix_secs(7));
         }
+    }
+
+    #[test]
+    fn states_for_readiness_probes() {
+        use crate::secret::RefreshToken;
+        let p = RefreshPolicy { jitter: Duration::ZERO, ..RefreshPolicy::default() };
+        let with_rt = tokens(1_000, 1_000).with_refresh_token(RefreshToken::new("r"), Some(10_000));
+        let at = Timestamp::from_unix_secs;
+        assert_eq!(p.state(&with_rt, at(1_100), 0, false), TokenState::Valid);
+        assert_eq!(p.state(&with_rt, at(1_850), 0, false), TokenState::RefreshSoon);
+        assert_eq!(p.state(&with_rt, at(3_000), 0, false), TokenState::Expired);
+        assert_eq!(p.state(&with_rt, at(3_000), 0, true), TokenState::ReauthorizationRequired);
+        assert_eq!(p.state(&with_rt, at(20_000), 0, false), TokenState::ReauthorizationRequired, "refresh token expired");
+        assert_eq!(p.state(&tokens(1_000, 1_000), at(3_000), 0, false), TokenState::ReauthorizationRequired);
+        assert_eq!(TokenState::RefreshSoon.as_str(), "refresh_soon");
     }
 
     #[test]

@@ -122,6 +122,11 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     buf
 }
 
+/// 64 random bits from the operating system: seeds for jitter and backoff in the drivers.
+pub fn random_u64() -> u64 {
+    u64::from_le_bytes(random_bytes::<8>())
+}
+
 impl CsrfState {
     /// A fresh `state` of 128 random bits, base64url without padding (22 characters).
     pub fn new_random() -> Self {

@@ -1,0 +1,201 @@
+//! The async driver of byova-core's refresh machine: the hot path, in-process single-flight,
+//! and the loop that performs each step the machine asks for.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use byova_core::refresh::{Outcome, RefreshClient, RefreshMachine, RefreshMode, Step};
+use byova_core::{
+    AccessToken, ByovaConfig, Clock, Error, HttpRequest, HttpResponse, KeyStatus, OAuthTokens, Result,
+    RetryDecision, TokenCache, TokenKey, TokenStorage,
+};
+
+use crate::http::HttpClient;
+use crate::integration::IntegrationTokenManager;
+
+/// Per-key state shared by a manager's callers: the cache, the single-flight locks, and which
+/// keys Webex has refused to refresh.
+#[derive(Debug)]
+pub(crate) struct Keys {
+    pub(crate) cache: TokenCache,
+    locks: Mutex<HashMap<TokenKey, Arc<tokio::sync::Mutex<()>>>>,
+    rejected: Mutex<HashSet<TokenKey>>,
+}
+
+impl Keys {
+    pub(crate) fn new(config: &ByovaConfig) -> Self {
+        Self {
+            cache: TokenCache::new(
+                config.refresh.clone(),
+                byova_core::random_u64(),
+                config.coordination.cache_revalidate,
+            ),
+            locks: Mutex::default(),
+            rejected: Mutex::default(),
+        }
+    }
+
+    fn lock_for(&self, key: &TokenKey) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone()
+    }
+
+    pub(crate) fn is_rejected(&self, key: &TokenKey) -> bool {
+        self.rejected.lock().unwrap_or_else(|e| e.into_inner()).contains(key)
+    }
+
+    fn set_rejected(&self, key: &TokenKey, rejected: bool) {
+        let mut set = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
+        if rejected {
+            set.insert(key.clone());
+        } else {
+            set.remove(key);
+        }
+    }
+
+    /// Forgets `key` entirely (removed from storage).
+    pub(crate) fn forget(&self, key: &TokenKey) {
+        self.cache.remove(key);
+        self.set_rejected(key, false);
+    }
+}
+
+/// What a manager hands the driver.
+pub(crate) struct Env<'a> {
+    pub(crate) config: &'a ByovaConfig,
+    pub(crate) storage: &'a dyn TokenStorage,
+    pub(crate) http: &'a HttpClient,
+    pub(crate) clock: &'a dyn Clock,
+    pub(crate) keys: &'a Keys,
+    /// The Integration, for a Service App's fallback fetch.
+    pub(crate) integration: Option<&'a IntegrationTokenManager>,
+}
+
+impl Env<'_> {
+    /// A valid access token for `key`: from the cache when fresh (the hot path), else after one
+    /// caller in this process has run the refresh machine.
+    pub(crate) async fn get_valid(&self, client: RefreshClient<'_>, key: &TokenKey) -> Result<AccessToken> {
+        if let Some(token) = self.keys.cache.fresh(key, self.clock.now()) {
+            return Ok(token);
+        }
+        let lock = self.keys.lock_for(key);
+        let _guard = lock.lock().await;
+        if let Some(token) = self.keys.cache.fresh(key, self.clock.now()) {
+            return Ok(token);
+        }
+        self.run(client, key, RefreshMode::GetValid).await.map(|t| t.access_token)
+    }
+
+    /// New tokens now, single-flight with every other caller for `key`.
+    pub(crate) async fn force(&self, client: RefreshClient<'_>, key: &TokenKey, mode: RefreshMode) -> Result<OAuthTokens> {
+        let lock = self.keys.lock_for(key);
+        let _guard = lock.lock().await;
+        self.run(client, key, mode).await
+    }
+
+    async fn run(&self, client: RefreshClient<'_>, key: &TokenKey, mode: RefreshMode) -> Result<OAuthTokens> {
+        let outcome = self.drive(client, key.clone(), mode).await;
+        if let Some(error) = &outcome.served_stale_after {
+            tracing::warn!(key = %key, error = %error, "refresh failed; serving the still-valid access token");
+        }
+        match outcome.result {
+            Ok(record) => {
+                if outcome.refreshed {
+                    tracing::info!(key = %key, version = record.version, "tokens refreshed and stored");
+                    self.keys.set_rejected(key, false);
+                }
+                let tokens = record.value.clone();
+                self.keys.cache.put(key, record, self.clock.now());
+                Ok(tokens)
+            }
+            Err(error) => {
+                match &error {
+                    Error::ReauthorizationRequired { .. } => self.keys.set_rejected(key, true),
+                    Error::OrgNotRegistered { .. } | Error::NotAuthorized => self.keys.forget(key),
+                    _ => {}
+                }
+                tracing::warn!(key = %key, error = %error, "could not obtain a valid token");
+                Err(error)
+            }
+        }
+    }
+
+    async fn drive(&self, client: RefreshClient<'_>, key: TokenKey, mode: RefreshMode) -> Outcome {
+        let seed = self.keys.cache.jitter_seed(&key);
+        let mut machine = RefreshMachine::new(self.config, client, key, mode, seed, byova_core::random_u64());
+        let mut step = machine.start();
+        loop {
+            step = match step {
+                Step::Load(key) => {
+                    let loaded = self.storage.load(&key).await;
+                    machine.on_loaded(loaded, self.clock.now())
+                }
+                Step::AcquireLease(key, ttl) => {
+                    let lease = self.storage.try_acquire_lease(&key, ttl).await;
+                    machine.on_lease(lease, self.clock.now())
+                }
+                Step::Sleep(d) => {
+                    tokio::time::sleep(d).await;
+                    machine.on_slept()
+                }
+                Step::NeedIntegrationToken => {
+                    let token = match self.integration {
+                        // Boxed: the Integration's own refresh runs this same driver.
+                        Some(integration) => Box::pin(integration.get_access_token()).await,
+                        None => Err(Error::NotAuthorized),
+                    };
+                    machine.on_integration_token(token)
+                }
+                Step::Send(request) => {
+                    let sent_at = self.clock.now();
+                    tracing::debug!(url = request.url_for_logs(), "calling Webex");
+                    let response = self.http.send(&request).await;
+                    machine.on_response(response, sent_at, self.clock.now())
+                }
+                Step::Store(key, tokens, expect) => {
+                    let stored = self.storage.store(&key, &tokens, expect).await;
+                    machine.on_stored(stored)
+                }
+                Step::Release(lease) => {
+                    if let Err(e) = self.storage.release_lease(&lease).await {
+                        tracing::warn!(key = %lease.key, error = %e, "could not release a refresh lease; it expires on its own");
+                    }
+                    machine.on_released()
+                }
+                Step::Done(outcome) => return outcome,
+            };
+        }
+    }
+
+    /// The status of `key` from storage.
+    pub(crate) async fn status(&self, key: &TokenKey) -> Result<Option<KeyStatus>> {
+        let Some(record) = self.storage.load(key).await? else { return Ok(None) };
+        let seed = self.keys.cache.jitter_seed(key);
+        let rejected = self.keys.is_rejected(key);
+        Ok(Some(self.config.refresh.key_status(key.clone(), &record.value, self.clock.now(), seed, rejected)))
+    }
+}
+
+/// Sends a request outside the refresh path (code exchange, webhooks), retrying as core's
+/// retry policy decides, and parses the answer with `parse`.
+pub(crate) async fn send_with_retry<T>(
+    http: &HttpClient,
+    config: &ByovaConfig,
+    request: &HttpRequest,
+    parse: impl Fn(&HttpResponse) -> Result<T>,
+) -> Result<T> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = http.send(request).await.and_then(|r| parse(&r));
+        match result {
+            Ok(v) => return Ok(v),
+            Err(error) => {
+                let random = (byova_core::random_u64() >> 32) as u32;
+                match config.retry.decide(request.retry, attempt, &error, random) {
+                    RetryDecision::RetryAfter(d) => tokio::time::sleep(d).await,
+                    _ => return Err(error),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! [`HttpClient`]: the flavour's shared reqwest client. It sends byova-core request values and
+//! returns response values; it makes no OAuth decision.
+
+use std::time::Duration;
+
+use byova_core::{Error, HttpRequest, HttpResponse, Method, Result};
+
+/// Responses larger than this are cut off and reported as transport errors.
+const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// The shared HTTP client: rustls (ring), the configured timeout, no redirect following (a
+/// token endpoint that redirects is an error, not something to chase), proxies from the
+/// environment, a `byova/<version>` user agent, and a fresh `TrackingID` on every request.
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    client: reqwest::Client,
+}
+
+impl HttpClient {
+    /// A client whose requests time out after `timeout`.
+    ///
+    /// Installs rustls's `ring` crypto provider as the process default if none is installed.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when the TLS stack cannot be set up.
+    pub fn new(timeout: Duration) -> Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("byova/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Configuration(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self { client })
+    }
+
+    /// Sends `request` and reads the whole response.
+    ///
+    /// # Errors
+    /// [`Error::Transport`] when no complete response arrived; `maybe_sent` is false only when
+    /// connecting failed.
+    pub async fn send(&self, request: &HttpRequest) -> Result<HttpResponse> {
+        let method = match request.method {
+            Method::Get => reqwest::Method::GET,
+            Method::Post => reqwest::Method::POST,
+            Method::Put => reqwest::Method::PUT,
+            Method::Delete => reqwest::Method::DELETE,
+            _ => return Err(Error::Configuration("unsupported HTTP method".into())),
+        };
+        let mut builder = self.client.request(method, &request.url).header("TrackingID", tracking_id());
+        for (name, value) in &request.headers {
+            builder = builder.header(*name, value.expose());
+        }
+        if !request.body.is_empty() {
+            builder = builder.body(request.body.to_vec());
+        }
+        let mut response = builder.send().await.map_err(transport)?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_owned(), v.to_owned())))
+            .collect();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(Error::Transport { message: "the response is larger than 1 MiB".into(), maybe_sent: true });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(HttpResponse::new(status, headers, body))
+    }
+}
+
+/// A reqwest error as a transport error, without the URL (it may carry a query string).
+fn transport(e: reqwest::Error) -> Error {
+    let maybe_sent = !e.is_connect();
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else if e.is_body() || e.is_decode() {
+        "the response was cut off"
+    } else {
+        "the request failed"
+    };
+    let mut message = kind.to_owned();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    Error::Transport { message, maybe_sent }
+}
+
+/// `byova_<32 hex>`: correlates our logs with Webex's.
+pub(crate) fn tracking_id() -> String {
+    let r = u128::from(byova_core::random_u64()) | (u128::from(byova_core::random_u64()) << 64);
+    format!("byova_{r:032x}")
+}

@@ -1,0 +1,59 @@
+//! # byova-async
+//!
+//! The async flavour of byova, on tokio and reqwest (rustls): Integration OAuth and per-org
+//! Service App tokens for a Webex BYOVA provider.
+//!
+//! - [`IntegrationTokenManager`]: authorization URL, the browser flow with a loopback redirect
+//!   listener ([`RedirectListener`], [`wait_for_redirect`]), code exchange with PKCE, refresh,
+//!   and [`get_access_token`](IntegrationTokenManager::get_access_token).
+//! - [`ServiceAppTokenManager`]: per-org tokens fetched with the Integration's bearer,
+//!   refreshed, registered, removed.
+//! - [`Byova`]: everything wired together, with webhook handling, webhook registration, status
+//!   and bulk refresh.
+//!
+//! Every OAuth decision is byova-core's (re-exported here); this crate moves bytes, waits, and
+//! coordinates callers: a process-local cache answers fresh tokens, one caller per key
+//! refreshes while the others wait, and storage leases and versioned writes coordinate
+//! processes.
+//!
+//! ```
+//! # #[tokio::main(flavor = "multi_thread")]
+//! # async fn main() -> byova_async::Result<()> {
+//! use std::sync::Arc;
+//! use byova_async::*;
+//! # let fake = byova_testkit::FakeWebex::start();
+//! # let (integration_creds, service_app_creds) = (fake.integration_credentials(), fake.service_app_credentials());
+//! # let config = fake.config();
+//!
+//! let byova = Byova::builder(integration_creds, service_app_creds)
+//!     .config(config) // ByovaConfig::default() is production Webex
+//!     .storage(Arc::new(InMemoryTokenStorage::new()))
+//!     .build()?;
+//! # let browser = { let fake = Arc::new(byova_testkit::FakeWebex::start()); let _ = &fake; };
+//! # let _ = browser;
+//! # fake.issue_integration_tokens(); // stand-in: see the README for the full browser flow
+//! # byova.integration().refresh(Some(&fake.issue_integration_tokens().refresh_token)).await?;
+//! let bearer = byova.integration().get_access_token().await?;
+//! # fake.authorize_org("63b02f90-9cc6-43b8-aa6d-cad425ac554c");
+//! byova.service_app().fetch_token_for_org("63b02f90-9cc6-43b8-aa6d-cad425ac554c").await?;
+//! let org_token = byova.service_app().get_access_token("63b02f90-9cc6-43b8-aa6d-cad425ac554c").await?;
+//! # let _ = (bearer, org_token);
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod driver;
+mod facade;
+mod http;
+mod integration;
+mod listener;
+mod service_app;
+
+pub use byova_core::*;
+pub use facade::{Byova, ByovaBuilder, OrgRefresh, WebhookOutcome};
+pub use http::HttpClient;
+pub use integration::{AuthorizeOptions, IntegrationTokenManager};
+pub use listener::{BrowserOpener, RedirectListener, RedirectOptions, wait_for_redirect};
+pub use service_app::ServiceAppTokenManager;

@@ -1,0 +1,218 @@
+//! The loopback redirect listener (RFC 8252) on tokio. Every decision about a request is
+//! byova-core's [`CallbackHandler`]; this module accepts, reads, writes and times out.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use byova_core::{
+    AuthorizationCode, CallbackHandler, CallbackReply, CallbackVerdict, CsrfState, Error, LoopbackRedirect,
+    MAX_CALLBACK_HEAD_BYTES, Result, parse_request_head,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Opens a URL for the user (a browser). Tests inject one that plays the browser.
+pub type BrowserOpener = Arc<dyn Fn(&str) -> std::io::Result<()> + Send + Sync>;
+
+/// How long one connection may take to send its request head.
+const CONNECTION_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more are closed at once.
+const MAX_CONNECTIONS: usize = 64;
+
+/// A listener bound on the redirect URI's loopback address, waiting for one redirect.
+///
+/// Bind it before opening the browser (so the port is ready), read back
+/// [`redirect_uri`](Self::redirect_uri) (the port may have been chosen by the OS), then
+/// [`wait`](Self::wait). The port closes when `wait` returns or the listener is dropped.
+#[derive(Debug)]
+pub struct RedirectListener {
+    listener: TcpListener,
+    redirect: LoopbackRedirect,
+    port: u16,
+}
+
+impl RedirectListener {
+    /// Binds the loopback address of `redirect_uri` (port 0 picks a free port).
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for a non-loopback URI or a port already in use.
+    pub async fn bind(redirect_uri: &str) -> Result<Self> {
+        let redirect = LoopbackRedirect::parse(redirect_uri)?;
+        let addr = (redirect.bind_host(), redirect.port);
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            Error::Configuration(format!(
+                "cannot listen on {}:{} for the OAuth redirect: {e}; free the port or choose another redirect URI",
+                redirect.bind_host(),
+                redirect.port
+            ))
+        })?;
+        let port = listener.local_addr().map_err(|e| Error::Configuration(e.to_string()))?.port();
+        Ok(Self { listener, redirect, port })
+    }
+
+    /// The redirect URI with the bound port.
+    pub fn redirect_uri(&self) -> String {
+        self.redirect.uri_with_port(self.port)
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Waits for the redirect carrying `expected_state`.
+    ///
+    /// # Errors
+    /// [`Error::OAuthRedirect`] when the redirect carried `error=`,
+    /// [`Error::OAuthRedirectTimeout`] when none arrived in time.
+    pub async fn wait(self, expected_state: CsrfState, timeout: Duration) -> Result<AuthorizationCode> {
+        let handler = Arc::new(Mutex::new(CallbackHandler::new(&self.redirect, self.port, expected_state)));
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<CallbackVerdict>(4);
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let mut connections = tokio::task::JoinSet::new();
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => return Err(Error::OAuthRedirectTimeout(timeout)),
+                Some(verdict) = rx.recv() => match verdict {
+                    CallbackVerdict::Code(code) => return Ok(code),
+                    CallbackVerdict::Denied(error) => return Err(Error::OAuthRedirect { error }),
+                    CallbackVerdict::KeepWaiting => {}
+                },
+                accepted = self.listener.accept() => {
+                    let Ok((stream, peer)) = accepted else { continue };
+                    if !peer.ip().is_loopback() {
+                        continue;
+                    }
+                    let Ok(permit) = slots.clone().try_acquire_owned() else { continue };
+                    let (handler, tx) = (handler.clone(), tx.clone());
+                    connections.spawn(async move {
+                        serve(stream, &handler, &tx).await;
+                        drop(permit);
+                    });
+                }
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+    }
+}
+
+async fn serve(mut stream: TcpStream, handler: &Mutex<CallbackHandler>, tx: &tokio::sync::mpsc::Sender<CallbackVerdict>) {
+    let reply_and_verdict = match tokio::time::timeout(CONNECTION_READ_TIMEOUT, read_head(&mut stream)).await {
+        Ok(Ok(Some(head))) => match parse_request_head(&head) {
+            Some(head) => {
+                let (reply, verdict) = handler.lock().unwrap_or_else(|e| e.into_inner()).handle(&head);
+                Some((reply, Some(verdict)))
+            }
+            None => Some((CallbackReply::bad_request(), None)),
+        },
+        Ok(Ok(None)) => Some((CallbackReply::too_large(), None)),
+        Ok(Err(_)) | Err(_) => None,
+    };
+    let Some((reply, verdict)) = reply_and_verdict else { return };
+    let _ = stream.write_all(&reply.to_bytes()).await;
+    let _ = stream.shutdown().await;
+    if let Some(verdict) = verdict.filter(|v| !matches!(v, CallbackVerdict::KeepWaiting)) {
+        let _ = tx.send(verdict).await;
+    }
+}
+
+/// Reads up to the end of the request head; `None` when it exceeds the cap.
+async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            buf.truncate(end + 4);
+            return Ok(Some(buf));
+        }
+        if buf.len() > MAX_CALLBACK_HEAD_BYTES {
+            return Ok(None);
+        }
+    }
+}
+
+/// Options for [`wait_for_redirect`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct RedirectOptions {
+    /// How long to wait for the redirect.
+    pub timeout: Duration,
+    /// Whether to open `authorization_url` in a browser (otherwise it is printed).
+    pub open_browser: bool,
+    /// The URL to open once the listener is ready.
+    pub authorization_url: Option<String>,
+    /// The `state` the redirect must carry. Required: byova never accepts a redirect it cannot
+    /// tie to its own request.
+    pub expected_state: Option<String>,
+    /// Opens the URL; defaults to the system browser.
+    pub browser: Option<BrowserOpener>,
+}
+
+impl Default for RedirectOptions {
+    fn default() -> Self {
+        Self { timeout: Duration::from_secs(300), open_browser: true, authorization_url: None, expected_state: None, browser: None }
+    }
+}
+
+impl std::fmt::Debug for RedirectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedirectOptions")
+            .field("timeout", &self.timeout)
+            .field("open_browser", &self.open_browser)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Waits for the OAuth redirect on `redirect_uri` (the seed's `wait_for_redirect`): binds the
+/// listener, opens (or prints) the authorization URL, and returns `(code, state)`.
+///
+/// # Errors
+/// As [`RedirectListener::bind`] and [`RedirectListener::wait`]; [`Error::InvalidInput`]
+/// without `expected_state`.
+pub async fn wait_for_redirect(redirect_uri: &str, options: RedirectOptions) -> Result<(String, Option<String>)> {
+    let state = options.expected_state.clone().ok_or_else(|| {
+        Error::InvalidInput("expected_state is required: a redirect that cannot be tied to its request is refused".into())
+    })?;
+    let listener = RedirectListener::bind(redirect_uri).await?;
+    if let Some(url) = &options.authorization_url {
+        present_url(url, options.open_browser, options.browser.clone()).await;
+    }
+    let code = listener.wait(CsrfState::new(state.clone()), options.timeout).await?;
+    Ok((code.expose_secret().to_owned(), Some(state)))
+}
+
+/// Opens `url` with `browser` (or the system browser), off the runtime's threads; prints it
+/// when not opening or when opening fails.
+pub(crate) async fn present_url(url: &str, open: bool, browser: Option<BrowserOpener>) {
+    if !open {
+        eprintln!("Open this URL in a browser to authorize byova:\n\n  {url}\n");
+        return;
+    }
+    let opener = browser.unwrap_or_else(|| Arc::new(open_system_browser));
+    let owned = url.to_owned();
+    let opened = tokio::task::spawn_blocking(move || opener(&owned)).await;
+    if !matches!(opened, Ok(Ok(()))) {
+        eprintln!("Could not open a browser. Open this URL to authorize byova:\n\n  {url}\n");
+    }
+}
+
+fn open_system_browser(url: &str) -> std::io::Result<()> {
+    let mut cmd = if cfg!(target_os = "macos") {
+        std::process::Command::new("open")
+    } else if cfg!(windows) {
+        let mut c = std::process::Command::new("cmd");
+        c.args(["/C", "start", ""]);
+        c
+    } else {
+        std::process::Command::new("xdg-open")
+    };
+    let status = cmd.arg(url).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status()?;
+    if status.success() { Ok(()) } else { Err(std::io::Error::other("the browser launcher failed")) }
+}
