@@ -86,7 +86,12 @@ impl Env<'_> {
     }
 
     /// New tokens now, single-flight with every other caller for `key`.
-    pub(crate) async fn force(&self, client: RefreshClient<'_>, key: &TokenKey, mode: RefreshMode) -> Result<OAuthTokens> {
+    pub(crate) async fn force(
+        &self,
+        client: RefreshClient<'_>,
+        key: &TokenKey,
+        mode: RefreshMode,
+    ) -> Result<OAuthTokens> {
         let lock = self.keys.lock_for(key);
         let _guard = lock.lock().await;
         self.run(client, key, mode).await

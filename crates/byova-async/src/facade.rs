@@ -5,10 +5,10 @@ use std::sync::{Arc, Mutex};
 
 use byova_core::{
     ByovaConfig, Clock, Error, InMemoryTokenStorage, IntegrationCredentials, KeyStatus, NewWebhook, Result,
-    ServiceAppCredentials, ServiceAppEventKind, ServiceAppTokens, SystemClock, TokenStorage, Webhook, WebhookSecret,
-    config_env, create_webhook_request, delete_webhook_request, list_webhooks_request, load_credentials_from_env,
-    missing_webhooks, next_page_request, parse_service_app_event, parse_webhook, parse_webhook_deletion,
-    parse_webhook_page, verify_signature,
+    ServiceAppCredentials, ServiceAppEventKind, ServiceAppTokens, SystemClock, TokenStorage, Webhook,
+    WebhookSecret, config_env, create_webhook_request, delete_webhook_request, list_webhooks_request,
+    load_credentials_from_env, missing_webhooks, next_page_request, parse_service_app_event, parse_webhook,
+    parse_webhook_deletion, parse_webhook_page, verify_signature,
 };
 
 use crate::driver::send_with_retry;
@@ -124,10 +124,22 @@ impl ByovaBuilder {
     pub fn build(self) -> Result<Byova> {
         let http = HttpClient::new(self.config.timeout)?;
         let storage = self.storage.unwrap_or_else(|| Arc::new(InMemoryTokenStorage::new()));
-        let integration =
-            IntegrationTokenManager::with_clock(self.integration, http.clone(), storage.clone(), Some(self.config), self.clock);
-        let service_app = ServiceAppTokenManager::new(self.service_app, integration.clone(), http.clone(), storage);
-        Ok(Byova { integration, service_app, http, webhook_secret: self.webhook_secret, seen: Mutex::default() })
+        let integration = IntegrationTokenManager::with_clock(
+            self.integration,
+            http.clone(),
+            storage.clone(),
+            Some(self.config),
+            self.clock,
+        );
+        let service_app =
+            ServiceAppTokenManager::new(self.service_app, integration.clone(), http.clone(), storage);
+        Ok(Byova {
+            integration,
+            service_app,
+            http,
+            webhook_secret: self.webhook_secret,
+            seen: Mutex::default(),
+        })
     }
 }
 
@@ -186,16 +198,22 @@ impl Byova {
     /// [`Error::WebhookSignature`] for a missing or wrong signature, [`Error::InvalidInput`] for
     /// a malformed delivery, or the fetch's error (answer the delivery with a 5xx so Webex
     /// retries it).
-    pub async fn handle_service_app_webhook(&self, raw_body: &[u8], signature_header: Option<&str>) -> Result<WebhookOutcome> {
+    pub async fn handle_service_app_webhook(
+        &self,
+        raw_body: &[u8],
+        signature_header: Option<&str>,
+    ) -> Result<WebhookOutcome> {
         if let Some(secret) = &self.webhook_secret {
             verify_signature(secret, raw_body, signature_header)?;
         }
         let event = parse_service_app_event(raw_body)?;
-        if let Some(app) = &event.application_id {
-            if app.trim_end_matches('=') != self.service_app.application_id() {
-                tracing::info!("ignoring a serviceApp delivery for another application");
-                return Ok(WebhookOutcome::OtherApplication);
-            }
+        if event
+            .application_id
+            .as_deref()
+            .is_some_and(|app| app.trim_end_matches('=') != self.service_app.application_id())
+        {
+            tracing::info!("ignoring a serviceApp delivery for another application");
+            return Ok(WebhookOutcome::OtherApplication);
         }
         if !self.remember(&event.delivery_key) {
             return Ok(WebhookOutcome::Duplicate { org_id: event.org_id });
@@ -213,7 +231,9 @@ impl Byova {
                 .map(|()| WebhookOutcome::Removed { org_id: event.org_id.clone() }),
         };
         match &result {
-            Ok(outcome) => tracing::info!(org = %event.org_id, event = event.kind.as_str(), ?outcome, "serviceApp webhook handled"),
+            Ok(outcome) => {
+                tracing::info!(org = %event.org_id, event = event.kind.as_str(), ?outcome, "serviceApp webhook handled")
+            }
             Err(_) => self.forget(&event.delivery_key),
         }
         result
@@ -226,10 +246,10 @@ impl Byova {
             return false;
         }
         seen.1.push_back(key.to_owned());
-        if seen.1.len() > DEDUP_CAPACITY {
-            if let Some(old) = seen.1.pop_front() {
-                seen.0.remove(&old);
-            }
+        if seen.1.len() > DEDUP_CAPACITY
+            && let Some(old) = seen.1.pop_front()
+        {
+            seen.0.remove(&old);
         }
         true
     }
@@ -257,7 +277,10 @@ impl Byova {
                 None => return Ok(all),
             }
         }
-        Err(Error::InvalidResponse { what: "the webhook list did not end after 10000 pages".into(), status: 200 })
+        Err(Error::InvalidResponse {
+            what: "the webhook list did not end after 10000 pages".into(),
+            status: 200,
+        })
     }
 
     /// Creates a webhook.
@@ -267,7 +290,8 @@ impl Byova {
     pub async fn create_webhook(&self, webhook: &NewWebhook) -> Result<Webhook> {
         let token = self.integration.get_access_token().await?;
         let config = self.integration.config();
-        send_with_retry(&self.http, config, &create_webhook_request(config, &token, webhook), parse_webhook).await
+        send_with_retry(&self.http, config, &create_webhook_request(config, &token, webhook), parse_webhook)
+            .await
     }
 
     /// Deletes a webhook (an unknown id counts as deleted).
@@ -277,8 +301,13 @@ impl Byova {
     pub async fn delete_webhook(&self, webhook_id: &str) -> Result<()> {
         let token = self.integration.get_access_token().await?;
         let config = self.integration.config();
-        send_with_retry(&self.http, config, &delete_webhook_request(config, &token, webhook_id), parse_webhook_deletion)
-            .await
+        send_with_retry(
+            &self.http,
+            config,
+            &delete_webhook_request(config, &token, webhook_id),
+            parse_webhook_deletion,
+        )
+        .await
     }
 
     /// Makes sure the `serviceApp` `authorized` and `deauthorized` webhooks for this Service App
@@ -286,7 +315,11 @@ impl Byova {
     ///
     /// # Errors
     /// The Integration's or the API's error.
-    pub async fn ensure_service_app_webhooks(&self, target_url: &str, secret: Option<&WebhookSecret>) -> Result<Vec<Webhook>> {
+    pub async fn ensure_service_app_webhooks(
+        &self,
+        target_url: &str,
+        secret: Option<&WebhookSecret>,
+    ) -> Result<Vec<Webhook>> {
         let wanted = NewWebhook::service_app_pair(self.service_app.application_id(), target_url, secret);
         let existing = self.list_webhooks().await?;
         let mut created = Vec::new();

@@ -65,7 +65,10 @@ impl HttpClient {
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(transport)? {
             if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err(Error::Transport { message: "the response is larger than 1 MiB".into(), maybe_sent: true });
+                return Err(Error::Transport {
+                    message: "the response is larger than 1 MiB".into(),
+                    maybe_sent: true,
+                });
             }
             body.extend_from_slice(&chunk);
         }

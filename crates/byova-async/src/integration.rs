@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use byova_core::refresh::{RefreshClient, RefreshMode};
 use byova_core::{
-    AccessToken, AuthorizationCode, AuthorizationRequest, ByovaConfig, Clock, CsrfState, Expect, IntegrationCredentials,
-    KeyStatus, OAuthTokens, PkceCodeVerifier, RefreshToken, Result, SystemClock, Timestamp, TokenCall, TokenKey,
-    TokenStorage, Versioned, code_exchange_request, parse_token_response,
+    AccessToken, AuthorizationCode, AuthorizationRequest, ByovaConfig, Clock, CsrfState, Expect,
+    IntegrationCredentials, KeyStatus, OAuthTokens, PkceCodeVerifier, RefreshToken, Result, SystemClock,
+    Timestamp, TokenCall, TokenKey, TokenStorage, Versioned, code_exchange_request, parse_token_response,
 };
 
 use crate::driver::{Env, Keys, send_with_retry};
@@ -51,7 +51,9 @@ struct Inner {
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IntegrationTokenManager").field("credentials", &self.credentials).finish_non_exhaustive()
+        f.debug_struct("IntegrationTokenManager")
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
     }
 }
 
@@ -73,7 +75,13 @@ pub struct AuthorizeOptions {
 
 impl Default for AuthorizeOptions {
     fn default() -> Self {
-        Self { scopes: None, open_browser: true, timeout: Duration::from_secs(300), state: None, browser: None }
+        Self {
+            scopes: None,
+            open_browser: true,
+            timeout: Duration::from_secs(300),
+            state: None,
+            browser: None,
+        }
     }
 }
 
@@ -89,7 +97,10 @@ impl std::fmt::Debug for AuthorizeOptions {
 
 impl AuthorizeOptions {
     /// Plays the browser with `opener` instead of launching one.
-    pub fn with_browser(mut self, opener: impl Fn(&str) -> std::io::Result<()> + Send + Sync + 'static) -> Self {
+    pub fn with_browser(
+        mut self,
+        opener: impl Fn(&str) -> std::io::Result<()> + Send + Sync + 'static,
+    ) -> Self {
         self.browser = Some(Arc::new(opener));
         self.open_browser = true;
         self
@@ -131,7 +142,15 @@ impl IntegrationTokenManager {
         let config = config.unwrap_or_default();
         let keys = Keys::new(&config);
         Self {
-            inner: Arc::new(Inner { credentials, http, storage, config, clock, keys, pending: Mutex::default() }),
+            inner: Arc::new(Inner {
+                credentials,
+                http,
+                storage,
+                config,
+                clock,
+                keys,
+                pending: Mutex::default(),
+            }),
         }
     }
 
@@ -174,7 +193,11 @@ impl IntegrationTokenManager {
     ///
     /// # Errors
     /// [`Error::InvalidInput`](byova_core::Error::InvalidInput) for an empty or malformed scope list.
-    pub fn get_authorization_url(&self, scopes: Option<&[&str]>, state: Option<&str>) -> Result<(String, String)> {
+    pub fn get_authorization_url(
+        &self,
+        scopes: Option<&[&str]>,
+        state: Option<&str>,
+    ) -> Result<(String, String)> {
         let request = AuthorizationRequest::new(
             &self.inner.config,
             &self.inner.credentials,
@@ -234,7 +257,11 @@ impl IntegrationTokenManager {
         let version = self.inner.storage.store(&TokenKey::Integration, &tokens, Expect::Any).await?;
         tracing::info!("Integration authorized; tokens stored");
         self.inner.keys.forget(&TokenKey::Integration);
-        self.inner.keys.cache.put(&TokenKey::Integration, Versioned { value: tokens.clone(), version }, self.inner.clock.now());
+        self.inner.keys.cache.put(
+            &TokenKey::Integration,
+            Versioned { value: tokens.clone(), version },
+            self.inner.clock.now(),
+        );
         Ok(tokens)
     }
 
@@ -262,7 +289,8 @@ impl IntegrationTokenManager {
     pub async fn authorize(&self, options: AuthorizeOptions) -> Result<OAuthTokens> {
         let listener = RedirectListener::bind(&self.inner.credentials.redirect_uri).await?;
         let credentials = self.inner.credentials.clone().with_redirect_uri(listener.redirect_uri());
-        let scopes: Option<Vec<&str>> = options.scopes.as_ref().map(|s| s.iter().map(String::as_str).collect());
+        let scopes: Option<Vec<&str>> =
+            options.scopes.as_ref().map(|s| s.iter().map(String::as_str).collect());
         let request = AuthorizationRequest::new(
             &self.inner.config,
             &credentials,

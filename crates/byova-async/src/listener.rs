@@ -98,8 +98,13 @@ impl RedirectListener {
     }
 }
 
-async fn serve(mut stream: TcpStream, handler: &Mutex<CallbackHandler>, tx: &tokio::sync::mpsc::Sender<CallbackVerdict>) {
-    let reply_and_verdict = match tokio::time::timeout(CONNECTION_READ_TIMEOUT, read_head(&mut stream)).await {
+async fn serve(
+    mut stream: TcpStream,
+    handler: &Mutex<CallbackHandler>,
+    tx: &tokio::sync::mpsc::Sender<CallbackVerdict>,
+) {
+    let reply_and_verdict = match tokio::time::timeout(CONNECTION_READ_TIMEOUT, read_head(&mut stream)).await
+    {
         Ok(Ok(Some(head))) => match parse_request_head(&head) {
             Some(head) => {
                 let (reply, verdict) = handler.lock().unwrap_or_else(|e| e.into_inner()).handle(&head);
@@ -157,7 +162,13 @@ pub struct RedirectOptions {
 
 impl Default for RedirectOptions {
     fn default() -> Self {
-        Self { timeout: Duration::from_secs(300), open_browser: true, authorization_url: None, expected_state: None, browser: None }
+        Self {
+            timeout: Duration::from_secs(300),
+            open_browser: true,
+            authorization_url: None,
+            expected_state: None,
+            browser: None,
+        }
     }
 }
 
@@ -176,9 +187,14 @@ impl std::fmt::Debug for RedirectOptions {
 /// # Errors
 /// As [`RedirectListener::bind`] and [`RedirectListener::wait`]; [`Error::InvalidInput`]
 /// without `expected_state`.
-pub async fn wait_for_redirect(redirect_uri: &str, options: RedirectOptions) -> Result<(String, Option<String>)> {
+pub async fn wait_for_redirect(
+    redirect_uri: &str,
+    options: RedirectOptions,
+) -> Result<(String, Option<String>)> {
     let state = options.expected_state.clone().ok_or_else(|| {
-        Error::InvalidInput("expected_state is required: a redirect that cannot be tied to its request is refused".into())
+        Error::InvalidInput(
+            "expected_state is required: a redirect that cannot be tied to its request is refused".into(),
+        )
     })?;
     let listener = RedirectListener::bind(redirect_uri).await?;
     if let Some(url) = &options.authorization_url {
@@ -213,6 +229,7 @@ fn open_system_browser(url: &str) -> std::io::Result<()> {
     } else {
         std::process::Command::new("xdg-open")
     };
-    let status = cmd.arg(url).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status()?;
+    let status =
+        cmd.arg(url).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status()?;
     if status.success() { Ok(()) } else { Err(std::io::Error::other("the browser launcher failed")) }
 }

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use byova_core::refresh::{RefreshClient, RefreshMode};
 use byova_core::{
-    AccessToken, KeyStatus, Result, ServiceAppCredentials, ServiceAppTokens, TokenKey, TokenStorage, decode_org_id,
-    derive_application_id_in_region, normalize_org_id,
+    AccessToken, KeyStatus, Result, ServiceAppCredentials, ServiceAppTokens, TokenKey, TokenStorage,
+    decode_org_id, derive_application_id_in_region, normalize_org_id,
 };
 
 use crate::driver::{Env, Keys};
@@ -100,7 +100,10 @@ impl ServiceAppTokenManager {
     /// # Errors
     /// [`Error::InvalidInput`](byova_core::Error::InvalidInput) for an undecodable id; as
     /// [`fetch_token_for_org`](Self::fetch_token_for_org).
-    pub async fn fetch_token_from_webhook_org(&self, encoded_org_id: &str) -> Result<(String, ServiceAppTokens)> {
+    pub async fn fetch_token_from_webhook_org(
+        &self,
+        encoded_org_id: &str,
+    ) -> Result<(String, ServiceAppTokens)> {
         let org = decode_org_id(encoded_org_id)?;
         let tokens = self.fetch_token_for_org(&org).await?;
         Ok((org, tokens))

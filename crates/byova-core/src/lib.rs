@@ -77,10 +77,13 @@ pub use oauth::{
     error_from_response, known_oauth_error, parse_retry_after, parse_token_response, refresh_request,
     service_app_token_request, tracking_id,
 };
-pub use policy::{CoordinationPolicy, Freshness, KeyStatus, RefreshPolicy, RetryDecision, RetryPolicy, TokenState};
+pub use policy::{
+    CoordinationPolicy, Freshness, KeyStatus, RefreshPolicy, RetryDecision, RetryPolicy, TokenState,
+};
 pub use refresh::{Outcome, RefreshClient, RefreshMachine, RefreshMode, Step};
 pub use secret::{
-    random_u64, AccessToken, AuthorizationCode, ClientSecret, CsrfState, PkceCodeVerifier, RefreshToken, WebhookSecret,
+    AccessToken, AuthorizationCode, ClientSecret, CsrfState, PkceCodeVerifier, RefreshToken, WebhookSecret,
+    random_u64,
 };
 pub use storage::{
     BlockingTokenStorage, Expect, InMemoryTokenStorage, Lease, StorageError, StorageErrorKind, TokenKey,

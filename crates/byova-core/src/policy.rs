@@ -132,7 +132,13 @@ impl RefreshPolicy {
 
     /// The state of `tokens` at `now`. `rejected` says a refresh with the stored refresh token
     /// was already answered `invalid_grant`.
-    pub fn state(&self, tokens: &OAuthTokens, now: Timestamp, jitter_seed: u64, rejected: bool) -> TokenState {
+    pub fn state(
+        &self,
+        tokens: &OAuthTokens,
+        now: Timestamp,
+        jitter_seed: u64,
+        rejected: bool,
+    ) -> TokenState {
         let refresh_dead = rejected
             || tokens.refresh_token.is_none()
             || tokens.refresh_token_expires_at().is_some_and(|at| at <= now);
@@ -301,7 +307,11 @@ mod tests {
         assert_eq!(p.state(&with_rt, at(1_850), 0, false), TokenState::RefreshSoon);
         assert_eq!(p.state(&with_rt, at(3_000), 0, false), TokenState::Expired);
         assert_eq!(p.state(&with_rt, at(3_000), 0, true), TokenState::ReauthorizationRequired);
-        assert_eq!(p.state(&with_rt, at(20_000), 0, false), TokenState::ReauthorizationRequired, "refresh token expired");
+        assert_eq!(
+            p.state(&with_rt, at(20_000), 0, false),
+            TokenState::ReauthorizationRequired,
+            "refresh token expired"
+        );
         assert_eq!(p.state(&tokens(1_000, 1_000), at(3_000), 0, false), TokenState::ReauthorizationRequired);
         assert_eq!(TokenState::RefreshSoon.as_str(), "refresh_soon");
     }

@@ -9,6 +9,9 @@
 //!   lifetimes), per-endpoint counters and a log of every refresh token redeemed.
 //! - [`FakeClock`]: time that moves only when a test moves it.
 //! - [`conformance`]: the storage contract as public functions any backend's tests call.
+//! - [`scenarios`]: one scenario table (seed methods, listener, faults, herds, rotation,
+//!   canary secrets) that every flavour's tests run through a thin adapter.
+//! - [`logcapture`]: captures every `tracing` event so tests can look for leaked secrets.
 //! - [`wire`]: a tiny HTTP/1.1 client that sends byova-core request values, so tests can
 //!   drive the fake and loopback listeners and see every hop.
 //!
@@ -32,6 +35,8 @@
 mod clock;
 pub mod conformance;
 mod fake;
+pub mod logcapture;
+pub mod scenarios;
 pub mod wire;
 
 pub use clock::FakeClock;

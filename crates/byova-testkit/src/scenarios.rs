@@ -1,0 +1,984 @@
+//! One scenario table that drives both flavours: every seed method, the loopback listener, the
+//! faults, the herds, strict rotation and canary secrets. Each flavour's tests implement
+//! [`Flavour`] and [`Sdk`] (a thin adapter over its own API) and call [`run_all`].
+//!
+//! The scenarios talk to a fresh [`FakeWebex`] each and assert on what the fake saw (calls,
+//! redeemed refresh tokens) as much as on what the SDK returned.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use byova_core::{
+    AccessToken, BlockingTokenStorage, ByovaConfig, Clock, Error, InMemoryTokenStorage,
+    IntegrationCredentials, KeyStatus, OAuthTokens, ServiceAppCredentials, ServiceAppEventKind, StorageError,
+    SystemClock, TokenKey, TokenState, TokenStorage, WebhookSecret,
+};
+
+use crate::fake::{AuthorizeMode, Endpoint, FakeWebex, Fault};
+use crate::wire;
+
+/// A boxed, sendable future.
+pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// Plays the browser: receives the authorization URL.
+pub type Browser = Arc<dyn Fn(&str) -> io::Result<()> + Send + Sync>;
+type Res<T> = Result<T, Error>;
+
+/// What the SDK under test is built from.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct Setup {
+    /// The configuration (pointing at the fake, with fast retries).
+    pub config: ByovaConfig,
+    /// The Integration's credentials.
+    pub integration: IntegrationCredentials,
+    /// The Service App's credentials.
+    pub service_app: ServiceAppCredentials,
+    /// The in-memory store behind both trait objects below, for the scenarios' own checks.
+    pub storage: Arc<InMemoryTokenStorage>,
+    /// The storage an async flavour uses (`storage`, or `storage` without its coordination
+    /// hooks, as a seed-only backend).
+    pub async_storage: Arc<dyn TokenStorage>,
+    /// The storage a blocking flavour uses.
+    pub blocking_storage: Arc<dyn BlockingTokenStorage>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// The webhook secret deliveries are verified with.
+    pub webhook_secret: Option<WebhookSecret>,
+}
+
+impl std::fmt::Debug for Setup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Setup")
+            .field("config", &self.config)
+            .field("integration", &self.integration)
+            .field("service_app", &self.service_app)
+            .field("webhook_secret", &self.webhook_secret)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A flavour's API behind one async face. Blocking flavours run each call on a blocking thread.
+pub trait Sdk: Send + Sync {
+    /// `IntegrationTokenManager::get_access_token`
+    fn get_access_token(&self) -> BoxFut<'_, Res<AccessToken>>;
+    /// `IntegrationTokenManager::refresh`
+    fn refresh(&self, refresh_token: Option<String>) -> BoxFut<'_, Res<OAuthTokens>>;
+    /// `IntegrationTokenManager::get_authorization_url` (default scopes)
+    fn get_authorization_url(&self) -> Res<(String, String)>;
+    /// `IntegrationTokenManager::exchange_code`
+    fn exchange_code(&self, code: String) -> BoxFut<'_, Res<OAuthTokens>>;
+    /// `IntegrationTokenManager::authorize` with an injected browser and a timeout
+    fn authorize(&self, browser: Browser, timeout: Duration) -> BoxFut<'_, Res<OAuthTokens>>;
+    /// `wait_for_redirect(redirect_uri, timeout, expected_state)` without opening a browser
+    fn wait_for_redirect(
+        &self,
+        redirect_uri: String,
+        state: String,
+        timeout: Duration,
+    ) -> BoxFut<'_, Res<(String, Option<String>)>>;
+    /// `ServiceAppTokenManager::get_access_token`
+    fn org_token(&self, org_id: String) -> BoxFut<'_, Res<AccessToken>>;
+    /// `ServiceAppTokenManager::fetch_token_for_org`
+    fn fetch_token_for_org(&self, org_id: String) -> BoxFut<'_, Res<OAuthTokens>>;
+    /// `ServiceAppTokenManager::fetch_token_from_webhook_org`
+    fn fetch_token_from_webhook_org(&self, encoded: String) -> BoxFut<'_, Res<(String, OAuthTokens)>>;
+    /// `ServiceAppTokenManager::save_registration`
+    fn save_registration(&self, org_id: String, refresh_token: String) -> BoxFut<'_, Res<OAuthTokens>>;
+    /// `ServiceAppTokenManager::refresh_for_org`
+    fn refresh_for_org(&self, org_id: String) -> BoxFut<'_, Res<OAuthTokens>>;
+    /// `ServiceAppTokenManager::remove_org`
+    fn remove_org(&self, org_id: String) -> BoxFut<'_, Res<()>>;
+    /// `ServiceAppTokenManager::application_id`
+    fn application_id(&self) -> String;
+    /// `Byova::handle_service_app_webhook`, the outcome's `Debug` text
+    fn handle_webhook(&self, body: Vec<u8>, signature: Option<String>) -> BoxFut<'_, Res<String>>;
+    /// `Byova::ensure_service_app_webhooks`, how many were created
+    fn ensure_webhooks(&self, target_url: String, secret: Option<WebhookSecret>) -> BoxFut<'_, Res<usize>>;
+    /// `Byova::list_webhooks`, how many exist
+    fn count_webhooks(&self) -> BoxFut<'_, Res<usize>>;
+    /// `Byova::status`
+    fn status(&self) -> BoxFut<'_, Res<Vec<KeyStatus>>>;
+    /// `Byova::refresh_all_orgs`: `(org, succeeded)`
+    fn refresh_all_orgs(&self, concurrency: usize) -> BoxFut<'_, Res<Vec<(String, bool)>>>;
+}
+
+/// A flavour: builds its SDK from a [`Setup`].
+pub trait Flavour: Send + Sync {
+    /// `async` or `blocking`.
+    fn name(&self) -> &'static str;
+    /// A fresh SDK instance.
+    fn build(&self, setup: &Setup) -> Arc<dyn Sdk>;
+}
+
+/// One scenario.
+pub struct Scenario {
+    /// Its name, as printed.
+    pub name: &'static str,
+    run: fn(Arc<dyn Flavour>) -> BoxFut<'static, ()>,
+}
+
+impl std::fmt::Debug for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
+const ORG: &str = "63b02f90-9cc6-43b8-aa6d-cad425ac554c";
+
+struct World {
+    fake: Arc<FakeWebex>,
+    setup: Setup,
+    sdk: Arc<dyn Sdk>,
+}
+
+fn fast_config(fake: &FakeWebex) -> ByovaConfig {
+    let mut config = fake.config();
+    config.retry.base_delay = Duration::from_millis(10);
+    config.retry.max_delay = Duration::from_millis(50);
+    config.coordination.poll_interval = Duration::from_millis(10);
+    config.timeout = Duration::from_secs(10);
+    config
+}
+
+fn world(flavour: &dyn Flavour, secret: Option<&str>) -> World {
+    world_with(flavour, secret, true)
+}
+
+fn world_with(flavour: &dyn Flavour, secret: Option<&str>, coordinated: bool) -> World {
+    let fake = Arc::new(FakeWebex::start());
+    let mut integration = fake.integration_credentials();
+    integration.redirect_uri = "http://127.0.0.1:0/callback".into();
+    let storage = Arc::new(InMemoryTokenStorage::new());
+    let (async_storage, blocking_storage): (Arc<dyn TokenStorage>, Arc<dyn BlockingTokenStorage>) =
+        if coordinated {
+            (storage.clone(), storage.clone())
+        } else {
+            (Arc::new(SeedOnly(storage.clone())), Arc::new(SeedOnly(storage.clone())))
+        };
+    let setup = Setup {
+        config: fast_config(&fake),
+        integration,
+        service_app: fake.service_app_credentials(),
+        storage,
+        async_storage,
+        blocking_storage,
+        clock: Arc::new(SystemClock),
+        webhook_secret: secret.map(WebhookSecret::new),
+    };
+    let sdk = flavour.build(&setup);
+    World { fake, setup, sdk }
+}
+
+impl World {
+    fn now(&self) -> byova_core::Timestamp {
+        self.setup.clock.now()
+    }
+
+    async fn seed_expired_integration(&self) -> crate::IssuedTokens {
+        let issued = self.fake.issue_integration_tokens();
+        TokenStorage::set_integration_tokens(self.setup.storage.as_ref(), &issued.expired_at(self.now()))
+            .await
+            .unwrap();
+        issued
+    }
+
+    async fn seed_fresh_integration(&self) -> crate::IssuedTokens {
+        let issued = self.fake.issue_integration_tokens();
+        TokenStorage::set_integration_tokens(
+            self.setup.storage.as_ref(),
+            &issued.to_oauth_tokens(self.now()),
+        )
+        .await
+        .unwrap();
+        issued
+    }
+
+    async fn seed_expired_org(&self, org: &str) -> crate::IssuedTokens {
+        let issued = self.fake.issue_service_app_tokens(org);
+        TokenStorage::set_service_app_tokens(
+            self.setup.storage.as_ref(),
+            org,
+            &issued.expired_at(self.now()),
+        )
+        .await
+        .unwrap();
+        issued
+    }
+
+    async fn stored(&self, key: &TokenKey) -> Option<OAuthTokens> {
+        TokenStorage::load(self.setup.storage.as_ref(), key).await.unwrap().map(|v| v.value)
+    }
+
+    /// A browser that visits the URL and follows the redirect to the listener, on its own
+    /// thread (as a real browser would: the flow must not wait for it).
+    fn browser(&self) -> Browser {
+        let fake = self.fake.clone();
+        Arc::new(move |url: &str| {
+            let (fake, url) = (fake.clone(), url.to_owned());
+            std::thread::spawn(move || {
+                if let Ok(location) = fake.browser_visit(&url) {
+                    let _ = wire::send(&wire::get(&location));
+                }
+            });
+            Ok(())
+        })
+    }
+}
+
+/// A store offering only the seed's six methods: the coordination hooks keep their
+/// single-process defaults, so only in-process single-flight stands between a herd and Webex.
+struct SeedOnly(Arc<InMemoryTokenStorage>);
+
+#[byova_core::async_trait]
+impl TokenStorage for SeedOnly {
+    async fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
+        BlockingTokenStorage::get_integration_tokens(self.0.as_ref())
+    }
+    async fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError> {
+        BlockingTokenStorage::set_integration_tokens(self.0.as_ref(), tokens)
+    }
+    async fn get_service_app_tokens(&self, org_id: &str) -> Result<Option<OAuthTokens>, StorageError> {
+        BlockingTokenStorage::get_service_app_tokens(self.0.as_ref(), org_id)
+    }
+    async fn set_service_app_tokens(&self, org_id: &str, tokens: &OAuthTokens) -> Result<(), StorageError> {
+        BlockingTokenStorage::set_service_app_tokens(self.0.as_ref(), org_id, tokens)
+    }
+    async fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError> {
+        BlockingTokenStorage::delete_service_app_tokens(self.0.as_ref(), org_id)
+    }
+    async fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
+        BlockingTokenStorage::list_registered_orgs(self.0.as_ref())
+    }
+}
+
+impl BlockingTokenStorage for SeedOnly {
+    fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
+        BlockingTokenStorage::get_integration_tokens(self.0.as_ref())
+    }
+    fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError> {
+        BlockingTokenStorage::set_integration_tokens(self.0.as_ref(), tokens)
+    }
+    fn get_service_app_tokens(&self, org_id: &str) -> Result<Option<OAuthTokens>, StorageError> {
+        BlockingTokenStorage::get_service_app_tokens(self.0.as_ref(), org_id)
+    }
+    fn set_service_app_tokens(&self, org_id: &str, tokens: &OAuthTokens) -> Result<(), StorageError> {
+        BlockingTokenStorage::set_service_app_tokens(self.0.as_ref(), org_id, tokens)
+    }
+    fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError> {
+        BlockingTokenStorage::delete_service_app_tokens(self.0.as_ref(), org_id)
+    }
+    fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
+        BlockingTokenStorage::list_registered_orgs(self.0.as_ref())
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+async fn wait_until_listening(port: u16) {
+    for _ in 0..500 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the listener never came up on port {port}");
+}
+
+async fn raw(port: u16, request: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return "refused".into();
+    };
+    let _ = s.write_all(request.as_bytes()).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(response: &str) -> u16 {
+    response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+fn get(port: u16, target: &str) -> String {
+    format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+}
+
+macro_rules! scenarios {
+    ($($name:ident),* $(,)?) => {
+        /// Every scenario, in order.
+        pub fn all() -> Vec<Scenario> {
+            vec![$(Scenario { name: stringify!($name), run: |f| Box::pin($name(f)) }),*]
+        }
+    };
+}
+
+scenarios!(
+    authorize_runs_the_browser_flow_and_stores_tokens,
+    authorize_reports_a_denial_at_once,
+    authorize_times_out_without_a_redirect,
+    authorization_url_then_exchange_code,
+    get_access_token_before_authorization_is_a_typed_error,
+    refresh_uses_the_stored_or_the_given_refresh_token,
+    service_app_fetch_token_and_remove,
+    fetch_token_from_webhook_org_decodes_the_id,
+    save_registration_from_an_existing_refresh_token,
+    refresh_for_org_without_a_refresh_token_fetches,
+    webhooks_are_verified_applied_and_deduplicated,
+    ensure_webhooks_creates_only_what_is_missing,
+    status_and_refresh_all_orgs,
+    rate_limits_honour_retry_after,
+    server_errors_and_dropped_connections_are_retried,
+    invalid_grant_requires_reauthorization_and_keeps_the_record,
+    rotation_stores_the_new_refresh_token,
+    refresh_keeps_old_refresh_token_when_response_omits_it,
+    slow_responses_are_waited_for,
+    service_app_invalid_grant_falls_back_to_the_integration_bearer,
+    a_failing_refresh_serves_the_still_valid_token,
+    herd_of_1000_on_an_expired_integration_token_makes_one_call,
+    herd_of_1000_on_an_expired_org_token_makes_one_call,
+    herd_on_a_seed_only_backend_relies_on_in_process_single_flight,
+    a_hundred_orgs_expiring_together_cost_one_call_each,
+    strict_rotation_over_1000_refresh_cycles_reuses_nothing,
+    canary_secrets_never_reach_logs_errors_or_debug,
+    listener_refuses_everything_but_the_matching_callback,
+    listener_error_with_wrong_state_keeps_waiting,
+    listener_flows_do_not_interfere,
+    listener_survives_idle_connections,
+    listener_caps_header_size,
+    listener_refuses_non_loopback_and_busy_ports,
+);
+
+/// Runs every scenario against `flavour`, printing one line each, and panics listing every
+/// failure at the end. Call from a multi-threaded tokio test.
+pub async fn run_all(flavour: Arc<dyn Flavour>) {
+    let mut failures = Vec::new();
+    for scenario in all() {
+        let started = Instant::now();
+        let outcome = tokio::spawn((scenario.run)(flavour.clone())).await;
+        match outcome {
+            Ok(()) => {
+                println!("scenario {} [{}] ... ok ({:.0?})", scenario.name, flavour.name(), started.elapsed())
+            }
+            Err(e) => {
+                let why = e
+                    .try_into_panic()
+                    .ok()
+                    .and_then(|p| {
+                        p.downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    })
+                    .unwrap_or_else(|| "cancelled".into());
+                println!("scenario {} [{}] ... FAILED: {why}", scenario.name, flavour.name());
+                failures.push(format!("{}: {why}", scenario.name));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} scenario(s) failed for the {} flavour:\n  {}",
+        failures.len(),
+        flavour.name(),
+        failures.join("\n  ")
+    );
+}
+
+// ---- seed methods ----
+
+async fn authorize_runs_the_browser_flow_and_stores_tokens(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    let tokens = w.sdk.authorize(w.browser(), Duration::from_secs(10)).await.expect("authorize");
+    assert!(w.fake.is_access_token_valid(tokens.access_token.expose_secret()));
+    let stored = w.stored(&TokenKey::Integration).await.expect("stored");
+    assert!(stored.access_token.ct_eq(&tokens.access_token));
+    let token = w.sdk.get_access_token().await.unwrap();
+    assert!(token.ct_eq(&tokens.access_token), "a fresh token is served as stored");
+    assert_eq!(w.fake.calls(Endpoint::AccessToken), 1, "one code exchange, no refresh");
+}
+
+async fn authorize_reports_a_denial_at_once(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    w.fake.update_settings(|s| s.authorize_mode = AuthorizeMode::Deny("access_denied".into()));
+    let started = Instant::now();
+    let err = w.sdk.authorize(w.browser(), Duration::from_secs(30)).await.unwrap_err();
+    assert!(matches!(&err, Error::OAuthRedirect { error } if error == "access_denied"), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(w.stored(&TokenKey::Integration).await.is_none());
+}
+
+async fn authorize_times_out_without_a_redirect(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    let started = Instant::now();
+    let nobody: Browser = Arc::new(|_| Ok(()));
+    let err = w.sdk.authorize(nobody, Duration::from_millis(400)).await.unwrap_err();
+    assert!(matches!(err, Error::OAuthRedirectTimeout(_)), "{err:?}");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(400) && took < Duration::from_secs(3), "{took:?}");
+}
+
+async fn authorization_url_then_exchange_code(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    let (url, state) = w.sdk.get_authorization_url().unwrap();
+    assert!(url.contains("code_challenge_method=S256") && url.contains(&format!("state={state}")));
+    assert!(state.len() >= 22);
+    // The manager's redirect URI has port 0 here; the fake accepts any loopback port.
+    let location = w.fake.browser_visit_async(&url).await.unwrap();
+    let code = form_urlencoded::parse(location.split_once('?').unwrap().1.as_bytes())
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    let tokens = w.sdk.exchange_code(code.clone()).await.unwrap();
+    assert!(w.stored(&TokenKey::Integration).await.unwrap().access_token.ct_eq(&tokens.access_token));
+    let again = w.sdk.exchange_code(code).await.unwrap_err();
+    assert!(matches!(again, Error::Validation(_)), "a code is single use: {again:?}");
+    assert_eq!(w.fake.calls(Endpoint::AccessToken), 2, "the failed exchange was not retried");
+}
+
+async fn get_access_token_before_authorization_is_a_typed_error(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    assert!(matches!(w.sdk.get_access_token().await, Err(Error::NotAuthorized)));
+    assert!(matches!(w.sdk.refresh(None).await, Err(Error::NotAuthorized)));
+    assert!(matches!(w.sdk.org_token(ORG.into()).await, Err(Error::OrgNotRegistered { .. })));
+    assert_eq!(w.fake.calls(Endpoint::AccessToken), 0);
+}
+
+async fn refresh_uses_the_stored_or_the_given_refresh_token(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    let issued = w.seed_fresh_integration().await;
+    let t1 = w.sdk.refresh(None).await.unwrap();
+    assert!(!t1.access_token.ct_eq_str(&issued.access_token));
+    let other = w.fake.issue_integration_tokens();
+    let t2 = w.sdk.refresh(Some(other.refresh_token.clone())).await.unwrap();
+    assert!(t2.refresh_token.unwrap().ct_eq_str(&other.refresh_token));
+    let redeemed: Vec<String> = w.fake.redemptions().into_iter().map(|r| r.refresh_token).collect();
+    assert_eq!(redeemed, [issued.refresh_token, other.refresh_token]);
+    let stored = w.stored(&TokenKey::Integration).await.unwrap();
+    assert!(stored.access_token.ct_eq(&t2.access_token), "refresh persists");
+    assert!(w.sdk.get_access_token().await.unwrap().ct_eq(&t2.access_token));
+}
+
+async fn service_app_fetch_token_and_remove(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    w.seed_fresh_integration().await;
+    let err = w.sdk.fetch_token_for_org(ORG.into()).await.unwrap_err();
+    assert!(matches!(err, Error::ServiceAppNotAuthorized { .. }), "{err:?}");
+    w.fake.authorize_org(ORG);
+    let t = w.sdk.fetch_token_for_org(ORG.into()).await.unwrap();
+    assert_eq!(w.fake.org_of_access_token(t.access_token.expose_secret()).as_deref(), Some(ORG));
+    assert!(w.sdk.org_token(ORG.into()).await.unwrap().ct_eq(&t.access_token));
+    assert_eq!(w.fake.calls(Endpoint::ApplicationToken), 2);
+    w.sdk.remove_org(ORG.into()).await.unwrap();
+    assert!(matches!(w.sdk.org_token(ORG.into()).await, Err(Error::OrgNotRegistered { .. })));
+    w.sdk.remove_org(ORG.into()).await.expect("removing twice is fine");
+    let expected = byova_core::derive_application_id(&w.setup.service_app.client_id);
+    assert_eq!(w.sdk.application_id(), expected);
+}
+
+async fn fetch_token_from_webhook_org_decodes_the_id(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    w.seed_fresh_integration().await;
+    w.fake.authorize_org(ORG);
+    let encoded = byova_core::encode_webex_id("us", "ORGANIZATION", ORG);
+    let (org, t) = w.sdk.fetch_token_from_webhook_org(encoded).await.unwrap();
+    assert_eq!(org, ORG);
+    assert!(w.stored(&TokenKey::org(ORG)).await.unwrap().access_token.ct_eq(&t.access_token));
+    assert!(matches!(w.sdk.fetch_token_from_webhook_org("%%%".into()).await, Err(Error::InvalidInput(_))));
+}
+
+async fn save_registration_from_an_existing_refresh_token(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    let issued = w.fake.issue_service_app_tokens(ORG);
+    let t = w.sdk.save_registration(ORG.into(), issued.refresh_token.clone()).await.unwrap();
+    assert!(w.fake.is_access_token_valid(t.access_token.expose_secret()));
+    assert!(w.stored(&TokenKey::org(ORG)).await.is_some());
+    let err = w.sdk.save_registration("another-org".into(), "not-a-token".into()).await.unwrap_err();
+    assert!(matches!(err, Error::ReauthorizationRequired { .. }), "{err:?}");
+    assert!(w.stored(&TokenKey::org("another-org")).await.is_none());
+}
+
+async fn refresh_for_org_without_a_refresh_token_fetches(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    w.seed_fresh_integration().await;
+    w.fake.authorize_org(ORG);
+    let t = w.sdk.refresh_for_org(ORG.into()).await.unwrap();
+    assert_eq!(w.fake.calls(Endpoint::ApplicationToken), 1);
+    let t2 = w.sdk.refresh_for_org(ORG.into()).await.unwrap();
+    assert_eq!(w.fake.calls(Endpoint::ApplicationToken), 1, "a stored refresh token is used next");
+    assert_eq!(w.fake.refresh_calls(), 1);
+    assert!(!t2.access_token.ct_eq(&t.access_token));
+}
+
+async fn webhooks_are_verified_applied_and_deduplicated(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), Some("hook-secret"));
+    w.seed_fresh_integration().await;
+    w.fake.authorize_org(ORG);
+    let secret = WebhookSecret::new("hook-secret");
+    let (body, sig) = w.fake.service_app_delivery(ServiceAppEventKind::Authorized, ORG, Some(&secret));
+    let unsigned = w.sdk.handle_webhook(body.clone(), None).await.unwrap_err();
+    assert!(matches!(unsigned, Error::WebhookSignature(_)), "{unsigned:?}");
+    let forged = w.sdk.handle_webhook(body.clone(), Some("0".repeat(40))).await.unwrap_err();
+    assert!(matches!(forged, Error::WebhookSignature(_)));
+    let mut tampered = body.clone();
+    tampered.push(b' ');
+    assert!(w.sdk.handle_webhook(tampered, sig.clone()).await.is_err());
+    assert_eq!(w.fake.calls(Endpoint::ApplicationToken), 0, "nothing happened before a valid signature");
+    let outcome = w.sdk.handle_webhook(body.clone(), sig.clone()).await.unwrap();
+    assert!(outcome.contains("Registered"), "{outcome}");
+    assert!(w.stored(&TokenKey::org(ORG)).await.is_some());
+    let again = w.sdk.handle_webhook(body, sig).await.unwrap();
+    assert!(again.contains("Duplicate"), "{again}");
+    assert_eq!(w.fake.calls(Endpoint::ApplicationToken), 1);
+    let (body, sig) = w.fake.service_app_delivery(ServiceAppEventKind::Deauthorized, ORG, Some(&secret));
+    assert!(w.sdk.handle_webhook(body, sig).await.unwrap().contains("Removed"));
+    assert!(w.stored(&TokenKey::org(ORG)).await.is_none());
+    let junk = b"{\"resource\":\"messages\"}".to_vec();
+    let sig = byova_core::sign(&secret, &junk);
+    assert!(matches!(w.sdk.handle_webhook(junk, Some(sig)).await, Err(Error::InvalidInput(_))));
+}
+
+async fn ensure_webhooks_creates_only_what_is_missing(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    w.seed_fresh_integration().await;
+    let secret = WebhookSecret::new("s");
+    assert_eq!(
+        w.sdk.ensure_webhooks("https://hooks.example.test/webex".into(), Some(secret.clone())).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        w.sdk.ensure_webhooks("https://hooks.example.test/webex".into(), Some(secret)).await.unwrap(),
+        0
+    );
+    assert_eq!(w.sdk.count_webhooks().await.unwrap(), 2);
+    w.fake.update_settings(|s| s.max_page_size = 1);
+    assert_eq!(w.sdk.count_webhooks().await.unwrap(), 2, "pagination is followed");
+}
+
+async fn status_and_refresh_all_orgs(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    w.seed_fresh_integration().await;
+    let orgs = ["org-a", "org-b", "org-c"];
+    for org in orgs {
+        w.seed_expired_org(org).await;
+    }
+    let status = w.sdk.status().await.unwrap();
+    assert_eq!(status.len(), 4);
+    assert_eq!(status[0].key, TokenKey::Integration);
+    assert_eq!(status[0].state, TokenState::Valid);
+    assert!(status[1..].iter().all(|s| s.state == TokenState::Expired));
+    let results = w.sdk.refresh_all_orgs(2).await.unwrap();
+    assert_eq!(results, orgs.iter().map(|o| ((*o).to_owned(), true)).collect::<Vec<_>>());
+    assert!(w.sdk.status().await.unwrap().iter().all(|s| s.state == TokenState::Valid));
+    assert_eq!(w.fake.refresh_calls(), 3);
+}
+
+// ---- faults ----
+
+async fn rate_limits_honour_retry_after(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    w.seed_expired_integration().await;
+    w.fake.inject(Endpoint::AccessToken, Fault::rate_limited(1));
+    let started = Instant::now();
+    w.sdk.get_access_token().await.unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After was not honoured");
+    assert_eq!(w.fake.calls(Endpoint::AccessToken), 2);
+}
+
+async fn server_errors_and_dropped_connections_are_retried(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    let issued = w.seed_expired_integration().await;
+    w.fake.inject(Endpoint::AccessToken, Fault::status(503));
+    w.fake.inject(Endpoint::AccessToken, Fault::Drop);
+    w.fake.inject(Endpoint::AccessToken, Fault::status(502));
+    let token = w.sdk.get_access_token().await.unwrap();
+    assert!(w.fake.is_access_token_valid(token.expose_secret()));
+    assert_eq!(w.fake.calls(Endpoint::AccessToken), 4);
+    assert!(w.fake.redemptions().iter().all(|r| r.refresh_token == issued.refresh_token));
+}
+
+async fn invalid_grant_requires_reauthorization_and_keeps_the_record(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    let issued = w.seed_expired_integration().await;
+    w.fake.inject_always(Endpoint::AccessToken, Fault::InvalidGrant);
+    let err = w.sdk.get_access_token().await.unwrap_err();
+    assert!(matches!(err, Error::ReauthorizationRequired { .. }), "{err:?}");
+    assert_eq!(w.fake.calls(Endpoint::AccessToken), 1, "invalid_grant is final, not retried");
+    let stored = w.stored(&TokenKey::Integration).await.expect("the record is kept");
+    assert!(stored.refresh_token.unwrap().ct_eq_str(&issued.refresh_token));
+    let status = w.sdk.status().await.unwrap();
+    assert_eq!(status[0].state, TokenState::ReauthorizationRequired);
+}
+
+async fn rotation_stores_the_new_refresh_token(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    w.fake.update_settings(|s| {
+        s.rotate_refresh_tokens = true;
+        s.strict_rotation = true;
+    });
+    let issued = w.seed_expired_integration().await;
+    w.sdk.get_access_token().await.unwrap();
+    let stored = w.stored(&TokenKey::Integration).await.unwrap();
+    let rotated = stored.refresh_token.unwrap();
+    assert!(!rotated.ct_eq_str(&issued.refresh_token));
+    w.sdk.refresh(None).await.unwrap();
+    let log = w.fake.redemptions();
+    assert_eq!(log.len(), 2);
+    assert_eq!(log[1].refresh_token, rotated.expose_secret());
+    assert_eq!(w.fake.reused_refresh_tokens(), 0);
+}
+
+async fn refresh_keeps_old_refresh_token_when_response_omits_it(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    w.fake.update_settings(|s| s.omit_refresh_token = true);
+    let issued = w.seed_expired_integration().await;
+    let before = w.stored(&TokenKey::Integration).await.unwrap();
+    w.sdk.get_access_token().await.unwrap();
+    let after = w.stored(&TokenKey::Integration).await.unwrap();
+    assert!(after.refresh_token.as_ref().unwrap().ct_eq_str(&issued.refresh_token));
+    assert_eq!(after.refresh_token_expires_at(), before.refresh_token_expires_at());
+}
+
+async fn slow_responses_are_waited_for(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    w.seed_expired_integration().await;
+    w.fake.set_latency(Endpoint::AccessToken, Duration::from_millis(300));
+    let started = Instant::now();
+    w.sdk.get_access_token().await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(w.fake.calls(Endpoint::AccessToken), 1);
+}
+
+async fn service_app_invalid_grant_falls_back_to_the_integration_bearer(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    w.seed_fresh_integration().await;
+    w.seed_expired_org(ORG).await;
+    w.fake.inject(Endpoint::AccessToken, Fault::InvalidGrant);
+    let token = w.sdk.org_token(ORG.into()).await.unwrap();
+    assert_eq!(w.fake.org_of_access_token(token.expose_secret()).as_deref(), Some(ORG));
+    assert_eq!(w.fake.calls(Endpoint::ApplicationToken), 1);
+}
+
+async fn a_failing_refresh_serves_the_still_valid_token(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    let issued = w.fake.issue_integration_tokens();
+    // 90 % of the lifetime gone: due for refresh-ahead, not expired.
+    let obtained = w.now().saturating_sub(Duration::from_secs(issued.expires_in * 9 / 10));
+    TokenStorage::set_integration_tokens(w.setup.storage.as_ref(), &issued.to_oauth_tokens(obtained))
+        .await
+        .unwrap();
+    w.fake.inject_always(Endpoint::AccessToken, Fault::status(500));
+    let token = w.sdk.get_access_token().await.unwrap();
+    assert!(token.ct_eq_str(&issued.access_token));
+    let stored = w.stored(&TokenKey::Integration).await.unwrap();
+    assert!(stored.refresh_token.unwrap().ct_eq_str(&issued.refresh_token), "nothing was dropped");
+}
+
+// ---- herds ----
+
+async fn herd(sdk: &Arc<dyn Sdk>, callers: usize, org: Option<&str>) -> Vec<AccessToken> {
+    let mut tasks = Vec::new();
+    for _ in 0..callers {
+        let sdk = sdk.clone();
+        let org = org.map(str::to_owned);
+        tasks.push(tokio::spawn(async move {
+            match org {
+                Some(org) => sdk.org_token(org).await,
+                None => sdk.get_access_token().await,
+            }
+        }));
+    }
+    let mut tokens = Vec::new();
+    for t in tasks {
+        tokens.push(t.await.expect("caller task").expect("every caller gets a token"));
+    }
+    tokens
+}
+
+async fn herd_of_1000_on_an_expired_integration_token_makes_one_call(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    w.seed_expired_integration().await;
+    w.fake.set_latency(Endpoint::AccessToken, Duration::from_millis(50));
+    let tokens = herd(&w.sdk, 1000, None).await;
+    assert_eq!(w.fake.calls(Endpoint::AccessToken), 1);
+    assert!(tokens.iter().all(|t| t.ct_eq(&tokens[0])), "all callers got the same token");
+}
+
+async fn herd_of_1000_on_an_expired_org_token_makes_one_call(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    w.seed_fresh_integration().await;
+    w.seed_expired_org(ORG).await;
+    w.fake.set_latency(Endpoint::AccessToken, Duration::from_millis(50));
+    let tokens = herd(&w.sdk, 1000, Some(ORG)).await;
+    assert_eq!(w.fake.calls(Endpoint::AccessToken), 1);
+    assert_eq!(w.fake.calls(Endpoint::ApplicationToken), 0);
+    assert!(tokens.iter().all(|t| t.ct_eq(&tokens[0])));
+}
+
+async fn herd_on_a_seed_only_backend_relies_on_in_process_single_flight(f: Arc<dyn Flavour>) {
+    let w = world_with(f.as_ref(), None, false);
+    w.seed_expired_integration().await;
+    w.fake.set_latency(Endpoint::AccessToken, Duration::from_millis(50));
+    let tokens = herd(&w.sdk, 500, None).await;
+    assert_eq!(w.fake.calls(Endpoint::AccessToken), 1);
+    assert!(tokens.iter().all(|t| t.ct_eq(&tokens[0])));
+}
+
+async fn a_hundred_orgs_expiring_together_cost_one_call_each(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    w.seed_fresh_integration().await;
+    let orgs: Vec<String> = (0..100).map(|i| format!("org-{i:03}")).collect();
+    for org in &orgs {
+        w.seed_expired_org(org).await;
+    }
+    let mut tasks = Vec::new();
+    for org in orgs.iter().cycle().take(500) {
+        let (sdk, org) = (w.sdk.clone(), org.clone());
+        tasks.push(tokio::spawn(async move { (org.clone(), sdk.org_token(org).await) }));
+    }
+    for t in tasks {
+        let (org, token) = t.await.unwrap();
+        let token = token.unwrap();
+        assert_eq!(
+            w.fake.org_of_access_token(token.expose_secret()).as_deref(),
+            Some(org.as_str()),
+            "an org got another org's token"
+        );
+    }
+    assert_eq!(w.fake.calls(Endpoint::AccessToken), 100);
+}
+
+async fn strict_rotation_over_1000_refresh_cycles_reuses_nothing(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    w.fake.update_settings(|s| {
+        s.rotate_refresh_tokens = true;
+        s.strict_rotation = true;
+    });
+    w.seed_fresh_integration().await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let sdk = w.sdk.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..250 {
+                sdk.refresh(None).await.expect("refresh under strict rotation");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(w.fake.refresh_calls(), 1000);
+    assert_eq!(w.fake.reused_refresh_tokens(), 0);
+    let token = w.sdk.get_access_token().await.unwrap();
+    assert!(w.fake.is_access_token_valid(token.expose_secret()), "the family is intact");
+}
+
+// ---- secrets ----
+
+async fn canary_secrets_never_reach_logs_errors_or_debug(f: Arc<dyn Flavour>) {
+    let logs = crate::logcapture::capture().expect("the capturing subscriber is the global default");
+    let w = world(f.as_ref(), Some("WEBHOOK-CANARY-SECRET"));
+    let issued = w.seed_expired_integration().await;
+    w.fake.authorize_org(ORG);
+    let mut seen = Vec::new();
+    let token = w.sdk.get_access_token().await.unwrap();
+    seen.push(format!("{token:?}"));
+    let sa = w.sdk.fetch_token_for_org(ORG.into()).await.unwrap();
+    seen.push(format!("{sa:?}"));
+    w.fake.inject(Endpoint::AccessToken, Fault::InvalidGrant);
+    let err = w.sdk.refresh(Some(issued.refresh_token.clone())).await.unwrap_err();
+    seen.push(format!("{err} {err:?}"));
+    w.fake.inject_times(Endpoint::AccessToken, Fault::status(500), 10);
+    if let Err(e) = w.sdk.refresh(None).await {
+        seen.push(format!("{e} {e:?}"));
+    }
+    let bad = w.sdk.handle_webhook(b"{}".to_vec(), Some("f".repeat(40))).await.unwrap_err();
+    seen.push(format!("{bad} {bad:?}"));
+    let (url, state) = w.sdk.get_authorization_url().unwrap();
+    let err = w.sdk.exchange_code("CODE-CANARY-0001".into()).await.unwrap_err();
+    seen.push(format!("{err} {err:?} {:?}", w.setup));
+    let status = w.sdk.status().await.unwrap();
+    seen.push(format!("{status:?}"));
+    let mut canaries = vec![
+        w.setup.integration.client_secret.expose_secret().to_owned(),
+        w.setup.service_app.client_secret.expose_secret().to_owned(),
+        "WEBHOOK-CANARY-SECRET".to_owned(),
+        "CODE-CANARY-0001".to_owned(),
+        state,
+        token.expose_secret().to_owned(),
+        sa.access_token.expose_secret().to_owned(),
+        issued.access_token.clone(),
+        issued.refresh_token.clone(),
+    ];
+    canaries.extend(w.fake.redemptions().into_iter().map(|r| r.refresh_token));
+    let _ = url;
+    let logged = logs.contents();
+    assert!(logged.contains("refreshed"), "the capture saw the flows' log lines");
+    for canary in &canaries {
+        let encoded: String = form_urlencoded::byte_serialize(canary.as_bytes()).collect();
+        for text in seen.iter().chain(std::iter::once(&logged)) {
+            assert!(
+                !text.contains(canary.as_str()) && !text.contains(&encoded),
+                "a secret leaked into: {text:.200}"
+            );
+        }
+    }
+}
+
+// ---- the loopback listener (RFC 8252; checklist A) ----
+
+async fn listener_refuses_everything_but_the_matching_callback(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    let port = free_port();
+    let sdk = w.sdk.clone();
+    let flow = tokio::spawn(async move {
+        sdk.wait_for_redirect(
+            format!("http://127.0.0.1:{port}/callback"),
+            "RIGHT-STATE".into(),
+            Duration::from_secs(20),
+        )
+        .await
+    });
+    wait_until_listening(port).await;
+    for target in ["/favicon.ico", "/", "/callback/../x", "/cb?code=x&state=RIGHT-STATE"] {
+        assert_eq!(status_of(&raw(port, get(port, target)).await), 404, "{target}");
+    }
+    for i in 0..20 {
+        assert_eq!(status_of(&raw(port, get(port, &format!("/probe{i}"))).await), 404);
+    }
+    let head = format!("HEAD /callback?code=x&state=RIGHT-STATE HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    assert_eq!(status_of(&raw(port, head).await), 405);
+    for i in 0..100 {
+        let r = raw(port, get(port, &format!("/callback?code=WRONG-{i}&state=WRONG-STATE"))).await;
+        assert_eq!(status_of(&r), 400);
+        assert!(!r.contains("WRONG-"), "nothing from the query is echoed");
+    }
+    let evil =
+        format!("GET /callback?code=x&state=RIGHT-STATE HTTP/1.1\r\nHost: evil.example:{port}\r\n\r\n");
+    assert_eq!(status_of(&raw(port, evil).await), 400, "DNS-rebinding Host refused");
+    let ok = raw(port, get(port, "/callback?code=THE-CODE&state=RIGHT-STATE")).await;
+    assert_eq!(status_of(&ok), 200);
+    for header in [
+        "Cache-Control: no-store",
+        "Referrer-Policy: no-referrer",
+        "Content-Security-Policy: default-src 'none'",
+    ] {
+        assert!(ok.contains(header), "{header}");
+    }
+    assert!(!ok.contains("THE-CODE") && !ok.contains("http://") && !ok.contains("https://"));
+    let (code, state) = flow.await.unwrap().unwrap();
+    assert_eq!((code.as_str(), state.as_deref()), ("THE-CODE", Some("RIGHT-STATE")));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let replay = raw(port, get(port, "/callback?code=THE-CODE&state=RIGHT-STATE")).await;
+    assert!(
+        replay == "refused" || status_of(&replay) == 410 || replay.is_empty(),
+        "replay after success: {replay:.60}"
+    );
+    assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(), "the port is released");
+}
+
+async fn listener_error_with_wrong_state_keeps_waiting(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    let port = free_port();
+    let sdk = w.sdk.clone();
+    let started = Instant::now();
+    let flow = tokio::spawn(async move {
+        sdk.wait_for_redirect(format!("http://127.0.0.1:{port}/cb"), "S".into(), Duration::from_millis(800))
+            .await
+    });
+    wait_until_listening(port).await;
+    assert_eq!(status_of(&raw(port, get(port, "/cb?error=access_denied&state=NOT-S")).await), 400);
+    let err = flow.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::OAuthRedirectTimeout(_)), "{err:?}");
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    let port2 = free_port();
+    let sdk = w.sdk.clone();
+    let started = Instant::now();
+    let flow = tokio::spawn(async move {
+        sdk.wait_for_redirect(format!("http://127.0.0.1:{port2}/cb"), "S".into(), Duration::from_secs(20))
+            .await
+    });
+    wait_until_listening(port2).await;
+    raw(port2, get(port2, "/cb?error=access_denied&state=S")).await;
+    let err = flow.await.unwrap().unwrap_err();
+    assert!(matches!(&err, Error::OAuthRedirect { error } if error == "access_denied"), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+async fn listener_flows_do_not_interfere(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    let (p1, p2) = (free_port(), free_port());
+    let (s1, s2) = (w.sdk.clone(), w.sdk.clone());
+    let f1 = tokio::spawn(async move {
+        s1.wait_for_redirect(format!("http://127.0.0.1:{p1}/cb"), "A".into(), Duration::from_secs(20)).await
+    });
+    let f2 = tokio::spawn(async move {
+        s2.wait_for_redirect(format!("http://127.0.0.1:{p2}/cb"), "B".into(), Duration::from_secs(20)).await
+    });
+    wait_until_listening(p1).await;
+    wait_until_listening(p2).await;
+    assert_eq!(status_of(&raw(p1, get(p1, "/cb?code=for-b&state=B")).await), 400, "flow A ignores B's state");
+    raw(p2, get(p2, "/cb?code=for-b&state=B")).await;
+    raw(p1, get(p1, "/cb?code=for-a&state=A")).await;
+    assert_eq!(f1.await.unwrap().unwrap().0, "for-a");
+    assert_eq!(f2.await.unwrap().unwrap().0, "for-b");
+}
+
+async fn listener_survives_idle_connections(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    let port = free_port();
+    let sdk = w.sdk.clone();
+    let flow = tokio::spawn(async move {
+        sdk.wait_for_redirect(format!("http://127.0.0.1:{port}/cb"), "S".into(), Duration::from_secs(20))
+            .await
+    });
+    wait_until_listening(port).await;
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        idle.push(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap());
+    }
+    let started = Instant::now();
+    let r = raw(port, get(port, "/cb?code=C&state=S")).await;
+    assert_eq!(status_of(&r), 200);
+    assert_eq!(flow.await.unwrap().unwrap().0, "C");
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    drop(idle);
+}
+
+async fn listener_caps_header_size(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    let port = free_port();
+    let sdk = w.sdk.clone();
+    let flow = tokio::spawn(async move {
+        sdk.wait_for_redirect(format!("http://127.0.0.1:{port}/cb"), "S".into(), Duration::from_secs(20))
+            .await
+    });
+    wait_until_listening(port).await;
+    let huge = format!(
+        "GET /cb?code=C&state=S HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(1 << 20)
+    );
+    let r = raw(port, huge).await;
+    assert!(r.is_empty() || matches!(status_of(&r), 400 | 431), "{r:.80}");
+    raw(port, get(port, "/cb?code=C2&state=S")).await;
+    assert_eq!(flow.await.unwrap().unwrap().0, "C2", "the oversized request did not end the flow");
+}
+
+async fn listener_refuses_non_loopback_and_busy_ports(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    for uri in ["http://0.0.0.0:8765/cb", "http://example.com/cb", "https://127.0.0.1:8765/cb"] {
+        let err = w.sdk.wait_for_redirect(uri.into(), "S".into(), Duration::from_secs(1)).await.unwrap_err();
+        assert!(matches!(err, Error::Configuration(_)), "{uri}: {err:?}");
+    }
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let err = w
+        .sdk
+        .wait_for_redirect(format!("http://127.0.0.1:{port}/cb"), "S".into(), Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, Error::Configuration(m) if m.contains(&port.to_string())), "{err:?}");
+}
