@@ -4,8 +4,8 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use byova_core::{
-    ByovaConfig, Clock, Error, InMemoryTokenStorage, IntegrationCredentials, KeyStatus, NewWebhook, Result,
-    ServiceAppCredentials, ServiceAppEventKind, ServiceAppTokens, SystemClock, TokenStorage, Webhook,
+    ByovaConfig, Clock, CoarseClock, Error, InMemoryTokenStorage, IntegrationCredentials, KeyStatus,
+    NewWebhook, Result, ServiceAppCredentials, ServiceAppEventKind, ServiceAppTokens, TokenStorage, Webhook,
     WebhookSecret, config_env, create_webhook_request, delete_webhook_request, list_webhooks_request,
     load_credentials_from_env, missing_webhooks, next_page_request, parse_service_app_event, parse_webhook,
     parse_webhook_deletion, parse_webhook_page, verify_signature,
@@ -151,7 +151,7 @@ impl Byova {
             service_app,
             config: ByovaConfig::default(),
             storage: None,
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(CoarseClock),
             webhook_secret: None,
         }
     }

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use byova_core::refresh::{RefreshClient, RefreshMode};
 use byova_core::{
-    AccessToken, AuthorizationCode, AuthorizationRequest, ByovaConfig, Clock, CsrfState, Expect,
-    IntegrationCredentials, KeyStatus, OAuthTokens, PkceCodeVerifier, RefreshToken, Result, SystemClock,
-    Timestamp, TokenCall, TokenKey, TokenStorage, Versioned, code_exchange_request, parse_token_response,
+    AccessToken, AuthorizationCode, AuthorizationRequest, ByovaConfig, Clock, CoarseClock, CsrfState, Expect,
+    IntegrationCredentials, KeyStatus, OAuthTokens, PkceCodeVerifier, RefreshToken, Result, Timestamp,
+    TokenCall, TokenKey, TokenStorage, Versioned, code_exchange_request, parse_token_response,
 };
 
 use crate::driver::{Env, Keys, send_with_retry};
@@ -128,7 +128,7 @@ impl IntegrationTokenManager {
         storage: Arc<dyn TokenStorage>,
         config: Option<ByovaConfig>,
     ) -> Self {
-        Self::with_clock(credentials, http, storage, config, Arc::new(SystemClock))
+        Self::with_clock(credentials, http, storage, config, Arc::new(CoarseClock))
     }
 
     /// [`new`](Self::new) with an explicit clock (tests use a fake one).

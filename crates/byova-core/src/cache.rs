@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+
+use arc_swap::ArcSwapOption;
 use std::time::Duration;
 
 use crate::policy::{Freshness, RefreshPolicy};
@@ -28,7 +30,8 @@ pub struct CacheEntry {
 /// The cache: one slot for the Integration, a map for orgs.
 #[derive(Debug)]
 pub struct TokenCache {
-    integration: RwLock<Option<Arc<CacheEntry>>>,
+    /// Lock-free: readers never contend with each other or wait for a writer.
+    integration: ArcSwapOption<CacheEntry>,
     orgs: RwLock<HashMap<String, Arc<CacheEntry>>>,
     policy: RefreshPolicy,
     process_seed: u64,
@@ -40,7 +43,7 @@ impl TokenCache {
     /// re-read from storage at least every `revalidate_after`.
     pub fn new(policy: RefreshPolicy, process_seed: u64, revalidate_after: Duration) -> Self {
         Self {
-            integration: RwLock::new(None),
+            integration: ArcSwapOption::empty(),
             orgs: RwLock::new(HashMap::new()),
             policy,
             process_seed,
@@ -71,7 +74,7 @@ impl TokenCache {
     /// The hot path for the Integration: the access token when it is fresh at `now`.
     #[inline]
     pub fn fresh_integration(&self, now: Timestamp) -> Option<AccessToken> {
-        let slot = self.integration.read().unwrap_or_else(|e| e.into_inner());
+        let slot = self.integration.load();
         slot.as_ref().filter(|e| now < e.serve_until).map(|e| e.record.value.access_token.clone())
     }
 
@@ -93,7 +96,7 @@ impl TokenCache {
     /// The cached entry, fresh or not.
     pub fn get(&self, key: &TokenKey) -> Option<Arc<CacheEntry>> {
         match key {
-            TokenKey::Integration => self.integration.read().unwrap_or_else(|e| e.into_inner()).clone(),
+            TokenKey::Integration => self.integration.load_full(),
             TokenKey::Org(org) => self.orgs.read().unwrap_or_else(|e| e.into_inner()).get(org).cloned(),
         }
     }
@@ -111,9 +114,7 @@ impl TokenCache {
         };
         let entry = Arc::new(CacheEntry { record, serve_until });
         match key {
-            TokenKey::Integration => {
-                *self.integration.write().unwrap_or_else(|e| e.into_inner()) = Some(entry)
-            }
+            TokenKey::Integration => self.integration.store(Some(entry)),
             TokenKey::Org(org) => {
                 self.orgs.write().unwrap_or_else(|e| e.into_inner()).insert(org.clone(), entry);
             }
@@ -123,7 +124,7 @@ impl TokenCache {
     /// Forgets `key` (deauthorized, removed, or found missing in storage).
     pub fn remove(&self, key: &TokenKey) {
         match key {
-            TokenKey::Integration => *self.integration.write().unwrap_or_else(|e| e.into_inner()) = None,
+            TokenKey::Integration => self.integration.store(None),
             TokenKey::Org(org) => {
                 self.orgs.write().unwrap_or_else(|e| e.into_inner()).remove(org);
             }

@@ -16,7 +16,7 @@
 //!
 //! Not here: sockets, HTTP clients, runtimes, files, the process environment (except the one
 //! explicit edge, [`load_credentials_from_env`]) and clock reads (time is always an argument;
-//! [`SystemClock`] is handed in by drivers). The `byova-async` and `byova-blocking` crates drive
+//! [`SystemClock`] or [`CoarseClock`] is handed in by drivers). The `byova-async` and `byova-blocking` crates drive
 //! this core.
 //!
 //! ```
@@ -89,7 +89,7 @@ pub use storage::{
     BlockingTokenStorage, Expect, InMemoryTokenStorage, Lease, StorageError, StorageErrorKind, TokenKey,
     TokenStorage, UNVERSIONED, Versioned, decode_record,
 };
-pub use time::{Clock, SystemClock, Timestamp};
+pub use time::{Clock, CoarseClock, SystemClock, Timestamp};
 pub use tokens::{OAuthTokens, ServiceAppTokens, TOKEN_SCHEMA_VERSION};
 pub use webhook::{
     MAX_WEBHOOK_BODY_BYTES, NewWebhook, SIGNATURE_HEADER, ServiceAppEvent, ServiceAppEventKind,

@@ -85,6 +85,51 @@ impl Clock for SystemClock {
     }
 }
 
+/// The system clock read from a process-wide cache that a background thread refreshes every
+/// [`CoarseClock::RESOLUTION`]: reading it costs one atomic load instead of a system call.
+///
+/// This is the drivers' default clock, because the hot path (a fresh token from the cache)
+/// reads the clock on every call and `clock_gettime` would otherwise be most of its cost.
+/// Token lifetimes are minutes to weeks and the expiry buffer is a minute, so 10 ms of
+/// staleness never changes a decision. The thread (`byova-clock`) starts on first use and
+/// sleeps between ticks; it holds no resources beyond its stack.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CoarseClock;
+
+impl CoarseClock {
+    /// How stale a reading may be.
+    pub const RESOLUTION: Duration = Duration::from_millis(10);
+
+    fn cell() -> &'static std::sync::atomic::AtomicU64 {
+        use std::sync::OnceLock;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NOW: OnceLock<&'static AtomicU64> = OnceLock::new();
+        NOW.get_or_init(|| {
+            let cell: &'static AtomicU64 =
+                Box::leak(Box::new(AtomicU64::new(SystemClock.now().as_unix_millis())));
+            let ticker = std::thread::Builder::new().name("byova-clock".into()).spawn(move || {
+                loop {
+                    std::thread::sleep(Self::RESOLUTION);
+                    cell.store(SystemClock.now().as_unix_millis(), Ordering::Relaxed);
+                }
+            });
+            // Without the ticker every reading falls back to the system clock (see `now`).
+            if ticker.is_err() {
+                cell.store(u64::MAX, Ordering::Relaxed);
+            }
+            cell
+        })
+    }
+}
+
+impl Clock for CoarseClock {
+    #[inline]
+    fn now(&self) -> Timestamp {
+        let ms = Self::cell().load(std::sync::atomic::Ordering::Relaxed);
+        if ms == u64::MAX { SystemClock.now() } else { Timestamp(ms) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +145,15 @@ mod tests {
         );
         assert_eq!(Timestamp::EPOCH.saturating_duration_since(t), Duration::ZERO);
         assert_eq!(t.saturating_duration_since(Timestamp::EPOCH), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_coarse_clock_follows_the_system_clock() {
+        let a = CoarseClock.now();
+        let s = SystemClock.now();
+        assert!(s.saturating_duration_since(a) <= Duration::from_millis(500), "{a:?} vs {s:?}");
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(CoarseClock.now() > a, "the ticker advances it");
     }
 
     #[test]

@@ -75,7 +75,8 @@ impl OAuthTokens {
     }
 
     /// Keeps `previous`'s refresh token when these tokens came without one: a refresh response
-    /// that omits `refresh_token` must never cost the stored one.
+    /// that omits `refresh_token` must never cost the stored one. Its expiry carries over to
+    /// the second, rounded down (never later than the real one).
     pub fn inherit_refresh_token(mut self, previous: &OAuthTokens) -> Self {
         if self.refresh_token.is_none() {
             self.refresh_token = previous.refresh_token.clone();
