@@ -19,24 +19,21 @@
 //! ```
 //! # #[tokio::main(flavor = "multi_thread")]
 //! # async fn main() -> byova_async::Result<()> {
-//! use std::sync::Arc;
 //! use byova_async::*;
 //! # let fake = byova_testkit::FakeWebex::start();
 //! # let (integration_creds, service_app_creds) = (fake.integration_credentials(), fake.service_app_credentials());
 //! # let config = fake.config();
+//! # let seed = fake.issue_integration_tokens();
+//! const ORG: &str = "63b02f90-9cc6-43b8-aa6d-cad425ac554c";
 //!
 //! let byova = Byova::builder(integration_creds, service_app_creds)
 //!     .config(config) // ByovaConfig::default() is production Webex
-//!     .storage(Arc::new(InMemoryTokenStorage::new()))
-//!     .build()?;
-//! # let browser = { let fake = Arc::new(byova_testkit::FakeWebex::start()); let _ = &fake; };
-//! # let _ = browser;
-//! # fake.issue_integration_tokens(); // stand-in: see the README for the full browser flow
-//! # byova.integration().refresh(Some(&fake.issue_integration_tokens().refresh_token)).await?;
+//!     .build()?; // in-memory storage unless .storage(...) says otherwise
+//! # byova.integration().refresh(Some(&seed.refresh_token)).await?; // stands in for authorize()
 //! let bearer = byova.integration().get_access_token().await?;
-//! # fake.authorize_org("63b02f90-9cc6-43b8-aa6d-cad425ac554c");
-//! byova.service_app().fetch_token_for_org("63b02f90-9cc6-43b8-aa6d-cad425ac554c").await?;
-//! let org_token = byova.service_app().get_access_token("63b02f90-9cc6-43b8-aa6d-cad425ac554c").await?;
+//! # fake.authorize_org(ORG);
+//! byova.service_app().fetch_token_for_org(ORG).await?;
+//! let org_token = byova.service_app().get_access_token(ORG).await?;
 //! # let _ = (bearer, org_token);
 //! # Ok(()) }
 //! ```

@@ -641,7 +641,10 @@ async fn refresh_keeps_old_refresh_token_when_response_omits_it(f: Arc<dyn Flavo
     assert!(after.refresh_token.as_ref().unwrap().ct_eq_str(&issued.refresh_token));
     // The kept token keeps its expiry (to the second, rounded down: never later than real).
     let (kept, was) = (after.refresh_token_expires_at().unwrap(), before.refresh_token_expires_at().unwrap());
-    assert!(kept <= was && was.saturating_duration_since(kept) < Duration::from_secs(1), "{kept:?} vs {was:?}");
+    assert!(
+        kept <= was && was.saturating_duration_since(kept) < Duration::from_secs(1),
+        "{kept:?} vs {was:?}"
+    );
 }
 
 async fn slow_responses_are_waited_for(f: Arc<dyn Flavour>) {
