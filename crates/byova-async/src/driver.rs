@@ -1,7 +1,7 @@
 //! The async driver of byova-core's refresh machine: the hot path, in-process single-flight,
 //! and the loop that performs each step the machine asks for.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use byova_core::refresh::{Outcome, RefreshClient, RefreshMachine, RefreshMode, Step};
@@ -13,13 +13,12 @@ use byova_core::{
 use crate::http::HttpClient;
 use crate::integration::IntegrationTokenManager;
 
-/// Per-key state shared by a manager's callers: the cache, the single-flight locks, and which
-/// keys Webex has refused to refresh.
+/// Per-key state shared by a manager's callers: the cache (with its rejection marks) and one
+/// async mutex per key for single-flight.
 #[derive(Debug)]
 pub(crate) struct Keys {
     pub(crate) cache: TokenCache,
     locks: Mutex<HashMap<TokenKey, Arc<tokio::sync::Mutex<()>>>>,
-    rejected: Mutex<HashSet<TokenKey>>,
 }
 
 impl Keys {
@@ -31,31 +30,11 @@ impl Keys {
                 config.coordination.cache_revalidate,
             ),
             locks: Mutex::default(),
-            rejected: Mutex::default(),
         }
     }
 
     fn lock_for(&self, key: &TokenKey) -> Arc<tokio::sync::Mutex<()>> {
         self.locks.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone()
-    }
-
-    pub(crate) fn is_rejected(&self, key: &TokenKey) -> bool {
-        self.rejected.lock().unwrap_or_else(|e| e.into_inner()).contains(key)
-    }
-
-    fn set_rejected(&self, key: &TokenKey, rejected: bool) {
-        let mut set = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
-        if rejected {
-            set.insert(key.clone());
-        } else {
-            set.remove(key);
-        }
-    }
-
-    /// Forgets `key` entirely (removed from storage).
-    pub(crate) fn forget(&self, key: &TokenKey) {
-        self.cache.remove(key);
-        self.set_rejected(key, false);
     }
 }
 
@@ -102,26 +81,14 @@ impl Env<'_> {
         if let Some(error) = &outcome.served_stale_after {
             tracing::warn!(key = %key, error = %error, "refresh failed; serving the still-valid access token");
         }
-        match outcome.result {
-            Ok(record) => {
-                if outcome.refreshed {
-                    tracing::info!(key = %key, version = record.version, "tokens refreshed and stored");
-                    self.keys.set_rejected(key, false);
-                }
-                let tokens = record.value.clone();
-                self.keys.cache.put(key, record, self.clock.now());
-                Ok(tokens)
-            }
-            Err(error) => {
-                match &error {
-                    Error::ReauthorizationRequired { .. } => self.keys.set_rejected(key, true),
-                    Error::OrgNotRegistered { .. } | Error::NotAuthorized => self.keys.forget(key),
-                    _ => {}
-                }
-                tracing::warn!(key = %key, error = %error, "could not obtain a valid token");
-                Err(error)
-            }
+        if outcome.refreshed {
+            tracing::info!(key = %key, "tokens refreshed and stored");
         }
+        let result = self.keys.cache.apply(key, outcome, self.clock.now());
+        if let Err(error) = &result {
+            tracing::warn!(key = %key, error = %error, "could not obtain a valid token");
+        }
+        result
     }
 
     async fn drive(&self, client: RefreshClient<'_>, key: TokenKey, mode: RefreshMode) -> Outcome {
@@ -173,10 +140,8 @@ impl Env<'_> {
 
     /// The status of `key` from storage.
     pub(crate) async fn status(&self, key: &TokenKey) -> Result<Option<KeyStatus>> {
-        let Some(record) = self.storage.load(key).await? else { return Ok(None) };
-        let seed = self.keys.cache.jitter_seed(key);
-        let rejected = self.keys.is_rejected(key);
-        Ok(Some(self.config.refresh.key_status(key.clone(), &record.value, self.clock.now(), seed, rejected)))
+        let record = self.storage.load(key).await?;
+        Ok(record.map(|r| self.keys.cache.status(key, &r.value, self.clock.now())))
     }
 }
 

@@ -1,46 +1,19 @@
 //! [`Byova`]: configuration, storage, HTTP, both managers and webhook handling in one place.
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use byova_core::{
-    ByovaConfig, Clock, CoarseClock, Error, InMemoryTokenStorage, IntegrationCredentials, KeyStatus,
-    NewWebhook, Result, ServiceAppCredentials, ServiceAppEventKind, ServiceAppTokens, TokenStorage, Webhook,
-    WebhookSecret, config_env, create_webhook_request, delete_webhook_request, list_webhooks_request,
-    load_credentials_from_env, missing_webhooks, next_page_request, parse_service_app_event, parse_webhook,
-    parse_webhook_deletion, parse_webhook_page, verify_signature,
+    Admission, ByovaConfig, Clock, CoarseClock, Error, InMemoryTokenStorage, IntegrationCredentials,
+    KeyStatus, NewWebhook, Result, ServiceAppCredentials, ServiceAppEventKind, ServiceAppTokens,
+    TokenStorage, Webhook, WebhookGate, WebhookOutcome, WebhookSecret, config_env, create_webhook_request,
+    delete_webhook_request, list_webhooks_request, load_credentials_from_env, missing_webhooks,
+    next_page_request, parse_webhook, parse_webhook_deletion, parse_webhook_page,
 };
 
 use crate::driver::send_with_retry;
 use crate::http::HttpClient;
 use crate::integration::IntegrationTokenManager;
 use crate::service_app::ServiceAppTokenManager;
-
-/// How many delivery keys are remembered to recognise repeated webhook deliveries.
-const DEDUP_CAPACITY: usize = 10_000;
-
-/// What handling a `serviceApp` delivery did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum WebhookOutcome {
-    /// `authorized`: tokens were fetched and stored for the org.
-    Registered {
-        /// The org.
-        org_id: String,
-    },
-    /// `deauthorized`: the org's tokens were removed.
-    Removed {
-        /// The org.
-        org_id: String,
-    },
-    /// A repeated delivery of an event already handled; nothing was done.
-    Duplicate {
-        /// The org.
-        org_id: String,
-    },
-    /// A delivery for another Service App; nothing was done.
-    OtherApplication,
-}
 
 /// The result of refreshing one org in [`Byova::refresh_all_orgs`].
 #[derive(Debug)]
@@ -67,8 +40,7 @@ pub struct Byova {
     integration: IntegrationTokenManager,
     service_app: ServiceAppTokenManager,
     http: HttpClient,
-    webhook_secret: Option<WebhookSecret>,
-    seen: Mutex<(HashSet<String>, VecDeque<String>)>,
+    gate: WebhookGate,
 }
 
 /// Builds a [`Byova`].
@@ -133,13 +105,8 @@ impl ByovaBuilder {
         );
         let service_app =
             ServiceAppTokenManager::new(self.service_app, integration.clone(), http.clone(), storage);
-        Ok(Byova {
-            integration,
-            service_app,
-            http,
-            webhook_secret: self.webhook_secret,
-            seen: Mutex::default(),
-        })
+        let gate = WebhookGate::new(service_app.application_id(), self.webhook_secret);
+        Ok(Byova { integration, service_app, http, gate })
     }
 }
 
@@ -203,61 +170,27 @@ impl Byova {
         raw_body: &[u8],
         signature_header: Option<&str>,
     ) -> Result<WebhookOutcome> {
-        if let Some(secret) = &self.webhook_secret {
-            verify_signature(secret, raw_body, signature_header)?;
-        }
-        let event = parse_service_app_event(raw_body)?;
-        if event
-            .application_id
-            .as_deref()
-            .is_some_and(|app| app.trim_end_matches('=') != self.service_app.application_id())
-        {
-            tracing::info!("ignoring a serviceApp delivery for another application");
-            return Ok(WebhookOutcome::OtherApplication);
-        }
-        if !self.remember(&event.delivery_key) {
-            return Ok(WebhookOutcome::Duplicate { org_id: event.org_id });
-        }
-        let result = match event.kind {
-            ServiceAppEventKind::Authorized => self
-                .service_app
-                .fetch_token_for_org(&event.org_id)
-                .await
-                .map(|_| WebhookOutcome::Registered { org_id: event.org_id.clone() }),
-            ServiceAppEventKind::Deauthorized => self
-                .service_app
-                .remove_org(&event.org_id)
-                .await
-                .map(|()| WebhookOutcome::Removed { org_id: event.org_id.clone() }),
+        let event = match self.gate.admit(raw_body, signature_header)? {
+            Admission::Act(event) => event,
+            Admission::Done(outcome) => return Ok(outcome),
         };
-        match &result {
-            Ok(outcome) => {
-                tracing::info!(org = %event.org_id, event = event.kind.as_str(), ?outcome, "serviceApp webhook handled")
+        let done = match event.kind {
+            ServiceAppEventKind::Authorized => {
+                self.service_app.fetch_token_for_org(&event.org_id).await.map(drop)
             }
-            Err(_) => self.forget(&event.delivery_key),
+            ServiceAppEventKind::Deauthorized => self.service_app.remove_org(&event.org_id).await,
+        };
+        match done {
+            Ok(()) => {
+                let outcome = WebhookGate::outcome(&event);
+                tracing::info!(org = %event.org_id, event = event.kind.as_str(), ?outcome, "serviceApp webhook handled");
+                Ok(outcome)
+            }
+            Err(error) => {
+                self.gate.failed(&event);
+                Err(error)
+            }
         }
-        result
-    }
-
-    /// Records a delivery key; `false` when it was already seen.
-    fn remember(&self, key: &str) -> bool {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if !seen.0.insert(key.to_owned()) {
-            return false;
-        }
-        seen.1.push_back(key.to_owned());
-        if seen.1.len() > DEDUP_CAPACITY
-            && let Some(old) = seen.1.pop_front()
-        {
-            seen.0.remove(&old);
-        }
-        true
-    }
-
-    fn forget(&self, key: &str) {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.0.remove(key);
-        seen.1.retain(|k| k != key);
     }
 
     /// Every registered webhook, following `Link` pagination.

@@ -256,8 +256,7 @@ impl IntegrationTokenManager {
         .await?;
         let version = self.inner.storage.store(&TokenKey::Integration, &tokens, Expect::Any).await?;
         tracing::info!("Integration authorized; tokens stored");
-        self.inner.keys.forget(&TokenKey::Integration);
-        self.inner.keys.cache.put(
+        self.inner.keys.cache.put_new(
             &TokenKey::Integration,
             Versioned { value: tokens.clone(), version },
             self.inner.clock.now(),

@@ -49,7 +49,7 @@ mod listener;
 mod service_app;
 
 pub use byova_core::*;
-pub use facade::{Byova, ByovaBuilder, OrgRefresh, WebhookOutcome};
+pub use facade::{Byova, ByovaBuilder, OrgRefresh};
 pub use http::HttpClient;
 pub use integration::{AuthorizeOptions, IntegrationTokenManager};
 pub use listener::{BrowserOpener, RedirectListener, RedirectOptions, wait_for_redirect};

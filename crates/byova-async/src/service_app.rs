@@ -150,7 +150,7 @@ impl ServiceAppTokenManager {
         if let TokenKey::Org(org) = &key {
             self.inner.storage.delete_service_app_tokens(org).await?;
         }
-        self.inner.keys.forget(&key);
+        self.inner.keys.cache.remove(&key);
         Ok(())
     }
 

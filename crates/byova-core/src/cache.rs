@@ -6,7 +6,8 @@
 //! a shared backend's changes (a deauthorization, a refresh by another replica) are seen within
 //! [`TokenCache::revalidate_after`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
 use std::sync::{Arc, RwLock};
 
 use arc_swap::ArcSwapOption;
@@ -33,6 +34,8 @@ pub struct TokenCache {
     /// Lock-free: readers never contend with each other or wait for a writer.
     integration: ArcSwapOption<CacheEntry>,
     orgs: RwLock<HashMap<String, Arc<CacheEntry>>>,
+    /// Keys whose stored refresh token Webex rejected (for status reports).
+    rejected: Mutex<HashSet<TokenKey>>,
     policy: RefreshPolicy,
     process_seed: u64,
     revalidate_after: Duration,
@@ -45,6 +48,7 @@ impl TokenCache {
         Self {
             integration: ArcSwapOption::empty(),
             orgs: RwLock::new(HashMap::new()),
+            rejected: Mutex::new(HashSet::new()),
             policy,
             process_seed,
             revalidate_after,
@@ -121,8 +125,64 @@ impl TokenCache {
         }
     }
 
+    /// Whether Webex rejected `key`'s stored refresh token and nothing has replaced it since.
+    pub fn is_rejected(&self, key: &TokenKey) -> bool {
+        self.rejected.lock().unwrap_or_else(|e| e.into_inner()).contains(key)
+    }
+
+    fn set_rejected(&self, key: &TokenKey, rejected: bool) {
+        let mut set = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
+        if rejected {
+            set.insert(key.clone());
+        } else {
+            set.remove(key);
+        }
+    }
+
+    /// Records what a finished refresh run means for `key`, and returns the tokens to hand out
+    /// (or the error): the record is cached, a rejection is remembered for status reports, and
+    /// a key found missing is forgotten.
+    pub fn apply(
+        &self,
+        key: &TokenKey,
+        outcome: crate::refresh::Outcome,
+        now: Timestamp,
+    ) -> crate::Result<OAuthTokens> {
+        match outcome.result {
+            Ok(record) => {
+                if outcome.refreshed {
+                    self.set_rejected(key, false);
+                }
+                let tokens = record.value.clone();
+                self.put(key, record, now);
+                Ok(tokens)
+            }
+            Err(error) => {
+                match &error {
+                    crate::Error::ReauthorizationRequired { .. } => self.set_rejected(key, true),
+                    crate::Error::OrgNotRegistered { .. } | crate::Error::NotAuthorized => self.remove(key),
+                    _ => {}
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Caches tokens just obtained outside the refresh machine (a code exchange), clearing any
+    /// earlier rejection.
+    pub fn put_new(&self, key: &TokenKey, record: Versioned<OAuthTokens>, now: Timestamp) {
+        self.set_rejected(key, false);
+        self.put(key, record, now);
+    }
+
+    /// The [`KeyStatus`](crate::KeyStatus) of a stored record.
+    pub fn status(&self, key: &TokenKey, tokens: &OAuthTokens, now: Timestamp) -> crate::KeyStatus {
+        self.policy.key_status(key.clone(), tokens, now, self.jitter_seed(key), self.is_rejected(key))
+    }
+
     /// Forgets `key` (deauthorized, removed, or found missing in storage).
     pub fn remove(&self, key: &TokenKey) {
+        self.set_rejected(key, false);
         match key {
             TokenKey::Integration => self.integration.store(None),
             TokenKey::Org(org) => {

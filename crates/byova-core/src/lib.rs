@@ -92,10 +92,11 @@ pub use storage::{
 pub use time::{Clock, CoarseClock, SystemClock, Timestamp};
 pub use tokens::{OAuthTokens, ServiceAppTokens, TOKEN_SCHEMA_VERSION};
 pub use webhook::{
-    MAX_WEBHOOK_BODY_BYTES, NewWebhook, SIGNATURE_HEADER, ServiceAppEvent, ServiceAppEventKind,
-    SignatureError, Webhook, WebhookPage, create_webhook_request, delete_webhook_request,
-    list_webhooks_request, missing_webhooks, next_link, next_page_request, parse_service_app_event,
-    parse_webhook, parse_webhook_deletion, parse_webhook_page, sign, verify_signature,
+    Admission, MAX_WEBHOOK_BODY_BYTES, NewWebhook, SIGNATURE_HEADER, ServiceAppEvent, ServiceAppEventKind,
+    SignatureError, WEBHOOK_DEDUP_CAPACITY, Webhook, WebhookGate, WebhookOutcome, WebhookPage,
+    create_webhook_request, delete_webhook_request, list_webhooks_request, missing_webhooks, next_link,
+    next_page_request, parse_service_app_event, parse_webhook, parse_webhook_deletion, parse_webhook_page,
+    sign, verify_signature,
 };
 
 /// `async_trait`, re-exported so backends implement [`TokenStorage`] with the same macro.

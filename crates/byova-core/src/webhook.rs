@@ -195,6 +195,100 @@ pub fn parse_service_app_event(raw_body: &[u8]) -> Result<ServiceAppEvent> {
     Ok(ServiceAppEvent { kind, org_id, webhook_id: env.id, application_id, delivery_key })
 }
 
+/// What handling a `serviceApp` delivery did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WebhookOutcome {
+    /// `authorized`: tokens were fetched and stored for the org.
+    Registered {
+        /// The org.
+        org_id: String,
+    },
+    /// `deauthorized`: the org's tokens were removed.
+    Removed {
+        /// The org.
+        org_id: String,
+    },
+    /// A repeated delivery of an event already handled; nothing was done.
+    Duplicate {
+        /// The org.
+        org_id: String,
+    },
+    /// A delivery for another Service App; nothing was done.
+    OtherApplication,
+}
+
+/// The gate every delivery passes before anything happens: signature, shape, application,
+/// repetition. The flavours only carry out what it admits.
+#[derive(Debug)]
+pub struct WebhookGate {
+    secret: Option<WebhookSecret>,
+    application_id: String,
+    seen: std::sync::Mutex<(std::collections::HashSet<String>, std::collections::VecDeque<String>)>,
+}
+
+/// What the gate decided about a delivery.
+#[derive(Debug)]
+pub enum Admission {
+    /// Act on it: fetch tokens (authorized) or remove them (deauthorized).
+    Act(ServiceAppEvent),
+    /// Already handled (or being handled): answer 2xx, do nothing.
+    Done(WebhookOutcome),
+}
+
+/// How many delivery keys the gate remembers.
+pub const WEBHOOK_DEDUP_CAPACITY: usize = 10_000;
+
+impl WebhookGate {
+    /// A gate for the Service App `application_id`; with `secret`, deliveries must carry a valid
+    /// `X-Spark-Signature` under it.
+    pub fn new(application_id: impl Into<String>, secret: Option<WebhookSecret>) -> Self {
+        Self { secret, application_id: application_id.into(), seen: std::sync::Mutex::default() }
+    }
+
+    /// Verifies, parses and de-duplicates one delivery.
+    ///
+    /// # Errors
+    /// [`Error::WebhookSignature`] for a missing or wrong signature (when a secret is set),
+    /// [`Error::InvalidInput`] for a malformed delivery.
+    pub fn admit(&self, raw_body: &[u8], signature_header: Option<&str>) -> Result<Admission> {
+        if let Some(secret) = &self.secret {
+            verify_signature(secret, raw_body, signature_header)?;
+        }
+        let event = parse_service_app_event(raw_body)?;
+        if event.application_id.as_deref().is_some_and(|app| app.trim_end_matches('=') != self.application_id)
+        {
+            return Ok(Admission::Done(WebhookOutcome::OtherApplication));
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if !seen.0.insert(event.delivery_key.clone()) {
+            return Ok(Admission::Done(WebhookOutcome::Duplicate { org_id: event.org_id }));
+        }
+        seen.1.push_back(event.delivery_key.clone());
+        if seen.1.len() > WEBHOOK_DEDUP_CAPACITY
+            && let Some(old) = seen.1.pop_front()
+        {
+            seen.0.remove(&old);
+        }
+        Ok(Admission::Act(event))
+    }
+
+    /// Carrying out `event` failed: forget it, so Webex's redelivery is acted on.
+    pub fn failed(&self, event: &ServiceAppEvent) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.0.remove(&event.delivery_key);
+        seen.1.retain(|k| *k != event.delivery_key);
+    }
+
+    /// The outcome of carrying out `event` successfully.
+    pub fn outcome(event: &ServiceAppEvent) -> WebhookOutcome {
+        match event.kind {
+            ServiceAppEventKind::Authorized => WebhookOutcome::Registered { org_id: event.org_id.clone() },
+            ServiceAppEventKind::Deauthorized => WebhookOutcome::Removed { org_id: event.org_id.clone() },
+        }
+    }
+}
+
 /// A registered webhook, as the `/webhooks` API returns it.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -521,6 +615,42 @@ mod tests {
                 "{case:.60}"
             );
         }
+    }
+
+    #[test]
+    fn the_gate_verifies_dedupes_and_filters_applications() {
+        let secret = WebhookSecret::new("s");
+        let gate = WebhookGate::new("APP", Some(secret.clone()));
+        let body = format!(
+            r#"{{"id":"W","resource":"serviceApp","event":"authorized","orgId":"{}","data":{{"id":"APP"}}}}"#,
+            org("o")
+        );
+        let sig = sign(&secret, body.as_bytes());
+        assert!(matches!(
+            gate.admit(body.as_bytes(), None),
+            Err(Error::WebhookSignature(SignatureError::Missing))
+        ));
+        let Admission::Act(event) = gate.admit(body.as_bytes(), Some(&sig)).unwrap() else {
+            panic!("first delivery acts")
+        };
+        assert!(matches!(
+            gate.admit(body.as_bytes(), Some(&sig)).unwrap(),
+            Admission::Done(WebhookOutcome::Duplicate { .. })
+        ));
+        gate.failed(&event);
+        assert!(
+            matches!(gate.admit(body.as_bytes(), Some(&sig)).unwrap(), Admission::Act(_)),
+            "a failed event is acted on again"
+        );
+        assert_eq!(WebhookGate::outcome(&event), WebhookOutcome::Registered { org_id: "o".into() });
+        let other = body.replace("\"APP\"", "\"OTHER\"");
+        let sig = sign(&secret, other.as_bytes());
+        assert!(matches!(
+            gate.admit(other.as_bytes(), Some(&sig)).unwrap(),
+            Admission::Done(WebhookOutcome::OtherApplication)
+        ));
+        let open = WebhookGate::new("APP", None);
+        assert!(matches!(open.admit(body.as_bytes(), None).unwrap(), Admission::Act(_)));
     }
 
     #[test]
