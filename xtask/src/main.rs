@@ -97,8 +97,11 @@ fn ensure_cargo_deny() -> Result {
 }
 
 /// Crates that must not appear in a crate's normal dependency tree.
-const BOUNDARIES: &[(&str, &[&str])] =
-    &[("byova-core", &["tokio", "reqwest", "ureq", "hyper", "redis", "sqlx", "rusqlite", "mio", "socket2"])];
+const BOUNDARIES: &[(&str, &[&str])] = &[
+    ("byova-core", &["tokio", "reqwest", "ureq", "hyper", "redis", "sqlx", "rusqlite", "mio", "socket2"]),
+    ("byova-blocking", &["tokio", "reqwest", "hyper", "mio", "byova-async"]),
+    ("byova-async", &["ureq", "byova-blocking"]),
+];
 
 fn dependency_boundaries() -> Result {
     for (krate, banned) in BOUNDARIES {

@@ -1,0 +1,90 @@
+//! [`HttpClient`]: the flavour's shared ureq agent. It sends byova-core request values and
+//! returns response values; it makes no OAuth decision.
+
+use std::time::Duration;
+
+use byova_core::{Error, HttpRequest, HttpResponse, Method, Result};
+
+/// Responses larger than this are reported as transport errors.
+const MAX_RESPONSE_BYTES: u64 = 1024 * 1024;
+
+/// The shared HTTP client: ureq with rustls (ring), the configured timeout, no redirect
+/// following, proxies from the environment, a `byova/<version>` user agent, and a fresh
+/// `TrackingID` on every request.
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    agent: ureq::Agent,
+}
+
+impl HttpClient {
+    /// A client whose requests time out after `timeout`.
+    ///
+    /// # Errors
+    /// Never today; the signature matches the async flavour's.
+    pub fn new(timeout: Duration) -> Result<Self> {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(timeout))
+            .timeout_connect(Some(timeout.min(Duration::from_secs(10))))
+            .max_redirects(0)
+            .http_status_as_error(false)
+            .user_agent(concat!("byova/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        Ok(Self { agent })
+    }
+
+    /// Sends `request` and reads the whole response.
+    ///
+    /// # Errors
+    /// [`Error::Transport`] when no complete response arrived; `maybe_sent` is false only when
+    /// connecting failed.
+    pub fn send(&self, request: &HttpRequest) -> Result<HttpResponse> {
+        let method = match request.method {
+            Method::Get => ureq::http::Method::GET,
+            Method::Post => ureq::http::Method::POST,
+            Method::Put => ureq::http::Method::PUT,
+            Method::Delete => ureq::http::Method::DELETE,
+            _ => return Err(Error::Configuration("unsupported HTTP method".into())),
+        };
+        let mut builder = ureq::http::Request::builder()
+            .method(method)
+            .uri(&request.url)
+            .header("TrackingID", tracking_id());
+        for (name, value) in &request.headers {
+            builder = builder.header(*name, value.expose());
+        }
+        let built = builder.body(request.body.to_vec()).map_err(|_| {
+            Error::Configuration("the request could not be built (a bad URL or header)".into())
+        })?;
+        let response = self.agent.run(built).map_err(transport)?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_owned(), v.to_owned())))
+            .collect();
+        let body =
+            response.into_body().with_config().limit(MAX_RESPONSE_BYTES).read_to_vec().map_err(transport)?;
+        Ok(HttpResponse::new(status, headers, body))
+    }
+}
+
+/// A ureq error as a transport error, without the URL.
+fn transport(e: ureq::Error) -> Error {
+    let maybe_sent = !matches!(e, ureq::Error::ConnectionFailed | ureq::Error::HostNotFound);
+    let message = match &e {
+        ureq::Error::Timeout(_) => "timed out".to_owned(),
+        ureq::Error::ConnectionFailed => "could not connect".to_owned(),
+        ureq::Error::HostNotFound => "the host was not found".to_owned(),
+        ureq::Error::BodyExceedsLimit(_) => "the response is larger than 1 MiB".to_owned(),
+        ureq::Error::Io(io) => format!("the request failed: {io}"),
+        _ => "the request failed".to_owned(),
+    };
+    Error::Transport { message, maybe_sent }
+}
+
+/// `byova_<32 hex>`: correlates our logs with Webex's.
+pub(crate) fn tracking_id() -> String {
+    let r = u128::from(byova_core::random_u64()) | (u128::from(byova_core::random_u64()) << 64);
+    format!("byova_{r:032x}")
+}

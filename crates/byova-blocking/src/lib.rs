@@ -1,0 +1,64 @@
+//! # byova-blocking
+//!
+//! The blocking flavour of byova, on ureq (rustls) and std threads, with the same API and the
+//! same behaviour as `byova-async`: Integration OAuth and per-org Service App tokens for a
+//! Webex BYOVA provider. It does not pull in tokio.
+//!
+//! - [`IntegrationTokenManager`]: authorization URL, the browser flow with a loopback redirect
+//!   listener ([`RedirectListener`], [`wait_for_redirect`]), code exchange with PKCE, refresh,
+//!   and [`get_access_token`](IntegrationTokenManager::get_access_token).
+//! - [`ServiceAppTokenManager`]: per-org tokens fetched with the Integration's bearer,
+//!   refreshed, registered, removed.
+//! - [`Byova`]: everything wired together, with webhook handling, webhook registration, status
+//!   and bulk refresh (a small pool of threads).
+//!
+//! Every OAuth decision is byova-core's (re-exported here), driven by the same refresh state
+//! machine as the async flavour; this crate moves bytes, sleeps, and coordinates threads.
+//!
+//! # Inside an async runtime
+//!
+//! Every call here blocks its thread: an HTTP call for up to the configured timeout, a refresh
+//! while another thread holds the key, `authorize` and `wait_for_redirect` for up to minutes.
+//! Called from async code, that stalls an executor thread (on a current-thread runtime, all of
+//! it). `authorize` and `RedirectListener::wait` therefore refuse to run on a thread that
+//! carries tokio's default worker name (`tokio-rt-worker`, `tokio-runtime-worker`) and return
+//! [`Error::Configuration`] at once instead of hanging; a runtime with custom thread names is
+//! not recognised. Everything else works but blocks. From async code use `byova-async`, or
+//! wrap calls in `spawn_blocking`.
+//!
+//! ```
+//! use byova_blocking::*;
+//! # let fake = byova_testkit::FakeWebex::start();
+//! # let (integration_creds, service_app_creds) = (fake.integration_credentials(), fake.service_app_credentials());
+//! # let config = fake.config();
+//! # let seed = fake.issue_integration_tokens();
+//! const ORG: &str = "63b02f90-9cc6-43b8-aa6d-cad425ac554c";
+//!
+//! let byova = Byova::builder(integration_creds, service_app_creds)
+//!     .config(config) // ByovaConfig::default() is production Webex
+//!     .build()?;
+//! # byova.integration().refresh(Some(&seed.refresh_token))?; // stands in for authorize()
+//! let bearer = byova.integration().get_access_token()?;
+//! # fake.authorize_org(ORG);
+//! byova.service_app().fetch_token_for_org(ORG)?;
+//! let org_token = byova.service_app().get_access_token(ORG)?;
+//! # let _ = (bearer, org_token);
+//! # Ok::<(), byova_blocking::Error>(())
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod driver;
+mod facade;
+mod http;
+mod integration;
+mod listener;
+mod service_app;
+
+pub use byova_core::*;
+pub use facade::{Byova, ByovaBuilder, OrgRefresh};
+pub use http::HttpClient;
+pub use integration::{AuthorizeOptions, IntegrationTokenManager};
+pub use listener::{BrowserOpener, RedirectListener, RedirectOptions, wait_for_redirect};
+pub use service_app::ServiceAppTokenManager;

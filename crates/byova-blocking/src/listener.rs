@@ -1,0 +1,248 @@
+//! The loopback redirect listener (RFC 8252) on std threads. Every decision about a request is
+//! byova-core's [`CallbackHandler`]; this module accepts, reads, writes and times out.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use byova_core::{
+    AuthorizationCode, CallbackHandler, CallbackReply, CallbackVerdict, CsrfState, Error, LoopbackRedirect,
+    MAX_CALLBACK_HEAD_BYTES, Result, parse_request_head,
+};
+
+/// Opens a URL for the user (a browser). Tests inject one that plays the browser.
+pub type BrowserOpener = Arc<dyn Fn(&str) -> std::io::Result<()> + Send + Sync>;
+
+const CONNECTION_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_CONNECTIONS: usize = 64;
+const POLL: Duration = Duration::from_millis(5);
+
+/// Refuses to block an async runtime's worker thread for a whole authorization flow: on a
+/// current-thread runtime nothing else would run, and anything the flow waits for (a browser
+/// played on that runtime) would never come.
+pub(crate) fn refuse_async_worker(operation: &str) -> Result<()> {
+    // tokio names its threads `tokio-runtime-worker` (older) or `tokio-rt-worker` unless told
+    // otherwise; a renamed runtime is not detected, and is documented as such.
+    let thread = std::thread::current();
+    if thread.name().is_some_and(|n| n == "tokio-runtime-worker" || n == "tokio-rt-worker") {
+        return Err(Error::Configuration(format!(
+            "{operation} blocks for up to minutes and was called on an async runtime's worker thread; \
+             use byova-async, or call it inside tokio::task::spawn_blocking"
+        )));
+    }
+    Ok(())
+}
+
+/// A listener bound on the redirect URI's loopback address, waiting for one redirect.
+#[derive(Debug)]
+pub struct RedirectListener {
+    listener: TcpListener,
+    redirect: LoopbackRedirect,
+    port: u16,
+}
+
+impl RedirectListener {
+    /// Binds the loopback address of `redirect_uri` (port 0 picks a free port).
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for a non-loopback URI or a port already in use.
+    pub fn bind(redirect_uri: &str) -> Result<Self> {
+        let redirect = LoopbackRedirect::parse(redirect_uri)?;
+        let listener = TcpListener::bind((redirect.bind_host(), redirect.port)).map_err(|e| {
+            Error::Configuration(format!(
+                "cannot listen on {}:{} for the OAuth redirect: {e}; free the port or choose another redirect URI",
+                redirect.bind_host(),
+                redirect.port
+            ))
+        })?;
+        let port = listener.local_addr().map_err(|e| Error::Configuration(e.to_string()))?.port();
+        Ok(Self { listener, redirect, port })
+    }
+
+    /// The redirect URI with the bound port.
+    pub fn redirect_uri(&self) -> String {
+        self.redirect.uri_with_port(self.port)
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Waits for the redirect carrying `expected_state`. Each connection is served on its own
+    /// short-lived thread, so idle connections never hold the flow up.
+    ///
+    /// # Errors
+    /// [`Error::OAuthRedirect`] when the redirect carried `error=`,
+    /// [`Error::OAuthRedirectTimeout`] when none arrived in time, [`Error::Configuration`] on an
+    /// async runtime's worker thread.
+    pub fn wait(self, expected_state: CsrfState, timeout: Duration) -> Result<AuthorizationCode> {
+        refuse_async_worker("waiting for the OAuth redirect")?;
+        self.listener.set_nonblocking(true).map_err(|e| Error::Configuration(e.to_string()))?;
+        let handler = Arc::new(Mutex::new(CallbackHandler::new(&self.redirect, self.port, expected_state)));
+        let (tx, rx) = mpsc::channel::<CallbackVerdict>();
+        let active = Arc::new(AtomicUsize::new(0));
+        let deadline = Instant::now() + timeout;
+        loop {
+            match rx.recv_timeout(POLL) {
+                Ok(CallbackVerdict::Code(code)) => return Ok(code),
+                Ok(CallbackVerdict::Denied(error)) => return Err(Error::OAuthRedirect { error }),
+                Ok(CallbackVerdict::KeepWaiting) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::OAuthRedirectTimeout(timeout));
+            }
+            while let Ok((stream, peer)) = self.listener.accept() {
+                if !peer.ip().is_loopback() || active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    continue;
+                }
+                active.fetch_add(1, Ordering::SeqCst);
+                let (handler, tx, active) = (handler.clone(), tx.clone(), active.clone());
+                let spawned = std::thread::Builder::new().name("byova-redirect".into()).spawn(move || {
+                    serve(stream, &handler, &tx);
+                    active.fetch_sub(1, Ordering::SeqCst);
+                });
+                if spawned.is_err() {
+                    return Err(Error::Configuration(
+                        "cannot start a thread for the redirect listener".into(),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+fn serve(mut stream: TcpStream, handler: &Mutex<CallbackHandler>, tx: &mpsc::Sender<CallbackVerdict>) {
+    if stream.set_nonblocking(false).is_err()
+        || stream.set_read_timeout(Some(CONNECTION_READ_TIMEOUT)).is_err()
+    {
+        return;
+    }
+    let (reply, verdict) = match read_head(&mut stream) {
+        Ok(Some(head)) => match parse_request_head(&head) {
+            Some(head) => {
+                let (reply, verdict) = handler.lock().unwrap_or_else(|e| e.into_inner()).handle(&head);
+                (reply, Some(verdict))
+            }
+            None => (CallbackReply::bad_request(), None),
+        },
+        Ok(None) => (CallbackReply::too_large(), None),
+        Err(_) => return,
+    };
+    let _ = stream.write_all(&reply.to_bytes());
+    let _ = stream.flush();
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+    if let Some(verdict) = verdict.filter(|v| !matches!(v, CallbackVerdict::KeepWaiting)) {
+        let _ = tx.send(verdict);
+    }
+}
+
+fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            buf.truncate(end + 4);
+            return Ok(Some(buf));
+        }
+        if buf.len() > MAX_CALLBACK_HEAD_BYTES {
+            return Ok(None);
+        }
+    }
+}
+
+/// Options for [`wait_for_redirect`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct RedirectOptions {
+    /// How long to wait for the redirect.
+    pub timeout: Duration,
+    /// Whether to open `authorization_url` in a browser (otherwise it is printed).
+    pub open_browser: bool,
+    /// The URL to open once the listener is ready.
+    pub authorization_url: Option<String>,
+    /// The `state` the redirect must carry. Required.
+    pub expected_state: Option<String>,
+    /// Opens the URL; defaults to the system browser.
+    pub browser: Option<BrowserOpener>,
+}
+
+impl Default for RedirectOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(300),
+            open_browser: true,
+            authorization_url: None,
+            expected_state: None,
+            browser: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for RedirectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedirectOptions")
+            .field("timeout", &self.timeout)
+            .field("open_browser", &self.open_browser)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Waits for the OAuth redirect on `redirect_uri` (the seed's `wait_for_redirect`): binds the
+/// listener, opens (or prints) the authorization URL, and returns `(code, state)`.
+///
+/// # Errors
+/// As [`RedirectListener::bind`] and [`RedirectListener::wait`]; [`Error::InvalidInput`]
+/// without `expected_state`.
+pub fn wait_for_redirect(redirect_uri: &str, options: RedirectOptions) -> Result<(String, Option<String>)> {
+    let state = options.expected_state.clone().ok_or_else(|| {
+        Error::InvalidInput(
+            "expected_state is required: a redirect that cannot be tied to its request is refused".into(),
+        )
+    })?;
+    let listener = RedirectListener::bind(redirect_uri)?;
+    if let Some(url) = &options.authorization_url {
+        present_url(url, options.open_browser, options.browser.clone());
+    }
+    let code = listener.wait(CsrfState::new(state.clone()), options.timeout)?;
+    Ok((code.expose_secret().to_owned(), Some(state)))
+}
+
+/// Opens `url` with `browser` (or the system browser); prints it when not opening or when
+/// opening fails.
+pub(crate) fn present_url(url: &str, open: bool, browser: Option<BrowserOpener>) {
+    if !open {
+        eprintln!("Open this URL in a browser to authorize byova:\n\n  {url}\n");
+        return;
+    }
+    let opened = match browser {
+        Some(opener) => opener(url),
+        None => open_system_browser(url),
+    };
+    if opened.is_err() {
+        eprintln!("Could not open a browser. Open this URL to authorize byova:\n\n  {url}\n");
+    }
+}
+
+fn open_system_browser(url: &str) -> std::io::Result<()> {
+    let mut cmd = if cfg!(target_os = "macos") {
+        std::process::Command::new("open")
+    } else if cfg!(windows) {
+        let mut c = std::process::Command::new("cmd");
+        c.args(["/C", "start", ""]);
+        c
+    } else {
+        std::process::Command::new("xdg-open")
+    };
+    let status =
+        cmd.arg(url).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status()?;
+    if status.success() { Ok(()) } else { Err(std::io::Error::other("the browser launcher failed")) }
+}
