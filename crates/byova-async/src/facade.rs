@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use byova_core::{
-    Admission, ByovaConfig, Clock, CoarseClock, Error, InMemoryTokenStorage, IntegrationCredentials,
-    KeyStatus, NewWebhook, Result, ServiceAppCredentials, ServiceAppEventKind, ServiceAppTokens,
-    TokenStorage, Webhook, WebhookGate, WebhookOutcome, WebhookSecret, config_env, create_webhook_request,
-    delete_webhook_request, list_webhooks_request, load_credentials_from_env, missing_webhooks,
+    Admission, ByovaConfig, Clock, CoarseClock, EnvSettings, Error, InMemoryTokenStorage,
+    IntegrationCredentials, KeyStatus, NewWebhook, Result, ServiceAppCredentials, ServiceAppEventKind,
+    ServiceAppTokens, TokenStorage, Webhook, WebhookGate, WebhookOutcome, WebhookSecret,
+    create_webhook_request, delete_webhook_request, list_webhooks_request, missing_webhooks,
     next_page_request, parse_webhook, parse_webhook_deletion, parse_webhook_page,
 };
 
@@ -138,11 +138,10 @@ impl Byova {
     /// # Errors
     /// As [`from_env`](Self::from_env).
     pub fn from_env_with_storage(storage: Arc<dyn TokenStorage>) -> Result<Self> {
-        let (integration, service_app) = load_credentials_from_env()?;
-        let config = ByovaConfig::from_lookup(|name| std::env::var(name).ok())?;
-        let mut builder = Self::builder(integration, service_app).config(config).storage(storage);
-        if let Some(secret) = std::env::var(config_env::WEBHOOK_SECRET).ok().filter(|s| !s.is_empty()) {
-            builder = builder.webhook_secret(WebhookSecret::new(secret));
+        let env = EnvSettings::from_env()?;
+        let mut builder = Self::builder(env.integration, env.service_app).config(env.config).storage(storage);
+        if let Some(secret) = env.webhook_secret {
+            builder = builder.webhook_secret(secret);
         }
         builder.build()
     }

@@ -51,6 +51,6 @@ mod service_app;
 pub use byova_core::*;
 pub use facade::{Byova, ByovaBuilder, OrgRefresh};
 pub use http::HttpClient;
-pub use integration::{AuthorizeOptions, IntegrationTokenManager};
-pub use listener::{BrowserOpener, RedirectListener, RedirectOptions, wait_for_redirect};
+pub use integration::IntegrationTokenManager;
+pub use listener::{RedirectListener, wait_for_redirect};
 pub use service_app::ServiceAppTokenManager;

@@ -5,14 +5,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use byova_core::{
-    AuthorizationCode, CallbackHandler, CallbackReply, CallbackVerdict, CsrfState, Error, LoopbackRedirect,
-    MAX_CALLBACK_HEAD_BYTES, Result, parse_request_head,
+    AuthorizationCode, BrowserOpener, CallbackHandler, CallbackReply, CallbackVerdict, CsrfState, Error,
+    LoopbackRedirect, MAX_CALLBACK_HEAD_BYTES, RedirectOptions, Result, parse_request_head,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-/// Opens a URL for the user (a browser). Tests inject one that plays the browser.
-pub type BrowserOpener = Arc<dyn Fn(&str) -> std::io::Result<()> + Send + Sync>;
 
 /// How long one connection may take to send its request head.
 const CONNECTION_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -140,44 +137,6 @@ async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
         if buf.len() > MAX_CALLBACK_HEAD_BYTES {
             return Ok(None);
         }
-    }
-}
-
-/// Options for [`wait_for_redirect`].
-#[derive(Clone)]
-#[non_exhaustive]
-pub struct RedirectOptions {
-    /// How long to wait for the redirect.
-    pub timeout: Duration,
-    /// Whether to open `authorization_url` in a browser (otherwise it is printed).
-    pub open_browser: bool,
-    /// The URL to open once the listener is ready.
-    pub authorization_url: Option<String>,
-    /// The `state` the redirect must carry. Required: byova never accepts a redirect it cannot
-    /// tie to its own request.
-    pub expected_state: Option<String>,
-    /// Opens the URL; defaults to the system browser.
-    pub browser: Option<BrowserOpener>,
-}
-
-impl Default for RedirectOptions {
-    fn default() -> Self {
-        Self {
-            timeout: Duration::from_secs(300),
-            open_browser: true,
-            authorization_url: None,
-            expected_state: None,
-            browser: None,
-        }
-    }
-}
-
-impl std::fmt::Debug for RedirectOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedirectOptions")
-            .field("timeout", &self.timeout)
-            .field("open_browser", &self.open_browser)
-            .finish_non_exhaustive()
     }
 }
 

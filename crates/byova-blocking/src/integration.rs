@@ -1,22 +1,18 @@
 //! [`IntegrationTokenManager`]: the provider's own Integration OAuth tokens.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use byova_core::refresh::{RefreshClient, RefreshMode};
 use byova_core::{
-    AccessToken, AuthorizationCode, AuthorizationRequest, BlockingTokenStorage, ByovaConfig, Clock,
-    CoarseClock, CsrfState, Expect, IntegrationCredentials, KeyStatus, OAuthTokens, PkceCodeVerifier,
-    RefreshToken, Result, Timestamp, TokenCall, TokenKey, Versioned, code_exchange_request,
-    parse_token_response,
+    AccessToken, AuthorizationCode, AuthorizationRequest, AuthorizeOptions, BlockingTokenStorage,
+    ByovaConfig, Clock, CoarseClock, CsrfState, Expect, IntegrationCredentials, KeyStatus, OAuthTokens,
+    PendingAuthorizations, PkceCodeVerifier, RefreshToken, Result, TokenCall, TokenKey, Versioned,
+    code_exchange_request, parse_token_response,
 };
 
 use crate::driver::{Env, Keys, send_with_retry};
 use crate::http::HttpClient;
-use crate::listener::{BrowserOpener, RedirectListener, present_url};
-
-/// Verifiers of authorization URLs handed out by `get_authorization_url`, awaiting their code.
-const MAX_PENDING: usize = 32;
+use crate::listener::{RedirectListener, present_url};
 
 /// Manages Integration OAuth tokens for the developer-initiated flow: authorization URL, the
 /// full browser flow with a loopback redirect listener, code exchange, refresh, and a valid
@@ -47,7 +43,7 @@ struct Inner {
     config: ByovaConfig,
     clock: Arc<dyn Clock>,
     keys: Keys,
-    pending: Mutex<Vec<(CsrfState, PkceCodeVerifier, Timestamp)>>,
+    pending: PendingAuthorizations,
 }
 
 impl std::fmt::Debug for Inner {
@@ -55,68 +51,6 @@ impl std::fmt::Debug for Inner {
         f.debug_struct("IntegrationTokenManager")
             .field("credentials", &self.credentials)
             .finish_non_exhaustive()
-    }
-}
-
-/// Options for [`IntegrationTokenManager::authorize`].
-#[derive(Clone)]
-#[non_exhaustive]
-pub struct AuthorizeOptions {
-    /// Scopes to request; `None` requests [`DEFAULT_INTEGRATION_SCOPES`](byova_core::DEFAULT_INTEGRATION_SCOPES).
-    pub scopes: Option<Vec<String>>,
-    /// Open the authorization URL in a browser; otherwise it is printed to stderr.
-    pub open_browser: bool,
-    /// How long to wait for the redirect.
-    pub timeout: Duration,
-    /// The `state` to use; a 128-bit random one by default.
-    pub state: Option<String>,
-    /// Opens the URL; defaults to the system browser. Tests inject one that plays the browser.
-    pub browser: Option<BrowserOpener>,
-}
-
-impl Default for AuthorizeOptions {
-    fn default() -> Self {
-        Self {
-            scopes: None,
-            open_browser: true,
-            timeout: Duration::from_secs(300),
-            state: None,
-            browser: None,
-        }
-    }
-}
-
-impl std::fmt::Debug for AuthorizeOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthorizeOptions")
-            .field("scopes", &self.scopes)
-            .field("open_browser", &self.open_browser)
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
-    }
-}
-
-impl AuthorizeOptions {
-    /// Plays the browser with `opener` instead of launching one.
-    pub fn with_browser(
-        mut self,
-        opener: impl Fn(&str) -> std::io::Result<()> + Send + Sync + 'static,
-    ) -> Self {
-        self.browser = Some(Arc::new(opener));
-        self.open_browser = true;
-        self
-    }
-
-    /// Waits at most `timeout` for the redirect.
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Prints the URL instead of opening a browser.
-    pub fn without_browser(mut self) -> Self {
-        self.open_browser = false;
-        self
     }
 }
 
@@ -150,7 +84,7 @@ impl IntegrationTokenManager {
                 config,
                 clock,
                 keys,
-                pending: Mutex::default(),
+                pending: PendingAuthorizations::default(),
             }),
         }
     }
@@ -199,22 +133,7 @@ impl IntegrationTokenManager {
         scopes: Option<&[&str]>,
         state: Option<&str>,
     ) -> Result<(String, String)> {
-        let request = AuthorizationRequest::new(
-            &self.inner.config,
-            &self.inner.credentials,
-            scopes,
-            state.map(CsrfState::new),
-            true,
-        )?;
-        let state = request.state.expose_secret().to_owned();
-        if let Some(verifier) = request.pkce_verifier {
-            let mut pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-            if pending.len() >= MAX_PENDING {
-                pending.remove(0);
-            }
-            pending.push((request.state, verifier, self.inner.clock.now()));
-        }
-        Ok((request.url, state))
+        self.inner.pending.issue(&self.inner.config, &self.inner.credentials, scopes, state)
     }
 
     /// Exchanges an authorization code for tokens and stores them. Uses the PKCE verifier of
@@ -226,7 +145,7 @@ impl IntegrationTokenManager {
     /// The token endpoint's error ([`Error::Validation`](byova_core::Error::Validation) for a
     /// bad or used code), or a storage error.
     pub fn exchange_code(&self, code: &str) -> Result<OAuthTokens> {
-        let verifier = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner()).pop().map(|(_, v, _)| v);
+        let verifier = self.inner.pending.take_latest();
         self.exchange(&self.inner.credentials, &AuthorizationCode::new(code), verifier.as_ref())
     }
 
@@ -235,11 +154,7 @@ impl IntegrationTokenManager {
     /// # Errors
     /// As [`exchange_code`](Self::exchange_code).
     pub fn exchange_code_for_state(&self, code: &str, state: &str) -> Result<OAuthTokens> {
-        let verifier = {
-            let mut pending = self.inner.pending.lock().unwrap_or_else(|e| e.into_inner());
-            let pos = pending.iter().position(|(s, _, _)| s.ct_eq_str(state));
-            pos.map(|i| pending.remove(i).1)
-        };
+        let verifier = self.inner.pending.take_for_state(state);
         self.exchange(&self.inner.credentials, &AuthorizationCode::new(code), verifier.as_ref())
     }
 

@@ -44,6 +44,7 @@ mod cache;
 mod config;
 mod credentials;
 mod error;
+mod flow;
 mod http;
 mod ids;
 mod listener;
@@ -63,6 +64,7 @@ pub use credentials::{
     credentials_from_lookup, env, load_credentials_from_env,
 };
 pub use error::{ApiFailure, Error, Result, TokenSubject};
+pub use flow::{AuthorizeOptions, BrowserOpener, EnvSettings, PendingAuthorizations, RedirectOptions};
 pub use http::{HeaderValue, HttpRequest, HttpResponse, Method, RetryClass};
 pub use ids::{
     decode_org_id, decode_webex_id, derive_application_id, derive_application_id_in_region, encode_webex_id,
