@@ -1,0 +1,40 @@
+//! # byova-storage-file
+//!
+//! A crash-safe token store in one directory, for providers that run on one host. Several
+//! processes can share it: they coordinate refreshes through it exactly as replicas do through
+//! Redis or SQL.
+//!
+//! - **One file per key**: `integration.json`, and `org-<hex of the org id>.json` per org (ids
+//!   longer than 100 bytes use `org-h-<sha256>.json`). Any org id is safe: the name never
+//!   contains a path separator, and lowercase hex is safe on case-insensitive file systems.
+//! - **Crash-safe writes**: a uniquely named temporary file in the same directory, created
+//!   `0600`, written, `fsync`ed, renamed over the target, then the directory `fsync`ed. A crash
+//!   at any point leaves the old record or the new one, never a torn one. The directory is
+//!   created `0700`; a symlinked directory or record is refused.
+//! - **Corruption is loud**: a record that does not parse is a
+//!   [`StorageErrorKind::Corrupt`](byova_core::StorageErrorKind::Corrupt) error naming the
+//!   file, never "no tokens". A write over it first moves it aside to `<name>.corrupt-<time>`.
+//! - **Coordination across processes**: each key has a sibling `<name>.lock`; an OS file lock
+//!   on it (held for microseconds) guards the version check of every versioned write and the
+//!   lease record `<name>.lease` (owner and expiry), so a crashed or stopped lease holder
+//!   blocks others for at most the lease's time-to-live.
+//! - **Versions only grow**, also across deletion: a new version is the larger of the old one
+//!   plus one and the current time in microseconds.
+//!
+//! ```
+//! use byova_core::{BlockingTokenStorage, OAuthTokens, AccessToken, Timestamp};
+//! let dir = std::env::temp_dir().join(format!("byova-doc-{}", std::process::id()));
+//! let store = byova_storage_file::FileTokenStorage::open(&dir)?;
+//! let tokens = OAuthTokens::new(AccessToken::new("a"), 3600, Timestamp::from_unix_secs(0));
+//! store.set_service_app_tokens("org-1", &tokens)?;
+//! assert_eq!(store.list_registered_orgs()?, ["org-1"]);
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok::<(), byova_core::StorageError>(())
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod store;
+
+pub use store::FileTokenStorage;

@@ -1,0 +1,545 @@
+//! The file store. See the crate docs for the layout and the guarantees.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use byova_core::{
+    BlockingTokenStorage, Clock, Expect, Lease, OAuthTokens, ServiceAppTokens, StorageError,
+    StorageErrorKind, SystemClock, TokenKey, Versioned,
+};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Org ids up to this many bytes are hex-encoded into the file name; longer ones are hashed.
+const MAX_HEX_ID_BYTES: usize = 100;
+const RECORD_FORMAT: u32 = 1;
+
+/// A token store in one directory. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct FileTokenStorage {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+}
+
+#[derive(Serialize)]
+struct RecordOut<'a> {
+    format: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    org_id: Option<&'a str>,
+    version: u64,
+    tokens: &'a OAuthTokens,
+}
+
+#[derive(Deserialize)]
+struct RecordIn {
+    format: u32,
+    #[serde(default)]
+    org_id: Option<String>,
+    version: u64,
+    tokens: OAuthTokens,
+}
+
+#[derive(Serialize, Deserialize)]
+struct LeaseRecord {
+    owner: String,
+    expires_at_ms: u64,
+}
+
+fn io_error(what: &str, path: &Path, e: &io::Error) -> StorageError {
+    let message = format!("{what} {}: {e}", path.display());
+    match e.kind() {
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => StorageError::other(message),
+        _ => StorageError::unavailable(message),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<String> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> =
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// The file-name stem for a key.
+fn stem(key: &TokenKey) -> Result<String, StorageError> {
+    match key {
+        TokenKey::Integration => Ok("integration".to_owned()),
+        TokenKey::Org(org) if org.trim().is_empty() => {
+            Err(StorageError::other("an org id must not be empty"))
+        }
+        TokenKey::Org(org) if org.len() <= MAX_HEX_ID_BYTES => Ok(format!("org-{}", hex(org.as_bytes()))),
+        TokenKey::Org(org) => Ok(format!("org-h-{}", hex(&Sha256::digest(org.as_bytes())))),
+    }
+}
+
+/// The wall clock in microseconds: the floor of every new version, so a record deleted and
+/// created again never reuses an old version (writes take far longer than a microsecond).
+fn micros_now() -> u64 {
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn random_suffix() -> String {
+    format!("{:016x}", byova_core::random_u64())
+}
+
+impl FileTokenStorage {
+    /// Opens (creating, mode `0700`) the store in `dir`.
+    ///
+    /// # Errors
+    /// When the directory cannot be created, is a symlink, or is not a directory.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StorageError> {
+        let dir = dir.as_ref().to_path_buf();
+        match fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                return Err(StorageError::other(format!(
+                    "refusing the token directory {}: it is a symlink",
+                    dir.display()
+                )));
+            }
+            Ok(meta) if !meta.is_dir() => {
+                return Err(StorageError::other(format!(
+                    "the token directory {} is not a directory",
+                    dir.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => create_private_dir(&dir)?,
+            Err(e) => return Err(io_error("cannot inspect the token directory", &dir, &e)),
+        }
+        Ok(Self { inner: Arc::new(Inner { dir }) })
+    }
+
+    /// Opens the store a `file:///absolute/dir` (or `file:relative/dir`) URL names.
+    ///
+    /// # Errors
+    /// For another scheme, or as [`open`](Self::open).
+    pub fn from_url(url: &str) -> Result<Self, StorageError> {
+        let path = url
+            .strip_prefix("file://")
+            .or_else(|| url.strip_prefix("file:"))
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| {
+                StorageError::other(format!("{url:?} is not a file: storage URL (file:///path/to/dir)"))
+            })?;
+        Self::open(path)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Where the record for `key` lives (for inspection and tests).
+    ///
+    /// # Errors
+    /// For an empty org id.
+    pub fn record_path(&self, key: &TokenKey) -> Result<PathBuf, StorageError> {
+        Ok(self.inner.dir.join(format!("{}.json", stem(key)?)))
+    }
+
+    /// Runs `f` holding the OS lock on `stem`'s lock file.
+    fn locked<T>(&self, stem: &str, f: impl FnOnce() -> Result<T, StorageError>) -> Result<T, StorageError> {
+        let path = self.inner.dir.join(format!("{stem}.lock"));
+        let file =
+            open_private(&path, false).map_err(|e| io_error("cannot open the lock file", &path, &e))?;
+        file.lock().map_err(|e| io_error("cannot lock", &path, &e))?;
+        let result = f();
+        drop(file);
+        result
+    }
+
+    fn read(&self, key: &TokenKey, stem: &str) -> Result<Option<(OAuthTokens, u64)>, StorageError> {
+        let path = self.inner.dir.join(format!("{stem}.json"));
+        let bytes = match read_no_follow(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error("cannot read the record", &path, &e)),
+        };
+        let record: RecordIn = serde_json::from_slice(&bytes).map_err(|e| {
+            StorageError::corrupt(format!(
+                "the record for {key} in {} does not parse ({:?} at line {} column {}); it was left as it is",
+                path.display(),
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
+        })?;
+        if record.format != RECORD_FORMAT {
+            return Err(StorageError::corrupt(format!(
+                "the record for {key} in {} has format {}, which this byova does not read",
+                path.display(),
+                record.format
+            )));
+        }
+        if let TokenKey::Org(org) = key
+            && record.org_id.as_deref().is_some_and(|stored| stored != org)
+        {
+            return Err(StorageError::corrupt(format!("{} holds another org's record", path.display())));
+        }
+        Ok(Some((record.tokens, record.version)))
+    }
+
+    fn write(
+        &self,
+        key: &TokenKey,
+        stem: &str,
+        tokens: &OAuthTokens,
+        version: u64,
+    ) -> Result<(), StorageError> {
+        let org_id = match key {
+            TokenKey::Org(org) => Some(org.as_str()),
+            TokenKey::Integration => None,
+        };
+        let bytes = serde_json::to_vec(&RecordOut { format: RECORD_FORMAT, org_id, version, tokens })
+            .map_err(|e| StorageError::other(format!("cannot encode the record for {key}: {e}")))?;
+        let target = self.inner.dir.join(format!("{stem}.json"));
+        refuse_symlink(&target)?;
+        write_durably(&self.inner.dir, &target, &bytes)
+    }
+
+    fn store_sync(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
+        let stem = stem(key)?;
+        self.locked(&stem, || {
+            let current = match self.read(key, &stem) {
+                Ok(current) => current.map(|(_, v)| v),
+                Err(e) if e.kind() == StorageErrorKind::Corrupt && expect == Expect::Any => {
+                    self.move_aside(&stem)?;
+                    None
+                }
+                Err(e) => return Err(e),
+            };
+            let ok = match expect {
+                Expect::Any => true,
+                Expect::Absent => current.is_none(),
+                Expect::Version(v) => current == Some(v),
+            };
+            if !ok {
+                return Err(StorageError::conflict(key));
+            }
+            let version = current.map_or(0, |v| v + 1).max(micros_now());
+            self.write(key, &stem, tokens, version)?;
+            Ok(version)
+        })
+    }
+
+    /// Keeps an unreadable record for a person to inspect before it is replaced.
+    fn move_aside(&self, stem: &str) -> Result<(), StorageError> {
+        let from = self.inner.dir.join(format!("{stem}.json"));
+        let to = self.inner.dir.join(format!("{stem}.json.corrupt-{}", micros_now()));
+        fs::rename(&from, &to).map_err(|e| io_error("cannot move the unreadable record aside", &from, &e))?;
+        sync_dir(&self.inner.dir)
+    }
+
+    fn load_sync(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
+        let stem = stem(key)?;
+        Ok(self.read(key, &stem)?.map(|(value, version)| Versioned { value, version }))
+    }
+
+    fn delete_sync(&self, org_id: &str) -> Result<(), StorageError> {
+        let key = TokenKey::org(org_id);
+        let stem = stem(&key)?;
+        self.locked(&stem, || {
+            let path = self.inner.dir.join(format!("{stem}.json"));
+            match fs::remove_file(&path) {
+                Ok(()) => sync_dir(&self.inner.dir),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(io_error("cannot remove the record", &path, &e)),
+            }
+        })
+    }
+
+    fn list_sync(&self) -> Result<Vec<String>, StorageError> {
+        let dir = &self.inner.dir;
+        let entries = fs::read_dir(dir).map_err(|e| io_error("cannot list the token directory", dir, &e))?;
+        let mut orgs = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| io_error("cannot list the token directory", dir, &e))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(stem) = name.strip_suffix(".json") else { continue };
+            if let Some(hashed) = stem.strip_prefix("org-h-") {
+                // Long ids are stored inside the record; read it.
+                let bytes = read_no_follow(&entry.path())
+                    .map_err(|e| io_error("cannot read the record", &entry.path(), &e))?;
+                let record: RecordIn = serde_json::from_slice(&bytes).map_err(|_| {
+                    StorageError::corrupt(format!("the record {} does not parse", entry.path().display()))
+                })?;
+                match record.org_id {
+                    Some(org) if hex(&Sha256::digest(org.as_bytes())) == hashed => orgs.push(org),
+                    _ => {
+                        return Err(StorageError::corrupt(format!(
+                            "{} holds no matching org id",
+                            entry.path().display()
+                        )));
+                    }
+                }
+            } else if let Some(org) = stem.strip_prefix("org-").and_then(unhex) {
+                orgs.push(org);
+            }
+        }
+        orgs.sort();
+        Ok(orgs)
+    }
+
+    fn acquire_sync(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
+        let stem = stem(key)?;
+        let path = self.inner.dir.join(format!("{stem}.lease"));
+        self.locked(&stem, || {
+            let now = SystemClock.now().as_unix_millis();
+            let held = fs::read(&path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<LeaseRecord>(&bytes).ok())
+                .is_some_and(|l| l.expires_at_ms > now);
+            if held {
+                return Ok(None);
+            }
+            let lease = Lease::new(key.clone());
+            let expires_at_ms = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+            let record = LeaseRecord { owner: lease.owner.to_string(), expires_at_ms };
+            let bytes = serde_json::to_vec(&record).map_err(|e| StorageError::other(e.to_string()))?;
+            let tmp = self.inner.dir.join(format!(".{stem}.lease.tmp-{}", random_suffix()));
+            write_private(&tmp, &bytes).map_err(|e| io_error("cannot write the lease", &tmp, &e))?;
+            fs::rename(&tmp, &path).map_err(|e| io_error("cannot write the lease", &path, &e))?;
+            Ok(Some(lease))
+        })
+    }
+
+    fn release_sync(&self, lease: &Lease) -> Result<(), StorageError> {
+        let stem = stem(&lease.key)?;
+        let path = self.inner.dir.join(format!("{stem}.lease"));
+        self.locked(&stem, || {
+            let owned = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<LeaseRecord>(&b).ok())
+                .is_some_and(|l| l.owner == lease.owner.to_string());
+            if owned {
+                fs::remove_file(&path).map_err(|e| io_error("cannot remove the lease", &path, &e))?;
+            }
+            Ok(())
+        })
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StorageError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(|e| io_error("cannot create the token directory", dir, &e))
+}
+
+fn open_private(path: &Path, create_new: bool) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true);
+    if create_new {
+        options.create_new(true);
+    } else {
+        options.create(true).truncate(false);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options.open(path)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = open_private(path, true)?;
+    file.write_all(bytes)
+}
+
+fn refuse_symlink(path: &Path) -> Result<(), StorageError> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            Err(StorageError::other(format!("refusing the record {}: it is a symlink", path.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn read_no_follow(path: &Path) -> io::Result<Vec<u8>> {
+    if fs::symlink_metadata(path)?.file_type().is_symlink() {
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, "refusing to follow a symlink"));
+    }
+    fs::read(path)
+}
+
+/// Temp file in the same directory (0600, unique name), write, fsync, rename, fsync the
+/// directory: the old record or the new one survives any crash, never a torn one.
+fn write_durably(dir: &Path, target: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("record");
+    let tmp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), random_suffix()));
+    let written = (|| {
+        let mut file = open_private(&tmp, true)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, target)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(io_error("cannot write the record", target, &e));
+    }
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    #[cfg(unix)]
+    {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io_error("cannot sync the token directory", dir, &e))?;
+    }
+    Ok(())
+}
+
+impl BlockingTokenStorage for FileTokenStorage {
+    fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
+        Ok(self.load_sync(&TokenKey::Integration)?.map(|v| v.value))
+    }
+    fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError> {
+        self.store_sync(&TokenKey::Integration, tokens, Expect::Any).map(drop)
+    }
+    fn get_service_app_tokens(&self, org_id: &str) -> Result<Option<ServiceAppTokens>, StorageError> {
+        Ok(self.load_sync(&TokenKey::org(org_id))?.map(|v| v.value))
+    }
+    fn set_service_app_tokens(&self, org_id: &str, tokens: &ServiceAppTokens) -> Result<(), StorageError> {
+        self.store_sync(&TokenKey::org(org_id), tokens, Expect::Any).map(drop)
+    }
+    fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError> {
+        self.delete_sync(org_id)
+    }
+    fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
+        self.list_sync()
+    }
+    fn supports_coordination(&self) -> bool {
+        true
+    }
+    fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
+        self.load_sync(key)
+    }
+    fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
+        self.store_sync(key, tokens, expect)
+    }
+    fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
+        self.acquire_sync(key, ttl)
+    }
+    fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
+        self.release_sync(lease)
+    }
+}
+
+#[cfg(feature = "async")]
+mod async_impl {
+    use super::*;
+    use byova_core::{TokenStorage, async_trait};
+
+    impl FileTokenStorage {
+        /// Runs blocking file work on tokio's blocking pool, never on the runtime's threads.
+        async fn offload<T: Send + 'static>(
+            &self,
+            f: impl FnOnce(&FileTokenStorage) -> Result<T, StorageError> + Send + 'static,
+        ) -> Result<T, StorageError> {
+            let this = self.clone();
+            tokio::task::spawn_blocking(move || f(&this))
+                .await
+                .map_err(|e| StorageError::other(format!("a file storage task failed: {e}")))?
+        }
+    }
+
+    #[async_trait]
+    impl TokenStorage for FileTokenStorage {
+        async fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
+            self.offload(BlockingTokenStorage::get_integration_tokens).await
+        }
+        async fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError> {
+            let tokens = tokens.clone();
+            self.offload(move |s| BlockingTokenStorage::set_integration_tokens(s, &tokens)).await
+        }
+        async fn get_service_app_tokens(
+            &self,
+            org_id: &str,
+        ) -> Result<Option<ServiceAppTokens>, StorageError> {
+            let org = org_id.to_owned();
+            self.offload(move |s| BlockingTokenStorage::get_service_app_tokens(s, &org)).await
+        }
+        async fn set_service_app_tokens(
+            &self,
+            org_id: &str,
+            tokens: &ServiceAppTokens,
+        ) -> Result<(), StorageError> {
+            let (org, tokens) = (org_id.to_owned(), tokens.clone());
+            self.offload(move |s| BlockingTokenStorage::set_service_app_tokens(s, &org, &tokens)).await
+        }
+        async fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError> {
+            let org = org_id.to_owned();
+            self.offload(move |s| BlockingTokenStorage::delete_service_app_tokens(s, &org)).await
+        }
+        async fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
+            self.offload(BlockingTokenStorage::list_registered_orgs).await
+        }
+        fn supports_coordination(&self) -> bool {
+            true
+        }
+        async fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
+            let key = key.clone();
+            self.offload(move |s| BlockingTokenStorage::load(s, &key)).await
+        }
+        async fn store(
+            &self,
+            key: &TokenKey,
+            tokens: &OAuthTokens,
+            expect: Expect,
+        ) -> Result<u64, StorageError> {
+            let (key, tokens) = (key.clone(), tokens.clone());
+            self.offload(move |s| BlockingTokenStorage::store(s, &key, &tokens, expect)).await
+        }
+        async fn try_acquire_lease(
+            &self,
+            key: &TokenKey,
+            ttl: Duration,
+        ) -> Result<Option<Lease>, StorageError> {
+            let key = key.clone();
+            self.offload(move |s| BlockingTokenStorage::try_acquire_lease(s, &key, ttl)).await
+        }
+        async fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
+            let lease = lease.clone();
+            self.offload(move |s| BlockingTokenStorage::release_lease(s, &lease)).await
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stems_are_safe_for_any_org_id() {
+        assert_eq!(stem(&TokenKey::Integration).unwrap(), "integration");
+        let s = stem(&TokenKey::org("../../etc/passwd")).unwrap();
+        assert!(!s.contains('/') && !s.contains(".."), "{s}");
+        assert_eq!(unhex(s.strip_prefix("org-").unwrap()).as_deref(), Some("../../etc/passwd"));
+        let long = stem(&TokenKey::org("x".repeat(101))).unwrap();
+        assert!(long.starts_with("org-h-") && long.len() == 6 + 64);
+        assert!(stem(&TokenKey::org(" ")).is_err());
+        assert_eq!(unhex("zz"), None);
+        assert_eq!(unhex("abc"), None);
+    }
+}

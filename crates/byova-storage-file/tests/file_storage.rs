@@ -1,0 +1,311 @@
+//! The file store under the conformance suite, real crashes, several processes, and the
+//! permission rules. A custom harness: the same binary is re-run as the child processes the
+//! crash and multi-process tests need (`BYOVA_FILE_CHILD=<role>`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use byova_core::{
+    AccessToken, BlockingTokenStorage, Expect, OAuthTokens, StorageErrorKind, Timestamp, TokenKey,
+};
+use byova_storage_file::FileTokenStorage;
+use byova_testkit::conformance;
+
+const KEY_ORG: &str = "63b02f90-9cc6-43b8-aa6d-cad425ac554c";
+
+fn counter(n: u64) -> OAuthTokens {
+    OAuthTokens::new(AccessToken::new(n.to_string()), 3600, Timestamp::from_unix_secs(n))
+}
+
+fn count_of(t: &OAuthTokens) -> u64 {
+    t.access_token.expose_secret().parse().expect("a counter record")
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "byova-file-{name}-{}-{:x}",
+        std::process::id(),
+        byova_core::random_u64()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn child(role: &str, dir: &Path, extra: &[(&str, String)]) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.env("BYOVA_FILE_CHILD", role).env("BYOVA_FILE_DIR", dir).stdout(Stdio::null());
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Versioned increment with jittered exponential backoff on conflict.
+fn increment(store: &FileTokenStorage, key: &TokenKey) {
+    let mut backoff = Duration::from_micros(500);
+    loop {
+        let current = store.load(key).unwrap().expect("the counter exists");
+        match store.store(key, &counter(count_of(&current.value) + 1), Expect::Version(current.version)) {
+            Ok(_) => return,
+            Err(e) if e.kind() == StorageErrorKind::Conflict => {
+                let jitter = byova_core::random_u64() % (backoff.as_micros() as u64 + 1);
+                std::thread::sleep(Duration::from_micros(jitter));
+                backoff = (backoff * 2).min(Duration::from_millis(16));
+            }
+            Err(e) => panic!("increment failed: {e}"),
+        }
+    }
+}
+
+fn run_child(role: &str) {
+    let dir = PathBuf::from(std::env::var("BYOVA_FILE_DIR").unwrap());
+    let store = FileTokenStorage::open(&dir).unwrap();
+    let key = TokenKey::org(KEY_ORG);
+    match role {
+        "write-once" => {
+            let current = store.load(&key).unwrap().unwrap();
+            store
+                .store(&key, &counter(count_of(&current.value) + 1), Expect::Version(current.version))
+                .unwrap();
+        }
+        "increment" => {
+            let threads: usize = std::env::var("BYOVA_THREADS").unwrap().parse().unwrap();
+            let each: usize = std::env::var("BYOVA_EACH").unwrap().parse().unwrap();
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    s.spawn(|| (0..each).for_each(|_| increment(&store, &key)));
+                }
+            });
+        }
+        other => panic!("unknown child role {other}"),
+    }
+}
+
+// ---- the cases ----
+
+fn conformance_blocking() {
+    let dir = temp_dir("conf-blocking");
+    let store = Arc::new(FileTokenStorage::open(&dir).unwrap());
+    let corrupt = store.clone();
+    let report = conformance::check_blocking_token_storage(
+        store,
+        Some(Box::new(move |key| {
+            std::fs::write(corrupt.record_path(key).unwrap(), b"{\"format\":1,\"tokens\":").unwrap()
+        })),
+    );
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn conformance_async() {
+    let dir = temp_dir("conf-async");
+    let store = Arc::new(FileTokenStorage::open(&dir).unwrap());
+    let corrupt = store.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let report = rt.block_on(conformance::check_token_storage(
+        store,
+        Some(Box::new(move |key| {
+            std::fs::write(corrupt.record_path(key).unwrap(), b"\x00\x01garbage").unwrap()
+        })),
+    ));
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn sigkill_while_writing_never_tears_a_record() {
+    let dir = temp_dir("sigkill");
+    let store = FileTokenStorage::open(&dir).unwrap();
+    let key = TokenKey::org(KEY_ORG);
+    store.store(&key, &counter(0), Expect::Absent).unwrap();
+    let runs = 1000;
+    let (mut old, mut new) = (0, 0);
+    for run in 0..runs {
+        let before = count_of(&store.load(&key).unwrap().unwrap().value);
+        let mut proc = child("write-once", &dir, &[]).spawn().unwrap();
+        // Kill anywhere from before the child starts to after it is done.
+        std::thread::sleep(Duration::from_micros(byova_core::random_u64() % 4000));
+        let _ = proc.kill();
+        let _ = proc.wait();
+        let after = store
+            .load(&key)
+            .unwrap_or_else(|e| panic!("run {run}: the record does not parse after SIGKILL: {e}"));
+        let after = count_of(&after.expect("the record is never lost").value);
+        assert!(after == before || after == before + 1, "run {run}: {before} became {after}");
+        if after == before { old += 1 } else { new += 1 }
+    }
+    assert_eq!(store.list_registered_orgs().unwrap(), [KEY_ORG], "stray temp files are ignored");
+    println!("  sigkill: {runs} runs, {old} kept the old record, {new} the new one, none torn");
+    assert!(old > 0 && new > 0, "the kills should land both before and after the write ({old}/{new})");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn four_processes_increment_exactly() {
+    let dir = temp_dir("procs");
+    let store = FileTokenStorage::open(&dir).unwrap();
+    let key = TokenKey::org(KEY_ORG);
+    store.store(&key, &counter(0), Expect::Absent).unwrap();
+    let (procs, threads, each) = (4u64, 50u64, 200u64);
+    let started = Instant::now();
+    let mut children: Vec<_> = (0..procs)
+        .map(|_| {
+            child(
+                "increment",
+                &dir,
+                &[("BYOVA_THREADS", threads.to_string()), ("BYOVA_EACH", each.to_string())],
+            )
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let mut reads = 0u64;
+    while children.iter_mut().any(|c| c.try_wait().unwrap().is_none()) {
+        let record = store.load(&key).unwrap_or_else(|e| panic!("the record failed to parse mid-run: {e}"));
+        assert!(record.is_some());
+        reads += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for c in &mut children {
+        assert!(c.wait().unwrap().success(), "a child failed");
+    }
+    let total = count_of(&store.load(&key).unwrap().unwrap().value);
+    println!(
+        "  {procs} processes x {threads} threads x {each} increments: {total} in {:.1?} ({reads} concurrent reads parsed)",
+        started.elapsed()
+    );
+    assert_eq!(total, procs * threads * each, "lost updates");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[cfg(unix)]
+fn files_0600_and_directory_0700_under_umask_022() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("perm");
+    // A shell sets the umask for the child that creates the store and writes to it.
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("umask 022 && exec \"$0\"")
+        .arg(std::env::current_exe().unwrap())
+        .env("BYOVA_FILE_CHILD", "perm-writer")
+        .env("BYOVA_FILE_DIR", &dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "directory mode");
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        files += 1;
+    }
+    assert!(files >= 3, "record, lock and lease files were checked");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn perm_writer() {
+    let dir = PathBuf::from(std::env::var("BYOVA_FILE_DIR").unwrap());
+    let store = FileTokenStorage::open(&dir).unwrap();
+    store.set_integration_tokens(&counter(1)).unwrap();
+    store.set_service_app_tokens(KEY_ORG, &counter(2)).unwrap();
+    let lease = store.try_acquire_lease(&TokenKey::Integration, Duration::from_secs(60)).unwrap().unwrap();
+    let _ = lease;
+}
+
+#[cfg(unix)]
+fn symlinks_are_refused() {
+    let dir = temp_dir("symlink");
+    let real = temp_dir("symlink-real");
+    std::fs::create_dir_all(&real).unwrap();
+    std::os::unix::fs::symlink(&real, &dir).unwrap();
+    let err = FileTokenStorage::open(&dir).unwrap_err();
+    assert!(err.to_string().contains("symlink"), "{err}");
+    std::fs::remove_file(&dir).unwrap();
+    let store = FileTokenStorage::open(&real).unwrap();
+    let target = store.record_path(&TokenKey::Integration).unwrap();
+    let elsewhere = real.join("elsewhere.json");
+    std::fs::write(&elsewhere, b"{}").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &target).unwrap();
+    assert!(store.set_integration_tokens(&counter(1)).is_err(), "writing through a symlink is refused");
+    assert!(store.get_integration_tokens().is_err(), "reading through a symlink is refused");
+    assert_eq!(std::fs::read(&elsewhere).unwrap(), b"{}");
+    std::fs::remove_dir_all(&real).unwrap();
+}
+
+fn corrupt_records_are_typed_and_kept_for_inspection() {
+    let dir = temp_dir("corrupt");
+    let store = FileTokenStorage::open(&dir).unwrap();
+    store.set_service_app_tokens(KEY_ORG, &counter(1)).unwrap();
+    let path = store.record_path(&TokenKey::org(KEY_ORG)).unwrap();
+    let full = std::fs::read(&path).unwrap();
+    for damaged in
+        [full[..full.len() / 2].to_vec(), [full.clone(), b"garbage".to_vec()].concat(), vec![0; full.len()]]
+    {
+        std::fs::write(&path, &damaged).unwrap();
+        let err = store.get_service_app_tokens(KEY_ORG).unwrap_err();
+        assert_eq!(err.kind(), StorageErrorKind::Corrupt);
+        assert!(
+            err.to_string().contains(path.file_name().unwrap().to_str().unwrap()),
+            "names the file: {err}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), damaged, "a read never rewrites it");
+        let stale = store.store(&TokenKey::org(KEY_ORG), &counter(9), Expect::Version(1)).unwrap_err();
+        assert_eq!(stale.kind(), StorageErrorKind::Corrupt, "a versioned write does not paper over it");
+    }
+    store.set_service_app_tokens(KEY_ORG, &counter(2)).unwrap();
+    let backups = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".corrupt-"))
+        .count();
+    assert_eq!(backups, 1, "the unreadable record was moved aside before being replaced");
+    assert_eq!(count_of(&store.get_service_app_tokens(KEY_ORG).unwrap().unwrap()), 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn main() {
+    if let Ok(role) = std::env::var("BYOVA_FILE_CHILD") {
+        if role == "perm-writer" {
+            perm_writer();
+        } else {
+            run_child(&role);
+        }
+        return;
+    }
+    // `cargo test` passes harness flags (`--quiet`, filters); this harness runs everything.
+    let cases: Vec<(&str, fn())> = vec![
+        ("conformance_blocking", conformance_blocking),
+        ("conformance_async", conformance_async),
+        (
+            "corrupt_records_are_typed_and_kept_for_inspection",
+            corrupt_records_are_typed_and_kept_for_inspection,
+        ),
+        #[cfg(unix)]
+        ("files_0600_and_directory_0700_under_umask_022", files_0600_and_directory_0700_under_umask_022),
+        #[cfg(unix)]
+        ("symlinks_are_refused", symlinks_are_refused),
+        ("sigkill_while_writing_never_tears_a_record", sigkill_while_writing_never_tears_a_record),
+        ("four_processes_increment_exactly", four_processes_increment_exactly),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, case) in cases {
+        let started = Instant::now();
+        match std::panic::catch_unwind(case) {
+            Ok(()) => {
+                passed += 1;
+                println!("test {name} ... ok ({:.1?})", started.elapsed());
+            }
+            Err(_) => {
+                failed += 1;
+                println!("test {name} ... FAILED");
+            }
+        }
+    }
+    println!(
+        "\ntest result: {}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out",
+        if failed == 0 { "ok" } else { "FAILED" }
+    );
+    if failed > 0 {
+        std::process::exit(101);
+    }
+}
