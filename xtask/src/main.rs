@@ -101,6 +101,7 @@ const BOUNDARIES: &[(&str, &[&str])] = &[
     ("byova-core", &["tokio", "reqwest", "ureq", "hyper", "redis", "sqlx", "rusqlite", "mio", "socket2"]),
     ("byova-blocking", &["tokio", "reqwest", "hyper", "mio", "byova-async"]),
     ("byova-async", &["ureq", "byova-blocking"]),
+    ("byova-storage-file", &["byova-async", "byova-blocking", "reqwest", "ureq", "hyper"]),
 ];
 
 fn dependency_boundaries() -> Result {
