@@ -133,6 +133,10 @@ impl Env<'_> {
                     }
                     machine.on_released()
                 }
+                Step::ExtendLease(lease, ttl) => {
+                    let extended = self.storage.extend_lease(&lease, ttl).await;
+                    machine.on_lease_extended(extended, self.clock.now())
+                }
                 Step::Done(outcome) => return outcome,
             };
         }

@@ -125,6 +125,9 @@ impl Env<'_> {
                     }
                     machine.on_released()
                 }
+                Step::ExtendLease(lease, ttl) => {
+                    machine.on_lease_extended(self.storage.extend_lease(&lease, ttl), self.clock.now())
+                }
                 Step::Done(outcome) => return outcome,
             };
         }

@@ -84,6 +84,9 @@ pub enum Step {
     Store(TokenKey, OAuthTokens, Expect),
     /// `storage.release_lease(lease)` (errors ignored), then [`RefreshMachine::on_released`].
     Release(Lease),
+    /// `storage.extend_lease(lease, ttl)`, then [`RefreshMachine::on_lease_extended`]: checked
+    /// right before each token call, so a stalled holder never spends a token its successor used.
+    ExtendLease(Lease, Duration),
     /// Finished.
     Done(Outcome),
 }
@@ -114,6 +117,7 @@ enum Awaiting {
     Response,
     Stored,
     Released,
+    LeaseExtended,
 }
 
 /// The refresh path for one key. See the [module docs](self).
@@ -440,10 +444,37 @@ impl<'a> RefreshMachine<'a> {
     }
 
     fn send(&mut self, request: HttpRequest) -> Step {
+        self.request = Some(request);
+        if let Some(lease) = &self.lease {
+            self.awaiting = Awaiting::LeaseExtended;
+            return Step::ExtendLease(lease.clone(), self.config.coordination.lease_ttl);
+        }
+        self.send_now()
+    }
+
+    fn send_now(&mut self) -> Step {
+        let Some(request) = self.request.clone() else { return self.fail(out_of_order()) };
         self.attempt += 1;
-        self.request = Some(request.clone());
         self.awaiting = Awaiting::Response;
         Step::Send(request)
+    }
+
+    /// Feeds the result of [`Step::ExtendLease`].
+    pub fn on_lease_extended(&mut self, extended: Result<bool, StorageError>, now: Timestamp) -> Step {
+        if !matches!(self.awaiting, Awaiting::LeaseExtended) {
+            return self.fail(out_of_order());
+        }
+        match extended {
+            Ok(true) => self.send_now(),
+            // The lease expired and may be someone else's now: do not spend the token; wait for
+            // the successor's result instead (or compete again once its lease has run out).
+            Ok(false) => {
+                self.lease = None;
+                self.waited = Duration::ZERO;
+                self.load(LoadPurpose::Polling)
+            }
+            Err(e) => self.fail_or_serve_stale(e.into(), now),
+        }
     }
 
     /// Feeds the result of [`Step::NeedIntegrationToken`].

@@ -245,6 +245,15 @@ pub trait TokenStorage: Send + Sync {
         let _ = lease;
         Ok(())
     }
+
+    /// Extends a lease to `ttl` from now if its owner still holds it; `false` when it expired
+    /// or another owner holds it now. The refresh path calls this right before it spends a
+    /// refresh token, so a holder that stalled past its lease never sends a token its
+    /// successor already used.
+    async fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
+        let _ = (lease, ttl);
+        Ok(true)
+    }
 }
 
 /// Blocking token storage: the same contract as [`TokenStorage`], without async.
@@ -296,6 +305,12 @@ pub trait BlockingTokenStorage: Send + Sync {
     fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
         let _ = lease;
         Ok(())
+    }
+
+    /// See [`TokenStorage::extend_lease`].
+    fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
+        let _ = (lease, ttl);
+        Ok(true)
     }
 }
 
@@ -429,6 +444,18 @@ impl InMemoryTokenStorage {
         Some(lease)
     }
 
+    fn extend_sync(&self, lease: &Lease, ttl: Duration) -> bool {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        match state.leases.get_mut(&lease.key) {
+            Some((owner, until)) if *owner == lease.owner && *until > now => {
+                *until = now.saturating_add(ttl);
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn release_sync(&self, lease: &Lease) {
         let mut state = self.lock();
         if state.leases.get(&lease.key).is_some_and(|(owner, _)| *owner == lease.owner) {
@@ -476,6 +503,9 @@ macro_rules! memory_storage_impl {
         $($async_kw)? fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
             self.release_sync(lease);
             Ok(())
+        }
+        $($async_kw)? fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
+            Ok(self.extend_sync(lease, ttl))
         }
         }
     };

@@ -308,14 +308,42 @@ impl FileTokenStorage {
                 return Ok(None);
             }
             let lease = Lease::new(key.clone());
-            let expires_at_ms = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
-            let record = LeaseRecord { owner: lease.owner.to_string(), expires_at_ms };
-            let bytes = serde_json::to_vec(&record).map_err(|e| StorageError::other(e.to_string()))?;
-            let tmp = self.inner.dir.join(format!(".{stem}.lease.tmp-{}", random_suffix()));
-            write_private(&tmp, &bytes).map_err(|e| io_error("cannot write the lease", &tmp, &e))?;
-            fs::rename(&tmp, &path).map_err(|e| io_error("cannot write the lease", &path, &e))?;
+            self.write_lease(&stem, &path, &lease, now, ttl)?;
             Ok(Some(lease))
         })
+    }
+
+    fn extend_sync(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
+        let stem = stem(&lease.key)?;
+        let path = self.inner.dir.join(format!("{stem}.lease"));
+        self.locked(&stem, || {
+            let now = SystemClock.now().as_unix_millis();
+            let ours = fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<LeaseRecord>(&b).ok())
+                .is_some_and(|l| l.owner == lease.owner.to_string() && l.expires_at_ms > now);
+            if !ours {
+                return Ok(false);
+            }
+            self.write_lease(&stem, &path, lease, now, ttl)?;
+            Ok(true)
+        })
+    }
+
+    fn write_lease(
+        &self,
+        stem: &str,
+        path: &Path,
+        lease: &Lease,
+        now: u64,
+        ttl: Duration,
+    ) -> Result<(), StorageError> {
+        let expires_at_ms = now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let record = LeaseRecord { owner: lease.owner.to_string(), expires_at_ms };
+        let bytes = serde_json::to_vec(&record).map_err(|e| StorageError::other(e.to_string()))?;
+        let tmp = self.inner.dir.join(format!(".{stem}.lease.tmp-{}", random_suffix()));
+        write_private(&tmp, &bytes).map_err(|e| io_error("cannot write the lease", &tmp, &e))?;
+        fs::rename(&tmp, path).map_err(|e| io_error("cannot write the lease", path, &e))
     }
 
     fn release_sync(&self, lease: &Lease) -> Result<(), StorageError> {
@@ -444,6 +472,9 @@ impl BlockingTokenStorage for FileTokenStorage {
     fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
         self.release_sync(lease)
     }
+    fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
+        self.extend_sync(lease, ttl)
+    }
 }
 
 #[cfg(feature = "async")]
@@ -522,6 +553,10 @@ mod async_impl {
         async fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
             let lease = lease.clone();
             self.offload(move |s| BlockingTokenStorage::release_lease(s, &lease)).await
+        }
+        async fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
+            let lease = lease.clone();
+            self.offload(move |s| BlockingTokenStorage::extend_lease(s, &lease, ttl)).await
         }
     }
 }

@@ -116,6 +116,9 @@ impl Target {
     fn release(&self, lease: Lease) -> BoxFut<'static, Res<()>> {
         dispatch!(self, |s| s.release_lease(&lease))
     }
+    fn extend(&self, lease: Lease, ttl: Duration) -> BoxFut<'static, Res<bool>> {
+        dispatch!(self, |s| s.extend_lease(&lease, ttl))
+    }
 }
 
 /// Runs the suite against an async backend. Call it from a multi-threaded tokio test.
@@ -391,6 +394,38 @@ impl Suite {
         ok(t.release(other).await, "release_lease")
     }
 
+    async fn lease_extension_by_the_owner_only(&self) -> CaseResult {
+        let t = &self.target;
+        let key = TokenKey::org(self.org("extend"));
+        let lease = ok(t.acquire(key.clone(), Duration::from_millis(400)).await, "try_acquire_lease")?
+            .ok_or("a free lease was not granted")?;
+        ensure(ok(t.extend(lease.clone(), Duration::from_secs(10)).await, "extend_lease")?, || {
+            "the owner could not extend its lease".into()
+        })?;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        ensure(
+            ok(t.acquire(key.clone(), Duration::from_secs(1)).await, "try_acquire_lease")?.is_none(),
+            || "an extended lease expired at its original time".into(),
+        )?;
+        let impostor = Lease { key: key.clone(), owner: lease.owner.wrapping_add(1) };
+        ensure(!ok(t.extend(impostor, Duration::from_secs(10)).await, "extend_lease")?, || {
+            "a non-owner extended the lease".into()
+        })?;
+        ok(t.release(lease.clone()).await, "release_lease")?;
+        ensure(!ok(t.extend(lease, Duration::from_secs(10)).await, "extend_lease")?, || {
+            "a released lease was extended".into()
+        })?;
+        let short = ok(t.acquire(key.clone(), Duration::from_millis(200)).await, "try_acquire_lease")?
+            .ok_or("lease not granted")?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let successor = ok(t.acquire(key.clone(), Duration::from_secs(10)).await, "try_acquire_lease")?
+            .ok_or("an expired lease was not granted")?;
+        ensure(!ok(t.extend(short, Duration::from_secs(10)).await, "extend_lease")?, || {
+            "an expired holder extended over its successor".into()
+        })?;
+        ok(t.release(successor).await, "release_lease")
+    }
+
     async fn concurrent_versioned_increments(&self) -> CaseResult {
         const WRITERS: u64 = 8;
         const EACH: u64 = 25;
@@ -479,6 +514,10 @@ async fn run(target: Target, corrupt: Option<Corrupter>) -> ConformanceReport {
     record(
         "lease_exclusivity_and_expiry",
         if coordinated { Some(suite.lease_exclusivity_and_expiry().await) } else { None },
+    );
+    record(
+        "lease_extension_by_the_owner_only",
+        if coordinated { Some(suite.lease_extension_by_the_owner_only().await) } else { None },
     );
     record(
         "concurrent_versioned_increments",

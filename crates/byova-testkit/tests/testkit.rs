@@ -545,7 +545,7 @@ async fn in_memory_storage_passes_the_async_suite() {
     let storage = Arc::new(InMemoryTokenStorage::new());
     let report = conformance::check_token_storage(storage.clone(), Some(memory_corrupter(&storage))).await;
     assert!(report.skipped.is_empty(), "{:?}", report.skipped);
-    assert_eq!(report.passed.len(), 9);
+    assert_eq!(report.passed.len(), 10);
 }
 
 #[test]
@@ -553,7 +553,7 @@ fn in_memory_storage_passes_the_blocking_suite() {
     let storage = Arc::new(InMemoryTokenStorage::new());
     let report = conformance::check_blocking_token_storage(storage.clone(), Some(memory_corrupter(&storage)));
     assert!(report.skipped.is_empty(), "{:?}", report.skipped);
-    assert_eq!(report.passed.len(), 9);
+    assert_eq!(report.passed.len(), 10);
 }
 
 /// A seed-only backend: the six methods over a map.
@@ -593,6 +593,7 @@ fn a_seed_only_backend_passes_with_coordination_cases_skipped() {
         [
             "versioned_writes",
             "lease_exclusivity_and_expiry",
+            "lease_extension_by_the_owner_only",
             "concurrent_versioned_increments",
             "corrupt_record_is_typed"
         ]
@@ -635,6 +636,9 @@ impl BlockingTokenStorage for IgnoresVersions {
     }
     fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
         BlockingTokenStorage::release_lease(&self.0, lease)
+    }
+    fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
+        BlockingTokenStorage::extend_lease(&self.0, lease, ttl)
     }
 }
 

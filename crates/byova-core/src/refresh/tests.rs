@@ -100,6 +100,7 @@ fn drive(
                 storage.release_lease(&lease).unwrap();
                 m.on_released()
             }
+            Step::ExtendLease(lease, ttl) => m.on_lease_extended(storage.extend_lease(&lease, ttl), NOW),
             Step::Done(outcome) => return (outcome, trace),
         };
     }
@@ -366,6 +367,54 @@ fn a_lease_held_elsewhere_with_a_still_valid_token_returns_it_at_once() {
     let (out, trace) = drive(&s, RefreshClient::Integration(&creds), key, RefreshMode::GetValid, never);
     assert!(out.result.unwrap().value.access_token.ct_eq_str("OK-FOR-NOW"));
     assert!(trace.sleeps.is_empty());
+}
+
+#[test]
+fn a_holder_that_lost_its_lease_does_not_spend_the_refresh_token() {
+    let key = TokenKey::Integration;
+    let s = seeded(&key, expired("OLD", "R1"));
+    let config = config();
+    let creds = int_creds();
+    let mut m = RefreshMachine::new(
+        &config,
+        RefreshClient::Integration(&creds),
+        key.clone(),
+        RefreshMode::GetValid,
+        1,
+        1,
+    );
+    let mut step = m.start();
+    let mut sent = 0;
+    let out = loop {
+        step = match step {
+            Step::Load(k) => m.on_loaded(s.load(&k), NOW),
+            Step::AcquireLease(k, _) => {
+                // Our lease is so short it lapses before we send; a successor takes over.
+                let ours = s.try_acquire_lease(&k, Duration::from_millis(1)).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+                let successor = s.try_acquire_lease(&k, Duration::from_secs(60)).unwrap().unwrap();
+                let cur = s.load(&k).unwrap().unwrap();
+                s.store(&k, &tokens("BY-SUCCESSOR", Some("R2"), NOW, 3600), Expect::Version(cur.version))
+                    .unwrap();
+                s.release_lease(&successor).unwrap();
+                m.on_lease(Ok(ours), NOW)
+            }
+            Step::ExtendLease(lease, ttl) => m.on_lease_extended(s.extend_lease(&lease, ttl), NOW),
+            Step::Send(_) => {
+                sent += 1;
+                m.on_response(Ok(ok_body("NEVER", None)), NOW, NOW)
+            }
+            Step::Sleep(_) => m.on_slept(),
+            Step::Release(lease) => {
+                s.release_lease(&lease).unwrap();
+                m.on_released()
+            }
+            Step::Done(o) => break o,
+            other => panic!("unexpected step {other:?}"),
+        };
+    };
+    assert_eq!(sent, 0, "R1 was not sent after the lease was lost");
+    assert!(out.result.unwrap().value.access_token.ct_eq_str("BY-SUCCESSOR"));
 }
 
 #[test]
