@@ -102,6 +102,7 @@ const BOUNDARIES: &[(&str, &[&str])] = &[
     ("byova-blocking", &["tokio", "reqwest", "hyper", "mio", "byova-async"]),
     ("byova-async", &["ureq", "byova-blocking"]),
     ("byova-storage-file", &["byova-async", "byova-blocking", "reqwest", "ureq", "hyper"]),
+    ("byova-storage-redis", &["byova-async", "byova-blocking", "reqwest", "ureq", "hyper"]),
 ];
 
 fn dependency_boundaries() -> Result {

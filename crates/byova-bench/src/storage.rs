@@ -1,4 +1,4 @@
-//! Storage chosen by URL: `memory:` or `file:///dir` (more backends join as they land).
+//! Storage chosen by URL: `memory:`, `file:///dir`, `redis://host:port/db?prefix=NAME`.
 
 use std::sync::Arc;
 
@@ -21,5 +21,11 @@ pub(crate) fn open(url: &str) -> Result<Storages, String> {
         let s = Arc::new(byova_storage_file::FileTokenStorage::from_url(url).map_err(|e| e.to_string())?);
         return Ok(Storages { async_: s.clone(), blocking: s, shared: true });
     }
-    Err(format!("storage {url:?} is not supported by this build (memory:, file:///dir)"))
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        let s = Arc::new(byova_storage_redis::RedisTokenStorage::open(url).map_err(|e| e.to_string())?);
+        return Ok(Storages { async_: s.clone(), blocking: s, shared: true });
+    }
+    Err(format!(
+        "storage {url:?} is not supported by this build (memory:, file:///dir, redis://host:port/db?prefix=NAME)"
+    ))
 }

@@ -49,13 +49,40 @@ pub(crate) fn run(args: &Args) -> Result<String, String> {
     if listed < args.orgs {
         return Err(format!("listed {listed} orgs, expected at least {}", args.orgs));
     }
+    let reference = args.storage.starts_with("redis").then(|| redis_benchmark(&args.storage)).flatten();
     Ok(json!({
+        "redis_benchmark": reference,
+        "adapter_to_redis_benchmark": reference.as_ref().map(|r| json!({
+            "set": ((set_per_s / r["set_per_second"].as_f64().unwrap_or(f64::NAN)) * 1000.0).round() / 1000.0,
+            "get": ((get_per_s / r["get_per_second"].as_f64().unwrap_or(f64::NAN)) * 1000.0).round() / 1000.0,
+        })),
         "scenario": "storage-ops", "flavour": args.flavour, "storage": args.storage,
         "ops": ops, "set_per_second": set_per_s.round(), "get_per_second": get_per_s.round(),
         "orgs": listed, "fill_seconds": (fill_seconds * 100.0).round() / 100.0,
         "list_seconds": (list_seconds * 10_000.0).round() / 10_000.0,
     })
     .to_string())
+}
+
+/// `redis-benchmark -t get,set` against the same server, one client, for the same request
+/// pattern the adapter's loop has (one request at a time).
+fn redis_benchmark(url: &str) -> Option<serde_json::Value> {
+    let authority = url.split("://").nth(1)?.split(['/', '?']).next()?;
+    let (host, port) = authority.rsplit_once(':').unwrap_or((authority, "6379"));
+    let out = std::process::Command::new("redis-benchmark")
+        .args(["-h", host, "-p", port, "-t", "get,set", "-n", "20000", "-c", "1", "-q", "--csv"])
+        .output()
+        .ok()?;
+    // redis-benchmark leaves its one key behind; remove it.
+    let _ = std::process::Command::new("redis-cli").args(["-h", host, "-p", port, "del", "key:__rand_int__"]).output();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rate = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("\"{name}\"")))
+            .and_then(|l| l.split(',').nth(1))
+            .and_then(|v| v.trim_matches('"').parse::<f64>().ok())
+    };
+    Some(json!({ "set_per_second": rate("SET")?, "get_per_second": rate("GET")?, "clients": 1 }))
 }
 
 fn blocking_ops(stores: &Storages, ops: usize) -> Result<(f64, f64), String> {

@@ -1,0 +1,48 @@
+//! # byova-storage-redis
+//!
+//! A Redis token store for providers that run several gateway replicas: they share tokens and
+//! coordinate refreshes through it, so an org is refreshed once, not once per replica.
+//!
+//! Select it with `BYOVA_STORAGE=redis://host:port/db?prefix=NAME` (default prefix `byova`;
+//! several apps or test runs can share one Redis under different prefixes).
+//!
+//! ## Key layout
+//!
+//! Every key carries the hash tag `{<prefix>}`, so a record, its lease, the org index and the
+//! version counter sit in one Redis Cluster slot and every script touches one slot:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{p}:integration` | hash | `v` (version), `r` (the token record, JSON) |
+//! | `{p}:org:<org id>` | hash | `v`, `r` for one org |
+//! | `{p}:orgs` | set | registered org ids (`list_registered_orgs` reads it; no `KEYS`, no `SCAN`) |
+//! | `{p}:version` | string | the counter every write takes its version from (versions never repeat, even across delete and re-create) |
+//! | `{p}:lease:integration`, `{p}:lease:org:<org id>` | string, with a TTL | the lease owner's random token |
+//!
+//! ## Guarantees
+//!
+//! - Versioned writes are one Lua script (compare `v`, take a new version, write, index): a
+//!   stale version is rejected with `Conflict`.
+//! - Leases are `SET NX PX` with a random owner token; release and extension are Lua
+//!   compare-and-delete / compare-and-pexpire, so only the owner can end or extend its lease.
+//! - Errors from an unreachable Redis are `Unavailable` (retryable); a record that does not
+//!   parse is `Corrupt` and is left in place.
+//! - Durability is Redis's: with `appendonly yes` and `appendfsync always` (or `everysec`,
+//!   accepting up to a second of loss), a stored refresh token survives a Redis restart.
+//!
+//! The blocking implementation keeps a small pool of connections; the async one a multiplexed
+//! connection that reconnects by itself (features `blocking` and `async`, both on by default).
+//!
+//! ```no_run
+//! # fn main() -> Result<(), byova_core::StorageError> {
+//! let store = byova_storage_redis::RedisTokenStorage::open("redis://127.0.0.1:6379/0?prefix=byova")?;
+//! # let _ = store;
+//! # Ok(()) }
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod store;
+
+pub use store::RedisTokenStorage;

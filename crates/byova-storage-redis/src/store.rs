@@ -1,0 +1,563 @@
+//! The Redis store. See the crate docs for the key layout and the guarantees.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use byova_core::{Expect, Lease, OAuthTokens, StorageError, TokenKey, Versioned, decode_record};
+use redis::{Script, Value};
+
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+const POOL_SIZE: usize = 16;
+
+const STORE: &str = r"
+local cur = redis.call('HGET', KEYS[1], 'v')
+if ARGV[1] == 'absent' and cur then return -1 end
+if ARGV[1] == 'version' and cur ~= ARGV[2] then return -1 end
+local v = redis.call('INCR', KEYS[3])
+redis.call('HSET', KEYS[1], 'v', v, 'r', ARGV[3])
+if ARGV[4] ~= '' then redis.call('SADD', KEYS[2], ARGV[4]) end
+return v
+";
+const DELETE: &str = r"
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+return 1
+";
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+const EXTEND: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+";
+
+/// A Redis token store. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisTokenStorage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: redis::Client,
+    prefix: String,
+    display: String,
+    scripts: Scripts,
+    #[cfg(feature = "blocking")]
+    pool: Mutex<Vec<redis::Connection>>,
+    #[cfg(feature = "async")]
+    manager: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+}
+
+struct Scripts {
+    store: Script,
+    delete: Script,
+    release: Script,
+    extend: Script,
+}
+
+impl std::fmt::Debug for RedisTokenStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTokenStorage")
+            .field("server", &self.inner.display)
+            .field("prefix", &self.inner.prefix)
+            .finish()
+    }
+}
+
+/// What one operation sends, built once for both implementations.
+enum Op {
+    Load {
+        record: String,
+    },
+    Store {
+        record: String,
+        index: String,
+        counter: String,
+        mode: &'static str,
+        expected: u64,
+        payload: Vec<u8>,
+        org: String,
+    },
+    Delete {
+        record: String,
+        index: String,
+        org: String,
+    },
+    List {
+        index: String,
+    },
+    Acquire {
+        lease: String,
+        owner: String,
+        ttl_ms: u64,
+    },
+    Release {
+        lease: String,
+        owner: String,
+    },
+    Extend {
+        lease: String,
+        owner: String,
+        ttl_ms: u64,
+    },
+}
+
+fn unavailable_or_other(what: &str, e: &redis::RedisError) -> StorageError {
+    let message = format!("redis {what}: {e}");
+    if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
+        StorageError::unavailable(message)
+    } else {
+        StorageError::other(message)
+    }
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl RedisTokenStorage {
+    /// A store for `redis://host:port/db?prefix=NAME` (also `rediss://`). Connects lazily.
+    ///
+    /// # Errors
+    /// For an unparseable URL or a prefix containing `{` or `}`.
+    pub fn open(url: &str) -> Result<Self, StorageError> {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut prefix = "byova".to_owned();
+        let mut kept = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("prefix", value)) => prefix = value.to_owned(),
+                _ => kept.push(pair),
+            }
+        }
+        if prefix.is_empty() || prefix.contains(['{', '}']) {
+            return Err(StorageError::other(format!(
+                "the redis key prefix {prefix:?} must be non-empty and free of braces"
+            )));
+        }
+        let client_url = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
+        let client = redis::Client::open(client_url.as_str())
+            .map_err(|e| StorageError::other(format!("{} is not a usable redis URL: {e}", redact(base))))?;
+        let scripts = Scripts {
+            store: Script::new(STORE),
+            delete: Script::new(DELETE),
+            release: Script::new(RELEASE),
+            extend: Script::new(EXTEND),
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                display: redact(base),
+                prefix,
+                scripts,
+                #[cfg(feature = "blocking")]
+                pool: Mutex::new(Vec::new()),
+                #[cfg(feature = "async")]
+                manager: tokio::sync::OnceCell::new(),
+            }),
+        })
+    }
+
+    /// The key prefix (inside the `{}` hash tag).
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The Redis key holding `key`'s record (for inspection and tests).
+    pub fn record_key(&self, key: &TokenKey) -> String {
+        match key {
+            TokenKey::Integration => format!("{{{}}}:integration", self.inner.prefix),
+            TokenKey::Org(org) => format!("{{{}}}:org:{org}", self.inner.prefix),
+        }
+    }
+
+    fn lease_key(&self, key: &TokenKey) -> String {
+        match key {
+            TokenKey::Integration => format!("{{{}}}:lease:integration", self.inner.prefix),
+            TokenKey::Org(org) => format!("{{{}}}:lease:org:{org}", self.inner.prefix),
+        }
+    }
+
+    fn index_key(&self) -> String {
+        format!("{{{}}}:orgs", self.inner.prefix)
+    }
+
+    fn checked(key: &TokenKey) -> Result<(), StorageError> {
+        match key {
+            TokenKey::Org(org) if org.trim().is_empty() => {
+                Err(StorageError::other("an org id must not be empty"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn load_op(&self, key: &TokenKey) -> Result<Op, StorageError> {
+        Self::checked(key)?;
+        Ok(Op::Load { record: self.record_key(key) })
+    }
+
+    fn store_op(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<Op, StorageError> {
+        Self::checked(key)?;
+        let (mode, expected) = match expect {
+            Expect::Any => ("any", 0),
+            Expect::Absent => ("absent", 0),
+            Expect::Version(v) => ("version", v),
+        };
+        let org = match key {
+            TokenKey::Org(org) => org.clone(),
+            TokenKey::Integration => String::new(),
+        };
+        Ok(Op::Store {
+            record: self.record_key(key),
+            index: self.index_key(),
+            counter: format!("{{{}}}:version", self.inner.prefix),
+            mode,
+            expected,
+            payload: tokens.to_json(),
+            org,
+        })
+    }
+
+    fn delete_op(&self, org_id: &str) -> Result<Op, StorageError> {
+        let key = TokenKey::org(org_id);
+        Self::checked(&key)?;
+        Ok(Op::Delete { record: self.record_key(&key), index: self.index_key(), org: org_id.to_owned() })
+    }
+
+    fn acquire_op(&self, key: &TokenKey, ttl: Duration, owner: u128) -> Result<Op, StorageError> {
+        Self::checked(key)?;
+        Ok(Op::Acquire { lease: self.lease_key(key), owner: owner.to_string(), ttl_ms: ttl_ms(ttl) })
+    }
+
+    fn invocation(&self, op: &Op) -> Result<Invocation<'_>, StorageError> {
+        let s = &self.inner.scripts;
+        Ok(match op {
+            Op::Load { record } => Invocation::Cmd(redis::cmd("HMGET").arg(record).arg("v").arg("r").clone()),
+            Op::List { index } => Invocation::Cmd(redis::cmd("SMEMBERS").arg(index).clone()),
+            Op::Acquire { lease, owner, ttl_ms } => Invocation::Cmd(
+                redis::cmd("SET").arg(lease).arg(owner).arg("NX").arg("PX").arg(*ttl_ms).clone(),
+            ),
+            Op::Store { record, index, counter, mode, expected, payload, org } => {
+                let mut inv = s.store.prepare_invoke();
+                inv.key(record)
+                    .key(index)
+                    .key(counter)
+                    .arg(*mode)
+                    .arg(expected.to_string())
+                    .arg(payload.as_slice())
+                    .arg(org);
+                Invocation::Script(inv)
+            }
+            Op::Delete { record, index, org } => {
+                let mut inv = s.delete.prepare_invoke();
+                inv.key(record).key(index).arg(org);
+                Invocation::Script(inv)
+            }
+            Op::Release { lease, owner } => {
+                let mut inv = s.release.prepare_invoke();
+                inv.key(lease).arg(owner);
+                Invocation::Script(inv)
+            }
+            Op::Extend { lease, owner, ttl_ms } => {
+                let mut inv = s.extend.prepare_invoke();
+                inv.key(lease).arg(owner).arg(*ttl_ms);
+                Invocation::Script(inv)
+            }
+        })
+    }
+
+    fn where_(&self) -> String {
+        format!("redis {} (prefix {})", self.inner.display, self.inner.prefix)
+    }
+
+    /// Turns the reply to `op` into the operation's result.
+    fn interpret(&self, op: &Op, key: Option<&TokenKey>, reply: Value) -> Result<Reply, StorageError> {
+        let bad =
+            |what: &str| StorageError::other(format!("unexpected reply from {} to {what}", self.where_()));
+        match op {
+            Op::Load { .. } => {
+                let Value::Array(items) = reply else { return Err(bad("HMGET")) };
+                match items.as_slice() {
+                    [Value::Nil, _] | [] => Ok(Reply::Record(None)),
+                    [v, r] => {
+                        let key = key.cloned().unwrap_or(TokenKey::Integration);
+                        let version = redis::from_redis_value::<u64>(v.clone()).map_err(|_| {
+                            StorageError::corrupt(format!(
+                                "the version of {key} in {} is not a number",
+                                self.where_()
+                            ))
+                        })?;
+                        let bytes = redis::from_redis_value::<Vec<u8>>(r.clone()).unwrap_or_default();
+                        let value = decode_record(&bytes, &key, &self.where_())?;
+                        Ok(Reply::Record(Some(Versioned { value, version })))
+                    }
+                    _ => Err(bad("HMGET")),
+                }
+            }
+            Op::Store { .. } => match redis::from_redis_value::<i64>(reply) {
+                Ok(-1) => Err(StorageError::conflict(key.unwrap_or(&TokenKey::Integration))),
+                Ok(v) => Ok(Reply::Version(u64::try_from(v).map_err(|_| bad("a write"))?)),
+                Err(_) => Err(bad("a write")),
+            },
+            Op::List { .. } => {
+                let mut orgs: Vec<String> = redis::from_redis_value(reply).map_err(|_| bad("SMEMBERS"))?;
+                orgs.sort();
+                Ok(Reply::Orgs(orgs))
+            }
+            Op::Acquire { .. } => Ok(Reply::Flag(
+                matches!(reply, Value::Okay) || matches!(&reply, Value::SimpleString(s) if s == "OK"),
+            )),
+            Op::Release { .. } | Op::Delete { .. } => Ok(Reply::Flag(true)),
+            Op::Extend { .. } => Ok(Reply::Flag(redis::from_redis_value::<i64>(reply).unwrap_or(0) == 1)),
+        }
+    }
+}
+
+enum Invocation<'a> {
+    Cmd(redis::Cmd),
+    Script(redis::ScriptInvocation<'a>),
+}
+
+enum Reply {
+    Record(Option<Versioned<OAuthTokens>>),
+    Version(u64),
+    Orgs(Vec<String>),
+    Flag(bool),
+}
+
+/// `redis://user:password@host` without the password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+macro_rules! reply_as {
+    ($reply:expr, $variant:ident) => {
+        match $reply {
+            Reply::$variant(v) => Ok(v),
+            _ => Err(StorageError::other("internal: mismatched redis reply")),
+        }
+    };
+}
+
+#[cfg(feature = "blocking")]
+mod blocking {
+    use super::*;
+    use byova_core::{BlockingTokenStorage, ServiceAppTokens};
+
+    impl RedisTokenStorage {
+        fn run(&self, op: Op, key: Option<&TokenKey>) -> Result<Reply, StorageError> {
+            let mut conn = self.connection()?;
+            let reply: Result<Value, redis::RedisError> = match self.invocation(&op)? {
+                Invocation::Cmd(cmd) => cmd.query(&mut conn),
+                Invocation::Script(inv) => inv.invoke(&mut conn),
+            };
+            match reply {
+                Ok(value) => {
+                    self.inner.pool.lock().unwrap_or_else(|e| e.into_inner()).push(conn);
+                    self.interpret(&op, key, value)
+                }
+                // The connection may be broken: drop it rather than return it to the pool.
+                Err(e) => Err(unavailable_or_other("command failed", &e)),
+            }
+        }
+
+        fn connection(&self) -> Result<redis::Connection, StorageError> {
+            if let Some(conn) = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+                return Ok(conn);
+            }
+            let conn = self
+                .inner
+                .client
+                .get_connection_with_timeout(IO_TIMEOUT)
+                .map_err(|e| unavailable_or_other(&format!("connect to {}", self.inner.display), &e))?;
+            conn.set_read_timeout(Some(IO_TIMEOUT))
+                .and_then(|()| conn.set_write_timeout(Some(IO_TIMEOUT)))
+                .map_err(|e| unavailable_or_other("configure", &e))?;
+            Ok(conn)
+        }
+    }
+
+    impl Drop for Inner {
+        fn drop(&mut self) {
+            let pool = self.pool.get_mut().unwrap_or_else(|e| e.into_inner());
+            pool.truncate(POOL_SIZE.min(pool.len()));
+        }
+    }
+
+    impl BlockingTokenStorage for RedisTokenStorage {
+        fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
+            Ok(BlockingTokenStorage::load(self, &TokenKey::Integration)?.map(|v| v.value))
+        }
+        fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError> {
+            BlockingTokenStorage::store(self, &TokenKey::Integration, tokens, Expect::Any).map(drop)
+        }
+        fn get_service_app_tokens(&self, org_id: &str) -> Result<Option<ServiceAppTokens>, StorageError> {
+            Ok(BlockingTokenStorage::load(self, &TokenKey::org(org_id))?.map(|v| v.value))
+        }
+        fn set_service_app_tokens(
+            &self,
+            org_id: &str,
+            tokens: &ServiceAppTokens,
+        ) -> Result<(), StorageError> {
+            BlockingTokenStorage::store(self, &TokenKey::org(org_id), tokens, Expect::Any).map(drop)
+        }
+        fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError> {
+            self.run(self.delete_op(org_id)?, None).map(drop)
+        }
+        fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
+            reply_as!(self.run(Op::List { index: self.index_key() }, None)?, Orgs)
+        }
+        fn supports_coordination(&self) -> bool {
+            true
+        }
+        fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
+            reply_as!(self.run(self.load_op(key)?, Some(key))?, Record)
+        }
+        fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
+            reply_as!(self.run(self.store_op(key, tokens, expect)?, Some(key))?, Version)
+        }
+        fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
+            let lease = Lease::new(key.clone());
+            let granted = reply_as!(self.run(self.acquire_op(key, ttl, lease.owner)?, Some(key))?, Flag)?;
+            Ok(granted.then_some(lease))
+        }
+        fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
+            self.run(Op::Release { lease: self.lease_key(&lease.key), owner: lease.owner.to_string() }, None)
+                .map(drop)
+        }
+        fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
+            let op = Op::Extend {
+                lease: self.lease_key(&lease.key),
+                owner: lease.owner.to_string(),
+                ttl_ms: ttl_ms(ttl),
+            };
+            reply_as!(self.run(op, None)?, Flag)
+        }
+    }
+}
+
+#[cfg(feature = "async")]
+mod async_impl {
+    use super::*;
+    use byova_core::{ServiceAppTokens, TokenStorage, async_trait};
+
+    impl RedisTokenStorage {
+        async fn manager(&self) -> Result<redis::aio::ConnectionManager, StorageError> {
+            let manager = self
+                .inner
+                .manager
+                .get_or_try_init(|| async {
+                    let config = redis::aio::ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(IO_TIMEOUT))
+                        .set_response_timeout(Some(IO_TIMEOUT));
+                    redis::aio::ConnectionManager::new_with_config(self.inner.client.clone(), config)
+                        .await
+                        .map_err(|e| unavailable_or_other(&format!("connect to {}", self.inner.display), &e))
+                })
+                .await?;
+            Ok(manager.clone())
+        }
+
+        async fn run_async(&self, op: Op, key: Option<&TokenKey>) -> Result<Reply, StorageError> {
+            let mut conn = self.manager().await?;
+            let reply: Result<Value, redis::RedisError> = match self.invocation(&op)? {
+                Invocation::Cmd(cmd) => cmd.query_async(&mut conn).await,
+                Invocation::Script(inv) => inv.invoke_async(&mut conn).await,
+            };
+            let value = reply.map_err(|e| unavailable_or_other("command failed", &e))?;
+            self.interpret(&op, key, value)
+        }
+    }
+
+    #[async_trait]
+    impl TokenStorage for RedisTokenStorage {
+        async fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
+            Ok(TokenStorage::load(self, &TokenKey::Integration).await?.map(|v| v.value))
+        }
+        async fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError> {
+            TokenStorage::store(self, &TokenKey::Integration, tokens, Expect::Any).await.map(drop)
+        }
+        async fn get_service_app_tokens(
+            &self,
+            org_id: &str,
+        ) -> Result<Option<ServiceAppTokens>, StorageError> {
+            Ok(TokenStorage::load(self, &TokenKey::org(org_id)).await?.map(|v| v.value))
+        }
+        async fn set_service_app_tokens(
+            &self,
+            org_id: &str,
+            tokens: &ServiceAppTokens,
+        ) -> Result<(), StorageError> {
+            TokenStorage::store(self, &TokenKey::org(org_id), tokens, Expect::Any).await.map(drop)
+        }
+        async fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError> {
+            self.run_async(self.delete_op(org_id)?, None).await.map(drop)
+        }
+        async fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
+            reply_as!(self.run_async(Op::List { index: self.index_key() }, None).await?, Orgs)
+        }
+        fn supports_coordination(&self) -> bool {
+            true
+        }
+        async fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
+            reply_as!(self.run_async(self.load_op(key)?, Some(key)).await?, Record)
+        }
+        async fn store(
+            &self,
+            key: &TokenKey,
+            tokens: &OAuthTokens,
+            expect: Expect,
+        ) -> Result<u64, StorageError> {
+            reply_as!(self.run_async(self.store_op(key, tokens, expect)?, Some(key)).await?, Version)
+        }
+        async fn try_acquire_lease(
+            &self,
+            key: &TokenKey,
+            ttl: Duration,
+        ) -> Result<Option<Lease>, StorageError> {
+            let lease = Lease::new(key.clone());
+            let granted =
+                reply_as!(self.run_async(self.acquire_op(key, ttl, lease.owner)?, Some(key)).await?, Flag)?;
+            Ok(granted.then_some(lease))
+        }
+        async fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
+            self.run_async(
+                Op::Release { lease: self.lease_key(&lease.key), owner: lease.owner.to_string() },
+                None,
+            )
+            .await
+            .map(drop)
+        }
+        async fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
+            let op = Op::Extend {
+                lease: self.lease_key(&lease.key),
+                owner: lease.owner.to_string(),
+                ttl_ms: ttl_ms(ttl),
+            };
+            reply_as!(self.run_async(op, None).await?, Flag)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_prefixes_and_redaction() {
+        let s = RedisTokenStorage::open("redis://127.0.0.1:6379/2?prefix=app1").unwrap();
+        assert_eq!(s.prefix(), "app1");
+        assert_eq!(s.record_key(&TokenKey::org("o:1")), "{app1}:org:o:1");
+        assert_eq!(s.lease_key(&TokenKey::Integration), "{app1}:lease:integration");
+        assert_eq!(RedisTokenStorage::open("redis://127.0.0.1/").unwrap().prefix(), "byova");
+        assert!(RedisTokenStorage::open("redis://127.0.0.1/?prefix={x}").is_err());
+        assert!(RedisTokenStorage::open("notaurl").is_err());
+        assert_eq!(redact("redis://user:SECRET@host:1/0"), "redis://***@host:1/0");
+        let err = RedisTokenStorage::open("redis://u:SECRET@").map(|_| ()).unwrap_err();
+        assert!(!err.to_string().contains("SECRET"));
+    }
+}

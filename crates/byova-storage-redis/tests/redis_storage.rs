@@ -1,0 +1,440 @@
+//! The Redis store against the real Redis (`BYOVA_TEST_REDIS_URL`, set by `cargo xtask test`):
+//! the conformance suite in both flavours, multi-process herds, a stalled lease holder, and a
+//! Redis restart. A custom harness: the binary re-runs itself as herd children.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use byova_core::{
+    AccessToken, BlockingTokenStorage, Clock, Expect, OAuthTokens, StorageError, StorageErrorKind,
+    SystemClock, Timestamp, TokenKey, TokenStorage, Versioned, async_trait,
+};
+use byova_storage_redis::RedisTokenStorage;
+use byova_testkit::{Endpoint, FakeWebex, conformance};
+
+fn base_url() -> Option<String> {
+    std::env::var("BYOVA_TEST_REDIS_URL").ok().filter(|u| !u.is_empty())
+}
+
+fn with_prefix(url: &str, prefix: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}prefix={prefix}")
+}
+
+fn unique_prefix(name: &str) -> String {
+    format!("byova-test-{name}-{}-{:x}", std::process::id(), byova_core::random_u64())
+}
+
+/// Deletes every key of a test prefix.
+fn cleanup(url: &str, prefix: &str) {
+    let client = redis::Client::open(url.split('?').next().unwrap()).unwrap();
+    let mut conn = client.get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{{{prefix}}}*")).query(&mut conn).unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(keys).query(&mut conn).unwrap();
+    }
+}
+
+fn counter(n: u64) -> OAuthTokens {
+    OAuthTokens::new(AccessToken::new(n.to_string()), 3600, Timestamp::from_unix_secs(n))
+}
+
+fn corrupter(url: &str, store: &RedisTokenStorage) -> conformance::Corrupter {
+    let client = redis::Client::open(url.split('?').next().unwrap()).unwrap();
+    let store = store.clone();
+    Box::new(move |key| {
+        let mut conn = client.get_connection().unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg(store.record_key(key))
+            .arg("v")
+            .arg(1)
+            .arg("r")
+            .arg("{\"schema\":1,")
+            .query(&mut conn)
+            .unwrap();
+    })
+}
+
+fn conformance_blocking(url: &str) {
+    let prefix = unique_prefix("conf-b");
+    let store = RedisTokenStorage::open(&with_prefix(url, &prefix)).unwrap();
+    let report =
+        conformance::check_blocking_token_storage(Arc::new(store.clone()), Some(corrupter(url, &store)));
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    cleanup(url, &prefix);
+}
+
+fn conformance_async(url: &str) {
+    let prefix = unique_prefix("conf-a");
+    let store = RedisTokenStorage::open(&with_prefix(url, &prefix)).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let report =
+        rt.block_on(conformance::check_token_storage(Arc::new(store.clone()), Some(corrupter(url, &store))));
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    cleanup(url, &prefix);
+}
+
+fn herd_child(role: &str) {
+    let url = std::env::var("BYOVA_CHILD_STORAGE").unwrap();
+    let env = byova_core::EnvSettings::from_env().unwrap();
+    let store = Arc::new(RedisTokenStorage::open(&url).unwrap());
+    let callers = 250;
+    let tokens: Vec<String> = if role == "herd-async" {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let http = byova_async::HttpClient::new(Duration::from_secs(10)).unwrap();
+            let m = byova_async::IntegrationTokenManager::new(env.integration, http, store, Some(env.config));
+            let tasks: Vec<_> = (0..callers)
+                .map(|_| {
+                    let m = m.clone();
+                    tokio::spawn(async move { m.get_access_token().await })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap().expect("every caller gets a token").expose_secret().to_owned());
+            }
+            out
+        })
+    } else {
+        let http = byova_blocking::HttpClient::new(Duration::from_secs(10)).unwrap();
+        let m = byova_blocking::IntegrationTokenManager::new(env.integration, http, store, Some(env.config));
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..callers)
+                .map(|_| s.spawn(|| m.get_access_token().expect("every caller gets a token")))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap().expose_secret().to_owned()).collect()
+        })
+    };
+    assert!(tokens.iter().all(|t| *t == tokens[0]));
+}
+
+fn multi_process_herd(url: &str, role: &str) {
+    let prefix = unique_prefix(role);
+    let storage_url = with_prefix(url, &prefix);
+    let store = RedisTokenStorage::open(&storage_url).unwrap();
+    let store: &dyn BlockingTokenStorage = &store;
+    let fake = FakeWebex::start();
+    fake.set_latency(Endpoint::AccessToken, Duration::from_millis(100));
+    let issued = fake.issue_integration_tokens();
+    store.set_integration_tokens(&issued.expired_at(SystemClock.now())).unwrap();
+    let (int, sa) = (fake.integration_credentials(), fake.service_app_credentials());
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(std::env::current_exe().unwrap())
+                .env("BYOVA_REDIS_CHILD", role)
+                .env("BYOVA_CHILD_STORAGE", &storage_url)
+                .env("BYOVA_BASE_URL", fake.base_url())
+                .env("WEBEX_INTEGRATION_CLIENT_ID", &int.client_id)
+                .env("WEBEX_INTEGRATION_CLIENT_SECRET", int.client_secret.expose_secret())
+                .env("WEBEX_SA_CLIENT_ID", &sa.client_id)
+                .env("WEBEX_SA_CLIENT_SECRET", sa.client_secret.expose_secret())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success(), "a {role} child failed");
+    }
+    assert_eq!(fake.calls(Endpoint::AccessToken), 1, "4 processes x 250 callers made one token call");
+    println!("  {role}: 4 processes x 250 callers -> 1 token-endpoint call");
+    cleanup(url, &prefix);
+}
+
+fn a_late_write_from_an_expired_lease_holder_is_rejected(url: &str) {
+    let prefix = unique_prefix("late");
+    let store = RedisTokenStorage::open(&with_prefix(url, &prefix)).unwrap();
+    let store: &dyn BlockingTokenStorage = &store;
+    let key = TokenKey::Integration;
+    let v1 = store.store(&key, &counter(1), Expect::Absent).unwrap();
+    let a = store.try_acquire_lease(&key, Duration::from_millis(200)).unwrap().expect("A gets the lease");
+    let seen_by_a = store.load(&key).unwrap().unwrap().version;
+    std::thread::sleep(Duration::from_millis(400)); // A stalls past its lease
+    let b =
+        store.try_acquire_lease(&key, Duration::from_secs(10)).unwrap().expect("B gets the expired lease");
+    store.store(&key, &counter(2), Expect::Version(v1)).unwrap();
+    assert!(!store.extend_lease(&a, Duration::from_secs(10)).unwrap(), "A cannot extend B's lease");
+    let late = store.store(&key, &counter(3), Expect::Version(seen_by_a)).unwrap_err();
+    assert_eq!(late.kind(), StorageErrorKind::Conflict, "A's late write affects nothing");
+    store.release_lease(&a).unwrap();
+    assert!(
+        store.try_acquire_lease(&key, Duration::from_secs(1)).unwrap().is_none(),
+        "A's release left B's lease alone"
+    );
+    store.release_lease(&b).unwrap();
+    assert_eq!(store.load(&key).unwrap().unwrap().value.access_token.expose_secret(), "2");
+    cleanup(url, &prefix);
+}
+
+/// Delegates to Redis, but stalls after its `stall_on`-th load, like a paused process.
+struct Stalling {
+    inner: RedisTokenStorage,
+    loads: AtomicUsize,
+    stall_on: usize,
+    stall: Duration,
+}
+
+#[async_trait]
+impl TokenStorage for Stalling {
+    async fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
+        TokenStorage::get_integration_tokens(&self.inner).await
+    }
+    async fn set_integration_tokens(&self, t: &OAuthTokens) -> Result<(), StorageError> {
+        TokenStorage::set_integration_tokens(&self.inner, t).await
+    }
+    async fn get_service_app_tokens(&self, org: &str) -> Result<Option<OAuthTokens>, StorageError> {
+        TokenStorage::get_service_app_tokens(&self.inner, org).await
+    }
+    async fn set_service_app_tokens(&self, org: &str, t: &OAuthTokens) -> Result<(), StorageError> {
+        TokenStorage::set_service_app_tokens(&self.inner, org, t).await
+    }
+    async fn delete_service_app_tokens(&self, org: &str) -> Result<(), StorageError> {
+        TokenStorage::delete_service_app_tokens(&self.inner, org).await
+    }
+    async fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
+        TokenStorage::list_registered_orgs(&self.inner).await
+    }
+    fn supports_coordination(&self) -> bool {
+        true
+    }
+    async fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
+        let loaded = TokenStorage::load(&self.inner, key).await;
+        if self.loads.fetch_add(1, Ordering::SeqCst) + 1 == self.stall_on {
+            tokio::time::sleep(self.stall).await;
+        }
+        loaded
+    }
+    async fn store(&self, key: &TokenKey, t: &OAuthTokens, e: Expect) -> Result<u64, StorageError> {
+        TokenStorage::store(&self.inner, key, t, e).await
+    }
+    async fn try_acquire_lease(
+        &self,
+        key: &TokenKey,
+        ttl: Duration,
+    ) -> Result<Option<byova_core::Lease>, StorageError> {
+        TokenStorage::try_acquire_lease(&self.inner, key, ttl).await
+    }
+    async fn release_lease(&self, lease: &byova_core::Lease) -> Result<(), StorageError> {
+        TokenStorage::release_lease(&self.inner, lease).await
+    }
+    async fn extend_lease(&self, lease: &byova_core::Lease, ttl: Duration) -> Result<bool, StorageError> {
+        TokenStorage::extend_lease(&self.inner, lease, ttl).await
+    }
+}
+
+fn a_stalled_lease_holder_never_reuses_a_rotated_refresh_token(url: &str) {
+    let prefix = unique_prefix("stall");
+    let storage_url = with_prefix(url, &prefix);
+    let fake = FakeWebex::start();
+    fake.update_settings(|s| {
+        s.rotate_refresh_tokens = true;
+        s.strict_rotation = true;
+    });
+    let redis = RedisTokenStorage::open(&storage_url).unwrap();
+    let issued = fake.issue_integration_tokens();
+    BlockingTokenStorage::set_integration_tokens(&redis, &issued.expired_at(SystemClock.now())).unwrap();
+    let mut config = fake.config();
+    config.coordination.lease_ttl = Duration::from_millis(300);
+    config.coordination.poll_interval = Duration::from_millis(20);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let (a_token, b_token) = rt.block_on(async {
+        let http = byova_async::HttpClient::new(Duration::from_secs(10)).unwrap();
+        // A stalls 1 s right after its read under the lease (its second load).
+        let stalling = Arc::new(Stalling {
+            inner: redis.clone(),
+            loads: AtomicUsize::new(0),
+            stall_on: 2,
+            stall: Duration::from_secs(1),
+        });
+        let a = byova_async::IntegrationTokenManager::new(
+            fake.integration_credentials(),
+            http.clone(),
+            stalling,
+            Some(config.clone()),
+        );
+        let b = byova_async::IntegrationTokenManager::new(
+            fake.integration_credentials(),
+            http,
+            Arc::new(redis.clone()),
+            Some(config),
+        );
+        let a_task = tokio::spawn(async move { a.get_access_token().await });
+        tokio::time::sleep(Duration::from_millis(500)).await; // A's lease has run out
+        let b_token = b.get_access_token().await.expect("B refreshes");
+        (a_task.await.unwrap().expect("A ends with a valid token"), b_token)
+    });
+    assert_eq!(fake.reused_refresh_tokens(), 0, "no refresh token was presented twice");
+    assert_eq!(fake.refresh_calls(), 1, "only B called the token endpoint");
+    assert!(a_token.ct_eq(&b_token), "A returned B's tokens");
+    assert!(fake.is_access_token_valid(b_token.expose_secret()));
+    cleanup(url, &prefix);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_redis(port: u16, dir: &std::path::Path) {
+    let status = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--daemonize",
+            "yes",
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+        ])
+        .args(["--appendfsync", "always", "--dir", dir.to_str().unwrap(), "--logfile", "redis.log"])
+        .status()
+        .expect("redis-server is installed");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn stop_redis(port: u16) {
+    let _ = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "shutdown"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < deadline, "redis-server did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn a_redis_restart_gives_retryable_errors_and_loses_nothing() {
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!(
+        "byova-redis-restart-{}-{:x}",
+        std::process::id(),
+        byova_core::random_u64()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    start_redis(port, &dir);
+    let url = format!("redis://127.0.0.1:{port}/0?prefix=restart");
+    let store = RedisTokenStorage::open(&url).unwrap();
+    let bs: &dyn BlockingTokenStorage = &store;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    bs.set_service_app_tokens("org-1", &counter(7)).unwrap();
+    rt.block_on(TokenStorage::set_integration_tokens(&store, &counter(8))).unwrap();
+    stop_redis(port);
+    let blocking_err = bs.get_service_app_tokens("org-1").unwrap_err();
+    assert_eq!(blocking_err.kind(), StorageErrorKind::Unavailable, "{blocking_err}");
+    assert!(blocking_err.is_retryable());
+    let async_err = rt.block_on(TokenStorage::get_integration_tokens(&store)).unwrap_err();
+    assert!(async_err.is_retryable(), "{async_err}");
+    start_redis(port, &dir);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let recovered = loop {
+        match (bs.get_service_app_tokens("org-1"), rt.block_on(TokenStorage::get_integration_tokens(&store)))
+        {
+            (Ok(a), Ok(b)) => break (a, b),
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            (a, b) => panic!("no recovery after restart: {a:?} {b:?}"),
+        }
+    };
+    assert_eq!(recovered.0.unwrap().access_token.expose_secret(), "7", "the org's tokens survived");
+    assert_eq!(recovered.1.unwrap().access_token.expose_secret(), "8", "the Integration's tokens survived");
+    assert_eq!(bs.list_registered_orgs().unwrap(), ["org-1"]);
+    stop_redis(port);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn main() {
+    if let Ok(role) = std::env::var("BYOVA_REDIS_CHILD") {
+        herd_child(&role);
+        return;
+    }
+    let Some(url) = base_url() else {
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            eprintln!("BYOVA_TEST_REDIS_URL is not set: CI must test the Redis store against a real Redis");
+            std::process::exit(1);
+        }
+        println!("redis storage tests skipped: BYOVA_TEST_REDIS_URL is not set (cargo xtask test sets it)");
+        println!("\ntest result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out");
+        return;
+    };
+    type Case = Box<dyn Fn() + std::panic::RefUnwindSafe>;
+    let cases: Vec<(&str, Case)> = vec![
+        (
+            "conformance_blocking",
+            Box::new({
+                let u = url.clone();
+                move || conformance_blocking(&u)
+            }),
+        ),
+        (
+            "conformance_async",
+            Box::new({
+                let u = url.clone();
+                move || conformance_async(&u)
+            }),
+        ),
+        (
+            "multi_process_herd_async",
+            Box::new({
+                let u = url.clone();
+                move || multi_process_herd(&u, "herd-async")
+            }),
+        ),
+        (
+            "multi_process_herd_blocking",
+            Box::new({
+                let u = url.clone();
+                move || multi_process_herd(&u, "herd-blocking")
+            }),
+        ),
+        (
+            "a_late_write_from_an_expired_lease_holder_is_rejected",
+            Box::new({
+                let u = url.clone();
+                move || a_late_write_from_an_expired_lease_holder_is_rejected(&u)
+            }),
+        ),
+        (
+            "a_stalled_lease_holder_never_reuses_a_rotated_refresh_token",
+            Box::new({
+                let u = url.clone();
+                move || a_stalled_lease_holder_never_reuses_a_rotated_refresh_token(&u)
+            }),
+        ),
+        (
+            "a_redis_restart_gives_retryable_errors_and_loses_nothing",
+            Box::new(a_redis_restart_gives_retryable_errors_and_loses_nothing),
+        ),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, case) in cases {
+        let started = Instant::now();
+        match std::panic::catch_unwind(&case) {
+            Ok(()) => {
+                passed += 1;
+                println!("test {name} ... ok ({:.1?})", started.elapsed());
+            }
+            Err(_) => {
+                failed += 1;
+                println!("test {name} ... FAILED");
+            }
+        }
+    }
+    println!(
+        "\ntest result: {}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out",
+        if failed == 0 { "ok" } else { "FAILED" }
+    );
+    if failed > 0 {
+        std::process::exit(101);
+    }
+}
