@@ -74,7 +74,9 @@ fn redis_benchmark(url: &str) -> Option<serde_json::Value> {
         .output()
         .ok()?;
     // redis-benchmark leaves its one key behind; remove it.
-    let _ = std::process::Command::new("redis-cli").args(["-h", host, "-p", port, "del", "key:__rand_int__"]).output();
+    let _ = std::process::Command::new("redis-cli")
+        .args(["-h", host, "-p", port, "del", "key:__rand_int__"])
+        .output();
     let text = String::from_utf8_lossy(&out.stdout);
     let rate = |name: &str| {
         text.lines()
