@@ -103,6 +103,7 @@ const BOUNDARIES: &[(&str, &[&str])] = &[
     ("byova-async", &["ureq", "byova-blocking"]),
     ("byova-storage-file", &["byova-async", "byova-blocking", "reqwest", "ureq", "hyper"]),
     ("byova-storage-redis", &["byova-async", "byova-blocking", "reqwest", "ureq", "hyper"]),
+    ("byova-storage-sql", &["byova-async", "byova-blocking", "reqwest", "ureq", "hyper"]),
 ];
 
 fn dependency_boundaries() -> Result {

@@ -1,8 +1,14 @@
-//! Storage chosen by URL: `memory:`, `file:///dir`, `redis://host:port/db?prefix=NAME`.
+//! Storage chosen by URL: `memory:`, `file:///dir`, `redis://…`, `postgres://…`, `mysql://…`,
+//! `sqlite:///path.db`.
 
 use std::sync::Arc;
 
-use byova_core::{BlockingTokenStorage, InMemoryTokenStorage, TokenStorage};
+use std::time::Duration;
+
+use byova_core::{
+    BlockingTokenStorage, Expect, InMemoryTokenStorage, Lease, OAuthTokens, StorageError, TokenKey,
+    TokenStorage, Versioned,
+};
 
 /// One store seen through both traits.
 pub(crate) struct Storages {
@@ -25,7 +31,57 @@ pub(crate) fn open(url: &str) -> Result<Storages, String> {
         let s = Arc::new(byova_storage_redis::RedisTokenStorage::open(url).map_err(|e| e.to_string())?);
         return Ok(Storages { async_: s.clone(), blocking: s, shared: true });
     }
+    if ["postgres://", "postgresql://", "mysql://", "mariadb://", "sqlite:"]
+        .iter()
+        .any(|p| url.starts_with(p))
+    {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let sql = rt.block_on(byova_storage_sql::SqlTokenStorage::connect(url)).map_err(|e| e.to_string())?;
+        // The blocking flavour gets rusqlite for SQLite and an adapter over sqlx otherwise.
+        let blocking: Arc<dyn BlockingTokenStorage> = if url.starts_with("sqlite:") {
+            Arc::new(byova_storage_sql::SqliteBlockingStorage::open(url).map_err(|e| e.to_string())?)
+        } else {
+            Arc::new(OnRuntime { inner: sql.clone(), rt: Arc::new(rt) })
+        };
+        return Ok(Storages { async_: Arc::new(sql), blocking, shared: true });
+    }
     Err(format!(
-        "storage {url:?} is not supported by this build (memory:, file:///dir, redis://host:port/db?prefix=NAME)"
+        "storage {url:?} is not supported (memory:, file:///dir, redis://host:port/db?prefix=NAME, postgres://…, mysql://…, sqlite:///path.db)"
     ))
+}
+
+/// The async SQL store driven from blocking code on a private runtime (the bench's blocking
+/// flavour on Postgres and MySQL, where no blocking driver exists).
+struct OnRuntime {
+    inner: byova_storage_sql::SqlTokenStorage,
+    rt: Arc<tokio::runtime::Runtime>,
+}
+
+macro_rules! on_runtime {
+    ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+        impl BlockingTokenStorage for OnRuntime {
+            $(fn $name(&self, $($arg: $ty),*) -> $ret { self.rt.block_on(TokenStorage::$name(&self.inner, $($arg),*)) })*
+            fn supports_coordination(&self) -> bool {
+                true
+            }
+        }
+    };
+}
+
+on_runtime! {
+    get_integration_tokens() -> Result<Option<OAuthTokens>, StorageError>;
+    set_integration_tokens(t: &OAuthTokens) -> Result<(), StorageError>;
+    get_service_app_tokens(org: &str) -> Result<Option<OAuthTokens>, StorageError>;
+    set_service_app_tokens(org: &str, t: &OAuthTokens) -> Result<(), StorageError>;
+    delete_service_app_tokens(org: &str) -> Result<(), StorageError>;
+    list_registered_orgs() -> Result<Vec<String>, StorageError>;
+    load(key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError>;
+    store(key: &TokenKey, t: &OAuthTokens, e: Expect) -> Result<u64, StorageError>;
+    try_acquire_lease(key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError>;
+    release_lease(lease: &Lease) -> Result<(), StorageError>;
+    extend_lease(lease: &Lease, ttl: Duration) -> Result<bool, StorageError>;
 }

@@ -1,0 +1,182 @@
+//! The SQL each database needs, written once: one table, a version column and lease columns,
+//! leases judged by the database's clock.
+
+/// Which database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Postgres,
+    MySql,
+    Sqlite,
+}
+
+/// Every statement the stores run, for one table.
+#[derive(Clone, Debug)]
+pub(crate) struct Statements {
+    pub(crate) kind: Kind,
+    pub(crate) create: String,
+    pub(crate) ensure_row: String,
+    pub(crate) load: String,
+    pub(crate) load_for_update: String,
+    pub(crate) update_record: String,
+    pub(crate) delete: String,
+    pub(crate) list: String,
+    pub(crate) acquire: String,
+    pub(crate) release: String,
+    pub(crate) extend: String,
+}
+
+impl Statements {
+    pub(crate) fn new(kind: Kind, table: &str) -> Self {
+        let p = |i: usize| if kind == Kind::Postgres { format!("${i}") } else { "?".to_owned() };
+        let now = match kind {
+            Kind::Postgres => "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT",
+            Kind::MySql => "CAST(UNIX_TIMESTAMP(NOW(3)) * 1000 AS SIGNED)",
+            Kind::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+        };
+        let create = match kind {
+            Kind::Postgres => format!(
+                "CREATE TABLE IF NOT EXISTS {table} (key_name TEXT PRIMARY KEY, org_id TEXT, \
+                 version BIGINT NOT NULL DEFAULT 0, record TEXT, lease_owner TEXT, lease_until BIGINT, \
+                 lease_seq BIGINT NOT NULL DEFAULT 0)"
+            ),
+            Kind::MySql => format!(
+                "CREATE TABLE IF NOT EXISTS {table} (\
+                 key_name VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY, \
+                 org_id VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NULL, \
+                 version BIGINT NOT NULL DEFAULT 0, record MEDIUMTEXT NULL, lease_owner VARCHAR(64) NULL, \
+                 lease_until BIGINT NULL, lease_seq BIGINT NOT NULL DEFAULT 0) ENGINE=InnoDB"
+            ),
+            Kind::Sqlite => format!(
+                "CREATE TABLE IF NOT EXISTS {table} (key_name TEXT PRIMARY KEY, org_id TEXT, \
+                 version INTEGER NOT NULL DEFAULT 0, record TEXT, lease_owner TEXT, lease_until INTEGER, \
+                 lease_seq INTEGER NOT NULL DEFAULT 0)"
+            ),
+        };
+        let ensure_row = match kind {
+            Kind::Postgres => format!(
+                "INSERT INTO {table} (key_name, org_id) VALUES ($1, $2) ON CONFLICT (key_name) DO NOTHING"
+            ),
+            Kind::MySql => format!("INSERT IGNORE INTO {table} (key_name, org_id) VALUES (?, ?)"),
+            Kind::Sqlite => format!("INSERT OR IGNORE INTO {table} (key_name, org_id) VALUES (?, ?)"),
+        };
+        let for_update = if kind == Kind::Sqlite { "" } else { " FOR UPDATE" };
+        Self {
+            kind,
+            create,
+            ensure_row,
+            load: format!("SELECT version, record FROM {table} WHERE key_name = {}", p(1)),
+            load_for_update: format!(
+                "SELECT version, record FROM {table} WHERE key_name = {}{for_update}",
+                p(1)
+            ),
+            update_record: format!(
+                "UPDATE {table} SET record = {}, version = {} WHERE key_name = {}",
+                p(1),
+                p(2),
+                p(3)
+            ),
+            delete: format!("UPDATE {table} SET record = NULL WHERE key_name = {}", p(1)),
+            list: format!(
+                "SELECT org_id FROM {table} WHERE org_id IS NOT NULL AND record IS NOT NULL ORDER BY org_id"
+            ),
+            acquire: format!(
+                "UPDATE {table} SET lease_owner = {}, lease_until = {now} + {}, lease_seq = lease_seq + 1 \
+                 WHERE key_name = {} AND (lease_until IS NULL OR lease_until < {now})",
+                p(1),
+                p(2),
+                p(3)
+            ),
+            release: format!(
+                "UPDATE {table} SET lease_owner = NULL, lease_until = NULL WHERE key_name = {} AND lease_owner = {}",
+                p(1),
+                p(2)
+            ),
+            extend: format!(
+                "UPDATE {table} SET lease_until = {now} + {}, lease_seq = lease_seq + 1 \
+                 WHERE key_name = {} AND lease_owner = {} AND lease_until >= {now}",
+                p(1),
+                p(2),
+                p(3)
+            ),
+        }
+    }
+}
+
+/// The primary key of a token key: `integration` or `org:<id>`, and the org id column.
+pub(crate) fn key_columns(
+    key: &byova_core::TokenKey,
+) -> Result<(String, Option<String>), byova_core::StorageError> {
+    match key {
+        byova_core::TokenKey::Integration => Ok(("integration".to_owned(), None)),
+        byova_core::TokenKey::Org(org) if org.trim().is_empty() => {
+            Err(byova_core::StorageError::other("an org id must not be empty"))
+        }
+        byova_core::TokenKey::Org(org) if org.len() > 250 => Err(byova_core::StorageError::other(format!(
+            "org id {:?}… is longer than 250 bytes",
+            org.chars().take(20).collect::<String>()
+        ))),
+        byova_core::TokenKey::Org(org) => Ok((format!("org:{org}"), Some(org.clone()))),
+    }
+}
+
+/// A table name from the URL's `table` parameter: letters, digits and `_` only.
+pub(crate) fn check_table(name: &str) -> Result<(), byova_core::StorageError> {
+    if !name.is_empty()
+        && name.len() <= 60
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+    {
+        Ok(())
+    } else {
+        Err(byova_core::StorageError::other(format!(
+            "table name {name:?} must be 1-60 letters, digits or _ (not starting with a digit)"
+        )))
+    }
+}
+
+/// Splits `?table=NAME` off a URL; the rest goes to the driver.
+pub(crate) fn split_table(url: &str) -> Result<(String, String), byova_core::StorageError> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut table = "byova_tokens".to_owned();
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("table", v)) => table = v.to_owned(),
+            _ => kept.push(pair),
+        }
+    }
+    check_table(&table)?;
+    let rest = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
+    Ok((rest, table))
+}
+
+/// `scheme://user:password@host` without the password.
+pub(crate) fn redact(url: &str) -> String {
+    let base = url.split('?').next().unwrap_or(url);
+    match (base.find("://"), base.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &base[..s], &base[at + 1..]),
+        _ => base.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_keys_and_urls() {
+        assert_eq!(
+            split_table("postgres://u@h/db?table=t1&sslmode=disable").unwrap(),
+            ("postgres://u@h/db?sslmode=disable".into(), "t1".into())
+        );
+        assert_eq!(split_table("sqlite:///x.db").unwrap().1, "byova_tokens");
+        assert!(split_table("mysql://h/db?table=drop;--").is_err());
+        assert!(split_table("mysql://h/db?table=1abc").is_err());
+        assert_eq!(key_columns(&byova_core::TokenKey::org("o")).unwrap(), ("org:o".into(), Some("o".into())));
+        assert!(key_columns(&byova_core::TokenKey::org(" ")).is_err());
+        assert_eq!(redact("postgres://user:SECRET@db:5432/x?table=t"), "postgres://***@db:5432/x");
+        let s = Statements::new(Kind::Postgres, "t");
+        assert!(s.update_record.contains("$3") && s.load_for_update.ends_with("FOR UPDATE"));
+        assert!(!Statements::new(Kind::Sqlite, "t").load_for_update.contains("FOR UPDATE"));
+    }
+}

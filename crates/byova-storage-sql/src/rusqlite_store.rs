@@ -1,0 +1,178 @@
+//! The blocking SQLite store on rusqlite: the same schema and statements as the async store.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use byova_core::{
+    BlockingTokenStorage, Expect, Lease, OAuthTokens, ServiceAppTokens, StorageError, TokenKey, Versioned,
+    decode_record,
+};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::dialect::{Kind, Statements, key_columns, split_table};
+
+/// A blocking SQLite token store (one connection; SQLite serializes writers anyway). Processes
+/// share the file: WAL, a 5 s busy timeout, and `BEGIN IMMEDIATE` for every read-then-write.
+pub struct SqliteBlockingStorage {
+    conn: Mutex<Connection>,
+    st: Statements,
+    path: String,
+}
+
+impl std::fmt::Debug for SqliteBlockingStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteBlockingStorage").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+fn sqlite_error(what: &str, e: &rusqlite::Error) -> StorageError {
+    let message = format!("{what}: {e}");
+    match e.sqlite_error_code() {
+        Some(
+            rusqlite::ErrorCode::DatabaseBusy
+            | rusqlite::ErrorCode::DatabaseLocked
+            | rusqlite::ErrorCode::CannotOpen,
+        ) => StorageError::unavailable(message),
+        _ => StorageError::other(message),
+    }
+}
+
+fn ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2).max(1)
+}
+
+impl SqliteBlockingStorage {
+    /// Opens `sqlite:///absolute/path.db` (or `sqlite:relative.db`, or a plain path), with an
+    /// optional `?table=NAME`, creating the file and the table when missing.
+    ///
+    /// # Errors
+    /// When the file cannot be opened or the schema created.
+    pub fn open(url: &str) -> Result<Self, StorageError> {
+        let (rest, table) = split_table(url)?;
+        let path = rest.strip_prefix("sqlite://").or_else(|| rest.strip_prefix("sqlite:")).unwrap_or(&rest);
+        let path = path.split('?').next().unwrap_or(path).to_owned();
+        let conn = Connection::open(&path).map_err(|e| sqlite_error(&format!("cannot open {path}"), &e))?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(|e| sqlite_error("busy_timeout", &e))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| sqlite_error("journal_mode", &e))?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(|e| sqlite_error("synchronous", &e))?;
+        let st = Statements::new(Kind::Sqlite, &table);
+        conn.execute(&st.create, []).map_err(|e| sqlite_error("cannot create the token table", &e))?;
+        Ok(Self { conn: Mutex::new(conn), st, path })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ensure_row(
+        conn: &Connection,
+        st: &Statements,
+        name: &str,
+        org: Option<&str>,
+    ) -> Result<(), StorageError> {
+        conn.execute(&st.ensure_row, params![name, org])
+            .map_err(|e| sqlite_error("cannot create the key's row", &e))?;
+        Ok(())
+    }
+}
+
+impl BlockingTokenStorage for SqliteBlockingStorage {
+    fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
+        Ok(self.load(&TokenKey::Integration)?.map(|v| v.value))
+    }
+    fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError> {
+        self.store(&TokenKey::Integration, tokens, Expect::Any).map(drop)
+    }
+    fn get_service_app_tokens(&self, org_id: &str) -> Result<Option<ServiceAppTokens>, StorageError> {
+        Ok(self.load(&TokenKey::org(org_id))?.map(|v| v.value))
+    }
+    fn set_service_app_tokens(&self, org_id: &str, tokens: &ServiceAppTokens) -> Result<(), StorageError> {
+        self.store(&TokenKey::org(org_id), tokens, Expect::Any).map(drop)
+    }
+    fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError> {
+        let (name, _) = key_columns(&TokenKey::org(org_id))?;
+        self.conn().execute(&self.st.delete, params![name]).map_err(|e| sqlite_error("delete", &e))?;
+        Ok(())
+    }
+    fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(&self.st.list).map_err(|e| sqlite_error("list", &e))?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(|e| sqlite_error("list", &e))?;
+        rows.map(|r| r.map_err(|e| sqlite_error("list", &e))).collect()
+    }
+    fn supports_coordination(&self) -> bool {
+        true
+    }
+    fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
+        let (name, _) = key_columns(key)?;
+        let row: Option<(i64, Option<String>)> = self
+            .conn()
+            .query_row(&self.st.load, params![name], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(|e| sqlite_error("read", &e))?;
+        match row {
+            Some((version, Some(record))) => {
+                let value = decode_record(record.as_bytes(), key, &format!("{} table", self.path))?;
+                Ok(Some(Versioned { value, version: u64::try_from(version).unwrap_or(0) }))
+            }
+            _ => Ok(None),
+        }
+    }
+    fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
+        let (name, org) = key_columns(key)?;
+        let json = String::from_utf8(tokens.to_json())
+            .map_err(|_| StorageError::other("a token record is not UTF-8"))?;
+        let mut conn = self.conn();
+        Self::ensure_row(&conn, &self.st, &name, org.as_deref())?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| sqlite_error("begin", &e))?;
+        let (version, present): (i64, bool) = tx
+            .query_row(&self.st.load_for_update, params![name], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?.is_some()))
+            })
+            .map_err(|e| sqlite_error("read", &e))?;
+        let version = u64::try_from(version).unwrap_or(0);
+        let ok = match expect {
+            Expect::Any => true,
+            Expect::Absent => !present,
+            Expect::Version(v) => present && version == v,
+        };
+        if !ok {
+            return Err(StorageError::conflict(key));
+        }
+        let new_version = version + 1;
+        tx.execute(
+            &self.st.update_record,
+            params![json, i64::try_from(new_version).unwrap_or(i64::MAX), name],
+        )
+        .map_err(|e| sqlite_error("write", &e))?;
+        tx.commit().map_err(|e| sqlite_error("commit", &e))?;
+        Ok(new_version)
+    }
+    fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
+        let (name, org) = key_columns(key)?;
+        let conn = self.conn();
+        Self::ensure_row(&conn, &self.st, &name, org.as_deref())?;
+        let lease = Lease::new(key.clone());
+        let n = conn
+            .execute(&self.st.acquire, params![lease.owner.to_string(), ms(ttl), name])
+            .map_err(|e| sqlite_error("acquire a lease", &e))?;
+        Ok((n == 1).then_some(lease))
+    }
+    fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
+        let (name, _) = key_columns(&lease.key)?;
+        self.conn()
+            .execute(&self.st.release, params![name, lease.owner.to_string()])
+            .map_err(|e| sqlite_error("release a lease", &e))?;
+        Ok(())
+    }
+    fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
+        let (name, _) = key_columns(&lease.key)?;
+        let n = self
+            .conn()
+            .execute(&self.st.extend, params![ms(ttl), name, lease.owner.to_string()])
+            .map_err(|e| sqlite_error("extend a lease", &e))?;
+        Ok(n == 1)
+    }
+}

@@ -1,0 +1,333 @@
+//! The async store on sqlx (Postgres, MySQL/MariaDB, SQLite).
+
+use std::time::Duration;
+
+use byova_core::{
+    Expect, Lease, OAuthTokens, ServiceAppTokens, StorageError, TokenKey, TokenStorage, Versioned,
+    async_trait, decode_record,
+};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+use crate::dialect::{Kind, Statements, key_columns, redact, split_table};
+
+/// An async SQL token store. Cheap to clone (a connection pool).
+#[derive(Clone)]
+pub struct SqlTokenStorage {
+    pool: AnyPool,
+    st: Statements,
+    display: String,
+    table: String,
+}
+
+impl std::fmt::Debug for SqlTokenStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlTokenStorage")
+            .field("database", &self.display)
+            .field("table", &self.table)
+            .finish()
+    }
+}
+
+fn sqlx_error(what: &str, e: &sqlx::Error) -> StorageError {
+    let message = format!("{what}: {e}");
+    let transient = match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            let text = db.message().to_ascii_lowercase();
+            // Postgres serialization failure / deadlock, MySQL deadlock / lock wait, SQLite busy.
+            matches!(code.as_ref(), "40001" | "40P01" | "1213" | "1205" | "5" | "6" | "517")
+                || text.contains("deadlock")
+                || text.contains("database is locked")
+                || text.contains("busy")
+        }
+        _ => false,
+    };
+    if transient { StorageError::unavailable(message) } else { StorageError::other(message) }
+}
+
+/// A text column; MySQL reports text with a binary collation as BLOB, so bytes are accepted
+/// too (invalid UTF-8 reads as empty text, which the record decoder reports as corrupt).
+fn text(row: &AnyRow, index: usize) -> Result<Option<String>, sqlx::Error> {
+    match row.try_get::<Option<String>, _>(index) {
+        Ok(v) => Ok(v),
+        Err(_) => {
+            Ok(row.try_get::<Option<Vec<u8>>, _>(index)?.map(|b| String::from_utf8(b).unwrap_or_default()))
+        }
+    }
+}
+
+fn ms(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2).max(1)
+}
+
+impl SqlTokenStorage {
+    /// Connects to `postgres://…`, `mysql://…` (MariaDB too) or `sqlite:///path.db`, with an
+    /// optional `?table=NAME` (default `byova_tokens`), and applies the schema (see
+    /// [`migrate`](Self::migrate)).
+    ///
+    /// # Errors
+    /// An unreachable database ([`Unavailable`](byova_core::StorageErrorKind::Unavailable)), a
+    /// bad URL, or a schema that cannot be created.
+    pub async fn connect(url: &str) -> Result<Self, StorageError> {
+        sqlx::any::install_default_drivers();
+        let (url, table) = split_table(url)?;
+        let kind = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Kind::Postgres
+        } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+            Kind::MySql
+        } else if url.starts_with("sqlite:") {
+            Kind::Sqlite
+        } else {
+            return Err(StorageError::other(format!(
+                "{} is not a postgres://, mysql:// or sqlite: URL",
+                redact(&url)
+            )));
+        };
+        let url = match kind {
+            Kind::MySql => url.replacen("mariadb://", "mysql://", 1),
+            Kind::Sqlite if !url.contains("mode=") => {
+                format!("{url}{}mode=rwc", if url.contains('?') { '&' } else { '?' })
+            }
+            _ => url,
+        };
+        let mut options = AnyPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(5));
+        if kind == Kind::Sqlite {
+            options = options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    use sqlx::Executor;
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    conn.execute("PRAGMA synchronous = FULL").await?;
+                    Ok(())
+                })
+            });
+        }
+        let display = redact(&url);
+        let pool = options
+            .connect(&url)
+            .await
+            .map_err(|e| sqlx_error(&format!("cannot connect to {display}"), &e))?;
+        let store = Self { pool, st: Statements::new(kind, &table), display, table };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Creates the table when missing. [`connect`](Self::connect) calls it; call it yourself to
+    /// apply the schema ahead of time (in a deploy step, say). Idempotent.
+    ///
+    /// # Errors
+    /// When the statement fails.
+    pub async fn migrate(&self) -> Result<(), StorageError> {
+        sqlx::query(&self.st.create)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| sqlx_error("cannot create the token table", &e))?;
+        Ok(())
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Drops the table (tests, uninstalling). Every stored token is gone afterwards.
+    ///
+    /// # Errors
+    /// When the statement fails.
+    pub async fn drop_table(&self) -> Result<(), StorageError> {
+        sqlx::query(&format!("DROP TABLE IF EXISTS {}", self.table))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| sqlx_error("cannot drop the token table", &e))?;
+        Ok(())
+    }
+
+    /// Writes raw text as `key`'s record (tests of corrupt records).
+    ///
+    /// # Errors
+    /// When the statements fail.
+    pub async fn put_raw_record(&self, key: &TokenKey, text: &str) -> Result<(), StorageError> {
+        let (name, org) = key_columns(key)?;
+        self.ensure_row(&name, org.as_deref()).await?;
+        sqlx::query(&self.st.update_record)
+            .bind(text)
+            .bind(1_i64)
+            .bind(&name)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| sqlx_error("write", &e))?;
+        Ok(())
+    }
+
+    async fn ensure_row(&self, name: &str, org: Option<&str>) -> Result<(), StorageError> {
+        sqlx::query(&self.st.ensure_row)
+            .bind(name)
+            .bind(org)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| sqlx_error("cannot create the key's row", &e))?;
+        Ok(())
+    }
+
+    fn decode(
+        &self,
+        key: &TokenKey,
+        row: Option<AnyRow>,
+    ) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
+        let Some(row) = row else { return Ok(None) };
+        let version: i64 = row.try_get(0).map_err(|e| sqlx_error("read the version", &e))?;
+        let record = text(&row, 1).map_err(|e| sqlx_error("read the record", &e))?;
+        let Some(record) = record else { return Ok(None) };
+        let value = decode_record(record.as_bytes(), key, &format!("{} table {}", self.display, self.table))?;
+        Ok(Some(Versioned { value, version: u64::try_from(version).unwrap_or(0) }))
+    }
+
+    async fn store_once(
+        &self,
+        key: &TokenKey,
+        name: &str,
+        tokens: &OAuthTokens,
+        expect: Expect,
+    ) -> Result<u64, StorageError> {
+        let mut tx = if self.st.kind == Kind::Sqlite {
+            self.pool.begin_with("BEGIN IMMEDIATE").await
+        } else {
+            self.pool.begin().await
+        }
+        .map_err(|e| sqlx_error("cannot begin a transaction", &e))?;
+        let row = sqlx::query(&self.st.load_for_update)
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(|e| sqlx_error("read", &e))?;
+        let (version, present) = match &row {
+            Some(row) => {
+                let v: i64 = row.try_get(0).map_err(|e| sqlx_error("read the version", &e))?;
+                let r = text(row, 1).map_err(|e| sqlx_error("read the record", &e))?;
+                (u64::try_from(v).unwrap_or(0), r.is_some())
+            }
+            None => (0, false),
+        };
+        let ok = match expect {
+            Expect::Any => true,
+            Expect::Absent => !present,
+            Expect::Version(v) => present && version == v,
+        };
+        if !ok {
+            return Err(StorageError::conflict(key));
+        }
+        let new_version = version + 1;
+        let json = String::from_utf8(tokens.to_json())
+            .map_err(|_| StorageError::other("a token record is not UTF-8"))?;
+        sqlx::query(&self.st.update_record)
+            .bind(json)
+            .bind(i64::try_from(new_version).unwrap_or(i64::MAX))
+            .bind(name)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| sqlx_error("write", &e))?;
+        tx.commit().await.map_err(|e| sqlx_error("commit", &e))?;
+        Ok(new_version)
+    }
+}
+
+#[async_trait]
+impl TokenStorage for SqlTokenStorage {
+    async fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
+        Ok(TokenStorage::load(self, &TokenKey::Integration).await?.map(|v| v.value))
+    }
+    async fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError> {
+        TokenStorage::store(self, &TokenKey::Integration, tokens, Expect::Any).await.map(drop)
+    }
+    async fn get_service_app_tokens(&self, org_id: &str) -> Result<Option<ServiceAppTokens>, StorageError> {
+        Ok(TokenStorage::load(self, &TokenKey::org(org_id)).await?.map(|v| v.value))
+    }
+    async fn set_service_app_tokens(
+        &self,
+        org_id: &str,
+        tokens: &ServiceAppTokens,
+    ) -> Result<(), StorageError> {
+        TokenStorage::store(self, &TokenKey::org(org_id), tokens, Expect::Any).await.map(drop)
+    }
+    async fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError> {
+        let (name, _) = key_columns(&TokenKey::org(org_id))?;
+        sqlx::query(&self.st.delete)
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| sqlx_error("delete", &e))?;
+        Ok(())
+    }
+    async fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
+        let rows =
+            sqlx::query(&self.st.list).fetch_all(&self.pool).await.map_err(|e| sqlx_error("list", &e))?;
+        rows.iter().filter_map(|r| text(r, 0).map_err(|e| sqlx_error("list", &e)).transpose()).collect()
+    }
+    fn supports_coordination(&self) -> bool {
+        true
+    }
+    async fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
+        let (name, _) = key_columns(key)?;
+        let row = sqlx::query(&self.st.load)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| sqlx_error("read", &e))?;
+        self.decode(key, row)
+    }
+    async fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
+        let (name, org) = key_columns(key)?;
+        self.ensure_row(&name, org.as_deref()).await?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.store_once(key, &name, tokens, expect).await {
+                // Deadlocks and busy databases are retried a few times before surfacing.
+                Err(e) if e.kind() == byova_core::StorageErrorKind::Unavailable && attempt < 5 => {
+                    tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+    async fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
+        let (name, org) = key_columns(key)?;
+        self.ensure_row(&name, org.as_deref()).await?;
+        let lease = Lease::new(key.clone());
+        let done = sqlx::query(&self.st.acquire)
+            .bind(lease.owner.to_string())
+            .bind(ms(ttl))
+            .bind(&name)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| sqlx_error("acquire a lease", &e))?;
+        Ok((done.rows_affected() == 1).then_some(lease))
+    }
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
+        let (name, _) = key_columns(&lease.key)?;
+        sqlx::query(&self.st.release)
+            .bind(name)
+            .bind(lease.owner.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| sqlx_error("release a lease", &e))?;
+        Ok(())
+    }
+    async fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
+        let (name, _) = key_columns(&lease.key)?;
+        let done = sqlx::query(&self.st.extend)
+            .bind(ms(ttl))
+            .bind(name)
+            .bind(lease.owner.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| sqlx_error("extend a lease", &e))?;
+        Ok(done.rows_affected() == 1)
+    }
+}

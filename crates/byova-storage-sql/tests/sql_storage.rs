@@ -1,0 +1,323 @@
+//! The SQL stores against the real PostgreSQL and MariaDB (`BYOVA_TEST_POSTGRES_URL`,
+//! `BYOVA_TEST_MYSQL_URL`, set by `cargo xtask test`) and SQLite files: the conformance suite,
+//! multi-process herds, a stalled lease holder's late write, and a connection lost before
+//! `COMMIT`. A custom harness: the binary re-runs itself as herd children.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use byova_core::{
+    AccessToken, BlockingTokenStorage, Clock, Expect, OAuthTokens, StorageErrorKind, SystemClock, Timestamp,
+    TokenKey, TokenStorage,
+};
+use byova_storage_sql::{SqlTokenStorage, SqliteBlockingStorage};
+use byova_testkit::{Endpoint, FakeWebex, conformance};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn with_table(url: &str, table: &str) -> String {
+    format!("{url}{}table={table}", if url.contains('?') { '&' } else { '?' })
+}
+
+fn unique(name: &str) -> String {
+    format!("byova_t_{name}_{}_{:x}", std::process::id(), byova_core::random_u64() & 0xffff_ffff)
+}
+
+fn sqlite_url(table: &str) -> String {
+    let path = std::env::temp_dir().join(format!("{table}.db"));
+    format!("sqlite://{}?table={table}", path.display())
+}
+
+fn counter(n: u64) -> OAuthTokens {
+    OAuthTokens::new(AccessToken::new(n.to_string()), 3600, Timestamp::from_unix_secs(n))
+}
+
+fn conformance_async(url: &str) {
+    let rt = rt();
+    let store = Arc::new(rt.block_on(SqlTokenStorage::connect(url)).unwrap());
+    let corrupt = store.clone();
+    let report = rt.block_on(conformance::check_token_storage(
+        store.clone(),
+        Some(Box::new(move |key| {
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::block_in_place(|| handle.block_on(corrupt.put_raw_record(key, "{\"schema\":1,")))
+                .unwrap();
+        })),
+    ));
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    rt.block_on(store.drop_table()).unwrap();
+}
+
+fn conformance_rusqlite(url: &str) {
+    let store = Arc::new(SqliteBlockingStorage::open(url).unwrap());
+    let path = url.trim_start_matches("sqlite://").split('?').next().unwrap().to_owned();
+    let table = url.split("table=").nth(1).unwrap().to_owned();
+    let report = conformance::check_blocking_token_storage(
+        store,
+        Some(Box::new(move |key| {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            let name = match key {
+                TokenKey::Integration => "integration".to_owned(),
+                TokenKey::Org(o) => format!("org:{o}"),
+            };
+            conn.execute(&format!("INSERT OR IGNORE INTO {table} (key_name) VALUES (?1)"), [&name]).unwrap();
+            conn.execute(
+                &format!("UPDATE {table} SET record = 'garbage', version = 1 WHERE key_name = ?1"),
+                [&name],
+            )
+            .unwrap();
+        })),
+    );
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+}
+
+fn herd_child(role: &str) {
+    let url = std::env::var("BYOVA_CHILD_STORAGE").unwrap();
+    let env = byova_core::EnvSettings::from_env().unwrap();
+    let callers = 250;
+    let tokens: Vec<String> = if role == "herd-async" {
+        let rt = rt();
+        rt.block_on(async {
+            let store = Arc::new(SqlTokenStorage::connect(&url).await.unwrap());
+            let http = byova_async::HttpClient::new(Duration::from_secs(10)).unwrap();
+            let m = byova_async::IntegrationTokenManager::new(env.integration, http, store, Some(env.config));
+            let tasks: Vec<_> = (0..callers)
+                .map(|_| {
+                    let m = m.clone();
+                    tokio::spawn(async move { m.get_access_token().await })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap().expect("every caller gets a token").expose_secret().to_owned());
+            }
+            out
+        })
+    } else {
+        let store = Arc::new(SqliteBlockingStorage::open(&url).unwrap());
+        let http = byova_blocking::HttpClient::new(Duration::from_secs(10)).unwrap();
+        let m = byova_blocking::IntegrationTokenManager::new(env.integration, http, store, Some(env.config));
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..callers)
+                .map(|_| s.spawn(|| m.get_access_token().expect("every caller gets a token")))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap().expose_secret().to_owned()).collect()
+        })
+    };
+    assert!(tokens.iter().all(|t| *t == tokens[0]));
+}
+
+fn multi_process_herd(url: &str, role: &str) {
+    let fake = FakeWebex::start();
+    fake.set_latency(Endpoint::AccessToken, Duration::from_millis(100));
+    let issued = fake.issue_integration_tokens();
+    let expired = issued.expired_at(SystemClock.now());
+    if role == "herd-async" {
+        let rt = rt();
+        rt.block_on(async {
+            SqlTokenStorage::connect(url).await.unwrap().set_integration_tokens(&expired).await.unwrap()
+        });
+    } else {
+        BlockingTokenStorage::set_integration_tokens(&SqliteBlockingStorage::open(url).unwrap(), &expired)
+            .unwrap();
+    }
+    let (int, sa) = (fake.integration_credentials(), fake.service_app_credentials());
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(std::env::current_exe().unwrap())
+                .env("BYOVA_SQL_CHILD", role)
+                .env("BYOVA_CHILD_STORAGE", url)
+                .env("BYOVA_BASE_URL", fake.base_url())
+                .env("WEBEX_INTEGRATION_CLIENT_ID", &int.client_id)
+                .env("WEBEX_INTEGRATION_CLIENT_SECRET", int.client_secret.expose_secret())
+                .env("WEBEX_SA_CLIENT_ID", &sa.client_id)
+                .env("WEBEX_SA_CLIENT_SECRET", sa.client_secret.expose_secret())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success(), "a {role} child failed");
+    }
+    assert_eq!(fake.calls(Endpoint::AccessToken), 1, "4 processes x 250 callers made one token call");
+    println!(
+        "  {role} on {}: 4 processes x 250 callers -> 1 token-endpoint call",
+        url.split("://").next().unwrap()
+    );
+}
+
+fn late_write_affects_no_row(url: &str) {
+    let rt = rt();
+    rt.block_on(async {
+        let store = SqlTokenStorage::connect(url).await.unwrap();
+        let key = TokenKey::Integration;
+        let v1 = store.store(&key, &counter(1), Expect::Any).await.unwrap();
+        let a = store
+            .try_acquire_lease(&key, Duration::from_millis(200))
+            .await
+            .unwrap()
+            .expect("A gets the lease");
+        let seen_by_a = store.load(&key).await.unwrap().unwrap().version;
+        tokio::time::sleep(Duration::from_millis(400)).await; // A stalls past its lease
+        let b = store
+            .try_acquire_lease(&key, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .expect("B gets the expired lease");
+        store.store(&key, &counter(2), Expect::Version(v1)).await.unwrap();
+        assert!(!store.extend_lease(&a, Duration::from_secs(10)).await.unwrap(), "A cannot extend B's lease");
+        let late = store.store(&key, &counter(3), Expect::Version(seen_by_a)).await.unwrap_err();
+        assert_eq!(late.kind(), StorageErrorKind::Conflict, "A's late write affects no row");
+        store.release_lease(&a).await.unwrap();
+        assert!(
+            store.try_acquire_lease(&key, Duration::from_secs(1)).await.unwrap().is_none(),
+            "A's release left B's lease"
+        );
+        store.release_lease(&b).await.unwrap();
+        assert_eq!(store.load(&key).await.unwrap().unwrap().value.access_token.expose_secret(), "2");
+        store.drop_table().await.unwrap();
+    });
+}
+
+fn a_connection_lost_before_commit_leaves_the_old_record(url: &str) {
+    let rt = rt();
+    rt.block_on(async {
+        let store = SqlTokenStorage::connect(url).await.unwrap();
+        let key = TokenKey::org("org-commit");
+        store.store(&key, &counter(1), Expect::Absent).await.unwrap();
+        // A second pool on the same table: begin, write, then drop the connection unannounced.
+        sqlx::any::install_default_drivers();
+        let (base, table) = url
+            .split_once("table=")
+            .map(|(b, t)| (b.trim_end_matches(['?', '&']).to_owned(), t.to_owned()))
+            .unwrap();
+        let base = if base.starts_with("sqlite") && !base.contains("mode=") {
+            format!("{base}?mode=rwc")
+        } else {
+            base
+        };
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&base).await.unwrap();
+        use sqlx::Connection;
+        let mut tx = conn.begin().await.unwrap();
+        let partial = String::from_utf8(counter(2).to_json()).unwrap();
+        let update = if url.starts_with("postgres") {
+            format!("UPDATE {table} SET record = $1, version = version + 1 WHERE key_name = $2")
+        } else {
+            format!("UPDATE {table} SET record = ?, version = version + 1 WHERE key_name = ?")
+        };
+        sqlx::query(&update).bind(partial).bind("org:org-commit").execute(&mut *tx).await.unwrap();
+        std::mem::forget(tx); // never COMMIT, never ROLLBACK
+        drop(conn.close_hard());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let after = store.load(&key).await.unwrap().expect("the record is still there");
+        assert_eq!(
+            after.value.access_token.expose_secret(),
+            "1",
+            "the uncommitted write is gone, the old record intact"
+        );
+        store
+            .store(&key, &counter(3), Expect::Version(after.version))
+            .await
+            .expect("the next write succeeds");
+        store.drop_table().await.unwrap();
+    });
+}
+
+fn main() {
+    if let Ok(role) = std::env::var("BYOVA_SQL_CHILD") {
+        herd_child(&role);
+        return;
+    }
+    let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    let mut servers: Vec<(&str, String)> = Vec::new();
+    for (name, var) in [("postgres", "BYOVA_TEST_POSTGRES_URL"), ("mysql", "BYOVA_TEST_MYSQL_URL")] {
+        match std::env::var(var).ok().filter(|v| !v.is_empty()) {
+            Some(url) => servers.push((name, url)),
+            None if in_ci => {
+                eprintln!("{var} is not set: CI must test the {name} store against a real server");
+                std::process::exit(1);
+            }
+            None => println!("{name} tests skipped: {var} is not set (cargo xtask test sets it)"),
+        }
+    }
+    type Case = Box<dyn Fn() + std::panic::RefUnwindSafe>;
+    let mut cases: Vec<(String, Case)> = Vec::new();
+    for (name, url) in &servers {
+        let conf = with_table(url, &unique("conf"));
+        cases.push((format!("{name}: conformance (async)"), Box::new(move || conformance_async(&conf))));
+        let herd = with_table(url, &unique("herd"));
+        cases.push((
+            format!("{name}: 4 processes x 250 callers, one token call"),
+            Box::new(move || multi_process_herd(&herd, "herd-async")),
+        ));
+        let late = with_table(url, &unique("late"));
+        cases.push((
+            format!("{name}: a stalled lease holder's write affects no row"),
+            Box::new(move || late_write_affects_no_row(&late)),
+        ));
+        let commit = with_table(url, &unique("commit"));
+        cases.push((
+            format!("{name}: a connection lost before COMMIT leaves the old record"),
+            Box::new(move || a_connection_lost_before_commit_leaves_the_old_record(&commit)),
+        ));
+    }
+    let conf = sqlite_url(&unique("sqlx"));
+    cases.push(("sqlite (sqlx): conformance (async)".into(), Box::new(move || conformance_async(&conf))));
+    let conf = sqlite_url(&unique("rusqlite"));
+    cases.push((
+        "sqlite (rusqlite): conformance (blocking)".into(),
+        Box::new(move || conformance_rusqlite(&conf)),
+    ));
+    let herd = sqlite_url(&unique("herd_a"));
+    cases.push((
+        "sqlite (sqlx): 4 processes x 250 callers, one token call".into(),
+        Box::new(move || multi_process_herd(&herd, "herd-async")),
+    ));
+    let herd = sqlite_url(&unique("herd_b"));
+    cases.push((
+        "sqlite (rusqlite): 4 processes x 250 callers, one token call".into(),
+        Box::new(move || multi_process_herd(&herd, "herd-blocking")),
+    ));
+    let late = sqlite_url(&unique("late"));
+    cases.push((
+        "sqlite (sqlx): a stalled lease holder's write affects no row".into(),
+        Box::new(move || late_write_affects_no_row(&late)),
+    ));
+    let commit = sqlite_url(&unique("commit"));
+    cases.push((
+        "sqlite (sqlx): a connection lost before COMMIT leaves the old record".into(),
+        Box::new(move || a_connection_lost_before_commit_leaves_the_old_record(&commit)),
+    ));
+
+    let (mut passed, mut failed) = (0, 0);
+    for (name, case) in cases {
+        let started = Instant::now();
+        match std::panic::catch_unwind(&case) {
+            Ok(()) => {
+                passed += 1;
+                println!("test {name} ... ok ({:.1?})", started.elapsed());
+            }
+            Err(_) => {
+                failed += 1;
+                println!("test {name} ... FAILED");
+            }
+        }
+    }
+    for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("byova_t_") && name.contains(&format!("_{}_", std::process::id())) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    println!(
+        "\ntest result: {}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out",
+        if failed == 0 { "ok" } else { "FAILED" }
+    );
+    if failed > 0 {
+        std::process::exit(101);
+    }
+}
