@@ -84,7 +84,7 @@ impl Env<'_> {
         }
         let result = self.keys.cache.apply(key, outcome, self.clock.now());
         if let Err(error) = &result {
-            tracing::warn!(key = %key, error = %error, "could not obtain a valid token");
+            tracing::debug!(key = %key, error = %error, "could not obtain a valid token");
         }
         result
     }

@@ -1,0 +1,448 @@
+//! `byova`: Webex BYOVA tokens from the command line, and a daemon that keeps them fresh.
+//!
+//! Configuration comes from the seed's `WEBEX_*` variables plus `BYOVA_BASE_URL`,
+//! `BYOVA_STORAGE` and `BYOVA_WEBHOOK_SECRET`; flags override the environment. Without
+//! `BYOVA_STORAGE`, tokens are kept in files under `$XDG_DATA_HOME/byova` (or
+//! `~/.local/share/byova`).
+//!
+//! Logs go to stderr (`BYOVA_LOG=debug|info|warn|error`; `serve` defaults to `info`, other
+//! commands to `warn`).
+//!
+//! Exit codes: 0 success, 2 bad usage, 3 configuration, 4 storage, 5 not authorized (or
+//! re-authorization required, or the org is not registered), 6 Webex or the network,
+//! 7 a rejected webhook delivery, 8 the authorization was denied or timed out, 9 the listen
+//! address is in use.
+
+mod demo;
+mod serve;
+mod storage;
+
+use std::io::{IsTerminal, Read, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use byova_async::{
+    AuthorizeOptions, Byova, ByovaConfig, EnvSettings, Error, IntegrationCredentials, KeyStatus,
+    ServiceAppCredentials, TokenKey, WebhookSecret,
+};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+
+/// Webex BYOVA tokens: authorize the Integration, keep per-org Service App tokens, serve webhooks.
+#[derive(Parser, Debug)]
+#[command(name = "byova", version, about, long_about = None)]
+struct Cli {
+    /// Token storage URL: memory:, file:///dir, redis://host:port/db?prefix=NAME, postgres://…,
+    /// mysql://…, sqlite:///path.db [default: files under ~/.local/share/byova]
+    #[arg(long, global = true, env = "BYOVA_STORAGE")]
+    storage: Option<String>,
+    /// Webex API base URL.
+    #[arg(long, global = true, env = "BYOVA_BASE_URL")]
+    base_url: Option<String>,
+    /// Print JSON for scripts instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Authorize the Integration in a browser (loopback redirect, PKCE) and store its tokens.
+    Authorize {
+        /// Print the URL instead of opening a browser, then wait for the redirect.
+        #[arg(long)]
+        no_browser: bool,
+        /// Seconds to wait for the redirect.
+        #[arg(long, default_value_t = 300)]
+        timeout: u64,
+        /// Scopes to request, comma-separated [default: the four BYOVA scopes].
+        #[arg(long, value_delimiter = ',')]
+        scopes: Option<Vec<String>>,
+    },
+    /// Print a valid Integration access token (refreshed when needed) and nothing else.
+    Token,
+    /// Per-org Service App tokens.
+    #[command(subcommand)]
+    Org(OrgCommand),
+    /// Apply one serviceApp webhook delivery (from a file or stdin).
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
+    /// Webhook registrations.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
+    /// Status of the Integration and every org: valid, refresh soon, expired, re-authorization required.
+    Status,
+    /// Run the daemon: a webhook receiver, a background refresher, /healthz and /status.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Seconds between background refresh passes.
+        #[arg(long, default_value_t = 60)]
+        refresh_interval: u64,
+        /// Orgs refreshed at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+    /// Walk through the whole lifecycle against a local fake Webex (no credentials, no network).
+    Demo,
+}
+
+#[derive(Subcommand, Debug)]
+enum OrgCommand {
+    /// Register an org from an existing Service App refresh token.
+    Register {
+        /// The org id.
+        org: String,
+        /// The Service App refresh token.
+        #[arg(long)]
+        refresh_token: String,
+    },
+    /// Fetch new tokens for an org with the Integration's bearer.
+    Fetch {
+        /// The org id.
+        org: String,
+    },
+    /// Print a valid access token for an org and nothing else.
+    Token {
+        /// The org id.
+        org: String,
+    },
+    /// List registered orgs with expiry and status.
+    List,
+    /// Remove an org's tokens.
+    Remove {
+        /// The org id.
+        org: String,
+    },
+    /// Refresh every org now, honouring Retry-After.
+    RefreshAll {
+        /// Orgs refreshed at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum WebhookCommand {
+    /// Verify and apply one delivery.
+    Handle {
+        /// The raw delivery body; `-` or nothing reads stdin.
+        file: Option<String>,
+        /// The X-Spark-Signature header value.
+        #[arg(long)]
+        signature: Option<String>,
+        /// The webhook secret (or BYOVA_WEBHOOK_SECRET).
+        #[arg(long, env = "BYOVA_WEBHOOK_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum WebhooksCommand {
+    /// Create the serviceApp authorized/deauthorized webhooks for URL unless they exist.
+    Ensure {
+        /// Where Webex should deliver.
+        url: String,
+        /// The secret deliveries are signed with (or BYOVA_WEBHOOK_SECRET).
+        #[arg(long, env = "BYOVA_WEBHOOK_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+    },
+}
+
+/// A failure with its exit code and one line for stderr.
+pub(crate) struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::Configuration(_) => 3,
+            Error::Storage(_) => 4,
+            Error::NotAuthorized
+            | Error::OrgNotRegistered { .. }
+            | Error::ReauthorizationRequired { .. }
+            | Error::Authentication(_)
+            | Error::ServiceAppNotAuthorized { .. } => 5,
+            Error::WebhookSignature(_) | Error::InvalidInput(_) => 7,
+            Error::OAuthRedirect { .. } | Error::OAuthRedirectTimeout(_) => 8,
+            _ => 6,
+        };
+        Failure { code, message: e.to_string() }
+    }
+}
+
+impl From<byova_core::StorageError> for Failure {
+    fn from(e: byova_core::StorageError) -> Self {
+        Failure { code: 4, message: e.to_string() }
+    }
+}
+
+pub(crate) fn failure(code: u8, message: impl Into<String>) -> Failure {
+    Failure { code, message: message.into() }
+}
+
+type Outcome = Result<(), Failure>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The daemon reports what it does; one-shot commands only what went wrong.
+    let default_level = if matches!(cli.command, Command::Serve { .. }) { "info" } else { "warn" };
+    let log_level = std::env::var("BYOVA_LOG").unwrap_or_else(|_| default_level.into());
+    let level = log_level.parse::<tracing::Level>().unwrap_or(tracing::Level::WARN);
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("byova: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("byova: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Outcome {
+    match &cli.command {
+        Command::Demo => return demo::run(cli.json).await,
+        Command::Webhook(WebhookCommand::Handle { .. }) | Command::Webhooks(_) | Command::Serve { .. } => {}
+        _ => {}
+    }
+    let byova = connect(&cli).await?;
+    match cli.command {
+        Command::Authorize { no_browser, timeout, scopes } => {
+            let mut options = AuthorizeOptions::default().with_timeout(Duration::from_secs(timeout));
+            if no_browser {
+                options = options.without_browser();
+            }
+            if let Some(scopes) = scopes {
+                options = options.with_scopes(scopes);
+            }
+            let tokens = byova.integration().authorize(options).await?;
+            print_line(
+                cli.json,
+                json!({"authorized": true, "expires_at_ms": tokens.expires_at().as_unix_millis()}),
+                || format!("Authorized. The access token expires at {}.", when(tokens.expires_at())),
+            );
+        }
+        Command::Token => {
+            let token = byova.integration().get_access_token().await?;
+            println!("{}", token.expose_secret());
+        }
+        Command::Org(cmd) => org(&byova, cmd, cli.json).await?,
+        Command::Webhook(WebhookCommand::Handle { file, signature, .. }) => {
+            let body = read_body(file.as_deref())?;
+            let outcome = byova.handle_service_app_webhook(&body, signature.as_deref()).await?;
+            print_line(cli.json, json!({"outcome": format!("{outcome:?}")}), || format!("{outcome:?}"));
+        }
+        Command::Webhooks(WebhooksCommand::Ensure { url, secret }) => {
+            let secret = secret.map(WebhookSecret::new);
+            let created = byova.ensure_service_app_webhooks(&url, secret.as_ref()).await?;
+            print_line(
+                cli.json,
+                json!({"created": created.iter().map(|w| &w.id).collect::<Vec<_>>()}),
+                || format!("{} webhook(s) created for {url}", created.len()),
+            );
+        }
+        Command::Status => {
+            let statuses = byova.status().await?;
+            print_statuses(&statuses, cli.json);
+        }
+        Command::Serve { listen, refresh_interval, concurrency } => {
+            serve::run(Arc::new(byova), &listen, Duration::from_secs(refresh_interval.max(1)), concurrency)
+                .await?;
+        }
+        Command::Demo => {}
+    }
+    Ok(())
+}
+
+/// Builds the SDK from the environment and flags.
+async fn connect(cli: &Cli) -> Result<Byova, Failure> {
+    let mut env = EnvSettings::from_env()?;
+    if let Some(url) = &cli.base_url {
+        let timeout = env.config.timeout;
+        env.config = ByovaConfig::with_base_url(url)?;
+        env.config.timeout = timeout;
+    }
+    let secret = match &cli.command {
+        Command::Webhook(WebhookCommand::Handle { secret, .. }) => secret.clone().map(WebhookSecret::new),
+        _ => env.webhook_secret.clone(),
+    };
+    let url = cli.storage.clone().unwrap_or_else(storage::default_url);
+    let store = storage::open(&url).await?;
+    let mut builder = Byova::builder(env.integration, env.service_app).config(env.config).storage(store);
+    if let Some(secret) = secret {
+        builder = builder.webhook_secret(secret);
+    }
+    Ok(builder.build()?)
+}
+
+fn read_body(file: Option<&str>) -> Result<Vec<u8>, Failure> {
+    let mut body = Vec::new();
+    match file {
+        None | Some("-") => std::io::stdin().read_to_end(&mut body).map(drop),
+        Some(path) => std::fs::read(path).map(|b| body = b),
+    }
+    .map_err(|e| failure(7, format!("cannot read the webhook delivery: {e}")))?;
+    Ok(body)
+}
+
+async fn org(byova: &Byova, cmd: OrgCommand, as_json: bool) -> Outcome {
+    let sa = byova.service_app();
+    match cmd {
+        OrgCommand::Register { org, refresh_token } => {
+            let t = sa.save_registration(&org, &refresh_token).await?;
+            print_line(
+                as_json,
+                json!({"org": org, "expires_at_ms": t.expires_at().as_unix_millis()}),
+                || format!("Registered org {org}."),
+            );
+        }
+        OrgCommand::Fetch { org } => {
+            let t = sa.fetch_token_for_org(&org).await?;
+            print_line(
+                as_json,
+                json!({"org": org, "expires_at_ms": t.expires_at().as_unix_millis()}),
+                || format!("Fetched tokens for org {org}; they expire at {}.", when(t.expires_at())),
+            );
+        }
+        OrgCommand::Token { org } => println!("{}", sa.get_access_token(&org).await?.expose_secret()),
+        OrgCommand::List => {
+            let mut statuses = Vec::new();
+            for org in sa.list_orgs().await? {
+                statuses.extend(sa.status(&org).await?);
+            }
+            print_statuses(&statuses, as_json);
+        }
+        OrgCommand::Remove { org } => {
+            sa.remove_org(&org).await?;
+            print_line(as_json, json!({"removed": org}), || format!("Removed org {org}."));
+        }
+        OrgCommand::RefreshAll { concurrency } => refresh_all(byova, concurrency, as_json).await?,
+    }
+    Ok(())
+}
+
+/// Refreshes every org with bounded concurrency, showing progress: a live counter on a
+/// terminal, one line per org otherwise.
+async fn refresh_all(byova: &Byova, concurrency: usize, as_json: bool) -> Outcome {
+    let orgs = byova.service_app().list_orgs().await?;
+    let total = orgs.len();
+    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for org in orgs {
+        let sa = byova.service_app().clone();
+        let slots = slots.clone();
+        tasks.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            let result = sa.refresh_for_org(&org).await;
+            (org, result)
+        });
+    }
+    let live = std::io::stderr().is_terminal() && !as_json;
+    let (mut done, mut failed) = (0, 0);
+    while let Some(joined) = tasks.join_next().await {
+        let Ok((org, result)) = joined else { continue };
+        done += 1;
+        match &result {
+            Ok(_) if as_json => println!("{}", json!({"org": org, "refreshed": true})),
+            Err(e) if as_json => {
+                println!("{}", json!({"org": org, "refreshed": false, "error": e.to_string()}))
+            }
+            Ok(_) if !live => println!("refreshed {org} ({done}/{total})"),
+            Err(e) if !live => println!("failed {org} ({done}/{total}): {e}"),
+            _ => {}
+        }
+        if result.is_err() {
+            failed += 1;
+        }
+        if live {
+            eprint!("\rrefreshing orgs: {done}/{total} done, {failed} failed");
+            let _ = std::io::stderr().flush();
+        }
+    }
+    if live {
+        eprintln!();
+    }
+    if failed > 0 {
+        return Err(failure(6, format!("{failed} of {total} orgs could not be refreshed")));
+    }
+    Ok(())
+}
+
+fn when(t: byova_core::Timestamp) -> String {
+    let secs = t.as_unix_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+fn print_line(as_json: bool, value: serde_json::Value, text: impl FnOnce() -> String) {
+    if as_json {
+        println!("{value}");
+    } else {
+        println!("{}", text());
+    }
+}
+
+pub(crate) fn status_json(s: &KeyStatus) -> serde_json::Value {
+    json!({
+        "key": match &s.key { TokenKey::Integration => "integration".to_owned(), TokenKey::Org(o) => format!("org:{o}") },
+        "state": s.state.as_str(),
+        "access_expires_at_ms": s.access_expires_at.as_unix_millis(),
+        "refresh_expires_at_ms": s.refresh_expires_at.map(|t| t.as_unix_millis()),
+    })
+}
+
+fn print_statuses(statuses: &[KeyStatus], as_json: bool) {
+    if as_json {
+        println!("{}", json!(statuses.iter().map(status_json).collect::<Vec<_>>()));
+        return;
+    }
+    if statuses.is_empty() {
+        println!("Nothing stored yet: run `byova authorize`, then register orgs.");
+        return;
+    }
+    println!("{:<44} {:<26} {:<24} REFRESH EXPIRES", "KEY", "STATE", "ACCESS EXPIRES");
+    for s in statuses {
+        let key = match &s.key {
+            TokenKey::Integration => "integration".to_owned(),
+            TokenKey::Org(o) => format!("org {o}"),
+        };
+        let refresh = s.refresh_expires_at.map(when).unwrap_or_else(|| "-".into());
+        println!("{key:<44} {:<26} {:<24} {refresh}", s.state.as_str(), when(s.access_expires_at));
+    }
+}
+
+/// Credentials of the fake server, for the demo.
+pub(crate) fn demo_credentials(
+    fake: &byova_testkit::FakeWebex,
+) -> (IntegrationCredentials, ServiceAppCredentials) {
+    (
+        fake.integration_credentials().with_redirect_uri("http://127.0.0.1:0/callback"),
+        fake.service_app_credentials(),
+    )
+}

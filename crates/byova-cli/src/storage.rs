@@ -1,0 +1,38 @@
+//! `BYOVA_STORAGE` / `--storage`: which token store the CLI uses.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use byova_core::{InMemoryTokenStorage, StorageError, TokenStorage};
+
+/// The default store when none is named: files under the user's data directory.
+pub(crate) fn default_url() -> String {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    format!("file://{}", base.join("byova").display())
+}
+
+/// Opens the store a URL names.
+pub(crate) async fn open(url: &str) -> Result<Arc<dyn TokenStorage>, StorageError> {
+    if url == "memory:" {
+        return Ok(Arc::new(InMemoryTokenStorage::new()));
+    }
+    if url.starts_with("file:") {
+        return Ok(Arc::new(byova_storage_file::FileTokenStorage::from_url(url)?));
+    }
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        return Ok(Arc::new(byova_storage_redis::RedisTokenStorage::open(url)?));
+    }
+    if ["postgres://", "postgresql://", "mysql://", "mariadb://", "sqlite:"]
+        .iter()
+        .any(|p| url.starts_with(p))
+    {
+        return Ok(Arc::new(byova_storage_sql::SqlTokenStorage::connect(url).await?));
+    }
+    Err(StorageError::other(format!(
+        "BYOVA_STORAGE {:?} is not a storage URL: use memory:, file:///dir, redis://host:port/db, postgres://…, mysql://… or sqlite:///path.db",
+        url.split('@').next_back().unwrap_or(url)
+    )))
+}

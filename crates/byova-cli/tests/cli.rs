@@ -1,0 +1,345 @@
+//! The `byova` binary run as a user runs it: every command, every bad-input class, the daemon,
+//! and two daemons sharing Redis.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use byova_core::{BlockingTokenStorage, Clock, ServiceAppEventKind, SystemClock, WebhookSecret};
+use byova_testkit::{FakeWebex, wire};
+
+const ORG: &str = "63b02f90-9cc6-43b8-aa6d-cad425ac554c";
+
+struct Env {
+    fake: Arc<FakeWebex>,
+    dir: PathBuf,
+    storage: String,
+}
+
+impl Env {
+    fn new() -> Self {
+        let fake = Arc::new(FakeWebex::start());
+        let dir = std::env::temp_dir().join(format!(
+            "byova-cli-{}-{:x}",
+            std::process::id(),
+            byova_core::random_u64()
+        ));
+        let storage = format!("file://{}", dir.display());
+        Self { fake, dir, storage }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_byova"));
+        let (int, sa) = (self.fake.integration_credentials(), self.fake.service_app_credentials());
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &self.dir)
+            .env("WEBEX_INTEGRATION_CLIENT_ID", &int.client_id)
+            .env("WEBEX_INTEGRATION_CLIENT_SECRET", int.client_secret.expose_secret())
+            .env("WEBEX_SA_CLIENT_ID", &sa.client_id)
+            .env("WEBEX_SA_CLIENT_SECRET", sa.client_secret.expose_secret())
+            .env("BYOVA_BASE_URL", self.fake.base_url())
+            .env("BYOVA_STORAGE", &self.storage);
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    fn store(&self) -> byova_storage_file::FileTokenStorage {
+        byova_storage_file::FileTokenStorage::from_url(&self.storage).unwrap()
+    }
+
+    fn seed_integration(&self) {
+        let issued = self.fake.issue_integration_tokens();
+        self.store().set_integration_tokens(&issued.to_oauth_tokens(SystemClock.now())).unwrap();
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// One clear line on stderr and the expected exit code.
+fn assert_fails(o: &Output, code: i32, mentions: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "stderr: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one line on stderr: {err}");
+    assert!(err.contains(mentions), "{err:?} should mention {mentions:?}");
+}
+
+#[test]
+fn demo_walks_through_the_whole_lifecycle() {
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_byova")).arg("demo").env_remove("BYOVA_STORAGE").output().unwrap();
+    let out = stdout(&o);
+    assert!(o.status.success(), "{out}\n{}", stderr(&o));
+    for expected in [
+        "Authorized the Integration",
+        "registered 2 serviceApp webhooks",
+        "answered 200",
+        "Refreshed org",
+        "removed its tokens",
+        "Status:",
+    ] {
+        assert!(out.contains(expected), "demo output lacks {expected:?}:\n{out}");
+    }
+    let json = Command::new(env!("CARGO_BIN_EXE_byova")).args(["demo", "--json"]).output().unwrap();
+    assert!(json.status.success());
+    let last: serde_json::Value = serde_json::from_str(stdout(&json).lines().last().unwrap()).unwrap();
+    assert_eq!(last["status"].as_array().unwrap().len(), 2, "integration + one org remain");
+}
+
+#[test]
+fn token_prints_only_the_token_and_refreshes_when_needed() {
+    let env = Env::new();
+    let issued = env.fake.issue_integration_tokens();
+    env.store().set_integration_tokens(&issued.expired_at(SystemClock.now())).unwrap();
+    let o = env.run(&["token"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let token = stdout(&o);
+    assert!(token.ends_with('\n') && token.trim().lines().count() == 1);
+    assert!(env.fake.is_access_token_valid(token.trim()));
+    assert_eq!(env.fake.refresh_calls(), 1);
+    let again = env.run(&["token"]);
+    assert_eq!(stdout(&again), token, "a fresh stored token is not refreshed again");
+    assert_eq!(env.fake.refresh_calls(), 1);
+}
+
+#[test]
+fn org_commands_register_fetch_token_list_refresh_and_remove() {
+    let env = Env::new();
+    env.seed_integration();
+    env.fake.authorize_org(ORG);
+    let fetch = env.run(&["org", "fetch", ORG, "--json"]);
+    assert!(fetch.status.success(), "{}", stderr(&fetch));
+    let token = env.run(&["org", "token", ORG]);
+    assert_eq!(env.fake.org_of_access_token(stdout(&token).trim()).as_deref(), Some(ORG));
+    let issued = env.fake.issue_service_app_tokens("org-two");
+    let register = env.run(&["org", "register", "org-two", "--refresh-token", &issued.refresh_token]);
+    assert!(register.status.success(), "{}", stderr(&register));
+    let list: serde_json::Value =
+        serde_json::from_slice(&env.run(&["org", "list", "--json"]).stdout).unwrap();
+    let keys: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, [format!("org:{ORG}"), "org:org-two".into()]);
+    assert!(list.as_array().unwrap().iter().all(|s| s["state"] == "valid"));
+    let before = env.fake.refresh_calls();
+    let all = env.run(&["org", "refresh-all", "--concurrency", "2"]);
+    assert!(all.status.success(), "{}", stderr(&all));
+    assert_eq!(
+        stdout(&all).lines().filter(|l| l.starts_with("refreshed ")).count(),
+        2,
+        "plain progress lines off a terminal"
+    );
+    assert_eq!(env.fake.refresh_calls() - before, 2);
+    let remove = env.run(&["org", "remove", "org-two"]);
+    assert!(remove.status.success());
+    assert_fails(&env.run(&["org", "token", "org-two"]), 5, "org org-two is not registered");
+    let status: serde_json::Value = serde_json::from_slice(&env.run(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(status.as_array().unwrap().len(), 2);
+    assert!(
+        !serde_json::to_string(&status).unwrap().contains(stdout(&token).trim()),
+        "status holds no secret"
+    );
+}
+
+#[test]
+fn bad_input_classes_have_one_line_and_their_own_exit_code() {
+    let env = Env::new();
+    // Missing variable.
+    let o = env.cmd().env_remove("WEBEX_SA_CLIENT_ID").arg("token").output().unwrap();
+    assert_fails(&o, 3, "WEBEX_SA_CLIENT_ID is not set");
+    // Not authorized yet.
+    assert_fails(&env.run(&["token"]), 5, "not authorized yet");
+    // Unknown org.
+    assert_fails(&env.run(&["org", "token", "no-such-org"]), 5, "not registered");
+    // Unreachable storage.
+    let o = env.cmd().env("BYOVA_STORAGE", "redis://127.0.0.1:1/0").arg("token").output().unwrap();
+    assert_fails(&o, 4, "storage");
+    // Not a storage URL.
+    let o = env.cmd().env("BYOVA_STORAGE", "ftp://x").arg("token").output().unwrap();
+    assert_fails(&o, 4, "not a storage URL");
+    // Corrupt storage: a typed error, and the file is left as it was.
+    env.seed_integration();
+    let path = env.store().record_path(&byova_core::TokenKey::Integration).unwrap();
+    std::fs::write(&path, b"{\"format\":1,").unwrap();
+    assert_fails(&env.run(&["token"]), 4, "does not parse");
+    assert_eq!(std::fs::read(&path).unwrap(), b"{\"format\":1,");
+    // Bad base URL.
+    let o = env.cmd().env("BYOVA_BASE_URL", "nope").arg("status").output().unwrap();
+    assert_fails(&o, 3, "BYOVA_BASE_URL");
+}
+
+#[test]
+fn webhook_handle_verifies_and_applies_one_delivery() {
+    let env = Env::new();
+    env.seed_integration();
+    let secret = WebhookSecret::new("cli-secret");
+    let (body, sig) = env.fake.service_app_delivery(ServiceAppEventKind::Authorized, ORG, Some(&secret));
+    env.fake.authorize_org(ORG);
+    let handle = |body: &[u8], sig: Option<&str>| {
+        let mut cmd = env.cmd();
+        cmd.args(["webhook", "handle", "-", "--secret", "cli-secret"]);
+        if let Some(sig) = sig {
+            cmd.args(["--signature", sig]);
+        }
+        let mut child =
+            cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(body).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    assert_fails(&handle(&body, None), 7, "X-Spark-Signature");
+    assert_fails(&handle(&body, Some(&"0".repeat(40))), 7, "does not match");
+    assert_fails(&handle(b"not json", Some(&byova_core::sign(&secret, b"not json"))), 7, "invalid input");
+    let ok = handle(&body, sig.as_deref());
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(stdout(&ok).contains("Registered"));
+    assert!(env.store().get_service_app_tokens(ORG).unwrap().is_some());
+}
+
+#[test]
+fn webhooks_ensure_creates_only_what_is_missing() {
+    let env = Env::new();
+    env.seed_integration();
+    let first =
+        env.run(&["webhooks", "ensure", "https://hooks.example.test/webex", "--secret", "s", "--json"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let created: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(created["created"].as_array().unwrap().len(), 2);
+    let second = env.run(&["webhooks", "ensure", "https://hooks.example.test/webex", "--secret", "s"]);
+    assert_eq!(stdout(&second).trim(), "0 webhook(s) created for https://hooks.example.test/webex");
+}
+
+fn start_serve(cmd: &mut Command) -> (Child, String) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let url = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    (child, url)
+}
+
+fn post(url: &str, body: &[u8], sig: Option<&str>) -> u16 {
+    let mut headers = vec![("Content-Type", "application/json")];
+    if let Some(sig) = sig {
+        headers.push(("X-Spark-Signature", sig));
+    }
+    wire::send(&wire::request(byova_core::Method::Post, url, body.to_vec(), &headers)).unwrap().status
+}
+
+fn sigterm(child: &mut Child) -> std::process::ExitStatus {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "serve did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn serve_accepts_signed_deliveries_and_rejects_the_rest() {
+    let env = Env::new();
+    env.seed_integration();
+    env.fake.authorize_org(ORG);
+    let (mut child, base) = start_serve(env.cmd().env("BYOVA_WEBHOOK_SECRET", "serve-secret").args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+    ]));
+    let secret = WebhookSecret::new("serve-secret");
+    let (body, sig) = env.fake.service_app_delivery(ServiceAppEventKind::Authorized, ORG, Some(&secret));
+    assert_eq!(post(&format!("{base}/webhook"), &body, None), 401, "unsigned");
+    let mut tampered = body.clone();
+    tampered.push(b' ');
+    assert_eq!(post(&format!("{base}/webhook"), &tampered, sig.as_deref()), 401, "tampered");
+    assert_eq!(post(&format!("{base}/webhook"), &vec![b' '; 70_000], None), 413, "oversized");
+    assert_eq!(post(&format!("{base}/webhook"), &body, sig.as_deref()), 200);
+    assert_eq!(
+        post(&format!("{base}/webhook"), &body, sig.as_deref()),
+        200,
+        "a repeated delivery is acknowledged"
+    );
+    assert_eq!(env.fake.calls(byova_testkit::Endpoint::ApplicationToken), 1, "and applied once");
+    let health = wire::send(&wire::get(&format!("{base}/healthz"))).unwrap();
+    assert_eq!(health.status, 200);
+    let status = wire::send(&wire::get(&format!("{base}/status"))).unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+    assert_eq!(status.as_array().unwrap().len(), 2);
+    let (body, sig) = env.fake.service_app_delivery(ServiceAppEventKind::Deauthorized, ORG, Some(&secret));
+    assert_eq!(post(&format!("{base}/webhook"), &body, sig.as_deref()), 200);
+    assert!(env.store().get_service_app_tokens(ORG).unwrap().is_none(), "deauthorized removes the tokens");
+    assert!(sigterm(&mut child).success(), "graceful shutdown exits 0");
+}
+
+#[test]
+fn serve_on_a_busy_port_fails_with_its_own_code() {
+    let env = Env::new();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    assert_fails(&env.run(&["serve", "--listen", &addr]), 9, "already in use");
+}
+
+#[test]
+fn two_serve_replicas_on_redis_refresh_each_org_once() {
+    let Some(redis) = std::env::var("BYOVA_TEST_REDIS_URL").ok().filter(|u| !u.is_empty()) else {
+        assert!(std::env::var("CI").is_err(), "CI must run this against Redis (BYOVA_TEST_REDIS_URL)");
+        println!("skipped: BYOVA_TEST_REDIS_URL is not set");
+        return;
+    };
+    let mut env = Env::new();
+    let prefix = format!("byova-cli-{}-{:x}", std::process::id(), byova_core::random_u64());
+    env.storage = format!("{redis}{}prefix={prefix}", if redis.contains('?') { '&' } else { '?' });
+    let store = byova_storage_redis::RedisTokenStorage::open(&env.storage).unwrap();
+    let issued = env.fake.issue_integration_tokens();
+    BlockingTokenStorage::set_integration_tokens(&store, &issued.to_oauth_tokens(SystemClock.now())).unwrap();
+    let orgs = ["org-r1", "org-r2", "org-r3"];
+    for org in orgs {
+        let t = env.fake.issue_service_app_tokens(org);
+        BlockingTokenStorage::set_service_app_tokens(&store, org, &t.expired_at(SystemClock.now())).unwrap();
+    }
+    env.fake.set_latency(byova_testkit::Endpoint::AccessToken, Duration::from_millis(200));
+    let mut replicas: Vec<Child> = (0..2)
+        .map(|_| {
+            start_serve(env.cmd().args(["serve", "--listen", "127.0.0.1:0", "--refresh-interval", "1"])).0
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(4));
+    for r in &mut replicas {
+        assert!(sigterm(r).success());
+    }
+    let redeemed = env.fake.redemptions();
+    println!("two replicas, {} orgs: {} refresh calls", orgs.len(), redeemed.len());
+    assert_eq!(redeemed.len(), orgs.len(), "each org refreshed once across both replicas: {redeemed:?}");
+    for org in orgs {
+        let t = BlockingTokenStorage::get_service_app_tokens(&store, org).unwrap().unwrap();
+        assert!(env.fake.is_access_token_valid(t.access_token.expose_secret()));
+    }
+    let client = redis::Client::open(redis.split('?').next().unwrap());
+    if let Ok(mut conn) = client.and_then(|c| c.get_connection()) {
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{{{prefix}}}*")).query(&mut conn).unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        }
+    }
+}
