@@ -12,6 +12,7 @@ use byova_core::{
 };
 use byova_storage_file::FileTokenStorage;
 use byova_testkit::conformance;
+use byova_testkit::harness::{case, run};
 
 const KEY_ORG: &str = "63b02f90-9cc6-43b8-aa6d-cad425ac554c";
 
@@ -346,41 +347,20 @@ fn main() {
         return;
     }
     // `cargo test` passes harness flags (`--quiet`, filters); this harness runs everything.
-    let cases: Vec<(&str, fn())> = vec![
-        ("conformance_blocking", conformance_blocking),
-        ("conformance_async", conformance_async),
-        (
+    run(vec![
+        case("conformance_blocking", conformance_blocking),
+        case("conformance_async", conformance_async),
+        case(
             "corrupt_records_are_typed_and_kept_for_inspection",
             corrupt_records_are_typed_and_kept_for_inspection,
         ),
         #[cfg(unix)]
-        ("files_0600_and_directory_0700_under_umask_022", files_0600_and_directory_0700_under_umask_022),
+        case("files_0600_and_directory_0700_under_umask_022", files_0600_and_directory_0700_under_umask_022),
         #[cfg(unix)]
-        ("symlinks_are_refused", symlinks_are_refused),
-        ("sigkill_while_writing_never_tears_a_record", sigkill_while_writing_never_tears_a_record),
-        ("four_processes_increment_exactly", four_processes_increment_exactly),
-        ("multi_process_herd_async", multi_process_herd_async),
-        ("multi_process_herd_blocking", multi_process_herd_blocking),
-    ];
-    let (mut passed, mut failed) = (0, 0);
-    for (name, case) in cases {
-        let started = Instant::now();
-        match std::panic::catch_unwind(case) {
-            Ok(()) => {
-                passed += 1;
-                println!("test {name} ... ok ({:.1?})", started.elapsed());
-            }
-            Err(_) => {
-                failed += 1;
-                println!("test {name} ... FAILED");
-            }
-        }
-    }
-    println!(
-        "\ntest result: {}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out",
-        if failed == 0 { "ok" } else { "FAILED" }
-    );
-    if failed > 0 {
-        std::process::exit(101);
-    }
+        case("symlinks_are_refused", symlinks_are_refused),
+        case("sigkill_while_writing_never_tears_a_record", sigkill_while_writing_never_tears_a_record),
+        case("four_processes_increment_exactly", four_processes_increment_exactly),
+        case("multi_process_herd_async", multi_process_herd_async),
+        case("multi_process_herd_blocking", multi_process_herd_blocking),
+    ]);
 }

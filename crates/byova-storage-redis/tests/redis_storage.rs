@@ -367,8 +367,7 @@ fn main() {
         println!("\ntest result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out");
         return;
     };
-    type Case = Box<dyn Fn() + std::panic::RefUnwindSafe>;
-    let cases: Vec<(&str, Case)> = vec![
+    let cases: Vec<(&str, byova_testkit::harness::Case)> = vec![
         (
             "conformance_blocking",
             Box::new({
@@ -416,25 +415,5 @@ fn main() {
             Box::new(a_redis_restart_gives_retryable_errors_and_loses_nothing),
         ),
     ];
-    let (mut passed, mut failed) = (0, 0);
-    for (name, case) in cases {
-        let started = Instant::now();
-        match std::panic::catch_unwind(&case) {
-            Ok(()) => {
-                passed += 1;
-                println!("test {name} ... ok ({:.1?})", started.elapsed());
-            }
-            Err(_) => {
-                failed += 1;
-                println!("test {name} ... FAILED");
-            }
-        }
-    }
-    println!(
-        "\ntest result: {}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out",
-        if failed == 0 { "ok" } else { "FAILED" }
-    );
-    if failed > 0 {
-        std::process::exit(101);
-    }
+    byova_testkit::harness::run(cases);
 }

@@ -5,7 +5,7 @@
 
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use byova_core::{
     AccessToken, BlockingTokenStorage, Clock, Expect, OAuthTokens, StorageErrorKind, SystemClock, Timestamp,
@@ -244,8 +244,7 @@ fn main() {
             None => println!("{name} tests skipped: {var} is not set (cargo xtask test sets it)"),
         }
     }
-    type Case = Box<dyn Fn() + std::panic::RefUnwindSafe>;
-    let mut cases: Vec<(String, Case)> = Vec::new();
+    let mut cases: Vec<(String, byova_testkit::harness::Case)> = Vec::new();
     for (name, url) in &servers {
         let conf = with_table(url, &unique("conf"));
         cases.push((format!("{name}: conformance (async)"), Box::new(move || conformance_async(&conf))));
@@ -293,31 +292,5 @@ fn main() {
         Box::new(move || a_connection_lost_before_commit_leaves_the_old_record(&commit)),
     ));
 
-    let (mut passed, mut failed) = (0, 0);
-    for (name, case) in cases {
-        let started = Instant::now();
-        match std::panic::catch_unwind(&case) {
-            Ok(()) => {
-                passed += 1;
-                println!("test {name} ... ok ({:.1?})", started.elapsed());
-            }
-            Err(_) => {
-                failed += 1;
-                println!("test {name} ... FAILED");
-            }
-        }
-    }
-    for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("byova_t_") && name.contains(&format!("_{}_", std::process::id())) {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-    println!(
-        "\ntest result: {}. {passed} passed; {failed} failed; 0 ignored; 0 measured; 0 filtered out",
-        if failed == 0 { "ok" } else { "FAILED" }
-    );
-    if failed > 0 {
-        std::process::exit(101);
-    }
+    byova_testkit::harness::run(cases);
 }

@@ -11,6 +11,7 @@
 //! - [`conformance`]: the storage contract as public functions any backend's tests call.
 //! - [`scenarios`]: one scenario table (seed methods, listener, faults, herds, rotation,
 //!   canary secrets) that every flavour's tests run through a thin adapter.
+//! - [`harness`]: the runner for self-spawning test binaries (`harness = false`).
 //! - [`logcapture`]: captures every `tracing` event so tests can look for leaked secrets.
 //! - [`wire`]: a tiny HTTP/1.1 client that sends byova-core request values, so tests can
 //!   drive the fake and loopback listeners and see every hop.
@@ -35,6 +36,7 @@
 mod clock;
 pub mod conformance;
 mod fake;
+pub mod harness;
 pub mod logcapture;
 pub mod scenarios;
 pub mod wire;
