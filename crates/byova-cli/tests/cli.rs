@@ -104,6 +104,68 @@ fn demo_walks_through_the_whole_lifecycle() {
 }
 
 #[test]
+fn authorize_without_a_browser_prints_the_url_and_stores_tokens() {
+    let env = Env::new();
+    let mut child = env
+        .cmd()
+        .env("WEBEX_INTEGRATION_REDIRECT_URI", "http://127.0.0.1:0/callback")
+        .args(["authorize", "--no-browser", "--timeout", "30", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Play the user: read the URL from stderr, approve at the fake, follow the redirect.
+    let mut stderr_lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = loop {
+        let line = stderr_lines.next().expect("the URL is printed").unwrap();
+        if let Some(url) = line.trim().strip_prefix("http") {
+            break format!("http{url}");
+        }
+    };
+    assert!(url.contains("code_challenge_method=S256") && url.contains("state="), "{url}");
+    let location = env.fake.browser_visit(&url).unwrap();
+    let page = wire::send(&wire::get(&location)).unwrap();
+    assert_eq!(page.status, 200);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed["authorized"], true);
+    let stored = env.store().get_integration_tokens().unwrap().expect("tokens stored");
+    assert!(env.fake.is_access_token_valid(stored.access_token.expose_secret()));
+}
+
+#[test]
+fn authorize_denied_exits_with_its_own_code() {
+    let env = Env::new();
+    env.fake
+        .update_settings(|s| s.authorize_mode = byova_testkit::AuthorizeMode::Deny("access_denied".into()));
+    let mut child = env
+        .cmd()
+        .env("WEBEX_INTEGRATION_REDIRECT_URI", "http://127.0.0.1:0/callback")
+        .args(["authorize", "--no-browser", "--timeout", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let url = loop {
+        line.clear();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "the URL is printed");
+        if let Some(url) = line.trim().strip_prefix("http") {
+            break format!("http{url}");
+        }
+    };
+    let location = env.fake.browser_visit(&url).unwrap();
+    let _ = wire::send(&wire::get(&location));
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(8), "{rest}");
+    assert!(rest.contains("access_denied"), "{rest}");
+}
+
+#[test]
 fn token_prints_only_the_token_and_refreshes_when_needed() {
     let env = Env::new();
     let issued = env.fake.issue_integration_tokens();
