@@ -361,23 +361,14 @@ fn serve_on_a_busy_port_fails_with_its_own_code() {
     assert_fails(&env.run(&["serve", "--listen", &addr]), 9, "already in use");
 }
 
-#[test]
-fn two_serve_replicas_on_redis_refresh_each_org_once() {
-    let Some(redis) = std::env::var("BYOVA_TEST_REDIS_URL").ok().filter(|u| !u.is_empty()) else {
-        assert!(std::env::var("CI").is_err(), "CI must run this against Redis (BYOVA_TEST_REDIS_URL)");
-        println!("skipped: BYOVA_TEST_REDIS_URL is not set");
-        return;
-    };
-    let mut env = Env::new();
-    let prefix = format!("byova-cli-{}-{:x}", std::process::id(), byova_core::random_u64());
-    env.storage = format!("{redis}{}prefix={prefix}", if redis.contains('?') { '&' } else { '?' });
-    let store = byova_storage_redis::RedisTokenStorage::open(&env.storage).unwrap();
+/// Two `serve` replicas sharing `storage` (seeded through `store`) refresh each org once.
+fn two_replicas_refresh_each_org_once(env: &Env, store: &dyn BlockingTokenStorage) {
     let issued = env.fake.issue_integration_tokens();
-    BlockingTokenStorage::set_integration_tokens(&store, &issued.to_oauth_tokens(SystemClock.now())).unwrap();
+    store.set_integration_tokens(&issued.to_oauth_tokens(SystemClock.now())).unwrap();
     let orgs = ["org-r1", "org-r2", "org-r3"];
     for org in orgs {
         let t = env.fake.issue_service_app_tokens(org);
-        BlockingTokenStorage::set_service_app_tokens(&store, org, &t.expired_at(SystemClock.now())).unwrap();
+        store.set_service_app_tokens(org, &t.expired_at(SystemClock.now())).unwrap();
     }
     env.fake.set_latency(byova_testkit::Endpoint::AccessToken, Duration::from_millis(200));
     let mut replicas: Vec<Child> = (0..2)
@@ -393,9 +384,23 @@ fn two_serve_replicas_on_redis_refresh_each_org_once() {
     println!("two replicas, {} orgs: {} refresh calls", orgs.len(), redeemed.len());
     assert_eq!(redeemed.len(), orgs.len(), "each org refreshed once across both replicas: {redeemed:?}");
     for org in orgs {
-        let t = BlockingTokenStorage::get_service_app_tokens(&store, org).unwrap().unwrap();
+        let t = store.get_service_app_tokens(org).unwrap().unwrap();
         assert!(env.fake.is_access_token_valid(t.access_token.expose_secret()));
     }
+}
+
+#[test]
+fn two_serve_replicas_on_redis_refresh_each_org_once() {
+    let Some(redis) = std::env::var("BYOVA_TEST_REDIS_URL").ok().filter(|u| !u.is_empty()) else {
+        assert!(std::env::var("CI").is_err(), "CI must run this against Redis (BYOVA_TEST_REDIS_URL)");
+        println!("skipped: BYOVA_TEST_REDIS_URL is not set");
+        return;
+    };
+    let mut env = Env::new();
+    let prefix = format!("byova-cli-{}-{:x}", std::process::id(), byova_core::random_u64());
+    env.storage = format!("{redis}{}prefix={prefix}", if redis.contains('?') { '&' } else { '?' });
+    let store = byova_storage_redis::RedisTokenStorage::open(&env.storage).unwrap();
+    two_replicas_refresh_each_org_once(&env, &store);
     let client = redis::Client::open(redis.split('?').next().unwrap());
     if let Ok(mut conn) = client.and_then(|c| c.get_connection()) {
         let keys: Vec<String> =
@@ -403,5 +408,59 @@ fn two_serve_replicas_on_redis_refresh_each_org_once() {
         if !keys.is_empty() {
             let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
         }
+    }
+}
+
+#[test]
+fn two_serve_replicas_on_postgres_refresh_each_org_once() {
+    let Some(pg) = std::env::var("BYOVA_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty()) else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must run this against PostgreSQL (BYOVA_TEST_POSTGRES_URL)"
+        );
+        println!("skipped: BYOVA_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let mut env = Env::new();
+    let table = format!("byova_cli_{}_{:x}", std::process::id(), byova_core::random_u64() & 0xffff_ffff);
+    env.storage = format!("{pg}{}table={table}", if pg.contains('?') { '&' } else { '?' });
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let sql = rt.block_on(byova_storage_sql::SqlTokenStorage::connect(&env.storage)).unwrap();
+    let store = OnRuntime { sql: sql.clone(), rt: &rt };
+    two_replicas_refresh_each_org_once(&env, &store);
+    rt.block_on(sql.drop_table()).unwrap();
+}
+
+/// The async SQL store seen through the blocking trait, for seeding and checking.
+struct OnRuntime<'a> {
+    sql: byova_storage_sql::SqlTokenStorage,
+    rt: &'a tokio::runtime::Runtime,
+}
+
+impl BlockingTokenStorage for OnRuntime<'_> {
+    fn get_integration_tokens(&self) -> Result<Option<byova_core::OAuthTokens>, byova_core::StorageError> {
+        self.rt.block_on(byova_core::TokenStorage::get_integration_tokens(&self.sql))
+    }
+    fn set_integration_tokens(&self, t: &byova_core::OAuthTokens) -> Result<(), byova_core::StorageError> {
+        self.rt.block_on(byova_core::TokenStorage::set_integration_tokens(&self.sql, t))
+    }
+    fn get_service_app_tokens(
+        &self,
+        org: &str,
+    ) -> Result<Option<byova_core::OAuthTokens>, byova_core::StorageError> {
+        self.rt.block_on(byova_core::TokenStorage::get_service_app_tokens(&self.sql, org))
+    }
+    fn set_service_app_tokens(
+        &self,
+        org: &str,
+        t: &byova_core::OAuthTokens,
+    ) -> Result<(), byova_core::StorageError> {
+        self.rt.block_on(byova_core::TokenStorage::set_service_app_tokens(&self.sql, org, t))
+    }
+    fn delete_service_app_tokens(&self, org: &str) -> Result<(), byova_core::StorageError> {
+        self.rt.block_on(byova_core::TokenStorage::delete_service_app_tokens(&self.sql, org))
+    }
+    fn list_registered_orgs(&self) -> Result<Vec<String>, byova_core::StorageError> {
+        self.rt.block_on(byova_core::TokenStorage::list_registered_orgs(&self.sql))
     }
 }

@@ -55,9 +55,21 @@ impl SqliteBlockingStorage {
         conn.busy_timeout(Duration::from_secs(5)).map_err(|e| sqlite_error("busy_timeout", &e))?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| sqlite_error("journal_mode", &e))?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(|e| sqlite_error("synchronous", &e))?;
-        let st = Statements::new(Kind::Sqlite, &table);
-        conn.execute(&st.create, []).map_err(|e| sqlite_error("cannot create the token table", &e))?;
-        Ok(Self { conn: Mutex::new(conn), st, path })
+        let store = Self { conn: Mutex::new(conn), st: Statements::new(Kind::Sqlite, &table), path };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Creates the table when missing (the same schema as the async store). [`open`](Self::open)
+    /// calls it; idempotent.
+    ///
+    /// # Errors
+    /// When the statement fails.
+    pub fn migrate(&self) -> Result<(), StorageError> {
+        self.conn()
+            .execute(&self.st.create, [])
+            .map_err(|e| sqlite_error("cannot create the token table", &e))?;
+        Ok(())
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
