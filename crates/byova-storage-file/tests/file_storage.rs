@@ -193,13 +193,17 @@ fn sigkill_while_writing_never_tears_a_record() {
     let store = FileTokenStorage::open(&dir).unwrap();
     let key = TokenKey::org(KEY_ORG);
     store.store(&key, &counter(0), Expect::Absent).unwrap();
+    // Time one unkilled child, so the kills spread from before it starts to after it is done
+    // however fast or slow this machine is.
+    let started = Instant::now();
+    assert!(child("write-once", &dir, &[]).status().unwrap().success());
+    let span = (started.elapsed().as_micros() as u64 * 3 / 2).max(1000);
     let runs = 1000;
     let (mut old, mut new) = (0, 0);
     for run in 0..runs {
         let before = count_of(&store.load(&key).unwrap().unwrap().value);
         let mut proc = child("write-once", &dir, &[]).spawn().unwrap();
-        // Kill anywhere from before the child starts to after it is done.
-        std::thread::sleep(Duration::from_micros(byova_core::random_u64() % 4000));
+        std::thread::sleep(Duration::from_micros(byova_core::random_u64() % span));
         let _ = proc.kill();
         let _ = proc.wait();
         let after = store
