@@ -85,6 +85,10 @@ enum Command {
         /// Orgs refreshed at once.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// Accept deliveries without a verified X-Spark-Signature (only for webhooks created
+        /// without a secret; anyone who can reach the port could then register or remove orgs).
+        #[arg(long)]
+        allow_unsigned: bool,
     },
     /// Walk through the whole lifecycle against a local fake Webex (no credentials, no network).
     Demo,
@@ -218,7 +222,14 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Outcome {
     match &cli.command {
         Command::Demo => return demo::run(cli.json).await,
-        Command::Webhook(WebhookCommand::Handle { .. }) | Command::Webhooks(_) | Command::Serve { .. } => {}
+        Command::Serve { allow_unsigned: false, .. }
+            if std::env::var("BYOVA_WEBHOOK_SECRET").map_or(true, |s| s.is_empty()) =>
+        {
+            return Err(failure(
+                3,
+                "serve verifies webhook signatures: set BYOVA_WEBHOOK_SECRET to the secret the webhooks were created with (or pass --allow-unsigned)",
+            ));
+        }
         _ => {}
     }
     let byova = connect(&cli).await?;
@@ -261,7 +272,7 @@ async fn run(cli: Cli) -> Outcome {
             let statuses = byova.status().await?;
             print_statuses(&statuses, cli.json);
         }
-        Command::Serve { listen, refresh_interval, concurrency } => {
+        Command::Serve { listen, refresh_interval, concurrency, .. } => {
             serve::run(Arc::new(byova), &listen, Duration::from_secs(refresh_interval.max(1)), concurrency)
                 .await?;
         }

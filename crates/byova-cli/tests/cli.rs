@@ -358,7 +358,8 @@ fn serve_on_a_busy_port_fails_with_its_own_code() {
     let env = Env::new();
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
-    assert_fails(&env.run(&["serve", "--listen", &addr]), 9, "already in use");
+    assert_fails(&env.run(&["serve", "--listen", &addr, "--allow-unsigned"]), 9, "already in use");
+    assert_fails(&env.run(&["serve", "--listen", "127.0.0.1:0"]), 3, "BYOVA_WEBHOOK_SECRET");
 }
 
 /// Two `serve` replicas sharing `storage` (seeded through `store`) refresh each org once.
@@ -373,7 +374,14 @@ fn two_replicas_refresh_each_org_once(env: &Env, store: &dyn BlockingTokenStorag
     env.fake.set_latency(byova_testkit::Endpoint::AccessToken, Duration::from_millis(200));
     let mut replicas: Vec<Child> = (0..2)
         .map(|_| {
-            start_serve(env.cmd().args(["serve", "--listen", "127.0.0.1:0", "--refresh-interval", "1"])).0
+            start_serve(env.cmd().env("BYOVA_WEBHOOK_SECRET", "replica-secret").args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--refresh-interval",
+                "1",
+            ]))
+            .0
         })
         .collect();
     std::thread::sleep(Duration::from_secs(4));
