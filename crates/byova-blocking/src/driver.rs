@@ -91,7 +91,9 @@ impl Env<'_> {
 
     fn drive(&self, client: RefreshClient<'_>, key: TokenKey, mode: RefreshMode) -> Outcome {
         let seed = self.keys.cache.jitter_seed(&key);
-        let mut machine = RefreshMachine::new(self.config, client, key, mode, seed, byova_core::random_u64());
+        let unsaved = self.keys.cache.take_unsaved(&key);
+        let mut machine = RefreshMachine::new(self.config, client, key, mode, seed, byova_core::random_u64())
+            .with_unsaved(unsaved);
         let mut step = machine.start();
         loop {
             step = match step {

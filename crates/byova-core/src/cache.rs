@@ -36,6 +36,8 @@ pub struct TokenCache {
     orgs: RwLock<HashMap<String, Arc<CacheEntry>>>,
     /// Keys whose stored refresh token Webex rejected (for status reports).
     rejected: Mutex<HashSet<TokenKey>>,
+    /// Tokens obtained but not yet stored (the store was down), per key.
+    unsaved: Mutex<HashMap<TokenKey, (OAuthTokens, crate::storage::Expect)>>,
     policy: RefreshPolicy,
     process_seed: u64,
     revalidate_after: Duration,
@@ -49,6 +51,7 @@ impl TokenCache {
             integration: ArcSwapOption::empty(),
             orgs: RwLock::new(HashMap::new()),
             rejected: Mutex::new(HashSet::new()),
+            unsaved: Mutex::new(HashMap::new()),
             policy,
             process_seed,
             revalidate_after,
@@ -180,9 +183,16 @@ impl TokenCache {
         self.policy.key_status(key.clone(), tokens, now, self.jitter_seed(key), self.is_rejected(key))
     }
 
+    /// Takes the tokens an earlier refresh of `key` could not store, for the next run to store
+    /// first ([`RefreshMachine::with_unsaved`](crate::RefreshMachine::with_unsaved)).
+    pub fn take_unsaved(&self, key: &TokenKey) -> Option<(OAuthTokens, crate::storage::Expect)> {
+        self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).remove(key)
+    }
+
     /// Forgets `key` (deauthorized, removed, or found missing in storage).
     pub fn remove(&self, key: &TokenKey) {
         self.set_rejected(key, false);
+        self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
         match key {
             TokenKey::Integration => self.integration.store(None),
             TokenKey::Org(org) => {

@@ -65,6 +65,11 @@ pub struct Outcome {
     /// A refresh failed but the old access token is still really valid, so it was served;
     /// this is the failure, for the driver to trace.
     pub served_stale_after: Option<Error>,
+    /// Tokens Webex issued that could not be stored (the store kept failing). They were not
+    /// handed out; the driver keeps them and gives them to the next run for the key
+    /// ([`RefreshMachine::with_unsaved`]), which stores them before anything else, so a
+    /// refresh token Webex rotated is not lost to a storage outage.
+    pub unsaved: Option<(OAuthTokens, Expect)>,
 }
 
 /// The next thing the driver must do.
@@ -144,6 +149,10 @@ pub struct RefreshMachine<'a> {
     new_tokens: Option<OAuthTokens>,
     store_attempts: u32,
     finished: Option<Outcome>,
+    /// Tokens from an earlier run that could not be stored, and the condition to store them
+    /// under; `storing_unsaved` while that store is in flight.
+    unsaved: Option<(OAuthTokens, Expect)>,
+    storing_unsaved: bool,
 }
 
 impl<'a> RefreshMachine<'a> {
@@ -180,11 +189,27 @@ impl<'a> RefreshMachine<'a> {
             new_tokens: None,
             store_attempts: 0,
             finished: None,
+            unsaved: None,
+            storing_unsaved: false,
         }
+    }
+
+    /// Gives the machine tokens an earlier run obtained but could not store
+    /// ([`Outcome::unsaved`]): it stores them first (under the same version check), then runs
+    /// as usual and finds them stored; if another writer got there first, theirs stand.
+    pub fn with_unsaved(mut self, unsaved: Option<(OAuthTokens, Expect)>) -> Self {
+        self.unsaved = unsaved;
+        self
     }
 
     /// The first step.
     pub fn start(&mut self) -> Step {
+        if let Some((tokens, expect)) = self.unsaved.clone() {
+            self.storing_unsaved = true;
+            self.new_tokens = Some(tokens.clone());
+            self.awaiting = Awaiting::Stored;
+            return Step::Store(self.key.clone(), tokens, expect);
+        }
         self.load(LoadPurpose::Initial)
     }
 
@@ -227,7 +252,7 @@ impl<'a> RefreshMachine<'a> {
         refreshed: bool,
         stale: Option<Error>,
     ) -> Step {
-        let outcome = Outcome { result, refreshed, served_stale_after: stale };
+        let outcome = Outcome { result, refreshed, served_stale_after: stale, unsaved: None };
         match self.lease.take() {
             Some(lease) => {
                 self.finished = Some(outcome);
@@ -617,6 +642,24 @@ impl<'a> RefreshMachine<'a> {
             return self.fail(out_of_order());
         }
         let Some(tokens) = self.new_tokens.clone() else { return self.fail(out_of_order()) };
+        if self.storing_unsaved {
+            self.storing_unsaved = false;
+            return match stored {
+                // Stored (or another writer stored newer tokens meanwhile, and theirs stand):
+                // from here on this is an ordinary run that finds the stored record.
+                Ok(_) => {
+                    self.unsaved = None;
+                    self.new_tokens = None;
+                    self.load(LoadPurpose::Initial)
+                }
+                Err(e) if e.kind() == StorageErrorKind::Conflict => {
+                    self.unsaved = None;
+                    self.new_tokens = None;
+                    self.load(LoadPurpose::Initial)
+                }
+                Err(e) => self.fail_keeping_unsaved(e),
+            };
+        }
         match stored {
             Ok(version) => self.finish(Ok(Versioned { value: tokens, version }), true, None),
             Err(e) if e.kind() == StorageErrorKind::Conflict => {
@@ -628,8 +671,29 @@ impl<'a> RefreshMachine<'a> {
                 self.awaiting = Awaiting::Sleep(SleepPurpose::RetryStore);
                 Step::Sleep(d)
             }
-            Err(e) => self.fail(e.into()),
+            Err(e) => self.fail_keeping_unsaved(e),
         }
+    }
+
+    /// Fails with a storage error, handing the unstored tokens back to the driver.
+    fn fail_keeping_unsaved(&mut self, e: StorageError) -> Step {
+        let expect = self.unsaved.as_ref().map(|(_, x)| *x).unwrap_or(match &self.current {
+            Some(c) => Expect::Version(c.version),
+            None => Expect::Absent,
+        });
+        let unsaved = self.new_tokens.clone().map(|t| (t, expect));
+        let step = self.fail(e.into());
+        let outcome = match step {
+            Step::Done(mut outcome) => {
+                outcome.unsaved = unsaved;
+                return Step::Done(outcome);
+            }
+            other => other,
+        };
+        if let Some(finished) = self.finished.as_mut() {
+            finished.unsaved = unsaved;
+        }
+        outcome
     }
 
     /// Feeds the end of [`Step::Sleep`].

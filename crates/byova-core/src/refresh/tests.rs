@@ -417,6 +417,137 @@ fn a_holder_that_lost_its_lease_does_not_spend_the_refresh_token() {
     assert!(out.result.unwrap().value.access_token.ct_eq_str("BY-SUCCESSOR"));
 }
 
+/// Delegates to memory, but `store` fails while `down` says so.
+struct Flaky {
+    inner: InMemoryTokenStorage,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl BlockingTokenStorage for Flaky {
+    fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
+        self.inner.get_integration_tokens()
+    }
+    fn set_integration_tokens(&self, t: &OAuthTokens) -> Result<(), StorageError> {
+        self.inner.set_integration_tokens(t)
+    }
+    fn get_service_app_tokens(&self, org: &str) -> Result<Option<OAuthTokens>, StorageError> {
+        self.inner.get_service_app_tokens(org)
+    }
+    fn set_service_app_tokens(&self, org: &str, t: &OAuthTokens) -> Result<(), StorageError> {
+        self.inner.set_service_app_tokens(org, t)
+    }
+    fn delete_service_app_tokens(&self, org: &str) -> Result<(), StorageError> {
+        self.inner.delete_service_app_tokens(org)
+    }
+    fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
+        self.inner.list_registered_orgs()
+    }
+    fn supports_coordination(&self) -> bool {
+        true
+    }
+    fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
+        self.inner.load(key)
+    }
+    fn store(&self, key: &TokenKey, t: &OAuthTokens, e: Expect) -> Result<u64, StorageError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StorageError::unavailable("the store is down"));
+        }
+        self.inner.store(key, t, e)
+    }
+    fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
+        self.inner.try_acquire_lease(key, ttl)
+    }
+    fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
+        self.inner.release_lease(lease)
+    }
+    fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
+        self.inner.extend_lease(lease, ttl)
+    }
+}
+
+/// Runs a machine over any blocking store, counting token calls.
+fn drive_on(
+    storage: &dyn BlockingTokenStorage,
+    unsaved: Option<(OAuthTokens, Expect)>,
+    respond: &mut dyn FnMut() -> HttpResponse,
+) -> (Outcome, usize) {
+    let config = config();
+    let creds = int_creds();
+    let mut m = RefreshMachine::new(
+        &config,
+        RefreshClient::Integration(&creds),
+        TokenKey::Integration,
+        RefreshMode::GetValid,
+        1,
+        1,
+    )
+    .with_unsaved(unsaved);
+    let mut sent = 0;
+    let mut step = m.start();
+    loop {
+        step = match step {
+            Step::Load(k) => m.on_loaded(storage.load(&k), NOW),
+            Step::AcquireLease(k, ttl) => m.on_lease(storage.try_acquire_lease(&k, ttl), NOW),
+            Step::ExtendLease(l, ttl) => m.on_lease_extended(storage.extend_lease(&l, ttl), NOW),
+            Step::Sleep(_) => m.on_slept(),
+            Step::Send(_) => {
+                sent += 1;
+                m.on_response(Ok(respond()), NOW, NOW)
+            }
+            Step::Store(k, t, e) => m.on_stored(storage.store(&k, &t, e)),
+            Step::Release(l) => {
+                storage.release_lease(&l).unwrap();
+                m.on_released()
+            }
+            Step::NeedIntegrationToken => m.on_integration_token(Err(Error::NotAuthorized)),
+            Step::Done(o) => return (o, sent),
+        };
+    }
+}
+
+#[test]
+fn tokens_that_could_not_be_stored_are_stored_by_the_next_run_not_lost() {
+    let key = TokenKey::Integration;
+    let flaky =
+        Flaky { inner: seeded(&key, expired("OLD", "R1")), down: std::sync::atomic::AtomicBool::new(true) };
+    // Webex rotates R1 -> R2, but the store is down through every retry.
+    let (first, sent) = drive_on(&flaky, None, &mut || ok_body("NEW", Some("R2")));
+    assert_eq!(sent, 1);
+    assert!(matches!(first.result, Err(Error::Storage(ref e)) if e.is_retryable()), "{:?}", first.result);
+    let unsaved = first.unsaved.expect("the new tokens are handed back, not dropped");
+    assert!(unsaved.0.refresh_token.as_ref().unwrap().ct_eq_str("R2"));
+    assert!(
+        flaky.inner.load(&key).unwrap().unwrap().value.refresh_token.unwrap().ct_eq_str("R1"),
+        "nothing half-written"
+    );
+    // Still down: the next run keeps them and still hands nothing out.
+    let (second, sent) =
+        drive_on(&flaky, Some(unsaved), &mut || panic!("no token call while tokens wait to be stored"));
+    assert_eq!(sent, 0);
+    let unsaved = second.unsaved.expect("still kept");
+    // The store is back: the next run stores them first and serves them, with no token call.
+    flaky.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (third, sent) = drive_on(&flaky, Some(unsaved), &mut || panic!("R1 must not be spent again"));
+    assert_eq!(sent, 0);
+    assert!(third.result.unwrap().value.access_token.ct_eq_str("NEW"));
+    assert!(
+        flaky.inner.load(&key).unwrap().unwrap().value.refresh_token.unwrap().ct_eq_str("R2"),
+        "R2 is durable"
+    );
+}
+
+#[test]
+fn unsaved_tokens_yield_to_a_newer_stored_record() {
+    let key = TokenKey::Integration;
+    let s = seeded(&key, expired("OLD", "R1"));
+    let stale_expect = Expect::Version(s.load(&key).unwrap().unwrap().version);
+    s.store(&key, &tokens("BY-OTHER", Some("R9"), NOW, 3600), Expect::Any).unwrap();
+    let unsaved = (tokens("MINE", Some("R2"), NOW, 3600), stale_expect);
+    let (out, sent) = drive_on(&s, Some(unsaved), &mut || panic!("no call needed"));
+    assert_eq!(sent, 0);
+    assert!(out.result.unwrap().value.access_token.ct_eq_str("BY-OTHER"));
+}
+
 #[test]
 fn a_store_conflict_yields_to_the_other_writer() {
     let key = TokenKey::Integration;
