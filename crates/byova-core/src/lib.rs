@@ -103,3 +103,63 @@ pub use webhook::{
 
 /// `async_trait`, re-exported so backends implement [`TokenStorage`] with the same macro.
 pub use async_trait::async_trait;
+
+/// Robustness: every parser of outside input returns a typed result for any bytes, never a
+/// panic (the property-test counterpart of the fuzz targets in the reference checklist).
+#[cfg(test)]
+mod robustness {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn token_responses_never_panic(status in 100u16..600, body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let response = HttpResponse::new(status, vec![("Retry-After".into(), "x".into())], body);
+            for call in [TokenCall::CodeExchange, TokenCall::Refresh(TokenSubject::Integration), TokenCall::ServiceAppFetch { org_id: "o".into() }] {
+                if let Ok(tokens) = parse_token_response(&response, Timestamp::EPOCH, &call) {
+                    prop_assert!(!tokens.access_token.expose_secret().is_empty());
+                    prop_assert!((200..300).contains(&status));
+                }
+            }
+        }
+
+        #[test]
+        fn json_shaped_token_responses_never_panic(access in "\\PC{0,40}", expires in any::<i64>(), extra in "\\PC{0,40}") {
+            let body = serde_json::json!({"access_token": access, "expires_in": expires, "token_type": extra, "refresh_token": extra});
+            let response = HttpResponse::new(200, vec![], serde_json::to_vec(&body).unwrap());
+            let _ = parse_token_response(&response, Timestamp::EPOCH, &TokenCall::CodeExchange);
+        }
+
+        #[test]
+        fn webhook_deliveries_and_signatures_never_panic(body in proptest::collection::vec(any::<u8>(), 0..512), header in "\\PC{0,60}") {
+            let _ = parse_service_app_event(&body);
+            let secret = WebhookSecret::new("s");
+            if verify_signature(&secret, &body, Some(&header)).is_ok() {
+                prop_assert_eq!(header.trim().to_ascii_lowercase(), sign(&secret, &body));
+            }
+        }
+
+        #[test]
+        fn listener_requests_never_panic_or_complete_without_the_state(raw in proptest::collection::vec(any::<u8>(), 0..300), target in "/[a-z?=&%0-9]{0,40}") {
+            let redirect = LoopbackRedirect::parse("http://127.0.0.1:8765/cb").unwrap();
+            let mut handler = CallbackHandler::new(&redirect, 8765, CsrfState::new("THE-STATE"));
+            if let Some(head) = parse_request_head(&raw) {
+                let (_, verdict) = handler.handle(&head);
+                prop_assert!(matches!(verdict, CallbackVerdict::KeepWaiting));
+            }
+            let head = RequestHead { method: "GET".into(), target, host: Some("127.0.0.1:8765".into()) };
+            let (_, verdict) = handler.handle(&head);
+            prop_assert!(matches!(verdict, CallbackVerdict::KeepWaiting), "no flow completes without THE-STATE");
+        }
+
+        #[test]
+        fn stored_records_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            if let Err(e) = decode_record(&bytes, &TokenKey::Integration, "test") {
+                prop_assert_eq!(e.kind(), StorageErrorKind::Corrupt);
+            }
+        }
+    }
+}
