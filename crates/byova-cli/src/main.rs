@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use byova_async::{
     AuthorizeOptions, Byova, ByovaConfig, EnvSettings, Error, IntegrationCredentials, KeyStatus,
-    ServiceAppCredentials, TokenKey, WebhookSecret,
+    RefreshToken, ServiceAppCredentials, TokenKey, WebhookSecret,
 };
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -101,8 +101,8 @@ enum OrgCommand {
         /// The org id.
         org: String,
         /// The Service App refresh token.
-        #[arg(long)]
-        refresh_token: String,
+        #[arg(long, value_parser = secret::<RefreshToken>)]
+        refresh_token: RefreshToken,
     },
     /// Fetch new tokens for an org with the Integration's bearer.
     Fetch {
@@ -139,8 +139,8 @@ enum WebhookCommand {
         #[arg(long)]
         signature: Option<String>,
         /// The webhook secret (or BYOVA_WEBHOOK_SECRET).
-        #[arg(long, env = "BYOVA_WEBHOOK_SECRET", hide_env_values = true)]
-        secret: Option<String>,
+        #[arg(long, env = "BYOVA_WEBHOOK_SECRET", hide_env_values = true, value_parser = secret::<WebhookSecret>)]
+        secret: Option<WebhookSecret>,
     },
 }
 
@@ -151,9 +151,15 @@ enum WebhooksCommand {
         /// Where Webex should deliver.
         url: String,
         /// The secret deliveries are signed with (or BYOVA_WEBHOOK_SECRET).
-        #[arg(long, env = "BYOVA_WEBHOOK_SECRET", hide_env_values = true)]
-        secret: Option<String>,
+        #[arg(long, env = "BYOVA_WEBHOOK_SECRET", hide_env_values = true, value_parser = secret::<WebhookSecret>)]
+        secret: Option<WebhookSecret>,
     },
+}
+
+/// Parses a command-line value straight into a secret type, so the parsed command's `Debug`
+/// never shows it.
+fn secret<T: From<String>>(value: &str) -> Result<T, String> {
+    if value.is_empty() { Err("must not be empty".into()) } else { Ok(T::from(value.to_owned())) }
 }
 
 /// A failure with its exit code and one line for stderr.
@@ -260,7 +266,6 @@ async fn run(cli: Cli) -> Outcome {
             print_line(cli.json, json!({"outcome": format!("{outcome:?}")}), || format!("{outcome:?}"));
         }
         Command::Webhooks(WebhooksCommand::Ensure { url, secret }) => {
-            let secret = secret.map(WebhookSecret::new);
             let created = byova.ensure_service_app_webhooks(&url, secret.as_ref()).await?;
             print_line(
                 cli.json,
@@ -290,7 +295,7 @@ async fn connect(cli: &Cli) -> Result<Byova, Failure> {
         env.config.timeout = timeout;
     }
     let secret = match &cli.command {
-        Command::Webhook(WebhookCommand::Handle { secret, .. }) => secret.clone().map(WebhookSecret::new),
+        Command::Webhook(WebhookCommand::Handle { secret, .. }) => secret.clone(),
         _ => env.webhook_secret.clone(),
     };
     let url = cli.storage.clone().unwrap_or_else(storage::default_url);
@@ -316,7 +321,7 @@ async fn org(byova: &Byova, cmd: OrgCommand, as_json: bool) -> Outcome {
     let sa = byova.service_app();
     match cmd {
         OrgCommand::Register { org, refresh_token } => {
-            let t = sa.save_registration(&org, &refresh_token).await?;
+            let t = sa.save_registration(&org, refresh_token.expose_secret()).await?;
             print_line(
                 as_json,
                 json!({"org": org, "expires_at_ms": t.expires_at().as_unix_millis()}),
@@ -456,4 +461,25 @@ pub(crate) fn demo_credentials(
         fake.integration_credentials().with_redirect_uri("http://127.0.0.1:0/callback"),
         fake.service_app_credentials(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    #[test]
+    fn parsed_commands_never_show_secrets_in_debug() {
+        for args in [
+            &["byova", "org", "register", "o1", "--refresh-token", "RT-CANARY"][..],
+            &["byova", "webhook", "handle", "-", "--secret", "WH-CANARY"],
+            &["byova", "webhooks", "ensure", "https://h.test/x", "--secret", "WH-CANARY"],
+        ] {
+            let printed = format!("{:?}", Cli::try_parse_from(args).unwrap());
+            assert!(!printed.contains("CANARY"), "{printed}");
+            assert!(printed.contains("[redacted]"), "{printed}");
+        }
+        assert!(Cli::try_parse_from(["byova", "org", "register", "o1", "--refresh-token", ""]).is_err());
+    }
 }
