@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use byova_core::{
     AuthorizationCode, BrowserOpener, CallbackHandler, CallbackReply, CallbackVerdict, CsrfState, Error,
-    LoopbackRedirect, MAX_CALLBACK_HEAD_BYTES, RedirectOptions, Result, parse_request_head,
+    HeadProgress, HeadReader, LoopbackRedirect, RedirectOptions, Result, authorization_prompt,
+    parse_request_head, system_browser_command,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -122,20 +123,17 @@ async fn serve(
 
 /// Reads up to the end of the request head; `None` when it exceeds the cap.
 async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
-    let mut buf = Vec::with_capacity(1024);
+    let mut reader = HeadReader::new();
     let mut chunk = [0u8; 1024];
     loop {
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            buf.truncate(end + 4);
-            return Ok(Some(buf));
-        }
-        if buf.len() > MAX_CALLBACK_HEAD_BYTES {
-            return Ok(None);
+        match reader.push(&chunk[..n]) {
+            HeadProgress::NeedMore => {}
+            HeadProgress::Complete(head) => return Ok(Some(head)),
+            HeadProgress::TooLarge => return Ok(None),
         }
     }
 }
@@ -167,28 +165,24 @@ pub async fn wait_for_redirect(
 /// when not opening or when opening fails.
 pub(crate) async fn present_url(url: &str, open: bool, browser: Option<BrowserOpener>) {
     if !open {
-        eprintln!("Open this URL in a browser to authorize byova:\n\n  {url}\n");
+        eprintln!("{}", authorization_prompt(url, false));
         return;
     }
     let opener = browser.unwrap_or_else(|| Arc::new(open_system_browser));
     let owned = url.to_owned();
     let opened = tokio::task::spawn_blocking(move || opener(&owned)).await;
     if !matches!(opened, Ok(Ok(()))) {
-        eprintln!("Could not open a browser. Open this URL to authorize byova:\n\n  {url}\n");
+        eprintln!("{}", authorization_prompt(url, true));
     }
 }
 
 fn open_system_browser(url: &str) -> std::io::Result<()> {
-    let mut cmd = if cfg!(target_os = "macos") {
-        std::process::Command::new("open")
-    } else if cfg!(windows) {
-        let mut c = std::process::Command::new("cmd");
-        c.args(["/C", "start", ""]);
-        c
-    } else {
-        std::process::Command::new("xdg-open")
-    };
-    let status =
-        cmd.arg(url).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status()?;
+    let (program, args) = system_browser_command();
+    let status = std::process::Command::new(program)
+        .args(args)
+        .arg(url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()?;
     if status.success() { Ok(()) } else { Err(std::io::Error::other("the browser launcher failed")) }
 }

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use byova_core::{
     AuthorizationCode, BrowserOpener, CallbackHandler, CallbackReply, CallbackVerdict, CsrfState, Error,
-    LoopbackRedirect, MAX_CALLBACK_HEAD_BYTES, RedirectOptions, Result, parse_request_head,
+    HeadProgress, HeadReader, LoopbackRedirect, RedirectOptions, Result, authorization_prompt,
+    parse_request_head, system_browser_command,
 };
 
 const CONNECTION_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -137,21 +138,19 @@ fn serve(mut stream: TcpStream, handler: &Mutex<CallbackHandler>, tx: &mpsc::Sen
     }
 }
 
+/// Reads up to the end of the request head; `None` when it exceeds the cap.
 fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
-    let mut buf = Vec::with_capacity(1024);
+    let mut reader = HeadReader::new();
     let mut chunk = [0u8; 1024];
     loop {
         let n = stream.read(&mut chunk)?;
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            buf.truncate(end + 4);
-            return Ok(Some(buf));
-        }
-        if buf.len() > MAX_CALLBACK_HEAD_BYTES {
-            return Ok(None);
+        match reader.push(&chunk[..n]) {
+            HeadProgress::NeedMore => {}
+            HeadProgress::Complete(head) => return Ok(Some(head)),
+            HeadProgress::TooLarge => return Ok(None),
         }
     }
 }
@@ -180,7 +179,7 @@ pub fn wait_for_redirect(redirect_uri: &str, options: RedirectOptions) -> Result
 /// opening fails.
 pub(crate) fn present_url(url: &str, open: bool, browser: Option<BrowserOpener>) {
     if !open {
-        eprintln!("Open this URL in a browser to authorize byova:\n\n  {url}\n");
+        eprintln!("{}", authorization_prompt(url, false));
         return;
     }
     let opened = match browser {
@@ -188,21 +187,17 @@ pub(crate) fn present_url(url: &str, open: bool, browser: Option<BrowserOpener>)
         None => open_system_browser(url),
     };
     if opened.is_err() {
-        eprintln!("Could not open a browser. Open this URL to authorize byova:\n\n  {url}\n");
+        eprintln!("{}", authorization_prompt(url, true));
     }
 }
 
 fn open_system_browser(url: &str) -> std::io::Result<()> {
-    let mut cmd = if cfg!(target_os = "macos") {
-        std::process::Command::new("open")
-    } else if cfg!(windows) {
-        let mut c = std::process::Command::new("cmd");
-        c.args(["/C", "start", ""]);
-        c
-    } else {
-        std::process::Command::new("xdg-open")
-    };
-    let status =
-        cmd.arg(url).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status()?;
+    let (program, args) = system_browser_command();
+    let status = std::process::Command::new(program)
+        .args(args)
+        .arg(url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()?;
     if status.success() { Ok(()) } else { Err(std::io::Error::other("the browser launcher failed")) }
 }

@@ -119,6 +119,25 @@ impl std::fmt::Debug for RedirectOptions {
     }
 }
 
+/// The program (and leading arguments) that opens a URL in the user's browser on this OS; the
+/// URL goes last. The flavours spawn it.
+pub fn system_browser_command() -> (&'static str, &'static [&'static str]) {
+    if cfg!(target_os = "macos") {
+        ("open", &[])
+    } else if cfg!(windows) {
+        ("cmd", &["/C", "start", ""])
+    } else {
+        ("xdg-open", &[])
+    }
+}
+
+/// What to print when the URL is not (or could not be) opened in a browser.
+pub fn authorization_prompt(url: &str, browser_failed: bool) -> String {
+    let lead =
+        if browser_failed { "Could not open a browser. Open this URL" } else { "Open this URL in a browser" };
+    format!("{lead} to authorize byova:\n\n  {url}\n")
+}
+
 /// How many authorization URLs may await their code at once; the oldest is dropped beyond.
 const MAX_PENDING: usize = 32;
 

@@ -64,15 +64,18 @@ pub use credentials::{
     credentials_from_lookup, env, load_credentials_from_env,
 };
 pub use error::{ApiFailure, Error, Result, TokenSubject};
-pub use flow::{AuthorizeOptions, BrowserOpener, EnvSettings, PendingAuthorizations, RedirectOptions};
+pub use flow::{
+    AuthorizeOptions, BrowserOpener, EnvSettings, PendingAuthorizations, RedirectOptions,
+    authorization_prompt, system_browser_command,
+};
 pub use http::{HeaderValue, HttpRequest, HttpResponse, Method, RetryClass};
 pub use ids::{
     decode_org_id, decode_webex_id, derive_application_id, derive_application_id_in_region, encode_webex_id,
     normalize_org_id,
 };
 pub use listener::{
-    CallbackHandler, CallbackReply, CallbackVerdict, LoopbackRedirect, MAX_CALLBACK_HEAD_BYTES, RequestHead,
-    parse_request_head,
+    CallbackHandler, CallbackReply, CallbackVerdict, HeadProgress, HeadReader, LoopbackRedirect,
+    MAX_CALLBACK_HEAD_BYTES, RequestHead, parse_request_head,
 };
 pub use oauth::{
     AuthorizationRequest, MAX_TOKEN_RESPONSE_BYTES, TokenCall, api_error, code_exchange_request,

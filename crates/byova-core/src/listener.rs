@@ -80,6 +80,44 @@ impl fmt::Display for LoopbackRedirect {
     }
 }
 
+/// Accumulates bytes from a connection until the request head is complete, refusing heads
+/// longer than [`MAX_CALLBACK_HEAD_BYTES`]. The flavours only read bytes into it.
+#[derive(Debug, Default)]
+pub struct HeadReader {
+    buf: Vec<u8>,
+}
+
+/// Where reading a request head stands.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadProgress {
+    /// Keep reading.
+    NeedMore,
+    /// The head, up to and including the blank line (anything after it is dropped).
+    Complete(Vec<u8>),
+    /// Longer than the cap: answer [`CallbackReply::too_large`] and close.
+    TooLarge,
+}
+
+impl HeadReader {
+    /// An empty reader.
+    pub fn new() -> Self {
+        Self { buf: Vec::with_capacity(1024) }
+    }
+
+    /// Adds bytes just read.
+    pub fn push(&mut self, bytes: &[u8]) -> HeadProgress {
+        // Only the new bytes (and the three before them) can complete the terminator.
+        let from = self.buf.len().saturating_sub(3);
+        self.buf.extend_from_slice(bytes);
+        if let Some(end) = self.buf[from..].windows(4).position(|w| w == b"\r\n\r\n") {
+            let mut head = std::mem::take(&mut self.buf);
+            head.truncate(from + end + 4);
+            return HeadProgress::Complete(head);
+        }
+        if self.buf.len() > MAX_CALLBACK_HEAD_BYTES { HeadProgress::TooLarge } else { HeadProgress::NeedMore }
+    }
+}
+
 /// The parts of a request head the handler needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestHead {
@@ -310,6 +348,18 @@ mod tests {
         ] {
             assert!(matches!(LoopbackRedirect::parse(bad), Err(Error::Configuration(_))), "{bad}");
         }
+    }
+
+    #[test]
+    fn heads_are_assembled_across_reads_and_capped() {
+        let mut r = HeadReader::new();
+        assert_eq!(r.push(b"GET / HTTP/1.1\r\nHost: x\r"), HeadProgress::NeedMore);
+        assert_eq!(r.push(b"\n\r"), HeadProgress::NeedMore);
+        assert_eq!(r.push(b"\nBODY"), HeadProgress::Complete(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()));
+        let mut big = HeadReader::new();
+        let chunk = [b'a'; 1024];
+        let outcomes: Vec<HeadProgress> = (0..9).map(|_| big.push(&chunk)).collect();
+        assert_eq!(outcomes.last(), Some(&HeadProgress::TooLarge));
     }
 
     #[test]
