@@ -69,10 +69,22 @@ fn drive(
     client: RefreshClient<'_>,
     key: TokenKey,
     mode: RefreshMode,
-    mut respond: impl FnMut(&HttpRequest, &InMemoryTokenStorage) -> Result<HttpResponse>,
+    respond: impl FnMut(&HttpRequest, &InMemoryTokenStorage) -> Result<HttpResponse>,
+) -> (Outcome, Trace) {
+    drive_with(storage, client, key, mode, None, respond)
+}
+
+/// [`drive`] over any blocking store, optionally with tokens an earlier run could not store.
+fn drive_with<S: BlockingTokenStorage + ?Sized>(
+    storage: &S,
+    client: RefreshClient<'_>,
+    key: TokenKey,
+    mode: RefreshMode,
+    unsaved: Option<(OAuthTokens, Expect)>,
+    mut respond: impl FnMut(&HttpRequest, &S) -> Result<HttpResponse>,
 ) -> (Outcome, Trace) {
     let config = config();
-    let mut m = RefreshMachine::new(&config, client, key, mode, 7, 42);
+    let mut m = RefreshMachine::new(&config, client, key, mode, 7, 42).with_unsaved(unsaved);
     let mut trace = Trace::default();
     let mut step = m.start();
     for _ in 0..10_000 {
@@ -465,44 +477,19 @@ impl BlockingTokenStorage for Flaky {
     }
 }
 
-/// Runs a machine over any blocking store, counting token calls.
+/// Runs an Integration refresh over any blocking store, counting token calls.
 fn drive_on(
     storage: &dyn BlockingTokenStorage,
     unsaved: Option<(OAuthTokens, Expect)>,
     respond: &mut dyn FnMut() -> HttpResponse,
 ) -> (Outcome, usize) {
-    let config = config();
     let creds = int_creds();
-    let mut m = RefreshMachine::new(
-        &config,
-        RefreshClient::Integration(&creds),
-        TokenKey::Integration,
-        RefreshMode::GetValid,
-        1,
-        1,
-    )
-    .with_unsaved(unsaved);
-    let mut sent = 0;
-    let mut step = m.start();
-    loop {
-        step = match step {
-            Step::Load(k) => m.on_loaded(storage.load(&k), NOW),
-            Step::AcquireLease(k, ttl) => m.on_lease(storage.try_acquire_lease(&k, ttl), NOW),
-            Step::ExtendLease(l, ttl) => m.on_lease_extended(storage.extend_lease(&l, ttl), NOW),
-            Step::Sleep(_) => m.on_slept(),
-            Step::Send(_) => {
-                sent += 1;
-                m.on_response(Ok(respond()), NOW, NOW)
-            }
-            Step::Store(k, t, e) => m.on_stored(storage.store(&k, &t, e)),
-            Step::Release(l) => {
-                storage.release_lease(&l).unwrap();
-                m.on_released()
-            }
-            Step::NeedIntegrationToken => m.on_integration_token(Err(Error::NotAuthorized)),
-            Step::Done(o) => return (o, sent),
-        };
-    }
+    let client = RefreshClient::Integration(&creds);
+    let (outcome, trace) =
+        drive_with(storage, client, TokenKey::Integration, RefreshMode::GetValid, unsaved, |_, _| {
+            Ok(respond())
+        });
+    (outcome, trace.sent.len())
 }
 
 #[test]
