@@ -13,6 +13,7 @@ use byova_core::{
 use byova_storage_file::FileTokenStorage;
 use byova_testkit::conformance;
 use byova_testkit::harness::{case, run};
+use byova_tests::herd;
 
 const KEY_ORG: &str = "63b02f90-9cc6-43b8-aa6d-cad425ac554c";
 
@@ -80,81 +81,29 @@ fn run_child(role: &str) {
                 }
             });
         }
-        "herd-async" | "herd-blocking" => herd_child(role, store),
         other => panic!("unknown child role {other}"),
     }
 }
 
-/// A child of the multi-process herd: 250 callers on the shared, expired Integration token.
-fn herd_child(role: &str, store: FileTokenStorage) {
-    let env = byova_core::EnvSettings::from_env().unwrap();
-    let store = Arc::new(store);
-    let tokens: Vec<String> = if role == "herd-async" {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(async {
-            let http = byova_async::HttpClient::new(Duration::from_secs(10)).unwrap();
-            let m = byova_async::IntegrationTokenManager::new(env.integration, http, store, Some(env.config));
-            let tasks: Vec<_> = (0..250)
-                .map(|_| {
-                    let m = m.clone();
-                    tokio::spawn(async move { m.get_access_token().await })
-                })
-                .collect();
-            let mut out = Vec::new();
-            for t in tasks {
-                out.push(t.await.unwrap().expect("every caller gets a token").expose_secret().to_owned());
-            }
-            out
-        })
-    } else {
-        let http = byova_blocking::HttpClient::new(Duration::from_secs(10)).unwrap();
-        let m = byova_blocking::IntegrationTokenManager::new(env.integration, http, store, Some(env.config));
-        std::thread::scope(|s| {
-            let handles: Vec<_> = (0..250)
-                .map(|_| s.spawn(|| m.get_access_token().expect("every caller gets a token")))
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap().expose_secret().to_owned()).collect()
-        })
-    };
-    assert!(tokens.iter().all(|t| *t == tokens[0]));
-}
-
-fn multi_process_herd(role: &str) {
-    let dir = temp_dir(role);
+fn multi_process_herd(flavour: herd::Flavour) {
+    let dir = temp_dir("herd");
     let store = FileTokenStorage::open(&dir).unwrap();
-    let fake = byova_testkit::FakeWebex::start();
-    fake.set_latency(byova_testkit::Endpoint::AccessToken, Duration::from_millis(100));
-    let issued = fake.issue_integration_tokens();
-    store
-        .set_integration_tokens(&issued.expired_at(byova_core::Clock::now(&byova_core::SystemClock)))
-        .unwrap();
-    let (int, sa) = (fake.integration_credentials(), fake.service_app_credentials());
-    let env = [
-        ("BYOVA_BASE_URL", fake.base_url().to_owned()),
-        ("WEBEX_INTEGRATION_CLIENT_ID", int.client_id.clone()),
-        ("WEBEX_INTEGRATION_CLIENT_SECRET", int.client_secret.expose_secret().to_owned()),
-        ("WEBEX_SA_CLIENT_ID", sa.client_id.clone()),
-        ("WEBEX_SA_CLIENT_SECRET", sa.client_secret.expose_secret().to_owned()),
-    ];
-    let children: Vec<_> = (0..4).map(|_| child(role, &dir, &env).spawn().unwrap()).collect();
-    for mut c in children {
-        assert!(c.wait().unwrap().success(), "a {role} child failed");
-    }
-    assert_eq!(
-        fake.calls(byova_testkit::Endpoint::AccessToken),
-        1,
-        "4 processes x 250 callers made one token call"
-    );
-    println!("  {role}: 4 processes x 250 callers -> 1 token-endpoint call");
+    herd::run(flavour, &format!("file://{}", dir.display()), |expired| {
+        store.set_integration_tokens(expired).unwrap()
+    });
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 fn multi_process_herd_async() {
-    multi_process_herd("herd-async");
+    multi_process_herd(herd::Flavour::Async);
 }
 
 fn multi_process_herd_blocking() {
-    multi_process_herd("herd-blocking");
+    multi_process_herd(herd::Flavour::Blocking);
+}
+
+fn open_file(url: &str) -> Arc<FileTokenStorage> {
+    Arc::new(FileTokenStorage::from_url(url).unwrap())
 }
 
 // ---- the cases ----
@@ -342,6 +291,12 @@ fn corrupt_records_are_typed_and_kept_for_inspection() {
 }
 
 fn main() {
+    if herd::child_main(
+        |url| Box::pin(async move { open_file(&url) as Arc<dyn byova_core::TokenStorage> }),
+        |url| open_file(url),
+    ) {
+        return;
+    }
     if let Ok(role) = std::env::var("BYOVA_FILE_CHILD") {
         if role == "perm-writer" {
             perm_writer();

@@ -12,7 +12,8 @@ use byova_core::{
     SystemClock, Timestamp, TokenKey, TokenStorage, Versioned, async_trait,
 };
 use byova_storage_redis::RedisTokenStorage;
-use byova_testkit::{Endpoint, FakeWebex, conformance};
+use byova_testkit::{FakeWebex, conformance};
+use byova_tests::herd;
 
 fn base_url() -> Option<String> {
     std::env::var("BYOVA_TEST_REDIS_URL").ok().filter(|u| !u.is_empty())
@@ -76,72 +77,18 @@ fn conformance_async(url: &str) {
     cleanup(url, &prefix);
 }
 
-fn herd_child(role: &str) {
-    let url = std::env::var("BYOVA_CHILD_STORAGE").unwrap();
-    let env = byova_core::EnvSettings::from_env().unwrap();
-    let store = Arc::new(RedisTokenStorage::open(&url).unwrap());
-    let callers = 250;
-    let tokens: Vec<String> = if role == "herd-async" {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        rt.block_on(async {
-            let http = byova_async::HttpClient::new(Duration::from_secs(10)).unwrap();
-            let m = byova_async::IntegrationTokenManager::new(env.integration, http, store, Some(env.config));
-            let tasks: Vec<_> = (0..callers)
-                .map(|_| {
-                    let m = m.clone();
-                    tokio::spawn(async move { m.get_access_token().await })
-                })
-                .collect();
-            let mut out = Vec::new();
-            for t in tasks {
-                out.push(t.await.unwrap().expect("every caller gets a token").expose_secret().to_owned());
-            }
-            out
-        })
-    } else {
-        let http = byova_blocking::HttpClient::new(Duration::from_secs(10)).unwrap();
-        let m = byova_blocking::IntegrationTokenManager::new(env.integration, http, store, Some(env.config));
-        std::thread::scope(|s| {
-            let handles: Vec<_> = (0..callers)
-                .map(|_| s.spawn(|| m.get_access_token().expect("every caller gets a token")))
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap().expose_secret().to_owned()).collect()
-        })
-    };
-    assert!(tokens.iter().all(|t| *t == tokens[0]));
-}
-
-fn multi_process_herd(url: &str, role: &str) {
-    let prefix = unique_prefix(role);
+fn multi_process_herd(url: &str, flavour: herd::Flavour) {
+    let prefix = unique_prefix("herd");
     let storage_url = with_prefix(url, &prefix);
     let store = RedisTokenStorage::open(&storage_url).unwrap();
-    let store: &dyn BlockingTokenStorage = &store;
-    let fake = FakeWebex::start();
-    fake.set_latency(Endpoint::AccessToken, Duration::from_millis(100));
-    let issued = fake.issue_integration_tokens();
-    store.set_integration_tokens(&issued.expired_at(SystemClock.now())).unwrap();
-    let (int, sa) = (fake.integration_credentials(), fake.service_app_credentials());
-    let children: Vec<_> = (0..4)
-        .map(|_| {
-            Command::new(std::env::current_exe().unwrap())
-                .env("BYOVA_REDIS_CHILD", role)
-                .env("BYOVA_CHILD_STORAGE", &storage_url)
-                .env("BYOVA_BASE_URL", fake.base_url())
-                .env("WEBEX_INTEGRATION_CLIENT_ID", &int.client_id)
-                .env("WEBEX_INTEGRATION_CLIENT_SECRET", int.client_secret.expose_secret())
-                .env("WEBEX_SA_CLIENT_ID", &sa.client_id)
-                .env("WEBEX_SA_CLIENT_SECRET", sa.client_secret.expose_secret())
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for mut c in children {
-        assert!(c.wait().unwrap().success(), "a {role} child failed");
-    }
-    assert_eq!(fake.calls(Endpoint::AccessToken), 1, "4 processes x 250 callers made one token call");
-    println!("  {role}: 4 processes x 250 callers -> 1 token-endpoint call");
+    herd::run(flavour, &storage_url, |expired| {
+        BlockingTokenStorage::set_integration_tokens(&store, expired).unwrap()
+    });
     cleanup(url, &prefix);
+}
+
+fn open_redis(url: &str) -> Arc<RedisTokenStorage> {
+    Arc::new(RedisTokenStorage::open(url).unwrap())
 }
 
 fn a_late_write_from_an_expired_lease_holder_is_rejected(url: &str) {
@@ -354,8 +301,10 @@ fn a_redis_restart_gives_retryable_errors_and_loses_nothing() {
 }
 
 fn main() {
-    if let Ok(role) = std::env::var("BYOVA_REDIS_CHILD") {
-        herd_child(&role);
+    if herd::child_main(
+        |url| Box::pin(async move { open_redis(&url) as Arc<dyn TokenStorage> }),
+        |url| open_redis(url),
+    ) {
         return;
     }
     let Some(url) = base_url() else {
@@ -386,14 +335,14 @@ fn main() {
             "multi_process_herd_async",
             Box::new({
                 let u = url.clone();
-                move || multi_process_herd(&u, "herd-async")
+                move || multi_process_herd(&u, herd::Flavour::Async)
             }),
         ),
         (
             "multi_process_herd_blocking",
             Box::new({
                 let u = url.clone();
-                move || multi_process_herd(&u, "herd-blocking")
+                move || multi_process_herd(&u, herd::Flavour::Blocking)
             }),
         ),
         (

@@ -3,16 +3,16 @@
 //! multi-process herds, a stalled lease holder's late write, and a connection lost before
 //! `COMMIT`. A custom harness: the binary re-runs itself as herd children.
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use byova_core::{
-    AccessToken, BlockingTokenStorage, Clock, Expect, OAuthTokens, StorageErrorKind, SystemClock, Timestamp,
-    TokenKey, TokenStorage,
+    AccessToken, BlockingTokenStorage, Expect, OAuthTokens, StorageErrorKind, Timestamp, TokenKey,
+    TokenStorage,
 };
 use byova_storage_sql::{SqlTokenStorage, SqliteBlockingStorage};
-use byova_testkit::{Endpoint, FakeWebex, conformance};
+use byova_testkit::conformance;
+use byova_tests::herd;
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
@@ -74,80 +74,27 @@ fn conformance_rusqlite(url: &str) {
     assert!(report.skipped.is_empty(), "{:?}", report.skipped);
 }
 
-fn herd_child(role: &str) {
-    let url = std::env::var("BYOVA_CHILD_STORAGE").unwrap();
-    let env = byova_core::EnvSettings::from_env().unwrap();
-    let callers = 250;
-    let tokens: Vec<String> = if role == "herd-async" {
-        let rt = rt();
-        rt.block_on(async {
-            let store = Arc::new(SqlTokenStorage::connect(&url).await.unwrap());
-            let http = byova_async::HttpClient::new(Duration::from_secs(10)).unwrap();
-            let m = byova_async::IntegrationTokenManager::new(env.integration, http, store, Some(env.config));
-            let tasks: Vec<_> = (0..callers)
-                .map(|_| {
-                    let m = m.clone();
-                    tokio::spawn(async move { m.get_access_token().await })
-                })
-                .collect();
-            let mut out = Vec::new();
-            for t in tasks {
-                out.push(t.await.unwrap().expect("every caller gets a token").expose_secret().to_owned());
+fn multi_process_herd(url: &str, flavour: herd::Flavour) {
+    match flavour {
+        herd::Flavour::Async => {
+            let rt = rt();
+            let store = rt.block_on(SqlTokenStorage::connect(url)).unwrap();
+            herd::run(flavour, url, |expired| rt.block_on(store.set_integration_tokens(expired)).unwrap());
+            if !url.starts_with("sqlite") {
+                rt.block_on(store.drop_table()).unwrap();
             }
-            out
-        })
-    } else {
-        let store = Arc::new(SqliteBlockingStorage::open(&url).unwrap());
-        let http = byova_blocking::HttpClient::new(Duration::from_secs(10)).unwrap();
-        let m = byova_blocking::IntegrationTokenManager::new(env.integration, http, store, Some(env.config));
-        std::thread::scope(|s| {
-            let handles: Vec<_> = (0..callers)
-                .map(|_| s.spawn(|| m.get_access_token().expect("every caller gets a token")))
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap().expose_secret().to_owned()).collect()
-        })
-    };
-    assert!(tokens.iter().all(|t| *t == tokens[0]));
+        }
+        herd::Flavour::Blocking => {
+            let store = SqliteBlockingStorage::open(url).unwrap();
+            herd::run(flavour, url, |expired| {
+                BlockingTokenStorage::set_integration_tokens(&store, expired).unwrap()
+            });
+        }
+    }
 }
 
-fn multi_process_herd(url: &str, role: &str) {
-    let fake = FakeWebex::start();
-    fake.set_latency(Endpoint::AccessToken, Duration::from_millis(100));
-    let issued = fake.issue_integration_tokens();
-    let expired = issued.expired_at(SystemClock.now());
-    if role == "herd-async" {
-        let rt = rt();
-        rt.block_on(async {
-            SqlTokenStorage::connect(url).await.unwrap().set_integration_tokens(&expired).await.unwrap()
-        });
-    } else {
-        BlockingTokenStorage::set_integration_tokens(&SqliteBlockingStorage::open(url).unwrap(), &expired)
-            .unwrap();
-    }
-    let (int, sa) = (fake.integration_credentials(), fake.service_app_credentials());
-    let children: Vec<_> = (0..4)
-        .map(|_| {
-            Command::new(std::env::current_exe().unwrap())
-                .env("BYOVA_SQL_CHILD", role)
-                .env("BYOVA_CHILD_STORAGE", url)
-                .env("BYOVA_BASE_URL", fake.base_url())
-                .env("WEBEX_INTEGRATION_CLIENT_ID", &int.client_id)
-                .env("WEBEX_INTEGRATION_CLIENT_SECRET", int.client_secret.expose_secret())
-                .env("WEBEX_SA_CLIENT_ID", &sa.client_id)
-                .env("WEBEX_SA_CLIENT_SECRET", sa.client_secret.expose_secret())
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for mut c in children {
-        assert!(c.wait().unwrap().success(), "a {role} child failed");
-    }
-    assert_eq!(fake.calls(Endpoint::AccessToken), 1, "4 processes x 250 callers made one token call");
-    println!(
-        "  {role} on {}: 4 processes x 250 callers -> 1 token-endpoint call",
-        url.split("://").next().unwrap()
-    );
+fn open_sqlx(url: String) -> std::pin::Pin<Box<dyn std::future::Future<Output = Arc<dyn TokenStorage>>>> {
+    Box::pin(async move { Arc::new(SqlTokenStorage::connect(&url).await.unwrap()) as Arc<dyn TokenStorage> })
 }
 
 fn late_write_affects_no_row(url: &str) {
@@ -228,8 +175,7 @@ fn a_connection_lost_before_commit_leaves_the_old_record(url: &str) {
 }
 
 fn main() {
-    if let Ok(role) = std::env::var("BYOVA_SQL_CHILD") {
-        herd_child(&role);
+    if herd::child_main(open_sqlx, |url| Arc::new(SqliteBlockingStorage::open(url).unwrap())) {
         return;
     }
     let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
@@ -251,7 +197,7 @@ fn main() {
         let herd = with_table(url, &unique("herd"));
         cases.push((
             format!("{name}: 4 processes x 250 callers, one token call"),
-            Box::new(move || multi_process_herd(&herd, "herd-async")),
+            Box::new(move || multi_process_herd(&herd, herd::Flavour::Async)),
         ));
         let late = with_table(url, &unique("late"));
         cases.push((
@@ -274,12 +220,12 @@ fn main() {
     let herd = sqlite_url(&unique("herd_a"));
     cases.push((
         "sqlite (sqlx): 4 processes x 250 callers, one token call".into(),
-        Box::new(move || multi_process_herd(&herd, "herd-async")),
+        Box::new(move || multi_process_herd(&herd, herd::Flavour::Async)),
     ));
     let herd = sqlite_url(&unique("herd_b"));
     cases.push((
         "sqlite (rusqlite): 4 processes x 250 callers, one token call".into(),
-        Box::new(move || multi_process_herd(&herd, "herd-blocking")),
+        Box::new(move || multi_process_herd(&herd, herd::Flavour::Blocking)),
     ));
     let late = sqlite_url(&unique("late"));
     cases.push((
