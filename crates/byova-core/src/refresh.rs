@@ -237,6 +237,14 @@ impl<'a> RefreshMachine<'a> {
         }
     }
 
+    /// The error for a key with no stored tokens.
+    fn nothing_stored(&self) -> Error {
+        match self.org_id() {
+            Some(org) => Error::OrgNotRegistered { org_id: org.to_owned() },
+            None => Error::NotAuthorized,
+        }
+    }
+
     fn freshness(&self, tokens: &OAuthTokens, now: Timestamp) -> Freshness {
         self.config.refresh.assess(tokens, now, self.jitter_seed)
     }
@@ -321,10 +329,7 @@ impl<'a> RefreshMachine<'a> {
                 Freshness::RefreshAhead | Freshness::Expired => self.stale_ok = true,
             },
             (None, RefreshMode::GetValid) => {
-                return self.fail(match self.org_id() {
-                    Some(org) => Error::OrgNotRegistered { org_id: org.to_owned() },
-                    None => Error::NotAuthorized,
-                });
+                return self.fail(self.nothing_stored());
             }
             (None, RefreshMode::Force(None)) if self.org_id().is_none() => {
                 return self.fail(Error::NotAuthorized);
@@ -382,10 +387,7 @@ impl<'a> RefreshMachine<'a> {
             Ok(Some(rec)) if self.advanced(&rec) && self.freshness(&rec.value, now) != Freshness::Expired => {
                 self.finish(Ok(rec), false, None)
             }
-            Ok(None) if self.current.is_some() => self.fail(match self.org_id() {
-                Some(org) => Error::OrgNotRegistered { org_id: org.to_owned() },
-                None => Error::NotAuthorized,
-            }),
+            Ok(None) if self.current.is_some() => self.fail(self.nothing_stored()),
             Ok(_) | Err(_) if self.waited < self.config.coordination.lease_ttl => self.poll(),
             // The holder has had the whole lease: it may have died. Compete again.
             Ok(_) => {
@@ -420,10 +422,7 @@ impl<'a> RefreshMachine<'a> {
             }
         } else if self.current.is_some() && matches!(self.mode, RefreshMode::GetValid) {
             // Removed while we waited for the lease (deauthorized elsewhere).
-            return self.fail(match self.org_id() {
-                Some(org) => Error::OrgNotRegistered { org_id: org.to_owned() },
-                None => Error::NotAuthorized,
-            });
+            return self.fail(self.nothing_stored());
         }
         self.current = record;
         self.begin_token_call()
@@ -607,10 +606,7 @@ impl<'a> RefreshMachine<'a> {
                 self.current = Some(rec);
                 self.give_up_on_refresh_token(now)
             }
-            Ok(None) => self.fail(match self.org_id() {
-                Some(org) => Error::OrgNotRegistered { org_id: org.to_owned() },
-                None => Error::NotAuthorized,
-            }),
+            Ok(None) => self.fail(self.nothing_stored()),
             Err(e) => self.fail(e.into()),
         }
     }
