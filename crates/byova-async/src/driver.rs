@@ -1,177 +1,125 @@
-//! The async driver of byova-core's refresh machine: the hot path, in-process single-flight,
-//! and the loop that performs each step the machine asks for.
+//! The async driver: performs the steps of byova-core's plans on tokio. The one place this
+//! flavour waits, sleeps, spawns or touches storage.
 
-use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use byova_core::refresh::{Outcome, RefreshClient, RefreshMachine, RefreshMode, Step};
-use byova_core::{
-    AccessToken, ByovaConfig, Clock, Error, HttpRequest, HttpResponse, KeyStatus, OAuthTokens, Result,
-    RetryDecision, TokenCache, TokenKey, TokenStorage,
-};
+use byova_core::engine::{Sent, Step, Then, TokenEngine};
+use byova_core::{AccessToken, Clock, Result, Timestamp, TokenKey, TokenStorage};
 
 use crate::http::HttpClient;
-use crate::integration::IntegrationTokenManager;
 
-/// Per-key state shared by a manager's callers: the cache (with its rejection marks) and one
-/// async mutex per key for single-flight.
-#[derive(Debug)]
-pub(crate) struct Keys {
-    pub(crate) cache: TokenCache,
-    locks: Mutex<HashMap<TokenKey, Arc<tokio::sync::Mutex<()>>>>,
+/// A boxed future of a plan's result.
+pub(crate) type Running<T> = Pin<Box<dyn Future<Output = Result<T>> + Send>>;
+
+/// One manager's engine with what its plans need: storage, HTTP, a clock, and for a Service
+/// App the Integration's agent (whose bearer fetches org tokens).
+pub(crate) struct Agent {
+    pub(crate) tokens: Arc<TokenEngine>,
+    pub(crate) storage: Arc<dyn TokenStorage>,
+    pub(crate) http: HttpClient,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) integration: Option<Arc<Agent>>,
 }
 
-impl Keys {
-    pub(crate) fn new(config: &ByovaConfig) -> Self {
-        Self {
-            cache: TokenCache::new(
-                config.refresh.clone(),
-                byova_core::random_u64(),
-                config.coordination.cache_revalidate,
-            ),
-            locks: Mutex::default(),
-        }
-    }
-
-    fn lock_for(&self, key: &TokenKey) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone()
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("tokens", &self.tokens).finish_non_exhaustive()
     }
 }
 
-/// What a manager hands the driver.
-pub(crate) struct Env<'a> {
-    pub(crate) config: &'a ByovaConfig,
-    pub(crate) storage: &'a dyn TokenStorage,
-    pub(crate) http: &'a HttpClient,
-    pub(crate) clock: &'a dyn Clock,
-    pub(crate) keys: &'a Keys,
-    /// The Integration, for a Service App's fallback fetch.
-    pub(crate) integration: Option<&'a IntegrationTokenManager>,
-}
+impl Agent {
+    pub(crate) fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
 
-impl Env<'_> {
-    /// A valid access token for `key`: from the cache when fresh (the hot path), else after one
-    /// caller in this process has run the refresh machine.
-    pub(crate) async fn get_valid(&self, client: RefreshClient<'_>, key: &TokenKey) -> Result<AccessToken> {
-        if let Some(token) = self.keys.cache.fresh(key, self.clock.now()) {
+    /// The Integration's access token: the hot path, else the Integration's plan.
+    pub(crate) async fn integration_token(self: &Arc<Self>) -> Result<AccessToken> {
+        let agent = self.integration.as_ref().unwrap_or(self);
+        let now = agent.now();
+        if let Some(token) = agent.tokens.fresh_integration(now) {
             return Ok(token);
         }
-        let lock = self.keys.lock_for(key);
-        let _guard = lock.lock().await;
-        if let Some(token) = self.keys.cache.fresh(key, self.clock.now()) {
-            return Ok(token);
-        }
-        self.run(client, key, RefreshMode::GetValid).await.map(|t| t.access_token)
+        agent.run(agent.tokens.access_token(TokenKey::Integration, now)).await
     }
 
-    /// New tokens now, single-flight with every other caller for `key`.
-    pub(crate) async fn force(
-        &self,
-        client: RefreshClient<'_>,
-        key: &TokenKey,
-        mode: RefreshMode,
-    ) -> Result<OAuthTokens> {
-        let lock = self.keys.lock_for(key);
-        let _guard = lock.lock().await;
-        self.run(client, key, mode).await
+    /// Runs `plan` to its end. Dropping the future stops only this caller's part: refreshes
+    /// the plan started run on in their own tasks.
+    pub(crate) fn run<T: Send + 'static>(self: &Arc<Self>, plan: Step<T>) -> Running<T> {
+        Box::pin(self.clone().drive(plan))
     }
 
-    async fn run(&self, client: RefreshClient<'_>, key: &TokenKey, mode: RefreshMode) -> Result<OAuthTokens> {
-        let outcome = self.drive(client, key.clone(), mode).await;
-        if let Some(error) = &outcome.served_stale_after {
-            tracing::warn!(key = %key, error = %error, "refresh failed; serving the still-valid access token");
-        }
-        if outcome.refreshed {
-            tracing::info!(key = %key, "tokens refreshed and stored");
-        }
-        let result = self.keys.cache.apply(key, outcome, self.clock.now());
-        if let Err(error) = &result {
-            tracing::debug!(key = %key, error = %error, "could not obtain a valid token");
-        }
-        result
-    }
-
-    async fn drive(&self, client: RefreshClient<'_>, key: TokenKey, mode: RefreshMode) -> Outcome {
-        let seed = self.keys.cache.jitter_seed(&key);
-        let unsaved = self.keys.cache.take_unsaved(&key);
-        let mut machine = RefreshMachine::new(self.config, client, key, mode, seed, byova_core::random_u64())
-            .with_unsaved(unsaved);
-        let mut step = machine.start();
+    async fn drive<T: Send + 'static>(self: Arc<Self>, mut step: Step<T>) -> Result<T> {
+        let storage = self.storage.as_ref();
         loop {
             step = match step {
-                Step::Load(key) => {
-                    let loaded = self.storage.load(&key).await;
-                    machine.on_loaded(loaded, self.clock.now())
+                Step::Load(key, then) => then.resume(storage.load(&key).await, self.now()),
+                Step::Store(key, tokens, expect, then) => {
+                    then.resume(storage.store(&key, &tokens, expect).await, self.now())
                 }
-                Step::AcquireLease(key, ttl) => {
-                    let lease = self.storage.try_acquire_lease(&key, ttl).await;
-                    machine.on_lease(lease, self.clock.now())
+                Step::DeleteOrg(org, then) => {
+                    then.resume(storage.delete_service_app_tokens(&org).await, self.now())
                 }
-                Step::Sleep(d) => {
-                    tokio::time::sleep(d).await;
-                    machine.on_slept()
+                Step::ListOrgs(then) => then.resume(storage.list_registered_orgs().await, self.now()),
+                Step::AcquireLease(key, ttl, then) => {
+                    then.resume(storage.try_acquire_lease(&key, ttl).await, self.now())
                 }
-                Step::NeedIntegrationToken => {
-                    let token = match self.integration {
-                        // Boxed: the Integration's own refresh runs this same driver.
-                        Some(integration) => Box::pin(integration.get_access_token()).await,
-                        None => Err(Error::NotAuthorized),
-                    };
-                    machine.on_integration_token(token)
+                Step::ExtendLease(lease, ttl, then) => {
+                    then.resume(storage.extend_lease(&lease, ttl).await, self.now())
                 }
-                Step::Send(request) => {
-                    let sent_at = self.clock.now();
-                    tracing::debug!(url = request.url_for_logs(), "calling Webex");
-                    let response = self.http.send(&request).await;
-                    machine.on_response(response, sent_at, self.clock.now())
-                }
-                Step::Store(key, tokens, expect) => {
-                    let stored = self.storage.store(&key, &tokens, expect).await;
-                    machine.on_stored(stored)
-                }
-                Step::Release(lease) => {
-                    if let Err(e) = self.storage.release_lease(&lease).await {
+                Step::ReleaseLease(lease, then) => {
+                    let released = storage.release_lease(&lease).await;
+                    if let Err(e) = &released {
                         tracing::warn!(key = %lease.key, error = %e, "could not release a refresh lease; it expires on its own");
                     }
-                    machine.on_released()
+                    then.resume(released, self.now())
                 }
-                Step::ExtendLease(lease, ttl) => {
-                    let extended = self.storage.extend_lease(&lease, ttl).await;
-                    machine.on_lease_extended(extended, self.clock.now())
+                Step::Send(request, then) => {
+                    let sent_at = self.now();
+                    tracing::debug!(url = request.url_for_logs(), "calling Webex");
+                    let response = self.http.send(&request).await;
+                    then.resume(Sent::new(response, sent_at), self.now())
                 }
-                Step::Done(outcome) => return outcome,
+                Step::Sleep(d, then) => {
+                    tokio::time::sleep(d).await;
+                    then.resume((), self.now())
+                }
+                Step::IntegrationToken(then) => then.resume(self.integration_token().await, self.now()),
+                Step::Detach(plan, then) => {
+                    let detached = self.run(*plan);
+                    match tokio::runtime::Handle::try_current() {
+                        Ok(runtime) => drop(runtime.spawn(detached)),
+                        // Polled outside tokio: nothing to detach onto, so run it here.
+                        Err(_) => drop(detached.await),
+                    }
+                    then.resume((), self.now())
+                }
+                Step::Wait(flight, then) => then.resume(flight.wait().await, self.now()),
+                Step::Concurrently(plans, at_once, then) => {
+                    self.concurrently(plans, at_once).await;
+                    then.resume((), self.now())
+                }
+                Step::Done(result) => return result,
             };
         }
     }
 
-    /// The status of `key` from storage.
-    pub(crate) async fn status(&self, key: &TokenKey) -> Result<Option<KeyStatus>> {
-        let record = self.storage.load(key).await?;
-        Ok(record.map(|r| self.keys.cache.status(key, &r.value, self.clock.now())))
-    }
-}
-
-/// Sends a request outside the refresh path (code exchange, webhooks), retrying as core's
-/// retry policy decides, and parses the answer with `parse`.
-pub(crate) async fn send_with_retry<T>(
-    http: &HttpClient,
-    config: &ByovaConfig,
-    request: &HttpRequest,
-    parse: impl Fn(&HttpResponse) -> Result<T>,
-) -> Result<T> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let result = http.send(request).await.and_then(|r| parse(&r));
-        match result {
-            Ok(v) => return Ok(v),
-            Err(error) => {
-                let random = (byova_core::random_u64() >> 32) as u32;
-                match config.retry.decide(request.retry, attempt, &error, random) {
-                    RetryDecision::RetryAfter(d) => tokio::time::sleep(d).await,
-                    _ => return Err(error),
+    /// Runs the plans, `at_once` at a time, each started when a worker is free.
+    async fn concurrently(self: &Arc<Self>, plans: Vec<Then<(), ()>>, at_once: usize) {
+        let workers = at_once.min(plans.len());
+        let queue = Arc::new(Mutex::new(plans.into_iter()));
+        let mut running = tokio::task::JoinSet::new();
+        for _ in 0..workers {
+            let (agent, queue) = (self.clone(), queue.clone());
+            running.spawn(async move {
+                loop {
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                    let Some(start) = next else { break };
+                    let _ = agent.run(start.resume((), agent.now())).await;
                 }
-            }
+            });
         }
+        while running.join_next().await.is_some() {}
     }
 }

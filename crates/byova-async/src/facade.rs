@@ -3,29 +3,20 @@
 use std::sync::Arc;
 
 use byova_core::{
-    Admission, ByovaConfig, Clock, CoarseClock, EnvSettings, Error, InMemoryTokenStorage,
-    IntegrationCredentials, KeyStatus, NewWebhook, Result, ServiceAppCredentials, ServiceAppEventKind,
-    ServiceAppTokens, TokenStorage, Webhook, WebhookGate, WebhookOutcome, WebhookSecret,
-    create_webhook_request, delete_webhook_request, list_webhooks_request, missing_webhooks,
-    next_page_request, parse_webhook, parse_webhook_deletion, parse_webhook_page,
+    BulkProgress, Facade, InMemoryTokenStorage, IntegrationCredentials, KeyStatus, NewWebhook, OrgRefresh,
+    Parts, Result, ServiceAppCredentials, TokenStorage, Webhook, WebhookOutcome, WebhookSecret,
 };
 
-use crate::driver::send_with_retry;
 use crate::http::HttpClient;
 use crate::integration::IntegrationTokenManager;
 use crate::service_app::ServiceAppTokenManager;
 
-/// The result of refreshing one org in [`Byova::refresh_all_orgs`].
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct OrgRefresh {
-    /// The org.
-    pub org_id: String,
-    /// Its new tokens, or why it failed.
-    pub result: Result<ServiceAppTokens>,
-}
+/// Builds a [`Byova`]: `Byova::builder(integration, service_app)`, then `.config(…)`,
+/// `.storage(…)`, `.clock(…)`, `.webhook_secret(…)` as needed, then `.build()`.
+pub type ByovaBuilder = byova_core::ByovaBuilder<Byova>;
 
-/// The whole authentication side of a BYOVA provider.
+/// The whole authentication side of a BYOVA provider. Every method is cancel safe in the
+/// sense of [`IntegrationTokenManager`].
 ///
 /// ```no_run
 /// # async fn example(raw_body: &[u8], signature: Option<&str>) -> byova_async::Result<()> {
@@ -35,102 +26,47 @@ pub struct OrgRefresh {
 /// # let _ = token;
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Byova {
     integration: IntegrationTokenManager,
     service_app: ServiceAppTokenManager,
-    http: HttpClient,
-    gate: WebhookGate,
 }
 
-/// Builds a [`Byova`].
-pub struct ByovaBuilder {
-    integration: IntegrationCredentials,
-    service_app: ServiceAppCredentials,
-    config: ByovaConfig,
-    storage: Option<Arc<dyn TokenStorage>>,
-    clock: Arc<dyn Clock>,
-    webhook_secret: Option<WebhookSecret>,
-}
+impl Facade for Byova {
+    type Storage = dyn TokenStorage;
 
-impl std::fmt::Debug for ByovaBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ByovaBuilder")
-            .field("integration", &self.integration)
-            .field("service_app", &self.service_app)
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ByovaBuilder {
-    /// The configuration (production Webex by default).
-    pub fn config(mut self, config: ByovaConfig) -> Self {
-        self.config = config;
-        self
+    fn memory_storage() -> Arc<dyn TokenStorage> {
+        Arc::new(InMemoryTokenStorage::new())
     }
 
-    /// The token storage (in memory by default).
-    pub fn storage(mut self, storage: Arc<dyn TokenStorage>) -> Self {
-        self.storage = Some(storage);
-        self
-    }
-
-    /// The clock (the system clock by default).
-    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
-    }
-
-    /// The secret webhooks are registered with: deliveries without a valid
-    /// `X-Spark-Signature` under it are rejected.
-    pub fn webhook_secret(mut self, secret: WebhookSecret) -> Self {
-        self.webhook_secret = Some(secret);
-        self
-    }
-
-    /// Builds it.
-    ///
-    /// # Errors
-    /// [`Error::Configuration`] when the HTTP client cannot be built.
-    pub fn build(self) -> Result<Byova> {
-        let http = HttpClient::new(self.config.timeout)?;
-        let storage = self.storage.unwrap_or_else(|| Arc::new(InMemoryTokenStorage::new()));
-        let integration = IntegrationTokenManager::with_clock(
-            self.integration,
+    fn assemble(parts: Parts<dyn TokenStorage>) -> Result<Self> {
+        let http = HttpClient::new(parts.integration.config().timeout)?;
+        let integration = IntegrationTokenManager::from_parts(
+            parts.integration,
+            parts.storage.clone(),
             http.clone(),
-            storage.clone(),
-            Some(self.config),
-            self.clock,
+            parts.clock,
         );
         let service_app =
-            ServiceAppTokenManager::new(self.service_app, integration.clone(), http.clone(), storage);
-        let gate = WebhookGate::new(service_app.application_id(), self.webhook_secret);
-        Ok(Byova { integration, service_app, http, gate })
+            ServiceAppTokenManager::from_parts(parts.service_app, integration.clone(), http, parts.storage);
+        Ok(Self { integration, service_app })
     }
 }
 
 impl Byova {
-    /// A builder from both apps' credentials.
+    /// A builder from both apps' credentials (production Webex, in-memory storage).
     pub fn builder(integration: IntegrationCredentials, service_app: ServiceAppCredentials) -> ByovaBuilder {
-        ByovaBuilder {
-            integration,
-            service_app,
-            config: ByovaConfig::default(),
-            storage: None,
-            clock: Arc::new(CoarseClock),
-            webhook_secret: None,
-        }
+        ByovaBuilder::new(integration, service_app)
     }
 
-    /// From the environment: the seed's `WEBEX_*` credentials, `BYOVA_BASE_URL` and
-    /// `BYOVA_WEBHOOK_SECRET`, with in-memory storage (see
-    /// [`from_env_with_storage`](Self::from_env_with_storage)).
+    /// From the environment: the `WEBEX_*` credentials, `BYOVA_BASE_URL` and
+    /// `BYOVA_WEBHOOK_SECRET`, with in-memory storage.
     ///
     /// # Errors
-    /// [`Error::Configuration`] naming a missing or invalid variable.
+    /// [`Error::Configuration`](byova_core::Error::Configuration) naming a missing or invalid
+    /// variable.
     pub fn from_env() -> Result<Self> {
-        Self::from_env_with_storage(Arc::new(InMemoryTokenStorage::new()))
+        ByovaBuilder::from_env()?.build()
     }
 
     /// [`from_env`](Self::from_env) with the given storage.
@@ -138,12 +74,7 @@ impl Byova {
     /// # Errors
     /// As [`from_env`](Self::from_env).
     pub fn from_env_with_storage(storage: Arc<dyn TokenStorage>) -> Result<Self> {
-        let env = EnvSettings::from_env()?;
-        let mut builder = Self::builder(env.integration, env.service_app).config(env.config).storage(storage);
-        if let Some(secret) = env.webhook_secret {
-            builder = builder.webhook_secret(secret);
-        }
-        builder.build()
+        ByovaBuilder::from_env()?.storage(storage).build()
     }
 
     /// The Integration manager.
@@ -158,38 +89,20 @@ impl Byova {
 
     /// Handles one `serviceApp` webhook delivery: verifies `X-Spark-Signature` over the raw body
     /// when a webhook secret is configured, fetches and stores tokens on `authorized`, removes
-    /// them on `deauthorized`. A repeated delivery does nothing.
+    /// them on `deauthorized`. A repeated delivery does nothing; one whose handling did not
+    /// finish (an error, or this future dropped) is not remembered, so Webex's redelivery acts.
     ///
     /// # Errors
-    /// [`Error::WebhookSignature`] for a missing or wrong signature, [`Error::InvalidInput`] for
-    /// a malformed delivery, or the fetch's error (answer the delivery with a 5xx so Webex
-    /// retries it).
+    /// [`Error::WebhookSignature`](byova_core::Error::WebhookSignature) for a missing or wrong
+    /// signature, [`Error::InvalidInput`](byova_core::Error::InvalidInput) for a malformed
+    /// delivery, or the fetch's error (answer the delivery with a 5xx so Webex retries it).
     pub async fn handle_service_app_webhook(
         &self,
         raw_body: &[u8],
         signature_header: Option<&str>,
     ) -> Result<WebhookOutcome> {
-        let event = match self.gate.admit(raw_body, signature_header)? {
-            Admission::Act(event) => event,
-            Admission::Done(outcome) => return Ok(outcome),
-        };
-        let done = match event.kind {
-            ServiceAppEventKind::Authorized => {
-                self.service_app.fetch_token_for_org(&event.org_id).await.map(drop)
-            }
-            ServiceAppEventKind::Deauthorized => self.service_app.remove_org(&event.org_id).await,
-        };
-        match done {
-            Ok(()) => {
-                let outcome = WebhookGate::outcome(&event);
-                tracing::info!(org = %event.org_id, event = event.kind.as_str(), ?outcome, "serviceApp webhook handled");
-                Ok(outcome)
-            }
-            Err(error) => {
-                self.gate.failed(&event);
-                Err(error)
-            }
-        }
+        let sa = &self.service_app;
+        sa.agent.run(sa.engine.handle_webhook(raw_body, signature_header, sa.agent.now())).await
     }
 
     /// Every registered webhook, following `Link` pagination.
@@ -197,22 +110,7 @@ impl Byova {
     /// # Errors
     /// The Integration's or the API's error.
     pub async fn list_webhooks(&self) -> Result<Vec<Webhook>> {
-        let token = self.integration.get_access_token().await?;
-        let config = self.integration.config();
-        let mut request = list_webhooks_request(config, &token, 100);
-        let mut all = Vec::new();
-        for _ in 0..10_000 {
-            let page = send_with_retry(&self.http, config, &request, parse_webhook_page).await?;
-            all.extend(page.items);
-            match page.next {
-                Some(next) => request = next_page_request(config, &token, &next)?,
-                None => return Ok(all),
-            }
-        }
-        Err(Error::InvalidResponse {
-            what: "the webhook list did not end after 10000 pages".into(),
-            status: 200,
-        })
+        self.service_app.agent.run(self.service_app.engine.list_webhooks()).await
     }
 
     /// Creates a webhook.
@@ -220,10 +118,7 @@ impl Byova {
     /// # Errors
     /// The Integration's or the API's error.
     pub async fn create_webhook(&self, webhook: &NewWebhook) -> Result<Webhook> {
-        let token = self.integration.get_access_token().await?;
-        let config = self.integration.config();
-        send_with_retry(&self.http, config, &create_webhook_request(config, &token, webhook), parse_webhook)
-            .await
+        self.service_app.agent.run(self.service_app.engine.create_webhook(webhook.clone())).await
     }
 
     /// Deletes a webhook (an unknown id counts as deleted).
@@ -231,15 +126,7 @@ impl Byova {
     /// # Errors
     /// The Integration's or the API's error.
     pub async fn delete_webhook(&self, webhook_id: &str) -> Result<()> {
-        let token = self.integration.get_access_token().await?;
-        let config = self.integration.config();
-        send_with_retry(
-            &self.http,
-            config,
-            &delete_webhook_request(config, &token, webhook_id),
-            parse_webhook_deletion,
-        )
-        .await
+        self.service_app.agent.run(self.service_app.engine.delete_webhook(webhook_id)).await
     }
 
     /// Makes sure the `serviceApp` `authorized` and `deauthorized` webhooks for this Service App
@@ -252,13 +139,8 @@ impl Byova {
         target_url: &str,
         secret: Option<&WebhookSecret>,
     ) -> Result<Vec<Webhook>> {
-        let wanted = NewWebhook::service_app_pair(self.service_app.application_id(), target_url, secret);
-        let existing = self.list_webhooks().await?;
-        let mut created = Vec::new();
-        for webhook in missing_webhooks(&wanted, &existing) {
-            created.push(self.create_webhook(webhook).await?);
-        }
-        Ok(created)
+        let sa = &self.service_app;
+        sa.agent.run(sa.engine.ensure_webhooks(target_url, secret, sa.agent.now())).await
     }
 
     /// The status of the Integration and of every registered org. Holds no secret.
@@ -267,9 +149,7 @@ impl Byova {
     /// A storage error.
     pub async fn status(&self) -> Result<Vec<KeyStatus>> {
         let mut all: Vec<KeyStatus> = self.integration.status().await?.into_iter().collect();
-        for org in self.service_app.list_orgs().await? {
-            all.extend(self.service_app.status(&org).await?);
-        }
+        all.extend(self.service_app.agent.run(self.service_app.engine.statuses()).await?);
         Ok(all)
     }
 
@@ -279,26 +159,19 @@ impl Byova {
     /// # Errors
     /// A storage error listing the orgs; per-org failures are in the results.
     pub async fn refresh_all_orgs(&self, concurrency: usize) -> Result<Vec<OrgRefresh>> {
-        let orgs = self.service_app.list_orgs().await?;
-        let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-        let mut tasks = tokio::task::JoinSet::new();
-        for org_id in orgs {
-            let manager = self.service_app.clone();
-            let slots = slots.clone();
-            tasks.spawn(async move {
-                let _slot = slots.acquire_owned().await;
-                let result = manager.refresh_for_org(&org_id).await;
-                OrgRefresh { org_id, result }
-            });
-        }
-        let mut results = Vec::new();
-        while let Some(done) = tasks.join_next().await {
-            match done {
-                Ok(r) => results.push(r),
-                Err(e) => return Err(Error::Configuration(format!("a refresh task failed: {e}"))),
-            }
-        }
-        results.sort_by(|a, b| a.org_id.cmp(&b.org_id));
-        Ok(results)
+        self.service_app.agent.run(self.service_app.engine.refresh_all(concurrency, None)).await
+    }
+
+    /// [`refresh_all_orgs`](Self::refresh_all_orgs), calling `progress` after each org.
+    ///
+    /// # Errors
+    /// As [`refresh_all_orgs`](Self::refresh_all_orgs).
+    pub async fn refresh_all_orgs_with_progress(
+        &self,
+        concurrency: usize,
+        progress: impl Fn(&BulkProgress) + Send + Sync + 'static,
+    ) -> Result<Vec<OrgRefresh>> {
+        let plan = self.service_app.engine.refresh_all(concurrency, Some(Arc::new(progress)));
+        self.service_app.agent.run(plan).await
     }
 }

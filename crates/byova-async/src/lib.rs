@@ -48,9 +48,20 @@ mod integration;
 mod listener;
 mod service_app;
 
-pub use byova_core::*;
-pub use facade::{Byova, ByovaBuilder, OrgRefresh};
+pub use facade::{Byova, ByovaBuilder};
 pub use http::HttpClient;
 pub use integration::IntegrationTokenManager;
 pub use listener::{RedirectListener, wait_for_redirect};
 pub use service_app::ServiceAppTokenManager;
+
+/// byova-core, for everything not re-exported below (plans, policies, request builders).
+pub use byova_core as core;
+pub use byova_core::{
+    AccessToken, ApiFailure, AuthorizeOptions, BulkProgress, ByovaConfig, Clock, CoarseClock,
+    CoordinatedTokenStorage, DEFAULT_INTEGRATION_SCOPES, DEFAULT_REDIRECT_URI, Error, Expect,
+    InMemoryTokenStorage, IntegrationCredentials, KeyStatus, Lease, NewWebhook, OAuthTokens, OrgRefresh,
+    RedirectOptions, RefreshToken, Result, ServiceAppCredentials, ServiceAppEventKind, ServiceAppTokens,
+    SignatureError, StorageError, StorageErrorKind, SystemClock, Timestamp, TokenKey, TokenState,
+    TokenStorage, TokenSubject, Versioned, Webhook, WebhookOutcome, WebhookSecret, async_trait,
+    decode_org_id, derive_application_id, load_credentials_from_env,
+};

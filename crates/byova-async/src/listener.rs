@@ -33,18 +33,14 @@ impl RedirectListener {
     /// Binds the loopback address of `redirect_uri` (port 0 picks a free port).
     ///
     /// # Errors
-    /// [`Error::Configuration`] for a non-loopback URI or a port already in use.
+    /// [`Error::Configuration`] for a non-loopback URI, [`Error::Listen`] for a port already
+    /// in use.
     pub async fn bind(redirect_uri: &str) -> Result<Self> {
         let redirect = LoopbackRedirect::parse(redirect_uri)?;
         let addr = (redirect.bind_host(), redirect.port);
-        let listener = TcpListener::bind(addr).await.map_err(|e| {
-            Error::Configuration(format!(
-                "cannot listen on {}:{} for the OAuth redirect: {e}; free the port or choose another redirect URI",
-                redirect.bind_host(),
-                redirect.port
-            ))
-        })?;
-        let port = listener.local_addr().map_err(|e| Error::Configuration(e.to_string()))?.port();
+        let address = format!("{}:{} (the OAuth redirect URI)", redirect.bind_host(), redirect.port);
+        let listener = TcpListener::bind(addr).await.map_err(|e| Error::listen(address.clone(), e))?;
+        let port = listener.local_addr().map_err(|e| Error::listen(address, e))?.port();
         Ok(Self { listener, redirect, port })
     }
 
@@ -155,25 +151,27 @@ pub async fn wait_for_redirect(
     })?;
     let listener = RedirectListener::bind(redirect_uri).await?;
     if let Some(url) = &options.authorization_url {
-        present_url(url, options.open_browser, options.browser.clone()).await;
+        present_url(url, options.open_browser, options.browser.clone());
     }
     let code = listener.wait(CsrfState::new(state.clone()), options.timeout).await?;
     Ok((code.expose_secret().to_owned(), Some(state)))
 }
 
-/// Opens `url` with `browser` (or the system browser), off the runtime's threads; prints it
-/// when not opening or when opening fails.
-pub(crate) async fn present_url(url: &str, open: bool, browser: Option<BrowserOpener>) {
+/// Opens `url` with `browser` (or the system browser) on a blocking thread, without waiting
+/// for it, so the listener accepts from the start; prints it when not opening or when opening
+/// fails.
+pub(crate) fn present_url(url: &str, open: bool, browser: Option<BrowserOpener>) {
     if !open {
         eprintln!("{}", authorization_prompt(url, false));
         return;
     }
     let opener = browser.unwrap_or_else(|| Arc::new(open_system_browser));
-    let owned = url.to_owned();
-    let opened = tokio::task::spawn_blocking(move || opener(&owned)).await;
-    if !matches!(opened, Ok(Ok(()))) {
-        eprintln!("{}", authorization_prompt(url, true));
-    }
+    let url = url.to_owned();
+    tokio::task::spawn_blocking(move || {
+        if opener(&url).is_err() {
+            eprintln!("{}", authorization_prompt(&url, true));
+        }
+    });
 }
 
 fn open_system_browser(url: &str) -> std::io::Result<()> {

@@ -1,167 +1,112 @@
-//! The blocking driver of byova-core's refresh machine: the hot path, per-key single-flight
-//! across threads, and the loop that performs each step the machine asks for.
+//! The blocking driver: performs the steps of byova-core's plans on the calling thread. The
+//! one place this flavour waits, sleeps, starts threads or touches storage.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use byova_core::refresh::{Outcome, RefreshClient, RefreshMachine, RefreshMode, Step};
-use byova_core::{
-    AccessToken, BlockingTokenStorage, ByovaConfig, Clock, Error, HttpRequest, HttpResponse, KeyStatus,
-    OAuthTokens, Result, RetryDecision, TokenCache, TokenKey,
-};
+use byova_core::engine::{Sent, Step, Then, TokenEngine};
+use byova_core::{AccessToken, BlockingTokenStorage, Clock, Result, Timestamp, TokenKey};
 
 use crate::http::HttpClient;
-use crate::integration::IntegrationTokenManager;
 
-/// Per-key state shared by a manager's callers: the cache and one mutex per key.
-#[derive(Debug)]
-pub(crate) struct Keys {
-    pub(crate) cache: TokenCache,
-    locks: Mutex<HashMap<TokenKey, Arc<Mutex<()>>>>,
+/// One manager's engine with what its plans need: storage, HTTP, a clock, and for a Service
+/// App the Integration's agent (whose bearer fetches org tokens).
+pub(crate) struct Agent {
+    pub(crate) tokens: Arc<TokenEngine>,
+    pub(crate) storage: Arc<dyn BlockingTokenStorage>,
+    pub(crate) http: HttpClient,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) integration: Option<Arc<Agent>>,
 }
 
-impl Keys {
-    pub(crate) fn new(config: &ByovaConfig) -> Self {
-        Self {
-            cache: TokenCache::new(
-                config.refresh.clone(),
-                byova_core::random_u64(),
-                config.coordination.cache_revalidate,
-            ),
-            locks: Mutex::default(),
-        }
-    }
-
-    fn lock_for(&self, key: &TokenKey) -> Arc<Mutex<()>> {
-        self.locks.lock().unwrap_or_else(|e| e.into_inner()).entry(key.clone()).or_default().clone()
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("tokens", &self.tokens).finish_non_exhaustive()
     }
 }
 
-/// What a manager hands the driver.
-pub(crate) struct Env<'a> {
-    pub(crate) config: &'a ByovaConfig,
-    pub(crate) storage: &'a dyn BlockingTokenStorage,
-    pub(crate) http: &'a HttpClient,
-    pub(crate) clock: &'a dyn Clock,
-    pub(crate) keys: &'a Keys,
-    pub(crate) integration: Option<&'a IntegrationTokenManager>,
-}
+impl Agent {
+    pub(crate) fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
 
-impl Env<'_> {
-    /// A valid access token for `key`: from the cache when fresh, else after one thread in
-    /// this process has run the refresh machine.
-    pub(crate) fn get_valid(&self, client: RefreshClient<'_>, key: &TokenKey) -> Result<AccessToken> {
-        if let Some(token) = self.keys.cache.fresh(key, self.clock.now()) {
+    /// The Integration's access token: the hot path, else the Integration's plan.
+    pub(crate) fn integration_token(&self) -> Result<AccessToken> {
+        let agent = self.integration.as_deref().unwrap_or(self);
+        let now = agent.now();
+        if let Some(token) = agent.tokens.fresh_integration(now) {
             return Ok(token);
         }
-        let lock = self.keys.lock_for(key);
-        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(token) = self.keys.cache.fresh(key, self.clock.now()) {
-            return Ok(token);
-        }
-        self.run(client, key, RefreshMode::GetValid).map(|t| t.access_token)
+        agent.run(agent.tokens.access_token(TokenKey::Integration, now))
     }
 
-    /// New tokens now, single-flight with every other thread for `key`.
-    pub(crate) fn force(
-        &self,
-        client: RefreshClient<'_>,
-        key: &TokenKey,
-        mode: RefreshMode,
-    ) -> Result<OAuthTokens> {
-        let lock = self.keys.lock_for(key);
-        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.run(client, key, mode)
-    }
-
-    fn run(&self, client: RefreshClient<'_>, key: &TokenKey, mode: RefreshMode) -> Result<OAuthTokens> {
-        let outcome = self.drive(client, key.clone(), mode);
-        if let Some(error) = &outcome.served_stale_after {
-            tracing::warn!(key = %key, error = %error, "refresh failed; serving the still-valid access token");
-        }
-        if outcome.refreshed {
-            tracing::info!(key = %key, "tokens refreshed and stored");
-        }
-        let result = self.keys.cache.apply(key, outcome, self.clock.now());
-        if let Err(error) = &result {
-            tracing::debug!(key = %key, error = %error, "could not obtain a valid token");
-        }
-        result
-    }
-
-    fn drive(&self, client: RefreshClient<'_>, key: TokenKey, mode: RefreshMode) -> Outcome {
-        let seed = self.keys.cache.jitter_seed(&key);
-        let unsaved = self.keys.cache.take_unsaved(&key);
-        let mut machine = RefreshMachine::new(self.config, client, key, mode, seed, byova_core::random_u64())
-            .with_unsaved(unsaved);
-        let mut step = machine.start();
+    /// Runs `plan` to its end on this thread. A refresh it starts is finished here even when
+    /// it was started on behalf of other threads; if this thread panics, the refresh's flight
+    /// completes with an error for them and its lease is released by the next run.
+    pub(crate) fn run<T: Send + 'static>(&self, mut step: Step<T>) -> Result<T> {
+        let storage = self.storage.as_ref();
         loop {
             step = match step {
-                Step::Load(key) => machine.on_loaded(self.storage.load(&key), self.clock.now()),
-                Step::AcquireLease(key, ttl) => {
-                    machine.on_lease(self.storage.try_acquire_lease(&key, ttl), self.clock.now())
+                Step::Load(key, then) => then.resume(storage.load(&key), self.now()),
+                Step::Store(key, tokens, expect, then) => {
+                    then.resume(storage.store(&key, &tokens, expect), self.now())
                 }
-                Step::Sleep(d) => {
-                    std::thread::sleep(d);
-                    machine.on_slept()
+                Step::DeleteOrg(org, then) => {
+                    then.resume(storage.delete_service_app_tokens(&org), self.now())
                 }
-                Step::NeedIntegrationToken => {
-                    let token = match self.integration {
-                        Some(integration) => integration.get_access_token(),
-                        None => Err(Error::NotAuthorized),
-                    };
-                    machine.on_integration_token(token)
+                Step::ListOrgs(then) => then.resume(storage.list_registered_orgs(), self.now()),
+                Step::AcquireLease(key, ttl, then) => {
+                    then.resume(storage.try_acquire_lease(&key, ttl), self.now())
                 }
-                Step::Send(request) => {
-                    let sent_at = self.clock.now();
-                    tracing::debug!(url = request.url_for_logs(), "calling Webex");
-                    let response = self.http.send(&request);
-                    machine.on_response(response, sent_at, self.clock.now())
+                Step::ExtendLease(lease, ttl, then) => {
+                    then.resume(storage.extend_lease(&lease, ttl), self.now())
                 }
-                Step::Store(key, tokens, expect) => {
-                    machine.on_stored(self.storage.store(&key, &tokens, expect))
-                }
-                Step::Release(lease) => {
-                    if let Err(e) = self.storage.release_lease(&lease) {
+                Step::ReleaseLease(lease, then) => {
+                    let released = storage.release_lease(&lease);
+                    if let Err(e) = &released {
                         tracing::warn!(key = %lease.key, error = %e, "could not release a refresh lease; it expires on its own");
                     }
-                    machine.on_released()
+                    then.resume(released, self.now())
                 }
-                Step::ExtendLease(lease, ttl) => {
-                    machine.on_lease_extended(self.storage.extend_lease(&lease, ttl), self.clock.now())
+                Step::Send(request, then) => {
+                    let sent_at = self.now();
+                    tracing::debug!(url = request.url_for_logs(), "calling Webex");
+                    let response = self.http.send(&request);
+                    then.resume(Sent::new(response, sent_at), self.now())
                 }
-                Step::Done(outcome) => return outcome,
+                Step::Sleep(d, then) => {
+                    std::thread::sleep(d);
+                    then.resume((), self.now())
+                }
+                Step::IntegrationToken(then) => then.resume(self.integration_token(), self.now()),
+                Step::Detach(plan, then) => {
+                    // A blocking caller cannot be dropped mid-call: the plan runs right here.
+                    let _ = self.run(*plan);
+                    then.resume((), self.now())
+                }
+                Step::Wait(flight, then) => then.resume(flight.wait_blocking(), self.now()),
+                Step::Concurrently(plans, at_once, then) => {
+                    self.concurrently(plans, at_once);
+                    then.resume((), self.now())
+                }
+                Step::Done(result) => return result,
             };
         }
     }
 
-    /// The status of `key` from storage.
-    pub(crate) fn status(&self, key: &TokenKey) -> Result<Option<KeyStatus>> {
-        let record = self.storage.load(key)?;
-        Ok(record.map(|r| self.keys.cache.status(key, &r.value, self.clock.now())))
-    }
-}
-
-/// Sends a request outside the refresh path (code exchange, webhooks), retrying as core's
-/// retry policy decides, and parses the answer with `parse`.
-pub(crate) fn send_with_retry<T>(
-    http: &HttpClient,
-    config: &ByovaConfig,
-    request: &HttpRequest,
-    parse: impl Fn(&HttpResponse) -> Result<T>,
-) -> Result<T> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match http.send(request).and_then(|r| parse(&r)) {
-            Ok(v) => return Ok(v),
-            Err(error) => {
-                let random = (byova_core::random_u64() >> 32) as u32;
-                match config.retry.decide(request.retry, attempt, &error, random) {
-                    RetryDecision::RetryAfter(d) => std::thread::sleep(d),
-                    _ => return Err(error),
-                }
+    /// Runs the plans on `at_once` scoped threads, each started when a thread is free.
+    fn concurrently(&self, plans: Vec<Then<(), ()>>, at_once: usize) {
+        let workers = at_once.min(plans.len());
+        let queue = Mutex::new(plans.into_iter());
+        std::thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| {
+                    loop {
+                        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                        let Some(start) = next else { break };
+                        let _ = self.run(start.resume((), self.now()));
+                    }
+                });
             }
-        }
+        });
     }
 }

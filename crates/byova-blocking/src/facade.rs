@@ -1,29 +1,19 @@
 //! [`Byova`]: configuration, storage, HTTP, both managers and webhook handling in one place.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use byova_core::{
-    Admission, BlockingTokenStorage, ByovaConfig, Clock, CoarseClock, EnvSettings, Error,
-    InMemoryTokenStorage, IntegrationCredentials, KeyStatus, NewWebhook, Result, ServiceAppCredentials,
-    ServiceAppEventKind, ServiceAppTokens, Webhook, WebhookGate, WebhookOutcome, WebhookSecret,
-    create_webhook_request, delete_webhook_request, list_webhooks_request, missing_webhooks,
-    next_page_request, parse_webhook, parse_webhook_deletion, parse_webhook_page,
+    BlockingTokenStorage, BulkProgress, Facade, InMemoryTokenStorage, IntegrationCredentials, KeyStatus,
+    NewWebhook, OrgRefresh, Parts, Result, ServiceAppCredentials, Webhook, WebhookOutcome, WebhookSecret,
 };
 
-use crate::driver::send_with_retry;
 use crate::http::HttpClient;
 use crate::integration::IntegrationTokenManager;
 use crate::service_app::ServiceAppTokenManager;
 
-/// The result of refreshing one org in [`Byova::refresh_all_orgs`].
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct OrgRefresh {
-    /// The org.
-    pub org_id: String,
-    /// Its new tokens, or why it failed.
-    pub result: Result<ServiceAppTokens>,
-}
+/// Builds a [`Byova`]: `Byova::builder(integration, service_app)`, then `.config(…)`,
+/// `.storage(…)`, `.clock(…)`, `.webhook_secret(…)` as needed, then `.build()`.
+pub type ByovaBuilder = byova_core::ByovaBuilder<Byova>;
 
 /// The whole authentication side of a BYOVA provider.
 ///
@@ -35,102 +25,47 @@ pub struct OrgRefresh {
 /// # let _ = token;
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Byova {
     integration: IntegrationTokenManager,
     service_app: ServiceAppTokenManager,
-    http: HttpClient,
-    gate: WebhookGate,
 }
 
-/// Builds a [`Byova`].
-pub struct ByovaBuilder {
-    integration: IntegrationCredentials,
-    service_app: ServiceAppCredentials,
-    config: ByovaConfig,
-    storage: Option<Arc<dyn BlockingTokenStorage>>,
-    clock: Arc<dyn Clock>,
-    webhook_secret: Option<WebhookSecret>,
-}
+impl Facade for Byova {
+    type Storage = dyn BlockingTokenStorage;
 
-impl std::fmt::Debug for ByovaBuilder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ByovaBuilder")
-            .field("integration", &self.integration)
-            .field("service_app", &self.service_app)
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
-}
-
-impl ByovaBuilder {
-    /// The configuration (production Webex by default).
-    pub fn config(mut self, config: ByovaConfig) -> Self {
-        self.config = config;
-        self
+    fn memory_storage() -> Arc<dyn BlockingTokenStorage> {
+        Arc::new(InMemoryTokenStorage::new())
     }
 
-    /// The token storage (in memory by default).
-    pub fn storage(mut self, storage: Arc<dyn BlockingTokenStorage>) -> Self {
-        self.storage = Some(storage);
-        self
-    }
-
-    /// The clock (the system clock by default).
-    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
-        self
-    }
-
-    /// The secret webhooks are registered with: deliveries without a valid
-    /// `X-Spark-Signature` under it are rejected.
-    pub fn webhook_secret(mut self, secret: WebhookSecret) -> Self {
-        self.webhook_secret = Some(secret);
-        self
-    }
-
-    /// Builds it.
-    ///
-    /// # Errors
-    /// [`Error::Configuration`] when the HTTP client cannot be built.
-    pub fn build(self) -> Result<Byova> {
-        let http = HttpClient::new(self.config.timeout)?;
-        let storage = self.storage.unwrap_or_else(|| Arc::new(InMemoryTokenStorage::new()));
-        let integration = IntegrationTokenManager::with_clock(
-            self.integration,
+    fn assemble(parts: Parts<dyn BlockingTokenStorage>) -> Result<Self> {
+        let http = HttpClient::new(parts.integration.config().timeout)?;
+        let integration = IntegrationTokenManager::from_parts(
+            parts.integration,
+            parts.storage.clone(),
             http.clone(),
-            storage.clone(),
-            Some(self.config),
-            self.clock,
+            parts.clock,
         );
         let service_app =
-            ServiceAppTokenManager::new(self.service_app, integration.clone(), http.clone(), storage);
-        let gate = WebhookGate::new(service_app.application_id(), self.webhook_secret);
-        Ok(Byova { integration, service_app, http, gate })
+            ServiceAppTokenManager::from_parts(parts.service_app, integration.clone(), http, parts.storage);
+        Ok(Self { integration, service_app })
     }
 }
 
 impl Byova {
-    /// A builder from both apps' credentials.
+    /// A builder from both apps' credentials (production Webex, in-memory storage).
     pub fn builder(integration: IntegrationCredentials, service_app: ServiceAppCredentials) -> ByovaBuilder {
-        ByovaBuilder {
-            integration,
-            service_app,
-            config: ByovaConfig::default(),
-            storage: None,
-            clock: Arc::new(CoarseClock),
-            webhook_secret: None,
-        }
+        ByovaBuilder::new(integration, service_app)
     }
 
-    /// From the environment: the seed's `WEBEX_*` credentials, `BYOVA_BASE_URL` and
-    /// `BYOVA_WEBHOOK_SECRET`, with in-memory storage (see
-    /// [`from_env_with_storage`](Self::from_env_with_storage)).
+    /// From the environment: the `WEBEX_*` credentials, `BYOVA_BASE_URL` and
+    /// `BYOVA_WEBHOOK_SECRET`, with in-memory storage.
     ///
     /// # Errors
-    /// [`Error::Configuration`] naming a missing or invalid variable.
+    /// [`Error::Configuration`](byova_core::Error::Configuration) naming a missing or invalid
+    /// variable.
     pub fn from_env() -> Result<Self> {
-        Self::from_env_with_storage(Arc::new(InMemoryTokenStorage::new()))
+        ByovaBuilder::from_env()?.build()
     }
 
     /// [`from_env`](Self::from_env) with the given storage.
@@ -138,12 +73,7 @@ impl Byova {
     /// # Errors
     /// As [`from_env`](Self::from_env).
     pub fn from_env_with_storage(storage: Arc<dyn BlockingTokenStorage>) -> Result<Self> {
-        let env = EnvSettings::from_env()?;
-        let mut builder = Self::builder(env.integration, env.service_app).config(env.config).storage(storage);
-        if let Some(secret) = env.webhook_secret {
-            builder = builder.webhook_secret(secret);
-        }
-        builder.build()
+        ByovaBuilder::from_env()?.storage(storage).build()
     }
 
     /// The Integration manager.
@@ -158,36 +88,20 @@ impl Byova {
 
     /// Handles one `serviceApp` webhook delivery: verifies `X-Spark-Signature` over the raw body
     /// when a webhook secret is configured, fetches and stores tokens on `authorized`, removes
-    /// them on `deauthorized`. A repeated delivery does nothing.
+    /// them on `deauthorized`. A repeated delivery does nothing; one whose handling failed is
+    /// not remembered, so Webex's redelivery acts.
     ///
     /// # Errors
-    /// [`Error::WebhookSignature`] for a missing or wrong signature, [`Error::InvalidInput`] for
-    /// a malformed delivery, or the fetch's error (answer the delivery with a 5xx so Webex
-    /// retries it).
+    /// [`Error::WebhookSignature`](byova_core::Error::WebhookSignature) for a missing or wrong
+    /// signature, [`Error::InvalidInput`](byova_core::Error::InvalidInput) for a malformed
+    /// delivery, or the fetch's error (answer the delivery with a 5xx so Webex retries it).
     pub fn handle_service_app_webhook(
         &self,
         raw_body: &[u8],
         signature_header: Option<&str>,
     ) -> Result<WebhookOutcome> {
-        let event = match self.gate.admit(raw_body, signature_header)? {
-            Admission::Act(event) => event,
-            Admission::Done(outcome) => return Ok(outcome),
-        };
-        let done = match event.kind {
-            ServiceAppEventKind::Authorized => self.service_app.fetch_token_for_org(&event.org_id).map(drop),
-            ServiceAppEventKind::Deauthorized => self.service_app.remove_org(&event.org_id),
-        };
-        match done {
-            Ok(()) => {
-                let outcome = WebhookGate::outcome(&event);
-                tracing::info!(org = %event.org_id, event = event.kind.as_str(), ?outcome, "serviceApp webhook handled");
-                Ok(outcome)
-            }
-            Err(error) => {
-                self.gate.failed(&event);
-                Err(error)
-            }
-        }
+        let sa = &self.service_app;
+        sa.agent.run(sa.engine.handle_webhook(raw_body, signature_header, sa.agent.now()))
     }
 
     /// Every registered webhook, following `Link` pagination.
@@ -195,22 +109,7 @@ impl Byova {
     /// # Errors
     /// The Integration's or the API's error.
     pub fn list_webhooks(&self) -> Result<Vec<Webhook>> {
-        let token = self.integration.get_access_token()?;
-        let config = self.integration.config();
-        let mut request = list_webhooks_request(config, &token, 100);
-        let mut all = Vec::new();
-        for _ in 0..10_000 {
-            let page = send_with_retry(&self.http, config, &request, parse_webhook_page)?;
-            all.extend(page.items);
-            match page.next {
-                Some(next) => request = next_page_request(config, &token, &next)?,
-                None => return Ok(all),
-            }
-        }
-        Err(Error::InvalidResponse {
-            what: "the webhook list did not end after 10000 pages".into(),
-            status: 200,
-        })
+        self.service_app.agent.run(self.service_app.engine.list_webhooks())
     }
 
     /// Creates a webhook.
@@ -218,9 +117,7 @@ impl Byova {
     /// # Errors
     /// The Integration's or the API's error.
     pub fn create_webhook(&self, webhook: &NewWebhook) -> Result<Webhook> {
-        let token = self.integration.get_access_token()?;
-        let config = self.integration.config();
-        send_with_retry(&self.http, config, &create_webhook_request(config, &token, webhook), parse_webhook)
+        self.service_app.agent.run(self.service_app.engine.create_webhook(webhook.clone()))
     }
 
     /// Deletes a webhook (an unknown id counts as deleted).
@@ -228,14 +125,7 @@ impl Byova {
     /// # Errors
     /// The Integration's or the API's error.
     pub fn delete_webhook(&self, webhook_id: &str) -> Result<()> {
-        let token = self.integration.get_access_token()?;
-        let config = self.integration.config();
-        send_with_retry(
-            &self.http,
-            config,
-            &delete_webhook_request(config, &token, webhook_id),
-            parse_webhook_deletion,
-        )
+        self.service_app.agent.run(self.service_app.engine.delete_webhook(webhook_id))
     }
 
     /// Makes sure the `serviceApp` `authorized` and `deauthorized` webhooks for this Service App
@@ -248,13 +138,8 @@ impl Byova {
         target_url: &str,
         secret: Option<&WebhookSecret>,
     ) -> Result<Vec<Webhook>> {
-        let wanted = NewWebhook::service_app_pair(self.service_app.application_id(), target_url, secret);
-        let existing = self.list_webhooks()?;
-        let mut created = Vec::new();
-        for webhook in missing_webhooks(&wanted, &existing) {
-            created.push(self.create_webhook(webhook)?);
-        }
-        Ok(created)
+        let sa = &self.service_app;
+        sa.agent.run(sa.engine.ensure_webhooks(target_url, secret, sa.agent.now()))
     }
 
     /// The status of the Integration and of every registered org. Holds no secret.
@@ -263,9 +148,7 @@ impl Byova {
     /// A storage error.
     pub fn status(&self) -> Result<Vec<KeyStatus>> {
         let mut all: Vec<KeyStatus> = self.integration.status()?.into_iter().collect();
-        for org in self.service_app.list_orgs()? {
-            all.extend(self.service_app.status(&org)?);
-        }
+        all.extend(self.service_app.agent.run(self.service_app.engine.statuses())?);
         Ok(all)
     }
 
@@ -275,23 +158,19 @@ impl Byova {
     /// # Errors
     /// A storage error listing the orgs; per-org failures are in the results.
     pub fn refresh_all_orgs(&self, concurrency: usize) -> Result<Vec<OrgRefresh>> {
-        let orgs = self.service_app.list_orgs()?;
-        let queue = Mutex::new(orgs.into_iter());
-        let results = Mutex::new(Vec::new());
-        std::thread::scope(|scope| {
-            for _ in 0..concurrency.max(1) {
-                scope.spawn(|| {
-                    loop {
-                        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
-                        let Some(org_id) = next else { break };
-                        let result = self.service_app.refresh_for_org(&org_id);
-                        results.lock().unwrap_or_else(|e| e.into_inner()).push(OrgRefresh { org_id, result });
-                    }
-                });
-            }
-        });
-        let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
-        results.sort_by(|a, b| a.org_id.cmp(&b.org_id));
-        Ok(results)
+        self.service_app.agent.run(self.service_app.engine.refresh_all(concurrency, None))
+    }
+
+    /// [`refresh_all_orgs`](Self::refresh_all_orgs), calling `progress` after each org.
+    ///
+    /// # Errors
+    /// As [`refresh_all_orgs`](Self::refresh_all_orgs).
+    pub fn refresh_all_orgs_with_progress(
+        &self,
+        concurrency: usize,
+        progress: impl Fn(&BulkProgress) + Send + Sync + 'static,
+    ) -> Result<Vec<OrgRefresh>> {
+        let plan = self.service_app.engine.refresh_all(concurrency, Some(Arc::new(progress)));
+        self.service_app.agent.run(plan)
     }
 }

@@ -45,17 +45,14 @@ impl RedirectListener {
     /// Binds the loopback address of `redirect_uri` (port 0 picks a free port).
     ///
     /// # Errors
-    /// [`Error::Configuration`] for a non-loopback URI or a port already in use.
+    /// [`Error::Configuration`] for a non-loopback URI, [`Error::Listen`] for a port already
+    /// in use.
     pub fn bind(redirect_uri: &str) -> Result<Self> {
         let redirect = LoopbackRedirect::parse(redirect_uri)?;
-        let listener = TcpListener::bind((redirect.bind_host(), redirect.port)).map_err(|e| {
-            Error::Configuration(format!(
-                "cannot listen on {}:{} for the OAuth redirect: {e}; free the port or choose another redirect URI",
-                redirect.bind_host(),
-                redirect.port
-            ))
-        })?;
-        let port = listener.local_addr().map_err(|e| Error::Configuration(e.to_string()))?.port();
+        let address = format!("{}:{} (the OAuth redirect URI)", redirect.bind_host(), redirect.port);
+        let listener = TcpListener::bind((redirect.bind_host(), redirect.port))
+            .map_err(|e| Error::listen(address.clone(), e))?;
+        let port = listener.local_addr().map_err(|e| Error::listen(address, e))?.port();
         Ok(Self { listener, redirect, port })
     }
 
@@ -78,7 +75,8 @@ impl RedirectListener {
     /// async runtime's worker thread.
     pub fn wait(self, expected_state: CsrfState, timeout: Duration) -> Result<AuthorizationCode> {
         refuse_async_worker("waiting for the OAuth redirect")?;
-        self.listener.set_nonblocking(true).map_err(|e| Error::Configuration(e.to_string()))?;
+        let address = format!("127.0.0.1:{} (the OAuth redirect URI)", self.port);
+        self.listener.set_nonblocking(true).map_err(|e| Error::listen(address, e))?;
         let handler = Arc::new(Mutex::new(CallbackHandler::new(&self.redirect, self.port, expected_state)));
         let (tx, rx) = mpsc::channel::<CallbackVerdict>();
         let active = Arc::new(AtomicUsize::new(0));
@@ -104,9 +102,7 @@ impl RedirectListener {
                     active.fetch_sub(1, Ordering::SeqCst);
                 });
                 if spawned.is_err() {
-                    return Err(Error::Configuration(
-                        "cannot start a thread for the redirect listener".into(),
-                    ));
+                    return Err(Error::Internal("cannot start a thread for the redirect listener".into()));
                 }
             }
         }

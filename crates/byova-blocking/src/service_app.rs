@@ -2,39 +2,27 @@
 
 use std::sync::Arc;
 
-use byova_core::refresh::{RefreshClient, RefreshMode};
+use byova_core::engine::ServiceAppEngine;
 use byova_core::{
-    AccessToken, BlockingTokenStorage, KeyStatus, Result, ServiceAppCredentials, ServiceAppTokens, TokenKey,
-    decode_org_id, derive_application_id_in_region, normalize_org_id,
+    AccessToken, BlockingTokenStorage, KeyStatus, RefreshToken, Result, ServiceAppCredentials,
+    ServiceAppTokens,
 };
 
-use crate::driver::{Env, Keys};
+use crate::driver::Agent;
 use crate::http::HttpClient;
 use crate::integration::IntegrationTokenManager;
 
 /// Fetches, refreshes and stores per-organization Service App tokens. Tokens for an org are
-/// obtained after a customer admin authorizes the Service App in Control Hub. Cheap to clone.
+/// obtained after a customer admin authorizes the Service App in Control Hub. Org ids may be
+/// given as UUIDs or base64 Webex ids. Cheap to clone.
+///
+/// **Threads**, as for [`IntegrationTokenManager`]: one fetch or refresh per org at a time,
+/// shared by every waiting thread.
 #[derive(Clone, Debug)]
 pub struct ServiceAppTokenManager {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    credentials: ServiceAppCredentials,
+    pub(crate) agent: Arc<Agent>,
+    pub(crate) engine: Arc<ServiceAppEngine>,
     integration: IntegrationTokenManager,
-    http: HttpClient,
-    storage: Arc<dyn BlockingTokenStorage>,
-    keys: Keys,
-    application_id: String,
-}
-
-impl std::fmt::Debug for Inner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceAppTokenManager")
-            .field("credentials", &self.credentials)
-            .field("application_id", &self.application_id)
-            .finish_non_exhaustive()
-    }
 }
 
 impl ServiceAppTokenManager {
@@ -46,44 +34,35 @@ impl ServiceAppTokenManager {
         http: HttpClient,
         storage: Arc<dyn BlockingTokenStorage>,
     ) -> Self {
-        let config = integration.config();
-        let application_id = derive_application_id_in_region(&config.region, &credentials.client_id);
-        let keys = Keys::new(config);
-        Self { inner: Arc::new(Inner { credentials, integration, http, storage, keys, application_id }) }
+        let engine = ServiceAppEngine::new(credentials, integration.config().clone(), None);
+        Self::from_parts(engine, integration, http, storage)
+    }
+
+    pub(crate) fn from_parts(
+        engine: Arc<ServiceAppEngine>,
+        integration: IntegrationTokenManager,
+        http: HttpClient,
+        storage: Arc<dyn BlockingTokenStorage>,
+    ) -> Self {
+        let clock = integration.agent.clock.clone();
+        let tokens = engine.tokens().clone();
+        let agent = Agent { tokens, storage, http, clock, integration: Some(integration.agent.clone()) };
+        Self { agent: Arc::new(agent), engine, integration }
     }
 
     /// The base64url application id derived from the client id.
     pub fn application_id(&self) -> &str {
-        &self.inner.application_id
+        self.engine.application_id()
     }
 
     /// The Service App's client credentials.
     pub fn credentials(&self) -> &ServiceAppCredentials {
-        &self.inner.credentials
+        self.engine.credentials()
     }
 
     /// The Integration manager whose bearer fetches tokens.
     pub fn integration(&self) -> &IntegrationTokenManager {
-        &self.inner.integration
-    }
-
-    fn env(&self) -> Env<'_> {
-        Env {
-            config: self.inner.integration.config(),
-            storage: self.inner.storage.as_ref(),
-            http: &self.inner.http,
-            clock: self.inner.integration.clock().as_ref(),
-            keys: &self.inner.keys,
-            integration: Some(&self.inner.integration),
-        }
-    }
-
-    fn client(&self) -> RefreshClient<'_> {
-        RefreshClient::ServiceApp(&self.inner.credentials)
-    }
-
-    fn key(org_id: &str) -> Result<TokenKey> {
-        Ok(TokenKey::Org(normalize_org_id(org_id)?))
+        &self.integration
     }
 
     /// Fetches Service App tokens for `org_id` with the Integration's bearer and stores them.
@@ -92,7 +71,7 @@ impl ServiceAppTokenManager {
     /// [`Error::ServiceAppNotAuthorized`](byova_core::Error::ServiceAppNotAuthorized) when the
     /// org's admin has not authorized the app; the Integration's errors.
     pub fn fetch_token_for_org(&self, org_id: &str) -> Result<ServiceAppTokens> {
-        self.env().force(self.client(), &Self::key(org_id)?, RefreshMode::Fetch)
+        self.agent.run(self.engine.fetch(org_id, self.agent.now()))
     }
 
     /// Decodes the org id of a `serviceApp` webhook (base64 Webex id) and fetches its tokens.
@@ -101,9 +80,7 @@ impl ServiceAppTokenManager {
     /// [`Error::InvalidInput`](byova_core::Error::InvalidInput) for an undecodable id; as
     /// [`fetch_token_for_org`](Self::fetch_token_for_org).
     pub fn fetch_token_from_webhook_org(&self, encoded_org_id: &str) -> Result<(String, ServiceAppTokens)> {
-        let org = decode_org_id(encoded_org_id)?;
-        let tokens = self.fetch_token_for_org(&org)?;
-        Ok((org, tokens))
+        self.agent.run(self.engine.fetch_from_webhook_org(encoded_org_id, self.agent.now()))
     }
 
     /// Registers an org from an existing Service App refresh token (the sandbox path): refreshes
@@ -113,29 +90,31 @@ impl ServiceAppTokenManager {
     /// [`Error::ReauthorizationRequired`](byova_core::Error::ReauthorizationRequired) when Webex
     /// rejects the token.
     pub fn save_registration(&self, org_id: &str, refresh_token: &str) -> Result<ServiceAppTokens> {
-        let mode = RefreshMode::Force(Some(byova_core::RefreshToken::new(refresh_token)));
-        self.env().force(self.client(), &Self::key(org_id)?, mode)
+        let token = RefreshToken::new(refresh_token);
+        self.agent.run(self.engine.save_registration(org_id, token, self.agent.now()))
     }
 
-    /// Refreshes the org's tokens now; without a stored refresh token (or when Webex rejects it)
-    /// fetches new ones with the Integration's bearer.
+    /// Refreshes the org's tokens now; without a usable refresh token (or when Webex rejects
+    /// it) fetches new ones with the Integration's bearer.
     ///
     /// # Errors
     /// As [`fetch_token_for_org`](Self::fetch_token_for_org).
     pub fn refresh_for_org(&self, org_id: &str) -> Result<ServiceAppTokens> {
-        self.env().force(self.client(), &Self::key(org_id)?, RefreshMode::Force(None))
+        self.agent.run(self.engine.refresh_for_org(org_id, self.agent.now()))
     }
 
     /// A valid access token for org-scoped calls, refreshed when needed.
     ///
     /// # Errors
-    /// [`Error::OrgNotRegistered`](byova_core::Error::OrgNotRegistered) for an unknown org.
+    /// [`Error::OrgNotRegistered`](byova_core::Error::OrgNotRegistered) for an unknown org;
+    /// [`Error::ReauthorizationRequired`](byova_core::Error::ReauthorizationRequired) once its
+    /// refresh token was rejected and the access token ran out.
     pub fn get_access_token(&self, org_id: &str) -> Result<AccessToken> {
-        let env = self.env();
-        if let Some(token) = self.inner.keys.cache.fresh_org(org_id, env.clock.now()) {
+        let now = self.agent.now();
+        if let Some(token) = self.engine.fresh_org(org_id, now) {
             return Ok(token);
         }
-        env.get_valid(self.client(), &Self::key(org_id)?)
+        self.agent.run(self.engine.access_token(org_id, now))
     }
 
     /// Removes the org's tokens (deauthorization). Removing an unknown org is not an error.
@@ -143,12 +122,7 @@ impl ServiceAppTokenManager {
     /// # Errors
     /// A storage error.
     pub fn remove_org(&self, org_id: &str) -> Result<()> {
-        let key = Self::key(org_id)?;
-        if let TokenKey::Org(org) = &key {
-            self.inner.storage.delete_service_app_tokens(org)?;
-        }
-        self.inner.keys.cache.remove(&key);
-        Ok(())
+        self.agent.run(self.engine.remove_org(org_id))
     }
 
     /// Registered org ids.
@@ -156,7 +130,7 @@ impl ServiceAppTokenManager {
     /// # Errors
     /// A storage error.
     pub fn list_orgs(&self) -> Result<Vec<String>> {
-        Ok(self.inner.storage.list_registered_orgs()?)
+        self.agent.run(self.engine.list_orgs())
     }
 
     /// The org's status, `None` when not registered.
@@ -164,6 +138,6 @@ impl ServiceAppTokenManager {
     /// # Errors
     /// A storage error.
     pub fn status(&self, org_id: &str) -> Result<Option<KeyStatus>> {
-        self.env().status(&Self::key(org_id)?)
+        self.agent.run(self.engine.status(org_id))
     }
 }

@@ -23,9 +23,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use byova_async::{
-    AuthorizeOptions, Byova, ByovaConfig, EnvSettings, Error, IntegrationCredentials, KeyStatus,
-    RefreshToken, ServiceAppCredentials, TokenKey, WebhookSecret,
+    AuthorizeOptions, Byova, ByovaConfig, Error, IntegrationCredentials, KeyStatus, RefreshToken,
+    ServiceAppCredentials, TokenKey, WebhookSecret,
 };
+use byova_core::EnvSettings;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
@@ -171,7 +172,8 @@ pub(crate) struct Failure {
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let code = match &e {
-            Error::Configuration(_) => 3,
+            Error::Listen { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse => 9,
+            Error::Configuration(_) | Error::Listen { .. } => 3,
             Error::Storage(_) => 4,
             Error::NotAuthorized
             | Error::OrgNotRegistered { .. }
@@ -356,43 +358,34 @@ async fn org(byova: &Byova, cmd: OrgCommand, as_json: bool) -> Outcome {
 /// Refreshes every org with bounded concurrency, showing progress: a live counter on a
 /// terminal, one line per org otherwise.
 async fn refresh_all(byova: &Byova, concurrency: usize, as_json: bool) -> Outcome {
-    let orgs = byova.service_app().list_orgs().await?;
-    let total = orgs.len();
-    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    for org in orgs {
-        let sa = byova.service_app().clone();
-        let slots = slots.clone();
-        tasks.spawn(async move {
-            let _slot = slots.acquire_owned().await;
-            let result = sa.refresh_for_org(&org).await;
-            (org, result)
-        });
-    }
     let live = std::io::stderr().is_terminal() && !as_json;
-    let (mut done, mut failed) = (0, 0);
-    while let Some(joined) = tasks.join_next().await {
-        let Ok((org, result)) = joined else { continue };
-        done += 1;
-        match &result {
-            Ok(_) if as_json => println!("{}", json!({"org": org, "refreshed": true})),
-            Err(e) if as_json => {
-                println!("{}", json!({"org": org, "refreshed": false, "error": e.to_string()}))
+    let results = byova
+        .refresh_all_orgs_with_progress(concurrency, move |p| {
+            if live {
+                eprint!("\rrefreshing orgs: {}/{} done, {} failed", p.done, p.total, p.failed);
+                let _ = std::io::stderr().flush();
+            } else if !as_json {
+                let verb = if p.ok { "refreshed" } else { "failed" };
+                println!("{verb} {} ({}/{})", p.org_id, p.done, p.total);
             }
-            Ok(_) if !live => println!("refreshed {org} ({done}/{total})"),
-            Err(e) if !live => println!("failed {org} ({done}/{total}): {e}"),
-            _ => {}
-        }
-        if result.is_err() {
-            failed += 1;
-        }
-        if live {
-            eprint!("\rrefreshing orgs: {done}/{total} done, {failed} failed");
-            let _ = std::io::stderr().flush();
-        }
-    }
+        })
+        .await?;
     if live {
         eprintln!();
+    }
+    let total = results.len();
+    let mut failed = 0;
+    for r in &results {
+        match &r.result {
+            Ok(_) if as_json => println!("{}", json!({"org": r.org_id, "refreshed": true})),
+            Err(e) if as_json => {
+                println!("{}", json!({"org": r.org_id, "refreshed": false, "error": e.to_string()}))
+            }
+            Ok(_) => {}
+            Err(e) if !live => println!("  {}: {e}", r.org_id),
+            Err(e) => eprintln!("failed {}: {e}", r.org_id),
+        }
+        failed += usize::from(r.result.is_err());
     }
     if failed > 0 {
         return Err(failure(6, format!("{failed} of {total} orgs could not be refreshed")));

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use byova_async::{Byova, Error, MAX_WEBHOOK_BODY_BYTES, SIGNATURE_HEADER};
+use byova_async::core::{MAX_WEBHOOK_BODY_BYTES, SIGNATURE_HEADER};
+use byova_async::{Byova, Error};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;

@@ -6,16 +6,16 @@
 //! a shared backend's changes (a deauthorization, a refresh by another replica) are seen within
 //! [`TokenCache::revalidate_after`].
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
-use std::sync::{Arc, RwLock};
-
-use arc_swap::ArcSwapOption;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::policy::{Freshness, RefreshPolicy};
+use arc_swap::ArcSwapOption;
+
+use crate::error::{Error, Result};
+use crate::key::{Expect, TokenKey, Versioned};
+use crate::policy::{Freshness, KeyStatus, RefreshPolicy};
 use crate::secret::AccessToken;
-use crate::storage::{TokenKey, Versioned};
 use crate::time::Timestamp;
 use crate::tokens::OAuthTokens;
 
@@ -34,10 +34,8 @@ pub struct TokenCache {
     /// Lock-free: readers never contend with each other or wait for a writer.
     integration: ArcSwapOption<CacheEntry>,
     orgs: RwLock<HashMap<String, Arc<CacheEntry>>>,
-    /// Keys whose stored refresh token Webex rejected (for status reports).
-    rejected: Mutex<HashSet<TokenKey>>,
     /// Tokens obtained but not yet stored (the store was down), per key.
-    unsaved: Mutex<HashMap<TokenKey, (OAuthTokens, crate::storage::Expect)>>,
+    unsaved: Mutex<HashMap<TokenKey, (OAuthTokens, Expect)>>,
     policy: RefreshPolicy,
     process_seed: u64,
     revalidate_after: Duration,
@@ -50,7 +48,6 @@ impl TokenCache {
         Self {
             integration: ArcSwapOption::empty(),
             orgs: RwLock::new(HashMap::new()),
-            rejected: Mutex::new(HashSet::new()),
             unsaved: Mutex::new(HashMap::new()),
             policy,
             process_seed,
@@ -112,11 +109,17 @@ impl TokenCache {
     /// is cached too (status reports use it) but never served from the hot path.
     pub fn put(&self, key: &TokenKey, record: Versioned<OAuthTokens>, now: Timestamp) {
         let seed = self.jitter_seed(key);
-        let serve_until = match self.policy.assess(&record.value, now, seed) {
-            Freshness::Fresh => self
-                .policy
-                .refresh_ahead_at(&record.value, seed)
-                .min(now.saturating_add(self.revalidate_after)),
+        let revalidate = now.saturating_add(self.revalidate_after);
+        let tokens = &record.value;
+        let serve_until = match self.policy.assess(tokens, now, seed) {
+            Freshness::Fresh if tokens.reauthorization_required => {
+                tokens.expires_at().saturating_sub(self.policy.buffer_for(tokens)).min(revalidate)
+            }
+            Freshness::Fresh => self.policy.refresh_ahead_at(tokens, seed).min(revalidate),
+            // A marked record is never refreshed; it is served while it is usable.
+            Freshness::RefreshAhead if tokens.reauthorization_required => {
+                tokens.expires_at().saturating_sub(self.policy.buffer_for(tokens)).min(revalidate)
+            }
             Freshness::RefreshAhead | Freshness::Expired => Timestamp::EPOCH,
         };
         let entry = Arc::new(CacheEntry { record, serve_until });
@@ -128,70 +131,51 @@ impl TokenCache {
         }
     }
 
-    /// Whether Webex rejected `key`'s stored refresh token and nothing has replaced it since.
-    pub fn is_rejected(&self, key: &TokenKey) -> bool {
-        self.rejected.lock().unwrap_or_else(|e| e.into_inner()).contains(key)
-    }
-
-    fn set_rejected(&self, key: &TokenKey, rejected: bool) {
-        let mut set = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
-        if rejected {
-            set.insert(key.clone());
-        } else {
-            set.remove(key);
-        }
-    }
-
-    /// Records what a finished refresh run means for `key`, and returns the tokens to hand out
-    /// (or the error): the record is cached, a rejection is remembered for status reports, and
-    /// a key found missing is forgotten.
+    /// Records what a finished refresh run means for `key` and returns the tokens to hand
+    /// out (or the error): the record is cached, tokens that could not be stored are kept for
+    /// the next run, and a key found missing is forgotten.
     pub fn apply(
         &self,
         key: &TokenKey,
-        outcome: crate::refresh::Outcome,
+        outcome: crate::engine::Outcome,
         now: Timestamp,
-    ) -> crate::Result<OAuthTokens> {
+    ) -> Result<OAuthTokens> {
+        if let Some((tokens, expect)) = outcome.unsaved {
+            self.keep_unsaved(key, tokens, expect);
+        }
         match outcome.result {
             Ok(record) => {
-                if outcome.refreshed {
-                    self.set_rejected(key, false);
-                }
                 let tokens = record.value.clone();
                 self.put(key, record, now);
                 Ok(tokens)
             }
             Err(error) => {
-                match &error {
-                    crate::Error::ReauthorizationRequired { .. } => self.set_rejected(key, true),
-                    crate::Error::OrgNotRegistered { .. } | crate::Error::NotAuthorized => self.remove(key),
-                    _ => {}
+                if matches!(error, Error::OrgNotRegistered { .. } | Error::NotAuthorized) {
+                    self.remove(key);
                 }
                 Err(error)
             }
         }
     }
 
-    /// Caches tokens just obtained outside the refresh machine (a code exchange), clearing any
-    /// earlier rejection.
-    pub fn put_new(&self, key: &TokenKey, record: Versioned<OAuthTokens>, now: Timestamp) {
-        self.set_rejected(key, false);
-        self.put(key, record, now);
+    /// The [`KeyStatus`] of a stored record.
+    pub fn status(&self, key: &TokenKey, tokens: &OAuthTokens, now: Timestamp) -> KeyStatus {
+        self.policy.key_status(key.clone(), tokens, now, self.jitter_seed(key))
     }
 
-    /// The [`KeyStatus`](crate::KeyStatus) of a stored record.
-    pub fn status(&self, key: &TokenKey, tokens: &OAuthTokens, now: Timestamp) -> crate::KeyStatus {
-        self.policy.key_status(key.clone(), tokens, now, self.jitter_seed(key), self.is_rejected(key))
+    /// Keeps tokens that were obtained but could not be stored, for the key's next run.
+    pub fn keep_unsaved(&self, key: &TokenKey, tokens: OAuthTokens, expect: Expect) {
+        self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), (tokens, expect));
     }
 
     /// Takes the tokens an earlier refresh of `key` could not store, for the next run to store
-    /// first ([`RefreshMachine::with_unsaved`](crate::RefreshMachine::with_unsaved)).
-    pub fn take_unsaved(&self, key: &TokenKey) -> Option<(OAuthTokens, crate::storage::Expect)> {
+    /// first.
+    pub fn take_unsaved(&self, key: &TokenKey) -> Option<(OAuthTokens, Expect)> {
         self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).remove(key)
     }
 
     /// Forgets `key` (deauthorized, removed, or found missing in storage).
     pub fn remove(&self, key: &TokenKey) {
-        self.set_rejected(key, false);
         self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
         match key {
             TokenKey::Integration => self.integration.store(None),

@@ -7,9 +7,8 @@
 //! the standard OAuth codes, the OAuth `error` code.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
-
-use crate::storage::StorageError;
 
 /// What Webex said when a request failed: enough to act on and to quote to Webex support.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,7 +63,9 @@ impl fmt::Display for TokenSubject {
 }
 
 /// Everything that can go wrong in byova.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Clone`, so every caller waiting on one refresh gets its outcome, failures included.
+#[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// 401 or 403: the credentials or bearer token were refused (seed: `AuthenticationError`).
@@ -154,12 +155,25 @@ pub enum Error {
     /// A setting is missing or wrong.
     #[error("configuration error: {0}")]
     Configuration(String),
+    /// A listening socket (the OAuth redirect listener, the daemon) could not be opened.
+    #[error("cannot listen on {address}: {source}; free the port or choose another address")]
+    Listen {
+        /// The address asked for.
+        address: String,
+        /// Why the operating system refused.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// Work byova started did not finish: its task was cancelled or panicked (a runtime
+    /// shutting down, a storage backend that panicked), or an internal invariant broke.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// An argument was not acceptable (an org id that is not base64, say).
     #[error("invalid input: {0}")]
     InvalidInput(String),
     /// A webhook delivery's `X-Spark-Signature` was missing, malformed or wrong.
     #[error("webhook rejected: {0}")]
-    WebhookSignature(#[from] crate::webhook::SignatureError),
+    WebhookSignature(#[from] SignatureError),
 }
 
 fn retry_after_text(retry_after: &Option<Duration>) -> String {
@@ -214,6 +228,109 @@ impl Error {
             _ => None,
         }
     }
+}
+
+impl Error {
+    /// A listen failure for `address`.
+    pub fn listen(address: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Listen { address: address.into(), source: Arc::new(source) }
+    }
+}
+
+/// What kind of storage failure happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StorageErrorKind {
+    /// The backend could not be reached or timed out. Retry later; nothing was lost.
+    Unavailable,
+    /// A versioned write lost to another writer. Re-read, then decide again.
+    Conflict,
+    /// A stored record does not parse. It is left in place for a person to inspect.
+    Corrupt,
+    /// Anything else (permissions, bad configuration, a bad key).
+    Other,
+}
+
+impl fmt::Display for StorageErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StorageErrorKind::Unavailable => "unavailable",
+            StorageErrorKind::Conflict => "conflict",
+            StorageErrorKind::Corrupt => "corrupt",
+            StorageErrorKind::Other => "other",
+        })
+    }
+}
+
+/// A token store failure. Messages name the key and the backend, never a token.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("token storage error ({kind}): {message}")]
+pub struct StorageError {
+    kind: StorageErrorKind,
+    message: String,
+    #[source]
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StorageError {
+    /// A new error of `kind`.
+    pub fn new(kind: StorageErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into(), source: None }
+    }
+
+    /// The backend is unreachable.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StorageErrorKind::Unavailable, message)
+    }
+
+    /// A versioned write lost: the record for `key` changed since it was read.
+    pub fn conflict(key: impl fmt::Display) -> Self {
+        Self::new(StorageErrorKind::Conflict, format!("the record for {key} changed since it was read"))
+    }
+
+    /// A record does not parse.
+    pub fn corrupt(message: impl Into<String>) -> Self {
+        Self::new(StorageErrorKind::Corrupt, message)
+    }
+
+    /// Anything else.
+    pub fn other(message: impl Into<String>) -> Self {
+        Self::new(StorageErrorKind::Other, message)
+    }
+
+    /// Attaches the underlying error (it must not carry a secret in its message).
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// The kind.
+    pub fn kind(&self) -> StorageErrorKind {
+        self.kind
+    }
+
+    /// Whether the same operation may succeed later (unavailable) or after a re-read (conflict).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.kind, StorageErrorKind::Unavailable | StorageErrorKind::Conflict)
+    }
+}
+
+/// Why a webhook delivery's signature was not accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignatureError {
+    /// No `X-Spark-Signature` header (or an empty one).
+    #[error("the X-Spark-Signature header is missing")]
+    Missing,
+    /// The header is not 40 hex digits.
+    #[error("the X-Spark-Signature header is not a hex HMAC-SHA1")]
+    Malformed,
+    /// The signature does not match the body under the configured secret.
+    #[error("the X-Spark-Signature does not match the body")]
+    Mismatch,
+    /// The body is larger than [`MAX_WEBHOOK_BODY_BYTES`](crate::MAX_WEBHOOK_BODY_BYTES).
+    #[error("the delivery is larger than 64 KiB")]
+    TooLarge,
 }
 
 /// `Result` with byova-core's [`Error`].

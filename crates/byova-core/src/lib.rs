@@ -40,39 +40,46 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod authorize;
+mod builder;
 mod cache;
 mod config;
 mod credentials;
+pub mod engine;
 mod error;
-mod flow;
 mod http;
 mod ids;
+mod key;
 mod listener;
 mod oauth;
 mod policy;
-pub mod refresh;
 mod secret;
 mod storage;
 mod time;
 mod tokens;
 mod webhook;
 
+pub use authorize::{
+    AuthorizeOptions, BrowserOpener, RedirectOptions, authorization_prompt, system_browser_command,
+};
+pub use builder::{ByovaBuilder, EnvSettings, Facade, Parts};
 pub use cache::{CacheEntry, TokenCache};
 pub use config::{ByovaConfig, DEFAULT_BASE_URL, env as config_env};
 pub use credentials::{
     DEFAULT_INTEGRATION_SCOPES, DEFAULT_REDIRECT_URI, IntegrationCredentials, ServiceAppCredentials,
     credentials_from_lookup, env, load_credentials_from_env,
 };
-pub use error::{ApiFailure, Error, Result, TokenSubject};
-pub use flow::{
-    AuthorizeOptions, BrowserOpener, EnvSettings, PendingAuthorizations, RedirectOptions,
-    authorization_prompt, system_browser_command,
+pub use engine::{
+    BulkProgress, Flight, IntegrationEngine, OrgRefresh, ProgressFn, Sent, ServiceAppEngine, Step, Then,
+    TokenEngine,
 };
+pub use error::{ApiFailure, Error, Result, SignatureError, StorageError, StorageErrorKind, TokenSubject};
 pub use http::{HeaderValue, HttpRequest, HttpResponse, Method, RetryClass};
 pub use ids::{
     decode_org_id, decode_webex_id, derive_application_id, derive_application_id_in_region, encode_webex_id,
     normalize_org_id,
 };
+pub use key::{Expect, Lease, TokenKey, UNVERSIONED, Versioned};
 pub use listener::{
     CallbackHandler, CallbackReply, CallbackVerdict, HeadProgress, HeadReader, LoopbackRedirect,
     MAX_CALLBACK_HEAD_BYTES, RequestHead, parse_request_head,
@@ -85,23 +92,22 @@ pub use oauth::{
 pub use policy::{
     CoordinationPolicy, Freshness, KeyStatus, RefreshPolicy, RetryDecision, RetryPolicy, TokenState,
 };
-pub use refresh::{Outcome, RefreshClient, RefreshMachine, RefreshMode, Step};
 pub use secret::{
     AccessToken, AuthorizationCode, ClientSecret, CsrfState, PkceCodeVerifier, RefreshToken, WebhookSecret,
     random_u64,
 };
 pub use storage::{
-    BlockingTokenStorage, Expect, InMemoryTokenStorage, Lease, StorageError, StorageErrorKind, TokenKey,
-    TokenStorage, UNVERSIONED, Versioned, decode_record,
+    BlockingCoordinatedTokenStorage, BlockingTokenStorage, CoordinatedTokenStorage, InMemoryTokenStorage,
+    TokenStorage, decode_record,
 };
 pub use time::{Clock, CoarseClock, SystemClock, Timestamp};
 pub use tokens::{OAuthTokens, ServiceAppTokens, TOKEN_SCHEMA_VERSION};
 pub use webhook::{
     Admission, MAX_WEBHOOK_BODY_BYTES, NewWebhook, SIGNATURE_HEADER, ServiceAppEvent, ServiceAppEventKind,
-    SignatureError, WEBHOOK_DEDUP_CAPACITY, Webhook, WebhookGate, WebhookOutcome, WebhookPage,
-    create_webhook_request, delete_webhook_request, list_webhooks_request, missing_webhooks, next_link,
-    next_page_request, parse_service_app_event, parse_webhook, parse_webhook_deletion, parse_webhook_page,
-    sign, verify_signature,
+    WEBHOOK_DEDUP_CAPACITY, Webhook, WebhookGate, WebhookOutcome, WebhookPage, create_webhook_request,
+    delete_webhook_request, list_webhooks_request, missing_webhooks, next_link, next_page_request,
+    parse_service_app_event, parse_webhook, parse_webhook_deletion, parse_webhook_page, sign,
+    verify_signature,
 };
 
 /// `async_trait`, re-exported so backends implement [`TokenStorage`] with the same macro.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::error::Error;
 use crate::http::RetryClass;
+use crate::key::TokenKey;
 use crate::time::Timestamp;
 use crate::tokens::OAuthTokens;
 
@@ -21,17 +22,21 @@ pub enum Freshness {
 }
 
 /// When tokens count as expired and when they are refreshed ahead of expiry.
+///
+/// Every duration here is a fraction of the token's own lifetime, capped by the configured
+/// value, so tokens of any lifetime work: a 10 s token is usable for 9 s and refreshed from
+/// 7–8 s on; a 14-day token counts as expired 60 s early and is refreshed days ahead.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RefreshPolicy {
-    /// A token within this much of its expiry is treated as expired (clock skew, request
-    /// latency).
+    /// A token within this much of its expiry (at most a tenth of its lifetime) is treated as
+    /// expired (clock skew, request latency).
     pub expiry_buffer: Duration,
     /// Refresh-ahead starts once this fraction of the token's lifetime has passed
     /// (in percent, 0–100).
     pub refresh_ahead_percent: u8,
-    /// Up to this much is subtracted from the refresh-ahead point, differently per key and
-    /// process, so a fleet does not refresh in lockstep.
+    /// Up to this much (at most a tenth of the lifetime) is subtracted from the refresh-ahead
+    /// point, differently per key and process, so a fleet does not refresh in lockstep.
     pub jitter: Duration,
 }
 
@@ -49,7 +54,7 @@ impl RefreshPolicy {
     /// Classifies `tokens` at `now`. `jitter_seed` is any per-key, per-process number (a hash
     /// of the key mixed with a random process seed); the same seed gives the same answer.
     pub fn assess(&self, tokens: &OAuthTokens, now: Timestamp, jitter_seed: u64) -> Freshness {
-        if tokens.is_expired(self.expiry_buffer, now) {
+        if tokens.is_expired(self.buffer_for(tokens), now) {
             return Freshness::Expired;
         }
         if now >= self.refresh_ahead_at(tokens, jitter_seed) {
@@ -59,12 +64,17 @@ impl RefreshPolicy {
         }
     }
 
+    /// The expiry buffer for `tokens`: the configured one, or a tenth of their lifetime when
+    /// that is shorter.
+    pub fn buffer_for(&self, tokens: &OAuthTokens) -> Duration {
+        self.expiry_buffer.min(tokens.lifetime() / 10)
+    }
+
     /// The moment refresh-ahead begins for `tokens` under `jitter_seed`.
     pub fn refresh_ahead_at(&self, tokens: &OAuthTokens, jitter_seed: u64) -> Timestamp {
-        let lifetime = Duration::from_secs(tokens.expires_in);
+        let lifetime = tokens.lifetime();
         let percent = u32::from(self.refresh_ahead_percent.min(100));
         let ahead = tokens.obtained_at.saturating_add(lifetime * percent / 100);
-        // Jitter never exceeds a tenth of the lifetime, so short-lived tokens stay useful.
         let max_jitter = self.jitter.min(lifetime / 10);
         let max_ms = u64::try_from(max_jitter.as_millis()).unwrap_or(u64::MAX);
         let jitter_ms = if max_ms == 0 { 0 } else { splitmix64(jitter_seed) % (max_ms + 1) };
@@ -103,7 +113,7 @@ impl TokenState {
 #[non_exhaustive]
 pub struct KeyStatus {
     /// The key.
-    pub key: crate::storage::TokenKey,
+    pub key: TokenKey,
     /// Its state.
     pub state: TokenState,
     /// When the access token expires.
@@ -116,30 +126,22 @@ impl RefreshPolicy {
     /// The [`KeyStatus`] of `tokens` at `now`.
     pub fn key_status(
         &self,
-        key: crate::storage::TokenKey,
+        key: TokenKey,
         tokens: &OAuthTokens,
         now: Timestamp,
         jitter_seed: u64,
-        rejected: bool,
     ) -> KeyStatus {
         KeyStatus {
-            state: self.state(tokens, now, jitter_seed, rejected),
+            state: self.state(tokens, now, jitter_seed),
             access_expires_at: tokens.expires_at(),
             refresh_expires_at: tokens.refresh_token_expires_at(),
             key,
         }
     }
 
-    /// The state of `tokens` at `now`. `rejected` says a refresh with the stored refresh token
-    /// was already answered `invalid_grant`.
-    pub fn state(
-        &self,
-        tokens: &OAuthTokens,
-        now: Timestamp,
-        jitter_seed: u64,
-        rejected: bool,
-    ) -> TokenState {
-        let refresh_dead = rejected
+    /// The state of `tokens` at `now`.
+    pub fn state(&self, tokens: &OAuthTokens, now: Timestamp, jitter_seed: u64) -> TokenState {
+        let refresh_dead = tokens.reauthorization_required
             || tokens.refresh_token.is_none()
             || tokens.refresh_token_expires_at().is_some_and(|at| at <= now);
         match self.assess(tokens, now, jitter_seed) {
@@ -289,6 +291,21 @@ mod tests {
     }
 
     #[test]
+    fn short_lifetimes_stay_usable_for_most_of_their_life() {
+        let p = RefreshPolicy::default();
+        let t = tokens(1_000, 10);
+        let at = |ms: u64| Timestamp::from_unix_millis(1_000_000 + ms);
+        assert_eq!(p.assess(&t, at(0), 3), Freshness::Fresh, "a 10 s token is fresh when issued");
+        assert_eq!(p.assess(&t, at(6_900), 3), Freshness::Fresh);
+        assert_eq!(p.assess(&t, at(8_500), 3), Freshness::RefreshAhead);
+        assert_eq!(p.assess(&t, at(9_000), 3), Freshness::Expired, "a tenth of the lifetime as buffer");
+        let long = tokens(0, 1_209_599);
+        assert_eq!(p.buffer_for(&long), Duration::from_secs(60), "capped by the configured buffer");
+        let ahead = p.refresh_ahead_at(&long, 3);
+        assert!(long.expires_at().saturating_duration_since(ahead) > Duration::from_secs(2 * 86_400));
+    }
+
+    #[test]
     fn jitter_is_bounded_by_a_tenth_of_short_lifetimes() {
         let p = RefreshPolicy { expiry_buffer: Duration::ZERO, ..RefreshPolicy::default() };
         let t = tokens(0, 10);
@@ -303,16 +320,21 @@ mod tests {
         let p = RefreshPolicy { jitter: Duration::ZERO, ..RefreshPolicy::default() };
         let with_rt = tokens(1_000, 1_000).with_refresh_token(RefreshToken::new("r"), Some(10_000));
         let at = Timestamp::from_unix_secs;
-        assert_eq!(p.state(&with_rt, at(1_100), 0, false), TokenState::Valid);
-        assert_eq!(p.state(&with_rt, at(1_850), 0, false), TokenState::RefreshSoon);
-        assert_eq!(p.state(&with_rt, at(3_000), 0, false), TokenState::Expired);
-        assert_eq!(p.state(&with_rt, at(3_000), 0, true), TokenState::ReauthorizationRequired);
+        assert_eq!(p.state(&with_rt, at(1_100), 0), TokenState::Valid);
+        assert_eq!(p.state(&with_rt, at(1_850), 0), TokenState::RefreshSoon);
+        assert_eq!(p.state(&with_rt, at(3_000), 0), TokenState::Expired);
+        assert_eq!(p.state(&with_rt.clone().rejected(), at(3_000), 0), TokenState::ReauthorizationRequired);
         assert_eq!(
-            p.state(&with_rt, at(20_000), 0, false),
+            p.state(&with_rt.clone().rejected(), at(1_850), 0),
+            TokenState::Valid,
+            "usable while it lasts"
+        );
+        assert_eq!(
+            p.state(&with_rt, at(20_000), 0),
             TokenState::ReauthorizationRequired,
             "refresh token expired"
         );
-        assert_eq!(p.state(&tokens(1_000, 1_000), at(3_000), 0, false), TokenState::ReauthorizationRequired);
+        assert_eq!(p.state(&tokens(1_000, 1_000), at(3_000), 0), TokenState::ReauthorizationRequired);
         assert_eq!(TokenState::RefreshSoon.as_str(), "refresh_soon");
     }
 

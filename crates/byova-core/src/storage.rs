@@ -1,13 +1,20 @@
-//! Token storage: the async [`TokenStorage`] (the seed's six methods), its blocking twin
-//! [`BlockingTokenStorage`], the coordination hooks the refresh path uses, and
+//! Token storage: the seed's six-method traits ([`TokenStorage`], async, and its blocking twin
+//! [`BlockingTokenStorage`]), the coordination layer shared backends implement instead
+//! ([`CoordinatedTokenStorage`], [`BlockingCoordinatedTokenStorage`]), and
 //! [`InMemoryTokenStorage`].
 //!
-//! # Coordination hooks
-//! Shared backends (file, Redis, SQL) let several processes refresh safely: a **lease** per key
-//! so one process calls the token endpoint (efficiency), and a **version** on every record so
-//! a write based on a stale read is rejected (correctness). The hooks have defaults that
-//! describe a single process, so a backend implementing only the six seed methods still works;
-//! it reports [`supports_coordination`](TokenStorage::supports_coordination) `false`.
+//! # Two layers
+//! The refresh path needs versions and leases: a **lease** per key so one process calls the
+//! token endpoint (efficiency), and a **version** on every record so a write based on a stale
+//! read is rejected (correctness). It reads them through the hooks of [`TokenStorage`]
+//! (`load`, `store`, the lease methods), whose defaults describe a single process, so a
+//! backend written against the Python SDK's six methods keeps working unchanged: it gets
+//! in-process single-flight and nothing more.
+//!
+//! A backend that coordinates for real implements the primitives once
+//! ([`CoordinatedTokenStorage`]: `load`, `store` with [`Expect`], `delete_org`, `list_orgs`,
+//! and the three lease methods); the six seed methods and the hooks are then provided for it
+//! by a blanket implementation.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -16,163 +23,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::error::TokenSubject;
+use crate::error::StorageError;
+use crate::key::{Expect, Lease, TokenKey, UNVERSIONED, Versioned};
 use crate::time::{Clock, SystemClock, Timestamp};
 use crate::tokens::{OAuthTokens, ServiceAppTokens};
 
-/// Whose tokens a record holds.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum TokenKey {
-    /// The provider's Integration.
-    Integration,
-    /// A customer organization's Service App tokens.
-    Org(String),
-}
-
-impl TokenKey {
-    /// The key for an org.
-    pub fn org(org_id: impl Into<String>) -> Self {
-        TokenKey::Org(org_id.into())
-    }
-
-    /// The subject used in errors.
-    pub fn subject(&self) -> TokenSubject {
-        match self {
-            TokenKey::Integration => TokenSubject::Integration,
-            TokenKey::Org(org) => TokenSubject::Org(org.clone()),
-        }
-    }
-}
-
-impl fmt::Display for TokenKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TokenKey::Integration => f.write_str("integration"),
-            TokenKey::Org(org) => write!(f, "org {org}"),
-        }
-    }
-}
-
-/// A record with the version it was read at. Versions only grow; a backend without
-/// coordination reports [`UNVERSIONED`].
-#[derive(Clone, Debug)]
-pub struct Versioned<T> {
-    /// The record.
-    pub value: T,
-    /// Its version.
-    pub version: u64,
-}
-
-/// The version a backend without coordination reports.
-pub const UNVERSIONED: u64 = 0;
-
-/// The condition a versioned write checks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Expect {
-    /// No record may exist.
-    Absent,
-    /// The stored record must have this version.
-    Version(u64),
-    /// Write unconditionally.
-    Any,
-}
-
-/// A lease on one key, held by one owner until it is released or its time-to-live passes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Lease {
-    /// The key it covers.
-    pub key: TokenKey,
-    /// The owner's random token; only the owner can release the lease.
-    pub owner: u128,
-}
-
-impl Lease {
-    /// A lease with a fresh random owner token.
-    pub fn new(key: TokenKey) -> Self {
-        Self { key, owner: u128::from_le_bytes(crate::secret::random_bytes::<16>()) }
-    }
-}
-
-/// What kind of storage failure happened.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum StorageErrorKind {
-    /// The backend could not be reached or timed out. Retry later; nothing was lost.
-    Unavailable,
-    /// A versioned write lost to another writer. Re-read, then decide again.
-    Conflict,
-    /// A stored record does not parse. It is left in place for a person to inspect.
-    Corrupt,
-    /// Anything else (permissions, bad configuration, a bad key).
-    Other,
-}
-
-impl fmt::Display for StorageErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            StorageErrorKind::Unavailable => "unavailable",
-            StorageErrorKind::Conflict => "conflict",
-            StorageErrorKind::Corrupt => "corrupt",
-            StorageErrorKind::Other => "other",
-        })
-    }
-}
-
-/// A token store failure. Messages name the key and the backend, never a token.
-#[derive(Debug, thiserror::Error)]
-#[error("token storage error ({kind}): {message}")]
-pub struct StorageError {
-    kind: StorageErrorKind,
-    message: String,
-    #[source]
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
-}
-
-impl StorageError {
-    /// A new error of `kind`.
-    pub fn new(kind: StorageErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), source: None }
-    }
-
-    /// The backend is unreachable.
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StorageErrorKind::Unavailable, message)
-    }
-
-    /// A versioned write lost.
-    pub fn conflict(key: &TokenKey) -> Self {
-        Self::new(StorageErrorKind::Conflict, format!("the record for {key} changed since it was read"))
-    }
-
-    /// A record does not parse.
-    pub fn corrupt(message: impl Into<String>) -> Self {
-        Self::new(StorageErrorKind::Corrupt, message)
-    }
-
-    /// Anything else.
-    pub fn other(message: impl Into<String>) -> Self {
-        Self::new(StorageErrorKind::Other, message)
-    }
-
-    /// Attaches the underlying error (it must not carry a secret in its message).
-    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
-        self.source = Some(Box::new(source));
-        self
-    }
-
-    /// The kind.
-    pub fn kind(&self) -> StorageErrorKind {
-        self.kind
-    }
-
-    /// Whether the same operation may succeed later (unavailable) or after a re-read (conflict).
-    pub fn is_retryable(&self) -> bool {
-        matches!(self.kind, StorageErrorKind::Unavailable | StorageErrorKind::Conflict)
-    }
-}
-
-/// Decodes a stored record, mapping failure to a [`StorageErrorKind::Corrupt`] error that names
-/// `key` and `location` (a file, a Redis key, a table) but no content.
+/// Decodes a stored record, mapping failure to a
+/// [`StorageErrorKind::Corrupt`](crate::StorageErrorKind::Corrupt) error that names `key` and
+/// `location` (a file, a Redis key, a table) but no content.
 pub fn decode_record(bytes: &[u8], key: &TokenKey, location: &str) -> Result<OAuthTokens, StorageError> {
     OAuthTokens::from_json(bytes).map_err(|why| {
         StorageError::corrupt(format!("the record for {key} at {location} is unreadable: {why}"))
@@ -186,7 +44,10 @@ fn check_org_id(org_id: &str) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Async token storage (the seed's `TokenStorage` protocol) plus coordination hooks.
+/// Async token storage (the Python SDK's `TokenStorage` protocol) plus coordination hooks.
+///
+/// Implement the six methods for a simple store; implement [`CoordinatedTokenStorage`]
+/// instead for one that several processes share (this trait is then provided).
 #[async_trait]
 pub trait TokenStorage: Send + Sync {
     /// Stored Integration tokens, or `None` when not authorized.
@@ -213,7 +74,7 @@ pub trait TokenStorage: Send + Sync {
         false
     }
 
-    /// Reads a record with its version.
+    /// Reads a record with its version ([`UNVERSIONED`] by default).
     async fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
         let value = match key {
             TokenKey::Integration => self.get_integration_tokens().await?,
@@ -223,7 +84,8 @@ pub trait TokenStorage: Send + Sync {
     }
 
     /// Writes a record if `expect` holds, returning the new version; a stale `expect` fails
-    /// with [`StorageErrorKind::Conflict`]. The default writes unconditionally.
+    /// with [`StorageErrorKind::Conflict`](crate::StorageErrorKind::Conflict). The default
+    /// writes unconditionally.
     async fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
         let _ = expect;
         match key {
@@ -314,6 +176,99 @@ pub trait BlockingTokenStorage: Send + Sync {
     }
 }
 
+/// The primitives of a store that several processes share: versioned records and leases.
+/// Implement these once; [`TokenStorage`] (the six seed methods and the hooks) is provided.
+///
+/// The contract, which `byova_testkit::conformance` checks: versions only grow, also across a
+/// delete and a re-create; [`store`](Self::store) applies only when [`Expect::admits`] the
+/// stored version and fails with a conflict otherwise; a lease is held by one owner at a time
+/// until released or until its time-to-live passes, and only its owner can release or extend
+/// it.
+#[async_trait]
+pub trait CoordinatedTokenStorage: Send + Sync {
+    /// Reads a record with its version.
+    async fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError>;
+    /// Writes a record if `expect` holds and returns its new version.
+    async fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError>;
+    /// Removes an org's record; an absent org is not an error.
+    async fn delete_org(&self, org_id: &str) -> Result<(), StorageError>;
+    /// Org ids with a record.
+    async fn list_orgs(&self) -> Result<Vec<String>, StorageError>;
+    /// See [`TokenStorage::try_acquire_lease`].
+    async fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError>;
+    /// See [`TokenStorage::release_lease`].
+    async fn release_lease(&self, lease: &Lease) -> Result<(), StorageError>;
+    /// See [`TokenStorage::extend_lease`].
+    async fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError>;
+}
+
+/// The blocking twin of [`CoordinatedTokenStorage`]; [`BlockingTokenStorage`] is provided.
+pub trait BlockingCoordinatedTokenStorage: Send + Sync {
+    /// See [`CoordinatedTokenStorage::load`].
+    fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError>;
+    /// See [`CoordinatedTokenStorage::store`].
+    fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError>;
+    /// See [`CoordinatedTokenStorage::delete_org`].
+    fn delete_org(&self, org_id: &str) -> Result<(), StorageError>;
+    /// See [`CoordinatedTokenStorage::list_orgs`].
+    fn list_orgs(&self) -> Result<Vec<String>, StorageError>;
+    /// See [`TokenStorage::try_acquire_lease`].
+    fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError>;
+    /// See [`TokenStorage::release_lease`].
+    fn release_lease(&self, lease: &Lease) -> Result<(), StorageError>;
+    /// See [`TokenStorage::extend_lease`].
+    fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError>;
+}
+
+/// Writes the seed's six methods and the hooks over the coordinated primitives, once for each
+/// pair of traits.
+macro_rules! provide_seed_methods {
+    ($(#[$attr:meta])* $seed:ident over $primitives:ident $(, $async_kw:ident, $await:tt)?) => {
+        $(#[$attr])*
+        impl<S: $primitives> $seed for S {
+            $($async_kw)? fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
+                Ok($primitives::load(self, &TokenKey::Integration)$(.$await)??.map(|v| v.value))
+            }
+            $($async_kw)? fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError> {
+                $primitives::store(self, &TokenKey::Integration, tokens, Expect::Any)$(.$await)?.map(drop)
+            }
+            $($async_kw)? fn get_service_app_tokens(&self, org_id: &str) -> Result<Option<ServiceAppTokens>, StorageError> {
+                Ok($primitives::load(self, &TokenKey::org(org_id))$(.$await)??.map(|v| v.value))
+            }
+            $($async_kw)? fn set_service_app_tokens(&self, org_id: &str, tokens: &ServiceAppTokens) -> Result<(), StorageError> {
+                $primitives::store(self, &TokenKey::org(org_id), tokens, Expect::Any)$(.$await)?.map(drop)
+            }
+            $($async_kw)? fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError> {
+                $primitives::delete_org(self, org_id)$(.$await)?
+            }
+            $($async_kw)? fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
+                $primitives::list_orgs(self)$(.$await)?
+            }
+            fn supports_coordination(&self) -> bool {
+                true
+            }
+            $($async_kw)? fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
+                $primitives::load(self, key)$(.$await)?
+            }
+            $($async_kw)? fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
+                $primitives::store(self, key, tokens, expect)$(.$await)?
+            }
+            $($async_kw)? fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
+                $primitives::try_acquire_lease(self, key, ttl)$(.$await)?
+            }
+            $($async_kw)? fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
+                $primitives::release_lease(self, lease)$(.$await)?
+            }
+            $($async_kw)? fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
+                $primitives::extend_lease(self, lease, ttl)$(.$await)?
+            }
+        }
+    };
+}
+
+provide_seed_methods!(#[async_trait] TokenStorage over CoordinatedTokenStorage, async, await);
+provide_seed_methods!(BlockingTokenStorage over BlockingCoordinatedTokenStorage);
+
 /// In-process token storage for development and tests; tokens are lost when the process exits.
 ///
 /// Records are kept in their stored (serialized) form, exactly as durable backends keep them,
@@ -399,12 +354,7 @@ impl InMemoryTokenStorage {
         let bytes = tokens.to_json();
         let mut state = self.lock();
         let current = state.records.get(key).map(|(_, v)| *v);
-        let ok = match expect {
-            Expect::Any => true,
-            Expect::Absent => current.is_none(),
-            Expect::Version(v) => current == Some(v),
-        };
-        if !ok {
+        if !expect.admits(current) {
             return Err(StorageError::conflict(key));
         }
         state.last_version += 1;
@@ -464,63 +414,49 @@ impl InMemoryTokenStorage {
     }
 }
 
-/// Implements one of the storage traits over the inherent `*_sync` methods above, so the
+/// Implements one of the coordinated traits over the inherent `*_sync` methods above, so the
 /// async and blocking implementations cannot drift apart.
 macro_rules! memory_storage_impl {
     ($(#[$attr:meta])* $trait:ident $(, $async_kw:ident)?) => {
         $(#[$attr])*
         impl $trait for InMemoryTokenStorage {
-        $($async_kw)? fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
-            Ok(self.load_sync(&TokenKey::Integration)?.map(|v| v.value))
-        }
-        $($async_kw)? fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError> {
-            self.store_sync(&TokenKey::Integration, tokens, Expect::Any).map(drop)
-        }
-        $($async_kw)? fn get_service_app_tokens(&self, org_id: &str) -> Result<Option<ServiceAppTokens>, StorageError> {
-            Ok(self.load_sync(&TokenKey::org(org_id))?.map(|v| v.value))
-        }
-        $($async_kw)? fn set_service_app_tokens(&self, org_id: &str, tokens: &ServiceAppTokens) -> Result<(), StorageError> {
-            self.store_sync(&TokenKey::org(org_id), tokens, Expect::Any).map(drop)
-        }
-        $($async_kw)? fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError> {
-            self.delete_sync(org_id)
-        }
-        $($async_kw)? fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
-            Ok(self.list_sync())
-        }
-        fn supports_coordination(&self) -> bool {
-            true
-        }
-        $($async_kw)? fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
-            self.load_sync(key)
-        }
-        $($async_kw)? fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
-            self.store_sync(key, tokens, expect)
-        }
-        $($async_kw)? fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
-            Ok(self.acquire_sync(key, ttl))
-        }
-        $($async_kw)? fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
-            self.release_sync(lease);
-            Ok(())
-        }
-        $($async_kw)? fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
-            Ok(self.extend_sync(lease, ttl))
-        }
+            $($async_kw)? fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
+                self.load_sync(key)
+            }
+            $($async_kw)? fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
+                self.store_sync(key, tokens, expect)
+            }
+            $($async_kw)? fn delete_org(&self, org_id: &str) -> Result<(), StorageError> {
+                self.delete_sync(org_id)
+            }
+            $($async_kw)? fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
+                Ok(self.list_sync())
+            }
+            $($async_kw)? fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
+                Ok(self.acquire_sync(key, ttl))
+            }
+            $($async_kw)? fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
+                self.release_sync(lease);
+                Ok(())
+            }
+            $($async_kw)? fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
+                Ok(self.extend_sync(lease, ttl))
+            }
         }
     };
 }
 
 memory_storage_impl!(
     #[async_trait]
-    TokenStorage,
+    CoordinatedTokenStorage,
     async
 );
-memory_storage_impl!(BlockingTokenStorage);
+memory_storage_impl!(BlockingCoordinatedTokenStorage);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::StorageErrorKind;
     use crate::secret::{AccessToken, RefreshToken};
 
     fn tokens(access: &str) -> OAuthTokens {

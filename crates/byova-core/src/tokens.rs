@@ -33,6 +33,10 @@ pub struct OAuthTokens {
     pub scope: Option<String>,
     /// When the request that produced these tokens was sent.
     pub obtained_at: Timestamp,
+    /// Webex rejected this record's refresh token (`invalid_grant`): a person must authorize
+    /// again. Stored with the record, so every process sees it and none spends the rejected
+    /// token again; tokens from a new authorization come without it.
+    pub reauthorization_required: bool,
 }
 
 /// Service App tokens have exactly the shape of Integration tokens.
@@ -49,6 +53,7 @@ impl OAuthTokens {
             refresh_token_expires_in: None,
             scope: None,
             obtained_at,
+            reauthorization_required: false,
         }
     }
 
@@ -57,6 +62,17 @@ impl OAuthTokens {
         self.refresh_token = Some(token);
         self.refresh_token_expires_in = expires_in;
         self
+    }
+
+    /// The same record marked: Webex rejected its refresh token.
+    pub fn rejected(mut self) -> Self {
+        self.reauthorization_required = true;
+        self
+    }
+
+    /// The access token's lifetime.
+    pub fn lifetime(&self) -> Duration {
+        Duration::from_secs(self.expires_in)
     }
 
     /// When the access token expires.
@@ -126,6 +142,8 @@ struct WireOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     scope: Option<&'a str>,
     obtained_at_ms: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    reauthorization_required: bool,
 }
 
 #[derive(Deserialize)]
@@ -141,6 +159,8 @@ struct WireIn {
     #[serde(default)]
     scope: Option<String>,
     obtained_at_ms: u64,
+    #[serde(default)]
+    reauthorization_required: bool,
 }
 
 impl Serialize for OAuthTokens {
@@ -154,6 +174,7 @@ impl Serialize for OAuthTokens {
             refresh_token_expires_in: self.refresh_token_expires_in,
             scope: self.scope.as_deref(),
             obtained_at_ms: self.obtained_at.as_unix_millis(),
+            reauthorization_required: self.reauthorization_required,
         }
         .serialize(serializer)
     }
@@ -176,6 +197,7 @@ impl<'de> Deserialize<'de> for OAuthTokens {
             refresh_token_expires_in: w.refresh_token_expires_in,
             scope: w.scope,
             obtained_at: Timestamp::from_unix_millis(w.obtained_at_ms),
+            reauthorization_required: w.reauthorization_required,
         })
     }
 }
@@ -200,7 +222,7 @@ mod tests {
             format!("{:?}", sample()),
             "OAuthTokens { access_token: AccessToken([redacted]), expires_in: 1209599, token_type: \"Bearer\", \
              refresh_token: Some(RefreshToken([redacted])), refresh_token_expires_in: Some(7775999), scope: None, \
-             obtained_at: Timestamp(1764000000500) }"
+             obtained_at: Timestamp(1764000000500), reauthorization_required: false }"
         );
     }
 
@@ -221,6 +243,15 @@ mod tests {
             String::from_utf8(sample().to_json()).unwrap(),
             r#"{"schema":1,"access_token":"ACCESS-CANARY","expires_in":1209599,"token_type":"Bearer","refresh_token":"REFRESH-CANARY","refresh_token_expires_in":7775999,"obtained_at_ms":1764000000500}"#
         );
+    }
+
+    #[test]
+    fn the_reauthorization_mark_round_trips_and_is_absent_when_unset() {
+        let marked = sample().rejected();
+        let json = String::from_utf8(marked.to_json()).unwrap();
+        assert!(json.ends_with(r#","reauthorization_required":true}"#), "{json}");
+        assert!(OAuthTokens::from_json(json.as_bytes()).unwrap().reauthorization_required);
+        assert!(!String::from_utf8(sample().to_json()).unwrap().contains("reauthorization"));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use sha1::Sha1;
 
 use crate::config::ByovaConfig;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SignatureError};
 use crate::http::{HttpRequest, HttpResponse, Method, RetryClass};
 use crate::ids::{decode_org_id, looks_like_uuid};
 use crate::oauth::api_error;
@@ -18,24 +18,6 @@ pub const MAX_WEBHOOK_BODY_BYTES: usize = 64 * 1024;
 
 /// The header carrying the delivery's HMAC-SHA1.
 pub const SIGNATURE_HEADER: &str = "X-Spark-Signature";
-
-/// Why a delivery's signature was not accepted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum SignatureError {
-    /// No `X-Spark-Signature` header (or an empty one).
-    #[error("the X-Spark-Signature header is missing")]
-    Missing,
-    /// The header is not 40 hex digits.
-    #[error("the X-Spark-Signature header is not a hex HMAC-SHA1")]
-    Malformed,
-    /// The signature does not match the body under the configured secret.
-    #[error("the X-Spark-Signature does not match the body")]
-    Mismatch,
-    /// The body is larger than [`MAX_WEBHOOK_BODY_BYTES`].
-    #[error("the delivery is larger than 64 KiB")]
-    TooLarge,
-}
 
 /// Verifies `X-Spark-Signature`: lowercase or uppercase hex of HMAC-SHA1 over the raw body,
 /// keyed by the webhook secret, compared in constant time.

@@ -985,5 +985,10 @@ async fn listener_refuses_non_loopback_and_busy_ports(f: Arc<dyn Flavour>) {
         .wait_for_redirect(format!("http://127.0.0.1:{port}/cb"), "S".into(), Duration::from_secs(1))
         .await
         .unwrap_err();
-    assert!(matches!(&err, Error::Configuration(m) if m.contains(&port.to_string())), "{err:?}");
+    assert!(
+        matches!(&err, Error::Listen { address, source } if address.contains(&port.to_string())
+            && source.kind() == std::io::ErrorKind::AddrInUse),
+        "{err:?}"
+    );
+    assert!(std::error::Error::source(&err).is_some(), "the io::Error is kept as the source");
 }

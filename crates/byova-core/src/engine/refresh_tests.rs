@@ -1,6 +1,11 @@
 use std::time::Duration;
 
 use super::*;
+use crate::config::ByovaConfig;
+use crate::credentials::{IntegrationCredentials, ServiceAppCredentials};
+use crate::engine::{IntegrationEngine, ServiceAppEngine};
+use crate::error::{StorageError, TokenSubject};
+use crate::http::HttpResponse;
 use crate::storage::{BlockingTokenStorage, InMemoryTokenStorage};
 
 const NOW: Timestamp = Timestamp::from_unix_secs(1_800_000_000);
@@ -54,6 +59,20 @@ fn form_field(req: &HttpRequest, name: &str) -> Option<String> {
     form_urlencoded::parse(&req.body).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
+/// Whose tokens a run refreshes.
+#[derive(Clone, Copy)]
+enum Who {
+    Integration,
+    ServiceApp,
+}
+
+fn engine(who: Who) -> Arc<Engine> {
+    match who {
+        Who::Integration => IntegrationEngine::new(int_creds(), config()).tokens().clone(),
+        Who::ServiceApp => ServiceAppEngine::new(sa_creds(), config(), None).tokens().clone(),
+    }
+}
+
 /// What a run did, for assertions.
 #[derive(Default)]
 struct Trace {
@@ -66,62 +85,57 @@ struct Trace {
 /// A synchronous driver over the in-memory store; `respond` plays Webex.
 fn drive(
     storage: &InMemoryTokenStorage,
-    client: RefreshClient<'_>,
+    who: Who,
     key: TokenKey,
-    mode: RefreshMode,
+    mode: Mode,
     respond: impl FnMut(&HttpRequest, &InMemoryTokenStorage) -> Result<HttpResponse>,
 ) -> (Outcome, Trace) {
-    drive_with(storage, client, key, mode, None, respond)
+    drive_with(storage, &engine(who), key, mode, respond)
 }
 
-/// [`drive`] over any blocking store, optionally with tokens an earlier run could not store.
+/// [`drive`] over any blocking store and engine (whose cache may hold unsaved tokens).
 fn drive_with<S: BlockingTokenStorage + ?Sized>(
     storage: &S,
-    client: RefreshClient<'_>,
+    engine: &Arc<Engine>,
     key: TokenKey,
-    mode: RefreshMode,
-    unsaved: Option<(OAuthTokens, Expect)>,
+    mode: Mode,
     mut respond: impl FnMut(&HttpRequest, &S) -> Result<HttpResponse>,
 ) -> (Outcome, Trace) {
-    let config = config();
-    let mut m = RefreshMachine::new(&config, client, key, mode, 7, 42).with_unsaved(unsaved);
     let mut trace = Trace::default();
-    let mut step = m.start();
+    let mut step = Run::new(engine.clone(), key, mode, 42).start();
     for _ in 0..10_000 {
         step = match step {
-            Step::Load(k) => m.on_loaded(storage.load(&k), NOW),
-            Step::AcquireLease(k, ttl) => m.on_lease(storage.try_acquire_lease(&k, ttl), NOW),
-            Step::Sleep(d) => {
+            Step::Load(k, then) => then.resume(storage.load(&k), NOW),
+            Step::AcquireLease(k, ttl, then) => then.resume(storage.try_acquire_lease(&k, ttl), NOW),
+            Step::Sleep(d, then) => {
                 trace.sleeps.push(d);
-                m.on_slept()
+                then.resume((), NOW)
             }
-            Step::NeedIntegrationToken => {
+            Step::IntegrationToken(then) => {
                 trace.integration_tokens_asked += 1;
-                m.on_integration_token(Ok(AccessToken::new("INT-BEARER")))
+                then.resume(Ok(AccessToken::new("INT-BEARER")), NOW)
             }
-            Step::Send(req) => {
+            Step::Send(req, then) => {
                 let resp = respond(&req, storage);
                 trace.sent.push(req);
-                m.on_response(resp, NOW, NOW)
+                then.resume(Sent::new(resp, NOW), NOW)
             }
-            Step::Store(k, t, expect) => {
+            Step::Store(k, t, expect, then) => {
                 trace.stores += 1;
-                m.on_stored(storage.store(&k, &t, expect))
+                then.resume(storage.store(&k, &t, expect), NOW)
             }
-            Step::Release(lease) => {
-                storage.release_lease(&lease).unwrap();
-                m.on_released()
-            }
-            Step::ExtendLease(lease, ttl) => m.on_lease_extended(storage.extend_lease(&lease, ttl), NOW),
-            Step::Done(outcome) => return (outcome, trace),
+            Step::ReleaseLease(lease, then) => then.resume(storage.release_lease(&lease), NOW),
+            Step::ExtendLease(lease, ttl, then) => then.resume(storage.extend_lease(&lease, ttl), NOW),
+            Step::Done(outcome) => return (outcome.expect("a run always ends with an outcome"), trace),
+            other => panic!("a refresh run asked for {other:?}"),
         };
     }
-    panic!("the machine did not finish");
+    panic!("the run did not finish");
 }
 
 fn seeded(key: &TokenKey, t: OAuthTokens) -> InMemoryTokenStorage {
     let s = InMemoryTokenStorage::new();
-    s.store(key, &t, Expect::Absent).unwrap();
+    BlockingTokenStorage::store(&s, key, &t, Expect::Absent).unwrap();
     s
 }
 
@@ -133,8 +147,7 @@ fn never(_: &HttpRequest, _: &InMemoryTokenStorage) -> Result<HttpResponse> {
 fn a_fresh_token_needs_no_request() {
     let key = TokenKey::Integration;
     let s = seeded(&key, tokens("A", Some("R"), NOW, 3600));
-    let creds = int_creds();
-    let (out, trace) = drive(&s, RefreshClient::Integration(&creds), key, RefreshMode::GetValid, never);
+    let (out, trace) = drive(&s, Who::Integration, key, Mode::GetValid, never);
     assert!(out.result.unwrap().value.access_token.ct_eq_str("A"));
     assert!(!out.refreshed);
     assert_eq!(trace.stores, 0);
@@ -144,13 +157,11 @@ fn a_fresh_token_needs_no_request() {
 fn an_expired_token_is_refreshed_stored_and_returned() {
     let key = TokenKey::Integration;
     let s = seeded(&key, expired("OLD", "R1"));
-    let creds = int_creds();
-    let (out, trace) =
-        drive(&s, RefreshClient::Integration(&creds), key.clone(), RefreshMode::GetValid, |req, _| {
-            assert_eq!(form_field(req, "refresh_token").as_deref(), Some("R1"));
-            assert_eq!(form_field(req, "client_id").as_deref(), Some("Cint"));
-            Ok(ok_body("NEW", Some("R2")))
-        });
+    let (out, trace) = drive(&s, Who::Integration, key.clone(), Mode::GetValid, |req, _| {
+        assert_eq!(form_field(req, "refresh_token").as_deref(), Some("R1"));
+        assert_eq!(form_field(req, "client_id").as_deref(), Some("Cint"));
+        Ok(ok_body("NEW", Some("R2")))
+    });
     let rec = out.result.unwrap();
     assert!(out.refreshed);
     assert!(rec.value.access_token.ct_eq_str("NEW"));
@@ -165,11 +176,7 @@ fn an_expired_token_is_refreshed_stored_and_returned() {
 fn refresh_keeps_old_refresh_token_when_response_omits_it() {
     let key = TokenKey::Integration;
     let s = seeded(&key, expired("OLD", "KEEP-ME"));
-    let creds = int_creds();
-    let (out, _) =
-        drive(&s, RefreshClient::Integration(&creds), key.clone(), RefreshMode::GetValid, |_, _| {
-            Ok(ok_body("NEW", None))
-        });
+    let (out, _) = drive(&s, Who::Integration, key.clone(), Mode::GetValid, |_, _| Ok(ok_body("NEW", None)));
     assert!(out.result.unwrap().value.refresh_token.unwrap().ct_eq_str("KEEP-ME"));
     assert!(s.load(&key).unwrap().unwrap().value.refresh_token.unwrap().ct_eq_str("KEEP-ME"));
 }
@@ -178,9 +185,8 @@ fn refresh_keeps_old_refresh_token_when_response_omits_it() {
 fn server_errors_are_retried_with_backoff_then_succeed() {
     let key = TokenKey::Integration;
     let s = seeded(&key, expired("OLD", "R"));
-    let creds = int_creds();
     let mut n = 0;
-    let (out, trace) = drive(&s, RefreshClient::Integration(&creds), key, RefreshMode::GetValid, |_, _| {
+    let (out, trace) = drive(&s, Who::Integration, key, Mode::GetValid, |_, _| {
         n += 1;
         if n < 3 { Ok(status(503, &[], "")) } else { Ok(ok_body("NEW", Some("R"))) }
     });
@@ -196,9 +202,8 @@ fn server_errors_are_retried_with_backoff_then_succeed() {
 fn rate_limits_wait_exactly_retry_after() {
     let key = TokenKey::Integration;
     let s = seeded(&key, expired("OLD", "R"));
-    let creds = int_creds();
     let mut n = 0;
-    let (out, trace) = drive(&s, RefreshClient::Integration(&creds), key, RefreshMode::GetValid, |_, _| {
+    let (out, trace) = drive(&s, Who::Integration, key, Mode::GetValid, |_, _| {
         n += 1;
         if n == 1 {
             Ok(status(429, &[("Retry-After", "2")], "<html>"))
@@ -214,11 +219,8 @@ fn rate_limits_wait_exactly_retry_after() {
 fn a_failed_refresh_serves_the_old_token_while_it_is_really_valid() {
     let key = TokenKey::Integration;
     let s = seeded(&key, refresh_ahead("STILL-GOOD", "R"));
-    let creds = int_creds();
     let (out, trace) =
-        drive(&s, RefreshClient::Integration(&creds), key.clone(), RefreshMode::GetValid, |_, _| {
-            Ok(status(500, &[], ""))
-        });
+        drive(&s, Who::Integration, key.clone(), Mode::GetValid, |_, _| Ok(status(500, &[], "")));
     assert!(out.result.unwrap().value.access_token.ct_eq_str("STILL-GOOD"));
     assert!(matches!(out.served_stale_after, Some(Error::Server(_))));
     assert_eq!(trace.sent.len(), 4, "the retry budget was spent first");
@@ -229,11 +231,9 @@ fn a_failed_refresh_serves_the_old_token_while_it_is_really_valid() {
 fn a_failed_refresh_of_a_dead_token_is_an_error_and_keeps_the_record() {
     let key = TokenKey::Integration;
     let s = seeded(&key, expired("OLD", "R"));
-    let creds = int_creds();
-    let (out, _) =
-        drive(&s, RefreshClient::Integration(&creds), key.clone(), RefreshMode::GetValid, |_, _| {
-            Err(Error::Transport { message: "reset".into(), maybe_sent: true })
-        });
+    let (out, _) = drive(&s, Who::Integration, key.clone(), Mode::GetValid, |_, _| {
+        Err(Error::Transport { message: "reset".into(), maybe_sent: true })
+    });
     assert!(matches!(out.result, Err(Error::Transport { .. })));
     assert!(s.load(&key).unwrap().is_some());
 }
@@ -242,11 +242,9 @@ fn a_failed_refresh_of_a_dead_token_is_an_error_and_keeps_the_record() {
 fn invalid_grant_for_the_stored_token_requires_reauthorization_and_keeps_the_record() {
     let key = TokenKey::Integration;
     let s = seeded(&key, expired("OLD", "DEAD"));
-    let creds = int_creds();
-    let (out, trace) =
-        drive(&s, RefreshClient::Integration(&creds), key.clone(), RefreshMode::GetValid, |_, _| {
-            Ok(status(400, &[], r#"{"error":"invalid_grant"}"#))
-        });
+    let (out, trace) = drive(&s, Who::Integration, key.clone(), Mode::GetValid, |_, _| {
+        Ok(status(400, &[], r#"{"error":"invalid_grant"}"#))
+    });
     assert!(matches!(
         out.result,
         Err(Error::ReauthorizationRequired { subject: TokenSubject::Integration, .. })
@@ -259,21 +257,19 @@ fn invalid_grant_for_the_stored_token_requires_reauthorization_and_keeps_the_rec
 fn invalid_grant_after_another_replica_rotated_uses_the_stored_token() {
     let key = TokenKey::Integration;
     let s = seeded(&key, expired("OLD", "R1"));
-    let creds = int_creds();
-    let (out, trace) =
-        drive(&s, RefreshClient::Integration(&creds), key.clone(), RefreshMode::GetValid, |req, storage| {
-            if form_field(req, "refresh_token").as_deref() == Some("R1") {
-                // Another replica rotated R1 → R2 but stored an expired access token with it.
-                let cur = storage.load(&TokenKey::Integration).unwrap().unwrap();
-                storage
-                    .store(&TokenKey::Integration, &expired("OTHER", "R2"), Expect::Version(cur.version))
-                    .unwrap();
-                Ok(status(400, &[], r#"{"error":"invalid_grant"}"#))
-            } else {
-                assert_eq!(form_field(req, "refresh_token").as_deref(), Some("R2"));
-                Ok(ok_body("NEW", Some("R3")))
-            }
-        });
+    let (out, trace) = drive(&s, Who::Integration, key.clone(), Mode::GetValid, |req, storage| {
+        if form_field(req, "refresh_token").as_deref() == Some("R1") {
+            // Another replica rotated R1 → R2 but stored an expired access token with it.
+            let cur = storage.load(&TokenKey::Integration).unwrap().unwrap();
+            storage
+                .store(&TokenKey::Integration, &expired("OTHER", "R2"), Expect::Version(cur.version))
+                .unwrap();
+            Ok(status(400, &[], r#"{"error":"invalid_grant"}"#))
+        } else {
+            assert_eq!(form_field(req, "refresh_token").as_deref(), Some("R2"));
+            Ok(ok_body("NEW", Some("R3")))
+        }
+    });
     assert!(out.result.unwrap().value.access_token.ct_eq_str("NEW"));
     assert_eq!(trace.sent.len(), 2);
 }
@@ -282,16 +278,14 @@ fn invalid_grant_after_another_replica_rotated_uses_the_stored_token() {
 fn a_service_app_falls_back_to_fetching_with_the_integration_bearer() {
     let key = TokenKey::org("o1");
     let s = seeded(&key, expired("OLD", "DEAD"));
-    let creds = sa_creds();
-    let (out, trace) =
-        drive(&s, RefreshClient::ServiceApp(&creds), key.clone(), RefreshMode::GetValid, |req, _| {
-            if req.url.ends_with("/access_token") {
-                Ok(status(400, &[], r#"{"message":"bad","errors":[]}"#))
-            } else {
-                assert_eq!(req.header_value("authorization"), Some("Bearer INT-BEARER"));
-                Ok(ok_body("FETCHED", Some("NEWR")))
-            }
-        });
+    let (out, trace) = drive(&s, Who::ServiceApp, key.clone(), Mode::GetValid, |req, _| {
+        if req.url.ends_with("/access_token") {
+            Ok(status(400, &[], r#"{"message":"bad","errors":[]}"#))
+        } else {
+            assert_eq!(req.header_value("authorization"), Some("Bearer INT-BEARER"));
+            Ok(ok_body("FETCHED", Some("NEWR")))
+        }
+    });
     assert!(out.result.unwrap().value.access_token.ct_eq_str("FETCHED"));
     assert_eq!(trace.integration_tokens_asked, 1);
     assert!(s.load(&key).unwrap().unwrap().value.refresh_token.unwrap().ct_eq_str("NEWR"));
@@ -300,24 +294,19 @@ fn a_service_app_falls_back_to_fetching_with_the_integration_bearer() {
 #[test]
 fn missing_records_are_typed_errors_and_force_refresh_of_an_org_fetches() {
     let s = InMemoryTokenStorage::new();
-    let (i, sa) = (int_creds(), sa_creds());
-    let (out, _) =
-        drive(&s, RefreshClient::Integration(&i), TokenKey::Integration, RefreshMode::GetValid, never);
+    let (out, _) = drive(&s, Who::Integration, TokenKey::Integration, Mode::GetValid, never);
     assert!(matches!(out.result, Err(Error::NotAuthorized)));
-    let (out, _) =
-        drive(&s, RefreshClient::ServiceApp(&sa), TokenKey::org("o"), RefreshMode::GetValid, never);
+    let (out, _) = drive(&s, Who::ServiceApp, TokenKey::org("o"), Mode::GetValid, never);
     assert!(matches!(out.result, Err(Error::OrgNotRegistered { ref org_id }) if org_id == "o"));
     let (out, trace) =
-        drive(&s, RefreshClient::ServiceApp(&sa), TokenKey::org("o"), RefreshMode::Force(None), |_, _| {
-            Ok(ok_body("F", Some("R")))
-        });
+        drive(&s, Who::ServiceApp, TokenKey::org("o"), Mode::Force(None), |_, _| Ok(ok_body("F", Some("R"))));
     assert!(out.result.is_ok());
     assert_eq!(trace.integration_tokens_asked, 1);
     let (out, _) = drive(
         &s,
-        RefreshClient::Integration(&i),
+        Who::Integration,
         TokenKey::Integration,
-        RefreshMode::Force(Some(RefreshToken::new("EXPLICIT"))),
+        Mode::Force(Some(RefreshToken::new("EXPLICIT"))),
         |req, _| {
             assert_eq!(form_field(req, "refresh_token").as_deref(), Some("EXPLICIT"));
             Ok(ok_body("X", None))
@@ -335,23 +324,13 @@ fn a_lease_held_elsewhere_waits_for_the_other_refresh() {
     let key = TokenKey::Integration;
     let s = seeded(&key, expired("OLD", "R"));
     let other = s.try_acquire_lease(&key, Duration::from_secs(60)).unwrap().unwrap();
-    let config = config();
-    let creds = int_creds();
-    let mut m = RefreshMachine::new(
-        &config,
-        RefreshClient::Integration(&creds),
-        key.clone(),
-        RefreshMode::GetValid,
-        1,
-        1,
-    );
-    let mut step = m.start();
+    let mut step = Run::new(engine(Who::Integration), key.clone(), Mode::GetValid, 1).start();
     let mut polls = 0;
     let out = loop {
         step = match step {
-            Step::Load(k) => m.on_loaded(s.load(&k), NOW),
-            Step::AcquireLease(k, ttl) => m.on_lease(s.try_acquire_lease(&k, ttl), NOW),
-            Step::Sleep(_) => {
+            Step::Load(k, then) => then.resume(s.load(&k), NOW),
+            Step::AcquireLease(k, ttl, then) => then.resume(s.try_acquire_lease(&k, ttl), NOW),
+            Step::Sleep(_, then) => {
                 polls += 1;
                 if polls == 3 {
                     // The other process finishes its refresh.
@@ -360,9 +339,9 @@ fn a_lease_held_elsewhere_waits_for_the_other_refresh() {
                         .unwrap();
                     s.release_lease(&other).unwrap();
                 }
-                m.on_slept()
+                then.resume((), NOW)
             }
-            Step::Done(o) => break o,
+            Step::Done(o) => break o.unwrap(),
             other => panic!("unexpected step {other:?}"),
         };
     };
@@ -371,12 +350,41 @@ fn a_lease_held_elsewhere_waits_for_the_other_refresh() {
 }
 
 #[test]
+fn a_waiter_accepts_any_newer_record_that_is_not_really_expired() {
+    // A 10 s token written by the other process, half gone: newer than what the waiter saw and
+    // still valid, so it is taken at once.
+    let key = TokenKey::Integration;
+    let s = seeded(&key, expired("OLD", "R"));
+    let _other = s.try_acquire_lease(&key, Duration::from_secs(60)).unwrap().unwrap();
+    let mut step = Run::new(engine(Who::Integration), key.clone(), Mode::GetValid, 1).start();
+    let mut polls = 0;
+    let out = loop {
+        step = match step {
+            Step::Load(k, then) => then.resume(s.load(&k), NOW),
+            Step::AcquireLease(k, ttl, then) => then.resume(s.try_acquire_lease(&k, ttl), NOW),
+            Step::Sleep(_, then) => {
+                polls += 1;
+                if polls == 1 {
+                    let cur = s.load(&key).unwrap().unwrap();
+                    let short = tokens("SHORT", Some("R"), NOW.saturating_sub(Duration::from_secs(5)), 10);
+                    s.store(&key, &short, Expect::Version(cur.version)).unwrap();
+                }
+                then.resume((), NOW)
+            }
+            Step::Done(o) => break o.unwrap(),
+            other => panic!("unexpected step {other:?}"),
+        };
+    };
+    assert!(out.result.unwrap().value.access_token.ct_eq_str("SHORT"));
+    assert_eq!(polls, 1, "taken at the first poll that saw it");
+}
+
+#[test]
 fn a_lease_held_elsewhere_with_a_still_valid_token_returns_it_at_once() {
     let key = TokenKey::Integration;
     let s = seeded(&key, refresh_ahead("OK-FOR-NOW", "R"));
     let _other = s.try_acquire_lease(&key, Duration::from_secs(60)).unwrap().unwrap();
-    let creds = int_creds();
-    let (out, trace) = drive(&s, RefreshClient::Integration(&creds), key, RefreshMode::GetValid, never);
+    let (out, trace) = drive(&s, Who::Integration, key, Mode::GetValid, never);
     assert!(out.result.unwrap().value.access_token.ct_eq_str("OK-FOR-NOW"));
     assert!(trace.sleeps.is_empty());
 }
@@ -385,22 +393,12 @@ fn a_lease_held_elsewhere_with_a_still_valid_token_returns_it_at_once() {
 fn a_holder_that_lost_its_lease_does_not_spend_the_refresh_token() {
     let key = TokenKey::Integration;
     let s = seeded(&key, expired("OLD", "R1"));
-    let config = config();
-    let creds = int_creds();
-    let mut m = RefreshMachine::new(
-        &config,
-        RefreshClient::Integration(&creds),
-        key.clone(),
-        RefreshMode::GetValid,
-        1,
-        1,
-    );
-    let mut step = m.start();
+    let mut step = Run::new(engine(Who::Integration), key.clone(), Mode::GetValid, 1).start();
     let mut sent = 0;
     let out = loop {
         step = match step {
-            Step::Load(k) => m.on_loaded(s.load(&k), NOW),
-            Step::AcquireLease(k, _) => {
+            Step::Load(k, then) => then.resume(s.load(&k), NOW),
+            Step::AcquireLease(k, _, then) => {
                 // Our lease is so short it lapses before we send; a successor takes over.
                 let ours = s.try_acquire_lease(&k, Duration::from_millis(1)).unwrap();
                 std::thread::sleep(Duration::from_millis(5));
@@ -409,24 +407,87 @@ fn a_holder_that_lost_its_lease_does_not_spend_the_refresh_token() {
                 s.store(&k, &tokens("BY-SUCCESSOR", Some("R2"), NOW, 3600), Expect::Version(cur.version))
                     .unwrap();
                 s.release_lease(&successor).unwrap();
-                m.on_lease(Ok(ours), NOW)
+                then.resume(Ok(ours), NOW)
             }
-            Step::ExtendLease(lease, ttl) => m.on_lease_extended(s.extend_lease(&lease, ttl), NOW),
-            Step::Send(_) => {
+            Step::ExtendLease(lease, ttl, then) => then.resume(s.extend_lease(&lease, ttl), NOW),
+            Step::Send(_, then) => {
                 sent += 1;
-                m.on_response(Ok(ok_body("NEVER", None)), NOW, NOW)
+                then.resume(Sent::new(Ok(ok_body("NEVER", None)), NOW), NOW)
             }
-            Step::Sleep(_) => m.on_slept(),
-            Step::Release(lease) => {
-                s.release_lease(&lease).unwrap();
-                m.on_released()
-            }
-            Step::Done(o) => break o,
+            Step::Sleep(_, then) => then.resume((), NOW),
+            Step::ReleaseLease(lease, then) => then.resume(s.release_lease(&lease), NOW),
+            Step::Done(o) => break o.unwrap(),
             other => panic!("unexpected step {other:?}"),
         };
     };
     assert_eq!(sent, 0, "R1 was not sent after the lease was lost");
     assert!(out.result.unwrap().value.access_token.ct_eq_str("BY-SUCCESSOR"));
+}
+
+#[test]
+fn a_run_dropped_while_holding_its_lease_has_it_released_by_the_next_run() {
+    let key = TokenKey::Integration;
+    let s = seeded(&key, expired("OLD", "R1"));
+    let engine = engine(Who::Integration);
+    let mut step = Run::new(engine.clone(), key.clone(), Mode::GetValid, 1).start();
+    // Drive until the request is about to be sent, then abandon the run (a cancelled task).
+    loop {
+        step = match step {
+            Step::Load(k, then) => then.resume(s.load(&k), NOW),
+            Step::AcquireLease(k, ttl, then) => then.resume(s.try_acquire_lease(&k, ttl), NOW),
+            Step::ExtendLease(lease, ttl, then) => then.resume(s.extend_lease(&lease, ttl), NOW),
+            Step::Send(..) => break,
+            other => panic!("unexpected step {other:?}"),
+        };
+    }
+    drop(step);
+    assert!(s.try_acquire_lease(&key, Duration::from_secs(1)).unwrap().is_none(), "still held in the store");
+    let (out, trace) =
+        drive_with(&s, &engine, key.clone(), Mode::GetValid, |_, _| Ok(ok_body("NEW", Some("R2"))));
+    assert!(out.result.unwrap().value.access_token.ct_eq_str("NEW"), "the next run got the lease");
+    assert_eq!(trace.sent.len(), 1);
+    assert!(s.try_acquire_lease(&key, Duration::from_secs(1)).unwrap().is_some(), "and nothing is left held");
+}
+
+#[test]
+fn a_rejected_refresh_token_is_marked_and_never_sent_again() {
+    let key = TokenKey::Integration;
+    let s = seeded(&key, expired("OLD", "DEAD"));
+    let (out, trace) = drive(&s, Who::Integration, key.clone(), Mode::GetValid, |_, _| {
+        Ok(status(400, &[], r#"{"error":"invalid_grant"}"#))
+    });
+    assert!(matches!(out.result, Err(Error::ReauthorizationRequired { .. })));
+    assert_eq!(trace.sent.len(), 1);
+    let stored = s.load(&key).unwrap().unwrap().value;
+    assert!(stored.reauthorization_required, "the mark is stored with the record");
+    assert!(stored.refresh_token.unwrap().ct_eq_str("DEAD"), "the record is kept");
+    // Any later run, in this process or another, fails at once without a call.
+    for mode in [Mode::GetValid, Mode::Force(None)] {
+        let (out, trace) = drive(&s, Who::Integration, key.clone(), mode, never);
+        assert!(matches!(out.result, Err(Error::ReauthorizationRequired { .. })));
+        assert!(trace.sent.is_empty());
+    }
+    // New tokens arrive (an explicit refresh token, as authorize or save_registration bring).
+    let explicit = Mode::Force(Some(RefreshToken::new("NEW-R")));
+    let (out, _) =
+        drive(&s, Who::Integration, key.clone(), explicit, |_, _| Ok(ok_body("NEW", Some("NEW-R2"))));
+    assert!(!out.result.unwrap().value.reauthorization_required);
+    assert!(!s.load(&key).unwrap().unwrap().value.reauthorization_required, "the mark is gone");
+}
+
+#[test]
+fn a_marked_org_is_fetched_again_only_when_asked_explicitly() {
+    let key = TokenKey::org("o");
+    let s = seeded(&key, expired("OLD", "DEAD").rejected());
+    let (out, trace) = drive(&s, Who::ServiceApp, key.clone(), Mode::GetValid, never);
+    assert!(matches!(out.result, Err(Error::ReauthorizationRequired { .. })));
+    assert_eq!(trace.integration_tokens_asked, 0);
+    let (out, trace) = drive(&s, Who::ServiceApp, key.clone(), Mode::Force(None), |req, _| {
+        assert!(!req.url.ends_with("/access_token"), "the dead refresh token is not spent");
+        Ok(ok_body("FETCHED", Some("R2")))
+    });
+    assert!(out.result.unwrap().value.access_token.ct_eq_str("FETCHED"));
+    assert_eq!(trace.integration_tokens_asked, 1);
 }
 
 /// Delegates to memory, but `store` fails while `down` says so.
@@ -435,60 +496,45 @@ struct Flaky {
     down: std::sync::atomic::AtomicBool,
 }
 
-impl BlockingTokenStorage for Flaky {
-    fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
-        self.inner.get_integration_tokens()
-    }
-    fn set_integration_tokens(&self, t: &OAuthTokens) -> Result<(), StorageError> {
-        self.inner.set_integration_tokens(t)
-    }
-    fn get_service_app_tokens(&self, org: &str) -> Result<Option<OAuthTokens>, StorageError> {
-        self.inner.get_service_app_tokens(org)
-    }
-    fn set_service_app_tokens(&self, org: &str, t: &OAuthTokens) -> Result<(), StorageError> {
-        self.inner.set_service_app_tokens(org, t)
-    }
-    fn delete_service_app_tokens(&self, org: &str) -> Result<(), StorageError> {
-        self.inner.delete_service_app_tokens(org)
-    }
-    fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
-        self.inner.list_registered_orgs()
-    }
-    fn supports_coordination(&self) -> bool {
-        true
-    }
+impl crate::storage::BlockingCoordinatedTokenStorage for Flaky {
     fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
-        self.inner.load(key)
+        BlockingTokenStorage::load(&self.inner, key)
     }
     fn store(&self, key: &TokenKey, t: &OAuthTokens, e: Expect) -> Result<u64, StorageError> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(StorageError::unavailable("the store is down"));
         }
-        self.inner.store(key, t, e)
+        BlockingTokenStorage::store(&self.inner, key, t, e)
+    }
+    fn delete_org(&self, org: &str) -> Result<(), StorageError> {
+        self.inner.delete_service_app_tokens(org)
+    }
+    fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
+        self.inner.list_registered_orgs()
     }
     fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
-        self.inner.try_acquire_lease(key, ttl)
+        BlockingTokenStorage::try_acquire_lease(&self.inner, key, ttl)
     }
     fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
-        self.inner.release_lease(lease)
+        BlockingTokenStorage::release_lease(&self.inner, lease)
     }
     fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
-        self.inner.extend_lease(lease, ttl)
+        BlockingTokenStorage::extend_lease(&self.inner, lease, ttl)
     }
 }
 
-/// Runs an Integration refresh over any blocking store, counting token calls.
+/// Runs an Integration refresh over any blocking store with `engine`'s cache, counting token
+/// calls, and keeps what could not be stored as the engine does.
 fn drive_on(
     storage: &dyn BlockingTokenStorage,
-    unsaved: Option<(OAuthTokens, Expect)>,
+    engine: &Arc<Engine>,
     respond: &mut dyn FnMut() -> HttpResponse,
 ) -> (Outcome, usize) {
-    let creds = int_creds();
-    let client = RefreshClient::Integration(&creds);
     let (outcome, trace) =
-        drive_with(storage, client, TokenKey::Integration, RefreshMode::GetValid, unsaved, |_, _| {
-            Ok(respond())
-        });
+        drive_with(storage, engine, TokenKey::Integration, Mode::GetValid, |_, _| Ok(respond()));
+    if let Some((tokens, expect)) = &outcome.unsaved {
+        engine.cache().keep_unsaved(&TokenKey::Integration, tokens.clone(), *expect);
+    }
     (outcome, trace.sent.len())
 }
 
@@ -497,11 +543,12 @@ fn tokens_that_could_not_be_stored_are_stored_by_the_next_run_not_lost() {
     let key = TokenKey::Integration;
     let flaky =
         Flaky { inner: seeded(&key, expired("OLD", "R1")), down: std::sync::atomic::AtomicBool::new(true) };
+    let engine = engine(Who::Integration);
     // Webex rotates R1 -> R2, but the store is down through every retry.
-    let (first, sent) = drive_on(&flaky, None, &mut || ok_body("NEW", Some("R2")));
+    let (first, sent) = drive_on(&flaky, &engine, &mut || ok_body("NEW", Some("R2")));
     assert_eq!(sent, 1);
     assert!(matches!(first.result, Err(Error::Storage(ref e)) if e.is_retryable()), "{:?}", first.result);
-    let unsaved = first.unsaved.expect("the new tokens are handed back, not dropped");
+    let unsaved = first.unsaved.as_ref().expect("the new tokens are handed back, not dropped");
     assert!(unsaved.0.refresh_token.as_ref().unwrap().ct_eq_str("R2"));
     assert!(
         flaky.inner.load(&key).unwrap().unwrap().value.refresh_token.unwrap().ct_eq_str("R1"),
@@ -509,12 +556,12 @@ fn tokens_that_could_not_be_stored_are_stored_by_the_next_run_not_lost() {
     );
     // Still down: the next run keeps them and still hands nothing out.
     let (second, sent) =
-        drive_on(&flaky, Some(unsaved), &mut || panic!("no token call while tokens wait to be stored"));
+        drive_on(&flaky, &engine, &mut || panic!("no token call while tokens wait to be stored"));
     assert_eq!(sent, 0);
-    let unsaved = second.unsaved.expect("still kept");
+    assert!(second.unsaved.is_some(), "still kept");
     // The store is back: the next run stores them first and serves them, with no token call.
     flaky.down.store(false, std::sync::atomic::Ordering::SeqCst);
-    let (third, sent) = drive_on(&flaky, Some(unsaved), &mut || panic!("R1 must not be spent again"));
+    let (third, sent) = drive_on(&flaky, &engine, &mut || panic!("R1 must not be spent again"));
     assert_eq!(sent, 0);
     assert!(third.result.unwrap().value.access_token.ct_eq_str("NEW"));
     assert!(
@@ -529,8 +576,9 @@ fn unsaved_tokens_yield_to_a_newer_stored_record() {
     let s = seeded(&key, expired("OLD", "R1"));
     let stale_expect = Expect::Version(s.load(&key).unwrap().unwrap().version);
     s.store(&key, &tokens("BY-OTHER", Some("R9"), NOW, 3600), Expect::Any).unwrap();
-    let unsaved = (tokens("MINE", Some("R2"), NOW, 3600), stale_expect);
-    let (out, sent) = drive_on(&s, Some(unsaved), &mut || panic!("no call needed"));
+    let engine = engine(Who::Integration);
+    engine.cache().keep_unsaved(&key, tokens("MINE", Some("R2"), NOW, 3600), stale_expect);
+    let (out, sent) = drive_on(&s, &engine, &mut || panic!("no call needed"));
     assert_eq!(sent, 0);
     assert!(out.result.unwrap().value.access_token.ct_eq_str("BY-OTHER"));
 }
@@ -539,15 +587,11 @@ fn unsaved_tokens_yield_to_a_newer_stored_record() {
 fn a_store_conflict_yields_to_the_other_writer() {
     let key = TokenKey::Integration;
     let s = seeded(&key, expired("OLD", "R"));
-    let creds = int_creds();
-    let (out, _) =
-        drive(&s, RefreshClient::Integration(&creds), key.clone(), RefreshMode::GetValid, |_, storage| {
-            // While our request is in flight another writer (whose lease outlived ours) commits.
-            storage
-                .store(&TokenKey::Integration, &tokens("WINNER", Some("RW"), NOW, 3600), Expect::Any)
-                .unwrap();
-            Ok(ok_body("LOSER", Some("RL")))
-        });
+    let (out, _) = drive(&s, Who::Integration, key.clone(), Mode::GetValid, |_, storage| {
+        // While our request is in flight another writer (whose lease outlived ours) commits.
+        storage.store(&TokenKey::Integration, &tokens("WINNER", Some("RW"), NOW, 3600), Expect::Any).unwrap();
+        Ok(ok_body("LOSER", Some("RL")))
+    });
     assert!(out.result.unwrap().value.access_token.ct_eq_str("WINNER"));
     assert!(s.load(&key).unwrap().unwrap().value.access_token.ct_eq_str("WINNER"));
 }
@@ -556,11 +600,8 @@ fn a_store_conflict_yields_to_the_other_writer() {
 fn an_unreadable_response_body_never_drops_the_stored_token() {
     let key = TokenKey::org("o");
     let s = seeded(&key, expired("OLD", "R"));
-    let creds = sa_creds();
     let (out, _) =
-        drive(&s, RefreshClient::ServiceApp(&creds), key.clone(), RefreshMode::GetValid, |_, _| {
-            Ok(status(200, &[], "<html>"))
-        });
+        drive(&s, Who::ServiceApp, key.clone(), Mode::GetValid, |_, _| Ok(status(200, &[], "<html>")));
     assert!(matches!(out.result, Err(Error::InvalidResponse { .. })));
     assert!(s.load(&key).unwrap().unwrap().value.refresh_token.unwrap().ct_eq_str("R"));
 }

@@ -1,0 +1,133 @@
+//! The browser flow's options ([`AuthorizeOptions`], [`RedirectOptions`]) and what the
+//! flavours need to open a browser: the system command and the prompt printed instead.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Opens a URL for the user (a browser). Tests inject one that plays the browser.
+pub type BrowserOpener = Arc<dyn Fn(&str) -> std::io::Result<()> + Send + Sync>;
+
+/// Options for `IntegrationTokenManager::authorize`.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct AuthorizeOptions {
+    /// Scopes to request; `None` requests [`DEFAULT_INTEGRATION_SCOPES`](crate::DEFAULT_INTEGRATION_SCOPES).
+    pub scopes: Option<Vec<String>>,
+    /// Open the authorization URL in a browser; otherwise it is printed to stderr.
+    pub open_browser: bool,
+    /// How long to wait for the redirect.
+    pub timeout: Duration,
+    /// The `state` to use; a 128-bit random one by default.
+    pub state: Option<String>,
+    /// Opens the URL; defaults to the system browser.
+    pub browser: Option<BrowserOpener>,
+}
+
+impl Default for AuthorizeOptions {
+    fn default() -> Self {
+        Self {
+            scopes: None,
+            open_browser: true,
+            timeout: Duration::from_secs(300),
+            state: None,
+            browser: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for AuthorizeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthorizeOptions")
+            .field("scopes", &self.scopes)
+            .field("open_browser", &self.open_browser)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthorizeOptions {
+    /// Plays the browser with `opener` instead of launching one.
+    pub fn with_browser(
+        mut self,
+        opener: impl Fn(&str) -> std::io::Result<()> + Send + Sync + 'static,
+    ) -> Self {
+        self.browser = Some(Arc::new(opener));
+        self.open_browser = true;
+        self
+    }
+
+    /// Waits at most `timeout` for the redirect.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Prints the URL instead of opening a browser.
+    pub fn without_browser(mut self) -> Self {
+        self.open_browser = false;
+        self
+    }
+
+    /// Requests these scopes.
+    pub fn with_scopes(mut self, scopes: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.scopes = Some(scopes.into_iter().map(Into::into).collect());
+        self
+    }
+}
+
+/// Options for `wait_for_redirect`.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct RedirectOptions {
+    /// How long to wait for the redirect.
+    pub timeout: Duration,
+    /// Whether to open `authorization_url` in a browser (otherwise it is printed).
+    pub open_browser: bool,
+    /// The URL to open once the listener is ready.
+    pub authorization_url: Option<String>,
+    /// The `state` the redirect must carry. Required: byova never accepts a redirect it cannot
+    /// tie to its own request.
+    pub expected_state: Option<String>,
+    /// Opens the URL; defaults to the system browser.
+    pub browser: Option<BrowserOpener>,
+}
+
+impl Default for RedirectOptions {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(300),
+            open_browser: true,
+            authorization_url: None,
+            expected_state: None,
+            browser: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for RedirectOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedirectOptions")
+            .field("timeout", &self.timeout)
+            .field("open_browser", &self.open_browser)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The program (and leading arguments) that opens a URL in the user's browser on this OS; the
+/// URL goes last. The flavours spawn it.
+pub fn system_browser_command() -> (&'static str, &'static [&'static str]) {
+    if cfg!(target_os = "macos") {
+        ("open", &[])
+    } else if cfg!(windows) {
+        ("cmd", &["/C", "start", ""])
+    } else {
+        ("xdg-open", &[])
+    }
+}
+
+/// What to print when the URL is not (or could not be) opened in a browser.
+pub fn authorization_prompt(url: &str, browser_failed: bool) -> String {
+    let lead =
+        if browser_failed { "Could not open a browser. Open this URL" } else { "Open this URL in a browser" };
+    format!("{lead} to authorize byova:\n\n  {url}\n")
+}

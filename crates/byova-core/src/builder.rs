@@ -1,0 +1,186 @@
+//! Wiring shared by both flavours: the `Byova` builder ([`ByovaBuilder`], generic over the
+//! flavour's facade) and the settings `Byova::from_env` reads ([`EnvSettings`]).
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use crate::config::{ByovaConfig, env as config_env};
+use crate::credentials::{IntegrationCredentials, ServiceAppCredentials, credentials_from_lookup};
+use crate::engine::{IntegrationEngine, ServiceAppEngine};
+use crate::error::Result;
+use crate::secret::WebhookSecret;
+use crate::time::{Clock, CoarseClock};
+
+/// A flavour's facade (`byova_async::Byova`, `byova_blocking::Byova`), as the builder
+/// assembles it.
+pub trait Facade: Sized {
+    /// The storage the flavour takes (`dyn TokenStorage` or `dyn BlockingTokenStorage`).
+    type Storage: ?Sized + Send + Sync;
+
+    /// In-memory storage, the default.
+    fn memory_storage() -> Arc<Self::Storage>;
+
+    /// Assembles the facade from its engines, storage and clock.
+    ///
+    /// # Errors
+    /// When the flavour's HTTP client cannot be built.
+    fn assemble(parts: Parts<Self::Storage>) -> Result<Self>;
+}
+
+/// What [`ByovaBuilder::build`] hands a flavour.
+#[non_exhaustive]
+pub struct Parts<S: ?Sized> {
+    /// The Integration's engine.
+    pub integration: Arc<IntegrationEngine>,
+    /// The Service App's engine (with the webhook gate).
+    pub service_app: Arc<ServiceAppEngine>,
+    /// The storage both share.
+    pub storage: Arc<S>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// Builds a flavour's `Byova`: `Byova::builder(integration, service_app)`, then the optional
+/// settings, then [`build`](Self::build).
+pub struct ByovaBuilder<F: Facade> {
+    integration: IntegrationCredentials,
+    service_app: ServiceAppCredentials,
+    config: ByovaConfig,
+    storage: Option<Arc<F::Storage>>,
+    clock: Arc<dyn Clock>,
+    webhook_secret: Option<WebhookSecret>,
+    flavour: PhantomData<fn() -> F>,
+}
+
+impl<F: Facade> fmt::Debug for ByovaBuilder<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ByovaBuilder")
+            .field("integration", &self.integration)
+            .field("service_app", &self.service_app)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F: Facade> ByovaBuilder<F> {
+    /// A builder from both apps' credentials: production Webex, in-memory storage.
+    pub fn new(integration: IntegrationCredentials, service_app: ServiceAppCredentials) -> Self {
+        Self {
+            integration,
+            service_app,
+            config: ByovaConfig::default(),
+            storage: None,
+            clock: Arc::new(CoarseClock),
+            webhook_secret: None,
+            flavour: PhantomData,
+        }
+    }
+
+    /// A builder from the environment ([`EnvSettings::from_env`]).
+    ///
+    /// # Errors
+    /// [`Error::Configuration`](crate::Error::Configuration) naming a missing or invalid
+    /// variable.
+    pub fn from_env() -> Result<Self> {
+        let env = EnvSettings::from_env()?;
+        let mut builder = Self::new(env.integration, env.service_app).config(env.config);
+        builder.webhook_secret = env.webhook_secret;
+        Ok(builder)
+    }
+
+    /// The configuration (production Webex by default).
+    pub fn config(mut self, config: ByovaConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The token storage (in memory by default).
+    pub fn storage(mut self, storage: Arc<F::Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// The clock (a coarse system clock by default; tests inject a fake one).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The secret webhooks are registered with: deliveries without a valid
+    /// `X-Spark-Signature` under it are rejected.
+    pub fn webhook_secret(mut self, secret: WebhookSecret) -> Self {
+        self.webhook_secret = Some(secret);
+        self
+    }
+
+    /// Builds it.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`](crate::Error::Configuration) when the HTTP client cannot be
+    /// built.
+    pub fn build(self) -> Result<F> {
+        let integration = IntegrationEngine::new(self.integration, self.config.clone());
+        let service_app = ServiceAppEngine::new(self.service_app, self.config, self.webhook_secret);
+        let storage = self.storage.unwrap_or_else(F::memory_storage);
+        F::assemble(Parts { integration, service_app, storage, clock: self.clock })
+    }
+}
+
+/// Everything `Byova::from_env` reads.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct EnvSettings {
+    /// From `WEBEX_INTEGRATION_*`.
+    pub integration: IntegrationCredentials,
+    /// From `WEBEX_SA_*`.
+    pub service_app: ServiceAppCredentials,
+    /// From `BYOVA_BASE_URL`.
+    pub config: ByovaConfig,
+    /// From `BYOVA_WEBHOOK_SECRET`.
+    pub webhook_secret: Option<WebhookSecret>,
+}
+
+impl EnvSettings {
+    /// Reads the process environment.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`](crate::Error::Configuration) naming a missing or invalid variable.
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads variables through `lookup`.
+    ///
+    /// # Errors
+    /// As [`from_env`](Self::from_env).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let (integration, service_app) = credentials_from_lookup(&lookup)?;
+        let config = ByovaConfig::from_lookup(&lookup)?;
+        let webhook_secret =
+            lookup(config_env::WEBHOOK_SECRET).filter(|s| !s.is_empty()).map(WebhookSecret::new);
+        Ok(Self { integration, service_app, config, webhook_secret })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_settings_read_every_variable() {
+        let vars = [
+            ("WEBEX_INTEGRATION_CLIENT_ID", "C1"),
+            ("WEBEX_INTEGRATION_CLIENT_SECRET", "s1"),
+            ("WEBEX_SA_CLIENT_ID", "C2"),
+            ("WEBEX_SA_CLIENT_SECRET", "s2"),
+            ("BYOVA_BASE_URL", "http://127.0.0.1:1/v1"),
+            ("BYOVA_WEBHOOK_SECRET", "hook"),
+        ];
+        let lookup = |n: &str| vars.iter().find(|(k, _)| *k == n).map(|(_, v)| (*v).to_owned());
+        let s = EnvSettings::from_lookup(lookup).unwrap();
+        assert_eq!(s.config.token_url, "http://127.0.0.1:1/v1/access_token");
+        assert!(s.webhook_secret.unwrap().ct_eq_str("hook"));
+        assert_eq!(s.service_app.client_id, "C2");
+    }
+}

@@ -1,0 +1,497 @@
+//! The engine: everything byova does that is not I/O, for both flavours.
+//!
+//! Each manager of a flavour owns one engine: an [`IntegrationEngine`] or a
+//! [`ServiceAppEngine`], both around a shared [`TokenEngine`] (configuration, the
+//! process-local cache, the single-flight table, leases abandoned mid-run). Every operation is
+//! a method that returns a plan ([`Step`]); the flavour performs the plan's steps (storage,
+//! HTTP, sleeping, waiting) and hands the results back. The flavours hold no OAuth logic and
+//! no coordination logic of their own: one drive loop and one-line methods.
+//!
+//! Refreshes, Service App fetches and code exchanges run as flights ([`flight`]): one per key
+//! at a time, detached from the caller that started it ([`Step::Detach`]), so a caller whose
+//! future is dropped never cuts a refresh short, and every waiting caller gets the flight's
+//! outcome, failures included.
+
+pub mod flight;
+mod pending;
+mod refresh;
+pub mod step;
+mod webhooks;
+
+use std::sync::{Arc, Mutex};
+
+pub use flight::{Flight, FlightWait};
+pub use pending::PendingAuthorizations;
+pub use refresh::Outcome;
+pub use step::{Sent, Step, StorageResult, Then};
+pub use webhooks::{BulkProgress, OrgRefresh, ProgressFn};
+
+use crate::authorize::AuthorizeOptions;
+use crate::cache::TokenCache;
+use crate::config::ByovaConfig;
+use crate::credentials::{IntegrationCredentials, ServiceAppCredentials};
+use crate::engine::flight::{Flights, Joined, Sharing};
+use crate::engine::refresh::{Mode, Run};
+use crate::engine::step::done;
+use crate::error::{Error, Result};
+use crate::http::HttpResponse;
+use crate::ids::{decode_org_id, derive_application_id_in_region, normalize_org_id};
+use crate::key::{Expect, Lease, TokenKey, Versioned};
+use crate::oauth::{AuthorizationRequest, TokenCall, code_exchange_request, parse_token_response};
+use crate::policy::{KeyStatus, RetryDecision};
+use crate::secret::{
+    AccessToken, AuthorizationCode, CsrfState, PkceCodeVerifier, RefreshToken, WebhookSecret, random_u64,
+};
+use crate::time::Timestamp;
+use crate::tokens::OAuthTokens;
+use crate::webhook::WebhookGate;
+
+/// Whose client credentials a token engine refreshes with.
+#[derive(Debug)]
+pub(crate) enum Client {
+    Integration(IntegrationCredentials),
+    ServiceApp { credentials: ServiceAppCredentials },
+}
+
+/// The machinery one manager's keys share: configuration, client credentials, the
+/// process-local cache, the single-flight table, and leases abandoned by runs that were
+/// dropped (released by the next run).
+#[derive(Debug)]
+pub struct TokenEngine {
+    config: ByovaConfig,
+    client: Client,
+    cache: TokenCache,
+    flights: Arc<Flights>,
+    orphans: Arc<Mutex<Vec<Lease>>>,
+}
+
+impl TokenEngine {
+    fn new(config: ByovaConfig, client: Client) -> Arc<Self> {
+        let cache =
+            TokenCache::new(config.refresh.clone(), random_u64(), config.coordination.cache_revalidate);
+        Arc::new(Self { config, client, cache, flights: Arc::default(), orphans: Arc::default() })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ByovaConfig {
+        &self.config
+    }
+
+    /// The process-local cache.
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+
+    /// The hot path: the Integration's access token when the cached one is fresh at `now`.
+    #[inline]
+    pub fn fresh_integration(&self, now: Timestamp) -> Option<AccessToken> {
+        self.cache.fresh_integration(now)
+    }
+
+    /// A valid access token for `key`: from the cache when fresh, else after the key's flight.
+    pub fn access_token(self: &Arc<Self>, key: TokenKey, now: Timestamp) -> Step<AccessToken> {
+        if let Some(token) = self.cache.fresh(&key, now) {
+            return done(Ok(token));
+        }
+        self.obtain(key, Mode::GetValid, now).map(now, |t| t.access_token)
+    }
+
+    /// The status of `key` from storage, `None` when nothing is stored.
+    pub fn status(self: &Arc<Self>, key: TokenKey) -> Step<Option<KeyStatus>> {
+        let engine = self.clone();
+        Step::Load(
+            key.clone(),
+            Then::new(move |loaded: StorageResult<Option<Versioned<OAuthTokens>>>, now| {
+                done(loaded.map_err(Error::from).map(|r| r.map(|r| engine.cache.status(&key, &r.value, now))))
+            }),
+        )
+    }
+
+    /// Tokens for `key` in `mode`, through the key's flight.
+    fn obtain(self: &Arc<Self>, key: TokenKey, mode: Mode, now: Timestamp) -> Step<OAuthTokens> {
+        if matches!(mode, Mode::GetValid)
+            && let Some(entry) = self.cache.get(&key).filter(|e| now < e.serve_until)
+        {
+            return done(Ok(entry.record.value.clone()));
+        }
+        let sharing = if matches!(mode, Mode::GetValid) { Sharing::Joins } else { Sharing::Queues };
+        self.fly(
+            key.clone(),
+            sharing,
+            now,
+            (key, mode),
+            |engine, (key, mode), now| engine.obtain(key, mode, now),
+            |engine, (key, mode), now| {
+                let settle = engine.clone();
+                let settled_key = key.clone();
+                Run::new(engine, key, mode, random_u64()).start().then(now, move |outcome, now| {
+                    done(outcome.and_then(|o| settle.settle(&settled_key, o, now)))
+                })
+            },
+        )
+    }
+
+    /// Runs `lead` as the flight for `key`, or waits for the flight already running: shares
+    /// its outcome when `sharing` allows, else waits for it to end and calls `retry`.
+    fn fly<P: Send + 'static>(
+        self: &Arc<Self>,
+        key: TokenKey,
+        sharing: Sharing,
+        now: Timestamp,
+        payload: P,
+        retry: fn(Arc<Self>, P, Timestamp) -> Step<OAuthTokens>,
+        lead: fn(Arc<Self>, P, Timestamp) -> Step<OAuthTokens>,
+    ) -> Step<OAuthTokens> {
+        match self.flights.join(&key, sharing) {
+            Joined::Follow(flight) => wait(flight),
+            Joined::Busy(flight) => {
+                let engine = self.clone();
+                Step::Wait(flight, Then::new(move |_, now| retry(engine, payload, now)))
+            }
+            Joined::Lead(leader) => {
+                let flight = leader.flight();
+                let plan = lead(self.clone(), payload, now).then(now, move |result, _| {
+                    leader.complete(result);
+                    done(Ok(()))
+                });
+                Step::Detach(Box::new(plan), Then::new(move |(), _| wait(flight)))
+            }
+        }
+    }
+
+    /// What a finished run means: logged, cached, and the tokens (or error) to hand out.
+    fn settle(&self, key: &TokenKey, outcome: Outcome, now: Timestamp) -> Result<OAuthTokens> {
+        if let Some(error) = &outcome.served_stale_after {
+            tracing::warn!(key = %key, error = %error, "refresh failed; serving the still-valid access token");
+        }
+        if outcome.refreshed {
+            tracing::info!(key = %key, "tokens refreshed and stored");
+        }
+        let result = self.cache.apply(key, outcome, now);
+        if let Err(error) = &result {
+            tracing::debug!(key = %key, error = %error, "could not obtain a valid token");
+        }
+        result
+    }
+
+    /// How many flights are in progress (for tests and status pages).
+    pub fn flights_in_progress(&self) -> usize {
+        self.flights.in_progress()
+    }
+}
+
+fn wait<T: Send + 'static>(flight: Flight) -> Step<T>
+where
+    OAuthTokens: Into<T>,
+{
+    Step::Wait(flight, Then::new(|result: Result<OAuthTokens>, _| done(result.map(Into::into))))
+}
+
+/// Sends `request`, retrying as the retry policy decides, and parses the answer with `parse`
+/// (given the response and when the request was sent).
+pub(crate) fn send_with_retry<T: Send + 'static>(
+    config: &ByovaConfig,
+    request: crate::http::HttpRequest,
+    parse: impl Fn(&HttpResponse, Timestamp) -> Result<T> + Send + Sync + 'static,
+) -> Step<T> {
+    type Parse<T> = Arc<dyn Fn(&HttpResponse, Timestamp) -> Result<T> + Send + Sync>;
+    fn attempt<T: Send + 'static>(
+        retry: crate::policy::RetryPolicy,
+        request: crate::http::HttpRequest,
+        parse: Parse<T>,
+        n: u32,
+    ) -> Step<T> {
+        Step::Send(
+            request.clone(),
+            Then::new(move |sent: Sent, _| match sent.response.and_then(|r| parse(&r, sent.sent_at)) {
+                Ok(value) => done(Ok(value)),
+                Err(error) => {
+                    let random = (random_u64() >> 32) as u32;
+                    match retry.decide(request.retry, n, &error, random) {
+                        RetryDecision::RetryAfter(d) => {
+                            Step::Sleep(d, Then::new(move |(), _| attempt(retry, request, parse, n + 1)))
+                        }
+                        RetryDecision::GiveUp => done(Err(error)),
+                    }
+                }
+            }),
+        )
+    }
+    attempt(config.retry.clone(), request, Arc::new(parse), 1)
+}
+
+/// The engine of an `IntegrationTokenManager`: the Integration's own OAuth tokens.
+#[derive(Debug)]
+pub struct IntegrationEngine {
+    tokens: Arc<TokenEngine>,
+    credentials: IntegrationCredentials,
+    pending: PendingAuthorizations,
+}
+
+impl IntegrationEngine {
+    /// An engine for `credentials` under `config`.
+    pub fn new(credentials: IntegrationCredentials, config: ByovaConfig) -> Arc<Self> {
+        let tokens = TokenEngine::new(config, Client::Integration(credentials.clone()));
+        Arc::new(Self { tokens, credentials, pending: PendingAuthorizations::default() })
+    }
+
+    /// The shared machinery (cache, flights) the flavour's driver runs against.
+    pub fn tokens(&self) -> &Arc<TokenEngine> {
+        &self.tokens
+    }
+
+    /// The Integration's credentials.
+    pub fn credentials(&self) -> &IntegrationCredentials {
+        &self.credentials
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ByovaConfig {
+        &self.tokens.config
+    }
+
+    /// The authorization URL (state + PKCE S256) and its `state`; the verifier is kept for
+    /// [`exchange_code`](Self::exchange_code).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad scope list.
+    pub fn authorization_url(
+        &self,
+        scopes: Option<&[&str]>,
+        state: Option<&str>,
+    ) -> Result<(String, String)> {
+        self.pending.issue(&self.tokens.config, &self.credentials, scopes, state)
+    }
+
+    /// The request `authorize` opens, for a listener bound at `redirect_uri`, and the
+    /// credentials (with that redirect URI) the code exchange must use.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad scope list.
+    pub fn authorization(
+        &self,
+        redirect_uri: &str,
+        options: &AuthorizeOptions,
+    ) -> Result<(AuthorizationRequest, IntegrationCredentials)> {
+        let credentials = self.credentials.clone().with_redirect_uri(redirect_uri);
+        let scopes: Option<Vec<&str>> =
+            options.scopes.as_ref().map(|s| s.iter().map(String::as_str).collect());
+        let state = options.state.as_deref().map(CsrfState::new);
+        let request =
+            AuthorizationRequest::new(&self.tokens.config, &credentials, scopes.as_deref(), state, true)?;
+        Ok((request, credentials))
+    }
+
+    /// Exchanges `code` using the verifier issued with `state` (or the latest one).
+    pub fn exchange_code(&self, code: &str, state: Option<&str>, now: Timestamp) -> Step<OAuthTokens> {
+        let verifier = match state {
+            Some(state) => self.pending.take_for_state(state),
+            None => self.pending.take_latest(),
+        };
+        self.exchange(self.credentials.clone(), AuthorizationCode::new(code), verifier, now)
+    }
+
+    /// Exchanges `code` (a flight of its own: never retried once Webex may have seen it,
+    /// stored before it is handed out, kept for the next run if the store fails).
+    pub fn exchange(
+        &self,
+        credentials: IntegrationCredentials,
+        code: AuthorizationCode,
+        verifier: Option<PkceCodeVerifier>,
+        now: Timestamp,
+    ) -> Step<OAuthTokens> {
+        exchange_flight(self.tokens.clone(), (credentials, code, verifier), now)
+    }
+
+    /// Refreshes now; without `refresh_token`, with the stored one.
+    pub fn refresh(&self, refresh_token: Option<RefreshToken>, now: Timestamp) -> Step<OAuthTokens> {
+        self.tokens.obtain(TokenKey::Integration, Mode::Force(refresh_token), now)
+    }
+
+    /// A valid access token.
+    pub fn access_token(&self, now: Timestamp) -> Step<AccessToken> {
+        self.tokens.access_token(TokenKey::Integration, now)
+    }
+
+    /// The Integration's status.
+    pub fn status(&self) -> Step<Option<KeyStatus>> {
+        self.tokens.status(TokenKey::Integration)
+    }
+}
+
+type Exchange = (IntegrationCredentials, AuthorizationCode, Option<PkceCodeVerifier>);
+
+/// The code exchange as the Integration key's flight; behind another flight it waits, the
+/// code still unused.
+fn exchange_flight(tokens: Arc<TokenEngine>, exchange: Exchange, now: Timestamp) -> Step<OAuthTokens> {
+    tokens.fly(TokenKey::Integration, Sharing::Queues, now, exchange, exchange_flight, exchange_lead)
+}
+
+fn exchange_lead(
+    tokens: Arc<TokenEngine>,
+    (credentials, code, verifier): Exchange,
+    now: Timestamp,
+) -> Step<OAuthTokens> {
+    let request = code_exchange_request(&tokens.config, &credentials, &code, verifier.as_ref());
+    send_with_retry(&tokens.config, request, |r, sent_at| {
+        parse_token_response(r, sent_at, &TokenCall::CodeExchange)
+    })
+    .then(now, move |exchanged, _| match exchanged {
+        Ok(new) => store_new(tokens, TokenKey::Integration, new, Expect::Any),
+        Err(e) => done(Err(e)),
+    })
+}
+
+/// Stores tokens just obtained outside a refresh run (a code exchange) and caches them; if
+/// the store fails they are kept for the key's next run instead of being lost.
+fn store_new(
+    engine: Arc<TokenEngine>,
+    key: TokenKey,
+    tokens: OAuthTokens,
+    expect: Expect,
+) -> Step<OAuthTokens> {
+    Step::Store(
+        key.clone(),
+        tokens.clone(),
+        expect,
+        Then::new(move |stored: StorageResult<u64>, now| match stored {
+            Ok(version) => {
+                tracing::info!(key = %key, "new tokens stored");
+                engine.cache.put(&key, Versioned { value: tokens.clone(), version }, now);
+                done(Ok(tokens))
+            }
+            Err(e) => {
+                engine.cache.keep_unsaved(&key, tokens, expect);
+                done(Err(e.into()))
+            }
+        }),
+    )
+}
+
+/// The engine of a `ServiceAppTokenManager`, and of the webhook handling and webhook API
+/// calls of a `Byova` facade.
+#[derive(Debug)]
+pub struct ServiceAppEngine {
+    tokens: Arc<TokenEngine>,
+    credentials: ServiceAppCredentials,
+    application_id: String,
+    gate: WebhookGate,
+}
+
+impl ServiceAppEngine {
+    /// An engine for the Service App `credentials` under `config`; with `webhook_secret`,
+    /// webhook deliveries must be signed with it.
+    pub fn new(
+        credentials: ServiceAppCredentials,
+        config: ByovaConfig,
+        webhook_secret: Option<WebhookSecret>,
+    ) -> Arc<Self> {
+        let application_id = derive_application_id_in_region(&config.region, &credentials.client_id);
+        let gate = WebhookGate::new(application_id.clone(), webhook_secret);
+        let tokens = TokenEngine::new(config, Client::ServiceApp { credentials: credentials.clone() });
+        Arc::new(Self { tokens, credentials, application_id, gate })
+    }
+
+    /// The shared machinery (cache, flights) the flavour's driver runs against.
+    pub fn tokens(&self) -> &Arc<TokenEngine> {
+        &self.tokens
+    }
+
+    /// The Service App's credentials.
+    pub fn credentials(&self) -> &ServiceAppCredentials {
+        &self.credentials
+    }
+
+    /// The base64url application id derived from the client id.
+    pub fn application_id(&self) -> &str {
+        &self.application_id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ByovaConfig {
+        &self.tokens.config
+    }
+
+    /// The hot path: the org's access token when the cached one is fresh at `now`. Takes the
+    /// org id in any form; a canonical UUID costs no allocation.
+    #[inline]
+    pub fn fresh_org(&self, org_id: &str, now: Timestamp) -> Option<AccessToken> {
+        if crate::ids::looks_like_uuid(org_id) {
+            return self.tokens.cache.fresh_org(org_id, now);
+        }
+        let org = normalize_org_id(org_id).ok()?;
+        self.tokens.cache.fresh_org(&org, now)
+    }
+
+    fn with_org<T: Send + 'static>(org_id: &str, plan: impl FnOnce(TokenKey) -> Step<T>) -> Step<T> {
+        match normalize_org_id(org_id) {
+            Ok(org) => plan(TokenKey::Org(org)),
+            Err(e) => done(Err(e)),
+        }
+    }
+
+    /// A valid access token for `org_id`.
+    pub fn access_token(&self, org_id: &str, now: Timestamp) -> Step<AccessToken> {
+        Self::with_org(org_id, |key| self.tokens.access_token(key, now))
+    }
+
+    /// Fetches new tokens for `org_id` with the Integration's bearer.
+    pub fn fetch(&self, org_id: &str, now: Timestamp) -> Step<OAuthTokens> {
+        Self::with_org(org_id, |key| self.tokens.obtain(key, Mode::Fetch, now))
+    }
+
+    /// Decodes a webhook's org id and fetches its tokens.
+    pub fn fetch_from_webhook_org(
+        &self,
+        encoded_org_id: &str,
+        now: Timestamp,
+    ) -> Step<(String, OAuthTokens)> {
+        match decode_org_id(encoded_org_id) {
+            Ok(org) => self.fetch(&org, now).map(now, move |tokens| (org, tokens)),
+            Err(e) => done(Err(e)),
+        }
+    }
+
+    /// Registers `org_id` from an existing refresh token.
+    pub fn save_registration(
+        &self,
+        org_id: &str,
+        refresh_token: RefreshToken,
+        now: Timestamp,
+    ) -> Step<OAuthTokens> {
+        Self::with_org(org_id, |key| self.tokens.obtain(key, Mode::Force(Some(refresh_token)), now))
+    }
+
+    /// Refreshes `org_id` now (fetching with the Integration's bearer when it has no usable
+    /// refresh token).
+    pub fn refresh_for_org(&self, org_id: &str, now: Timestamp) -> Step<OAuthTokens> {
+        Self::with_org(org_id, |key| self.tokens.obtain(key, Mode::Force(None), now))
+    }
+
+    /// Removes `org_id`'s tokens.
+    pub fn remove_org(&self, org_id: &str) -> Step<()> {
+        let engine = self.tokens.clone();
+        Self::with_org(org_id, move |key| {
+            let org = key.org_id().unwrap_or_default().to_owned();
+            Step::DeleteOrg(
+                org,
+                Then::new(move |deleted: StorageResult<()>, _| {
+                    if deleted.is_ok() {
+                        engine.cache.remove(&key);
+                    }
+                    done(deleted.map_err(Error::from))
+                }),
+            )
+        })
+    }
+
+    /// Registered org ids.
+    pub fn list_orgs(&self) -> Step<Vec<String>> {
+        Step::ListOrgs(Then::new(|orgs: StorageResult<Vec<String>>, _| done(orgs.map_err(Error::from))))
+    }
+
+    /// The status of `org_id`, `None` when not registered.
+    pub fn status(&self, org_id: &str) -> Step<Option<KeyStatus>> {
+        Self::with_org(org_id, |key| self.tokens.status(key))
+    }
+}

@@ -1,0 +1,705 @@
+//! The refresh path for one key, as a plan of [`Step`]s.
+//!
+//! ```text
+//! (unsaved tokens of an earlier run? Store them first)
+//! Load ─▶ fresh? ─▶ Done          marked "re-authorization required"? ─▶ Done (no call)
+//!   └─▶ AcquireLease ─▶ held elsewhere ─▶ (old token still good? Done) Sleep ▷ Load ▷ …
+//!         └─▶ Load (re-read under the lease: another process may have refreshed) ─▶ Release ▷ Done
+//!               └─▶ ExtendLease ▷ Send(refresh) ─▶ 429/5xx/transport: Sleep ▷ Send (RetryPolicy)
+//!                     │            invalid_grant: Load (rotated elsewhere?) ▷ Send with that token,
+//!                     │                           org: IntegrationToken ▷ Send(fetch)
+//!                     │                           else Store(record marked) ▷ fail or serve stale
+//!                     │            other failure: old token still valid? serve it : fail
+//!                     └─▶ Store(version-checked) ─▶ Release ─▶ Done
+//! ```
+//!
+//! Each continuation is a method taking the run by value, so what comes next is decided by
+//! which method the previous step named, never by a state field. The run holds every
+//! decision: when a token is good enough, whether to wait or to call Webex, what to retry,
+//! when a refresh token is dead, and that new tokens are stored before anyone is given them.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::engine::step::{Sent, Step, StorageResult, Then};
+use crate::engine::{Client, TokenEngine as Engine};
+use crate::error::{Error, Result, StorageErrorKind};
+use crate::http::{HttpRequest, RetryClass};
+use crate::key::{Expect, Lease, TokenKey, Versioned};
+use crate::oauth::{TokenCall, parse_token_response, refresh_request, service_app_token_request};
+use crate::policy::{Freshness, RetryDecision};
+use crate::secret::{AccessToken, RefreshToken};
+use crate::time::Timestamp;
+use crate::tokens::OAuthTokens;
+
+/// What a caller wants from a run.
+#[derive(Clone, Debug)]
+pub(crate) enum Mode {
+    /// A valid token: refresh only when needed (refresh-ahead or expired).
+    GetValid,
+    /// New tokens now (`refresh`, `refresh_for_org`). With an explicit refresh token, that one
+    /// is used (`refresh(Some(token))`, `save_registration`); without one, the stored one.
+    Force(Option<RefreshToken>),
+    /// Fetch new Service App tokens with the Integration's bearer (`fetch_token_for_org`).
+    Fetch,
+}
+
+impl Mode {
+    /// Whether the caller brought its own credential (a refresh token or an authorization):
+    /// it acts even when another process just refreshed, and whatever the stored mark says.
+    fn explicit(&self) -> bool {
+        matches!(self, Mode::Force(Some(_)) | Mode::Fetch)
+    }
+}
+
+/// How a finished run went.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Outcome {
+    /// The tokens to hand out, with the version they are stored at, or the error.
+    pub result: Result<Versioned<OAuthTokens>>,
+    /// Whether this run obtained new tokens from Webex (and stored them).
+    pub refreshed: bool,
+    /// A refresh failed but the old access token is still really valid, so it was served;
+    /// this is the failure, for the log.
+    pub served_stale_after: Option<Error>,
+    /// Tokens Webex issued that could not be stored (the store kept failing). They were not
+    /// handed out; the engine keeps them and the next run for the key stores them before
+    /// anything else, so a refresh token Webex rotated is not lost to a storage outage.
+    pub unsaved: Option<(OAuthTokens, Expect)>,
+}
+
+/// A lease this run holds. Dropped while still held (the run was abandoned), it is handed to
+/// the engine, whose next run releases it.
+struct HeldLease {
+    lease: Lease,
+    orphans: Arc<Mutex<Vec<Lease>>>,
+    armed: bool,
+}
+
+impl HeldLease {
+    /// The lease, to release it; the guard stands down.
+    fn disarm(mut self) -> Lease {
+        self.armed = false;
+        self.lease.clone()
+    }
+}
+
+impl Drop for HeldLease {
+    fn drop(&mut self) {
+        if self.armed {
+            self.orphans.lock().unwrap_or_else(|e| e.into_inner()).push(self.lease.clone());
+        }
+    }
+}
+
+type Plan = Step<Outcome>;
+type Loaded = StorageResult<Option<Versioned<OAuthTokens>>>;
+
+/// One run of the refresh path for one key. See the [module docs](self).
+pub(crate) struct Run {
+    engine: Arc<Engine>,
+    key: TokenKey,
+    mode: Mode,
+    jitter_seed: u64,
+    rng: u64,
+    /// The record as last read.
+    current: Option<Versioned<OAuthTokens>>,
+    lease: Option<HeldLease>,
+    /// The caller may be given the stored access token if refreshing fails.
+    stale_ok: bool,
+    waited: Duration,
+    attempt: u32,
+    call: Option<TokenCall>,
+    request: Option<HttpRequest>,
+    used_refresh: Option<RefreshToken>,
+    reread_after_invalid_grant: bool,
+    fallback_used: bool,
+    /// What Webex said when it rejected the stored refresh token.
+    rejection: Option<Error>,
+    /// The stored refresh token is confirmed dead: mark the record before the run ends.
+    mark_rejected: bool,
+    new_tokens: Option<OAuthTokens>,
+    store_attempts: u32,
+}
+
+impl Run {
+    pub(crate) fn new(engine: Arc<Engine>, key: TokenKey, mode: Mode, random: u64) -> Box<Self> {
+        let jitter_seed = engine.cache().jitter_seed(&key);
+        Box::new(Self {
+            engine,
+            key,
+            mode,
+            jitter_seed,
+            rng: random | 1,
+            current: None,
+            lease: None,
+            stale_ok: false,
+            waited: Duration::ZERO,
+            attempt: 0,
+            call: None,
+            request: None,
+            used_refresh: None,
+            reread_after_invalid_grant: false,
+            fallback_used: false,
+            rejection: None,
+            mark_rejected: false,
+            new_tokens: None,
+            store_attempts: 0,
+        })
+    }
+
+    /// The first step: release leases abandoned by earlier runs, store tokens an earlier run
+    /// could not store, then read the record.
+    pub(crate) fn start(self: Box<Self>) -> Plan {
+        let orphan = self.engine.orphans.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        if let Some(lease) = orphan {
+            return Step::ReleaseLease(lease, Then::new(move |_, _| self.start()));
+        }
+        if let Some((tokens, expect)) = self.engine.cache().take_unsaved(&self.key) {
+            let key = self.key.clone();
+            let retry = (tokens.clone(), expect);
+            return Step::Store(
+                key,
+                tokens,
+                expect,
+                Then::new(move |stored, now| self.after_unsaved_stored(stored, retry, now)),
+            );
+        }
+        self.load(Self::after_initial_load)
+    }
+
+    fn load(self: Box<Self>, then: fn(Box<Self>, Loaded, Timestamp) -> Plan) -> Plan {
+        let key = self.key.clone();
+        Step::Load(key, Then::new(move |loaded, now| then(self, loaded, now)))
+    }
+
+    fn random(&mut self) -> u32 {
+        // xorshift64*: plenty for spreading backoff.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32
+    }
+
+    fn is_service_app(&self) -> bool {
+        matches!(self.engine.client, Client::ServiceApp { .. })
+    }
+
+    fn nothing_stored(&self) -> Error {
+        match self.key.org_id() {
+            Some(org) => Error::OrgNotRegistered { org_id: org.to_owned() },
+            None => Error::NotAuthorized,
+        }
+    }
+
+    fn reauthorization_required(&self) -> Error {
+        self.rejection.clone().unwrap_or_else(|| Error::ReauthorizationRequired {
+            subject: self.key.subject(),
+            failure: crate::error::ApiFailure {
+                status: 400,
+                tracking_id: None,
+                oauth_error: Some("invalid_grant"),
+            },
+        })
+    }
+
+    fn freshness(&self, tokens: &OAuthTokens, now: Timestamp) -> Freshness {
+        self.engine.config.refresh.assess(tokens, now, self.jitter_seed)
+    }
+
+    /// Whether `record` is newer than the one this run last read.
+    fn is_newer(&self, record: &Versioned<OAuthTokens>) -> bool {
+        self.current.as_ref().is_none_or(|c| record.version != c.version)
+    }
+
+    /// Whether the stored access token may be handed out if refreshing fails.
+    fn old_still_valid(&self, now: Timestamp) -> bool {
+        self.stale_ok && self.current.as_ref().is_some_and(|c| !c.value.is_expired(Duration::ZERO, now))
+    }
+
+    // ---- the end of a run ----
+
+    fn finish(
+        self: Box<Self>,
+        result: Result<Versioned<OAuthTokens>>,
+        refreshed: bool,
+        stale: Option<Error>,
+    ) -> Plan {
+        self.end(Outcome { result, refreshed, served_stale_after: stale, unsaved: None })
+    }
+
+    /// Releases the lease, if one is held, and ends with `outcome`.
+    fn end(mut self: Box<Self>, outcome: Outcome) -> Plan {
+        match self.lease.take() {
+            Some(held) => Step::ReleaseLease(held.disarm(), Then::new(move |_, _| Step::Done(Ok(outcome)))),
+            None => Step::Done(Ok(outcome)),
+        }
+    }
+
+    fn succeed(self: Box<Self>, record: Versioned<OAuthTokens>) -> Plan {
+        self.finish(Ok(record), false, None)
+    }
+
+    fn fail(self: Box<Self>, error: Error) -> Plan {
+        self.finish(Err(error), false, None)
+    }
+
+    /// A failure: the record is marked first when Webex rejected its refresh token, then the
+    /// still-valid access token is served if there is one, else the error is returned.
+    fn conclude(mut self: Box<Self>, error: Error, now: Timestamp) -> Plan {
+        if std::mem::take(&mut self.mark_rejected)
+            && let Some(current) = self.current.clone().filter(|c| !c.value.reauthorization_required)
+        {
+            let marked = current.value.clone().rejected();
+            let key = self.key.clone();
+            let expect = Expect::Version(current.version);
+            return Step::Store(
+                key,
+                marked.clone(),
+                expect,
+                Then::new(move |stored: StorageResult<u64>, now| {
+                    if let Ok(version) = stored {
+                        tracing::warn!(key = %self.key, "Webex rejected the refresh token; marked re-authorization required");
+                        self.current = Some(Versioned { value: marked, version });
+                    }
+                    self.conclude(error, now)
+                }),
+            );
+        }
+        if self.old_still_valid(now)
+            && let Some(current) = self.current.clone()
+        {
+            return self.finish(Ok(current), false, Some(error));
+        }
+        self.fail(error)
+    }
+
+    /// Judges a stored record for a caller who wants a valid token: fresh or still usable is
+    /// served; marked and expired is a re-authorization error, with no token call.
+    /// Hands the run back when the record needs refreshing.
+    fn judge(self: Box<Self>, record: Versioned<OAuthTokens>, now: Timestamp) -> Result<Plan, Box<Self>> {
+        let freshness = self.freshness(&record.value, now);
+        if freshness == Freshness::Fresh {
+            return Ok(self.succeed(record));
+        }
+        if record.value.reauthorization_required {
+            return Ok(self.serve_marked(record, freshness));
+        }
+        Err(self)
+    }
+
+    /// A record marked "re-authorization required" is served while it is usable, and never
+    /// refreshed with its dead refresh token.
+    fn serve_marked(self: Box<Self>, record: Versioned<OAuthTokens>, freshness: Freshness) -> Plan {
+        if freshness == Freshness::Expired || !matches!(self.mode, Mode::GetValid) {
+            let error = self.reauthorization_required();
+            return self.fail(error);
+        }
+        self.succeed(record)
+    }
+
+    // ---- reading ----
+
+    fn after_unsaved_stored(
+        self: Box<Self>,
+        stored: StorageResult<u64>,
+        unsaved: (OAuthTokens, Expect),
+        _now: Timestamp,
+    ) -> Plan {
+        match stored {
+            // Stored, or another writer stored newer tokens meanwhile and theirs stand: from here
+            // on this is an ordinary run that finds the stored record.
+            Ok(_) => self.load(Self::after_initial_load),
+            Err(e) if e.kind() == StorageErrorKind::Conflict => self.load(Self::after_initial_load),
+            Err(e) => self.end(Outcome {
+                result: Err(e.into()),
+                refreshed: false,
+                served_stale_after: None,
+                unsaved: Some(unsaved),
+            }),
+        }
+    }
+
+    fn after_initial_load(mut self: Box<Self>, loaded: Loaded, now: Timestamp) -> Plan {
+        let record = match loaded {
+            Ok(record) => record,
+            Err(e) => return self.fail(e.into()),
+        };
+        match (&record, &self.mode) {
+            (Some(rec), Mode::GetValid) => {
+                let rec = rec.clone();
+                self.current = Some(rec.clone());
+                self.stale_ok = true;
+                match self.judge(rec, now) {
+                    Ok(plan) => return plan,
+                    Err(run) => self = run,
+                }
+            }
+            (None, Mode::GetValid) => {
+                let error = self.nothing_stored();
+                return self.fail(error);
+            }
+            (None, Mode::Force(None)) if !self.is_service_app() => return self.fail(Error::NotAuthorized),
+            (Some(rec), Mode::Force(None))
+                if rec.value.reauthorization_required && !self.is_service_app() =>
+            {
+                let error = self.reauthorization_required();
+                return self.fail(error);
+            }
+            _ => {}
+        }
+        if self.current.is_none() {
+            self.current = record;
+        }
+        self.acquire_lease()
+    }
+
+    fn acquire_lease(self: Box<Self>) -> Plan {
+        let (key, ttl) = (self.key.clone(), self.engine.config.coordination.lease_ttl);
+        Step::AcquireLease(key, ttl, Then::new(move |lease, now| self.on_lease(lease, now)))
+    }
+
+    fn on_lease(mut self: Box<Self>, lease: StorageResult<Option<Lease>>, now: Timestamp) -> Plan {
+        match lease {
+            Ok(Some(lease)) => {
+                self.lease = Some(HeldLease { lease, orphans: self.engine.orphans.clone(), armed: true });
+                self.load(Self::after_lease_load)
+            }
+            // Another process is refreshing; a still-valid token needs no waiting for.
+            Ok(None) if self.old_still_valid(now) && !self.mode.explicit() => match self.current.clone() {
+                Some(current) => self.succeed(current),
+                None => self.poll(),
+            },
+            Ok(None) => self.poll(),
+            Err(e) => self.conclude(e.into(), now),
+        }
+    }
+
+    fn poll(mut self: Box<Self>) -> Plan {
+        let d = self.engine.config.coordination.poll_interval;
+        self.waited += d;
+        Step::Sleep(d, Then::new(move |(), _| self.load(Self::after_poll)))
+    }
+
+    /// Another process holds the lease: accept any record newer than the one seen that is
+    /// not really expired, or compete again once the holder has had its whole lease.
+    fn after_poll(mut self: Box<Self>, loaded: Loaded, now: Timestamp) -> Plan {
+        let ttl = self.engine.config.coordination.lease_ttl;
+        match loaded {
+            Ok(Some(rec)) if self.is_newer(&rec) && !rec.value.is_expired(Duration::ZERO, now) => {
+                if !rec.value.reauthorization_required {
+                    return self.succeed(rec);
+                }
+                if self.mode.explicit() {
+                    // The other process found the old refresh token dead; this caller brought
+                    // new credentials, so it goes on with them.
+                    self.current = Some(rec);
+                    return self.acquire_lease();
+                }
+                let freshness = self.freshness(&rec.value, now);
+                self.serve_marked(rec, freshness)
+            }
+            Ok(None) if self.current.is_some() && !self.mode.explicit() => {
+                let error = self.nothing_stored();
+                self.fail(error)
+            }
+            Ok(_) | Err(_) if self.waited < ttl => self.poll(),
+            // The holder has had the whole lease: it may have died. Compete again.
+            Ok(_) => {
+                self.waited = Duration::ZERO;
+                self.acquire_lease()
+            }
+            Err(e) => self.conclude(e.into(), now),
+        }
+    }
+
+    /// Re-read under the lease: another process may have refreshed since the first read.
+    fn after_lease_load(mut self: Box<Self>, loaded: Loaded, now: Timestamp) -> Plan {
+        let record = match loaded {
+            Ok(record) => record,
+            Err(e) => return self.conclude(e.into(), now),
+        };
+        match &record {
+            Some(rec) if self.is_newer(rec) && !self.mode.explicit() => {
+                let rec = rec.clone();
+                match self.mode {
+                    Mode::GetValid => {
+                        self.current = Some(rec.clone());
+                        match self.judge(rec, now) {
+                            Ok(plan) => return plan,
+                            Err(run) => self = run,
+                        }
+                    }
+                    // A refresh "now" is answered by one that happened since the call.
+                    _ if !rec.value.is_expired(Duration::ZERO, now)
+                        && !rec.value.reauthorization_required =>
+                    {
+                        return self.succeed(rec);
+                    }
+                    _ => self.current = Some(rec),
+                }
+            }
+            Some(rec) => self.current = Some(rec.clone()),
+            None if self.current.is_some() && matches!(self.mode, Mode::GetValid) => {
+                // Removed while we waited for the lease (deauthorized elsewhere).
+                let error = self.nothing_stored();
+                return self.fail(error);
+            }
+            None => self.current = None,
+        }
+        self.begin_token_call()
+    }
+
+    // ---- calling Webex ----
+
+    fn begin_token_call(self: Box<Self>) -> Plan {
+        if matches!(self.mode, Mode::Fetch) {
+            return self.fetch_with_bearer();
+        }
+        let explicit = match &self.mode {
+            Mode::Force(Some(token)) => Some(token.clone()),
+            _ => None,
+        };
+        let stored = self
+            .current
+            .as_ref()
+            .filter(|c| !c.value.reauthorization_required)
+            .and_then(|c| c.value.refresh_token.clone());
+        let marked = self.current.as_ref().is_some_and(|c| c.value.reauthorization_required);
+        match explicit.or(stored) {
+            Some(token) => self.send_refresh(token),
+            None if self.is_service_app() => self.fetch_with_bearer(),
+            None if marked => {
+                let error = self.reauthorization_required();
+                self.fail(error)
+            }
+            None => self.fail(Error::NotAuthorized),
+        }
+    }
+
+    fn send_refresh(mut self: Box<Self>, token: RefreshToken) -> Plan {
+        let request = {
+            let (client_id, secret) = match &self.engine.client {
+                Client::Integration(c) => (&c.client_id, &c.client_secret),
+                Client::ServiceApp { credentials, .. } => {
+                    (&credentials.client_id, &credentials.client_secret)
+                }
+            };
+            refresh_request(&self.engine.config, client_id, secret, &token)
+        };
+        self.used_refresh = Some(token);
+        self.call = Some(TokenCall::Refresh(self.key.subject()));
+        self.attempt = 0;
+        self.send(request)
+    }
+
+    fn fetch_with_bearer(mut self: Box<Self>) -> Plan {
+        if !self.is_service_app() {
+            return self.fail(Error::NotAuthorized);
+        }
+        self.fallback_used = true;
+        Step::IntegrationToken(Then::new(move |token, now| self.on_integration_token(token, now)))
+    }
+
+    fn on_integration_token(mut self: Box<Self>, token: Result<AccessToken>, now: Timestamp) -> Plan {
+        let bearer = match token {
+            Ok(bearer) => bearer,
+            Err(e) => return self.conclude(e, now),
+        };
+        let (Client::ServiceApp { credentials }, Some(org)) = (&self.engine.client, self.key.org_id()) else {
+            return self.fail(Error::NotAuthorized);
+        };
+        let request = service_app_token_request(&self.engine.config, credentials, org, &bearer);
+        self.call = Some(TokenCall::ServiceAppFetch { org_id: org.to_owned() });
+        self.used_refresh = None;
+        self.attempt = 0;
+        self.send(request)
+    }
+
+    /// Checks the lease (when one is held) right before every token call: a holder that
+    /// stalled past its lease must not spend a token its successor may have used.
+    fn send(mut self: Box<Self>, request: HttpRequest) -> Plan {
+        self.request = Some(request);
+        let Some(held) = &self.lease else { return self.send_now() };
+        let (lease, ttl) = (held.lease.clone(), self.engine.config.coordination.lease_ttl);
+        Step::ExtendLease(lease, ttl, Then::new(move |extended, now| self.on_lease_extended(extended, now)))
+    }
+
+    fn on_lease_extended(mut self: Box<Self>, extended: StorageResult<bool>, now: Timestamp) -> Plan {
+        match extended {
+            Ok(true) => self.send_now(),
+            // The lease expired and may be someone else's now: do not spend the token; wait for
+            // the successor's result instead (or compete again once its lease has run out).
+            Ok(false) => {
+                if let Some(held) = self.lease.take() {
+                    held.disarm();
+                }
+                self.waited = Duration::ZERO;
+                self.load(Self::after_poll)
+            }
+            Err(e) => self.conclude(e.into(), now),
+        }
+    }
+
+    fn send_now(mut self: Box<Self>) -> Plan {
+        let Some(request) = self.request.clone() else {
+            return self.fail(Error::Internal("no request to send".into()));
+        };
+        self.attempt += 1;
+        Step::Send(request, Then::new(move |sent, now| self.on_response(sent, now)))
+    }
+
+    fn on_response(mut self: Box<Self>, sent: Sent, now: Timestamp) -> Plan {
+        let Some(call) = self.call.clone() else {
+            return self.fail(Error::Internal("a response without a call".into()));
+        };
+        let parsed = sent.response.and_then(|r| parse_token_response(&r, sent.sent_at, &call));
+        match parsed {
+            Ok(tokens) => {
+                let tokens = match (&call, &self.current, &self.used_refresh) {
+                    (TokenCall::Refresh(_), Some(old), _) => tokens.inherit_refresh_token(&old.value),
+                    (TokenCall::Refresh(_), None, Some(used)) if tokens.refresh_token.is_none() => {
+                        tokens.with_refresh_token(used.clone(), None)
+                    }
+                    _ => tokens,
+                };
+                self.new_tokens = Some(tokens.clone());
+                self.store(tokens)
+            }
+            Err(error) => self.after_failed_call(error, now),
+        }
+    }
+
+    fn after_failed_call(mut self: Box<Self>, error: Error, now: Timestamp) -> Plan {
+        let class = self.request.as_ref().map_or(RetryClass::Idempotent, |r| r.retry);
+        let random = self.random();
+        if let RetryDecision::RetryAfter(d) =
+            self.engine.config.retry.decide(class, self.attempt, &error, random)
+        {
+            return Step::Sleep(
+                d,
+                Then::new(move |(), _| match self.request.take() {
+                    Some(request) => self.send(request),
+                    None => self.fail(Error::Internal("no request to resend".into())),
+                }),
+            );
+        }
+        let rejected = matches!(error, Error::ReauthorizationRequired { .. });
+        if rejected && matches!(self.mode, Mode::Force(Some(_))) {
+            // The caller's own refresh token was refused; the stored record is not at fault.
+            return self.fail(error);
+        }
+        if rejected && matches!(self.call, Some(TokenCall::Refresh(_))) && !self.reread_after_invalid_grant {
+            // Another process may have rotated the token we sent; look before giving up.
+            self.reread_after_invalid_grant = true;
+            self.rejection = Some(error);
+            return self.load(Self::after_invalid_grant_load);
+        }
+        self.conclude(error, now)
+    }
+
+    fn after_invalid_grant_load(mut self: Box<Self>, loaded: Loaded, now: Timestamp) -> Plan {
+        let rec = match loaded {
+            Ok(Some(rec)) => rec,
+            Ok(None) => {
+                let error = self.nothing_stored();
+                return self.fail(error);
+            }
+            Err(e) => {
+                // The refresh token was refused but the record cannot be read to mark it.
+                self.rejection = None;
+                return self.fail(e.into());
+            }
+        };
+        let rotated_elsewhere = match (&rec.value.refresh_token, &self.used_refresh) {
+            (Some(stored), Some(used)) => !stored.ct_eq(used),
+            _ => false,
+        };
+        if rotated_elsewhere {
+            self.current = Some(rec.clone());
+            if rec.value.reauthorization_required {
+                self.rejection = None;
+                let error = self.reauthorization_required();
+                return self.conclude(error, now);
+            }
+            self.rejection = None;
+            if self.freshness(&rec.value, now) != Freshness::Expired {
+                return self.succeed(rec);
+            }
+            if let Some(token) = rec.value.refresh_token.clone() {
+                return self.send_refresh(token);
+            }
+        }
+        self.current = Some(rec);
+        self.mark_rejected = true;
+        self.give_up_on_refresh_token(now)
+    }
+
+    /// The stored refresh token is dead. A Service App fetches new tokens with the
+    /// Integration's bearer once, as the Python SDK does; otherwise the record is marked and
+    /// re-authorization is required.
+    fn give_up_on_refresh_token(self: Box<Self>, now: Timestamp) -> Plan {
+        if self.is_service_app() && !self.fallback_used {
+            return self.fetch_with_bearer();
+        }
+        let error = self.reauthorization_required();
+        self.conclude(error, now)
+    }
+
+    // ---- storing ----
+
+    fn store(mut self: Box<Self>, tokens: OAuthTokens) -> Plan {
+        let expect = match &self.current {
+            Some(c) => Expect::Version(c.version),
+            None => Expect::Absent,
+        };
+        self.store_attempts += 1;
+        let key = self.key.clone();
+        Step::Store(key, tokens, expect, Then::new(move |stored, now| self.on_stored(stored, now)))
+    }
+
+    fn on_stored(self: Box<Self>, stored: StorageResult<u64>, _now: Timestamp) -> Plan {
+        let Some(tokens) = self.new_tokens.clone() else {
+            return self.fail(Error::Internal("stored nothing".into()));
+        };
+        match stored {
+            Ok(version) => self.finish(Ok(Versioned { value: tokens, version }), true, None),
+            // Another writer won (our lease must have expired): its record stands.
+            Err(e) if e.kind() == StorageErrorKind::Conflict => self.load(Self::after_conflict),
+            Err(e)
+                if e.is_retryable() && self.store_attempts < self.engine.config.retry.max_attempts.max(2) =>
+            {
+                let d = self.engine.config.retry.base_delay.saturating_mul(self.store_attempts);
+                Step::Sleep(d, Then::new(move |(), _| self.store(tokens)))
+            }
+            Err(e) => {
+                let expect = match &self.current {
+                    Some(c) => Expect::Version(c.version),
+                    None => Expect::Absent,
+                };
+                self.end(Outcome {
+                    result: Err(e.into()),
+                    refreshed: false,
+                    served_stale_after: None,
+                    unsaved: Some((tokens, expect)),
+                })
+            }
+        }
+    }
+
+    fn after_conflict(self: Box<Self>, loaded: Loaded, now: Timestamp) -> Plan {
+        match loaded {
+            Ok(Some(rec)) if !rec.value.is_expired(Duration::ZERO, now) => self.succeed(rec),
+            Ok(_) => {
+                let key = self.key.clone();
+                self.fail(Error::Storage(crate::error::StorageError::conflict(key)))
+            }
+            Err(e) => self.fail(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "refresh_tests.rs"]
+mod tests;

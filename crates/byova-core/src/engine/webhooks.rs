@@ -1,0 +1,278 @@
+//! What a `Byova` facade does beyond one key: a `serviceApp` webhook delivery (verified,
+//! de-duplicated, applied), the `/webhooks` API (paged listing, creation of what is missing),
+//! the status of every org, and the bulk refresh with progress.
+
+use std::sync::{Arc, Mutex};
+
+use crate::engine::step::{Step, StorageResult, Then, done};
+use crate::engine::{ServiceAppEngine, send_with_retry};
+use crate::error::{Error, Result};
+use crate::http::HttpRequest;
+use crate::policy::KeyStatus;
+use crate::secret::{AccessToken, WebhookSecret};
+use crate::time::Timestamp;
+use crate::tokens::OAuthTokens;
+use crate::webhook::{
+    Admission, NewWebhook, ServiceAppEvent, ServiceAppEventKind, Webhook, WebhookGate, WebhookOutcome,
+    create_webhook_request, delete_webhook_request, list_webhooks_request, missing_webhooks,
+    next_page_request, parse_webhook, parse_webhook_deletion, parse_webhook_page,
+};
+
+/// The most pages a webhook listing follows.
+const MAX_PAGES: usize = 10_000;
+
+/// The result of refreshing one org in a bulk refresh.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct OrgRefresh {
+    /// The org.
+    pub org_id: String,
+    /// Its new tokens, or why it failed.
+    pub result: Result<OAuthTokens>,
+}
+
+/// Progress of a bulk refresh, reported after each org.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct BulkProgress {
+    /// Orgs finished so far.
+    pub done: usize,
+    /// Orgs in all.
+    pub total: usize,
+    /// Orgs that failed so far.
+    pub failed: usize,
+    /// The org that just finished.
+    pub org_id: String,
+    /// Whether it succeeded (the error is in the final results).
+    pub ok: bool,
+}
+
+/// Receives [`BulkProgress`] reports; called from whichever thread finished the org.
+pub type ProgressFn = Arc<dyn Fn(&BulkProgress) + Send + Sync>;
+
+/// A delivery being acted on. Dropped before it finished (the handler's future was dropped,
+/// the fetch failed), the gate forgets it, so Webex's redelivery is acted on.
+struct Delivery {
+    engine: Arc<ServiceAppEngine>,
+    event: ServiceAppEvent,
+    finished: bool,
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.engine.gate.failed(&self.event);
+        }
+    }
+}
+
+impl ServiceAppEngine {
+    /// Handles one `serviceApp` webhook delivery: verifies the signature (when a secret is
+    /// set), fetches tokens on `authorized`, removes them on `deauthorized`; a repeated
+    /// delivery does nothing.
+    pub fn handle_webhook(
+        self: &Arc<Self>,
+        raw_body: &[u8],
+        signature_header: Option<&str>,
+        now: Timestamp,
+    ) -> Step<WebhookOutcome> {
+        let event = match self.gate.admit(raw_body, signature_header) {
+            Ok(Admission::Act(event)) => event,
+            Ok(Admission::Done(outcome)) => return done(Ok(outcome)),
+            Err(e) => return done(Err(e)),
+        };
+        let work = match event.kind {
+            ServiceAppEventKind::Authorized => self.fetch(&event.org_id, now).map(now, drop),
+            ServiceAppEventKind::Deauthorized => self.remove_org(&event.org_id),
+        };
+        let mut delivery = Delivery { engine: self.clone(), event, finished: false };
+        work.then(now, move |result, _| match result {
+            Ok(()) => {
+                delivery.finished = true;
+                let event = &delivery.event;
+                let outcome = WebhookGate::outcome(event);
+                tracing::info!(org = %event.org_id, event = event.kind.as_str(), ?outcome, "serviceApp webhook handled");
+                done(Ok(outcome))
+            }
+            Err(error) => done(Err(error)),
+        })
+    }
+
+    /// Every registered webhook, following `Link` pagination.
+    pub fn list_webhooks(self: &Arc<Self>) -> Step<Vec<Webhook>> {
+        let engine = self.clone();
+        with_bearer(move |token, now| {
+            let request = list_webhooks_request(engine.config(), &token, 100);
+            engine.list_pages(token, request, Vec::new(), 1, now)
+        })
+    }
+
+    fn list_pages(
+        self: Arc<Self>,
+        token: AccessToken,
+        request: HttpRequest,
+        mut all: Vec<Webhook>,
+        pages: usize,
+        now: Timestamp,
+    ) -> Step<Vec<Webhook>> {
+        send_with_retry(self.config(), request, |r, _| parse_webhook_page(r)).then(now, move |page, now| {
+            let page = match page {
+                Ok(page) => page,
+                Err(e) => return done(Err(e)),
+            };
+            all.extend(page.items);
+            match page.next {
+                None => done(Ok(all)),
+                Some(_) if pages >= MAX_PAGES => done(Err(Error::InvalidResponse {
+                    what: format!("the webhook list did not end after {MAX_PAGES} pages"),
+                    status: 200,
+                })),
+                Some(next) => match next_page_request(self.config(), &token, &next) {
+                    Ok(request) => self.list_pages(token, request, all, pages + 1, now),
+                    Err(e) => done(Err(e)),
+                },
+            }
+        })
+    }
+
+    /// Creates a webhook.
+    pub fn create_webhook(self: &Arc<Self>, webhook: NewWebhook) -> Step<Webhook> {
+        let engine = self.clone();
+        with_bearer(move |token, _| {
+            let request = create_webhook_request(engine.config(), &token, &webhook);
+            send_with_retry(engine.config(), request, |r, _| parse_webhook(r))
+        })
+    }
+
+    /// Deletes a webhook (an unknown id counts as deleted).
+    pub fn delete_webhook(self: &Arc<Self>, webhook_id: &str) -> Step<()> {
+        let (engine, id) = (self.clone(), webhook_id.to_owned());
+        with_bearer(move |token, _| {
+            let request = delete_webhook_request(engine.config(), &token, &id);
+            send_with_retry(engine.config(), request, |r, _| parse_webhook_deletion(r))
+        })
+    }
+
+    /// Makes sure the `serviceApp` `authorized` and `deauthorized` webhooks deliver to
+    /// `target_url`, creating only what is missing; returns the created ones.
+    pub fn ensure_webhooks(
+        self: &Arc<Self>,
+        target_url: &str,
+        secret: Option<&WebhookSecret>,
+        now: Timestamp,
+    ) -> Step<Vec<Webhook>> {
+        let wanted = NewWebhook::service_app_pair(self.application_id(), target_url, secret);
+        let engine = self.clone();
+        self.list_webhooks().then(now, move |existing, now| match existing {
+            Ok(existing) => {
+                let missing: Vec<NewWebhook> =
+                    missing_webhooks(&wanted, &existing).into_iter().cloned().collect();
+                engine.create_each(missing.into_iter(), Vec::new(), now)
+            }
+            Err(e) => done(Err(e)),
+        })
+    }
+
+    fn create_each(
+        self: Arc<Self>,
+        mut missing: std::vec::IntoIter<NewWebhook>,
+        mut created: Vec<Webhook>,
+        now: Timestamp,
+    ) -> Step<Vec<Webhook>> {
+        match missing.next() {
+            None => done(Ok(created)),
+            Some(webhook) => self.create_webhook(webhook).then(now, move |made, now| match made {
+                Ok(webhook) => {
+                    created.push(webhook);
+                    self.create_each(missing, created, now)
+                }
+                Err(e) => done(Err(e)),
+            }),
+        }
+    }
+
+    /// The status of every registered org. Holds no secret.
+    pub fn statuses(self: &Arc<Self>) -> Step<Vec<KeyStatus>> {
+        let engine = self.clone();
+        Step::ListOrgs(Then::new(move |orgs: StorageResult<Vec<String>>, now| match orgs {
+            Ok(orgs) => engine.status_each(orgs.into_iter(), Vec::new(), now),
+            Err(e) => done(Err(e.into())),
+        }))
+    }
+
+    fn status_each(
+        self: Arc<Self>,
+        mut orgs: std::vec::IntoIter<String>,
+        mut all: Vec<KeyStatus>,
+        now: Timestamp,
+    ) -> Step<Vec<KeyStatus>> {
+        match orgs.next() {
+            None => done(Ok(all)),
+            Some(org) => self.status(&org).then(now, move |status, now| match status {
+                Ok(status) => {
+                    all.extend(status);
+                    self.status_each(orgs, all, now)
+                }
+                Err(e) => done(Err(e)),
+            }),
+        }
+    }
+
+    /// Refreshes every registered org, at most `concurrency` at a time, reporting progress
+    /// after each; one org failing never stops the others. Results are sorted by org.
+    pub fn refresh_all(
+        self: &Arc<Self>,
+        concurrency: usize,
+        progress: Option<ProgressFn>,
+    ) -> Step<Vec<OrgRefresh>> {
+        let engine = self.clone();
+        Step::ListOrgs(Then::new(move |orgs: StorageResult<Vec<String>>, _| {
+            let orgs = match orgs {
+                Ok(orgs) => orgs,
+                Err(e) => return done(Err(e.into())),
+            };
+            let total = orgs.len();
+            let results = Arc::new(Mutex::new(Vec::with_capacity(total)));
+            let plans = orgs
+                .into_iter()
+                .map(|org_id| {
+                    let (engine, results, progress) = (engine.clone(), results.clone(), progress.clone());
+                    Then::new(move |(), now| {
+                        engine.refresh_for_org(&org_id, now).then(now, move |result, _| {
+                            let report = {
+                                let mut results = results.lock().unwrap_or_else(|e| e.into_inner());
+                                let ok = result.is_ok();
+                                results.push(OrgRefresh { org_id: org_id.clone(), result });
+                                let failed = results.iter().filter(|r| r.result.is_err()).count();
+                                BulkProgress { done: results.len(), total, failed, org_id, ok }
+                            };
+                            if let Some(progress) = &progress {
+                                progress(&report);
+                            }
+                            done(Ok(()))
+                        })
+                    })
+                })
+                .collect();
+            Step::Concurrently(
+                plans,
+                concurrency.max(1),
+                Then::new(move |(), _| {
+                    let mut all = std::mem::take(&mut *results.lock().unwrap_or_else(|e| e.into_inner()));
+                    all.sort_by(|a, b| a.org_id.cmp(&b.org_id));
+                    done(Ok(all))
+                }),
+            )
+        }))
+    }
+}
+
+/// Gets the Integration's bearer, then continues with `then`.
+fn with_bearer<T: Send + 'static>(
+    then: impl FnOnce(AccessToken, Timestamp) -> Step<T> + Send + 'static,
+) -> Step<T> {
+    Step::IntegrationToken(Then::new(move |token: Result<AccessToken>, now| match token {
+        Ok(token) => then(token, now),
+        Err(e) => done(Err(e)),
+    }))
+}
