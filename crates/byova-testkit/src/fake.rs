@@ -248,9 +248,14 @@ impl WebhookRecord {
     }
 }
 
+#[derive(Default)]
 struct FaultQueue {
     queued: VecDeque<(Fault, Option<usize>)>,
+    /// Before a request is looked at.
     latency: Duration,
+    /// After it was processed, before the answer: the server's state has changed whether or
+    /// not the client is still there to hear how.
+    answer_latency: Duration,
 }
 
 struct State {
@@ -284,6 +289,10 @@ impl State {
             rand[..8].copy_from_slice(&n.to_le_bytes());
         }
         format!("fake{kind}{n}_{}", URL_SAFE_NO_PAD.encode(rand))
+    }
+
+    fn answer_latency(&self, endpoint: Endpoint) -> Duration {
+        self.faults.get(&endpoint).map_or(Duration::ZERO, |q| q.answer_latency)
     }
 
     fn take_fault(&mut self, endpoint: Endpoint) -> (Duration, Option<Fault>) {
@@ -540,6 +549,13 @@ impl FakeWebex {
         self.with_queue(endpoint, |q| q.latency = latency);
     }
 
+    /// Processes every request to `endpoint` at once, then waits `latency` before answering
+    /// (zero to stop): a client that gives up meanwhile has still, for example, spent its
+    /// refresh token.
+    pub fn set_answer_latency(&self, endpoint: Endpoint, latency: Duration) {
+        self.with_queue(endpoint, |q| q.answer_latency = latency);
+    }
+
     /// Removes every queued fault and latency.
     pub fn clear_faults(&self) {
         self.shared.lock().faults.clear();
@@ -547,9 +563,7 @@ impl FakeWebex {
 
     fn with_queue(&self, endpoint: Endpoint, f: impl FnOnce(&mut FaultQueue)) {
         let mut s = self.shared.lock();
-        f(s.faults
-            .entry(endpoint)
-            .or_insert_with(|| FaultQueue { queued: VecDeque::new(), latency: Duration::ZERO }));
+        f(s.faults.entry(endpoint).or_default());
     }
 
     /// Requests received by `endpoint` (faulted ones included).
@@ -757,6 +771,34 @@ impl FakeWebex {
         location(wire::send(&wire::get(authorization_url))?)
     }
 
+    /// Redeems `refresh_token` at `/v1/access_token` as another client holding it would
+    /// (another replica, a copy of the store): with rotation on, the stored copy is then spent.
+    /// Returns the status code.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub async fn redeem_refresh_token(
+        &self,
+        client_id: &str,
+        client_secret: &str,
+        refresh_token: &str,
+    ) -> std::io::Result<u16> {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .append_pair("grant_type", "refresh_token")
+            .append_pair("refresh_token", refresh_token)
+            .append_pair("client_id", client_id)
+            .append_pair("client_secret", client_secret)
+            .finish();
+        let url = format!("{}/access_token", self.base_url());
+        let request = wire::request(
+            Method::Post,
+            &url,
+            body.into_bytes(),
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+        );
+        Ok(wire::send_async(&request).await?.status)
+    }
+
     /// [`browser_visit`](Self::browser_visit) for async tests.
     ///
     /// # Errors
@@ -928,6 +970,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
     };
     if drop_after {
         return Err(DropConnection);
+    }
+    let answer_latency = shared.lock().answer_latency(endpoint);
+    if !answer_latency.is_zero() {
+        tokio::time::sleep(answer_latency).await;
     }
     Ok(finish(resp, &tracking_id))
 }

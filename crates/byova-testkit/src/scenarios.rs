@@ -148,9 +148,6 @@ fn world(flavour: &dyn Flavour, secret: Option<&str>) -> World {
 }
 
 fn world_with(flavour: &dyn Flavour, secret: Option<&str>, coordinated: bool) -> World {
-    let fake = Arc::new(FakeWebex::start());
-    let mut integration = fake.integration_credentials();
-    integration.redirect_uri = "http://127.0.0.1:0/callback".into();
     let storage = Arc::new(InMemoryTokenStorage::new());
     let (async_storage, blocking_storage): (Arc<dyn TokenStorage>, Arc<dyn BlockingTokenStorage>) =
         if coordinated {
@@ -158,6 +155,19 @@ fn world_with(flavour: &dyn Flavour, secret: Option<&str>, coordinated: bool) ->
         } else {
             (Arc::new(SeedOnly(storage.clone())), Arc::new(SeedOnly(storage.clone())))
         };
+    world_on(flavour, secret, storage, async_storage, blocking_storage)
+}
+
+fn world_on(
+    flavour: &dyn Flavour,
+    secret: Option<&str>,
+    storage: Arc<InMemoryTokenStorage>,
+    async_storage: Arc<dyn TokenStorage>,
+    blocking_storage: Arc<dyn BlockingTokenStorage>,
+) -> World {
+    let fake = Arc::new(FakeWebex::start());
+    let mut integration = fake.integration_credentials();
+    integration.redirect_uri = "http://127.0.0.1:0/callback".into();
     let setup = Setup {
         config: fast_config(&fake),
         integration,
@@ -275,6 +285,60 @@ impl BlockingTokenStorage for SeedOnly {
     }
 }
 
+/// Memory storage whose next `store` panics while `armed`: a backend with a bug, hit in the
+/// middle of a refresh.
+struct PanicsOnce {
+    inner: Arc<InMemoryTokenStorage>,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl PanicsOnce {
+    fn check(&self) {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("the storage backend panicked (injected)");
+        }
+    }
+}
+
+macro_rules! panics_once_impl {
+    ($(#[$attr:meta])* $trait:path, $inner:path $(, $async_kw:ident, $await:tt)?) => {
+        $(#[$attr])*
+        impl $trait for PanicsOnce {
+            $($async_kw)? fn load(&self, key: &TokenKey) -> Result<Option<byova_core::Versioned<OAuthTokens>>, StorageError> {
+                <InMemoryTokenStorage as $inner>::load(&self.inner, key)$(.$await)?
+            }
+            $($async_kw)? fn store(&self, key: &TokenKey, t: &OAuthTokens, e: byova_core::Expect) -> Result<u64, StorageError> {
+                self.check();
+                <InMemoryTokenStorage as $inner>::store(&self.inner, key, t, e)$(.$await)?
+            }
+            $($async_kw)? fn delete_org(&self, org: &str) -> Result<(), StorageError> {
+                <InMemoryTokenStorage as $inner>::delete_org(&self.inner, org)$(.$await)?
+            }
+            $($async_kw)? fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
+                <InMemoryTokenStorage as $inner>::list_orgs(&self.inner)$(.$await)?
+            }
+            $($async_kw)? fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<byova_core::Lease>, StorageError> {
+                <InMemoryTokenStorage as $inner>::try_acquire_lease(&self.inner, key, ttl)$(.$await)?
+            }
+            $($async_kw)? fn release_lease(&self, lease: &byova_core::Lease) -> Result<(), StorageError> {
+                <InMemoryTokenStorage as $inner>::release_lease(&self.inner, lease)$(.$await)?
+            }
+            $($async_kw)? fn extend_lease(&self, lease: &byova_core::Lease, ttl: Duration) -> Result<bool, StorageError> {
+                <InMemoryTokenStorage as $inner>::extend_lease(&self.inner, lease, ttl)$(.$await)?
+            }
+        }
+    };
+}
+
+panics_once_impl!(byova_core::BlockingCoordinatedTokenStorage, byova_core::BlockingCoordinatedTokenStorage);
+panics_once_impl!(
+    #[byova_core::async_trait]
+    byova_core::CoordinatedTokenStorage,
+    byova_core::CoordinatedTokenStorage,
+    async,
+    await
+);
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
 }
@@ -342,6 +406,13 @@ scenarios!(
     herd_of_1000_on_an_expired_integration_token_makes_one_call,
     herd_of_1000_on_an_expired_org_token_makes_one_call,
     herd_on_a_seed_only_backend_relies_on_in_process_single_flight,
+    a_caller_dropped_mid_refresh_loses_nothing,
+    an_org_caller_dropped_mid_refresh_loses_nothing,
+    ten_second_tokens_across_twenty_processes_cost_one_refresh,
+    a_rejected_refresh_token_is_seen_by_every_process,
+    a_thousand_callers_on_a_dead_refresh_token_make_one_call,
+    a_herd_on_a_failing_token_endpoint_shares_one_retry_sequence,
+    a_store_that_panics_mid_refresh_leaves_nothing_held,
     a_hundred_orgs_expiring_together_cost_one_call_each,
     strict_rotation_over_1000_refresh_cycles_reuses_nothing,
     canary_secrets_never_reach_logs_errors_or_debug,
@@ -730,6 +801,198 @@ async fn herd_on_a_seed_only_backend_relies_on_in_process_single_flight(f: Arc<d
     let tokens = herd(&w.sdk, 500, None).await;
     assert_eq!(w.fake.calls(Endpoint::AccessToken), 1);
     assert!(tokens.iter().all(|t| t.ct_eq(&tokens[0])));
+}
+
+/// The next call after a caller was dropped mid-refresh: against strict rotation and a token
+/// endpoint that redeems at once but answers 2 s later, the dropped caller's refresh still
+/// finishes and stores its tokens, the next caller gets them within 1 s of that, and no
+/// refresh token is ever presented twice.
+async fn dropped_caller_case(f: Arc<dyn Flavour>, org: Option<&str>) {
+    let w = world(f.as_ref(), None);
+    w.fake.update_settings(|s| {
+        s.rotate_refresh_tokens = true;
+        s.strict_rotation = true;
+    });
+    match org {
+        None => drop(w.seed_expired_integration().await),
+        Some(org) => {
+            w.seed_fresh_integration().await;
+            w.seed_expired_org(org).await;
+        }
+    }
+    let answer = Duration::from_secs(2);
+    w.fake.set_answer_latency(Endpoint::AccessToken, answer);
+    let call = |sdk: Arc<dyn Sdk>| async move {
+        match org {
+            None => sdk.get_access_token().await,
+            Some(org) => sdk.org_token(org.to_owned()).await,
+        }
+    };
+    let started = Instant::now();
+    let dropped = tokio::time::timeout(Duration::from_millis(300), call(w.sdk.clone())).await;
+    assert!(dropped.is_err(), "the first caller gave up after 300 ms");
+    let token = call(w.sdk.clone()).await.expect("the next call succeeds");
+    let took = started.elapsed();
+    assert!(took < answer + Duration::from_secs(1), "next call answered {took:?} after the drop");
+    assert!(w.fake.is_access_token_valid(token.expose_secret()));
+    assert_eq!(w.fake.refresh_calls(), 1, "one refresh for both callers");
+    w.fake.set_answer_latency(Endpoint::AccessToken, Duration::ZERO);
+    let key = match org {
+        None => TokenKey::Integration,
+        Some(org) => TokenKey::org(org),
+    };
+    let stored = w.stored(&key).await.expect("stored");
+    assert!(stored.access_token.ct_eq(&token), "the dropped caller's refresh was stored");
+    // The rotated refresh token is the one stored: it works, and nothing was reused.
+    match org {
+        None => drop(w.sdk.refresh(None).await.expect("the stored refresh token works")),
+        Some(org) => {
+            drop(w.sdk.refresh_for_org(org.to_owned()).await.expect("the stored refresh token works"))
+        }
+    }
+    assert_eq!(w.fake.reused_refresh_tokens(), 0);
+}
+
+async fn a_caller_dropped_mid_refresh_loses_nothing(f: Arc<dyn Flavour>) {
+    dropped_caller_case(f, None).await;
+}
+
+async fn an_org_caller_dropped_mid_refresh_loses_nothing(f: Arc<dyn Flavour>) {
+    dropped_caller_case(f, Some(ORG)).await;
+}
+
+async fn ten_second_tokens_across_twenty_processes_cost_one_refresh(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    w.fake.update_settings(|s| s.expires_in = 10);
+    w.seed_expired_integration().await;
+    w.fake.set_latency(Endpoint::AccessToken, Duration::from_millis(100));
+    // Twenty SDK instances on one store: each has its own cache and flights, as a process does.
+    let processes: Vec<Arc<dyn Sdk>> = (0..20).map(|_| f.build(&w.setup)).collect();
+    let started = Instant::now();
+    let mut calls = Vec::new();
+    for sdk in &processes {
+        for _ in 0..5 {
+            let sdk = sdk.clone();
+            calls.push(tokio::spawn(async move { sdk.get_access_token().await }));
+        }
+    }
+    let mut tokens = Vec::new();
+    for call in calls {
+        tokens.push(call.await.expect("caller").expect("every caller gets a token"));
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "all 100 callers done in {took:?}");
+    assert_eq!(w.fake.refresh_calls(), 1, "one refresh for twenty processes");
+    assert!(tokens.iter().all(|t| t.ct_eq(&tokens[0])));
+    // A 10 s token is usable: asked again at once, nobody refreshes.
+    for sdk in &processes {
+        assert!(sdk.get_access_token().await.unwrap().ct_eq(&tokens[0]));
+    }
+    assert_eq!(w.fake.refresh_calls(), 1);
+}
+
+async fn a_rejected_refresh_token_is_seen_by_every_process(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    w.seed_expired_integration().await;
+    w.fake.inject_always(Endpoint::AccessToken, Fault::InvalidGrant);
+    let err = w.sdk.get_access_token().await.unwrap_err();
+    assert!(matches!(err, Error::ReauthorizationRequired { .. }), "{err:?}");
+    assert_eq!(w.fake.calls(Endpoint::AccessToken), 1);
+    let other = f.build(&w.setup);
+    let status = other.status().await.unwrap();
+    assert_eq!(status[0].state, TokenState::ReauthorizationRequired, "another process sees the stored mark");
+    for _ in 0..3 {
+        let err = other.get_access_token().await.unwrap_err();
+        assert!(matches!(err, Error::ReauthorizationRequired { .. }), "{err:?}");
+        let err = other.refresh(None).await.unwrap_err();
+        assert!(matches!(err, Error::ReauthorizationRequired { .. }), "{err:?}");
+    }
+    assert_eq!(w.fake.calls(Endpoint::AccessToken), 1, "nobody spends the rejected token again");
+    // New tokens (here an explicit refresh token) clear the mark.
+    w.fake.clear_faults();
+    let fresh = w.fake.issue_integration_tokens();
+    other.refresh(Some(fresh.refresh_token)).await.expect("new tokens are accepted");
+    assert_eq!(w.sdk.status().await.unwrap()[0].state, TokenState::Valid);
+}
+
+async fn a_thousand_callers_on_a_dead_refresh_token_make_one_call(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    w.fake.update_settings(|s| {
+        s.rotate_refresh_tokens = true;
+        s.strict_rotation = true;
+    });
+    let issued = w.seed_expired_integration().await;
+    // The stored refresh token is spent elsewhere; the fake no longer accepts it.
+    let creds = &w.setup.integration;
+    let status = w
+        .fake
+        .redeem_refresh_token(&creds.client_id, creds.client_secret.expose_secret(), &issued.refresh_token)
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    w.fake.reset_counters();
+    w.fake.set_latency(Endpoint::AccessToken, Duration::from_millis(50));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let sdk = w.sdk.clone();
+        tasks.push(tokio::spawn(async move { (sdk.get_access_token().await, Instant::now()) }));
+    }
+    for task in tasks {
+        let (result, at) = task.await.unwrap();
+        assert!(matches!(result, Err(Error::ReauthorizationRequired { .. })), "{result:?}");
+        assert!(
+            at.duration_since(started) < Duration::from_secs(1),
+            "every caller has its answer within 1 s"
+        );
+    }
+    assert_eq!(w.fake.calls(Endpoint::AccessToken), 1, "one token-endpoint call for the whole herd");
+}
+
+async fn a_herd_on_a_failing_token_endpoint_shares_one_retry_sequence(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    w.seed_expired_integration().await;
+    w.fake.inject_always(Endpoint::AccessToken, Fault::status(503));
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let sdk = w.sdk.clone();
+        tasks.push(tokio::spawn(async move { sdk.get_access_token().await }));
+    }
+    for task in tasks {
+        let result = task.await.unwrap();
+        assert!(matches!(result, Err(Error::Server(_))), "{result:?}");
+    }
+    let attempts = u64::from(w.setup.config.retry.max_attempts);
+    assert_eq!(w.fake.calls(Endpoint::AccessToken), attempts, "one retry sequence, not one per caller");
+    // The record is untouched: a 503 never costs a token.
+    assert!(w.stored(&TokenKey::Integration).await.unwrap().refresh_token.is_some());
+}
+
+async fn a_store_that_panics_mid_refresh_leaves_nothing_held(f: Arc<dyn Flavour>) {
+    let storage = Arc::new(InMemoryTokenStorage::new());
+    let panics = Arc::new(PanicsOnce { inner: storage.clone(), armed: false.into() });
+    let w = world_on(f.as_ref(), None, storage, panics.clone(), panics.clone());
+    w.seed_expired_integration().await;
+    panics.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    w.fake.set_latency(Endpoint::AccessToken, Duration::from_millis(50));
+    let mut waiters = Vec::new();
+    for _ in 0..20 {
+        let sdk = w.sdk.clone();
+        waiters.push(tokio::spawn(async move { sdk.get_access_token().await }));
+    }
+    for waiter in waiters {
+        // The caller whose thread ran the refresh may panic (blocking); every other one gets an
+        // error promptly instead of waiting forever.
+        if let Ok(result) =
+            tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("no caller hangs")
+        {
+            assert!(result.is_err(), "the refresh never finished: {result:?}");
+        }
+    }
+    let started = Instant::now();
+    let token = w.sdk.get_access_token().await.expect("the next call refreshes");
+    assert!(started.elapsed() < Duration::from_secs(2), "no lease left held for its whole TTL");
+    assert!(w.fake.is_access_token_valid(token.expose_secret()));
 }
 
 async fn a_hundred_orgs_expiring_together_cost_one_call_each(f: Arc<dyn Flavour>) {
