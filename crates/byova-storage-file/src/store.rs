@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use byova_core::{
-    BlockingTokenStorage, Clock, Expect, Lease, OAuthTokens, ServiceAppTokens, StorageError,
-    StorageErrorKind, SystemClock, TokenKey, Versioned,
+    BlockingCoordinatedTokenStorage, Clock, Expect, Lease, OAuthTokens, StorageError, StorageErrorKind,
+    SystemClock, TokenKey, Versioned,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -222,12 +222,7 @@ impl FileTokenStorage {
                 }
                 Err(e) => return Err(e),
             };
-            let ok = match expect {
-                Expect::Any => true,
-                Expect::Absent => current.is_none(),
-                Expect::Version(v) => current == Some(v),
-            };
-            if !ok {
+            if !expect.admits(current) {
                 return Err(StorageError::conflict(key));
             }
             let version = current.map_or(0, |v| v + 1).max(micros_now());
@@ -438,33 +433,18 @@ fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     Ok(())
 }
 
-impl BlockingTokenStorage for FileTokenStorage {
-    fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
-        Ok(self.load_sync(&TokenKey::Integration)?.map(|v| v.value))
-    }
-    fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError> {
-        self.store_sync(&TokenKey::Integration, tokens, Expect::Any).map(drop)
-    }
-    fn get_service_app_tokens(&self, org_id: &str) -> Result<Option<ServiceAppTokens>, StorageError> {
-        Ok(self.load_sync(&TokenKey::org(org_id))?.map(|v| v.value))
-    }
-    fn set_service_app_tokens(&self, org_id: &str, tokens: &ServiceAppTokens) -> Result<(), StorageError> {
-        self.store_sync(&TokenKey::org(org_id), tokens, Expect::Any).map(drop)
-    }
-    fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError> {
-        self.delete_sync(org_id)
-    }
-    fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
-        self.list_sync()
-    }
-    fn supports_coordination(&self) -> bool {
-        true
-    }
+impl BlockingCoordinatedTokenStorage for FileTokenStorage {
     fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
         self.load_sync(key)
     }
     fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
         self.store_sync(key, tokens, expect)
+    }
+    fn delete_org(&self, org_id: &str) -> Result<(), StorageError> {
+        self.delete_sync(org_id)
+    }
+    fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
+        self.list_sync()
     }
     fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
         self.acquire_sync(key, ttl)
@@ -480,7 +460,7 @@ impl BlockingTokenStorage for FileTokenStorage {
 #[cfg(feature = "async")]
 mod async_impl {
     use super::*;
-    use byova_core::{TokenStorage, async_trait};
+    use byova_core::{CoordinatedTokenStorage, async_trait};
 
     impl FileTokenStorage {
         /// Runs blocking file work on tokio's blocking pool, never on the runtime's threads.
@@ -496,42 +476,10 @@ mod async_impl {
     }
 
     #[async_trait]
-    impl TokenStorage for FileTokenStorage {
-        async fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
-            self.offload(BlockingTokenStorage::get_integration_tokens).await
-        }
-        async fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError> {
-            let tokens = tokens.clone();
-            self.offload(move |s| BlockingTokenStorage::set_integration_tokens(s, &tokens)).await
-        }
-        async fn get_service_app_tokens(
-            &self,
-            org_id: &str,
-        ) -> Result<Option<ServiceAppTokens>, StorageError> {
-            let org = org_id.to_owned();
-            self.offload(move |s| BlockingTokenStorage::get_service_app_tokens(s, &org)).await
-        }
-        async fn set_service_app_tokens(
-            &self,
-            org_id: &str,
-            tokens: &ServiceAppTokens,
-        ) -> Result<(), StorageError> {
-            let (org, tokens) = (org_id.to_owned(), tokens.clone());
-            self.offload(move |s| BlockingTokenStorage::set_service_app_tokens(s, &org, &tokens)).await
-        }
-        async fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError> {
-            let org = org_id.to_owned();
-            self.offload(move |s| BlockingTokenStorage::delete_service_app_tokens(s, &org)).await
-        }
-        async fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
-            self.offload(BlockingTokenStorage::list_registered_orgs).await
-        }
-        fn supports_coordination(&self) -> bool {
-            true
-        }
+    impl CoordinatedTokenStorage for FileTokenStorage {
         async fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
             let key = key.clone();
-            self.offload(move |s| BlockingTokenStorage::load(s, &key)).await
+            self.offload(move |s| s.load_sync(&key)).await
         }
         async fn store(
             &self,
@@ -540,7 +488,14 @@ mod async_impl {
             expect: Expect,
         ) -> Result<u64, StorageError> {
             let (key, tokens) = (key.clone(), tokens.clone());
-            self.offload(move |s| BlockingTokenStorage::store(s, &key, &tokens, expect)).await
+            self.offload(move |s| s.store_sync(&key, &tokens, expect)).await
+        }
+        async fn delete_org(&self, org_id: &str) -> Result<(), StorageError> {
+            let org = org_id.to_owned();
+            self.offload(move |s| s.delete_sync(&org)).await
+        }
+        async fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
+            self.offload(FileTokenStorage::list_sync).await
         }
         async fn try_acquire_lease(
             &self,
@@ -548,15 +503,15 @@ mod async_impl {
             ttl: Duration,
         ) -> Result<Option<Lease>, StorageError> {
             let key = key.clone();
-            self.offload(move |s| BlockingTokenStorage::try_acquire_lease(s, &key, ttl)).await
+            self.offload(move |s| s.acquire_sync(&key, ttl)).await
         }
         async fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
             let lease = lease.clone();
-            self.offload(move |s| BlockingTokenStorage::release_lease(s, &lease)).await
+            self.offload(move |s| s.release_sync(&lease)).await
         }
         async fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
             let lease = lease.clone();
-            self.offload(move |s| BlockingTokenStorage::extend_lease(s, &lease, ttl)).await
+            self.offload(move |s| s.extend_sync(&lease, ttl)).await
         }
     }
 }

@@ -343,10 +343,45 @@ macro_rules! reply_as {
     };
 }
 
+/// The coordinated primitives over one way of running an [`Op`] (`run` on a pooled blocking
+/// connection, `run_async` on the connection manager): written once for both traits.
+macro_rules! coordinated_impl {
+    ($(#[$attr:meta])* $trait:ident, $run:ident $(, $async_kw:ident, $await:tt)?) => {
+        $(#[$attr])*
+        impl $trait for RedisTokenStorage {
+            $($async_kw)? fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
+                reply_as!(self.$run(self.load_op(key)?, Some(key))$(.$await)??, Record)
+            }
+            $($async_kw)? fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
+                reply_as!(self.$run(self.store_op(key, tokens, expect)?, Some(key))$(.$await)??, Version)
+            }
+            $($async_kw)? fn delete_org(&self, org_id: &str) -> Result<(), StorageError> {
+                self.$run(self.delete_op(org_id)?, None)$(.$await)?.map(drop)
+            }
+            $($async_kw)? fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
+                reply_as!(self.$run(Op::List { index: self.index_key() }, None)$(.$await)??, Orgs)
+            }
+            $($async_kw)? fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
+                let lease = Lease::new(key.clone());
+                let granted = reply_as!(self.$run(self.acquire_op(key, ttl, lease.owner)?, Some(key))$(.$await)??, Flag)?;
+                Ok(granted.then_some(lease))
+            }
+            $($async_kw)? fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
+                let op = Op::Release { lease: self.lease_key(&lease.key), owner: lease.owner.to_string() };
+                self.$run(op, None)$(.$await)?.map(drop)
+            }
+            $($async_kw)? fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
+                let op = Op::Extend { lease: self.lease_key(&lease.key), owner: lease.owner.to_string(), ttl_ms: ttl_ms(ttl) };
+                reply_as!(self.$run(op, None)$(.$await)??, Flag)
+            }
+        }
+    };
+}
+
 #[cfg(feature = "blocking")]
 mod blocking {
     use super::*;
-    use byova_core::{BlockingTokenStorage, ServiceAppTokens};
+    use byova_core::BlockingCoordinatedTokenStorage;
 
     impl RedisTokenStorage {
         fn run(&self, op: Op, key: Option<&TokenKey>) -> Result<Reply, StorageError> {
@@ -388,62 +423,13 @@ mod blocking {
         }
     }
 
-    impl BlockingTokenStorage for RedisTokenStorage {
-        fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
-            Ok(BlockingTokenStorage::load(self, &TokenKey::Integration)?.map(|v| v.value))
-        }
-        fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError> {
-            BlockingTokenStorage::store(self, &TokenKey::Integration, tokens, Expect::Any).map(drop)
-        }
-        fn get_service_app_tokens(&self, org_id: &str) -> Result<Option<ServiceAppTokens>, StorageError> {
-            Ok(BlockingTokenStorage::load(self, &TokenKey::org(org_id))?.map(|v| v.value))
-        }
-        fn set_service_app_tokens(
-            &self,
-            org_id: &str,
-            tokens: &ServiceAppTokens,
-        ) -> Result<(), StorageError> {
-            BlockingTokenStorage::store(self, &TokenKey::org(org_id), tokens, Expect::Any).map(drop)
-        }
-        fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError> {
-            self.run(self.delete_op(org_id)?, None).map(drop)
-        }
-        fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
-            reply_as!(self.run(Op::List { index: self.index_key() }, None)?, Orgs)
-        }
-        fn supports_coordination(&self) -> bool {
-            true
-        }
-        fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
-            reply_as!(self.run(self.load_op(key)?, Some(key))?, Record)
-        }
-        fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
-            reply_as!(self.run(self.store_op(key, tokens, expect)?, Some(key))?, Version)
-        }
-        fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
-            let lease = Lease::new(key.clone());
-            let granted = reply_as!(self.run(self.acquire_op(key, ttl, lease.owner)?, Some(key))?, Flag)?;
-            Ok(granted.then_some(lease))
-        }
-        fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
-            self.run(Op::Release { lease: self.lease_key(&lease.key), owner: lease.owner.to_string() }, None)
-                .map(drop)
-        }
-        fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
-            let op = Op::Extend {
-                lease: self.lease_key(&lease.key),
-                owner: lease.owner.to_string(),
-                ttl_ms: ttl_ms(ttl),
-            };
-            reply_as!(self.run(op, None)?, Flag)
-        }
-    }
+    coordinated_impl!(BlockingCoordinatedTokenStorage, run);
 }
 
 #[cfg(feature = "async")]
 mod async_impl {
     use super::*;
-    use byova_core::{ServiceAppTokens, TokenStorage, async_trait};
+    use byova_core::{CoordinatedTokenStorage, async_trait};
 
     impl RedisTokenStorage {
         async fn manager(&self) -> Result<redis::aio::ConnectionManager, StorageError> {
@@ -473,74 +459,13 @@ mod async_impl {
         }
     }
 
-    #[async_trait]
-    impl TokenStorage for RedisTokenStorage {
-        async fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
-            Ok(TokenStorage::load(self, &TokenKey::Integration).await?.map(|v| v.value))
-        }
-        async fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError> {
-            TokenStorage::store(self, &TokenKey::Integration, tokens, Expect::Any).await.map(drop)
-        }
-        async fn get_service_app_tokens(
-            &self,
-            org_id: &str,
-        ) -> Result<Option<ServiceAppTokens>, StorageError> {
-            Ok(TokenStorage::load(self, &TokenKey::org(org_id)).await?.map(|v| v.value))
-        }
-        async fn set_service_app_tokens(
-            &self,
-            org_id: &str,
-            tokens: &ServiceAppTokens,
-        ) -> Result<(), StorageError> {
-            TokenStorage::store(self, &TokenKey::org(org_id), tokens, Expect::Any).await.map(drop)
-        }
-        async fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError> {
-            self.run_async(self.delete_op(org_id)?, None).await.map(drop)
-        }
-        async fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
-            reply_as!(self.run_async(Op::List { index: self.index_key() }, None).await?, Orgs)
-        }
-        fn supports_coordination(&self) -> bool {
-            true
-        }
-        async fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
-            reply_as!(self.run_async(self.load_op(key)?, Some(key)).await?, Record)
-        }
-        async fn store(
-            &self,
-            key: &TokenKey,
-            tokens: &OAuthTokens,
-            expect: Expect,
-        ) -> Result<u64, StorageError> {
-            reply_as!(self.run_async(self.store_op(key, tokens, expect)?, Some(key)).await?, Version)
-        }
-        async fn try_acquire_lease(
-            &self,
-            key: &TokenKey,
-            ttl: Duration,
-        ) -> Result<Option<Lease>, StorageError> {
-            let lease = Lease::new(key.clone());
-            let granted =
-                reply_as!(self.run_async(self.acquire_op(key, ttl, lease.owner)?, Some(key)).await?, Flag)?;
-            Ok(granted.then_some(lease))
-        }
-        async fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
-            self.run_async(
-                Op::Release { lease: self.lease_key(&lease.key), owner: lease.owner.to_string() },
-                None,
-            )
-            .await
-            .map(drop)
-        }
-        async fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
-            let op = Op::Extend {
-                lease: self.lease_key(&lease.key),
-                owner: lease.owner.to_string(),
-                ttl_ms: ttl_ms(ttl),
-            };
-            reply_as!(self.run_async(op, None).await?, Flag)
-        }
-    }
+    coordinated_impl!(
+        #[async_trait]
+        CoordinatedTokenStorage,
+        run_async,
+        async,
+        await
+    );
 }
 
 #[cfg(test)]

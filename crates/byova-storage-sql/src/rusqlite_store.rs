@@ -4,7 +4,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use byova_core::{
-    BlockingTokenStorage, Expect, Lease, OAuthTokens, ServiceAppTokens, StorageError, TokenKey, Versioned,
+    BlockingCoordinatedTokenStorage, Expect, Lease, OAuthTokens, StorageError, TokenKey, Versioned,
     decode_record,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -88,32 +88,17 @@ impl SqliteBlockingStorage {
     }
 }
 
-impl BlockingTokenStorage for SqliteBlockingStorage {
-    fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
-        Ok(self.load(&TokenKey::Integration)?.map(|v| v.value))
-    }
-    fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError> {
-        self.store(&TokenKey::Integration, tokens, Expect::Any).map(drop)
-    }
-    fn get_service_app_tokens(&self, org_id: &str) -> Result<Option<ServiceAppTokens>, StorageError> {
-        Ok(self.load(&TokenKey::org(org_id))?.map(|v| v.value))
-    }
-    fn set_service_app_tokens(&self, org_id: &str, tokens: &ServiceAppTokens) -> Result<(), StorageError> {
-        self.store(&TokenKey::org(org_id), tokens, Expect::Any).map(drop)
-    }
-    fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError> {
+impl BlockingCoordinatedTokenStorage for SqliteBlockingStorage {
+    fn delete_org(&self, org_id: &str) -> Result<(), StorageError> {
         let (name, _) = key_columns(&TokenKey::org(org_id))?;
         self.conn().execute(&self.st.delete, params![name]).map_err(|e| sqlite_error("delete", &e))?;
         Ok(())
     }
-    fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
+    fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&self.st.list).map_err(|e| sqlite_error("list", &e))?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(|e| sqlite_error("list", &e))?;
         rows.map(|r| r.map_err(|e| sqlite_error("list", &e))).collect()
-    }
-    fn supports_coordination(&self) -> bool {
-        true
     }
     fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
         let (name, _) = key_columns(key)?;
@@ -145,12 +130,7 @@ impl BlockingTokenStorage for SqliteBlockingStorage {
             })
             .map_err(|e| sqlite_error("read", &e))?;
         let version = u64::try_from(version).unwrap_or(0);
-        let ok = match expect {
-            Expect::Any => true,
-            Expect::Absent => !present,
-            Expect::Version(v) => present && version == v,
-        };
-        if !ok {
+        if !expect.admits(present.then_some(version)) {
             return Err(StorageError::conflict(key));
         }
         let new_version = version + 1;

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use byova_core::{
-    Expect, Lease, OAuthTokens, ServiceAppTokens, StorageError, TokenKey, TokenStorage, Versioned,
-    async_trait, decode_record,
+    CoordinatedTokenStorage, Expect, Lease, OAuthTokens, StorageError, TokenKey, Versioned, async_trait,
+    decode_record,
 };
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -214,12 +214,7 @@ impl SqlTokenStorage {
             }
             None => (0, false),
         };
-        let ok = match expect {
-            Expect::Any => true,
-            Expect::Absent => !present,
-            Expect::Version(v) => present && version == v,
-        };
-        if !ok {
+        if !expect.admits(present.then_some(version)) {
             return Err(StorageError::conflict(key));
         }
         let new_version = version + 1;
@@ -238,24 +233,8 @@ impl SqlTokenStorage {
 }
 
 #[async_trait]
-impl TokenStorage for SqlTokenStorage {
-    async fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
-        Ok(TokenStorage::load(self, &TokenKey::Integration).await?.map(|v| v.value))
-    }
-    async fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError> {
-        TokenStorage::store(self, &TokenKey::Integration, tokens, Expect::Any).await.map(drop)
-    }
-    async fn get_service_app_tokens(&self, org_id: &str) -> Result<Option<ServiceAppTokens>, StorageError> {
-        Ok(TokenStorage::load(self, &TokenKey::org(org_id)).await?.map(|v| v.value))
-    }
-    async fn set_service_app_tokens(
-        &self,
-        org_id: &str,
-        tokens: &ServiceAppTokens,
-    ) -> Result<(), StorageError> {
-        TokenStorage::store(self, &TokenKey::org(org_id), tokens, Expect::Any).await.map(drop)
-    }
-    async fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError> {
+impl CoordinatedTokenStorage for SqlTokenStorage {
+    async fn delete_org(&self, org_id: &str) -> Result<(), StorageError> {
         let (name, _) = key_columns(&TokenKey::org(org_id))?;
         sqlx::query(&self.st.delete)
             .bind(name)
@@ -264,13 +243,10 @@ impl TokenStorage for SqlTokenStorage {
             .map_err(|e| sqlx_error("delete", &e))?;
         Ok(())
     }
-    async fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
+    async fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
         let rows =
             sqlx::query(&self.st.list).fetch_all(&self.pool).await.map_err(|e| sqlx_error("list", &e))?;
         rows.iter().filter_map(|r| text(r, 0).map_err(|e| sqlx_error("list", &e)).transpose()).collect()
-    }
-    fn supports_coordination(&self) -> bool {
-        true
     }
     async fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
         let (name, _) = key_columns(key)?;
