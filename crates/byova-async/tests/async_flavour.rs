@@ -4,113 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use byova_async::*;
-use byova_testkit::scenarios::{self, BoxFut, Browser, Flavour, Sdk, Setup};
+use byova_testkit::scenarios;
 
-struct AsyncFlavour;
-
-struct AsyncSdk {
-    byova: Byova,
-}
-
-impl Flavour for AsyncFlavour {
-    fn name(&self) -> &'static str {
-        "async"
-    }
-
-    fn build(&self, setup: &Setup) -> Arc<dyn Sdk> {
-        let mut builder = Byova::builder(setup.integration.clone(), setup.service_app.clone())
-            .config(setup.config.clone())
-            .storage(setup.async_storage.clone())
-            .clock(setup.clock.clone());
-        if let Some(secret) = &setup.webhook_secret {
-            builder = builder.webhook_secret(secret.clone());
-        }
-        Arc::new(AsyncSdk { byova: builder.build().expect("build Byova") })
-    }
-}
-
-impl Sdk for AsyncSdk {
-    fn get_access_token(&self) -> BoxFut<'_, Result<AccessToken>> {
-        Box::pin(self.byova.integration().get_access_token())
-    }
-    fn refresh(&self, refresh_token: Option<String>) -> BoxFut<'_, Result<OAuthTokens>> {
-        Box::pin(async move { self.byova.integration().refresh(refresh_token.as_deref()).await })
-    }
-    fn get_authorization_url(&self) -> Result<(String, String)> {
-        self.byova.integration().get_authorization_url(None, None)
-    }
-    fn exchange_code(&self, code: String) -> BoxFut<'_, Result<OAuthTokens>> {
-        Box::pin(async move { self.byova.integration().exchange_code(&code).await })
-    }
-    fn authorize(&self, browser: Browser, timeout: Duration) -> BoxFut<'_, Result<OAuthTokens>> {
-        let mut options = AuthorizeOptions::default().with_timeout(timeout);
-        options.browser = Some(browser);
-        Box::pin(self.byova.integration().authorize(options))
-    }
-    fn wait_for_redirect(
-        &self,
-        redirect_uri: String,
-        state: String,
-        timeout: Duration,
-    ) -> BoxFut<'_, Result<(String, Option<String>)>> {
-        let mut options = RedirectOptions::default();
-        options.timeout = timeout;
-        options.open_browser = false;
-        options.expected_state = Some(state);
-        Box::pin(async move { wait_for_redirect(&redirect_uri, options).await })
-    }
-    fn org_token(&self, org_id: String) -> BoxFut<'_, Result<AccessToken>> {
-        Box::pin(async move { self.byova.service_app().get_access_token(&org_id).await })
-    }
-    fn fetch_token_for_org(&self, org_id: String) -> BoxFut<'_, Result<OAuthTokens>> {
-        Box::pin(async move { self.byova.service_app().fetch_token_for_org(&org_id).await })
-    }
-    fn fetch_token_from_webhook_org(&self, encoded: String) -> BoxFut<'_, Result<(String, OAuthTokens)>> {
-        Box::pin(async move { self.byova.service_app().fetch_token_from_webhook_org(&encoded).await })
-    }
-    fn save_registration(&self, org_id: String, refresh_token: String) -> BoxFut<'_, Result<OAuthTokens>> {
-        Box::pin(async move { self.byova.service_app().save_registration(&org_id, &refresh_token).await })
-    }
-    fn refresh_for_org(&self, org_id: String) -> BoxFut<'_, Result<OAuthTokens>> {
-        Box::pin(async move { self.byova.service_app().refresh_for_org(&org_id).await })
-    }
-    fn remove_org(&self, org_id: String) -> BoxFut<'_, Result<()>> {
-        Box::pin(async move { self.byova.service_app().remove_org(&org_id).await })
-    }
-    fn application_id(&self) -> String {
-        self.byova.service_app().application_id().to_owned()
-    }
-    fn handle_webhook(&self, body: Vec<u8>, signature: Option<String>) -> BoxFut<'_, Result<String>> {
-        Box::pin(async move {
-            self.byova.handle_service_app_webhook(&body, signature.as_deref()).await.map(|o| format!("{o:?}"))
-        })
-    }
-    fn ensure_webhooks(
-        &self,
-        target_url: String,
-        secret: Option<WebhookSecret>,
-    ) -> BoxFut<'_, Result<usize>> {
-        Box::pin(async move {
-            self.byova.ensure_service_app_webhooks(&target_url, secret.as_ref()).await.map(|c| c.len())
-        })
-    }
-    fn count_webhooks(&self) -> BoxFut<'_, Result<usize>> {
-        Box::pin(async move { self.byova.list_webhooks().await.map(|w| w.len()) })
-    }
-    fn status(&self) -> BoxFut<'_, Result<Vec<KeyStatus>>> {
-        Box::pin(self.byova.status())
-    }
-    fn refresh_all_orgs(&self, concurrency: usize) -> BoxFut<'_, Result<Vec<(String, bool)>>> {
-        Box::pin(async move {
-            let results = self.byova.refresh_all_orgs(concurrency).await?;
-            Ok(results.into_iter().map(|r| (r.org_id, r.result.is_ok())).collect())
-        })
-    }
-}
+byova_testkit::flavour_adapter!(async byova_async);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_shared_scenario_table() {
-    scenarios::run_all(Arc::new(AsyncFlavour)).await;
+    scenarios::run_all(Arc::new(Adapter)).await;
 }
 
 // ---- request shapes, checked against mockito ----

@@ -5,121 +5,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use byova_blocking::*;
-use byova_testkit::scenarios::{self, BoxFut, Browser, Flavour, Sdk, Setup};
+use byova_testkit::scenarios;
 
-struct BlockingFlavour;
-
-struct BlockingSdk {
-    byova: Arc<Byova>,
-}
-
-impl Flavour for BlockingFlavour {
-    fn name(&self) -> &'static str {
-        "blocking"
-    }
-
-    fn build(&self, setup: &Setup) -> Arc<dyn Sdk> {
-        let mut builder = Byova::builder(setup.integration.clone(), setup.service_app.clone())
-            .config(setup.config.clone())
-            .storage(setup.blocking_storage.clone())
-            .clock(setup.clock.clone());
-        if let Some(secret) = &setup.webhook_secret {
-            builder = builder.webhook_secret(secret.clone());
-        }
-        Arc::new(BlockingSdk { byova: Arc::new(builder.build().expect("build Byova")) })
-    }
-}
-
-impl BlockingSdk {
-    /// Runs a blocking call on the runtime's blocking pool, as async callers must.
-    fn call<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Byova) -> Result<T> + Send + 'static,
-    ) -> BoxFut<'_, Result<T>> {
-        let byova = self.byova.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || f(&byova))
-                .await
-                .unwrap_or_else(|e| Err(Error::Configuration(format!("blocking call panicked: {e}"))))
-        })
-    }
-}
-
-impl Sdk for BlockingSdk {
-    fn get_access_token(&self) -> BoxFut<'_, Result<AccessToken>> {
-        self.call(|b| b.integration().get_access_token())
-    }
-    fn refresh(&self, refresh_token: Option<String>) -> BoxFut<'_, Result<OAuthTokens>> {
-        self.call(move |b| b.integration().refresh(refresh_token.as_deref()))
-    }
-    fn get_authorization_url(&self) -> Result<(String, String)> {
-        self.byova.integration().get_authorization_url(None, None)
-    }
-    fn exchange_code(&self, code: String) -> BoxFut<'_, Result<OAuthTokens>> {
-        self.call(move |b| b.integration().exchange_code(&code))
-    }
-    fn authorize(&self, browser: Browser, timeout: Duration) -> BoxFut<'_, Result<OAuthTokens>> {
-        let mut options = AuthorizeOptions::default().with_timeout(timeout);
-        options.browser = Some(browser);
-        self.call(move |b| b.integration().authorize(options))
-    }
-    fn wait_for_redirect(
-        &self,
-        redirect_uri: String,
-        state: String,
-        timeout: Duration,
-    ) -> BoxFut<'_, Result<(String, Option<String>)>> {
-        let mut options = RedirectOptions::default();
-        options.timeout = timeout;
-        options.open_browser = false;
-        options.expected_state = Some(state);
-        self.call(move |_| wait_for_redirect(&redirect_uri, options))
-    }
-    fn org_token(&self, org_id: String) -> BoxFut<'_, Result<AccessToken>> {
-        self.call(move |b| b.service_app().get_access_token(&org_id))
-    }
-    fn fetch_token_for_org(&self, org_id: String) -> BoxFut<'_, Result<OAuthTokens>> {
-        self.call(move |b| b.service_app().fetch_token_for_org(&org_id))
-    }
-    fn fetch_token_from_webhook_org(&self, encoded: String) -> BoxFut<'_, Result<(String, OAuthTokens)>> {
-        self.call(move |b| b.service_app().fetch_token_from_webhook_org(&encoded))
-    }
-    fn save_registration(&self, org_id: String, refresh_token: String) -> BoxFut<'_, Result<OAuthTokens>> {
-        self.call(move |b| b.service_app().save_registration(&org_id, &refresh_token))
-    }
-    fn refresh_for_org(&self, org_id: String) -> BoxFut<'_, Result<OAuthTokens>> {
-        self.call(move |b| b.service_app().refresh_for_org(&org_id))
-    }
-    fn remove_org(&self, org_id: String) -> BoxFut<'_, Result<()>> {
-        self.call(move |b| b.service_app().remove_org(&org_id))
-    }
-    fn application_id(&self) -> String {
-        self.byova.service_app().application_id().to_owned()
-    }
-    fn handle_webhook(&self, body: Vec<u8>, signature: Option<String>) -> BoxFut<'_, Result<String>> {
-        self.call(move |b| {
-            b.handle_service_app_webhook(&body, signature.as_deref()).map(|o| format!("{o:?}"))
-        })
-    }
-    fn ensure_webhooks(
-        &self,
-        target_url: String,
-        secret: Option<WebhookSecret>,
-    ) -> BoxFut<'_, Result<usize>> {
-        self.call(move |b| b.ensure_service_app_webhooks(&target_url, secret.as_ref()).map(|c| c.len()))
-    }
-    fn count_webhooks(&self) -> BoxFut<'_, Result<usize>> {
-        self.call(|b| b.list_webhooks().map(|w| w.len()))
-    }
-    fn status(&self) -> BoxFut<'_, Result<Vec<KeyStatus>>> {
-        self.call(|b| b.status())
-    }
-    fn refresh_all_orgs(&self, concurrency: usize) -> BoxFut<'_, Result<Vec<(String, bool)>>> {
-        self.call(move |b| {
-            Ok(b.refresh_all_orgs(concurrency)?.into_iter().map(|r| (r.org_id, r.result.is_ok())).collect())
-        })
-    }
-}
+byova_testkit::flavour_adapter!(blocking byova_blocking);
 
 #[test]
 fn the_shared_scenario_table() {
@@ -132,7 +20,7 @@ fn the_shared_scenario_table() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(scenarios::run_all(Arc::new(BlockingFlavour)));
+    runtime.block_on(scenarios::run_all(Arc::new(Adapter)));
 }
 
 #[test]

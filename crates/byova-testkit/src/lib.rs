@@ -10,7 +10,8 @@
 //! - [`FakeClock`]: time that moves only when a test moves it.
 //! - [`conformance`]: the storage contract as public functions any backend's tests call.
 //! - [`scenarios`]: one scenario table (seed methods, listener, faults, herds, rotation,
-//!   canary secrets) that every flavour's tests run through a thin adapter.
+//!   cancellation, canary secrets) that every flavour's tests run through the adapter
+//!   [`flavour_adapter!`] generates over its public API.
 //! - [`harness`]: the runner for self-spawning test binaries (`harness = false`).
 //! - [`logcapture`]: captures every `tracing` event so tests can look for leaked secrets.
 //! - [`wire`]: a tiny HTTP/1.1 client that sends byova-core request values, so tests can
@@ -33,6 +34,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod adapter;
 mod clock;
 pub mod conformance;
 mod fake;
@@ -40,6 +42,12 @@ pub mod harness;
 pub mod logcapture;
 pub mod scenarios;
 pub mod wire;
+
+/// What `flavour_adapter!` expands to needs; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use tokio;
+}
 
 pub use clock::FakeClock;
 pub use fake::{
