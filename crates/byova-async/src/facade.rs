@@ -59,20 +59,13 @@ impl Byova {
         ByovaBuilder::new(integration, service_app)
     }
 
-    /// From the environment: the `WEBEX_*` credentials, `BYOVA_BASE_URL` and
-    /// `BYOVA_WEBHOOK_SECRET`, with in-memory storage.
-    ///
-    /// # Errors
-    /// [`Error::Configuration`](byova_core::Error::Configuration) naming a missing or invalid
-    /// variable.
+    /// From the environment (the `WEBEX_*` credentials, `BYOVA_BASE_URL`,
+    /// `BYOVA_WEBHOOK_SECRET`), with in-memory storage. Errors: a missing or invalid variable.
     pub fn from_env() -> Result<Self> {
         ByovaBuilder::from_env()?.build()
     }
 
     /// [`from_env`](Self::from_env) with the given storage.
-    ///
-    /// # Errors
-    /// As [`from_env`](Self::from_env).
     pub fn from_env_with_storage(storage: Arc<dyn TokenStorage>) -> Result<Self> {
         ByovaBuilder::from_env()?.storage(storage).build()
     }
@@ -88,14 +81,12 @@ impl Byova {
     }
 
     /// Handles one `serviceApp` webhook delivery: verifies `X-Spark-Signature` over the raw body
-    /// when a webhook secret is configured, fetches and stores tokens on `authorized`, removes
-    /// them on `deauthorized`. A repeated delivery does nothing; one whose handling did not
-    /// finish (an error, or this future dropped) is not remembered, so Webex's redelivery acts.
-    ///
-    /// # Errors
-    /// [`Error::WebhookSignature`](byova_core::Error::WebhookSignature) for a missing or wrong
-    /// signature, [`Error::InvalidInput`](byova_core::Error::InvalidInput) for a malformed
-    /// delivery, or the fetch's error (answer the delivery with a 5xx so Webex retries it).
+    /// (when a secret is set), fetches tokens on `authorized`, removes them on `deauthorized`.
+    /// A repeated delivery does nothing; one whose handling did not finish (an error, or this
+    /// future dropped) is forgotten, so Webex's redelivery acts. Errors:
+    /// [`WebhookSignature`](byova_core::Error::WebhookSignature),
+    /// [`InvalidInput`](byova_core::Error::InvalidInput) (malformed), or the fetch's (answer
+    /// 5xx so Webex retries).
     pub async fn handle_service_app_webhook(
         &self,
         raw_body: &[u8],
@@ -106,34 +97,22 @@ impl Byova {
     }
 
     /// Every registered webhook, following `Link` pagination.
-    ///
-    /// # Errors
-    /// The Integration's or the API's error.
     pub async fn list_webhooks(&self) -> Result<Vec<Webhook>> {
         self.service_app.agent.run(self.service_app.engine.list_webhooks()).await
     }
 
     /// Creates a webhook.
-    ///
-    /// # Errors
-    /// The Integration's or the API's error.
     pub async fn create_webhook(&self, webhook: &NewWebhook) -> Result<Webhook> {
         self.service_app.agent.run(self.service_app.engine.create_webhook(webhook.clone())).await
     }
 
     /// Deletes a webhook (an unknown id counts as deleted).
-    ///
-    /// # Errors
-    /// The Integration's or the API's error.
     pub async fn delete_webhook(&self, webhook_id: &str) -> Result<()> {
         self.service_app.agent.run(self.service_app.engine.delete_webhook(webhook_id)).await
     }
 
-    /// Makes sure the `serviceApp` `authorized` and `deauthorized` webhooks for this Service App
-    /// deliver to `target_url`, creating only what is missing. Returns the created ones.
-    ///
-    /// # Errors
-    /// The Integration's or the API's error.
+    /// Makes sure the `serviceApp` `authorized` and `deauthorized` webhooks deliver to
+    /// `target_url`, creating only what is missing; returns the created ones.
     pub async fn ensure_service_app_webhooks(
         &self,
         target_url: &str,
@@ -144,28 +123,19 @@ impl Byova {
     }
 
     /// The status of the Integration and of every registered org. Holds no secret.
-    ///
-    /// # Errors
-    /// A storage error.
     pub async fn status(&self) -> Result<Vec<KeyStatus>> {
         let mut all: Vec<KeyStatus> = self.integration.status().await?.into_iter().collect();
         all.extend(self.service_app.agent.run(self.service_app.engine.statuses()).await?);
         Ok(all)
     }
 
-    /// Refreshes every registered org, at most `concurrency` at a time; each refresh honours
-    /// `Retry-After` and backs off on its own. One org failing never stops the others.
-    ///
-    /// # Errors
-    /// A storage error listing the orgs; per-org failures are in the results.
+    /// Refreshes every registered org, at most `concurrency` at a time; one failing never stops
+    /// the others (per-org failures are in the results).
     pub async fn refresh_all_orgs(&self, concurrency: usize) -> Result<Vec<OrgRefresh>> {
         self.service_app.agent.run(self.service_app.engine.refresh_all(concurrency, None)).await
     }
 
     /// [`refresh_all_orgs`](Self::refresh_all_orgs), calling `progress` after each org.
-    ///
-    /// # Errors
-    /// As [`refresh_all_orgs`](Self::refresh_all_orgs).
     pub async fn refresh_all_orgs_with_progress(
         &self,
         concurrency: usize,

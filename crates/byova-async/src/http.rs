@@ -3,10 +3,9 @@
 
 use std::time::Duration;
 
-use byova_core::{Error, HttpRequest, HttpResponse, Method, Result};
-
-/// Responses larger than this are cut off and reported as transport errors.
-const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+use byova_core::{
+    Error, HttpRequest, HttpResponse, MAX_RESPONSE_BYTES, Result, TRACKING_ID_HEADER, new_tracking_id,
+};
 
 /// The shared HTTP client: rustls (ring), the configured timeout, no redirect following (a
 /// token endpoint that redirects is an error, not something to chase), proxies from the
@@ -41,14 +40,10 @@ impl HttpClient {
     /// [`Error::Transport`] when no complete response arrived; `maybe_sent` is false only when
     /// connecting failed.
     pub async fn send(&self, request: &HttpRequest) -> Result<HttpResponse> {
-        let method = match request.method {
-            Method::Get => reqwest::Method::GET,
-            Method::Post => reqwest::Method::POST,
-            Method::Put => reqwest::Method::PUT,
-            Method::Delete => reqwest::Method::DELETE,
-            _ => return Err(Error::Configuration("unsupported HTTP method".into())),
-        };
-        let mut builder = self.client.request(method, &request.url).header("TrackingID", tracking_id());
+        let method = reqwest::Method::from_bytes(request.method.as_str().as_bytes())
+            .map_err(|_| Error::InvalidInput("an unsupported HTTP method".into()))?;
+        let mut builder =
+            self.client.request(method, &request.url).header(TRACKING_ID_HEADER, new_tracking_id());
         for (name, value) in &request.headers {
             builder = builder.header(*name, value.expose());
         }
@@ -96,10 +91,4 @@ fn transport(e: reqwest::Error) -> Error {
         source = s.source();
     }
     Error::Transport { message, maybe_sent }
-}
-
-/// `byova_<32 hex>`: correlates our logs with Webex's.
-pub(crate) fn tracking_id() -> String {
-    let r = u128::from(byova_core::random_u64()) | (u128::from(byova_core::random_u64()) << 64);
-    format!("byova_{r:032x}")
 }

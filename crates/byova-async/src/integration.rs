@@ -40,7 +40,7 @@ pub struct IntegrationTokenManager {
 }
 
 impl IntegrationTokenManager {
-    /// A manager for `credentials`, storing tokens in `storage`. `config: None` is production
+    /// A manager for `credentials`, storing tokens in `storage`; `config: None` is production
     /// Webex.
     pub fn new(
         credentials: IntegrationCredentials,
@@ -92,11 +92,8 @@ impl IntegrationTokenManager {
         &self.agent.storage
     }
 
-    /// Builds the authorization URL (with `state` and PKCE S256) and returns `(url, state)`.
-    /// The PKCE verifier is remembered for [`exchange_code`](Self::exchange_code).
-    ///
-    /// # Errors
-    /// [`Error::InvalidInput`](byova_core::Error::InvalidInput) for an empty or malformed scope list.
+    /// The authorization URL (with `state` and PKCE S256) and its `state`; the verifier is kept
+    /// for [`exchange_code`](Self::exchange_code). Errors: an empty or malformed scope list.
     pub fn get_authorization_url(
         &self,
         scopes: Option<&[&str]>,
@@ -105,46 +102,31 @@ impl IntegrationTokenManager {
         self.engine.authorization_url(scopes, state)
     }
 
-    /// Exchanges an authorization code for tokens and stores them. Uses the PKCE verifier of
-    /// the most recent [`get_authorization_url`](Self::get_authorization_url); see
-    /// [`exchange_code_for_state`](Self::exchange_code_for_state) when several are open. A code
-    /// exchange is never retried once Webex may have seen it (codes are single use).
-    ///
-    /// # Errors
-    /// The token endpoint's error ([`Error::Validation`](byova_core::Error::Validation) for a
-    /// bad or used code), or a storage error.
+    /// Exchanges an authorization code (with the verifier of the latest authorization URL) and
+    /// stores the tokens; never retried once Webex may have seen the code. Errors: the token
+    /// endpoint's ([`Validation`](byova_core::Error::Validation) for a used code) or storage's.
     pub async fn exchange_code(&self, code: &str) -> Result<OAuthTokens> {
         self.agent.run(self.engine.exchange_code(code, None, self.agent.now())).await
     }
 
-    /// [`exchange_code`](Self::exchange_code) using the verifier issued with `state`.
-    ///
-    /// # Errors
-    /// As [`exchange_code`](Self::exchange_code).
+    /// [`exchange_code`](Self::exchange_code) with the verifier issued with `state`.
     pub async fn exchange_code_for_state(&self, code: &str, state: &str) -> Result<OAuthTokens> {
         self.agent.run(self.engine.exchange_code(code, Some(state), self.agent.now())).await
     }
 
-    /// Refreshes the Integration's tokens now and stores them before returning. Without
-    /// `refresh_token`, the stored one is used.
-    ///
-    /// # Errors
-    /// [`Error::NotAuthorized`](byova_core::Error::NotAuthorized) when no refresh token is
-    /// available; [`Error::ReauthorizationRequired`](byova_core::Error::ReauthorizationRequired)
-    /// when Webex rejects it (or rejected it before: the mark is stored).
+    /// Refreshes now (with `refresh_token`, or the stored one) and stores the result before
+    /// returning. Errors: [`NotAuthorized`](byova_core::Error::NotAuthorized) without a refresh
+    /// token, [`ReauthorizationRequired`](byova_core::Error::ReauthorizationRequired) when
+    /// Webex rejects it or rejected it before (the mark is stored).
     pub async fn refresh(&self, refresh_token: Option<&str>) -> Result<OAuthTokens> {
         self.agent.run(self.engine.refresh(refresh_token.map(RefreshToken::new), self.agent.now())).await
     }
 
-    /// Runs the whole flow: binds the loopback listener on the redirect URI, opens the
-    /// authorization URL (state + PKCE S256), waits for the redirect, exchanges the code, and
-    /// stores the tokens. Dropped while waiting, the listener closes.
-    ///
-    /// # Errors
-    /// [`Error::OAuthRedirect`](byova_core::Error::OAuthRedirect) when access was denied,
-    /// [`Error::OAuthRedirectTimeout`](byova_core::Error::OAuthRedirectTimeout),
-    /// [`Error::Listen`](byova_core::Error::Listen) for a busy port, a configuration error for
-    /// a non-loopback redirect URI, or the exchange's error.
+    /// The whole browser flow: binds the loopback listener on the redirect URI, opens the
+    /// authorization URL, waits for the redirect, exchanges the code and stores the tokens.
+    /// Errors: [`OAuthRedirect`](byova_core::Error::OAuthRedirect) (denied),
+    /// [`OAuthRedirectTimeout`](byova_core::Error::OAuthRedirectTimeout),
+    /// [`Listen`](byova_core::Error::Listen) (busy port), a non-loopback URI, the exchange's.
     pub async fn authorize(&self, options: AuthorizeOptions) -> Result<OAuthTokens> {
         let listener = RedirectListener::bind(&self.credentials().redirect_uri).await?;
         let (request, credentials) = self.engine.authorization(&listener.redirect_uri(), &options)?;
@@ -153,20 +135,14 @@ impl IntegrationTokenManager {
         self.agent.run(self.engine.exchange(credentials, code, request.pkce_verifier, self.agent.now())).await
     }
 
-    /// A valid Integration access token, refreshed when needed. A fresh token comes from the
-    /// process-local cache without touching storage.
-    ///
-    /// # Errors
-    /// [`Error::NotAuthorized`](byova_core::Error::NotAuthorized) before the Integration is
-    /// authorized; refresh errors when the stored token cannot be used.
+    /// A valid Integration access token: from the process-local cache when fresh (no storage
+    /// trip), else refreshed. Errors: [`NotAuthorized`](byova_core::Error::NotAuthorized)
+    /// before authorization; the refresh's when the stored token cannot be used.
     pub async fn get_access_token(&self) -> Result<AccessToken> {
         self.agent.integration_token().await
     }
 
-    /// The Integration's status, `None` when not authorized.
-    ///
-    /// # Errors
-    /// A storage error.
+    /// The Integration's status, `None` when not authorized. Errors: storage's.
     pub async fn status(&self) -> Result<Option<KeyStatus>> {
         self.agent.run(self.engine.status()).await
     }

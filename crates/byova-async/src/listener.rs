@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use byova_core::{
-    AuthorizationCode, BrowserOpener, CallbackHandler, CallbackReply, CallbackVerdict, CsrfState, Error,
-    HeadProgress, HeadReader, LoopbackRedirect, RedirectOptions, Result, authorization_prompt,
-    parse_request_head, system_browser_command,
+    AuthorizationCode, BrowserOpener, CallbackConnection, CallbackHandler, CallbackVerdict, ConnectionStep,
+    CsrfState, Error, LoopbackRedirect, RedirectOptions, Result, authorization_prompt,
+    system_browser_command,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -37,10 +37,9 @@ impl RedirectListener {
     /// in use.
     pub async fn bind(redirect_uri: &str) -> Result<Self> {
         let redirect = LoopbackRedirect::parse(redirect_uri)?;
-        let addr = (redirect.bind_host(), redirect.port);
-        let address = format!("{}:{} (the OAuth redirect URI)", redirect.bind_host(), redirect.port);
-        let listener = TcpListener::bind(addr).await.map_err(|e| Error::listen(address.clone(), e))?;
-        let port = listener.local_addr().map_err(|e| Error::listen(address, e))?.port();
+        let listen = |e| Error::listen(redirect.listen_address(), e);
+        let listener = TcpListener::bind((redirect.bind_host(), redirect.port)).await.map_err(listen)?;
+        let port = listener.local_addr().map_err(listen)?.port();
         Ok(Self { listener, redirect, port })
     }
 
@@ -92,45 +91,30 @@ impl RedirectListener {
     }
 }
 
+/// Reads one request (within the connection's time limit), answers it, and passes a final
+/// verdict on; every decision is the core's [`CallbackConnection`].
 async fn serve(
     mut stream: TcpStream,
     handler: &Mutex<CallbackHandler>,
     tx: &tokio::sync::mpsc::Sender<CallbackVerdict>,
 ) {
-    let reply_and_verdict = match tokio::time::timeout(CONNECTION_READ_TIMEOUT, read_head(&mut stream)).await
-    {
-        Ok(Ok(Some(head))) => match parse_request_head(&head) {
-            Some(head) => {
-                let (reply, verdict) = handler.lock().unwrap_or_else(|e| e.into_inner()).handle(&head);
-                Some((reply, Some(verdict)))
-            }
-            None => Some((CallbackReply::bad_request(), None)),
-        },
-        Ok(Ok(None)) => Some((CallbackReply::too_large(), None)),
-        Ok(Err(_)) | Err(_) => None,
-    };
-    let Some((reply, verdict)) = reply_and_verdict else { return };
-    let _ = stream.write_all(&reply.to_bytes()).await;
-    let _ = stream.shutdown().await;
-    if let Some(verdict) = verdict.filter(|v| !matches!(v, CallbackVerdict::KeepWaiting)) {
-        let _ = tx.send(verdict).await;
-    }
-}
-
-/// Reads up to the end of the request head; `None` when it exceeds the cap.
-async fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
-    let mut reader = HeadReader::new();
+    let mut connection = CallbackConnection::new();
     let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
+    let answer = tokio::time::timeout(CONNECTION_READ_TIMEOUT, async {
+        loop {
+            let n = stream.read(&mut chunk).await.ok()?;
+            match connection.push(&chunk[..n], handler) {
+                ConnectionStep::Read => {}
+                ConnectionStep::Answer(reply, verdict) => return Some((reply, verdict)),
+                ConnectionStep::Close => return None,
+            }
         }
-        match reader.push(&chunk[..n]) {
-            HeadProgress::NeedMore => {}
-            HeadProgress::Complete(head) => return Ok(Some(head)),
-            HeadProgress::TooLarge => return Ok(None),
-        }
+    });
+    let Ok(Some((reply, verdict))) = answer.await else { return };
+    let _ = stream.write_all(&reply).await;
+    let _ = stream.shutdown().await;
+    if let Some(verdict) = verdict {
+        let _ = tx.send(verdict).await;
     }
 }
 
@@ -144,17 +128,13 @@ pub async fn wait_for_redirect(
     redirect_uri: &str,
     options: RedirectOptions,
 ) -> Result<(String, Option<String>)> {
-    let state = options.expected_state.clone().ok_or_else(|| {
-        Error::InvalidInput(
-            "expected_state is required: a redirect that cannot be tied to its request is refused".into(),
-        )
-    })?;
+    let state = options.required_state()?;
     let listener = RedirectListener::bind(redirect_uri).await?;
     if let Some(url) = &options.authorization_url {
         present_url(url, options.open_browser, options.browser.clone());
     }
-    let code = listener.wait(CsrfState::new(state.clone()), options.timeout).await?;
-    Ok((code.expose_secret().to_owned(), Some(state)))
+    let code = listener.wait(state.clone(), options.timeout).await?;
+    Ok((code.expose_secret().to_owned(), Some(state.expose_secret().to_owned())))
 }
 
 /// Opens `url` with `browser` (or the system browser) on a blocking thread, without waiting

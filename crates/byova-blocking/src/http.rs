@@ -3,10 +3,9 @@
 
 use std::time::Duration;
 
-use byova_core::{Error, HttpRequest, HttpResponse, Method, Result};
-
-/// Responses larger than this are reported as transport errors.
-const MAX_RESPONSE_BYTES: u64 = 1024 * 1024;
+use byova_core::{
+    Error, HttpRequest, HttpResponse, MAX_RESPONSE_BYTES, Result, TRACKING_ID_HEADER, new_tracking_id,
+};
 
 /// The shared HTTP client: ureq with rustls (ring), the configured timeout, no redirect
 /// following, proxies from the environment, a `byova/<version>` user agent, and a fresh
@@ -39,17 +38,10 @@ impl HttpClient {
     /// [`Error::Transport`] when no complete response arrived; `maybe_sent` is false only when
     /// connecting failed.
     pub fn send(&self, request: &HttpRequest) -> Result<HttpResponse> {
-        let method = match request.method {
-            Method::Get => ureq::http::Method::GET,
-            Method::Post => ureq::http::Method::POST,
-            Method::Put => ureq::http::Method::PUT,
-            Method::Delete => ureq::http::Method::DELETE,
-            _ => return Err(Error::Configuration("unsupported HTTP method".into())),
-        };
         let mut builder = ureq::http::Request::builder()
-            .method(method)
+            .method(request.method.as_str())
             .uri(&request.url)
-            .header("TrackingID", tracking_id());
+            .header(TRACKING_ID_HEADER, new_tracking_id());
         for (name, value) in &request.headers {
             builder = builder.header(*name, value.expose());
         }
@@ -63,8 +55,12 @@ impl HttpClient {
             .iter()
             .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_owned(), v.to_owned())))
             .collect();
-        let body =
-            response.into_body().with_config().limit(MAX_RESPONSE_BYTES).read_to_vec().map_err(transport)?;
+        let body = response
+            .into_body()
+            .with_config()
+            .limit(MAX_RESPONSE_BYTES as u64)
+            .read_to_vec()
+            .map_err(transport)?;
         Ok(HttpResponse::new(status, headers, body))
     }
 }
@@ -81,10 +77,4 @@ fn transport(e: ureq::Error) -> Error {
         _ => "the request failed".to_owned(),
     };
     Error::Transport { message, maybe_sent }
-}
-
-/// `byova_<32 hex>`: correlates our logs with Webex's.
-pub(crate) fn tracking_id() -> String {
-    let r = u128::from(byova_core::random_u64()) | (u128::from(byova_core::random_u64()) << 64);
-    format!("byova_{r:032x}")
 }

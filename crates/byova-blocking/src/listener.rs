@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use byova_core::{
-    AuthorizationCode, BrowserOpener, CallbackHandler, CallbackReply, CallbackVerdict, CsrfState, Error,
-    HeadProgress, HeadReader, LoopbackRedirect, RedirectOptions, Result, authorization_prompt,
-    parse_request_head, system_browser_command,
+    AuthorizationCode, BrowserOpener, CallbackConnection, CallbackHandler, CallbackVerdict, ConnectionStep,
+    CsrfState, Error, LoopbackRedirect, RedirectOptions, Result, authorization_prompt,
+    system_browser_command,
 };
 
 const CONNECTION_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,10 +49,9 @@ impl RedirectListener {
     /// in use.
     pub fn bind(redirect_uri: &str) -> Result<Self> {
         let redirect = LoopbackRedirect::parse(redirect_uri)?;
-        let address = format!("{}:{} (the OAuth redirect URI)", redirect.bind_host(), redirect.port);
-        let listener = TcpListener::bind((redirect.bind_host(), redirect.port))
-            .map_err(|e| Error::listen(address.clone(), e))?;
-        let port = listener.local_addr().map_err(|e| Error::listen(address, e))?.port();
+        let listen = |e| Error::listen(redirect.listen_address(), e);
+        let listener = TcpListener::bind((redirect.bind_host(), redirect.port)).map_err(listen)?;
+        let port = listener.local_addr().map_err(listen)?.port();
         Ok(Self { listener, redirect, port })
     }
 
@@ -75,8 +74,7 @@ impl RedirectListener {
     /// async runtime's worker thread.
     pub fn wait(self, expected_state: CsrfState, timeout: Duration) -> Result<AuthorizationCode> {
         refuse_async_worker("waiting for the OAuth redirect")?;
-        let address = format!("127.0.0.1:{} (the OAuth redirect URI)", self.port);
-        self.listener.set_nonblocking(true).map_err(|e| Error::listen(address, e))?;
+        self.listener.set_nonblocking(true).map_err(|e| Error::listen(self.redirect.listen_address(), e))?;
         let handler = Arc::new(Mutex::new(CallbackHandler::new(&self.redirect, self.port, expected_state)));
         let (tx, rx) = mpsc::channel::<CallbackVerdict>();
         let active = Arc::new(AtomicUsize::new(0));
@@ -109,45 +107,31 @@ impl RedirectListener {
     }
 }
 
+/// Reads one request (the whole head within the connection's time limit, however slowly the
+/// bytes come), answers it, and passes a final verdict on; every decision is the core's
+/// [`CallbackConnection`].
 fn serve(mut stream: TcpStream, handler: &Mutex<CallbackHandler>, tx: &mpsc::Sender<CallbackVerdict>) {
-    if stream.set_nonblocking(false).is_err()
-        || stream.set_read_timeout(Some(CONNECTION_READ_TIMEOUT)).is_err()
-    {
-        return;
-    }
-    let (reply, verdict) = match read_head(&mut stream) {
-        Ok(Some(head)) => match parse_request_head(&head) {
-            Some(head) => {
-                let (reply, verdict) = handler.lock().unwrap_or_else(|e| e.into_inner()).handle(&head);
-                (reply, Some(verdict))
-            }
-            None => (CallbackReply::bad_request(), None),
-        },
-        Ok(None) => (CallbackReply::too_large(), None),
-        Err(_) => return,
+    let deadline = Instant::now() + CONNECTION_READ_TIMEOUT;
+    let mut connection = CallbackConnection::new();
+    let mut chunk = [0u8; 1024];
+    let _ = stream.set_nonblocking(false);
+    let (reply, verdict) = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        let Ok(n) = stream.read(&mut chunk) else { return };
+        match connection.push(&chunk[..n], handler) {
+            ConnectionStep::Read => {}
+            ConnectionStep::Answer(reply, verdict) => break (reply, verdict),
+            ConnectionStep::Close => return,
+        }
     };
-    let _ = stream.write_all(&reply.to_bytes());
+    let _ = stream.write_all(&reply);
     let _ = stream.flush();
     let _ = stream.shutdown(std::net::Shutdown::Both);
-    if let Some(verdict) = verdict.filter(|v| !matches!(v, CallbackVerdict::KeepWaiting)) {
+    if let Some(verdict) = verdict {
         let _ = tx.send(verdict);
-    }
-}
-
-/// Reads up to the end of the request head; `None` when it exceeds the cap.
-fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
-    let mut reader = HeadReader::new();
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        match reader.push(&chunk[..n]) {
-            HeadProgress::NeedMore => {}
-            HeadProgress::Complete(head) => return Ok(Some(head)),
-            HeadProgress::TooLarge => return Ok(None),
-        }
     }
 }
 
@@ -158,17 +142,13 @@ fn read_head(stream: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
 /// As [`RedirectListener::bind`] and [`RedirectListener::wait`]; [`Error::InvalidInput`]
 /// without `expected_state`.
 pub fn wait_for_redirect(redirect_uri: &str, options: RedirectOptions) -> Result<(String, Option<String>)> {
-    let state = options.expected_state.clone().ok_or_else(|| {
-        Error::InvalidInput(
-            "expected_state is required: a redirect that cannot be tied to its request is refused".into(),
-        )
-    })?;
+    let state = options.required_state()?;
     let listener = RedirectListener::bind(redirect_uri)?;
     if let Some(url) = &options.authorization_url {
         present_url(url, options.open_browser, options.browser.clone());
     }
-    let code = listener.wait(CsrfState::new(state.clone()), options.timeout)?;
-    Ok((code.expose_secret().to_owned(), Some(state)))
+    let code = listener.wait(state.clone(), options.timeout)?;
+    Ok((code.expose_secret().to_owned(), Some(state.expose_secret().to_owned())))
 }
 
 /// Opens `url` with `browser` (or the system browser); prints it when not opening or when

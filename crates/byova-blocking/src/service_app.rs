@@ -12,12 +12,13 @@ use crate::driver::Agent;
 use crate::http::HttpClient;
 use crate::integration::IntegrationTokenManager;
 
-/// Fetches, refreshes and stores per-organization Service App tokens. Tokens for an org are
-/// obtained after a customer admin authorizes the Service App in Control Hub. Org ids may be
-/// given as UUIDs or base64 Webex ids. Cheap to clone.
+/// Fetches, refreshes and stores per-organization Service App tokens, obtained once a
+/// customer admin authorizes the Service App in Control Hub. Org ids may be UUIDs or base64
+/// Webex ids. Cheap to clone. Shared by threads as [`IntegrationTokenManager`] is.
 ///
-/// **Threads**, as for [`IntegrationTokenManager`]: one fetch or refresh per org at a time,
-/// shared by every waiting thread.
+/// Errors common to its methods: [`ServiceAppNotAuthorized`](byova_core::Error::ServiceAppNotAuthorized)
+/// when the org's admin has not authorized the app, [`OrgNotRegistered`](byova_core::Error::OrgNotRegistered)
+/// for an org with no tokens, the Integration's errors (its bearer fetches), storage's.
 #[derive(Clone, Debug)]
 pub struct ServiceAppTokenManager {
     pub(crate) agent: Arc<Agent>,
@@ -26,8 +27,8 @@ pub struct ServiceAppTokenManager {
 }
 
 impl ServiceAppTokenManager {
-    /// A manager for the Service App `credentials`, using `integration`'s bearer to fetch tokens
-    /// and its configuration and clock.
+    /// A manager for the Service App `credentials`, using `integration`'s bearer, configuration
+    /// and clock.
     pub fn new(
         credentials: ServiceAppCredentials,
         integration: IntegrationTokenManager,
@@ -44,8 +45,7 @@ impl ServiceAppTokenManager {
         http: HttpClient,
         storage: Arc<dyn BlockingTokenStorage>,
     ) -> Self {
-        let clock = integration.agent.clock.clone();
-        let tokens = engine.tokens().clone();
+        let (tokens, clock) = (engine.tokens().clone(), integration.agent.clock.clone());
         let agent = Agent { tokens, storage, http, clock, integration: Some(integration.agent.clone()) };
         Self { agent: Arc::new(agent), engine, integration }
     }
@@ -65,50 +65,32 @@ impl ServiceAppTokenManager {
         &self.integration
     }
 
-    /// Fetches Service App tokens for `org_id` with the Integration's bearer and stores them.
-    ///
-    /// # Errors
-    /// [`Error::ServiceAppNotAuthorized`](byova_core::Error::ServiceAppNotAuthorized) when the
-    /// org's admin has not authorized the app; the Integration's errors.
+    /// Fetches tokens for `org_id` with the Integration's bearer and stores them.
     pub fn fetch_token_for_org(&self, org_id: &str) -> Result<ServiceAppTokens> {
         self.agent.run(self.engine.fetch(org_id, self.agent.now()))
     }
 
-    /// Decodes the org id of a `serviceApp` webhook (base64 Webex id) and fetches its tokens.
-    ///
-    /// # Errors
-    /// [`Error::InvalidInput`](byova_core::Error::InvalidInput) for an undecodable id; as
-    /// [`fetch_token_for_org`](Self::fetch_token_for_org).
+    /// Decodes a `serviceApp` webhook's org id (a base64 Webex id) and fetches its tokens.
     pub fn fetch_token_from_webhook_org(&self, encoded_org_id: &str) -> Result<(String, ServiceAppTokens)> {
         self.agent.run(self.engine.fetch_from_webhook_org(encoded_org_id, self.agent.now()))
     }
 
-    /// Registers an org from an existing Service App refresh token (the sandbox path): refreshes
-    /// with it and stores the result.
-    ///
-    /// # Errors
-    /// [`Error::ReauthorizationRequired`](byova_core::Error::ReauthorizationRequired) when Webex
-    /// rejects the token.
+    /// Registers an org from an existing refresh token (the sandbox path): refreshes with it
+    /// and stores the result.
     pub fn save_registration(&self, org_id: &str, refresh_token: &str) -> Result<ServiceAppTokens> {
         let token = RefreshToken::new(refresh_token);
         self.agent.run(self.engine.save_registration(org_id, token, self.agent.now()))
     }
 
-    /// Refreshes the org's tokens now; without a usable refresh token (or when Webex rejects
-    /// it) fetches new ones with the Integration's bearer.
-    ///
-    /// # Errors
-    /// As [`fetch_token_for_org`](Self::fetch_token_for_org).
+    /// Refreshes now; without a usable refresh token (or when Webex rejects it) fetches new
+    /// ones with the Integration's bearer.
     pub fn refresh_for_org(&self, org_id: &str) -> Result<ServiceAppTokens> {
         self.agent.run(self.engine.refresh_for_org(org_id, self.agent.now()))
     }
 
-    /// A valid access token for org-scoped calls, refreshed when needed.
-    ///
-    /// # Errors
-    /// [`Error::OrgNotRegistered`](byova_core::Error::OrgNotRegistered) for an unknown org;
-    /// [`Error::ReauthorizationRequired`](byova_core::Error::ReauthorizationRequired) once its
-    /// refresh token was rejected and the access token ran out.
+    /// A valid access token for org-scoped calls: cached when fresh, else refreshed. After
+    /// Webex rejected the org's refresh token it is served until it expires, then
+    /// [`ReauthorizationRequired`](byova_core::Error::ReauthorizationRequired).
     pub fn get_access_token(&self, org_id: &str) -> Result<AccessToken> {
         let now = self.agent.now();
         if let Some(token) = self.engine.fresh_org(org_id, now) {
@@ -117,26 +99,17 @@ impl ServiceAppTokenManager {
         self.agent.run(self.engine.access_token(org_id, now))
     }
 
-    /// Removes the org's tokens (deauthorization). Removing an unknown org is not an error.
-    ///
-    /// # Errors
-    /// A storage error.
+    /// Removes the org's tokens (deauthorization); an unknown org is not an error.
     pub fn remove_org(&self, org_id: &str) -> Result<()> {
         self.agent.run(self.engine.remove_org(org_id))
     }
 
     /// Registered org ids.
-    ///
-    /// # Errors
-    /// A storage error.
     pub fn list_orgs(&self) -> Result<Vec<String>> {
         self.agent.run(self.engine.list_orgs())
     }
 
     /// The org's status, `None` when not registered.
-    ///
-    /// # Errors
-    /// A storage error.
     pub fn status(&self, org_id: &str) -> Result<Option<KeyStatus>> {
         self.agent.run(self.engine.status(org_id))
     }

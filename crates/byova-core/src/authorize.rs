@@ -104,6 +104,21 @@ impl Default for RedirectOptions {
     }
 }
 
+impl RedirectOptions {
+    /// The `state` the redirect must carry.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`](crate::Error::InvalidInput) without one: a redirect that cannot
+    /// be tied to its request is refused.
+    pub fn required_state(&self) -> crate::Result<crate::CsrfState> {
+        self.expected_state.as_deref().map(crate::CsrfState::new).ok_or_else(|| {
+            crate::Error::InvalidInput(
+                "expected_state is required: a redirect that cannot be tied to its request is refused".into(),
+            )
+        })
+    }
+}
+
 impl std::fmt::Debug for RedirectOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedirectOptions")

@@ -31,6 +31,19 @@ impl Method {
     }
 }
 
+/// Responses larger than this are cut off and reported as transport errors by the drivers.
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// The header every request carries so Webex support can find it: `TrackingID`.
+pub const TRACKING_ID_HEADER: &str = "TrackingID";
+
+/// A fresh value for [`TRACKING_ID_HEADER`]: `byova_<32 hex>`, correlating our logs with
+/// Webex's.
+pub fn new_tracking_id() -> String {
+    let r = u128::from(crate::secret::random_u64()) | (u128::from(crate::secret::random_u64()) << 64);
+    format!("byova_{r:032x}")
+}
+
 /// May a request be sent again after a failure?
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]

@@ -74,15 +74,18 @@ pub use engine::{
     TokenEngine,
 };
 pub use error::{ApiFailure, Error, Result, SignatureError, StorageError, StorageErrorKind, TokenSubject};
-pub use http::{HeaderValue, HttpRequest, HttpResponse, Method, RetryClass};
+pub use http::{
+    HeaderValue, HttpRequest, HttpResponse, MAX_RESPONSE_BYTES, Method, RetryClass, TRACKING_ID_HEADER,
+    new_tracking_id,
+};
 pub use ids::{
     decode_org_id, decode_webex_id, derive_application_id, derive_application_id_in_region, encode_webex_id,
     normalize_org_id,
 };
 pub use key::{Expect, Lease, TokenKey, UNVERSIONED, Versioned};
 pub use listener::{
-    CallbackHandler, CallbackReply, CallbackVerdict, HeadProgress, HeadReader, LoopbackRedirect,
-    MAX_CALLBACK_HEAD_BYTES, RequestHead, parse_request_head,
+    CallbackConnection, CallbackHandler, CallbackReply, CallbackVerdict, ConnectionStep, HeadProgress,
+    HeadReader, LoopbackRedirect, MAX_CALLBACK_HEAD_BYTES, RequestHead, parse_request_head,
 };
 pub use oauth::{
     AuthorizationRequest, MAX_TOKEN_RESPONSE_BYTES, TokenCall, api_error, code_exchange_request,

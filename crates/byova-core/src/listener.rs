@@ -68,6 +68,11 @@ impl LoopbackRedirect {
         }
     }
 
+    /// The address to listen on, for messages: `127.0.0.1:8765 (the OAuth redirect URI)`.
+    pub fn listen_address(&self) -> String {
+        format!("{}:{} (the OAuth redirect URI)", self.bind_host(), self.port)
+    }
+
     /// The redirect URI for the port actually bound.
     pub fn uri_with_port(&self, port: u16) -> String {
         format!("http://{}:{port}{}", self.host, self.path)
@@ -115,6 +120,52 @@ impl HeadReader {
             return HeadProgress::Complete(head);
         }
         if self.buf.len() > MAX_CALLBACK_HEAD_BYTES { HeadProgress::TooLarge } else { HeadProgress::NeedMore }
+    }
+}
+
+/// One connection to the loopback listener, sans I/O: a flavour feeds it what each read
+/// returned and writes what it answers. It reads the head (capped), asks the handler, and
+/// builds the reply.
+#[derive(Debug, Default)]
+pub struct CallbackConnection {
+    head: HeadReader,
+}
+
+/// What to do with a connection after the bytes just read.
+#[derive(Debug)]
+pub enum ConnectionStep {
+    /// Read more.
+    Read,
+    /// Write these bytes and close; hand the verdict (a code or a denial) to the flow.
+    Answer(Vec<u8>, Option<CallbackVerdict>),
+    /// The peer closed before sending a whole request head: close without answering.
+    Close,
+}
+
+impl CallbackConnection {
+    /// A new connection.
+    pub fn new() -> Self {
+        Self { head: HeadReader::new() }
+    }
+
+    /// Takes what one read returned (empty: the peer closed) and says what to do next.
+    pub fn push(&mut self, bytes: &[u8], handler: &std::sync::Mutex<CallbackHandler>) -> ConnectionStep {
+        if bytes.is_empty() {
+            return ConnectionStep::Close;
+        }
+        let head = match self.head.push(bytes) {
+            HeadProgress::NeedMore => return ConnectionStep::Read,
+            HeadProgress::TooLarge => {
+                return ConnectionStep::Answer(CallbackReply::too_large().to_bytes(), None);
+            }
+            HeadProgress::Complete(head) => head,
+        };
+        let Some(head) = parse_request_head(&head) else {
+            return ConnectionStep::Answer(CallbackReply::bad_request().to_bytes(), None);
+        };
+        let (reply, verdict) = handler.lock().unwrap_or_else(|e| e.into_inner()).handle(&head);
+        let verdict = (!matches!(verdict, CallbackVerdict::KeepWaiting)).then_some(verdict);
+        ConnectionStep::Answer(reply.to_bytes(), verdict)
     }
 }
 
@@ -320,6 +371,26 @@ mod tests {
 
     fn head(method: &str, target: &str, host: &str) -> RequestHead {
         RequestHead { method: method.into(), target: target.into(), host: Some(host.into()) }
+    }
+
+    #[test]
+    fn a_connection_reads_a_head_in_pieces_answers_once_and_closes_on_eof() {
+        let handler = std::sync::Mutex::new(handler());
+        let mut c = CallbackConnection::new();
+        let request = b"GET /callback?state=S1&code=C HTTP/1.1\r\nHost: 127.0.0.1:8765\r\n\r\n";
+        let (first, rest) = request.split_at(9);
+        assert!(matches!(c.push(first, &handler), ConnectionStep::Read));
+        let ConnectionStep::Answer(reply, Some(CallbackVerdict::Code(code))) = c.push(rest, &handler) else {
+            panic!("the whole head completes the flow")
+        };
+        assert!(code.expose_secret() == "C" && reply.starts_with(b"HTTP/1.1 200"));
+        assert!(matches!(CallbackConnection::new().push(b"", &handler), ConnectionStep::Close));
+        let mut big = CallbackConnection::new();
+        let step = big.push(&vec![b'a'; MAX_CALLBACK_HEAD_BYTES + 1], &handler);
+        assert!(matches!(step, ConnectionStep::Answer(r, None) if r.starts_with(b"HTTP/1.1 431")));
+        let mut junk = CallbackConnection::new();
+        let step = junk.push(b"\x00\x01 nonsense\r\n\r\n", &handler);
+        assert!(matches!(step, ConnectionStep::Answer(r, None) if r.starts_with(b"HTTP/1.1 400")));
     }
 
     fn handler() -> CallbackHandler {
