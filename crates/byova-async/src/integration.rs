@@ -5,7 +5,7 @@ use std::sync::Arc;
 use byova_core::engine::IntegrationEngine;
 use byova_core::{
     AccessToken, AuthorizeOptions, ByovaConfig, Clock, CoarseClock, IntegrationCredentials, KeyStatus,
-    OAuthTokens, RefreshToken, Result, TokenStorage,
+    OAuthTokens, RefreshToken, Result, TokenKey, TokenStorage,
 };
 
 use crate::driver::Agent;
@@ -139,7 +139,11 @@ impl IntegrationTokenManager {
     /// trip), else refreshed. Errors: [`NotAuthorized`](byova_core::Error::NotAuthorized)
     /// before authorization; the refresh's when the stored token cannot be used.
     pub async fn get_access_token(&self) -> Result<AccessToken> {
-        self.agent.integration_token().await
+        let now = self.agent.now();
+        if let Some(token) = self.agent.tokens.fresh_integration(now) {
+            return Ok(token);
+        }
+        self.agent.run(self.agent.tokens.access_token(TokenKey::Integration, now)).await
     }
 
     /// The Integration's status, `None` when not authorized. Errors: storage's.

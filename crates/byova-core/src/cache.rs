@@ -6,7 +6,9 @@
 //! a shared backend's changes (a deauthorization, a refresh by another replica) are seen within
 //! [`TokenCache::revalidate_after`].
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -28,9 +30,32 @@ pub struct CacheEntry {
     pub serve_until: Timestamp,
 }
 
+/// Names caches for the per-thread snapshots.
+static NEXT_CACHE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The Integration entry this thread last read: which cache and generation it came from, its
+/// token and until when it may be served.
+struct Snapshot {
+    cache: u64,
+    generation: u64,
+    token: AccessToken,
+    serve_until: Timestamp,
+}
+
+thread_local! {
+    static SNAPSHOT: RefCell<Option<Snapshot>> = const { RefCell::new(None) };
+}
+
 /// The cache: one slot for the Integration, a map for orgs.
+///
+/// The Integration's hot path reads a per-thread snapshot of the slot, valid while the
+/// cache's generation (bumped by every write) has not moved: one atomic load and an `Arc`
+/// increment. A thread's snapshot holds the last token it was handed until its next read
+/// after a change, or until it exits.
 #[derive(Debug)]
 pub struct TokenCache {
+    id: u64,
+    generation: AtomicU64,
     /// Lock-free: readers never contend with each other or wait for a writer.
     integration: ArcSwapOption<CacheEntry>,
     orgs: RwLock<HashMap<String, Arc<CacheEntry>>>,
@@ -46,6 +71,8 @@ impl TokenCache {
     /// re-read from storage at least every `revalidate_after`.
     pub fn new(policy: RefreshPolicy, process_seed: u64, revalidate_after: Duration) -> Self {
         Self {
+            id: NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed),
+            generation: AtomicU64::new(0),
             integration: ArcSwapOption::empty(),
             orgs: RwLock::new(HashMap::new()),
             unsaved: Mutex::new(HashMap::new()),
@@ -78,8 +105,36 @@ impl TokenCache {
     /// The hot path for the Integration: the access token when it is fresh at `now`.
     #[inline]
     pub fn fresh_integration(&self, now: Timestamp) -> Option<AccessToken> {
-        let slot = self.integration.load();
-        slot.as_ref().filter(|e| now < e.serve_until).map(|e| e.record.value.access_token.clone())
+        let generation = self.generation.load(Ordering::Acquire);
+        let hit = SNAPSHOT.with(|snapshot| match &*snapshot.borrow() {
+            Some(s) if s.cache == self.id && s.generation == generation => {
+                Some((now < s.serve_until).then(|| s.token.clone()))
+            }
+            _ => None,
+        });
+        match hit {
+            Some(answer) => answer,
+            None => self.fresh_integration_from_slot(now, generation),
+        }
+    }
+
+    /// Reads the slot and keeps it as this thread's snapshot for `generation` (read before the
+    /// slot, so a snapshot is never older than its generation says).
+    #[cold]
+    fn fresh_integration_from_slot(&self, now: Timestamp, generation: u64) -> Option<AccessToken> {
+        let entry = self.integration.load_full()?;
+        let token = entry.record.value.access_token.clone();
+        let serve_until = entry.serve_until;
+        SNAPSHOT.with(|snapshot| {
+            *snapshot.borrow_mut() =
+                Some(Snapshot { cache: self.id, generation, token: token.clone(), serve_until });
+        });
+        (now < serve_until).then_some(token)
+    }
+
+    fn set_integration(&self, entry: Option<Arc<CacheEntry>>) {
+        self.integration.store(entry);
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// The hot path for an org.
@@ -124,7 +179,7 @@ impl TokenCache {
         };
         let entry = Arc::new(CacheEntry { record, serve_until });
         match key {
-            TokenKey::Integration => self.integration.store(Some(entry)),
+            TokenKey::Integration => self.set_integration(Some(entry)),
             TokenKey::Org(org) => {
                 self.orgs.write().unwrap_or_else(|e| e.into_inner()).insert(org.clone(), entry);
             }
@@ -178,7 +233,7 @@ impl TokenCache {
     pub fn remove(&self, key: &TokenKey) {
         self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
         match key {
-            TokenKey::Integration => self.integration.store(None),
+            TokenKey::Integration => self.set_integration(None),
             TokenKey::Org(org) => {
                 self.orgs.write().unwrap_or_else(|e| e.into_inner()).remove(org);
             }
@@ -213,6 +268,31 @@ mod tests {
         assert!(cache.fresh_org("other", now).is_none());
         cache.remove(&TokenKey::org("o"));
         assert!(cache.get(&TokenKey::org("o")).is_none());
+    }
+
+    #[test]
+    fn per_thread_snapshots_follow_every_write_and_never_mix_caches() {
+        let policy = RefreshPolicy { jitter: Duration::ZERO, ..RefreshPolicy::default() };
+        let now = Timestamp::from_unix_secs(1000);
+        let record = |access: &str| Versioned {
+            value: OAuthTokens::new(AccessToken::new(access), 10_000, Timestamp::from_unix_secs(1000)),
+            version: 1,
+        };
+        let a = Arc::new(TokenCache::new(policy.clone(), 1, Duration::from_secs(30)));
+        let b = TokenCache::new(policy, 1, Duration::from_secs(30));
+        a.put(&TokenKey::Integration, record("A1"), now);
+        b.put(&TokenKey::Integration, record("B1"), now);
+        assert!(a.fresh_integration(now).unwrap().ct_eq_str("A1"));
+        assert!(b.fresh_integration(now).unwrap().ct_eq_str("B1"), "one thread, two caches");
+        assert!(a.fresh_integration(now).unwrap().ct_eq_str("A1"));
+        // Another thread replaces the entry; this thread's next read sees it.
+        let writer = a.clone();
+        std::thread::spawn(move || writer.put(&TokenKey::Integration, record("A2"), now)).join().unwrap();
+        assert!(a.fresh_integration(now).unwrap().ct_eq_str("A2"));
+        let remover = a.clone();
+        std::thread::spawn(move || remover.remove(&TokenKey::Integration)).join().unwrap();
+        assert!(a.fresh_integration(now).is_none(), "a removal is seen at once");
+        assert!(a.fresh_integration(Timestamp::from_unix_secs(1029)).is_none());
     }
 
     #[test]
