@@ -110,3 +110,77 @@ fn ci_runs_exactly_the_readme_test_command() {
     let setup = readme.split("## Set up").nth(1).unwrap().split("```").nth(1).unwrap();
     assert!(setup.lines().any(|l| l.trim() == command), "README's set-up block does not show `{command}`");
 }
+
+/// The files under `dir`'s `src/`, relative to it.
+fn sources_of(dir: &Path) -> Vec<String> {
+    let src = dir.join("src");
+    let mut files = Vec::new();
+    if src.is_dir() {
+        rust_files(&src, &mut files);
+    }
+    files.iter().map(|f| f.strip_prefix(&src).unwrap().to_string_lossy().replace('\\', "/")).collect()
+}
+
+#[test]
+fn every_source_file_is_in_the_code_map() {
+    let architecture = fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    let map = architecture.split("## Code map").nth(1).unwrap().split("```").nth(1).unwrap();
+    // Each section starts with an unindented line naming the crate's folder.
+    let mut sections: Vec<(String, Vec<String>)> = Vec::new();
+    for line in map.lines() {
+        if !line.starts_with(' ') && !line.trim().is_empty() {
+            let folder = line.split_whitespace().next().unwrap().trim_end_matches('/').to_owned();
+            sections.push((folder, Vec::new()));
+        } else if let (Some(section), Some(first)) = (sections.last_mut(), line.split_whitespace().next()) {
+            section.1.push(first.to_owned());
+        }
+    }
+    let mut folders: Vec<PathBuf> =
+        fs::read_dir(root().join("crates")).unwrap().flatten().map(|e| e.path()).collect();
+    folders.push(root().join("xtask"));
+    folders.push(root().join("tests"));
+    let mut missing = Vec::new();
+    for folder in folders {
+        let name = folder.strip_prefix(root()).unwrap().to_string_lossy().replace('\\', "/");
+        let listed = sections.iter().find(|(f, _)| *f == name).map(|(_, files)| files.clone());
+        for file in sources_of(&folder) {
+            let entry_point = file == "lib.rs" || file == "main.rs";
+            match &listed {
+                None => missing.push(format!("{name}/ (the crate itself)")),
+                Some(files) if !entry_point && !files.contains(&file) => {
+                    missing.push(format!("{name}/src/{file}"))
+                }
+                _ => {}
+            }
+        }
+    }
+    missing.dedup();
+    assert!(missing.is_empty(), "ARCHITECTURE.md's code map does not list: {missing:#?}");
+}
+
+#[test]
+fn public_docs_name_the_python_sdk_not_the_seed() {
+    let jargon = ["the seed", "seed's", "(seed:", "seed method", "seed-only"];
+    let mut texts = vec![(root().join("README.md"), fs::read_to_string(root().join("README.md")).unwrap())];
+    let mut files = Vec::new();
+    rust_files(&root().join("crates"), &mut files);
+    for file in files {
+        let docs: String = fs::read_to_string(&file)
+            .unwrap()
+            .lines()
+            .filter(|l| l.trim_start().starts_with("///") || l.trim_start().starts_with("//!"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        texts.push((file, docs));
+    }
+    for (file, text) in texts {
+        let lower = text.to_lowercase();
+        for word in jargon {
+            assert!(
+                !lower.contains(word),
+                "{} says `{word}`: call the original the Python SDK `webex_byova`",
+                file.display()
+            );
+        }
+    }
+}

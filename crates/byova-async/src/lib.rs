@@ -23,13 +23,13 @@
 //! # let fake = byova_testkit::FakeWebex::start();
 //! # let (integration_creds, service_app_creds) = (fake.integration_credentials(), fake.service_app_credentials());
 //! # let config = fake.config();
-//! # let seed = fake.issue_integration_tokens();
+//! # let issued = fake.issue_integration_tokens();
 //! const ORG: &str = "63b02f90-9cc6-43b8-aa6d-cad425ac554c";
 //!
 //! let byova = Byova::builder(integration_creds, service_app_creds)
 //!     .config(config) // ByovaConfig::default() is production Webex
 //!     .build()?; // in-memory storage unless .storage(...) says otherwise
-//! # byova.integration().refresh(Some(&seed.refresh_token)).await?; // stands in for authorize()
+//! # byova.integration().refresh(Some(&issued.refresh_token)).await?; // stands in for authorize()
 //! let bearer = byova.integration().get_access_token().await?;
 //! # fake.authorize_org(ORG);
 //! byova.service_app().fetch_token_for_org(ORG).await?;

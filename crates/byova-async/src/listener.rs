@@ -118,7 +118,7 @@ async fn serve(
     }
 }
 
-/// Waits for the OAuth redirect on `redirect_uri` (the seed's `wait_for_redirect`): binds the
+/// Waits for the OAuth redirect on `redirect_uri` (the Python SDK's `wait_for_redirect`): binds the
 /// listener, opens (or prints) the authorization URL, and returns `(code, state)`.
 ///
 /// # Errors

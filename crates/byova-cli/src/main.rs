@@ -1,6 +1,6 @@
 //! `byova`: Webex BYOVA tokens from the command line, and a daemon that keeps them fresh.
 //!
-//! Configuration comes from the seed's `WEBEX_*` variables plus `BYOVA_BASE_URL`,
+//! Configuration comes from the Python SDK's `WEBEX_*` variables plus `BYOVA_BASE_URL`,
 //! `BYOVA_STORAGE` and `BYOVA_WEBHOOK_SECRET`; flags override the environment. Without
 //! `BYOVA_STORAGE`, tokens are kept in files under `$XDG_DATA_HOME/byova` (or
 //! `~/.local/share/byova`).

@@ -8,7 +8,7 @@ use crate::policy::{CoordinationPolicy, RefreshPolicy, RetryPolicy};
 /// The production Webex API base URL.
 pub const DEFAULT_BASE_URL: &str = "https://webexapis.com/v1";
 
-/// The project's environment variables (beyond the seed's `WEBEX_*` credentials).
+/// The project's environment variables (beyond the Python SDK's `WEBEX_*` credentials).
 pub mod env {
     /// API base URL; the authorize and token URLs derive from it.
     pub const BASE_URL: &str = "BYOVA_BASE_URL";
@@ -19,7 +19,7 @@ pub mod env {
     pub const WEBHOOK_SECRET: &str = "BYOVA_WEBHOOK_SECRET";
 }
 
-/// SDK configuration (the seed's `BYOVAConfig`). `Default` is production Webex.
+/// SDK configuration (the Python SDK's `BYOVAConfig`). `Default` is production Webex.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct ByovaConfig {

@@ -1,4 +1,4 @@
-//! Client credentials, the seed's constants, and loading both from the environment.
+//! Client credentials, the Python SDK's constants, and loading both from the environment.
 
 use crate::error::{Error, Result};
 use crate::secret::ClientSecret;
@@ -10,7 +10,7 @@ pub const DEFAULT_INTEGRATION_SCOPES: [&str; 4] =
 /// The redirect URI used when `WEBEX_INTEGRATION_REDIRECT_URI` is not set.
 pub const DEFAULT_REDIRECT_URI: &str = "http://127.0.0.1:8765/callback";
 
-/// The environment variables the seed defines.
+/// The environment variables the Python SDK `webex_byova` defines.
 pub mod env {
     /// Integration client id (required).
     pub const INTEGRATION_CLIENT_ID: &str = "WEBEX_INTEGRATION_CLIENT_ID";

@@ -1,8 +1,8 @@
 //! The error type of byova-core, shared by both flavours.
 //!
-//! Variants map the seed's exceptions (`AuthenticationError`, `NotFoundError`,
+//! Variants map the exceptions of the Python SDK `webex_byova` (`AuthenticationError`, `NotFoundError`,
 //! `ValidationError`, `RateLimitError`, `OAuthRedirectError`, `OAuthRedirectTimeout`,
-//! `OrgNotRegisteredError`) and add what the seed lacks. Messages never contain a secret or a
+//! `OrgNotRegisteredError`) and add what it lacks. Messages never contain a secret or a
 //! response body: a Webex failure carries its status, its `trackingId` and, when it is one of
 //! the standard OAuth codes, the OAuth `error` code.
 
@@ -68,7 +68,7 @@ impl fmt::Display for TokenSubject {
 #[derive(Clone, Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// 401 or 403: the credentials or bearer token were refused (seed: `AuthenticationError`).
+    /// 401 or 403: the credentials or bearer token were refused (the Python SDK\'s `AuthenticationError`).
     #[error(
         "Webex refused the credentials ({0}); check the client id and secret, and that the Integration is authorized"
     )]
@@ -83,13 +83,13 @@ pub enum Error {
         /// What Webex answered.
         failure: ApiFailure,
     },
-    /// 404 (seed: `NotFoundError`).
+    /// 404 (the Python SDK\'s `NotFoundError`).
     #[error("Webex answered not found ({0})")]
     NotFound(ApiFailure),
-    /// 400, 409 or 415 (seed: `ValidationError`).
+    /// 400, 409 or 415 (the Python SDK\'s `ValidationError`).
     #[error("Webex rejected the request as invalid ({0})")]
     Validation(ApiFailure),
-    /// 429 or 423 (seed: `RateLimitError`).
+    /// 429 or 423 (the Python SDK\'s `RateLimitError`).
     #[error("rate limited by Webex ({failure}){}", retry_after_text(.retry_after))]
     RateLimited {
         /// The `Retry-After` delay, when the response carried a valid one.
@@ -120,17 +120,17 @@ pub enum Error {
         status: u16,
     },
     /// The authorization redirect carried an error, e.g. the user denied access
-    /// (seed: `OAuthRedirectError`).
+    /// (the Python SDK\'s `OAuthRedirectError`).
     #[error("authorization failed: {error}")]
     OAuthRedirect {
         /// The OAuth error code (`access_denied`, `invalid_scope`, …) or a description of the
         /// problem found in the redirect.
         error: String,
     },
-    /// No redirect arrived in time (seed: `OAuthRedirectTimeout`).
+    /// No redirect arrived in time (the Python SDK\'s `OAuthRedirectTimeout`).
     #[error("no OAuth redirect arrived within {0:?}")]
     OAuthRedirectTimeout(Duration),
-    /// No tokens are stored for the org (seed: `OrgNotRegisteredError`).
+    /// No tokens are stored for the org (the Python SDK\'s `OrgNotRegisteredError`).
     #[error(
         "org {org_id} is not registered: handle the serviceApp authorized webhook or call save_registration"
     )]

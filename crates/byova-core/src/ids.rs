@@ -53,7 +53,7 @@ pub fn decode_webex_id(encoded: &str) -> Result<String> {
 /// Returns the UUID, the last path segment of `ciscospark://<region>/ORGANIZATION/<uuid>` (the
 /// region may itself contain slashes-free `urn:` text, so the position is counted from the
 /// end). When the decoded text is not such a URI, the whole decoded string is returned, as the
-/// seed does (Webex has sent base64 of a bare UUID).
+/// Python SDK does (Webex has sent base64 of a bare UUID).
 ///
 /// ```
 /// let id = "Y2lzY29zcGFyazovL3VzL09SR0FOSVpBVElPTi82M2IwMmY5MC05Y2M2LTQzYjgtYWE2ZC1jYWQ0MjVhYzU1NGM";

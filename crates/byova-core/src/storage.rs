@@ -1,4 +1,4 @@
-//! Token storage: the seed's six-method traits ([`TokenStorage`], async, and its blocking twin
+//! Token storage: the six-method traits of the Python SDK `webex_byova` ([`TokenStorage`], async, and its blocking twin
 //! [`BlockingTokenStorage`]), the coordination layer shared backends implement instead
 //! ([`CoordinatedTokenStorage`], [`BlockingCoordinatedTokenStorage`]), and
 //! [`InMemoryTokenStorage`].
@@ -13,7 +13,7 @@
 //!
 //! A backend that coordinates for real implements the primitives once
 //! ([`CoordinatedTokenStorage`]: `load`, `store` with [`Expect`], `delete_org`, `list_orgs`,
-//! and the three lease methods); the six seed methods and the hooks are then provided for it
+//! and the three lease methods); the Python SDK's six methods and the hooks are then provided for it
 //! by a blanket implementation.
 
 use std::collections::HashMap;
@@ -177,7 +177,7 @@ pub trait BlockingTokenStorage: Send + Sync {
 }
 
 /// The primitives of a store that several processes share: versioned records and leases.
-/// Implement these once; [`TokenStorage`] (the six seed methods and the hooks) is provided.
+/// Implement these once; [`TokenStorage`] (the Python SDK's six methods and the hooks) is provided.
 ///
 /// The contract, which `byova_testkit::conformance` checks: versions only grow, also across a
 /// delete and a re-create; [`store`](Self::store) applies only when [`Expect::admits`] the
@@ -220,7 +220,7 @@ pub trait BlockingCoordinatedTokenStorage: Send + Sync {
     fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError>;
 }
 
-/// Writes the seed's six methods and the hooks over the coordinated primitives, once for each
+/// Writes the Python SDK's six methods and the hooks over the coordinated primitives, once for each
 /// pair of traits.
 macro_rules! provide_seed_methods {
     ($(#[$attr:meta])* $seed:ident over $primitives:ident $(, $async_kw:ident, $await:tt)?) => {
@@ -464,7 +464,7 @@ mod tests {
             .with_refresh_token(RefreshToken::new("R"), None)
     }
 
-    /// A backend that implements only the seed's six methods.
+    /// A backend that implements only the Python SDK's six methods.
     #[derive(Default)]
     struct SixMethods(Mutex<HashMap<String, OAuthTokens>>);
 

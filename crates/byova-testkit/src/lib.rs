@@ -9,7 +9,7 @@
 //!   lifetimes), per-endpoint counters and a log of every refresh token redeemed.
 //! - [`FakeClock`]: time that moves only when a test moves it.
 //! - [`conformance`]: the storage contract as public functions any backend's tests call.
-//! - [`scenarios`]: one scenario table (seed methods, listener, faults, herds, rotation,
+//! - [`scenarios`]: one scenario table (the Python SDK's methods, listener, faults, herds, rotation,
 //!   cancellation, canary secrets) that every flavour's tests run through the adapter
 //!   [`flavour_adapter!`] generates over its public API.
 //! - [`harness`]: the runner for self-spawning test binaries (`harness = false`).

@@ -1,4 +1,4 @@
-//! One scenario table that drives both flavours: every seed method, the loopback listener, the
+//! One scenario table that drives both flavours: every method of the Python SDK's API, the loopback listener, the
 //! faults, the herds, strict rotation and canary secrets. Each flavour's tests implement
 //! [`Flavour`] and [`Sdk`] (a thin adapter over its own API) and call [`run_all`].
 //!
@@ -39,7 +39,7 @@ pub struct Setup {
     /// The in-memory store behind both trait objects below, for the scenarios' own checks.
     pub storage: Arc<InMemoryTokenStorage>,
     /// The storage an async flavour uses (`storage`, or `storage` without its coordination
-    /// hooks, as a seed-only backend).
+    /// hooks, as a six-method backend).
     pub async_storage: Arc<dyn TokenStorage>,
     /// The storage a blocking flavour uses.
     pub blocking_storage: Arc<dyn BlockingTokenStorage>,
@@ -153,7 +153,7 @@ fn world_with(flavour: &dyn Flavour, secret: Option<&str>, coordinated: bool) ->
         if coordinated {
             (storage.clone(), storage.clone())
         } else {
-            (Arc::new(SeedOnly(storage.clone())), Arc::new(SeedOnly(storage.clone())))
+            (Arc::new(SixMethodsOnly(storage.clone())), Arc::new(SixMethodsOnly(storage.clone())))
         };
     world_on(flavour, secret, storage, async_storage, blocking_storage)
 }
@@ -238,12 +238,12 @@ impl World {
     }
 }
 
-/// A store offering only the seed's six methods: the coordination hooks keep their
+/// A store offering only the Python SDK's six methods: the coordination hooks keep their
 /// single-process defaults, so only in-process single-flight stands between a herd and Webex.
-struct SeedOnly(Arc<InMemoryTokenStorage>);
+struct SixMethodsOnly(Arc<InMemoryTokenStorage>);
 
 #[byova_core::async_trait]
-impl TokenStorage for SeedOnly {
+impl TokenStorage for SixMethodsOnly {
     async fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
         BlockingTokenStorage::get_integration_tokens(self.0.as_ref())
     }
@@ -264,7 +264,7 @@ impl TokenStorage for SeedOnly {
     }
 }
 
-impl BlockingTokenStorage for SeedOnly {
+impl BlockingTokenStorage for SixMethodsOnly {
     fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
         BlockingTokenStorage::get_integration_tokens(self.0.as_ref())
     }

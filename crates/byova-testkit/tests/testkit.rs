@@ -556,7 +556,7 @@ fn in_memory_storage_passes_the_blocking_suite() {
     assert_eq!(report.passed.len(), 10);
 }
 
-/// A seed-only backend: the six methods over a map.
+/// A six-method backend: the six methods over a map.
 #[derive(Default)]
 struct SixMethods(Mutex<HashMap<String, OAuthTokens>>);
 
