@@ -5,8 +5,8 @@
 //! `BYOVA_STORAGE`, tokens are kept in files under `$XDG_DATA_HOME/byova` (or
 //! `~/.local/share/byova`).
 //!
-//! Logs go to stderr (`BYOVA_LOG=debug|info|warn|error`; `serve` defaults to `info`, other
-//! commands to `warn`).
+//! Logs go to stderr (`BYOVA_LOG=debug|info|warn|error`; `serve` defaults to `info`; other
+//! commands to `error`, so a failing command prints its one line and nothing else).
 //!
 //! Exit codes: 0 success, 2 bad usage, 3 configuration, 4 storage, 5 not authorized (or
 //! re-authorization required, or the org is not registered), 6 Webex or the network,
@@ -202,8 +202,9 @@ type Outcome = Result<(), Failure>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The daemon reports what it does; one-shot commands only what went wrong.
-    let default_level = if matches!(cli.command, Command::Serve { .. }) { "info" } else { "warn" };
+    // The daemon reports what it does; a one-shot command's outcome is its output or its one
+    // error line.
+    let default_level = if matches!(cli.command, Command::Serve { .. }) { "info" } else { "error" };
     let log_level = std::env::var("BYOVA_LOG").unwrap_or_else(|_| default_level.into());
     let level = log_level.parse::<tracing::Level>().unwrap_or(tracing::Level::WARN);
     let _ = tracing_subscriber::fmt()

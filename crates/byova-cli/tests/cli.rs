@@ -182,6 +182,52 @@ fn token_prints_only_the_token_and_refreshes_when_needed() {
 }
 
 #[test]
+fn twenty_token_processes_on_ten_second_tokens_share_one_refresh() {
+    let env = Env::new();
+    env.fake.update_settings(|s| s.expires_in = 10);
+    let issued = env.fake.issue_integration_tokens();
+    env.store().set_integration_tokens(&issued.expired_at(SystemClock.now())).unwrap();
+    env.fake.set_latency(byova_testkit::Endpoint::AccessToken, Duration::from_millis(200));
+    let started = Instant::now();
+    let children: Vec<Child> = (0..20)
+        .map(|_| env.cmd().arg("token").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
+        .collect();
+    let outputs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let took = started.elapsed();
+    for o in &outputs {
+        assert!(o.status.success(), "a `byova token` failed: {}", stderr(o));
+        assert!(env.fake.is_access_token_valid(stdout(o).trim()), "each prints a valid token");
+    }
+    assert_eq!(env.fake.refresh_calls(), 1, "one refresh for twenty processes");
+    assert!(took < Duration::from_secs(10), "all twenty done in {took:?}");
+    let tokens: std::collections::HashSet<String> = outputs.iter().map(stdout).collect();
+    assert_eq!(tokens.len(), 1, "all got the same 10 s token");
+    // Asked again at once, nobody refreshes: a 10 s token is usable.
+    assert!(env.run(&["token"]).status.success());
+    assert_eq!(env.fake.refresh_calls(), 1);
+    println!("20 `byova token` processes on 10 s tokens: 1 refresh, all done in {took:.2?}");
+}
+
+#[test]
+fn a_rejected_refresh_token_is_reported_by_every_later_process() {
+    let env = Env::new();
+    let issued = env.fake.issue_integration_tokens();
+    env.store().set_integration_tokens(&issued.expired_at(SystemClock.now())).unwrap();
+    env.fake.inject_always(byova_testkit::Endpoint::AccessToken, byova_testkit::Fault::InvalidGrant);
+    assert_fails(&env.run(&["token"]), 5, "re-authorization required");
+    let status = env.run(&["status", "--json"]);
+    assert!(stdout(&status).contains("reauthorization_required"), "{}", stdout(&status));
+    for _ in 0..3 {
+        assert_fails(&env.run(&["token"]), 5, "re-authorization required");
+    }
+    assert_eq!(
+        env.fake.calls(byova_testkit::Endpoint::AccessToken),
+        1,
+        "the rejected token is never sent again"
+    );
+}
+
+#[test]
 fn org_commands_register_fetch_token_list_refresh_and_remove() {
     let env = Env::new();
     env.seed_integration();
