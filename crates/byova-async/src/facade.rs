@@ -87,6 +87,7 @@ impl Byova {
     /// [`WebhookSignature`](byova_core::Error::WebhookSignature),
     /// [`InvalidInput`](byova_core::Error::InvalidInput) (malformed), or the fetch's (answer
     /// 5xx so Webex retries).
+    /// Cancel safety: a fetch it started completes on its own; the delivery is forgotten.
     pub async fn handle_service_app_webhook(
         &self,
         raw_body: &[u8],
@@ -97,22 +98,26 @@ impl Byova {
     }
 
     /// Every registered webhook, following `Link` pagination.
+    /// Cancel safety: it only reads.
     pub async fn list_webhooks(&self) -> Result<Vec<Webhook>> {
         self.service_app.agent.run(self.service_app.engine.list_webhooks()).await
     }
 
     /// Creates a webhook.
+    /// Cancel safety: once sent, the webhook may exist; list to see.
     pub async fn create_webhook(&self, webhook: &NewWebhook) -> Result<Webhook> {
         self.service_app.agent.run(self.service_app.engine.create_webhook(webhook.clone())).await
     }
 
     /// Deletes a webhook (an unknown id counts as deleted).
+    /// Cancel safety: the webhook is deleted or not; deleting again is harmless.
     pub async fn delete_webhook(&self, webhook_id: &str) -> Result<()> {
         self.service_app.agent.run(self.service_app.engine.delete_webhook(webhook_id)).await
     }
 
     /// Makes sure the `serviceApp` `authorized` and `deauthorized` webhooks deliver to
     /// `target_url`, creating only what is missing; returns the created ones.
+    /// Cancel safety: what was created stays; ensuring again creates only the rest.
     pub async fn ensure_service_app_webhooks(
         &self,
         target_url: &str,
@@ -123,6 +128,7 @@ impl Byova {
     }
 
     /// The status of the Integration and of every registered org. Holds no secret.
+    /// Cancel safety: it only reads.
     pub async fn status(&self) -> Result<Vec<KeyStatus>> {
         let mut all: Vec<KeyStatus> = self.integration.status().await?.into_iter().collect();
         all.extend(self.service_app.agent.run(self.service_app.engine.statuses()).await?);
@@ -131,11 +137,13 @@ impl Byova {
 
     /// Refreshes every registered org, at most `concurrency` at a time; one failing never stops
     /// the others (per-org failures are in the results).
+    /// Cancel safety: refreshes already started complete; the rest do not start.
     pub async fn refresh_all_orgs(&self, concurrency: usize) -> Result<Vec<OrgRefresh>> {
         self.service_app.agent.run(self.service_app.engine.refresh_all(concurrency, None)).await
     }
 
     /// [`refresh_all_orgs`](Self::refresh_all_orgs), calling `progress` after each org.
+    /// Cancel safety: as [`refresh_all_orgs`](Self::refresh_all_orgs).
     pub async fn refresh_all_orgs_with_progress(
         &self,
         concurrency: usize,

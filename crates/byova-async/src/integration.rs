@@ -105,11 +105,13 @@ impl IntegrationTokenManager {
     /// Exchanges an authorization code (with the verifier of the latest authorization URL) and
     /// stores the tokens; never retried once Webex may have seen the code. Errors: the token
     /// endpoint's ([`Validation`](byova_core::Error::Validation) for a used code) or storage's.
+    /// Cancel safety: once started, the exchange completes and stores the tokens on its own.
     pub async fn exchange_code(&self, code: &str) -> Result<OAuthTokens> {
         self.agent.run(self.engine.exchange_code(code, None, self.agent.now())).await
     }
 
     /// [`exchange_code`](Self::exchange_code) with the verifier issued with `state`.
+    /// Cancel safety: as [`exchange_code`](Self::exchange_code).
     pub async fn exchange_code_for_state(&self, code: &str, state: &str) -> Result<OAuthTokens> {
         self.agent.run(self.engine.exchange_code(code, Some(state), self.agent.now())).await
     }
@@ -118,6 +120,7 @@ impl IntegrationTokenManager {
     /// returning. Errors: [`NotAuthorized`](byova_core::Error::NotAuthorized) without a refresh
     /// token, [`ReauthorizationRequired`](byova_core::Error::ReauthorizationRequired) when
     /// Webex rejects it or rejected it before (the mark is stored).
+    /// Cancel safety: once started, the refresh completes and stores the tokens on its own.
     pub async fn refresh(&self, refresh_token: Option<&str>) -> Result<OAuthTokens> {
         self.agent.run(self.engine.refresh(refresh_token.map(RefreshToken::new), self.agent.now())).await
     }
@@ -127,6 +130,7 @@ impl IntegrationTokenManager {
     /// Errors: [`OAuthRedirect`](byova_core::Error::OAuthRedirect) (denied),
     /// [`OAuthRedirectTimeout`](byova_core::Error::OAuthRedirectTimeout),
     /// [`Listen`](byova_core::Error::Listen) (busy port), a non-loopback URI, the exchange's.
+    /// Cancel safety: dropped while waiting, the listener closes; after, the exchange completes.
     pub async fn authorize(&self, options: AuthorizeOptions) -> Result<OAuthTokens> {
         let listener = RedirectListener::bind(&self.credentials().redirect_uri).await?;
         let (request, credentials) = self.engine.authorization(&listener.redirect_uri(), &options)?;
@@ -138,6 +142,7 @@ impl IntegrationTokenManager {
     /// A valid Integration access token: from the process-local cache when fresh (no storage
     /// trip), else refreshed. Errors: [`NotAuthorized`](byova_core::Error::NotAuthorized)
     /// before authorization; the refresh's when the stored token cannot be used.
+    /// Cancel safety: a refresh it started completes on its own; the next call gets its result.
     pub async fn get_access_token(&self) -> Result<AccessToken> {
         let now = self.agent.now();
         if let Some(token) = self.agent.tokens.fresh_integration(now) {
@@ -147,6 +152,7 @@ impl IntegrationTokenManager {
     }
 
     /// The Integration's status, `None` when not authorized. Errors: storage's.
+    /// Cancel safety: it only reads.
     pub async fn status(&self) -> Result<Option<KeyStatus>> {
         self.agent.run(self.engine.status()).await
     }

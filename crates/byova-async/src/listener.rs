@@ -35,6 +35,7 @@ impl RedirectListener {
     /// # Errors
     /// [`Error::Configuration`] for a non-loopback URI, [`Error::Listen`] for a port already
     /// in use.
+    /// Cancel safety: dropped, nothing is bound.
     pub async fn bind(redirect_uri: &str) -> Result<Self> {
         let redirect = LoopbackRedirect::parse(redirect_uri)?;
         let listen = |e| Error::listen(redirect.listen_address(), e);
@@ -58,6 +59,7 @@ impl RedirectListener {
     /// # Errors
     /// [`Error::OAuthRedirect`] when the redirect carried `error=`,
     /// [`Error::OAuthRedirectTimeout`] when none arrived in time.
+    /// Cancel safety: dropped, the port closes and the flow ends.
     pub async fn wait(self, expected_state: CsrfState, timeout: Duration) -> Result<AuthorizationCode> {
         let handler = Arc::new(Mutex::new(CallbackHandler::new(&self.redirect, self.port, expected_state)));
         let (tx, mut rx) = tokio::sync::mpsc::channel::<CallbackVerdict>(4);
@@ -124,6 +126,7 @@ async fn serve(
 /// # Errors
 /// As [`RedirectListener::bind`] and [`RedirectListener::wait`]; [`Error::InvalidInput`]
 /// without `expected_state`.
+/// Cancel safety: dropped, the port closes and the flow ends.
 pub async fn wait_for_redirect(
     redirect_uri: &str,
     options: RedirectOptions,

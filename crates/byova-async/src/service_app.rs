@@ -65,11 +65,13 @@ impl ServiceAppTokenManager {
     }
 
     /// Fetches tokens for `org_id` with the Integration's bearer and stores them.
+    /// Cancel safety: once started, the fetch completes and stores the tokens on its own.
     pub async fn fetch_token_for_org(&self, org_id: &str) -> Result<ServiceAppTokens> {
         self.agent.run(self.engine.fetch(org_id, self.agent.now())).await
     }
 
     /// Decodes a `serviceApp` webhook's org id (a base64 Webex id) and fetches its tokens.
+    /// Cancel safety: as [`fetch_token_for_org`](Self::fetch_token_for_org).
     pub async fn fetch_token_from_webhook_org(
         &self,
         encoded_org_id: &str,
@@ -79,6 +81,7 @@ impl ServiceAppTokenManager {
 
     /// Registers an org from an existing refresh token (the sandbox path): refreshes with it
     /// and stores the result.
+    /// Cancel safety: once started, the refresh completes and stores the tokens on its own.
     pub async fn save_registration(&self, org_id: &str, refresh_token: &str) -> Result<ServiceAppTokens> {
         let token = RefreshToken::new(refresh_token);
         self.agent.run(self.engine.save_registration(org_id, token, self.agent.now())).await
@@ -86,6 +89,7 @@ impl ServiceAppTokenManager {
 
     /// Refreshes now; without a usable refresh token (or when Webex rejects it) fetches new
     /// ones with the Integration's bearer.
+    /// Cancel safety: once started, the refresh or fetch completes and stores on its own.
     pub async fn refresh_for_org(&self, org_id: &str) -> Result<ServiceAppTokens> {
         self.agent.run(self.engine.refresh_for_org(org_id, self.agent.now())).await
     }
@@ -93,6 +97,7 @@ impl ServiceAppTokenManager {
     /// A valid access token for org-scoped calls: cached when fresh, else refreshed. After
     /// Webex rejected the org's refresh token it is served until it expires, then
     /// [`ReauthorizationRequired`](byova_core::Error::ReauthorizationRequired).
+    /// Cancel safety: a refresh it started completes on its own; the next call gets its result.
     pub async fn get_access_token(&self, org_id: &str) -> Result<AccessToken> {
         let now = self.agent.now();
         if let Some(token) = self.engine.fresh_org(org_id, now) {
@@ -102,16 +107,19 @@ impl ServiceAppTokenManager {
     }
 
     /// Removes the org's tokens (deauthorization); an unknown org is not an error.
+    /// Cancel safety: the delete either happened or did not.
     pub async fn remove_org(&self, org_id: &str) -> Result<()> {
         self.agent.run(self.engine.remove_org(org_id)).await
     }
 
     /// Registered org ids.
+    /// Cancel safety: it only reads.
     pub async fn list_orgs(&self) -> Result<Vec<String>> {
         self.agent.run(self.engine.list_orgs()).await
     }
 
     /// The org's status, `None` when not registered.
+    /// Cancel safety: it only reads.
     pub async fn status(&self, org_id: &str) -> Result<Option<KeyStatus>> {
         self.agent.run(self.engine.status(org_id)).await
     }

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 
-use crate::error::{Error, Result};
 use crate::key::{Expect, TokenKey, Versioned};
 use crate::policy::{Freshness, KeyStatus, RefreshPolicy};
 use crate::secret::AccessToken;
@@ -182,33 +181,6 @@ impl TokenCache {
             TokenKey::Integration => self.set_integration(Some(entry)),
             TokenKey::Org(org) => {
                 self.orgs.write().unwrap_or_else(|e| e.into_inner()).insert(org.clone(), entry);
-            }
-        }
-    }
-
-    /// Records what a finished refresh run means for `key` and returns the tokens to hand
-    /// out (or the error): the record is cached, tokens that could not be stored are kept for
-    /// the next run, and a key found missing is forgotten.
-    pub fn apply(
-        &self,
-        key: &TokenKey,
-        outcome: crate::engine::Outcome,
-        now: Timestamp,
-    ) -> Result<OAuthTokens> {
-        if let Some((tokens, expect)) = outcome.unsaved {
-            self.keep_unsaved(key, tokens, expect);
-        }
-        match outcome.result {
-            Ok(record) => {
-                let tokens = record.value.clone();
-                self.put(key, record, now);
-                Ok(tokens)
-            }
-            Err(error) => {
-                if matches!(error, Error::OrgNotRegistered { .. } | Error::NotAuthorized) {
-                    self.remove(key);
-                }
-                Err(error)
             }
         }
     }

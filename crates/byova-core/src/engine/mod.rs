@@ -159,7 +159,8 @@ impl TokenEngine {
         }
     }
 
-    /// What a finished run means: logged, cached, and the tokens (or error) to hand out.
+    /// What a finished run means: logged; the record cached, tokens that could not be stored
+    /// kept for the next run, a key found missing forgotten; the tokens (or error) to hand out.
     fn settle(&self, key: &TokenKey, outcome: Outcome, now: Timestamp) -> Result<OAuthTokens> {
         if let Some(error) = &outcome.served_stale_after {
             tracing::warn!(key = %key, error = %error, "refresh failed; serving the still-valid access token");
@@ -167,11 +168,23 @@ impl TokenEngine {
         if outcome.refreshed {
             tracing::info!(key = %key, "tokens refreshed and stored");
         }
-        let result = self.cache.apply(key, outcome, now);
-        if let Err(error) = &result {
-            tracing::debug!(key = %key, error = %error, "could not obtain a valid token");
+        if let Some((tokens, expect)) = outcome.unsaved {
+            self.cache.keep_unsaved(key, tokens, expect);
         }
-        result
+        match outcome.result {
+            Ok(record) => {
+                let tokens = record.value.clone();
+                self.cache.put(key, record, now);
+                Ok(tokens)
+            }
+            Err(error) => {
+                if matches!(error, Error::OrgNotRegistered { .. } | Error::NotAuthorized) {
+                    self.cache.remove(key);
+                }
+                tracing::debug!(key = %key, error = %error, "could not obtain a valid token");
+                Err(error)
+            }
+        }
     }
 
     /// How many flights are in progress (for tests and status pages).
@@ -493,5 +506,28 @@ impl ServiceAppEngine {
     /// The status of `org_id`, `None` when not registered.
     pub fn status(&self, org_id: &str) -> Step<Option<KeyStatus>> {
         Self::with_org(org_id, |key| self.tokens.status(key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::encode_webex_id;
+    use crate::secret::AccessToken;
+
+    #[test]
+    fn every_form_of_an_org_id_reads_the_same_cache_entry() {
+        let engine =
+            ServiceAppEngine::new(ServiceAppCredentials::new("C", "s"), ByovaConfig::default(), None);
+        let org = "63b02f90-9cc6-43b8-aa6d-cad425ac554c";
+        let now = Timestamp::from_unix_secs(1_000);
+        let tokens = OAuthTokens::new(AccessToken::new("A"), 3_600, now);
+        engine.tokens().cache().put(&TokenKey::org(org), Versioned { value: tokens, version: 1 }, now);
+        let base64 = encode_webex_id("us", "ORGANIZATION", org);
+        let padded = format!("{base64}{}", "=".repeat((4 - base64.len() % 4) % 4));
+        for form in [org, &base64, &padded, &format!(" {org} ")] {
+            assert!(engine.fresh_org(form, now).is_some_and(|t| t.ct_eq_str("A")), "{form:?}");
+        }
+        assert!(engine.fresh_org("not-an-org", now).is_none());
     }
 }
