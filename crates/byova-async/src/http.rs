@@ -51,12 +51,7 @@ impl HttpClient {
             builder = builder.body(request.body.to_vec());
         }
         let mut response = builder.send().await.map_err(transport)?;
-        let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_owned(), v.to_owned())))
-            .collect();
+        let (status, headers) = (response.status().as_u16(), response.headers().clone());
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(transport)? {
             if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
@@ -67,7 +62,7 @@ impl HttpClient {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(HttpResponse::new(status, headers, body))
+        Ok(HttpResponse::from_wire(status, headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())), body))
     }
 }
 

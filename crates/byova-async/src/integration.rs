@@ -8,7 +8,7 @@ use byova_core::{
     OAuthTokens, RefreshToken, Result, TokenKey, TokenStorage,
 };
 
-use crate::driver::Agent;
+use crate::driver::{Agent, Drive};
 use crate::http::HttpClient;
 use crate::listener::{RedirectListener, present_url};
 

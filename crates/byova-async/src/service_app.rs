@@ -7,7 +7,7 @@ use byova_core::{
     AccessToken, KeyStatus, RefreshToken, Result, ServiceAppCredentials, ServiceAppTokens, TokenStorage,
 };
 
-use crate::driver::Agent;
+use crate::driver::{Agent, Drive};
 use crate::http::HttpClient;
 use crate::integration::IntegrationTokenManager;
 

@@ -1,36 +1,29 @@
 //! The blocking driver: performs the steps of byova-core's plans on the calling thread. The
 //! one place this flavour waits, sleeps, starts threads or touches storage.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use byova_core::engine::{Sent, Step, Then, TokenEngine};
-use byova_core::{AccessToken, BlockingTokenStorage, Clock, Result, Timestamp, TokenKey};
+use byova_core::engine::{Sent, Step, Then, Wiring};
+use byova_core::{AccessToken, BlockingTokenStorage, Result, TokenKey};
 
 use crate::http::HttpClient;
 
-/// One manager's engine with what its plans need: storage, HTTP, a clock, and for a Service
-/// App the Integration's agent (whose bearer fetches org tokens).
-pub(crate) struct Agent {
-    pub(crate) tokens: Arc<TokenEngine>,
-    pub(crate) storage: Arc<dyn BlockingTokenStorage>,
-    pub(crate) http: HttpClient,
-    pub(crate) clock: Arc<dyn Clock>,
-    pub(crate) integration: Option<Arc<Agent>>,
-}
+/// One manager's engine, storage, HTTP client and clock (and the Integration's, for a
+/// Service App): core's wiring, with this flavour's storage and client.
+pub(crate) type Agent = Wiring<dyn BlockingTokenStorage, HttpClient>;
 
-impl std::fmt::Debug for Agent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Agent").field("tokens", &self.tokens).finish_non_exhaustive()
-    }
-}
-
-impl Agent {
-    pub(crate) fn now(&self) -> Timestamp {
-        self.clock.now()
-    }
-
+/// Running plans on the calling thread.
+pub(crate) trait Drive {
+    /// Runs `plan` to its end on this thread. A refresh it starts is finished here even when
+    /// it was started on behalf of other threads; if this thread panics, the refresh's flight
+    /// completes with an error for them and its lease is released by the next run.
+    fn run<T: Send + 'static>(&self, plan: Step<T>) -> Result<T>;
     /// The Integration's access token: the hot path, else the Integration's plan.
-    pub(crate) fn integration_token(&self) -> Result<AccessToken> {
+    fn integration_token(&self) -> Result<AccessToken>;
+}
+
+impl Drive for Agent {
+    fn integration_token(&self) -> Result<AccessToken> {
         let agent = self.integration.as_deref().unwrap_or(self);
         let now = agent.now();
         if let Some(token) = agent.tokens.fresh_integration(now) {
@@ -39,10 +32,7 @@ impl Agent {
         agent.run(agent.tokens.access_token(TokenKey::Integration, now))
     }
 
-    /// Runs `plan` to its end on this thread. A refresh it starts is finished here even when
-    /// it was started on behalf of other threads; if this thread panics, the refresh's flight
-    /// completes with an error for them and its lease is released by the next run.
-    pub(crate) fn run<T: Send + 'static>(&self, mut step: Step<T>) -> Result<T> {
+    fn run<T: Send + 'static>(&self, mut step: Step<T>) -> Result<T> {
         let storage = self.storage.as_ref();
         loop {
             step = match step {
@@ -85,28 +75,28 @@ impl Agent {
                 }
                 Step::Wait(flight, then) => then.resume(flight.wait_blocking(), self.now()),
                 Step::Concurrently(plans, at_once, then) => {
-                    self.concurrently(plans, at_once);
+                    concurrently(self, plans, at_once);
                     then.resume((), self.now())
                 }
                 Step::Done(result) => return result,
             };
         }
     }
+}
 
-    /// Runs the plans on `at_once` scoped threads, each started when a thread is free.
-    fn concurrently(&self, plans: Vec<Then<(), ()>>, at_once: usize) {
-        let workers = at_once.min(plans.len());
-        let queue = Mutex::new(plans.into_iter());
-        std::thread::scope(|scope| {
-            for _ in 0..workers {
-                scope.spawn(|| {
-                    loop {
-                        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
-                        let Some(start) = next else { break };
-                        let _ = self.run(start.resume((), self.now()));
-                    }
-                });
-            }
-        });
-    }
+/// Runs the plans on `at_once` scoped threads, each started when a thread is free.
+fn concurrently(agent: &Agent, plans: Vec<Then<(), ()>>, at_once: usize) {
+    let workers = at_once.min(plans.len());
+    let queue = Mutex::new(plans.into_iter());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| {
+                loop {
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
+                    let Some(start) = next else { break };
+                    let _ = agent.run(start.resume((), agent.now()));
+                }
+            });
+        }
+    });
 }

@@ -7,6 +7,7 @@ use byova_core::{
     NewWebhook, OrgRefresh, Parts, Result, ServiceAppCredentials, Webhook, WebhookOutcome, WebhookSecret,
 };
 
+use crate::driver::Drive;
 use crate::http::HttpClient;
 use crate::integration::IntegrationTokenManager;
 use crate::service_app::ServiceAppTokenManager;

@@ -49,19 +49,14 @@ impl HttpClient {
             Error::Configuration("the request could not be built (a bad URL or header)".into())
         })?;
         let response = self.agent.run(built).map_err(transport)?;
-        let status = response.status().as_u16();
-        let headers = response
-            .headers()
-            .iter()
-            .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_owned(), v.to_owned())))
-            .collect();
+        let (status, headers) = (response.status().as_u16(), response.headers().clone());
         let body = response
             .into_body()
             .with_config()
             .limit(MAX_RESPONSE_BYTES as u64)
             .read_to_vec()
             .map_err(transport)?;
-        Ok(HttpResponse::new(status, headers, body))
+        Ok(HttpResponse::from_wire(status, headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())), body))
     }
 }
 

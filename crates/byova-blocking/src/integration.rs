@@ -8,7 +8,7 @@ use byova_core::{
     IntegrationCredentials, KeyStatus, OAuthTokens, RefreshToken, Result, TokenKey,
 };
 
-use crate::driver::Agent;
+use crate::driver::{Agent, Drive};
 use crate::http::HttpClient;
 use crate::listener::{RedirectListener, present_url};
 

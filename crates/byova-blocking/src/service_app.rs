@@ -8,7 +8,7 @@ use byova_core::{
     ServiceAppTokens,
 };
 
-use crate::driver::Agent;
+use crate::driver::{Agent, Drive};
 use crate::http::HttpClient;
 use crate::integration::IntegrationTokenManager;
 

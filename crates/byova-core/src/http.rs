@@ -178,6 +178,20 @@ impl HttpResponse {
         Self { status, headers, body: Zeroizing::new(body) }
     }
 
+    /// Builds a response from headers as an HTTP client hands them over (name, raw value);
+    /// values that are not text are left out.
+    pub fn from_wire<'a>(
+        status: u16,
+        headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+        body: Vec<u8>,
+    ) -> Self {
+        let headers = headers
+            .into_iter()
+            .filter_map(|(n, v)| std::str::from_utf8(v).ok().map(|v| (n.to_owned(), v.to_owned())))
+            .collect();
+        Self::new(status, headers, body)
+    }
+
     /// The first header with this name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())

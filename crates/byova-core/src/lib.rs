@@ -71,7 +71,7 @@ pub use credentials::{
 };
 pub use engine::{
     BulkProgress, Flight, IntegrationEngine, OrgRefresh, ProgressFn, Sent, ServiceAppEngine, Step, Then,
-    TokenEngine,
+    TokenEngine, Wiring,
 };
 pub use error::{ApiFailure, Error, Result, SignatureError, StorageError, StorageErrorKind, TokenSubject};
 pub use http::{

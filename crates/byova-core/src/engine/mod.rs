@@ -233,6 +233,41 @@ pub(crate) fn send_with_retry<T: Send + 'static>(
     attempt(config.retry.clone(), request, Arc::new(parse), 1)
 }
 
+/// What a flavour runs one manager's plans with: the manager's token engine, its storage
+/// (`S`: the flavour's storage trait object), the flavour's HTTP client `H`, a clock, and for a
+/// Service App the Integration's wiring, whose bearer fetches org tokens
+/// ([`Step::IntegrationToken`]).
+pub struct Wiring<S: ?Sized, H> {
+    /// The manager's engine.
+    pub tokens: Arc<TokenEngine>,
+    /// The storage its plans' storage steps go to.
+    pub storage: Arc<S>,
+    /// The HTTP client its `Send` steps go through.
+    pub http: H,
+    /// The clock every step's result is timestamped with.
+    pub clock: Arc<dyn crate::time::Clock>,
+    /// The Integration's wiring, for a Service App's (`None`: this is the Integration's).
+    pub integration: Option<Arc<Wiring<S, H>>>,
+}
+
+impl<S: ?Sized, H> Wiring<S, H> {
+    /// The current time.
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// The Integration's wiring: this Service App's Integration, or itself.
+    pub fn integration_wiring(self: &Arc<Self>) -> &Arc<Self> {
+        self.integration.as_ref().unwrap_or(self)
+    }
+}
+
+impl<S: ?Sized, H> std::fmt::Debug for Wiring<S, H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Wiring").field("tokens", &self.tokens).finish_non_exhaustive()
+    }
+}
+
 /// The engine of an `IntegrationTokenManager`: the Integration's own OAuth tokens.
 #[derive(Debug)]
 pub struct IntegrationEngine {
