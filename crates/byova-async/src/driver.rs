@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use byova_core::engine::{Sent, Step, Then, Wiring};
 use byova_core::{AccessToken, Result, TokenKey, TokenStorage};
@@ -96,20 +96,18 @@ async fn drive<T: Send + 'static>(agent: Arc<Agent>, mut step: Step<T>) -> Resul
     }
 }
 
-/// Runs the plans, `at_once` at a time, each started when a worker is free.
+/// Runs the plans, `at_once` at a time, each in its own task (a panic ends only its own).
 async fn concurrently(agent: &Arc<Agent>, plans: Vec<Then<(), ()>>, at_once: usize) {
-    let workers = at_once.min(plans.len());
-    let queue = Arc::new(Mutex::new(plans.into_iter()));
+    let slots = Arc::new(tokio::sync::Semaphore::new(at_once.max(1)));
     let mut running = tokio::task::JoinSet::new();
-    for _ in 0..workers {
-        let (agent, queue) = (agent.clone(), queue.clone());
+    for start in plans {
+        let Ok(slot) = slots.clone().acquire_owned().await else { break };
+        let agent = agent.clone();
         running.spawn(async move {
-            loop {
-                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
-                let Some(start) = next else { break };
-                let _ = agent.run(start.resume((), agent.now())).await;
-            }
+            let _ = agent.run(start.resume((), agent.now())).await;
+            drop(slot);
         });
+        while running.try_join_next().is_some() {}
     }
     while running.join_next().await.is_some() {}
 }

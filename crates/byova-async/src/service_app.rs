@@ -109,7 +109,7 @@ impl ServiceAppTokenManager {
     /// Removes the org's tokens (deauthorization); an unknown org is not an error.
     /// Cancel safety: the delete either happened or did not.
     pub async fn remove_org(&self, org_id: &str) -> Result<()> {
-        self.agent.run(self.engine.remove_org(org_id)).await
+        self.agent.run(self.engine.remove_org(org_id, self.agent.now())).await
     }
 
     /// Registered org ids.

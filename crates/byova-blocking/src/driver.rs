@@ -84,7 +84,8 @@ impl Drive for Agent {
     }
 }
 
-/// Runs the plans on `at_once` scoped threads, each started when a thread is free.
+/// Runs the plans on `at_once` scoped threads, each started when a thread is free; a panic
+/// ends only its own plan.
 fn concurrently(agent: &Agent, plans: Vec<Then<(), ()>>, at_once: usize) {
     let workers = at_once.min(plans.len());
     let queue = Mutex::new(plans.into_iter());
@@ -94,7 +95,10 @@ fn concurrently(agent: &Agent, plans: Vec<Then<(), ()>>, at_once: usize) {
                 loop {
                     let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
                     let Some(start) = next else { break };
-                    let _ = agent.run(start.resume((), agent.now()));
+                    // A panic ends only this org's plan (its flight reports it); the others
+                    // go on.
+                    let run = std::panic::AssertUnwindSafe(|| agent.run(start.resume((), agent.now())));
+                    let _ = std::panic::catch_unwind(run);
                 }
             });
         }

@@ -101,7 +101,7 @@ impl ServiceAppTokenManager {
 
     /// Removes the org's tokens (deauthorization); an unknown org is not an error.
     pub fn remove_org(&self, org_id: &str) -> Result<()> {
-        self.agent.run(self.engine.remove_org(org_id))
+        self.agent.run(self.engine.remove_org(org_id, self.agent.now()))
     }
 
     /// Registered org ids.

@@ -178,6 +178,7 @@ impl From<Error> for Failure {
             Error::NotAuthorized
             | Error::OrgNotRegistered { .. }
             | Error::ReauthorizationRequired { .. }
+            | Error::NoRefreshToken { .. }
             | Error::Authentication(_)
             | Error::ServiceAppNotAuthorized { .. } => 5,
             Error::WebhookSignature(_) | Error::InvalidInput(_) => 7,

@@ -16,7 +16,7 @@ use arc_swap::ArcSwapOption;
 
 use crate::key::{Expect, TokenKey, Versioned};
 use crate::policy::{Freshness, KeyStatus, RefreshPolicy};
-use crate::secret::AccessToken;
+use crate::secret::{AccessToken, RefreshToken};
 use crate::time::Timestamp;
 use crate::tokens::OAuthTokens;
 
@@ -27,6 +27,33 @@ pub struct CacheEntry {
     pub record: Versioned<OAuthTokens>,
     /// From this moment the entry is no longer served from the hot path.
     pub serve_until: Timestamp,
+}
+
+/// Tokens Webex issued that could not be stored yet, kept for the key's next run, which stores
+/// them before anything else.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Unsaved {
+    /// The tokens.
+    pub tokens: OAuthTokens,
+    /// The condition to store them under: the version read before the refresh token was spent.
+    pub expect: Expect,
+    /// The refresh token spent to get them. A stored record still holding it is older than
+    /// these tokens, and so is a record marked "re-authorization required".
+    pub spent: Option<RefreshToken>,
+}
+
+impl Unsaved {
+    /// Tokens to keep, stored against `expect`, obtained by spending `spent`.
+    pub fn new(tokens: OAuthTokens, expect: Expect, spent: Option<RefreshToken>) -> Self {
+        Self { tokens, expect, spent }
+    }
+
+    /// Whether these tokens should replace `stored`, a record another writer stored meanwhile.
+    pub fn supersede(&self, stored: &OAuthTokens) -> bool {
+        stored.reauthorization_required
+            || matches!((&stored.refresh_token, &self.spent), (Some(s), Some(spent)) if s.ct_eq(spent))
+    }
 }
 
 /// Names caches for the per-thread snapshots.
@@ -59,7 +86,7 @@ pub struct TokenCache {
     integration: ArcSwapOption<CacheEntry>,
     orgs: RwLock<HashMap<String, Arc<CacheEntry>>>,
     /// Tokens obtained but not yet stored (the store was down), per key.
-    unsaved: Mutex<HashMap<TokenKey, (OAuthTokens, Expect)>>,
+    unsaved: Mutex<HashMap<TokenKey, Unsaved>>,
     policy: RefreshPolicy,
     process_seed: u64,
     revalidate_after: Duration,
@@ -121,7 +148,11 @@ impl TokenCache {
     /// slot, so a snapshot is never older than its generation says).
     #[cold]
     fn fresh_integration_from_slot(&self, now: Timestamp, generation: u64) -> Option<AccessToken> {
-        let entry = self.integration.load_full()?;
+        let Some(entry) = self.integration.load_full() else {
+            // Removed: drop this thread's copy of the old token too.
+            SNAPSHOT.with(|snapshot| *snapshot.borrow_mut() = None);
+            return None;
+        };
         let token = entry.record.value.access_token.clone();
         let serve_until = entry.serve_until;
         SNAPSHOT.with(|snapshot| {
@@ -165,16 +196,15 @@ impl TokenCache {
         let seed = self.jitter_seed(key);
         let revalidate = now.saturating_add(self.revalidate_after);
         let tokens = &record.value;
+        // A record nobody can renew without a person (marked, or an Integration's without a
+        // refresh token; an org's is renewed by a fetch) is served while it is usable.
+        let renewable = !tokens.reauthorization_required
+            && (tokens.refresh_token.is_some() || matches!(key, TokenKey::Org(_)));
+        let usable_until = tokens.expires_at().saturating_sub(self.policy.buffer_for(tokens));
         let serve_until = match self.policy.assess(tokens, now, seed) {
-            Freshness::Fresh if tokens.reauthorization_required => {
-                tokens.expires_at().saturating_sub(self.policy.buffer_for(tokens)).min(revalidate)
-            }
-            Freshness::Fresh => self.policy.refresh_ahead_at(tokens, seed).min(revalidate),
-            // A marked record is never refreshed; it is served while it is usable.
-            Freshness::RefreshAhead if tokens.reauthorization_required => {
-                tokens.expires_at().saturating_sub(self.policy.buffer_for(tokens)).min(revalidate)
-            }
-            Freshness::RefreshAhead | Freshness::Expired => Timestamp::EPOCH,
+            Freshness::Fresh if renewable => self.policy.refresh_ahead_at(tokens, seed).min(revalidate),
+            Freshness::Fresh | Freshness::RefreshAhead if !renewable => usable_until.min(revalidate),
+            Freshness::Fresh | Freshness::RefreshAhead | Freshness::Expired => Timestamp::EPOCH,
         };
         let entry = Arc::new(CacheEntry { record, serve_until });
         match key {
@@ -191,13 +221,19 @@ impl TokenCache {
     }
 
     /// Keeps tokens that were obtained but could not be stored, for the key's next run.
-    pub fn keep_unsaved(&self, key: &TokenKey, tokens: OAuthTokens, expect: Expect) {
-        self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), (tokens, expect));
+    pub fn keep_unsaved(&self, key: &TokenKey, unsaved: Unsaved) {
+        self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), unsaved);
+    }
+
+    /// The tokens waiting to be stored for `key`, left in place (tests look at them).
+    #[cfg(test)]
+    pub(crate) fn peek_unsaved(&self, key: &TokenKey) -> Option<Unsaved> {
+        self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).get(key).cloned()
     }
 
     /// Takes the tokens an earlier refresh of `key` could not store, for the next run to store
     /// first.
-    pub fn take_unsaved(&self, key: &TokenKey) -> Option<(OAuthTokens, Expect)> {
+    pub fn take_unsaved(&self, key: &TokenKey) -> Option<Unsaved> {
         self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).remove(key)
     }
 

@@ -111,6 +111,15 @@ pub enum Error {
         /// What Webex answered.
         failure: ApiFailure,
     },
+    /// The access token expired and its tokens came without a refresh token: a person must
+    /// authorize again.
+    #[error(
+        "re-authorization required for {subject}: its access token expired and no refresh token came with it"
+    )]
+    NoRefreshToken {
+        /// Whose tokens.
+        subject: TokenSubject,
+    },
     /// A 2xx answer whose body could not be understood.
     #[error("Webex sent a response byova cannot use: {what} (HTTP {status})")]
     InvalidResponse {

@@ -63,7 +63,7 @@ pub use authorize::{
     AuthorizeOptions, BrowserOpener, RedirectOptions, authorization_prompt, system_browser_command,
 };
 pub use builder::{ByovaBuilder, EnvSettings, Facade, Parts};
-pub use cache::{CacheEntry, TokenCache};
+pub use cache::{CacheEntry, TokenCache, Unsaved};
 pub use config::{ByovaConfig, DEFAULT_BASE_URL, env as config_env};
 pub use credentials::{
     DEFAULT_INTEGRATION_SCOPES, DEFAULT_REDIRECT_URI, IntegrationCredentials, ServiceAppCredentials,
@@ -165,6 +165,18 @@ mod robustness {
             let head = RequestHead { method: "GET".into(), target, host: Some("127.0.0.1:8765".into()) };
             let (_, verdict) = handler.handle(&head);
             prop_assert!(matches!(verdict, CallbackVerdict::KeepWaiting), "no flow completes without THE-STATE");
+        }
+
+        #[test]
+        fn policy_decisions_never_panic_for_any_lifetime(expires_in: u64, obtained: u64, now: u64, seed: u64, rexp: Option<u64>) {
+            let mut tokens = OAuthTokens::new(AccessToken::new("a"), expires_in, Timestamp::from_unix_millis(obtained));
+            tokens.refresh_token_expires_in = rexp;
+            let policy = RefreshPolicy::default();
+            let now = Timestamp::from_unix_millis(now);
+            let _ = (policy.assess(&tokens, now, seed), policy.state(&tokens, now, seed), policy.buffer_for(&tokens));
+            let cache = TokenCache::new(policy, seed, std::time::Duration::from_secs(30));
+            cache.put(&TokenKey::Integration, Versioned { value: tokens, version: 1 }, now);
+            let _ = cache.fresh_integration(now);
         }
 
         #[test]

@@ -225,6 +225,9 @@ pub fn parse_token_response(
         .as_ref()
         .and_then(Seconds::get)
         .ok_or_else(|| invalid("expires_in is missing or not a number of seconds"))?;
+    if expires_in > MAX_LIFETIME_SECS {
+        return Err(invalid("expires_in is longer than a century"));
+    }
     let token_type = body.token_type.unwrap_or_else(|| "Bearer".to_owned());
     if !token_type.eq_ignore_ascii_case("bearer") {
         return Err(invalid("token_type is not Bearer"));
@@ -233,11 +236,15 @@ pub fn parse_token_response(
     tokens.token_type = "Bearer".to_owned();
     tokens.scope = body.scope;
     if let Some(refresh) = body.refresh_token.filter(|t| !t.is_empty()) {
-        let rexp = body.refresh_token_expires_in.as_ref().and_then(Seconds::get);
+        let rexp =
+            body.refresh_token_expires_in.as_ref().and_then(Seconds::get).map(|s| s.min(MAX_LIFETIME_SECS));
         tokens = tokens.with_refresh_token(RefreshToken::new(refresh), rexp);
     }
     Ok(tokens)
 }
+
+/// No token lives longer than a century; a longer `expires_in` is a broken response.
+const MAX_LIFETIME_SECS: u64 = 100 * 365 * 86_400;
 
 /// The OAuth error codes of RFC 6749 §5.2 and §4.1.2.1 that byova recognises in a body.
 const OAUTH_ERROR_CODES: [&str; 11] = [
@@ -480,6 +487,7 @@ mod tests {
             r#"{"access_token":"SECRET-CANARY"}"#,
             r#"{"access_token":"SECRET-CANARY","expires_in":"soon"}"#,
             r#"{"access_token":"SECRET-CANARY","expires_in":-1}"#,
+            r#"{"access_token":"SECRET-CANARY","expires_in":18446744073709551615}"#,
             r#"{"access_token":"SECRET-CANARY","expires_in":60,"token_type":"mac"}"#,
             r#"{"access_token":5,"expires_in":60,"x":"SECRET-CANARY"}"#,
             "<html>SECRET-CANARY</html>",

@@ -74,7 +74,8 @@ impl RefreshPolicy {
     pub fn refresh_ahead_at(&self, tokens: &OAuthTokens, jitter_seed: u64) -> Timestamp {
         let lifetime = tokens.lifetime();
         let percent = u32::from(self.refresh_ahead_percent.min(100));
-        let ahead = tokens.obtained_at.saturating_add(lifetime * percent / 100);
+        // Divided first: no lifetime, however absurd, can overflow.
+        let ahead = tokens.obtained_at.saturating_add(lifetime / 100 * percent);
         let max_jitter = self.jitter.min(lifetime / 10);
         let max_ms = u64::try_from(max_jitter.as_millis()).unwrap_or(u64::MAX);
         let jitter_ms = if max_ms == 0 { 0 } else { splitmix64(jitter_seed) % (max_ms + 1) };

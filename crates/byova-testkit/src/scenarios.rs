@@ -413,6 +413,7 @@ scenarios!(
     a_thousand_callers_on_a_dead_refresh_token_make_one_call,
     a_herd_on_a_failing_token_endpoint_shares_one_retry_sequence,
     a_store_that_panics_mid_refresh_leaves_nothing_held,
+    a_bulk_refresh_reports_every_org_even_when_one_panics,
     a_hundred_orgs_expiring_together_cost_one_call_each,
     strict_rotation_over_1000_refresh_cycles_reuses_nothing,
     canary_secrets_never_reach_logs_errors_or_debug,
@@ -993,6 +994,25 @@ async fn a_store_that_panics_mid_refresh_leaves_nothing_held(f: Arc<dyn Flavour>
     let token = w.sdk.get_access_token().await.expect("the next call refreshes");
     assert!(started.elapsed() < Duration::from_secs(2), "no lease left held for its whole TTL");
     assert!(w.fake.is_access_token_valid(token.expose_secret()));
+}
+
+async fn a_bulk_refresh_reports_every_org_even_when_one_panics(f: Arc<dyn Flavour>) {
+    let storage = Arc::new(InMemoryTokenStorage::new());
+    let panics = Arc::new(PanicsOnce { inner: storage.clone(), armed: false.into() });
+    let w = world_on(f.as_ref(), None, storage, panics.clone(), panics.clone());
+    w.seed_fresh_integration().await;
+    let orgs: Vec<String> = (0..5).map(|i| format!("bulk-org-{i}")).collect();
+    for org in &orgs {
+        w.seed_expired_org(org).await;
+    }
+    panics.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    for concurrency in [1, 3] {
+        let results = w.sdk.refresh_all_orgs(concurrency).await.expect("the bulk refresh itself succeeds");
+        let named: Vec<&str> = results.iter().map(|(org, _)| org.as_str()).collect();
+        assert_eq!(named, orgs.iter().map(String::as_str).collect::<Vec<_>>(), "every org has a result");
+        let failed = results.iter().filter(|(_, ok)| !ok).count();
+        assert_eq!(failed, usize::from(concurrency == 1), "only the org whose store call panicked failed");
+    }
 }
 
 async fn a_hundred_orgs_expiring_together_cost_one_call_each(f: Arc<dyn Flavour>) {

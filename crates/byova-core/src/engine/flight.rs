@@ -20,7 +20,11 @@ use crate::error::{Error, Result};
 use crate::key::TokenKey;
 use crate::tokens::OAuthTokens;
 
-/// The outcome of one refresh, shared by everyone waiting for it. Cheap to clone.
+/// What a key holds after a flight: its tokens, or nothing (removed).
+pub type Held = Option<OAuthTokens>;
+
+/// The outcome of one refresh, fetch, code exchange or removal, shared by everyone waiting
+/// for it. Cheap to clone.
 #[derive(Clone)]
 pub struct Flight(Arc<Shared>);
 
@@ -31,7 +35,7 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    outcome: Option<Result<OAuthTokens>>,
+    outcome: Option<Result<Held>>,
     /// One slot per waiting future; a future that is polled again updates its own slot.
     wakers: Vec<Option<Waker>>,
 }
@@ -58,7 +62,7 @@ impl Flight {
     }
 
     /// Waits for the outcome, blocking the thread.
-    pub fn wait_blocking(&self) -> Result<OAuthTokens> {
+    pub fn wait_blocking(&self) -> Result<Held> {
         let mut state = self.lock();
         loop {
             if let Some(outcome) = &state.outcome {
@@ -68,7 +72,7 @@ impl Flight {
         }
     }
 
-    fn complete(&self, outcome: Result<OAuthTokens>) {
+    fn complete(&self, outcome: Result<Held>) {
         let wakers = {
             let mut state = self.lock();
             if state.outcome.is_some() {
@@ -91,7 +95,7 @@ pub struct FlightWait {
 }
 
 impl Future for FlightWait {
-    type Output = Result<OAuthTokens>;
+    type Output = Result<Held>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
@@ -192,11 +196,11 @@ impl Lead {
     }
 
     /// Publishes the outcome to every waiter and ends the flight.
-    pub(crate) fn complete(mut self, outcome: Result<OAuthTokens>) {
+    pub(crate) fn complete(mut self, outcome: Result<Held>) {
         self.finish(outcome);
     }
 
-    fn finish(&mut self, outcome: Result<OAuthTokens>) {
+    fn finish(&mut self, outcome: Result<Held>) {
         self.completed = true;
         {
             let mut table = self.flights.lock();
@@ -262,7 +266,7 @@ mod tests {
         let got = rt.block_on(async move {
             let waiters: Vec<_> = (0..100).map(|_| tokio::spawn(flight.wait())).collect();
             tokio::task::yield_now().await;
-            lead.complete(Ok(tokens()));
+            lead.complete(Ok(Some(tokens())));
             let mut ok = 0;
             for w in waiters {
                 ok += usize::from(w.await.unwrap().is_ok());

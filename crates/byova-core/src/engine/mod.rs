@@ -20,14 +20,14 @@ mod webhooks;
 
 use std::sync::{Arc, Mutex};
 
-pub use flight::{Flight, FlightWait};
+pub use flight::{Flight, FlightWait, Held};
 pub use pending::PendingAuthorizations;
 pub use refresh::Outcome;
 pub use step::{Sent, Step, StorageResult, Then};
 pub use webhooks::{BulkProgress, OrgRefresh, ProgressFn};
 
 use crate::authorize::AuthorizeOptions;
-use crate::cache::TokenCache;
+use crate::cache::{TokenCache, Unsaved};
 use crate::config::ByovaConfig;
 use crate::credentials::{IntegrationCredentials, ServiceAppCredentials};
 use crate::engine::flight::{Flights, Joined, Sharing};
@@ -109,10 +109,15 @@ impl TokenEngine {
 
     /// Tokens for `key` in `mode`, through the key's flight.
     fn obtain(self: &Arc<Self>, key: TokenKey, mode: Mode, now: Timestamp) -> Step<OAuthTokens> {
+        let missing = nothing_stored(&key);
+        self.obtain_held(key, mode, now).then(now, |held, _| done(held.and_then(|h| h.ok_or(missing))))
+    }
+
+    fn obtain_held(self: &Arc<Self>, key: TokenKey, mode: Mode, now: Timestamp) -> Step<Held> {
         if matches!(mode, Mode::GetValid)
             && let Some(entry) = self.cache.get(&key).filter(|e| now < e.serve_until)
         {
-            return done(Ok(entry.record.value.clone()));
+            return done(Ok(Some(entry.record.value.clone())));
         }
         let sharing = if matches!(mode, Mode::GetValid) { Sharing::Joins } else { Sharing::Queues };
         self.fly(
@@ -120,15 +125,40 @@ impl TokenEngine {
             sharing,
             now,
             (key, mode),
-            |engine, (key, mode), now| engine.obtain(key, mode, now),
+            |engine, (key, mode), now| engine.obtain_held(key, mode, now),
             |engine, (key, mode), now| {
                 let settle = engine.clone();
                 let settled_key = key.clone();
                 Run::new(engine, key, mode, random_u64()).start().then(now, move |outcome, now| {
-                    done(outcome.and_then(|o| settle.settle(&settled_key, o, now)))
+                    done(outcome.and_then(|o| settle.settle(&settled_key, o, now)).map(Some))
                 })
             },
         )
+    }
+
+    /// Removes the org's record, as the key's flight: after any refresh or fetch of the org
+    /// that is running, and before any that starts later.
+    fn remove(self: &Arc<Self>, key: TokenKey, now: Timestamp) -> Step<()> {
+        let flight = self.fly(
+            key.clone(),
+            Sharing::Queues,
+            now,
+            key,
+            |engine, key, now| engine.remove(key, now).map(now, |()| None),
+            |engine, key, _| {
+                let org = key.org_id().unwrap_or_default().to_owned();
+                Step::DeleteOrg(
+                    org,
+                    Then::new(move |deleted: StorageResult<()>, _| {
+                        if deleted.is_ok() {
+                            engine.cache.remove(&key);
+                        }
+                        done(deleted.map(|()| None).map_err(Error::from))
+                    }),
+                )
+            },
+        );
+        flight.map(now, drop)
     }
 
     /// Runs `lead` as the flight for `key`, or waits for the flight already running: shares
@@ -139,9 +169,9 @@ impl TokenEngine {
         sharing: Sharing,
         now: Timestamp,
         payload: P,
-        retry: fn(Arc<Self>, P, Timestamp) -> Step<OAuthTokens>,
-        lead: fn(Arc<Self>, P, Timestamp) -> Step<OAuthTokens>,
-    ) -> Step<OAuthTokens> {
+        retry: fn(Arc<Self>, P, Timestamp) -> Step<Held>,
+        lead: fn(Arc<Self>, P, Timestamp) -> Step<Held>,
+    ) -> Step<Held> {
         match self.flights.join(&key, sharing) {
             Joined::Follow(flight) => wait(flight),
             Joined::Busy(flight) => {
@@ -168,9 +198,6 @@ impl TokenEngine {
         if outcome.refreshed {
             tracing::info!(key = %key, "tokens refreshed and stored");
         }
-        if let Some((tokens, expect)) = outcome.unsaved {
-            self.cache.keep_unsaved(key, tokens, expect);
-        }
         match outcome.result {
             Ok(record) => {
                 let tokens = record.value.clone();
@@ -193,11 +220,16 @@ impl TokenEngine {
     }
 }
 
-fn wait<T: Send + 'static>(flight: Flight) -> Step<T>
-where
-    OAuthTokens: Into<T>,
-{
-    Step::Wait(flight, Then::new(|result: Result<OAuthTokens>, _| done(result.map(Into::into))))
+fn wait(flight: Flight) -> Step<Held> {
+    Step::Wait(flight, Then::new(|result: Result<Held>, _| done(result)))
+}
+
+/// The error for a key with no stored tokens.
+fn nothing_stored(key: &TokenKey) -> Error {
+    match key.org_id() {
+        Some(org) => Error::OrgNotRegistered { org_id: org.to_owned() },
+        None => Error::NotAuthorized,
+    }
 }
 
 /// Sends `request`, retrying as the retry policy decides, and parses the answer with `parse`
@@ -349,6 +381,7 @@ impl IntegrationEngine {
         now: Timestamp,
     ) -> Step<OAuthTokens> {
         exchange_flight(self.tokens.clone(), (credentials, code, verifier), now)
+            .then(now, |held, _| done(held.and_then(|h| h.ok_or(Error::NotAuthorized))))
     }
 
     /// Refreshes now; without `refresh_token`, with the stored one.
@@ -371,7 +404,7 @@ type Exchange = (IntegrationCredentials, AuthorizationCode, Option<PkceCodeVerif
 
 /// The code exchange as the Integration key's flight; behind another flight it waits, the
 /// code still unused.
-fn exchange_flight(tokens: Arc<TokenEngine>, exchange: Exchange, now: Timestamp) -> Step<OAuthTokens> {
+fn exchange_flight(tokens: Arc<TokenEngine>, exchange: Exchange, now: Timestamp) -> Step<Held> {
     tokens.fly(TokenKey::Integration, Sharing::Queues, now, exchange, exchange_flight, exchange_lead)
 }
 
@@ -379,7 +412,7 @@ fn exchange_lead(
     tokens: Arc<TokenEngine>,
     (credentials, code, verifier): Exchange,
     now: Timestamp,
-) -> Step<OAuthTokens> {
+) -> Step<Held> {
     let request = code_exchange_request(&tokens.config, &credentials, &code, verifier.as_ref());
     send_with_retry(&tokens.config, request, |r, sent_at| {
         parse_token_response(r, sent_at, &TokenCall::CodeExchange)
@@ -392,12 +425,7 @@ fn exchange_lead(
 
 /// Stores tokens just obtained outside a refresh run (a code exchange) and caches them; if
 /// the store fails they are kept for the key's next run instead of being lost.
-fn store_new(
-    engine: Arc<TokenEngine>,
-    key: TokenKey,
-    tokens: OAuthTokens,
-    expect: Expect,
-) -> Step<OAuthTokens> {
+fn store_new(engine: Arc<TokenEngine>, key: TokenKey, tokens: OAuthTokens, expect: Expect) -> Step<Held> {
     Step::Store(
         key.clone(),
         tokens.clone(),
@@ -406,10 +434,10 @@ fn store_new(
             Ok(version) => {
                 tracing::info!(key = %key, "new tokens stored");
                 engine.cache.put(&key, Versioned { value: tokens.clone(), version }, now);
-                done(Ok(tokens))
+                done(Ok(Some(tokens)))
             }
             Err(e) => {
-                engine.cache.keep_unsaved(&key, tokens, expect);
+                engine.cache.keep_unsaved(&key, Unsaved::new(tokens, expect, None));
                 done(Err(e.into()))
             }
         }),
@@ -516,21 +544,9 @@ impl ServiceAppEngine {
         Self::with_org(org_id, |key| self.tokens.obtain(key, Mode::Force(None), now))
     }
 
-    /// Removes `org_id`'s tokens.
-    pub fn remove_org(&self, org_id: &str) -> Step<()> {
-        let engine = self.tokens.clone();
-        Self::with_org(org_id, move |key| {
-            let org = key.org_id().unwrap_or_default().to_owned();
-            Step::DeleteOrg(
-                org,
-                Then::new(move |deleted: StorageResult<()>, _| {
-                    if deleted.is_ok() {
-                        engine.cache.remove(&key);
-                    }
-                    done(deleted.map_err(Error::from))
-                }),
-            )
-        })
+    /// Removes `org_id`'s tokens, after any refresh or fetch of it that is running.
+    pub fn remove_org(&self, org_id: &str, now: Timestamp) -> Step<()> {
+        Self::with_org(org_id, |key| self.tokens.remove(key, now))
     }
 
     /// Registered org ids.

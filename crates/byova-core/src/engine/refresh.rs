@@ -1,7 +1,7 @@
 //! The refresh path for one key, as a plan of [`Step`]s.
 //!
 //! ```text
-//! (unsaved tokens of an earlier run? Store them first)
+//! (unsaved tokens of an earlier run? Store them first, unless the stored record is newer)
 //! Load ─▶ fresh? ─▶ Done          marked "re-authorization required"? ─▶ Done (no call)
 //!   └─▶ AcquireLease ─▶ held elsewhere ─▶ (old token still good? Done) Sleep ▷ Load ▷ …
 //!         └─▶ Load (re-read under the lease: another process may have refreshed) ─▶ Release ▷ Done
@@ -21,6 +21,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::cache::Unsaved;
 use crate::engine::step::{Sent, Step, StorageResult, Then};
 use crate::engine::{Client, TokenEngine as Engine};
 use crate::error::{Error, Result, StorageErrorKind};
@@ -63,10 +64,6 @@ pub struct Outcome {
     /// A refresh failed but the old access token is still really valid, so it was served;
     /// this is the failure, for the log.
     pub served_stale_after: Option<Error>,
-    /// Tokens Webex issued that could not be stored (the store kept failing). They were not
-    /// handed out; the engine keeps them and the next run for the key stores them before
-    /// anything else, so a refresh token Webex rotated is not lost to a storage outage.
-    pub unsaved: Option<(OAuthTokens, Expect)>,
 }
 
 /// A lease this run holds. Dropped while still held (the run was abandoned), it is handed to
@@ -78,10 +75,22 @@ struct HeldLease {
 }
 
 impl HeldLease {
-    /// The lease, to release it; the guard stands down.
-    fn disarm(mut self) -> Lease {
+    /// The guard stands down: the lease was released, or lost to another owner.
+    fn disarm(mut self) {
         self.armed = false;
-        self.lease.clone()
+    }
+
+    /// Releases the lease, then continues with `then`; dropped before the release finished,
+    /// the lease goes back to the orphans.
+    fn release<T: Send + 'static>(self, then: impl FnOnce() -> Step<T> + Send + 'static) -> Step<T> {
+        let lease = self.lease.clone();
+        Step::ReleaseLease(
+            lease,
+            Then::new(move |_, _| {
+                self.disarm();
+                then()
+            }),
+        )
     }
 }
 
@@ -91,6 +100,14 @@ impl Drop for HeldLease {
             self.orphans.lock().unwrap_or_else(|e| e.into_inner()).push(self.lease.clone());
         }
     }
+}
+
+/// Once tokens in hand are stored: the run ends with them (fresh from Webex), or goes on as
+/// an ordinary run (an earlier run's tokens, stored first).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Afterwards {
+    Finish,
+    Continue,
 }
 
 type Plan = Step<Outcome>;
@@ -119,8 +136,22 @@ pub(crate) struct Run {
     rejection: Option<Error>,
     /// The stored refresh token is confirmed dead: mark the record before the run ends.
     mark_rejected: bool,
-    new_tokens: Option<OAuthTokens>,
+    /// The Service App fetch standing in for a dead refresh token was refused by Webex (not
+    /// merely failed): only then does a Service App org need its admin.
+    fetch_refused: bool,
+    /// Tokens Webex issued that are not durable yet. Dropped with the run (a failure, a
+    /// cancelled task, a panicking store), they go back to the cache for the key's next run,
+    /// so a refresh token Webex rotated is never lost to a storage outage.
+    unsaved: Option<Unsaved>,
     store_attempts: u32,
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if let Some(unsaved) = self.unsaved.take() {
+            self.engine.cache().keep_unsaved(&self.key, unsaved);
+        }
+    }
 }
 
 impl Run {
@@ -144,27 +175,23 @@ impl Run {
             fallback_used: false,
             rejection: None,
             mark_rejected: false,
-            new_tokens: None,
+            fetch_refused: false,
+            unsaved: None,
             store_attempts: 0,
         })
     }
 
     /// The first step: release leases abandoned by earlier runs, store tokens an earlier run
     /// could not store, then read the record.
-    pub(crate) fn start(self: Box<Self>) -> Plan {
+    pub(crate) fn start(mut self: Box<Self>) -> Plan {
         let orphan = self.engine.orphans.lock().unwrap_or_else(|e| e.into_inner()).pop();
         if let Some(lease) = orphan {
-            return Step::ReleaseLease(lease, Then::new(move |_, _| self.start()));
+            let held = HeldLease { lease, orphans: self.engine.orphans.clone(), armed: true };
+            return held.release(move || self.start());
         }
-        if let Some((tokens, expect)) = self.engine.cache().take_unsaved(&self.key) {
-            let key = self.key.clone();
-            let retry = (tokens.clone(), expect);
-            return Step::Store(
-                key,
-                tokens,
-                expect,
-                Then::new(move |stored, now| self.after_unsaved_stored(stored, retry, now)),
-            );
+        if let Some(unsaved) = self.engine.cache().take_unsaved(&self.key) {
+            self.unsaved = Some(unsaved);
+            return self.persist(Afterwards::Continue);
         }
         self.load(Self::after_initial_load)
     }
@@ -208,6 +235,12 @@ impl Run {
         self.engine.config.refresh.assess(tokens, now, self.jitter_seed)
     }
 
+    /// Whether `tokens` can be renewed without a person: not marked, and with a refresh token
+    /// (or, for a Service App, through a fetch with the Integration's bearer).
+    fn renewable(&self, tokens: &OAuthTokens) -> bool {
+        !tokens.reauthorization_required && (tokens.refresh_token.is_some() || self.is_service_app())
+    }
+
     /// Whether `record` is newer than the one this run last read.
     fn is_newer(&self, record: &Versioned<OAuthTokens>) -> bool {
         self.current.as_ref().is_none_or(|c| record.version != c.version)
@@ -226,13 +259,13 @@ impl Run {
         refreshed: bool,
         stale: Option<Error>,
     ) -> Plan {
-        self.end(Outcome { result, refreshed, served_stale_after: stale, unsaved: None })
+        self.end(Outcome { result, refreshed, served_stale_after: stale })
     }
 
     /// Releases the lease, if one is held, and ends with `outcome`.
     fn end(mut self: Box<Self>, outcome: Outcome) -> Plan {
         match self.lease.take() {
-            Some(held) => Step::ReleaseLease(held.disarm(), Then::new(move |_, _| Step::Done(Ok(outcome)))),
+            Some(held) => held.release(move || Step::Done(Ok(outcome))),
             None => Step::Done(Ok(outcome)),
         }
     }
@@ -245,12 +278,12 @@ impl Run {
         self.finish(Err(error), false, None)
     }
 
-    /// A failure: the record is marked first when Webex rejected its refresh token, then the
+    /// A failure: the record is marked first when Webex rejected its refresh token (for a
+    /// Service App only when the fetch standing in for it was refused too), then the
     /// still-valid access token is served if there is one, else the error is returned.
     fn conclude(mut self: Box<Self>, error: Error, now: Timestamp) -> Plan {
-        if std::mem::take(&mut self.mark_rejected)
-            && let Some(current) = self.current.clone().filter(|c| !c.value.reauthorization_required)
-        {
+        let mark = std::mem::take(&mut self.mark_rejected) && (!self.is_service_app() || self.fetch_refused);
+        if mark && let Some(current) = self.current.clone().filter(|c| !c.value.reauthorization_required) {
             let marked = current.value.clone().rejected();
             let key = self.key.clone();
             let expect = Expect::Version(current.version);
@@ -275,51 +308,35 @@ impl Run {
         self.fail(error)
     }
 
-    /// Judges a stored record for a caller who wants a valid token: fresh or still usable is
-    /// served; marked and expired is a re-authorization error, with no token call.
-    /// Hands the run back when the record needs refreshing.
+    /// Judges a stored record for a caller who wants a valid token: fresh is served; one that
+    /// cannot be renewed without a person is served while it is usable. Hands the run back
+    /// when the record needs refreshing.
     fn judge(self: Box<Self>, record: Versioned<OAuthTokens>, now: Timestamp) -> Result<Plan, Box<Self>> {
         let freshness = self.freshness(&record.value, now);
         if freshness == Freshness::Fresh {
             return Ok(self.succeed(record));
         }
-        if record.value.reauthorization_required {
-            return Ok(self.serve_marked(record, freshness));
+        if !self.renewable(&record.value) {
+            return Ok(self.serve_unrenewable(record, freshness));
         }
         Err(self)
     }
 
-    /// A record marked "re-authorization required" is served while it is usable, and never
-    /// refreshed with its dead refresh token.
-    fn serve_marked(self: Box<Self>, record: Versioned<OAuthTokens>, freshness: Freshness) -> Plan {
-        if freshness == Freshness::Expired || !matches!(self.mode, Mode::GetValid) {
-            let error = self.reauthorization_required();
-            return self.fail(error);
+    /// A record that cannot be renewed (marked "re-authorization required", or an
+    /// Integration's without a refresh token) is served while it is usable, and never refreshed.
+    fn serve_unrenewable(self: Box<Self>, record: Versioned<OAuthTokens>, freshness: Freshness) -> Plan {
+        if freshness != Freshness::Expired && matches!(self.mode, Mode::GetValid) {
+            return self.succeed(record);
         }
-        self.succeed(record)
+        let error = if record.value.reauthorization_required {
+            self.reauthorization_required()
+        } else {
+            Error::NoRefreshToken { subject: self.key.subject() }
+        };
+        self.fail(error)
     }
 
     // ---- reading ----
-
-    fn after_unsaved_stored(
-        self: Box<Self>,
-        stored: StorageResult<u64>,
-        unsaved: (OAuthTokens, Expect),
-        _now: Timestamp,
-    ) -> Plan {
-        match stored {
-            // Stored, or another writer stored newer tokens meanwhile and theirs stand: from here
-            // on this is an ordinary run that finds the stored record.
-            Ok(_) => self.load(Self::after_initial_load),
-            Err(e) if e.kind() == StorageErrorKind::Conflict => self.load(Self::after_initial_load),
-            Err(e) => self.end(Outcome {
-                result: Err(e.into()),
-                refreshed: false,
-                served_stale_after: None,
-                unsaved: Some(unsaved),
-            }),
-        }
-    }
 
     fn after_initial_load(mut self: Box<Self>, loaded: Loaded, now: Timestamp) -> Plan {
         let record = match loaded {
@@ -341,11 +358,10 @@ impl Run {
                 return self.fail(error);
             }
             (None, Mode::Force(None)) if !self.is_service_app() => return self.fail(Error::NotAuthorized),
-            (Some(rec), Mode::Force(None))
-                if rec.value.reauthorization_required && !self.is_service_app() =>
-            {
-                let error = self.reauthorization_required();
-                return self.fail(error);
+            // A Service App still fetches; the Integration has no way forward without a person.
+            (Some(rec), Mode::Force(None)) if !self.is_service_app() && !self.renewable(&rec.value) => {
+                let (rec, freshness) = (rec.clone(), Freshness::Expired);
+                return self.serve_unrenewable(rec, freshness);
             }
             _ => {}
         }
@@ -383,22 +399,22 @@ impl Run {
     }
 
     /// Another process holds the lease: accept any record newer than the one seen that is
-    /// not really expired, or compete again once the holder has had its whole lease.
+    /// not really expired, or compete again once the holder has had its whole lease. A caller
+    /// that brought its own credential goes on with it once the lease is free.
     fn after_poll(mut self: Box<Self>, loaded: Loaded, now: Timestamp) -> Plan {
         let ttl = self.engine.config.coordination.lease_ttl;
         match loaded {
+            Ok(Some(rec)) if self.is_newer(&rec) && self.mode.explicit() => {
+                self.current = Some(rec);
+                self.waited = Duration::ZERO;
+                self.acquire_lease()
+            }
             Ok(Some(rec)) if self.is_newer(&rec) && !rec.value.is_expired(Duration::ZERO, now) => {
-                if !rec.value.reauthorization_required {
+                if self.renewable(&rec.value) {
                     return self.succeed(rec);
                 }
-                if self.mode.explicit() {
-                    // The other process found the old refresh token dead; this caller brought
-                    // new credentials, so it goes on with them.
-                    self.current = Some(rec);
-                    return self.acquire_lease();
-                }
                 let freshness = self.freshness(&rec.value, now);
-                self.serve_marked(rec, freshness)
+                self.serve_unrenewable(rec, freshness)
             }
             Ok(None) if self.current.is_some() && !self.mode.explicit() => {
                 let error = self.nothing_stored();
@@ -432,9 +448,7 @@ impl Run {
                         }
                     }
                     // A refresh "now" is answered by one that happened since the call.
-                    _ if !rec.value.is_expired(Duration::ZERO, now)
-                        && !rec.value.reauthorization_required =>
-                    {
+                    _ if !rec.value.is_expired(Duration::ZERO, now) && self.renewable(&rec.value) => {
                         return self.succeed(rec);
                     }
                     _ => self.current = Some(rec),
@@ -448,12 +462,12 @@ impl Run {
             }
             None => self.current = None,
         }
-        self.begin_token_call()
+        self.begin_token_call(now)
     }
 
     // ---- calling Webex ----
 
-    fn begin_token_call(self: Box<Self>) -> Plan {
+    fn begin_token_call(self: Box<Self>, now: Timestamp) -> Plan {
         if matches!(self.mode, Mode::Fetch) {
             return self.fetch_with_bearer();
         }
@@ -466,15 +480,18 @@ impl Run {
             .as_ref()
             .filter(|c| !c.value.reauthorization_required)
             .and_then(|c| c.value.refresh_token.clone());
-        let marked = self.current.as_ref().is_some_and(|c| c.value.reauthorization_required);
-        match explicit.or(stored) {
-            Some(token) => self.send_refresh(token),
-            None if self.is_service_app() => self.fetch_with_bearer(),
-            None if marked => {
-                let error = self.reauthorization_required();
-                self.fail(error)
+        match (explicit.or(stored), &self.current) {
+            (Some(token), _) => self.send_refresh(token),
+            (None, _) if self.is_service_app() => self.fetch_with_bearer(),
+            (None, Some(current)) => {
+                let error = if current.value.reauthorization_required {
+                    self.reauthorization_required()
+                } else {
+                    Error::NoRefreshToken { subject: self.key.subject() }
+                };
+                self.conclude(error, now)
             }
-            None => self.fail(Error::NotAuthorized),
+            (None, None) => self.fail(Error::NotAuthorized),
         }
     }
 
@@ -555,20 +572,30 @@ impl Run {
             return self.fail(Error::Internal("a response without a call".into()));
         };
         let parsed = sent.response.and_then(|r| parse_token_response(&r, sent.sent_at, &call));
-        match parsed {
-            Ok(tokens) => {
-                let tokens = match (&call, &self.current, &self.used_refresh) {
-                    (TokenCall::Refresh(_), Some(old), _) => tokens.inherit_refresh_token(&old.value),
-                    (TokenCall::Refresh(_), None, Some(used)) if tokens.refresh_token.is_none() => {
-                        tokens.with_refresh_token(used.clone(), None)
-                    }
-                    _ => tokens,
-                };
-                self.new_tokens = Some(tokens.clone());
-                self.store(tokens)
+        let tokens = match parsed {
+            Ok(tokens) => tokens,
+            Err(error) => return self.after_failed_call(error, now),
+        };
+        // A response without a refresh token keeps the one that was sent (with the stored
+        // record's expiry for it, when that is the one sent).
+        let tokens = match (&self.used_refresh, &self.current) {
+            (Some(used), Some(old))
+                if tokens.refresh_token.is_none()
+                    && old.value.refresh_token.as_ref().is_some_and(|r| r.ct_eq(used)) =>
+            {
+                tokens.inherit_refresh_token(&old.value)
             }
-            Err(error) => self.after_failed_call(error, now),
-        }
+            (Some(used), _) if tokens.refresh_token.is_none() => {
+                tokens.with_refresh_token(used.clone(), None)
+            }
+            _ => tokens,
+        };
+        let expect = match &self.current {
+            Some(c) => Expect::Version(c.version),
+            None => Expect::Absent,
+        };
+        self.unsaved = Some(Unsaved::new(tokens, expect, self.used_refresh.clone()));
+        self.persist(Afterwards::Finish)
     }
 
     fn after_failed_call(mut self: Box<Self>, error: Error, now: Timestamp) -> Plan {
@@ -584,6 +611,10 @@ impl Run {
                     None => self.fail(Error::Internal("no request to resend".into())),
                 }),
             );
+        }
+        if matches!(self.call, Some(TokenCall::ServiceAppFetch { .. })) {
+            // Refused by Webex (403, 404, 401, 400), not merely unavailable.
+            self.fetch_refused = error.api_failure().is_some() && !error.is_retryable();
         }
         let rejected = matches!(error, Error::ReauthorizationRequired { .. });
         if rejected && matches!(self.mode, Mode::Force(Some(_))) {
@@ -649,53 +680,80 @@ impl Run {
 
     // ---- storing ----
 
-    fn store(mut self: Box<Self>, tokens: OAuthTokens) -> Plan {
-        let expect = match &self.current {
-            Some(c) => Expect::Version(c.version),
-            None => Expect::Absent,
+    /// Stores the tokens in hand (`self.unsaved`) under their condition. A conflict re-reads:
+    /// the tokens in hand replace a record that is marked or still holds the refresh token they
+    /// were bought with; anything else another writer stored stands, and so does a deletion.
+    fn persist(mut self: Box<Self>, afterwards: Afterwards) -> Plan {
+        let Some(unsaved) = &self.unsaved else {
+            return self.fail(Error::Internal("nothing to store".into()));
         };
+        let (key, tokens, expect) = (self.key.clone(), unsaved.tokens.clone(), unsaved.expect);
         self.store_attempts += 1;
-        let key = self.key.clone();
-        Step::Store(key, tokens, expect, Then::new(move |stored, now| self.on_stored(stored, now)))
+        Step::Store(
+            key,
+            tokens,
+            expect,
+            Then::new(move |stored, now| self.on_persisted(stored, afterwards, now)),
+        )
     }
 
-    fn on_stored(self: Box<Self>, stored: StorageResult<u64>, _now: Timestamp) -> Plan {
-        let Some(tokens) = self.new_tokens.clone() else {
-            return self.fail(Error::Internal("stored nothing".into()));
-        };
+    fn on_persisted(
+        mut self: Box<Self>,
+        stored: StorageResult<u64>,
+        afterwards: Afterwards,
+        now: Timestamp,
+    ) -> Plan {
+        let attempts_left = self.store_attempts < self.engine.config.retry.max_attempts.max(2);
         match stored {
-            Ok(version) => self.finish(Ok(Versioned { value: tokens, version }), true, None),
-            // Another writer won (our lease must have expired): its record stands.
-            Err(e) if e.kind() == StorageErrorKind::Conflict => self.load(Self::after_conflict),
-            Err(e)
-                if e.is_retryable() && self.store_attempts < self.engine.config.retry.max_attempts.max(2) =>
-            {
-                let d = self.engine.config.retry.base_delay.saturating_mul(self.store_attempts);
-                Step::Sleep(d, Then::new(move |(), _| self.store(tokens)))
-            }
-            Err(e) => {
-                let expect = match &self.current {
-                    Some(c) => Expect::Version(c.version),
-                    None => Expect::Absent,
+            Ok(version) => {
+                let Some(unsaved) = self.unsaved.take() else {
+                    return self.fail(Error::Internal("stored nothing".into()));
                 };
-                self.end(Outcome {
-                    result: Err(e.into()),
-                    refreshed: false,
-                    served_stale_after: None,
-                    unsaved: Some((tokens, expect)),
-                })
+                match afterwards {
+                    Afterwards::Finish => {
+                        self.finish(Ok(Versioned { value: unsaved.tokens, version }), true, None)
+                    }
+                    Afterwards::Continue => self.load(Self::after_initial_load),
+                }
+            }
+            Err(e) if e.kind() == StorageErrorKind::Conflict && attempts_left => {
+                let key = self.key.clone();
+                Step::Load(key, Then::new(move |loaded, now| self.after_conflict(loaded, afterwards, now)))
+            }
+            Err(e) if e.is_retryable() && attempts_left => {
+                let d = self.engine.config.retry.base_delay.saturating_mul(self.store_attempts);
+                Step::Sleep(d, Then::new(move |(), _| self.persist(afterwards)))
+            }
+            // The tokens in hand stay in `self.unsaved`: dropped with the run, they are kept.
+            Err(e) => {
+                let _ = now;
+                self.fail(e.into())
             }
         }
     }
 
-    fn after_conflict(self: Box<Self>, loaded: Loaded, now: Timestamp) -> Plan {
-        match loaded {
-            Ok(Some(rec)) if !rec.value.is_expired(Duration::ZERO, now) => self.succeed(rec),
-            Ok(_) => {
+    fn after_conflict(mut self: Box<Self>, loaded: Loaded, afterwards: Afterwards, now: Timestamp) -> Plan {
+        let winner = match loaded {
+            Ok(winner) => winner,
+            Err(e) => return self.fail(e.into()),
+        };
+        let supersede = match (&winner, &self.unsaved) {
+            (Some(w), Some(ours)) => ours.supersede(&w.value),
+            _ => false,
+        };
+        if supersede && let (Some(w), Some(ours)) = (&winner, &mut self.unsaved) {
+            ours.expect = Expect::Version(w.version);
+            return self.persist(afterwards);
+        }
+        // The other writer's record (or its deletion) stands; ours are dropped on purpose.
+        self.unsaved = None;
+        match (afterwards, winner) {
+            (Afterwards::Continue, _) => self.load(Self::after_initial_load),
+            (Afterwards::Finish, Some(w)) if !w.value.is_expired(Duration::ZERO, now) => self.succeed(w),
+            (Afterwards::Finish, _) => {
                 let key = self.key.clone();
                 self.fail(Error::Storage(crate::error::StorageError::conflict(key)))
             }
-            Err(e) => self.fail(e.into()),
         }
     }
 }

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use super::*;
+use crate::cache::Unsaved;
 use crate::config::ByovaConfig;
 use crate::credentials::{IntegrationCredentials, ServiceAppCredentials};
 use crate::engine::{IntegrationEngine, ServiceAppEngine};
@@ -524,7 +525,7 @@ impl crate::storage::BlockingCoordinatedTokenStorage for Flaky {
 }
 
 /// Runs an Integration refresh over any blocking store with `engine`'s cache, counting token
-/// calls, and keeps what could not be stored as the engine does.
+/// calls (a run keeps what it could not store in the cache itself).
 fn drive_on(
     storage: &dyn BlockingTokenStorage,
     engine: &Arc<Engine>,
@@ -532,9 +533,6 @@ fn drive_on(
 ) -> (Outcome, usize) {
     let (outcome, trace) =
         drive_with(storage, engine, TokenKey::Integration, Mode::GetValid, |_, _| Ok(respond()));
-    if let Some((tokens, expect)) = &outcome.unsaved {
-        engine.cache().keep_unsaved(&TokenKey::Integration, tokens.clone(), *expect);
-    }
     (outcome, trace.sent.len())
 }
 
@@ -548,8 +546,8 @@ fn tokens_that_could_not_be_stored_are_stored_by_the_next_run_not_lost() {
     let (first, sent) = drive_on(&flaky, &engine, &mut || ok_body("NEW", Some("R2")));
     assert_eq!(sent, 1);
     assert!(matches!(first.result, Err(Error::Storage(ref e)) if e.is_retryable()), "{:?}", first.result);
-    let unsaved = first.unsaved.as_ref().expect("the new tokens are handed back, not dropped");
-    assert!(unsaved.0.refresh_token.as_ref().unwrap().ct_eq_str("R2"));
+    let unsaved = engine.cache().peek_unsaved(&key).expect("the new tokens are kept, not dropped");
+    assert!(unsaved.tokens.refresh_token.as_ref().unwrap().ct_eq_str("R2"));
     assert!(
         flaky.inner.load(&key).unwrap().unwrap().value.refresh_token.unwrap().ct_eq_str("R1"),
         "nothing half-written"
@@ -558,7 +556,7 @@ fn tokens_that_could_not_be_stored_are_stored_by_the_next_run_not_lost() {
     let (second, sent) =
         drive_on(&flaky, &engine, &mut || panic!("no token call while tokens wait to be stored"));
     assert_eq!(sent, 0);
-    assert!(second.unsaved.is_some(), "still kept");
+    assert!(second.result.is_err() && engine.cache().peek_unsaved(&key).is_some(), "still kept");
     // The store is back: the next run stores them first and serves them, with no token call.
     flaky.down.store(false, std::sync::atomic::Ordering::SeqCst);
     let (third, sent) = drive_on(&flaky, &engine, &mut || panic!("R1 must not be spent again"));
@@ -577,7 +575,9 @@ fn unsaved_tokens_yield_to_a_newer_stored_record() {
     let stale_expect = Expect::Version(s.load(&key).unwrap().unwrap().version);
     s.store(&key, &tokens("BY-OTHER", Some("R9"), NOW, 3600), Expect::Any).unwrap();
     let engine = engine(Who::Integration);
-    engine.cache().keep_unsaved(&key, tokens("MINE", Some("R2"), NOW, 3600), stale_expect);
+    engine
+        .cache()
+        .keep_unsaved(&key, Unsaved::new(tokens("MINE", Some("R2"), NOW, 3600), stale_expect, None));
     let (out, sent) = drive_on(&s, &engine, &mut || panic!("no call needed"));
     assert_eq!(sent, 0);
     assert!(out.result.unwrap().value.access_token.ct_eq_str("BY-OTHER"));
@@ -604,4 +604,141 @@ fn an_unreadable_response_body_never_drops_the_stored_token() {
         drive(&s, Who::ServiceApp, key.clone(), Mode::GetValid, |_, _| Ok(status(200, &[], "<html>")));
     assert!(matches!(out.result, Err(Error::InvalidResponse { .. })));
     assert!(s.load(&key).unwrap().unwrap().value.refresh_token.unwrap().ct_eq_str("R"));
+}
+
+#[test]
+fn unsaved_tokens_replace_a_record_marked_meanwhile() {
+    // Replica A refreshed R0 -> R1 but could not store it. Replica B then spent R0, got
+    // invalid_grant and marked the record. A's next run must store R1, not give up on it.
+    let key = TokenKey::Integration;
+    let s = seeded(&key, expired("OLD", "R0"));
+    let v0 = s.load(&key).unwrap().unwrap().version;
+    let engine = engine(Who::Integration);
+    let r1 = tokens("NEW", Some("R1"), NOW, 3600);
+    engine.cache().keep_unsaved(&key, Unsaved::new(r1, Expect::Version(v0), Some(RefreshToken::new("R0"))));
+    s.store(&key, &expired("OLD", "R0").rejected(), Expect::Version(v0)).unwrap();
+    let (out, trace) =
+        drive_with(&s, &engine, key.clone(), Mode::GetValid, |_, _| panic!("no call: R1 is in hand"));
+    assert!(out.result.unwrap().value.access_token.ct_eq_str("NEW"));
+    assert!(trace.sent.is_empty());
+    let stored = s.load(&key).unwrap().unwrap().value;
+    assert!(stored.refresh_token.unwrap().ct_eq_str("R1") && !stored.reauthorization_required);
+}
+
+#[test]
+fn fresh_tokens_replace_a_record_that_still_holds_the_token_they_were_bought_with() {
+    let key = TokenKey::Integration;
+    let s = seeded(&key, expired("OLD", "R0"));
+    let (out, _) = drive(&s, Who::Integration, key.clone(), Mode::GetValid, |_, storage| {
+        // While our call is in flight someone rewrites the same old record (version moves on).
+        let old = storage.load(&TokenKey::Integration).unwrap().unwrap();
+        storage.store(&TokenKey::Integration, &old.value, Expect::Version(old.version)).unwrap();
+        Ok(ok_body("NEW", Some("R1")))
+    });
+    assert!(out.result.unwrap().value.access_token.ct_eq_str("NEW"));
+    assert!(s.load(&key).unwrap().unwrap().value.refresh_token.unwrap().ct_eq_str("R1"), "R1 is not lost");
+}
+
+#[test]
+fn a_service_app_is_marked_only_when_webex_refuses_the_fallback_fetch() {
+    let key = TokenKey::org("o");
+    let s = seeded(&key, expired("OLD", "DEAD"));
+    let (out, _) = drive(&s, Who::ServiceApp, key.clone(), Mode::GetValid, |req, _| {
+        if req.url.ends_with("/access_token") {
+            Ok(status(400, &[], r#"{"error":"invalid_grant"}"#))
+        } else {
+            Ok(status(503, &[], ""))
+        }
+    });
+    assert!(matches!(out.result, Err(Error::Server(_))), "{:?}", out.result);
+    assert!(!s.load(&key).unwrap().unwrap().value.reauthorization_required, "a 503 is not a verdict");
+    let (out, _) = drive(&s, Who::ServiceApp, key.clone(), Mode::GetValid, |req, _| {
+        if req.url.ends_with("/access_token") {
+            Ok(status(400, &[], r#"{"error":"invalid_grant"}"#))
+        } else {
+            Ok(status(403, &[], r#"{"message":"not authorized"}"#))
+        }
+    });
+    assert!(matches!(out.result, Err(Error::ServiceAppNotAuthorized { .. })), "{:?}", out.result);
+    assert!(s.load(&key).unwrap().unwrap().value.reauthorization_required, "a 403 is");
+}
+
+#[test]
+fn an_explicit_refresh_token_is_used_even_after_waiting_for_another_process() {
+    let key = TokenKey::Integration;
+    let s = seeded(&key, expired("OLD", "R"));
+    let other = s.try_acquire_lease(&key, Duration::from_secs(60)).unwrap().unwrap();
+    let mode = Mode::Force(Some(RefreshToken::new("EXPLICIT")));
+    let mut step = Run::new(engine(Who::Integration), key.clone(), mode, 1).start();
+    let mut sent = Vec::new();
+    let out = loop {
+        step = match step {
+            Step::Load(k, then) => then.resume(s.load(&k), NOW),
+            Step::AcquireLease(k, ttl, then) => then.resume(s.try_acquire_lease(&k, ttl), NOW),
+            Step::ExtendLease(lease, ttl, then) => then.resume(s.extend_lease(&lease, ttl), NOW),
+            Step::ReleaseLease(lease, then) => then.resume(s.release_lease(&lease), NOW),
+            Step::Store(k, t, e, then) => then.resume(s.store(&k, &t, e), NOW),
+            Step::Sleep(_, then) => {
+                if s.load(&key).unwrap().unwrap().value.access_token.ct_eq_str("OLD") {
+                    // The other process finishes its own refresh and lets go.
+                    let cur = s.load(&key).unwrap().unwrap();
+                    s.store(&key, &tokens("BY-OTHER", Some("R2"), NOW, 3600), Expect::Version(cur.version))
+                        .unwrap();
+                    s.release_lease(&other).unwrap();
+                }
+                then.resume((), NOW)
+            }
+            Step::Send(req, then) => {
+                sent.push(form_field(&req, "refresh_token").unwrap_or_default());
+                then.resume(Sent::new(Ok(ok_body("MINE", None)), NOW), NOW)
+            }
+            Step::Done(o) => break o.unwrap(),
+            other => panic!("unexpected step {other:?}"),
+        };
+    };
+    assert_eq!(sent, ["EXPLICIT"], "the caller's own token, not the other process's record");
+    let stored = s.load(&key).unwrap().unwrap().value;
+    assert!(out.result.unwrap().value.access_token.ct_eq_str("MINE"));
+    assert!(
+        stored.refresh_token.unwrap().ct_eq_str("EXPLICIT"),
+        "a response without one keeps the token sent"
+    );
+}
+
+#[test]
+fn tokens_obtained_by_a_run_dropped_before_they_were_stored_are_kept() {
+    let key = TokenKey::Integration;
+    let s = seeded(&key, expired("OLD", "R0"));
+    let engine = engine(Who::Integration);
+    let mut step = Run::new(engine.clone(), key.clone(), Mode::GetValid, 1).start();
+    loop {
+        step = match step {
+            Step::Load(k, then) => then.resume(s.load(&k), NOW),
+            Step::AcquireLease(k, ttl, then) => then.resume(s.try_acquire_lease(&k, ttl), NOW),
+            Step::ExtendLease(lease, ttl, then) => then.resume(s.extend_lease(&lease, ttl), NOW),
+            Step::Send(_, then) => then.resume(Sent::new(Ok(ok_body("NEW", Some("R1"))), NOW), NOW),
+            // The store is about to be asked: the task is cancelled right here.
+            Step::Store(..) => break,
+            other => panic!("unexpected step {other:?}"),
+        };
+    }
+    drop(step);
+    let kept = engine.cache().peek_unsaved(&key).expect("kept for the next run");
+    assert!(kept.tokens.refresh_token.unwrap().ct_eq_str("R1"));
+    let (out, trace) =
+        drive_with(&s, &engine, key.clone(), Mode::GetValid, |_, _| panic!("R0 must not be spent again"));
+    assert!(out.result.unwrap().value.access_token.ct_eq_str("NEW"));
+    assert!(trace.sent.is_empty());
+}
+
+#[test]
+fn an_integration_without_a_refresh_token_is_served_until_it_expires() {
+    let key = TokenKey::Integration;
+    let s = seeded(&key, tokens("NO-RT", None, NOW.saturating_sub(Duration::from_secs(3240)), 3600));
+    let (out, trace) = drive(&s, Who::Integration, key.clone(), Mode::GetValid, never);
+    assert!(out.result.unwrap().value.access_token.ct_eq_str("NO-RT"), "usable at 90 % of its life");
+    assert!(trace.sent.is_empty());
+    let s = seeded(&key, tokens("NO-RT", None, NOW.saturating_sub(Duration::from_secs(3600)), 3600));
+    let (out, _) = drive(&s, Who::Integration, key, Mode::GetValid, never);
+    assert!(matches!(out.result, Err(Error::NoRefreshToken { .. })), "{:?}", out.result);
 }

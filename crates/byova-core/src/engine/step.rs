@@ -19,7 +19,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::engine::flight::Flight;
+use crate::engine::flight::{Flight, Held};
 use crate::error::{Result, StorageError};
 use crate::http::{HttpRequest, HttpResponse};
 use crate::key::{Expect, Lease, TokenKey, Versioned};
@@ -109,7 +109,7 @@ pub enum Step<T> {
     /// Refreshes run this way, so a caller that is dropped mid-refresh never cuts one short.
     Detach(Box<Step<()>>, Then<T, ()>),
     /// Wait for the flight's outcome.
-    Wait(Flight, Then<T, Result<OAuthTokens>>),
+    Wait(Flight, Then<T, Result<Held>>),
     /// Start each of these plans (resume it with `()` to get its first step) and run them, at
     /// most `usize` at a time, then resume. Plans start only when their turn comes.
     Concurrently(Vec<Then<(), ()>>, usize, Then<T, ()>),

@@ -83,7 +83,7 @@ impl ServiceAppEngine {
         };
         let work = match event.kind {
             ServiceAppEventKind::Authorized => self.fetch(&event.org_id, now).map(now, drop),
-            ServiceAppEventKind::Deauthorized => self.remove_org(&event.org_id),
+            ServiceAppEventKind::Deauthorized => self.remove_org(&event.org_id, now),
         };
         let mut delivery = Delivery { engine: self.clone(), event, finished: false };
         work.then(now, move |result, _| match result {
@@ -219,7 +219,8 @@ impl ServiceAppEngine {
     }
 
     /// Refreshes every registered org, at most `concurrency` at a time, reporting progress
-    /// after each; one org failing never stops the others. Results are sorted by org.
+    /// after each; one failing never stops the others. Every org gets a result (one whose
+    /// refresh never finished, an `Internal` error); results are sorted by org.
     pub fn refresh_all(
         self: &Arc<Self>,
         concurrency: usize,
@@ -231,21 +232,17 @@ impl ServiceAppEngine {
                 Ok(orgs) => orgs,
                 Err(e) => return done(Err(e.into())),
             };
+            let tally = Arc::new(Mutex::new(Tally { results: Vec::with_capacity(orgs.len()), failed: 0 }));
             let total = orgs.len();
-            let results = Arc::new(Mutex::new(Vec::with_capacity(total)));
             let plans = orgs
-                .into_iter()
+                .iter()
                 .map(|org_id| {
-                    let (engine, results, progress) = (engine.clone(), results.clone(), progress.clone());
+                    let (engine, tally, progress, org_id) =
+                        (engine.clone(), tally.clone(), progress.clone(), org_id.clone());
                     Then::new(move |(), now| {
                         engine.refresh_for_org(&org_id, now).then(now, move |result, _| {
-                            let report = {
-                                let mut results = results.lock().unwrap_or_else(|e| e.into_inner());
-                                let ok = result.is_ok();
-                                results.push(OrgRefresh { org_id: org_id.clone(), result });
-                                let failed = results.iter().filter(|r| r.result.is_err()).count();
-                                BulkProgress { done: results.len(), total, failed, org_id, ok }
-                            };
+                            let report =
+                                tally.lock().unwrap_or_else(|e| e.into_inner()).record(org_id, result, total);
                             if let Some(progress) = &progress {
                                 progress(&report);
                             }
@@ -258,12 +255,35 @@ impl ServiceAppEngine {
                 plans,
                 concurrency.max(1),
                 Then::new(move |(), _| {
-                    let mut all = std::mem::take(&mut *results.lock().unwrap_or_else(|e| e.into_inner()));
+                    let mut all =
+                        std::mem::take(&mut tally.lock().unwrap_or_else(|e| e.into_inner()).results);
+                    let finished: std::collections::HashSet<String> =
+                        all.iter().map(|r| r.org_id.clone()).collect();
+                    for org_id in orgs.into_iter().filter(|o| !finished.contains(o)) {
+                        let result =
+                            Err(Error::Internal(format!("the refresh of org {org_id} did not finish")));
+                        all.push(OrgRefresh { org_id, result });
+                    }
                     all.sort_by(|a, b| a.org_id.cmp(&b.org_id));
                     done(Ok(all))
                 }),
             )
         }))
+    }
+}
+
+/// A bulk refresh's results so far.
+struct Tally {
+    results: Vec<OrgRefresh>,
+    failed: usize,
+}
+
+impl Tally {
+    fn record(&mut self, org_id: String, result: Result<OAuthTokens>, total: usize) -> BulkProgress {
+        let ok = result.is_ok();
+        self.failed += usize::from(!ok);
+        self.results.push(OrgRefresh { org_id: org_id.clone(), result });
+        BulkProgress { done: self.results.len(), total, failed: self.failed, org_id, ok }
     }
 }
 
