@@ -49,8 +49,8 @@ async fn drive<T: Send + 'static>(agent: Arc<Agent>, mut step: Step<T>) -> Resul
             Step::Store(key, tokens, expect, then) => {
                 then.resume(storage.store(&key, &tokens, expect).await, agent.now())
             }
-            Step::DeleteOrg(org, then) => {
-                then.resume(storage.delete_service_app_tokens(&org).await, agent.now())
+            Step::DeleteOrg(org, expect, then) => {
+                then.resume(storage.delete_org(&org, expect).await, agent.now())
             }
             Step::ListOrgs(then) => then.resume(storage.list_registered_orgs().await, agent.now()),
             Step::AcquireLease(key, ttl, then) => {

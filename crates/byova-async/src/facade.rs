@@ -82,13 +82,13 @@ impl Byova {
     }
 
     /// Handles one `serviceApp` webhook delivery: verifies `X-Spark-Signature` over the raw body
-    /// (when a secret is set), fetches tokens on `authorized`, removes them on `deauthorized`.
-    /// A repeated delivery does nothing; one whose handling did not finish (an error, or this
-    /// future dropped) is forgotten, so Webex's redelivery acts. Errors:
+    /// (when secrets are set), fetches tokens on `authorized` unless the stored registration is
+    /// already as new, removes them on `deauthorized` unless the org was authorized again
+    /// after it. Repeated, late and reordered deliveries are answered by the store. Errors:
     /// [`WebhookSignature`](byova_core::Error::WebhookSignature),
     /// [`InvalidInput`](byova_core::Error::InvalidInput) (malformed), or the fetch's (answer
     /// 5xx so Webex retries).
-    /// Cancel safety: a fetch it started completes on its own; the delivery is forgotten.
+    /// Cancel safety: the fetch or removal it started completes on its own.
     pub async fn handle_service_app_webhook(
         &self,
         raw_body: &[u8],
@@ -117,8 +117,9 @@ impl Byova {
     }
 
     /// Makes sure the `serviceApp` `authorized` and `deauthorized` webhooks deliver to
-    /// `target_url`, creating only what is missing; returns the created ones.
-    /// Cancel safety: what was created stays; ensuring again creates only the rest.
+    /// `target_url`, signed with `secret`: creates what is missing, re-activates what Webex
+    /// disabled, moves webhooks to `secret` after a rotation; returns those it changed.
+    /// Cancel safety: what was changed stays; ensuring again does only the rest.
     pub async fn ensure_service_app_webhooks(
         &self,
         target_url: &str,

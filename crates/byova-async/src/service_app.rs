@@ -34,7 +34,7 @@ impl ServiceAppTokenManager {
         http: HttpClient,
         storage: Arc<dyn TokenStorage>,
     ) -> Self {
-        let engine = ServiceAppEngine::new(credentials, integration.config().clone(), None);
+        let engine = ServiceAppEngine::new(credentials, integration.config().clone(), Vec::new());
         Self::from_parts(engine, integration, http, storage)
     }
 

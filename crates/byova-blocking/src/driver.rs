@@ -40,8 +40,8 @@ impl Drive for Agent {
                 Step::Store(key, tokens, expect, then) => {
                     then.resume(storage.store(&key, &tokens, expect), self.now())
                 }
-                Step::DeleteOrg(org, then) => {
-                    then.resume(storage.delete_service_app_tokens(&org), self.now())
+                Step::DeleteOrg(org, expect, then) => {
+                    then.resume(storage.delete_org(&org, expect), self.now())
                 }
                 Step::ListOrgs(then) => then.resume(storage.list_registered_orgs(), self.now()),
                 Step::AcquireLease(key, ttl, then) => {

@@ -35,7 +35,7 @@ impl ServiceAppTokenManager {
         http: HttpClient,
         storage: Arc<dyn BlockingTokenStorage>,
     ) -> Self {
-        let engine = ServiceAppEngine::new(credentials, integration.config().clone(), None);
+        let engine = ServiceAppEngine::new(credentials, integration.config().clone(), Vec::new());
         Self::from_parts(engine, integration, http, storage)
     }
 

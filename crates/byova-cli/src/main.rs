@@ -139,9 +139,10 @@ enum WebhookCommand {
         /// The X-Spark-Signature header value.
         #[arg(long)]
         signature: Option<String>,
-        /// The webhook secret (or BYOVA_WEBHOOK_SECRET).
-        #[arg(long, env = "BYOVA_WEBHOOK_SECRET", hide_env_values = true, value_parser = secret::<WebhookSecret>)]
-        secret: Option<WebhookSecret>,
+        /// The webhook secret (or BYOVA_WEBHOOK_SECRET); during a rotation, the current and the
+        /// previous one, comma-separated.
+        #[arg(long, env = "BYOVA_WEBHOOK_SECRET", hide_env_values = true, value_delimiter = ',', value_parser = secret::<WebhookSecret>)]
+        secret: Vec<WebhookSecret>,
     },
 }
 
@@ -151,15 +152,17 @@ enum WebhooksCommand {
     Ensure {
         /// Where Webex should deliver.
         url: String,
-        /// The secret deliveries are signed with (or BYOVA_WEBHOOK_SECRET).
-        #[arg(long, env = "BYOVA_WEBHOOK_SECRET", hide_env_values = true, value_parser = secret::<WebhookSecret>)]
-        secret: Option<WebhookSecret>,
+        /// The secret deliveries are to be signed with (or BYOVA_WEBHOOK_SECRET, whose first
+        /// entry is the current secret): webhooks signed with another one are moved to it.
+        #[arg(long, env = "BYOVA_WEBHOOK_SECRET", hide_env_values = true, value_delimiter = ',', value_parser = secret::<WebhookSecret>)]
+        secret: Vec<WebhookSecret>,
     },
 }
 
 /// Parses a command-line value straight into a secret type, so the parsed command's `Debug`
 /// never shows it.
 fn secret<T: From<String>>(value: &str) -> Result<T, String> {
+    let value = value.trim();
     if value.is_empty() { Err("must not be empty".into()) } else { Ok(T::from(value.to_owned())) }
 }
 
@@ -267,14 +270,16 @@ async fn run(cli: Cli) -> Outcome {
         Command::Webhook(WebhookCommand::Handle { file, signature, .. }) => {
             let body = read_body(file.as_deref())?;
             let outcome = byova.handle_service_app_webhook(&body, signature.as_deref()).await?;
-            print_line(cli.json, json!({"outcome": format!("{outcome:?}")}), || format!("{outcome:?}"));
+            print_line(cli.json, json!({"outcome": outcome.as_str(), "org_id": outcome.org_id()}), || {
+                format!("{} {}", outcome.as_str(), outcome.org_id().unwrap_or(""))
+            });
         }
         Command::Webhooks(WebhooksCommand::Ensure { url, secret }) => {
-            let created = byova.ensure_service_app_webhooks(&url, secret.as_ref()).await?;
+            let changed = byova.ensure_service_app_webhooks(&url, secret.first()).await?;
             print_line(
                 cli.json,
-                json!({"created": created.iter().map(|w| &w.id).collect::<Vec<_>>()}),
-                || format!("{} webhook(s) created for {url}", created.len()),
+                json!({"changed": changed.iter().map(|w| &w.id).collect::<Vec<_>>()}),
+                || format!("{} webhook(s) created or updated for {url}", changed.len()),
             );
         }
         Command::Status => {
@@ -298,17 +303,14 @@ async fn connect(cli: &Cli) -> Result<Byova, Failure> {
         env.config = ByovaConfig::with_base_url(url)?;
         env.config.timeout = timeout;
     }
-    let secret = match &cli.command {
-        Command::Webhook(WebhookCommand::Handle { secret, .. }) => secret.clone(),
-        _ => env.webhook_secret.clone(),
+    let secrets = match &cli.command {
+        Command::Webhook(WebhookCommand::Handle { secret, .. }) if !secret.is_empty() => secret.clone(),
+        _ => env.webhook_secrets.clone(),
     };
     let url = cli.storage.clone().unwrap_or_else(storage::default_url);
     let store = storage::open(&url).await?;
-    let mut builder = Byova::builder(env.integration, env.service_app).config(env.config).storage(store);
-    if let Some(secret) = secret {
-        builder = builder.webhook_secret(secret);
-    }
-    Ok(builder.build()?)
+    let builder = Byova::builder(env.integration, env.service_app).config(env.config).storage(store);
+    Ok(builder.webhook_secrets(secrets).build()?)
 }
 
 fn read_body(file: Option<&str>) -> Result<Vec<u8>, Failure> {

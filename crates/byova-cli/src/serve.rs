@@ -50,7 +50,10 @@ pub(crate) async fn handle(byova: Arc<Byova>, req: Request<Incoming>) -> Result<
                 Ok(body) => {
                     let body = body.to_bytes();
                     match byova.handle_service_app_webhook(&body, signature.as_deref()).await {
-                        Ok(outcome) => respond(StatusCode::OK, json!({"outcome": format!("{outcome:?}")})),
+                        Ok(outcome) => respond(
+                            StatusCode::OK,
+                            json!({"outcome": outcome.as_str(), "org_id": outcome.org_id()}),
+                        ),
                         Err(e @ Error::WebhookSignature(_)) => {
                             tracing::warn!(error = %e, "rejected a webhook delivery");
                             respond(StatusCode::UNAUTHORIZED, json!({"error": e.to_string()}))

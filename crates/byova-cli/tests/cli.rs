@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use byova_core::{BlockingTokenStorage, Clock, ServiceAppEventKind, SystemClock, WebhookSecret};
-use byova_testkit::{FakeWebex, wire};
+use byova_testkit::{DeliveryShape, Endpoint, FakeWebex, wire};
 
 const ORG: &str = "63b02f90-9cc6-43b8-aa6d-cad425ac554c";
 
@@ -314,7 +314,7 @@ fn webhook_handle_verifies_and_applies_one_delivery() {
     assert_fails(&handle(b"not json", Some(&byova_core::sign(&secret, b"not json"))), 7, "invalid input");
     let ok = handle(&body, sig.as_deref());
     assert!(ok.status.success(), "{}", stderr(&ok));
-    assert!(stdout(&ok).contains("Registered"));
+    assert_eq!(stdout(&ok).trim(), format!("registered {ORG}"));
     assert!(env.store().get_service_app_tokens(ORG).unwrap().is_some());
 }
 
@@ -326,9 +326,12 @@ fn webhooks_ensure_creates_only_what_is_missing() {
         env.run(&["webhooks", "ensure", "https://hooks.example.test/webex", "--secret", "s", "--json"]);
     assert!(first.status.success(), "{}", stderr(&first));
     let created: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
-    assert_eq!(created["created"].as_array().unwrap().len(), 2);
+    assert_eq!(created["changed"].as_array().unwrap().len(), 2);
     let second = env.run(&["webhooks", "ensure", "https://hooks.example.test/webex", "--secret", "s"]);
-    assert_eq!(stdout(&second).trim(), "0 webhook(s) created for https://hooks.example.test/webex");
+    assert_eq!(
+        stdout(&second).trim(),
+        "0 webhook(s) created or updated for https://hooks.example.test/webex"
+    );
 }
 
 fn start_serve(cmd: &mut Command) -> (Child, String) {
@@ -387,7 +390,7 @@ fn serve_accepts_signed_deliveries_and_rejects_the_rest() {
         200,
         "a repeated delivery is acknowledged"
     );
-    assert_eq!(env.fake.calls(byova_testkit::Endpoint::ApplicationToken), 1, "and applied once");
+    assert_eq!(env.fake.calls(Endpoint::ApplicationToken), 1, "and applied once");
     let health = wire::send(&wire::get(&format!("{base}/healthz"))).unwrap();
     assert_eq!(health.status, 200);
     let status = wire::send(&wire::get(&format!("{base}/status"))).unwrap();
@@ -397,6 +400,93 @@ fn serve_accepts_signed_deliveries_and_rejects_the_rest() {
     assert_eq!(post(&format!("{base}/webhook"), &body, sig.as_deref()), 200);
     assert!(env.store().get_service_app_tokens(ORG).unwrap().is_none(), "deauthorized removes the tokens");
     assert!(sigterm(&mut child).success(), "graceful shutdown exits 0");
+}
+
+/// Webex's side of a delivery as `serve` answered it: every delivery reached `serve` and got
+/// this status (`None`: Webex gave up waiting).
+fn statuses(outcomes: &[byova_testkit::DeliveryOutcome]) -> Vec<Option<u16>> {
+    outcomes.iter().map(|o| o.status).collect()
+}
+
+/// The whole lifecycle through `byova serve` with deliveries shaped as `shape` (no per-event
+/// time: the worst case), during and after a webhook secret rotation.
+fn serve_lifecycle(shape: DeliveryShape) {
+    let env = Env::new();
+    env.seed_integration();
+    env.fake.update_settings(|s| {
+        s.delivery_shape = shape;
+        s.delivery_event_time = false;
+    });
+    let fetches = || env.fake.calls(Endpoint::ApplicationToken);
+    let registered = || env.store().list_registered_orgs().unwrap();
+    let (mut serve, base) =
+        start_serve(env.cmd().env("BYOVA_WEBHOOK_SECRET", "new-secret,old-secret").args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ]));
+    let url = format!("{base}/webhook");
+    // The webhooks were created with the old secret; both verify during the rotation.
+    let created = env.run(&["webhooks", "ensure", &url, "--secret", "old-secret"]);
+    assert!(created.status.success(), "{}", stderr(&created));
+
+    let ok = vec![Some(200)];
+    assert_eq!(statuses(&env.fake.admin_event(ServiceAppEventKind::Authorized, ORG)), ok, "{shape:?}");
+    assert_eq!(
+        (registered(), fetches()),
+        (vec![ORG.to_owned()], 1),
+        "{shape:?}: the customer, not the provider"
+    );
+    assert_eq!(statuses(&env.fake.admin_event(ServiceAppEventKind::Deauthorized, ORG)), ok);
+    assert!(registered().is_empty(), "{shape:?}: deauthorized removes the org");
+    assert_eq!(statuses(&env.fake.admin_event(ServiceAppEventKind::Authorized, ORG)), ok);
+    assert_eq!((registered(), fetches()), (vec![ORG.to_owned()], 2), "{shape:?}: authorized again");
+
+    // A delivery Webex gives up on while the fetch is in flight, then its redelivery.
+    assert_eq!(statuses(&env.fake.admin_event(ServiceAppEventKind::Deauthorized, ORG)), ok);
+    env.fake.set_answer_latency(Endpoint::ApplicationToken, Duration::from_millis(1_200));
+    env.fake.update_settings(|s| s.delivery_timeout = Duration::from_millis(300));
+    assert_eq!(statuses(&env.fake.admin_event(ServiceAppEventKind::Authorized, ORG)), vec![None]);
+    env.fake.update_settings(|s| s.delivery_timeout = Duration::from_secs(15));
+    assert_eq!(statuses(&env.fake.deliver(ServiceAppEventKind::Authorized, ORG)), ok, "the redelivery");
+    env.fake.set_answer_latency(Endpoint::ApplicationToken, Duration::ZERO);
+    assert_eq!(
+        (registered(), fetches()),
+        (vec![ORG.to_owned()], 3),
+        "{shape:?}: the cut delivery completed and its redelivery joined it"
+    );
+    assert_eq!(statuses(&env.fake.deliver(ServiceAppEventKind::Authorized, ORG)), ok, "repeated");
+    assert_eq!(fetches(), 3, "{shape:?}: a repeated authorized costs nothing");
+
+    // `ensure` moves the webhooks to the current secret; then the old one can go.
+    let rotated = env
+        .cmd()
+        .env("BYOVA_WEBHOOK_SECRET", "new-secret,old-secret")
+        .args(["webhooks", "ensure", &url])
+        .output()
+        .unwrap();
+    assert!(rotated.status.success(), "{}", stderr(&rotated));
+    assert_eq!(stdout(&rotated).trim(), format!("2 webhook(s) created or updated for {url}"));
+    assert!(sigterm(&mut serve).success());
+    let (mut serve, base) = start_serve(env.cmd().env("BYOVA_WEBHOOK_SECRET", "new-secret").args([
+        "serve",
+        "--listen",
+        &base.trim_start_matches("http://").to_owned(),
+    ]));
+    assert_eq!(format!("{base}/webhook"), url);
+    assert_eq!(statuses(&env.fake.admin_event(ServiceAppEventKind::Deauthorized, ORG)), ok, "{shape:?}");
+    assert!(registered().is_empty());
+    assert!(sigterm(&mut serve).success());
+}
+
+#[test]
+fn serve_keeps_the_lifecycle_with_guide_shaped_deliveries() {
+    serve_lifecycle(DeliveryShape::Guide);
+}
+
+#[test]
+fn serve_keeps_the_lifecycle_with_cisco_sample_deliveries() {
+    serve_lifecycle(DeliveryShape::CiscoSample);
 }
 
 #[test]

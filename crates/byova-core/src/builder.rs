@@ -49,7 +49,7 @@ pub struct ByovaBuilder<F: Facade> {
     config: ByovaConfig,
     storage: Option<Arc<F::Storage>>,
     clock: Arc<dyn Clock>,
-    webhook_secret: Option<WebhookSecret>,
+    webhook_secrets: Vec<WebhookSecret>,
     flavour: PhantomData<fn() -> F>,
 }
 
@@ -72,7 +72,7 @@ impl<F: Facade> ByovaBuilder<F> {
             config: ByovaConfig::default(),
             storage: None,
             clock: Arc::new(CoarseClock),
-            webhook_secret: None,
+            webhook_secrets: Vec::new(),
             flavour: PhantomData,
         }
     }
@@ -85,7 +85,7 @@ impl<F: Facade> ByovaBuilder<F> {
     pub fn from_env() -> Result<Self> {
         let env = EnvSettings::from_env()?;
         let mut builder = Self::new(env.integration, env.service_app).config(env.config);
-        builder.webhook_secret = env.webhook_secret;
+        builder.webhook_secrets = env.webhook_secrets;
         Ok(builder)
     }
 
@@ -110,7 +110,15 @@ impl<F: Facade> ByovaBuilder<F> {
     /// The secret webhooks are registered with: deliveries without a valid
     /// `X-Spark-Signature` under it are rejected.
     pub fn webhook_secret(mut self, secret: WebhookSecret) -> Self {
-        self.webhook_secret = Some(secret);
+        self.webhook_secrets = vec![secret];
+        self
+    }
+
+    /// Secret rotation: deliveries signed with any of `secrets` are accepted; the first is the
+    /// current one (`ensure_service_app_webhooks` moves webhooks to it), the others are being
+    /// retired.
+    pub fn webhook_secrets(mut self, secrets: Vec<WebhookSecret>) -> Self {
+        self.webhook_secrets = secrets;
         self
     }
 
@@ -121,7 +129,7 @@ impl<F: Facade> ByovaBuilder<F> {
     /// built.
     pub fn build(self) -> Result<F> {
         let integration = IntegrationEngine::new(self.integration, self.config.clone());
-        let service_app = ServiceAppEngine::new(self.service_app, self.config, self.webhook_secret);
+        let service_app = ServiceAppEngine::new(self.service_app, self.config, self.webhook_secrets);
         let storage = self.storage.unwrap_or_else(F::memory_storage);
         F::assemble(Parts { integration, service_app, storage, clock: self.clock })
     }
@@ -137,8 +145,9 @@ pub struct EnvSettings {
     pub service_app: ServiceAppCredentials,
     /// From `BYOVA_BASE_URL`.
     pub config: ByovaConfig,
-    /// From `BYOVA_WEBHOOK_SECRET`.
-    pub webhook_secret: Option<WebhookSecret>,
+    /// From `BYOVA_WEBHOOK_SECRET`: the current secret, then (comma-separated) the ones being
+    /// retired.
+    pub webhook_secrets: Vec<WebhookSecret>,
 }
 
 impl EnvSettings {
@@ -157,9 +166,12 @@ impl EnvSettings {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let (integration, service_app) = credentials_from_lookup(&lookup)?;
         let config = ByovaConfig::from_lookup(&lookup)?;
-        let webhook_secret =
-            lookup(config_env::WEBHOOK_SECRET).filter(|s| !s.is_empty()).map(WebhookSecret::new);
-        Ok(Self { integration, service_app, config, webhook_secret })
+        let webhook_secrets = lookup(config_env::WEBHOOK_SECRET)
+            .map(|all| {
+                all.split(',').map(str::trim).filter(|s| !s.is_empty()).map(WebhookSecret::new).collect()
+            })
+            .unwrap_or_default();
+        Ok(Self { integration, service_app, config, webhook_secrets })
     }
 }
 
@@ -180,7 +192,11 @@ mod tests {
         let lookup = |n: &str| vars.iter().find(|(k, _)| *k == n).map(|(_, v)| (*v).to_owned());
         let s = EnvSettings::from_lookup(lookup).unwrap();
         assert_eq!(s.config.token_url, "http://127.0.0.1:1/v1/access_token");
-        assert!(s.webhook_secret.unwrap().ct_eq_str("hook"));
+        assert!(s.webhook_secrets.len() == 1 && s.webhook_secrets[0].ct_eq_str("hook"));
+        let rotating =
+            |n: &str| if n == "BYOVA_WEBHOOK_SECRET" { Some("new, old".to_owned()) } else { lookup(n) };
+        let s = EnvSettings::from_lookup(rotating).unwrap();
+        assert!(s.webhook_secrets[0].ct_eq_str("new") && s.webhook_secrets[1].ct_eq_str("old"));
         assert_eq!(s.service_app.client_id, "C2");
     }
 }

@@ -107,10 +107,10 @@ pub use time::{Clock, CoarseClock, SystemClock, Timestamp};
 pub use tokens::{OAuthTokens, ServiceAppTokens, TOKEN_SCHEMA_VERSION};
 pub use webhook::{
     Admission, MAX_WEBHOOK_BODY_BYTES, NewWebhook, SIGNATURE_HEADER, ServiceAppEvent, ServiceAppEventKind,
-    WEBHOOK_DEDUP_CAPACITY, Webhook, WebhookGate, WebhookOutcome, WebhookPage, create_webhook_request,
-    delete_webhook_request, list_webhooks_request, missing_webhooks, next_link, next_page_request,
-    parse_service_app_event, parse_webhook, parse_webhook_deletion, parse_webhook_page, sign,
-    verify_signature,
+    Webhook, WebhookChange, WebhookGate, WebhookOutcome, WebhookPage, create_webhook_request,
+    delete_webhook_request, list_webhooks_request, next_link, next_page_request, parse_service_app_event,
+    parse_webhook, parse_webhook_deletion, parse_webhook_page, sign, update_webhook_request,
+    verify_signature, webhook_changes,
 };
 
 /// `async_trait`, re-exported so backends implement [`TokenStorage`] with the same macro.
@@ -160,11 +160,11 @@ mod robustness {
             let mut handler = CallbackHandler::new(&redirect, 8765, CsrfState::new("THE-STATE"));
             if let Some(head) = parse_request_head(&raw) {
                 let (_, verdict) = handler.handle(&head);
-                prop_assert!(matches!(verdict, CallbackVerdict::KeepWaiting));
+                prop_assert!(!matches!(verdict, CallbackVerdict::Code(_)));
             }
             let head = RequestHead { method: "GET".into(), target, host: Some("127.0.0.1:8765".into()) };
             let (_, verdict) = handler.handle(&head);
-            prop_assert!(matches!(verdict, CallbackVerdict::KeepWaiting), "no flow completes without THE-STATE");
+            prop_assert!(!matches!(verdict, CallbackVerdict::Code(_)), "no code is accepted without THE-STATE");
         }
 
         #[test]

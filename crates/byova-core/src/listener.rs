@@ -342,7 +342,10 @@ impl CallbackHandler {
                 _ => {}
             }
         }
-        if !state.as_deref().is_some_and(|s| self.expected_state.ct_eq_str(s)) {
+        let state_matches = state.as_deref().is_some_and(|s| self.expected_state.ct_eq_str(s));
+        // Webex may leave `state` off an error redirect (the reference cannot say), so an
+        // `error=` without any `state` ends the flow; a wrong `state` never does.
+        if !state_matches && (state.is_some() || error.is_none()) {
             return keep(400, PAGE_BAD_REQUEST);
         }
         if let Some(error) = error {
@@ -485,6 +488,19 @@ mod tests {
         let mut h = handler();
         let (_, verdict) = h.handle(&head("GET", "/callback?error=%3Cb%3E&state=S1", "127.0.0.1:8765"));
         assert!(matches!(verdict, CallbackVerdict::Denied(ref e) if !e.contains('<')));
+    }
+
+    #[test]
+    fn an_error_without_any_state_ends_the_flow_but_a_wrong_state_never_does() {
+        let mut h = handler();
+        let (_, verdict) =
+            h.handle(&head("GET", "/callback?error=access_denied&state=WRONG", "127.0.0.1:8765"));
+        assert!(matches!(verdict, CallbackVerdict::KeepWaiting));
+        let (_, verdict) = h.handle(&head("GET", "/callback?code=C", "127.0.0.1:8765"));
+        assert!(matches!(verdict, CallbackVerdict::KeepWaiting), "a code never counts without the state");
+        let (reply, verdict) = h.handle(&head("GET", "/callback?error=access_denied", "127.0.0.1:8765"));
+        assert_eq!(reply.status, 200);
+        assert!(matches!(verdict, CallbackVerdict::Denied(ref e) if e == "access_denied"));
     }
 
     #[test]

@@ -95,6 +95,14 @@ pub trait TokenStorage: Send + Sync {
         Ok(UNVERSIONED)
     }
 
+    /// Removes an org's record if `expect` holds (a stale `expect` fails with
+    /// [`StorageErrorKind::Conflict`](crate::StorageErrorKind::Conflict)); an absent org is not
+    /// an error. The default removes unconditionally.
+    async fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
+        let _ = expect;
+        self.delete_service_app_tokens(org_id).await
+    }
+
     /// Takes the lease on `key` for `ttl`, or `None` while another owner holds it. The default
     /// always grants it (one process: in-process single-flight does the work).
     async fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
@@ -157,6 +165,12 @@ pub trait BlockingTokenStorage: Send + Sync {
         Ok(UNVERSIONED)
     }
 
+    /// See [`TokenStorage::delete_org`].
+    fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
+        let _ = expect;
+        self.delete_service_app_tokens(org_id)
+    }
+
     /// See [`TokenStorage::try_acquire_lease`].
     fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
         let _ = ttl;
@@ -190,8 +204,9 @@ pub trait CoordinatedTokenStorage: Send + Sync {
     async fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError>;
     /// Writes a record if `expect` holds and returns its new version.
     async fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError>;
-    /// Removes an org's record; an absent org is not an error.
-    async fn delete_org(&self, org_id: &str) -> Result<(), StorageError>;
+    /// Removes an org's record if `expect` holds; an absent org is not an error (unless
+    /// `expect` asks for a version).
+    async fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError>;
     /// Org ids with a record.
     async fn list_orgs(&self) -> Result<Vec<String>, StorageError>;
     /// See [`TokenStorage::try_acquire_lease`].
@@ -209,7 +224,7 @@ pub trait BlockingCoordinatedTokenStorage: Send + Sync {
     /// See [`CoordinatedTokenStorage::store`].
     fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError>;
     /// See [`CoordinatedTokenStorage::delete_org`].
-    fn delete_org(&self, org_id: &str) -> Result<(), StorageError>;
+    fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError>;
     /// See [`CoordinatedTokenStorage::list_orgs`].
     fn list_orgs(&self) -> Result<Vec<String>, StorageError>;
     /// See [`TokenStorage::try_acquire_lease`].
@@ -239,7 +254,7 @@ macro_rules! provide_seed_methods {
                 $primitives::store(self, &TokenKey::org(org_id), tokens, Expect::Any)$(.$await)?.map(drop)
             }
             $($async_kw)? fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError> {
-                $primitives::delete_org(self, org_id)$(.$await)?
+                $primitives::delete_org(self, org_id, Expect::Any)$(.$await)?
             }
             $($async_kw)? fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
                 $primitives::list_orgs(self)$(.$await)?
@@ -252,6 +267,9 @@ macro_rules! provide_seed_methods {
             }
             $($async_kw)? fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
                 $primitives::store(self, key, tokens, expect)$(.$await)?
+            }
+            $($async_kw)? fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
+                $primitives::delete_org(self, org_id, expect)$(.$await)?
             }
             $($async_kw)? fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
                 $primitives::try_acquire_lease(self, key, ttl)$(.$await)?
@@ -363,9 +381,14 @@ impl InMemoryTokenStorage {
         Ok(version)
     }
 
-    fn delete_sync(&self, org_id: &str) -> Result<(), StorageError> {
+    fn delete_sync(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
         check_org_id(org_id)?;
-        self.lock().records.remove(&TokenKey::org(org_id));
+        let key = TokenKey::org(org_id);
+        let mut state = self.lock();
+        if !expect.admits(state.records.get(&key).map(|(_, v)| *v)) {
+            return Err(StorageError::conflict(&key));
+        }
+        state.records.remove(&key);
         Ok(())
     }
 
@@ -426,8 +449,8 @@ macro_rules! memory_storage_impl {
             $($async_kw)? fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
                 self.store_sync(key, tokens, expect)
             }
-            $($async_kw)? fn delete_org(&self, org_id: &str) -> Result<(), StorageError> {
-                self.delete_sync(org_id)
+            $($async_kw)? fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
+                self.delete_sync(org_id, expect)
             }
             $($async_kw)? fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
                 Ok(self.list_sync())

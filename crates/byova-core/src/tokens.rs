@@ -37,6 +37,13 @@ pub struct OAuthTokens {
     /// again. Stored with the record, so every process sees it and none spends the rejected
     /// token again; tokens from a new authorization come without it.
     pub reauthorization_required: bool,
+    /// For a Service App org: when the authorization these tokens belong to happened (the
+    /// `authorized` event's own time, or when they were fetched). Refreshes carry it over; a
+    /// `deauthorized` event older than it does not remove them.
+    pub authorized_at: Option<Timestamp>,
+    /// For a Service App org: the `authorized` delivery these tokens answer (a digest of its
+    /// body), so Webex's redelivery of it is answered without another fetch.
+    pub authorized_by: Option<u64>,
 }
 
 /// Service App tokens have exactly the shape of Integration tokens.
@@ -54,6 +61,8 @@ impl OAuthTokens {
             scope: None,
             obtained_at,
             reauthorization_required: false,
+            authorized_at: None,
+            authorized_by: None,
         }
     }
 
@@ -144,6 +153,10 @@ struct WireOut<'a> {
     obtained_at_ms: u64,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     reauthorization_required: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authorized_at_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authorized_by: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -161,6 +174,10 @@ struct WireIn {
     obtained_at_ms: u64,
     #[serde(default)]
     reauthorization_required: bool,
+    #[serde(default)]
+    authorized_at_ms: Option<u64>,
+    #[serde(default)]
+    authorized_by: Option<u64>,
 }
 
 impl Serialize for OAuthTokens {
@@ -175,6 +192,8 @@ impl Serialize for OAuthTokens {
             scope: self.scope.as_deref(),
             obtained_at_ms: self.obtained_at.as_unix_millis(),
             reauthorization_required: self.reauthorization_required,
+            authorized_at_ms: self.authorized_at.map(Timestamp::as_unix_millis),
+            authorized_by: self.authorized_by,
         }
         .serialize(serializer)
     }
@@ -198,6 +217,8 @@ impl<'de> Deserialize<'de> for OAuthTokens {
             scope: w.scope,
             obtained_at: Timestamp::from_unix_millis(w.obtained_at_ms),
             reauthorization_required: w.reauthorization_required,
+            authorized_at: w.authorized_at_ms.map(Timestamp::from_unix_millis),
+            authorized_by: w.authorized_by,
         })
     }
 }
@@ -222,7 +243,8 @@ mod tests {
             format!("{:?}", sample()),
             "OAuthTokens { access_token: AccessToken([redacted]), expires_in: 1209599, token_type: \"Bearer\", \
              refresh_token: Some(RefreshToken([redacted])), refresh_token_expires_in: Some(7775999), scope: None, \
-             obtained_at: Timestamp(1764000000500), reauthorization_required: false }"
+             obtained_at: Timestamp(1764000000500), reauthorization_required: false, \
+             authorized_at: None, authorized_by: None }"
         );
     }
 

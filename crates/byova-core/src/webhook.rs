@@ -12,6 +12,7 @@ use crate::http::{HttpRequest, HttpResponse, Method, RetryClass};
 use crate::ids::{decode_org_id, looks_like_uuid};
 use crate::oauth::api_error;
 use crate::secret::{AccessToken, WebhookSecret};
+use crate::time::Timestamp;
 
 /// Deliveries larger than this are refused before any HMAC work.
 pub const MAX_WEBHOOK_BODY_BYTES: usize = 64 * 1024;
@@ -99,12 +100,16 @@ pub struct ServiceAppEvent {
     pub kind: ServiceAppEventKind,
     /// The customer org's UUID.
     pub org_id: String,
+    /// Which field named it: `data.authorizerOrgId`, `orgId` (the envelope's) or `data.orgId`.
+    pub org_source: &'static str,
     /// The webhook's id, when present.
     pub webhook_id: Option<String>,
     /// The Service App's application id (`data.id`, or `data.applicationId`), when present.
     pub application_id: Option<String>,
-    /// Identifies this delivery for de-duplication: repeated deliveries of one event share it.
-    pub delivery_key: String,
+    /// When the (de)authorization happened, when the delivery says (`data.authorizationDate`,
+    /// `data.deauthorizationDate`). Never the envelope's `created`: that is when the webhook
+    /// was created.
+    pub occurred_at: Option<Timestamp>,
 }
 
 #[derive(Deserialize)]
@@ -114,7 +119,6 @@ struct Envelope {
     event: Option<String>,
     #[serde(rename = "orgId")]
     org_id: Option<String>,
-    created: Option<String>,
     #[serde(default)]
     data: EnvelopeData,
 }
@@ -130,11 +134,14 @@ struct EnvelopeData {
     org_id: Option<String>,
     #[serde(rename = "authorizationDate")]
     authorization_date: Option<String>,
-    created: Option<String>,
+    #[serde(rename = "deauthorizationDate")]
+    deauthorization_date: Option<String>,
 }
 
-/// Parses a `serviceApp` delivery tolerantly: the org comes from the envelope `orgId`, else
-/// `data.authorizerOrgId`, else `data.orgId`, each either a base64 Webex id or a plain UUID.
+/// Parses a `serviceApp` delivery tolerantly. The org comes from `data.authorizerOrgId` (it is
+/// unambiguous), else the envelope `orgId` (per the webhooks guide the webhook owner's org, per
+/// Cisco's sample the customer's), else `data.orgId`; each may be a base64 Webex id (padded or
+/// not) or a plain UUID.
 ///
 /// Verify the signature first ([`verify_signature`]) over the same raw bytes.
 ///
@@ -160,39 +167,45 @@ pub fn parse_service_app_event(raw_body: &[u8]) -> Result<ServiceAppEvent> {
             ));
         }
     };
-    let candidates =
-        [env.org_id.as_deref(), env.data.authorizer_org_id.as_deref(), env.data.org_id.as_deref()];
-    let org_id = candidates
+    let candidates = [
+        ("data.authorizerOrgId", env.data.authorizer_org_id.as_deref()),
+        ("orgId", env.org_id.as_deref()),
+        ("data.orgId", env.data.org_id.as_deref()),
+    ];
+    let (org_source, org_id) = candidates
         .into_iter()
-        .flatten()
-        .filter(|c| !c.trim().is_empty())
-        .find_map(
-            |c| if looks_like_uuid(c.trim()) { Some(c.trim().to_owned()) } else { decode_org_id(c).ok() },
-        )
+        .filter_map(|(field, value)| value.map(|v| (field, v.trim())))
+        .filter(|(_, value)| !value.is_empty())
+        .find_map(|(field, value)| {
+            let org = if looks_like_uuid(value) { Some(value.to_owned()) } else { decode_org_id(value).ok() };
+            org.map(|org| (field, org))
+        })
         .ok_or_else(|| Error::InvalidInput("the serviceApp delivery carries no usable org id".into()))?;
     let application_id = env.data.id.or(env.data.application_id);
-    let moment = env.data.authorization_date.or(env.data.created).or(env.created).unwrap_or_default();
-    let delivery_key =
-        format!("{}|{}|{}|{}", env.id.as_deref().unwrap_or_default(), kind.as_str(), org_id, moment);
-    Ok(ServiceAppEvent { kind, org_id, webhook_id: env.id, application_id, delivery_key })
+    let occurred_at = env
+        .data
+        .authorization_date
+        .or(env.data.deauthorization_date)
+        .and_then(|date| Timestamp::parse_rfc3339(&date));
+    Ok(ServiceAppEvent { kind, org_id, org_source, webhook_id: env.id, application_id, occurred_at })
 }
 
 /// What handling a `serviceApp` delivery did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum WebhookOutcome {
-    /// `authorized`: tokens were fetched and stored for the org.
+    /// `authorized`: the org holds tokens for this authorization (fetched now, or already).
     Registered {
         /// The org.
         org_id: String,
     },
-    /// `deauthorized`: the org's tokens were removed.
+    /// `deauthorized`: the org's tokens were removed (or there were none).
     Removed {
         /// The org.
         org_id: String,
     },
-    /// A repeated delivery of an event already handled; nothing was done.
-    Duplicate {
+    /// `deauthorized`, but the org was authorized again after it: nothing was removed.
+    Superseded {
         /// The org.
         org_id: String,
     },
@@ -200,13 +213,38 @@ pub enum WebhookOutcome {
     OtherApplication,
 }
 
-/// The gate every delivery passes before anything happens: signature, shape, application,
-/// repetition. The flavours only carry out what it admits.
+impl WebhookOutcome {
+    /// A stable lowercase name: `registered`, `removed`, `superseded`, `other_application`.
+    #[must_use]
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Registered { .. } => "registered",
+            Self::Removed { .. } => "removed",
+            Self::Superseded { .. } => "superseded",
+            Self::OtherApplication => "other_application",
+        }
+    }
+
+    /// The org the delivery was about, when it was for this application.
+    #[must_use]
+    pub fn org_id(&self) -> Option<&str> {
+        match self {
+            Self::Registered { org_id } | Self::Removed { org_id } | Self::Superseded { org_id } => {
+                Some(org_id)
+            }
+            Self::OtherApplication => None,
+        }
+    }
+}
+
+/// The gate every delivery passes before anything happens: signature, shape, application.
+/// It remembers nothing: repeated, late and out-of-order deliveries are made harmless by the
+/// store (a fetch satisfied by a registration at least as new, a removal that spares a newer
+/// one), not by a list of deliveries seen.
 #[derive(Debug)]
 pub struct WebhookGate {
-    secret: Option<WebhookSecret>,
+    secrets: Vec<WebhookSecret>,
     application_id: String,
-    seen: std::sync::Mutex<(std::collections::HashSet<String>, std::collections::VecDeque<String>)>,
 }
 
 /// What the gate decided about a delivery.
@@ -214,60 +252,38 @@ pub struct WebhookGate {
 pub enum Admission {
     /// Act on it: fetch tokens (authorized) or remove them (deauthorized).
     Act(ServiceAppEvent),
-    /// Already handled (or being handled): answer 2xx, do nothing.
+    /// Nothing to do (another application's delivery): answer 2xx.
     Done(WebhookOutcome),
 }
 
-/// How many delivery keys the gate remembers.
-pub const WEBHOOK_DEDUP_CAPACITY: usize = 10_000;
-
 impl WebhookGate {
-    /// A gate for the Service App `application_id`; with `secret`, deliveries must carry a valid
-    /// `X-Spark-Signature` under it.
-    pub fn new(application_id: impl Into<String>, secret: Option<WebhookSecret>) -> Self {
-        Self { secret, application_id: application_id.into(), seen: std::sync::Mutex::default() }
+    /// A gate for the Service App `application_id`; with secrets, deliveries must carry a valid
+    /// `X-Spark-Signature` under one of them (the current one and, while webhooks are being
+    /// moved to it, the previous one).
+    pub fn new(application_id: impl Into<String>, secrets: Vec<WebhookSecret>) -> Self {
+        Self { secrets, application_id: application_id.into() }
     }
 
-    /// Verifies, parses and de-duplicates one delivery.
+    /// Verifies and parses one delivery.
     ///
     /// # Errors
     /// [`Error::WebhookSignature`] for a missing or wrong signature (when a secret is set),
     /// [`Error::InvalidInput`] for a malformed delivery.
     pub fn admit(&self, raw_body: &[u8], signature_header: Option<&str>) -> Result<Admission> {
-        if let Some(secret) = &self.secret {
-            verify_signature(secret, raw_body, signature_header)?;
+        if let Some((first, others)) = self.secrets.split_first() {
+            let verdict = verify_signature(first, raw_body, signature_header);
+            if let Err(e) = verdict
+                && !others.iter().any(|s| verify_signature(s, raw_body, signature_header).is_ok())
+            {
+                return Err(e.into());
+            }
         }
         let event = parse_service_app_event(raw_body)?;
         if event.application_id.as_deref().is_some_and(|app| app.trim_end_matches('=') != self.application_id)
         {
             return Ok(Admission::Done(WebhookOutcome::OtherApplication));
         }
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        if !seen.0.insert(event.delivery_key.clone()) {
-            return Ok(Admission::Done(WebhookOutcome::Duplicate { org_id: event.org_id }));
-        }
-        seen.1.push_back(event.delivery_key.clone());
-        if seen.1.len() > WEBHOOK_DEDUP_CAPACITY
-            && let Some(old) = seen.1.pop_front()
-        {
-            seen.0.remove(&old);
-        }
         Ok(Admission::Act(event))
-    }
-
-    /// Carrying out `event` failed: forget it, so Webex's redelivery is acted on.
-    pub fn failed(&self, event: &ServiceAppEvent) {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        seen.0.remove(&event.delivery_key);
-        seen.1.retain(|k| *k != event.delivery_key);
-    }
-
-    /// The outcome of carrying out `event` successfully.
-    pub fn outcome(event: &ServiceAppEvent) -> WebhookOutcome {
-        match event.kind {
-            ServiceAppEventKind::Authorized => WebhookOutcome::Registered { org_id: event.org_id.clone() },
-            ServiceAppEventKind::Deauthorized => WebhookOutcome::Removed { org_id: event.org_id.clone() },
-        }
     }
 }
 
@@ -299,6 +315,15 @@ pub struct Webhook {
     /// When it was created.
     #[serde(default)]
     pub created: Option<String>,
+    /// The secret it signs deliveries with, when the API echoes it.
+    #[serde(default, deserialize_with = "secret_from_text")]
+    pub secret: Option<WebhookSecret>,
+}
+
+fn secret_from_text<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<WebhookSecret>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.filter(|s| !s.is_empty()).map(WebhookSecret::new))
 }
 
 /// A webhook to create.
@@ -337,21 +362,50 @@ impl NewWebhook {
         })
     }
 
-    /// Whether `existing` already covers this webhook (same resource, event, target and
-    /// filter, and active).
-    pub fn is_covered_by(&self, existing: &Webhook) -> bool {
+    /// Whether `existing` delivers this webhook's events: same resource, event, target and
+    /// filter (active or not, whatever its secret).
+    pub fn matches(&self, existing: &Webhook) -> bool {
         existing.resource == self.resource
             && existing.event == self.event
             && existing.target_url == self.target_url
             && existing.filter == self.filter
-            && existing.status.as_deref().unwrap_or("active") == "active"
     }
 }
 
-/// Of `wanted`, the webhooks `existing` does not cover: what `ensure_service_app_webhooks`
-/// must create.
-pub fn missing_webhooks<'a>(wanted: &'a [NewWebhook], existing: &[Webhook]) -> Vec<&'a NewWebhook> {
-    wanted.iter().filter(|w| !existing.iter().any(|e| w.is_covered_by(e))).collect()
+/// What making `wanted` true of `existing` takes, one webhook at a time.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum WebhookChange<'a> {
+    /// Nothing delivers it: create it.
+    Create(&'a NewWebhook),
+    /// One delivers it but is inactive (Webex disabled it after failed deliveries) or signs
+    /// with another secret (or does not say which): update it, active, with the wanted secret.
+    Update {
+        /// The existing webhook's id.
+        id: String,
+        /// What it should be.
+        webhook: &'a NewWebhook,
+    },
+}
+
+/// The changes `ensure_service_app_webhooks` makes: create what is missing, re-activate what
+/// Webex disabled, move webhooks to the current secret (secret rotation).
+pub fn webhook_changes<'a>(wanted: &'a [NewWebhook], existing: &[Webhook]) -> Vec<WebhookChange<'a>> {
+    wanted
+        .iter()
+        .filter_map(|w| match existing.iter().find(|e| w.matches(e)) {
+            None => Some(WebhookChange::Create(w)),
+            Some(e) => {
+                let inactive = e.status.as_deref().is_some_and(|s| s != "active");
+                let stale_secret = match (&w.secret, &e.secret) {
+                    (Some(wanted), Some(has)) => !wanted.ct_eq(has),
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
+                (inactive || stale_secret).then(|| WebhookChange::Update { id: e.id.clone(), webhook: w })
+            }
+        })
+        .collect()
 }
 
 /// One page of `GET /webhooks`.
@@ -411,6 +465,26 @@ pub fn create_webhook_request(
     }
     bearer(HttpRequest::new(Method::Post, config.api_url("webhooks"), RetryClass::OnlyIfNotProcessed), token)
         .json_body(&body)
+}
+
+/// `PUT /webhooks/{id}`: the webhook's name, target and secret, and `status: active`.
+pub fn update_webhook_request(
+    config: &ByovaConfig,
+    token: &AccessToken,
+    webhook_id: &str,
+    webhook: &NewWebhook,
+) -> HttpRequest {
+    let id = utf8_percent_encode(webhook_id, percent_encoding::NON_ALPHANUMERIC);
+    let mut body =
+        serde_json::json!({ "name": webhook.name, "targetUrl": webhook.target_url, "status": "active" });
+    if let Some(secret) = &webhook.secret {
+        body["secret"] = secret.expose_secret().into();
+    }
+    bearer(
+        HttpRequest::new(Method::Put, config.api_url(&format!("webhooks/{id}")), RetryClass::Idempotent),
+        token,
+    )
+    .json_body(&body)
 }
 
 /// `DELETE /webhooks/{id}`.
@@ -544,38 +618,48 @@ mod tests {
     }
 
     #[test]
-    fn org_falls_back_to_authorizer_then_data_org() {
-        let a = format!(
-            r#"{{"resource":"serviceApp","event":"deauthorized","data":{{"authorizerOrgId":"{}","orgId":"{}"}}}}"#,
-            org("aaaa"),
-            org("bbbb")
+    fn the_unambiguous_authorizer_org_comes_first_then_the_envelope_then_data() {
+        // The guide's shape: the envelope names the provider (the webhook's owner).
+        let guide = format!(
+            r#"{{"resource":"serviceApp","event":"authorized","orgId":"{}","created":"2025-01-01T00:00:00Z",
+               "data":{{"authorizerOrgId":"{}","authorizationDate":"2026-05-06T07:08:09.123Z"}}}}"#,
+            org("00000000-0000-0000-0000-00000000abcd"),
+            org("12345678-9abc-4def-8123-456789abcdef")
         );
-        let e = parse_service_app_event(a.as_bytes()).unwrap();
-        assert_eq!((e.kind, e.org_id.as_str()), (ServiceAppEventKind::Deauthorized, "aaaa"));
-        let b = format!(
+        let e = parse_service_app_event(guide.as_bytes()).unwrap();
+        assert_eq!(
+            (e.org_id.as_str(), e.org_source),
+            ("12345678-9abc-4def-8123-456789abcdef", "data.authorizerOrgId")
+        );
+        assert_eq!(
+            e.occurred_at,
+            Timestamp::parse_rfc3339("2026-05-06T07:08:09.123Z"),
+            "the event's own time"
+        );
+        // Cisco's sample: the customer in the envelope, no per-event time (never `created`).
+        let sample = format!(
+            r#"{{"resource":"serviceApp","event":"deauthorized","orgId":"{}","created":"2025-01-01T00:00:00Z"}}"#,
+            org("aaaa")
+        );
+        let e = parse_service_app_event(sample.as_bytes()).unwrap();
+        assert_eq!(
+            (e.kind, e.org_id.as_str(), e.org_source),
+            (ServiceAppEventKind::Deauthorized, "aaaa", "orgId")
+        );
+        assert_eq!(e.occurred_at, None);
+        let data_only = format!(
             r#"{{"resource":"serviceApp","event":"authorized","orgId":"","data":{{"orgId":"{}"}}}}"#,
             org("bbbb")
         );
-        assert_eq!(parse_service_app_event(b.as_bytes()).unwrap().org_id, "bbbb");
-        let plain = r#"{"resource":"serviceApp","event":"authorized","orgId":"12345678-9abc-4def-8123-456789abcdef"}"#;
+        assert_eq!(parse_service_app_event(data_only.as_bytes()).unwrap().org_source, "data.orgId");
+        let padded = format!("{}==", org("12345678-9abc-4def-8123-456789abcde"));
+        let plain = format!(
+            r#"{{"resource":"serviceApp","event":"authorized","orgId":"{padded}","data":{{"authorizerOrgId":" 12345678-9abc-4def-8123-456789abcdef "}}}}"#
+        );
         assert_eq!(
             parse_service_app_event(plain.as_bytes()).unwrap().org_id,
             "12345678-9abc-4def-8123-456789abcdef"
         );
-    }
-
-    #[test]
-    fn repeated_deliveries_share_a_key_and_distinct_events_do_not() {
-        let body = |event: &str, created: &str| {
-            format!(
-                r#"{{"id":"W","resource":"serviceApp","event":"{event}","created":"{created}","orgId":"{}"}}"#,
-                org("o")
-            )
-        };
-        let k = |b: String| parse_service_app_event(b.as_bytes()).unwrap().delivery_key;
-        assert_eq!(k(body("authorized", "t1")), k(body("authorized", "t1")));
-        assert_ne!(k(body("authorized", "t1")), k(body("deauthorized", "t1")));
-        assert_ne!(k(body("authorized", "t1")), k(body("authorized", "t2")));
     }
 
     #[test]
@@ -600,38 +684,38 @@ mod tests {
     }
 
     #[test]
-    fn the_gate_verifies_dedupes_and_filters_applications() {
-        let secret = WebhookSecret::new("s");
-        let gate = WebhookGate::new("APP", Some(secret.clone()));
+    fn the_gate_verifies_with_any_current_secret_remembers_nothing_and_filters_applications() {
+        let (new, old) = (WebhookSecret::new("new"), WebhookSecret::new("old"));
+        let gate = WebhookGate::new("APP", vec![new.clone(), old.clone()]);
         let body = format!(
             r#"{{"id":"W","resource":"serviceApp","event":"authorized","orgId":"{}","data":{{"id":"APP"}}}}"#,
             org("o")
         );
-        let sig = sign(&secret, body.as_bytes());
         assert!(matches!(
             gate.admit(body.as_bytes(), None),
             Err(Error::WebhookSignature(SignatureError::Missing))
         ));
-        let Admission::Act(event) = gate.admit(body.as_bytes(), Some(&sig)).unwrap() else {
-            panic!("first delivery acts")
-        };
+        for secret in [&new, &old] {
+            let sig = sign(secret, body.as_bytes());
+            for _ in 0..2 {
+                assert!(
+                    matches!(gate.admit(body.as_bytes(), Some(&sig)).unwrap(), Admission::Act(_)),
+                    "repeats act"
+                );
+            }
+        }
+        let stranger = sign(&WebhookSecret::new("retired long ago"), body.as_bytes());
         assert!(matches!(
-            gate.admit(body.as_bytes(), Some(&sig)).unwrap(),
-            Admission::Done(WebhookOutcome::Duplicate { .. })
+            gate.admit(body.as_bytes(), Some(&stranger)),
+            Err(Error::WebhookSignature(SignatureError::Mismatch))
         ));
-        gate.failed(&event);
-        assert!(
-            matches!(gate.admit(body.as_bytes(), Some(&sig)).unwrap(), Admission::Act(_)),
-            "a failed event is acted on again"
-        );
-        assert_eq!(WebhookGate::outcome(&event), WebhookOutcome::Registered { org_id: "o".into() });
         let other = body.replace("\"APP\"", "\"OTHER\"");
-        let sig = sign(&secret, other.as_bytes());
+        let sig = sign(&new, other.as_bytes());
         assert!(matches!(
             gate.admit(other.as_bytes(), Some(&sig)).unwrap(),
             Admission::Done(WebhookOutcome::OtherApplication)
         ));
-        let open = WebhookGate::new("APP", None);
+        let open = WebhookGate::new("APP", Vec::new());
         assert!(matches!(open.admit(body.as_bytes(), None).unwrap(), Admission::Act(_)));
     }
 
@@ -672,17 +756,41 @@ mod tests {
     }
 
     #[test]
-    fn ensure_creates_only_what_is_missing() {
-        let wanted = NewWebhook::service_app_pair("APPID", "https://hook.test/x", None);
+    fn ensure_creates_what_is_missing_reactivates_and_moves_to_the_current_secret() {
+        let current = WebhookSecret::new("new");
+        let wanted = NewWebhook::service_app_pair("APPID", "https://hook.test/x", Some(&current));
         let existing: Vec<Webhook> = serde_json::from_str(
-            r#"[{"id":"1","targetUrl":"https://hook.test/x","resource":"serviceApp","event":"authorized","filter":"id=APPID","status":"active"},
-                {"id":"2","targetUrl":"https://other/x","resource":"serviceApp","event":"deauthorized","filter":"id=APPID"},
-                {"id":"3","targetUrl":"https://hook.test/x","resource":"serviceApp","event":"deauthorized","filter":"id=APPID","status":"inactive"}]"#,
+            r#"[{"id":"1","targetUrl":"https://hook.test/x","resource":"serviceApp","event":"authorized","filter":"id=APPID","status":"active","secret":"new"},
+                {"id":"2","targetUrl":"https://other/x","resource":"serviceApp","event":"deauthorized","filter":"id=APPID"}]"#,
         ).unwrap();
-        let missing = missing_webhooks(&wanted, &existing);
-        assert_eq!(missing.len(), 1);
-        assert_eq!(missing[0].event, "deauthorized");
-        assert!(missing_webhooks(&wanted, &[]).len() == 2);
+        let changes = webhook_changes(&wanted, &existing);
+        assert!(matches!(changes.as_slice(), [WebhookChange::Create(w)] if w.event == "deauthorized"));
+        let disabled_or_old: Vec<Webhook> = serde_json::from_str(
+            r#"[{"id":"1","targetUrl":"https://hook.test/x","resource":"serviceApp","event":"authorized","filter":"id=APPID","status":"inactive","secret":"new"},
+                {"id":"2","targetUrl":"https://hook.test/x","resource":"serviceApp","event":"deauthorized","filter":"id=APPID","status":"active","secret":"old"}]"#,
+        ).unwrap();
+        let ids: Vec<String> = webhook_changes(&wanted, &disabled_or_old)
+            .into_iter()
+            .map(|c| match c {
+                WebhookChange::Update { id, .. } => id,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ids, ["1", "2"]);
+        assert!(format!("{:?}", disabled_or_old[1]).contains("[redacted]"), "an echoed secret never prints");
+        let unsigned = NewWebhook::service_app_pair("APPID", "https://hook.test/x", None);
+        let ok: Vec<Webhook> = serde_json::from_str(
+            r#"[{"id":"1","targetUrl":"https://hook.test/x","resource":"serviceApp","event":"authorized","filter":"id=APPID"},
+                {"id":"2","targetUrl":"https://hook.test/x","resource":"serviceApp","event":"deauthorized","filter":"id=APPID","status":"active"}]"#,
+        ).unwrap();
+        assert!(webhook_changes(&unsigned, &ok).is_empty());
+        let update = update_webhook_request(
+            &ByovaConfig::with_base_url("https://w.test/v1").unwrap(),
+            &AccessToken::new("T"),
+            "a/b",
+            &wanted[0],
+        );
+        assert_eq!((update.method, update.url.as_str()), (Method::Put, "https://w.test/v1/webhooks/a%2Fb"));
     }
 
     #[test]

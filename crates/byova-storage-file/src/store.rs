@@ -244,10 +244,13 @@ impl FileTokenStorage {
         Ok(self.read(key, &stem)?.map(|(value, version)| Versioned { value, version }))
     }
 
-    fn delete_sync(&self, org_id: &str) -> Result<(), StorageError> {
+    fn delete_sync(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
         let key = TokenKey::org(org_id);
         let stem = stem(&key)?;
         self.locked(&stem, || {
+            if expect != Expect::Any && !expect.admits(self.read(&key, &stem)?.map(|(_, v)| v)) {
+                return Err(StorageError::conflict(&key));
+            }
             let path = self.inner.dir.join(format!("{stem}.json"));
             match fs::remove_file(&path) {
                 Ok(()) => sync_dir(&self.inner.dir),
@@ -440,8 +443,8 @@ impl BlockingCoordinatedTokenStorage for FileTokenStorage {
     fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
         self.store_sync(key, tokens, expect)
     }
-    fn delete_org(&self, org_id: &str) -> Result<(), StorageError> {
-        self.delete_sync(org_id)
+    fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
+        self.delete_sync(org_id, expect)
     }
     fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
         self.list_sync()
@@ -490,9 +493,9 @@ mod async_impl {
             let (key, tokens) = (key.clone(), tokens.clone());
             self.offload(move |s| s.store_sync(&key, &tokens, expect)).await
         }
-        async fn delete_org(&self, org_id: &str) -> Result<(), StorageError> {
+        async fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
             let org = org_id.to_owned();
-            self.offload(move |s| s.delete_sync(&org)).await
+            self.offload(move |s| s.delete_sync(&org, expect)).await
         }
         async fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
             self.offload(FileTokenStorage::list_sync).await

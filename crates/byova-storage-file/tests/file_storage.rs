@@ -290,6 +290,43 @@ fn corrupt_records_are_typed_and_kept_for_inspection() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+mod async_adapter {
+    byova_testkit::flavour_adapter!(async byova_async);
+}
+
+mod blocking_adapter {
+    byova_testkit::flavour_adapter!(blocking byova_blocking);
+}
+
+/// The webhook lifecycle matrix with every cell on a fresh file store: versioned removals and
+/// the lease between replicas go through files here.
+fn file_stores() -> byova_testkit::scenarios::lifecycle::StoreFactory {
+    Arc::new(|| {
+        let store = Arc::new(FileTokenStorage::open(temp_dir("lifecycle")).expect("open a file store"));
+        (store.clone(), store)
+    })
+}
+
+fn webhook_lifecycle_matrix_async() {
+    use byova_testkit::scenarios::lifecycle;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let cells = rt.block_on(lifecycle::run_matrix(Arc::new(async_adapter::Adapter), file_stores()));
+    lifecycle::print("async", "file", &cells);
+}
+
+fn webhook_lifecycle_matrix_blocking() {
+    use byova_testkit::scenarios::lifecycle;
+    // Named threads: the blocking flavour refuses tokio's default worker names for `authorize`.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("lifecycle-runner")
+        .enable_all()
+        .build()
+        .unwrap();
+    let cells = rt.block_on(lifecycle::run_matrix(Arc::new(blocking_adapter::Adapter), file_stores()));
+    lifecycle::print("blocking", "file", &cells);
+}
+
 fn main() {
     if herd::child_main(
         |url| Box::pin(async move { open_file(&url) as Arc<dyn byova_core::TokenStorage> }),
@@ -321,5 +358,7 @@ fn main() {
         case("four_processes_increment_exactly", four_processes_increment_exactly),
         case("multi_process_herd_async", multi_process_herd_async),
         case("multi_process_herd_blocking", multi_process_herd_blocking),
+        case("webhook_lifecycle_matrix_async", webhook_lifecycle_matrix_async),
+        case("webhook_lifecycle_matrix_blocking", webhook_lifecycle_matrix_blocking),
     ]);
 }

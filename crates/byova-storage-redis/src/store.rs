@@ -19,6 +19,9 @@ if ARGV[4] ~= '' then redis.call('SADD', KEYS[2], ARGV[4]) end
 return v
 ";
 const DELETE: &str = r"
+local cur = redis.call('HGET', KEYS[1], 'v')
+if ARGV[2] == 'absent' and cur then return -1 end
+if ARGV[2] == 'version' and cur ~= ARGV[3] then return -1 end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
 return 1
@@ -83,6 +86,8 @@ enum Op {
         record: String,
         index: String,
         org: String,
+        mode: &'static str,
+        expected: u64,
     },
     List {
         index: String,
@@ -199,11 +204,7 @@ impl RedisTokenStorage {
 
     fn store_op(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<Op, StorageError> {
         Self::checked(key)?;
-        let (mode, expected) = match expect {
-            Expect::Any => ("any", 0),
-            Expect::Absent => ("absent", 0),
-            Expect::Version(v) => ("version", v),
-        };
+        let (mode, expected) = expect_args(expect);
         let org = match key {
             TokenKey::Org(org) => org.clone(),
             TokenKey::Integration => String::new(),
@@ -219,10 +220,17 @@ impl RedisTokenStorage {
         })
     }
 
-    fn delete_op(&self, org_id: &str) -> Result<Op, StorageError> {
+    fn delete_op(&self, org_id: &str, expect: Expect) -> Result<Op, StorageError> {
         let key = TokenKey::org(org_id);
         Self::checked(&key)?;
-        Ok(Op::Delete { record: self.record_key(&key), index: self.index_key(), org: org_id.to_owned() })
+        let (mode, expected) = expect_args(expect);
+        Ok(Op::Delete {
+            record: self.record_key(&key),
+            index: self.index_key(),
+            org: org_id.to_owned(),
+            mode,
+            expected,
+        })
     }
 
     fn acquire_op(&self, key: &TokenKey, ttl: Duration, owner: u128) -> Result<Op, StorageError> {
@@ -249,9 +257,9 @@ impl RedisTokenStorage {
                     .arg(org);
                 Invocation::Script(inv)
             }
-            Op::Delete { record, index, org } => {
+            Op::Delete { record, index, org, mode, expected } => {
                 let mut inv = s.delete.prepare_invoke();
-                inv.key(record).key(index).arg(org);
+                inv.key(record).key(index).arg(org).arg(*mode).arg(expected.to_string());
                 Invocation::Script(inv)
             }
             Op::Release { lease, owner } => {
@@ -308,7 +316,12 @@ impl RedisTokenStorage {
             Op::Acquire { .. } => Ok(Reply::Flag(
                 matches!(reply, Value::Okay) || matches!(&reply, Value::SimpleString(s) if s == "OK"),
             )),
-            Op::Release { .. } | Op::Delete { .. } => Ok(Reply::Flag(true)),
+            Op::Delete { .. } => match redis::from_redis_value::<i64>(reply) {
+                Ok(-1) => Err(StorageError::conflict(key.unwrap_or(&TokenKey::Integration))),
+                Ok(_) => Ok(Reply::Flag(true)),
+                Err(_) => Err(bad("a delete")),
+            },
+            Op::Release { .. } => Ok(Reply::Flag(true)),
             Op::Extend { .. } => Ok(Reply::Flag(redis::from_redis_value::<i64>(reply).unwrap_or(0) == 1)),
         }
     }
@@ -324,6 +337,16 @@ enum Reply {
     Version(u64),
     Orgs(Vec<String>),
     Flag(bool),
+}
+
+/// An `Expect` as the scripts' mode and version arguments (the same table as
+/// [`Expect::admits`]).
+fn expect_args(expect: Expect) -> (&'static str, u64) {
+    match expect {
+        Expect::Any => ("any", 0),
+        Expect::Absent => ("absent", 0),
+        Expect::Version(v) => ("version", v),
+    }
 }
 
 /// `redis://user:password@host` without the password.
@@ -355,8 +378,9 @@ macro_rules! coordinated_impl {
             $($async_kw)? fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
                 reply_as!(self.$run(self.store_op(key, tokens, expect)?, Some(key))$(.$await)??, Version)
             }
-            $($async_kw)? fn delete_org(&self, org_id: &str) -> Result<(), StorageError> {
-                self.$run(self.delete_op(org_id)?, None)$(.$await)?.map(drop)
+            $($async_kw)? fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
+                let key = TokenKey::org(org_id);
+                self.$run(self.delete_op(org_id, expect)?, Some(&key))$(.$await)?.map(drop)
             }
             $($async_kw)? fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
                 reply_as!(self.$run(Op::List { index: self.index_key() }, None)$(.$await)??, Orgs)

@@ -19,6 +19,8 @@ pub(crate) struct Statements {
     pub(crate) load_for_update: String,
     pub(crate) update_record: String,
     pub(crate) delete: String,
+    /// Deletes only the record at the given version (`rows affected = 1`).
+    pub(crate) delete_version: String,
     pub(crate) list: String,
     pub(crate) acquire: String,
     pub(crate) release: String,
@@ -75,7 +77,16 @@ impl Statements {
                 p(2),
                 p(3)
             ),
-            delete: format!("UPDATE {table} SET record = NULL WHERE key_name = {}", p(1)),
+            delete: format!(
+                "UPDATE {table} SET record = NULL, version = version + 1 WHERE key_name = {}",
+                p(1)
+            ),
+            delete_version: format!(
+                "UPDATE {table} SET record = NULL, version = version + 1 \
+                 WHERE key_name = {} AND version = {} AND record IS NOT NULL",
+                p(1),
+                p(2)
+            ),
             list: format!(
                 "SELECT org_id FROM {table} WHERE org_id IS NOT NULL AND record IS NOT NULL ORDER BY org_id"
             ),

@@ -89,9 +89,24 @@ impl SqliteBlockingStorage {
 }
 
 impl BlockingCoordinatedTokenStorage for SqliteBlockingStorage {
-    fn delete_org(&self, org_id: &str) -> Result<(), StorageError> {
-        let (name, _) = key_columns(&TokenKey::org(org_id))?;
-        self.conn().execute(&self.st.delete, params![name]).map_err(|e| sqlite_error("delete", &e))?;
+    fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
+        let key = TokenKey::org(org_id);
+        let (name, _) = key_columns(&key)?;
+        let deleted = match expect {
+            Expect::Any => self.conn().execute(&self.st.delete, params![name]),
+            Expect::Version(v) => {
+                let v = i64::try_from(v).unwrap_or(i64::MAX);
+                self.conn().execute(&self.st.delete_version, params![name, v])
+            }
+            Expect::Absent if BlockingCoordinatedTokenStorage::load(self, &key)?.is_some() => {
+                return Err(StorageError::conflict(&key));
+            }
+            Expect::Absent => return Ok(()),
+        }
+        .map_err(|e| sqlite_error("delete", &e))?;
+        if matches!(expect, Expect::Version(_)) && deleted != 1 {
+            return Err(StorageError::conflict(&key));
+        }
         Ok(())
     }
     fn list_orgs(&self) -> Result<Vec<String>, StorageError> {

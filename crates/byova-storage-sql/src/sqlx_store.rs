@@ -234,13 +234,24 @@ impl SqlTokenStorage {
 
 #[async_trait]
 impl CoordinatedTokenStorage for SqlTokenStorage {
-    async fn delete_org(&self, org_id: &str) -> Result<(), StorageError> {
-        let (name, _) = key_columns(&TokenKey::org(org_id))?;
-        sqlx::query(&self.st.delete)
-            .bind(name)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| sqlx_error("delete", &e))?;
+    async fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
+        let key = TokenKey::org(org_id);
+        let (name, _) = key_columns(&key)?;
+        let deleted = match expect {
+            Expect::Any => sqlx::query(&self.st.delete).bind(name).execute(&self.pool).await,
+            Expect::Version(v) => {
+                let v = i64::try_from(v).unwrap_or(i64::MAX);
+                sqlx::query(&self.st.delete_version).bind(name).bind(v).execute(&self.pool).await
+            }
+            Expect::Absent if CoordinatedTokenStorage::load(self, &key).await?.is_some() => {
+                return Err(StorageError::conflict(&key));
+            }
+            Expect::Absent => return Ok(()),
+        }
+        .map_err(|e| sqlx_error("delete", &e))?;
+        if matches!(expect, Expect::Version(_)) && deleted.rows_affected() != 1 {
+            return Err(StorageError::conflict(&key));
+        }
         Ok(())
     }
     async fn list_orgs(&self) -> Result<Vec<String>, StorageError> {

@@ -2,7 +2,7 @@
 //! [`Flavour`](crate::scenarios::Flavour) and its [`Sdk`](crate::scenarios::Sdk) over a
 //! flavour crate's public API, so adding a method to the table touches one place.
 //!
-//! ```ignore
+//! ```text
 //! byova_testkit::flavour_adapter!(async byova_async);     // in byova-async's tests
 //! byova_testkit::flavour_adapter!(blocking byova_blocking); // in byova-blocking's tests
 //! // then: byova_testkit::scenarios::run_all(Arc::new(Adapter)).await;

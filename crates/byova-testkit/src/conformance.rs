@@ -20,8 +20,8 @@
 //!
 //! The suite works on a store that other data already lives in (a shared Redis or database):
 //! every org id it uses carries a random per-run prefix, and list checks are about its own ids.
-//! It does write the Integration record. Coordination cases (versions, leases, concurrent
-//! versioned writers) run when the backend reports
+//! It does write the Integration record. Coordination cases (versioned writes and deletes,
+//! leases, concurrent versioned writers) run when the backend reports
 //! [`supports_coordination`](TokenStorage::supports_coordination); otherwise they are listed in
 //! [`ConformanceReport::skipped`].
 //!
@@ -100,6 +100,9 @@ impl Target {
     }
     fn delete_org(&self, org: String) -> BoxFut<'static, Res<()>> {
         dispatch!(self, |s| s.delete_service_app_tokens(&org))
+    }
+    fn delete_versioned(&self, org: String, expect: Expect) -> BoxFut<'static, Res<()>> {
+        dispatch!(self, |s| s.delete_org(&org, expect))
     }
     fn list(&self) -> BoxFut<'static, Res<Vec<String>>> {
         dispatch!(self, |s| s.list_registered_orgs())
@@ -363,6 +366,38 @@ impl Suite {
         })
     }
 
+    /// A `deauthorized` delivery removes an org only if nothing newer was stored meanwhile: the
+    /// delete must honour its expectation exactly as `store` does.
+    async fn versioned_delete(&self) -> CaseResult {
+        let t = &self.target;
+        let org = self.org("vdelete");
+        let key = TokenKey::org(org.clone());
+        let v1 = ok(t.store(key.clone(), counter_tokens(1), Expect::Absent).await, "store(Absent)")?;
+        let v2 = ok(t.store(key.clone(), counter_tokens(2), Expect::Version(v1)).await, "store(Version)")?;
+        let stale = t.delete_versioned(org.clone(), Expect::Version(v1)).await;
+        ensure(matches!(&stale, Err(e) if e.kind() == StorageErrorKind::Conflict), || {
+            format!("delete_org(Version(stale)) gave {stale:?}, not a conflict")
+        })?;
+        let kept = ok(t.load(key.clone()).await, "load")?.ok_or("a rejected delete removed the record")?;
+        ensure(kept.version == v2 && counter_of(&kept.value)? == 2, || {
+            "a rejected delete changed the record".into()
+        })?;
+        let absent = t.delete_versioned(org.clone(), Expect::Absent).await;
+        ensure(matches!(&absent, Err(e) if e.kind() == StorageErrorKind::Conflict), || {
+            format!("delete_org(Absent) over an existing record gave {absent:?}, not a conflict")
+        })?;
+        ok(t.delete_versioned(org.clone(), Expect::Version(v2)).await, "delete_org(Version(current))")?;
+        ensure(ok(t.load(key.clone()).await, "load")?.is_none(), || {
+            "delete_org(Version(current)) left the record".into()
+        })?;
+        let gone = t.delete_versioned(org.clone(), Expect::Version(v2)).await;
+        ensure(matches!(&gone, Err(e) if e.kind() == StorageErrorKind::Conflict), || {
+            format!("delete_org(Version) of an absent record gave {gone:?}, not a conflict")
+        })?;
+        ok(t.delete_versioned(org.clone(), Expect::Any).await, "delete_org(Any) of an absent record")?;
+        ok(t.delete_versioned(org, Expect::Absent).await, "delete_org(Absent) of an absent record")
+    }
+
     async fn lease_exclusivity_and_expiry(&self) -> CaseResult {
         let t = &self.target;
         let key = TokenKey::org(self.org("lease"));
@@ -511,6 +546,7 @@ async fn run(target: Target, corrupt: Option<Corrupter>) -> ConformanceReport {
     record("awkward_org_ids", Some(suite.awkward_org_ids().await));
     record("concurrent_writers_distinct_orgs", Some(suite.concurrent_writers_distinct_orgs().await));
     record("versioned_writes", if coordinated { Some(suite.versioned_writes().await) } else { None });
+    record("versioned_delete", if coordinated { Some(suite.versioned_delete().await) } else { None });
     record(
         "lease_exclusivity_and_expiry",
         if coordinated { Some(suite.lease_exclusivity_and_expiry().await) } else { None },

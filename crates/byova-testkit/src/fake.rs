@@ -28,6 +28,9 @@ use sha2::{Digest, Sha256};
 
 use crate::wire;
 
+/// The org the fake's provider (the owner of the webhooks) belongs to: never a customer.
+const PROVIDER_ORG_ID: &str = "0f0f0f0f-1111-4222-8333-444455556666";
+
 /// The endpoints the fake serves, for faults and counters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -89,6 +92,22 @@ pub enum AuthorizeMode {
     Deny(String),
 }
 
+/// How the fake shapes `serviceApp` deliveries. Webex publishes no example of one, so the fake
+/// can send each shape the reference knows of (`shared/reference/webex-api.md` §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeliveryShape {
+    /// Per the webhooks guide's field definitions: the envelope `orgId` is the org that owns
+    /// the webhook (the provider's, [`FakeWebex::provider_org_id`]), `created` is when the
+    /// webhook was created, `appId` is the Integration that created it, and the customer org
+    /// is in `data.authorizerOrgId`.
+    Guide,
+    /// Per Cisco's sample: the envelope `orgId` is the customer org; no `authorizerOrgId`.
+    CiscoSample,
+    /// Every org field names the customer org (the reference's reconstruction).
+    Reconstruction,
+}
+
 /// Behaviour switches that last until changed.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -114,6 +133,17 @@ pub struct Settings {
     pub max_page_size: usize,
     /// Consecutive failed deliveries after which a webhook becomes inactive.
     pub webhook_failure_limit: u32,
+    /// The shape of `serviceApp` deliveries.
+    pub delivery_shape: DeliveryShape,
+    /// Deliveries carry the event's own time (`data.authorizationDate`).
+    pub delivery_event_time: bool,
+    /// Deliveries carry the Service App's id (`data.id`).
+    pub delivery_application_id: bool,
+    /// An error redirect from `/v1/authorize` carries the request's `state`.
+    pub denial_echoes_state: bool,
+    /// How long a delivery waits for the receiver's answer before giving up (and counting a
+    /// failure). Webex does not document it; the default is 15 s.
+    pub delivery_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -129,6 +159,11 @@ impl Default for Settings {
             oauth_error_bodies: false,
             max_page_size: 100,
             webhook_failure_limit: 100,
+            delivery_shape: DeliveryShape::Guide,
+            delivery_event_time: true,
+            delivery_application_id: true,
+            denial_echoes_state: true,
+            delivery_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -273,6 +308,9 @@ struct State {
     calls: HashMap<Endpoint, u64>,
     redemptions: Vec<Redemption>,
     counter: u64,
+    /// When each org's latest (de)authorization happened, strictly increasing.
+    org_events: HashMap<String, Timestamp>,
+    last_event: Timestamp,
 }
 
 impl State {
@@ -293,6 +331,59 @@ impl State {
 
     fn answer_latency(&self, endpoint: Endpoint) -> Duration {
         self.faults.get(&endpoint).map_or(Duration::ZERO, |q| q.answer_latency)
+    }
+
+    /// Records a (de)authorization of `org` at `now`, later than every earlier one.
+    fn record_event(&mut self, org: &str, now: Timestamp) {
+        let at = now.max(self.last_event.saturating_add(Duration::from_millis(1)));
+        self.last_event = at;
+        self.org_events.insert(org.to_owned(), at);
+    }
+
+    /// A `serviceApp` delivery body for `org`, shaped as the settings say.
+    fn delivery_body(&self, webhook: &WebhookRecord, kind: ServiceAppEventKind, org: &str) -> Vec<u8> {
+        let customer = encode_webex_id("us", "ORGANIZATION", org);
+        let provider = encode_webex_id("us", "ORGANIZATION", PROVIDER_ORG_ID);
+        let sa_app = derive_application_id(&self.service_app.client_id);
+        let integration_app = derive_application_id(&self.integration.client_id);
+        let settings = &self.settings;
+        let mut data = serde_json::Map::new();
+        if settings.delivery_application_id {
+            data.insert("id".into(), sa_app.clone().into());
+        }
+        let envelope_org = match settings.delivery_shape {
+            DeliveryShape::Guide => {
+                data.insert("authorizerOrgId".into(), customer.into());
+                provider
+            }
+            DeliveryShape::CiscoSample => customer,
+            DeliveryShape::Reconstruction => {
+                data.insert("authorizerOrgId".into(), customer.clone().into());
+                data.insert("orgId".into(), customer.clone().into());
+                customer
+            }
+        };
+        if settings.delivery_event_time {
+            let at = self.org_events.get(org).copied().unwrap_or(self.last_event);
+            data.insert("authorizationDate".into(), at.to_rfc3339().into());
+        }
+        serde_json::to_vec(&json!({
+            "id": webhook.id,
+            "name": format!("serviceApp {}", kind.as_str()),
+            "targetUrl": webhook.target_url,
+            "resource": "serviceApp",
+            "event": kind.as_str(),
+            "filter": format!("id={sa_app}"),
+            "orgId": envelope_org,
+            "createdBy": encode_webex_id("us", "PEOPLE", "fake-admin"),
+            "appId": integration_app,
+            "ownedBy": "creator",
+            "status": "active",
+            "created": webhook.created,
+            "actorId": encode_webex_id("us", "PEOPLE", "fake-admin"),
+            "data": data,
+        }))
+        .unwrap_or_default()
     }
 
     fn take_fault(&mut self, endpoint: Endpoint) -> (Duration, Option<Fault>) {
@@ -441,6 +532,8 @@ impl FakeWebexBuilder {
             calls: HashMap::new(),
             redemptions: Vec::new(),
             counter: 0,
+            org_events: HashMap::new(),
+            last_event: Timestamp::EPOCH,
         };
         let shared =
             Arc::new(Shared { state: Mutex::new(state), clock: self.clock, base_url: base_url.clone() });
@@ -595,18 +688,29 @@ impl FakeWebex {
 
     /// Marks `org_id` (UUID) as having authorized the Service App (no webhook is sent).
     pub fn authorize_org(&self, org_id: &str) {
-        self.shared.lock().authorized_orgs.insert(org_id.to_owned());
+        let now = self.shared.clock.now();
+        let mut s = self.shared.lock();
+        s.authorized_orgs.insert(org_id.to_owned());
+        s.record_event(org_id, now);
     }
 
     /// Withdraws the org's authorization and revokes its Service App tokens.
     pub fn deauthorize_org(&self, org_id: &str) {
+        let now = self.shared.clock.now();
         let mut s = self.shared.lock();
         s.authorized_orgs.remove(org_id);
+        s.record_event(org_id, now);
         for fam in s.families.values_mut() {
             if fam.org.as_deref() == Some(org_id) {
                 fam.revoked = true;
             }
         }
+    }
+
+    /// The provider's own org (the webhooks' owner): the guide-shaped envelope `orgId`. It is
+    /// never a customer and must never be registered.
+    pub fn provider_org_id(&self) -> &'static str {
+        PROVIDER_ORG_ID
     }
 
     /// Whether the org has authorized the Service App.
@@ -652,19 +756,32 @@ impl FakeWebex {
     }
 
     /// A `serviceApp` delivery body for `org_id` and its `X-Spark-Signature` under `secret`,
-    /// shaped as the reference's best reconstruction (envelope `orgId`, `data.orgId`,
-    /// `data.authorizerOrgId`).
+    /// shaped as [`Settings::delivery_shape`] and the other delivery switches say.
     pub fn service_app_delivery(
         &self,
         kind: ServiceAppEventKind,
         org_id: &str,
         secret: Option<&WebhookSecret>,
     ) -> (Vec<u8>, Option<String>) {
-        let app = derive_application_id(&self.shared.lock().service_app.client_id);
-        let n = self.shared.lock().next();
-        let body =
-            delivery_body(&format!("fake-webhook-{n}"), kind, org_id, &app, "https://unused.invalid", n);
-        let sig = secret.map(|s| byova_core::sign(s, &body));
+        let mut s = self.shared.lock();
+        let webhook = WebhookRecord {
+            id: encode_webex_id("us", "WEBHOOK", "00000000-0000-4000-8000-0000000000ff"),
+            name: "unregistered".into(),
+            target_url: "https://unused.invalid".into(),
+            resource: "serviceApp".into(),
+            event: kind.as_str().into(),
+            filter: None,
+            secret: None,
+            status: "active".into(),
+            created: "2025-06-01T00:00:00.000Z".into(),
+            failures: 0,
+        };
+        if !s.org_events.contains_key(org_id) {
+            let now = self.shared.clock.now();
+            s.record_event(org_id, now);
+        }
+        let body = s.delivery_body(&webhook, kind, org_id);
+        let sig = secret.map(|sec| byova_core::sign(sec, &body));
         (body, sig)
     }
 
@@ -686,9 +803,10 @@ impl FakeWebex {
             ServiceAppEventKind::Deauthorized => self.deauthorize_org(org_id),
         }
         let plan = self.delivery_plan(kind, org_id);
+        let timeout = self.shared.lock().settings.delivery_timeout;
         let mut outcomes = Vec::new();
         for (id, url, req) in plan {
-            let status = wire::send_async(&req).await.ok().map(|r| r.status);
+            let status = wire::send_async_within(&req, timeout).await.ok().map(|r| r.status);
             outcomes.push(self.record_delivery(id, url, status));
         }
         outcomes
@@ -696,10 +814,11 @@ impl FakeWebex {
 
     /// Delivers without changing the org's authorization (a repeated delivery, say).
     pub fn deliver(&self, kind: ServiceAppEventKind, org_id: &str) -> Vec<DeliveryOutcome> {
+        let timeout = self.shared.lock().settings.delivery_timeout;
         self.delivery_plan(kind, org_id)
             .into_iter()
             .map(|(id, url, req)| {
-                let status = wire::send(&req).ok().map(|r| r.status);
+                let status = wire::send_within(&req, timeout).ok().map(|r| r.status);
                 self.record_delivery(id, url, status)
             })
             .collect()
@@ -710,7 +829,7 @@ impl FakeWebex {
         kind: ServiceAppEventKind,
         org_id: &str,
     ) -> Vec<(String, String, byova_core::HttpRequest)> {
-        let mut s = self.shared.lock();
+        let s = self.shared.lock();
         let app = derive_application_id(&s.service_app.client_id);
         let targets: Vec<WebhookRecord> = s
             .webhooks
@@ -722,8 +841,7 @@ impl FakeWebex {
         targets
             .into_iter()
             .map(|w| {
-                let n = s.next();
-                let body = delivery_body(&w.id, kind, org_id, &app, &w.target_url, n);
+                let body = s.delivery_body(&w, kind, org_id);
                 let sig =
                     w.secret.as_ref().map(|sec| byova_core::sign(&WebhookSecret::new(sec.clone()), &body));
                 let mut headers = vec![("Content-Type", "application/json".to_owned())];
@@ -823,35 +941,6 @@ fn filter_matches(filter: &str, app_id: &str) -> bool {
         Some(("id", v)) => v == app_id,
         _ => true,
     })
-}
-
-fn delivery_body(
-    webhook_id: &str,
-    kind: ServiceAppEventKind,
-    org_id: &str,
-    app_id: &str,
-    target: &str,
-    n: u64,
-) -> Vec<u8> {
-    let org = encode_webex_id("us", "ORGANIZATION", org_id);
-    let created = format!("2026-01-01T00:00:{:02}.{:03}Z", n % 60, n % 1000);
-    serde_json::to_vec(&json!({
-        "id": webhook_id,
-        "name": format!("serviceApp {}", kind.as_str()),
-        "targetUrl": target,
-        "resource": "serviceApp",
-        "event": kind.as_str(),
-        "filter": format!("id={app_id}"),
-        "orgId": org,
-        "createdBy": encode_webex_id("us", "PEOPLE", "fake-admin"),
-        "appId": app_id,
-        "ownedBy": "creator",
-        "status": "active",
-        "created": created,
-        "actorId": encode_webex_id("us", "PEOPLE", "fake-admin"),
-        "data": { "id": app_id, "orgId": org, "authorizerOrgId": org, "authorizationDate": created },
-    }))
-    .unwrap_or_default()
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -1095,10 +1184,11 @@ impl Ctx<'_> {
         let sep = if redirect_uri.contains('?') { '&' } else { '?' };
         let mut back = form_urlencoded::Serializer::new(String::new());
         let state = q.get("state").cloned();
+        let echo_state = s.settings.denial_echoes_state;
         let error_redirect = |code: &str, state: &Option<String>| {
             let mut ser = form_urlencoded::Serializer::new(String::new());
             ser.append_pair("error", code);
-            if let Some(st) = state {
+            if let Some(st) = state.as_ref().filter(|_| echo_state) {
                 ser.append_pair("state", st);
             }
             redirect(&format!("{redirect_uri}{sep}{}", ser.finish()))

@@ -51,6 +51,6 @@ pub mod __private {
 
 pub use clock::FakeClock;
 pub use fake::{
-    AuthorizeMode, DeliveryOutcome, Endpoint, FakeWebex, FakeWebexBuilder, Fault, IssuedTokens, Redemption,
-    Settings,
+    AuthorizeMode, DeliveryOutcome, DeliveryShape, Endpoint, FakeWebex, FakeWebexBuilder, Fault,
+    IssuedTokens, Redemption, Settings,
 };

@@ -131,10 +131,19 @@ fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
 /// Any I/O error, or `InvalidData` for a response that is not HTTP (including a connection
 /// closed without a response, as the fake's `Drop` fault does).
 pub fn send(req: &HttpRequest) -> io::Result<HttpResponse> {
+    send_within(req, IO_TIMEOUT)
+}
+
+/// [`send`], giving up (and closing the connection) when a read or write waits longer than
+/// `timeout`, as a webhook sender that stops waiting for a slow receiver does.
+///
+/// # Errors
+/// As [`send`]; `WouldBlock` or `TimedOut` when it gave up.
+pub fn send_within(req: &HttpRequest, timeout: Duration) -> io::Result<HttpResponse> {
     let url = HttpUrl::parse(&req.url)?;
     let mut stream = TcpStream::connect(&url.authority)?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
     stream.write_all(&encode(req, &url))?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
@@ -146,6 +155,14 @@ pub fn send(req: &HttpRequest) -> io::Result<HttpResponse> {
 /// # Errors
 /// As [`send`].
 pub async fn send_async(req: &HttpRequest) -> io::Result<HttpResponse> {
+    send_async_within(req, IO_TIMEOUT).await
+}
+
+/// [`send_async`], giving up after `timeout` (the connection is closed).
+///
+/// # Errors
+/// As [`send`]; `TimedOut` when it gave up.
+pub async fn send_async_within(req: &HttpRequest, timeout: Duration) -> io::Result<HttpResponse> {
     let url = HttpUrl::parse(&req.url)?;
     let io = async {
         let mut stream = tokio::net::TcpStream::connect(&url.authority).await?;
@@ -154,9 +171,9 @@ pub async fn send_async(req: &HttpRequest) -> io::Result<HttpResponse> {
         stream.read_to_end(&mut raw).await?;
         decode(&raw)
     };
-    tokio::time::timeout(IO_TIMEOUT, io)
+    tokio::time::timeout(timeout, io)
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no response in 30 s"))?
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("no response in {timeout:?}")))?
 }
 
 #[cfg(test)]

@@ -545,7 +545,7 @@ async fn in_memory_storage_passes_the_async_suite() {
     let storage = Arc::new(InMemoryTokenStorage::new());
     let report = conformance::check_token_storage(storage.clone(), Some(memory_corrupter(&storage))).await;
     assert!(report.skipped.is_empty(), "{:?}", report.skipped);
-    assert_eq!(report.passed.len(), 10);
+    assert_eq!(report.passed.len(), 11);
 }
 
 #[test]
@@ -553,7 +553,7 @@ fn in_memory_storage_passes_the_blocking_suite() {
     let storage = Arc::new(InMemoryTokenStorage::new());
     let report = conformance::check_blocking_token_storage(storage.clone(), Some(memory_corrupter(&storage)));
     assert!(report.skipped.is_empty(), "{:?}", report.skipped);
-    assert_eq!(report.passed.len(), 10);
+    assert_eq!(report.passed.len(), 11);
 }
 
 /// A six-method backend: the six methods over a map.
@@ -592,6 +592,7 @@ fn a_seed_only_backend_passes_with_coordination_cases_skipped() {
         report.skipped,
         [
             "versioned_writes",
+            "versioned_delete",
             "lease_exclusivity_and_expiry",
             "lease_extension_by_the_owner_only",
             "concurrent_versioned_increments",
@@ -653,5 +654,6 @@ fn the_suite_catches_a_backend_that_ignores_versions() {
     let message =
         result.expect_err("the suite must fail").downcast::<String>().map(|s| *s).unwrap_or_default();
     assert!(message.contains("versioned_writes"), "{message}");
+    assert!(message.contains("versioned_delete"), "{message}");
     assert!(message.contains("concurrent_versioned_increments"), "{message}");
 }

@@ -121,6 +121,9 @@ impl Future for FlightWait {
 pub(crate) enum Sharing {
     /// "A valid token": any outcome of another valid-token flight answers it.
     Joins,
+    /// A fetch for an `authorized` event: a fetch for an event running for the same org
+    /// answers it (a redelivery, or the same delivery to another handler).
+    Fetches,
     /// An explicit refresh, fetch or code exchange: it runs after the current flight.
     Queues,
 }
@@ -162,7 +165,7 @@ impl Flights {
     pub(crate) fn join(self: &Arc<Self>, key: &TokenKey, sharing: Sharing) -> Joined {
         let mut table = self.lock();
         if let Some(entry) = table.get(key) {
-            return if entry.sharing == Sharing::Joins && sharing == Sharing::Joins {
+            return if entry.sharing == sharing && sharing != Sharing::Queues {
                 Joined::Follow(entry.flight.clone())
             } else {
                 Joined::Busy(entry.flight.clone())

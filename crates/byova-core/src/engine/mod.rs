@@ -119,7 +119,11 @@ impl TokenEngine {
         {
             return done(Ok(Some(entry.record.value.clone())));
         }
-        let sharing = if matches!(mode, Mode::GetValid) { Sharing::Joins } else { Sharing::Queues };
+        let sharing = match mode {
+            Mode::GetValid => Sharing::Joins,
+            Mode::Fetch(Some(_)) => Sharing::Fetches,
+            Mode::Force(_) | Mode::Fetch(None) => Sharing::Queues,
+        };
         self.fly(
             key.clone(),
             sharing,
@@ -136,29 +140,63 @@ impl TokenEngine {
         )
     }
 
-    /// Removes the org's record, as the key's flight: after any refresh or fetch of the org
-    /// that is running, and before any that starts later.
-    fn remove(self: &Arc<Self>, key: TokenKey, now: Timestamp) -> Step<()> {
-        let flight = self.fly(
+    /// Removes the org's record, as the key's flight (after any refresh or fetch of the org
+    /// that is running, before any that starts later). With `before`, only a record no newer
+    /// than that: a `deauthorized` event spares an authorization that came after it. Returns
+    /// what the key holds afterwards (`Some`: a newer authorization was spared).
+    fn remove(self: &Arc<Self>, key: TokenKey, before: Option<Timestamp>, now: Timestamp) -> Step<Held> {
+        self.fly(
             key.clone(),
             Sharing::Queues,
             now,
-            key,
-            |engine, key, now| engine.remove(key, now).map(now, |()| None),
-            |engine, key, _| {
-                let org = key.org_id().unwrap_or_default().to_owned();
-                Step::DeleteOrg(
-                    org,
-                    Then::new(move |deleted: StorageResult<()>, _| {
-                        if deleted.is_ok() {
-                            engine.cache.remove(&key);
-                        }
-                        done(deleted.map(|()| None).map_err(Error::from))
-                    }),
-                )
+            (key, before),
+            |engine, (key, before), now| engine.remove(key, before, now),
+            |engine, (key, before), _| match before {
+                None => engine.delete(key, Expect::Any, None, 0),
+                Some(at) => engine.delete_unless_newer(key, at, 0),
             },
-        );
-        flight.map(now, drop)
+        )
+    }
+
+    fn delete_unless_newer(self: Arc<Self>, key: TokenKey, at: Timestamp, attempt: u32) -> Step<Held> {
+        Step::Load(
+            key.clone(),
+            Then::new(move |loaded: StorageResult<Option<Versioned<OAuthTokens>>>, _| match loaded {
+                Err(e) => done(Err(e.into())),
+                Ok(None) => done(Ok(None)),
+                Ok(Some(record)) if record.value.authorized_at.is_some_and(|a| a > at) => {
+                    tracing::info!(key = %key, "a deauthorization older than the stored authorization was ignored");
+                    done(Ok(Some(record.value)))
+                }
+                Ok(Some(record)) => self.delete(key, Expect::Version(record.version), Some(at), attempt),
+            }),
+        )
+    }
+
+    /// Deletes under `expect`. For a deauthorization at `judged_at`, a conflict (the record
+    /// changed since it was read) means it is judged again, a few times.
+    fn delete(
+        self: Arc<Self>,
+        key: TokenKey,
+        expect: Expect,
+        judged_at: Option<Timestamp>,
+        attempt: u32,
+    ) -> Step<Held> {
+        let org = key.org_id().unwrap_or_default().to_owned();
+        Step::DeleteOrg(
+            org,
+            expect,
+            Then::new(move |deleted: StorageResult<()>, _| match (deleted, judged_at) {
+                (Ok(()), _) => {
+                    self.cache.remove(&key);
+                    done(Ok(None))
+                }
+                (Err(e), Some(at)) if e.kind() == crate::error::StorageErrorKind::Conflict && attempt < 4 => {
+                    self.delete_unless_newer(key, at, attempt + 1)
+                }
+                (Err(e), _) => done(Err(e.into())),
+            }),
+        )
     }
 
     /// Runs `lead` as the flight for `key`, or waits for the flight already running: shares
@@ -455,15 +493,15 @@ pub struct ServiceAppEngine {
 }
 
 impl ServiceAppEngine {
-    /// An engine for the Service App `credentials` under `config`; with `webhook_secret`,
-    /// webhook deliveries must be signed with it.
+    /// An engine for the Service App `credentials` under `config`; with `webhook_secrets`,
+    /// webhook deliveries must be signed with one of them (the first is the current one).
     pub fn new(
         credentials: ServiceAppCredentials,
         config: ByovaConfig,
-        webhook_secret: Option<WebhookSecret>,
+        webhook_secrets: Vec<WebhookSecret>,
     ) -> Arc<Self> {
         let application_id = derive_application_id_in_region(&config.region, &credentials.client_id);
-        let gate = WebhookGate::new(application_id.clone(), webhook_secret);
+        let gate = WebhookGate::new(application_id.clone(), webhook_secrets);
         let tokens = TokenEngine::new(config, Client::ServiceApp { credentials: credentials.clone() });
         Arc::new(Self { tokens, credentials, application_id, gate })
     }
@@ -513,7 +551,7 @@ impl ServiceAppEngine {
 
     /// Fetches new tokens for `org_id` with the Integration's bearer.
     pub fn fetch(&self, org_id: &str, now: Timestamp) -> Step<OAuthTokens> {
-        Self::with_org(org_id, |key| self.tokens.obtain(key, Mode::Fetch, now))
+        Self::with_org(org_id, |key| self.tokens.obtain(key, Mode::Fetch(None), now))
     }
 
     /// Decodes a webhook's org id and fetches its tokens.
@@ -546,7 +584,7 @@ impl ServiceAppEngine {
 
     /// Removes `org_id`'s tokens, after any refresh or fetch of it that is running.
     pub fn remove_org(&self, org_id: &str, now: Timestamp) -> Step<()> {
-        Self::with_org(org_id, |key| self.tokens.remove(key, now))
+        Self::with_org(org_id, |key| self.tokens.remove(key, None, now).map(now, drop))
     }
 
     /// Registered org ids.
@@ -569,7 +607,7 @@ mod tests {
     #[test]
     fn every_form_of_an_org_id_reads_the_same_cache_entry() {
         let engine =
-            ServiceAppEngine::new(ServiceAppCredentials::new("C", "s"), ByovaConfig::default(), None);
+            ServiceAppEngine::new(ServiceAppCredentials::new("C", "s"), ByovaConfig::default(), Vec::new());
         let org = "63b02f90-9cc6-43b8-aa6d-cad425ac554c";
         let now = Timestamp::from_unix_secs(1_000);
         let tokens = OAuthTokens::new(AccessToken::new("A"), 3_600, now);

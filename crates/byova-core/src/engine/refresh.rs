@@ -41,15 +41,26 @@ pub(crate) enum Mode {
     /// New tokens now (`refresh`, `refresh_for_org`). With an explicit refresh token, that one
     /// is used (`refresh(Some(token))`, `save_registration`); without one, the stored one.
     Force(Option<RefreshToken>),
-    /// Fetch new Service App tokens with the Integration's bearer (`fetch_token_for_org`).
-    Fetch,
+    /// Fetch new Service App tokens with the Integration's bearer: for an `authorized` event
+    /// (`Some`), or because the caller asked (`fetch_token_for_org`).
+    Fetch(Option<Authorization>),
+}
+
+/// The authorization an `authorized` event announces: when it happened (`exact`: the
+/// event's own time; otherwise when its delivery arrived) and which delivery announced it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Authorization {
+    pub(crate) at: Timestamp,
+    pub(crate) exact: bool,
+    /// A digest of the delivery's body: Webex's redelivery of it has the same.
+    pub(crate) delivery: u64,
 }
 
 impl Mode {
     /// Whether the caller brought its own credential (a refresh token or an authorization):
     /// it acts even when another process just refreshed, and whatever the stored mark says.
     fn explicit(&self) -> bool {
-        matches!(self, Mode::Force(Some(_)) | Mode::Fetch)
+        matches!(self, Mode::Force(Some(_)) | Mode::Fetch(_))
     }
 }
 
@@ -241,6 +252,17 @@ impl Run {
         !tokens.reauthorization_required && (tokens.refresh_token.is_some() || self.is_service_app())
     }
 
+    /// Whether `record` already answers the authorization this run fetches for: fetched for
+    /// this very delivery (a redelivery, or another replica that got it too), or for an event
+    /// at least as new.
+    fn satisfied_by(&self, record: &Versioned<OAuthTokens>) -> bool {
+        let Mode::Fetch(Some(auth)) = &self.mode else { return false };
+        let tokens = &record.value;
+        !tokens.reauthorization_required
+            && (tokens.authorized_by == Some(auth.delivery)
+                || (auth.exact && tokens.authorized_at.is_some_and(|at| at >= auth.at)))
+    }
+
     /// Whether `record` is newer than the one this run last read.
     fn is_newer(&self, record: &Versioned<OAuthTokens>) -> bool {
         self.current.as_ref().is_none_or(|c| record.version != c.version)
@@ -357,6 +379,10 @@ impl Run {
                 let error = self.nothing_stored();
                 return self.fail(error);
             }
+            (Some(rec), Mode::Fetch(_)) if self.satisfied_by(rec) => {
+                let rec = rec.clone();
+                return self.succeed(rec);
+            }
             (None, Mode::Force(None)) if !self.is_service_app() => return self.fail(Error::NotAuthorized),
             // A Service App still fetches; the Integration has no way forward without a person.
             (Some(rec), Mode::Force(None)) if !self.is_service_app() && !self.renewable(&rec.value) => {
@@ -437,6 +463,10 @@ impl Run {
             Err(e) => return self.conclude(e.into(), now),
         };
         match &record {
+            Some(rec) if self.satisfied_by(rec) => {
+                let rec = rec.clone();
+                return self.succeed(rec);
+            }
             Some(rec) if self.is_newer(rec) && !self.mode.explicit() => {
                 let rec = rec.clone();
                 match self.mode {
@@ -468,7 +498,7 @@ impl Run {
     // ---- calling Webex ----
 
     fn begin_token_call(self: Box<Self>, now: Timestamp) -> Plan {
-        if matches!(self.mode, Mode::Fetch) {
+        if matches!(self.mode, Mode::Fetch(_)) {
             return self.fetch_with_bearer();
         }
         let explicit = match &self.mode {
@@ -590,12 +620,31 @@ impl Run {
             }
             _ => tokens,
         };
+        let authorized_by = match (&call, &self.mode) {
+            (TokenCall::Refresh(_), _) => self.current.as_ref().and_then(|c| c.value.authorized_by),
+            (_, Mode::Fetch(Some(auth))) => Some(auth.delivery),
+            _ => None,
+        };
+        let tokens = OAuthTokens { authorized_at: self.authorized_at(&call, now), authorized_by, ..tokens };
         let expect = match &self.current {
             Some(c) => Expect::Version(c.version),
             None => Expect::Absent,
         };
         self.unsaved = Some(Unsaved::new(tokens, expect, self.used_refresh.clone()));
         self.persist(Afterwards::Finish)
+    }
+
+    /// The authorization new tokens belong to: a refresh keeps the record's; a fetch for an
+    /// event is that event's (its own time when the delivery said, else now, when the fetch
+    /// answered); any other fetch or registration is one as of now.
+    fn authorized_at(&self, call: &TokenCall, now: Timestamp) -> Option<Timestamp> {
+        let kept = self.current.as_ref().and_then(|c| c.value.authorized_at);
+        match (call, &self.mode) {
+            (TokenCall::Refresh(_), Mode::Force(Some(_))) if self.is_service_app() => Some(now),
+            (TokenCall::Refresh(_), _) => kept,
+            (_, Mode::Fetch(Some(auth))) if auth.exact => Some(auth.at),
+            _ => Some(now),
+        }
     }
 
     fn after_failed_call(mut self: Box<Self>, error: Error, now: Timestamp) -> Plan {

@@ -70,7 +70,7 @@ enum Who {
 fn engine(who: Who) -> Arc<Engine> {
     match who {
         Who::Integration => IntegrationEngine::new(int_creds(), config()).tokens().clone(),
-        Who::ServiceApp => ServiceAppEngine::new(sa_creds(), config(), None).tokens().clone(),
+        Who::ServiceApp => ServiceAppEngine::new(sa_creds(), config(), Vec::new()).tokens().clone(),
     }
 }
 
@@ -507,8 +507,8 @@ impl crate::storage::BlockingCoordinatedTokenStorage for Flaky {
         }
         BlockingTokenStorage::store(&self.inner, key, t, e)
     }
-    fn delete_org(&self, org: &str) -> Result<(), StorageError> {
-        self.inner.delete_service_app_tokens(org)
+    fn delete_org(&self, org: &str, expect: Expect) -> Result<(), StorageError> {
+        BlockingTokenStorage::delete_org(&self.inner, org, expect)
     }
     fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
         self.inner.list_registered_orgs()

@@ -88,8 +88,8 @@ pub enum Step<T> {
     Load(TokenKey, Then<T, StorageResult<Option<Versioned<OAuthTokens>>>>),
     /// `storage.store(key, tokens, expect)`.
     Store(TokenKey, OAuthTokens, Expect, Then<T, StorageResult<u64>>),
-    /// `storage.delete_service_app_tokens(org_id)`.
-    DeleteOrg(String, Then<T, StorageResult<()>>),
+    /// `storage.delete_org(org_id, expect)`.
+    DeleteOrg(String, Expect, Then<T, StorageResult<()>>),
     /// `storage.list_registered_orgs()`.
     ListOrgs(Then<T, StorageResult<Vec<String>>>),
     /// `storage.try_acquire_lease(key, ttl)`.
@@ -122,7 +122,7 @@ impl<T> fmt::Debug for Step<T> {
         match self {
             Step::Load(key, _) => write!(f, "Load({key})"),
             Step::Store(key, _, expect, _) => write!(f, "Store({key}, {expect:?})"),
-            Step::DeleteOrg(org, _) => write!(f, "DeleteOrg({org})"),
+            Step::DeleteOrg(org, expect, _) => write!(f, "DeleteOrg({org}, {expect:?})"),
             Step::ListOrgs(_) => f.write_str("ListOrgs"),
             Step::AcquireLease(key, ttl, _) => write!(f, "AcquireLease({key}, {ttl:?})"),
             Step::ExtendLease(lease, ttl, _) => write!(f, "ExtendLease({}, {ttl:?})", lease.key),
@@ -169,7 +169,7 @@ impl<T: Send + 'static> Step<T> {
         match self {
             Step::Load(key, k) => Step::Load(key, k.chain(f)),
             Step::Store(key, tokens, expect, k) => Step::Store(key, tokens, expect, k.chain(f)),
-            Step::DeleteOrg(org, k) => Step::DeleteOrg(org, k.chain(f)),
+            Step::DeleteOrg(org, expect, k) => Step::DeleteOrg(org, expect, k.chain(f)),
             Step::ListOrgs(k) => Step::ListOrgs(k.chain(f)),
             Step::AcquireLease(key, ttl, k) => Step::AcquireLease(key, ttl, k.chain(f)),
             Step::ExtendLease(lease, ttl, k) => Step::ExtendLease(lease, ttl, k.chain(f)),

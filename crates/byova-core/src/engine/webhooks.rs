@@ -4,18 +4,20 @@
 
 use std::sync::{Arc, Mutex};
 
+use crate::engine::refresh::{Authorization, Mode};
 use crate::engine::step::{Step, StorageResult, Then, done};
 use crate::engine::{ServiceAppEngine, send_with_retry};
 use crate::error::{Error, Result};
 use crate::http::HttpRequest;
+use crate::key::TokenKey;
 use crate::policy::KeyStatus;
 use crate::secret::{AccessToken, WebhookSecret};
 use crate::time::Timestamp;
 use crate::tokens::OAuthTokens;
 use crate::webhook::{
-    Admission, NewWebhook, ServiceAppEvent, ServiceAppEventKind, Webhook, WebhookGate, WebhookOutcome,
-    create_webhook_request, delete_webhook_request, list_webhooks_request, missing_webhooks,
-    next_page_request, parse_webhook, parse_webhook_deletion, parse_webhook_page,
+    Admission, NewWebhook, ServiceAppEventKind, Webhook, WebhookChange, WebhookOutcome,
+    create_webhook_request, delete_webhook_request, list_webhooks_request, next_page_request, parse_webhook,
+    parse_webhook_deletion, parse_webhook_page, update_webhook_request, webhook_changes,
 };
 
 /// The most pages a webhook listing follows.
@@ -50,26 +52,14 @@ pub struct BulkProgress {
 /// Receives [`BulkProgress`] reports; called from whichever thread finished the org.
 pub type ProgressFn = Arc<dyn Fn(&BulkProgress) + Send + Sync>;
 
-/// A delivery being acted on. Dropped before it finished (the handler's future was dropped,
-/// the fetch failed), the gate forgets it, so Webex's redelivery is acted on.
-struct Delivery {
-    engine: Arc<ServiceAppEngine>,
-    event: ServiceAppEvent,
-    finished: bool,
-}
-
-impl Drop for Delivery {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.engine.gate.failed(&self.event);
-        }
-    }
-}
-
 impl ServiceAppEngine {
     /// Handles one `serviceApp` webhook delivery: verifies the signature (when a secret is
-    /// set), fetches tokens on `authorized`, removes them on `deauthorized`; a repeated
-    /// delivery does nothing.
+    /// set), then on `authorized` fetches tokens unless the stored registration is already at
+    /// least as new as the event, and on `deauthorized` removes the org unless it was authorized
+    /// again after the event. Nothing is remembered about deliveries: a repeated, late or
+    /// reordered one is answered by what the store holds. The work is a flight of the org's,
+    /// detached from the delivery's connection; a delivery for the same event arriving
+    /// meanwhile joins it.
     pub fn handle_webhook(
         self: &Arc<Self>,
         raw_body: &[u8],
@@ -81,20 +71,33 @@ impl ServiceAppEngine {
             Ok(Admission::Done(outcome)) => return done(Ok(outcome)),
             Err(e) => return done(Err(e)),
         };
+        tracing::debug!(org = %event.org_id, field = event.org_source, event = event.kind.as_str(), "serviceApp delivery");
+        let key = TokenKey::org(event.org_id.clone());
+        let at = event.occurred_at.unwrap_or(now);
+        let org_id = event.org_id.clone();
         let work = match event.kind {
-            ServiceAppEventKind::Authorized => self.fetch(&event.org_id, now).map(now, drop),
-            ServiceAppEventKind::Deauthorized => self.remove_org(&event.org_id, now),
-        };
-        let mut delivery = Delivery { engine: self.clone(), event, finished: false };
-        work.then(now, move |result, _| match result {
-            Ok(()) => {
-                delivery.finished = true;
-                let event = &delivery.event;
-                let outcome = WebhookGate::outcome(event);
-                tracing::info!(org = %event.org_id, event = event.kind.as_str(), ?outcome, "serviceApp webhook handled");
-                done(Ok(outcome))
+            ServiceAppEventKind::Authorized => {
+                let auth = Authorization {
+                    at,
+                    exact: event.occurred_at.is_some(),
+                    delivery: delivery_digest(raw_body),
+                };
+                self.tokens
+                    .obtain(key, Mode::Fetch(Some(auth)), now)
+                    .map(now, |_| WebhookOutcome::Registered { org_id })
             }
-            Err(error) => done(Err(error)),
+            ServiceAppEventKind::Deauthorized => {
+                self.tokens.remove(key, Some(at), now).map(now, |held| match held {
+                    None => WebhookOutcome::Removed { org_id },
+                    Some(_) => WebhookOutcome::Superseded { org_id },
+                })
+            }
+        };
+        work.then(now, move |outcome, _| {
+            if let Ok(outcome) = &outcome {
+                tracing::info!(org = %event.org_id, event = event.kind.as_str(), ?outcome, "serviceApp webhook handled");
+            }
+            done(outcome)
         })
     }
 
@@ -154,7 +157,9 @@ impl ServiceAppEngine {
     }
 
     /// Makes sure the `serviceApp` `authorized` and `deauthorized` webhooks deliver to
-    /// `target_url`, creating only what is missing; returns the created ones.
+    /// `target_url`: creates what is missing, re-activates what Webex disabled, and moves
+    /// webhooks signed with another secret to `secret`. Returns the webhooks it created or
+    /// updated.
     pub fn ensure_webhooks(
         self: &Arc<Self>,
         target_url: &str,
@@ -165,30 +170,46 @@ impl ServiceAppEngine {
         let engine = self.clone();
         self.list_webhooks().then(now, move |existing, now| match existing {
             Ok(existing) => {
-                let missing: Vec<NewWebhook> =
-                    missing_webhooks(&wanted, &existing).into_iter().cloned().collect();
-                engine.create_each(missing.into_iter(), Vec::new(), now)
+                let changes: Vec<(Option<String>, NewWebhook)> = webhook_changes(&wanted, &existing)
+                    .into_iter()
+                    .map(|change| match change {
+                        WebhookChange::Create(w) => (None, w.clone()),
+                        WebhookChange::Update { id, webhook } => (Some(id), webhook.clone()),
+                    })
+                    .collect();
+                engine.change_each(changes.into_iter(), Vec::new(), now)
             }
             Err(e) => done(Err(e)),
         })
     }
 
-    fn create_each(
+    fn change_each(
         self: Arc<Self>,
-        mut missing: std::vec::IntoIter<NewWebhook>,
-        mut created: Vec<Webhook>,
+        mut changes: std::vec::IntoIter<(Option<String>, NewWebhook)>,
+        mut changed: Vec<Webhook>,
         now: Timestamp,
     ) -> Step<Vec<Webhook>> {
-        match missing.next() {
-            None => done(Ok(created)),
-            Some(webhook) => self.create_webhook(webhook).then(now, move |made, now| match made {
-                Ok(webhook) => {
-                    created.push(webhook);
-                    self.create_each(missing, created, now)
-                }
-                Err(e) => done(Err(e)),
-            }),
-        }
+        let Some((id, webhook)) = changes.next() else { return done(Ok(changed)) };
+        let step = match id {
+            None => self.create_webhook(webhook),
+            Some(id) => self.update_webhook(&id, webhook),
+        };
+        step.then(now, move |made, now| match made {
+            Ok(webhook) => {
+                changed.push(webhook);
+                self.change_each(changes, changed, now)
+            }
+            Err(e) => done(Err(e)),
+        })
+    }
+
+    /// Updates a webhook: its name, target and secret, and active again.
+    pub fn update_webhook(self: &Arc<Self>, webhook_id: &str, webhook: NewWebhook) -> Step<Webhook> {
+        let (engine, id) = (self.clone(), webhook_id.to_owned());
+        with_bearer(move |token, _| {
+            let request = update_webhook_request(engine.config(), &token, &id, &webhook);
+            send_with_retry(engine.config(), request, |r, _| parse_webhook(r))
+        })
     }
 
     /// The status of every registered org. Holds no secret.
@@ -285,6 +306,14 @@ impl Tally {
         self.results.push(OrgRefresh { org_id: org_id.clone(), result });
         BulkProgress { done: self.results.len(), total, failed: self.failed, org_id, ok }
     }
+}
+
+/// A digest of a delivery's body: Webex's redelivery of it, or the same delivery to another
+/// replica, has the same.
+fn delivery_digest(raw_body: &[u8]) -> u64 {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(raw_body);
+    u64::from_le_bytes(hash[..8].try_into().unwrap_or_default())
 }
 
 /// Gets the Integration's bearer, then continues with `then`.
