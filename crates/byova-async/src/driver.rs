@@ -24,11 +24,21 @@ pub(crate) trait Drive {
     fn run<T: Send + 'static>(self: &Arc<Self>, plan: Step<T>) -> Running<T>;
     /// The Integration's access token: the hot path, else the Integration's plan.
     fn integration_token(self: &Arc<Self>) -> Running<AccessToken>;
+    /// Runs `plan` in a task of its own, for a synchronous method; outside tokio there is
+    /// nothing to run it on, so it is dropped and logged.
+    fn start(self: &Arc<Self>, plan: Step<()>);
 }
 
 impl Drive for Agent {
     fn run<T: Send + 'static>(self: &Arc<Self>, plan: Step<T>) -> Running<T> {
         Box::pin(drive(self.clone(), plan))
+    }
+
+    fn start(self: &Arc<Self>, plan: Step<()>) {
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(self.run(plan))),
+            Err(_) => tracing::warn!("called outside a tokio runtime: {plan:?} was not run"),
+        }
     }
 
     fn integration_token(self: &Arc<Self>) -> Running<AccessToken> {
@@ -53,6 +63,12 @@ async fn drive<T: Send + 'static>(agent: Arc<Agent>, mut step: Step<T>) -> Resul
                 then.resume(storage.delete_org(&org, expect).await, agent.now())
             }
             Step::ListOrgs(then) => then.resume(storage.list_registered_orgs().await, agent.now()),
+            Step::SavePending(key, pending, then) => {
+                then.resume(storage.save_pending_authorization(&key, &pending).await, agent.now())
+            }
+            Step::TakePending(key, then) => {
+                then.resume(storage.take_pending_authorization(&key).await, agent.now())
+            }
             Step::AcquireLease(key, ttl, then) => {
                 then.resume(storage.try_acquire_lease(&key, ttl).await, agent.now())
             }

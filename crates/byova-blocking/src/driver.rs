@@ -20,6 +20,11 @@ pub(crate) trait Drive {
     fn run<T: Send + 'static>(&self, plan: Step<T>) -> Result<T>;
     /// The Integration's access token: the hot path, else the Integration's plan.
     fn integration_token(&self) -> Result<AccessToken>;
+    /// Runs `plan` here: what the async flavour runs in the background, this one finishes
+    /// before returning.
+    fn start(&self, plan: Step<()>) {
+        let _ = self.run(plan);
+    }
 }
 
 impl Drive for Agent {
@@ -44,6 +49,12 @@ impl Drive for Agent {
                     then.resume(storage.delete_org(&org, expect), self.now())
                 }
                 Step::ListOrgs(then) => then.resume(storage.list_registered_orgs(), self.now()),
+                Step::SavePending(key, pending, then) => {
+                    then.resume(storage.save_pending_authorization(&key, &pending), self.now())
+                }
+                Step::TakePending(key, then) => {
+                    then.resume(storage.take_pending_authorization(&key), self.now())
+                }
                 Step::AcquireLease(key, ttl, then) => {
                     then.resume(storage.try_acquire_lease(&key, ttl), self.now())
                 }

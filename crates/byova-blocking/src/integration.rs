@@ -92,14 +92,32 @@ impl IntegrationTokenManager {
         &self.agent.storage
     }
 
-    /// The authorization URL (with `state` and PKCE S256) and its `state`; the verifier is kept
-    /// for [`exchange_code`](Self::exchange_code). Errors: an empty or malformed scope list.
+    /// The authorization URL (with `state` and PKCE S256) and its `state`. The verifier is kept
+    /// for [`exchange_code`](Self::exchange_code) in this process and written to the storage
+    /// for ten minutes, so [`exchange_code_for_state`](Self::exchange_code_for_state) works in
+    /// any process sharing it (written before this returns; a failure is logged). Errors: an
+    /// empty or malformed scope list.
     pub fn get_authorization_url(
         &self,
         scopes: Option<&[&str]>,
         state: Option<&str>,
     ) -> Result<(String, String)> {
-        self.engine.authorization_url(scopes, state)
+        let (url, state, save) = self.engine.authorization_url(scopes, state, self.agent.now())?;
+        self.agent.start(save);
+        Ok((url, state))
+    }
+
+    /// [`get_authorization_url`](Self::get_authorization_url) that returns once the pending
+    /// authorization is in the storage, so another process can exchange its code at once.
+    /// Errors: a bad scope list, or the storage's.
+    pub fn start_authorization(
+        &self,
+        scopes: Option<&[&str]>,
+        state: Option<&str>,
+    ) -> Result<(String, String)> {
+        let (url, state, save) = self.engine.authorization_url_stored(scopes, state, self.agent.now())?;
+        self.agent.run(save)?;
+        Ok((url, state))
     }
 
     /// Exchanges an authorization code (with the verifier of the latest authorization URL) and
@@ -109,7 +127,10 @@ impl IntegrationTokenManager {
         self.agent.run(self.engine.exchange_code(code, None, self.agent.now()))
     }
 
-    /// [`exchange_code`](Self::exchange_code) with the verifier issued with `state`.
+    /// [`exchange_code`](Self::exchange_code) with the verifier issued with `state`, by this
+    /// process or by any process sharing the storage (a web app's callback on another
+    /// replica). Errors: [`UnknownAuthorizationState`](byova_core::Error::UnknownAuthorizationState)
+    /// for a state not issued, already used, or older than ten minutes.
     pub fn exchange_code_for_state(&self, code: &str, state: &str) -> Result<OAuthTokens> {
         self.agent.run(self.engine.exchange_code(code, Some(state), self.agent.now()))
     }

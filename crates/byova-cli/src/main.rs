@@ -26,7 +26,7 @@ use byova_async::{
     AuthorizeOptions, Byova, ByovaConfig, Error, IntegrationCredentials, KeyStatus, RefreshToken,
     ServiceAppCredentials, TokenKey, WebhookSecret,
 };
-use byova_core::EnvSettings;
+use byova_core::{CsrfState, EnvSettings};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
@@ -61,6 +61,17 @@ enum Command {
         /// Scopes to request, comma-separated [default: the four BYOVA scopes].
         #[arg(long, value_delimiter = ',')]
         scopes: Option<Vec<String>>,
+        /// For a redirect URI you serve yourself (WEBEX_INTEGRATION_REDIRECT_URI): keep the PKCE
+        /// verifier in the storage for ten minutes, print the URL and its state, and exit.
+        /// Finish with --code and --state, from any process sharing the storage.
+        #[arg(long, conflicts_with_all = ["no_browser", "code"])]
+        print_url: bool,
+        /// The code your redirect URI received for a URL from --print-url.
+        #[arg(long, requires = "state", value_parser = secret::<Hidden>)]
+        code: Option<Hidden>,
+        /// The state of that URL.
+        #[arg(long, requires = "code", value_parser = secret::<CsrfState>)]
+        state: Option<CsrfState>,
     },
     /// Print a valid Integration access token (refreshed when needed) and nothing else.
     Token,
@@ -161,6 +172,23 @@ enum WebhooksCommand {
 
 /// Parses a command-line value straight into a secret type, so the parsed command's `Debug`
 /// never shows it.
+/// An argument that is a secret without a cloneable type of its own (an authorization code):
+/// kept out of `Debug`.
+#[derive(Clone)]
+struct Hidden(String);
+
+impl From<String> for Hidden {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl std::fmt::Debug for Hidden {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hidden([redacted])")
+    }
+}
+
 fn secret<T: From<String>>(value: &str) -> Result<T, String> {
     let value = value.trim();
     if value.is_empty() { Err("must not be empty".into()) } else { Ok(T::from(value.to_owned())) }
@@ -185,7 +213,9 @@ impl From<Error> for Failure {
             | Error::Authentication(_)
             | Error::ServiceAppNotAuthorized { .. } => 5,
             Error::WebhookSignature(_) | Error::InvalidInput(_) => 7,
-            Error::OAuthRedirect { .. } | Error::OAuthRedirectTimeout(_) => 8,
+            Error::OAuthRedirect { .. }
+            | Error::OAuthRedirectTimeout(_)
+            | Error::UnknownAuthorizationState => 8,
             _ => 6,
         };
         Failure { code, message: e.to_string() }
@@ -247,7 +277,22 @@ async fn run(cli: Cli) -> Outcome {
     }
     let byova = connect(&cli).await?;
     match cli.command {
-        Command::Authorize { no_browser, timeout, scopes } => {
+        Command::Authorize { print_url: true, scopes, .. } => {
+            let scopes: Option<Vec<&str>> = scopes.as_ref().map(|s| s.iter().map(String::as_str).collect());
+            let (url, state) = byova.integration().start_authorization(scopes.as_deref(), None).await?;
+            print_line(cli.json, json!({"url": url, "state": state}), || {
+                format!("{url}\nstate: {state}\nthen: byova authorize --code CODE --state {state}")
+            });
+        }
+        Command::Authorize { code: Some(code), state: Some(state), .. } => {
+            let tokens = byova.integration().exchange_code_for_state(&code.0, state.expose_secret()).await?;
+            print_line(
+                cli.json,
+                json!({"authorized": true, "expires_at_ms": tokens.expires_at().as_unix_millis()}),
+                || format!("Authorized. The access token expires at {}.", when(tokens.expires_at())),
+            );
+        }
+        Command::Authorize { no_browser, timeout, scopes, .. } => {
             let mut options = AuthorizeOptions::default().with_timeout(Duration::from_secs(timeout));
             if no_browser {
                 options = options.without_browser();
@@ -472,6 +517,7 @@ mod tests {
             &["byova", "org", "register", "o1", "--refresh-token", "RT-CANARY"][..],
             &["byova", "webhook", "handle", "-", "--secret", "WH-CANARY"],
             &["byova", "webhooks", "ensure", "https://h.test/x", "--secret", "WH-CANARY"],
+            &["byova", "authorize", "--code", "CODE-CANARY", "--state", "STATE-CANARY"],
         ] {
             let printed = format!("{:?}", Cli::try_parse_from(args).unwrap());
             assert!(!printed.contains("CANARY"), "{printed}");

@@ -471,7 +471,7 @@ fn serve_lifecycle(shape: DeliveryShape) {
     let (mut serve, base) = start_serve(env.cmd().env("BYOVA_WEBHOOK_SECRET", "new-secret").args([
         "serve",
         "--listen",
-        &base.trim_start_matches("http://").to_owned(),
+        base.trim_start_matches("http://"),
     ]));
     assert_eq!(format!("{base}/webhook"), url);
     assert_eq!(statuses(&env.fake.admin_event(ServiceAppEventKind::Deauthorized, ORG)), ok, "{shape:?}");
@@ -487,6 +487,29 @@ fn serve_keeps_the_lifecycle_with_guide_shaped_deliveries() {
 #[test]
 fn serve_keeps_the_lifecycle_with_cisco_sample_deliveries() {
     serve_lifecycle(DeliveryShape::CiscoSample);
+}
+
+/// A web app's split flow, as separate processes sharing `env`'s storage: `authorize
+/// --print-url` in one, the browser, `authorize --code --state` in another; the pending
+/// authorization is used once.
+fn split_authorization_across_processes(env: &Env) {
+    let printed = env.run(&["authorize", "--print-url", "--json"]);
+    assert!(printed.status.success(), "{}", stderr(&printed));
+    let printed: serde_json::Value = serde_json::from_slice(&printed.stdout).unwrap();
+    let (url, state) = (printed["url"].as_str().unwrap(), printed["state"].as_str().unwrap());
+    let location = env.fake.browser_visit(url).unwrap();
+    let code = wire::query_param(&location, "code").unwrap();
+    let done = env.run(&["authorize", "--code", &code, "--state", state]);
+    assert!(done.status.success(), "{}", stderr(&done));
+    assert!(stdout(&done).starts_with("Authorized."), "{}", stdout(&done));
+    let token = env.run(&["token"]);
+    assert!(env.fake.is_access_token_valid(stdout(&token).trim()), "the stored token works");
+    assert_fails(&env.run(&["authorize", "--code", &code, "--state", state]), 8, "no pending authorization");
+}
+
+#[test]
+fn authorize_split_across_processes_on_files() {
+    split_authorization_across_processes(&Env::new());
 }
 
 #[test]
@@ -534,7 +557,7 @@ fn two_replicas_refresh_each_org_once(env: &Env, store: &dyn BlockingTokenStorag
 }
 
 #[test]
-fn two_serve_replicas_on_redis_refresh_each_org_once() {
+fn replicas_on_redis_refresh_each_org_once_and_share_authorizations() {
     let Some(redis) = std::env::var("BYOVA_TEST_REDIS_URL").ok().filter(|u| !u.is_empty()) else {
         assert!(std::env::var("CI").is_err(), "CI must run this against Redis (BYOVA_TEST_REDIS_URL)");
         println!("skipped: BYOVA_TEST_REDIS_URL is not set");
@@ -545,6 +568,7 @@ fn two_serve_replicas_on_redis_refresh_each_org_once() {
     env.storage = format!("{redis}{}prefix={prefix}", if redis.contains('?') { '&' } else { '?' });
     let store = byova_storage_redis::RedisTokenStorage::open(&env.storage).unwrap();
     two_replicas_refresh_each_org_once(&env, &store);
+    split_authorization_across_processes(&env);
     let client = redis::Client::open(redis.split('?').next().unwrap());
     if let Ok(mut conn) = client.and_then(|c| c.get_connection()) {
         let keys: Vec<String> =
@@ -556,7 +580,7 @@ fn two_serve_replicas_on_redis_refresh_each_org_once() {
 }
 
 #[test]
-fn two_serve_replicas_on_postgres_refresh_each_org_once() {
+fn replicas_on_postgres_refresh_each_org_once_and_share_authorizations() {
     let Some(pg) = std::env::var("BYOVA_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty()) else {
         assert!(
             std::env::var("CI").is_err(),
@@ -572,6 +596,7 @@ fn two_serve_replicas_on_postgres_refresh_each_org_once() {
     let sql = rt.block_on(byova_storage_sql::SqlTokenStorage::connect(&env.storage)).unwrap();
     let store = OnRuntime { sql: sql.clone(), rt: &rt };
     two_replicas_refresh_each_org_once(&env, &store);
+    split_authorization_across_processes(&env);
     rt.block_on(sql.drop_table()).unwrap();
 }
 

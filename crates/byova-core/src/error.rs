@@ -180,6 +180,13 @@ pub enum Error {
     /// An argument was not acceptable (an org id that is not base64, say).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// `exchange_code_for_state` was given a `state` with no pending authorization: no
+    /// authorization URL sharing this store was built with it, its code was already exchanged,
+    /// or it is older than ten minutes. Start the authorization again.
+    #[error(
+        "no pending authorization for this state (never issued here, already used, or older than 10 minutes); start the authorization again"
+    )]
+    UnknownAuthorizationState,
     /// A webhook delivery's `X-Spark-Signature` was missing, malformed or wrong.
     #[error("webhook rejected: {0}")]
     WebhookSignature(#[from] SignatureError),

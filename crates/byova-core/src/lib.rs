@@ -52,6 +52,7 @@ mod ids;
 mod key;
 mod listener;
 mod oauth;
+mod pending;
 mod policy;
 mod secret;
 mod storage;
@@ -92,6 +93,7 @@ pub use oauth::{
     error_from_response, known_oauth_error, parse_retry_after, parse_token_response, refresh_request,
     service_app_token_request, tracking_id,
 };
+pub use pending::{PENDING_AUTHORIZATION_TTL, PendingAuthorization, pending_key};
 pub use policy::{
     CoordinationPolicy, Freshness, KeyStatus, RefreshPolicy, RetryDecision, RetryPolicy, TokenState,
 };

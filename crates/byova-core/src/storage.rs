@@ -25,6 +25,7 @@ use async_trait::async_trait;
 
 use crate::error::StorageError;
 use crate::key::{Expect, Lease, TokenKey, UNVERSIONED, Versioned};
+use crate::pending::PendingAuthorization;
 use crate::time::{Clock, SystemClock, Timestamp};
 use crate::tokens::{OAuthTokens, ServiceAppTokens};
 
@@ -124,6 +125,28 @@ pub trait TokenStorage: Send + Sync {
         let _ = (lease, ttl);
         Ok(true)
     }
+    /// Keeps a pending authorization (see [`PendingAuthorization`]) under `key` (a
+    /// [`pending_key`](crate::pending_key)) until its expiry, so a process sharing this store
+    /// can exchange its code. Returns whether it was kept; the default keeps nothing and
+    /// returns `false` (the process that built the URL still holds it in memory).
+    async fn save_pending_authorization(
+        &self,
+        key: &str,
+        pending: &PendingAuthorization,
+    ) -> Result<bool, StorageError> {
+        let _ = (key, pending);
+        Ok(false)
+    }
+
+    /// Removes and returns the pending authorization under `key`: exactly one caller gets it.
+    /// The default has none.
+    async fn take_pending_authorization(
+        &self,
+        key: &str,
+    ) -> Result<Option<PendingAuthorization>, StorageError> {
+        let _ = key;
+        Ok(None)
+    }
 }
 
 /// Blocking token storage: the same contract as [`TokenStorage`], without async.
@@ -188,6 +211,21 @@ pub trait BlockingTokenStorage: Send + Sync {
         let _ = (lease, ttl);
         Ok(true)
     }
+    /// See [`TokenStorage::save_pending_authorization`].
+    fn save_pending_authorization(
+        &self,
+        key: &str,
+        pending: &PendingAuthorization,
+    ) -> Result<bool, StorageError> {
+        let _ = (key, pending);
+        Ok(false)
+    }
+
+    /// See [`TokenStorage::take_pending_authorization`].
+    fn take_pending_authorization(&self, key: &str) -> Result<Option<PendingAuthorization>, StorageError> {
+        let _ = key;
+        Ok(None)
+    }
 }
 
 /// The primitives of a store that several processes share: versioned records and leases.
@@ -215,6 +253,23 @@ pub trait CoordinatedTokenStorage: Send + Sync {
     async fn release_lease(&self, lease: &Lease) -> Result<(), StorageError>;
     /// See [`TokenStorage::extend_lease`].
     async fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError>;
+    /// See [`TokenStorage::save_pending_authorization`]; by default nothing is kept.
+    async fn save_pending_authorization(
+        &self,
+        key: &str,
+        pending: &PendingAuthorization,
+    ) -> Result<bool, StorageError> {
+        let _ = (key, pending);
+        Ok(false)
+    }
+    /// See [`TokenStorage::take_pending_authorization`].
+    async fn take_pending_authorization(
+        &self,
+        key: &str,
+    ) -> Result<Option<PendingAuthorization>, StorageError> {
+        let _ = key;
+        Ok(None)
+    }
 }
 
 /// The blocking twin of [`CoordinatedTokenStorage`]; [`BlockingTokenStorage`] is provided.
@@ -233,6 +288,20 @@ pub trait BlockingCoordinatedTokenStorage: Send + Sync {
     fn release_lease(&self, lease: &Lease) -> Result<(), StorageError>;
     /// See [`TokenStorage::extend_lease`].
     fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError>;
+    /// See [`TokenStorage::save_pending_authorization`]; by default nothing is kept.
+    fn save_pending_authorization(
+        &self,
+        key: &str,
+        pending: &PendingAuthorization,
+    ) -> Result<bool, StorageError> {
+        let _ = (key, pending);
+        Ok(false)
+    }
+    /// See [`TokenStorage::take_pending_authorization`].
+    fn take_pending_authorization(&self, key: &str) -> Result<Option<PendingAuthorization>, StorageError> {
+        let _ = key;
+        Ok(None)
+    }
 }
 
 /// Writes the Python SDK's six methods and the hooks over the coordinated primitives, once for each
@@ -280,6 +349,12 @@ macro_rules! provide_seed_methods {
             $($async_kw)? fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
                 $primitives::extend_lease(self, lease, ttl)$(.$await)?
             }
+            $($async_kw)? fn save_pending_authorization(&self, key: &str, pending: &PendingAuthorization) -> Result<bool, StorageError> {
+                $primitives::save_pending_authorization(self, key, pending)$(.$await)?
+            }
+            $($async_kw)? fn take_pending_authorization(&self, key: &str) -> Result<Option<PendingAuthorization>, StorageError> {
+                $primitives::take_pending_authorization(self, key)$(.$await)?
+            }
         }
     };
 }
@@ -309,6 +384,8 @@ pub struct InMemoryTokenStorage {
 struct MemoryState {
     records: HashMap<TokenKey, (Vec<u8>, u64)>,
     leases: HashMap<TokenKey, (u128, Timestamp)>,
+    /// Pending authorizations in their stored form, by key, with their expiry.
+    pending: HashMap<String, (Vec<u8>, Timestamp)>,
     /// One counter for all keys, so a record deleted and created again never reuses a version.
     last_version: u64,
 }
@@ -429,6 +506,25 @@ impl InMemoryTokenStorage {
         }
     }
 
+    fn save_pending_sync(&self, key: &str, pending: &PendingAuthorization) -> bool {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        state.pending.retain(|_, (_, expires_at)| *expires_at > now);
+        state.pending.insert(key.to_owned(), (pending.to_json(), pending.expires_at));
+        true
+    }
+
+    fn take_pending_sync(&self, key: &str) -> Result<Option<PendingAuthorization>, StorageError> {
+        let taken = self.lock().pending.remove(key);
+        taken
+            .map(|(bytes, _)| {
+                PendingAuthorization::from_json(&bytes).map_err(|why| {
+                    StorageError::corrupt(format!("a pending authorization in memory is unreadable: {why}"))
+                })
+            })
+            .transpose()
+    }
+
     fn release_sync(&self, lease: &Lease) {
         let mut state = self.lock();
         if state.leases.get(&lease.key).is_some_and(|(owner, _)| *owner == lease.owner) {
@@ -464,6 +560,12 @@ macro_rules! memory_storage_impl {
             }
             $($async_kw)? fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
                 Ok(self.extend_sync(lease, ttl))
+            }
+            $($async_kw)? fn save_pending_authorization(&self, key: &str, pending: &PendingAuthorization) -> Result<bool, StorageError> {
+                Ok(self.save_pending_sync(key, pending))
+            }
+            $($async_kw)? fn take_pending_authorization(&self, key: &str) -> Result<Option<PendingAuthorization>, StorageError> {
+                self.take_pending_sync(key)
             }
         }
     };

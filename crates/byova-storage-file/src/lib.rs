@@ -20,6 +20,10 @@
 //!   blocks others for at most the lease's time-to-live.
 //! - **Versions only grow**, also across deletion: a new version is the larger of the old one
 //!   plus one and the current time in microseconds.
+//! - **Pending authorizations** (an authorization URL's PKCE verifier, for
+//!   `exchange_code_for_state` in another process) are `pending-<sha256 of the state>.json`,
+//!   written the same crash-safe way; taking one renames it to a name of the taker's own
+//!   first, so exactly one taker gets it. Unused ones are removed once they expired.
 //!
 //! ```
 //! use byova_core::{BlockingTokenStorage, OAuthTokens, AccessToken, Timestamp};

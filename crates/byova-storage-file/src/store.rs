@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use byova_core::{
-    BlockingCoordinatedTokenStorage, Clock, Expect, Lease, OAuthTokens, StorageError, StorageErrorKind,
-    SystemClock, TokenKey, Versioned,
+    BlockingCoordinatedTokenStorage, Clock, Expect, Lease, OAuthTokens, PENDING_AUTHORIZATION_TTL,
+    PendingAuthorization, StorageError, StorageErrorKind, SystemClock, TokenKey, Versioned,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -293,6 +293,58 @@ impl FileTokenStorage {
         Ok(orgs)
     }
 
+    /// Writes a pending authorization as `pending-{key}.json` (durably), first removing the
+    /// ones whose time has passed.
+    fn save_pending_sync(&self, key: &str, bytes: &[u8]) -> Result<bool, StorageError> {
+        let target = self.pending_path(key)?;
+        self.purge_expired_pending();
+        write_durably(&self.inner.dir, &target, bytes)?;
+        Ok(true)
+    }
+
+    /// Claims `pending-{key}.json` by renaming it to a name of this caller's own (one rename
+    /// wins), then reads and removes it.
+    fn take_pending_sync(&self, key: &str) -> Result<Option<PendingAuthorization>, StorageError> {
+        let path = self.pending_path(key)?;
+        let claimed = self.inner.dir.join(format!(".pending-{key}.taken-{}", random_suffix()));
+        match fs::rename(&path, &claimed) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error("cannot take the pending authorization", &path, &e)),
+        }
+        let bytes = read_no_follow(&claimed);
+        let _ = fs::remove_file(&claimed);
+        let bytes = bytes.map_err(|e| io_error("cannot read the pending authorization", &path, &e))?;
+        PendingAuthorization::from_json(&bytes).map(Some).map_err(|why| {
+            StorageError::corrupt(format!(
+                "the pending authorization {} is unreadable: {why}",
+                path.display()
+            ))
+        })
+    }
+
+    fn pending_path(&self, key: &str) -> Result<PathBuf, StorageError> {
+        if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StorageError::other("a pending authorization key is 64 hex digits"));
+        }
+        Ok(self.inner.dir.join(format!("pending-{key}.json")))
+    }
+
+    /// Best effort: pending authorizations nobody exchanged are removed once they expired
+    /// (judged by the file's age; a failure here costs only disk space).
+    fn purge_expired_pending(&self) {
+        let Ok(entries) = fs::read_dir(&self.inner.dir) else { return };
+        let horizon = PENDING_AUTHORIZATION_TTL + Duration::from_secs(60);
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let is_pending = name.to_str().is_some_and(|n| n.starts_with("pending-") && n.ends_with(".json"));
+            let age = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+            if is_pending && age.is_some_and(|age| age > horizon) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
     fn acquire_sync(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
         let stem = stem(key)?;
         let path = self.inner.dir.join(format!("{stem}.lease"));
@@ -458,6 +510,16 @@ impl BlockingCoordinatedTokenStorage for FileTokenStorage {
     fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
         self.extend_sync(lease, ttl)
     }
+    fn save_pending_authorization(
+        &self,
+        key: &str,
+        pending: &PendingAuthorization,
+    ) -> Result<bool, StorageError> {
+        self.save_pending_sync(key, &pending.to_json())
+    }
+    fn take_pending_authorization(&self, key: &str) -> Result<Option<PendingAuthorization>, StorageError> {
+        self.take_pending_sync(key)
+    }
 }
 
 #[cfg(feature = "async")]
@@ -515,6 +577,21 @@ mod async_impl {
         async fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
             let lease = lease.clone();
             self.offload(move |s| s.extend_sync(&lease, ttl)).await
+        }
+        async fn save_pending_authorization(
+            &self,
+            key: &str,
+            pending: &PendingAuthorization,
+        ) -> Result<bool, StorageError> {
+            let (key, bytes) = (key.to_owned(), pending.to_json());
+            self.offload(move |s| s.save_pending_sync(&key, &bytes)).await
+        }
+        async fn take_pending_authorization(
+            &self,
+            key: &str,
+        ) -> Result<Option<PendingAuthorization>, StorageError> {
+            let key = key.to_owned();
+            self.offload(move |s| s.take_pending_sync(&key)).await
         }
     }
 }

@@ -18,6 +18,7 @@
 //! | `{p}:orgs` | set | registered org ids (`list_registered_orgs` reads it; no `KEYS`, no `SCAN`) |
 //! | `{p}:version` | string | the counter every write takes its version from (versions never repeat, even across delete and re-create) |
 //! | `{p}:lease:integration`, `{p}:lease:org:<org id>` | string, with a TTL | the lease owner's random token |
+//! | `{p}:pending:<sha256 of the state>` | string, with a TTL (its expiry) | a pending authorization (PKCE verifier, redirect URI); taken by a get-and-delete script, so once |
 //!
 //! ## Guarantees
 //!

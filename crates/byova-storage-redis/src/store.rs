@@ -3,7 +3,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use byova_core::{Expect, Lease, OAuthTokens, StorageError, TokenKey, Versioned, decode_record};
+use byova_core::{
+    Clock, Expect, Lease, OAuthTokens, PendingAuthorization, StorageError, SystemClock, TokenKey, Versioned,
+    decode_record,
+};
 use redis::{Script, Value};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,6 +32,11 @@ return 1
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+";
+const TAKE: &str = r"
+local v = redis.call('GET', KEYS[1])
+if v then redis.call('DEL', KEYS[1]) end
+return v
 ";
 const EXTEND: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -57,6 +65,7 @@ struct Scripts {
     delete: Script,
     release: Script,
     extend: Script,
+    take: Script,
 }
 
 impl std::fmt::Debug for RedisTokenStorage {
@@ -106,6 +115,14 @@ enum Op {
         owner: String,
         ttl_ms: u64,
     },
+    SavePending {
+        key: String,
+        payload: Vec<u8>,
+        ttl_ms: u64,
+    },
+    TakePending {
+        key: String,
+    },
 }
 
 fn unavailable_or_other(what: &str, e: &redis::RedisError) -> StorageError {
@@ -149,6 +166,7 @@ impl RedisTokenStorage {
             delete: Script::new(DELETE),
             release: Script::new(RELEASE),
             extend: Script::new(EXTEND),
+            take: Script::new(TAKE),
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -182,6 +200,21 @@ impl RedisTokenStorage {
             TokenKey::Integration => format!("{{{}}}:lease:integration", self.inner.prefix),
             TokenKey::Org(org) => format!("{{{}}}:lease:org:{org}", self.inner.prefix),
         }
+    }
+
+    fn pending_op_key(&self, key: &str) -> Result<String, StorageError> {
+        if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StorageError::other("a pending authorization key is 64 hex digits"));
+        }
+        Ok(format!("{{{}}}:pending:{key}", self.inner.prefix))
+    }
+
+    fn save_pending_op(&self, key: &str, pending: &PendingAuthorization) -> Result<Op, StorageError> {
+        Ok(Op::SavePending {
+            key: self.pending_op_key(key)?,
+            payload: pending.to_json(),
+            ttl_ms: ttl_ms(pending.remaining(SystemClock.now())),
+        })
     }
 
     fn index_key(&self) -> String {
@@ -272,6 +305,14 @@ impl RedisTokenStorage {
                 inv.key(lease).arg(owner).arg(*ttl_ms);
                 Invocation::Script(inv)
             }
+            Op::SavePending { key, payload, ttl_ms } => Invocation::Cmd(
+                redis::cmd("SET").arg(key).arg(payload.as_slice()).arg("PX").arg(*ttl_ms).clone(),
+            ),
+            Op::TakePending { key } => {
+                let mut inv = s.take.prepare_invoke();
+                inv.key(key);
+                Invocation::Script(inv)
+            }
         })
     }
 
@@ -323,6 +364,19 @@ impl RedisTokenStorage {
             },
             Op::Release { .. } => Ok(Reply::Flag(true)),
             Op::Extend { .. } => Ok(Reply::Flag(redis::from_redis_value::<i64>(reply).unwrap_or(0) == 1)),
+            Op::SavePending { .. } => Ok(Reply::Flag(true)),
+            Op::TakePending { .. } => match redis::from_redis_value::<Option<Vec<u8>>>(reply) {
+                Ok(None) => Ok(Reply::Pending(None)),
+                Ok(Some(bytes)) => {
+                    PendingAuthorization::from_json(&bytes).map(|p| Reply::Pending(Some(p))).map_err(|why| {
+                        StorageError::corrupt(format!(
+                            "a pending authorization in {} is unreadable: {why}",
+                            self.where_()
+                        ))
+                    })
+                }
+                Err(_) => Err(bad("a pending authorization take")),
+            },
         }
     }
 }
@@ -337,6 +391,7 @@ enum Reply {
     Version(u64),
     Orgs(Vec<String>),
     Flag(bool),
+    Pending(Option<PendingAuthorization>),
 }
 
 /// An `Expect` as the scripts' mode and version arguments (the same table as
@@ -397,6 +452,13 @@ macro_rules! coordinated_impl {
             $($async_kw)? fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
                 let op = Op::Extend { lease: self.lease_key(&lease.key), owner: lease.owner.to_string(), ttl_ms: ttl_ms(ttl) };
                 reply_as!(self.$run(op, None)$(.$await)??, Flag)
+            }
+            $($async_kw)? fn save_pending_authorization(&self, key: &str, pending: &PendingAuthorization) -> Result<bool, StorageError> {
+                reply_as!(self.$run(self.save_pending_op(key, pending)?, None)$(.$await)??, Flag)
+            }
+            $($async_kw)? fn take_pending_authorization(&self, key: &str) -> Result<Option<PendingAuthorization>, StorageError> {
+                let op = Op::TakePending { key: self.pending_op_key(key)? };
+                reply_as!(self.$run(op, None)$(.$await)??, Pending)
             }
         }
     };

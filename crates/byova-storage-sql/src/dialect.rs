@@ -25,6 +25,14 @@ pub(crate) struct Statements {
     pub(crate) acquire: String,
     pub(crate) release: String,
     pub(crate) extend: String,
+    /// The pending authorizations' table (`<table>_pending`).
+    pub(crate) create_pending: String,
+    /// Upserts a pending authorization expiring `$3` ms from the database's now.
+    pub(crate) save_pending: String,
+    pub(crate) purge_pending: String,
+    pub(crate) read_pending: String,
+    /// The taker whose delete removed the row (`rows affected = 1`) is the one that has it.
+    pub(crate) delete_pending: String,
 }
 
 impl Statements {
@@ -60,6 +68,35 @@ impl Statements {
             ),
             Kind::MySql => format!("INSERT IGNORE INTO {table} (key_name, org_id) VALUES (?, ?)"),
             Kind::Sqlite => format!("INSERT OR IGNORE INTO {table} (key_name, org_id) VALUES (?, ?)"),
+        };
+        let pending = format!("{table}_pending");
+        let create_pending = match kind {
+            Kind::Postgres => format!(
+                "CREATE TABLE IF NOT EXISTS {pending} (key_name TEXT PRIMARY KEY, record TEXT NOT NULL, \
+                 expires_at BIGINT NOT NULL)"
+            ),
+            Kind::MySql => format!(
+                "CREATE TABLE IF NOT EXISTS {pending} (key_name CHAR(64) CHARACTER SET ascii NOT NULL PRIMARY KEY, \
+                 record TEXT NOT NULL, expires_at BIGINT NOT NULL) ENGINE=InnoDB"
+            ),
+            Kind::Sqlite => format!(
+                "CREATE TABLE IF NOT EXISTS {pending} (key_name TEXT PRIMARY KEY, record TEXT NOT NULL, \
+                 expires_at INTEGER NOT NULL)"
+            ),
+        };
+        let save_pending = match kind {
+            Kind::Postgres => format!(
+                "INSERT INTO {pending} (key_name, record, expires_at) VALUES ($1, $2, {now} + $3) \
+                 ON CONFLICT (key_name) DO UPDATE SET record = EXCLUDED.record, expires_at = EXCLUDED.expires_at"
+            ),
+            Kind::MySql => {
+                format!("REPLACE INTO {pending} (key_name, record, expires_at) VALUES (?, ?, {now} + ?)")
+            }
+            Kind::Sqlite => {
+                format!(
+                    "INSERT OR REPLACE INTO {pending} (key_name, record, expires_at) VALUES (?, ?, {now} + ?)"
+                )
+            }
         };
         let for_update = if kind == Kind::Sqlite { "" } else { " FOR UPDATE" };
         Self {
@@ -109,7 +146,33 @@ impl Statements {
                 p(2),
                 p(3)
             ),
+            create_pending,
+            save_pending,
+            purge_pending: format!("DELETE FROM {pending} WHERE expires_at < {now}"),
+            read_pending: format!("SELECT record FROM {pending} WHERE key_name = {}", p(1)),
+            delete_pending: format!("DELETE FROM {pending} WHERE key_name = {}", p(1)),
         }
+    }
+}
+
+/// Parses a pending authorization read from `location`.
+pub(crate) fn decode_pending(
+    record: &str,
+    location: &str,
+) -> Result<byova_core::PendingAuthorization, byova_core::StorageError> {
+    byova_core::PendingAuthorization::from_json(record.as_bytes()).map_err(|why| {
+        byova_core::StorageError::corrupt(format!(
+            "a pending authorization in {location} is unreadable: {why}"
+        ))
+    })
+}
+
+/// A pending authorization's key: 64 hex digits (the SHA-256 of its state).
+pub(crate) fn check_pending_key(key: &str) -> Result<(), byova_core::StorageError> {
+    if key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(())
+    } else {
+        Err(byova_core::StorageError::other("a pending authorization key is 64 hex digits"))
     }
 }
 

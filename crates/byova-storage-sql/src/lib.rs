@@ -21,6 +21,12 @@
 //! | `record` | the token record (JSON), `NULL` when deleted or never written |
 //! | `lease_owner`, `lease_until`, `lease_seq` | the refresh lease, judged by the database's clock |
 //!
+//! and `<table>_pending` for authorization URLs waiting for their code (so
+//! `exchange_code_for_state` works on another replica): `key_name` (the SHA-256 of the `state`),
+//! `record` (the PKCE verifier and redirect URI, JSON), `expires_at` (the database's clock, ten
+//! minutes on). Expired rows are deleted by the next save; a take is a read and a `DELETE`, and
+//! only the taker whose `DELETE` removed the row gets it.
+//!
 //! ## Guarantees
 //!
 //! - A versioned write is one transaction: `SELECT … FOR UPDATE` (SQLite: `BEGIN IMMEDIATE`),

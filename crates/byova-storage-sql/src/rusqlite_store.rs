@@ -4,12 +4,12 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use byova_core::{
-    BlockingCoordinatedTokenStorage, Expect, Lease, OAuthTokens, StorageError, TokenKey, Versioned,
-    decode_record,
+    BlockingCoordinatedTokenStorage, Clock, Expect, Lease, OAuthTokens, PendingAuthorization, StorageError,
+    SystemClock, TokenKey, Versioned, decode_record,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::dialect::{Kind, Statements, key_columns, split_table};
+use crate::dialect::{Kind, Statements, check_pending_key, decode_pending, key_columns, split_table};
 
 /// A blocking SQLite token store (one connection; SQLite serializes writers anyway). Processes
 /// share the file: WAL, a 5 s busy timeout, and `BEGIN IMMEDIATE` for every read-then-write.
@@ -66,9 +66,10 @@ impl SqliteBlockingStorage {
     /// # Errors
     /// When the statement fails.
     pub fn migrate(&self) -> Result<(), StorageError> {
-        self.conn()
-            .execute(&self.st.create, [])
-            .map_err(|e| sqlite_error("cannot create the token table", &e))?;
+        let conn = self.conn();
+        for create in [&self.st.create, &self.st.create_pending] {
+            conn.execute(create, []).map_err(|e| sqlite_error("cannot create the token tables", &e))?;
+        }
         Ok(())
     }
 
@@ -181,5 +182,36 @@ impl BlockingCoordinatedTokenStorage for SqliteBlockingStorage {
             .execute(&self.st.extend, params![ms(ttl), name, lease.owner.to_string()])
             .map_err(|e| sqlite_error("extend a lease", &e))?;
         Ok(n == 1)
+    }
+    fn save_pending_authorization(
+        &self,
+        key: &str,
+        pending: &PendingAuthorization,
+    ) -> Result<bool, StorageError> {
+        check_pending_key(key)?;
+        let json = String::from_utf8(pending.to_json())
+            .map_err(|_| StorageError::other("a pending authorization is not UTF-8"))?;
+        let conn = self.conn();
+        conn.execute(&self.st.purge_pending, [])
+            .map_err(|e| sqlite_error("purge expired pending authorizations", &e))?;
+        conn.execute(&self.st.save_pending, params![key, json, ms(pending.remaining(SystemClock.now()))])
+            .map_err(|e| sqlite_error("save a pending authorization", &e))?;
+        Ok(true)
+    }
+    fn take_pending_authorization(&self, key: &str) -> Result<Option<PendingAuthorization>, StorageError> {
+        check_pending_key(key)?;
+        let conn = self.conn();
+        let record: Option<String> = conn
+            .query_row(&self.st.read_pending, params![key], |r| r.get(0))
+            .optional()
+            .map_err(|e| sqlite_error("read a pending authorization", &e))?;
+        let Some(record) = record else { return Ok(None) };
+        let deleted = conn
+            .execute(&self.st.delete_pending, params![key])
+            .map_err(|e| sqlite_error("take a pending authorization", &e))?;
+        if deleted != 1 {
+            return Ok(None); // another process took it
+        }
+        decode_pending(&record, &format!("{} table", self.path)).map(Some)
     }
 }

@@ -3,13 +3,13 @@
 use std::time::Duration;
 
 use byova_core::{
-    CoordinatedTokenStorage, Expect, Lease, OAuthTokens, StorageError, TokenKey, Versioned, async_trait,
-    decode_record,
+    Clock, CoordinatedTokenStorage, Expect, Lease, OAuthTokens, PendingAuthorization, StorageError,
+    SystemClock, TokenKey, Versioned, async_trait, decode_record,
 };
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
-use crate::dialect::{Kind, Statements, key_columns, redact, split_table};
+use crate::dialect::{Kind, Statements, check_pending_key, decode_pending, key_columns, redact, split_table};
 
 /// An async SQL token store. Cheap to clone (a connection pool).
 #[derive(Clone)]
@@ -124,10 +124,12 @@ impl SqlTokenStorage {
     /// # Errors
     /// When the statement fails.
     pub async fn migrate(&self) -> Result<(), StorageError> {
-        sqlx::query(&self.st.create)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| sqlx_error("cannot create the token table", &e))?;
+        for create in [&self.st.create, &self.st.create_pending] {
+            sqlx::query(create)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| sqlx_error("cannot create the token tables", &e))?;
+        }
         Ok(())
     }
 
@@ -136,15 +138,17 @@ impl SqlTokenStorage {
         &self.table
     }
 
-    /// Drops the table (tests, uninstalling). Every stored token is gone afterwards.
+    /// Drops the tables (tests, uninstalling). Every stored token is gone afterwards.
     ///
     /// # Errors
     /// When the statement fails.
     pub async fn drop_table(&self) -> Result<(), StorageError> {
-        sqlx::query(&format!("DROP TABLE IF EXISTS {}", self.table))
-            .execute(&self.pool)
-            .await
-            .map_err(|e| sqlx_error("cannot drop the token table", &e))?;
+        for table in [self.table.clone(), format!("{}_pending", self.table)] {
+            sqlx::query(&format!("DROP TABLE IF EXISTS {table}"))
+                .execute(&self.pool)
+                .await
+                .map_err(|e| sqlx_error("cannot drop the token tables", &e))?;
+        }
         Ok(())
     }
 
@@ -316,5 +320,51 @@ impl CoordinatedTokenStorage for SqlTokenStorage {
             .await
             .map_err(|e| sqlx_error("extend a lease", &e))?;
         Ok(done.rows_affected() == 1)
+    }
+    async fn save_pending_authorization(
+        &self,
+        key: &str,
+        pending: &PendingAuthorization,
+    ) -> Result<bool, StorageError> {
+        check_pending_key(key)?;
+        let json = String::from_utf8(pending.to_json())
+            .map_err(|_| StorageError::other("a pending authorization is not UTF-8"))?;
+        sqlx::query(&self.st.purge_pending)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| sqlx_error("purge expired pending authorizations", &e))?;
+        sqlx::query(&self.st.save_pending)
+            .bind(key)
+            .bind(json)
+            .bind(ms(pending.remaining(SystemClock.now())))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| sqlx_error("save a pending authorization", &e))?;
+        Ok(true)
+    }
+    async fn take_pending_authorization(
+        &self,
+        key: &str,
+    ) -> Result<Option<PendingAuthorization>, StorageError> {
+        check_pending_key(key)?;
+        let row = sqlx::query(&self.st.read_pending)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| sqlx_error("read a pending authorization", &e))?;
+        let Some(record) =
+            row.map(|r| text(&r, 0)).transpose().map_err(|e| sqlx_error("read", &e))?.flatten()
+        else {
+            return Ok(None);
+        };
+        let deleted = sqlx::query(&self.st.delete_pending)
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| sqlx_error("take a pending authorization", &e))?;
+        if deleted.rows_affected() != 1 {
+            return Ok(None); // another taker won
+        }
+        decode_pending(&record, &self.display).map(Some)
     }
 }

@@ -87,6 +87,9 @@ macro_rules! flavour_adapter {
             fn exchange_code(&self, code: String) -> $crate::scenarios::BoxFut<'_, byova_core::Result<byova_core::OAuthTokens>> {
                 $crate::$call!(self, |b| b.integration().exchange_code(&code))
             }
+            fn exchange_code_for_state(&self, code: String, state: String) -> $crate::scenarios::BoxFut<'_, byova_core::Result<byova_core::OAuthTokens>> {
+                $crate::$call!(self, |b| b.integration().exchange_code_for_state(&code, &state))
+            }
             fn authorize(
                 &self,
                 browser: $crate::scenarios::Browser,

@@ -23,7 +23,8 @@
 //! It does write the Integration record. Coordination cases (versioned writes and deletes,
 //! leases, concurrent versioned writers) run when the backend reports
 //! [`supports_coordination`](TokenStorage::supports_coordination); otherwise they are listed in
-//! [`ConformanceReport::skipped`].
+//! [`ConformanceReport::skipped`]. The pending-authorization case runs when the backend keeps
+//! them (its `save_pending_authorization` returns `true`).
 //!
 //! Failures panic at the end with every failed case named, so one run shows them all.
 
@@ -33,8 +34,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use byova_core::{
-    AccessToken, BlockingTokenStorage, Expect, Lease, OAuthTokens, RefreshToken, StorageError,
-    StorageErrorKind, Timestamp, TokenKey, TokenStorage, Versioned,
+    AccessToken, BlockingTokenStorage, Clock, Expect, Lease, OAuthTokens, PendingAuthorization,
+    PkceCodeVerifier, RefreshToken, StorageError, StorageErrorKind, SystemClock, Timestamp, TokenKey,
+    TokenStorage, Versioned, pending_key,
 };
 
 /// Writes an unparseable record for a key, bypassing the codec (for the corrupt-record case).
@@ -103,6 +105,12 @@ impl Target {
     }
     fn delete_versioned(&self, org: String, expect: Expect) -> BoxFut<'static, Res<()>> {
         dispatch!(self, |s| s.delete_org(&org, expect))
+    }
+    fn save_pending(&self, key: String, pending: PendingAuthorization) -> BoxFut<'static, Res<bool>> {
+        dispatch!(self, |s| s.save_pending_authorization(&key, &pending))
+    }
+    fn take_pending(&self, key: String) -> BoxFut<'static, Res<Option<PendingAuthorization>>> {
+        dispatch!(self, |s| s.take_pending_authorization(&key))
     }
     fn list(&self) -> BoxFut<'static, Res<Vec<String>>> {
         dispatch!(self, |s| s.list_registered_orgs())
@@ -398,6 +406,55 @@ impl Suite {
         ok(t.delete_versioned(org, Expect::Absent).await, "delete_org(Absent) of an absent record")
     }
 
+    fn pending(&self, tag: &str) -> (String, PendingAuthorization) {
+        let verifier = PkceCodeVerifier::new(format!("{}-{tag}-{}", self.run_id, "v".repeat(43)));
+        let pending =
+            PendingAuthorization::new(verifier, format!("http://127.0.0.1:8765/{tag}"), SystemClock.now());
+        (pending_key(&format!("{}-{tag}", self.run_id)), pending)
+    }
+
+    /// Pending authorizations: kept until taken, taken exactly once, by one of many racing
+    /// takers. `None` (not applicable) when the backend keeps none (the default hooks).
+    async fn pending_authorizations(&self) -> Option<CaseResult> {
+        let t = &self.target;
+        let (key_a, a) = self.pending("a");
+        let expected = (a.verifier.expose_secret().to_owned(), a.redirect_uri.clone(), a.expires_at);
+        match t.save_pending(key_a.clone(), a).await {
+            Ok(false) => return None,
+            Ok(true) => {}
+            Err(e) => return Some(Err(format!("save_pending_authorization: {e}"))),
+        }
+        Some(self.pending_cases(key_a, expected).await)
+    }
+
+    async fn pending_cases(&self, key_a: String, expected: (String, String, Timestamp)) -> CaseResult {
+        let t = &self.target;
+        let (unknown, _) = self.pending("never-saved");
+        ensure(ok(t.take_pending(unknown).await, "take of an unknown key")?.is_none(), || {
+            "an unknown key gave a pending authorization".into()
+        })?;
+        let got = ok(t.take_pending(key_a.clone()).await, "take_pending_authorization")?
+            .ok_or("a saved pending authorization was not found")?;
+        ensure(
+            (got.verifier.expose_secret().to_owned(), got.redirect_uri.clone(), got.expires_at) == expected,
+            || "the pending authorization taken differs from the one saved".into(),
+        )?;
+        ensure(ok(t.take_pending(key_a).await, "second take")?.is_none(), || {
+            "a pending authorization was taken twice".into()
+        })?;
+        let (key_b, b) = self.pending("raced");
+        ok(t.save_pending(key_b.clone(), b).await, "save_pending_authorization")?;
+        let takers: Vec<_> = (0..8).map(|_| tokio::spawn(t.take_pending(key_b.clone()))).collect();
+        let mut winners = 0;
+        for taker in takers {
+            let taken = taker.await.map_err(|e| format!("a taker panicked: {e}"))?;
+            if ok(taken, "a racing take")?.is_some() {
+                winners += 1;
+            }
+        }
+        ensure(winners == 1, || format!("{winners} of 8 racing takers got the same pending authorization"))
+    }
+
     async fn lease_exclusivity_and_expiry(&self) -> CaseResult {
         let t = &self.target;
         let key = TokenKey::org(self.org("lease"));
@@ -559,6 +616,7 @@ async fn run(target: Target, corrupt: Option<Corrupter>) -> ConformanceReport {
         "concurrent_versioned_increments",
         if coordinated { Some(suite.concurrent_versioned_increments().await) } else { None },
     );
+    record("pending_authorizations", suite.pending_authorizations().await);
     record(
         "corrupt_record_is_typed",
         match &corrupt {

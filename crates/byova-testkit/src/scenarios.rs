@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 
 use byova_core::{
     AccessToken, BlockingTokenStorage, ByovaConfig, Clock, Error, InMemoryTokenStorage,
-    IntegrationCredentials, KeyStatus, OAuthTokens, ServiceAppCredentials, ServiceAppEventKind, StorageError,
-    SystemClock, TokenKey, TokenState, TokenStorage, WebhookSecret,
+    IntegrationCredentials, KeyStatus, OAuthTokens, PendingAuthorization, ServiceAppCredentials,
+    ServiceAppEventKind, StorageError, SystemClock, TokenKey, TokenState, TokenStorage, WebhookSecret,
+    pending_key,
 };
 
 use crate::fake::{AuthorizeMode, Endpoint, FakeWebex, Fault};
@@ -74,6 +75,8 @@ pub trait Sdk: Send + Sync {
     fn get_authorization_url(&self) -> Res<(String, String)>;
     /// `IntegrationTokenManager::exchange_code`
     fn exchange_code(&self, code: String) -> BoxFut<'_, Res<OAuthTokens>>;
+    /// `IntegrationTokenManager::exchange_code_for_state`
+    fn exchange_code_for_state(&self, code: String, state: String) -> BoxFut<'_, Res<OAuthTokens>>;
     /// `IntegrationTokenManager::authorize` with an injected browser and a timeout
     fn authorize(&self, browser: Browser, timeout: Duration) -> BoxFut<'_, Res<OAuthTokens>>;
     /// `wait_for_redirect(redirect_uri, timeout, expected_state)` without opening a browser
@@ -385,6 +388,7 @@ scenarios!(
     authorize_reports_a_denial_at_once,
     authorize_times_out_without_a_redirect,
     authorization_url_then_exchange_code,
+    exchange_code_for_state_in_another_instance,
     get_access_token_before_authorization_is_a_typed_error,
     refresh_uses_the_stored_or_the_given_refresh_token,
     service_app_fetch_token_and_remove,
@@ -509,16 +513,47 @@ async fn authorization_url_then_exchange_code(f: Arc<dyn Flavour>) {
     assert!(url.contains("code_challenge_method=S256") && url.contains(&format!("state={state}")));
     assert!(state.len() >= 22);
     // The manager's redirect URI has port 0 here; the fake accepts any loopback port.
-    let location = w.fake.browser_visit_async(&url).await.unwrap();
-    let code = form_urlencoded::parse(location.split_once('?').unwrap().1.as_bytes())
-        .find(|(k, _)| k == "code")
-        .map(|(_, v)| v.into_owned())
-        .unwrap();
+    let code = code_of(&w.fake.browser_visit_async(&url).await.unwrap());
     let tokens = w.sdk.exchange_code(code.clone()).await.unwrap();
     assert!(w.stored(&TokenKey::Integration).await.unwrap().access_token.ct_eq(&tokens.access_token));
     let again = w.sdk.exchange_code(code).await.unwrap_err();
     assert!(matches!(again, Error::Validation(_)), "a code is single use: {again:?}");
     assert_eq!(w.fake.calls(Endpoint::AccessToken), 2, "the failed exchange was not retried");
+}
+
+fn code_of(location: &str) -> String {
+    crate::wire::query_param(location, "code").unwrap_or_else(|| panic!("no code in {location}"))
+}
+
+/// The split flow of a web app: one instance builds the URL, another (sharing the store)
+/// exchanges the code its callback received. Each pending authorization is used once and
+/// only within ten minutes; an unknown state costs no call.
+async fn exchange_code_for_state_in_another_instance(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    let other = f.build(&w.setup);
+    let (url, state) = w.sdk.get_authorization_url().unwrap();
+    let code = code_of(&w.fake.browser_visit_async(&url).await.unwrap());
+    let tokens = other
+        .exchange_code_for_state(code.clone(), state.clone())
+        .await
+        .expect("the other instance finds the verifier in the store (the fake checks PKCE)");
+    assert!(w.stored(&TokenKey::Integration).await.unwrap().access_token.ct_eq(&tokens.access_token));
+    let again = other.exchange_code_for_state(code, state).await.unwrap_err();
+    assert!(matches!(again, Error::UnknownAuthorizationState), "used once: {again:?}");
+    let unknown = other.exchange_code_for_state("c".into(), "never-issued".into()).await.unwrap_err();
+    assert!(matches!(unknown, Error::UnknownAuthorizationState), "{unknown:?}");
+    // Issued eleven minutes ago by some replica: expired.
+    let old = PendingAuthorization::new(
+        byova_core::PkceCodeVerifier::new_random(),
+        w.setup.integration.redirect_uri.clone(),
+        w.now().saturating_sub(Duration::from_secs(660)),
+    );
+    TokenStorage::save_pending_authorization(w.setup.storage.as_ref(), &pending_key("old-state"), &old)
+        .await
+        .unwrap();
+    let expired = other.exchange_code_for_state("c".into(), "old-state".into()).await.unwrap_err();
+    assert!(matches!(expired, Error::UnknownAuthorizationState), "{expired:?}");
+    assert_eq!(w.fake.calls(Endpoint::AccessToken), 1, "only the one real exchange reached Webex");
 }
 
 async fn get_access_token_before_authorization_is_a_typed_error(f: Arc<dyn Flavour>) {

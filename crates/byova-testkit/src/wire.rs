@@ -125,6 +125,12 @@ fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// The decoded value of query parameter `name` in `url` (a redirect's `code`, say).
+pub fn query_param(url: &str, name: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
 /// Sends `req` and waits for the whole response (blocking).
 ///
 /// # Errors

@@ -38,6 +38,7 @@ use crate::http::HttpResponse;
 use crate::ids::{decode_org_id, derive_application_id_in_region, normalize_org_id};
 use crate::key::{Expect, Lease, TokenKey, Versioned};
 use crate::oauth::{AuthorizationRequest, TokenCall, code_exchange_request, parse_token_response};
+use crate::pending::{PendingAuthorization, pending_key};
 use crate::policy::{KeyStatus, RetryDecision};
 use crate::secret::{
     AccessToken, AuthorizationCode, CsrfState, PkceCodeVerifier, RefreshToken, WebhookSecret, random_u64,
@@ -368,8 +369,10 @@ impl IntegrationEngine {
         &self.tokens.config
     }
 
-    /// The authorization URL (state + PKCE S256) and its `state`; the verifier is kept for
-    /// [`exchange_code`](Self::exchange_code).
+    /// The authorization URL (state + PKCE S256) and its `state`, built at `now`, and the plan
+    /// that writes its pending authorization to the store (for `exchange_code_for_state` in
+    /// another process; it logs a failure and never fails). The verifier is also kept here, so
+    /// [`exchange_code`](Self::exchange_code) works in this process whatever the store does.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for a bad scope list.
@@ -377,8 +380,46 @@ impl IntegrationEngine {
         &self,
         scopes: Option<&[&str]>,
         state: Option<&str>,
-    ) -> Result<(String, String)> {
-        self.pending.issue(&self.tokens.config, &self.credentials, scopes, state)
+        now: Timestamp,
+    ) -> Result<(String, String, Step<()>)> {
+        let (url, state, save) = self.issue_authorization(scopes, state, now)?;
+        let save = save.then(now, |saved, _| {
+            if let Err(e) = saved {
+                tracing::warn!(error = %e, "could not store the pending authorization; its code can be exchanged only in this process");
+            }
+            done(Ok(()))
+        });
+        Ok((url, state, save))
+    }
+
+    /// [`authorization_url`](Self::authorization_url) whose plan fails when the store could
+    /// not keep the pending authorization.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a bad scope list.
+    pub fn authorization_url_stored(
+        &self,
+        scopes: Option<&[&str]>,
+        state: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(String, String, Step<()>)> {
+        let (url, state, save) = self.issue_authorization(scopes, state, now)?;
+        Ok((url, state, save.map(now, drop)))
+    }
+
+    fn issue_authorization(
+        &self,
+        scopes: Option<&[&str]>,
+        state: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(String, String, Step<bool>)> {
+        let issued = self.pending.issue(&self.tokens.config, &self.credentials, scopes, state, now)?;
+        let save = Step::SavePending(
+            pending_key(&issued.state),
+            issued.pending,
+            Then::new(|saved: StorageResult<bool>, _| done(saved.map_err(Error::from))),
+        );
+        Ok((issued.url, issued.state, save))
     }
 
     /// The request `authorize` opens, for a listener bound at `redirect_uri`, and the
@@ -400,13 +441,55 @@ impl IntegrationEngine {
         Ok((request, credentials))
     }
 
-    /// Exchanges `code` using the verifier issued with `state` (or the latest one).
-    pub fn exchange_code(&self, code: &str, state: Option<&str>, now: Timestamp) -> Step<OAuthTokens> {
-        let verifier = match state {
-            Some(state) => self.pending.take_for_state(state),
+    /// Exchanges `code` with the pending authorization issued with `state`: this process's
+    /// own, else the store's (another process built the URL). Without `state`, the latest URL
+    /// this process built (the Python SDK's `exchange_code`), or none. Either way the pending
+    /// authorization is used once: the store's copy is taken too.
+    ///
+    /// Fails with [`Error::UnknownAuthorizationState`] for a `state` nobody sharing the store
+    /// issued, already used, or older than ten minutes.
+    pub fn exchange_code(
+        self: &Arc<Self>,
+        code: &str,
+        state: Option<&str>,
+        now: Timestamp,
+    ) -> Step<OAuthTokens> {
+        let code = AuthorizationCode::new(code);
+        let local = match state {
+            Some(state) => self.pending.take_for_state(state).map(|p| (state.to_owned(), p)),
             None => self.pending.take_latest(),
         };
-        self.exchange(self.credentials.clone(), AuthorizationCode::new(code), verifier, now)
+        let engine = self.clone();
+        match (local, state) {
+            (Some((state, local)), _) => Step::TakePending(
+                pending_key(&state),
+                Then::new(move |_stored: StorageResult<Option<PendingAuthorization>>, now| {
+                    engine.exchange_pending(code, local, now)
+                }),
+            ),
+            (None, Some(state)) => Step::TakePending(
+                pending_key(state),
+                Then::new(move |stored: StorageResult<Option<PendingAuthorization>>, now| match stored {
+                    Ok(Some(pending)) => engine.exchange_pending(code, pending, now),
+                    Ok(None) => done(Err(Error::UnknownAuthorizationState)),
+                    Err(e) => done(Err(e.into())),
+                }),
+            ),
+            (None, None) => self.exchange(self.credentials.clone(), code, None, now),
+        }
+    }
+
+    fn exchange_pending(
+        &self,
+        code: AuthorizationCode,
+        pending: PendingAuthorization,
+        now: Timestamp,
+    ) -> Step<OAuthTokens> {
+        if pending.is_expired(now) {
+            return done(Err(Error::UnknownAuthorizationState));
+        }
+        let credentials = self.credentials.clone().with_redirect_uri(pending.redirect_uri);
+        self.exchange(credentials, code, Some(pending.verifier), now)
     }
 
     /// Exchanges `code` (a flight of its own: never retried once Webex may have seen it,

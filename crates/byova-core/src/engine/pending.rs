@@ -1,82 +1,113 @@
-//! PKCE verifiers of authorization URLs handed out by `get_authorization_url`, waiting for
-//! their code.
+//! Authorization URLs handed out by `get_authorization_url`, waiting for their code: kept in
+//! this process (for `exchange_code`, which takes the latest) and written to the store (for
+//! `exchange_code_for_state` in any process sharing it).
 
 use std::sync::Mutex;
 
 use crate::config::ByovaConfig;
 use crate::credentials::IntegrationCredentials;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::oauth::AuthorizationRequest;
+use crate::pending::PendingAuthorization;
 use crate::secret::{CsrfState, PkceCodeVerifier};
+use crate::time::Timestamp;
 
-/// How many authorization URLs may await their code at once; the oldest is dropped beyond.
+/// How many authorization URLs this process remembers at once; the oldest is dropped beyond
+/// (the store keeps its copies until they expire).
 const MAX_PENDING: usize = 32;
 
-/// PKCE verifiers of authorization URLs handed out by `get_authorization_url`, waiting for
-/// their code.
+/// Authorization URLs of this process waiting for their code.
 #[derive(Debug, Default)]
-pub struct PendingAuthorizations(Mutex<Vec<(CsrfState, PkceCodeVerifier)>>);
+pub struct PendingAuthorizations(Mutex<Vec<(CsrfState, PendingAuthorization)>>);
+
+/// An authorization URL just built: the URL, its `state`, and the pending authorization to
+/// write to the store.
+pub(crate) struct Issued {
+    pub url: String,
+    pub state: String,
+    pub pending: PendingAuthorization,
+}
 
 impl PendingAuthorizations {
-    /// Builds an authorization URL (state + PKCE S256), remembers its verifier, and returns
-    /// `(url, state)`.
+    /// Builds an authorization URL (state + PKCE S256) at `now` and remembers its verifier.
     ///
     /// # Errors
     /// [`Error::InvalidInput`](crate::Error::InvalidInput) for a bad scope list.
-    pub fn issue(
+    pub(crate) fn issue(
         &self,
         config: &ByovaConfig,
         credentials: &IntegrationCredentials,
         scopes: Option<&[&str]>,
         state: Option<&str>,
-    ) -> Result<(String, String)> {
+        now: Timestamp,
+    ) -> Result<Issued> {
         let request =
             AuthorizationRequest::new(config, credentials, scopes, state.map(CsrfState::new), true)?;
+        let Some(verifier) = request.pkce_verifier else {
+            return Err(Error::Internal("an authorization URL was built without PKCE".into()));
+        };
+        let copy = PkceCodeVerifier::new(verifier.expose_secret());
         let state = request.state.expose_secret().to_owned();
-        if let Some(verifier) = request.pkce_verifier {
-            let mut pending = self.0.lock().unwrap_or_else(|e| e.into_inner());
-            if pending.len() >= MAX_PENDING {
-                pending.remove(0);
-            }
-            pending.push((request.state, verifier));
+        let mut pending = self.lock();
+        pending.retain(|(_, p)| !p.is_expired(now));
+        if pending.len() >= MAX_PENDING {
+            pending.remove(0);
         }
-        Ok((request.url, state))
+        pending.push((request.state, PendingAuthorization::new(verifier, &credentials.redirect_uri, now)));
+        Ok(Issued {
+            url: request.url,
+            state,
+            pending: PendingAuthorization::new(copy, &credentials.redirect_uri, now),
+        })
     }
 
-    /// The verifier of the most recent URL.
-    pub fn take_latest(&self) -> Option<PkceCodeVerifier> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).pop().map(|(_, v)| v)
+    /// The most recent URL's pending authorization and its `state`.
+    pub(crate) fn take_latest(&self) -> Option<(String, PendingAuthorization)> {
+        self.lock().pop().map(|(s, p)| (s.expose_secret().to_owned(), p))
     }
 
-    /// The verifier of the URL issued with `state`.
-    pub fn take_for_state(&self, state: &str) -> Option<PkceCodeVerifier> {
-        let mut pending = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    /// The pending authorization of the URL issued with `state`.
+    pub(crate) fn take_for_state(&self, state: &str) -> Option<PendingAuthorization> {
+        let mut pending = self.lock();
         let pos = pending.iter().position(|(s, _)| s.ct_eq_str(state));
         pos.map(|i| pending.remove(i).1)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(CsrfState, PendingAuthorization)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
-    fn pending_verifiers_are_taken_by_state_or_latest() {
+    fn pending_verifiers_are_taken_by_state_or_latest_and_expire() {
         let config = ByovaConfig::default();
         let creds = IntegrationCredentials::new("C", "s");
         let pending = PendingAuthorizations::default();
-        let (url_a, a) = pending.issue(&config, &creds, None, Some("A")).unwrap();
-        let (_, b) = pending.issue(&config, &creds, None, None).unwrap();
-        assert!(url_a.contains("state=A") && url_a.contains("code_challenge="));
-        let va = pending.take_for_state(&a).unwrap();
-        assert!(url_a.contains(&va.s256_challenge()));
-        assert!(pending.take_for_state(&a).is_none(), "single use");
-        assert!(pending.take_latest().is_some());
-        assert!(pending.take_for_state(&b).is_none());
+        let now = Timestamp::from_unix_secs(1_000);
+        let a = pending.issue(&config, &creds, None, Some("A"), now).unwrap();
+        let b = pending.issue(&config, &creds, None, None, now).unwrap();
+        assert!(a.url.contains("state=A") && a.url.contains("code_challenge="));
+        assert_eq!(a.pending.redirect_uri, creds.redirect_uri);
+        let va = pending.take_for_state(&a.state).unwrap();
+        assert!(a.url.contains(&va.verifier.s256_challenge()));
+        assert!(va.verifier.ct_eq(&a.pending.verifier), "the store's copy is the same verifier");
+        assert!(pending.take_for_state(&a.state).is_none(), "single use");
+        assert_eq!(pending.take_latest().map(|(s, _)| s), Some(b.state.clone()));
+        assert!(pending.take_for_state(&b.state).is_none());
         for i in 0..40 {
-            pending.issue(&config, &creds, None, Some(&format!("s{i}"))).unwrap();
+            pending.issue(&config, &creds, None, Some(&format!("s{i}")), now).unwrap();
         }
         assert!(pending.take_for_state("s0").is_none(), "the oldest are dropped beyond 32");
         assert!(pending.take_for_state("s39").is_some());
+        let later = now.saturating_add(Duration::from_secs(601));
+        pending.issue(&config, &creds, None, Some("fresh"), later).unwrap();
+        assert!(pending.take_for_state("s38").is_none(), "expired ones are dropped");
+        assert!(pending.take_for_state("fresh").is_some());
     }
 }

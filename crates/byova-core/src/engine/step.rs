@@ -23,6 +23,7 @@ use crate::engine::flight::{Flight, Held};
 use crate::error::{Result, StorageError};
 use crate::http::{HttpRequest, HttpResponse};
 use crate::key::{Expect, Lease, TokenKey, Versioned};
+use crate::pending::PendingAuthorization;
 use crate::secret::AccessToken;
 use crate::time::Timestamp;
 use crate::tokens::OAuthTokens;
@@ -92,6 +93,10 @@ pub enum Step<T> {
     DeleteOrg(String, Expect, Then<T, StorageResult<()>>),
     /// `storage.list_registered_orgs()`.
     ListOrgs(Then<T, StorageResult<Vec<String>>>),
+    /// `storage.save_pending_authorization(key, pending)`.
+    SavePending(String, PendingAuthorization, Then<T, StorageResult<bool>>),
+    /// `storage.take_pending_authorization(key)`.
+    TakePending(String, Then<T, StorageResult<Option<PendingAuthorization>>>),
     /// `storage.try_acquire_lease(key, ttl)`.
     AcquireLease(TokenKey, Duration, Then<T, StorageResult<Option<Lease>>>),
     /// `storage.extend_lease(lease, ttl)`.
@@ -124,6 +129,8 @@ impl<T> fmt::Debug for Step<T> {
             Step::Store(key, _, expect, _) => write!(f, "Store({key}, {expect:?})"),
             Step::DeleteOrg(org, expect, _) => write!(f, "DeleteOrg({org}, {expect:?})"),
             Step::ListOrgs(_) => f.write_str("ListOrgs"),
+            Step::SavePending(key, _, _) => write!(f, "SavePending({key})"),
+            Step::TakePending(key, _) => write!(f, "TakePending({key})"),
             Step::AcquireLease(key, ttl, _) => write!(f, "AcquireLease({key}, {ttl:?})"),
             Step::ExtendLease(lease, ttl, _) => write!(f, "ExtendLease({}, {ttl:?})", lease.key),
             Step::ReleaseLease(lease, _) => write!(f, "ReleaseLease({})", lease.key),
@@ -171,6 +178,8 @@ impl<T: Send + 'static> Step<T> {
             Step::Store(key, tokens, expect, k) => Step::Store(key, tokens, expect, k.chain(f)),
             Step::DeleteOrg(org, expect, k) => Step::DeleteOrg(org, expect, k.chain(f)),
             Step::ListOrgs(k) => Step::ListOrgs(k.chain(f)),
+            Step::SavePending(key, pending, k) => Step::SavePending(key, pending, k.chain(f)),
+            Step::TakePending(key, k) => Step::TakePending(key, k.chain(f)),
             Step::AcquireLease(key, ttl, k) => Step::AcquireLease(key, ttl, k.chain(f)),
             Step::ExtendLease(lease, ttl, k) => Step::ExtendLease(lease, ttl, k.chain(f)),
             Step::ReleaseLease(lease, k) => Step::ReleaseLease(lease, k.chain(f)),
