@@ -1,11 +1,13 @@
 //! byova's project automation, with no dependencies beyond std.
 //!
 //! - `cargo xtask ci`: fmt check, clippy (warnings denied), the dependency-boundary check,
-//!   services, every test, docs (warnings denied), cargo-deny (licenses, bans, sources).
+//!   services, every test, docs (warnings denied), cargo-deny (advisories, offline against
+//!   the RustSec snapshot in `../shared/advisory-db`; licenses, bans, sources).
 //! - `cargo xtask test`: services, then every test.
 //! - `cargo xtask services`: checks PostgreSQL, MariaDB and Redis on their loopback ports,
 //!   starts any that is installed but down, and prints the `BYOVA_TEST_*_URL` values.
 //! - `cargo xtask deps`: the dependency-boundary check alone.
+//! - `cargo xtask deny`: cargo-deny alone (advisories offline, licenses, bans, sources).
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -25,8 +27,9 @@ fn main() -> ExitCode {
             }
         }),
         Some("deps") => dependency_boundaries(),
+        Some("deny") => deny(),
         _ => {
-            eprintln!("usage: cargo xtask <ci|test|services|deps>");
+            eprintln!("usage: cargo xtask <ci|test|services|deps|deny>");
             return ExitCode::from(2);
         }
     };
@@ -68,9 +71,7 @@ fn ci() -> Result {
     test(&[])?;
     step("cargo doc (warnings denied)");
     run(cargo().args(["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings"))?;
-    step("cargo deny check licenses bans sources");
-    ensure_cargo_deny()?;
-    run(cargo().args(["deny", "check", "licenses", "bans", "sources"]))?;
+    deny()?;
     println!("\nci: all green in {:.0?}", started.elapsed());
     Ok(())
 }
@@ -87,11 +88,73 @@ fn test(extra: &[String]) -> Result {
     run(&mut cmd)
 }
 
+fn deny() -> Result {
+    step("cargo deny check (advisories offline, licenses, bans, sources)");
+    ensure_cargo_deny()?;
+    materialize_advisory_db()?;
+    run(cargo().args(["deny", "--offline", "check", "advisories", "licenses", "bans", "sources"]))
+}
+
 fn ensure_cargo_deny() -> Result {
     let present = cargo().args(["deny", "--version"]).output().is_ok_and(|o| o.status.success());
     if !present {
         println!("cargo-deny is missing; installing it from crates.io (a few minutes, once per machine)");
         run(cargo().args(["install", "cargo-deny", "--locked"]))?;
+    }
+    Ok(())
+}
+
+/// Where cargo-deny looks for the RustSec database of `db-urls` under `db-path` (deny.toml):
+/// `<name>-<hash of the URL>`.
+const ADVISORY_DB_DIR: &str = "target/advisory-dbs/advisory-db-3157b0e258782691";
+
+/// cargo-deny reads the advisory database from a git checkout (the HEAD commit's date is its
+/// age). These machines cannot fetch it; an offline snapshot sits next to the project. Copy
+/// it into a throwaway repository committed at the snapshot's own date (once per snapshot).
+fn materialize_advisory_db() -> Result {
+    let source = std::env::var_os("BYOVA_ADVISORY_DB")
+        .map_or_else(|| root().join("../shared/advisory-db"), PathBuf::from);
+    let snapshot = std::fs::read_to_string(source.join("SNAPSHOT")).map_err(|e| {
+        format!(
+            "the offline RustSec database is missing ({}: {e}); set BYOVA_ADVISORY_DB to a copy",
+            source.join("SNAPSHOT").display()
+        )
+    })?;
+    let dir = root().join(ADVISORY_DB_DIR);
+    if std::fs::read_to_string(dir.join("SNAPSHOT")).is_ok_and(|s| s == snapshot) {
+        return Ok(());
+    }
+    let date = snapshot.split_whitespace().nth(1).ok_or("SNAPSHOT has no date")?.to_owned();
+    let _ = std::fs::remove_dir_all(&dir);
+    copy_tree(&source, &dir).map_err(|e| format!("copying the advisory database: {e}"))?;
+    let git = |args: &[&str]| {
+        run(Command::new("git")
+            .arg("-C")
+            .arg(&dir)
+            .args(["-c", "user.name=byova-ci", "-c", "user.email=ci@byova.invalid"])
+            .args(args)
+            .env("GIT_AUTHOR_DATE", &date)
+            .env("GIT_COMMITTER_DATE", &date))
+    };
+    git(&["init", "-q"])?;
+    git(&["add", "-A"])?;
+    git(&["commit", "-q", "-m", &format!("RustSec snapshot {snapshot}")])?;
+    println!("advisory database: snapshot of {date} at {}", dir.display());
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            if entry.file_name() != ".git" {
+                copy_tree(&entry.path(), &target)?;
+            }
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
     }
     Ok(())
 }
