@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use byova_async::{
-    AuthorizeOptions, Byova, ByovaConfig, Error, IntegrationCredentials, KeyStatus, RefreshToken,
-    ServiceAppCredentials, TokenKey, WebhookSecret,
+    AuthorizeOptions, Byova, ByovaConfig, Error, IntegrationCredentials, KeyStatus, ServiceAppCredentials,
+    TokenKey,
 };
 use byova_core::{CsrfState, EnvSettings};
 use clap::{Parser, Subcommand};
@@ -63,15 +63,18 @@ enum Command {
         scopes: Option<Vec<String>>,
         /// For a redirect URI you serve yourself (WEBEX_INTEGRATION_REDIRECT_URI): keep the PKCE
         /// verifier in the storage for ten minutes, print the URL and its state, and exit.
-        /// Finish with --code and --state, from any process sharing the storage.
-        #[arg(long, conflicts_with_all = ["no_browser", "code"])]
+        /// Finish with --code-file and --state, from any process sharing the storage.
+        #[arg(long, conflicts_with_all = ["no_browser", "code_file"])]
         print_url: bool,
-        /// The code your redirect URI received for a URL from --print-url.
-        #[arg(long, requires = "state", value_parser = secret::<Hidden>)]
-        code: Option<Hidden>,
+        /// A file holding the code your redirect URI received for a URL from --print-url
+        /// (`-` reads stdin).
+        #[arg(long, requires = "state")]
+        code_file: Option<String>,
         /// The state of that URL.
-        #[arg(long, requires = "code", value_parser = secret::<CsrfState>)]
+        #[arg(long, value_parser = secret::<CsrfState>)]
         state: Option<CsrfState>,
+        #[arg(long, hide = true, value_parser = on_command_line)]
+        code: Option<Hidden>,
     },
     /// Print a valid Integration access token (refreshed when needed) and nothing else.
     Token,
@@ -101,6 +104,10 @@ enum Command {
         /// without a secret; anyone who can reach the port could then register or remove orgs).
         #[arg(long)]
         allow_unsigned: bool,
+        /// A file holding the webhook secret(s) [default: BYOVA_WEBHOOK_SECRET]: the current
+        /// one first, then the previous one during a rotation (one per line or comma-separated).
+        #[arg(long)]
+        secret_file: Option<String>,
     },
     /// Walk through the whole lifecycle against a local fake Webex (no credentials, no network).
     Demo,
@@ -112,9 +119,12 @@ enum OrgCommand {
     Register {
         /// The org id.
         org: String,
-        /// The Service App refresh token.
-        #[arg(long, value_parser = secret::<RefreshToken>)]
-        refresh_token: RefreshToken,
+        /// A file holding the Service App refresh token (`-` reads stdin); or set
+        /// BYOVA_REFRESH_TOKEN.
+        #[arg(long)]
+        refresh_token_file: Option<String>,
+        #[arg(long, hide = true, value_parser = on_command_line)]
+        refresh_token: Option<Hidden>,
     },
     /// Fetch new tokens for an org with the Integration's bearer.
     Fetch {
@@ -150,10 +160,12 @@ enum WebhookCommand {
         /// The X-Spark-Signature header value.
         #[arg(long)]
         signature: Option<String>,
-        /// The webhook secret (or BYOVA_WEBHOOK_SECRET); during a rotation, the current and the
-        /// previous one, comma-separated.
-        #[arg(long, env = "BYOVA_WEBHOOK_SECRET", hide_env_values = true, value_delimiter = ',', value_parser = secret::<WebhookSecret>)]
-        secret: Vec<WebhookSecret>,
+        /// A file holding the webhook secret [default: BYOVA_WEBHOOK_SECRET]; during a rotation
+        /// the current and the previous one, one per line or comma-separated.
+        #[arg(long)]
+        secret_file: Option<String>,
+        #[arg(long, hide = true, value_parser = on_command_line)]
+        secret: Option<Hidden>,
     },
 }
 
@@ -163,32 +175,67 @@ enum WebhooksCommand {
     Ensure {
         /// Where Webex should deliver.
         url: String,
-        /// The secret deliveries are to be signed with (or BYOVA_WEBHOOK_SECRET, whose first
-        /// entry is the current secret): webhooks signed with another one are moved to it.
-        #[arg(long, env = "BYOVA_WEBHOOK_SECRET", hide_env_values = true, value_delimiter = ',', value_parser = secret::<WebhookSecret>)]
-        secret: Vec<WebhookSecret>,
+        /// A file holding the secret deliveries are to be signed with (`-` reads stdin)
+        /// [default: BYOVA_WEBHOOK_SECRET, whose first entry is the current secret]; webhooks
+        /// signed with another one are moved to it.
+        #[arg(long)]
+        secret_file: Option<String>,
+        #[arg(long, hide = true, value_parser = on_command_line)]
+        secret: Option<Hidden>,
     },
+}
+
+/// That a secret was given on the command line (its value is not kept).
+#[derive(Clone, Debug)]
+struct Hidden;
+
+/// The value parser of a flag that would put a secret in `/proc/PID/cmdline`: the value is
+/// dropped unseen (clap would echo it in a parse error), and [`refuse_secret_flags`] refuses
+/// the command, saying where the secret goes instead.
+fn on_command_line(_: &str) -> Result<Hidden, String> {
+    Ok(Hidden)
+}
+
+/// Fails when a secret was given on the command line.
+fn refuse_secret_flags(command: &Command) -> Result<(), Failure> {
+    let instead = match command {
+        Command::Authorize { code: Some(_), .. } => "--code-file PATH (- reads stdin)",
+        Command::Org(OrgCommand::Register { refresh_token: Some(_), .. }) => {
+            "--refresh-token-file PATH (- reads stdin) or BYOVA_REFRESH_TOKEN"
+        }
+        Command::Webhook(WebhookCommand::Handle { secret: Some(_), .. })
+        | Command::Webhooks(WebhooksCommand::Ensure { secret: Some(_), .. }) => {
+            "--secret-file PATH (- reads stdin) or BYOVA_WEBHOOK_SECRET"
+        }
+        _ => return Ok(()),
+    };
+    Err(failure(
+        3,
+        format!(
+            "secrets are not taken on the command line, where every local user can read them \
+             (/proc/PID/cmdline, ps); use {instead}"
+        ),
+    ))
+}
+
+/// Reads a secret from `path` (`-` = stdin), trimmed; `what` names it in errors.
+fn read_secret(path: &str, what: &str) -> Result<String, Failure> {
+    let mut text = String::new();
+    let read = if path == "-" {
+        std::io::stdin().read_to_string(&mut text).map(drop)
+    } else {
+        std::fs::read_to_string(path).map(|t| text = t)
+    };
+    read.map_err(|e| failure(3, format!("cannot read the {what} from {path}: {e}")))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(failure(3, format!("the {what} file {path} is empty")));
+    }
+    Ok(text.to_owned())
 }
 
 /// Parses a command-line value straight into a secret type, so the parsed command's `Debug`
 /// never shows it.
-/// An argument that is a secret without a cloneable type of its own (an authorization code):
-/// kept out of `Debug`.
-#[derive(Clone)]
-struct Hidden(String);
-
-impl From<String> for Hidden {
-    fn from(value: String) -> Self {
-        Self(value)
-    }
-}
-
-impl std::fmt::Debug for Hidden {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Hidden([redacted])")
-    }
-}
-
 fn secret<T: From<String>>(value: &str) -> Result<T, String> {
     let value = value.trim();
     if value.is_empty() { Err("must not be empty".into()) } else { Ok(T::from(value.to_owned())) }
@@ -263,14 +310,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Outcome {
+    refuse_secret_flags(&cli.command)?;
     match &cli.command {
         Command::Demo => return demo::run(cli.json).await,
-        Command::Serve { allow_unsigned: false, .. }
-            if std::env::var("BYOVA_WEBHOOK_SECRET").map_or(true, |s| s.is_empty()) =>
+        Command::Serve { allow_unsigned: false, secret_file: None, .. }
+            if std::env::var("BYOVA_WEBHOOK_SECRET").map_or(true, |s| s.trim().is_empty()) =>
         {
             return Err(failure(
                 3,
-                "serve verifies webhook signatures: set BYOVA_WEBHOOK_SECRET to the secret the webhooks were created with (or pass --allow-unsigned)",
+                "serve verifies webhook signatures: set BYOVA_WEBHOOK_SECRET (or --secret-file) to the secret the webhooks were created with (or pass --allow-unsigned)",
             ));
         }
         _ => {}
@@ -281,16 +329,20 @@ async fn run(cli: Cli) -> Outcome {
             let scopes: Option<Vec<&str>> = scopes.as_ref().map(|s| s.iter().map(String::as_str).collect());
             let (url, state) = byova.integration().start_authorization(scopes.as_deref(), None).await?;
             print_line(cli.json, json!({"url": url, "state": state}), || {
-                format!("{url}\nstate: {state}\nthen: byova authorize --code CODE --state {state}")
+                format!("{url}\nstate: {state}\nthen: byova authorize --code-file FILE --state {state}")
             });
         }
-        Command::Authorize { code: Some(code), state: Some(state), .. } => {
-            let tokens = byova.integration().exchange_code_for_state(&code.0, state.expose_secret()).await?;
+        Command::Authorize { code_file: Some(file), state: Some(state), .. } => {
+            let code = read_secret(&file, "authorization code")?;
+            let tokens = byova.integration().exchange_code_for_state(&code, state.expose_secret()).await?;
             print_line(
                 cli.json,
                 json!({"authorized": true, "expires_at_ms": tokens.expires_at().as_unix_millis()}),
                 || format!("Authorized. The access token expires at {}.", when(tokens.expires_at())),
             );
+        }
+        Command::Authorize { state: Some(_), .. } => {
+            return Err(failure(3, "--state goes with --code-file (the code your redirect URI received)"));
         }
         Command::Authorize { no_browser, timeout, scopes, .. } => {
             let mut options = AuthorizeOptions::default().with_timeout(Duration::from_secs(timeout));
@@ -319,8 +371,12 @@ async fn run(cli: Cli) -> Outcome {
                 format!("{} {}", outcome.as_str(), outcome.org_id().unwrap_or(""))
             });
         }
-        Command::Webhooks(WebhooksCommand::Ensure { url, secret }) => {
-            let changed = byova.ensure_service_app_webhooks(&url, secret.first()).await?;
+        Command::Webhooks(WebhooksCommand::Ensure { url, secret_file, .. }) => {
+            let secrets = match secret_file {
+                Some(file) => byova_core::webhook_secrets(&read_secret(&file, "webhook secret")?),
+                None => EnvSettings::from_env()?.webhook_secrets,
+            };
+            let changed = byova.ensure_service_app_webhooks(&url, secrets.first()).await?;
             print_line(
                 cli.json,
                 json!({"changed": changed.iter().map(|w| &w.id).collect::<Vec<_>>()}),
@@ -349,7 +405,18 @@ async fn connect(cli: &Cli) -> Result<Byova, Failure> {
         env.config.timeout = timeout;
     }
     let secrets = match &cli.command {
-        Command::Webhook(WebhookCommand::Handle { secret, .. }) if !secret.is_empty() => secret.clone(),
+        Command::Webhook(WebhookCommand::Handle { secret_file: Some(file), file: body, .. }) => {
+            if file == "-" && body.as_deref().is_none_or(|b| b == "-") {
+                return Err(failure(
+                    3,
+                    "stdin cannot hold both the delivery and the secret: give one of them as a file",
+                ));
+            }
+            byova_core::webhook_secrets(&read_secret(file, "webhook secret")?)
+        }
+        Command::Serve { secret_file: Some(file), .. } => {
+            byova_core::webhook_secrets(&read_secret(file, "webhook secret")?)
+        }
         _ => env.webhook_secrets.clone(),
     };
     let url = cli.storage.clone().unwrap_or_else(storage::default_url);
@@ -371,8 +438,15 @@ fn read_body(file: Option<&str>) -> Result<Vec<u8>, Failure> {
 async fn org(byova: &Byova, cmd: OrgCommand, as_json: bool) -> Outcome {
     let sa = byova.service_app();
     match cmd {
-        OrgCommand::Register { org, refresh_token } => {
-            let t = sa.save_registration(&org, refresh_token.expose_secret()).await?;
+        OrgCommand::Register { org, refresh_token_file, .. } => {
+            let refresh_token = match refresh_token_file {
+                Some(file) => read_secret(&file, "refresh token")?,
+                None => std::env::var("BYOVA_REFRESH_TOKEN")
+                    .ok()
+                    .filter(|t| !t.trim().is_empty())
+                    .ok_or_else(|| failure(3, "give the refresh token with --refresh-token-file PATH (- reads stdin) or BYOVA_REFRESH_TOKEN"))?,
+            };
+            let t = sa.save_registration(&org, refresh_token.trim()).await?;
             print_line(
                 as_json,
                 json!({"org": org, "expires_at_ms": t.expires_at().as_unix_millis()}),
@@ -519,10 +593,16 @@ mod tests {
             &["byova", "webhooks", "ensure", "https://h.test/x", "--secret", "WH-CANARY"],
             &["byova", "authorize", "--code", "CODE-CANARY", "--state", "STATE-CANARY"],
         ] {
-            let printed = format!("{:?}", Cli::try_parse_from(args).unwrap());
-            assert!(!printed.contains("CANARY"), "{printed}");
-            assert!(printed.contains("[redacted]"), "{printed}");
+            let parsed = Cli::try_parse_from(args).unwrap();
+            assert!(!format!("{parsed:?}").contains("CANARY"), "{parsed:?}");
+            let refused = super::refuse_secret_flags(&parsed.command).err().expect("refused").message;
+            assert!(!refused.contains("CANARY"), "{refused}");
+            assert!(refused.contains("not taken on the command line"), "{refused}");
+            assert!(refused.contains("-file PATH"), "{refused}");
         }
-        assert!(Cli::try_parse_from(["byova", "org", "register", "o1", "--refresh-token", ""]).is_err());
+        let parsed =
+            Cli::try_parse_from(["byova", "authorize", "--code-file", "-", "--state", "STATE-CANARY"]);
+        let printed = format!("{:?}", parsed.unwrap());
+        assert!(!printed.contains("CANARY") && printed.contains("[redacted]"), "{printed}");
     }
 }

@@ -49,6 +49,27 @@ impl Env {
         self.cmd().args(args).stdin(Stdio::null()).output().unwrap()
     }
 
+    fn run_with_stdin(&self, args: &[&str], input: &str) -> Output {
+        let mut child = self
+            .cmd()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Writes `text` to a file in the environment's directory and returns its path.
+    fn file(&self, name: &str, text: &str) -> String {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        let path = self.dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    }
+
     fn store(&self) -> byova_storage_file::FileTokenStorage {
         byova_storage_file::FileTokenStorage::from_url(&self.storage).unwrap()
     }
@@ -237,8 +258,21 @@ fn org_commands_register_fetch_token_list_refresh_and_remove() {
     let token = env.run(&["org", "token", ORG]);
     assert_eq!(env.fake.org_of_access_token(stdout(&token).trim()).as_deref(), Some(ORG));
     let issued = env.fake.issue_service_app_tokens("org-two");
-    let register = env.run(&["org", "register", "org-two", "--refresh-token", &issued.refresh_token]);
+    let refused = env.run(&["org", "register", "org-two", "--refresh-token", &issued.refresh_token]);
+    assert_fails(&refused, 3, "--refresh-token-file");
+    assert!(!stderr(&refused).contains(&issued.refresh_token), "the refusal does not echo the secret");
+    let register = env
+        .run_with_stdin(&["org", "register", "org-two", "--refresh-token-file", "-"], &issued.refresh_token);
     assert!(register.status.success(), "{}", stderr(&register));
+    let other = env.fake.issue_service_app_tokens("org-three");
+    let from_env = env
+        .cmd()
+        .env("BYOVA_REFRESH_TOKEN", &other.refresh_token)
+        .args(["org", "register", "org-three"])
+        .output()
+        .unwrap();
+    assert!(from_env.status.success(), "{}", stderr(&from_env));
+    assert!(env.run(&["org", "remove", "org-three"]).status.success());
     let list: serde_json::Value =
         serde_json::from_slice(&env.run(&["org", "list", "--json"]).stdout).unwrap();
     let keys: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["key"].as_str().unwrap()).collect();
@@ -300,7 +334,7 @@ fn webhook_handle_verifies_and_applies_one_delivery() {
     env.fake.authorize_org(ORG);
     let handle = |body: &[u8], sig: Option<&str>| {
         let mut cmd = env.cmd();
-        cmd.args(["webhook", "handle", "-", "--secret", "cli-secret"]);
+        cmd.args(["webhook", "handle", "-"]).env("BYOVA_WEBHOOK_SECRET", "cli-secret");
         if let Some(sig) = sig {
             cmd.args(["--signature", sig]);
         }
@@ -322,12 +356,24 @@ fn webhook_handle_verifies_and_applies_one_delivery() {
 fn webhooks_ensure_creates_only_what_is_missing() {
     let env = Env::new();
     env.seed_integration();
-    let first =
-        env.run(&["webhooks", "ensure", "https://hooks.example.test/webex", "--secret", "s", "--json"]);
+    let secret = env.file("secret", "s\n");
+    let first = env.run(&[
+        "webhooks",
+        "ensure",
+        "https://hooks.example.test/webex",
+        "--secret-file",
+        &secret,
+        "--json",
+    ]);
     assert!(first.status.success(), "{}", stderr(&first));
     let created: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
     assert_eq!(created["changed"].as_array().unwrap().len(), 2);
-    let second = env.run(&["webhooks", "ensure", "https://hooks.example.test/webex", "--secret", "s"]);
+    let second = env
+        .cmd()
+        .env("BYOVA_WEBHOOK_SECRET", "s")
+        .args(["webhooks", "ensure", "https://hooks.example.test/webex"])
+        .output()
+        .unwrap();
     assert_eq!(
         stdout(&second).trim(),
         "0 webhook(s) created or updated for https://hooks.example.test/webex"
@@ -427,7 +473,12 @@ fn serve_lifecycle(shape: DeliveryShape) {
         ]));
     let url = format!("{base}/webhook");
     // The webhooks were created with the old secret; both verify during the rotation.
-    let created = env.run(&["webhooks", "ensure", &url, "--secret", "old-secret"]);
+    let created = env
+        .cmd()
+        .env("BYOVA_WEBHOOK_SECRET", "old-secret")
+        .args(["webhooks", "ensure", &url])
+        .output()
+        .unwrap();
     assert!(created.status.success(), "{}", stderr(&created));
 
     let ok = vec![Some(200)];
@@ -499,12 +550,14 @@ fn split_authorization_across_processes(env: &Env) {
     let (url, state) = (printed["url"].as_str().unwrap(), printed["state"].as_str().unwrap());
     let location = env.fake.browser_visit(url).unwrap();
     let code = wire::query_param(&location, "code").unwrap();
-    let done = env.run(&["authorize", "--code", &code, "--state", state]);
+    let code_file = env.file("code", &code);
+    let done = env.run(&["authorize", "--code-file", &code_file, "--state", state]);
     assert!(done.status.success(), "{}", stderr(&done));
     assert!(stdout(&done).starts_with("Authorized."), "{}", stdout(&done));
     let token = env.run(&["token"]);
     assert!(env.fake.is_access_token_valid(stdout(&token).trim()), "the stored token works");
-    assert_fails(&env.run(&["authorize", "--code", &code, "--state", state]), 8, "no pending authorization");
+    let again = env.run_with_stdin(&["authorize", "--code-file", "-", "--state", state], &code);
+    assert_fails(&again, 8, "no pending authorization");
 }
 
 #[test]

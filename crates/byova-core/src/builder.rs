@@ -166,13 +166,16 @@ impl EnvSettings {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let (integration, service_app) = credentials_from_lookup(&lookup)?;
         let config = ByovaConfig::from_lookup(&lookup)?;
-        let webhook_secrets = lookup(config_env::WEBHOOK_SECRET)
-            .map(|all| {
-                all.split(',').map(str::trim).filter(|s| !s.is_empty()).map(WebhookSecret::new).collect()
-            })
-            .unwrap_or_default();
+        let webhook_secrets =
+            lookup(config_env::WEBHOOK_SECRET).map(|all| webhook_secrets(&all)).unwrap_or_default();
         Ok(Self { integration, service_app, config, webhook_secrets })
     }
+}
+
+/// Webhook secrets from text: comma- or newline-separated, the current one first (during a
+/// rotation, `new,old`); blanks are ignored.
+pub fn webhook_secrets(text: &str) -> Vec<WebhookSecret> {
+    text.split([',', '\n']).map(str::trim).filter(|s| !s.is_empty()).map(WebhookSecret::new).collect()
 }
 
 #[cfg(test)]

@@ -63,7 +63,7 @@ mod webhook;
 pub use authorize::{
     AuthorizeOptions, BrowserOpener, RedirectOptions, authorization_prompt, system_browser_command,
 };
-pub use builder::{ByovaBuilder, EnvSettings, Facade, Parts};
+pub use builder::{ByovaBuilder, EnvSettings, Facade, Parts, webhook_secrets};
 pub use cache::{CacheEntry, TokenCache, Unsaved};
 pub use config::{ByovaConfig, DEFAULT_BASE_URL, env as config_env};
 pub use credentials::{
