@@ -595,7 +595,7 @@ mod tests {
         ] {
             let parsed = Cli::try_parse_from(args).unwrap();
             assert!(!format!("{parsed:?}").contains("CANARY"), "{parsed:?}");
-            let refused = super::refuse_secret_flags(&parsed.command).err().expect("refused").message;
+            let refused = super::refuse_secret_flags(&parsed.command).expect_err("refused").message;
             assert!(!refused.contains("CANARY"), "{refused}");
             assert!(refused.contains("not taken on the command line"), "{refused}");
             assert!(refused.contains("-file PATH"), "{refused}");

@@ -129,14 +129,19 @@ impl std::fmt::Debug for RedirectOptions {
 }
 
 /// The program (and leading arguments) that opens a URL in the user's browser on this OS; the
-/// URL goes last. The flavours spawn it.
+/// URL goes last, as one argument. The flavours spawn it.
 pub fn system_browser_command() -> (&'static str, &'static [&'static str]) {
-    if cfg!(target_os = "macos") {
-        ("open", &[])
-    } else if cfg!(windows) {
-        ("cmd", &["/C", "start", ""])
-    } else {
-        ("xdg-open", &[])
+    browser_command_for(std::env::consts::OS)
+}
+
+/// [`system_browser_command`] for `os` (a `std::env::consts::OS` value). No shell sees the
+/// URL: on Windows `cmd /C start` would cut it at the first `&` (the authorization URL has
+/// several), so the URL goes to the shell's URL handler through `rundll32`.
+pub fn browser_command_for(os: &str) -> (&'static str, &'static [&'static str]) {
+    match os {
+        "macos" => ("open", &[]),
+        "windows" => ("rundll32", &["url.dll,FileProtocolHandler"]),
+        _ => ("xdg-open", &[]),
     }
 }
 
@@ -145,4 +150,20 @@ pub fn authorization_prompt(url: &str, browser_failed: bool) -> String {
     let lead =
         if browser_failed { "Could not open a browser. Open this URL" } else { "Open this URL in a browser" };
     format!("{lead} to authorize byova:\n\n  {url}\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_shell_parses_the_url_on_any_os() {
+        assert_eq!(browser_command_for("windows"), ("rundll32", &["url.dll,FileProtocolHandler"][..]));
+        assert_eq!(browser_command_for("macos"), ("open", &[][..]));
+        assert_eq!(browser_command_for("linux"), ("xdg-open", &[][..]));
+        for os in ["windows", "macos", "linux", "freebsd"] {
+            let (program, _) = browser_command_for(os);
+            assert!(!["cmd", "sh", "bash", "powershell"].contains(&program), "{os}: {program}");
+        }
+    }
 }

@@ -61,7 +61,8 @@ mod tokens;
 mod webhook;
 
 pub use authorize::{
-    AuthorizeOptions, BrowserOpener, RedirectOptions, authorization_prompt, system_browser_command,
+    AuthorizeOptions, BrowserOpener, RedirectOptions, authorization_prompt, browser_command_for,
+    system_browser_command,
 };
 pub use builder::{ByovaBuilder, EnvSettings, Facade, Parts, webhook_secrets};
 pub use cache::{CacheEntry, TokenCache, Unsaved};
