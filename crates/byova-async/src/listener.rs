@@ -69,7 +69,9 @@ impl RedirectListener {
         tokio::pin!(deadline);
         loop {
             tokio::select! {
-                _ = &mut deadline => return Err(Error::OAuthRedirectTimeout(timeout)),
+                _ = &mut deadline => {
+                    return Err(handler.lock().unwrap_or_else(|e| e.into_inner()).timed_out(timeout));
+                }
                 Some(verdict) = rx.recv() => match verdict {
                     CallbackVerdict::Code(code) => return Ok(code),
                     CallbackVerdict::Denied(error) => return Err(Error::OAuthRedirect { error }),

@@ -87,7 +87,7 @@ impl RedirectListener {
                 Err(mpsc::RecvTimeoutError::Disconnected) => {}
             }
             if Instant::now() >= deadline {
-                return Err(Error::OAuthRedirectTimeout(timeout));
+                return Err(handler.lock().unwrap_or_else(|e| e.into_inner()).timed_out(timeout));
             }
             while let Ok((stream, peer)) = self.listener.accept() {
                 if !peer.ip().is_loopback() || active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {

@@ -276,6 +276,12 @@ pub enum CallbackVerdict {
     Denied(String),
 }
 
+/// What [`CallbackHandler::decide`] concluded.
+enum Decision {
+    Final(CallbackReply, CallbackVerdict),
+    StatelessError(String),
+}
+
 /// Decides what each request to the loopback listener means. One per authorization flow.
 #[derive(Debug)]
 pub struct CallbackHandler {
@@ -284,6 +290,9 @@ pub struct CallbackHandler {
     allowed_hosts: Vec<String>,
     finished: bool,
     rejected: u32,
+    /// An `error=` redirect that carried no `state`: anyone could have sent it, so the flow
+    /// keeps waiting, and reports it if nothing better arrives before the timeout.
+    stateless_error: Option<String>,
 }
 
 impl CallbackHandler {
@@ -296,7 +305,14 @@ impl CallbackHandler {
         if port == 80 {
             allowed_hosts.push(redirect.host.clone());
         }
-        Self { path: redirect.path.clone(), expected_state, allowed_hosts, finished: false, rejected: 0 }
+        Self {
+            path: redirect.path.clone(),
+            expected_state,
+            allowed_hosts,
+            finished: false,
+            rejected: 0,
+            stateless_error: None,
+        }
     }
 
     /// How many requests were refused so far (wrong path, method, host or `state`).
@@ -307,7 +323,13 @@ impl CallbackHandler {
     /// Decides one request. After a final verdict ([`CallbackVerdict::Code`] or
     /// [`CallbackVerdict::Denied`]) every later request gets 410.
     pub fn handle(&mut self, head: &RequestHead) -> (CallbackReply, CallbackVerdict) {
-        let (reply, verdict) = self.decide(head);
+        let (reply, verdict) = match self.decide(head) {
+            Decision::Final(reply, verdict) => (reply, verdict),
+            Decision::StatelessError(error) => {
+                self.stateless_error.get_or_insert(error);
+                (CallbackReply::new(200, PAGE_DENIED), CallbackVerdict::KeepWaiting)
+            }
+        };
         match verdict {
             CallbackVerdict::KeepWaiting => self.rejected += 1,
             _ => self.finished = true,
@@ -315,7 +337,30 @@ impl CallbackHandler {
         (reply, verdict)
     }
 
-    fn decide(&self, head: &RequestHead) -> (CallbackReply, CallbackVerdict) {
+    /// The error for a flow that reached its timeout: the state-less `error=` redirect seen
+    /// meanwhile, if any ([`Error::OAuthRedirect`](crate::Error::OAuthRedirect)), else
+    /// [`Error::OAuthRedirectTimeout`](crate::Error::OAuthRedirectTimeout).
+    pub fn timed_out(&self, timeout: std::time::Duration) -> crate::Error {
+        match &self.stateless_error {
+            Some(error) => crate::Error::OAuthRedirect { error: error.clone() },
+            None => crate::Error::OAuthRedirectTimeout(timeout),
+        }
+    }
+
+    fn decide(&self, head: &RequestHead) -> Decision {
+        let decision = self.decide_final(head);
+        match decision {
+            (_, CallbackVerdict::Denied(error)) if !self.state_in(head) => Decision::StatelessError(error),
+            (reply, verdict) => Decision::Final(reply, verdict),
+        }
+    }
+
+    fn state_in(&self, head: &RequestHead) -> bool {
+        let query = head.target.split_once('?').map_or("", |(_, q)| q);
+        form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "state")
+    }
+
+    fn decide_final(&self, head: &RequestHead) -> (CallbackReply, CallbackVerdict) {
         let keep = |status, body| (CallbackReply::new(status, body), CallbackVerdict::KeepWaiting);
         if self.finished {
             return keep(410, PAGE_GONE);
@@ -343,8 +388,9 @@ impl CallbackHandler {
             }
         }
         let state_matches = state.as_deref().is_some_and(|s| self.expected_state.ct_eq_str(s));
-        // Webex may leave `state` off an error redirect (the reference cannot say), so an
-        // `error=` without any `state` ends the flow; a wrong `state` never does.
+        // Webex may leave `state` off an error redirect (the reference cannot say): an `error=`
+        // without any `state` is kept (see `timed_out`) but ends nothing, since any web page
+        // could send it; a wrong `state` is refused.
         if !state_matches && (state.is_some() || error.is_none()) {
             return keep(400, PAGE_BAD_REQUEST);
         }
@@ -491,16 +537,26 @@ mod tests {
     }
 
     #[test]
-    fn an_error_without_any_state_ends_the_flow_but_a_wrong_state_never_does() {
+    fn an_error_without_state_ends_nothing_but_is_reported_at_the_timeout() {
+        let timeout = std::time::Duration::from_secs(1);
         let mut h = handler();
         let (_, verdict) =
             h.handle(&head("GET", "/callback?error=access_denied&state=WRONG", "127.0.0.1:8765"));
         assert!(matches!(verdict, CallbackVerdict::KeepWaiting));
+        assert!(
+            matches!(h.timed_out(timeout), crate::Error::OAuthRedirectTimeout(_)),
+            "a wrong state is no answer"
+        );
         let (_, verdict) = h.handle(&head("GET", "/callback?code=C", "127.0.0.1:8765"));
         assert!(matches!(verdict, CallbackVerdict::KeepWaiting), "a code never counts without the state");
         let (reply, verdict) = h.handle(&head("GET", "/callback?error=access_denied", "127.0.0.1:8765"));
-        assert_eq!(reply.status, 200);
-        assert!(matches!(verdict, CallbackVerdict::Denied(ref e) if e == "access_denied"));
+        assert_eq!(reply.status, 200, "the user sees the denial page");
+        assert!(matches!(verdict, CallbackVerdict::KeepWaiting), "any page could send it: the flow goes on");
+        assert!(
+            matches!(h.timed_out(timeout), crate::Error::OAuthRedirect { ref error } if error == "access_denied")
+        );
+        let (_, verdict) = h.handle(&head("GET", "/callback?code=C&state=S1", "127.0.0.1:8765"));
+        assert!(matches!(verdict, CallbackVerdict::Code(_)), "the real redirect still completes the flow");
     }
 
     #[test]

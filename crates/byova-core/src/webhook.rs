@@ -182,11 +182,13 @@ pub fn parse_service_app_event(raw_body: &[u8]) -> Result<ServiceAppEvent> {
         })
         .ok_or_else(|| Error::InvalidInput("the serviceApp delivery carries no usable org id".into()))?;
     let application_id = env.data.id.or(env.data.application_id);
-    let occurred_at = env
-        .data
-        .authorization_date
-        .or(env.data.deauthorization_date)
-        .and_then(|date| Timestamp::parse_rfc3339(&date));
+    // The event's own time, by kind. A `deauthorized` may instead carry the time of the
+    // authorization it revokes; the removal rule (remove what is not newer) holds either way.
+    let occurred_at = match kind {
+        ServiceAppEventKind::Authorized => env.data.authorization_date,
+        ServiceAppEventKind::Deauthorized => env.data.deauthorization_date.or(env.data.authorization_date),
+    }
+    .and_then(|date| Timestamp::parse_rfc3339(&date));
     Ok(ServiceAppEvent { kind, org_id, org_source, webhook_id: env.id, application_id, occurred_at })
 }
 
@@ -390,22 +392,31 @@ pub enum WebhookChange<'a> {
 
 /// The changes `ensure_service_app_webhooks` makes: create what is missing, re-activate what
 /// Webex disabled, move webhooks to the current secret (secret rotation).
+///
+/// Every matching webhook is brought up to date, duplicates included: one left on an old
+/// secret would fail once that secret is retired. A webhook whose listing does not show its
+/// secret is updated too (Webex does not document whether it echoes it; an extra `PUT` is
+/// harmless, a webhook left on a retired secret is not).
 pub fn webhook_changes<'a>(wanted: &'a [NewWebhook], existing: &[Webhook]) -> Vec<WebhookChange<'a>> {
-    wanted
-        .iter()
-        .filter_map(|w| match existing.iter().find(|e| w.matches(e)) {
-            None => Some(WebhookChange::Create(w)),
-            Some(e) => {
-                let inactive = e.status.as_deref().is_some_and(|s| s != "active");
-                let stale_secret = match (&w.secret, &e.secret) {
-                    (Some(wanted), Some(has)) => !wanted.ct_eq(has),
-                    (Some(_), None) => true,
-                    (None, _) => false,
-                };
-                (inactive || stale_secret).then(|| WebhookChange::Update { id: e.id.clone(), webhook: w })
+    let mut changes = Vec::new();
+    for w in wanted {
+        let mut matching = existing.iter().filter(|e| w.matches(e)).peekable();
+        if matching.peek().is_none() {
+            changes.push(WebhookChange::Create(w));
+        }
+        for e in matching {
+            let inactive = e.status.as_deref().is_some_and(|s| s != "active");
+            let stale_secret = match (&w.secret, &e.secret) {
+                (Some(wanted), Some(has)) => !wanted.ct_eq(has),
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if inactive || stale_secret {
+                changes.push(WebhookChange::Update { id: e.id.clone(), webhook: w });
             }
-        })
-        .collect()
+        }
+    }
+    changes
 }
 
 /// One page of `GET /webhooks`.
@@ -784,6 +795,19 @@ mod tests {
                 {"id":"2","targetUrl":"https://hook.test/x","resource":"serviceApp","event":"deauthorized","filter":"id=APPID","status":"active"}]"#,
         ).unwrap();
         assert!(webhook_changes(&unsigned, &ok).is_empty());
+        let duplicates: Vec<Webhook> = serde_json::from_str(
+            r#"[{"id":"1","targetUrl":"https://hook.test/x","resource":"serviceApp","event":"authorized","filter":"id=APPID","status":"active","secret":"new"},
+                {"id":"3","targetUrl":"https://hook.test/x","resource":"serviceApp","event":"authorized","filter":"id=APPID","status":"active","secret":"old"},
+                {"id":"2","targetUrl":"https://hook.test/x","resource":"serviceApp","event":"deauthorized","filter":"id=APPID","status":"active"}]"#,
+        ).unwrap();
+        let ids: Vec<String> = webhook_changes(&wanted, &duplicates)
+            .into_iter()
+            .map(|c| match c {
+                WebhookChange::Update { id, .. } => id,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ids, ["3", "2"], "a duplicate on the old secret and one that does not show its secret");
         let update = update_webhook_request(
             &ByovaConfig::with_base_url("https://w.test/v1").unwrap(),
             &AccessToken::new("T"),

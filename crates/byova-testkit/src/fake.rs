@@ -137,6 +137,9 @@ pub struct Settings {
     pub delivery_shape: DeliveryShape,
     /// Deliveries carry the event's own time (`data.authorizationDate`).
     pub delivery_event_time: bool,
+    /// With an event time: `deauthorized` deliveries name it `data.deauthorizationDate`
+    /// instead of `data.authorizationDate`.
+    pub deauthorization_date_field: bool,
     /// Deliveries carry the Service App's id (`data.id`).
     pub delivery_application_id: bool,
     /// An error redirect from `/v1/authorize` carries the request's `state`.
@@ -161,6 +164,7 @@ impl Default for Settings {
             webhook_failure_limit: 100,
             delivery_shape: DeliveryShape::Guide,
             delivery_event_time: true,
+            deauthorization_date_field: false,
             delivery_application_id: true,
             denial_echoes_state: true,
             delivery_timeout: Duration::from_secs(15),
@@ -365,7 +369,12 @@ impl State {
         };
         if settings.delivery_event_time {
             let at = self.org_events.get(org).copied().unwrap_or(self.last_event);
-            data.insert("authorizationDate".into(), at.to_rfc3339().into());
+            let field = if settings.deauthorization_date_field && kind == ServiceAppEventKind::Deauthorized {
+                "deauthorizationDate"
+            } else {
+                "authorizationDate"
+            };
+            data.insert(field.into(), at.to_rfc3339().into());
         }
         serde_json::to_vec(&json!({
             "id": webhook.id,

@@ -51,38 +51,51 @@ struct Shape {
     name: &'static str,
     shape: DeliveryShape,
     event_time: bool,
+    deauthorization_date: bool,
     application_id: bool,
 }
 
-const SHAPES: [Shape; 5] = [
+const SHAPES: [Shape; 6] = [
     Shape {
         name: "guide, with authorizationDate",
         shape: DeliveryShape::Guide,
         event_time: true,
+        deauthorization_date: false,
         application_id: true,
     },
     Shape {
         name: "guide, no event time",
         shape: DeliveryShape::Guide,
         event_time: false,
+        deauthorization_date: false,
         application_id: true,
     },
     Shape {
         name: "Cisco sample",
         shape: DeliveryShape::CiscoSample,
         event_time: false,
+        deauthorization_date: false,
         application_id: true,
     },
     Shape {
         name: "Cisco sample, with authorizationDate",
         shape: DeliveryShape::CiscoSample,
         event_time: true,
+        deauthorization_date: false,
+        application_id: true,
+    },
+    Shape {
+        name: "guide, deauthorizationDate",
+        shape: DeliveryShape::Guide,
+        event_time: true,
+        deauthorization_date: true,
         application_id: true,
     },
     Shape {
         name: "reconstruction, no data.id",
         shape: DeliveryShape::Reconstruction,
         event_time: true,
+        deauthorization_date: false,
         application_id: false,
     },
 ];
@@ -108,6 +121,7 @@ impl Cell0 {
         w.fake.update_settings(|s| {
             s.delivery_shape = shape.shape;
             s.delivery_event_time = shape.event_time;
+            s.deauthorization_date_field = shape.deauthorization_date;
             s.delivery_application_id = shape.application_id;
         });
         Self { w, secret: WebhookSecret::new(SECRET) }
@@ -153,6 +167,7 @@ pub async fn run_matrix(flavour: Arc<dyn Flavour>, stores: StoreFactory) -> Vec<
         cells.push(replayed_old_deauthorized(flavour.as_ref(), shape, &stores).await);
         cells.push(reordered(flavour.as_ref(), shape, &stores).await);
         cells.push(cut_mid_fetch_then_redelivered(flavour.as_ref(), shape, &stores).await);
+        cells.push(a_later_authorization_during_a_fetch(flavour.as_ref(), shape, &stores).await);
         cells.push(two_replicas_at_once(flavour.as_ref(), shape, &stores).await);
     }
     cells
@@ -272,6 +287,40 @@ async fn cut_mid_fetch_then_redelivered(f: &dyn Flavour, shape: &Shape, stores: 
         "{}: one fetch for one authorization",
         shape.name
     );
+    cell
+}
+
+/// Authorize, deauthorize, authorize, delivered while the first fetch is still in flight: the
+/// later authorization must not be answered by the earlier one's fetch (a deauthorization
+/// queued between them would then remove the org for good).
+async fn a_later_authorization_during_a_fetch(f: &dyn Flavour, shape: &Shape, stores: &StoreFactory) -> Cell {
+    let c = Cell0::new(f, shape, stores);
+    c.w.seed_fresh_integration().await;
+    let (a1, d1, a2) = (
+        c.event(ServiceAppEventKind::Authorized),
+        c.event(ServiceAppEventKind::Deauthorized),
+        c.event(ServiceAppEventKind::Authorized),
+    );
+    c.w.fake.set_latency(Endpoint::ApplicationToken, Duration::from_millis(300));
+    let pause = || tokio::time::sleep(Duration::from_millis(60));
+    let first = c.deliver(&c.w.sdk, &a1);
+    let second = async {
+        pause().await;
+        c.deliver(&c.w.sdk, &d1).await
+    };
+    let third = async {
+        pause().await;
+        pause().await;
+        c.deliver(&c.w.sdk, &a2).await
+    };
+    tokio::join!(first, second, third);
+    let cell = c.finish(shape, "a1 fetching; d1, a2 arrive meanwhile").await;
+    if shape.event_time {
+        assert_eq!((cell.ends, cell.fetches), ("registered", 2), "{}: a2 is the latest event", shape.name);
+    } else {
+        // Without an event time a1 and a2 are the same bytes: a2 reads as a1's redelivery.
+        assert_eq!(cell.ends, "removed", "{}", shape.name);
+    }
     cell
 }
 

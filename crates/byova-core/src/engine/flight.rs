@@ -121,9 +121,10 @@ impl Future for FlightWait {
 pub(crate) enum Sharing {
     /// "A valid token": any outcome of another valid-token flight answers it.
     Joins,
-    /// A fetch for an `authorized` event: a fetch for an event running for the same org
-    /// answers it (a redelivery, or the same delivery to another handler).
-    Fetches,
+    /// A fetch for the `authorized` delivery with this digest: a fetch for the same delivery
+    /// running for the org answers it (Webex's redelivery, or the delivery reaching another
+    /// handler); a fetch for another delivery (a later authorization) queues.
+    Fetches(u64),
     /// An explicit refresh, fetch or code exchange: it runs after the current flight.
     Queues,
 }

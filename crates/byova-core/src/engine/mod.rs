@@ -122,7 +122,7 @@ impl TokenEngine {
         }
         let sharing = match mode {
             Mode::GetValid => Sharing::Joins,
-            Mode::Fetch(Some(_)) => Sharing::Fetches,
+            Mode::Fetch(Some(auth)) => Sharing::Fetches(auth.delivery),
             Mode::Force(_) | Mode::Fetch(None) => Sharing::Queues,
         };
         self.fly(
@@ -392,8 +392,9 @@ impl IntegrationEngine {
         Ok((url, state, save))
     }
 
-    /// [`authorization_url`](Self::authorization_url) whose plan fails when the store could
-    /// not keep the pending authorization.
+    /// [`authorization_url`](Self::authorization_url) whose plan fails when the store did
+    /// not keep the pending authorization: a storage error, or
+    /// [`Error::Configuration`] for a store that keeps none (a six-method backend).
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for a bad scope list.
@@ -404,7 +405,18 @@ impl IntegrationEngine {
         now: Timestamp,
     ) -> Result<(String, String, Step<()>)> {
         let (url, state, save) = self.issue_authorization(scopes, state, now)?;
-        Ok((url, state, save.map(now, drop)))
+        let save = save.then(now, |saved, _| {
+            match saved {
+            Ok(true) => done(Ok(())),
+            Ok(false) => done(Err(Error::Configuration(
+                "this storage keeps no pending authorizations, so only this process could exchange the code; \
+                 use a shared store (file, Redis, SQL) or get_authorization_url"
+                    .into(),
+            ))),
+            Err(e) => done(Err(e)),
+        }
+        });
+        Ok((url, state, save))
     }
 
     fn issue_authorization(

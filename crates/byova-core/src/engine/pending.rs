@@ -49,7 +49,9 @@ impl PendingAuthorizations {
         let copy = PkceCodeVerifier::new(verifier.expose_secret());
         let state = request.state.expose_secret().to_owned();
         let mut pending = self.lock();
-        pending.retain(|(_, p)| !p.is_expired(now));
+        // A state issued again (a caller's own, reused) means the newest URL: the store keeps
+        // only that one too.
+        pending.retain(|(s, p)| !p.is_expired(now) && !s.ct_eq(&request.state));
         if pending.len() >= MAX_PENDING {
             pending.remove(0);
         }
@@ -105,6 +107,13 @@ mod tests {
         }
         assert!(pending.take_for_state("s0").is_none(), "the oldest are dropped beyond 32");
         assert!(pending.take_for_state("s39").is_some());
+        let first = pending.issue(&config, &creds, None, Some("again"), now).unwrap();
+        let second = pending.issue(&config, &creds, None, Some("again"), now).unwrap();
+        let taken = pending.take_for_state("again").unwrap();
+        assert!(
+            taken.verifier.ct_eq(&second.pending.verifier) && !taken.verifier.ct_eq(&first.pending.verifier)
+        );
+        assert!(pending.take_for_state("again").is_none(), "a reissued state replaces the older URL");
         let later = now.saturating_add(Duration::from_secs(601));
         pending.issue(&config, &creds, None, Some("fresh"), later).unwrap();
         assert!(pending.take_for_state("s38").is_none(), "expired ones are dropped");

@@ -635,14 +635,16 @@ impl Run {
     }
 
     /// The authorization new tokens belong to: a refresh keeps the record's; a fetch for an
-    /// event is that event's (its own time when the delivery said, else now, when the fetch
-    /// answered); any other fetch or registration is one as of now.
+    /// event is that event's (its own time when the delivery gave one, else its arrival), never
+    /// older than the record's (a replayed old `authorized` does not make the record look
+    /// older); any other fetch or registration is one as of now. An event's time, not the
+    /// fetch's: a `deauthorized` that arrives while the fetch runs is newer and removes it.
     fn authorized_at(&self, call: &TokenCall, now: Timestamp) -> Option<Timestamp> {
         let kept = self.current.as_ref().and_then(|c| c.value.authorized_at);
         match (call, &self.mode) {
             (TokenCall::Refresh(_), Mode::Force(Some(_))) if self.is_service_app() => Some(now),
             (TokenCall::Refresh(_), _) => kept,
-            (_, Mode::Fetch(Some(auth))) if auth.exact => Some(auth.at),
+            (_, Mode::Fetch(Some(auth))) => Some(kept.map_or(auth.at, |k| k.max(auth.at))),
             _ => Some(now),
         }
     }

@@ -1,6 +1,7 @@
-//! What a `Byova` facade does beyond one key: a `serviceApp` webhook delivery (verified,
-//! de-duplicated, applied), the `/webhooks` API (paged listing, creation of what is missing),
-//! the status of every org, and the bulk refresh with progress.
+//! What a `Byova` facade does beyond one key: a `serviceApp` webhook delivery (verified, then
+//! judged against the store), the `/webhooks` API (paged listing; `ensure` creates what is
+//! missing, re-activates and moves webhooks to the current secret), the status of every org,
+//! and the bulk refresh with progress.
 
 use std::sync::{Arc, Mutex};
 
