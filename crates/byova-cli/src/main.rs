@@ -41,6 +41,10 @@ struct Cli {
     /// Webex API base URL.
     #[arg(long, global = true, env = "BYOVA_BASE_URL")]
     base_url: Option<String>,
+    /// Allow a plain http:// base URL on a host that is not loopback (secrets then cross the
+    /// network in clear text; for a test network only).
+    #[arg(long, global = true, env = "BYOVA_ALLOW_INSECURE_HTTP")]
+    allow_insecure_http: bool,
     /// Print JSON for scripts instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -398,10 +402,18 @@ async fn run(cli: Cli) -> Outcome {
 
 /// Builds the SDK from the environment and flags.
 async fn connect(cli: &Cli) -> Result<Byova, Failure> {
-    let mut env = EnvSettings::from_env()?;
+    let allow_insecure_http = cli.allow_insecure_http;
+    let mut env = EnvSettings::from_lookup(|name| match name {
+        byova_core::config_env::ALLOW_INSECURE_HTTP if allow_insecure_http => Some("1".into()),
+        _ => std::env::var(name).ok(),
+    })?;
     if let Some(url) = &cli.base_url {
         let timeout = env.config.timeout;
-        env.config = ByovaConfig::with_base_url(url)?;
+        env.config = if cli.allow_insecure_http {
+            ByovaConfig::with_insecure_base_url(url)?
+        } else {
+            ByovaConfig::with_base_url(url)?
+        };
         env.config.timeout = timeout;
     }
     let secrets = match &cli.command {

@@ -323,6 +323,15 @@ fn bad_input_classes_have_one_line_and_their_own_exit_code() {
     // Bad base URL.
     let o = env.cmd().env("BYOVA_BASE_URL", "nope").arg("status").output().unwrap();
     assert_fails(&o, 3, "BYOVA_BASE_URL");
+    // Plain http to a host that is not loopback: refused unless allowed explicitly.
+    let o = env.cmd().env("BYOVA_BASE_URL", "http://webex.example.test/v1").arg("status").output().unwrap();
+    assert_fails(&o, 3, "clear text");
+    let o = env
+        .cmd()
+        .args(["--base-url", "http://192.0.2.1/v1", "--allow-insecure-http", "status"])
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(3), "allowed explicitly: {}", stderr(&o));
 }
 
 #[test]

@@ -17,6 +17,9 @@ pub mod env {
     pub const STORAGE: &str = "BYOVA_STORAGE";
     /// The secret `serviceApp` webhooks are registered with; deliveries must be signed with it.
     pub const WEBHOOK_SECRET: &str = "BYOVA_WEBHOOK_SECRET";
+    /// `1` or `true`: allow an `http://` base URL on a host other than loopback (client
+    /// secrets and tokens then cross the network in clear text).
+    pub const ALLOW_INSECURE_HTTP: &str = "BYOVA_ALLOW_INSECURE_HTTP";
 }
 
 /// SDK configuration (the Python SDK's `BYOVAConfig`). `Default` is production Webex.
@@ -57,16 +60,49 @@ impl ByovaConfig {
     /// # Ok::<(), byova_core::Error>(())
     /// ```
     ///
+    /// `http://` is accepted for loopback hosts only (a local fake or proxy); see
+    /// [`with_insecure_base_url`](Self::with_insecure_base_url).
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] when the URL is not `https://` with a host, or `http://` with a
+    /// loopback host.
+    pub fn with_base_url(base_url: &str) -> Result<Self> {
+        Self::checked(base_url, false)
+    }
+
+    /// [`with_base_url`](Self::with_base_url) that also accepts `http://` to any host: client
+    /// secrets, codes and tokens then cross the network in clear text. For a test network
+    /// only.
+    ///
     /// # Errors
     /// [`Error::Configuration`] when the URL is not `http://` or `https://` with a host.
-    pub fn with_base_url(base_url: &str) -> Result<Self> {
+    pub fn with_insecure_base_url(base_url: &str) -> Result<Self> {
+        Self::checked(base_url, true)
+    }
+
+    fn checked(base_url: &str, allow_insecure_http: bool) -> Result<Self> {
         let trimmed = base_url.trim().trim_end_matches('/');
-        let rest = trimmed.strip_prefix("https://").or_else(|| trimmed.strip_prefix("http://")).ok_or_else(
-            || Error::Configuration(format!("base URL {trimmed:?} must start with https:// or http://")),
-        )?;
+        let (rest, plain) = match (trimmed.strip_prefix("https://"), trimmed.strip_prefix("http://")) {
+            (Some(rest), _) => (rest, false),
+            (None, Some(rest)) => (rest, true),
+            (None, None) => {
+                return Err(Error::Configuration(format!(
+                    "base URL {trimmed:?} must start with https:// or http://"
+                )));
+            }
+        };
         if rest.is_empty() || rest.starts_with('/') || trimmed.contains(['?', '#', ' ']) {
             return Err(Error::Configuration(format!(
                 "base URL {trimmed:?} needs a host and no query string"
+            )));
+        }
+        if plain && !allow_insecure_http && !is_loopback_authority(rest.split('/').next().unwrap_or_default())
+        {
+            return Err(Error::Configuration(format!(
+                "base URL {trimmed:?} is plain http:// to a host that is not loopback: secrets and tokens \
+                 would cross the network in clear text (use https://, or allow it explicitly with \
+                 {} / --allow-insecure-http)",
+                env::ALLOW_INSECURE_HTTP
             )));
         }
         Ok(Self::derived(trimmed.to_owned()))
@@ -90,10 +126,11 @@ impl ByovaConfig {
     /// # Errors
     /// [`Error::Configuration`] when the variable holds an unusable URL.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let insecure = lookup(env::ALLOW_INSECURE_HTTP)
+            .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"));
         match lookup(env::BASE_URL).filter(|v| !v.trim().is_empty()) {
-            Some(url) => {
-                Self::with_base_url(&url).map_err(|e| Error::Configuration(format!("{}: {e}", env::BASE_URL)))
-            }
+            Some(url) => Self::checked(&url, insecure)
+                .map_err(|e| Error::Configuration(format!("{}: {e}", env::BASE_URL))),
             None => Ok(Self::default()),
         }
     }
@@ -102,6 +139,16 @@ impl ByovaConfig {
     pub fn api_url(&self, path: &str) -> String {
         format!("{}/{}", self.base_url, path.trim_start_matches('/'))
     }
+}
+
+/// Whether `host[:port]` names this machine: `localhost`, `127.0.0.0/8` or `[::1]`.
+fn is_loopback_authority(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -130,5 +177,34 @@ mod tests {
         assert!(err.to_string().contains("BYOVA_BASE_URL"));
         let c = ByovaConfig::from_lookup(|_| None).unwrap();
         assert_eq!(c.base_url, DEFAULT_BASE_URL);
+    }
+
+    #[test]
+    fn plain_http_only_for_loopback_unless_allowed() {
+        for ok in
+            ["http://127.0.0.1:8080/v1", "http://localhost/v1", "http://[::1]:9/v1", "http://127.9.9.9/v1"]
+        {
+            assert!(ByovaConfig::with_base_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://webexapis.com/v1",
+            "http://10.0.0.1/v1",
+            "http://localhost.evil.test/v1",
+            "http://[::2]/v1",
+        ] {
+            let e = ByovaConfig::with_base_url(bad).unwrap_err().to_string();
+            assert!(e.contains("clear text") && e.contains("--allow-insecure-http"), "{bad}: {e}");
+            assert!(ByovaConfig::with_insecure_base_url(bad).is_ok(), "{bad}");
+        }
+        let lookup = |allow: Option<&'static str>| {
+            move |name: &str| match name {
+                env::BASE_URL => Some("http://10.1.2.3/v1".to_owned()),
+                env::ALLOW_INSECURE_HTTP => allow.map(str::to_owned),
+                _ => None,
+            }
+        };
+        assert!(ByovaConfig::from_lookup(lookup(None)).is_err());
+        assert!(ByovaConfig::from_lookup(lookup(Some("0"))).is_err());
+        assert_eq!(ByovaConfig::from_lookup(lookup(Some("1"))).unwrap().base_url, "http://10.1.2.3/v1");
     }
 }
