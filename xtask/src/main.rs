@@ -8,6 +8,8 @@
 //!   starts any that is installed but down, and prints the `BYOVA_TEST_*_URL` values.
 //! - `cargo xtask deps`: the dependency-boundary check alone.
 //! - `cargo xtask deny`: cargo-deny alone (advisories offline, licenses, bans, sources).
+//! - `cargo xtask ci` also packs every published crate (`cargo package --no-verify`) and checks
+//!   that each package holds its sources, manifest, README and licenses only.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -28,8 +30,9 @@ fn main() -> ExitCode {
         }),
         Some("deps") => dependency_boundaries(),
         Some("deny") => deny(),
+        Some("package") => package(),
         _ => {
-            eprintln!("usage: cargo xtask <ci|test|services|deps|deny>");
+            eprintln!("usage: cargo xtask <ci|test|services|deps|deny|package>");
             return ExitCode::from(2);
         }
     };
@@ -72,6 +75,7 @@ fn ci() -> Result {
     step("cargo doc (warnings denied)");
     run(cargo().args(["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings"))?;
     deny()?;
+    package()?;
     println!("\nci: all green in {:.0?}", started.elapsed());
     Ok(())
 }
@@ -86,6 +90,56 @@ fn test(extra: &[String]) -> Result {
         cmd.env(name, value);
     }
     run(&mut cmd)
+}
+
+/// The crates a user installs.
+const PUBLISHED: &[&str] = &[
+    "byova-core",
+    "byova-async",
+    "byova-blocking",
+    "byova-storage-file",
+    "byova-storage-redis",
+    "byova-storage-sql",
+    "byova-testkit",
+    "byova-cli",
+];
+
+/// `cargo package --no-verify` for each published crate, and what it packs: sources, the
+/// manifest, the README and the licenses, nothing else.
+fn package() -> Result {
+    step("cargo package (published crates)");
+    let mut cmd = cargo();
+    cmd.args(["package", "--no-verify", "--allow-dirty"]);
+    for krate in PUBLISHED {
+        cmd.args(["-p", krate]);
+    }
+    run(&mut cmd)?;
+    for krate in PUBLISHED {
+        let out = cargo()
+            .args(["package", "--list", "--allow-dirty", "-p", krate])
+            .current_dir(root())
+            .output()
+            .map_err(|e| format!("cargo package --list: {e}"))?;
+        let list = String::from_utf8_lossy(&out.stdout);
+        let expected = [
+            "Cargo.toml",
+            "Cargo.toml.orig",
+            "Cargo.lock",
+            ".cargo_vcs_info.json",
+            "README.md",
+            "LICENSE-MIT",
+            "LICENSE-APACHE",
+        ];
+        let stray: Vec<&str> =
+            list.lines().filter(|f| !f.starts_with("src/") && !expected.contains(f)).collect();
+        let missing: Vec<&&str> =
+            expected[..1].iter().chain(&expected[4..]).filter(|f| !list.lines().any(|l| l == **f)).collect();
+        if !out.status.success() || !stray.is_empty() || !missing.is_empty() {
+            return Err(format!("{krate}'s package: stray {stray:?}, missing {missing:?}"));
+        }
+    }
+    println!("packaged: {}", PUBLISHED.join(", "));
+    Ok(())
 }
 
 fn deny() -> Result {
