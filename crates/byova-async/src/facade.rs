@@ -55,6 +55,14 @@ impl Facade for Byova {
 }
 
 impl Byova {
+    /// Refreshes, fetches, code exchanges and removals running now (they run on their own,
+    /// whoever started them): a process that is about to exit waits for this to reach zero,
+    /// so no token Webex issued is dropped unsaved.
+    pub fn work_in_progress(&self) -> usize {
+        self.integration.agent.tokens.flights_in_progress()
+            + self.service_app.agent.tokens.flights_in_progress()
+    }
+
     /// A builder from both apps' credentials (production Webex, in-memory storage).
     pub fn builder(integration: IntegrationCredentials, service_app: ServiceAppCredentials) -> ByovaBuilder {
         ByovaBuilder::new(integration, service_app)

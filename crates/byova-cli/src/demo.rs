@@ -61,9 +61,15 @@ pub(crate) async fn run(as_json: bool) -> Result<(), Failure> {
     let listener = crate::serve::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr().map_err(|e| failure(3, e.to_string()))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::serve::serve_http(byova.clone(), listener, async {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(crate::serve::serve_http(
+        byova.clone(),
+        listener,
+        crate::serve::Role::Public,
+        crate::serve::Limits { max_connections: 16 },
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     let target = format!("http://{addr}/webhook");
     let created = byova.ensure_service_app_webhooks(&target, Some(&secret)).await?;
     steps.say(format!(

@@ -93,11 +93,19 @@ enum Command {
     Webhooks(WebhooksCommand),
     /// Status of the Integration and every org: valid, refresh soon, expired, re-authorization required.
     Status,
-    /// Run the daemon: a webhook receiver, a background refresher, /healthz and /status.
+    /// Run the daemon: a webhook receiver, a background refresher, and /healthz, /status and
+    /// /metrics on a separate admin address.
     Serve {
-        /// Address to listen on.
+        /// Address to receive webhooks on (POST /webhook only).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Address for operators: GET /healthz, /status (org ids and expiry) and /metrics
+        /// (Prometheus). Keep it off the public network.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: String,
+        /// Connections open at once on the public address; beyond it, accepting pauses.
+        #[arg(long, default_value_t = 256)]
+        max_connections: usize,
         /// Seconds between background refresh passes.
         #[arg(long, default_value_t = 60)]
         refresh_interval: u64,
@@ -391,9 +399,16 @@ async fn run(cli: Cli) -> Outcome {
             let statuses = byova.status().await?;
             print_statuses(&statuses, cli.json);
         }
-        Command::Serve { listen, refresh_interval, concurrency, .. } => {
-            serve::run(Arc::new(byova), &listen, Duration::from_secs(refresh_interval.max(1)), concurrency)
-                .await?;
+        Command::Serve { listen, admin_listen, refresh_interval, concurrency, max_connections, .. } => {
+            serve::run(
+                Arc::new(byova),
+                &listen,
+                &admin_listen,
+                Duration::from_secs(refresh_interval.max(1)),
+                concurrency,
+                serve::Limits { max_connections },
+            )
+            .await?;
         }
         Command::Demo => {}
     }

@@ -1,4 +1,5 @@
-//! `byova serve`: a webhook receiver, a background refresher, `/healthz` and `/status`.
+//! `byova serve`: a webhook receiver on the public address; `/healthz`, `/status` and
+//! `/metrics` on the admin address (loopback by default); a background refresher.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,6 +15,8 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use byova_async::core::{Clock, SystemClock};
+
 use crate::{Failure, failure, status_json};
 
 type Resp = Response<Full<Bytes>>;
@@ -26,82 +29,188 @@ fn respond(status: StatusCode, body: serde_json::Value) -> Resp {
     resp
 }
 
-/// Handles one request to the daemon.
-pub(crate) async fn handle(byova: Arc<Byova>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+/// Which of the daemon's two listeners a connection came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// The public address: `POST /webhook` only.
+    Public,
+    /// The operator's address (loopback by default): `/healthz`, `/status`, `/metrics`.
+    Admin,
+}
+
+/// How long a connection may take to deliver its request, headers and body together.
+const READ_DEADLINE: Duration = Duration::from_secs(10);
+/// The most a connection may live, handling included.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Handles one request to the daemon; `read_by` is when its connection's reading time ends.
+pub(crate) async fn handle(
+    byova: Arc<Byova>,
+    role: Role,
+    read_by: tokio::time::Instant,
+    req: Request<Incoming>,
+) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
-    let resp = match (method.as_str(), path.as_str()) {
-        ("GET", "/healthz") => respond(StatusCode::OK, json!({"status": "ok"})),
-        ("GET", "/status") => match byova.status().await {
+    let resp = match (role, method.as_str(), path.as_str()) {
+        (Role::Admin, "GET", "/healthz") => respond(StatusCode::OK, json!({"status": "ok"})),
+        (Role::Admin, "GET", "/status") => match byova.status().await {
             Ok(statuses) => {
                 respond(StatusCode::OK, json!(statuses.iter().map(status_json).collect::<Vec<_>>()))
             }
             Err(e) => respond(StatusCode::SERVICE_UNAVAILABLE, json!({"error": e.to_string()})),
         },
-        ("POST", "/webhook") => {
-            let signature =
-                req.headers().get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
-            // The body is capped before anything else looks at it.
-            match Limited::new(req.into_body(), MAX_WEBHOOK_BODY_BYTES).collect().await {
-                Err(_) => respond(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    json!({"error": "the delivery is larger than 64 KiB"}),
-                ),
-                Ok(body) => {
-                    let body = body.to_bytes();
-                    match byova.handle_service_app_webhook(&body, signature.as_deref()).await {
-                        Ok(outcome) => respond(
-                            StatusCode::OK,
-                            json!({"outcome": outcome.as_str(), "org_id": outcome.org_id()}),
-                        ),
-                        Err(e @ Error::WebhookSignature(_)) => {
-                            tracing::warn!(error = %e, "rejected a webhook delivery");
-                            respond(StatusCode::UNAUTHORIZED, json!({"error": e.to_string()}))
-                        }
-                        Err(e @ Error::InvalidInput(_)) => {
-                            respond(StatusCode::BAD_REQUEST, json!({"error": e.to_string()}))
-                        }
-                        // Anything else is worth Webex's redelivery.
-                        Err(e) => {
-                            tracing::warn!(error = %e, "could not apply a webhook delivery");
-                            respond(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": e.to_string()}))
-                        }
-                    }
-                }
+        (Role::Admin, "GET", "/metrics") => match byova.status().await {
+            Ok(statuses) => {
+                let text = byova_async::core::metrics().render_prometheus(&statuses, SystemClock.now());
+                let mut resp = Response::new(Full::new(Bytes::from(text)));
+                resp.headers_mut().insert(
+                    "Content-Type",
+                    hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                resp
             }
-        }
-        ("GET" | "POST", _) => respond(StatusCode::NOT_FOUND, json!({"error": "not found"})),
+            Err(e) => respond(StatusCode::SERVICE_UNAVAILABLE, json!({"error": e.to_string()})),
+        },
+        (Role::Public, "POST", "/webhook") => webhook(&byova, read_by, req).await,
+        (_, "GET" | "POST", _) => respond(StatusCode::NOT_FOUND, json!({"error": "not found"})),
         _ => respond(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "method not allowed"})),
     };
     Ok(resp)
 }
 
-/// Serves `listener` until `shutdown` resolves, then lets open connections finish (10 s at most).
+async fn webhook(byova: &Byova, read_by: tokio::time::Instant, req: Request<Incoming>) -> Resp {
+    let metrics = byova_async::core::metrics();
+    let signature = req.headers().get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    // The body is capped, and must arrive within the connection's reading time, before
+    // anything else looks at it.
+    let read = Limited::new(req.into_body(), MAX_WEBHOOK_BODY_BYTES).collect();
+    let body = match tokio::time::timeout_at(read_by, read).await {
+        Err(_) => {
+            return respond(StatusCode::REQUEST_TIMEOUT, json!({"error": "the delivery arrived too slowly"}));
+        }
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return respond(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                json!({"error": "the delivery is larger than 64 KiB"}),
+            );
+        }
+        Ok(Err(_)) => {
+            return respond(
+                StatusCode::BAD_REQUEST,
+                json!({"error": "the delivery's body could not be read"}),
+            );
+        }
+        Ok(Ok(body)) => body.to_bytes(),
+    };
+    match byova.handle_service_app_webhook(&body, signature.as_deref()).await {
+        Ok(outcome) => {
+            metrics.record_webhook(outcome.as_str());
+            respond(StatusCode::OK, json!({"outcome": outcome.as_str(), "org_id": outcome.org_id()}))
+        }
+        Err(e @ Error::WebhookSignature(_)) => {
+            metrics.record_webhook("rejected");
+            tracing::warn!(error = %e, "rejected a webhook delivery");
+            respond(StatusCode::UNAUTHORIZED, json!({"error": e.to_string()}))
+        }
+        Err(e @ Error::InvalidInput(_)) => {
+            metrics.record_webhook("invalid");
+            respond(StatusCode::BAD_REQUEST, json!({"error": e.to_string()}))
+        }
+        // Anything else is worth Webex's redelivery.
+        Err(e) => {
+            metrics.record_webhook("failed");
+            tracing::warn!(error = %e, "could not apply a webhook delivery");
+            respond(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": e.to_string()}))
+        }
+    }
+}
+
+/// How a listener holds up under load.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Connections open at once; beyond it, accepting pauses (the kernel's backlog queues).
+    pub(crate) max_connections: usize,
+}
+
+/// Descriptors kept back from the public listener: the admin listener's connections, the
+/// store's, outgoing calls to Webex, logs.
+const RESERVED_DESCRIPTORS: usize = 96;
+
+impl Limits {
+    /// These limits within the process's descriptor budget (Linux: `/proc/self/limits`), so a
+    /// flood of connections never takes the descriptors the admin listener, the store and
+    /// Webex calls need.
+    pub(crate) fn within_descriptor_budget(self) -> Self {
+        let soft_limit = std::fs::read_to_string("/proc/self/limits").ok().and_then(|limits| {
+            let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+            line.split_whitespace().nth(3)?.parse::<usize>().ok()
+        });
+        match soft_limit {
+            Some(limit) => {
+                let budget = limit.saturating_sub(RESERVED_DESCRIPTORS).max(limit / 2).max(1);
+                Self { max_connections: self.max_connections.min(budget) }
+            }
+            None => self,
+        }
+    }
+}
+
+/// Serves `listener` as `role` until `shutdown` resolves, then lets open connections finish
+/// (10 s at most). At most `limits.max_connections` connections are open: accepting waits for
+/// a free slot, and an accept error (out of descriptors, say) backs off instead of spinning.
+/// Each connection serves one request, which must arrive within [`READ_DEADLINE`].
 pub(crate) async fn serve_http(
     byova: Arc<Byova>,
     listener: TcpListener,
+    role: Role,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let mut connections = tokio::task::JoinSet::new();
+    let mut backoff = Duration::ZERO;
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
+        let slot = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let byova = byova.clone();
-                connections.spawn(async move {
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let service = hyper::service::service_fn(move |req| handle(byova.clone(), req));
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(10))
-                        .serve_connection(io, service);
-                    let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
-                });
+            slot = slots.clone().acquire_owned() => slot,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+        };
+        let Ok(slot) = slot else { break };
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                backoff = Duration::ZERO;
+                stream
             }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
+            Err(e) => {
+                // EMFILE and friends: wait for descriptors to come back instead of retrying at once.
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                tracing::warn!(error = %e, retry_in = ?backoff, "accept failed");
+                drop(slot);
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    () = tokio::time::sleep(backoff) => continue,
+                }
+            }
+        };
+        let byova = byova.clone();
+        connections.spawn(async move {
+            let read_by = tokio::time::Instant::now() + READ_DEADLINE;
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let service = hyper::service::service_fn(move |req| handle(byova.clone(), role, read_by, req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(READ_DEADLINE)
+                .keep_alive(false)
+                .serve_connection(io, service);
+            let _ = tokio::time::timeout(CONNECTION_DEADLINE, conn).await;
+            drop(slot);
+        });
     }
     drop(listener);
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
@@ -179,23 +288,62 @@ pub(crate) async fn bind(listen: &str) -> Result<TcpListener, Failure> {
 pub(crate) async fn run(
     byova: Arc<Byova>,
     listen: &str,
+    admin_listen: &str,
     interval: Duration,
     concurrency: usize,
+    limits: Limits,
 ) -> Result<(), Failure> {
     let listener = bind(listen).await?;
+    let admin = bind(admin_listen).await?;
     let addr = listener.local_addr().map_err(|e| failure(3, e.to_string()))?;
-    println!("byova serve: listening on http://{addr} (POST /webhook, GET /healthz, GET /status)");
+    let admin_addr = admin.local_addr().map_err(|e| failure(3, e.to_string()))?;
+    println!(
+        "byova serve: listening on http://{addr} (POST /webhook); admin on http://{admin_addr} (GET /healthz, /status, /metrics)"
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
     let refresher = {
-        let byova = byova.clone();
+        let (byova, mut rx) = (byova.clone(), stop_rx.clone());
         tokio::spawn(async move {
             loop {
                 refresh_pass(&byova, concurrency).await;
-                tokio::time::sleep(interval).await;
+                tokio::select! {
+                    () = tokio::time::sleep(interval) => {}
+                    _ = rx.wait_for(|stop| *stop) => break,
+                }
             }
         })
     };
-    serve_http(byova, listener, shutdown_signal()).await;
-    refresher.abort();
+    let admin_server = tokio::spawn(serve_http(
+        byova.clone(),
+        admin,
+        Role::Admin,
+        Limits { max_connections: 64 },
+        stopped(stop_rx.clone()),
+    ));
+    let limits = limits.within_descriptor_budget();
+    tracing::info!(max_connections = limits.max_connections, "public listener");
+    let public = serve_http(byova.clone(), listener, Role::Public, limits, async {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    public.await;
+    // Deliveries in flight finished (or ran out of time) above; let the refresh pass and the
+    // refreshes and fetches still running finish too, within bounds, so no token bought from
+    // Webex is dropped unsaved.
+    let _ = tokio::time::timeout(Duration::from_secs(20), refresher).await;
+    let settled = tokio::time::timeout(Duration::from_secs(10), async {
+        while byova.work_in_progress() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    if settled.is_err() {
+        tracing::warn!("stopping with refreshes still running; their tokens are kept only if stored");
+    }
+    let _ = admin_server.await;
     println!("byova serve: stopped");
     Ok(())
 }

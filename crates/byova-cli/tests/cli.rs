@@ -31,7 +31,17 @@ impl Env {
     }
 
     fn cmd(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_byova"));
+        self.cmd_via(Command::new(env!("CARGO_BIN_EXE_byova")))
+    }
+
+    /// `byova` with at most `files` open descriptors (`ulimit -n`).
+    fn cmd_with_nofile(&self, files: u32) -> Command {
+        let mut sh = Command::new("sh");
+        sh.args(["-c", &format!("ulimit -n {files} && exec \"$0\" \"$@\""), env!("CARGO_BIN_EXE_byova")]);
+        self.cmd_via(sh)
+    }
+
+    fn cmd_via(&self, mut cmd: Command) -> Command {
         let (int, sa) = (self.fake.integration_credentials(), self.fake.service_app_credentials());
         cmd.env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -389,17 +399,25 @@ fn webhooks_ensure_creates_only_what_is_missing() {
     );
 }
 
-fn start_serve(cmd: &mut Command) -> (Child, String) {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+/// Starts `byova serve` (admin listener on a free port) and returns it with its public and
+/// admin base URLs.
+fn start_serve(cmd: &mut Command) -> (Child, String, String) {
+    let mut child = cmd
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-    let url = line
-        .split("listening on ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
-        .to_owned();
-    (child, url)
+    let after = |marker: &str| {
+        line.split(marker)
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address after {marker:?} in {line:?}"))
+            .to_owned()
+    };
+    (child, after("listening on "), after("admin on "))
 }
 
 fn post(url: &str, body: &[u8], sig: Option<&str>) -> u16 {
@@ -427,7 +445,7 @@ fn serve_accepts_signed_deliveries_and_rejects_the_rest() {
     let env = Env::new();
     env.seed_integration();
     env.fake.authorize_org(ORG);
-    let (mut child, base) = start_serve(env.cmd().env("BYOVA_WEBHOOK_SECRET", "serve-secret").args([
+    let (mut child, base, admin) = start_serve(env.cmd().env("BYOVA_WEBHOOK_SECRET", "serve-secret").args([
         "serve",
         "--listen",
         "127.0.0.1:0",
@@ -446,11 +464,26 @@ fn serve_accepts_signed_deliveries_and_rejects_the_rest() {
         "a repeated delivery is acknowledged"
     );
     assert_eq!(env.fake.calls(Endpoint::ApplicationToken), 1, "and applied once");
-    let health = wire::send(&wire::get(&format!("{base}/healthz"))).unwrap();
+    let health = wire::send(&wire::get(&format!("{admin}/healthz"))).unwrap();
     assert_eq!(health.status, 200);
-    let status = wire::send(&wire::get(&format!("{base}/status"))).unwrap();
+    let status = wire::send(&wire::get(&format!("{admin}/status"))).unwrap();
     let status: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
     assert_eq!(status.as_array().unwrap().len(), 2);
+    for path in ["/healthz", "/status", "/metrics"] {
+        let public = wire::send(&wire::get(&format!("{base}{path}"))).unwrap();
+        assert_eq!(public.status, 404, "{path} is not on the public address");
+    }
+    let metrics = wire::send(&wire::get(&format!("{admin}/metrics"))).unwrap();
+    let metrics = String::from_utf8(metrics.body.to_vec()).unwrap();
+    for line in [
+        "byova_webhook_deliveries_total{outcome=\"registered\"} 2",
+        "byova_webhook_deliveries_total{outcome=\"rejected\"} 2",
+        "byova_webex_calls_total{endpoint=\"application_token\"} 1",
+        "byova_tokens{state=\"valid\"} 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
+    }
+    assert!(metrics.contains(&format!("byova_token_expiry_seconds{{key=\"org:{ORG}\"}}")), "{metrics}");
     let (body, sig) = env.fake.service_app_delivery(ServiceAppEventKind::Deauthorized, ORG, Some(&secret));
     assert_eq!(post(&format!("{base}/webhook"), &body, sig.as_deref()), 200);
     assert!(env.store().get_service_app_tokens(ORG).unwrap().is_none(), "deauthorized removes the tokens");
@@ -474,7 +507,7 @@ fn serve_lifecycle(shape: DeliveryShape) {
     });
     let fetches = || env.fake.calls(Endpoint::ApplicationToken);
     let registered = || env.store().list_registered_orgs().unwrap();
-    let (mut serve, base) =
+    let (mut serve, base, _) =
         start_serve(env.cmd().env("BYOVA_WEBHOOK_SECRET", "new-secret,old-secret").args([
             "serve",
             "--listen",
@@ -528,7 +561,7 @@ fn serve_lifecycle(shape: DeliveryShape) {
     assert!(rotated.status.success(), "{}", stderr(&rotated));
     assert_eq!(stdout(&rotated).trim(), format!("2 webhook(s) created or updated for {url}"));
     assert!(sigterm(&mut serve).success());
-    let (mut serve, base) = start_serve(env.cmd().env("BYOVA_WEBHOOK_SECRET", "new-secret").args([
+    let (mut serve, base, _) = start_serve(env.cmd().env("BYOVA_WEBHOOK_SECRET", "new-secret").args([
         "serve",
         "--listen",
         base.trim_start_matches("http://"),
@@ -572,6 +605,118 @@ fn split_authorization_across_processes(env: &Env) {
 #[test]
 fn authorize_split_across_processes_on_files() {
     split_authorization_across_processes(&Env::new());
+}
+
+/// CPU seconds a process has used (Linux: utime + stime from /proc/PID/stat).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
+    let ticks: f64 = fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|t| t.parse::<f64>().ok()).sum());
+    ticks / 100.0
+}
+
+/// 200 clients that send headers and then a body one byte a second, against a daemon with 128
+/// descriptors: it must not spin, its admin port must answer, and a real delivery must go
+/// through as soon as the flood is gone.
+#[test]
+fn serve_holds_under_a_flood_of_slow_connections() {
+    use std::net::TcpStream;
+    let env = Env::new();
+    env.seed_integration();
+    env.fake.authorize_org(ORG);
+    let (mut child, base, admin) =
+        start_serve(env.cmd_with_nofile(128).env("BYOVA_WEBHOOK_SECRET", "flood-secret").args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ]));
+    let addr = base.trim_start_matches("http://").to_owned();
+    let head = "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n\r\n{";
+    let mut flood: Vec<TcpStream> = (0..200)
+        .filter_map(|_| {
+            let mut c = TcpStream::connect(&addr).ok()?;
+            c.write_all(head.as_bytes()).ok()?;
+            Some(c)
+        })
+        .collect();
+    let (cpu_before, started) = (cpu_seconds(child.id()), Instant::now());
+    let mut health_latency = Duration::ZERO;
+    for second in 0..3 {
+        std::thread::sleep(Duration::from_secs(1));
+        for c in &mut flood {
+            let _ = c.write_all(b" ");
+        }
+        let asked = Instant::now();
+        let health = wire::send(&wire::get(&format!("{admin}/healthz"))).expect("the admin port answers");
+        assert_eq!(health.status, 200, "second {second}");
+        health_latency = health_latency.max(asked.elapsed());
+    }
+    let cpu = (cpu_seconds(child.id()) - cpu_before) / started.elapsed().as_secs_f64();
+    drop(flood);
+    let secret = WebhookSecret::new("flood-secret");
+    let (body, sig) = env.fake.service_app_delivery(ServiceAppEventKind::Authorized, ORG, Some(&secret));
+    let sent = Instant::now();
+    assert_eq!(post(&format!("{base}/webhook"), &body, sig.as_deref()), 200, "a real delivery right after");
+    let delivery_latency = sent.elapsed();
+    println!(
+        "flood: 200 slow connections, 128 descriptors: serve used {:.0}% of a core; /healthz (admin) at most {health_latency:?}; a signed delivery right after took {delivery_latency:?}",
+        cpu * 100.0
+    );
+    assert!(cpu < 0.5, "serve spun during the flood: {:.0}% of a core", cpu * 100.0);
+    assert!(health_latency < Duration::from_secs(2), "{health_latency:?}");
+    assert!(delivery_latency < Duration::from_secs(5), "{delivery_latency:?}");
+    assert!(sigterm(&mut child).success());
+}
+
+/// A body that arrives too slowly gets 408 within the connection's reading time, and a
+/// malformed chunked body gets 400, not 413.
+#[test]
+fn serve_bounds_slow_bodies_and_reports_bad_ones() {
+    use std::io::Read;
+    use std::net::TcpStream;
+    let env = Env::new();
+    let (mut child, base, _) =
+        start_serve(env.cmd().env("BYOVA_WEBHOOK_SECRET", "s").args(["serve", "--listen", "127.0.0.1:0"]));
+    let addr = base.trim_start_matches("http://").to_owned();
+    let exchange = |request: &str| {
+        let mut c = TcpStream::connect(&addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        c.write_all(request.as_bytes()).unwrap();
+        let started = Instant::now();
+        let mut answer = String::new();
+        let _ = c.read_to_string(&mut answer);
+        (answer, started.elapsed())
+    };
+    let (answer, took) = exchange("POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    let (answer, _) =
+        exchange("POST /webhook HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nnot hex\r\n");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    assert!(sigterm(&mut child).success());
+}
+
+/// SIGTERM during a delivery whose Service App fetch is still running: the delivery is
+/// answered, the tokens are stored, and the daemon exits 0.
+#[test]
+fn serve_finishes_work_in_flight_on_sigterm() {
+    let env = Env::new();
+    env.seed_integration();
+    env.fake.authorize_org(ORG);
+    env.fake.set_latency(Endpoint::ApplicationToken, Duration::from_millis(1500));
+    let (mut child, base, _) = start_serve(env.cmd().env("BYOVA_WEBHOOK_SECRET", "term-secret").args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+    ]));
+    let secret = WebhookSecret::new("term-secret");
+    let (body, sig) = env.fake.service_app_delivery(ServiceAppEventKind::Authorized, ORG, Some(&secret));
+    let delivery = std::thread::spawn(move || post(&format!("{base}/webhook"), &body, sig.as_deref()));
+    std::thread::sleep(Duration::from_millis(400));
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert_eq!(delivery.join().unwrap(), 200, "the delivery in flight is answered");
+    assert!(sigterm(&mut child).success(), "then the daemon exits 0");
+    assert!(env.store().get_service_app_tokens(ORG).unwrap().is_some(), "and its tokens were stored");
 }
 
 #[test]

@@ -51,6 +51,7 @@ mod http;
 mod ids;
 mod key;
 mod listener;
+mod metrics;
 mod oauth;
 mod pending;
 mod policy;
@@ -89,6 +90,7 @@ pub use listener::{
     CallbackConnection, CallbackHandler, CallbackReply, CallbackVerdict, ConnectionStep, HeadProgress,
     HeadReader, LoopbackRedirect, MAX_CALLBACK_HEAD_BYTES, RequestHead, parse_request_head,
 };
+pub use metrics::{Metrics, metrics};
 pub use oauth::{
     AuthorizationRequest, MAX_TOKEN_RESPONSE_BYTES, TokenCall, api_error, code_exchange_request,
     error_from_response, known_oauth_error, parse_retry_after, parse_token_response, refresh_request,

@@ -236,6 +236,11 @@ impl TokenEngine {
         }
         if outcome.refreshed {
             tracing::info!(key = %key, "tokens refreshed and stored");
+            crate::metrics::metrics().record_refresh(true);
+        } else if outcome.served_stale_after.is_some()
+            || outcome.result.as_ref().err().is_some_and(|e| e.status().is_some() || e.is_retryable())
+        {
+            crate::metrics::metrics().record_refresh(false);
         }
         match outcome.result {
             Ok(record) => {
@@ -287,15 +292,19 @@ pub(crate) fn send_with_retry<T: Send + 'static>(
     ) -> Step<T> {
         Step::Send(
             request.clone(),
-            Then::new(move |sent: Sent, _| match sent.response.and_then(|r| parse(&r, sent.sent_at)) {
-                Ok(value) => done(Ok(value)),
-                Err(error) => {
-                    let random = (random_u64() >> 32) as u32;
-                    match retry.decide(request.retry, n, &error, random) {
-                        RetryDecision::RetryAfter(d) => {
-                            Step::Sleep(d, Then::new(move |(), _| attempt(retry, request, parse, n + 1)))
+            Then::new(move |sent: Sent, _| {
+                crate::metrics::metrics()
+                    .record_call(&request, sent.response.as_ref().ok().map(|r| r.status));
+                match sent.response.and_then(|r| parse(&r, sent.sent_at)) {
+                    Ok(value) => done(Ok(value)),
+                    Err(error) => {
+                        let random = (random_u64() >> 32) as u32;
+                        match retry.decide(request.retry, n, &error, random) {
+                            RetryDecision::RetryAfter(d) => {
+                                Step::Sleep(d, Then::new(move |(), _| attempt(retry, request, parse, n + 1)))
+                            }
+                            RetryDecision::GiveUp => done(Err(error)),
                         }
-                        RetryDecision::GiveUp => done(Err(error)),
                     }
                 }
             }),

@@ -598,6 +598,9 @@ impl Run {
     }
 
     fn on_response(mut self: Box<Self>, sent: Sent, now: Timestamp) -> Plan {
+        if let Some(request) = &self.request {
+            crate::metrics::metrics().record_call(request, sent.response.as_ref().ok().map(|r| r.status));
+        }
         let Some(call) = self.call.clone() else {
             return self.fail(Error::Internal("a response without a call".into()));
         };

@@ -1,0 +1,237 @@
+//! Process-wide counters for operators (`byova serve`'s `/metrics`): token-endpoint calls, rate
+//! limits, refresh outcomes and webhook outcomes, and the Prometheus text rendering that
+//! adds the tokens' states and times to expiry. Counting is a relaxed atomic add on the
+//! slow path only (a call to Webex, a finished refresh, a delivery); the hot path counts
+//! nothing.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::http::{HttpRequest, Method};
+use crate::key::TokenKey;
+use crate::policy::{KeyStatus, TokenState};
+use crate::time::Timestamp;
+
+/// Webhook outcomes counted, in rendering order.
+const WEBHOOK_OUTCOMES: [&str; 7] =
+    ["registered", "removed", "superseded", "other_application", "rejected", "invalid", "failed"];
+
+/// The counters. One per process: [`metrics`].
+#[derive(Debug, Default)]
+pub struct Metrics {
+    access_token_calls: AtomicU64,
+    application_token_calls: AtomicU64,
+    other_calls: AtomicU64,
+    rate_limited: AtomicU64,
+    transport_errors: AtomicU64,
+    refreshes_ok: AtomicU64,
+    refreshes_failed: AtomicU64,
+    webhooks: [AtomicU64; WEBHOOK_OUTCOMES.len()],
+}
+
+static METRICS: Metrics = Metrics {
+    access_token_calls: AtomicU64::new(0),
+    application_token_calls: AtomicU64::new(0),
+    other_calls: AtomicU64::new(0),
+    rate_limited: AtomicU64::new(0),
+    transport_errors: AtomicU64::new(0),
+    refreshes_ok: AtomicU64::new(0),
+    refreshes_failed: AtomicU64::new(0),
+    webhooks: [const { AtomicU64::new(0) }; WEBHOOK_OUTCOMES.len()],
+};
+
+/// This process's counters.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+fn add(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Which Webex endpoint a request went to.
+fn endpoint(request: &HttpRequest) -> &'static str {
+    let path = request.url.split('?').next().unwrap_or_default();
+    if request.method == Method::Post && path.ends_with("/access_token") {
+        "access_token"
+    } else if request.method == Method::Post && path.contains("/applications/") && path.ends_with("/token") {
+        "application_token"
+    } else {
+        "api"
+    }
+}
+
+impl Metrics {
+    /// A request to Webex was answered with `status` (`None`: no answer, a transport error).
+    pub fn record_call(&self, request: &HttpRequest, status: Option<u16>) {
+        add(match endpoint(request) {
+            "access_token" => &self.access_token_calls,
+            "application_token" => &self.application_token_calls,
+            _ => &self.other_calls,
+        });
+        match status {
+            Some(429) => add(&self.rate_limited),
+            None => add(&self.transport_errors),
+            Some(_) => {}
+        }
+    }
+
+    /// A refresh (or fetch) that called Webex ended: stored new tokens, or failed.
+    pub fn record_refresh(&self, succeeded: bool) {
+        add(if succeeded { &self.refreshes_ok } else { &self.refreshes_failed });
+    }
+
+    /// A webhook delivery ended as `outcome`: a [`WebhookOutcome`](crate::WebhookOutcome)'s
+    /// name, or `rejected` (signature), `invalid` (body), `failed` (anything else).
+    pub fn record_webhook(&self, outcome: &str) {
+        if let Some(i) = WEBHOOK_OUTCOMES.iter().position(|o| *o == outcome) {
+            add(&self.webhooks[i]);
+        }
+    }
+
+    /// Calls to the token endpoint (`/access_token`: code exchanges and refreshes) so far.
+    pub fn access_token_calls(&self) -> u64 {
+        self.access_token_calls.load(Ordering::Relaxed)
+    }
+
+    /// Calls to the Service App token endpoint so far.
+    pub fn application_token_calls(&self) -> u64 {
+        self.application_token_calls.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition of the counters, and of `statuses` (the tokens stored
+    /// now) at `now`.
+    pub fn render_prometheus(&self, statuses: &[KeyStatus], now: Timestamp) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in samples {
+                let _ = writeln!(out, "{name}{labels} {value}");
+            }
+        };
+        let label = |name: &str, value: &str| format!("{{{name}=\"{}\"}}", escape_label(value));
+        let calls = [
+            ("access_token", &self.access_token_calls),
+            ("application_token", &self.application_token_calls),
+            ("api", &self.other_calls),
+        ];
+        family(
+            "byova_webex_calls_total",
+            "counter",
+            "Requests sent to Webex, by endpoint.",
+            &calls.map(|(e, c)| (label("endpoint", e), get(c).to_string())),
+        );
+        family(
+            "byova_rate_limited_total",
+            "counter",
+            "Webex answers with status 429.",
+            &[(String::new(), get(&self.rate_limited).to_string())],
+        );
+        family(
+            "byova_transport_errors_total",
+            "counter",
+            "Requests to Webex that got no answer.",
+            &[(String::new(), get(&self.transport_errors).to_string())],
+        );
+        family(
+            "byova_refreshes_total",
+            "counter",
+            "Refreshes and fetches that called Webex, by outcome.",
+            &[
+                (label("outcome", "success"), get(&self.refreshes_ok).to_string()),
+                (label("outcome", "failure"), get(&self.refreshes_failed).to_string()),
+            ],
+        );
+        let webhooks: Vec<_> = WEBHOOK_OUTCOMES
+            .iter()
+            .zip(&self.webhooks)
+            .map(|(name, c)| (label("outcome", name), get(c).to_string()))
+            .collect();
+        family("byova_webhook_deliveries_total", "counter", "serviceApp deliveries, by outcome.", &webhooks);
+        let states: Vec<_> = [
+            TokenState::Valid,
+            TokenState::RefreshSoon,
+            TokenState::Expired,
+            TokenState::ReauthorizationRequired,
+        ]
+        .into_iter()
+        .map(|state| {
+            (label("state", state.as_str()), statuses.iter().filter(|s| s.state == state).count().to_string())
+        })
+        .collect();
+        family("byova_tokens", "gauge", "Stored tokens, by state.", &states);
+        let expiry: Vec<_> = statuses
+            .iter()
+            .map(|s| {
+                let key = match &s.key {
+                    TokenKey::Integration => "integration".to_owned(),
+                    TokenKey::Org(org) => format!("org:{org}"),
+                };
+                let left_ms =
+                    i128::from(s.access_expires_at.as_unix_millis()) - i128::from(now.as_unix_millis());
+                (label("key", &key), (left_ms / 1000).to_string())
+            })
+            .collect();
+        family(
+            "byova_token_expiry_seconds",
+            "gauge",
+            "Seconds until each access token expires (negative: expired).",
+            &expiry,
+        );
+        out
+    }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+fn escape_label(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::RetryClass;
+
+    #[test]
+    fn calls_are_classified_and_rendered() {
+        let m = Metrics::default();
+        let post = |url: &str| HttpRequest::new(Method::Post, url.to_owned(), RetryClass::Idempotent);
+        m.record_call(&post("https://w.test/v1/access_token"), Some(200));
+        m.record_call(&post("https://w.test/v1/access_token"), Some(429));
+        m.record_call(&post("https://w.test/v1/applications/APP/token"), None);
+        m.record_call(
+            &HttpRequest::new(Method::Get, "https://w.test/v1/webhooks".into(), RetryClass::Idempotent),
+            Some(200),
+        );
+        m.record_refresh(true);
+        m.record_webhook("registered");
+        m.record_webhook("no such outcome");
+        let now = Timestamp::from_unix_secs(1_000);
+        let statuses = [KeyStatus {
+            key: TokenKey::org("o\"1"),
+            state: TokenState::Valid,
+            access_expires_at: Timestamp::from_unix_secs(1_060),
+            refresh_expires_at: None,
+        }];
+        let text = m.render_prometheus(&statuses, now);
+        for line in [
+            "byova_webex_calls_total{endpoint=\"access_token\"} 2",
+            "byova_webex_calls_total{endpoint=\"application_token\"} 1",
+            "byova_webex_calls_total{endpoint=\"api\"} 1",
+            "byova_rate_limited_total 1",
+            "byova_transport_errors_total 1",
+            "byova_refreshes_total{outcome=\"success\"} 1",
+            "byova_webhook_deliveries_total{outcome=\"registered\"} 1",
+            "byova_tokens{state=\"valid\"} 1",
+            "byova_tokens{state=\"expired\"} 0",
+            "byova_token_expiry_seconds{key=\"org:o\\\"1\"} 60",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}
