@@ -14,7 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// How long one connection may take to send its request head.
 const CONNECTION_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; more are closed at once.
+/// Connections served at once; a new one beyond it closes the oldest, so idle connections can
+/// never turn the real redirect away.
 const MAX_CONNECTIONS: usize = 64;
 
 /// A listener bound on the redirect URI's loopback address, waiting for one redirect.
@@ -63,8 +64,8 @@ impl RedirectListener {
     pub async fn wait(self, expected_state: CsrfState, timeout: Duration) -> Result<AuthorizationCode> {
         let handler = Arc::new(Mutex::new(CallbackHandler::new(&self.redirect, self.port, expected_state)));
         let (tx, mut rx) = tokio::sync::mpsc::channel::<CallbackVerdict>(4);
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let mut connections = tokio::task::JoinSet::new();
+        let mut oldest_first = std::collections::VecDeque::new();
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
         loop {
@@ -82,12 +83,14 @@ impl RedirectListener {
                     if !peer.ip().is_loopback() {
                         continue;
                     }
-                    let Ok(permit) = slots.clone().try_acquire_owned() else { continue };
+                    oldest_first.retain(|c: &tokio::task::AbortHandle| !c.is_finished());
+                    if oldest_first.len() >= MAX_CONNECTIONS
+                        && let Some(oldest) = oldest_first.pop_front()
+                    {
+                        oldest.abort();
+                    }
                     let (handler, tx) = (handler.clone(), tx.clone());
-                    connections.spawn(async move {
-                        serve(stream, &handler, &tx).await;
-                        drop(permit);
-                    });
+                    oldest_first.push_back(connections.spawn(async move { serve(stream, &handler, &tx).await }));
                 }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
             }

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,8 @@ use byova_core::{
 };
 
 const CONNECTION_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; a new one beyond it closes the oldest, so idle connections can
+/// never turn the real redirect away.
 const MAX_CONNECTIONS: usize = 64;
 const POLL: Duration = Duration::from_millis(5);
 
@@ -77,7 +79,9 @@ impl RedirectListener {
         self.listener.set_nonblocking(true).map_err(|e| Error::listen(self.redirect.listen_address(), e))?;
         let handler = Arc::new(Mutex::new(CallbackHandler::new(&self.redirect, self.port, expected_state)));
         let (tx, rx) = mpsc::channel::<CallbackVerdict>();
-        let active = Arc::new(AtomicUsize::new(0));
+        // Each connection being served: a handle to close it, and whether it is still open.
+        let mut oldest_first: std::collections::VecDeque<(TcpStream, Arc<AtomicBool>)> =
+            std::collections::VecDeque::new();
         let deadline = Instant::now() + timeout;
         loop {
             match rx.recv_timeout(POLL) {
@@ -90,14 +94,24 @@ impl RedirectListener {
                 return Err(handler.lock().unwrap_or_else(|e| e.into_inner()).timed_out(timeout));
             }
             while let Ok((stream, peer)) = self.listener.accept() {
-                if !peer.ip().is_loopback() || active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+                if !peer.ip().is_loopback() {
                     continue;
                 }
-                active.fetch_add(1, Ordering::SeqCst);
-                let (handler, tx, active) = (handler.clone(), tx.clone(), active.clone());
+                oldest_first.retain(|(_, open)| open.load(Ordering::SeqCst));
+                if oldest_first.len() >= MAX_CONNECTIONS
+                    && let Some((oldest, _)) = oldest_first.pop_front()
+                {
+                    // Its thread's read returns at once and the thread ends.
+                    let _ = oldest.shutdown(std::net::Shutdown::Both);
+                }
+                let open = Arc::new(AtomicBool::new(true));
+                if let Ok(handle) = stream.try_clone() {
+                    oldest_first.push_back((handle, open.clone()));
+                }
+                let (handler, tx) = (handler.clone(), tx.clone());
                 let spawned = std::thread::Builder::new().name("byova-redirect".into()).spawn(move || {
                     serve(stream, &handler, &tx);
-                    active.fetch_sub(1, Ordering::SeqCst);
+                    open.store(false, Ordering::SeqCst);
                 });
                 if spawned.is_err() {
                     return Err(Error::Internal("cannot start a thread for the redirect listener".into()));
