@@ -133,3 +133,71 @@ async fn redirects_from_the_token_endpoint_are_not_followed() {
     let err = manager.refresh(Some("R")).await.unwrap_err();
     assert!(matches!(err, Error::UnexpectedStatus(ref f) if f.status == 302), "{err:?}");
 }
+
+// ---- a store that never answers ----
+
+/// Every call waits forever (a hung database, a partitioned Redis).
+struct Hung;
+
+#[byova_core::async_trait]
+impl TokenStorage for Hung {
+    async fn get_integration_tokens(&self) -> std::result::Result<Option<OAuthTokens>, StorageError> {
+        std::future::pending().await
+    }
+    async fn set_integration_tokens(&self, _: &OAuthTokens) -> std::result::Result<(), StorageError> {
+        std::future::pending().await
+    }
+    async fn get_service_app_tokens(
+        &self,
+        _: &str,
+    ) -> std::result::Result<Option<OAuthTokens>, StorageError> {
+        std::future::pending().await
+    }
+    async fn set_service_app_tokens(
+        &self,
+        _: &str,
+        _: &OAuthTokens,
+    ) -> std::result::Result<(), StorageError> {
+        std::future::pending().await
+    }
+    async fn delete_service_app_tokens(&self, _: &str) -> std::result::Result<(), StorageError> {
+        std::future::pending().await
+    }
+    async fn list_registered_orgs(&self) -> std::result::Result<Vec<String>, StorageError> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_that_never_answers_fails_every_call_in_time_as_unavailable() {
+    let fake = byova_testkit::FakeWebex::start();
+    let mut config = fake.config();
+    config.storage_timeout = Duration::from_millis(300);
+    let byova = Byova::builder(fake.integration_credentials(), fake.service_app_credentials())
+        .config(config)
+        .storage(Arc::new(Hung))
+        .build()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let errors = [
+        byova.integration().get_access_token().await.map(drop).unwrap_err(),
+        byova.service_app().get_access_token("org-1").await.map(drop).unwrap_err(),
+        byova.status().await.map(drop).unwrap_err(),
+    ];
+    for e in &errors {
+        assert!(
+            matches!(e, Error::Storage(s) if s.kind() == StorageErrorKind::Unavailable && s.is_retryable()),
+            "{e:?}"
+        );
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "three calls bounded by 300 ms each (with the refresh path's re-reads): {took:?}"
+    );
+    assert_eq!(
+        fake.calls(byova_testkit::Endpoint::AccessToken),
+        0,
+        "nothing was spent while the store was away"
+    );
+}

@@ -17,6 +17,8 @@ pub mod env {
     pub const STORAGE: &str = "BYOVA_STORAGE";
     /// The secret `serviceApp` webhooks are registered with; deliveries must be signed with it.
     pub const WEBHOOK_SECRET: &str = "BYOVA_WEBHOOK_SECRET";
+    /// Seconds one storage call may take (default 10).
+    pub const STORAGE_TIMEOUT: &str = "BYOVA_STORAGE_TIMEOUT";
     /// `1` or `true`: allow an `http://` base URL on a host other than loopback (client
     /// secrets and tokens then cross the network in clear text).
     pub const ALLOW_INSECURE_HTTP: &str = "BYOVA_ALLOW_INSECURE_HTTP";
@@ -36,6 +38,10 @@ pub struct ByovaConfig {
     pub region: String,
     /// Timeout for one HTTP request.
     pub timeout: Duration,
+    /// The longest one storage call may take before it fails with a retryable
+    /// [`StorageErrorKind::Unavailable`](crate::StorageErrorKind::Unavailable) (the async
+    /// flavour enforces it on every call; blocking stores bound their own waits). 10 s.
+    pub storage_timeout: Duration,
     /// When tokens count as expired and when they are refreshed ahead of time.
     pub refresh: RefreshPolicy,
     /// How failed requests are retried.
@@ -115,6 +121,7 @@ impl ByovaConfig {
             base_url,
             region: "us".to_owned(),
             timeout: Duration::from_secs(30),
+            storage_timeout: Duration::from_secs(10),
             refresh: RefreshPolicy::default(),
             retry: RetryPolicy::default(),
             coordination: CoordinationPolicy::default(),
@@ -128,11 +135,26 @@ impl ByovaConfig {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let insecure = lookup(env::ALLOW_INSECURE_HTTP)
             .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"));
-        match lookup(env::BASE_URL).filter(|v| !v.trim().is_empty()) {
+        let mut config = match lookup(env::BASE_URL).filter(|v| !v.trim().is_empty()) {
             Some(url) => Self::checked(&url, insecure)
-                .map_err(|e| Error::Configuration(format!("{}: {e}", env::BASE_URL))),
-            None => Ok(Self::default()),
+                .map_err(|e| Error::Configuration(format!("{}: {e}", env::BASE_URL)))?,
+            None => Self::default(),
+        };
+        if let Some(secs) = lookup(env::STORAGE_TIMEOUT).filter(|v| !v.trim().is_empty()) {
+            let secs: f64 = secs
+                .trim()
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s > 0.0 && *s <= 3600.0)
+                .ok_or_else(|| {
+                    Error::Configuration(format!(
+                        "{}={secs:?} is not a number of seconds (0-3600)",
+                        env::STORAGE_TIMEOUT
+                    ))
+                })?;
+            config.storage_timeout = Duration::from_secs_f64(secs);
         }
+        Ok(config)
     }
 
     /// `{base_url}/{path}`.

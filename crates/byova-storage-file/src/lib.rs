@@ -9,15 +9,20 @@
 //!   contains a path separator, and lowercase hex is safe on case-insensitive file systems.
 //! - **Crash-safe writes**: a uniquely named temporary file in the same directory, created
 //!   `0600`, written, `fsync`ed, renamed over the target, then the directory `fsync`ed. A crash
-//!   at any point leaves the old record or the new one, never a torn one. The directory is
-//!   created `0700`; a symlinked directory or record is refused.
+//!   at any point leaves the old record or the new one, never a torn one. A symlinked
+//!   directory or record is refused.
 //! - **Corruption is loud**: a record that does not parse is a
 //!   [`StorageErrorKind::Corrupt`](byova_core::StorageErrorKind::Corrupt) error naming the
 //!   file, never "no tokens". A write over it first moves it aside to `<name>.corrupt-<time>`.
-//! - **Coordination across processes**: each key has a sibling `<name>.lock`; an OS file lock
-//!   on it (held for microseconds) guards the version check of every versioned write and the
-//!   lease record `<name>.lease` (owner and expiry), so a crashed or stopped lease holder
-//!   blocks others for at most the lease's time-to-live.
+//! - **Coordination across processes**: an OS lock on the store's one lock file `.byova.lock`
+//!   (held for microseconds; waiting for it gives up after 10 s with a retryable
+//!   `Unavailable`) guards the version check of every versioned write and the lease record
+//!   `<name>.lease` (owner and expiry), so a crashed or stopped lease holder blocks others for
+//!   at most the lease's time-to-live. A lease file goes when it is released or its record is
+//!   deleted; no file outlives its key. Every process sharing a directory must run this
+//!   version or later (earlier ones locked a file per key; opening the store removes those).
+//! - **A private directory**: created `0700`; an existing one open to other users is made
+//!   `0700`, or refused when it belongs to another user.
 //! - **Versions only grow**, also across deletion: a new version is the larger of the old one
 //!   plus one and the current time in microseconds.
 //! - **Pending authorizations** (an authorization URL's PKCE verifier, for

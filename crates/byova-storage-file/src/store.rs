@@ -13,6 +13,11 @@ use byova_core::{
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+/// The store's one lock file.
+const STORE_LOCK: &str = ".byova.lock";
+/// The longest wait for the store's lock.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
 /// Org ids up to this many bytes are hex-encoded into the file name; longer ones are hashed.
 const MAX_HEX_ID_BYTES: usize = 100;
 const RECORD_FORMAT: u32 = 1;
@@ -116,10 +121,11 @@ impl FileTokenStorage {
                     dir.display()
                 )));
             }
-            Ok(_) => {}
+            Ok(meta) => tighten_dir(&dir, &meta)?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => create_private_dir(&dir)?,
             Err(e) => return Err(io_error("cannot inspect the token directory", &dir, &e)),
         }
+        remove_legacy_lock_files(&dir);
         Ok(Self { inner: Arc::new(Inner { dir }) })
     }
 
@@ -151,12 +157,31 @@ impl FileTokenStorage {
         Ok(self.inner.dir.join(format!("{}.json", stem(key)?)))
     }
 
-    /// Runs `f` holding the OS lock on `stem`'s lock file.
-    fn locked<T>(&self, stem: &str, f: impl FnOnce() -> Result<T, StorageError>) -> Result<T, StorageError> {
-        let path = self.inner.dir.join(format!("{stem}.lock"));
+    /// Runs `f` holding the OS lock on the store's one lock file (held for microseconds: a
+    /// version check and a write). Waiting for it is bounded by [`LOCK_WAIT`]: a process stopped
+    /// while holding it cannot hang the others.
+    fn locked<T>(&self, _stem: &str, f: impl FnOnce() -> Result<T, StorageError>) -> Result<T, StorageError> {
+        let path = self.inner.dir.join(STORE_LOCK);
         let file =
             open_private(&path, false).map_err(|e| io_error("cannot open the lock file", &path, &e))?;
-        file.lock().map_err(|e| io_error("cannot lock", &path, &e))?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let mut pause = Duration::from_micros(200);
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(StorageError::unavailable(format!(
+                        "{} stayed locked for {LOCK_WAIT:?} (a process holding it is stopped or stuck)",
+                        path.display()
+                    )));
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(io_error("cannot lock", &path, &e)),
+            }
+        }
         let result = f();
         drop(file);
         result
@@ -251,6 +276,8 @@ impl FileTokenStorage {
             if expect != Expect::Any && !expect.admits(self.read(&key, &stem)?.map(|(_, v)| v)) {
                 return Err(StorageError::conflict(&key));
             }
+            // A lease left by a holder that stopped goes with the record.
+            let _ = fs::remove_file(self.inner.dir.join(format!("{stem}.lease")));
             let path = self.inner.dir.join(format!("{stem}.json"));
             match fs::remove_file(&path) {
                 Ok(()) => sync_dir(&self.inner.dir),
@@ -409,6 +436,46 @@ impl FileTokenStorage {
             }
             Ok(())
         })
+    }
+}
+
+/// An existing token directory is made private (`0700`); one that belongs to another user
+/// (so its mode cannot be changed) is refused.
+fn tighten_dir(dir: &Path, meta: &fs::Metadata) -> Result<(), StorageError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
+                if e.kind() == io::ErrorKind::PermissionDenied {
+                    StorageError::other(format!(
+                        "refusing the token directory {}: it is open to other users and belongs to another user",
+                        dir.display()
+                    ))
+                } else {
+                    io_error("cannot make the token directory private", dir, &e)
+                }
+            })?;
+            tracing::info!(dir = %dir.display(), "made the token directory private (0700)");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (dir, meta);
+    Ok(())
+}
+
+/// Earlier versions locked one file per key and never removed them; one lock file per store
+/// replaced them (every process sharing a directory must run this version or later).
+fn remove_legacy_lock_files(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let legacy = name
+            .to_str()
+            .is_some_and(|n| n.ends_with(".lock") && (n.starts_with("org-") || n == "integration.lock"));
+        if legacy {
+            let _ = fs::remove_file(entry.path());
+        }
     }
 }
 

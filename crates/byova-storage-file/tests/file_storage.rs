@@ -228,6 +228,38 @@ fn files_0600_and_directory_0700_under_umask_022() {
         files += 1;
     }
     assert!(files >= 3, "record, lock and lease files were checked");
+    assert!(dir.join(".byova.lock").exists(), "one lock file for the store");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// An existing directory open to others is made private; lock files of earlier versions go;
+/// 1,000 orgs registered, leased and removed leave no file behind.
+#[cfg(unix)]
+fn existing_directories_are_tightened_and_files_do_not_accumulate() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("tidy");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.join("org-6f31.lock"), b"").unwrap();
+    let store = FileTokenStorage::open(&dir).unwrap();
+    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+    assert!(!dir.join("org-6f31.lock").exists(), "an earlier version's lock file was removed");
+    for i in 0..1_000 {
+        let org = format!("org-{i}");
+        store.set_service_app_tokens(&org, &counter(i)).unwrap();
+        let key = TokenKey::org(org.as_str());
+        let lease = store.try_acquire_lease(&key, Duration::from_secs(60)).unwrap().unwrap();
+        if i % 2 == 0 {
+            store.release_lease(&lease).unwrap();
+        }
+        store.delete_service_app_tokens(&org).unwrap();
+    }
+    let left: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    println!("  after 1,000 orgs came and went: {left:?}");
+    assert!(left.len() <= 1, "only the store's lock file may stay: {left:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -354,6 +386,11 @@ fn main() {
         case("files_0600_and_directory_0700_under_umask_022", files_0600_and_directory_0700_under_umask_022),
         #[cfg(unix)]
         case("symlinks_are_refused", symlinks_are_refused),
+        #[cfg(unix)]
+        case(
+            "existing_directories_are_tightened_and_files_do_not_accumulate",
+            existing_directories_are_tightened_and_files_do_not_accumulate,
+        ),
         case("sigkill_while_writing_never_tears_a_record", sigkill_while_writing_never_tears_a_record),
         case("four_processes_increment_exactly", four_processes_increment_exactly),
         case("multi_process_herd_async", multi_process_herd_async),

@@ -45,6 +45,8 @@ pub struct Cell {
     pub ends: &'static str,
     /// Service App token fetches the case cost.
     pub fetches: u64,
+    /// How long the case took.
+    pub took: Duration,
 }
 
 struct Shape {
@@ -106,6 +108,7 @@ const SECRET: &str = "lifecycle-secret";
 struct Cell0 {
     w: World,
     secret: WebhookSecret,
+    started: std::time::Instant,
 }
 
 impl Cell0 {
@@ -124,7 +127,7 @@ impl Cell0 {
             s.deauthorization_date_field = shape.deauthorization_date;
             s.delivery_application_id = shape.application_id;
         });
-        Self { w, secret: WebhookSecret::new(SECRET) }
+        Self { w, secret: WebhookSecret::new(SECRET), started: std::time::Instant::now() }
     }
 
     /// The admin acts at Webex, and the delivery Webex sends for it.
@@ -152,7 +155,8 @@ impl Cell0 {
             shape.name
         );
         let ends = if self.registered().await { "registered" } else { "removed" };
-        Cell { shape: shape.name, case, ends, fetches: self.w.fake.calls(Endpoint::ApplicationToken) }
+        let took = self.started.elapsed();
+        Cell { shape: shape.name, case, ends, fetches: self.w.fake.calls(Endpoint::ApplicationToken), took }
     }
 }
 
@@ -177,8 +181,8 @@ pub async fn run_matrix(flavour: Arc<dyn Flavour>, stores: StoreFactory) -> Vec<
 pub fn print(flavour: &str, store: &str, cells: &[Cell]) {
     for c in cells {
         println!(
-            "lifecycle [{flavour}, {store}] {:<38} {:<34} -> {:<10} {} fetch(es)",
-            c.shape, c.case, c.ends, c.fetches
+            "lifecycle [{flavour}, {store}] {:<38} {:<36} -> {:<10} {} fetch(es) in {:.2?}",
+            c.shape, c.case, c.ends, c.fetches, c.took
         );
     }
 }
