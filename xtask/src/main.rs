@@ -295,6 +295,117 @@ fn is_up(port: u16) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
 }
 
+const REDIS_TLS_PORT: u16 = 16380;
+const POSTGRES_TLS_PORT: u16 = 15433;
+
+fn sh(script: &str) -> Result {
+    let status = Command::new("sh").args(["-c", script]).status().map_err(|e| format!("sh: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("`{script}` failed ({status})")) }
+}
+
+fn wait_up(port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !is_up(port) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    is_up(port)
+}
+
+/// A Redis that speaks only TLS and a PostgreSQL cluster that accepts only TLS (`hostssl`), on
+/// their own ports, with a CA generated here (and a second, unrelated CA for the "wrong CA"
+/// tests). Everything lives in one directory under the system's temp dir, so it survives
+/// `cargo clean`; servers started with an older CA are restarted.
+fn tls_services() -> Result<Vec<(&'static str, String)>> {
+    let dir = std::env::temp_dir().join("byova-ci-tls");
+    let d = dir.display();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{d}: {e}"))?;
+    let fresh_ca = !dir.join("ca.pem").exists()
+        || !dir.join("server.pem").exists()
+        || !dir.join("wrong-ca.pem").exists();
+    if fresh_ca {
+        println!("TLS services: generating a test CA in {d}");
+        sh(&format!(
+            "cd {d} && rm -f *.pem *.key *.srl *.csr \
+             && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 3650 -subj '/CN=byova test CA' 2>/dev/null \
+             && openssl req -x509 -newkey rsa:2048 -nodes -keyout wrong-ca.key -out wrong-ca.pem -days 3650 -subj '/CN=byova unrelated CA' 2>/dev/null \
+             && openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj '/CN=127.0.0.1' 2>/dev/null \
+             && printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > ext.cnf \
+             && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 3650 -extfile ext.cnf 2>/dev/null \
+             && chmod 644 ca.pem wrong-ca.pem server.pem && chmod 600 server.key"
+        ))?;
+    }
+    // Redis, TLS only.
+    if fresh_ca && is_up(REDIS_TLS_PORT) {
+        let _ = sh(&format!("pkill -f 'tls-port {REDIS_TLS_PORT}'; sleep 0.5"));
+    }
+    if !is_up(REDIS_TLS_PORT) {
+        println!("Redis (TLS): starting on 127.0.0.1:{REDIS_TLS_PORT}");
+        sh(&format!(
+            "redis-server --daemonize yes --bind 127.0.0.1 --port 0 --tls-port {REDIS_TLS_PORT} \
+             --tls-cert-file {d}/server.pem --tls-key-file {d}/server.key --tls-ca-cert-file {d}/ca.pem \
+             --tls-auth-clients no --save '' --appendonly no --dir {d} --logfile {d}/redis.log --pidfile {d}/redis.pid"
+        ))?;
+    }
+    if !wait_up(REDIS_TLS_PORT) {
+        return Err(format!("the TLS Redis did not come up (see {d}/redis.log)"));
+    }
+    println!("Redis (TLS): up on 127.0.0.1:{REDIS_TLS_PORT}");
+    // PostgreSQL, hostssl only; run as the postgres user when this is root.
+    let bin = [
+        "/usr/lib/postgresql/17/bin",
+        "/usr/lib/postgresql/16/bin",
+        "/usr/lib/postgresql/15/bin",
+        "/usr/local/bin",
+        "/usr/bin",
+    ]
+    .iter()
+    .find(|b| Path::new(b).join("initdb").exists())
+    .ok_or("initdb is not installed")?;
+    let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
+    let as_pg = |cmd: &str| if is_root { format!("runuser -u postgres -- {cmd}") } else { cmd.to_owned() };
+    let data = dir.join("pg");
+    let pd = data.display();
+    if fresh_ca && is_up(POSTGRES_TLS_PORT) {
+        let _ = sh(&as_pg(&format!("{bin}/pg_ctl -D {pd} -m fast -w stop")));
+    }
+    if !data.join("PG_VERSION").exists() {
+        println!("PostgreSQL (TLS only): creating a cluster in {pd}");
+        let _ = std::fs::remove_dir_all(&data);
+        sh(&format!("mkdir -p {pd} && chmod 700 {pd}"))?;
+        if is_root {
+            sh(&format!("chmod 755 {d} && chown postgres {pd}"))?;
+        }
+        sh(&as_pg(&format!("{bin}/initdb -D {pd} -A trust -U postgres >/dev/null")))?;
+        sh(&format!(
+            "printf \"port = {POSTGRES_TLS_PORT}\\nlisten_addresses = '127.0.0.1'\\nunix_socket_directories = '{pd}'\\nssl = on\\nssl_cert_file = 'server.pem'\\nssl_key_file = 'server.key'\\nfsync = off\\n\" >> {pd}/postgresql.conf \
+             && printf 'hostssl all all 127.0.0.1/32 trust\\n' > {pd}/pg_hba.conf"
+        ))?;
+    }
+    if !is_up(POSTGRES_TLS_PORT) {
+        sh(&format!("cp {d}/server.pem {d}/server.key {pd}/ && chmod 600 {pd}/server.key"))?;
+        if is_root {
+            sh(&format!(
+                "chown postgres {pd}/server.pem {pd}/server.key {pd}/postgresql.conf {pd}/pg_hba.conf"
+            ))?;
+        }
+        println!("PostgreSQL (TLS only): starting on 127.0.0.1:{POSTGRES_TLS_PORT}");
+        sh(&as_pg(&format!("{bin}/pg_ctl -D {pd} -l {pd}/log -w start >/dev/null")))?;
+    }
+    if !wait_up(POSTGRES_TLS_PORT) {
+        return Err(format!("the TLS-only PostgreSQL did not come up (see {pd}/log)"));
+    }
+    println!("PostgreSQL (TLS only): up on 127.0.0.1:{POSTGRES_TLS_PORT}");
+    Ok(vec![
+        ("BYOVA_TEST_REDIS_TLS_URL", format!("rediss://127.0.0.1:{REDIS_TLS_PORT}/0")),
+        (
+            "BYOVA_TEST_POSTGRES_TLS_URL",
+            format!("postgres://postgres@127.0.0.1:{POSTGRES_TLS_PORT}/postgres"),
+        ),
+        ("BYOVA_TEST_TLS_CA", format!("{d}/ca.pem")),
+        ("BYOVA_TEST_TLS_WRONG_CA", format!("{d}/wrong-ca.pem")),
+    ])
+}
+
 /// Makes every service reachable (starting installed ones that are down) and returns the
 /// environment the tests read. In CI (`CI=true`) a service that cannot be made reachable is an
 /// error; elsewhere its variable is left out and backend tests report that they skipped.
@@ -328,6 +439,13 @@ fn services() -> Result<Vec<(&'static str, String)>> {
             envs.push((s.env, s.url.to_owned()));
         } else {
             missing.push(s.name);
+        }
+    }
+    match tls_services() {
+        Ok(tls) => envs.extend(tls),
+        Err(e) => {
+            println!("TLS services: {e}");
+            missing.push("the TLS Redis and PostgreSQL");
         }
     }
     if !missing.is_empty() {

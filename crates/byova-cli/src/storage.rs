@@ -14,8 +14,11 @@ pub(crate) fn default_url() -> String {
     format!("file://{}", base.join("byova").display())
 }
 
-/// Opens the store a URL names.
+/// Opens the store a URL names; `BYOVA_STORAGE_CA_FILE` (PEM) is the CA a TLS store's
+/// certificate is checked against (system roots otherwise).
 pub(crate) async fn open(url: &str) -> Result<Arc<dyn TokenStorage>, StorageError> {
+    let ca_file = std::env::var_os("BYOVA_STORAGE_CA_FILE").filter(|v| !v.is_empty()).map(PathBuf::from);
+    let ca_file = ca_file.as_deref();
     if url == "memory:" {
         return Ok(Arc::new(InMemoryTokenStorage::new()));
     }
@@ -23,13 +26,13 @@ pub(crate) async fn open(url: &str) -> Result<Arc<dyn TokenStorage>, StorageErro
         return Ok(Arc::new(byova_storage_file::FileTokenStorage::from_url(url)?));
     }
     if url.starts_with("redis://") || url.starts_with("rediss://") {
-        return Ok(Arc::new(byova_storage_redis::RedisTokenStorage::open(url)?));
+        return Ok(Arc::new(byova_storage_redis::RedisTokenStorage::open_with_ca(url, ca_file)?));
     }
     if ["postgres://", "postgresql://", "mysql://", "mariadb://", "sqlite:"]
         .iter()
         .any(|p| url.starts_with(p))
     {
-        return Ok(Arc::new(byova_storage_sql::SqlTokenStorage::connect(url).await?));
+        return Ok(Arc::new(byova_storage_sql::SqlTokenStorage::connect_with_ca(url, ca_file).await?));
     }
     Err(StorageError::other(format!(
         "BYOVA_STORAGE {:?} is not a storage URL: use memory:, file:///dir, redis://host:port/db, postgres://…, mysql://… or sqlite:///path.db",

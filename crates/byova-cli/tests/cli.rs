@@ -719,6 +719,41 @@ fn serve_finishes_work_in_flight_on_sigterm() {
     assert!(env.store().get_service_app_tokens(ORG).unwrap().is_some(), "and its tokens were stored");
 }
 
+/// TLS stores as a user meets them: the right CA works; a wrong one is one line and exit 4.
+#[test]
+fn tls_stores_trust_the_given_ca_and_refuse_others_with_one_line() {
+    let get = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let (Some(redis), Some(pg), Some(ca), Some(wrong)) = (
+        get("BYOVA_TEST_REDIS_TLS_URL"),
+        get("BYOVA_TEST_POSTGRES_TLS_URL"),
+        get("BYOVA_TEST_TLS_CA"),
+        get("BYOVA_TEST_TLS_WRONG_CA"),
+    ) else {
+        assert!(std::env::var("CI").is_err(), "CI must run this against the TLS stores");
+        println!("skipped: the TLS stores are not set up (cargo xtask test starts them)");
+        return;
+    };
+    let env = Env::new();
+    let table = format!("byova_cli_tls_{:x}", byova_core::random_u64() & 0xffff_ffff);
+    let prefix = format!("byova-cli-tls-{:x}", byova_core::random_u64());
+    for storage in [format!("{redis}?prefix={prefix}"), format!("{pg}?table={table}")] {
+        let with = |ca: &str| {
+            env.cmd()
+                .env("BYOVA_STORAGE", &storage)
+                .env("BYOVA_STORAGE_CA_FILE", ca)
+                .args(["status", "--json"])
+                .output()
+                .unwrap()
+        };
+        let ok = with(&ca);
+        assert!(ok.status.success(), "{storage}: {}", stderr(&ok));
+        let refused = with(&wrong);
+        assert_fails(&refused, 4, "TLS failed");
+        assert_eq!(stderr(&refused).trim().lines().count(), 1, "one line: {}", stderr(&refused));
+        println!("{storage} with a wrong CA: {}", stderr(&refused).trim());
+    }
+}
+
 #[test]
 fn serve_on_a_busy_port_fails_with_its_own_code() {
     let env = Env::new();

@@ -4,7 +4,9 @@
 //! coordinate refreshes through it, so an org is refreshed once, not once per replica.
 //!
 //! Select it with `BYOVA_STORAGE=redis://host:port/db?prefix=NAME` (default prefix `byova`;
-//! several apps or test runs can share one Redis under different prefixes).
+//! several apps or test runs can share one Redis under different prefixes), or `rediss://…`
+//! for TLS (rustls), verified against the system's roots or, with
+//! [`RedisTokenStorage::open_with_ca`] (`BYOVA_STORAGE_CA_FILE` in the CLI), a private CA.
 //!
 //! ## Key layout
 //!

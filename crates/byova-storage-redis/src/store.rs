@@ -126,7 +126,17 @@ enum Op {
 }
 
 fn unavailable_or_other(what: &str, e: &redis::RedisError) -> StorageError {
-    let message = format!("redis {what}: {e}");
+    let text = e.to_string().replace('\n', " ");
+    if text.contains("certificate")
+        || text.contains("CertificateRequired")
+        || text.contains("HandshakeFailure")
+    {
+        // Not worth retrying: the server's certificate is not trusted (or TLS is misconfigured).
+        return StorageError::other(format!(
+            "redis {what}: TLS failed: {text} (trust the server's CA with BYOVA_STORAGE_CA_FILE, or check the rediss:// host)"
+        ));
+    }
+    let message = format!("redis {what}: {text}");
     if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() || e.is_connection_dropped() {
         StorageError::unavailable(message)
     } else {
@@ -139,11 +149,21 @@ fn ttl_ms(ttl: Duration) -> u64 {
 }
 
 impl RedisTokenStorage {
-    /// A store for `redis://host:port/db?prefix=NAME` (also `rediss://`). Connects lazily.
+    /// A store for `redis://host:port/db?prefix=NAME`, or `rediss://…` (TLS, verified against
+    /// the system's roots). Connects lazily.
     ///
     /// # Errors
     /// For an unparseable URL or a prefix containing `{` or `}`.
     pub fn open(url: &str) -> Result<Self, StorageError> {
+        Self::open_with_ca(url, None)
+    }
+
+    /// [`open`](Self::open), trusting the PEM CA certificate(s) in `ca_file` (instead of the
+    /// system's roots) for a `rediss://` URL; ignored for plain `redis://`.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open); an unreadable or unparseable CA file.
+    pub fn open_with_ca(url: &str, ca_file: Option<&std::path::Path>) -> Result<Self, StorageError> {
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
         let mut prefix = "byova".to_owned();
         let mut kept = Vec::new();
@@ -159,8 +179,21 @@ impl RedisTokenStorage {
             )));
         }
         let client_url = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
-        let client = redis::Client::open(client_url.as_str())
-            .map_err(|e| StorageError::other(format!("{} is not a usable redis URL: {e}", redact(base))))?;
+        let unusable = |e: redis::RedisError| {
+            StorageError::other(format!("{} is not a usable redis URL: {e}", redact(base)))
+        };
+        let client = match ca_file {
+            Some(path) if base.starts_with("rediss://") => {
+                let pem = std::fs::read(path).map_err(|e| {
+                    StorageError::other(format!("cannot read the CA file {}: {e}", path.display()))
+                })?;
+                let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(pem) };
+                redis::Client::build_with_tls(client_url.as_str(), certificates).map_err(|e| {
+                    StorageError::other(format!("the CA file {} is not usable: {e}", path.display()))
+                })?
+            }
+            _ => redis::Client::open(client_url.as_str()).map_err(unusable)?,
+        };
         let scripts = Scripts {
             store: Script::new(STORE),
             delete: Script::new(DELETE),

@@ -19,6 +19,63 @@ fn base_url() -> Option<String> {
     std::env::var("BYOVA_TEST_REDIS_URL").ok().filter(|u| !u.is_empty())
 }
 
+/// The TLS-only Redis, its CA and an unrelated CA (`cargo xtask test` starts it).
+fn tls_setup() -> Option<(String, String, String)> {
+    let get = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    Some((get("BYOVA_TEST_REDIS_TLS_URL")?, get("BYOVA_TEST_TLS_CA")?, get("BYOVA_TEST_TLS_WRONG_CA")?))
+}
+
+/// `rediss://` with the right CA passes the whole conformance suite; with a wrong CA every
+/// call fails with one clear, non-retryable error; plain `redis://` to the TLS port never
+/// gets an answer.
+fn tls_right_ca_wrong_ca_and_plaintext(tls: &(String, String, String)) {
+    let (url, ca, wrong) = tls;
+    let prefix = unique_prefix("tls");
+    let store = Arc::new(
+        RedisTokenStorage::open_with_ca(&with_prefix(url, &prefix), Some(std::path::Path::new(ca))).unwrap(),
+    );
+    let report = conformance::check_blocking_token_storage(store.clone(), None);
+    println!("  rediss:// with the right CA: {} conformance cases passed", report.passed.len());
+    let wrong_store =
+        RedisTokenStorage::open_with_ca(&with_prefix(url, &prefix), Some(std::path::Path::new(wrong)))
+            .unwrap();
+    let err = BlockingTokenStorage::get_integration_tokens(&wrong_store).unwrap_err();
+    println!("  rediss:// with a wrong CA: {err}");
+    assert_eq!(err.kind(), StorageErrorKind::Other, "{err}");
+    assert!(err.to_string().contains("TLS failed") && !err.to_string().contains('\n'), "{err}");
+    let system_roots = RedisTokenStorage::open(&with_prefix(url, &prefix)).unwrap();
+    let err = BlockingTokenStorage::get_integration_tokens(&system_roots).unwrap_err();
+    assert!(err.to_string().contains("TLS failed"), "a private CA is not in the system roots: {err}");
+    let plain = url.replacen("rediss://", "redis://", 1);
+    let started = Instant::now();
+    let plain_store = RedisTokenStorage::open(&with_prefix(&plain, &prefix)).unwrap();
+    let err = BlockingTokenStorage::get_integration_tokens(&plain_store).unwrap_err();
+    println!("  redis:// to the TLS port: {err} (after {:?})", started.elapsed());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let async_store =
+        RedisTokenStorage::open_with_ca(&with_prefix(url, &prefix), Some(std::path::Path::new(ca))).unwrap();
+    rt.block_on(async {
+        TokenStorage::set_integration_tokens(&async_store, &counter(7)).await.unwrap();
+        let back = TokenStorage::get_integration_tokens(&async_store).await.unwrap().unwrap();
+        assert!(back.access_token.ct_eq_str("7"), "the async flavour over TLS");
+        let wrong_async =
+            RedisTokenStorage::open_with_ca(&with_prefix(url, &prefix), Some(std::path::Path::new(wrong)))
+                .unwrap();
+        let err = TokenStorage::get_integration_tokens(&wrong_async).await.unwrap_err();
+        assert!(err.to_string().contains("TLS failed"), "{err}");
+    });
+    let cleanup_client = redis::Client::build_with_tls(
+        url.as_str(),
+        redis::TlsCertificates { client_tls: None, root_cert: Some(std::fs::read(ca).unwrap()) },
+    )
+    .unwrap();
+    let mut conn = cleanup_client.get_connection().unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{{{prefix}}}*")).query(&mut conn).unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(keys).query(&mut conn).unwrap();
+    }
+}
+
 fn with_prefix(url: &str, prefix: &str) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
     format!("{url}{sep}prefix={prefix}")
@@ -364,5 +421,21 @@ fn main() {
             Box::new(a_redis_restart_gives_retryable_errors_and_loses_nothing),
         ),
     ];
+    let mut cases = cases;
+    match tls_setup() {
+        Some(tls) => cases.push((
+            "tls_right_ca_wrong_ca_and_plaintext",
+            Box::new(move || tls_right_ca_wrong_ca_and_plaintext(&tls)),
+        )),
+        None if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+            eprintln!(
+                "BYOVA_TEST_REDIS_TLS_URL / BYOVA_TEST_TLS_CA are not set: CI must test Redis over TLS"
+            );
+            std::process::exit(1);
+        }
+        None => println!(
+            "redis TLS tests skipped: BYOVA_TEST_REDIS_TLS_URL is not set (cargo xtask test sets it)"
+        ),
+    }
     byova_testkit::harness::run(cases);
 }

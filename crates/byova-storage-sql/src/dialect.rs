@@ -233,6 +233,53 @@ pub(crate) fn redact(url: &str) -> String {
     }
 }
 
+/// A Postgres or MySQL URL with byova's TLS defaults: `ca_file` as the trusted CA unless the
+/// URL names one, and verified TLS for a host that is not loopback unless the URL chooses a
+/// mode. Other URLs are returned as they are.
+pub(crate) fn with_tls_defaults(url: &str, ca_file: Option<&std::path::Path>) -> String {
+    let (mode_key, ca_key, verified) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        ("sslmode", "sslrootcert", "verify-full")
+    } else if url.starts_with("mysql://") {
+        ("ssl-mode", "ssl-ca", "VERIFY_IDENTITY")
+    } else {
+        return url.to_owned();
+    };
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let has = |key: &str| query.split('&').any(|p| p.split('=').next() == Some(key));
+    let mut extra = Vec::new();
+    if let Some(ca) = ca_file
+        && !has(ca_key)
+    {
+        let path = ca.display().to_string();
+        extra.push(format!(
+            "{ca_key}={}",
+            percent_encoding::utf8_percent_encode(&path, percent_encoding::NON_ALPHANUMERIC)
+        ));
+    }
+    if !has(mode_key) && (ca_file.is_some() || !is_loopback_url(url)) {
+        extra.push(format!("{mode_key}={verified}"));
+    }
+    if extra.is_empty() {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{}", extra.join("&"))
+}
+
+/// Whether the URL's host is this machine (or a Unix socket).
+fn is_loopback_url(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
+    };
+    host.is_empty()
+        || host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,5 +299,34 @@ mod tests {
         let s = Statements::new(Kind::Postgres, "t");
         assert!(s.update_record.contains("$3") && s.load_for_update.ends_with("FOR UPDATE"));
         assert!(!Statements::new(Kind::Sqlite, "t").load_for_update.contains("FOR UPDATE"));
+    }
+
+    #[test]
+    fn tls_defaults_verify_remote_databases_and_add_the_ca() {
+        let ca = std::path::Path::new("/etc/byova/ca.pem");
+        assert_eq!(with_tls_defaults("postgres://u@127.0.0.1/db", None), "postgres://u@127.0.0.1/db");
+        assert_eq!(
+            with_tls_defaults("postgres://u@localhost:5432/db", None),
+            "postgres://u@localhost:5432/db"
+        );
+        assert_eq!(
+            with_tls_defaults("postgres://u@db.example/db", None),
+            "postgres://u@db.example/db?sslmode=verify-full"
+        );
+        assert_eq!(
+            with_tls_defaults("postgres://u@db.example/db?sslmode=require", None),
+            "postgres://u@db.example/db?sslmode=require",
+            "the URL's own mode wins"
+        );
+        assert_eq!(
+            with_tls_defaults("postgres://u@127.0.0.1:15433/db", Some(ca)),
+            "postgres://u@127.0.0.1:15433/db?sslrootcert=%2Fetc%2Fbyova%2Fca%2Epem&sslmode=verify-full"
+        );
+        assert_eq!(
+            with_tls_defaults("mysql://root@10.0.0.5:3306/test?ssl-ca=/x.pem", Some(ca)),
+            "mysql://root@10.0.0.5:3306/test?ssl-ca=/x.pem&ssl-mode=VERIFY_IDENTITY"
+        );
+        assert_eq!(with_tls_defaults("sqlite:///tmp/x.db", Some(ca)), "sqlite:///tmp/x.db");
+        assert_eq!(with_tls_defaults("postgres://u:p@[::1]:5432/db", None), "postgres://u:p@[::1]:5432/db");
     }
 }

@@ -8,6 +8,10 @@
 //!
 //! Both link one `libsqlite3-sys` (`cargo tree -i libsqlite3-sys` shows a single version).
 //!
+//! TLS (rustls, system roots) follows the URL: `sslmode` / `sslrootcert` for Postgres,
+//! `ssl-mode` / `ssl-ca` for MySQL. A URL for another host that names no mode gets verified TLS
+//! (`verify-full` / `VERIFY_IDENTITY`); [`SqlTokenStorage::connect_with_ca`] adds a private CA.
+//!
 //! ## Schema
 //!
 //! One table (default `byova_tokens`; `?table=NAME` in the URL picks another, e.g. one per test

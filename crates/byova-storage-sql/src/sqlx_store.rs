@@ -30,13 +30,21 @@ impl std::fmt::Debug for SqlTokenStorage {
 }
 
 fn sqlx_error(what: &str, e: &sqlx::Error) -> StorageError {
-    let message = format!("{what}: {e}");
+    let text = e.to_string().replace('\n', " ");
+    if matches!(e, sqlx::Error::Tls(_)) || text.contains("certificate") {
+        let hint = if text.contains("certificate") {
+            " (trust the server's CA with BYOVA_STORAGE_CA_FILE or sslrootcert / ssl-ca)"
+        } else {
+            ""
+        };
+        return StorageError::other(format!("{what}: TLS failed: {text}{hint}"));
+    }
+    let message = format!("{what}: {text}");
     let transient = match e {
         sqlx::Error::Io(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Tls(_) => true,
+        | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => {
             let code = db.code().unwrap_or_default();
             let text = db.message().to_ascii_lowercase();
@@ -75,8 +83,23 @@ impl SqlTokenStorage {
     /// An unreachable database ([`Unavailable`](byova_core::StorageErrorKind::Unavailable)), a
     /// bad URL, or a schema that cannot be created.
     pub async fn connect(url: &str) -> Result<Self, StorageError> {
+        Self::connect_with_ca(url, None).await
+    }
+
+    /// [`connect`](Self::connect), trusting the PEM CA certificate(s) in `ca_file` for a TLS
+    /// connection (Postgres `sslrootcert`, MySQL `ssl-ca`, unless the URL names one).
+    ///
+    /// TLS follows the URL's own parameters (`sslmode`, `sslrootcert`; `ssl-mode`, `ssl-ca`).
+    /// Without them, a database on another host is reached over verified TLS
+    /// (`sslmode=verify-full`, `ssl-mode=VERIFY_IDENTITY`): tokens never cross a network in
+    /// clear text by default. `sslmode=require` never falls back to plaintext.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect); a certificate the CA does not vouch for.
+    pub async fn connect_with_ca(url: &str, ca_file: Option<&std::path::Path>) -> Result<Self, StorageError> {
         sqlx::any::install_default_drivers();
         let (url, table) = split_table(url)?;
+        let url = crate::dialect::with_tls_defaults(&url, ca_file);
         let kind = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Kind::Postgres
         } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {

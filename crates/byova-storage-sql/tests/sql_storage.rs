@@ -174,6 +174,71 @@ fn a_connection_lost_before_commit_leaves_the_old_record(url: &str) {
     });
 }
 
+/// The TLS-only PostgreSQL (`hostssl` only), its CA and an unrelated CA.
+fn tls_setup() -> Option<(String, String, String)> {
+    let get = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    Some((get("BYOVA_TEST_POSTGRES_TLS_URL")?, get("BYOVA_TEST_TLS_CA")?, get("BYOVA_TEST_TLS_WRONG_CA")?))
+}
+
+/// The right CA connects (verified) and passes the conformance suite; a wrong CA fails with one
+/// clear line; plaintext is refused by the server.
+fn postgres_over_tls((url, ca, wrong): &(String, String, String)) {
+    let table = unique("tls");
+    let rt = rt();
+    rt.block_on(async {
+        let store =
+            SqlTokenStorage::connect_with_ca(&with_table(url, &table), Some(std::path::Path::new(ca)))
+                .await
+                .expect("the right CA connects");
+        let report = byova_testkit::conformance::check_token_storage(Arc::new(store.clone()), None).await;
+        println!(
+            "  postgres, verify-full with the right CA: {} conformance cases passed",
+            report.passed.len()
+        );
+        store.drop_table().await.unwrap();
+        let wrong =
+            SqlTokenStorage::connect_with_ca(&with_table(url, &table), Some(std::path::Path::new(wrong)))
+                .await
+                .expect_err("a wrong CA must not connect");
+        println!("  postgres with a wrong CA: {wrong}");
+        assert!(wrong.to_string().contains("TLS failed") && !wrong.to_string().contains('\n'), "{wrong}");
+        let plain = SqlTokenStorage::connect(&with_table(&format!("{url}?sslmode=disable"), &table))
+            .await
+            .expect_err("the server takes TLS only");
+        println!("  postgres with sslmode=disable: {plain}");
+        assert!(plain.to_string().contains("no encryption"), "{plain}");
+    });
+}
+
+/// A server that answers Postgres's `SSLRequest` with "no": with `sslmode=require` the client
+/// must give up, never continue in plaintext (whose first message would be the startup
+/// packet, user name included).
+fn sslmode_require_never_falls_back_to_plaintext() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut ssl_request = [0u8; 8];
+        conn.read_exact(&mut ssl_request).unwrap();
+        assert_eq!(ssl_request, [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f], "the client asked for TLS first");
+        conn.write_all(b"N").unwrap();
+        let mut next = Vec::new();
+        let _ = conn.read_to_end(&mut next);
+        next
+    });
+    let url = format!("postgres://tokens-user@127.0.0.1:{port}/db?sslmode=require&table=t");
+    let err = rt().block_on(SqlTokenStorage::connect(&url)).expect_err("no TLS, no connection");
+    let sent_after_refusal = server.join().unwrap();
+    println!("  sslmode=require against a server without TLS: {err}");
+    assert!(
+        sent_after_refusal.is_empty(),
+        "the client continued in plaintext: {:?}",
+        String::from_utf8_lossy(&sent_after_refusal)
+    );
+}
+
 fn main() {
     if herd::child_main(open_sqlx, |url| Arc::new(SqliteBlockingStorage::open(url).unwrap())) {
         return;
@@ -210,6 +275,25 @@ fn main() {
             Box::new(move || a_connection_lost_before_commit_leaves_the_old_record(&commit)),
         ));
     }
+    match tls_setup() {
+        Some(tls) => cases.push((
+            "postgres over TLS: right CA, wrong CA, plaintext".into(),
+            Box::new(move || postgres_over_tls(&tls)),
+        )),
+        None if in_ci => {
+            eprintln!(
+                "BYOVA_TEST_POSTGRES_TLS_URL / BYOVA_TEST_TLS_CA are not set: CI must test PostgreSQL over TLS"
+            );
+            std::process::exit(1);
+        }
+        None => println!(
+            "postgres TLS tests skipped: BYOVA_TEST_POSTGRES_TLS_URL is not set (cargo xtask test sets it)"
+        ),
+    }
+    cases.push((
+        "postgres: sslmode=require never falls back to plaintext".into(),
+        Box::new(sslmode_require_never_falls_back_to_plaintext),
+    ));
     let conf = sqlite_url(&unique("sqlx"));
     cases.push(("sqlite (sqlx): conformance (async)".into(), Box::new(move || conformance_async(&conf))));
     let conf = sqlite_url(&unique("rusqlite"));
