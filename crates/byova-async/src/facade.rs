@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use byova_core::{
     BulkProgress, Facade, InMemoryTokenStorage, IntegrationCredentials, KeyStatus, NewWebhook, OrgRefresh,
-    Parts, Result, ServiceAppCredentials, TokenStorage, Webhook, WebhookOutcome, WebhookSecret,
+    Parts, Result, SealedStorage, ServiceAppCredentials, StorageKeys, TokenStorage, Webhook, WebhookOutcome,
+    WebhookSecret,
 };
 
 use crate::driver::Drive;
@@ -38,6 +39,10 @@ impl Facade for Byova {
 
     fn memory_storage() -> Arc<dyn TokenStorage> {
         Arc::new(InMemoryTokenStorage::new())
+    }
+
+    fn seal(storage: Arc<dyn TokenStorage>, keys: Option<StorageKeys>) -> Arc<dyn TokenStorage> {
+        Arc::new(SealedStorage::new(storage, keys))
     }
 
     fn assemble(parts: Parts<dyn TokenStorage>) -> Result<Self> {

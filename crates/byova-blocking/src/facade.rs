@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use byova_core::{
     BlockingTokenStorage, BulkProgress, Facade, InMemoryTokenStorage, IntegrationCredentials, KeyStatus,
-    NewWebhook, OrgRefresh, Parts, Result, ServiceAppCredentials, Webhook, WebhookOutcome, WebhookSecret,
+    NewWebhook, OrgRefresh, Parts, Result, SealedStorage, ServiceAppCredentials, StorageKeys, Webhook,
+    WebhookOutcome, WebhookSecret,
 };
 
 use crate::driver::Drive;
@@ -37,6 +38,13 @@ impl Facade for Byova {
 
     fn memory_storage() -> Arc<dyn BlockingTokenStorage> {
         Arc::new(InMemoryTokenStorage::new())
+    }
+
+    fn seal(
+        storage: Arc<dyn BlockingTokenStorage>,
+        keys: Option<StorageKeys>,
+    ) -> Arc<dyn BlockingTokenStorage> {
+        Arc::new(SealedStorage::new(storage, keys))
     }
 
     fn assemble(parts: Parts<dyn BlockingTokenStorage>) -> Result<Self> {

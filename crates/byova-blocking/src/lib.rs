@@ -69,7 +69,7 @@ pub use byova_core::{
     BulkProgress, ByovaConfig, Clock, CoarseClock, DEFAULT_INTEGRATION_SCOPES, DEFAULT_REDIRECT_URI, Error,
     Expect, InMemoryTokenStorage, IntegrationCredentials, KeyStatus, Lease, NewWebhook, OAuthTokens,
     OrgRefresh, RedirectOptions, RefreshToken, Result, ServiceAppCredentials, ServiceAppEventKind,
-    ServiceAppTokens, SignatureError, StorageError, StorageErrorKind, SystemClock, Timestamp, TokenKey,
-    TokenState, TokenSubject, Versioned, Webhook, WebhookOutcome, WebhookSecret, decode_org_id,
+    ServiceAppTokens, SignatureError, StorageError, StorageErrorKind, StorageKeys, SystemClock, Timestamp,
+    TokenKey, TokenState, TokenSubject, Versioned, Webhook, WebhookOutcome, WebhookSecret, decode_org_id,
     derive_application_id, load_credentials_from_env,
 };

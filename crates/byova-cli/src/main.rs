@@ -449,6 +449,10 @@ async fn connect(cli: &Cli) -> Result<Byova, Failure> {
     let url = cli.storage.clone().unwrap_or_else(storage::default_url);
     let store = storage::open(&url).await?;
     let builder = Byova::builder(env.integration, env.service_app).config(env.config).storage(store);
+    let builder = match env.storage_keys {
+        Some(keys) => builder.storage_keys(keys),
+        None => builder,
+    };
     Ok(builder.webhook_secrets(secrets).build()?)
 }
 

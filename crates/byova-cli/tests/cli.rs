@@ -754,6 +754,52 @@ fn tls_stores_trust_the_given_ca_and_refuse_others_with_one_line() {
     }
 }
 
+/// With `BYOVA_STORAGE_KEY`, the files hold no usable token; without the key (or with another)
+/// reading is exit 4 naming the key id; a rotation re-seals under the new key on the next write.
+#[test]
+fn tokens_are_sealed_at_rest_with_a_storage_key() {
+    let env = Env::new();
+    env.seed_integration();
+    let old_key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+    let new_key = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+    let issued = env.fake.issue_service_app_tokens("org-sealed");
+    let keyed = |key: &str, args: &[&str], input: Option<&str>| {
+        let mut child = env
+            .cmd()
+            .env("BYOVA_STORAGE_KEY", key)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.unwrap_or_default().as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let register = keyed(
+        old_key,
+        &["org", "register", "org-sealed", "--refresh-token-file", "-"],
+        Some(&issued.refresh_token),
+    );
+    assert!(register.status.success(), "{}", stderr(&register));
+    let path = env.store().record_path(&byova_core::TokenKey::org("org-sealed")).unwrap();
+    let at_rest = std::fs::read_to_string(&path).unwrap();
+    assert!(!at_rest.contains(&issued.refresh_token), "the refresh token is sealed at rest");
+    assert!(at_rest.contains("byova-sealed:v1:"), "{at_rest}");
+    let token = keyed(old_key, &["org", "token", "org-sealed"], None);
+    assert!(env.fake.is_access_token_valid(stdout(&token).trim()), "{}", stderr(&token));
+    assert!(!at_rest.contains(stdout(&token).trim()), "the access token is sealed at rest too");
+    let no_key = env.run(&["org", "token", "org-sealed"]);
+    assert_fails(&no_key, 4, "sealed under storage key");
+    let wrong = keyed(new_key, &["org", "token", "org-sealed"], None);
+    assert_fails(&wrong, 4, "does not hold");
+    let rotated = format!("{new_key},{old_key}");
+    let refreshed = keyed(&rotated, &["org", "refresh-all"], None);
+    assert!(refreshed.status.success(), "{}", stderr(&refreshed));
+    let token = keyed(new_key, &["org", "token", "org-sealed"], None);
+    assert!(token.status.success(), "re-sealed under the new key by the refresh: {}", stderr(&token));
+}
+
 #[test]
 fn serve_on_a_busy_port_fails_with_its_own_code() {
     let env = Env::new();

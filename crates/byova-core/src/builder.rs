@@ -9,6 +9,7 @@ use crate::config::{ByovaConfig, env as config_env};
 use crate::credentials::{IntegrationCredentials, ServiceAppCredentials, credentials_from_lookup};
 use crate::engine::{IntegrationEngine, ServiceAppEngine};
 use crate::error::Result;
+use crate::sealing::StorageKeys;
 use crate::secret::WebhookSecret;
 use crate::time::{Clock, CoarseClock};
 
@@ -20,6 +21,10 @@ pub trait Facade: Sized {
 
     /// In-memory storage, the default.
     fn memory_storage() -> Arc<Self::Storage>;
+
+    /// `storage` with its tokens sealed under `keys` at rest (a
+    /// [`SealedStorage`](crate::SealedStorage); with `None` it only refuses sealed records).
+    fn seal(storage: Arc<Self::Storage>, keys: Option<StorageKeys>) -> Arc<Self::Storage>;
 
     /// Assembles the facade from its engines, storage and clock.
     ///
@@ -50,6 +55,7 @@ pub struct ByovaBuilder<F: Facade> {
     storage: Option<Arc<F::Storage>>,
     clock: Arc<dyn Clock>,
     webhook_secrets: Vec<WebhookSecret>,
+    storage_keys: Option<StorageKeys>,
     flavour: PhantomData<fn() -> F>,
 }
 
@@ -73,6 +79,7 @@ impl<F: Facade> ByovaBuilder<F> {
             storage: None,
             clock: Arc::new(CoarseClock),
             webhook_secrets: Vec::new(),
+            storage_keys: None,
             flavour: PhantomData,
         }
     }
@@ -86,6 +93,7 @@ impl<F: Facade> ByovaBuilder<F> {
         let env = EnvSettings::from_env()?;
         let mut builder = Self::new(env.integration, env.service_app).config(env.config);
         builder.webhook_secrets = env.webhook_secrets;
+        builder.storage_keys = env.storage_keys;
         Ok(builder)
     }
 
@@ -122,6 +130,13 @@ impl<F: Facade> ByovaBuilder<F> {
         self
     }
 
+    /// Seal access and refresh tokens at rest under `keys` (see [`StorageKeys`]): whoever
+    /// can read the store cannot use them.
+    pub fn storage_keys(mut self, keys: StorageKeys) -> Self {
+        self.storage_keys = Some(keys);
+        self
+    }
+
     /// Builds it.
     ///
     /// # Errors
@@ -130,7 +145,7 @@ impl<F: Facade> ByovaBuilder<F> {
     pub fn build(self) -> Result<F> {
         let integration = IntegrationEngine::new(self.integration, self.config.clone());
         let service_app = ServiceAppEngine::new(self.service_app, self.config, self.webhook_secrets);
-        let storage = self.storage.unwrap_or_else(F::memory_storage);
+        let storage = F::seal(self.storage.unwrap_or_else(F::memory_storage), self.storage_keys);
         F::assemble(Parts { integration, service_app, storage, clock: self.clock })
     }
 }
@@ -148,6 +163,8 @@ pub struct EnvSettings {
     /// From `BYOVA_WEBHOOK_SECRET`: the current secret, then (comma-separated) the ones being
     /// retired.
     pub webhook_secrets: Vec<WebhookSecret>,
+    /// From `BYOVA_STORAGE_KEY`: the keys tokens are sealed with at rest.
+    pub storage_keys: Option<StorageKeys>,
 }
 
 impl EnvSettings {
@@ -168,7 +185,11 @@ impl EnvSettings {
         let config = ByovaConfig::from_lookup(&lookup)?;
         let webhook_secrets =
             lookup(config_env::WEBHOOK_SECRET).map(|all| webhook_secrets(&all)).unwrap_or_default();
-        Ok(Self { integration, service_app, config, webhook_secrets })
+        let storage_keys = lookup(config_env::STORAGE_KEY)
+            .filter(|k| !k.trim().is_empty())
+            .map(|k| StorageKeys::parse(&k))
+            .transpose()?;
+        Ok(Self { integration, service_app, config, webhook_secrets, storage_keys })
     }
 }
 

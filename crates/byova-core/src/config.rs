@@ -17,6 +17,9 @@ pub mod env {
     pub const STORAGE: &str = "BYOVA_STORAGE";
     /// The secret `serviceApp` webhooks are registered with; deliveries must be signed with it.
     pub const WEBHOOK_SECRET: &str = "BYOVA_WEBHOOK_SECRET";
+    /// Keys that seal tokens at rest: a base64 32-byte key, then optionally the previous one
+    /// (comma-separated) during a rotation.
+    pub const STORAGE_KEY: &str = "BYOVA_STORAGE_KEY";
     /// Seconds one storage call may take (default 10).
     pub const STORAGE_TIMEOUT: &str = "BYOVA_STORAGE_TIMEOUT";
     /// `1` or `true`: allow an `http://` base URL on a host other than loopback (client

@@ -265,6 +265,9 @@ pub enum StorageErrorKind {
     Corrupt,
     /// Anything else (permissions, bad configuration, a bad key).
     Other,
+    /// A record sealed at rest cannot be opened: its storage key is not configured (or none
+    /// is), or the sealed value was altered. The message names the key id.
+    Sealing,
 }
 
 impl fmt::Display for StorageErrorKind {
@@ -274,6 +277,7 @@ impl fmt::Display for StorageErrorKind {
             StorageErrorKind::Conflict => "conflict",
             StorageErrorKind::Corrupt => "corrupt",
             StorageErrorKind::Other => "other",
+            StorageErrorKind::Sealing => "sealing",
         })
     }
 }

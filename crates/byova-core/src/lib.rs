@@ -55,6 +55,7 @@ mod metrics;
 mod oauth;
 mod pending;
 mod policy;
+mod sealing;
 mod secret;
 mod storage;
 mod time;
@@ -100,6 +101,7 @@ pub use pending::{PENDING_AUTHORIZATION_TTL, PendingAuthorization, pending_key};
 pub use policy::{
     CoordinationPolicy, Freshness, KeyStatus, RefreshPolicy, RetryDecision, RetryPolicy, TokenState,
 };
+pub use sealing::{SealedStorage, StorageKeys};
 pub use secret::{
     AccessToken, AuthorizationCode, ClientSecret, CsrfState, PkceCodeVerifier, RefreshToken, WebhookSecret,
     random_u64,

@@ -556,6 +556,26 @@ fn in_memory_storage_passes_the_blocking_suite() {
     assert_eq!(report.passed.len(), 12);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_storage_passes_the_suite_in_both_flavours() {
+    use byova_core::{SealedStorage, StorageKeys};
+    let keys = StorageKeys::parse("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=").unwrap();
+    let raw = Arc::new(InMemoryTokenStorage::new());
+    let sealed: Arc<dyn TokenStorage> =
+        Arc::new(SealedStorage::new(raw.clone() as Arc<dyn TokenStorage>, Some(keys.clone())));
+    let report = conformance::check_token_storage(sealed, Some(memory_corrupter(&raw))).await;
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    let raw = Arc::new(InMemoryTokenStorage::new());
+    let sealed: Arc<dyn BlockingTokenStorage> =
+        Arc::new(SealedStorage::new(raw.clone() as Arc<dyn BlockingTokenStorage>, Some(keys)));
+    let corrupt = memory_corrupter(&raw);
+    let report =
+        tokio::task::spawn_blocking(move || conformance::check_blocking_token_storage(sealed, Some(corrupt)))
+            .await
+            .unwrap();
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+}
+
 /// A six-method backend: the six methods over a map.
 #[derive(Default)]
 struct SixMethods(Mutex<HashMap<String, OAuthTokens>>);

@@ -1,0 +1,418 @@
+//! Secrets at rest: with storage keys configured (`BYOVA_STORAGE_KEY`), access and refresh
+//! tokens are sealed (ChaCha20-Poly1305) before any store sees them, so whoever can read the
+//! Redis, the database or the files cannot use them.
+//!
+//! [`SealedStorage`] wraps any store, both traits, so every backend (including one written
+//! against the Python SDK's six methods) stores sealed tokens unchanged: a sealed token is an
+//! ordinary string, `byova-sealed:v1:<key id>:<base64url(nonce ‖ ciphertext ‖ tag)>`, bound to
+//! its record and field (the AEAD's associated data), so a sealed refresh token copied into
+//! another org's record does not open. Records are sealed under the current key whenever they
+//! are written; a record sealed under the previous key still opens (rotation), and a
+//! plaintext record still reads (migration). A sealed record that cannot be opened (its key is
+//! not configured, or no key is) is a [`StorageErrorKind::Sealing`] error naming the key id.
+//! The hot path never sees any of it: the cache holds opened tokens.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, StorageError, StorageErrorKind};
+use crate::key::{Expect, Lease, TokenKey, Versioned};
+use crate::pending::PendingAuthorization;
+use crate::secret::{AccessToken, RefreshToken};
+use crate::storage::{BlockingTokenStorage, TokenStorage};
+use crate::tokens::OAuthTokens;
+
+const PREFIX: &str = "byova-sealed:v1:";
+const NONCE_LEN: usize = 12;
+
+/// One 32-byte key and its id (the first 8 hex digits of its SHA-256).
+struct StorageKey {
+    id: String,
+    cipher: ChaCha20Poly1305,
+}
+
+/// The keys tokens are sealed with: the current one first, then at most one previous key
+/// (during a rotation). `Debug` shows the key ids only.
+#[derive(Clone)]
+pub struct StorageKeys(Arc<Vec<StorageKey>>);
+
+impl fmt::Debug for StorageKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("StorageKeys").field(&self.ids()).finish()
+    }
+}
+
+impl StorageKeys {
+    /// Keys from `BYOVA_STORAGE_KEY`'s form: base64 32-byte keys, comma-separated, the current
+    /// one first and at most one previous one after it.
+    ///
+    /// # Errors
+    /// [`Error::Configuration`] for anything else (the message never shows a key).
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        let parts: Vec<&str> = text.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+        if parts.is_empty() || parts.len() > 2 {
+            return Err(Error::Configuration(
+                "BYOVA_STORAGE_KEY holds one base64 32-byte key, or the current and the previous one, comma-separated"
+                    .into(),
+            ));
+        }
+        let keys = parts
+            .iter()
+            .enumerate()
+            .map(|(i, part)| {
+                let bytes = STANDARD
+                    .decode(part)
+                    .or_else(|_| URL_SAFE_NO_PAD.decode(part.trim_end_matches('=')))
+                    .ok()
+                    .filter(|b| b.len() == 32)
+                    .ok_or_else(|| {
+                        Error::Configuration(format!(
+                            "BYOVA_STORAGE_KEY: key {} is not 32 bytes of base64 (make one with `openssl rand -base64 32`)",
+                            i + 1
+                        ))
+                    })?;
+                Ok(Self::key(&bytes))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
+        if keys.len() == 2 && keys[0].id == keys[1].id {
+            return Err(Error::Configuration("BYOVA_STORAGE_KEY names the same key twice".into()));
+        }
+        Ok(Self(Arc::new(keys)))
+    }
+
+    fn key(bytes: &[u8]) -> StorageKey {
+        let digest = Sha256::digest(bytes);
+        let id = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        StorageKey { id, cipher: ChaCha20Poly1305::new(Key::from_slice(bytes)) }
+    }
+
+    /// The key ids, current first.
+    pub fn ids(&self) -> Vec<&str> {
+        self.0.iter().map(|k| k.id.as_str()).collect()
+    }
+
+    fn seal(&self, record: &TokenKey, field: &str, plain: &str) -> Result<String, StorageError> {
+        let key = &self.0[0];
+        let mut nonce = [0u8; NONCE_LEN];
+        getrandom::fill(&mut nonce).map_err(|e| {
+            StorageError::new(StorageErrorKind::Sealing, format!("no randomness to seal with: {e}"))
+        })?;
+        let aad = associated_data(record, field);
+        let sealed = key
+            .cipher
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain.as_bytes(), aad: aad.as_bytes() })
+            .map_err(|_| {
+                StorageError::new(StorageErrorKind::Sealing, format!("could not seal {field} of {record}"))
+            })?;
+        let mut blob = nonce.to_vec();
+        blob.extend_from_slice(&sealed);
+        Ok(format!("{PREFIX}{}:{}", key.id, URL_SAFE_NO_PAD.encode(blob)))
+    }
+}
+
+fn associated_data(record: &TokenKey, field: &str) -> String {
+    format!("byova/v1/{record}/{field}")
+}
+
+/// Opens `value` when it is sealed (with `keys`), else returns it as it is.
+fn open(
+    keys: Option<&StorageKeys>,
+    record: &TokenKey,
+    field: &str,
+    value: &str,
+) -> Result<String, StorageError> {
+    let Some(rest) = value.strip_prefix(PREFIX) else { return Ok(value.to_owned()) };
+    let unreadable = |why: String| StorageError::new(StorageErrorKind::Sealing, why);
+    let (id, blob) = rest
+        .split_once(':')
+        .ok_or_else(|| unreadable(format!("the {field} of {record} is a malformed sealed value")))?;
+    let key = keys.and_then(|k| k.0.iter().find(|k| k.id == id)).ok_or_else(|| {
+        let configured = keys.map_or_else(|| "no key is configured".to_owned(), |k| format!("configured: {}", k.ids().join(", ")));
+        unreadable(format!(
+            "the {field} of {record} is sealed under storage key {id}, which BYOVA_STORAGE_KEY does not hold ({configured})"
+        ))
+    })?;
+    let blob = URL_SAFE_NO_PAD
+        .decode(blob)
+        .ok()
+        .filter(|b| b.len() > NONCE_LEN)
+        .ok_or_else(|| unreadable(format!("the {field} of {record} is a malformed sealed value")))?;
+    let (nonce, sealed) = blob.split_at(NONCE_LEN);
+    let aad = associated_data(record, field);
+    let plain = key
+        .cipher
+        .decrypt(Nonce::from_slice(nonce), Payload { msg: sealed, aad: aad.as_bytes() })
+        .map_err(|_| {
+            unreadable(format!(
+                "the {field} of {record} does not open under storage key {id} (altered, or copied from another record)"
+            ))
+        })?;
+    String::from_utf8(plain).map_err(|_| unreadable(format!("the {field} of {record} opened to non-text")))
+}
+
+/// Seals a record's tokens under the current key (or leaves them when no key is configured).
+fn seal_tokens(
+    keys: Option<&StorageKeys>,
+    record: &TokenKey,
+    tokens: &OAuthTokens,
+) -> Result<OAuthTokens, StorageError> {
+    let Some(keys) = keys else { return Ok(tokens.clone()) };
+    let mut sealed = tokens.clone();
+    sealed.access_token =
+        AccessToken::new(keys.seal(record, "access_token", tokens.access_token.expose_secret())?);
+    if let Some(refresh) = &tokens.refresh_token {
+        sealed.refresh_token =
+            Some(RefreshToken::new(keys.seal(record, "refresh_token", refresh.expose_secret())?));
+    }
+    Ok(sealed)
+}
+
+/// Opens a stored record's tokens (plaintext ones pass through).
+fn open_tokens(
+    keys: Option<&StorageKeys>,
+    record: &TokenKey,
+    mut tokens: OAuthTokens,
+) -> Result<OAuthTokens, StorageError> {
+    tokens.access_token =
+        AccessToken::new(open(keys, record, "access_token", tokens.access_token.expose_secret())?);
+    if let Some(refresh) = &tokens.refresh_token {
+        tokens.refresh_token =
+            Some(RefreshToken::new(open(keys, record, "refresh_token", refresh.expose_secret())?));
+    }
+    Ok(tokens)
+}
+
+/// A store whose tokens are sealed at rest: every write seals, every read opens. With no keys
+/// it only guards against handing out a sealed value as a token.
+pub struct SealedStorage<S: ?Sized> {
+    inner: Arc<S>,
+    keys: Option<StorageKeys>,
+}
+
+impl<S: ?Sized> fmt::Debug for SealedStorage<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealedStorage").field("keys", &self.keys).finish_non_exhaustive()
+    }
+}
+
+impl<S: ?Sized> SealedStorage<S> {
+    /// `inner`, sealed with `keys` (`None`: nothing is sealed; sealed records are refused).
+    pub fn new(inner: Arc<S>, keys: Option<StorageKeys>) -> Self {
+        Self { inner, keys }
+    }
+
+    fn seal(&self, record: &TokenKey, tokens: &OAuthTokens) -> Result<OAuthTokens, StorageError> {
+        seal_tokens(self.keys.as_ref(), record, tokens)
+    }
+
+    fn open(
+        &self,
+        record: &TokenKey,
+        tokens: Option<OAuthTokens>,
+    ) -> Result<Option<OAuthTokens>, StorageError> {
+        tokens.map(|t| open_tokens(self.keys.as_ref(), record, t)).transpose()
+    }
+
+    fn open_versioned(
+        &self,
+        record: &TokenKey,
+        loaded: Option<Versioned<OAuthTokens>>,
+    ) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
+        loaded
+            .map(|v| {
+                Ok(Versioned { value: open_tokens(self.keys.as_ref(), record, v.value)?, version: v.version })
+            })
+            .transpose()
+    }
+}
+
+/// Both traits for [`SealedStorage`], written once.
+macro_rules! sealed_impl {
+    ($(#[$attr:meta])* $trait:ident $(, $async_kw:ident, $await:tt)?) => {
+        $(#[$attr])*
+        impl $trait for SealedStorage<dyn $trait> {
+            $($async_kw)? fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
+                self.open(&TokenKey::Integration, self.inner.get_integration_tokens()$(.$await)??)
+            }
+            $($async_kw)? fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError> {
+                let sealed = self.seal(&TokenKey::Integration, tokens)?;
+                self.inner.set_integration_tokens(&sealed)$(.$await)?
+            }
+            $($async_kw)? fn get_service_app_tokens(&self, org_id: &str) -> Result<Option<OAuthTokens>, StorageError> {
+                self.open(&TokenKey::org(org_id), self.inner.get_service_app_tokens(org_id)$(.$await)??)
+            }
+            $($async_kw)? fn set_service_app_tokens(&self, org_id: &str, tokens: &OAuthTokens) -> Result<(), StorageError> {
+                let sealed = self.seal(&TokenKey::org(org_id), tokens)?;
+                self.inner.set_service_app_tokens(org_id, &sealed)$(.$await)?
+            }
+            $($async_kw)? fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError> {
+                self.inner.delete_service_app_tokens(org_id)$(.$await)?
+            }
+            $($async_kw)? fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
+                self.inner.list_registered_orgs()$(.$await)?
+            }
+            fn supports_coordination(&self) -> bool {
+                self.inner.supports_coordination()
+            }
+            $($async_kw)? fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
+                self.open_versioned(key, self.inner.load(key)$(.$await)??)
+            }
+            $($async_kw)? fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
+                let sealed = self.seal(key, tokens)?;
+                self.inner.store(key, &sealed, expect)$(.$await)?
+            }
+            $($async_kw)? fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
+                self.inner.delete_org(org_id, expect)$(.$await)?
+            }
+            $($async_kw)? fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
+                self.inner.try_acquire_lease(key, ttl)$(.$await)?
+            }
+            $($async_kw)? fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
+                self.inner.release_lease(lease)$(.$await)?
+            }
+            $($async_kw)? fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
+                self.inner.extend_lease(lease, ttl)$(.$await)?
+            }
+            $($async_kw)? fn save_pending_authorization(&self, key: &str, pending: &PendingAuthorization) -> Result<bool, StorageError> {
+                self.inner.save_pending_authorization(key, pending)$(.$await)?
+            }
+            $($async_kw)? fn take_pending_authorization(&self, key: &str) -> Result<Option<PendingAuthorization>, StorageError> {
+                self.inner.take_pending_authorization(key)$(.$await)?
+            }
+        }
+    };
+}
+
+sealed_impl!(
+    #[async_trait]
+    TokenStorage,
+    async,
+    await
+);
+sealed_impl!(BlockingTokenStorage);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::InMemoryTokenStorage;
+    use crate::time::Timestamp;
+
+    fn key_text(byte: u8) -> String {
+        STANDARD.encode([byte; 32])
+    }
+
+    fn tokens() -> OAuthTokens {
+        OAuthTokens::new(AccessToken::new("ACCESS-CANARY"), 3600, Timestamp::from_unix_secs(1))
+            .with_refresh_token(RefreshToken::new("REFRESH-CANARY"), Some(7_776_000))
+    }
+
+    fn sealed(
+        keys: Option<StorageKeys>,
+    ) -> (Arc<InMemoryTokenStorage>, SealedStorage<dyn BlockingTokenStorage>) {
+        let raw = Arc::new(InMemoryTokenStorage::new());
+        let inner: Arc<dyn BlockingTokenStorage> = raw.clone();
+        (raw, SealedStorage::new(inner, keys))
+    }
+
+    #[test]
+    fn keys_parse_strictly_and_never_show_themselves() {
+        let keys = StorageKeys::parse(&format!("{}, {}", key_text(1), key_text(2))).unwrap();
+        assert_eq!(keys.ids().len(), 2);
+        assert!(!format!("{keys:?}").contains(&key_text(1)));
+        for bad in [
+            "",
+            "short",
+            &format!("{},{},{}", key_text(1), key_text(2), key_text(3)),
+            &format!("{0},{0}", key_text(1)),
+        ] {
+            let e = StorageKeys::parse(bad).unwrap_err().to_string();
+            assert!(!e.contains(&key_text(1)), "{e}");
+        }
+    }
+
+    #[test]
+    fn tokens_are_sealed_at_rest_and_opened_on_read() {
+        let keys = StorageKeys::parse(&key_text(7)).unwrap();
+        let (raw, store) = sealed(Some(keys.clone()));
+        store.set_service_app_tokens("org-1", &tokens()).unwrap();
+        let at_rest = BlockingTokenStorage::get_service_app_tokens(raw.as_ref(), "org-1").unwrap().unwrap();
+        let rest_text = format!(
+            "{} {}",
+            at_rest.access_token.expose_secret(),
+            at_rest.refresh_token.as_ref().unwrap().expose_secret()
+        );
+        assert!(
+            !rest_text.contains("CANARY") && rest_text.contains(&format!("{PREFIX}{}:", keys.ids()[0])),
+            "{rest_text}"
+        );
+        let back = store.get_service_app_tokens("org-1").unwrap().unwrap();
+        assert!(back.access_token.ct_eq_str("ACCESS-CANARY"));
+        assert!(back.refresh_token.unwrap().ct_eq_str("REFRESH-CANARY"));
+        let versioned = store.load(&TokenKey::org("org-1")).unwrap().unwrap();
+        assert!(versioned.value.access_token.ct_eq_str("ACCESS-CANARY"));
+    }
+
+    #[test]
+    fn a_sealed_token_copied_into_another_record_does_not_open() {
+        let (raw, store) = sealed(Some(StorageKeys::parse(&key_text(7)).unwrap()));
+        store.set_service_app_tokens("org-1", &tokens()).unwrap();
+        let stolen = BlockingTokenStorage::get_service_app_tokens(raw.as_ref(), "org-1").unwrap().unwrap();
+        BlockingTokenStorage::set_service_app_tokens(raw.as_ref(), "org-2", &stolen).unwrap();
+        let e = store.get_service_app_tokens("org-2").unwrap_err();
+        assert_eq!(e.kind(), StorageErrorKind::Sealing);
+        assert!(e.to_string().contains("copied from another record"), "{e}");
+    }
+
+    #[test]
+    fn rotation_reads_the_previous_key_and_writes_the_current_one() {
+        let old = StorageKeys::parse(&key_text(1)).unwrap();
+        let (raw, store) = sealed(Some(old.clone()));
+        store.set_integration_tokens(&tokens()).unwrap();
+        let rotated = StorageKeys::parse(&format!("{},{}", key_text(2), key_text(1))).unwrap();
+        let store = SealedStorage::new(raw.clone() as Arc<dyn BlockingTokenStorage>, Some(rotated.clone()));
+        let back = store.get_integration_tokens().unwrap().unwrap();
+        assert!(back.access_token.ct_eq_str("ACCESS-CANARY"), "the previous key still opens");
+        store.set_integration_tokens(&back).unwrap();
+        let at_rest = BlockingTokenStorage::get_integration_tokens(raw.as_ref()).unwrap().unwrap();
+        assert!(
+            at_rest.access_token.expose_secret().contains(rotated.ids()[0]),
+            "re-sealed under the current key"
+        );
+        let only_new = StorageKeys::parse(&key_text(2)).unwrap();
+        let store = SealedStorage::new(raw as Arc<dyn BlockingTokenStorage>, Some(only_new));
+        assert!(store.get_integration_tokens().is_ok(), "the old key is no longer needed");
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_keys_are_typed_errors_naming_the_key_id() {
+        let keys = StorageKeys::parse(&key_text(1)).unwrap();
+        let id = keys.ids()[0].to_owned();
+        let (raw, store) = sealed(Some(keys));
+        store.set_integration_tokens(&tokens()).unwrap();
+        for other in [Some(StorageKeys::parse(&key_text(9)).unwrap()), None] {
+            let store = SealedStorage::new(raw.clone() as Arc<dyn BlockingTokenStorage>, other);
+            let e = store.get_integration_tokens().unwrap_err();
+            assert_eq!(e.kind(), StorageErrorKind::Sealing);
+            assert!(e.to_string().contains(&id) && !e.to_string().contains("CANARY"), "{e}");
+        }
+    }
+
+    #[test]
+    fn plaintext_records_stay_readable() {
+        let (raw, _) = sealed(None);
+        BlockingTokenStorage::set_integration_tokens(raw.as_ref(), &tokens()).unwrap();
+        let store = SealedStorage::new(
+            raw as Arc<dyn BlockingTokenStorage>,
+            Some(StorageKeys::parse(&key_text(3)).unwrap()),
+        );
+        assert!(store.get_integration_tokens().unwrap().unwrap().access_token.ct_eq_str("ACCESS-CANARY"));
+    }
+}
