@@ -406,6 +406,54 @@ fn tls_services() -> Result<Vec<(&'static str, String)>> {
     ])
 }
 
+const CLUSTER_PORTS: [u16; 3] = [17001, 17002, 17003];
+
+/// A three-node Redis Cluster (no replicas) on `CLUSTER_PORTS`, formed once; its state lives
+/// under the system's temp dir.
+fn redis_cluster() -> Result<String> {
+    let dir = std::env::temp_dir().join("byova-ci-cluster");
+    for port in CLUSTER_PORTS {
+        if is_up(port) {
+            continue;
+        }
+        let node = dir.join(port.to_string());
+        let n = node.display();
+        println!("Redis Cluster: starting a node on 127.0.0.1:{port}");
+        sh(&format!(
+            "mkdir -p {n} && redis-server --daemonize yes --bind 127.0.0.1 --port {port} --cluster-enabled yes \
+             --cluster-config-file {n}/nodes.conf --cluster-node-timeout 5000 --save '' --appendonly no \
+             --dir {n} --logfile {n}/redis.log --pidfile {n}/redis.pid"
+        ))?;
+        if !wait_up(port) {
+            return Err(format!("the node on {port} did not come up (see {n}/redis.log)"));
+        }
+    }
+    let state_ok = || {
+        Command::new("redis-cli")
+            .args(["-p", &CLUSTER_PORTS[0].to_string(), "cluster", "info"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+    };
+    if !state_ok() {
+        println!("Redis Cluster: forming it");
+        let nodes: Vec<String> = CLUSTER_PORTS.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        sh(&format!(
+            "redis-cli --cluster create {} --cluster-replicas 0 --cluster-yes >/dev/null",
+            nodes.join(" ")
+        ))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !state_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if !state_ok() {
+            return Err("the cluster did not reach cluster_state:ok".into());
+        }
+    }
+    println!("Redis Cluster: up on 127.0.0.1:{:?}", CLUSTER_PORTS);
+    let hosts: Vec<String> = CLUSTER_PORTS.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    Ok(format!("redis+cluster://{}/", hosts.join(",")))
+}
+
 /// Makes every service reachable (starting installed ones that are down) and returns the
 /// environment the tests read. In CI (`CI=true`) a service that cannot be made reachable is an
 /// error; elsewhere its variable is left out and backend tests report that they skipped.
@@ -446,6 +494,13 @@ fn services() -> Result<Vec<(&'static str, String)>> {
         Err(e) => {
             println!("TLS services: {e}");
             missing.push("the TLS Redis and PostgreSQL");
+        }
+    }
+    match redis_cluster() {
+        Ok(url) => envs.push(("BYOVA_TEST_REDIS_CLUSTER_URL", url)),
+        Err(e) => {
+            println!("Redis Cluster: {e}");
+            missing.push("the Redis Cluster");
         }
     }
     if !missing.is_empty() {

@@ -27,7 +27,7 @@ pub(crate) fn open(url: &str) -> Result<Storages, String> {
         let s = Arc::new(byova_storage_file::FileTokenStorage::from_url(url).map_err(|e| e.to_string())?);
         return Ok(Storages { async_: s.clone(), blocking: s, shared: true });
     }
-    if url.starts_with("redis://") || url.starts_with("rediss://") {
+    if ["redis://", "rediss://", "redis+cluster://", "rediss+cluster://"].iter().any(|p| url.starts_with(p)) {
         let s = Arc::new(byova_storage_redis::RedisTokenStorage::open(url).map_err(|e| e.to_string())?);
         return Ok(Storages { async_: s.clone(), blocking: s, shared: true });
     }

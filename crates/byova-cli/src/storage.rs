@@ -25,7 +25,7 @@ pub(crate) async fn open(url: &str) -> Result<Arc<dyn TokenStorage>, StorageErro
     if url.starts_with("file:") {
         return Ok(Arc::new(byova_storage_file::FileTokenStorage::from_url(url)?));
     }
-    if url.starts_with("redis://") || url.starts_with("rediss://") {
+    if ["redis://", "rediss://", "redis+cluster://", "rediss+cluster://"].iter().any(|p| url.starts_with(p)) {
         return Ok(Arc::new(byova_storage_redis::RedisTokenStorage::open_with_ca(url, ca_file)?));
     }
     if ["postgres://", "postgresql://", "mysql://", "mariadb://", "sqlite:"]
@@ -35,7 +35,7 @@ pub(crate) async fn open(url: &str) -> Result<Arc<dyn TokenStorage>, StorageErro
         return Ok(Arc::new(byova_storage_sql::SqlTokenStorage::connect_with_ca(url, ca_file).await?));
     }
     Err(StorageError::other(format!(
-        "BYOVA_STORAGE {:?} is not a storage URL: use memory:, file:///dir, redis://host:port/db, postgres://…, mysql://… or sqlite:///path.db",
+        "BYOVA_STORAGE {:?} is not a storage URL: use memory:, file:///dir, redis://host:port/db, redis+cluster://host:port,host:port/, postgres://…, mysql://… or sqlite:///path.db",
         url.split('@').next_back().unwrap_or(url)
     )))
 }

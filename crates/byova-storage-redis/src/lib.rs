@@ -22,6 +22,29 @@
 //! | `{p}:lease:integration`, `{p}:lease:org:<org id>` | string, with a TTL | the lease owner's random token |
 //! | `{p}:pending:<sha256 of the state>` | string, with a TTL (its expiry) | a pending authorization (PKCE verifier, redirect URI); taken by a get-and-delete script, so once |
 //!
+//! ### On a Redis Cluster
+//!
+//! `redis+cluster://host:port,host:port/?prefix=NAME` (`rediss+cluster://…` for TLS) goes
+//! through redis-rs's cluster client, and the keys get **one hash tag per token key** instead of
+//! one for the store:
+//!
+//! | key | holds |
+//! |---|---|
+//! | `{p:integration}:record`, `{p:org:<org id>}:record` | the hash `v`, `r` |
+//! | `{p:…}:version` | that key's version counter (kept when the record is deleted) |
+//! | `{p:…}:lease` | its lease |
+//! | `{p}:orgs` | the org index |
+//! | `{p}:pending:<sha256 of the state>` | a pending authorization |
+//!
+//! The trade-off: what must be atomic (a versioned write: compare, count, write; a lease) touches
+//! one token key's record, counter and lease, which share that key's slot, so every script
+//! stays single-slot while a fleet of orgs spreads over all the shards. The org index cannot
+//! share every org's slot, so it is written beside the record rather than in the same script:
+//! added before the record is stored and removed after it is deleted, and listing keeps only
+//! orgs whose record exists. A crash between the two leaves at most a stale index entry, never
+//! a registered org missing from the list. On one server the single-tag layout above is kept
+//! (existing stores keep working); the two layouts are not interchangeable.
+//!
 //! ## Guarantees
 //!
 //! - Versioned writes are one Lua script (compare `v`, take a new version, write, index): a

@@ -26,7 +26,7 @@ local cur = redis.call('HGET', KEYS[1], 'v')
 if ARGV[2] == 'absent' and cur then return -1 end
 if ARGV[2] == 'version' and cur ~= ARGV[3] then return -1 end
 redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[2], ARGV[1])
+if ARGV[1] ~= '' then redis.call('SREM', KEYS[2], ARGV[1]) end
 return 1
 ";
 const RELEASE: &str = r"
@@ -50,14 +50,33 @@ pub struct RedisTokenStorage {
 }
 
 struct Inner {
-    client: redis::Client,
+    client: Backend,
     prefix: String,
     display: String,
     scripts: Scripts,
     #[cfg(feature = "blocking")]
-    pool: Mutex<Vec<redis::Connection>>,
+    pool: Mutex<Vec<SyncConn>>,
     #[cfg(feature = "async")]
-    manager: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+    manager: tokio::sync::OnceCell<AsyncConn>,
+}
+
+/// One Redis server (or a primary behind a proxy), or a Redis Cluster.
+enum Backend {
+    Single(Box<redis::Client>),
+    Cluster(Box<redis::cluster::ClusterClient>),
+}
+
+#[cfg(feature = "blocking")]
+enum SyncConn {
+    Single(redis::Connection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
+}
+
+#[cfg(feature = "async")]
+#[derive(Clone)]
+enum AsyncConn {
+    Single(redis::aio::ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
 }
 
 struct Scripts {
@@ -120,6 +139,18 @@ enum Op {
         payload: Vec<u8>,
         ttl_ms: u64,
     },
+    /// Cluster layout: the org index lives in its own slot, written beside the record.
+    IndexAdd {
+        index: String,
+        org: String,
+    },
+    IndexRemove {
+        index: String,
+        org: String,
+    },
+    Exists {
+        record: String,
+    },
     TakePending {
         key: String,
     },
@@ -144,6 +175,17 @@ fn unavailable_or_other(what: &str, e: &redis::RedisError) -> StorageError {
     }
 }
 
+/// The `prefix=` of a storage URL's query (default `byova`).
+fn prefix_of(query: &str) -> Result<String, StorageError> {
+    let prefix = query.split('&').find_map(|pair| pair.strip_prefix("prefix=")).unwrap_or("byova").to_owned();
+    if prefix.is_empty() || prefix.contains(['{', '}']) {
+        return Err(StorageError::other(format!(
+            "the redis key prefix {prefix:?} must be non-empty and free of braces"
+        )));
+    }
+    Ok(prefix)
+}
+
 fn ttl_ms(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
@@ -164,20 +206,13 @@ impl RedisTokenStorage {
     /// # Errors
     /// As [`open`](Self::open); an unreadable or unparseable CA file.
     pub fn open_with_ca(url: &str, ca_file: Option<&std::path::Path>) -> Result<Self, StorageError> {
+        if url.starts_with("redis+cluster://") || url.starts_with("rediss+cluster://") {
+            return Self::open_cluster(url, ca_file);
+        }
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
-        let mut prefix = "byova".to_owned();
-        let mut kept = Vec::new();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            match pair.split_once('=') {
-                Some(("prefix", value)) => prefix = value.to_owned(),
-                _ => kept.push(pair),
-            }
-        }
-        if prefix.is_empty() || prefix.contains(['{', '}']) {
-            return Err(StorageError::other(format!(
-                "the redis key prefix {prefix:?} must be non-empty and free of braces"
-            )));
-        }
+        let prefix = prefix_of(query)?;
+        let kept: Vec<&str> =
+            query.split('&').filter(|p| !p.is_empty() && p.split('=').next() != Some("prefix")).collect();
         let client_url = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
         let unusable = |e: redis::RedisError| {
             StorageError::other(format!("{} is not a usable redis URL: {e}", redact(base)))
@@ -194,6 +229,48 @@ impl RedisTokenStorage {
             }
             _ => redis::Client::open(client_url.as_str()).map_err(unusable)?,
         };
+        Ok(Self::with_backend(Backend::Single(Box::new(client)), redact(base), prefix))
+    }
+
+    /// `redis+cluster://host:port,host:port/?prefix=NAME` (`rediss+cluster://` for TLS): a
+    /// Redis Cluster through redis-rs's cluster client. See the crate docs for the key layout.
+    fn open_cluster(url: &str, ca_file: Option<&std::path::Path>) -> Result<Self, StorageError> {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let prefix = prefix_of(query)?;
+        let (scheme, rest) = match base.split_once("+cluster://") {
+            Some(("rediss", rest)) => ("rediss", rest),
+            Some((_, rest)) => ("redis", rest),
+            None => ("redis", base),
+        };
+        let authority = rest.split('/').next().unwrap_or_default();
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((user, hosts)) => (format!("{user}@"), hosts),
+            None => (String::new(), authority),
+        };
+        let nodes: Vec<String> = hosts
+            .split(',')
+            .filter(|h| !h.trim().is_empty())
+            .map(|h| format!("{scheme}://{userinfo}{}", h.trim()))
+            .collect();
+        if nodes.is_empty() {
+            return Err(StorageError::other(format!("{} names no cluster node", redact(base))));
+        }
+        let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
+            .connection_timeout(IO_TIMEOUT)
+            .response_timeout(IO_TIMEOUT);
+        if let Some(path) = ca_file.filter(|_| scheme == "rediss") {
+            let pem = std::fs::read(path).map_err(|e| {
+                StorageError::other(format!("cannot read the CA file {}: {e}", path.display()))
+            })?;
+            builder = builder.certs(redis::TlsCertificates { client_tls: None, root_cert: Some(pem) });
+        }
+        let client = builder.build().map_err(|e| {
+            StorageError::other(format!("{} is not a usable redis cluster URL: {e}", redact(base)))
+        })?;
+        Ok(Self::with_backend(Backend::Cluster(Box::new(client)), redact(base), prefix))
+    }
+
+    fn with_backend(client: Backend, display: String, prefix: String) -> Self {
         let scripts = Scripts {
             store: Script::new(STORE),
             delete: Script::new(DELETE),
@@ -201,10 +278,10 @@ impl RedisTokenStorage {
             extend: Script::new(EXTEND),
             take: Script::new(TAKE),
         };
-        Ok(Self {
+        Self {
             inner: Arc::new(Inner {
                 client,
-                display: redact(base),
+                display,
                 prefix,
                 scripts,
                 #[cfg(feature = "blocking")]
@@ -212,7 +289,24 @@ impl RedisTokenStorage {
                 #[cfg(feature = "async")]
                 manager: tokio::sync::OnceCell::new(),
             }),
-        })
+        }
+    }
+
+    /// Whether this is a Redis Cluster (one hash tag per key, not one for the store).
+    fn is_cluster(&self) -> bool {
+        matches!(self.inner.client, Backend::Cluster(_))
+    }
+
+    /// The hash tag of `key`'s keys: `{prefix}` for everything on one server; on a cluster one
+    /// tag per token key, so a fleet's records spread over the shards while a record, its
+    /// version counter and its lease share a slot.
+    fn tag(&self, key: &TokenKey) -> String {
+        let p = &self.inner.prefix;
+        match (self.is_cluster(), key) {
+            (false, _) => format!("{{{p}}}"),
+            (true, TokenKey::Integration) => format!("{{{p}:integration}}"),
+            (true, TokenKey::Org(org)) => format!("{{{p}:org:{org}}}"),
+        }
     }
 
     /// The key prefix (inside the `{}` hash tag).
@@ -222,17 +316,28 @@ impl RedisTokenStorage {
 
     /// The Redis key holding `key`'s record (for inspection and tests).
     pub fn record_key(&self, key: &TokenKey) -> String {
-        match key {
-            TokenKey::Integration => format!("{{{}}}:integration", self.inner.prefix),
-            TokenKey::Org(org) => format!("{{{}}}:org:{org}", self.inner.prefix),
+        let tag = self.tag(key);
+        match (self.is_cluster(), key) {
+            (true, _) => format!("{tag}:record"),
+            (false, TokenKey::Integration) => format!("{tag}:integration"),
+            (false, TokenKey::Org(org)) => format!("{tag}:org:{org}"),
         }
     }
 
     fn lease_key(&self, key: &TokenKey) -> String {
-        match key {
-            TokenKey::Integration => format!("{{{}}}:lease:integration", self.inner.prefix),
-            TokenKey::Org(org) => format!("{{{}}}:lease:org:{org}", self.inner.prefix),
+        let tag = self.tag(key);
+        match (self.is_cluster(), key) {
+            (true, _) => format!("{tag}:lease"),
+            (false, TokenKey::Integration) => format!("{tag}:lease:integration"),
+            (false, TokenKey::Org(org)) => format!("{tag}:lease:org:{org}"),
         }
+    }
+
+    /// Where `key`'s versions come from: one counter for the store on one server (its slot is
+    /// every key's), one per key on a cluster (kept when the record is deleted, so versions
+    /// never repeat either way).
+    fn counter_key(&self, key: &TokenKey) -> String {
+        format!("{}:version", self.tag(key))
     }
 
     fn pending_op_key(&self, key: &str) -> Result<String, StorageError> {
@@ -275,10 +380,13 @@ impl RedisTokenStorage {
             TokenKey::Org(org) => org.clone(),
             TokenKey::Integration => String::new(),
         };
+        // On a cluster the index is in another slot: written by a command of its own.
+        let (index, org) =
+            if self.is_cluster() { (self.record_key(key), String::new()) } else { (self.index_key(), org) };
         Ok(Op::Store {
             record: self.record_key(key),
-            index: self.index_key(),
-            counter: format!("{{{}}}:version", self.inner.prefix),
+            index,
+            counter: self.counter_key(key),
             mode,
             expected,
             payload: tokens.to_json(),
@@ -290,13 +398,12 @@ impl RedisTokenStorage {
         let key = TokenKey::org(org_id);
         Self::checked(&key)?;
         let (mode, expected) = expect_args(expect);
-        Ok(Op::Delete {
-            record: self.record_key(&key),
-            index: self.index_key(),
-            org: org_id.to_owned(),
-            mode,
-            expected,
-        })
+        let (index, org) = if self.is_cluster() {
+            (self.record_key(&key), String::new())
+        } else {
+            (self.index_key(), org_id.to_owned())
+        };
+        Ok(Op::Delete { record: self.record_key(&key), index, org, mode, expected })
     }
 
     fn acquire_op(&self, key: &TokenKey, ttl: Duration, owner: u128) -> Result<Op, StorageError> {
@@ -346,6 +453,9 @@ impl RedisTokenStorage {
                 inv.key(key);
                 Invocation::Script(inv)
             }
+            Op::IndexAdd { index, org } => Invocation::Cmd(redis::cmd("SADD").arg(index).arg(org).clone()),
+            Op::IndexRemove { index, org } => Invocation::Cmd(redis::cmd("SREM").arg(index).arg(org).clone()),
+            Op::Exists { record } => Invocation::Cmd(redis::cmd("EXISTS").arg(record).clone()),
         })
     }
 
@@ -397,7 +507,8 @@ impl RedisTokenStorage {
             },
             Op::Release { .. } => Ok(Reply::Flag(true)),
             Op::Extend { .. } => Ok(Reply::Flag(redis::from_redis_value::<i64>(reply).unwrap_or(0) == 1)),
-            Op::SavePending { .. } => Ok(Reply::Flag(true)),
+            Op::SavePending { .. } | Op::IndexAdd { .. } | Op::IndexRemove { .. } => Ok(Reply::Flag(true)),
+            Op::Exists { .. } => Ok(Reply::Flag(redis::from_redis_value::<i64>(reply).unwrap_or(0) == 1)),
             Op::TakePending { .. } => match redis::from_redis_value::<Option<Vec<u8>>>(reply) {
                 Ok(None) => Ok(Reply::Pending(None)),
                 Ok(Some(bytes)) => {
@@ -417,6 +528,27 @@ impl RedisTokenStorage {
 enum Invocation<'a> {
     Cmd(redis::Cmd),
     Script(redis::ScriptInvocation<'a>),
+}
+
+impl Invocation<'_> {
+    #[cfg(feature = "blocking")]
+    fn run(self, conn: &mut impl redis::ConnectionLike) -> Result<Value, redis::RedisError> {
+        match self {
+            Invocation::Cmd(cmd) => cmd.query(conn),
+            Invocation::Script(inv) => inv.invoke(conn),
+        }
+    }
+
+    #[cfg(feature = "async")]
+    async fn run_async(
+        self,
+        conn: &mut (impl redis::aio::ConnectionLike + Send),
+    ) -> Result<Value, redis::RedisError> {
+        match self {
+            Invocation::Cmd(cmd) => cmd.query_async(conn).await,
+            Invocation::Script(inv) => inv.invoke_async(conn).await,
+        }
+    }
 }
 
 enum Reply {
@@ -464,14 +596,36 @@ macro_rules! coordinated_impl {
                 reply_as!(self.$run(self.load_op(key)?, Some(key))$(.$await)??, Record)
             }
             $($async_kw)? fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
-                reply_as!(self.$run(self.store_op(key, tokens, expect)?, Some(key))$(.$await)??, Version)
+                let op = self.store_op(key, tokens, expect)?;
+                if let (true, TokenKey::Org(org)) = (self.is_cluster(), key) {
+                    // Index first: listing checks that a record exists, so an entry ahead of its
+                    // record is harmless, while a record missing from the index would be lost
+                    // to the refresher.
+                    self.$run(Op::IndexAdd { index: self.index_key(), org: org.clone() }, None)$(.$await)??;
+                }
+                reply_as!(self.$run(op, Some(key))$(.$await)??, Version)
             }
             $($async_kw)? fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
                 let key = TokenKey::org(org_id);
-                self.$run(self.delete_op(org_id, expect)?, Some(&key))$(.$await)?.map(drop)
+                self.$run(self.delete_op(org_id, expect)?, Some(&key))$(.$await)??;
+                if self.is_cluster() {
+                    self.$run(Op::IndexRemove { index: self.index_key(), org: org_id.to_owned() }, None)$(.$await)??;
+                }
+                Ok(())
             }
             $($async_kw)? fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
-                reply_as!(self.$run(Op::List { index: self.index_key() }, None)$(.$await)??, Orgs)
+                let indexed = reply_as!(self.$run(Op::List { index: self.index_key() }, None)$(.$await)??, Orgs)?;
+                if !self.is_cluster() {
+                    return Ok(indexed);
+                }
+                let mut orgs = Vec::with_capacity(indexed.len());
+                for org in indexed {
+                    let exists = Op::Exists { record: self.record_key(&TokenKey::org(org.as_str())) };
+                    if reply_as!(self.$run(exists, None)$(.$await)??, Flag)? {
+                        orgs.push(org);
+                    }
+                }
+                Ok(orgs)
             }
             $($async_kw)? fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
                 let lease = Lease::new(key.clone());
@@ -505,9 +659,10 @@ mod blocking {
     impl RedisTokenStorage {
         fn run(&self, op: Op, key: Option<&TokenKey>) -> Result<Reply, StorageError> {
             let mut conn = self.connection()?;
-            let reply: Result<Value, redis::RedisError> = match self.invocation(&op)? {
-                Invocation::Cmd(cmd) => cmd.query(&mut conn),
-                Invocation::Script(inv) => inv.invoke(&mut conn),
+            let invocation = self.invocation(&op)?;
+            let reply: Result<Value, redis::RedisError> = match &mut conn {
+                SyncConn::Single(c) => invocation.run(c),
+                SyncConn::Cluster(c) => invocation.run(c.as_mut()),
             };
             match reply {
                 Ok(value) => {
@@ -519,19 +674,25 @@ mod blocking {
             }
         }
 
-        fn connection(&self) -> Result<redis::Connection, StorageError> {
+        fn connection(&self) -> Result<SyncConn, StorageError> {
             if let Some(conn) = self.inner.pool.lock().unwrap_or_else(|e| e.into_inner()).pop() {
                 return Ok(conn);
             }
-            let conn = self
-                .inner
-                .client
-                .get_connection_with_timeout(IO_TIMEOUT)
-                .map_err(|e| unavailable_or_other(&format!("connect to {}", self.inner.display), &e))?;
-            conn.set_read_timeout(Some(IO_TIMEOUT))
-                .and_then(|()| conn.set_write_timeout(Some(IO_TIMEOUT)))
-                .map_err(|e| unavailable_or_other("configure", &e))?;
-            Ok(conn)
+            let connect = |e: redis::RedisError| {
+                unavailable_or_other(&format!("connect to {}", self.inner.display), &e)
+            };
+            match &self.inner.client {
+                Backend::Single(client) => {
+                    let conn = client.get_connection_with_timeout(IO_TIMEOUT).map_err(connect)?;
+                    conn.set_read_timeout(Some(IO_TIMEOUT))
+                        .and_then(|()| conn.set_write_timeout(Some(IO_TIMEOUT)))
+                        .map_err(|e| unavailable_or_other("configure", &e))?;
+                    Ok(SyncConn::Single(conn))
+                }
+                Backend::Cluster(client) => {
+                    Ok(SyncConn::Cluster(Box::new(client.get_connection().map_err(connect)?)))
+                }
+            }
         }
     }
 
@@ -551,27 +712,39 @@ mod async_impl {
     use byova_core::{CoordinatedTokenStorage, async_trait};
 
     impl RedisTokenStorage {
-        async fn manager(&self) -> Result<redis::aio::ConnectionManager, StorageError> {
+        async fn manager(&self) -> Result<AsyncConn, StorageError> {
             let manager = self
                 .inner
                 .manager
                 .get_or_try_init(|| async {
-                    let config = redis::aio::ConnectionManagerConfig::new()
-                        .set_connection_timeout(Some(IO_TIMEOUT))
-                        .set_response_timeout(Some(IO_TIMEOUT));
-                    redis::aio::ConnectionManager::new_with_config(self.inner.client.clone(), config)
-                        .await
-                        .map_err(|e| unavailable_or_other(&format!("connect to {}", self.inner.display), &e))
+                    let connect = |e: redis::RedisError| {
+                        unavailable_or_other(&format!("connect to {}", self.inner.display), &e)
+                    };
+                    match &self.inner.client {
+                        Backend::Single(client) => {
+                            let config = redis::aio::ConnectionManagerConfig::new()
+                                .set_connection_timeout(Some(IO_TIMEOUT))
+                                .set_response_timeout(Some(IO_TIMEOUT));
+                            redis::aio::ConnectionManager::new_with_config(client.as_ref().clone(), config)
+                                .await
+                                .map(AsyncConn::Single)
+                                .map_err(connect)
+                        }
+                        Backend::Cluster(client) => {
+                            client.get_async_connection().await.map(AsyncConn::Cluster).map_err(connect)
+                        }
+                    }
                 })
                 .await?;
             Ok(manager.clone())
         }
 
         async fn run_async(&self, op: Op, key: Option<&TokenKey>) -> Result<Reply, StorageError> {
-            let mut conn = self.manager().await?;
-            let reply: Result<Value, redis::RedisError> = match self.invocation(&op)? {
-                Invocation::Cmd(cmd) => cmd.query_async(&mut conn).await,
-                Invocation::Script(inv) => inv.invoke_async(&mut conn).await,
+            let conn = self.manager().await?;
+            let invocation = self.invocation(&op)?;
+            let reply: Result<Value, redis::RedisError> = match conn {
+                AsyncConn::Single(mut c) => invocation.run_async(&mut c).await,
+                AsyncConn::Cluster(mut c) => invocation.run_async(&mut c).await,
             };
             let value = reply.map_err(|e| unavailable_or_other("command failed", &e))?;
             self.interpret(&op, key, value)
@@ -603,5 +776,44 @@ mod tests {
         assert_eq!(redact("redis://user:SECRET@host:1/0"), "redis://***@host:1/0");
         let err = RedisTokenStorage::open("redis://u:SECRET@").map(|_| ()).unwrap_err();
         assert!(!err.to_string().contains("SECRET"));
+    }
+
+    #[test]
+    fn cluster_keys_share_a_slot_per_token_key_and_spread_across_keys() {
+        let s = RedisTokenStorage::open("redis+cluster://127.0.0.1:7001,127.0.0.1:7002/?prefix=app").unwrap();
+        let org = TokenKey::org("o1");
+        assert_eq!(s.record_key(&org), "{app:org:o1}:record");
+        assert_eq!(s.lease_key(&org), "{app:org:o1}:lease");
+        assert_eq!(s.counter_key(&org), "{app:org:o1}:version");
+        assert_eq!(s.record_key(&TokenKey::Integration), "{app:integration}:record");
+        assert_eq!(s.index_key(), "{app}:orgs");
+        // Redis Cluster's key slot: CRC16/XMODEM of the hash tag (or the key), mod 16384.
+        let slot = |k: &str| {
+            let tagged = k.find('{').and_then(|i| {
+                let rest = &k[i + 1..];
+                rest.find('}').filter(|&j| j > 0).map(|j| &rest[..j])
+            });
+            let mut crc: u16 = 0;
+            for byte in tagged.unwrap_or(k).bytes() {
+                crc ^= u16::from(byte) << 8;
+                for _ in 0..8 {
+                    crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+                }
+            }
+            crc % 16384
+        };
+        assert_eq!(slot("foo"), 12182, "Redis's own example");
+        assert_eq!(
+            slot(&s.record_key(&org)),
+            slot(&s.counter_key(&org)),
+            "what a script touches shares a slot"
+        );
+        assert_eq!(slot(&s.record_key(&org)), slot(&s.lease_key(&org)));
+        let slots: std::collections::HashSet<u16> =
+            (0..100).map(|i| slot(&s.record_key(&TokenKey::org(format!("org-{i}"))))).collect();
+        assert!(slots.len() > 90, "a fleet spreads over the slots: {}", slots.len());
+        assert!(RedisTokenStorage::open("redis+cluster:///?prefix=app").is_err(), "no node named");
+        let standalone = RedisTokenStorage::open("redis://127.0.0.1/?prefix=app").unwrap();
+        assert_eq!(standalone.counter_key(&org), "{app}:version", "one server keeps the one-tag layout");
     }
 }

@@ -76,6 +76,87 @@ fn tls_right_ca_wrong_ca_and_plaintext(tls: &(String, String, String)) {
     }
 }
 
+/// The cluster's nodes as plain `redis://` URLs.
+fn cluster_nodes(url: &str) -> Vec<String> {
+    let hosts = url.trim_start_matches("redis+cluster://").split(['/', '?']).next().unwrap_or_default();
+    hosts.split(',').map(|h| format!("redis://{h}")).collect()
+}
+
+/// How many keys of `prefix` each node holds.
+fn keys_per_node(url: &str, prefix: &str) -> Vec<usize> {
+    cluster_nodes(url)
+        .iter()
+        .map(|node| {
+            let mut conn = redis::Client::open(node.as_str()).unwrap().get_connection().unwrap();
+            let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{{{prefix}*")).query(&mut conn).unwrap();
+            keys.len()
+        })
+        .collect()
+}
+
+fn cluster_cleanup(url: &str, prefix: &str) {
+    for node in cluster_nodes(url) {
+        let mut conn = redis::Client::open(node.as_str()).unwrap().get_connection().unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{{{prefix}*")).query(&mut conn).unwrap();
+        for key in keys {
+            let _: () = redis::cmd("UNLINK").arg(key).query(&mut conn).unwrap();
+        }
+    }
+}
+
+fn cluster_corrupter(url: &str, store: &RedisTokenStorage) -> conformance::Corrupter {
+    let client = redis::cluster::ClusterClient::new(cluster_nodes(url)).unwrap();
+    let store = store.clone();
+    Box::new(move |key| {
+        let mut conn = client.get_connection().unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg(store.record_key(key))
+            .arg("v")
+            .arg(1)
+            .arg("r")
+            .arg("{\"schema\":1,")
+            .query(&mut conn)
+            .unwrap();
+    })
+}
+
+/// The whole conformance suite, both flavours, on a three-node cluster; the records of the
+/// suite's orgs end up on more than one node.
+fn cluster_conformance(url: &str) {
+    let prefix = unique_prefix("cluster");
+    let store = RedisTokenStorage::open(&with_prefix(url, &prefix)).unwrap();
+    let report = conformance::check_blocking_token_storage(
+        Arc::new(store.clone()),
+        Some(cluster_corrupter(url, &store)),
+    );
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let async_store = RedisTokenStorage::open(&with_prefix(url, &prefix)).unwrap();
+    let report = rt.block_on(conformance::check_token_storage(
+        Arc::new(async_store.clone()),
+        Some(cluster_corrupter(url, &async_store)),
+    ));
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    for i in 0..30 {
+        BlockingTokenStorage::set_service_app_tokens(&store, &format!("org-{i}"), &counter(i)).unwrap();
+    }
+    assert_eq!(BlockingTokenStorage::list_registered_orgs(&store).unwrap().len(), 30);
+    let spread = keys_per_node(url, &prefix);
+    println!("  cluster: 30 orgs' keys per node: {spread:?}");
+    assert!(spread.iter().filter(|n| **n > 0).count() >= 2, "a fleet spreads over the shards: {spread:?}");
+    cluster_cleanup(url, &prefix);
+}
+
+fn cluster_herd(url: &str, flavour: herd::Flavour) {
+    let prefix = unique_prefix("cluster-herd");
+    let storage_url = with_prefix(url, &prefix);
+    let store = RedisTokenStorage::open(&storage_url).unwrap();
+    herd::run(flavour, &storage_url, |expired| {
+        BlockingTokenStorage::set_integration_tokens(&store, expired).unwrap()
+    });
+    cluster_cleanup(url, &prefix);
+}
+
 fn with_prefix(url: &str, prefix: &str) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
     format!("{url}{sep}prefix={prefix}")
@@ -422,6 +503,22 @@ fn main() {
         ),
     ];
     let mut cases = cases;
+    match std::env::var("BYOVA_TEST_REDIS_CLUSTER_URL").ok().filter(|v| !v.is_empty()) {
+        Some(cluster) => {
+            let (a, b, c) = (cluster.clone(), cluster.clone(), cluster);
+            cases.push(("cluster_conformance", Box::new(move || cluster_conformance(&a))));
+            cases.push(("cluster_herd_async", Box::new(move || cluster_herd(&b, herd::Flavour::Async))));
+            cases
+                .push(("cluster_herd_blocking", Box::new(move || cluster_herd(&c, herd::Flavour::Blocking))));
+        }
+        None if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+            eprintln!("BYOVA_TEST_REDIS_CLUSTER_URL is not set: CI must test the Redis Cluster");
+            std::process::exit(1);
+        }
+        None => println!(
+            "redis cluster tests skipped: BYOVA_TEST_REDIS_CLUSTER_URL is not set (cargo xtask test sets it)"
+        ),
+    }
     match tls_setup() {
         Some(tls) => cases.push((
             "tls_right_ca_wrong_ca_and_plaintext",
