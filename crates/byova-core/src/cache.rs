@@ -15,7 +15,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 
 use crate::key::{Expect, TokenKey, Versioned};
-use crate::policy::{Freshness, KeyStatus, RefreshPolicy};
+use crate::policy::{Freshness, KeyStatus, RefreshPolicy, key_seed};
 use crate::secret::{AccessToken, RefreshToken};
 use crate::time::Timestamp;
 use crate::tokens::OAuthTokens;
@@ -88,14 +88,12 @@ pub struct TokenCache {
     /// Tokens obtained but not yet stored (the store was down), per key.
     unsaved: Mutex<HashMap<TokenKey, Unsaved>>,
     policy: RefreshPolicy,
-    process_seed: u64,
     revalidate_after: Duration,
 }
 
 impl TokenCache {
-    /// An empty cache. `process_seed` spreads refresh-ahead across processes; entries are
-    /// re-read from storage at least every `revalidate_after`.
-    pub fn new(policy: RefreshPolicy, process_seed: u64, revalidate_after: Duration) -> Self {
+    /// An empty cache; entries are re-read from storage at least every `revalidate_after`.
+    pub fn new(policy: RefreshPolicy, revalidate_after: Duration) -> Self {
         Self {
             id: NEXT_CACHE_ID.fetch_add(1, Ordering::Relaxed),
             generation: AtomicU64::new(0),
@@ -103,7 +101,6 @@ impl TokenCache {
             orgs: RwLock::new(HashMap::new()),
             unsaved: Mutex::new(HashMap::new()),
             policy,
-            process_seed,
             revalidate_after,
         }
     }
@@ -113,19 +110,9 @@ impl TokenCache {
         self.revalidate_after
     }
 
-    /// The jitter seed for `key` in this process.
+    /// The seed placing `key` in the refresh window ([`key_seed`]; the same in every process).
     pub fn jitter_seed(&self, key: &TokenKey) -> u64 {
-        // FNV-1a over the key, mixed with the process seed.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ self.process_seed;
-        let bytes: &[u8] = match key {
-            TokenKey::Integration => b"\x00integration",
-            TokenKey::Org(org) => org.as_bytes(),
-        };
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        h
+        key_seed(key)
     }
 
     /// The hot path for the Integration: the access token when it is fresh at `now`.
@@ -262,8 +249,8 @@ mod tests {
 
     #[test]
     fn serves_fresh_entries_until_revalidation_or_refresh_ahead() {
-        let policy = RefreshPolicy { jitter: Duration::ZERO, ..RefreshPolicy::default() };
-        let cache = TokenCache::new(policy, 1, Duration::from_secs(30));
+        let policy = RefreshPolicy { refresh_from_percent: 80, ..RefreshPolicy::default() };
+        let cache = TokenCache::new(policy, Duration::from_secs(30));
         let now = Timestamp::from_unix_secs(1000);
         cache.put(&TokenKey::Integration, record(1000, 10_000), now);
         assert!(cache.fresh_integration(now).is_some());
@@ -280,14 +267,14 @@ mod tests {
 
     #[test]
     fn per_thread_snapshots_follow_every_write_and_never_mix_caches() {
-        let policy = RefreshPolicy { jitter: Duration::ZERO, ..RefreshPolicy::default() };
+        let policy = RefreshPolicy { refresh_from_percent: 80, ..RefreshPolicy::default() };
         let now = Timestamp::from_unix_secs(1000);
         let record = |access: &str| Versioned {
             value: OAuthTokens::new(AccessToken::new(access), 10_000, Timestamp::from_unix_secs(1000)),
             version: 1,
         };
-        let a = Arc::new(TokenCache::new(policy.clone(), 1, Duration::from_secs(30)));
-        let b = TokenCache::new(policy, 1, Duration::from_secs(30));
+        let a = Arc::new(TokenCache::new(policy.clone(), Duration::from_secs(30)));
+        let b = TokenCache::new(policy, Duration::from_secs(30));
         a.put(&TokenKey::Integration, record("A1"), now);
         b.put(&TokenKey::Integration, record("B1"), now);
         assert!(a.fresh_integration(now).unwrap().ct_eq_str("A1"));
@@ -305,7 +292,7 @@ mod tests {
 
     #[test]
     fn stale_records_are_kept_but_never_served() {
-        let cache = TokenCache::new(RefreshPolicy::default(), 1, Duration::from_secs(30));
+        let cache = TokenCache::new(RefreshPolicy::default(), Duration::from_secs(30));
         let now = Timestamp::from_unix_secs(100_000);
         cache.put(&TokenKey::Integration, record(0, 60), now);
         assert!(cache.fresh_integration(now).is_none());
@@ -313,11 +300,14 @@ mod tests {
     }
 
     #[test]
-    fn jitter_seeds_differ_per_key_and_process() {
-        let a = TokenCache::new(RefreshPolicy::default(), 1, Duration::from_secs(1));
-        let b = TokenCache::new(RefreshPolicy::default(), 2, Duration::from_secs(1));
+    fn seeds_differ_per_key_and_agree_across_processes() {
+        let a = TokenCache::new(RefreshPolicy::default(), Duration::from_secs(1));
+        let b = TokenCache::new(RefreshPolicy::default(), Duration::from_secs(1));
         assert_ne!(a.jitter_seed(&TokenKey::org("x")), a.jitter_seed(&TokenKey::org("y")));
-        assert_ne!(a.jitter_seed(&TokenKey::org("x")), b.jitter_seed(&TokenKey::org("x")));
-        assert_eq!(a.jitter_seed(&TokenKey::Integration), a.jitter_seed(&TokenKey::Integration));
+        assert_eq!(
+            a.jitter_seed(&TokenKey::org("x")),
+            b.jitter_seed(&TokenKey::org("x")),
+            "every replica agrees"
+        );
     }
 }

@@ -8,7 +8,7 @@
 //! - **Requests as values** ([`HttpRequest`]) and **parsers** of the [`HttpResponse`] a driver
 //!   hands back: authorization URL with `state` and PKCE S256, code exchange, refresh, the
 //!   Service App token fetch, the `/webhooks` API.
-//! - **Policy**: [`RefreshPolicy`] (fresh, refresh-ahead with jitter, expired) and
+//! - **Policy**: [`RefreshPolicy`] (fresh, due in a per-key point of the refresh window, expired) and
 //!   [`RetryPolicy`] (capped jittered backoff, `Retry-After`, no retry of a code exchange).
 //! - **Webhooks**: tolerant `serviceApp` parsing and `X-Spark-Signature` verification.
 //! - **Storage**: [`TokenStorage`] (async) and [`BlockingTokenStorage`] with coordination hooks
@@ -99,7 +99,7 @@ pub use oauth::{
 };
 pub use pending::{PENDING_AUTHORIZATION_TTL, PendingAuthorization, pending_key};
 pub use policy::{
-    CoordinationPolicy, Freshness, KeyStatus, RefreshPolicy, RetryDecision, RetryPolicy, TokenState,
+    CoordinationPolicy, Freshness, KeyStatus, RefreshPolicy, RetryDecision, RetryPolicy, TokenState, key_seed,
 };
 pub use sealing::{SealedStorage, StorageKeys};
 pub use secret::{
@@ -181,7 +181,7 @@ mod robustness {
             let policy = RefreshPolicy::default();
             let now = Timestamp::from_unix_millis(now);
             let _ = (policy.assess(&tokens, now, seed), policy.state(&tokens, now, seed), policy.buffer_for(&tokens));
-            let cache = TokenCache::new(policy, seed, std::time::Duration::from_secs(30));
+            let cache = TokenCache::new(policy, std::time::Duration::from_secs(30));
             cache.put(&TokenKey::Integration, Versioned { value: tokens, version: 1 }, now);
             let _ = cache.fresh_integration(now);
         }

@@ -23,41 +23,41 @@ pub enum Freshness {
 
 /// When tokens count as expired and when they are refreshed ahead of expiry.
 ///
-/// Every duration here is a fraction of the token's own lifetime, capped by the configured
-/// value, so tokens of any lifetime work: a 10 s token is usable for 9 s and refreshed from
-/// 7–8 s on; a 14-day token counts as expired 60 s early and is refreshed days ahead.
+/// Every duration here is a fraction of the token's own lifetime, so tokens of any lifetime
+/// work: a 10 s token is usable for 9 s and refreshed from somewhere in 5–8 s on; a 14-day
+/// token counts as expired 60 s early and is refreshed days ahead.
+///
+/// **Spread refresh points.** Each key's refresh point lies in a window of its token's life
+/// (`refresh_from_percent` to `refresh_ahead_percent`, 50–80 % by default), placed by a hash
+/// of the key alone, so every replica agrees on it and a cohort of orgs authorized, imported
+/// or restored together spreads over the window instead of arriving at once.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RefreshPolicy {
     /// A token within this much of its expiry (at most a tenth of its lifetime) is treated as
     /// expired (clock skew, request latency).
     pub expiry_buffer: Duration,
-    /// Refresh-ahead starts once this fraction of the token's lifetime has passed
-    /// (in percent, 0–100).
+    /// The earliest point of the refresh window, in percent of the lifetime (0–100).
+    pub refresh_from_percent: u8,
+    /// The latest point of the refresh window, in percent of the lifetime (0–100); at the
+    /// same value as `refresh_from_percent` every key refreshes at that one point.
     pub refresh_ahead_percent: u8,
-    /// Up to this much (at most a tenth of the lifetime) is subtracted from the refresh-ahead
-    /// point, differently per key and process, so a fleet does not refresh in lockstep.
-    pub jitter: Duration,
 }
 
 impl Default for RefreshPolicy {
     fn default() -> Self {
-        Self {
-            expiry_buffer: Duration::from_secs(60),
-            refresh_ahead_percent: 80,
-            jitter: Duration::from_secs(300),
-        }
+        Self { expiry_buffer: Duration::from_secs(60), refresh_from_percent: 50, refresh_ahead_percent: 80 }
     }
 }
 
 impl RefreshPolicy {
-    /// Classifies `tokens` at `now`. `jitter_seed` is any per-key, per-process number (a hash
-    /// of the key mixed with a random process seed); the same seed gives the same answer.
-    pub fn assess(&self, tokens: &OAuthTokens, now: Timestamp, jitter_seed: u64) -> Freshness {
+    /// Classifies `tokens` at `now`. `key_seed` is [`key_seed`] of the tokens' key: the same
+    /// key gives the same answer in every process.
+    pub fn assess(&self, tokens: &OAuthTokens, now: Timestamp, key_seed: u64) -> Freshness {
         if tokens.is_expired(self.buffer_for(tokens), now) {
             return Freshness::Expired;
         }
-        if now >= self.refresh_ahead_at(tokens, jitter_seed) {
+        if now >= self.refresh_ahead_at(tokens, key_seed) {
             Freshness::RefreshAhead
         } else {
             Freshness::Fresh
@@ -70,17 +70,33 @@ impl RefreshPolicy {
         self.expiry_buffer.min(tokens.lifetime() / 10)
     }
 
-    /// The moment refresh-ahead begins for `tokens` under `jitter_seed`.
-    pub fn refresh_ahead_at(&self, tokens: &OAuthTokens, jitter_seed: u64) -> Timestamp {
+    /// The moment `tokens` become due for refresh: their key's place in the refresh window.
+    pub fn refresh_ahead_at(&self, tokens: &OAuthTokens, key_seed: u64) -> Timestamp {
         let lifetime = tokens.lifetime();
-        let percent = u32::from(self.refresh_ahead_percent.min(100));
+        let end = u32::from(self.refresh_ahead_percent.min(100));
+        let start = u32::from(self.refresh_from_percent).min(end);
         // Divided first: no lifetime, however absurd, can overflow.
-        let ahead = tokens.obtained_at.saturating_add(lifetime / 100 * percent);
-        let max_jitter = self.jitter.min(lifetime / 10);
-        let max_ms = u64::try_from(max_jitter.as_millis()).unwrap_or(u64::MAX);
-        let jitter_ms = if max_ms == 0 { 0 } else { splitmix64(jitter_seed) % (max_ms + 1) };
-        ahead.saturating_sub(Duration::from_millis(jitter_ms))
+        let opens = tokens.obtained_at.saturating_add(lifetime / 100 * start);
+        let window = lifetime / 100 * (end - start);
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        let offset_ms = if window_ms == 0 { 0 } else { splitmix64(key_seed) % window_ms.saturating_add(1) };
+        opens.saturating_add(Duration::from_millis(offset_ms))
     }
+}
+
+/// The seed that places `key` in the refresh window: a hash of the key alone (FNV-1a), so every
+/// replica computes the same refresh point for it.
+pub fn key_seed(key: &TokenKey) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes: &[u8] = match key {
+        TokenKey::Integration => b"\x00integration",
+        TokenKey::Org(org) => org.as_bytes(),
+    };
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 /// What a readiness probe needs to know about one key.
@@ -268,7 +284,7 @@ mod tests {
 
     #[test]
     fn fresh_then_refresh_ahead_then_expired() {
-        let p = RefreshPolicy { jitter: Duration::ZERO, ..RefreshPolicy::default() };
+        let p = RefreshPolicy { refresh_from_percent: 80, ..RefreshPolicy::default() };
         let t = tokens(1_000, 1_000);
         assert_eq!(p.assess(&t, Timestamp::from_unix_secs(1_000), 1), Freshness::Fresh);
         assert_eq!(p.assess(&t, Timestamp::from_unix_secs(1_799), 1), Freshness::Fresh);
@@ -279,16 +295,29 @@ mod tests {
     }
 
     #[test]
-    fn jitter_spreads_refresh_ahead_within_bounds() {
+    fn a_cohort_spreads_evenly_over_the_refresh_window() {
         let p = RefreshPolicy::default();
-        let t = tokens(0, 1_209_599);
-        let base = Timestamp::from_unix_secs(0).saturating_add(Duration::from_secs(1_209_599) * 80 / 100);
-        let points: std::collections::HashSet<_> =
-            (0..100).map(|seed| p.refresh_ahead_at(&t, seed)).collect();
-        assert!(points.len() > 90, "jitter should differ per seed");
-        for point in points {
-            assert!(point <= base && point >= base.saturating_sub(Duration::from_secs(300)));
+        let t = tokens(0, 1_800);
+        let mut deciles = [0u32; 10];
+        for i in 0..10_000 {
+            let at = p.refresh_ahead_at(&t, key_seed(&TokenKey::org(format!("org-{i}"))));
+            let secs = at.as_unix_millis() as f64 / 1000.0;
+            assert!((900.0..=1_440.0).contains(&secs), "inside 50-80 % of 1,800 s: {secs}");
+            let decile = (((secs - 900.0) / 540.0) * 10.0).min(9.0) as usize;
+            deciles[decile] += 1;
         }
+        for (i, n) in deciles.iter().enumerate() {
+            assert!((800..1_200).contains(n), "decile {i} of the window got {n} of 10,000: {deciles:?}");
+        }
+    }
+
+    #[test]
+    fn every_replica_places_a_key_at_the_same_point() {
+        let p = RefreshPolicy::default();
+        let t = tokens(0, 3_600);
+        let key = TokenKey::org("63b02f90-9cc6-43b8-aa6d-cad425ac554c");
+        assert_eq!(p.refresh_ahead_at(&t, key_seed(&key)), p.refresh_ahead_at(&t, key_seed(&key.clone())));
+        assert_ne!(key_seed(&key), key_seed(&TokenKey::Integration));
     }
 
     #[test]
@@ -297,8 +326,8 @@ mod tests {
         let t = tokens(1_000, 10);
         let at = |ms: u64| Timestamp::from_unix_millis(1_000_000 + ms);
         assert_eq!(p.assess(&t, at(0), 3), Freshness::Fresh, "a 10 s token is fresh when issued");
-        assert_eq!(p.assess(&t, at(6_900), 3), Freshness::Fresh);
-        assert_eq!(p.assess(&t, at(8_500), 3), Freshness::RefreshAhead);
+        assert_eq!(p.assess(&t, at(4_900), 3), Freshness::Fresh, "never before half its life");
+        assert_eq!(p.assess(&t, at(8_500), 3), Freshness::RefreshAhead, "always by 80 %");
         assert_eq!(p.assess(&t, at(9_000), 3), Freshness::Expired, "a tenth of the lifetime as buffer");
         let long = tokens(0, 1_209_599);
         assert_eq!(p.buffer_for(&long), Duration::from_secs(60), "capped by the configured buffer");
@@ -307,18 +336,19 @@ mod tests {
     }
 
     #[test]
-    fn jitter_is_bounded_by_a_tenth_of_short_lifetimes() {
+    fn short_lifetimes_refresh_inside_their_window() {
         let p = RefreshPolicy { expiry_buffer: Duration::ZERO, ..RefreshPolicy::default() };
         let t = tokens(0, 10);
         for seed in 0..1000 {
-            assert!(p.refresh_ahead_at(&t, seed) >= Timestamp::from_unix_secs(7));
+            let at = p.refresh_ahead_at(&t, seed);
+            assert!(at >= Timestamp::from_unix_secs(5) && at <= Timestamp::from_unix_secs(8), "{at:?}");
         }
     }
 
     #[test]
     fn states_for_readiness_probes() {
         use crate::secret::RefreshToken;
-        let p = RefreshPolicy { jitter: Duration::ZERO, ..RefreshPolicy::default() };
+        let p = RefreshPolicy { refresh_from_percent: 80, ..RefreshPolicy::default() };
         let with_rt = tokens(1_000, 1_000).with_refresh_token(RefreshToken::new("r"), Some(10_000));
         let at = Timestamp::from_unix_secs;
         assert_eq!(p.state(&with_rt, at(1_100), 0), TokenState::Valid);

@@ -68,8 +68,7 @@ pub struct TokenEngine {
 
 impl TokenEngine {
     fn new(config: ByovaConfig, client: Client) -> Arc<Self> {
-        let cache =
-            TokenCache::new(config.refresh.clone(), random_u64(), config.coordination.cache_revalidate);
+        let cache = TokenCache::new(config.refresh.clone(), config.coordination.cache_revalidate);
         Arc::new(Self { config, client, cache, flights: Arc::default(), orphans: Arc::default() })
     }
 
