@@ -59,6 +59,9 @@ impl IntegrationTokenManager {
         config: Option<ByovaConfig>,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        // Never hand out a value sealed at rest as a token: without keys the wrapper refuses
+        // one (build with `Byova::builder(…).storage_keys(…)` to seal).
+        let storage: Arc<dyn TokenStorage> = Arc::new(byova_core::SealedStorage::new(storage, None));
         Self::from_parts(
             IntegrationEngine::new(credentials, config.unwrap_or_default()),
             storage,

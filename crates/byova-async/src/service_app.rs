@@ -35,6 +35,7 @@ impl ServiceAppTokenManager {
         storage: Arc<dyn TokenStorage>,
     ) -> Self {
         let engine = ServiceAppEngine::new(credentials, integration.config().clone(), Vec::new());
+        let storage: Arc<dyn TokenStorage> = Arc::new(byova_core::SealedStorage::new(storage, None));
         Self::from_parts(engine, integration, http, storage)
     }
 

@@ -36,6 +36,7 @@ impl ServiceAppTokenManager {
         storage: Arc<dyn BlockingTokenStorage>,
     ) -> Self {
         let engine = ServiceAppEngine::new(credentials, integration.config().clone(), Vec::new());
+        let storage: Arc<dyn BlockingTokenStorage> = Arc::new(byova_core::SealedStorage::new(storage, None));
         Self::from_parts(engine, integration, http, storage)
     }
 

@@ -43,7 +43,8 @@ struct Cli {
     base_url: Option<String>,
     /// Allow a plain http:// base URL on a host that is not loopback (secrets then cross the
     /// network in clear text; for a test network only).
-    #[arg(long, global = true, env = "BYOVA_ALLOW_INSECURE_HTTP")]
+    #[arg(long, global = true, env = "BYOVA_ALLOW_INSECURE_HTTP", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
     allow_insecure_http: bool,
     /// Print JSON for scripts instead of text.
     #[arg(long, global = true)]
@@ -101,7 +102,7 @@ enum Command {
         listen: String,
         /// Address for operators: GET /healthz, /status (org ids and expiry) and /metrics
         /// (Prometheus). Keep it off the public network.
-        #[arg(long, default_value = "127.0.0.1:9090")]
+        #[arg(long, default_value = "127.0.0.1:8089")]
         admin_listen: String,
         /// Connections open at once on the public address; beyond it, accepting pauses.
         #[arg(long, default_value_t = 256)]
@@ -447,6 +448,13 @@ async fn connect(cli: &Cli) -> Result<Byova, Failure> {
         _ => env.webhook_secrets.clone(),
     };
     let url = cli.storage.clone().unwrap_or_else(storage::default_url);
+    let from_environment = std::env::var("BYOVA_STORAGE").is_ok_and(|v| v == url);
+    if !from_environment && storage::has_password(&url) {
+        return Err(failure(
+            3,
+            "--storage holds a password, which every local user could read on the command line: set BYOVA_STORAGE instead",
+        ));
+    }
     let store = storage::open(&url).await?;
     let builder = Byova::builder(env.integration, env.service_app).config(env.config).storage(store);
     let builder = match env.storage_keys {

@@ -38,6 +38,10 @@ pub(crate) enum Role {
     Admin,
 }
 
+/// After the public listener has drained (10 s at most): how long the refresher and the
+/// refreshes still running get to finish.
+const SHUTDOWN_BUDGET: Duration = Duration::from_secs(15);
+
 /// How long a connection may take to deliver its request, headers and body together.
 const READ_DEADLINE: Duration = Duration::from_secs(10);
 /// The most a connection may live, handling included.
@@ -60,18 +64,27 @@ pub(crate) async fn handle(
             }
             Err(e) => respond(StatusCode::SERVICE_UNAVAILABLE, json!({"error": e.to_string()})),
         },
-        (Role::Admin, "GET", "/metrics") => match byova.status().await {
-            Ok(statuses) => {
-                let text = byova_async::core::metrics().render_prometheus(&statuses, SystemClock.now());
-                let mut resp = Response::new(Full::new(Bytes::from(text)));
-                resp.headers_mut().insert(
-                    "Content-Type",
-                    hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                resp
-            }
-            Err(e) => respond(StatusCode::SERVICE_UNAVAILABLE, json!({"error": e.to_string()})),
-        },
+        (Role::Admin, "GET", "/metrics") => {
+            // The counters are always served; the token gauges need the store.
+            let (statuses, readable) = match byova.status().await {
+                Ok(statuses) => (statuses, 1),
+                Err(e) => {
+                    tracing::warn!(error = %e, "/metrics: the tokens could not be read");
+                    (Vec::new(), 0)
+                }
+            };
+            let mut text = byova_async::core::metrics().render_prometheus(&statuses, SystemClock.now());
+            text.push_str(&format!(
+                "# HELP byova_store_readable Whether every stored token could be read for this scrape.\n\
+                 # TYPE byova_store_readable gauge\nbyova_store_readable {readable}\n"
+            ));
+            let mut resp = Response::new(Full::new(Bytes::from(text)));
+            resp.headers_mut().insert(
+                "Content-Type",
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
         (Role::Public, "POST", "/webhook") => webhook(&byova, read_by, req).await,
         (_, "GET" | "POST", _) => respond(StatusCode::NOT_FOUND, json!({"error": "not found"})),
         _ => respond(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "method not allowed"})),
@@ -117,11 +130,15 @@ async fn webhook(byova: &Byova, read_by: tokio::time::Instant, req: Request<Inco
             metrics.record_webhook("invalid");
             respond(StatusCode::BAD_REQUEST, json!({"error": e.to_string()}))
         }
-        // Anything else is worth Webex's redelivery.
+        // Anything else is worth Webex's redelivery; the details stay in the log, not in an
+        // answer anyone who can reach the port reads.
         Err(e) => {
             metrics.record_webhook("failed");
             tracing::warn!(error = %e, "could not apply a webhook delivery");
-            respond(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": e.to_string()}))
+            respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                json!({"error": "the delivery could not be applied now; deliver it again later"}),
+            )
         }
     }
 }
@@ -221,7 +238,11 @@ pub(crate) async fn serve_http(
 
 /// One background pass: every token that is due is refreshed, at most `concurrency` orgs at
 /// a time. Shared stores' leases make replicas refresh each org once between them.
-pub(crate) async fn refresh_pass(byova: &Byova, concurrency: usize) {
+pub(crate) async fn refresh_pass(
+    byova: &Byova,
+    concurrency: usize,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) {
     match byova.integration().get_access_token().await {
         Ok(_) | Err(Error::NotAuthorized) => {}
         Err(e) => tracing::warn!(error = %e, "the Integration's token could not be refreshed"),
@@ -233,14 +254,19 @@ pub(crate) async fn refresh_pass(byova: &Byova, concurrency: usize) {
     let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for org in orgs {
+        // Stopping: start nothing new; what runs finishes.
+        let Ok(slot) = slots.clone().acquire_owned().await else { break };
+        if *stop.borrow() {
+            break;
+        }
         let sa = byova.service_app().clone();
-        let slots = slots.clone();
         tasks.spawn(async move {
-            let _slot = slots.acquire_owned().await;
             if let Err(e) = sa.get_access_token(&org).await {
                 tracing::warn!(org = %org, error = %e, "background refresh failed");
             }
+            drop(slot);
         });
+        while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
 }
@@ -267,19 +293,22 @@ async fn shutdown_signal() {
 }
 
 pub(crate) async fn bind(listen: &str) -> Result<TcpListener, Failure> {
+    bind_flag(listen, "--listen").await
+}
+
+/// Binds `listen`, naming `flag` (the option it came from) in any error.
+async fn bind_flag(listen: &str, flag: &str) -> Result<TcpListener, Failure> {
     let addr: SocketAddr = listen
         .parse()
-        .map_err(|_| failure(3, format!("--listen {listen:?} is not an address like 127.0.0.1:8080")))?;
+        .map_err(|_| failure(3, format!("{flag} {listen:?} is not an address like 127.0.0.1:8080")))?;
     TcpListener::bind(addr).await.map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
             failure(
                 9,
-                format!(
-                    "{addr} is already in use: stop the other process or choose another --listen address"
-                ),
+                format!("{addr} is already in use: stop the other process or choose another {flag} address"),
             )
         } else {
-            failure(3, format!("cannot listen on {addr}: {e}"))
+            failure(3, format!("cannot listen on {addr} ({flag}): {e}"))
         }
     })
 }
@@ -294,7 +323,7 @@ pub(crate) async fn run(
     limits: Limits,
 ) -> Result<(), Failure> {
     let listener = bind(listen).await?;
-    let admin = bind(admin_listen).await?;
+    let admin = bind_flag(admin_listen, "--admin-listen").await?;
     let addr = listener.local_addr().map_err(|e| failure(3, e.to_string()))?;
     let admin_addr = admin.local_addr().map_err(|e| failure(3, e.to_string()))?;
     println!(
@@ -308,7 +337,10 @@ pub(crate) async fn run(
         let (byova, mut rx) = (byova.clone(), stop_rx.clone());
         tokio::spawn(async move {
             loop {
-                refresh_pass(&byova, concurrency).await;
+                refresh_pass(&byova, concurrency, &rx).await;
+                if *rx.borrow() {
+                    break;
+                }
                 tokio::select! {
                     () = tokio::time::sleep(interval) => {}
                     _ = rx.wait_for(|stop| *stop) => break,
@@ -330,11 +362,16 @@ pub(crate) async fn run(
         let _ = stop_tx.send(true);
     });
     public.await;
-    // Deliveries in flight finished (or ran out of time) above; let the refresh pass and the
-    // refreshes and fetches still running finish too, within bounds, so no token bought from
-    // Webex is dropped unsaved.
-    let _ = tokio::time::timeout(Duration::from_secs(20), refresher).await;
-    let settled = tokio::time::timeout(Duration::from_secs(10), async {
+    // Deliveries in flight finished (or ran out of their 10 s) above. The refresher starts
+    // nothing new now; let what runs finish, then any detached refresh or fetch, so no token
+    // bought from Webex is dropped unsaved. All of it within SHUTDOWN_BUDGET (under the usual
+    // 30 s grace period of a container orchestrator).
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_BUDGET;
+    let abort = refresher.abort_handle();
+    if tokio::time::timeout_at(deadline, refresher).await.is_err() {
+        abort.abort();
+    }
+    let settled = tokio::time::timeout_at(deadline, async {
         while byova.work_in_progress() > 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -343,7 +380,7 @@ pub(crate) async fn run(
     if settled.is_err() {
         tracing::warn!("stopping with refreshes still running; their tokens are kept only if stored");
     }
-    let _ = admin_server.await;
+    admin_server.abort();
     println!("byova serve: stopped");
     Ok(())
 }

@@ -14,6 +14,13 @@ pub(crate) fn default_url() -> String {
     format!("file://{}", base.join("byova").display())
 }
 
+/// Whether a storage URL carries a password (`scheme://user:password@host`).
+pub(crate) fn has_password(url: &str) -> bool {
+    let Some((_, rest)) = url.split_once("://") else { return false };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':'))
+}
+
 /// Opens the store a URL names; `BYOVA_STORAGE_CA_FILE` (PEM) is the CA a TLS store's
 /// certificate is checked against (system roots otherwise).
 pub(crate) async fn open(url: &str) -> Result<Arc<dyn TokenStorage>, StorageError> {

@@ -342,6 +342,24 @@ fn bad_input_classes_have_one_line_and_their_own_exit_code() {
         .output()
         .unwrap();
     assert_ne!(o.status.code(), Some(3), "allowed explicitly: {}", stderr(&o));
+    for allow in ["1", "true", "yes"] {
+        let o = env
+            .cmd()
+            .env("BYOVA_ALLOW_INSECURE_HTTP", allow)
+            .args(["--base-url", "http://192.0.2.1/v1", "status"])
+            .output()
+            .unwrap();
+        assert_ne!(o.status.code(), Some(3), "BYOVA_ALLOW_INSECURE_HTTP={allow}: {}", stderr(&o));
+        assert_ne!(o.status.code(), Some(2), "BYOVA_ALLOW_INSECURE_HTTP={allow} parses: {}", stderr(&o));
+    }
+    // A password in --storage would be on the command line; from BYOVA_STORAGE it is fine.
+    let o = env
+        .cmd()
+        .args(["--storage", "redis://user:PASSWORD-CANARY@127.0.0.1:1/0", "status"])
+        .output()
+        .unwrap();
+    assert_fails(&o, 3, "BYOVA_STORAGE");
+    assert!(!stderr(&o).contains("PASSWORD-CANARY"));
 }
 
 #[test]

@@ -100,9 +100,14 @@ impl ByovaConfig {
                 )));
             }
         };
-        if rest.is_empty() || rest.starts_with('/') || trimmed.contains(['?', '#', ' ']) {
+        let authority = rest.split('/').next().unwrap_or_default();
+        if rest.is_empty()
+            || rest.starts_with('/')
+            || trimmed.contains(['?', '#', ' '])
+            || authority.contains('@')
+        {
             return Err(Error::Configuration(format!(
-                "base URL {trimmed:?} needs a host and no query string"
+                "base URL {trimmed:?} needs a host, and no user, query string or fragment"
             )));
         }
         if plain && !allow_insecure_http && !is_loopback_authority(rest.split('/').next().unwrap_or_default())

@@ -15,14 +15,15 @@
 //!   [`StorageErrorKind::Corrupt`](byova_core::StorageErrorKind::Corrupt) error naming the
 //!   file, never "no tokens". A write over it first moves it aside to `<name>.corrupt-<time>`.
 //! - **Coordination across processes**: an OS lock on the store's one lock file `.byova.lock`
-//!   (held for microseconds; waiting for it gives up after 10 s with a retryable
-//!   `Unavailable`) guards the version check of every versioned write and the lease record
+//!   (held for a version check and one write with its fsync; waiting for it gives up after
+//!   10 s with a retryable `Unavailable`) guards the version check of every versioned write and the lease record
 //!   `<name>.lease` (owner and expiry), so a crashed or stopped lease holder blocks others for
 //!   at most the lease's time-to-live. A lease file goes when it is released or its record is
 //!   deleted; no file outlives its key. Every process sharing a directory must run this
-//!   version or later (earlier ones locked a file per key; opening the store removes those).
-//! - **A private directory**: created `0700`; an existing one open to other users is made
-//!   `0700`, or refused when it belongs to another user.
+//!   version or later: earlier ones locked a file per key; opening the store removes those,
+//!   and refuses while a process of an earlier version holds one.
+//! - **A private directory**: created `0700`; an existing one that belongs to another user is
+//!   refused, and one open to other users is made `0700`.
 //! - **Versions only grow**, also across deletion: a new version is the larger of the old one
 //!   plus one and the current time in microseconds.
 //! - **Pending authorizations** (an authorization URL's PKCE verifier, for

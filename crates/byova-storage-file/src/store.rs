@@ -125,7 +125,7 @@ impl FileTokenStorage {
             Err(e) if e.kind() == io::ErrorKind::NotFound => create_private_dir(&dir)?,
             Err(e) => return Err(io_error("cannot inspect the token directory", &dir, &e)),
         }
-        remove_legacy_lock_files(&dir);
+        remove_legacy_lock_files(&dir)?;
         Ok(Self { inner: Arc::new(Inner { dir }) })
     }
 
@@ -157,9 +157,9 @@ impl FileTokenStorage {
         Ok(self.inner.dir.join(format!("{}.json", stem(key)?)))
     }
 
-    /// Runs `f` holding the OS lock on the store's one lock file (held for microseconds: a
-    /// version check and a write). Waiting for it is bounded by [`LOCK_WAIT`]: a process stopped
-    /// while holding it cannot hang the others.
+    /// Runs `f` holding the OS lock on the store's one lock file (held for a version check and
+    /// a write with its fsync; the directory's fsync happens after it is released). Waiting for
+    /// it is bounded by [`LOCK_WAIT`]: a process stopped while holding it cannot hang the others.
     fn locked<T>(&self, _stem: &str, f: impl FnOnce() -> Result<T, StorageError>) -> Result<T, StorageError> {
         let path = self.inner.dir.join(STORE_LOCK);
         let file =
@@ -238,7 +238,7 @@ impl FileTokenStorage {
 
     fn store_sync(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
         let stem = stem(key)?;
-        self.locked(&stem, || {
+        let version = self.locked(&stem, || {
             let current = match self.read(key, &stem) {
                 Ok(current) => current.map(|(_, v)| v),
                 Err(e) if e.kind() == StorageErrorKind::Corrupt && expect == Expect::Any => {
@@ -253,7 +253,10 @@ impl FileTokenStorage {
             let version = current.map_or(0, |v| v + 1).max(micros_now());
             self.write(key, &stem, tokens, version)?;
             Ok(version)
-        })
+        })?;
+        // Durable before success is reported; the lock is not held for the directory's fsync.
+        sync_dir(&self.inner.dir)?;
+        Ok(version)
     }
 
     /// Keeps an unreadable record for a person to inspect before it is replaced.
@@ -280,11 +283,12 @@ impl FileTokenStorage {
             let _ = fs::remove_file(self.inner.dir.join(format!("{stem}.lease")));
             let path = self.inner.dir.join(format!("{stem}.json"));
             match fs::remove_file(&path) {
-                Ok(()) => sync_dir(&self.inner.dir),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
                 Err(e) => Err(io_error("cannot remove the record", &path, &e)),
             }
         })
+        .and_then(|removed| if removed { sync_dir(&self.inner.dir) } else { Ok(()) })
     }
 
     fn list_sync(&self) -> Result<Vec<String>, StorageError> {
@@ -326,6 +330,7 @@ impl FileTokenStorage {
         let target = self.pending_path(key)?;
         self.purge_expired_pending();
         write_durably(&self.inner.dir, &target, bytes)?;
+        sync_dir(&self.inner.dir)?;
         Ok(true)
     }
 
@@ -444,7 +449,14 @@ impl FileTokenStorage {
 fn tighten_dir(dir: &Path, meta: &fs::Metadata) -> Result<(), StorageError> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        if effective_uid().is_some_and(|uid| uid != meta.uid()) {
+            return Err(StorageError::other(format!(
+                "refusing the token directory {}: it belongs to another user (uid {})",
+                dir.display(),
+                meta.uid()
+            )));
+        }
         if meta.permissions().mode() & 0o077 != 0 {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
                 if e.kind() == io::ErrorKind::PermissionDenied {
@@ -465,18 +477,43 @@ fn tighten_dir(dir: &Path, meta: &fs::Metadata) -> Result<(), StorageError> {
 }
 
 /// Earlier versions locked one file per key and never removed them; one lock file per store
-/// replaced them (every process sharing a directory must run this version or later).
-fn remove_legacy_lock_files(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+/// replaced them. A process of an earlier version still using the directory (it holds one of
+/// those locks) would not exclude this one: refuse, rather than share the directory with it.
+fn remove_legacy_lock_files(dir: &Path) -> Result<(), StorageError> {
+    let Ok(entries) = fs::read_dir(dir) else { return Ok(()) };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let legacy = name
             .to_str()
             .is_some_and(|n| n.ends_with(".lock") && (n.starts_with("org-") || n == "integration.lock"));
-        if legacy {
-            let _ = fs::remove_file(entry.path());
+        if !legacy {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(file) = OpenOptions::new().read(true).write(true).open(&path) else { continue };
+        match file.try_lock() {
+            Ok(()) => {
+                let _ = fs::remove_file(&path);
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StorageError::other(format!(
+                    "a process of an earlier byova version is using {} (it holds {}): stop it before this version opens the store",
+                    dir.display(),
+                    path.display()
+                )));
+            }
+            Err(fs::TryLockError::Error(_)) => {}
         }
     }
+    Ok(())
+}
+
+/// This process's effective user id (Linux), to tell whose directory it is.
+#[cfg(unix)]
+fn effective_uid() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), StorageError> {
@@ -527,8 +564,9 @@ fn read_no_follow(path: &Path) -> io::Result<Vec<u8>> {
     fs::read(path)
 }
 
-/// Temp file in the same directory (0600, unique name), write, fsync, rename, fsync the
-/// directory: the old record or the new one survives any crash, never a torn one.
+/// Temp file in the same directory (0600, unique name), write, fsync, rename: the old record
+/// or the new one survives any crash, never a torn one. The caller fsyncs the directory
+/// (outside the store's lock) before reporting success.
 fn write_durably(dir: &Path, target: &Path, bytes: &[u8]) -> Result<(), StorageError> {
     let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("record");
     let tmp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), random_suffix()));
@@ -542,7 +580,7 @@ fn write_durably(dir: &Path, target: &Path, bytes: &[u8]) -> Result<(), StorageE
         let _ = fs::remove_file(&tmp);
         return Err(io_error("cannot write the record", target, &e));
     }
-    sync_dir(dir)
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StorageError> {

@@ -260,6 +260,27 @@ fn existing_directories_are_tightened_and_files_do_not_accumulate() {
         .collect();
     println!("  after 1,000 orgs came and went: {left:?}");
     assert!(left.len() <= 1, "only the store's lock file may stay: {left:?}");
+    // An earlier version still at work (it holds a per-key lock): refuse to share the directory.
+    let legacy = dir.join("org-6f32.lock");
+    let held = std::fs::File::create(&legacy).unwrap();
+    held.lock().unwrap();
+    let refused = FileTokenStorage::open(&dir).unwrap_err();
+    assert!(refused.to_string().contains("earlier byova version"), "{refused}");
+    drop(held);
+    FileTokenStorage::open(&dir).expect("once it stopped, the store opens");
+    assert!(!legacy.exists());
+    // Someone else's directory is refused (checked where the test can give it away: as root).
+    let root = std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0")));
+    if root {
+        let status = Command::new("chown").arg("65534").arg(&dir).status().unwrap();
+        assert!(status.success());
+        let refused = FileTokenStorage::open(&dir).unwrap_err();
+        assert!(refused.to_string().contains("belongs to another user"), "{refused}");
+        println!("  a directory owned by uid 65534: {refused}");
+    } else {
+        println!("  (not root: the other-owner case is checked in CI, which runs as root)");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

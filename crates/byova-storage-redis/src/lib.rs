@@ -10,8 +10,8 @@
 //!
 //! ## Key layout
 //!
-//! Every key carries the hash tag `{<prefix>}`, so a record, its lease, the org index and the
-//! version counter sit in one Redis Cluster slot and every script touches one slot:
+//! On one server every key carries the hash tag `{<prefix>}`, so a record, its lease, the org
+//! index and the version counter sit in one slot and every script touches one slot:
 //!
 //! | key | type | holds |
 //! |---|---|---|
@@ -40,9 +40,11 @@
 //! one token key's record, counter and lease, which share that key's slot, so every script
 //! stays single-slot while a fleet of orgs spreads over all the shards. The org index cannot
 //! share every org's slot, so it is written beside the record rather than in the same script:
-//! added before the record is stored and removed after it is deleted, and listing keeps only
-//! orgs whose record exists. A crash between the two leaves at most a stale index entry, never
-//! a registered org missing from the list. On one server the single-tag layout above is kept
+//! an org is added before its record is stored and never removed (removing could race a
+//! re-registration in another replica and lose the org), and listing keeps only orgs whose
+//! record exists, checked in pipelines (blocking) or 500 concurrent `EXISTS` (async). So a
+//! registered org is never missing from the list; the price is one index entry (tens of
+//! bytes) per org ever deauthorized. On one server the single-tag layout above is kept
 //! (existing stores keep working); the two layouts are not interchangeable.
 //!
 //! ## Guarantees

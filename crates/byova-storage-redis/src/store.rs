@@ -144,13 +144,7 @@ enum Op {
         index: String,
         org: String,
     },
-    IndexRemove {
-        index: String,
-        org: String,
-    },
-    Exists {
-        record: String,
-    },
+
     TakePending {
         key: String,
     },
@@ -217,6 +211,12 @@ impl RedisTokenStorage {
         let unusable = |e: redis::RedisError| {
             StorageError::other(format!("{} is not a usable redis URL: {e}", redact(base)))
         };
+        if ca_file.is_some() && !base.starts_with("rediss://") {
+            return Err(StorageError::other(format!(
+                "a CA file was given for {}, which does not use TLS: use rediss://",
+                redact(base)
+            )));
+        }
         let client = match ca_file {
             Some(path) if base.starts_with("rediss://") => {
                 let pem = std::fs::read(path).map_err(|e| {
@@ -258,7 +258,13 @@ impl RedisTokenStorage {
         let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
             .connection_timeout(IO_TIMEOUT)
             .response_timeout(IO_TIMEOUT);
-        if let Some(path) = ca_file.filter(|_| scheme == "rediss") {
+        if ca_file.is_some() && scheme != "rediss" {
+            return Err(StorageError::other(format!(
+                "a CA file was given for {}, which does not use TLS: use rediss+cluster://",
+                redact(base)
+            )));
+        }
+        if let Some(path) = ca_file {
             let pem = std::fs::read(path).map_err(|e| {
                 StorageError::other(format!("cannot read the CA file {}: {e}", path.display()))
             })?;
@@ -454,8 +460,6 @@ impl RedisTokenStorage {
                 Invocation::Script(inv)
             }
             Op::IndexAdd { index, org } => Invocation::Cmd(redis::cmd("SADD").arg(index).arg(org).clone()),
-            Op::IndexRemove { index, org } => Invocation::Cmd(redis::cmd("SREM").arg(index).arg(org).clone()),
-            Op::Exists { record } => Invocation::Cmd(redis::cmd("EXISTS").arg(record).clone()),
         })
     }
 
@@ -507,8 +511,7 @@ impl RedisTokenStorage {
             },
             Op::Release { .. } => Ok(Reply::Flag(true)),
             Op::Extend { .. } => Ok(Reply::Flag(redis::from_redis_value::<i64>(reply).unwrap_or(0) == 1)),
-            Op::SavePending { .. } | Op::IndexAdd { .. } | Op::IndexRemove { .. } => Ok(Reply::Flag(true)),
-            Op::Exists { .. } => Ok(Reply::Flag(redis::from_redis_value::<i64>(reply).unwrap_or(0) == 1)),
+            Op::SavePending { .. } | Op::IndexAdd { .. } => Ok(Reply::Flag(true)),
             Op::TakePending { .. } => match redis::from_redis_value::<Option<Vec<u8>>>(reply) {
                 Ok(None) => Ok(Reply::Pending(None)),
                 Ok(Some(bytes)) => {
@@ -589,7 +592,7 @@ macro_rules! reply_as {
 /// The coordinated primitives over one way of running an [`Op`] (`run` on a pooled blocking
 /// connection, `run_async` on the connection manager): written once for both traits.
 macro_rules! coordinated_impl {
-    ($(#[$attr:meta])* $trait:ident, $run:ident $(, $async_kw:ident, $await:tt)?) => {
+    ($(#[$attr:meta])* $trait:ident, $run:ident, $existing:ident $(, $async_kw:ident, $await:tt)?) => {
         $(#[$attr])*
         impl $trait for RedisTokenStorage {
             $($async_kw)? fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
@@ -606,26 +609,17 @@ macro_rules! coordinated_impl {
                 reply_as!(self.$run(op, Some(key))$(.$await)??, Version)
             }
             $($async_kw)? fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
+                // On a cluster the index entry stays (listing filters by existence): removing
+                // it could race a re-registration in another replica and lose the org.
                 let key = TokenKey::org(org_id);
-                self.$run(self.delete_op(org_id, expect)?, Some(&key))$(.$await)??;
-                if self.is_cluster() {
-                    self.$run(Op::IndexRemove { index: self.index_key(), org: org_id.to_owned() }, None)$(.$await)??;
-                }
-                Ok(())
+                self.$run(self.delete_op(org_id, expect)?, Some(&key))$(.$await)?.map(drop)
             }
             $($async_kw)? fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
                 let indexed = reply_as!(self.$run(Op::List { index: self.index_key() }, None)$(.$await)??, Orgs)?;
                 if !self.is_cluster() {
                     return Ok(indexed);
                 }
-                let mut orgs = Vec::with_capacity(indexed.len());
-                for org in indexed {
-                    let exists = Op::Exists { record: self.record_key(&TokenKey::org(org.as_str())) };
-                    if reply_as!(self.$run(exists, None)$(.$await)??, Flag)? {
-                        orgs.push(org);
-                    }
-                }
-                Ok(orgs)
+                self.$existing(indexed)$(.$await)?
             }
             $($async_kw)? fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
                 let lease = Lease::new(key.clone());
@@ -696,6 +690,27 @@ mod blocking {
         }
     }
 
+    impl RedisTokenStorage {
+        /// The orgs among `indexed` whose record exists, checked in cluster pipelines of 1,000
+        /// (each command routed to its node).
+        fn existing_orgs(&self, indexed: Vec<String>) -> Result<Vec<String>, StorageError> {
+            let Backend::Cluster(client) = &self.inner.client else { return Ok(indexed) };
+            let mut conn = client
+                .get_connection()
+                .map_err(|e| unavailable_or_other(&format!("connect to {}", self.inner.display), &e))?;
+            let mut orgs = Vec::with_capacity(indexed.len());
+            for chunk in indexed.chunks(1_000) {
+                let mut pipe = redis::cluster::cluster_pipe();
+                for org in chunk {
+                    pipe.cmd("EXISTS").arg(self.record_key(&TokenKey::org(org.as_str())));
+                }
+                let exists: Vec<i64> = pipe.query(&mut conn).map_err(|e| unavailable_or_other("list", &e))?;
+                orgs.extend(chunk.iter().zip(exists).filter(|(_, e)| *e == 1).map(|(o, _)| o.clone()));
+            }
+            Ok(orgs)
+        }
+    }
+
     impl Drop for Inner {
         fn drop(&mut self) {
             let pool = self.pool.get_mut().unwrap_or_else(|e| e.into_inner());
@@ -703,7 +718,7 @@ mod blocking {
         }
     }
 
-    coordinated_impl!(BlockingCoordinatedTokenStorage, run);
+    coordinated_impl!(BlockingCoordinatedTokenStorage, run, existing_orgs);
 }
 
 #[cfg(feature = "async")]
@@ -739,6 +754,32 @@ mod async_impl {
             Ok(manager.clone())
         }
 
+        /// The orgs among `indexed` whose record exists: 500 `EXISTS` at a time, concurrently,
+        /// over the multiplexed cluster connection.
+        async fn existing_orgs_async(&self, indexed: Vec<String>) -> Result<Vec<String>, StorageError> {
+            let AsyncConn::Cluster(conn) = self.manager().await? else { return Ok(indexed) };
+            let mut orgs = Vec::with_capacity(indexed.len());
+            for chunk in indexed.chunks(500) {
+                let mut checks = tokio::task::JoinSet::new();
+                for (i, org) in chunk.iter().enumerate() {
+                    let (mut conn, record) = (conn.clone(), self.record_key(&TokenKey::org(org.as_str())));
+                    checks.spawn(async move {
+                        let exists: Result<i64, redis::RedisError> =
+                            redis::cmd("EXISTS").arg(record).query_async(&mut conn).await;
+                        (i, exists)
+                    });
+                }
+                let mut found = vec![false; chunk.len()];
+                while let Some(done) = checks.join_next().await {
+                    let (i, exists) =
+                        done.map_err(|e| StorageError::other(format!("a redis check failed: {e}")))?;
+                    found[i] = exists.map_err(|e| unavailable_or_other("list", &e))? == 1;
+                }
+                orgs.extend(chunk.iter().zip(found).filter(|(_, f)| *f).map(|(o, _)| o.clone()));
+            }
+            Ok(orgs)
+        }
+
         async fn run_async(&self, op: Op, key: Option<&TokenKey>) -> Result<Reply, StorageError> {
             let conn = self.manager().await?;
             let invocation = self.invocation(&op)?;
@@ -755,6 +796,7 @@ mod async_impl {
         #[async_trait]
         CoordinatedTokenStorage,
         run_async,
+        existing_orgs_async,
         async,
         await
     );

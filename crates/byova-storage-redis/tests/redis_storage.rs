@@ -141,8 +141,27 @@ fn cluster_conformance(url: &str) {
         BlockingTokenStorage::set_service_app_tokens(&store, &format!("org-{i}"), &counter(i)).unwrap();
     }
     assert_eq!(BlockingTokenStorage::list_registered_orgs(&store).unwrap().len(), 30);
+    BlockingTokenStorage::delete_service_app_tokens(&store, "org-0").unwrap();
+    assert!(!BlockingTokenStorage::list_registered_orgs(&store).unwrap().contains(&"org-0".to_owned()));
+    BlockingTokenStorage::set_service_app_tokens(&store, "org-0", &counter(0)).unwrap();
+    assert!(
+        BlockingTokenStorage::list_registered_orgs(&store).unwrap().contains(&"org-0".to_owned()),
+        "re-registered"
+    );
+    for i in 30..3_000 {
+        BlockingTokenStorage::set_service_app_tokens(&store, &format!("org-{i}"), &counter(i)).unwrap();
+    }
+    let started = Instant::now();
+    assert_eq!(BlockingTokenStorage::list_registered_orgs(&store).unwrap().len(), 3_000);
+    let blocking_list = started.elapsed();
+    let started = Instant::now();
+    assert_eq!(rt.block_on(TokenStorage::list_registered_orgs(&async_store)).unwrap().len(), 3_000);
+    println!(
+        "  cluster: listing 3,000 orgs took {blocking_list:?} (blocking), {:?} (async)",
+        started.elapsed()
+    );
     let spread = keys_per_node(url, &prefix);
-    println!("  cluster: 30 orgs' keys per node: {spread:?}");
+    println!("  cluster: 3,000 orgs' keys per node: {spread:?}");
     assert!(spread.iter().filter(|n| **n > 0).count() >= 2, "a fleet spreads over the shards: {spread:?}");
     cluster_cleanup(url, &prefix);
 }

@@ -234,36 +234,77 @@ pub(crate) fn redact(url: &str) -> String {
 }
 
 /// A Postgres or MySQL URL with byova's TLS defaults: `ca_file` as the trusted CA unless the
-/// URL names one, and verified TLS for a host that is not loopback unless the URL chooses a
-/// mode. Other URLs are returned as they are.
-pub(crate) fn with_tls_defaults(url: &str, ca_file: Option<&std::path::Path>) -> String {
-    let (mode_key, ca_key, verified) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        ("sslmode", "sslrootcert", "verify-full")
-    } else if url.starts_with("mysql://") {
-        ("ssl-mode", "ssl-ca", "VERIFY_IDENTITY")
-    } else {
-        return url.to_owned();
+/// URL names one; verified TLS for a host that is not loopback unless the URL chooses a mode;
+/// and a CA never silently ignored: with one, `require` is upgraded to verifying the chain
+/// (libpq's rule), and a mode without TLS is refused. Other URLs are returned as they are.
+///
+/// # Errors
+/// A CA file with a mode that turns TLS off.
+pub(crate) fn with_tls_defaults(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Result<String, byova_core::StorageError> {
+    let (mode_keys, ca_keys, verified, ca_verified, require, off): (&[&str], &[&str], _, _, &str, &[&str]) =
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (
+                &["sslmode", "ssl-mode"],
+                &["sslrootcert", "ssl-root-cert", "ssl-ca"],
+                "verify-full",
+                "verify-ca",
+                "require",
+                &["disable", "allow", "prefer"],
+            )
+        } else if url.starts_with("mysql://") {
+            (
+                &["ssl-mode"],
+                &["ssl-ca"],
+                "VERIFY_IDENTITY",
+                "VERIFY_CA",
+                "REQUIRED",
+                &["DISABLED", "PREFERRED"],
+            )
+        } else {
+            return Ok(url.to_owned());
+        };
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut pairs: Vec<String> = query.split('&').filter(|p| !p.is_empty()).map(str::to_owned).collect();
+    let value_of = |pairs: &[String], keys: &[&str]| {
+        pairs.iter().find_map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            keys.contains(&k).then(|| v.to_owned())
+        })
     };
-    let query = url.split_once('?').map_or("", |(_, q)| q);
-    let has = |key: &str| query.split('&').any(|p| p.split('=').next() == Some(key));
-    let mut extra = Vec::new();
+    let has_ca = ca_file.is_some() || value_of(&pairs, ca_keys).is_some();
     if let Some(ca) = ca_file
-        && !has(ca_key)
+        && value_of(&pairs, ca_keys).is_none()
     {
         let path = ca.display().to_string();
-        extra.push(format!(
-            "{ca_key}={}",
+        pairs.push(format!(
+            "{}={}",
+            ca_keys[0],
             percent_encoding::utf8_percent_encode(&path, percent_encoding::NON_ALPHANUMERIC)
         ));
     }
-    if !has(mode_key) && (ca_file.is_some() || !is_loopback_url(url)) {
-        extra.push(format!("{mode_key}={verified}"));
+    match value_of(&pairs, mode_keys) {
+        None if has_ca || !is_loopback_url(url) => pairs.push(format!("{}={verified}", mode_keys[0])),
+        None => {}
+        Some(mode) if has_ca && mode.eq_ignore_ascii_case(require) => {
+            // `require` alone accepts any certificate; with a CA the chain is checked.
+            for p in &mut pairs {
+                if mode_keys.iter().any(|k| p.starts_with(&format!("{k}="))) {
+                    *p = format!("{}={ca_verified}", mode_keys[0]);
+                }
+            }
+        }
+        Some(mode) if has_ca && off.iter().any(|o| o.eq_ignore_ascii_case(&mode)) => {
+            return Err(byova_core::StorageError::other(format!(
+                "a CA file was given but the URL's {}={mode} may not use TLS: drop the CA file or ask for TLS",
+                mode_keys[0]
+            )));
+        }
+        Some(_) => {}
     }
-    if extra.is_empty() {
-        return url.to_owned();
-    }
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}{}", extra.join("&"))
+    Ok(if pairs.is_empty() { base.to_owned() } else { format!("{base}?{}", pairs.join("&")) })
 }
 
 /// Whether the URL's host is this machine (or a Unix socket).
@@ -304,29 +345,39 @@ mod tests {
     #[test]
     fn tls_defaults_verify_remote_databases_and_add_the_ca() {
         let ca = std::path::Path::new("/etc/byova/ca.pem");
-        assert_eq!(with_tls_defaults("postgres://u@127.0.0.1/db", None), "postgres://u@127.0.0.1/db");
+        let d = |url: &str, ca: Option<&std::path::Path>| with_tls_defaults(url, ca).unwrap();
+        assert_eq!(d("postgres://u@127.0.0.1/db", None), "postgres://u@127.0.0.1/db");
+        assert_eq!(d("postgres://u@localhost:5432/db", None), "postgres://u@localhost:5432/db");
+        assert_eq!(d("postgres://u@db.example/db", None), "postgres://u@db.example/db?sslmode=verify-full");
         assert_eq!(
-            with_tls_defaults("postgres://u@localhost:5432/db", None),
-            "postgres://u@localhost:5432/db"
-        );
-        assert_eq!(
-            with_tls_defaults("postgres://u@db.example/db", None),
-            "postgres://u@db.example/db?sslmode=verify-full"
-        );
-        assert_eq!(
-            with_tls_defaults("postgres://u@db.example/db?sslmode=require", None),
+            d("postgres://u@db.example/db?sslmode=require", None),
             "postgres://u@db.example/db?sslmode=require",
             "the URL's own mode wins"
         );
         assert_eq!(
-            with_tls_defaults("postgres://u@127.0.0.1:15433/db", Some(ca)),
+            d("postgres://u@127.0.0.1:15433/db", Some(ca)),
             "postgres://u@127.0.0.1:15433/db?sslrootcert=%2Fetc%2Fbyova%2Fca%2Epem&sslmode=verify-full"
         );
         assert_eq!(
-            with_tls_defaults("mysql://root@10.0.0.5:3306/test?ssl-ca=/x.pem", Some(ca)),
+            d("postgres://u@db.example/db?sslmode=require", Some(ca)),
+            "postgres://u@db.example/db?sslmode=verify-ca&sslrootcert=%2Fetc%2Fbyova%2Fca%2Epem",
+            "require with a CA checks the chain"
+        );
+        assert_eq!(
+            d("postgres://u@db.example/db?ssl-root-cert=/x.pem&sslmode=require", None),
+            "postgres://u@db.example/db?ssl-root-cert=/x.pem&sslmode=verify-ca",
+            "sqlx's own spelling of the CA parameter counts"
+        );
+        assert!(with_tls_defaults("postgres://u@db.example/db?sslmode=disable", Some(ca)).is_err());
+        assert_eq!(
+            d("mysql://root@10.0.0.5:3306/test?ssl-ca=/x.pem", Some(ca)),
             "mysql://root@10.0.0.5:3306/test?ssl-ca=/x.pem&ssl-mode=VERIFY_IDENTITY"
         );
-        assert_eq!(with_tls_defaults("sqlite:///tmp/x.db", Some(ca)), "sqlite:///tmp/x.db");
-        assert_eq!(with_tls_defaults("postgres://u:p@[::1]:5432/db", None), "postgres://u:p@[::1]:5432/db");
+        assert_eq!(
+            d("mysql://root@10.0.0.5/test?ssl-mode=REQUIRED", Some(ca)),
+            "mysql://root@10.0.0.5/test?ssl-mode=VERIFY_CA&ssl-ca=%2Fetc%2Fbyova%2Fca%2Epem"
+        );
+        assert_eq!(d("sqlite:///tmp/x.db", Some(ca)), "sqlite:///tmp/x.db");
+        assert_eq!(d("postgres://u:p@[::1]:5432/db", None), "postgres://u:p@[::1]:5432/db");
     }
 }

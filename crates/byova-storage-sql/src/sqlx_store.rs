@@ -99,7 +99,8 @@ impl SqlTokenStorage {
     pub async fn connect_with_ca(url: &str, ca_file: Option<&std::path::Path>) -> Result<Self, StorageError> {
         sqlx::any::install_default_drivers();
         let (url, table) = split_table(url)?;
-        let url = crate::dialect::with_tls_defaults(&url, ca_file);
+        let url = if url.starts_with("mariadb://") { url.replacen("mariadb://", "mysql://", 1) } else { url };
+        let url = crate::dialect::with_tls_defaults(&url, ca_file)?;
         let kind = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Kind::Postgres
         } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {

@@ -182,7 +182,7 @@ fn tls_setup() -> Option<(String, String, String)> {
 
 /// The right CA connects (verified) and passes the conformance suite; a wrong CA fails with one
 /// clear line; plaintext is refused by the server.
-fn postgres_over_tls((url, ca, wrong): &(String, String, String)) {
+fn postgres_over_tls((url, ca, wrong_ca): &(String, String, String)) {
     let table = unique("tls");
     let rt = rt();
     rt.block_on(async {
@@ -197,11 +197,18 @@ fn postgres_over_tls((url, ca, wrong): &(String, String, String)) {
         );
         store.drop_table().await.unwrap();
         let wrong =
-            SqlTokenStorage::connect_with_ca(&with_table(url, &table), Some(std::path::Path::new(wrong)))
+            SqlTokenStorage::connect_with_ca(&with_table(url, &table), Some(std::path::Path::new(wrong_ca)))
                 .await
                 .expect_err("a wrong CA must not connect");
         println!("  postgres with a wrong CA: {wrong}");
         assert!(wrong.to_string().contains("TLS failed") && !wrong.to_string().contains('\n'), "{wrong}");
+        let required = SqlTokenStorage::connect_with_ca(
+            &with_table(&format!("{url}?sslmode=require"), &table),
+            Some(std::path::Path::new(wrong_ca)),
+        )
+        .await
+        .expect_err("sslmode=require with a CA file checks the chain");
+        assert!(required.to_string().contains("TLS failed"), "{required}");
         let plain = SqlTokenStorage::connect(&with_table(&format!("{url}?sslmode=disable"), &table))
             .await
             .expect_err("the server takes TLS only");
