@@ -110,7 +110,7 @@ impl TokenCache {
         self.revalidate_after
     }
 
-    /// The seed placing `key` in the refresh window ([`key_seed`]; the same in every process).
+    /// Where `key` falls in the refresh window ([`key_seed`]; the same in every process).
     pub fn jitter_seed(&self, key: &TokenKey) -> u64 {
         key_seed(key)
     }

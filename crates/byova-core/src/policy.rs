@@ -84,7 +84,7 @@ impl RefreshPolicy {
     }
 }
 
-/// The seed that places `key` in the refresh window: a hash of the key alone (FNV-1a), so every
+/// What places `key` in the refresh window: a hash of the key alone (FNV-1a), so every
 /// replica computes the same refresh point for it.
 pub fn key_seed(key: &TokenKey) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
