@@ -16,20 +16,22 @@ pub(crate) struct Storages {
     pub(crate) blocking: Arc<dyn BlockingTokenStorage>,
     /// Whether several processes can share it.
     pub(crate) shared: bool,
+    /// The runtime an async store's connections belong to (sqlx pools are tied to theirs).
+    pub(crate) runtime: Option<Arc<tokio::runtime::Runtime>>,
 }
 
 pub(crate) fn open(url: &str) -> Result<Storages, String> {
     if url == "memory:" {
         let s = Arc::new(InMemoryTokenStorage::new());
-        return Ok(Storages { async_: s.clone(), blocking: s, shared: false });
+        return Ok(Storages { async_: s.clone(), blocking: s, shared: false, runtime: None });
     }
     if url.starts_with("file:") {
         let s = Arc::new(byova_storage_file::FileTokenStorage::from_url(url).map_err(|e| e.to_string())?);
-        return Ok(Storages { async_: s.clone(), blocking: s, shared: true });
+        return Ok(Storages { async_: s.clone(), blocking: s, shared: true, runtime: None });
     }
     if ["redis://", "rediss://", "redis+cluster://", "rediss+cluster://"].iter().any(|p| url.starts_with(p)) {
         let s = Arc::new(byova_storage_redis::RedisTokenStorage::open(url).map_err(|e| e.to_string())?);
-        return Ok(Storages { async_: s.clone(), blocking: s, shared: true });
+        return Ok(Storages { async_: s.clone(), blocking: s, shared: true, runtime: None });
     }
     if ["postgres://", "postgresql://", "mysql://", "mariadb://", "sqlite:"]
         .iter()
@@ -41,13 +43,14 @@ pub(crate) fn open(url: &str) -> Result<Storages, String> {
             .build()
             .map_err(|e| e.to_string())?;
         let sql = rt.block_on(byova_storage_sql::SqlTokenStorage::connect(url)).map_err(|e| e.to_string())?;
+        let rt = Arc::new(rt);
         // The blocking flavour gets rusqlite for SQLite and an adapter over sqlx otherwise.
         let blocking: Arc<dyn BlockingTokenStorage> = if url.starts_with("sqlite:") {
             Arc::new(byova_storage_sql::SqliteBlockingStorage::open(url).map_err(|e| e.to_string())?)
         } else {
-            Arc::new(OnRuntime { inner: sql.clone(), rt: Arc::new(rt) })
+            Arc::new(OnRuntime { inner: sql.clone(), rt: rt.clone() })
         };
-        return Ok(Storages { async_: Arc::new(sql), blocking, shared: true });
+        return Ok(Storages { async_: Arc::new(sql), blocking, shared: true, runtime: Some(rt) });
     }
     Err(format!(
         "storage {url:?} is not supported (memory:, file:///dir, redis://host:port/db?prefix=NAME, postgres://…, mysql://…, sqlite:///path.db)"

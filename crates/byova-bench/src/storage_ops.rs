@@ -50,7 +50,12 @@ pub(crate) fn run(args: &Args) -> Result<String, String> {
         return Err(format!("listed {listed} orgs, expected at least {}", args.orgs));
     }
     let reference = args.storage.starts_with("redis").then(|| redis_benchmark(&args.storage)).flatten();
+    let pg_reference = args.storage.starts_with("postgres").then(|| pgbench(&args.storage)).flatten();
     Ok(json!({
+        "pgbench_single_row_update": pg_reference,
+        "adapter_set_to_pgbench": pg_reference.as_ref().map(|r| {
+            ((set_per_s / r["updates_per_second"].as_f64().unwrap_or(f64::NAN)) * 1000.0).round() / 1000.0
+        }),
         "redis_benchmark": reference,
         "adapter_to_redis_benchmark": reference.as_ref().map(|r| json!({
             "set": ((set_per_s / r["set_per_second"].as_f64().unwrap_or(f64::NAN)) * 1000.0).round() / 1000.0,
@@ -62,6 +67,47 @@ pub(crate) fn run(args: &Args) -> Result<String, String> {
         "list_seconds": (list_seconds * 10_000.0).round() / 10_000.0,
     })
     .to_string())
+}
+
+/// `pgbench`, one client, a single-row `UPDATE … WHERE k = 1` for 5 s, against the same
+/// server and database: the floor one versioned write is measured against.
+fn pgbench(url: &str) -> Option<serde_json::Value> {
+    let rest = url.split_once("://")?.1;
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, "postgres"));
+    let db = path.split('?').next().filter(|d| !d.is_empty()).unwrap_or("postgres");
+    let (user, hostport) = authority
+        .rsplit_once('@')
+        .map_or(("postgres", authority), |(u, h)| (u.split(':').next().unwrap_or(u), h));
+    let (host, port) = hostport.rsplit_once(':').unwrap_or((hostport, "5432"));
+    let table = format!("byova_pgbench_{}", std::process::id());
+    let psql = |sql: &str| {
+        std::process::Command::new("psql")
+            .args(["-h", host, "-p", port, "-U", user, "-d", db, "-qc", sql])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+    };
+    psql(&format!("CREATE TABLE {table} (k int PRIMARY KEY, v bigint); INSERT INTO {table} VALUES (1, 0)"))?;
+    let script = std::env::temp_dir().join(format!("{table}.sql"));
+    std::fs::write(&script, format!("UPDATE {table} SET v = v + 1 WHERE k = 1;\n")).ok()?;
+    let out = std::process::Command::new("pgbench")
+        .args(["-h", host, "-p", port, "-U", user, "-n", "-c", "1", "-T", "5", "-f"])
+        .arg(&script)
+        .arg(db)
+        .output()
+        .ok();
+    let _ = std::fs::remove_file(&script);
+    psql(&format!("DROP TABLE {table}"));
+    let text = String::from_utf8_lossy(&out?.stdout).into_owned();
+    let tps = text
+        .lines()
+        .find(|l| l.starts_with("tps = "))?
+        .trim_start_matches("tps = ")
+        .split_whitespace()
+        .next()?
+        .parse::<f64>()
+        .ok()?;
+    Some(json!({ "updates_per_second": tps.round(), "clients": 1 }))
 }
 
 /// `redis-benchmark -t get,set` against the same server, one client, for the same request
@@ -105,11 +151,18 @@ fn blocking_ops(stores: &Storages, ops: usize) -> Result<(f64, f64), String> {
 }
 
 fn async_ops(stores: &Storages, ops: usize) -> Result<(f64, f64), String> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let own;
+    let rt = match &stores.runtime {
+        Some(rt) => rt.as_ref(),
+        None => {
+            own = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            &own
+        }
+    };
     rt.block_on(async {
         let started = Instant::now();
         for i in 0..ops {

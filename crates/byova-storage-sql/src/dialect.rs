@@ -25,6 +25,14 @@ pub(crate) struct Statements {
     pub(crate) acquire: String,
     pub(crate) release: String,
     pub(crate) extend: String,
+    /// One-round-trip versioned writes, each returning the new version (no row: the
+    /// expectation did not hold). `None` where the database cannot (MySQL: no `RETURNING`),
+    /// which then uses a transaction; `store_version_affected` is MySQL's one-statement form
+    /// for `Expect::Version` (the new version is the old plus one).
+    pub(crate) store_any: Option<String>,
+    pub(crate) store_absent: Option<String>,
+    pub(crate) store_version: Option<String>,
+    pub(crate) store_version_affected: String,
     /// The pending authorizations' table (`<table>_pending`).
     pub(crate) create_pending: String,
     /// Upserts a pending authorization expiring `$3` ms from the database's now.
@@ -98,6 +106,34 @@ impl Statements {
                 )
             }
         };
+        let returning = kind != Kind::MySql;
+        let upsert = |condition: &str| {
+            format!(
+                "INSERT INTO {table} (key_name, org_id, version, record) VALUES ({}, {}, 1, {}) \
+                 ON CONFLICT (key_name) DO UPDATE SET record = excluded.record, version = {table}.version + 1{condition} \
+                 RETURNING version",
+                p(1),
+                p(2),
+                p(3)
+            )
+        };
+        let store_any = returning.then(|| upsert(""));
+        let store_absent = returning.then(|| upsert(&format!(" WHERE {table}.record IS NULL")));
+        let store_version = returning.then(|| {
+            format!(
+                "UPDATE {table} SET record = {}, version = version + 1 \
+                 WHERE key_name = {} AND version = {} AND record IS NOT NULL RETURNING version",
+                p(1),
+                p(2),
+                p(3)
+            )
+        });
+        let store_version_affected = format!(
+            "UPDATE {table} SET record = {}, version = version + 1 WHERE key_name = {} AND version = {} AND record IS NOT NULL",
+            p(1),
+            p(2),
+            p(3)
+        );
         let for_update = if kind == Kind::Sqlite { "" } else { " FOR UPDATE" };
         Self {
             kind,
@@ -146,6 +182,10 @@ impl Statements {
                 p(2),
                 p(3)
             ),
+            store_any,
+            store_absent,
+            store_version,
+            store_version_affected,
             create_pending,
             save_pending,
             purge_pending: format!("DELETE FROM {pending} WHERE expires_at < {now}"),

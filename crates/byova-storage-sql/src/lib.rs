@@ -33,9 +33,12 @@
 //!
 //! ## Guarantees
 //!
-//! - A versioned write is one transaction: `SELECT … FOR UPDATE` (SQLite: `BEGIN IMMEDIATE`),
-//!   compare, `UPDATE`, `COMMIT`. A stale version is a `Conflict`; a connection lost before
-//!   `COMMIT` leaves the old record, never a partial one.
+//! - A versioned write is one statement, one round trip, on PostgreSQL and SQLite (an upsert
+//!   or `UPDATE … WHERE version = …`, `RETURNING version`) and for `Expect::Version` on MySQL;
+//!   MySQL's other writes are one transaction (`SELECT … FOR UPDATE`, compare, `UPDATE`,
+//!   `COMMIT`), as is the blocking SQLite store's (`BEGIN IMMEDIATE`). A stale version is a
+//!   `Conflict`; a connection lost before the write commits leaves the old record, never a
+//!   partial one.
 //! - Leases are conditional `UPDATE`s on `lease_until` against the database's own clock, so
 //!   replicas' clocks do not matter; only the owner releases or extends.
 //! - SQLite runs in WAL mode with a 5 s busy timeout and `synchronous = FULL`; writers wait

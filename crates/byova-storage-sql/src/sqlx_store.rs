@@ -216,6 +216,61 @@ impl SqlTokenStorage {
         Ok(Some(Versioned { value, version: u64::try_from(version).unwrap_or(0) }))
     }
 
+    /// A versioned write in one round trip, where the database allows it: `Some(result)`, or
+    /// `None` when this write needs the transaction (MySQL's `Any` and `Absent`).
+    async fn store_in_one_statement(
+        &self,
+        key: &TokenKey,
+        name: &str,
+        org: Option<&str>,
+        tokens: &OAuthTokens,
+        expect: Expect,
+    ) -> Result<Option<Result<u64, StorageError>>, StorageError> {
+        let json = String::from_utf8(tokens.to_json())
+            .map_err(|_| StorageError::other("a token record is not UTF-8"))?;
+        let returning = match expect {
+            Expect::Any => self.st.store_any.as_ref(),
+            Expect::Absent => self.st.store_absent.as_ref(),
+            Expect::Version(_) => self.st.store_version.as_ref(),
+        };
+        let row = match (returning, expect) {
+            (Some(sql), Expect::Version(v)) => {
+                sqlx::query(sql)
+                    .bind(json)
+                    .bind(name)
+                    .bind(i64::try_from(v).unwrap_or(i64::MAX))
+                    .fetch_optional(&self.pool)
+                    .await
+            }
+            (Some(sql), _) => {
+                sqlx::query(sql).bind(name).bind(org).bind(json).fetch_optional(&self.pool).await
+            }
+            (None, Expect::Version(v)) => {
+                let done = sqlx::query(&self.st.store_version_affected)
+                    .bind(json)
+                    .bind(name)
+                    .bind(i64::try_from(v).unwrap_or(i64::MAX))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| sqlx_error("write", &e))?;
+                return Ok(Some(if done.rows_affected() == 1 {
+                    Ok(v + 1)
+                } else {
+                    Err(StorageError::conflict(key))
+                }));
+            }
+            (None, _) => return Ok(None),
+        }
+        .map_err(|e| sqlx_error("write", &e))?;
+        Ok(Some(match row {
+            None => Err(StorageError::conflict(key)),
+            Some(row) => {
+                let version: i64 = row.try_get(0).map_err(|e| sqlx_error("read the version", &e))?;
+                Ok(u64::try_from(version).unwrap_or(0))
+            }
+        }))
+    }
+
     async fn store_once(
         &self,
         key: &TokenKey,
@@ -298,6 +353,10 @@ impl CoordinatedTokenStorage for SqlTokenStorage {
     }
     async fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
         let (name, org) = key_columns(key)?;
+        if let Some(version) = self.store_in_one_statement(key, &name, org.as_deref(), tokens, expect).await?
+        {
+            return version;
+        }
         self.ensure_row(&name, org.as_deref()).await?;
         let mut attempt = 0;
         loop {
