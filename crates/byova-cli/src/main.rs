@@ -14,10 +14,12 @@
 //! address is in use.
 
 mod demo;
+mod progress;
 mod serve;
 mod storage;
+mod transfer;
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -155,6 +157,18 @@ enum OrgCommand {
     Remove {
         /// The org id.
         org: String,
+    },
+    /// Write every stored record (the Integration's and each org's) as JSON lines to FILE
+    /// (`-`: stdout). The file holds secrets and is created readable by its owner only.
+    Export {
+        /// Where to write.
+        file: String,
+    },
+    /// Store the records of an export (or of converted Python SDK token dicts) from FILE
+    /// (`-`: stdin); a record replaces a stored one only when it is newer. Safe to repeat.
+    Import {
+        /// What to read.
+        file: String,
     },
     /// Refresh every org now, honouring Retry-After.
     RefreshAll {
@@ -513,27 +527,33 @@ async fn org(byova: &Byova, cmd: OrgCommand, as_json: bool) -> Outcome {
             print_line(as_json, json!({"removed": org}), || format!("Removed org {org}."));
         }
         OrgCommand::RefreshAll { concurrency } => refresh_all(byova, concurrency, as_json).await?,
+        OrgCommand::Export { file } => {
+            transfer::export(byova.integration().storage(), &file, as_json).await?
+        }
+        OrgCommand::Import { file } => {
+            transfer::import(byova.integration().storage(), &file, as_json).await?
+        }
     }
     Ok(())
 }
 
-/// Refreshes every org with bounded concurrency, showing progress: a live counter on a
-/// terminal, one line per org otherwise.
+/// Refreshes every org with bounded concurrency, showing progress: a bar on a terminal, one
+/// line per org otherwise.
 async fn refresh_all(byova: &Byova, concurrency: usize, as_json: bool) -> Outcome {
     let live = std::io::stderr().is_terminal() && !as_json;
+    let progress: Arc<std::sync::Mutex<Option<progress::Progress>>> = Arc::new(std::sync::Mutex::new(None));
+    let reporter = progress.clone();
     let results = byova
         .refresh_all_orgs_with_progress(concurrency, move |p| {
-            if live {
-                eprint!("\rrefreshing orgs: {}/{} done, {} failed", p.done, p.total, p.failed);
-                let _ = std::io::stderr().flush();
-            } else if !as_json {
-                let verb = if p.ok { "refreshed" } else { "failed" };
-                println!("{verb} {} ({}/{})", p.org_id, p.done, p.total);
-            }
+            let mut progress = reporter.lock().unwrap_or_else(|e| e.into_inner());
+            let progress =
+                progress.get_or_insert_with(|| progress::Progress::new("refreshing orgs", p.total, as_json));
+            let verb = if p.ok { "refreshed" } else { "failed" };
+            progress.step(|| format!("{verb} {}", p.org_id));
         })
         .await?;
-    if live {
-        eprintln!();
+    if let Some(progress) = progress.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        progress.finish();
     }
     let total = results.len();
     let mut failed = 0;
@@ -571,7 +591,7 @@ fn when(t: byova_core::Timestamp) -> String {
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-fn print_line(as_json: bool, value: serde_json::Value, text: impl FnOnce() -> String) {
+pub(crate) fn print_line(as_json: bool, value: serde_json::Value, text: impl FnOnce() -> String) {
     if as_json {
         println!("{value}");
     } else {

@@ -20,7 +20,11 @@ struct Env {
 
 impl Env {
     fn new() -> Self {
-        let fake = Arc::new(FakeWebex::start());
+        Self::with_fake(Arc::new(FakeWebex::start()))
+    }
+
+    /// Another store (its own directory) against the same fake Webex.
+    fn with_fake(fake: Arc<FakeWebex>) -> Self {
         let dir = std::env::temp_dir().join(format!(
             "byova-cli-{}-{:x}",
             std::process::id(),
@@ -818,6 +822,97 @@ fn tokens_are_sealed_at_rest_with_a_storage_key() {
     assert!(token.status.success(), "re-sealed under the new key by the refresh: {}", stderr(&token));
 }
 
+/// `org export` from the store of `from`, `org import` into `to` (another store); a second
+/// import changes nothing; an older record never replaces a newer one.
+fn export_import_round_trip(from: &Env, to: &Env) {
+    from.seed_integration();
+    for org in ["org-e1", "org-e2", "org-e3"] {
+        let issued = from.fake.issue_service_app_tokens(org);
+        let register = from
+            .run_with_stdin(&["org", "register", org, "--refresh-token-file", "-"], &issued.refresh_token);
+        assert!(register.status.success(), "{}", stderr(&register));
+    }
+    let file = from.dir.join("fleet.jsonl");
+    std::fs::create_dir_all(&from.dir).unwrap();
+    let exported = from.run(&["org", "export", file.to_str().unwrap()]);
+    assert!(exported.status.success(), "{}", stderr(&exported));
+    assert!(stdout(&exported).contains("Exported 4 record(s)"), "{}", stdout(&exported));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "the export holds secrets"
+        );
+    }
+    let path = file.to_str().unwrap();
+    let first =
+        to.cmd().env("BYOVA_STORAGE", &to.storage).args(["org", "import", path, "--json"]).output().unwrap();
+    assert!(first.status.success(), "{}", stderr(&first));
+    let counts: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!((counts["stored"].as_u64(), counts["unchanged"].as_u64()), (Some(4), Some(0)), "{counts}");
+    let again = to.run(&["org", "import", path, "--json"]);
+    let counts: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(
+        (counts["stored"].as_u64(), counts["unchanged"].as_u64()),
+        (Some(0), Some(4)),
+        "re-import: {counts}"
+    );
+    // The imported tokens work from the other store.
+    let token = to.run(&["org", "token", "org-e2"]);
+    assert!(from.fake.is_access_token_valid(stdout(&token).trim()), "{}", stderr(&token));
+    let listed: serde_json::Value =
+        serde_json::from_slice(&to.run(&["org", "list", "--json"]).stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 3);
+    // A refresh in the new store makes its record newer: importing the old export keeps it.
+    assert!(to.run(&["org", "refresh-all"]).status.success());
+    let newer = to.run(&["org", "token", "org-e2"]);
+    let third = to.run(&["org", "import", path, "--json"]);
+    let counts: serde_json::Value = serde_json::from_slice(&third.stdout).unwrap();
+    assert_eq!(
+        (counts["stored"].as_u64(), counts["unchanged"].as_u64()),
+        (Some(0), Some(4)),
+        "the refreshed orgs are newer there, the Integration's the same: {counts}"
+    );
+    assert_eq!(stdout(&to.run(&["org", "token", "org-e2"])), stdout(&newer), "a newer record stays");
+    // A damaged line is reported by number and keeps the rest.
+    let bad = to.dir.join("bad.jsonl");
+    std::fs::create_dir_all(&to.dir).unwrap();
+    std::fs::write(
+        &bad,
+        format!("{}\nnot json\n", std::fs::read_to_string(&file).unwrap().lines().next().unwrap()),
+    )
+    .unwrap();
+    assert_fails(&to.run(&["org", "import", bad.to_str().unwrap()]), 7, "line 2");
+}
+
+#[test]
+fn org_export_and_import_move_a_fleet_between_file_stores() {
+    let from = Env::new();
+    let to = Env::with_fake(from.fake.clone());
+    export_import_round_trip(&from, &to);
+}
+
+#[test]
+fn org_export_and_import_into_sqlite_and_mysql() {
+    let from = Env::new();
+    let mut sqlite = Env::with_fake(from.fake.clone());
+    std::fs::create_dir_all(&sqlite.dir).unwrap();
+    sqlite.storage = format!("sqlite://{}/tokens.db", sqlite.dir.display());
+    export_import_round_trip(&from, &sqlite);
+    let Some(mysql) = std::env::var("BYOVA_TEST_MYSQL_URL").ok().filter(|u| !u.is_empty()) else {
+        assert!(std::env::var("CI").is_err(), "CI must run this against MariaDB (BYOVA_TEST_MYSQL_URL)");
+        println!("skipped the MySQL half: BYOVA_TEST_MYSQL_URL is not set");
+        return;
+    };
+    let from = Env::new();
+    let mut to = Env::with_fake(from.fake.clone());
+    let table = format!("byova_cli_io_{:x}", byova_core::random_u64() & 0xffff_ffff);
+    to.storage = format!("{mysql}?table={table}");
+    export_import_round_trip(&from, &to);
+}
+
 #[test]
 fn serve_on_a_busy_port_fails_with_its_own_code() {
     let env = Env::new();
@@ -875,6 +970,8 @@ fn replicas_on_redis_refresh_each_org_once_and_share_authorizations() {
     let store = byova_storage_redis::RedisTokenStorage::open(&env.storage).unwrap();
     two_replicas_refresh_each_org_once(&env, &store);
     split_authorization_across_processes(&env);
+    let from = Env::with_fake(env.fake.clone());
+    export_import_round_trip(&from, &env);
     let client = redis::Client::open(redis.split('?').next().unwrap());
     if let Ok(mut conn) = client.and_then(|c| c.get_connection()) {
         let keys: Vec<String> =
@@ -903,6 +1000,8 @@ fn replicas_on_postgres_refresh_each_org_once_and_share_authorizations() {
     let store = OnRuntime { sql: sql.clone(), rt: &rt };
     two_replicas_refresh_each_org_once(&env, &store);
     split_authorization_across_processes(&env);
+    let from = Env::with_fake(env.fake.clone());
+    export_import_round_trip(&from, &env);
     rt.block_on(sql.drop_table()).unwrap();
 }
 
