@@ -575,20 +575,10 @@ async fn refresh_all(byova: &Byova, concurrency: usize, as_json: bool) -> Outcom
     Ok(())
 }
 
+/// `2026-05-06 07:08:09 UTC`: core's RFC 3339 form, made for reading.
 fn when(t: byova_core::Timestamp) -> String {
-    let secs = t.as_unix_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+    let text = t.to_rfc3339();
+    format!("{} UTC", text.get(..19).unwrap_or(&text).replacen('T', " ", 1))
 }
 
 pub(crate) fn print_line(as_json: bool, value: serde_json::Value, text: impl FnOnce() -> String) {
