@@ -336,7 +336,10 @@ fn tls_services() -> Result<Vec<(&'static str, String)>> {
     }
     // Redis, TLS only.
     if fresh_ca && is_up(REDIS_TLS_PORT) {
-        let _ = sh(&format!("pkill -f 'tls-port {REDIS_TLS_PORT}'; sleep 0.5"));
+        // Redis retitles its process, so it is stopped through its own protocol, not by name.
+        let _ = sh(&format!(
+            "redis-cli --tls --insecure -p {REDIS_TLS_PORT} shutdown nosave >/dev/null 2>&1; sleep 0.5"
+        ));
     }
     if !is_up(REDIS_TLS_PORT) {
         println!("Redis (TLS): starting on 127.0.0.1:{REDIS_TLS_PORT}");
@@ -408,14 +411,43 @@ fn tls_services() -> Result<Vec<(&'static str, String)>> {
 
 const CLUSTER_PORTS: [u16; 3] = [17001, 17002, 17003];
 
-/// A three-node Redis Cluster (no replicas) on `CLUSTER_PORTS`, formed once; its state lives
-/// under the system's temp dir.
+/// A three-node Redis Cluster (no replicas) on `CLUSTER_PORTS`; its state lives under the system's
+/// temp dir. Nodes left over from an earlier run (a `nodes.conf` whose processes are gone, a
+/// half-formed cluster) are not trusted: unless every node is up and the cluster reports
+/// `cluster_state:ok`, all nodes are stopped, their directories wiped and the cluster formed anew.
 fn redis_cluster() -> Result<String> {
     let dir = std::env::temp_dir().join("byova-ci-cluster");
+    let state_ok = || {
+        Command::new("redis-cli")
+            .args(["-p", &CLUSTER_PORTS[0].to_string(), "cluster", "info"])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+    };
+    let wait_ok = |secs: u64| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !state_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        state_ok()
+    };
+    if CLUSTER_PORTS.iter().all(|p| is_up(*p)) && wait_ok(10) {
+        return Ok(cluster_url());
+    }
+    println!("Redis Cluster: forming it from scratch in {}", dir.display());
     for port in CLUSTER_PORTS {
         if is_up(port) {
-            continue;
+            let _ = Command::new("redis-cli").args(["-p", &port.to_string(), "shutdown", "nosave"]).output();
         }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while CLUSTER_PORTS.iter().any(|p| is_up(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if let Some(port) = CLUSTER_PORTS.iter().find(|p| is_up(**p)) {
+        return Err(format!("the node on {port} does not stop; stop it by hand"));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    for port in CLUSTER_PORTS {
         let node = dir.join(port.to_string());
         let n = node.display();
         println!("Redis Cluster: starting a node on 127.0.0.1:{port}");
@@ -428,30 +460,21 @@ fn redis_cluster() -> Result<String> {
             return Err(format!("the node on {port} did not come up (see {n}/redis.log)"));
         }
     }
-    let state_ok = || {
-        Command::new("redis-cli")
-            .args(["-p", &CLUSTER_PORTS[0].to_string(), "cluster", "info"])
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
-    };
-    if !state_ok() {
-        println!("Redis Cluster: forming it");
-        let nodes: Vec<String> = CLUSTER_PORTS.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        sh(&format!(
-            "redis-cli --cluster create {} --cluster-replicas 0 --cluster-yes >/dev/null",
-            nodes.join(" ")
-        ))?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !state_ok() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        if !state_ok() {
-            return Err("the cluster did not reach cluster_state:ok".into());
-        }
+    let nodes: Vec<String> = CLUSTER_PORTS.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    sh(&format!(
+        "redis-cli --cluster create {} --cluster-replicas 0 --cluster-yes >/dev/null",
+        nodes.join(" ")
+    ))?;
+    if !wait_ok(30) {
+        return Err("the cluster did not reach cluster_state:ok".into());
     }
+    Ok(cluster_url())
+}
+
+fn cluster_url() -> String {
     println!("Redis Cluster: up on 127.0.0.1:{:?}", CLUSTER_PORTS);
     let hosts: Vec<String> = CLUSTER_PORTS.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    Ok(format!("redis+cluster://{}/", hosts.join(",")))
+    format!("redis+cluster://{}/", hosts.join(","))
 }
 
 /// Makes every service reachable (starting installed ones that are down) and returns the
