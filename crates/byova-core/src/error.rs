@@ -265,6 +265,9 @@ pub enum StorageErrorKind {
     Corrupt,
     /// Anything else (permissions, bad configuration, a bad key).
     Other,
+    /// The store does not offer this (a default hook of a backend that keeps no shared
+    /// state): the caller falls back to what one process can do.
+    Unsupported,
     /// A record sealed at rest cannot be opened: its storage key is not configured (or none
     /// is), or the sealed value was altered. The message names the key id.
     Sealing,
@@ -278,6 +281,7 @@ impl fmt::Display for StorageErrorKind {
             StorageErrorKind::Corrupt => "corrupt",
             StorageErrorKind::Other => "other",
             StorageErrorKind::Sealing => "sealing",
+            StorageErrorKind::Unsupported => "unsupported",
         })
     }
 }

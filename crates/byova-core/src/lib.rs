@@ -41,6 +41,7 @@
 #![warn(missing_docs)]
 
 mod authorize;
+mod budget;
 mod builder;
 mod cache;
 mod config;
@@ -66,6 +67,7 @@ pub use authorize::{
     AuthorizeOptions, BrowserOpener, RedirectOptions, authorization_prompt, browser_command_for,
     system_browser_command,
 };
+pub use budget::{BudgetDecision, BudgetState, TOKEN_BUDGET_STATE, TokenBudget};
 pub use builder::{ByovaBuilder, EnvSettings, Facade, Parts, webhook_secrets};
 pub use cache::{CacheEntry, TokenCache, Unsaved};
 pub use config::{ByovaConfig, DEFAULT_BASE_URL, env as config_env};
@@ -108,7 +110,7 @@ pub use secret::{
 };
 pub use storage::{
     BlockingCoordinatedTokenStorage, BlockingTokenStorage, CoordinatedTokenStorage, InMemoryTokenStorage,
-    TokenStorage, decode_record,
+    TokenStorage, decode_record, state_conflict,
 };
 pub use time::{Clock, CoarseClock, SystemClock, Timestamp};
 pub use tokens::{OAuthTokens, ServiceAppTokens, TOKEN_SCHEMA_VERSION};

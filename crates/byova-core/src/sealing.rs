@@ -287,6 +287,12 @@ macro_rules! sealed_impl {
             $($async_kw)? fn take_pending_authorization(&self, key: &str) -> Result<Option<PendingAuthorization>, StorageError> {
                 self.inner.take_pending_authorization(key)$(.$await)?
             }
+            $($async_kw)? fn load_state(&self, name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError> {
+                self.inner.load_state(name)$(.$await)?
+            }
+            $($async_kw)? fn store_state(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StorageError> {
+                self.inner.store_state(name, bytes, expect)$(.$await)?
+            }
         }
     };
 }

@@ -38,6 +38,19 @@ pub fn decode_record(bytes: &[u8], key: &TokenKey, location: &str) -> Result<OAu
     })
 }
 
+/// What a default shared-state hook answers.
+fn unsupported_state() -> StorageError {
+    StorageError::new(crate::error::StorageErrorKind::Unsupported, "this store keeps no shared state")
+}
+
+/// A conflict on the shared state `name` (a versioned write based on a stale read).
+pub fn state_conflict(name: &str) -> StorageError {
+    StorageError::new(
+        crate::error::StorageErrorKind::Conflict,
+        format!("the shared state {name} changed since it was read"),
+    )
+}
+
 fn check_org_id(org_id: &str) -> Result<(), StorageError> {
     if org_id.trim().is_empty() {
         return Err(StorageError::other("an org id must not be empty"));
@@ -147,6 +160,21 @@ pub trait TokenStorage: Send + Sync {
         let _ = key;
         Ok(None)
     }
+
+    /// Reads a small state every replica shares (the token budget) with its version. The
+    /// default fails with [`StorageErrorKind::Unsupported`](crate::StorageErrorKind::Unsupported):
+    /// the state then lives in each process.
+    async fn load_state(&self, name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError> {
+        let _ = name;
+        Err(unsupported_state())
+    }
+
+    /// Writes a shared state if `expect` holds (as [`store`](Self::store)), returning its new
+    /// version. The default: [`StorageErrorKind::Unsupported`](crate::StorageErrorKind::Unsupported).
+    async fn store_state(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StorageError> {
+        let _ = (name, bytes, expect);
+        Err(unsupported_state())
+    }
 }
 
 /// Blocking token storage: the same contract as [`TokenStorage`], without async.
@@ -226,6 +254,18 @@ pub trait BlockingTokenStorage: Send + Sync {
         let _ = key;
         Ok(None)
     }
+
+    /// See [`TokenStorage::load_state`].
+    fn load_state(&self, name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError> {
+        let _ = name;
+        Err(unsupported_state())
+    }
+
+    /// See [`TokenStorage::store_state`].
+    fn store_state(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StorageError> {
+        let _ = (name, bytes, expect);
+        Err(unsupported_state())
+    }
 }
 
 /// The primitives of a store that several processes share: versioned records and leases.
@@ -270,6 +310,16 @@ pub trait CoordinatedTokenStorage: Send + Sync {
         let _ = key;
         Ok(None)
     }
+    /// See [`TokenStorage::load_state`]; by default unsupported.
+    async fn load_state(&self, name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError> {
+        let _ = name;
+        Err(unsupported_state())
+    }
+    /// See [`TokenStorage::store_state`]; by default unsupported.
+    async fn store_state(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StorageError> {
+        let _ = (name, bytes, expect);
+        Err(unsupported_state())
+    }
 }
 
 /// The blocking twin of [`CoordinatedTokenStorage`]; [`BlockingTokenStorage`] is provided.
@@ -301,6 +351,16 @@ pub trait BlockingCoordinatedTokenStorage: Send + Sync {
     fn take_pending_authorization(&self, key: &str) -> Result<Option<PendingAuthorization>, StorageError> {
         let _ = key;
         Ok(None)
+    }
+    /// See [`TokenStorage::load_state`]; by default unsupported.
+    fn load_state(&self, name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError> {
+        let _ = name;
+        Err(unsupported_state())
+    }
+    /// See [`TokenStorage::store_state`]; by default unsupported.
+    fn store_state(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StorageError> {
+        let _ = (name, bytes, expect);
+        Err(unsupported_state())
     }
 }
 
@@ -355,6 +415,12 @@ macro_rules! provide_seed_methods {
             $($async_kw)? fn take_pending_authorization(&self, key: &str) -> Result<Option<PendingAuthorization>, StorageError> {
                 $primitives::take_pending_authorization(self, key)$(.$await)?
             }
+            $($async_kw)? fn load_state(&self, name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError> {
+                $primitives::load_state(self, name)$(.$await)?
+            }
+            $($async_kw)? fn store_state(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StorageError> {
+                $primitives::store_state(self, name, bytes, expect)$(.$await)?
+            }
         }
     };
 }
@@ -386,6 +452,8 @@ struct MemoryState {
     leases: HashMap<TokenKey, (u128, Timestamp)>,
     /// Pending authorizations in their stored form, by key, with their expiry.
     pending: HashMap<String, (Vec<u8>, Timestamp)>,
+    /// Shared states (the token budget), by name, with their versions.
+    states: HashMap<String, (Vec<u8>, u64)>,
     /// One counter for all keys, so a record deleted and created again never reuses a version.
     last_version: u64,
 }
@@ -525,6 +593,24 @@ impl InMemoryTokenStorage {
             .transpose()
     }
 
+    fn load_state_sync(&self, name: &str) -> Option<Versioned<Vec<u8>>> {
+        self.lock()
+            .states
+            .get(name)
+            .map(|(bytes, version)| Versioned { value: bytes.clone(), version: *version })
+    }
+
+    fn store_state_sync(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StorageError> {
+        let mut state = self.lock();
+        if !expect.admits(state.states.get(name).map(|(_, v)| *v)) {
+            return Err(state_conflict(name));
+        }
+        state.last_version += 1;
+        let version = state.last_version;
+        state.states.insert(name.to_owned(), (bytes.to_vec(), version));
+        Ok(version)
+    }
+
     fn release_sync(&self, lease: &Lease) {
         let mut state = self.lock();
         if state.leases.get(&lease.key).is_some_and(|(owner, _)| *owner == lease.owner) {
@@ -566,6 +652,12 @@ macro_rules! memory_storage_impl {
             }
             $($async_kw)? fn take_pending_authorization(&self, key: &str) -> Result<Option<PendingAuthorization>, StorageError> {
                 self.take_pending_sync(key)
+            }
+            $($async_kw)? fn load_state(&self, name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError> {
+                Ok(self.load_state_sync(name))
+            }
+            $($async_kw)? fn store_state(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StorageError> {
+                self.store_state_sync(name, bytes, expect)
             }
         }
     };

@@ -52,6 +52,13 @@ struct RecordIn {
 }
 
 #[derive(Serialize, Deserialize)]
+struct StateRecord {
+    format: u32,
+    version: u64,
+    state: String,
+}
+
+#[derive(Serialize, Deserialize)]
 struct LeaseRecord {
     owner: String,
     expires_at_ms: u64,
@@ -377,6 +384,50 @@ impl FileTokenStorage {
         }
     }
 
+    fn state_path(&self, name: &str) -> Result<PathBuf, StorageError> {
+        if name.is_empty()
+            || name.len() > 100
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(StorageError::other(format!("{name:?} is not a shared state name")));
+        }
+        Ok(self.inner.dir.join(format!("state-{name}.json")))
+    }
+
+    fn read_state(&self, path: &Path) -> Result<Option<StateRecord>, StorageError> {
+        match read_no_follow(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|_| {
+                StorageError::corrupt(format!("the shared state {} does not parse", path.display()))
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error("cannot read the shared state", path, &e)),
+        }
+    }
+
+    fn load_state_sync(&self, name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError> {
+        let path = self.state_path(name)?;
+        Ok(self.read_state(&path)?.map(|r| Versioned { value: r.state.into_bytes(), version: r.version }))
+    }
+
+    fn store_state_sync(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StorageError> {
+        let path = self.state_path(name)?;
+        let state = String::from_utf8(bytes.to_vec())
+            .map_err(|_| StorageError::other("a shared state is not UTF-8"))?;
+        let version = self.locked("state", || {
+            let current = self.read_state(&path)?.map(|r| r.version);
+            if !expect.admits(current) {
+                return Err(byova_core::state_conflict(name));
+            }
+            let version = current.map_or(0, |v| v + 1).max(micros_now());
+            let record = StateRecord { format: RECORD_FORMAT, version, state };
+            let json = serde_json::to_vec(&record).map_err(|e| StorageError::other(e.to_string()))?;
+            write_durably(&self.inner.dir, &path, &json)?;
+            Ok(version)
+        })?;
+        sync_dir(&self.inner.dir)?;
+        Ok(version)
+    }
+
     fn acquire_sync(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
         let stem = stem(key)?;
         let path = self.inner.dir.join(format!("{stem}.lease"));
@@ -625,6 +676,12 @@ impl BlockingCoordinatedTokenStorage for FileTokenStorage {
     fn take_pending_authorization(&self, key: &str) -> Result<Option<PendingAuthorization>, StorageError> {
         self.take_pending_sync(key)
     }
+    fn load_state(&self, name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError> {
+        self.load_state_sync(name)
+    }
+    fn store_state(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StorageError> {
+        self.store_state_sync(name, bytes, expect)
+    }
 }
 
 #[cfg(feature = "async")]
@@ -697,6 +754,14 @@ mod async_impl {
         ) -> Result<Option<PendingAuthorization>, StorageError> {
             let key = key.to_owned();
             self.offload(move |s| s.take_pending_sync(&key)).await
+        }
+        async fn load_state(&self, name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError> {
+            let name = name.to_owned();
+            self.offload(move |s| s.load_state_sync(&name)).await
+        }
+        async fn store_state(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StorageError> {
+            let (name, bytes) = (name.to_owned(), bytes.to_vec());
+            self.offload(move |s| s.store_state_sync(&name, &bytes, expect)).await
         }
     }
 }

@@ -139,6 +139,9 @@ enum Op {
         payload: Vec<u8>,
         ttl_ms: u64,
     },
+    LoadState {
+        record: String,
+    },
     /// Cluster layout: the org index lives in its own slot, written beside the record.
     IndexAdd {
         index: String,
@@ -361,6 +364,19 @@ impl RedisTokenStorage {
         })
     }
 
+    /// A shared state's keys: the record and its version counter (one slot on a cluster).
+    fn state_keys(&self, name: &str) -> Result<(String, String), StorageError> {
+        if name.is_empty()
+            || name.len() > 100
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(StorageError::other(format!("{name:?} is not a shared state name")));
+        }
+        let p = &self.inner.prefix;
+        let tag = if self.is_cluster() { format!("{{{p}:state:{name}}}") } else { format!("{{{p}}}") };
+        Ok((format!("{tag}:state:{name}"), format!("{tag}:state:{name}:version")))
+    }
+
     fn index_key(&self) -> String {
         format!("{{{}}}:orgs", self.inner.prefix)
     }
@@ -420,7 +436,9 @@ impl RedisTokenStorage {
     fn invocation(&self, op: &Op) -> Result<Invocation<'_>, StorageError> {
         let s = &self.inner.scripts;
         Ok(match op {
-            Op::Load { record } => Invocation::Cmd(redis::cmd("HMGET").arg(record).arg("v").arg("r").clone()),
+            Op::Load { record } | Op::LoadState { record } => {
+                Invocation::Cmd(redis::cmd("HMGET").arg(record).arg("v").arg("r").clone())
+            }
             Op::List { index } => Invocation::Cmd(redis::cmd("SMEMBERS").arg(index).clone()),
             Op::Acquire { lease, owner, ttl_ms } => Invocation::Cmd(
                 redis::cmd("SET").arg(lease).arg(owner).arg("NX").arg("PX").arg(*ttl_ms).clone(),
@@ -512,6 +530,23 @@ impl RedisTokenStorage {
             Op::Release { .. } => Ok(Reply::Flag(true)),
             Op::Extend { .. } => Ok(Reply::Flag(redis::from_redis_value::<i64>(reply).unwrap_or(0) == 1)),
             Op::SavePending { .. } | Op::IndexAdd { .. } => Ok(Reply::Flag(true)),
+            Op::LoadState { .. } => {
+                let Value::Array(items) = reply else { return Err(bad("HMGET")) };
+                match items.as_slice() {
+                    [Value::Nil, _] | [] => Ok(Reply::State(None)),
+                    [v, r] => {
+                        let version = redis::from_redis_value::<u64>(v.clone()).map_err(|_| {
+                            StorageError::corrupt(format!(
+                                "a shared state's version in {} is not a number",
+                                self.where_()
+                            ))
+                        })?;
+                        let value = redis::from_redis_value::<Vec<u8>>(r.clone()).unwrap_or_default();
+                        Ok(Reply::State(Some(Versioned { value, version })))
+                    }
+                    _ => Err(bad("HMGET")),
+                }
+            }
             Op::TakePending { .. } => match redis::from_redis_value::<Option<Vec<u8>>>(reply) {
                 Ok(None) => Ok(Reply::Pending(None)),
                 Ok(Some(bytes)) => {
@@ -560,6 +595,7 @@ enum Reply {
     Orgs(Vec<String>),
     Flag(bool),
     Pending(Option<PendingAuthorization>),
+    State(Option<Versioned<Vec<u8>>>),
 }
 
 /// An `Expect` as the scripts' mode and version arguments (the same table as
@@ -640,6 +676,19 @@ macro_rules! coordinated_impl {
             $($async_kw)? fn take_pending_authorization(&self, key: &str) -> Result<Option<PendingAuthorization>, StorageError> {
                 let op = Op::TakePending { key: self.pending_op_key(key)? };
                 reply_as!(self.$run(op, None)$(.$await)??, Pending)
+            }
+            $($async_kw)? fn load_state(&self, name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError> {
+                let (record, _) = self.state_keys(name)?;
+                reply_as!(self.$run(Op::LoadState { record }, None)$(.$await)??, State)
+            }
+            $($async_kw)? fn store_state(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StorageError> {
+                let (record, counter) = self.state_keys(name)?;
+                let (mode, expected) = expect_args(expect);
+                let op = Op::Store { index: record.clone(), record, counter, mode, expected, payload: bytes.to_vec(), org: String::new() };
+                match self.$run(op, None)$(.$await)? {
+                    Err(e) if e.kind() == byova_core::StorageErrorKind::Conflict => Err(byova_core::state_conflict(name)),
+                    other => reply_as!(other?, Version),
+                }
             }
         }
     };

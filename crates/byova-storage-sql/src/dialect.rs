@@ -233,6 +233,14 @@ pub(crate) fn key_columns(
     }
 }
 
+/// The row of a shared state (`state:<name>`; no org id, so listings never see it).
+pub(crate) fn state_row(name: &str) -> Result<String, byova_core::StorageError> {
+    if name.is_empty() || name.len() > 100 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(byova_core::StorageError::other(format!("{name:?} is not a shared state name")));
+    }
+    Ok(format!("state:{name}"))
+}
+
 /// A table name from the URL's `table` parameter: letters, digits and `_` only.
 pub(crate) fn check_table(name: &str) -> Result<(), byova_core::StorageError> {
     if !name.is_empty()

@@ -9,7 +9,9 @@ use byova_core::{
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use crate::dialect::{Kind, Statements, check_pending_key, decode_pending, key_columns, split_table};
+use crate::dialect::{
+    Kind, Statements, check_pending_key, decode_pending, key_columns, split_table, state_row,
+};
 
 /// A blocking SQLite token store (one connection; SQLite serializes writers anyway). Processes
 /// share the file: WAL, a 5 s busy timeout, and `BEGIN IMMEDIATE` for every read-then-write.
@@ -89,6 +91,42 @@ impl SqliteBlockingStorage {
     }
 }
 
+impl SqliteBlockingStorage {
+    /// Writes `json` as the record of row `name` if `expect` holds, in one `BEGIN IMMEDIATE`
+    /// transaction.
+    fn write_text(
+        &self,
+        conflict: &dyn Fn() -> StorageError,
+        name: &str,
+        org: Option<&str>,
+        json: &str,
+        expect: Expect,
+    ) -> Result<u64, StorageError> {
+        let mut conn = self.conn();
+        Self::ensure_row(&conn, &self.st, name, org)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| sqlite_error("begin", &e))?;
+        let (version, present): (i64, bool) = tx
+            .query_row(&self.st.load_for_update, params![name], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?.is_some()))
+            })
+            .map_err(|e| sqlite_error("read", &e))?;
+        let version = u64::try_from(version).unwrap_or(0);
+        if !expect.admits(present.then_some(version)) {
+            return Err(conflict());
+        }
+        let new_version = version + 1;
+        tx.execute(
+            &self.st.update_record,
+            params![json, i64::try_from(new_version).unwrap_or(i64::MAX), name],
+        )
+        .map_err(|e| sqlite_error("write", &e))?;
+        tx.commit().map_err(|e| sqlite_error("commit", &e))?;
+        Ok(new_version)
+    }
+}
+
 impl BlockingCoordinatedTokenStorage for SqliteBlockingStorage {
     fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
         let key = TokenKey::org(org_id);
@@ -135,28 +173,22 @@ impl BlockingCoordinatedTokenStorage for SqliteBlockingStorage {
         let (name, org) = key_columns(key)?;
         let json = String::from_utf8(tokens.to_json())
             .map_err(|_| StorageError::other("a token record is not UTF-8"))?;
-        let mut conn = self.conn();
-        Self::ensure_row(&conn, &self.st, &name, org.as_deref())?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| sqlite_error("begin", &e))?;
-        let (version, present): (i64, bool) = tx
-            .query_row(&self.st.load_for_update, params![name], |r| {
-                Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?.is_some()))
-            })
+        self.write_text(&|| StorageError::conflict(key), &name, org.as_deref(), &json, expect)
+    }
+    fn load_state(&self, name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError> {
+        let row: Option<(i64, Option<String>)> = self
+            .conn()
+            .query_row(&self.st.load, params![state_row(name)?], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
             .map_err(|e| sqlite_error("read", &e))?;
-        let version = u64::try_from(version).unwrap_or(0);
-        if !expect.admits(present.then_some(version)) {
-            return Err(StorageError::conflict(key));
-        }
-        let new_version = version + 1;
-        tx.execute(
-            &self.st.update_record,
-            params![json, i64::try_from(new_version).unwrap_or(i64::MAX), name],
-        )
-        .map_err(|e| sqlite_error("write", &e))?;
-        tx.commit().map_err(|e| sqlite_error("commit", &e))?;
-        Ok(new_version)
+        Ok(row.and_then(|(version, record)| {
+            record.map(|r| Versioned { value: r.into_bytes(), version: u64::try_from(version).unwrap_or(0) })
+        }))
+    }
+    fn store_state(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StorageError> {
+        let text = String::from_utf8(bytes.to_vec())
+            .map_err(|_| StorageError::other("a shared state is not UTF-8"))?;
+        self.write_text(&|| byova_core::state_conflict(name), &state_row(name)?, None, &text, expect)
     }
     fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
         let (name, org) = key_columns(key)?;

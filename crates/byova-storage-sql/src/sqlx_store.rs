@@ -9,7 +9,9 @@ use byova_core::{
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
-use crate::dialect::{Kind, Statements, check_pending_key, decode_pending, key_columns, redact, split_table};
+use crate::dialect::{
+    Kind, Statements, check_pending_key, decode_pending, key_columns, redact, split_table, state_row,
+};
 
 /// An async SQL token store. Cheap to clone (a connection pool).
 #[derive(Clone)]
@@ -216,18 +218,43 @@ impl SqlTokenStorage {
         Ok(Some(Versioned { value, version: u64::try_from(version).unwrap_or(0) }))
     }
 
+    /// Writes `json` as the record of row `name` if `expect` holds: one statement where the
+    /// database allows it, else a transaction (retried a few times on deadlocks).
+    async fn write_text(
+        &self,
+        conflict: &(dyn Fn() -> StorageError + Send + Sync),
+        name: &str,
+        org: Option<&str>,
+        json: String,
+        expect: Expect,
+    ) -> Result<u64, StorageError> {
+        if let Some(version) = self.store_in_one_statement(conflict, name, org, json.clone(), expect).await? {
+            return version;
+        }
+        self.ensure_row(name, org).await?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.store_once(conflict, name, &json, expect).await {
+                // Deadlocks and busy databases are retried a few times before surfacing.
+                Err(e) if e.kind() == byova_core::StorageErrorKind::Unavailable && attempt < 5 => {
+                    tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// A versioned write in one round trip, where the database allows it: `Some(result)`, or
     /// `None` when this write needs the transaction (MySQL's `Any` and `Absent`).
     async fn store_in_one_statement(
         &self,
-        key: &TokenKey,
+        conflict: &(dyn Fn() -> StorageError + Send + Sync),
         name: &str,
         org: Option<&str>,
-        tokens: &OAuthTokens,
+        json: String,
         expect: Expect,
     ) -> Result<Option<Result<u64, StorageError>>, StorageError> {
-        let json = String::from_utf8(tokens.to_json())
-            .map_err(|_| StorageError::other("a token record is not UTF-8"))?;
         let returning = match expect {
             Expect::Any => self.st.store_any.as_ref(),
             Expect::Absent => self.st.store_absent.as_ref(),
@@ -253,17 +280,13 @@ impl SqlTokenStorage {
                     .execute(&self.pool)
                     .await
                     .map_err(|e| sqlx_error("write", &e))?;
-                return Ok(Some(if done.rows_affected() == 1 {
-                    Ok(v + 1)
-                } else {
-                    Err(StorageError::conflict(key))
-                }));
+                return Ok(Some(if done.rows_affected() == 1 { Ok(v + 1) } else { Err(conflict()) }));
             }
             (None, _) => return Ok(None),
         }
         .map_err(|e| sqlx_error("write", &e))?;
         Ok(Some(match row {
-            None => Err(StorageError::conflict(key)),
+            None => Err(conflict()),
             Some(row) => {
                 let version: i64 = row.try_get(0).map_err(|e| sqlx_error("read the version", &e))?;
                 Ok(u64::try_from(version).unwrap_or(0))
@@ -273,9 +296,9 @@ impl SqlTokenStorage {
 
     async fn store_once(
         &self,
-        key: &TokenKey,
+        conflict: &(dyn Fn() -> StorageError + Send + Sync),
         name: &str,
-        tokens: &OAuthTokens,
+        json: &str,
         expect: Expect,
     ) -> Result<u64, StorageError> {
         let mut tx = if self.st.kind == Kind::Sqlite {
@@ -298,11 +321,9 @@ impl SqlTokenStorage {
             None => (0, false),
         };
         if !expect.admits(present.then_some(version)) {
-            return Err(StorageError::conflict(key));
+            return Err(conflict());
         }
         let new_version = version + 1;
-        let json = String::from_utf8(tokens.to_json())
-            .map_err(|_| StorageError::other("a token record is not UTF-8"))?;
         sqlx::query(&self.st.update_record)
             .bind(json)
             .bind(i64::try_from(new_version).unwrap_or(i64::MAX))
@@ -353,22 +374,25 @@ impl CoordinatedTokenStorage for SqlTokenStorage {
     }
     async fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
         let (name, org) = key_columns(key)?;
-        if let Some(version) = self.store_in_one_statement(key, &name, org.as_deref(), tokens, expect).await?
-        {
-            return version;
-        }
-        self.ensure_row(&name, org.as_deref()).await?;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.store_once(key, &name, tokens, expect).await {
-                // Deadlocks and busy databases are retried a few times before surfacing.
-                Err(e) if e.kind() == byova_core::StorageErrorKind::Unavailable && attempt < 5 => {
-                    tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
-                }
-                other => return other,
-            }
-        }
+        let json = String::from_utf8(tokens.to_json())
+            .map_err(|_| StorageError::other("a token record is not UTF-8"))?;
+        self.write_text(&|| StorageError::conflict(key), &name, org.as_deref(), json, expect).await
+    }
+    async fn load_state(&self, name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError> {
+        let row = sqlx::query(&self.st.load)
+            .bind(state_row(name)?)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| sqlx_error("read", &e))?;
+        let Some(row) = row else { return Ok(None) };
+        let version: i64 = row.try_get(0).map_err(|e| sqlx_error("read the version", &e))?;
+        let record = text(&row, 1).map_err(|e| sqlx_error("read the record", &e))?;
+        Ok(record.map(|r| Versioned { value: r.into_bytes(), version: u64::try_from(version).unwrap_or(0) }))
+    }
+    async fn store_state(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StorageError> {
+        let text = String::from_utf8(bytes.to_vec())
+            .map_err(|_| StorageError::other("a shared state is not UTF-8"))?;
+        self.write_text(&|| byova_core::state_conflict(name), &state_row(name)?, None, text, expect).await
     }
     async fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
         let (name, org) = key_columns(key)?;

@@ -112,6 +112,12 @@ impl Target {
     fn take_pending(&self, key: String) -> BoxFut<'static, Res<Option<PendingAuthorization>>> {
         dispatch!(self, |s| s.take_pending_authorization(&key))
     }
+    fn load_state(&self, name: String) -> BoxFut<'static, Res<Option<Versioned<Vec<u8>>>>> {
+        dispatch!(self, |s| s.load_state(&name))
+    }
+    fn store_state(&self, name: String, bytes: Vec<u8>, expect: Expect) -> BoxFut<'static, Res<u64>> {
+        dispatch!(self, |s| s.store_state(&name, &bytes, expect))
+    }
     fn list(&self) -> BoxFut<'static, Res<Vec<String>>> {
         dispatch!(self, |s| s.list_registered_orgs())
     }
@@ -455,6 +461,75 @@ impl Suite {
         ensure(winners == 1, || format!("{winners} of 8 racing takers got the same pending authorization"))
     }
 
+    /// The small shared state replicas keep (the token budget): versioned exactly like
+    /// records, and 8 concurrent compare-and-set writers lose no update. `None` (not
+    /// applicable) when the backend keeps none (the default hooks).
+    async fn shared_state(&self) -> Option<CaseResult> {
+        let t = &self.target;
+        let name = format!("{}-state", self.run_id);
+        match t.load_state(name.clone()).await {
+            Err(e) if e.kind() == StorageErrorKind::Unsupported => return None,
+            Err(e) => return Some(Err(format!("load_state: {e}"))),
+            Ok(Some(_)) => return Some(Err("a state never written was found".into())),
+            Ok(None) => {}
+        }
+        Some(self.shared_state_cases(name).await)
+    }
+
+    async fn shared_state_cases(&self, name: String) -> CaseResult {
+        let t = &self.target;
+        let v1 = ok(
+            t.store_state(name.clone(), b"{\"n\":0}".to_vec(), Expect::Absent).await,
+            "store_state(Absent)",
+        )?;
+        let again = t.store_state(name.clone(), b"{\"n\":9}".to_vec(), Expect::Absent).await;
+        ensure(matches!(&again, Err(e) if e.kind() == StorageErrorKind::Conflict), || {
+            format!("store_state(Absent) over a state gave {again:?}")
+        })?;
+        let v2 = ok(
+            t.store_state(name.clone(), b"{\"n\":0}".to_vec(), Expect::Version(v1)).await,
+            "store_state(Version)",
+        )?;
+        ensure(v2 > v1, || format!("the state's version did not grow: {v1} then {v2}"))?;
+        let stale = t.store_state(name.clone(), b"{\"n\":7}".to_vec(), Expect::Version(v1)).await;
+        ensure(matches!(&stale, Err(e) if e.kind() == StorageErrorKind::Conflict), || {
+            format!("a stale state write gave {stale:?}")
+        })?;
+        let writers: Vec<_> = (0..8)
+            .map(|_| {
+                let (t, name) = (t.clone(), name.clone());
+                tokio::spawn(async move {
+                    for _ in 0..20 {
+                        loop {
+                            let cur = t
+                                .load_state(name.clone())
+                                .await?
+                                .ok_or_else(|| StorageError::other("state vanished"))?;
+                            let n: u64 = serde_json::from_slice::<serde_json::Value>(&cur.value)
+                                .ok()
+                                .and_then(|v| v["n"].as_u64())
+                                .ok_or_else(|| StorageError::other("state unreadable"))?;
+                            let next = format!("{{\"n\":{}}}", n + 1).into_bytes();
+                            match t.store_state(name.clone(), next, Expect::Version(cur.version)).await {
+                                Ok(_) => break,
+                                Err(e) if e.kind() == StorageErrorKind::Conflict => {}
+                                Err(e) => return Err(e),
+                            }
+                        }
+                    }
+                    Ok::<(), StorageError>(())
+                })
+            })
+            .collect();
+        for w in writers {
+            ok(w.await.map_err(|e| StorageError::other(e.to_string())).and_then(|r| r), "a state writer")?;
+        }
+        let end = ok(t.load_state(name).await, "load_state")?.ok_or("the state vanished")?;
+        ensure(end.value == b"{\"n\":160}", || {
+            format!("8 x 20 compare-and-set increments ended at {}", String::from_utf8_lossy(&end.value))
+        })
+    }
+
     async fn lease_exclusivity_and_expiry(&self) -> CaseResult {
         let t = &self.target;
         let key = TokenKey::org(self.org("lease"));
@@ -617,6 +692,7 @@ async fn run(target: Target, corrupt: Option<Corrupter>) -> ConformanceReport {
         if coordinated { Some(suite.concurrent_versioned_increments().await) } else { None },
     );
     record("pending_authorizations", suite.pending_authorizations().await);
+    record("shared_state", suite.shared_state().await);
     record(
         "corrupt_record_is_typed",
         match &corrupt {

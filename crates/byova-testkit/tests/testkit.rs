@@ -545,7 +545,7 @@ async fn in_memory_storage_passes_the_async_suite() {
     let storage = Arc::new(InMemoryTokenStorage::new());
     let report = conformance::check_token_storage(storage.clone(), Some(memory_corrupter(&storage))).await;
     assert!(report.skipped.is_empty(), "{:?}", report.skipped);
-    assert_eq!(report.passed.len(), 12);
+    assert_eq!(report.passed.len(), 13);
 }
 
 #[test]
@@ -553,7 +553,7 @@ fn in_memory_storage_passes_the_blocking_suite() {
     let storage = Arc::new(InMemoryTokenStorage::new());
     let report = conformance::check_blocking_token_storage(storage.clone(), Some(memory_corrupter(&storage)));
     assert!(report.skipped.is_empty(), "{:?}", report.skipped);
-    assert_eq!(report.passed.len(), 12);
+    assert_eq!(report.passed.len(), 13);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -617,6 +617,7 @@ fn a_seed_only_backend_passes_with_coordination_cases_skipped() {
             "lease_extension_by_the_owner_only",
             "concurrent_versioned_increments",
             "pending_authorizations",
+            "shared_state",
             "corrupt_record_is_typed"
         ]
     );

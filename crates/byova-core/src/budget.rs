@@ -1,0 +1,204 @@
+//! The token-endpoint budget: how many calls to Webex's token endpoints every replica sharing a
+//! store may make together, so a fleet stays within Webex's rate limits instead of learning
+//! them from 429s.
+//!
+//! A token bucket, kept in the store (a few bytes under a versioned write) so replicas share
+//! it: `capacity` calls may go at once, the rest at a steady rate, sized so that no window of
+//! `per` ever sees more than `calls`. Background work (refreshing a token that is still valid)
+//! leaves a reserve for callers whose token has expired, which are served first. A 429 from
+//! Webex stores a pause until its `Retry-After`, which every replica honours.
+//!
+//! Pure functions of the stored state and the time; the engine reads, decides and writes back.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::time::Timestamp;
+
+/// The name the budget's state is stored under.
+pub const TOKEN_BUDGET_STATE: &str = "token-budget";
+
+/// How many token-endpoint calls all replicas sharing a store may make per window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TokenBudget {
+    /// Calls per window (240 a minute by default, under Webex's documented ~300).
+    pub calls: u32,
+    /// The window.
+    pub per: Duration,
+    /// How much of the bucket background refreshes may use (percent); the rest is kept for
+    /// callers whose token has expired.
+    pub background_percent: u8,
+}
+
+impl Default for TokenBudget {
+    fn default() -> Self {
+        Self { calls: 240, per: Duration::from_secs(60), background_percent: 80 }
+    }
+}
+
+/// The stored state of the bucket (milli-calls, to stay in integers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetState {
+    /// Calls available now, in thousandths.
+    pub milli_calls: u64,
+    /// When `milli_calls` was computed (unix ms).
+    pub updated_at_ms: u64,
+    /// No call before this (a 429's `Retry-After`; unix ms).
+    pub paused_until_ms: u64,
+}
+
+impl BudgetState {
+    /// The stored form.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses the stored form (`None`: unreadable, start afresh).
+    pub fn from_json(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+/// What the budget says about one call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BudgetDecision {
+    /// Call now; store this state.
+    Granted(BudgetState),
+    /// Not before then.
+    RetryAt(Timestamp),
+}
+
+impl TokenBudget {
+    /// At most a tenth of the window's calls go at once (at least one).
+    fn capacity_milli(&self) -> u64 {
+        (u64::from(self.calls) * 100).max(1_000).min(u64::from(self.calls.max(1)) * 1_000)
+    }
+
+    /// Milli-calls refilled per window: the window's calls minus the burst, so that no window
+    /// sees more than `calls`.
+    fn refill_milli(&self) -> u64 {
+        (u64::from(self.calls) * 1_000).saturating_sub(self.capacity_milli()).max(1_000)
+    }
+
+    fn per_ms(&self) -> u64 {
+        u64::try_from(self.per.as_millis()).unwrap_or(u64::MAX).max(1)
+    }
+
+    /// Whether one more call may go now (`urgent`: the caller's token has expired), given the
+    /// stored `state` (`None`: a full bucket).
+    pub fn take(&self, state: Option<BudgetState>, now: Timestamp, urgent: bool) -> BudgetDecision {
+        let now_ms = now.as_unix_millis();
+        let capacity = self.capacity_milli();
+        let state =
+            state.unwrap_or(BudgetState { milli_calls: capacity, updated_at_ms: now_ms, paused_until_ms: 0 });
+        if now_ms < state.paused_until_ms {
+            return BudgetDecision::RetryAt(Timestamp::from_unix_millis(state.paused_until_ms));
+        }
+        let elapsed = now_ms.saturating_sub(state.updated_at_ms);
+        let refilled = u128::from(elapsed) * u128::from(self.refill_milli()) / u128::from(self.per_ms());
+        let available = u128::from(state.milli_calls).saturating_add(refilled).min(u128::from(capacity));
+        let available = u64::try_from(available).unwrap_or(capacity);
+        let reserve =
+            if urgent { 0 } else { capacity * u64::from(100 - self.background_percent.min(100)) / 100 };
+        let needed = 1_000 + reserve;
+        if available >= needed {
+            return BudgetDecision::Granted(BudgetState {
+                milli_calls: available - 1_000,
+                updated_at_ms: now_ms,
+                paused_until_ms: state.paused_until_ms,
+            });
+        }
+        // Not enough yet: when the refill will have brought it (a reserve beyond the bucket's
+        // size waits for a full one).
+        let short = needed.min(capacity.max(1_000)) - available.min(needed);
+        let wait_ms = u128::from(short) * u128::from(self.per_ms()) / u128::from(self.refill_milli()) + 1;
+        BudgetDecision::RetryAt(Timestamp::from_unix_millis(
+            now_ms.saturating_add(u64::try_from(wait_ms).unwrap_or(u64::MAX)),
+        ))
+    }
+
+    /// `state` with every call paused until `until` (a 429's `Retry-After`).
+    pub fn pause(&self, state: Option<BudgetState>, now: Timestamp, until: Timestamp) -> BudgetState {
+        let now_ms = now.as_unix_millis();
+        let mut state = state.unwrap_or(BudgetState {
+            milli_calls: self.capacity_milli(),
+            updated_at_ms: now_ms,
+            paused_until_ms: 0,
+        });
+        state.paused_until_ms = state.paused_until_ms.max(until.as_unix_millis());
+        state
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(ms: u64) -> Timestamp {
+        Timestamp::from_unix_millis(ms)
+    }
+
+    /// Runs callers as fast as the budget lets them for `span`, and returns the times granted.
+    fn grants(budget: &TokenBudget, span_ms: u64, urgent: bool) -> Vec<u64> {
+        let (mut state, mut now, mut granted) = (None, 1_000_000u64, Vec::new());
+        while now < 1_000_000 + span_ms {
+            match budget.take(state, at(now), urgent) {
+                BudgetDecision::Granted(s) => {
+                    state = Some(s);
+                    granted.push(now);
+                }
+                BudgetDecision::RetryAt(t) => {
+                    assert!(t.as_unix_millis() > now, "a retry is always later");
+                    now = t.as_unix_millis();
+                }
+            }
+        }
+        granted
+    }
+
+    #[test]
+    fn no_window_ever_sees_more_than_the_budget() {
+        for calls in [1, 10, 240, 300] {
+            let budget = TokenBudget { calls, ..TokenBudget::default() };
+            let granted = grants(&budget, 10 * 60_000, true);
+            for (i, t) in granted.iter().enumerate() {
+                let in_window = granted[i..].iter().take_while(|u| **u < t + 60_000).count();
+                assert!(in_window <= calls as usize, "{calls}/min: {in_window} in the window from {t}");
+            }
+            assert!(
+                granted.len() as u64 >= u64::from(calls) * 9,
+                "{calls}/min: only {} in 10 minutes",
+                granted.len()
+            );
+        }
+    }
+
+    #[test]
+    fn background_work_leaves_a_reserve_for_expired_tokens() {
+        let budget = TokenBudget::default();
+        let mut state = None;
+        let mut background = 0;
+        while let BudgetDecision::Granted(s) = budget.take(state, at(0), false) {
+            state = Some(s);
+            background += 1;
+        }
+        assert!(background < 24, "background stops short of the bucket: {background}");
+        assert!(
+            matches!(budget.take(state, at(0), true), BudgetDecision::Granted(_)),
+            "an expired token still goes"
+        );
+    }
+
+    #[test]
+    fn a_pause_holds_every_call_until_it_ends() {
+        let budget = TokenBudget::default();
+        let paused = budget.pause(None, at(1_000), at(31_000));
+        assert_eq!(budget.take(Some(paused), at(30_999), true), BudgetDecision::RetryAt(at(31_000)));
+        assert!(matches!(budget.take(Some(paused), at(31_000), true), BudgetDecision::Granted(_)));
+        let state = BudgetState::from_json(&paused.to_json()).unwrap();
+        assert_eq!(state, paused);
+        assert_eq!(BudgetState::from_json(b"{"), None);
+    }
+}
