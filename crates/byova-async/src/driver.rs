@@ -84,6 +84,12 @@ async fn drive<T: Send + 'static>(agent: Arc<Agent>, mut step: Step<T>) -> Resul
             Step::TakePending(key, then) => {
                 then.resume(bounded(a, storage.take_pending_authorization(&key)).await, agent.now())
             }
+            Step::LoadState(name, then) => {
+                then.resume(bounded(a, storage.load_state(&name)).await, agent.now())
+            }
+            Step::StoreState(name, bytes, expect, then) => {
+                then.resume(bounded(a, storage.store_state(&name, &bytes, expect)).await, agent.now())
+            }
             Step::AcquireLease(key, ttl, then) => {
                 then.resume(bounded(a, storage.try_acquire_lease(&key, ttl)).await, agent.now())
             }

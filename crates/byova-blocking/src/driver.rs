@@ -55,6 +55,10 @@ impl Drive for Agent {
                 Step::TakePending(key, then) => {
                     then.resume(storage.take_pending_authorization(&key), self.now())
                 }
+                Step::LoadState(name, then) => then.resume(storage.load_state(&name), self.now()),
+                Step::StoreState(name, bytes, expect, then) => {
+                    then.resume(storage.store_state(&name, &bytes, expect), self.now())
+                }
                 Step::AcquireLease(key, ttl, then) => {
                     then.resume(storage.try_acquire_lease(&key, ttl), self.now())
                 }

@@ -48,6 +48,10 @@ struct Cli {
     #[arg(long, global = true, env = "BYOVA_ALLOW_INSECURE_HTTP", action = clap::ArgAction::SetTrue,
           value_parser = clap::builder::BoolishValueParser::new())]
     allow_insecure_http: bool,
+    /// Token-endpoint calls a minute that every process sharing the store may make together,
+    /// under Webex's rate limit; 0 turns the budget off [default: 240].
+    #[arg(long, global = true, env = "BYOVA_MAX_TOKEN_CALLS_PER_MINUTE", value_name = "CALLS")]
+    max_token_calls_per_minute: Option<u32>,
     /// Print JSON for scripts instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -438,13 +442,18 @@ async fn connect(cli: &Cli) -> Result<Byova, Failure> {
         _ => std::env::var(name).ok(),
     })?;
     if let Some(url) = &cli.base_url {
-        let timeout = env.config.timeout;
-        env.config = if cli.allow_insecure_http {
+        let mut config = if cli.allow_insecure_http {
             ByovaConfig::with_insecure_base_url(url)?
         } else {
             ByovaConfig::with_base_url(url)?
         };
-        env.config.timeout = timeout;
+        config.timeout = env.config.timeout;
+        config.storage_timeout = env.config.storage_timeout;
+        config.token_budget = env.config.token_budget.take();
+        env.config = config;
+    }
+    if let Some(calls) = cli.max_token_calls_per_minute {
+        env.config.token_budget = (calls > 0).then(|| byova_core::TokenBudget::per_minute(calls));
     }
     let secrets = match &cli.command {
         Command::Webhook(WebhookCommand::Handle { secret_file: Some(file), file: body, .. }) => {

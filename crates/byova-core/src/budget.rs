@@ -71,6 +71,28 @@ pub enum BudgetDecision {
 }
 
 impl TokenBudget {
+    /// `calls` a minute, 80 % of them for background refreshes.
+    ///
+    /// ```
+    /// let budget = byova_core::TokenBudget::per_minute(240);
+    /// assert_eq!(budget, byova_core::TokenBudget::default());
+    /// ```
+    pub fn per_minute(calls: u32) -> Self {
+        Self::new(calls, Duration::from_secs(60))
+    }
+
+    /// `calls` per `per`, 80 % of them for background refreshes.
+    pub fn new(calls: u32, per: Duration) -> Self {
+        Self { calls, per, ..Self::default() }
+    }
+
+    /// The share of the bucket background refreshes may use (percent, at most 100).
+    #[must_use]
+    pub fn with_background_percent(mut self, percent: u8) -> Self {
+        self.background_percent = percent.min(100);
+        self
+    }
+
     /// At most a tenth of the window's calls go at once (at least one).
     fn capacity_milli(&self) -> u64 {
         (u64::from(self.calls) * 100).max(1_000).min(u64::from(self.calls.max(1)) * 1_000)

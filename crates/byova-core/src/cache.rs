@@ -202,6 +202,26 @@ impl TokenCache {
         }
     }
 
+    /// Caches `record` to be served until `until` (no sooner tried again), or until it is no
+    /// longer usable: a refresh the token budget had no room for.
+    pub fn put_deferred(
+        &self,
+        key: &TokenKey,
+        record: Versioned<OAuthTokens>,
+        now: Timestamp,
+        until: Timestamp,
+    ) {
+        let usable_until = record.value.expires_at().saturating_sub(self.policy.buffer_for(&record.value));
+        let revalidate = now.saturating_add(self.revalidate_after);
+        let entry = Arc::new(CacheEntry { serve_until: until.min(usable_until).min(revalidate), record });
+        match key {
+            TokenKey::Integration => self.set_integration(Some(entry)),
+            TokenKey::Org(org) => {
+                self.orgs.write().unwrap_or_else(|e| e.into_inner()).insert(org.clone(), entry);
+            }
+        }
+    }
+
     /// The [`KeyStatus`] of a stored record.
     pub fn status(&self, key: &TokenKey, tokens: &OAuthTokens, now: Timestamp) -> KeyStatus {
         self.policy.key_status(key.clone(), tokens, now, self.jitter_seed(key))

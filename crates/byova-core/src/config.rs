@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::budget::TokenBudget;
 use crate::error::{Error, Result};
 use crate::policy::{CoordinationPolicy, RefreshPolicy, RetryPolicy};
 
@@ -20,6 +21,9 @@ pub mod env {
     /// Keys that seal tokens at rest: a base64 32-byte key, then optionally the previous one
     /// (comma-separated) during a rotation.
     pub const STORAGE_KEY: &str = "BYOVA_STORAGE_KEY";
+    /// Token-endpoint calls a minute that every process sharing the store may make together
+    /// (default 240; `0`: no budget).
+    pub const MAX_TOKEN_CALLS_PER_MINUTE: &str = "BYOVA_MAX_TOKEN_CALLS_PER_MINUTE";
     /// Seconds one storage call may take (default 10).
     pub const STORAGE_TIMEOUT: &str = "BYOVA_STORAGE_TIMEOUT";
     /// `1` or `true`: allow an `http://` base URL on a host other than loopback (client
@@ -51,6 +55,9 @@ pub struct ByovaConfig {
     pub retry: RetryPolicy,
     /// Leases, polling and cache re-validation across callers and processes.
     pub coordination: CoordinationPolicy,
+    /// How many token-endpoint calls every process sharing the store may make together
+    /// (240 a minute by default; `None`: no budget, only Webex's 429s slow calls down).
+    pub token_budget: Option<TokenBudget>,
 }
 
 impl Default for ByovaConfig {
@@ -133,6 +140,7 @@ impl ByovaConfig {
             refresh: RefreshPolicy::default(),
             retry: RetryPolicy::default(),
             coordination: CoordinationPolicy::default(),
+            token_budget: Some(TokenBudget::default()),
         }
     }
 
@@ -161,6 +169,15 @@ impl ByovaConfig {
                     ))
                 })?;
             config.storage_timeout = Duration::from_secs_f64(secs);
+        }
+        if let Some(calls) = lookup(env::MAX_TOKEN_CALLS_PER_MINUTE).filter(|v| !v.trim().is_empty()) {
+            let calls: u32 = calls.trim().parse().map_err(|_| {
+                Error::Configuration(format!(
+                    "{}={calls:?} is not a whole number of calls a minute (0: no budget)",
+                    env::MAX_TOKEN_CALLS_PER_MINUTE
+                ))
+            })?;
+            config.token_budget = (calls > 0).then(|| TokenBudget::per_minute(calls));
         }
         Ok(config)
     }

@@ -26,6 +26,7 @@ pub struct Metrics {
     transport_errors: AtomicU64,
     refreshes_ok: AtomicU64,
     refreshes_failed: AtomicU64,
+    budget_waits: AtomicU64,
     webhooks: [AtomicU64; WEBHOOK_OUTCOMES.len()],
 }
 
@@ -37,6 +38,7 @@ static METRICS: Metrics = Metrics {
     transport_errors: AtomicU64::new(0),
     refreshes_ok: AtomicU64::new(0),
     refreshes_failed: AtomicU64::new(0),
+    budget_waits: AtomicU64::new(0),
     webhooks: [const { AtomicU64::new(0) }; WEBHOOK_OUTCOMES.len()],
 };
 
@@ -79,6 +81,17 @@ impl Metrics {
     /// A refresh (or fetch) that called Webex ended: stored new tokens, or failed.
     pub fn record_refresh(&self, succeeded: bool) {
         add(if succeeded { &self.refreshes_ok } else { &self.refreshes_failed });
+    }
+
+    /// A token call had to wait (or a still-valid token was served) because the token budget
+    /// had no room.
+    pub fn record_budget_wait(&self) {
+        add(&self.budget_waits);
+    }
+
+    /// How often the token budget held a call back so far.
+    pub fn budget_waits(&self) -> u64 {
+        self.budget_waits.load(Ordering::Relaxed)
     }
 
     /// A webhook delivery ended as `outcome`: a [`WebhookOutcome`](crate::WebhookOutcome)'s
@@ -133,6 +146,12 @@ impl Metrics {
             "counter",
             "Requests to Webex that got no answer.",
             &[(String::new(), get(&self.transport_errors).to_string())],
+        );
+        family(
+            "byova_token_budget_waits_total",
+            "counter",
+            "Token calls held back by the shared token budget (waited, or a still-valid token served).",
+            &[(String::new(), get(&self.budget_waits).to_string())],
         );
         family(
             "byova_refreshes_total",

@@ -147,6 +147,10 @@ pub struct Settings {
     /// How long a delivery waits for the receiver's answer before giving up (and counting a
     /// failure). Webex does not document it; the default is 15 s.
     pub delivery_timeout: Duration,
+    /// Rate-limit the token endpoints (`/v1/access_token` and the Service App's) together:
+    /// at most this many admitted calls in any window of this length (a sliding window, real
+    /// time); beyond it a 429 with `Retry-After` (whole seconds until a call leaves the window).
+    pub token_rate_limit: Option<(u32, Duration)>,
 }
 
 impl Default for Settings {
@@ -168,6 +172,7 @@ impl Default for Settings {
             delivery_application_id: true,
             denial_echoes_state: true,
             delivery_timeout: Duration::from_secs(15),
+            token_rate_limit: None,
         }
     }
 }
@@ -311,6 +316,10 @@ struct State {
     settings: Settings,
     calls: HashMap<Endpoint, u64>,
     redemptions: Vec<Redemption>,
+    /// When each token-endpoint call the rate limit admitted arrived.
+    token_calls_admitted: Vec<std::time::Instant>,
+    /// Token-endpoint calls answered 429 by the rate limit.
+    rate_limited: u64,
     counter: u64,
     /// When each org's latest (de)authorization happened, strictly increasing.
     org_events: HashMap<String, Timestamp>,
@@ -393,6 +402,21 @@ impl State {
             "data": data,
         }))
         .unwrap_or_default()
+    }
+
+    /// Admits a token-endpoint call (recording when), or returns the `Retry-After` seconds of
+    /// the 429 the rate limit answers.
+    fn over_token_rate_limit(&mut self) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if let Some((limit, window)) = self.settings.token_rate_limit {
+            let in_window: Vec<_> = self.token_calls_admitted.iter().filter(|t| now < **t + window).collect();
+            if in_window.len() >= limit as usize {
+                let frees_at = *in_window[in_window.len() - limit as usize] + window;
+                return Some(frees_at.saturating_duration_since(now).as_secs_f64().ceil().max(1.0) as u64);
+            }
+        }
+        self.token_calls_admitted.push(now);
+        None
     }
 
     fn take_fault(&mut self, endpoint: Endpoint) -> (Duration, Option<Fault>) {
@@ -540,6 +564,8 @@ impl FakeWebexBuilder {
             settings: self.settings,
             calls: HashMap::new(),
             redemptions: Vec::new(),
+            token_calls_admitted: Vec::new(),
+            rate_limited: 0,
             counter: 0,
             org_events: HashMap::new(),
             last_event: Timestamp::EPOCH,
@@ -671,6 +697,22 @@ impl FakeWebex {
     /// Requests received by `endpoint` (faulted ones included).
     pub fn calls(&self, endpoint: Endpoint) -> u64 {
         self.shared.lock().calls.get(&endpoint).copied().unwrap_or(0)
+    }
+
+    /// Token-endpoint calls the rate limit ([`Settings::token_rate_limit`]) answered 429.
+    pub fn rate_limited(&self) -> u64 {
+        self.shared.lock().rate_limited
+    }
+
+    /// The most token-endpoint calls admitted in any window of `window` so far (all calls
+    /// are recorded, with or without a rate limit).
+    pub fn busiest_token_window(&self, window: Duration) -> usize {
+        let s = self.shared.lock();
+        let times = &s.token_calls_admitted;
+        (0..times.len())
+            .map(|i| times[i..].iter().take_while(|t| **t < times[i] + window).count())
+            .max()
+            .unwrap_or(0)
     }
 
     /// Refresh-grant requests received by `/v1/access_token`.
@@ -1019,6 +1061,16 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
     let (latency, fault, oauth_bodies) = {
         let mut s = shared.lock();
         *s.calls.entry(endpoint).or_insert(0) += 1;
+        if matches!(endpoint, Endpoint::AccessToken | Endpoint::ApplicationToken)
+            && let Some(retry_after) = s.over_token_rate_limit()
+        {
+            s.rate_limited += 1;
+            drop(s);
+            let mut resp = error(429, "Too many requests.", &tracking_id);
+            resp.headers_mut()
+                .insert("Retry-After", retry_after.to_string().parse().unwrap_or_else(|_| unreachable!()));
+            return Ok(finish(resp, &tracking_id));
+        }
         let (latency, fault) = s.take_fault(endpoint);
         (latency, fault, s.settings.oauth_error_bodies)
     };

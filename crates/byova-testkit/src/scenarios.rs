@@ -147,6 +147,9 @@ fn fast_config(fake: &FakeWebex) -> ByovaConfig {
     config.retry.max_delay = Duration::from_millis(50);
     config.coordination.poll_interval = Duration::from_millis(10);
     config.timeout = Duration::from_secs(10);
+    // The fake has no rate limit unless a scenario sets one; scenarios about the budget set
+    // their own.
+    config.token_budget = Some(byova_core::TokenBudget::per_minute(60_000));
     config
 }
 
@@ -419,6 +422,8 @@ scenarios!(
     a_store_that_panics_mid_refresh_leaves_nothing_held,
     a_bulk_refresh_reports_every_org_even_when_one_panics,
     a_hundred_orgs_expiring_together_cost_one_call_each,
+    two_replicas_share_one_token_budget_and_meet_no_429,
+    a_429_pauses_every_replica_until_retry_after,
     strict_rotation_over_1000_refresh_cycles_reuses_nothing,
     canary_secrets_never_reach_logs_errors_or_debug,
     listener_refuses_everything_but_the_matching_callback,
@@ -1093,6 +1098,70 @@ async fn a_hundred_orgs_expiring_together_cost_one_call_each(f: Arc<dyn Flavour>
         );
     }
     assert_eq!(w.fake.calls(Endpoint::AccessToken), 100);
+}
+
+/// Sixteen expired orgs, both replicas asking for every one of them at once, against a
+/// Webex that allows 10 token calls a second. Without a budget the burst meets 429s; with
+/// a budget of 8 a second shared through the store, none.
+async fn two_replicas_share_one_token_budget_and_meet_no_429(f: Arc<dyn Flavour>) {
+    let orgs: Vec<String> = (0..16).map(|i| format!("org-{i:02}")).collect();
+    let run = |budget: Option<byova_core::TokenBudget>| {
+        let (f, orgs) = (f.clone(), orgs.clone());
+        async move {
+            let mut w = world(f.as_ref(), None);
+            w.fake.update_settings(|s| s.token_rate_limit = Some((10, Duration::from_secs(1))));
+            w.setup.config.token_budget = budget;
+            let replicas = [f.build(&w.setup), f.build(&w.setup)];
+            w.seed_fresh_integration().await;
+            for org in &orgs {
+                w.seed_expired_org(org).await;
+            }
+            let mut tasks = Vec::new();
+            for org in &orgs {
+                for replica in &replicas {
+                    let (sdk, org) = (replica.clone(), org.clone());
+                    tasks.push(tokio::spawn(async move { sdk.org_token(org).await }));
+                }
+            }
+            for t in tasks {
+                t.await.unwrap().expect("every org gets a token");
+            }
+            w
+        }
+    };
+    let unbudgeted = run(None).await;
+    assert!(unbudgeted.fake.rate_limited() > 0, "the control run meets the rate limit");
+    let started = Instant::now();
+    let w = run(Some(byova_core::TokenBudget::new(8, Duration::from_secs(1)))).await;
+    assert_eq!(w.fake.rate_limited(), 0, "no 429 within the budget");
+    assert_eq!(w.fake.calls(Endpoint::AccessToken), 16, "one refresh per org across both replicas");
+    let busiest = w.fake.busiest_token_window(Duration::from_secs(1));
+    assert!(busiest <= 8, "at most 8 calls in any second, saw {busiest}");
+    assert!(started.elapsed() < Duration::from_secs(10), "paced, not stalled: {:?}", started.elapsed());
+}
+
+/// One replica's 429 (`Retry-After: 2`) holds the other replica's token calls too.
+async fn a_429_pauses_every_replica_until_retry_after(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    let replicas = [f.build(&w.setup), f.build(&w.setup)];
+    w.seed_fresh_integration().await;
+    w.seed_expired_org("org-a").await;
+    w.seed_expired_org("org-b").await;
+    w.fake.inject(Endpoint::AccessToken, Fault::rate_limited(2));
+    let first = {
+        let sdk = replicas[0].clone();
+        tokio::spawn(async move { sdk.org_token("org-a".into()).await })
+    };
+    while w.fake.calls(Endpoint::AccessToken) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    replicas[1].org_token("org-b".into()).await.expect("org-b after the pause");
+    let waited = started.elapsed();
+    first.await.unwrap().expect("org-a after its Retry-After");
+    assert!(waited >= Duration::from_millis(1500), "the second replica waited out the pause: {waited:?}");
+    assert_eq!(w.fake.calls(Endpoint::AccessToken), 3, "the 429, then one call per org");
 }
 
 async fn strict_rotation_over_1000_refresh_cycles_reuses_nothing(f: Arc<dyn Flavour>) {

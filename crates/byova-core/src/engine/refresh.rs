@@ -21,6 +21,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::budget::{BudgetDecision, BudgetState, TOKEN_BUDGET_STATE};
 use crate::cache::Unsaved;
 use crate::engine::step::{Sent, Step, StorageResult, Then};
 use crate::engine::{Client, TokenEngine as Engine};
@@ -75,6 +76,9 @@ pub struct Outcome {
     /// A refresh failed but the old access token is still really valid, so it was served;
     /// this is the failure, for the log.
     pub served_stale_after: Option<Error>,
+    /// The token budget had no room for a refresh of a still-valid token, so that token was
+    /// served; no new attempt before this time.
+    pub deferred_until: Option<Timestamp>,
 }
 
 /// A lease this run holds. Dropped while still held (the run was abandoned), it is handed to
@@ -155,7 +159,13 @@ pub(crate) struct Run {
     /// so a refresh token Webex rotated is never lost to a storage outage.
     unsaved: Option<Unsaved>,
     store_attempts: u32,
+    /// Reads of the token budget for the call about to be sent (a conflict reads again).
+    budget_reads: u32,
 }
+
+/// Versioned writes of the token budget that lose to another writer before a call goes
+/// without it (the budget is a guard against 429s, not a lock).
+const MAX_BUDGET_READS: u32 = 50;
 
 impl Drop for Run {
     fn drop(&mut self) {
@@ -189,6 +199,7 @@ impl Run {
             fetch_refused: false,
             unsaved: None,
             store_attempts: 0,
+            budget_reads: 0,
         })
     }
 
@@ -281,7 +292,7 @@ impl Run {
         refreshed: bool,
         stale: Option<Error>,
     ) -> Plan {
-        self.end(Outcome { result, refreshed, served_stale_after: stale })
+        self.end(Outcome { result, refreshed, served_stale_after: stale, deferred_until: None })
     }
 
     /// Releases the lease, if one is held, and ends with `outcome`.
@@ -589,7 +600,101 @@ impl Run {
         }
     }
 
+    /// Asks the token budget every process sharing the store keeps (see [`crate::budget`])
+    /// for one call, then sends.
     fn send_now(mut self: Box<Self>) -> Plan {
+        if self.engine.config.token_budget.is_none() {
+            return self.send_granted();
+        }
+        self.budget_reads += 1;
+        Step::LoadState(
+            TOKEN_BUDGET_STATE.to_owned(),
+            Then::new(move |loaded, now| self.on_budget_loaded(loaded, now)),
+        )
+    }
+
+    /// A caller whose token has expired (or is about to) is urgent: it may use the reserve
+    /// that background refreshes leave.
+    fn urgent(&self, now: Timestamp) -> bool {
+        self.current.as_ref().is_none_or(|c| self.freshness(&c.value, now) == Freshness::Expired)
+    }
+
+    fn on_budget_loaded(
+        self: Box<Self>,
+        loaded: StorageResult<Option<Versioned<Vec<u8>>>>,
+        now: Timestamp,
+    ) -> Plan {
+        let Some(budget) = self.engine.config.token_budget.clone() else { return self.send_granted() };
+        let urgent = self.urgent(now);
+        let (state, expect) = match loaded {
+            Ok(Some(stored)) => (BudgetState::from_json(&stored.value), Expect::Version(stored.version)),
+            Ok(None) => (None, Expect::Absent),
+            Err(e) if e.kind() == StorageErrorKind::Unsupported => {
+                return match self.engine.take_local_budget(&budget, now, urgent) {
+                    BudgetDecision::Granted(_) => self.send_granted(),
+                    BudgetDecision::RetryAt(at) => self.over_budget(at, now),
+                };
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the token budget could not be read; calling without it");
+                return self.send_granted();
+            }
+        };
+        match budget.take(state, now, urgent) {
+            BudgetDecision::Granted(next) => Step::StoreState(
+                TOKEN_BUDGET_STATE.to_owned(),
+                next.to_json(),
+                expect,
+                Then::new(move |stored: StorageResult<u64>, _| match stored {
+                    Ok(_) => self.send_granted(),
+                    Err(e)
+                        if e.kind() == StorageErrorKind::Conflict && self.budget_reads < MAX_BUDGET_READS =>
+                    {
+                        self.send_now()
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the token budget could not be updated; calling without it");
+                        self.send_granted()
+                    }
+                }),
+            ),
+            BudgetDecision::RetryAt(at) => self.over_budget(at, now),
+        }
+    }
+
+    /// No room in the budget before `at`: a caller who only wants a valid token and has one
+    /// that is really valid is served it (and the key is not tried again before `at`); anyone
+    /// else waits (a slice at a time, extending the lease in between) and asks again.
+    fn over_budget(mut self: Box<Self>, at: Timestamp, now: Timestamp) -> Plan {
+        crate::metrics::metrics().record_budget_wait();
+        if matches!(self.mode, Mode::GetValid)
+            && self.old_still_valid(now)
+            && let Some(current) = self.current.clone()
+        {
+            tracing::debug!(key = %self.key, "token budget spent; serving the still-valid access token");
+            return self.end(Outcome {
+                result: Ok(current),
+                refreshed: false,
+                served_stale_after: None,
+                deferred_until: Some(at),
+            });
+        }
+        let slice = self.engine.config.coordination.lease_ttl / 3;
+        let wait = at
+            .saturating_duration_since(now)
+            .clamp(Duration::from_millis(1), slice.max(Duration::from_millis(1)));
+        tracing::debug!(key = %self.key, ?wait, "token budget spent; waiting");
+        self.budget_reads = 0;
+        Step::Sleep(
+            wait,
+            Then::new(move |(), _| match self.request.take() {
+                Some(request) => self.send(request),
+                None => self.fail(Error::Internal("no request to send".into())),
+            }),
+        )
+    }
+
+    fn send_granted(mut self: Box<Self>) -> Plan {
         let Some(request) = self.request.clone() else {
             return self.fail(Error::Internal("no request to send".into()));
         };
@@ -652,7 +757,57 @@ impl Run {
         }
     }
 
+    /// A 429 with `Retry-After` pauses every process sharing the store (the pause is stored
+    /// with the budget), then the failure is handled as any other.
     fn after_failed_call(mut self: Box<Self>, error: Error, now: Timestamp) -> Plan {
+        let pause = match (&error, error.retry_after(), &self.engine.config.token_budget) {
+            (Error::RateLimited { .. }, Some(after), Some(_)) => now.saturating_add(after),
+            _ => return self.retry_or_conclude(error, now),
+        };
+        self.budget_reads = 0;
+        self.store_pause(pause, error)
+    }
+
+    fn store_pause(mut self: Box<Self>, until: Timestamp, error: Error) -> Plan {
+        self.budget_reads += 1;
+        Step::LoadState(
+            TOKEN_BUDGET_STATE.to_owned(),
+            Then::new(move |loaded: StorageResult<Option<Versioned<Vec<u8>>>>, now| {
+                let Some(budget) = self.engine.config.token_budget.clone() else {
+                    return self.retry_or_conclude(error, now);
+                };
+                let (state, expect) = match loaded {
+                    Ok(Some(stored)) => {
+                        (BudgetState::from_json(&stored.value), Expect::Version(stored.version))
+                    }
+                    Ok(None) => (None, Expect::Absent),
+                    Err(e) if e.kind() == StorageErrorKind::Unsupported => {
+                        self.engine.pause_local_budget(&budget, now, until);
+                        return self.retry_or_conclude(error, now);
+                    }
+                    Err(_) => return self.retry_or_conclude(error, now),
+                };
+                let paused = budget.pause(state, now, until);
+                tracing::warn!(until = %until.to_rfc3339(), "Webex answered 429: token calls paused in every process sharing the store");
+                Step::StoreState(
+                    TOKEN_BUDGET_STATE.to_owned(),
+                    paused.to_json(),
+                    expect,
+                    Then::new(move |stored: StorageResult<u64>, now| match stored {
+                        Err(e)
+                            if e.kind() == StorageErrorKind::Conflict
+                                && self.budget_reads < MAX_BUDGET_READS =>
+                        {
+                            self.store_pause(until, error)
+                        }
+                        _ => self.retry_or_conclude(error, now),
+                    }),
+                )
+            }),
+        )
+    }
+
+    fn retry_or_conclude(mut self: Box<Self>, error: Error, now: Timestamp) -> Plan {
         let class = self.request.as_ref().map_or(RetryClass::Idempotent, |r| r.retry);
         let random = self.random();
         if let RetryDecision::RetryAfter(d) =

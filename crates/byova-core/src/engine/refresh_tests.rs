@@ -11,8 +11,12 @@ use crate::storage::{BlockingTokenStorage, InMemoryTokenStorage};
 
 const NOW: Timestamp = Timestamp::from_unix_secs(1_800_000_000);
 
+/// No token budget: most tests here drive runs by hand and look at their token calls alone;
+/// the budget's own tests below use [`budget_engine`].
 fn config() -> ByovaConfig {
-    ByovaConfig::with_base_url("https://webex.test/v1").unwrap()
+    let mut config = ByovaConfig::with_base_url("https://webex.test/v1").unwrap();
+    config.token_budget = None;
+    config
 }
 
 fn int_creds() -> IntegrationCredentials {
@@ -108,6 +112,10 @@ fn drive_with<S: BlockingTokenStorage + ?Sized>(
         step = match step {
             Step::Load(k, then) => then.resume(storage.load(&k), NOW),
             Step::AcquireLease(k, ttl, then) => then.resume(storage.try_acquire_lease(&k, ttl), NOW),
+            Step::LoadState(name, then) => then.resume(storage.load_state(&name), NOW),
+            Step::StoreState(name, bytes, expect, then) => {
+                then.resume(storage.store_state(&name, &bytes, expect), NOW)
+            }
             Step::Sleep(d, then) => {
                 trace.sleeps.push(d);
                 then.resume((), NOW)
@@ -741,4 +749,199 @@ fn an_integration_without_a_refresh_token_is_served_until_it_expires() {
     let s = seeded(&key, tokens("NO-RT", None, NOW.saturating_sub(Duration::from_secs(3600)), 3600));
     let (out, _) = drive(&s, Who::Integration, key, Mode::GetValid, never);
     assert!(matches!(out.result, Err(Error::NoRefreshToken { .. })), "{:?}", out.result);
+}
+
+// ---- the token budget ----
+
+fn budget_engine(calls: u32) -> Arc<Engine> {
+    let mut config = config();
+    config.token_budget =
+        Some(crate::budget::TokenBudget { calls, per: Duration::from_secs(60), background_percent: 80 });
+    IntegrationEngine::new(int_creds(), config).tokens().clone()
+}
+
+fn spent_budget(s: &InMemoryTokenStorage) {
+    let state = crate::budget::BudgetState {
+        milli_calls: 0,
+        updated_at_ms: NOW.as_unix_millis(),
+        paused_until_ms: 0,
+    };
+    BlockingTokenStorage::store_state(s, crate::budget::TOKEN_BUDGET_STATE, &state.to_json(), Expect::Absent)
+        .unwrap();
+}
+
+fn stored_budget(s: &InMemoryTokenStorage) -> crate::budget::BudgetState {
+    let stored = BlockingTokenStorage::load_state(s, crate::budget::TOKEN_BUDGET_STATE).unwrap().unwrap();
+    crate::budget::BudgetState::from_json(&stored.value).unwrap()
+}
+
+#[test]
+fn a_token_call_takes_one_call_from_the_stored_budget() {
+    let key = TokenKey::Integration;
+    let s = seeded(&key, expired("OLD", "R"));
+    let (out, trace) =
+        drive_with(&s, &budget_engine(240), key, Mode::GetValid, |_, _| Ok(ok_body("NEW", Some("R2"))));
+    assert_eq!(out.result.unwrap().value.access_token.expose_secret(), "NEW");
+    assert_eq!(trace.sent.len(), 1);
+    // A full bucket holds 24 calls (a tenth of the minute's 240); one is gone.
+    assert_eq!(stored_budget(&s).milli_calls, 23_000);
+}
+
+#[test]
+fn a_spent_budget_serves_a_still_valid_token_and_defers_the_refresh() {
+    let key = TokenKey::Integration;
+    let s = seeded(&key, refresh_ahead("STILL-GOOD", "R"));
+    spent_budget(&s);
+    let (out, trace) = drive_with(&s, &budget_engine(240), key, Mode::GetValid, |_, _| panic!("no call"));
+    assert!(trace.sent.is_empty(), "no token call while the budget is spent");
+    assert_eq!(out.result.unwrap().value.access_token.expose_secret(), "STILL-GOOD");
+    let until = out.deferred_until.expect("the refresh is deferred");
+    assert!(until > NOW, "deferred to when the budget has room");
+}
+
+#[test]
+fn a_spent_budget_makes_an_expired_token_wait_then_call() {
+    let key = TokenKey::Integration;
+    let s = seeded(&key, expired("OLD", "R"));
+    spent_budget(&s);
+    // The synchronous driver's clock stands still, so the bucket never refills: the run waits
+    // in slices and asks again; once another process's refill shows up in the store, it calls.
+    let engine = budget_engine(240);
+    let mut step = Run::new(engine, key, Mode::GetValid, 7).start();
+    let (mut sleeps, mut sent) = (0, 0);
+    let out = loop {
+        step = match step {
+            Step::Load(k, then) => then.resume(s.load(&k), NOW),
+            Step::AcquireLease(k, ttl, then) => then.resume(s.try_acquire_lease(&k, ttl), NOW),
+            Step::ExtendLease(lease, ttl, then) => then.resume(s.extend_lease(&lease, ttl), NOW),
+            Step::ReleaseLease(lease, then) => then.resume(s.release_lease(&lease), NOW),
+            Step::LoadState(name, then) => then.resume(s.load_state(&name), NOW),
+            Step::StoreState(name, bytes, expect, then) => {
+                then.resume(s.store_state(&name, &bytes, expect), NOW)
+            }
+            Step::Sleep(d, then) => {
+                sleeps += 1;
+                assert!(
+                    d <= Duration::from_secs(10),
+                    "waits a slice at a time (a third of the lease): {d:?}"
+                );
+                if sleeps == 3 {
+                    let cur = s.load_state(crate::budget::TOKEN_BUDGET_STATE).unwrap().unwrap();
+                    let refilled = crate::budget::BudgetState { milli_calls: 5_000, ..stored_budget(&s) };
+                    s.store_state(
+                        crate::budget::TOKEN_BUDGET_STATE,
+                        &refilled.to_json(),
+                        Expect::Version(cur.version),
+                    )
+                    .unwrap();
+                }
+                then.resume((), NOW)
+            }
+            Step::Send(_, then) => {
+                sent += 1;
+                then.resume(Sent::new(Ok(ok_body("NEW", Some("R2"))), NOW), NOW)
+            }
+            Step::Store(k, t, expect, then) => then.resume(s.store(&k, &t, expect), NOW),
+            Step::Done(o) => break o.unwrap(),
+            other => panic!("unexpected {other:?}"),
+        };
+    };
+    assert_eq!(sleeps, 3);
+    assert_eq!(sent, 1);
+    assert_eq!(out.result.unwrap().value.access_token.expose_secret(), "NEW");
+    assert_eq!(stored_budget(&s).milli_calls, 4_000);
+}
+
+#[test]
+fn a_429_with_retry_after_pauses_the_stored_budget() {
+    let key = TokenKey::Integration;
+    let s = seeded(&key, expired("OLD", "R"));
+    // A driver whose clock moves with every sleep.
+    let mut now = NOW;
+    let (mut sent, mut slept) = (Vec::new(), Duration::ZERO);
+    let mut step = Run::new(budget_engine(240), key, Mode::GetValid, 7).start();
+    let out = loop {
+        step = match step {
+            Step::Load(k, then) => then.resume(s.load(&k), now),
+            Step::AcquireLease(k, ttl, then) => then.resume(s.try_acquire_lease(&k, ttl), now),
+            Step::ExtendLease(lease, ttl, then) => then.resume(s.extend_lease(&lease, ttl), now),
+            Step::ReleaseLease(lease, then) => then.resume(s.release_lease(&lease), now),
+            Step::LoadState(name, then) => then.resume(s.load_state(&name), now),
+            Step::StoreState(name, bytes, expect, then) => {
+                then.resume(s.store_state(&name, &bytes, expect), now)
+            }
+            Step::Sleep(d, then) => {
+                slept += d;
+                now = now.saturating_add(d);
+                then.resume((), now)
+            }
+            Step::Send(_, then) => {
+                sent.push(now);
+                let response = if sent.len() == 1 {
+                    status(429, &[("Retry-After", "30")], "")
+                } else {
+                    assert_eq!(
+                        stored_budget(&s).paused_until_ms,
+                        NOW.as_unix_millis() + 30_000,
+                        "every process sees the pause"
+                    );
+                    ok_body("NEW", Some("R2"))
+                };
+                then.resume(Sent::new(Ok(response), now), now)
+            }
+            Step::Store(k, t, expect, then) => then.resume(s.store(&k, &t, expect), now),
+            Step::Done(o) => break o.unwrap(),
+            other => panic!("unexpected {other:?}"),
+        };
+    };
+    assert!(out.result.unwrap().value.access_token.ct_eq_str("NEW"));
+    assert_eq!(sent.len(), 2);
+    assert!(
+        sent[1] >= NOW.saturating_add(Duration::from_secs(30)),
+        "the retry waits out Retry-After: {slept:?}"
+    );
+}
+
+#[test]
+fn a_store_without_shared_state_keeps_the_budget_in_the_process() {
+    use crate::storage::BlockingCoordinatedTokenStorage as Primitives;
+    /// A team's store that implements only the primitives: no shared state.
+    struct NoState(InMemoryTokenStorage);
+    impl Primitives for NoState {
+        fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
+            Primitives::load(&self.0, key)
+        }
+        fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
+            Primitives::store(&self.0, key, tokens, expect)
+        }
+        fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
+            Primitives::delete_org(&self.0, org_id, expect)
+        }
+        fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
+            Primitives::list_orgs(&self.0)
+        }
+        fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
+            Primitives::try_acquire_lease(&self.0, key, ttl)
+        }
+        fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
+            Primitives::release_lease(&self.0, lease)
+        }
+        fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
+            Primitives::extend_lease(&self.0, lease, ttl)
+        }
+    }
+    let key = TokenKey::Integration;
+    let s = NoState(seeded(&key, expired("OLD", "R")));
+    let engine = budget_engine(10);
+    // A bucket of one call (a tenth of 10, at least one): the first run calls, the second,
+    // on a still-valid token, is deferred by this process's own budget.
+    let (first, _) =
+        drive_with(&s, &engine, key.clone(), Mode::GetValid, |_, _| Ok(ok_body("NEW", Some("R2"))));
+    assert!(first.refreshed);
+    let cur = BlockingTokenStorage::load(&s, &key).unwrap().unwrap();
+    BlockingTokenStorage::store(&s, &key, &refresh_ahead("AHEAD", "R2"), Expect::Version(cur.version))
+        .unwrap();
+    let (second, trace) = drive_with(&s, &engine, key, Mode::GetValid, |_, _| panic!("no call"));
+    assert!(trace.sent.is_empty());
+    assert!(second.deferred_until.is_some());
 }

@@ -97,6 +97,10 @@ pub enum Step<T> {
     SavePending(String, PendingAuthorization, Then<T, StorageResult<bool>>),
     /// `storage.take_pending_authorization(key)`.
     TakePending(String, Then<T, StorageResult<Option<PendingAuthorization>>>),
+    /// `storage.load_state(name)`.
+    LoadState(String, Then<T, StorageResult<Option<Versioned<Vec<u8>>>>>),
+    /// `storage.store_state(name, bytes, expect)`.
+    StoreState(String, Vec<u8>, Expect, Then<T, StorageResult<u64>>),
     /// `storage.try_acquire_lease(key, ttl)`.
     AcquireLease(TokenKey, Duration, Then<T, StorageResult<Option<Lease>>>),
     /// `storage.extend_lease(lease, ttl)`.
@@ -131,6 +135,8 @@ impl<T> fmt::Debug for Step<T> {
             Step::ListOrgs(_) => f.write_str("ListOrgs"),
             Step::SavePending(key, _, _) => write!(f, "SavePending({key})"),
             Step::TakePending(key, _) => write!(f, "TakePending({key})"),
+            Step::LoadState(name, _) => write!(f, "LoadState({name})"),
+            Step::StoreState(name, _, expect, _) => write!(f, "StoreState({name}, {expect:?})"),
             Step::AcquireLease(key, ttl, _) => write!(f, "AcquireLease({key}, {ttl:?})"),
             Step::ExtendLease(lease, ttl, _) => write!(f, "ExtendLease({}, {ttl:?})", lease.key),
             Step::ReleaseLease(lease, _) => write!(f, "ReleaseLease({})", lease.key),
@@ -180,6 +186,8 @@ impl<T: Send + 'static> Step<T> {
             Step::ListOrgs(k) => Step::ListOrgs(k.chain(f)),
             Step::SavePending(key, pending, k) => Step::SavePending(key, pending, k.chain(f)),
             Step::TakePending(key, k) => Step::TakePending(key, k.chain(f)),
+            Step::LoadState(name, k) => Step::LoadState(name, k.chain(f)),
+            Step::StoreState(name, bytes, expect, k) => Step::StoreState(name, bytes, expect, k.chain(f)),
             Step::AcquireLease(key, ttl, k) => Step::AcquireLease(key, ttl, k.chain(f)),
             Step::ExtendLease(lease, ttl, k) => Step::ExtendLease(lease, ttl, k.chain(f)),
             Step::ReleaseLease(lease, k) => Step::ReleaseLease(lease, k.chain(f)),
