@@ -63,6 +63,7 @@ pub(crate) async fn run(as_json: bool) -> Result<(), Failure> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(crate::serve::serve_http(
         byova.clone(),
+        None,
         listener,
         crate::serve::Role::Public,
         crate::serve::Limits { max_connections: 16 },

@@ -15,6 +15,7 @@
 
 mod demo;
 mod progress;
+mod schedule;
 mod serve;
 mod storage;
 mod transfer;
@@ -113,9 +114,11 @@ enum Command {
         /// Connections open at once on the public address; beyond it, accepting pauses.
         #[arg(long, default_value_t = 256)]
         max_connections: usize,
-        /// Seconds between background refresh passes.
-        #[arg(long, default_value_t = 60)]
-        refresh_interval: u64,
+        /// Seconds between full resyncs of the refresh schedule with the store (what other
+        /// replicas and tools changed); between them the refresher sleeps until the next
+        /// token is due.
+        #[arg(long, default_value_t = 600, alias = "refresh-interval")]
+        resync_interval: u64,
         /// Orgs refreshed at once.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
@@ -418,12 +421,12 @@ async fn run(cli: Cli) -> Outcome {
             let statuses = byova.status().await?;
             print_statuses(&statuses, cli.json);
         }
-        Command::Serve { listen, admin_listen, refresh_interval, concurrency, max_connections, .. } => {
+        Command::Serve { listen, admin_listen, resync_interval, concurrency, max_connections, .. } => {
             serve::run(
                 Arc::new(byova),
                 &listen,
                 &admin_listen,
-                Duration::from_secs(refresh_interval.max(1)),
+                Duration::from_secs(resync_interval.max(1)),
                 concurrency,
                 serve::Limits { max_connections },
             )
@@ -604,6 +607,7 @@ pub(crate) fn status_json(s: &KeyStatus) -> serde_json::Value {
         "state": s.state.as_str(),
         "access_expires_at_ms": s.access_expires_at.as_unix_millis(),
         "refresh_expires_at_ms": s.refresh_expires_at.map(|t| t.as_unix_millis()),
+        "refresh_at_ms": s.refresh_at.map(|t| t.as_unix_millis()),
     })
 }
 

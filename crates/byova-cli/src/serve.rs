@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 
 use byova_async::core::{Clock, SystemClock};
 
+use crate::schedule::{Refresher, Touched};
 use crate::{Failure, failure, status_json};
 
 type Resp = Response<Full<Bytes>>;
@@ -50,6 +51,7 @@ const CONNECTION_DEADLINE: Duration = Duration::from_secs(60);
 /// Handles one request to the daemon; `read_by` is when its connection's reading time ends.
 pub(crate) async fn handle(
     byova: Arc<Byova>,
+    touched: Option<Touched>,
     role: Role,
     read_by: tokio::time::Instant,
     req: Request<Incoming>,
@@ -85,14 +87,19 @@ pub(crate) async fn handle(
             );
             resp
         }
-        (Role::Public, "POST", "/webhook") => webhook(&byova, read_by, req).await,
+        (Role::Public, "POST", "/webhook") => webhook(&byova, touched.as_ref(), read_by, req).await,
         (_, "GET" | "POST", _) => respond(StatusCode::NOT_FOUND, json!({"error": "not found"})),
         _ => respond(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "method not allowed"})),
     };
     Ok(resp)
 }
 
-async fn webhook(byova: &Byova, read_by: tokio::time::Instant, req: Request<Incoming>) -> Resp {
+async fn webhook(
+    byova: &Byova,
+    touched: Option<&Touched>,
+    read_by: tokio::time::Instant,
+    req: Request<Incoming>,
+) -> Resp {
     let metrics = byova_async::core::metrics();
     let signature = req.headers().get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     // The body is capped, and must arrive within the connection's reading time, before
@@ -119,6 +126,10 @@ async fn webhook(byova: &Byova, read_by: tokio::time::Instant, req: Request<Inco
     match byova.handle_service_app_webhook(&body, signature.as_deref()).await {
         Ok(outcome) => {
             metrics.record_webhook(outcome.as_str());
+            if let (Some(touched), Some(org)) = (touched, outcome.org_id()) {
+                // Full: the next resync catches up.
+                let _ = touched.try_send(org.to_owned());
+            }
             respond(StatusCode::OK, json!({"outcome": outcome.as_str(), "org_id": outcome.org_id()}))
         }
         Err(e @ Error::WebhookSignature(_)) => {
@@ -179,6 +190,7 @@ impl Limits {
 /// Each connection serves one request, which must arrive within [`READ_DEADLINE`].
 pub(crate) async fn serve_http(
     byova: Arc<Byova>,
+    touched: Option<Touched>,
     listener: TcpListener,
     role: Role,
     limits: Limits,
@@ -215,11 +227,13 @@ pub(crate) async fn serve_http(
                 }
             }
         };
-        let byova = byova.clone();
+        let (byova, touched) = (byova.clone(), touched.clone());
         connections.spawn(async move {
             let read_by = tokio::time::Instant::now() + READ_DEADLINE;
             let io = hyper_util::rt::TokioIo::new(stream);
-            let service = hyper::service::service_fn(move |req| handle(byova.clone(), role, read_by, req));
+            let service = hyper::service::service_fn(move |req| {
+                handle(byova.clone(), touched.clone(), role, read_by, req)
+            });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(READ_DEADLINE)
@@ -234,41 +248,6 @@ pub(crate) async fn serve_http(
         while connections.join_next().await.is_some() {}
     })
     .await;
-}
-
-/// One background pass: every token that is due is refreshed, at most `concurrency` orgs at
-/// a time. Shared stores' leases make replicas refresh each org once between them.
-pub(crate) async fn refresh_pass(
-    byova: &Byova,
-    concurrency: usize,
-    stop: &tokio::sync::watch::Receiver<bool>,
-) {
-    match byova.integration().get_access_token().await {
-        Ok(_) | Err(Error::NotAuthorized) => {}
-        Err(e) => tracing::warn!(error = %e, "the Integration's token could not be refreshed"),
-    }
-    let orgs = match byova.service_app().list_orgs().await {
-        Ok(orgs) => orgs,
-        Err(e) => return tracing::warn!(error = %e, "cannot list orgs"),
-    };
-    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    for org in orgs {
-        // Stopping: start nothing new; what runs finishes.
-        let Ok(slot) = slots.clone().acquire_owned().await else { break };
-        if *stop.borrow() {
-            break;
-        }
-        let sa = byova.service_app().clone();
-        tasks.spawn(async move {
-            if let Err(e) = sa.get_access_token(&org).await {
-                tracing::warn!(org = %org, error = %e, "background refresh failed");
-            }
-            drop(slot);
-        });
-        while tasks.try_join_next().is_some() {}
-    }
-    while tasks.join_next().await.is_some() {}
 }
 
 async fn shutdown_signal() {
@@ -318,7 +297,7 @@ pub(crate) async fn run(
     byova: Arc<Byova>,
     listen: &str,
     admin_listen: &str,
-    interval: Duration,
+    resync: Duration,
     concurrency: usize,
     limits: Limits,
 ) -> Result<(), Failure> {
@@ -333,23 +312,20 @@ pub(crate) async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let refresher = {
-        let (byova, mut rx) = (byova.clone(), stop_rx.clone());
-        tokio::spawn(async move {
-            loop {
-                refresh_pass(&byova, concurrency, &rx).await;
-                if *rx.borrow() {
-                    break;
-                }
-                tokio::select! {
-                    () = tokio::time::sleep(interval) => {}
-                    _ = rx.wait_for(|stop| *stop) => break,
-                }
-            }
-        })
-    };
+    let (touched, touched_rx) = tokio::sync::mpsc::channel(1024);
+    let refresher = tokio::spawn(
+        Refresher {
+            byova: byova.clone(),
+            concurrency,
+            resync_every: resync,
+            touched: touched_rx,
+            stop: stop_rx.clone(),
+        }
+        .run(),
+    );
     let admin_server = tokio::spawn(serve_http(
         byova.clone(),
+        None,
         admin,
         Role::Admin,
         Limits { max_connections: 64 },
@@ -357,7 +333,7 @@ pub(crate) async fn run(
     ));
     let limits = limits.within_descriptor_budget();
     tracing::info!(max_connections = limits.max_connections, "public listener");
-    let public = serve_http(byova.clone(), listener, Role::Public, limits, async {
+    let public = serve_http(byova.clone(), Some(touched), listener, Role::Public, limits, async {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });

@@ -941,7 +941,7 @@ fn two_replicas_refresh_each_org_once(env: &Env, store: &dyn BlockingTokenStorag
                 "serve",
                 "--listen",
                 "127.0.0.1:0",
-                "--refresh-interval",
+                "--resync-interval",
                 "1",
             ]))
             .0
@@ -1040,4 +1040,72 @@ impl BlockingTokenStorage for OnRuntime<'_> {
     fn list_registered_orgs(&self) -> Result<Vec<String>, byova_core::StorageError> {
         self.rt.block_on(byova_core::TokenStorage::list_registered_orgs(&self.sql))
     }
+}
+
+/// `byova serve` refreshes on a schedule, not on scans: with a resync every 10 minutes, six-
+/// second tokens (seeded ones and one an `authorized` delivery brings during the run) are each
+/// refreshed again and again at their refresh points, and none is ever left expired.
+#[test]
+fn serve_refreshes_each_token_at_its_refresh_point_without_scanning() {
+    let env = Env::new();
+    env.fake.update_settings(|s| {
+        s.expires_in = 6;
+        s.service_app_expires_in = 6;
+    });
+    env.seed_integration();
+    let orgs = ["org-s1", "org-s2", "org-s3", "org-s4"];
+    for org in orgs {
+        let issued = env.fake.issue_service_app_tokens(org);
+        env.store().set_service_app_tokens(org, &issued.to_oauth_tokens(SystemClock.now())).unwrap();
+    }
+    let (mut serve, base, _) = start_serve(env.cmd().env("BYOVA_WEBHOOK_SECRET", "sched-secret").args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--resync-interval",
+        "600",
+    ]));
+    let created = env
+        .cmd()
+        .env("BYOVA_WEBHOOK_SECRET", "sched-secret")
+        .args(["webhooks", "ensure", &format!("{base}/webhook")])
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{}", stderr(&created));
+    env.fake.authorize_org(ORG);
+    assert_eq!(statuses(&env.fake.admin_event(ServiceAppEventKind::Authorized, ORG)), vec![Some(200)]);
+    let started = Instant::now();
+    let mut expired_seen = Vec::new();
+    while started.elapsed() < Duration::from_secs(13) {
+        std::thread::sleep(Duration::from_millis(250));
+        for org in orgs.iter().copied().chain([ORG]) {
+            if let Some(t) = env.store().get_service_app_tokens(org).unwrap()
+                && t.is_expired(Duration::ZERO, SystemClock.now())
+            {
+                expired_seen.push(org);
+            }
+        }
+    }
+    assert!(sigterm(&mut serve).success());
+    let redeemed = env.fake.redemptions();
+    let fetches = env.fake.calls(Endpoint::ApplicationToken);
+    println!(
+        "serve, 6 s tokens, 13 s: {} refreshes, {fetches} fetches, expired seen: {expired_seen:?}",
+        redeemed.len()
+    );
+    assert!(expired_seen.is_empty(), "a token was left expired: {expired_seen:?}");
+    // Each token lives 6 s and is refreshed in the 50-80 % window: in 13 s every seeded org is
+    // refreshed at least twice (a scan every 10 minutes could not have done it).
+    for org in orgs {
+        let stored = env.store().get_service_app_tokens(org).unwrap().unwrap();
+        assert!(env.fake.is_access_token_valid(stored.access_token.expose_secret()), "{org}");
+    }
+    assert!(redeemed.len() >= orgs.len() * 2, "each org refreshed at least twice: {}", redeemed.len());
+    // At most one refresh per 3 s (the window's start) per token, plus the delivered org's.
+    assert!(redeemed.len() <= (orgs.len() + 1) * 5, "no refresh storm: {}", redeemed.len());
+    let delivered = env.store().get_service_app_tokens(ORG).unwrap().unwrap();
+    assert!(
+        env.fake.is_access_token_valid(delivered.access_token.expose_secret()),
+        "the delivered org is kept fresh"
+    );
 }

@@ -232,6 +232,7 @@ mod tests {
             state: TokenState::Valid,
             access_expires_at: Timestamp::from_unix_secs(1_060),
             refresh_expires_at: None,
+            refresh_at: None,
         }];
         let text = m.render_prometheus(&statuses, now);
         for line in [

@@ -137,6 +137,10 @@ pub struct KeyStatus {
     pub access_expires_at: Timestamp,
     /// When the refresh token expires, when known.
     pub refresh_expires_at: Option<Timestamp>,
+    /// When the key's refresh-ahead point comes (its place in the refresh window); `None`
+    /// when nobody can renew it without a person (marked, or an Integration's without a
+    /// refresh token). A scheduler wakes for the key then.
+    pub refresh_at: Option<Timestamp>,
 }
 
 impl RefreshPolicy {
@@ -148,10 +152,13 @@ impl RefreshPolicy {
         now: Timestamp,
         jitter_seed: u64,
     ) -> KeyStatus {
+        let renewable = !tokens.reauthorization_required
+            && (tokens.refresh_token.is_some() || matches!(key, TokenKey::Org(_)));
         KeyStatus {
             state: self.state(tokens, now, jitter_seed),
             access_expires_at: tokens.expires_at(),
             refresh_expires_at: tokens.refresh_token_expires_at(),
+            refresh_at: renewable.then(|| self.refresh_ahead_at(tokens, jitter_seed)),
             key,
         }
     }
