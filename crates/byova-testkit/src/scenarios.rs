@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use byova_core::{
     AccessToken, BlockingTokenStorage, ByovaConfig, Clock, Error, InMemoryTokenStorage,
-    IntegrationCredentials, KeyStatus, OAuthTokens, PendingAuthorization, ServiceAppCredentials,
-    ServiceAppEventKind, StorageError, SystemClock, TokenKey, TokenState, TokenStorage, WebhookSecret,
-    pending_key,
+    IntegrationCredentials, KeyStatus, OAuthTokens, PendingAuthorization, RefreshToken,
+    ServiceAppCredentials, ServiceAppEventKind, StorageError, SystemClock, TokenKey, TokenState,
+    TokenStorage, WebhookSecret, pending_key,
 };
 
 use crate::fake::{AuthorizeMode, Endpoint, FakeWebex, Fault};
@@ -422,6 +422,7 @@ scenarios!(
     a_store_that_panics_mid_refresh_leaves_nothing_held,
     a_bulk_refresh_reports_every_org_even_when_one_panics,
     a_hundred_orgs_expiring_together_cost_one_call_each,
+    a_cohort_registered_together_spreads_its_refreshes_over_the_window,
     two_replicas_share_one_token_budget_and_meet_no_429,
     a_429_pauses_every_replica_until_retry_after,
     strict_rotation_over_1000_refresh_cycles_reuses_nothing,
@@ -1098,6 +1099,36 @@ async fn a_hundred_orgs_expiring_together_cost_one_call_each(f: Arc<dyn Flavour>
         );
     }
     assert_eq!(w.fake.calls(Endpoint::AccessToken), 100);
+}
+
+/// 200 orgs registered in the same second with 1,000 s tokens: their refresh points spread
+/// over 50-80 % of the life (no 50 s stretch holds more than a quarter of them), and two
+/// replicas agree on every one of them.
+async fn a_cohort_registered_together_spreads_its_refreshes_over_the_window(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    let other = f.build(&w.setup);
+    let obtained = w.now();
+    for i in 0..200 {
+        let tokens = OAuthTokens::new(AccessToken::new(format!("A{i}")), 1_000, obtained)
+            .with_refresh_token(RefreshToken::new(format!("R{i}")), Some(7_775_999));
+        w.setup.async_storage.set_service_app_tokens(&format!("org-{i:03}"), &tokens).await.unwrap();
+    }
+    let points = |statuses: Vec<KeyStatus>| -> Vec<u64> {
+        statuses
+            .iter()
+            .filter(|s| matches!(s.key, TokenKey::Org(_)))
+            .map(|s| s.refresh_at.expect("renewable").as_unix_millis() - obtained.as_unix_millis())
+            .collect()
+    };
+    let mine = points(w.sdk.status().await.unwrap());
+    assert_eq!(mine.len(), 200);
+    assert_eq!(mine, points(other.status().await.unwrap()), "every replica places them alike");
+    assert!(mine.iter().all(|ms| (500_000..=800_000).contains(ms)), "inside 50-80 % of the life: {mine:?}");
+    let mut bins = [0usize; 6];
+    for ms in &mine {
+        bins[((ms - 500_000) / 50_000).min(5) as usize] += 1;
+    }
+    assert!(bins.iter().all(|n| (10..=50).contains(n)), "spread over the window, 50 s bins: {bins:?}");
 }
 
 /// Sixteen expired orgs, both replicas asking for every one of them at once, against a
