@@ -84,6 +84,9 @@ async fn drive<T: Send + 'static>(agent: Arc<Agent>, mut step: Step<T>) -> Resul
             Step::TakePending(key, then) => {
                 then.resume(bounded(a, storage.take_pending_authorization(&key)).await, agent.now())
             }
+            Step::LoadMany(keys, then) => {
+                then.resume(bounded(a, storage.load_many(&keys)).await, agent.now())
+            }
             Step::LoadState(name, then) => {
                 then.resume(bounded(a, storage.load_state(&name)).await, agent.now())
             }

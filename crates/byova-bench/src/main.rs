@@ -11,7 +11,12 @@
 //!   server does (any credentials), and `token_endpoint_calls` is left to it.
 //! - `storage-ops`: get and set operations per second through the storage adapter, and the time
 //!   of `list_registered_orgs` with `--orgs` (100,000) orgs stored.
+//! - `fleet`: `--orgs` orgs, none due: the refresh schedule's load time and memory (memory:),
+//!   or `byova serve` on the store for `--seconds` (its first resync, resident memory, idle
+//!   CPU); then a cohort of 1,000 orgs with 30-minute tokens under a 300/min limit, simulated
+//!   on a virtual clock over two lifetimes (429s, tokens served expired, calls per renewal).
 
+mod fleet;
 mod herd;
 mod hot;
 mod storage;
@@ -31,12 +36,14 @@ pub(crate) struct Args {
     iterations: u64,
     ops: usize,
     orgs: usize,
+    /// How long `fleet` watches the daemon idle.
+    seconds: u64,
     /// Set on the child processes of a multi-process herd.
     child: bool,
 }
 
-const USAGE: &str = "usage: byova-bench hot|herd|sa-herd|storage-ops [--flavour async|blocking] [--callers N] \
-                     [--processes P] [--storage URL] [--base-url URL] [--iterations N] [--ops N] [--orgs N]";
+const USAGE: &str = "usage: byova-bench hot|herd|sa-herd|storage-ops|fleet [--flavour async|blocking] [--callers N] \
+                     [--processes P] [--storage URL] [--base-url URL] [--iterations N] [--ops N] [--orgs N] [--seconds S]";
 
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
@@ -51,6 +58,7 @@ fn parse_args() -> Result<Args, String> {
         iterations: 20_000_000,
         ops: 2000,
         orgs: 100_000,
+        seconds: 60,
         child: false,
     };
     let number = |v: String, flag: &str| v.parse::<u64>().map_err(|_| format!("{flag} takes a number"));
@@ -65,6 +73,7 @@ fn parse_args() -> Result<Args, String> {
             "--iterations" => parsed.iterations = number(value()?, &flag)?,
             "--ops" => parsed.ops = number(value()?, &flag)? as usize,
             "--orgs" => parsed.orgs = number(value()?, &flag)? as usize,
+            "--seconds" => parsed.seconds = number(value()?, &flag)?,
             "--child" => parsed.child = true,
             other => return Err(format!("unknown flag {other}\n{USAGE}")),
         }
@@ -91,6 +100,7 @@ fn main() -> ExitCode {
         "herd" => herd::run(&args, false),
         "sa-herd" => herd::run(&args, true),
         "storage-ops" => storage_ops::run(&args),
+        "fleet" => fleet::run(&args),
         other => Err(format!("unknown scenario {other:?}\n{USAGE}")),
     };
     match result {

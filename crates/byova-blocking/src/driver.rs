@@ -55,6 +55,7 @@ impl Drive for Agent {
                 Step::TakePending(key, then) => {
                     then.resume(storage.take_pending_authorization(&key), self.now())
                 }
+                Step::LoadMany(keys, then) => then.resume(storage.load_many(&keys), self.now()),
                 Step::LoadState(name, then) => then.resume(storage.load_state(&name), self.now()),
                 Step::StoreState(name, bytes, expect, then) => {
                     then.resume(storage.store_state(&name, &bytes, expect), self.now())

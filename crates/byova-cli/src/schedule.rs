@@ -8,11 +8,10 @@
 //! same in every replica), so replicas wake for a key together and the store's lease lets one
 //! of them call Webex. With nothing due the refresher is asleep: no store reads, no CPU.
 
-use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use byova_async::core::{Clock, KeyStatus, SystemClock, Timestamp, TokenKey};
+use byova_async::core::{Clock, KeyStatus, RefreshSchedule, SystemClock, Timestamp, TokenKey};
 use byova_async::{Byova, Error};
 use tokio::sync::{mpsc, watch};
 
@@ -25,71 +24,6 @@ const AFTER_FAILURE: Duration = Duration::from_secs(30);
 /// A key still due right after its refresh (the token budget deferred it, or another
 /// replica holds its lease) is looked at again this much later.
 const STILL_DUE: Duration = Duration::from_secs(5);
-
-/// Wakes come this long after a refresh point: the engine reads a coarse clock
-/// ([`CoarseClock::RESOLUTION`](byova_async::core::CoarseClock::RESOLUTION)), and a wake a
-/// tick early would find the token still fresh and wait [`STILL_DUE`] for nothing.
-const WAKE_SLACK: Duration = Duration::from_millis(50);
-
-/// When each key is due, ordered by time.
-#[derive(Debug, Default)]
-pub(crate) struct Schedule {
-    by_time: BTreeSet<(Timestamp, TokenKey)>,
-    by_key: HashMap<TokenKey, Timestamp>,
-}
-
-impl Schedule {
-    /// Schedules `key` at `at` (replacing its earlier time).
-    pub(crate) fn set(&mut self, key: TokenKey, at: Timestamp) {
-        if let Some(old) = self.by_key.insert(key.clone(), at) {
-            self.by_time.remove(&(old, key.clone()));
-        }
-        self.by_time.insert((at, key));
-    }
-
-    /// Forgets `key`.
-    pub(crate) fn remove(&mut self, key: &TokenKey) {
-        if let Some(old) = self.by_key.remove(key) {
-            self.by_time.remove(&(old, key.clone()));
-        }
-    }
-
-    /// The earliest time anything is due.
-    pub(crate) fn next_due(&self) -> Option<Timestamp> {
-        self.by_time.first().map(|(at, _)| *at)
-    }
-
-    /// Takes up to `max` keys due at `now`, earliest first (those closest to expiry).
-    pub(crate) fn take_due(&mut self, now: Timestamp, max: usize) -> Vec<TokenKey> {
-        let mut due = Vec::new();
-        while due.len() < max {
-            match self.by_time.first() {
-                Some((at, _)) if *at <= now => {
-                    if let Some((_, key)) = self.by_time.pop_first() {
-                        self.by_key.remove(&key);
-                        due.push(key);
-                    }
-                }
-                _ => break,
-            }
-        }
-        due
-    }
-
-    /// Keys scheduled.
-    pub(crate) fn len(&self) -> usize {
-        self.by_key.len()
-    }
-
-    /// Applies what a key's status says: scheduled at its refresh point (not before
-    /// `not_before`), or forgotten when nothing is stored or nobody can renew it.
-    pub(crate) fn apply(&mut self, key: TokenKey, status: Option<&KeyStatus>, not_before: Timestamp) {
-        match status.and_then(|s| s.refresh_at) {
-            Some(at) => self.set(key, at.saturating_add(WAKE_SLACK).max(not_before)),
-            None => self.remove(&key),
-        }
-    }
-}
 
 /// What the refresher needs to know to run.
 pub(crate) struct Refresher {
@@ -109,7 +43,7 @@ impl Refresher {
     /// Runs until `stop` turns true; refreshes in flight then finish (the caller bounds how
     /// long it waits).
     pub(crate) async fn run(mut self) {
-        let mut schedule = Schedule::default();
+        let mut schedule = RefreshSchedule::default();
         let mut running = tokio::task::JoinSet::<Finished>::new();
         let mut next_resync = tokio::time::Instant::now();
         loop {
@@ -158,11 +92,11 @@ impl Refresher {
 
     /// Reads every key's status and schedules it: what other replicas, tools or restarts
     /// changed since the last resync.
-    async fn resync(&self, schedule: &mut Schedule) {
+    async fn resync(&self, schedule: &mut RefreshSchedule) {
         let started = std::time::Instant::now();
         match self.byova.status().await {
             Ok(statuses) => {
-                let mut fresh = Schedule::default();
+                let mut fresh = RefreshSchedule::default();
                 let now = SystemClock.now();
                 for status in &statuses {
                     fresh.apply(status.key.clone(), Some(status), now);
@@ -202,30 +136,4 @@ async fn refresh(byova: &Byova, key: TokenKey) -> Finished {
         }
     };
     (key, status, ok)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn at(secs: u64) -> Timestamp {
-        Timestamp::from_unix_secs(secs)
-    }
-
-    #[test]
-    fn keys_come_due_in_time_order_and_once() {
-        let mut s = Schedule::default();
-        s.set(TokenKey::org("b"), at(20));
-        s.set(TokenKey::org("a"), at(10));
-        s.set(TokenKey::Integration, at(30));
-        s.set(TokenKey::org("b"), at(5));
-        assert_eq!(s.len(), 3);
-        assert_eq!(s.next_due(), Some(at(5)));
-        assert!(s.take_due(at(4), 10).is_empty());
-        assert_eq!(s.take_due(at(10), 1), [TokenKey::org("b")]);
-        assert_eq!(s.take_due(at(10), 10), [TokenKey::org("a")]);
-        assert_eq!(s.next_due(), Some(at(30)));
-        s.remove(&TokenKey::Integration);
-        assert_eq!((s.len(), s.next_due()), (0, None));
-    }
 }

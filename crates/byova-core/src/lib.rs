@@ -56,6 +56,7 @@ mod metrics;
 mod oauth;
 mod pending;
 mod policy;
+mod schedule;
 mod sealing;
 mod secret;
 mod storage;
@@ -103,6 +104,7 @@ pub use pending::{PENDING_AUTHORIZATION_TTL, PendingAuthorization, pending_key};
 pub use policy::{
     CoordinationPolicy, Freshness, KeyStatus, RefreshPolicy, RetryDecision, RetryPolicy, TokenState, key_seed,
 };
+pub use schedule::{RefreshSchedule, WAKE_SLACK};
 pub use sealing::{SealedStorage, StorageKeys};
 pub use secret::{
     AccessToken, AuthorizationCode, ClientSecret, CsrfState, PkceCodeVerifier, RefreshToken, WebhookSecret,

@@ -287,6 +287,10 @@ macro_rules! sealed_impl {
             $($async_kw)? fn take_pending_authorization(&self, key: &str) -> Result<Option<PendingAuthorization>, StorageError> {
                 self.inner.take_pending_authorization(key)$(.$await)?
             }
+            $($async_kw)? fn load_many(&self, keys: &[TokenKey]) -> Result<Vec<Option<Versioned<OAuthTokens>>>, StorageError> {
+                let loaded = self.inner.load_many(keys)$(.$await)??;
+                keys.iter().zip(loaded).map(|(key, record)| self.open_versioned(key, record)).collect()
+            }
             $($async_kw)? fn load_state(&self, name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError> {
                 self.inner.load_state(name)$(.$await)?
             }

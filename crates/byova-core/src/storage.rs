@@ -161,6 +161,19 @@ pub trait TokenStorage: Send + Sync {
         Ok(None)
     }
 
+    /// Reads many records at once (a daemon's resync reads every org), in the order of
+    /// `keys`. The default reads them one by one; a store that can batch them does.
+    async fn load_many(
+        &self,
+        keys: &[TokenKey],
+    ) -> Result<Vec<Option<Versioned<OAuthTokens>>>, StorageError> {
+        let mut all = Vec::with_capacity(keys.len());
+        for key in keys {
+            all.push(self.load(key).await?);
+        }
+        Ok(all)
+    }
+
     /// Reads a small state every replica shares (the token budget) with its version. The
     /// default fails with [`StorageErrorKind::Unsupported`](crate::StorageErrorKind::Unsupported):
     /// the state then lives in each process.
@@ -255,6 +268,11 @@ pub trait BlockingTokenStorage: Send + Sync {
         Ok(None)
     }
 
+    /// See [`TokenStorage::load_many`].
+    fn load_many(&self, keys: &[TokenKey]) -> Result<Vec<Option<Versioned<OAuthTokens>>>, StorageError> {
+        keys.iter().map(|key| self.load(key)).collect()
+    }
+
     /// See [`TokenStorage::load_state`].
     fn load_state(&self, name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError> {
         let _ = name;
@@ -310,6 +328,17 @@ pub trait CoordinatedTokenStorage: Send + Sync {
         let _ = key;
         Ok(None)
     }
+    /// See [`TokenStorage::load_many`]; by default one by one.
+    async fn load_many(
+        &self,
+        keys: &[TokenKey],
+    ) -> Result<Vec<Option<Versioned<OAuthTokens>>>, StorageError> {
+        let mut all = Vec::with_capacity(keys.len());
+        for key in keys {
+            all.push(self.load(key).await?);
+        }
+        Ok(all)
+    }
     /// See [`TokenStorage::load_state`]; by default unsupported.
     async fn load_state(&self, name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError> {
         let _ = name;
@@ -351,6 +380,10 @@ pub trait BlockingCoordinatedTokenStorage: Send + Sync {
     fn take_pending_authorization(&self, key: &str) -> Result<Option<PendingAuthorization>, StorageError> {
         let _ = key;
         Ok(None)
+    }
+    /// See [`TokenStorage::load_many`]; by default one by one.
+    fn load_many(&self, keys: &[TokenKey]) -> Result<Vec<Option<Versioned<OAuthTokens>>>, StorageError> {
+        keys.iter().map(|key| self.load(key)).collect()
     }
     /// See [`TokenStorage::load_state`]; by default unsupported.
     fn load_state(&self, name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError> {
@@ -414,6 +447,9 @@ macro_rules! provide_seed_methods {
             }
             $($async_kw)? fn take_pending_authorization(&self, key: &str) -> Result<Option<PendingAuthorization>, StorageError> {
                 $primitives::take_pending_authorization(self, key)$(.$await)?
+            }
+            $($async_kw)? fn load_many(&self, keys: &[TokenKey]) -> Result<Vec<Option<Versioned<OAuthTokens>>>, StorageError> {
+                $primitives::load_many(self, keys)$(.$await)?
             }
             $($async_kw)? fn load_state(&self, name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError> {
                 $primitives::load_state(self, name)$(.$await)?

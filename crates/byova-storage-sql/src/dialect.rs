@@ -16,6 +16,8 @@ pub(crate) struct Statements {
     pub(crate) create: String,
     pub(crate) ensure_row: String,
     pub(crate) load: String,
+    /// Reads [`LOAD_MANY_BATCH`] rows by key (pad the list by repeating a key).
+    pub(crate) load_many: String,
     pub(crate) load_for_update: String,
     pub(crate) update_record: String,
     pub(crate) delete: String,
@@ -42,6 +44,9 @@ pub(crate) struct Statements {
     /// The taker whose delete removed the row (`rows affected = 1`) is the one that has it.
     pub(crate) delete_pending: String,
 }
+
+/// Keys per batched read.
+pub(crate) const LOAD_MANY_BATCH: usize = 100;
 
 impl Statements {
     pub(crate) fn new(kind: Kind, table: &str) -> Self {
@@ -140,6 +145,10 @@ impl Statements {
             create,
             ensure_row,
             load: format!("SELECT version, record FROM {table} WHERE key_name = {}", p(1)),
+            load_many: format!(
+                "SELECT key_name, version, record FROM {table} WHERE key_name IN ({})",
+                (1..=LOAD_MANY_BATCH).map(p).collect::<Vec<_>>().join(", ")
+            ),
             load_for_update: format!(
                 "SELECT version, record FROM {table} WHERE key_name = {}{for_update}",
                 p(1)

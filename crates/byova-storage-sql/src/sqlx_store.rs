@@ -10,7 +10,8 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use crate::dialect::{
-    Kind, Statements, check_pending_key, decode_pending, key_columns, redact, split_table, state_row,
+    Kind, LOAD_MANY_BATCH, Statements, check_pending_key, decode_pending, key_columns, redact, split_table,
+    state_row,
 };
 
 /// An async SQL token store. Cheap to clone (a connection pool).
@@ -371,6 +372,45 @@ impl CoordinatedTokenStorage for SqlTokenStorage {
             .await
             .map_err(|e| sqlx_error("read", &e))?;
         self.decode(key, row)
+    }
+    async fn load_many(
+        &self,
+        keys: &[TokenKey],
+    ) -> Result<Vec<Option<Versioned<OAuthTokens>>>, StorageError> {
+        let mut all = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(LOAD_MANY_BATCH) {
+            let names =
+                chunk.iter().map(|k| key_columns(k).map(|(name, _)| name)).collect::<Result<Vec<_>, _>>()?;
+            let mut query = sqlx::query(&self.st.load_many);
+            for i in 0..LOAD_MANY_BATCH {
+                query = query.bind(names[i.min(names.len() - 1)].clone());
+            }
+            let rows = query.fetch_all(&self.pool).await.map_err(|e| sqlx_error("read", &e))?;
+            let mut by_name = std::collections::HashMap::with_capacity(rows.len());
+            for row in rows {
+                let name = text(&row, 0).map_err(|e| sqlx_error("read the key", &e))?.unwrap_or_default();
+                by_name.insert(name, row);
+            }
+            for (key, name) in chunk.iter().zip(&names) {
+                let row = by_name.remove(name).map(|row| {
+                    let version: i64 = row.try_get(1).map_err(|e| sqlx_error("read the version", &e))?;
+                    let record = text(&row, 2).map_err(|e| sqlx_error("read the record", &e))?;
+                    Ok::<_, StorageError>((version, record))
+                });
+                all.push(match row.transpose()? {
+                    Some((version, Some(record))) => Some(Versioned {
+                        value: decode_record(
+                            record.as_bytes(),
+                            key,
+                            &format!("{} table {}", self.display, self.table),
+                        )?,
+                        version: u64::try_from(version).unwrap_or(0),
+                    }),
+                    _ => None,
+                });
+            }
+        }
+        Ok(all)
     }
     async fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
         let (name, org) = key_columns(key)?;

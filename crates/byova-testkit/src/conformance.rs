@@ -112,6 +112,9 @@ impl Target {
     fn take_pending(&self, key: String) -> BoxFut<'static, Res<Option<PendingAuthorization>>> {
         dispatch!(self, |s| s.take_pending_authorization(&key))
     }
+    fn load_many(&self, keys: Vec<TokenKey>) -> BoxFut<'static, Res<Vec<Option<Versioned<OAuthTokens>>>>> {
+        dispatch!(self, |s| s.load_many(&keys))
+    }
     fn load_state(&self, name: String) -> BoxFut<'static, Res<Option<Versioned<Vec<u8>>>>> {
         dispatch!(self, |s| s.load_state(&name))
     }
@@ -464,6 +467,44 @@ impl Suite {
     /// The small shared state replicas keep (the token budget): versioned exactly like
     /// records, and 8 concurrent compare-and-set writers lose no update. `None` (not
     /// applicable) when the backend keeps none (the default hooks).
+    /// `load_many` answers what `load` answers, key by key and in order, across batches.
+    async fn batched_reads(&self) -> CaseResult {
+        let t = &self.target;
+        let mut keys = Vec::new();
+        for i in 0..250 {
+            let key = TokenKey::org(self.org(&format!("batch-{i:03}")));
+            if i % 3 != 1 {
+                ok(t.store(key.clone(), sample_tokens(&format!("batch-{i}")), Expect::Any).await, "store")?;
+            }
+            keys.push(key);
+        }
+        keys.reverse();
+        let many = ok(t.load_many(keys.clone()).await, "load_many")?;
+        ensure(many.len() == keys.len(), || {
+            format!("load_many gave {} records for {} keys", many.len(), keys.len())
+        })?;
+        for (key, got) in keys.iter().zip(&many) {
+            let one = ok(t.load(key.clone()).await, "load")?;
+            let same = match (&one, got) {
+                (None, None) => true,
+                (Some(a), Some(b)) => {
+                    a.version == b.version && a.value.access_token.ct_eq(&b.value.access_token)
+                }
+                _ => false,
+            };
+            ensure(same, || format!("load_many and load disagree on {key}"))?;
+        }
+        ensure(many.iter().filter(|r| r.is_none()).count() == 83, || {
+            "missing keys must read as None".to_owned()
+        })?;
+        for key in keys {
+            if let TokenKey::Org(org) = key {
+                let _ = t.delete_org(org).await;
+            }
+        }
+        Ok(())
+    }
+
     async fn shared_state(&self) -> Option<CaseResult> {
         let t = &self.target;
         let name = format!("{}-state", self.run_id);
@@ -693,6 +734,7 @@ async fn run(target: Target, corrupt: Option<Corrupter>) -> ConformanceReport {
     );
     record("pending_authorizations", suite.pending_authorizations().await);
     record("shared_state", suite.shared_state().await);
+    record("batched_reads", Some(suite.batched_reads().await));
     record(
         "corrupt_record_is_typed",
         match &corrupt {

@@ -545,7 +545,7 @@ async fn in_memory_storage_passes_the_async_suite() {
     let storage = Arc::new(InMemoryTokenStorage::new());
     let report = conformance::check_token_storage(storage.clone(), Some(memory_corrupter(&storage))).await;
     assert!(report.skipped.is_empty(), "{:?}", report.skipped);
-    assert_eq!(report.passed.len(), 13);
+    assert_eq!(report.passed.len(), 14);
 }
 
 #[test]
@@ -553,7 +553,7 @@ fn in_memory_storage_passes_the_blocking_suite() {
     let storage = Arc::new(InMemoryTokenStorage::new());
     let report = conformance::check_blocking_token_storage(storage.clone(), Some(memory_corrupter(&storage)));
     assert!(report.skipped.is_empty(), "{:?}", report.skipped);
-    assert_eq!(report.passed.len(), 13);
+    assert_eq!(report.passed.len(), 14);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -607,7 +607,7 @@ impl BlockingTokenStorage for SixMethods {
 #[test]
 fn a_seed_only_backend_passes_with_coordination_cases_skipped() {
     let report = conformance::check_blocking_token_storage(Arc::new(SixMethods::default()), None);
-    assert_eq!(report.passed.len(), 5);
+    assert_eq!(report.passed.len(), 6);
     assert_eq!(
         report.skipped,
         [

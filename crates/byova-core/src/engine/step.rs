@@ -97,6 +97,8 @@ pub enum Step<T> {
     SavePending(String, PendingAuthorization, Then<T, StorageResult<bool>>),
     /// `storage.take_pending_authorization(key)`.
     TakePending(String, Then<T, StorageResult<Option<PendingAuthorization>>>),
+    /// `storage.load_many(keys)`.
+    LoadMany(Vec<TokenKey>, Then<T, StorageResult<Vec<Option<Versioned<OAuthTokens>>>>>),
     /// `storage.load_state(name)`.
     LoadState(String, Then<T, StorageResult<Option<Versioned<Vec<u8>>>>>),
     /// `storage.store_state(name, bytes, expect)`.
@@ -135,6 +137,7 @@ impl<T> fmt::Debug for Step<T> {
             Step::ListOrgs(_) => f.write_str("ListOrgs"),
             Step::SavePending(key, _, _) => write!(f, "SavePending({key})"),
             Step::TakePending(key, _) => write!(f, "TakePending({key})"),
+            Step::LoadMany(keys, _) => write!(f, "LoadMany({} keys)", keys.len()),
             Step::LoadState(name, _) => write!(f, "LoadState({name})"),
             Step::StoreState(name, _, expect, _) => write!(f, "StoreState({name}, {expect:?})"),
             Step::AcquireLease(key, ttl, _) => write!(f, "AcquireLease({key}, {ttl:?})"),
@@ -186,6 +189,7 @@ impl<T: Send + 'static> Step<T> {
             Step::ListOrgs(k) => Step::ListOrgs(k.chain(f)),
             Step::SavePending(key, pending, k) => Step::SavePending(key, pending, k.chain(f)),
             Step::TakePending(key, k) => Step::TakePending(key, k.chain(f)),
+            Step::LoadMany(keys, k) => Step::LoadMany(keys, k.chain(f)),
             Step::LoadState(name, k) => Step::LoadState(name, k.chain(f)),
             Step::StoreState(name, bytes, expect, k) => Step::StoreState(name, bytes, expect, k.chain(f)),
             Step::AcquireLease(key, ttl, k) => Step::AcquireLease(key, ttl, k.chain(f)),

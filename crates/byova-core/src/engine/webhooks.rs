@@ -10,7 +10,7 @@ use crate::engine::step::{Step, StorageResult, Then, done};
 use crate::engine::{ServiceAppEngine, send_with_retry};
 use crate::error::{Error, Result};
 use crate::http::HttpRequest;
-use crate::key::TokenKey;
+use crate::key::{TokenKey, Versioned};
 use crate::policy::KeyStatus;
 use crate::secret::{AccessToken, WebhookSecret};
 use crate::time::Timestamp;
@@ -213,31 +213,45 @@ impl ServiceAppEngine {
         })
     }
 
-    /// The status of every registered org. Holds no secret.
+    /// The status of every registered org. Holds no secret. Records are read in batches
+    /// ([`TokenStorage::load_many`](crate::TokenStorage::load_many)), so a store that can
+    /// batch reads a large fleet in few round trips.
     pub fn statuses(self: &Arc<Self>) -> Step<Vec<KeyStatus>> {
         let engine = self.clone();
-        Step::ListOrgs(Then::new(move |orgs: StorageResult<Vec<String>>, now| match orgs {
-            Ok(orgs) => engine.status_each(orgs.into_iter(), Vec::new(), now),
+        Step::ListOrgs(Then::new(move |orgs: StorageResult<Vec<String>>, _| match orgs {
+            Ok(orgs) => {
+                let keys: Vec<TokenKey> = orgs.into_iter().map(TokenKey::Org).collect();
+                engine.status_batches(keys, 0, Vec::new())
+            }
             Err(e) => done(Err(e.into())),
         }))
     }
 
-    fn status_each(
+    fn status_batches(
         self: Arc<Self>,
-        mut orgs: std::vec::IntoIter<String>,
+        keys: Vec<TokenKey>,
+        from: usize,
         mut all: Vec<KeyStatus>,
-        now: Timestamp,
     ) -> Step<Vec<KeyStatus>> {
-        match orgs.next() {
-            None => done(Ok(all)),
-            Some(org) => self.status(&org).then(now, move |status, now| match status {
-                Ok(status) => {
-                    all.extend(status);
-                    self.status_each(orgs, all, now)
-                }
-                Err(e) => done(Err(e)),
-            }),
+        const BATCH: usize = 200;
+        if from >= keys.len() {
+            return done(Ok(all));
         }
+        let batch = keys[from..(from + BATCH).min(keys.len())].to_vec();
+        Step::LoadMany(
+            batch.clone(),
+            Then::new(move |loaded: StorageResult<Vec<Option<Versioned<OAuthTokens>>>>, now| match loaded {
+                Ok(records) => {
+                    for (key, record) in batch.iter().zip(records) {
+                        if let Some(record) = record {
+                            all.push(self.tokens.cache().status(key, &record.value, now));
+                        }
+                    }
+                    self.status_batches(keys, from + BATCH, all)
+                }
+                Err(e) => done(Err(e.into())),
+            }),
+        )
     }
 
     /// Refreshes every registered org, at most `concurrency` at a time, reporting progress
