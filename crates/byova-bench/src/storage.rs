@@ -87,4 +87,7 @@ on_runtime! {
     try_acquire_lease(key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError>;
     release_lease(lease: &Lease) -> Result<(), StorageError>;
     extend_lease(lease: &Lease, ttl: Duration) -> Result<bool, StorageError>;
+    load_many(keys: &[TokenKey]) -> Result<Vec<Option<Versioned<OAuthTokens>>>, StorageError>;
+    load_state(name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError>;
+    store_state(name: &str, bytes: &[u8], e: Expect) -> Result<u64, StorageError>;
 }

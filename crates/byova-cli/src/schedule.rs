@@ -8,8 +8,11 @@
 //! same in every replica), so replicas wake for a key together and the store's lease lets one
 //! of them call Webex. With nothing due the refresher is asleep: no store reads, no CPU.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use byova_async::core::{Clock, KeyStatus, RefreshSchedule, SystemClock, Timestamp, TokenKey};
 use byova_async::{Byova, Error};
@@ -19,11 +22,19 @@ use tokio::sync::{mpsc, watch};
 /// full, the next resync catches up.
 pub(crate) type Touched = mpsc::Sender<String>;
 
-/// A key whose refresh went wrong is tried again this much later.
-const AFTER_FAILURE: Duration = Duration::from_secs(30);
-/// A key still due right after its refresh (the token budget deferred it, or another
-/// replica holds its lease) is looked at again this much later.
-const STILL_DUE: Duration = Duration::from_secs(5);
+/// A key still due right after its refresh (the token budget deferred it, another replica
+/// holds its lease, or Webex failed and the still-valid token was served) is tried again after
+/// this, doubling each time up to [`MAX_RETRY`]; meanwhile nothing else due is started for
+/// [`HOLD`] (the budget is shared, so when one key waits for it, all do).
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// A key whose refresh failed is tried again after this, doubling up to [`MAX_RETRY`].
+const AFTER_FAILURE: Duration = Duration::from_secs(5);
+/// The longest a key waits between attempts.
+const MAX_RETRY: Duration = Duration::from_secs(300);
+/// How long a refresh that found no room in the budget holds back the next ones.
+const HOLD: Duration = Duration::from_secs(1);
+/// A failed resync is tried again after this, doubling up to a minute.
+const RESYNC_RETRY: Duration = Duration::from_secs(5);
 
 /// What the refresher needs to know to run.
 pub(crate) struct Refresher {
@@ -36,80 +47,165 @@ pub(crate) struct Refresher {
     pub(crate) stop: watch::Receiver<bool>,
 }
 
-/// A due key's refresh finished: its status now (or why not).
+/// A due key's refresh finished: its status now (or why not), and whether it went well.
 type Finished = (TokenKey, Result<Option<KeyStatus>, Error>, bool);
+
+/// The refresher's state between events.
+#[derive(Default)]
+struct State {
+    schedule: RefreshSchedule,
+    /// Keys being refreshed now, by task.
+    in_flight: HashMap<tokio::task::Id, TokenKey>,
+    /// Consecutive attempts that left a key still due, per key.
+    attempts: HashMap<TokenKey, u32>,
+}
+
+impl State {
+    /// Reschedules a key whose refresh ended; says whether the budget seems to be holding
+    /// refreshes back.
+    fn finished(&mut self, key: TokenKey, status: Result<Option<KeyStatus>, Error>, ok: bool) -> bool {
+        let now = SystemClock.now();
+        let status = match status {
+            Ok(status) => status,
+            Err(e) => {
+                tracing::warn!(key = %key, error = %e, "cannot read the key's status after its refresh");
+                self.retry_later(key, AFTER_FAILURE);
+                return false;
+            }
+        };
+        let still_due = status.as_ref().and_then(|s| s.refresh_at).is_some_and(|at| at <= now);
+        match (ok, still_due) {
+            (true, false) => {
+                self.attempts.remove(&key);
+                self.schedule.apply(key, status.as_ref(), now);
+                false
+            }
+            (true, true) => {
+                self.retry_later(key, FIRST_RETRY);
+                true
+            }
+            (false, _) if status.is_none() => {
+                self.attempts.remove(&key);
+                self.schedule.remove(&key);
+                false
+            }
+            (false, _) => {
+                self.retry_later(key, AFTER_FAILURE);
+                false
+            }
+        }
+    }
+
+    fn retry_later(&mut self, key: TokenKey, first: Duration) {
+        let n = self.attempts.entry(key.clone()).or_insert(0);
+        let delay = first.saturating_mul(1 << (*n).min(10)).min(MAX_RETRY);
+        *n += 1;
+        self.schedule.set(key, SystemClock.now().saturating_add(delay));
+    }
+}
 
 impl Refresher {
     /// Runs until `stop` turns true; refreshes in flight then finish (the caller bounds how
     /// long it waits).
     pub(crate) async fn run(mut self) {
-        let mut schedule = RefreshSchedule::default();
+        let mut state = State::default();
         let mut running = tokio::task::JoinSet::<Finished>::new();
-        let mut next_resync = tokio::time::Instant::now();
+        let mut next_resync = Instant::now();
+        let mut resync_retry = RESYNC_RETRY;
+        let mut hold_until = Instant::now();
+        let slots = self.concurrency.max(1);
         loop {
             if *self.stop.borrow() {
                 break;
             }
-            if tokio::time::Instant::now() >= next_resync {
-                self.resync(&mut schedule).await;
-                next_resync = tokio::time::Instant::now() + self.resync_every;
+            if Instant::now() >= next_resync {
+                if self.resync(&mut state).await {
+                    next_resync = Instant::now() + self.resync_every;
+                    resync_retry = RESYNC_RETRY;
+                } else {
+                    next_resync = Instant::now() + resync_retry.min(self.resync_every);
+                    resync_retry = (resync_retry * 2).min(Duration::from_secs(60));
+                }
             }
-            let now = SystemClock.now();
-            let free = self.concurrency.max(1).saturating_sub(running.len());
-            for key in schedule.take_due(now, free) {
-                let byova = self.byova.clone();
-                running.spawn(async move { refresh(&byova, key).await });
+            if Instant::now() >= hold_until {
+                for key in state.schedule.take_due(SystemClock.now(), slots.saturating_sub(running.len())) {
+                    let byova = self.byova.clone();
+                    let task = running.spawn({
+                        let key = key.clone();
+                        async move { refresh(&byova, key).await }
+                    });
+                    state.in_flight.insert(task.id(), key);
+                }
             }
-            let wake = schedule
-                .next_due()
-                .map(|at| tokio::time::Instant::now() + at.saturating_duration_since(SystemClock.now()))
-                .map_or(next_resync, |due| due.min(next_resync));
-            let busy = running.len() >= self.concurrency.max(1);
+            let due = state.schedule.next_due().map(|at| {
+                let due = Instant::now() + at.saturating_duration_since(SystemClock.now());
+                due.max(hold_until)
+            });
+            let wake = due.map_or(next_resync, |due| due.min(next_resync));
+            let busy = running.len() >= slots;
             tokio::select! {
                 () = tokio::time::sleep_until(wake), if !busy => {}
-                Some(done) = running.join_next(), if !running.is_empty() => {
-                    if let Ok((key, status, ok)) = done {
-                        let now = SystemClock.now();
-                        let not_before = now.saturating_add(if ok { STILL_DUE } else { AFTER_FAILURE });
-                        match status {
-                            Ok(status) => schedule.apply(key, status.as_ref(), not_before),
-                            Err(_) => schedule.set(key, not_before),
+                Some(done) = running.join_next_with_id(), if !running.is_empty() => match done {
+                    Ok((id, (key, status, ok))) => {
+                        state.in_flight.remove(&id);
+                        if state.finished(key, status, ok) {
+                            hold_until = Instant::now() + HOLD;
                         }
                     }
-                }
+                    Err(e) => {
+                        if let Some(key) = state.in_flight.remove(&e.id()) {
+                            tracing::warn!(key = %key, "a background refresh panicked");
+                            state.retry_later(key, AFTER_FAILURE);
+                        }
+                    }
+                },
                 Some(org) = self.touched.recv() => {
                     let key = TokenKey::org(org.as_str());
                     match self.byova.service_app().status(&org).await {
-                        Ok(status) => schedule.apply(key, status.as_ref(), SystemClock.now()),
+                        Ok(status) => {
+                            state.attempts.remove(&key);
+                            state.schedule.apply(key, status.as_ref(), SystemClock.now());
+                        }
                         Err(e) => tracing::warn!(org = %org, error = %e, "cannot read the org's status after a delivery"),
                     }
                 }
-                _ = self.stop.changed() => {}
+                changed = self.stop.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
             }
         }
         while running.join_next().await.is_some() {}
     }
 
-    /// Reads every key's status and schedules it: what other replicas, tools or restarts
-    /// changed since the last resync.
-    async fn resync(&self, schedule: &mut RefreshSchedule) {
+    /// Reads every key's status and schedules it (keys being refreshed now are left to their
+    /// refresh): what other replicas, tools or restarts changed since the last resync. Says
+    /// whether it could.
+    async fn resync(&self, state: &mut State) -> bool {
         let started = std::time::Instant::now();
         match self.byova.status().await {
             Ok(statuses) => {
+                let busy: HashSet<&TokenKey> = state.in_flight.values().collect();
                 let mut fresh = RefreshSchedule::default();
                 let now = SystemClock.now();
-                for status in &statuses {
+                for status in statuses.iter().filter(|s| !busy.contains(&s.key)) {
                     fresh.apply(status.key.clone(), Some(status), now);
                 }
-                *schedule = fresh;
+                state.schedule = fresh;
+                state.attempts.clear();
                 tracing::info!(
-                    keys = schedule.len(),
+                    keys = state.schedule.len(),
                     took = ?started.elapsed(),
-                    next_due = ?schedule.next_due().map(Timestamp::to_rfc3339),
+                    next_due = ?state.schedule.next_due().map(Timestamp::to_rfc3339),
                     "refresh schedule resynced"
                 );
+                true
             }
-            Err(e) => tracing::warn!(error = %e, "cannot read the tokens' status; keeping the schedule"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the tokens' status; keeping the schedule and trying again soon");
+                false
+            }
         }
     }
 }

@@ -1109,3 +1109,23 @@ fn serve_refreshes_each_token_at_its_refresh_point_without_scanning() {
         "the delivered org is kept fresh"
     );
 }
+
+/// One unreadable record (corrupt, or sealed under a retired key) does not hide the other
+/// orgs from `status` and the daemon's resync, which read in batches.
+#[test]
+fn one_corrupt_record_does_not_hide_the_other_orgs() {
+    let env = Env::new();
+    env.seed_integration();
+    for org in ["org-c1", "org-c2", "org-c3"] {
+        let issued = env.fake.issue_service_app_tokens(org);
+        env.store().set_service_app_tokens(org, &issued.to_oauth_tokens(SystemClock.now())).unwrap();
+    }
+    let path = env.store().record_path(&byova_core::TokenKey::org("org-c2")).unwrap();
+    std::fs::write(&path, b"{\"format\":1,").unwrap();
+    let listed = env.run(&["status", "--json"]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let keys: Vec<&str> = listed.as_array().unwrap().iter().filter_map(|s| s["key"].as_str()).collect();
+    assert_eq!(keys, ["integration", "org:org-c1", "org:org-c3"], "the readable ones, and only them");
+    assert_eq!(std::fs::read(&path).unwrap(), b"{\"format\":1,", "the damaged record is left as it was");
+}

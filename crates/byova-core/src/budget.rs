@@ -108,22 +108,39 @@ impl TokenBudget {
         u64::try_from(self.per.as_millis()).unwrap_or(u64::MAX).max(1)
     }
 
+    /// The reserve background calls leave in the bucket, in milli-calls: never so much that a
+    /// full bucket refuses them.
+    fn reserve_milli(&self, capacity: u64) -> u64 {
+        (capacity * u64::from(100 - self.background_percent.min(100)) / 100)
+            .min(capacity.saturating_sub(1_000))
+    }
+
     /// Whether one more call may go now (`urgent`: the caller's token has expired), given the
-    /// stored `state` (`None`: a full bucket).
-    pub fn take(&self, state: Option<BudgetState>, now: Timestamp, urgent: bool) -> BudgetDecision {
+    /// stored `state` (`None`: a full bucket). A stored pause counts for at most `max_pause`
+    /// from now (a `Retry-After` of hours, or a replica whose clock runs ahead, cannot freeze
+    /// the fleet).
+    pub fn take(
+        &self,
+        state: Option<BudgetState>,
+        now: Timestamp,
+        urgent: bool,
+        max_pause: Duration,
+    ) -> BudgetDecision {
         let now_ms = now.as_unix_millis();
         let capacity = self.capacity_milli();
         let state =
             state.unwrap_or(BudgetState { milli_calls: capacity, updated_at_ms: now_ms, paused_until_ms: 0 });
-        if now_ms < state.paused_until_ms {
-            return BudgetDecision::RetryAt(Timestamp::from_unix_millis(state.paused_until_ms));
+        let paused_until = state.paused_until_ms.min(now.saturating_add(max_pause).as_unix_millis());
+        if now_ms < paused_until {
+            return BudgetDecision::RetryAt(Timestamp::from_unix_millis(paused_until));
         }
+        // A replica whose clock is behind never makes time run backwards for the others.
+        let now_ms = now_ms.max(state.updated_at_ms);
         let elapsed = now_ms.saturating_sub(state.updated_at_ms);
         let refilled = u128::from(elapsed) * u128::from(self.refill_milli()) / u128::from(self.per_ms());
         let available = u128::from(state.milli_calls).saturating_add(refilled).min(u128::from(capacity));
         let available = u64::try_from(available).unwrap_or(capacity);
-        let reserve =
-            if urgent { 0 } else { capacity * u64::from(100 - self.background_percent.min(100)) / 100 };
+        let reserve = if urgent { 0 } else { self.reserve_milli(capacity) };
         let needed = 1_000 + reserve;
         if available >= needed {
             return BudgetDecision::Granted(BudgetState {
@@ -132,16 +149,17 @@ impl TokenBudget {
                 paused_until_ms: state.paused_until_ms,
             });
         }
-        // Not enough yet: when the refill will have brought it (a reserve beyond the bucket's
-        // size waits for a full one).
-        let short = needed.min(capacity.max(1_000)) - available.min(needed);
+        // Not enough yet: when the refill will have brought it (`needed` never exceeds the
+        // bucket, so the wait is finite and positive).
+        let short = needed - available;
         let wait_ms = u128::from(short) * u128::from(self.per_ms()) / u128::from(self.refill_milli()) + 1;
         BudgetDecision::RetryAt(Timestamp::from_unix_millis(
             now_ms.saturating_add(u64::try_from(wait_ms).unwrap_or(u64::MAX)),
         ))
     }
 
-    /// `state` with every call paused until `until` (a 429's `Retry-After`).
+    /// `state` with every call paused until `until` (a 429's `Retry-After`; the caller caps
+    /// it).
     pub fn pause(&self, state: Option<BudgetState>, now: Timestamp, until: Timestamp) -> BudgetState {
         let now_ms = now.as_unix_millis();
         let mut state = state.unwrap_or(BudgetState {
@@ -154,9 +172,36 @@ impl TokenBudget {
     }
 }
 
+/// The budget's state for stores that keep no shared state: one per process (every engine,
+/// Integration and Service App alike, draws on it).
+static LOCAL: std::sync::Mutex<Option<BudgetState>> = std::sync::Mutex::new(None);
+
+/// [`TokenBudget::take`] on this process's own state.
+pub(crate) fn take_local_budget(
+    budget: &TokenBudget,
+    now: Timestamp,
+    urgent: bool,
+    max_pause: Duration,
+) -> BudgetDecision {
+    let mut state = LOCAL.lock().unwrap_or_else(|e| e.into_inner());
+    let decision = budget.take(*state, now, urgent, max_pause);
+    if let BudgetDecision::Granted(next) = decision {
+        *state = Some(next);
+    }
+    decision
+}
+
+/// [`TokenBudget::pause`] on this process's own state.
+pub(crate) fn pause_local_budget(budget: &TokenBudget, now: Timestamp, until: Timestamp) {
+    let mut state = LOCAL.lock().unwrap_or_else(|e| e.into_inner());
+    *state = Some(budget.pause(*state, now, until));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const MAX: Duration = Duration::from_secs(60);
 
     fn at(ms: u64) -> Timestamp {
         Timestamp::from_unix_millis(ms)
@@ -166,7 +211,7 @@ mod tests {
     fn grants(budget: &TokenBudget, span_ms: u64, urgent: bool) -> Vec<u64> {
         let (mut state, mut now, mut granted) = (None, 1_000_000u64, Vec::new());
         while now < 1_000_000 + span_ms {
-            match budget.take(state, at(now), urgent) {
+            match budget.take(state, at(now), urgent, MAX) {
                 BudgetDecision::Granted(s) => {
                     state = Some(s);
                     granted.push(now);
@@ -202,13 +247,13 @@ mod tests {
         let budget = TokenBudget::default();
         let mut state = None;
         let mut background = 0;
-        while let BudgetDecision::Granted(s) = budget.take(state, at(0), false) {
+        while let BudgetDecision::Granted(s) = budget.take(state, at(0), false, MAX) {
             state = Some(s);
             background += 1;
         }
         assert!(background < 24, "background stops short of the bucket: {background}");
         assert!(
-            matches!(budget.take(state, at(0), true), BudgetDecision::Granted(_)),
+            matches!(budget.take(state, at(0), true, MAX), BudgetDecision::Granted(_)),
             "an expired token still goes"
         );
     }
@@ -217,10 +262,44 @@ mod tests {
     fn a_pause_holds_every_call_until_it_ends() {
         let budget = TokenBudget::default();
         let paused = budget.pause(None, at(1_000), at(31_000));
-        assert_eq!(budget.take(Some(paused), at(30_999), true), BudgetDecision::RetryAt(at(31_000)));
-        assert!(matches!(budget.take(Some(paused), at(31_000), true), BudgetDecision::Granted(_)));
+        assert_eq!(budget.take(Some(paused), at(30_999), true, MAX), BudgetDecision::RetryAt(at(31_000)));
+        assert!(matches!(budget.take(Some(paused), at(31_000), true, MAX), BudgetDecision::Granted(_)));
         let state = BudgetState::from_json(&paused.to_json()).unwrap();
         assert_eq!(state, paused);
         assert_eq!(BudgetState::from_json(b"{"), None);
+    }
+
+    #[test]
+    fn every_budget_lets_background_work_through_a_full_bucket() {
+        for calls in 1..=20 {
+            for percent in [0, 1, 50, 80, 100] {
+                let budget = TokenBudget::per_minute(calls).with_background_percent(percent);
+                assert!(
+                    matches!(budget.take(None, at(0), false, MAX), BudgetDecision::Granted(_)),
+                    "{calls}/min, {percent} %: a full bucket refuses background work"
+                );
+                let empty = BudgetState { milli_calls: 0, updated_at_ms: 0, paused_until_ms: 0 };
+                match budget.take(Some(empty), at(0), false, MAX) {
+                    BudgetDecision::RetryAt(t) => {
+                        assert!(t > at(0) && t <= at(61_000), "{calls}/min, {percent} %: retry at {t:?}");
+                        assert!(matches!(
+                            budget.take(Some(empty), t, false, MAX),
+                            BudgetDecision::Granted(_)
+                        ));
+                    }
+                    other => panic!("an empty bucket granted {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_pause_counts_for_at_most_the_cap_and_time_never_runs_backwards() {
+        let budget = TokenBudget::default();
+        let paused = budget.pause(None, at(0), at(3_600_000));
+        assert_eq!(budget.take(Some(paused), at(1_000), true, MAX), BudgetDecision::RetryAt(at(61_000)));
+        // A state written by a replica whose clock is ahead: no free refill for it.
+        let ahead = BudgetState { milli_calls: 0, updated_at_ms: 100_000, paused_until_ms: 0 };
+        assert!(matches!(budget.take(Some(ahead), at(50_000), true, MAX), BudgetDecision::RetryAt(_)));
     }
 }

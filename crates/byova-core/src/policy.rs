@@ -152,8 +152,12 @@ impl RefreshPolicy {
         now: Timestamp,
         jitter_seed: u64,
     ) -> KeyStatus {
+        // An org is renewed by a fetch even without a live refresh token; the Integration
+        // needs one that has not expired.
         let renewable = !tokens.reauthorization_required
-            && (tokens.refresh_token.is_some() || matches!(key, TokenKey::Org(_)));
+            && (matches!(key, TokenKey::Org(_))
+                || (tokens.refresh_token.is_some()
+                    && tokens.refresh_token_expires_at().is_none_or(|at| at > now)));
         KeyStatus {
             state: self.state(tokens, now, jitter_seed),
             access_expires_at: tokens.expires_at(),

@@ -392,9 +392,9 @@ impl CoordinatedTokenStorage for SqlTokenStorage {
                 by_name.insert(name, row);
             }
             for (key, name) in chunk.iter().zip(&names) {
-                let row = by_name.remove(name).map(|row| {
+                let row = by_name.get(name).map(|row| {
                     let version: i64 = row.try_get(1).map_err(|e| sqlx_error("read the version", &e))?;
-                    let record = text(&row, 2).map_err(|e| sqlx_error("read the record", &e))?;
+                    let record = text(row, 2).map_err(|e| sqlx_error("read the record", &e))?;
                     Ok::<_, StorageError>((version, record))
                 });
                 all.push(match row.transpose()? {

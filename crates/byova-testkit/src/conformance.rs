@@ -464,9 +464,6 @@ impl Suite {
         ensure(winners == 1, || format!("{winners} of 8 racing takers got the same pending authorization"))
     }
 
-    /// The small shared state replicas keep (the token budget): versioned exactly like
-    /// records, and 8 concurrent compare-and-set writers lose no update. `None` (not
-    /// applicable) when the backend keeps none (the default hooks).
     /// `load_many` answers what `load` answers, key by key and in order, across batches.
     async fn batched_reads(&self) -> CaseResult {
         let t = &self.target;
@@ -505,6 +502,9 @@ impl Suite {
         Ok(())
     }
 
+    /// The small shared state replicas keep (the token budget): versioned exactly like
+    /// records, and 8 concurrent compare-and-set writers lose no update. `None` (not
+    /// applicable) when the backend keeps none (the default hooks).
     async fn shared_state(&self) -> Option<CaseResult> {
         let t = &self.target;
         let name = format!("{}-state", self.run_id);

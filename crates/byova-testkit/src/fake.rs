@@ -318,6 +318,8 @@ struct State {
     redemptions: Vec<Redemption>,
     /// When each token-endpoint call the rate limit admitted arrived.
     token_calls_admitted: Vec<std::time::Instant>,
+    /// The admitted calls still inside the rate limit's window.
+    token_window: std::collections::VecDeque<std::time::Instant>,
     /// Token-endpoint calls answered 429 by the rate limit.
     rate_limited: u64,
     counter: u64,
@@ -409,11 +411,15 @@ impl State {
     fn over_token_rate_limit(&mut self) -> Option<u64> {
         let now = std::time::Instant::now();
         if let Some((limit, window)) = self.settings.token_rate_limit {
-            let in_window: Vec<_> = self.token_calls_admitted.iter().filter(|t| now < **t + window).collect();
-            if in_window.len() >= limit as usize {
-                let frees_at = *in_window[in_window.len() - limit as usize] + window;
+            while self.token_window.front().is_some_and(|t| *t + window <= now) {
+                self.token_window.pop_front();
+            }
+            let limit = limit.max(1) as usize;
+            if self.token_window.len() >= limit {
+                let frees_at = self.token_window[self.token_window.len() - limit] + window;
                 return Some(frees_at.saturating_duration_since(now).as_secs_f64().ceil().max(1.0) as u64);
             }
+            self.token_window.push_back(now);
         }
         self.token_calls_admitted.push(now);
         None
@@ -565,6 +571,7 @@ impl FakeWebexBuilder {
             calls: HashMap::new(),
             redemptions: Vec::new(),
             token_calls_admitted: Vec::new(),
+            token_window: std::collections::VecDeque::new(),
             rate_limited: 0,
             counter: 0,
             org_events: HashMap::new(),
@@ -709,10 +716,14 @@ impl FakeWebex {
     pub fn busiest_token_window(&self, window: Duration) -> usize {
         let s = self.shared.lock();
         let times = &s.token_calls_admitted;
-        (0..times.len())
-            .map(|i| times[i..].iter().take_while(|t| **t < times[i] + window).count())
-            .max()
-            .unwrap_or(0)
+        let (mut best, mut from) = (0, 0);
+        for (i, t) in times.iter().enumerate() {
+            while times[from] + window <= *t {
+                from += 1;
+            }
+            best = best.max(i + 1 - from);
+        }
+        best
     }
 
     /// Refresh-grant requests received by `/v1/access_token`.

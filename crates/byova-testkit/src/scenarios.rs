@@ -1155,7 +1155,11 @@ async fn two_replicas_share_one_token_budget_and_meet_no_429(f: Arc<dyn Flavour>
                 }
             }
             for t in tasks {
-                t.await.unwrap().expect("every org gets a token");
+                let token = t.await.unwrap().expect("every org gets a token");
+                assert!(
+                    w.fake.is_access_token_valid(token.expose_secret()),
+                    "no token served after its expiry"
+                );
             }
             w
         }

@@ -27,7 +27,6 @@ pub use step::{Sent, Step, StorageResult, Then};
 pub use webhooks::{BulkProgress, OrgRefresh, ProgressFn};
 
 use crate::authorize::AuthorizeOptions;
-use crate::budget::{BudgetDecision, BudgetState, TokenBudget};
 use crate::cache::{TokenCache, Unsaved};
 use crate::config::ByovaConfig;
 use crate::credentials::{IntegrationCredentials, ServiceAppCredentials};
@@ -65,42 +64,12 @@ pub struct TokenEngine {
     cache: TokenCache,
     flights: Arc<Flights>,
     orphans: Arc<Mutex<Vec<Lease>>>,
-    /// The token budget's state for a store that keeps no shared state: this process's only.
-    local_budget: Mutex<Option<BudgetState>>,
 }
 
 impl TokenEngine {
     fn new(config: ByovaConfig, client: Client) -> Arc<Self> {
         let cache = TokenCache::new(config.refresh.clone(), config.coordination.cache_revalidate);
-        Arc::new(Self {
-            config,
-            client,
-            cache,
-            flights: Arc::default(),
-            orphans: Arc::default(),
-            local_budget: Mutex::default(),
-        })
-    }
-
-    /// [`TokenBudget::take`] on this process's own state (a store without shared state).
-    pub(crate) fn take_local_budget(
-        &self,
-        budget: &TokenBudget,
-        now: Timestamp,
-        urgent: bool,
-    ) -> BudgetDecision {
-        let mut state = self.local_budget.lock().unwrap_or_else(|e| e.into_inner());
-        let decision = budget.take(*state, now, urgent);
-        if let BudgetDecision::Granted(next) = decision {
-            *state = Some(next);
-        }
-        decision
-    }
-
-    /// [`TokenBudget::pause`] on this process's own state.
-    pub(crate) fn pause_local_budget(&self, budget: &TokenBudget, now: Timestamp, until: Timestamp) {
-        let mut state = self.local_budget.lock().unwrap_or_else(|e| e.into_inner());
-        *state = Some(budget.pause(*state, now, until));
+        Arc::new(Self { config, client, cache, flights: Arc::default(), orphans: Arc::default() })
     }
 
     /// The configuration.

@@ -21,11 +21,11 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::budget::{BudgetDecision, BudgetState, TOKEN_BUDGET_STATE};
+use crate::budget::{BudgetDecision, BudgetState, TOKEN_BUDGET_STATE, pause_local_budget, take_local_budget};
 use crate::cache::Unsaved;
 use crate::engine::step::{Sent, Step, StorageResult, Then};
 use crate::engine::{Client, TokenEngine as Engine};
-use crate::error::{Error, Result, StorageErrorKind};
+use crate::error::{ApiFailure, Error, Result, StorageErrorKind};
 use crate::http::{HttpRequest, RetryClass};
 use crate::key::{Expect, Lease, TokenKey, Versioned};
 use crate::oauth::{TokenCall, parse_token_response, refresh_request, service_app_token_request};
@@ -77,7 +77,8 @@ pub struct Outcome {
     /// this is the failure, for the log.
     pub served_stale_after: Option<Error>,
     /// The token budget had no room for a refresh of a still-valid token, so that token was
-    /// served; no new attempt before this time.
+    /// served; the cache serves it until then (or until it is no longer usable) instead of
+    /// trying again at once.
     pub deferred_until: Option<Timestamp>,
 }
 
@@ -161,11 +162,13 @@ pub(crate) struct Run {
     store_attempts: u32,
     /// Reads of the token budget for the call about to be sent (a conflict reads again).
     budget_reads: u32,
+    /// How long this run has waited for the budget.
+    budget_waited: Duration,
 }
 
-/// Versioned writes of the token budget that lose to another writer before a call goes
-/// without it (the budget is a guard against 429s, not a lock).
-const MAX_BUDGET_READS: u32 = 50;
+/// Versioned writes of the token budget that may lose to other writers (each after a short,
+/// jittered pause) before the call waits as for an empty bucket.
+const MAX_BUDGET_READS: u32 = 8;
 
 impl Drop for Run {
     fn drop(&mut self) {
@@ -200,6 +203,7 @@ impl Run {
             unsaved: None,
             store_attempts: 0,
             budget_reads: 0,
+            budget_waited: Duration::ZERO,
         })
     }
 
@@ -619,39 +623,43 @@ impl Run {
         self.current.as_ref().is_none_or(|c| self.freshness(&c.value, now) == Freshness::Expired)
     }
 
+    /// How long a stored pause counts at most (a longer `Retry-After` is not waited for).
+    fn max_pause(&self) -> Duration {
+        self.engine.config.retry.max_retry_after
+    }
+
     fn on_budget_loaded(
         self: Box<Self>,
         loaded: StorageResult<Option<Versioned<Vec<u8>>>>,
         now: Timestamp,
     ) -> Plan {
         let Some(budget) = self.engine.config.token_budget.clone() else { return self.send_granted() };
-        let urgent = self.urgent(now);
+        let (urgent, max_pause) = (self.urgent(now), self.max_pause());
         let (state, expect) = match loaded {
             Ok(Some(stored)) => (BudgetState::from_json(&stored.value), Expect::Version(stored.version)),
             Ok(None) => (None, Expect::Absent),
             Err(e) if e.kind() == StorageErrorKind::Unsupported => {
-                return match self.engine.take_local_budget(&budget, now, urgent) {
+                return match take_local_budget(&budget, now, urgent, max_pause) {
                     BudgetDecision::Granted(_) => self.send_granted(),
                     BudgetDecision::RetryAt(at) => self.over_budget(at, now),
                 };
             }
             Err(e) => {
+                // The store cannot say; Webex's own 429s still slow us down.
                 tracing::warn!(error = %e, "the token budget could not be read; calling without it");
                 return self.send_granted();
             }
         };
-        match budget.take(state, now, urgent) {
+        match budget.take(state, now, urgent, max_pause) {
             BudgetDecision::Granted(next) => Step::StoreState(
                 TOKEN_BUDGET_STATE.to_owned(),
                 next.to_json(),
                 expect,
-                Then::new(move |stored: StorageResult<u64>, _| match stored {
+                Then::new(move |stored: StorageResult<u64>, now| match stored {
                     Ok(_) => self.send_granted(),
-                    Err(e)
-                        if e.kind() == StorageErrorKind::Conflict && self.budget_reads < MAX_BUDGET_READS =>
-                    {
-                        self.send_now()
-                    }
+                    // Others are spending the budget right now: ask again after a short,
+                    // jittered pause, and after a few losses wait as for an empty bucket.
+                    Err(e) if e.kind() == StorageErrorKind::Conflict => self.after_budget_conflict(now),
                     Err(e) => {
                         tracing::warn!(error = %e, "the token budget could not be updated; calling without it");
                         self.send_granted()
@@ -662,9 +670,23 @@ impl Run {
         }
     }
 
+    /// A versioned write of the budget lost to another process: back off (jittered, growing)
+    /// and read it again; after [`MAX_BUDGET_READS`] losses, wait as for an empty bucket.
+    fn after_budget_conflict(mut self: Box<Self>, now: Timestamp) -> Plan {
+        if self.budget_reads >= MAX_BUDGET_READS {
+            let jitter = Duration::from_millis(u64::from(self.random() % 50) + 1);
+            return self.over_budget(now.saturating_add(jitter), now);
+        }
+        let ceiling = 1u64 << self.budget_reads.min(7);
+        let d = Duration::from_millis(u64::from(self.random()) % ceiling + 1);
+        Step::Sleep(d, Then::new(move |(), _| self.send_now()))
+    }
+
     /// No room in the budget before `at`: a caller who only wants a valid token and has one
     /// that is really valid is served it (and the key is not tried again before `at`); anyone
-    /// else waits (a slice at a time, extending the lease in between) and asks again.
+    /// else waits (a slice at a time, extending the lease in between) and asks again, for at
+    /// most the longest `Retry-After` the retry policy honours; then the still-valid token is
+    /// served if there is one, else the caller is told to come back later.
     fn over_budget(mut self: Box<Self>, at: Timestamp, now: Timestamp) -> Plan {
         crate::metrics::metrics().record_budget_wait();
         if matches!(self.mode, Mode::GetValid)
@@ -679,14 +701,17 @@ impl Run {
                 deferred_until: Some(at),
             });
         }
-        let slice = self.engine.config.coordination.lease_ttl / 3;
-        let wait = at
-            .saturating_duration_since(now)
-            .clamp(Duration::from_millis(1), slice.max(Duration::from_millis(1)));
-        tracing::debug!(key = %self.key, ?wait, "token budget spent; waiting");
+        let wait = at.saturating_duration_since(now).max(Duration::from_millis(1));
+        if self.budget_waited.saturating_add(wait) > self.max_pause() {
+            let error = Error::RateLimited { failure: ApiFailure::new(429), retry_after: Some(wait) };
+            return self.conclude(error, now);
+        }
+        let slice = wait.min((self.engine.config.coordination.lease_ttl / 3).max(Duration::from_millis(1)));
+        self.budget_waited += slice;
+        tracing::debug!(key = %self.key, ?slice, "token budget spent; waiting");
         self.budget_reads = 0;
         Step::Sleep(
-            wait,
+            slice,
             Then::new(move |(), _| match self.request.take() {
                 Some(request) => self.send(request),
                 None => self.fail(Error::Internal("no request to send".into())),
@@ -758,10 +783,13 @@ impl Run {
     }
 
     /// A 429 with `Retry-After` pauses every process sharing the store (the pause is stored
-    /// with the budget), then the failure is handled as any other.
+    /// with the budget, for at most the longest `Retry-After` the retry policy honours), then
+    /// the failure is handled as any other.
     fn after_failed_call(mut self: Box<Self>, error: Error, now: Timestamp) -> Plan {
         let pause = match (&error, error.retry_after(), &self.engine.config.token_budget) {
-            (Error::RateLimited { .. }, Some(after), Some(_)) => now.saturating_add(after),
+            (Error::RateLimited { .. }, Some(after), Some(_)) => {
+                now.saturating_add(after.min(self.max_pause()))
+            }
             _ => return self.retry_or_conclude(error, now),
         };
         self.budget_reads = 0;
@@ -782,13 +810,12 @@ impl Run {
                     }
                     Ok(None) => (None, Expect::Absent),
                     Err(e) if e.kind() == StorageErrorKind::Unsupported => {
-                        self.engine.pause_local_budget(&budget, now, until);
+                        pause_local_budget(&budget, now, until);
                         return self.retry_or_conclude(error, now);
                     }
                     Err(_) => return self.retry_or_conclude(error, now),
                 };
                 let paused = budget.pause(state, now, until);
-                tracing::warn!(until = %until.to_rfc3339(), "Webex answered 429: token calls paused in every process sharing the store");
                 Step::StoreState(
                     TOKEN_BUDGET_STATE.to_owned(),
                     paused.to_json(),
@@ -798,9 +825,15 @@ impl Run {
                             if e.kind() == StorageErrorKind::Conflict
                                 && self.budget_reads < MAX_BUDGET_READS =>
                         {
-                            self.store_pause(until, error)
+                            let d = Duration::from_millis(u64::from(self.random() % 20) + 1);
+                            Step::Sleep(d, Then::new(move |(), _| self.store_pause(until, error)))
                         }
-                        _ => self.retry_or_conclude(error, now),
+                        stored => {
+                            if stored.is_ok() {
+                                tracing::warn!(until = %until.to_rfc3339(), "Webex answered 429: token calls paused in every process sharing the store");
+                            }
+                            self.retry_or_conclude(error, now)
+                        }
                     }),
                 )
             }),

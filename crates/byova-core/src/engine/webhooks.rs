@@ -241,7 +241,7 @@ impl ServiceAppEngine {
         Step::LoadMany(
             batch.clone(),
             Then::new(move |loaded: StorageResult<Vec<Option<Versioned<OAuthTokens>>>>, now| match loaded {
-                Ok(records) => {
+                Ok(records) if records.len() == batch.len() => {
                     for (key, record) in batch.iter().zip(records) {
                         if let Some(record) = record {
                             all.push(self.tokens.cache().status(key, &record.value, now));
@@ -249,7 +249,35 @@ impl ServiceAppEngine {
                     }
                     self.status_batches(keys, from + BATCH, all)
                 }
-                Err(e) => done(Err(e.into())),
+                // One unreadable record (corrupt, sealed under a retired key) must not hide
+                // the others: read this batch key by key and leave out what cannot be read.
+                _ => self.status_one_by_one(keys, from, from + BATCH, all),
+            }),
+        )
+    }
+
+    fn status_one_by_one(
+        self: Arc<Self>,
+        keys: Vec<TokenKey>,
+        at: usize,
+        batch_end: usize,
+        mut all: Vec<KeyStatus>,
+    ) -> Step<Vec<KeyStatus>> {
+        if at >= batch_end.min(keys.len()) {
+            return self.status_batches(keys, batch_end, all);
+        }
+        let key = keys[at].clone();
+        Step::Load(
+            key.clone(),
+            Then::new(move |loaded: StorageResult<Option<Versioned<OAuthTokens>>>, now| {
+                match loaded {
+                    Ok(Some(record)) => all.push(self.tokens.cache().status(&key, &record.value, now)),
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::warn!(key = %key, error = %e, "left out of the status: its record cannot be read")
+                    }
+                }
+                self.status_one_by_one(keys, at + 1, batch_end, all)
             }),
         )
     }
