@@ -146,6 +146,10 @@ fn deny() -> Result {
     step("cargo deny check (advisories offline, licenses, bans, sources)");
     ensure_cargo_deny()?;
     materialize_advisory_db()?;
+    // cargo-deny reads the metadata of every target's dependencies (Windows crates too),
+    // which a build on this machine never downloads; the registry is reachable, so fetch them
+    // first, then check without any other network.
+    run(cargo().args(["fetch", "--locked"]))?;
     run(cargo().args(["deny", "--offline", "check", "advisories", "licenses", "bans", "sources"]))
 }
 
