@@ -181,4 +181,15 @@ impl IntegrationTokenManager {
     pub async fn status(&self) -> Result<Option<KeyStatus>> {
         self.agent.run(self.engine.status()).await
     }
+
+    /// Stops serving `rejected`, a token Webex answered 401 to (revoked early, or replaced by a
+    /// re-authorization elsewhere): the next [`get_access_token`](Self::get_access_token)
+    /// refreshes, unless a newer token than `rejected` is already stored, which it then
+    /// serves. Any number of callers invalidating the same token cost one refresh, in this
+    /// process and in every process sharing the store (they stop serving it once their cache
+    /// revalidates, 30 s at most by default). Errors: storage's.
+    /// Cancel safety: the record is marked in one versioned write, or not at all.
+    pub async fn invalidate(&self, rejected: &AccessToken) -> Result<()> {
+        self.agent.run(self.engine.invalidate(rejected)).await
+    }
 }

@@ -124,4 +124,11 @@ impl ServiceAppTokenManager {
     pub async fn status(&self, org_id: &str) -> Result<Option<KeyStatus>> {
         self.agent.run(self.engine.status(org_id)).await
     }
+
+    /// Stops serving `rejected` for `org_id`, a token Webex answered 401 to: as
+    /// [`IntegrationTokenManager::invalidate`](crate::IntegrationTokenManager::invalidate).
+    /// Cancel safety: the record is marked in one versioned write, or not at all.
+    pub async fn invalidate(&self, org_id: &str, rejected: &AccessToken) -> Result<()> {
+        self.agent.run(self.engine.invalidate(org_id, rejected)).await
+    }
 }

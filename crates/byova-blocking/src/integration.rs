@@ -176,4 +176,14 @@ impl IntegrationTokenManager {
     pub fn status(&self) -> Result<Option<KeyStatus>> {
         self.agent.run(self.engine.status())
     }
+
+    /// Stops serving `rejected`, a token Webex answered 401 to (revoked early, or replaced by a
+    /// re-authorization elsewhere): the next [`get_access_token`](Self::get_access_token)
+    /// refreshes, unless a newer token than `rejected` is already stored, which it then
+    /// serves. Any number of callers invalidating the same token cost one refresh, in this
+    /// process and in every process sharing the store (they stop serving it once their cache
+    /// revalidates, 30 s at most by default). Errors: storage's.
+    pub fn invalidate(&self, rejected: &AccessToken) -> Result<()> {
+        self.agent.run(self.engine.invalidate(rejected))
+    }
 }

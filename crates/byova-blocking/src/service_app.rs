@@ -114,4 +114,10 @@ impl ServiceAppTokenManager {
     pub fn status(&self, org_id: &str) -> Result<Option<KeyStatus>> {
         self.agent.run(self.engine.status(org_id))
     }
+
+    /// Stops serving `rejected` for `org_id`, a token Webex answered 401 to: as
+    /// [`IntegrationTokenManager::invalidate`](crate::IntegrationTokenManager::invalidate).
+    pub fn invalidate(&self, org_id: &str, rejected: &AccessToken) -> Result<()> {
+        self.agent.run(self.engine.invalidate(org_id, rejected))
+    }
 }

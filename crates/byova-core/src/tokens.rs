@@ -79,6 +79,13 @@ impl OAuthTokens {
         self
     }
 
+    /// The same record with its access token counted as expired from now on (Webex rejected
+    /// it before its time): a zero lifetime. The refresh token and its expiry are kept.
+    pub fn access_rejected(mut self) -> Self {
+        self.expires_in = 0;
+        self
+    }
+
     /// The access token's lifetime.
     pub fn lifetime(&self) -> Duration {
         Duration::from_secs(self.expires_in)

@@ -114,6 +114,12 @@ macro_rules! flavour_adapter {
             fn org_token(&self, org_id: String) -> $crate::scenarios::BoxFut<'_, byova_core::Result<byova_core::AccessToken>> {
                 $crate::$call!(self, |b| b.service_app().get_access_token(&org_id))
             }
+            fn invalidate(&self, rejected: byova_core::AccessToken) -> $crate::scenarios::BoxFut<'_, byova_core::Result<()>> {
+                $crate::$call!(self, |b| b.integration().invalidate(&rejected))
+            }
+            fn invalidate_org(&self, org_id: String, rejected: byova_core::AccessToken) -> $crate::scenarios::BoxFut<'_, byova_core::Result<()>> {
+                $crate::$call!(self, |b| b.service_app().invalidate(&org_id, &rejected))
+            }
             fn fetch_token_for_org(&self, org_id: String) -> $crate::scenarios::BoxFut<'_, byova_core::Result<byova_core::OAuthTokens>> {
                 $crate::$call!(self, |b| b.service_app().fetch_token_for_org(&org_id))
             }

@@ -43,6 +43,9 @@ pub enum Endpoint {
     ApplicationToken,
     /// `/v1/webhooks` and `/v1/webhooks/{id}`
     Webhooks,
+    /// `GET /v1/people/me`: an authenticated API call (401 to a revoked, expired or unknown
+    /// bearer)
+    PeopleMe,
 }
 
 /// A fault injected into one request.
@@ -811,6 +814,12 @@ impl FakeWebex {
         self.shared.lock().access.get(access_token).and_then(|g| g.org.clone())
     }
 
+    /// Revokes an access token early (as an admin, or a re-authorization elsewhere, would):
+    /// Webex answers 401 to it from now on. Returns whether the fake knew it.
+    pub fn revoke_access_token(&self, access_token: &str) -> bool {
+        self.shared.lock().access.remove(access_token).is_some()
+    }
+
     /// Whether the access token is currently valid at the fake.
     pub fn is_access_token_valid(&self, access_token: &str) -> bool {
         let now = self.shared.clock.now();
@@ -1056,6 +1065,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
             Some(Endpoint::ApplicationToken)
         }
         (_, p) if p == "/v1/webhooks" || p.starts_with("/v1/webhooks/") => Some(Endpoint::Webhooks),
+        (_, "/v1/people/me") => Some(Endpoint::PeopleMe),
         _ => None,
     };
     let tracking_id = {
@@ -1127,6 +1137,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
             ctx.application_token(&path, &headers, &body)
         }
         Endpoint::Webhooks => ctx.webhooks(&method, &path, &query, &headers, &body),
+        Endpoint::PeopleMe if method == hyper::Method::GET => ctx.people_me(&headers),
         _ => error(405, "Method not allowed.", &tracking_id),
     };
     if drop_after {
@@ -1491,6 +1502,23 @@ impl Ctx<'_> {
         let resp = self.token_response(&mut s, family, expires_in, None);
         s.settings.omit_refresh_token = omit;
         resp
+    }
+
+    fn people_me(&self, headers: &hyper::HeaderMap) -> Resp {
+        let s = self.shared.lock();
+        let Some(grant) = s.bearer_grant(header(headers, "authorization"), self.now) else {
+            drop(s);
+            return self.err(
+                401,
+                "The request requires a valid access token set in the Authorization request header.",
+            );
+        };
+        let org = grant.org.clone().unwrap_or_else(|| "fake-provider-org".to_owned());
+        drop(s);
+        json_response(
+            200,
+            &serde_json::json!({ "id": "fake-person", "orgId": org, "displayName": "Fake Person" }),
+        )
     }
 
     fn webhooks(

@@ -88,6 +88,10 @@ pub trait Sdk: Send + Sync {
     ) -> BoxFut<'_, Res<(String, Option<String>)>>;
     /// `ServiceAppTokenManager::get_access_token`
     fn org_token(&self, org_id: String) -> BoxFut<'_, Res<AccessToken>>;
+    /// `IntegrationTokenManager::invalidate`
+    fn invalidate(&self, rejected: AccessToken) -> BoxFut<'_, Res<()>>;
+    /// `ServiceAppTokenManager::invalidate`
+    fn invalidate_org(&self, org_id: String, rejected: AccessToken) -> BoxFut<'_, Res<()>>;
     /// `ServiceAppTokenManager::fetch_token_for_org`
     fn fetch_token_for_org(&self, org_id: String) -> BoxFut<'_, Res<OAuthTokens>>;
     /// `ServiceAppTokenManager::fetch_token_from_webhook_org`
@@ -423,6 +427,10 @@ scenarios!(
     a_bulk_refresh_reports_every_org_even_when_one_panics,
     a_hundred_orgs_expiring_together_cost_one_call_each,
     a_cohort_registered_together_spreads_its_refreshes_over_the_window,
+    fifty_requests_on_a_revoked_token_cost_one_refresh,
+    fifty_requests_on_a_revoked_org_token_cost_one_refresh,
+    invalidating_a_replaced_token_refreshes_nothing,
+    an_invalidation_reaches_another_process_through_the_store,
     two_replicas_share_one_token_budget_and_meet_no_429,
     a_429_pauses_every_replica_until_retry_after,
     strict_rotation_over_1000_refresh_cycles_reuses_nothing,
@@ -1099,6 +1107,116 @@ async fn a_hundred_orgs_expiring_together_cost_one_call_each(f: Arc<dyn Flavour>
         );
     }
     assert_eq!(w.fake.calls(Endpoint::AccessToken), 100);
+}
+
+/// `GET /v1/people/me` at the fake with `token`: the status Webex answers.
+async fn call_webex(fake: &Arc<FakeWebex>, token: &AccessToken) -> u16 {
+    let url = format!("{}/people/me", fake.base_url());
+    let auth = format!("Bearer {}", token.expose_secret());
+    tokio::task::spawn_blocking(move || {
+        wire::send(&wire::request(
+            byova_core::Method::Get,
+            &url,
+            Vec::new(),
+            &[("Authorization", auth.as_str())],
+        ))
+        .map_or(0, |r| r.status)
+    })
+    .await
+    .unwrap_or(0)
+}
+
+/// What a client does with a 401: invalidate the token it sent, get a fresh one, retry once.
+async fn request_with_retry(sdk: Arc<dyn Sdk>, fake: Arc<FakeWebex>, org: Option<String>) -> u16 {
+    let token = |sdk: Arc<dyn Sdk>, org: Option<String>| async move {
+        match org {
+            Some(org) => sdk.org_token(org).await,
+            None => sdk.get_access_token().await,
+        }
+    };
+    let first = token(sdk.clone(), org.clone()).await.expect("a token");
+    let status = call_webex(&fake, &first).await;
+    if status != 401 {
+        return status;
+    }
+    match &org {
+        Some(org) => sdk.invalidate_org(org.clone(), first).await.expect("invalidate"),
+        None => sdk.invalidate(first).await.expect("invalidate"),
+    }
+    let second = token(sdk, org).await.expect("a fresh token");
+    call_webex(&fake, &second).await
+}
+
+/// The Integration's token is revoked early; 50 concurrent requests meet the 401, invalidate
+/// it, and retry: one refresh, every retry succeeds.
+async fn fifty_requests_on_a_revoked_token_cost_one_refresh(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    w.seed_fresh_integration().await;
+    let revoked = w.sdk.get_access_token().await.unwrap();
+    assert_eq!(call_webex(&w.fake, &revoked).await, 200);
+    assert!(w.fake.revoke_access_token(revoked.expose_secret()));
+    let tasks: Vec<_> =
+        (0..50).map(|_| tokio::spawn(request_with_retry(w.sdk.clone(), w.fake.clone(), None))).collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200, "the retried request succeeds");
+    }
+    assert_eq!(w.fake.refresh_calls(), 1, "one refresh for fifty 401s");
+    let requests = w.fake.calls(Endpoint::PeopleMe);
+    // A probe, fifty requests, and a retry for each that met the revoked token (the later
+    // ones may already get the new one).
+    assert!((52..=101).contains(&requests), "{requests} requests to Webex");
+}
+
+/// The same for an org's Service App token.
+async fn fifty_requests_on_a_revoked_org_token_cost_one_refresh(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    w.seed_fresh_integration().await;
+    let issued = w.fake.issue_service_app_tokens(ORG);
+    w.setup.async_storage.set_service_app_tokens(ORG, &issued.to_oauth_tokens(w.now())).await.unwrap();
+    let revoked = w.sdk.org_token(ORG.into()).await.unwrap();
+    assert!(w.fake.revoke_access_token(revoked.expose_secret()));
+    let tasks: Vec<_> = (0..50)
+        .map(|_| tokio::spawn(request_with_retry(w.sdk.clone(), w.fake.clone(), Some(ORG.into()))))
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200, "the retried request succeeds");
+    }
+    let calls = w.fake.calls(Endpoint::AccessToken) + w.fake.calls(Endpoint::ApplicationToken);
+    assert_eq!(calls, 1, "one refresh for fifty 401s");
+}
+
+/// Invalidating a token that was already replaced (another caller refreshed since) serves the
+/// newer one and calls Webex for nothing.
+async fn invalidating_a_replaced_token_refreshes_nothing(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    w.seed_fresh_integration().await;
+    let old = w.sdk.get_access_token().await.unwrap();
+    let newer = w.sdk.refresh(None).await.unwrap().access_token;
+    let calls = w.fake.refresh_calls();
+    w.sdk.invalidate(old).await.unwrap();
+    let served = w.sdk.get_access_token().await.unwrap();
+    assert!(served.ct_eq(&newer), "the newer token is served");
+    assert_eq!(w.fake.refresh_calls(), calls, "no refresh");
+}
+
+/// One process invalidates; the other, sharing the store, stops serving the token once its
+/// cache revalidates, and the two refresh once between them.
+async fn an_invalidation_reaches_another_process_through_the_store(f: Arc<dyn Flavour>) {
+    let mut w = world(f.as_ref(), None);
+    w.setup.config.coordination.cache_revalidate = Duration::from_millis(200);
+    let (a, b) = (f.build(&w.setup), f.build(&w.setup));
+    w.seed_fresh_integration().await;
+    let token = a.get_access_token().await.unwrap();
+    assert!(b.get_access_token().await.unwrap().ct_eq(&token), "both serve it");
+    assert!(w.fake.revoke_access_token(token.expose_secret()));
+    a.invalidate(token.clone()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let from_b = b.get_access_token().await.unwrap();
+    let from_a = a.get_access_token().await.unwrap();
+    assert!(!from_b.ct_eq(&token), "the other process stopped serving the revoked token");
+    assert!(from_a.ct_eq(&from_b), "both serve the one new token");
+    assert!(w.fake.is_access_token_valid(from_b.expose_secret()));
+    assert_eq!(w.fake.refresh_calls(), 1, "one refresh between the two processes");
 }
 
 /// 200 orgs registered in the same second with 1,000 s tokens: their refresh points spread

@@ -96,6 +96,51 @@ impl TokenEngine {
         self.obtain(key, Mode::GetValid, now).map(now, |t| t.access_token)
     }
 
+    /// Stops serving `rejected` for `key` (Webex answered 401 to it): the cached entry goes if
+    /// it holds that token, and the stored record, if it still holds it, is marked expired
+    /// (version-checked), so the next [`access_token`](Self::access_token) here or in any
+    /// process sharing the store refreshes, once, through the key's flight and lease. A newer
+    /// token already stored (another caller refreshed since) is left alone, and so is a record
+    /// already marked: any number of callers invalidating the same token cost one refresh.
+    pub fn invalidate(self: &Arc<Self>, key: TokenKey, rejected: AccessToken) -> Step<()> {
+        if self.cache.get(&key).is_some_and(|e| e.record.value.access_token.ct_eq(&rejected)) {
+            self.cache.remove(&key);
+        }
+        self.clone().invalidate_stored(key, rejected, 0)
+    }
+
+    fn invalidate_stored(self: Arc<Self>, key: TokenKey, rejected: AccessToken, attempt: u32) -> Step<()> {
+        Step::Load(
+            key.clone(),
+            Then::new(move |loaded: StorageResult<Option<Versioned<OAuthTokens>>>, _| match loaded {
+                Ok(Some(record))
+                    if record.value.access_token.ct_eq(&rejected) && record.value.expires_in > 0 =>
+                {
+                    tracing::info!(key = %key, "Webex rejected the access token; marked for refresh");
+                    let marked = record.value.access_rejected();
+                    Step::Store(
+                        key.clone(),
+                        marked,
+                        Expect::Version(record.version),
+                        Then::new(move |stored: StorageResult<u64>, _| match stored {
+                            Ok(_) => {
+                                self.cache.remove(&key);
+                                done(Ok(()))
+                            }
+                            Err(e) if e.kind() == crate::error::StorageErrorKind::Conflict && attempt < 4 => {
+                                self.invalidate_stored(key, rejected, attempt + 1)
+                            }
+                            Err(e) => done(Err(e.into())),
+                        }),
+                    )
+                }
+                // A newer token is stored, the record is marked already, or none is left.
+                Ok(_) => done(Ok(())),
+                Err(e) => done(Err(e.into())),
+            }),
+        )
+    }
+
     /// The status of `key` from storage, `None` when nothing is stored.
     pub fn status(self: &Arc<Self>, key: TokenKey) -> Step<Option<KeyStatus>> {
         let engine = self.clone();
@@ -538,6 +583,11 @@ impl IntegrationEngine {
         self.tokens.access_token(TokenKey::Integration, now)
     }
 
+    /// Stops serving `rejected` (see [`TokenEngine::invalidate`]).
+    pub fn invalidate(&self, rejected: &AccessToken) -> Step<()> {
+        self.tokens.invalidate(TokenKey::Integration, rejected.clone())
+    }
+
     /// The Integration's status.
     pub fn status(&self) -> Step<Option<KeyStatus>> {
         self.tokens.status(TokenKey::Integration)
@@ -653,6 +703,11 @@ impl ServiceAppEngine {
     /// A valid access token for `org_id`.
     pub fn access_token(&self, org_id: &str, now: Timestamp) -> Step<AccessToken> {
         Self::with_org(org_id, |key| self.tokens.access_token(key, now))
+    }
+
+    /// Stops serving `rejected` for `org_id` (see [`TokenEngine::invalidate`]).
+    pub fn invalidate(&self, org_id: &str, rejected: &AccessToken) -> Step<()> {
+        Self::with_org(org_id, |key| self.tokens.invalidate(key, rejected.clone()))
     }
 
     /// Fetches new tokens for `org_id` with the Integration's bearer.
