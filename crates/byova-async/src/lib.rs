@@ -46,12 +46,16 @@ mod facade;
 mod http;
 mod integration;
 mod listener;
+#[cfg(feature = "middleware")]
+mod middleware;
 mod service_app;
 
 pub use facade::{Byova, ByovaBuilder};
 pub use http::HttpClient;
 pub use integration::IntegrationTokenManager;
 pub use listener::{RedirectListener, wait_for_redirect};
+#[cfg(feature = "middleware")]
+pub use middleware::BearerAuth;
 pub use service_app::ServiceAppTokenManager;
 
 /// byova-core, for everything not re-exported below (plans, policies, request builders).

@@ -54,12 +54,14 @@ mod facade;
 mod http;
 mod integration;
 mod listener;
+mod middleware;
 mod service_app;
 
 pub use facade::{Byova, ByovaBuilder};
 pub use http::HttpClient;
 pub use integration::IntegrationTokenManager;
 pub use listener::{RedirectListener, wait_for_redirect};
+pub use middleware::BearerAuth;
 pub use service_app::ServiceAppTokenManager;
 
 /// byova-core, for everything not re-exported below (plans, policies, request builders).

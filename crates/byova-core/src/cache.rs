@@ -244,6 +244,17 @@ impl TokenCache {
         self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).remove(key)
     }
 
+    /// Stops serving `key`'s cached entry (its access token was rejected); tokens waiting to be
+    /// stored stay.
+    pub fn evict(&self, key: &TokenKey) {
+        match key {
+            TokenKey::Integration => self.set_integration(None),
+            TokenKey::Org(org) => {
+                self.orgs.write().unwrap_or_else(|e| e.into_inner()).remove(org);
+            }
+        }
+    }
+
     /// Forgets `key` (deauthorized, removed, or found missing in storage).
     pub fn remove(&self, key: &TokenKey) {
         self.unsaved.lock().unwrap_or_else(|e| e.into_inner()).remove(key);

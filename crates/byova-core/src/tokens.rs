@@ -101,9 +101,11 @@ impl OAuthTokens {
         self.refresh_token_expires_in.map(|s| self.obtained_at.saturating_add(Duration::from_secs(s)))
     }
 
-    /// Whether the access token is expired at `now`, counting it expired `buffer` early.
+    /// Whether the access token is expired at `now`, counting it expired `buffer` early. A
+    /// zero lifetime (a token Webex rejected, see [`access_rejected`](Self::access_rejected))
+    /// is expired whatever the clock says, even one that lags the moment it was obtained.
     pub fn is_expired(&self, buffer: Duration, now: Timestamp) -> bool {
-        now >= self.expires_at().saturating_sub(buffer)
+        self.expires_in == 0 || now >= self.expires_at().saturating_sub(buffer)
     }
 
     /// Keeps `previous`'s refresh token when these tokens came without one: a refresh response
@@ -338,5 +340,22 @@ mod tests {
             prop_assert_eq!(back.obtained_at.as_unix_millis(), obtained);
             prop_assert_eq!(back.to_json(), bytes);
         }
+    }
+
+    #[test]
+    fn a_rejected_access_token_is_expired_even_on_a_lagging_clock() {
+        let obtained = Timestamp::from_unix_secs(1_000);
+        let t = OAuthTokens::new(AccessToken::new("a"), 3600, obtained)
+            .with_refresh_token(RefreshToken::new("r"), Some(7_775_999));
+        let rejected = t.clone().access_rejected();
+        // A coarse clock reads a few milliseconds behind the moment the tokens were obtained.
+        let lagging = obtained.saturating_sub(Duration::from_millis(5));
+        assert!(!t.is_expired(Duration::ZERO, lagging));
+        assert!(rejected.is_expired(Duration::ZERO, lagging));
+        assert_eq!(
+            rejected.refresh_token_expires_at(),
+            t.refresh_token_expires_at(),
+            "the refresh token is kept"
+        );
     }
 }

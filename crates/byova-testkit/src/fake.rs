@@ -1137,7 +1137,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
             ctx.application_token(&path, &headers, &body)
         }
         Endpoint::Webhooks => ctx.webhooks(&method, &path, &query, &headers, &body),
-        Endpoint::PeopleMe if method == hyper::Method::GET => ctx.people_me(&headers),
+        Endpoint::PeopleMe => ctx.people_me(&method, &headers),
         _ => error(405, "Method not allowed.", &tracking_id),
     };
     if drop_after {
@@ -1504,7 +1504,7 @@ impl Ctx<'_> {
         resp
     }
 
-    fn people_me(&self, headers: &hyper::HeaderMap) -> Resp {
+    fn people_me(&self, method: &hyper::Method, headers: &hyper::HeaderMap) -> Resp {
         let s = self.shared.lock();
         let Some(grant) = s.bearer_grant(header(headers, "authorization"), self.now) else {
             drop(s);
@@ -1515,6 +1515,9 @@ impl Ctx<'_> {
         };
         let org = grant.org.clone().unwrap_or_else(|| "fake-provider-org".to_owned());
         drop(s);
+        if method != hyper::Method::GET {
+            return self.err(405, "Method not allowed.");
+        }
         json_response(
             200,
             &serde_json::json!({ "id": "fake-person", "orgId": org, "displayName": "Fake Person" }),

@@ -18,6 +18,7 @@ mod refresh;
 pub mod step;
 mod webhooks;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 pub use flight::{Flight, FlightWait, Held};
@@ -64,12 +65,22 @@ pub struct TokenEngine {
     cache: TokenCache,
     flights: Arc<Flights>,
     orphans: Arc<Mutex<Vec<Lease>>>,
+    /// The last access token invalidated per key: never handed out again, even by a run that
+    /// read the record before it was marked.
+    rejected: Mutex<HashMap<TokenKey, AccessToken>>,
 }
 
 impl TokenEngine {
     fn new(config: ByovaConfig, client: Client) -> Arc<Self> {
         let cache = TokenCache::new(config.refresh.clone(), config.coordination.cache_revalidate);
-        Arc::new(Self { config, client, cache, flights: Arc::default(), orphans: Arc::default() })
+        Arc::new(Self {
+            config,
+            client,
+            cache,
+            flights: Arc::default(),
+            orphans: Arc::default(),
+            rejected: Mutex::default(),
+        })
     }
 
     /// The configuration.
@@ -93,7 +104,25 @@ impl TokenEngine {
         if let Some(token) = self.cache.fresh(&key, now) {
             return done(Ok(token));
         }
-        self.obtain(key, Mode::GetValid, now).map(now, |t| t.access_token)
+        self.obtain_unrejected(key, now, 0)
+    }
+
+    /// Tokens for `key` through its flight; a flight that started before an invalidation may
+    /// still answer with the rejected token, so that answer is not taken: the key is obtained
+    /// again (a new flight reads the marked record and refreshes).
+    fn obtain_unrejected(self: &Arc<Self>, key: TokenKey, now: Timestamp, attempt: u32) -> Step<AccessToken> {
+        let engine = self.clone();
+        self.obtain(key.clone(), Mode::GetValid, now).then(now, move |tokens, now| match tokens {
+            Ok(t) if attempt < 3 && engine.is_rejected(&key, &t.access_token) => {
+                engine.cache.evict(&key);
+                engine.obtain_unrejected(key, now, attempt + 1)
+            }
+            other => done(other.map(|t| t.access_token)),
+        })
+    }
+
+    fn is_rejected(&self, key: &TokenKey, token: &AccessToken) -> bool {
+        self.rejected.lock().unwrap_or_else(|e| e.into_inner()).get(key).is_some_and(|r| r.ct_eq(token))
     }
 
     /// Stops serving `rejected` for `key` (Webex answered 401 to it): the cached entry goes if
@@ -103,8 +132,9 @@ impl TokenEngine {
     /// token already stored (another caller refreshed since) is left alone, and so is a record
     /// already marked: any number of callers invalidating the same token cost one refresh.
     pub fn invalidate(self: &Arc<Self>, key: TokenKey, rejected: AccessToken) -> Step<()> {
+        self.rejected.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), rejected.clone());
         if self.cache.get(&key).is_some_and(|e| e.record.value.access_token.ct_eq(&rejected)) {
-            self.cache.remove(&key);
+            self.cache.evict(&key);
         }
         self.clone().invalidate_stored(key, rejected, 0)
     }
@@ -124,7 +154,7 @@ impl TokenEngine {
                         Expect::Version(record.version),
                         Then::new(move |stored: StorageResult<u64>, _| match stored {
                             Ok(_) => {
-                                self.cache.remove(&key);
+                                self.cache.evict(&key);
                                 done(Ok(()))
                             }
                             Err(e) if e.kind() == crate::error::StorageErrorKind::Conflict && attempt < 4 => {
@@ -287,6 +317,10 @@ impl TokenEngine {
             crate::metrics::metrics().record_refresh(false);
         }
         match outcome.result {
+            Ok(record) if self.is_rejected(key, &record.value.access_token) => {
+                // A run that read the record before it was invalidated: not cached.
+                Ok(record.value)
+            }
             Ok(record) => {
                 let tokens = record.value.clone();
                 match outcome.deferred_until {

@@ -1,0 +1,111 @@
+//! [`BearerAuth`]: reqwest-middleware that puts a byova access token on every request and, when
+//! Webex answers 401, invalidates that token and retries the request once with a fresh one.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use byova_async::{BearerAuth, Byova};
+//!
+//! # async fn demo(byova: Arc<Byova>) -> Result<(), Box<dyn std::error::Error>> {
+//! let webex = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+//!     .with(BearerAuth::org(byova.clone(), "63b02f90-9cc6-43b8-aa6d-cad425ac554c"))
+//!     .build();
+//! let me = webex.get("https://webexapis.com/v1/people/me").send().await?;
+//! println!("{}", me.status());
+//! # Ok(())
+//! # }
+//! ```
+
+use std::sync::Arc;
+
+use http::Extensions;
+use reqwest::header::{AUTHORIZATION, HeaderValue};
+use reqwest::{Request, Response, StatusCode};
+use reqwest_middleware::{Middleware, Next};
+
+use crate::Byova;
+use byova_core::AccessToken;
+
+/// Whose token [`BearerAuth`] attaches.
+#[derive(Clone, Debug)]
+enum Subject {
+    Integration,
+    Org(String),
+}
+
+/// reqwest-middleware that authenticates requests with byova's tokens: `Authorization:
+/// Bearer …` from [`Byova::integration`] or one org's Service App token; on a 401 the token
+/// is invalidated ([`IntegrationTokenManager::invalidate`](crate::IntegrationTokenManager::invalidate))
+/// and the request sent once more with a fresh one. Many requests meeting the same revoked
+/// token cause one refresh. A request whose body cannot be cloned (a stream) is not retried:
+/// its 401 is returned.
+#[derive(Clone)]
+pub struct BearerAuth {
+    byova: Arc<Byova>,
+    subject: Subject,
+}
+
+impl std::fmt::Debug for BearerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BearerAuth").field("subject", &self.subject).finish_non_exhaustive()
+    }
+}
+
+impl BearerAuth {
+    /// The Integration's token.
+    pub fn integration(byova: Arc<Byova>) -> Self {
+        Self { byova, subject: Subject::Integration }
+    }
+
+    /// `org_id`'s Service App token.
+    pub fn org(byova: Arc<Byova>, org_id: impl Into<String>) -> Self {
+        Self { byova, subject: Subject::Org(org_id.into()) }
+    }
+
+    async fn token(&self) -> byova_core::Result<AccessToken> {
+        match &self.subject {
+            Subject::Integration => self.byova.integration().get_access_token().await,
+            Subject::Org(org) => self.byova.service_app().get_access_token(org).await,
+        }
+    }
+
+    async fn invalidate(&self, rejected: &AccessToken) -> byova_core::Result<()> {
+        match &self.subject {
+            Subject::Integration => self.byova.integration().invalidate(rejected).await,
+            Subject::Org(org) => self.byova.service_app().invalidate(org, rejected).await,
+        }
+    }
+
+    async fn authorized(&self, mut req: Request) -> reqwest_middleware::Result<(Request, AccessToken)> {
+        let token = self.token().await.map_err(reqwest_middleware::Error::middleware)?;
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
+            .map_err(reqwest_middleware::Error::middleware)?;
+        value.set_sensitive(true);
+        req.headers_mut().insert(AUTHORIZATION, value);
+        Ok((req, token))
+    }
+}
+
+#[byova_core::async_trait]
+impl Middleware for BearerAuth {
+    async fn handle(
+        &self,
+        req: Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<Response> {
+        let retry = req.try_clone();
+        let (req, sent) = self.authorized(req).await?;
+        let response = next.clone().run(req, extensions).await?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        let Some(retry) = retry else {
+            tracing::debug!("401 on a request whose body cannot be cloned: not retried");
+            return Ok(response);
+        };
+        tracing::info!("Webex answered 401: invalidating the token and retrying once");
+        self.invalidate(&sent).await.map_err(reqwest_middleware::Error::middleware)?;
+        let (retry, _) = self.authorized(retry).await?;
+        next.run(retry, extensions).await
+    }
+}

@@ -1,0 +1,159 @@
+//! [`BearerAuth`]: ureq 3 middleware that puts a byova access token on every request and, when
+//! Webex answers 401, invalidates that token and sends the request once more with a fresh one.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use byova_blocking::{BearerAuth, Byova};
+//!
+//! # fn demo(byova: Arc<Byova>) -> Result<(), ureq::Error> {
+//! let webex: ureq::Agent = ureq::Agent::config_builder()
+//!     .middleware(BearerAuth::org(byova, "63b02f90-9cc6-43b8-aa6d-cad425ac554c"))
+//!     .build()
+//!     .into();
+//! let me = webex.get("https://webexapis.com/v1/people/me").call()?;
+//! println!("{}", me.status());
+//! # Ok(())
+//! # }
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use byova_core::AccessToken;
+use ureq::http::header::{AUTHORIZATION, HeaderValue};
+use ureq::http::{Method, Request, Response, StatusCode};
+use ureq::middleware::{Middleware, MiddlewareNext};
+use ureq::{Body, SendBody};
+
+use crate::Byova;
+
+/// Whose token [`BearerAuth`] attaches.
+#[derive(Clone, Debug)]
+enum Subject {
+    Integration,
+    Org(String),
+}
+
+/// ureq middleware that authenticates requests with byova's tokens: `Authorization: Bearer …`
+/// from [`Byova::integration`] or one org's Service App token; on a 401 the token is
+/// invalidated ([`IntegrationTokenManager::invalidate`](crate::IntegrationTokenManager::invalidate))
+/// and the request sent once more with a fresh one. Many requests meeting the same revoked
+/// token cause one refresh.
+///
+/// ureq hands a middleware its request body as a one-shot stream and its chain as a one-shot
+/// continuation, so only requests without a body (`GET`, `HEAD`, `DELETE`, `OPTIONS`) are
+/// retried, and the retry goes out through this middleware's own agent (the timeouts of
+/// byova's client; [`with_retry_agent`](Self::with_retry_agent) to use yours), not through the
+/// rest of the chain. Any other request's 401 is returned, its token already invalidated, so
+/// the caller's next attempt gets a fresh one.
+#[derive(Clone)]
+pub struct BearerAuth {
+    byova: Arc<Byova>,
+    subject: Subject,
+    retry_agent: ureq::Agent,
+}
+
+impl std::fmt::Debug for BearerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BearerAuth").field("subject", &self.subject).finish_non_exhaustive()
+    }
+}
+
+impl BearerAuth {
+    fn new(byova: Arc<Byova>, subject: Subject) -> Self {
+        let retry_agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(30)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Self { byova, subject, retry_agent }
+    }
+
+    /// The Integration's token.
+    pub fn integration(byova: Arc<Byova>) -> Self {
+        Self::new(byova, Subject::Integration)
+    }
+
+    /// `org_id`'s Service App token.
+    pub fn org(byova: Arc<Byova>, org_id: impl Into<String>) -> Self {
+        Self::new(byova, Subject::Org(org_id.into()))
+    }
+
+    /// Sends retries through `agent` (build it with `http_status_as_error(false)` to get the
+    /// retried response rather than an error for its status).
+    #[must_use]
+    pub fn with_retry_agent(mut self, agent: ureq::Agent) -> Self {
+        self.retry_agent = agent;
+        self
+    }
+
+    fn token(&self) -> byova_core::Result<AccessToken> {
+        match &self.subject {
+            Subject::Integration => self.byova.integration().get_access_token(),
+            Subject::Org(org) => self.byova.service_app().get_access_token(org),
+        }
+    }
+
+    fn invalidate(&self, rejected: &AccessToken) -> byova_core::Result<()> {
+        match &self.subject {
+            Subject::Integration => self.byova.integration().invalidate(rejected),
+            Subject::Org(org) => self.byova.service_app().invalidate(org, rejected),
+        }
+    }
+
+    fn bearer(&self) -> Result<(HeaderValue, AccessToken), ureq::Error> {
+        let token = self.token().map_err(|e| ureq::Error::Io(std::io::Error::other(e)))?;
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
+            .map_err(|e| ureq::Error::Io(std::io::Error::other(e)))?;
+        value.set_sensitive(true);
+        Ok((value, token))
+    }
+}
+
+impl Middleware for BearerAuth {
+    fn handle(
+        &self,
+        mut request: Request<SendBody<'_>>,
+        next: MiddlewareNext<'_>,
+    ) -> Result<Response<Body>, ureq::Error> {
+        let (value, sent) = self.bearer()?;
+        request.headers_mut().insert(AUTHORIZATION, value);
+        let bodiless =
+            matches!(*request.method(), Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS);
+        let again = bodiless.then(|| {
+            let mut copy = Request::builder().method(request.method().clone()).uri(request.uri().clone());
+            for (name, value) in request.headers() {
+                if name != AUTHORIZATION {
+                    copy = copy.header(name, value);
+                }
+            }
+            copy
+        });
+        let answered = next.handle(request);
+        let unauthorized = match &answered {
+            Ok(response) => response.status() == StatusCode::UNAUTHORIZED,
+            Err(ureq::Error::StatusCode(401)) => true,
+            Err(_) => false,
+        };
+        if !unauthorized {
+            return answered;
+        }
+        self.invalidate(&sent).map_err(|e| ureq::Error::Io(std::io::Error::other(e)))?;
+        let Some(again) = again else {
+            tracing::debug!("401 on a request with a body: not retried; the token is invalidated");
+            return answered;
+        };
+        tracing::info!("Webex answered 401: invalidated the token; retrying once");
+        let (value, _) = self.bearer()?;
+        let retry = again.header(AUTHORIZATION, value).body(()).map_err(ureq::Error::from)?;
+        let response = self.retry_agent.run(retry)?;
+        // Answer as the caller's agent would: statuses as errors when it turns them into errors.
+        let status = response.status();
+        if matches!(answered, Err(ureq::Error::StatusCode(_)))
+            && (status.is_client_error() || status.is_server_error())
+        {
+            return Err(ureq::Error::StatusCode(status.as_u16()));
+        }
+        Ok(response)
+    }
+}

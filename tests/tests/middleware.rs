@@ -1,0 +1,184 @@
+//! `BearerAuth` in both flavours against the fake Webex: a revoked token meets one 401, costs
+//! one refresh, and the retried request succeeds; 50 concurrent requests on the same revoked
+//! token cost one refresh; a request whose body cannot be cloned is not retried.
+
+use std::sync::Arc;
+
+use byova_core::{BlockingTokenStorage, Clock, InMemoryTokenStorage, SystemClock};
+use byova_testkit::{Endpoint, FakeWebex};
+
+const ORG: &str = "63b02f90-9cc6-43b8-aa6d-cad425ac554c";
+
+struct World {
+    fake: Arc<FakeWebex>,
+    storage: Arc<InMemoryTokenStorage>,
+}
+
+fn world() -> World {
+    let fake = Arc::new(FakeWebex::start());
+    let storage = Arc::new(InMemoryTokenStorage::new());
+    let now = SystemClock.now();
+    storage.set_integration_tokens(&fake.issue_integration_tokens().to_oauth_tokens(now)).unwrap();
+    storage.set_service_app_tokens(ORG, &fake.issue_service_app_tokens(ORG).to_oauth_tokens(now)).unwrap();
+    World { fake, storage }
+}
+
+fn token_calls(fake: &FakeWebex) -> u64 {
+    fake.calls(Endpoint::AccessToken) + fake.calls(Endpoint::ApplicationToken)
+}
+
+impl World {
+    fn async_byova(&self) -> Arc<byova_async::Byova> {
+        let byova = byova_async::Byova::builder(
+            self.fake.integration_credentials(),
+            self.fake.service_app_credentials(),
+        )
+        .config(self.fake.config())
+        .storage(self.storage.clone())
+        .build()
+        .unwrap();
+        Arc::new(byova)
+    }
+
+    fn blocking_byova(&self) -> Arc<byova_blocking::Byova> {
+        let byova = byova_blocking::Byova::builder(
+            self.fake.integration_credentials(),
+            self.fake.service_app_credentials(),
+        )
+        .config(self.fake.config())
+        .storage(self.storage.clone())
+        .build()
+        .unwrap();
+        Arc::new(byova)
+    }
+
+    fn people_me(&self) -> String {
+        format!("{}/people/me", self.fake.base_url())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reqwest_middleware_renews_a_revoked_token_once() {
+    for org in [None, Some(ORG)] {
+        let w = world();
+        let byova = w.async_byova();
+        let auth = match org {
+            None => byova_async::BearerAuth::integration(byova.clone()),
+            Some(org) => byova_async::BearerAuth::org(byova.clone(), org),
+        };
+        let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(auth).build();
+        let first = client.get(w.people_me()).send().await.unwrap();
+        assert_eq!(first.status(), 200, "{org:?}: the token is attached");
+        let token = match org {
+            None => byova.integration().get_access_token().await.unwrap(),
+            Some(org) => byova.service_app().get_access_token(org).await.unwrap(),
+        };
+        assert!(w.fake.revoke_access_token(token.expose_secret()));
+        let before = (w.fake.calls(Endpoint::PeopleMe), token_calls(&w.fake));
+        let retried = client.get(w.people_me()).send().await.unwrap();
+        assert_eq!(retried.status(), 200, "{org:?}: the retried request succeeds");
+        assert_eq!(
+            (w.fake.calls(Endpoint::PeopleMe) - before.0, token_calls(&w.fake) - before.1),
+            (2, 1),
+            "{org:?}: one 401, one refresh, one retry"
+        );
+        // Fifty requests at once on a token revoked again: one refresh between them.
+        let token = match org {
+            None => byova.integration().get_access_token().await.unwrap(),
+            Some(org) => byova.service_app().get_access_token(org).await.unwrap(),
+        };
+        assert!(w.fake.revoke_access_token(token.expose_secret()));
+        let calls = token_calls(&w.fake);
+        let requests: Vec<_> = (0..50)
+            .map(|_| {
+                let (client, url) = (client.clone(), w.people_me());
+                tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) })
+            })
+            .collect();
+        for r in requests {
+            assert_eq!(r.await.unwrap().unwrap(), 200);
+        }
+        assert_eq!(token_calls(&w.fake) - calls, 1, "{org:?}: fifty 401s, one refresh");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reqwest_middleware_returns_the_401_of_a_streamed_body() {
+    let w = world();
+    let byova = w.async_byova();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(byova_async::BearerAuth::integration(byova.clone()))
+        .build();
+    let token = byova.integration().get_access_token().await.unwrap();
+    assert!(w.fake.revoke_access_token(token.expose_secret()));
+    let stream = futures_util::stream::once(async { Ok::<_, std::io::Error>(b"{}".to_vec()) });
+    let response = client.get(w.people_me()).body(reqwest::Body::wrap_stream(stream)).send().await.unwrap();
+    assert_eq!(response.status(), 401, "not retried: the body cannot be sent twice");
+    assert_eq!(w.fake.calls(Endpoint::PeopleMe), 1);
+    // The token was invalidated all the same: the next request gets a fresh one.
+    let next = client.get(w.people_me()).send().await.unwrap();
+    assert_eq!(next.status(), 200);
+    assert_eq!(token_calls(&w.fake), 1);
+}
+
+#[test]
+fn ureq_middleware_renews_a_revoked_token_once() {
+    for org in [None, Some(ORG)] {
+        let w = world();
+        let byova = w.blocking_byova();
+        let auth = match org {
+            None => byova_blocking::BearerAuth::integration(byova.clone()),
+            Some(org) => byova_blocking::BearerAuth::org(byova.clone(), org),
+        };
+        let agent: ureq::Agent = ureq::Agent::config_builder().middleware(auth).build().into();
+        assert_eq!(agent.get(&w.people_me()).call().unwrap().status(), 200, "{org:?}: the token is attached");
+        let token = match org {
+            None => byova.integration().get_access_token().unwrap(),
+            Some(org) => byova.service_app().get_access_token(org).unwrap(),
+        };
+        assert!(w.fake.revoke_access_token(token.expose_secret()));
+        let before = (w.fake.calls(Endpoint::PeopleMe), token_calls(&w.fake));
+        assert_eq!(agent.get(&w.people_me()).call().unwrap().status(), 200, "{org:?}: the retry succeeds");
+        assert_eq!(
+            (w.fake.calls(Endpoint::PeopleMe) - before.0, token_calls(&w.fake) - before.1),
+            (2, 1),
+            "{org:?}: one 401, one refresh, one retry"
+        );
+        let token = match org {
+            None => byova.integration().get_access_token().unwrap(),
+            Some(org) => byova.service_app().get_access_token(org).unwrap(),
+        };
+        assert!(w.fake.revoke_access_token(token.expose_secret()));
+        let calls = token_calls(&w.fake);
+        std::thread::scope(|s| {
+            for _ in 0..50 {
+                let (agent, url) = (agent.clone(), w.people_me());
+                s.spawn(move || assert_eq!(agent.get(&url).call().unwrap().status(), 200));
+            }
+        });
+        assert_eq!(token_calls(&w.fake) - calls, 1, "{org:?}: fifty 401s, one refresh");
+    }
+}
+
+#[test]
+fn ureq_middleware_returns_the_401_of_a_request_with_a_body() {
+    let w = world();
+    let byova = w.blocking_byova();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .middleware(byova_blocking::BearerAuth::integration(byova.clone()))
+        .build()
+        .into();
+    let token = byova.integration().get_access_token().unwrap();
+    assert!(w.fake.revoke_access_token(token.expose_secret()));
+    let response = agent.post(&w.people_me()).send("{}").unwrap();
+    // The fake answers 401 before it looks at the method; the request is not retried.
+    assert_eq!(response.status(), 401);
+    assert_eq!(w.fake.calls(Endpoint::PeopleMe), 1);
+    assert_eq!(
+        agent.get(&w.people_me()).call().unwrap().status(),
+        200,
+        "the next request gets a fresh token"
+    );
+    assert_eq!(token_calls(&w.fake), 1);
+}
