@@ -27,6 +27,7 @@ crate_readmes! {
     CoreReadme => "../../crates/byova-core/README.md",
     AsyncReadme => "../../crates/byova-async/README.md",
     BlockingReadme => "../../crates/byova-blocking/README.md",
+    AxumReadme => "../../crates/byova-axum/README.md",
     FileReadme => "../../crates/byova-storage-file/README.md",
     RedisReadme => "../../crates/byova-storage-redis/README.md",
     SqlReadme => "../../crates/byova-storage-sql/README.md",

@@ -97,6 +97,7 @@ const PUBLISHED: &[&str] = &[
     "byova-core",
     "byova-async",
     "byova-blocking",
+    "byova-axum",
     "byova-storage-file",
     "byova-storage-redis",
     "byova-storage-sql",

@@ -6,8 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use byova_async::core::{MAX_WEBHOOK_BODY_BYTES, SIGNATURE_HEADER};
-use byova_async::{Byova, Error};
+use byova_async::Byova;
+use byova_async::core::{
+    DeliveryBodyProblem, MAX_WEBHOOK_BODY_BYTES, SIGNATURE_HEADER, delivery_body_reply, delivery_reply,
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -100,58 +102,35 @@ async fn webhook(
     read_by: tokio::time::Instant,
     req: Request<Incoming>,
 ) -> Resp {
-    let metrics = byova_async::core::metrics();
     let signature = req.headers().get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     // The body is capped, and must arrive within the connection's reading time, before
     // anything else looks at it.
     let read = Limited::new(req.into_body(), MAX_WEBHOOK_BODY_BYTES).collect();
     let body = match tokio::time::timeout_at(read_by, read).await {
-        Err(_) => {
-            return respond(StatusCode::REQUEST_TIMEOUT, json!({"error": "the delivery arrived too slowly"}));
-        }
+        Err(_) => return reply(delivery_body_reply(DeliveryBodyProblem::TooSlow)),
         Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return respond(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                json!({"error": "the delivery is larger than 64 KiB"}),
-            );
+            return reply(delivery_body_reply(DeliveryBodyProblem::TooLarge));
         }
-        Ok(Err(_)) => {
-            return respond(
-                StatusCode::BAD_REQUEST,
-                json!({"error": "the delivery's body could not be read"}),
-            );
-        }
+        Ok(Err(_)) => return reply(delivery_body_reply(DeliveryBodyProblem::Unreadable)),
         Ok(Ok(body)) => body.to_bytes(),
     };
-    match byova.handle_service_app_webhook(&body, signature.as_deref()).await {
-        Ok(outcome) => {
-            metrics.record_webhook(outcome.as_str());
-            if let (Some(touched), Some(org)) = (touched, outcome.org_id()) {
-                // Full: the next resync catches up.
-                let _ = touched.try_send(org.to_owned());
-            }
-            respond(StatusCode::OK, json!({"outcome": outcome.as_str(), "org_id": outcome.org_id()}))
-        }
-        Err(e @ Error::WebhookSignature(_)) => {
-            metrics.record_webhook("rejected");
-            tracing::warn!(error = %e, "rejected a webhook delivery");
-            respond(StatusCode::UNAUTHORIZED, json!({"error": e.to_string()}))
-        }
-        Err(e @ Error::InvalidInput(_)) => {
-            metrics.record_webhook("invalid");
-            respond(StatusCode::BAD_REQUEST, json!({"error": e.to_string()}))
-        }
-        // Anything else is worth Webex's redelivery; the details stay in the log, not in an
-        // answer anyone who can reach the port reads.
-        Err(e) => {
-            metrics.record_webhook("failed");
-            tracing::warn!(error = %e, "could not apply a webhook delivery");
-            respond(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                json!({"error": "the delivery could not be applied now; deliver it again later"}),
-            )
-        }
+    let result = byova.handle_service_app_webhook(&body, signature.as_deref()).await;
+    if let (Some(touched), Ok(outcome)) = (touched, &result)
+        && let Some(org) = outcome.org_id()
+    {
+        // Full: the next resync catches up.
+        let _ = touched.try_send(org.to_owned());
     }
+    reply(delivery_reply(&result))
+}
+
+/// A JSON answer from core's `(status, body)`.
+fn reply((status, body): (u16, String)) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert("Content-Type", hyper::header::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert("Cache-Control", hyper::header::HeaderValue::from_static("no-store"));
+    resp
 }
 
 /// How a listener holds up under load.

@@ -239,6 +239,59 @@ impl WebhookOutcome {
     }
 }
 
+/// Why a delivery's body could not be taken, before any byova code looked at it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeliveryBodyProblem {
+    /// Larger than [`MAX_WEBHOOK_BODY_BYTES`].
+    TooLarge,
+    /// It did not arrive within the receiver's reading time.
+    TooSlow,
+    /// The connection failed while it was read.
+    Unreadable,
+}
+
+/// How a webhook receiver answers a delivery whose body it could not take: status and JSON
+/// body. `byova serve` and byova-axum's route answer alike.
+pub fn delivery_body_reply(problem: DeliveryBodyProblem) -> (u16, String) {
+    let (status, error) = match problem {
+        DeliveryBodyProblem::TooLarge => (413, "the delivery is larger than 64 KiB"),
+        DeliveryBodyProblem::TooSlow => (408, "the delivery arrived too slowly"),
+        DeliveryBodyProblem::Unreadable => (400, "the delivery's body could not be read"),
+    };
+    crate::metrics::metrics().record_webhook("invalid");
+    (status, serde_json::json!({ "error": error }).to_string())
+}
+
+/// How a webhook receiver answers a delivery byova handled (or refused): status and JSON body,
+/// counted in the metrics and logged. `byova serve` and byova-axum's route answer alike: 200
+/// with the outcome; 401 for a signature that does not verify; 400 for a body that is not a
+/// `serviceApp` delivery; 500 (and a log line, not details anyone who can reach the port
+/// reads) for anything else, so that Webex delivers it again.
+pub fn delivery_reply(result: &crate::error::Result<WebhookOutcome>) -> (u16, String) {
+    let metrics = crate::metrics::metrics();
+    match result {
+        Ok(outcome) => {
+            metrics.record_webhook(outcome.as_str());
+            (200, serde_json::json!({ "outcome": outcome.as_str(), "org_id": outcome.org_id() }).to_string())
+        }
+        Err(e @ crate::error::Error::WebhookSignature(_)) => {
+            metrics.record_webhook("rejected");
+            tracing::warn!(error = %e, "rejected a webhook delivery");
+            (401, serde_json::json!({ "error": e.to_string() }).to_string())
+        }
+        Err(e @ crate::error::Error::InvalidInput(_)) => {
+            metrics.record_webhook("invalid");
+            (400, serde_json::json!({ "error": e.to_string() }).to_string())
+        }
+        Err(e) => {
+            metrics.record_webhook("failed");
+            tracing::warn!(error = %e, "could not apply a webhook delivery");
+            (500, serde_json::json!({ "error": "the delivery could not be applied now; deliver it again later" }).to_string())
+        }
+    }
+}
+
 /// The gate every delivery passes before anything happens: signature, shape, application.
 /// It remembers nothing: repeated, late and out-of-order deliveries are made harmless by the
 /// store (a fetch satisfied by a registration at least as new, a removal that spares a newer

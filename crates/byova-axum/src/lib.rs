@@ -1,0 +1,72 @@
+//! byova's `serviceApp` webhook receiver as an [`axum::Router`], to mount in your own server
+//! instead of running `byova serve` beside it.
+//!
+//! [`webhook_router`] serves `POST /webhook` exactly as `byova serve` does: the raw body (at
+//! most [`MAX_WEBHOOK_BODY_BYTES`]), verified against `X-Spark-Signature` with the
+//! [`Byova`]'s webhook secret(s), then applied; `200` with the outcome, `401` for a signature
+//! that does not verify, `400` for a body that is not a `serviceApp` delivery, `413` for one
+//! too large, `500` (details in the log only) for anything Webex should deliver again. The
+//! answers come from the same function in byova-core that `byova serve` uses.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! # async fn demo(byova: byova_async::Byova) -> std::io::Result<()> {
+//! let app = axum::Router::new()
+//!     .merge(byova_axum::webhook_router(Arc::new(byova)));
+//! let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+//!
+//! Put a request timeout in front of it (tower-http's `TimeoutLayer`, or your proxy's): axum
+//! imposes none, and `byova serve` gives a delivery 10 s to arrive.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use byova_async::Byova;
+use byova_async::core::{
+    DeliveryBodyProblem, MAX_WEBHOOK_BODY_BYTES, SIGNATURE_HEADER, delivery_body_reply, delivery_reply,
+};
+
+/// `POST /webhook` for `byova`'s Service App deliveries.
+pub fn webhook_router(byova: Arc<Byova>) -> Router {
+    Router::new()
+        .route("/webhook", post(webhook))
+        .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY_BYTES))
+        .with_state(byova)
+}
+
+async fn webhook(
+    State(byova): State<Arc<Byova>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return reply(delivery_body_reply(DeliveryBodyProblem::TooLarge));
+        }
+        Err(_) => return reply(delivery_body_reply(DeliveryBodyProblem::Unreadable)),
+    };
+    let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+    reply(delivery_reply(&byova.handle_service_app_webhook(&body, signature).await))
+}
+
+fn reply((status, body): (u16, String)) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
