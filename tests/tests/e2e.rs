@@ -1,6 +1,7 @@
-//! `BearerAuth` in both flavours against the fake Webex: a revoked token meets one 401, costs
-//! one refresh, and the retried request succeeds; 50 concurrent requests on the same revoked
-//! token cost one refresh; a request whose body cannot be cloned is not retried.
+//! End-to-end against the fake Webex: `BearerAuth` in both flavours (a revoked token meets one
+//! 401, costs one refresh, and the retried request succeeds; 50 concurrent requests on the
+//! same revoked token cost one refresh; a request whose body cannot be cloned is not retried),
+//! and README's quickstart flows.
 
 use std::sync::Arc;
 
@@ -181,4 +182,54 @@ fn ureq_middleware_returns_the_401_of_a_request_with_a_body() {
         "the next request gets a fresh token"
     );
     assert_eq!(token_calls(&w.fake), 1);
+}
+
+/// README's async quickstart, against the fake Webex: the browser flow (a stand-in plays the
+/// browser), then a signed `serviceApp` delivery registers an org.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_quickstart_flow_against_the_fake() {
+    use byova_async::{AuthorizeOptions, ServiceAppEventKind};
+    let fake = Arc::new(FakeWebex::start());
+    let play = fake.clone();
+    let browser = move |url: &str| {
+        let (fake, url) = (play.clone(), url.to_owned());
+        std::thread::spawn(move || {
+            let location = fake.browser_visit(&url).unwrap();
+            byova_testkit::wire::send(&byova_testkit::wire::get(&location)).unwrap();
+        });
+        Ok(())
+    };
+    let integration = fake.integration_credentials().with_redirect_uri("http://127.0.0.1:0/callback");
+    let byova = byova_async::Byova::builder(integration, fake.service_app_credentials())
+        .config(fake.config())
+        .build()
+        .unwrap();
+    byova.integration().authorize(AuthorizeOptions::default().with_browser(browser)).await.unwrap();
+    let bearer = byova.integration().get_access_token().await.unwrap();
+    assert!(fake.is_access_token_valid(bearer.expose_secret()));
+    fake.authorize_org(ORG);
+    let (raw_body, signature) = fake.service_app_delivery(ServiceAppEventKind::Authorized, ORG, None);
+    let outcome = byova.handle_service_app_webhook(&raw_body, signature.as_deref()).await.unwrap();
+    assert_eq!(outcome.org_id(), Some(ORG));
+    let org_token = byova.service_app().get_access_token(ORG).await.unwrap();
+    assert!(fake.is_access_token_valid(org_token.expose_secret()));
+}
+
+/// README's blocking quickstart, against the fake Webex.
+#[test]
+fn the_readme_blocking_quickstart_against_the_fake() {
+    let fake = FakeWebex::start();
+    let issued = fake.issue_integration_tokens();
+    let byova =
+        byova_blocking::Byova::builder(fake.integration_credentials(), fake.service_app_credentials())
+            .config(fake.config())
+            .build()
+            .unwrap();
+    byova.integration().refresh(Some(&issued.refresh_token)).unwrap(); // stands in for authorize()
+    let bearer = byova.integration().get_access_token().unwrap();
+    assert!(fake.is_access_token_valid(bearer.expose_secret()));
+    fake.authorize_org(ORG);
+    byova.service_app().fetch_token_for_org(ORG).unwrap();
+    let org_token = byova.service_app().get_access_token(ORG).unwrap();
+    assert!(fake.is_access_token_valid(org_token.expose_secret()));
 }
