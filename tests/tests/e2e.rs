@@ -120,6 +120,32 @@ async fn reqwest_middleware_returns_the_401_of_a_streamed_body() {
     let next = client.get(w.people_me()).send().await.unwrap();
     assert_eq!(next.status(), 200);
     assert_eq!(token_calls(&w.fake), 1);
+    assert_eq!(
+        w.fake.calls(Endpoint::PeopleMe),
+        2,
+        "the 401 invalidated the token: the next request went once"
+    );
+}
+
+/// Tokens go to Webex's API origin only: the same server under another name gets none, and
+/// its 401 invalidates nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_auth_sends_tokens_to_the_api_origin_only() {
+    let w = world();
+    let byova = w.async_byova();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+        .with(byova_async::BearerAuth::integration(byova.clone()))
+        .build();
+    let elsewhere = w.people_me().replace("127.0.0.1", "localhost");
+    assert_eq!(client.get(&elsewhere).send().await.unwrap().status(), 401, "no token attached");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .middleware(byova_blocking::BearerAuth::integration(w.blocking_byova()))
+        .build()
+        .into();
+    assert_eq!(agent.get(&elsewhere).call().unwrap().status(), 401, "no token attached (ureq)");
+    assert_eq!(token_calls(&w.fake), 0, "nothing invalidated, nothing refreshed");
+    assert_eq!(client.get(w.people_me()).send().await.unwrap().status(), 200, "the API origin gets it");
 }
 
 #[test]

@@ -190,6 +190,6 @@ impl IntegrationTokenManager {
     /// revalidates, 30 s at most by default). Errors: storage's.
     /// Cancel safety: the record is marked in one versioned write, or not at all.
     pub async fn invalidate(&self, rejected: &AccessToken) -> Result<()> {
-        self.agent.run(self.engine.invalidate(rejected)).await
+        self.agent.run(self.engine.invalidate(rejected, self.agent.now())).await
     }
 }

@@ -32,7 +32,8 @@ enum Subject {
     Org(String),
 }
 
-/// reqwest-middleware that authenticates requests with byova's tokens: `Authorization:
+/// reqwest-middleware that authenticates requests to Webex's API (the configured base URL's
+/// origin; requests to other hosts pass untouched) with byova's tokens: `Authorization:
 /// Bearer …` from [`Byova::integration`] or one org's Service App token; on a 401 the token
 /// is invalidated ([`IntegrationTokenManager::invalidate`](crate::IntegrationTokenManager::invalidate))
 /// and the request sent once more with a fresh one. Many requests meeting the same revoked
@@ -93,18 +94,25 @@ impl Middleware for BearerAuth {
         extensions: &mut Extensions,
         next: Next<'_>,
     ) -> reqwest_middleware::Result<Response> {
+        // Tokens go to Webex's API origin only, never to another host a shared client calls.
+        if !self.byova.integration().config().is_api_origin(req.url().as_str()) {
+            return next.run(req, extensions).await;
+        }
         let retry = req.try_clone();
         let (req, sent) = self.authorized(req).await?;
         let response = next.clone().run(req, extensions).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
+        if let Err(e) = self.invalidate(&sent).await {
+            tracing::warn!(error = %e, "Webex answered 401 but the token could not be invalidated");
+            return Ok(response);
+        }
         let Some(retry) = retry else {
-            tracing::debug!("401 on a request whose body cannot be cloned: not retried");
+            tracing::debug!("401 on a request whose body cannot be cloned: invalidated, not retried");
             return Ok(response);
         };
-        tracing::info!("Webex answered 401: invalidating the token and retrying once");
-        self.invalidate(&sent).await.map_err(reqwest_middleware::Error::middleware)?;
+        tracing::info!("Webex answered 401: invalidated the token; retrying once");
         let (retry, _) = self.authorized(retry).await?;
         next.run(retry, extensions).await
     }

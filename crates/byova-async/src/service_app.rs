@@ -129,6 +129,6 @@ impl ServiceAppTokenManager {
     /// [`IntegrationTokenManager::invalidate`](crate::IntegrationTokenManager::invalidate).
     /// Cancel safety: the record is marked in one versioned write, or not at all.
     pub async fn invalidate(&self, org_id: &str, rejected: &AccessToken) -> Result<()> {
-        self.agent.run(self.engine.invalidate(org_id, rejected)).await
+        self.agent.run(self.engine.invalidate(org_id, rejected, self.agent.now())).await
     }
 }

@@ -5,7 +5,8 @@
 //! most [`MAX_WEBHOOK_BODY_BYTES`]), verified against `X-Spark-Signature` with the
 //! [`Byova`]'s webhook secret(s), then applied; `200` with the outcome, `401` for a signature
 //! that does not verify, `400` for a body that is not a `serviceApp` delivery, `413` for one
-//! too large, `500` (details in the log only) for anything Webex should deliver again. The
+//! too large, `405` to any other method, `500` (details in the log only) for anything Webex
+//! should deliver again. The
 //! answers come from the same function in byova-core that `byova serve` uses.
 //!
 //! ```no_run
@@ -35,13 +36,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use byova_async::Byova;
 use byova_async::core::{
-    DeliveryBodyProblem, MAX_WEBHOOK_BODY_BYTES, SIGNATURE_HEADER, delivery_body_reply, delivery_reply,
+    DeliveryBodyProblem, MAX_WEBHOOK_BODY_BYTES, SIGNATURE_HEADER, delivery_body_reply,
+    delivery_method_reply, delivery_reply,
 };
 
 /// `POST /webhook` for `byova`'s Service App deliveries.
 pub fn webhook_router(byova: Arc<Byova>) -> Router {
     Router::new()
-        .route("/webhook", post(webhook))
+        .route("/webhook", post(webhook).fallback(method_not_allowed))
         .layer(DefaultBodyLimit::max(MAX_WEBHOOK_BODY_BYTES))
         .with_state(byova)
 }
@@ -60,6 +62,12 @@ async fn webhook(
     };
     let signature = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
     reply(delivery_reply(&byova.handle_service_app_webhook(&body, signature).await))
+}
+
+async fn method_not_allowed() -> Response {
+    let mut response = reply(delivery_method_reply());
+    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+    response
 }
 
 fn reply((status, body): (u16, String)) -> Response {

@@ -84,5 +84,5 @@ async fn the_axum_route_answers_as_byova_serve_does() {
     })
     .await
     .unwrap();
-    assert_eq!(get, 405);
+    assert_eq!(get, 405, "as byova serve answers it");
 }

@@ -184,6 +184,6 @@ impl IntegrationTokenManager {
     /// process and in every process sharing the store (they stop serving it once their cache
     /// revalidates, 30 s at most by default). Errors: storage's.
     pub fn invalidate(&self, rejected: &AccessToken) -> Result<()> {
-        self.agent.run(self.engine.invalidate(rejected))
+        self.agent.run(self.engine.invalidate(rejected, self.agent.now()))
     }
 }

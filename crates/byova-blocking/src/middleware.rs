@@ -34,7 +34,8 @@ enum Subject {
     Org(String),
 }
 
-/// ureq middleware that authenticates requests with byova's tokens: `Authorization: Bearer …`
+/// ureq middleware that authenticates requests to Webex's API (the configured base URL's
+/// origin; requests to other hosts pass untouched) with byova's tokens: `Authorization: Bearer …`
 /// from [`Byova::integration`] or one org's Service App token; on a 401 the token is
 /// invalidated ([`IntegrationTokenManager::invalidate`](crate::IntegrationTokenManager::invalidate))
 /// and the request sent once more with a fresh one. Many requests meeting the same revoked
@@ -42,9 +43,9 @@ enum Subject {
 ///
 /// ureq hands a middleware its request body as a one-shot stream and its chain as a one-shot
 /// continuation, so only requests without a body (`GET`, `HEAD`, `DELETE`, `OPTIONS`) are
-/// retried, and the retry goes out through this middleware's own agent (the timeouts of
-/// byova's client; [`with_retry_agent`](Self::with_retry_agent) to use yours), not through the
-/// rest of the chain. Any other request's 401 is returned, its token already invalidated, so
+/// retried, and the retry goes out through this middleware's own agent (byova's configured
+/// timeout, no redirects; [`with_retry_agent`](Self::with_retry_agent) to use yours, which
+/// should not carry a `BearerAuth` itself), not through the rest of the chain. Any other request's 401 is returned, its token already invalidated, so
 /// the caller's next attempt gets a fresh one.
 #[derive(Clone)]
 pub struct BearerAuth {
@@ -61,8 +62,11 @@ impl std::fmt::Debug for BearerAuth {
 
 impl BearerAuth {
     fn new(byova: Arc<Byova>, subject: Subject) -> Self {
+        let timeout = byova.integration().config().timeout;
         let retry_agent = ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(30)))
+            .timeout_global(Some(timeout))
+            .timeout_connect(Some(timeout.min(Duration::from_secs(10))))
+            .max_redirects(0)
             .http_status_as_error(false)
             .build()
             .into();
@@ -116,6 +120,10 @@ impl Middleware for BearerAuth {
         mut request: Request<SendBody<'_>>,
         next: MiddlewareNext<'_>,
     ) -> Result<Response<Body>, ureq::Error> {
+        // Tokens go to Webex's API origin only, never to another host a shared agent calls.
+        if !self.byova.integration().config().is_api_origin(&request.uri().to_string()) {
+            return next.handle(request);
+        }
         let (value, sent) = self.bearer()?;
         request.headers_mut().insert(AUTHORIZATION, value);
         let bodiless =
@@ -138,7 +146,10 @@ impl Middleware for BearerAuth {
         if !unauthorized {
             return answered;
         }
-        self.invalidate(&sent).map_err(|e| ureq::Error::Io(std::io::Error::other(e)))?;
+        if let Err(e) = self.invalidate(&sent) {
+            tracing::warn!(error = %e, "Webex answered 401 but the token could not be invalidated");
+            return answered;
+        }
         let Some(again) = again else {
             tracing::debug!("401 on a request with a body: not retried; the token is invalidated");
             return answered;

@@ -118,6 +118,6 @@ impl ServiceAppTokenManager {
     /// Stops serving `rejected` for `org_id`, a token Webex answered 401 to: as
     /// [`IntegrationTokenManager::invalidate`](crate::IntegrationTokenManager::invalidate).
     pub fn invalidate(&self, org_id: &str, rejected: &AccessToken) -> Result<()> {
-        self.agent.run(self.engine.invalidate(org_id, rejected))
+        self.agent.run(self.engine.invalidate(org_id, rejected, self.agent.now()))
     }
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use byova_async::Byova;
 use byova_async::core::{
-    DeliveryBodyProblem, MAX_WEBHOOK_BODY_BYTES, SIGNATURE_HEADER, delivery_body_reply, delivery_reply,
+    DeliveryBodyProblem, MAX_WEBHOOK_BODY_BYTES, SIGNATURE_HEADER, delivery_body_reply,
+    delivery_method_reply, delivery_reply,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -90,6 +91,11 @@ pub(crate) async fn handle(
             resp
         }
         (Role::Public, "POST", "/webhook") => webhook(&byova, touched.as_ref(), read_by, req).await,
+        (Role::Public, _, "/webhook") => {
+            let mut resp = reply(delivery_method_reply());
+            resp.headers_mut().insert("Allow", hyper::header::HeaderValue::from_static("POST"));
+            resp
+        }
         (_, "GET" | "POST", _) => respond(StatusCode::NOT_FOUND, json!({"error": "not found"})),
         _ => respond(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "method not allowed"})),
     };

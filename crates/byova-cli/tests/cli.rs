@@ -495,6 +495,8 @@ fn serve_accepts_signed_deliveries_and_rejects_the_rest() {
         let public = wire::send(&wire::get(&format!("{base}{path}"))).unwrap();
         assert_eq!(public.status, 404, "{path} is not on the public address");
     }
+    let get_webhook = wire::send(&wire::get(&format!("{base}/webhook"))).unwrap();
+    assert_eq!(get_webhook.status, 405, "deliveries are POSTed (as byova-axum's route answers)");
     let metrics = wire::send(&wire::get(&format!("{admin}/metrics"))).unwrap();
     let metrics = String::from_utf8(metrics.body.to_vec()).unwrap();
     for line in [

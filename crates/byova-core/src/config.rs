@@ -182,6 +182,35 @@ impl ByovaConfig {
         Ok(config)
     }
 
+    /// Whether `url` is on the API's origin (the scheme, host and port of `base_url`): where
+    /// bearer tokens may be sent, and nowhere else.
+    ///
+    /// ```
+    /// let config = byova_core::ByovaConfig::default();
+    /// assert!(config.is_api_origin("https://webexapis.com/v1/people/me"));
+    /// assert!(config.is_api_origin("https://WEBEXAPIS.com:443/v1/rooms?max=1"));
+    /// assert!(!config.is_api_origin("https://webexapis.com.example.net/v1"));
+    /// assert!(!config.is_api_origin("http://webexapis.com/v1"));
+    /// ```
+    pub fn is_api_origin(&self, url: &str) -> bool {
+        fn origin(url: &str) -> Option<(String, String)> {
+            let (scheme, rest) = url.split_once("://")?;
+            let authority = rest.split(['/', '?', '#']).next()?.rsplit('@').next()?;
+            let scheme = scheme.to_ascii_lowercase();
+            let mut authority = authority.to_ascii_lowercase();
+            let default_port = match scheme.as_str() {
+                "https" => ":443",
+                "http" => ":80",
+                _ => "",
+            };
+            if !default_port.is_empty() && authority.ends_with(default_port) {
+                authority.truncate(authority.len() - default_port.len());
+            }
+            Some((scheme, authority))
+        }
+        origin(&self.base_url).is_some_and(|api| origin(url) == Some(api))
+    }
+
     /// `{base_url}/{path}`.
     pub fn api_url(&self, path: &str) -> String {
         format!("{}/{}", self.base_url, path.trim_start_matches('/'))

@@ -119,10 +119,10 @@ pub use tokens::{OAuthTokens, ServiceAppTokens, TOKEN_SCHEMA_VERSION};
 pub use webhook::{
     Admission, DeliveryBodyProblem, MAX_WEBHOOK_BODY_BYTES, NewWebhook, SIGNATURE_HEADER, ServiceAppEvent,
     ServiceAppEventKind, Webhook, WebhookChange, WebhookGate, WebhookOutcome, WebhookPage,
-    create_webhook_request, delete_webhook_request, delivery_body_reply, delivery_reply,
-    list_webhooks_request, next_link, next_page_request, parse_service_app_event, parse_webhook,
-    parse_webhook_deletion, parse_webhook_page, sign, update_webhook_request, verify_signature,
-    webhook_changes,
+    create_webhook_request, delete_webhook_request, delivery_body_reply, delivery_method_reply,
+    delivery_reply, list_webhooks_request, next_link, next_page_request, parse_service_app_event,
+    parse_webhook, parse_webhook_deletion, parse_webhook_page, sign, update_webhook_request,
+    verify_signature, webhook_changes,
 };
 
 /// `async_trait`, re-exported so backends implement [`TokenStorage`] with the same macro.

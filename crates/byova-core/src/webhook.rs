@@ -263,6 +263,12 @@ pub fn delivery_body_reply(problem: DeliveryBodyProblem) -> (u16, String) {
     (status, serde_json::json!({ "error": error }).to_string())
 }
 
+/// How a webhook receiver answers a request to the webhook path with another method than
+/// `POST` (it also sends `Allow: POST`).
+pub fn delivery_method_reply() -> (u16, String) {
+    (405, serde_json::json!({ "error": "method not allowed: deliveries are POSTed" }).to_string())
+}
+
 /// How a webhook receiver answers a delivery byova handled (or refused): status and JSON body,
 /// counted in the metrics and logged. `byova serve` and byova-axum's route answer alike: 200
 /// with the outcome; 401 for a signature that does not verify; 400 for a body that is not a

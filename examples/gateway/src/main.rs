@@ -5,7 +5,8 @@
 //! - `GET /orgs/{org_id}/me`: calls Webex for that org with its Service App token, which
 //!   `BearerAuth` attaches, renews ahead of expiry and replaces on a 401.
 //!
-//! Tokens live in Redis, so any number of gateway replicas share them (one refresh per
+//! `/orgs/{org_id}/me` has no authentication of its own: put your own in front of it before
+//! exposing it. Tokens live in Redis, so any number of gateway replicas share them (one refresh per
 //! expiry between them). Configuration comes from the environment, as for the `byova` CLI:
 //! `WEBEX_INTEGRATION_CLIENT_ID`/`_SECRET`, `WEBEX_SA_CLIENT_ID`/`_SECRET`,
 //! `BYOVA_WEBHOOK_SECRET`, `BYOVA_STORAGE=redis://…` (or `rediss://…`), `BYOVA_BASE_URL` to
@@ -30,7 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let byova = Arc::new(Byova::from_env_with_storage(storage)?);
     let app = axum::Router::new()
         .route("/orgs/{org_id}/me", get(who_am_i))
-        .with_state(byova.clone())
+        .with_state(Gateway { byova: byova.clone(), http: reqwest::Client::new() })
         .merge(byova_axum::webhook_router(byova));
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     println!("gateway on http://{listen}: POST /webhook, GET /orgs/{{org_id}}/me");
@@ -38,11 +39,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// What the handlers share: byova and one HTTP client (one connection pool).
+#[derive(Clone)]
+struct Gateway {
+    byova: Arc<Byova>,
+    http: reqwest::Client,
+}
+
 /// Webex's `GET /people/me` with the org's Service App token.
-async fn who_am_i(State(byova): State<Arc<Byova>>, Path(org_id): Path<String>) -> (StatusCode, String) {
-    let url = format!("{}/people/me", byova.integration().config().base_url);
-    let webex = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(BearerAuth::org(byova, org_id))
+async fn who_am_i(State(gateway): State<Gateway>, Path(org_id): Path<String>) -> (StatusCode, String) {
+    let url = format!("{}/people/me", gateway.byova.integration().config().base_url);
+    let webex = reqwest_middleware::ClientBuilder::new(gateway.http.clone())
+        .with(BearerAuth::org(gateway.byova, org_id))
         .build();
     match webex.get(url).send().await {
         Ok(response) => {

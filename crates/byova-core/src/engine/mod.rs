@@ -67,7 +67,7 @@ pub struct TokenEngine {
     orphans: Arc<Mutex<Vec<Lease>>>,
     /// The last access token invalidated per key: never handed out again, even by a run that
     /// read the record before it was marked.
-    rejected: Mutex<HashMap<TokenKey, AccessToken>>,
+    rejected: Mutex<HashMap<TokenKey, (AccessToken, Timestamp)>>,
 }
 
 impl TokenEngine {
@@ -108,35 +108,78 @@ impl TokenEngine {
     }
 
     /// Tokens for `key` through its flight; a flight that started before an invalidation may
-    /// still answer with the rejected token, so that answer is not taken: the key is obtained
-    /// again (a new flight reads the marked record and refreshes).
+    /// still answer with the rejected token, so that answer is not taken: the record is marked
+    /// again if need be and the key obtained again (a new flight reads the marked record and
+    /// refreshes). If the store keeps answering with the rejected token, the caller gets a
+    /// retryable error, never that token.
     fn obtain_unrejected(self: &Arc<Self>, key: TokenKey, now: Timestamp, attempt: u32) -> Step<AccessToken> {
         let engine = self.clone();
         self.obtain(key.clone(), Mode::GetValid, now).then(now, move |tokens, now| match tokens {
-            Ok(t) if attempt < 3 && engine.is_rejected(&key, &t.access_token) => {
+            Ok(t) if engine.is_rejected(&key, &t) => {
                 engine.cache.evict(&key);
-                engine.obtain_unrejected(key, now, attempt + 1)
+                if attempt >= 3 {
+                    return done(Err(Error::Storage(crate::error::StorageError::unavailable(
+                        "the store still holds an access token Webex rejected; try again shortly",
+                    ))));
+                }
+                let rejected = t.access_token.clone();
+                let again = engine.clone();
+                engine
+                    .clone()
+                    .invalidate_stored(key.clone(), rejected, 0)
+                    .then(now, move |_, now| again.obtain_unrejected(key, now, attempt + 1))
             }
-            other => done(other.map(|t| t.access_token)),
+            Ok(t) => {
+                engine.forget_rejection(&key);
+                done(Ok(t.access_token))
+            }
+            Err(e) => done(Err(e)),
         })
     }
 
-    fn is_rejected(&self, key: &TokenKey, token: &AccessToken) -> bool {
-        self.rejected.lock().unwrap_or_else(|e| e.into_inner()).get(key).is_some_and(|r| r.ct_eq(token))
+    /// Whether `tokens` hold the access token invalidated for `key` (and were obtained no later
+    /// than that: Webex reusing a token string later is a new token).
+    fn is_rejected(&self, key: &TokenKey, tokens: &OAuthTokens) -> bool {
+        self.rejected
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .is_some_and(|(token, at)| token.ct_eq(&tokens.access_token) && tokens.obtained_at <= *at)
+    }
+
+    fn forget_rejection(&self, key: &TokenKey) {
+        let mut rejected = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
+        if !rejected.is_empty() {
+            rejected.remove(key);
+        }
     }
 
     /// Stops serving `rejected` for `key` (Webex answered 401 to it): the cached entry goes if
     /// it holds that token, and the stored record, if it still holds it, is marked expired
-    /// (version-checked), so the next [`access_token`](Self::access_token) here or in any
-    /// process sharing the store refreshes, once, through the key's flight and lease. A newer
-    /// token already stored (another caller refreshed since) is left alone, and so is a record
-    /// already marked: any number of callers invalidating the same token cost one refresh.
-    pub fn invalidate(self: &Arc<Self>, key: TokenKey, rejected: AccessToken) -> Step<()> {
-        self.rejected.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), rejected.clone());
-        if self.cache.get(&key).is_some_and(|e| e.record.value.access_token.ct_eq(&rejected)) {
-            self.cache.evict(&key);
+    /// (a versioned write, on stores that keep versions), so the next
+    /// [`access_token`](Self::access_token) here or in any process sharing the store refreshes,
+    /// once, through the key's flight and lease. It runs as the key's flight, after any refresh
+    /// of the key in this process. A newer token already stored (another caller refreshed
+    /// since) is left alone, and so is a record already marked: any number of callers
+    /// invalidating the same token cost one refresh.
+    pub fn invalidate(self: &Arc<Self>, key: TokenKey, rejected: AccessToken, now: Timestamp) -> Step<()> {
+        self.rejected.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), (rejected.clone(), now));
+        self.evict_if_holding(&key, &rejected);
+        self.fly(
+            key.clone(),
+            Sharing::Queues,
+            now,
+            (key, rejected),
+            |engine, (key, rejected), now| engine.invalidate(key, rejected, now).map(now, |()| None),
+            |engine, (key, rejected), now| engine.invalidate_stored(key, rejected, 0).map(now, |()| None),
+        )
+        .map(now, |_| ())
+    }
+
+    fn evict_if_holding(&self, key: &TokenKey, token: &AccessToken) {
+        if self.cache.get(key).is_some_and(|e| e.record.value.access_token.ct_eq(token)) {
+            self.cache.evict(key);
         }
-        self.clone().invalidate_stored(key, rejected, 0)
     }
 
     fn invalidate_stored(self: Arc<Self>, key: TokenKey, rejected: AccessToken, attempt: u32) -> Step<()> {
@@ -154,7 +197,7 @@ impl TokenEngine {
                         Expect::Version(record.version),
                         Then::new(move |stored: StorageResult<u64>, _| match stored {
                             Ok(_) => {
-                                self.cache.evict(&key);
+                                self.evict_if_holding(&key, &rejected);
                                 done(Ok(()))
                             }
                             Err(e) if e.kind() == crate::error::StorageErrorKind::Conflict && attempt < 4 => {
@@ -165,7 +208,10 @@ impl TokenEngine {
                     )
                 }
                 // A newer token is stored, the record is marked already, or none is left.
-                Ok(_) => done(Ok(())),
+                Ok(_) => {
+                    self.evict_if_holding(&key, &rejected);
+                    done(Ok(()))
+                }
                 Err(e) => done(Err(e.into())),
             }),
         )
@@ -264,6 +310,7 @@ impl TokenEngine {
             Then::new(move |deleted: StorageResult<()>, _| match (deleted, judged_at) {
                 (Ok(()), _) => {
                     self.cache.remove(&key);
+                    self.forget_rejection(&key);
                     done(Ok(None))
                 }
                 (Err(e), Some(at)) if e.kind() == crate::error::StorageErrorKind::Conflict && attempt < 4 => {
@@ -317,7 +364,7 @@ impl TokenEngine {
             crate::metrics::metrics().record_refresh(false);
         }
         match outcome.result {
-            Ok(record) if self.is_rejected(key, &record.value.access_token) => {
+            Ok(record) if self.is_rejected(key, &record.value) => {
                 // A run that read the record before it was invalidated: not cached.
                 Ok(record.value)
             }
@@ -618,8 +665,8 @@ impl IntegrationEngine {
     }
 
     /// Stops serving `rejected` (see [`TokenEngine::invalidate`]).
-    pub fn invalidate(&self, rejected: &AccessToken) -> Step<()> {
-        self.tokens.invalidate(TokenKey::Integration, rejected.clone())
+    pub fn invalidate(&self, rejected: &AccessToken, now: Timestamp) -> Step<()> {
+        self.tokens.invalidate(TokenKey::Integration, rejected.clone(), now)
     }
 
     /// The Integration's status.
@@ -740,8 +787,8 @@ impl ServiceAppEngine {
     }
 
     /// Stops serving `rejected` for `org_id` (see [`TokenEngine::invalidate`]).
-    pub fn invalidate(&self, org_id: &str, rejected: &AccessToken) -> Step<()> {
-        Self::with_org(org_id, |key| self.tokens.invalidate(key, rejected.clone()))
+    pub fn invalidate(&self, org_id: &str, rejected: &AccessToken, now: Timestamp) -> Step<()> {
+        Self::with_org(org_id, |key| self.tokens.invalidate(key, rejected.clone(), now))
     }
 
     /// Fetches new tokens for `org_id` with the Integration's bearer.
