@@ -23,14 +23,7 @@ use reqwest::{Request, Response, StatusCode};
 use reqwest_middleware::{Middleware, Next};
 
 use crate::Byova;
-use byova_core::AccessToken;
-
-/// Whose token [`BearerAuth`] attaches.
-#[derive(Clone, Debug)]
-enum Subject {
-    Integration,
-    Org(String),
-}
+use byova_core::{AccessToken, TokenKey};
 
 /// reqwest-middleware that authenticates requests to Webex's API (the configured base URL's
 /// origin; requests to other hosts pass untouched) with byova's tokens: `Authorization:
@@ -42,7 +35,7 @@ enum Subject {
 #[derive(Clone)]
 pub struct BearerAuth {
     byova: Arc<Byova>,
-    subject: Subject,
+    subject: TokenKey,
 }
 
 impl std::fmt::Debug for BearerAuth {
@@ -54,25 +47,25 @@ impl std::fmt::Debug for BearerAuth {
 impl BearerAuth {
     /// The Integration's token.
     pub fn integration(byova: Arc<Byova>) -> Self {
-        Self { byova, subject: Subject::Integration }
+        Self { byova, subject: TokenKey::Integration }
     }
 
     /// `org_id`'s Service App token.
     pub fn org(byova: Arc<Byova>, org_id: impl Into<String>) -> Self {
-        Self { byova, subject: Subject::Org(org_id.into()) }
+        Self { byova, subject: TokenKey::Org(org_id.into()) }
     }
 
     async fn token(&self) -> byova_core::Result<AccessToken> {
         match &self.subject {
-            Subject::Integration => self.byova.integration().get_access_token().await,
-            Subject::Org(org) => self.byova.service_app().get_access_token(org).await,
+            TokenKey::Integration => self.byova.integration().get_access_token().await,
+            TokenKey::Org(org) => self.byova.service_app().get_access_token(org).await,
         }
     }
 
     async fn invalidate(&self, rejected: &AccessToken) -> byova_core::Result<()> {
         match &self.subject {
-            Subject::Integration => self.byova.integration().invalidate(rejected).await,
-            Subject::Org(org) => self.byova.service_app().invalidate(org, rejected).await,
+            TokenKey::Integration => self.byova.integration().invalidate(rejected).await,
+            TokenKey::Org(org) => self.byova.service_app().invalidate(org, rejected).await,
         }
     }
 

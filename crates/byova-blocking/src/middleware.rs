@@ -19,20 +19,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use byova_core::AccessToken;
+use byova_core::{AccessToken, TokenKey};
 use ureq::http::header::{AUTHORIZATION, HeaderValue};
 use ureq::http::{Method, Request, Response, StatusCode};
 use ureq::middleware::{Middleware, MiddlewareNext};
 use ureq::{Body, SendBody};
 
 use crate::Byova;
-
-/// Whose token [`BearerAuth`] attaches.
-#[derive(Clone, Debug)]
-enum Subject {
-    Integration,
-    Org(String),
-}
 
 /// ureq middleware that authenticates requests to Webex's API (the configured base URL's
 /// origin; requests to other hosts pass untouched) with byova's tokens: `Authorization: Bearer …`
@@ -50,7 +43,7 @@ enum Subject {
 #[derive(Clone)]
 pub struct BearerAuth {
     byova: Arc<Byova>,
-    subject: Subject,
+    subject: TokenKey,
     retry_agent: ureq::Agent,
 }
 
@@ -61,7 +54,7 @@ impl std::fmt::Debug for BearerAuth {
 }
 
 impl BearerAuth {
-    fn new(byova: Arc<Byova>, subject: Subject) -> Self {
+    fn new(byova: Arc<Byova>, subject: TokenKey) -> Self {
         let timeout = byova.integration().config().timeout;
         let retry_agent = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
@@ -75,12 +68,12 @@ impl BearerAuth {
 
     /// The Integration's token.
     pub fn integration(byova: Arc<Byova>) -> Self {
-        Self::new(byova, Subject::Integration)
+        Self::new(byova, TokenKey::Integration)
     }
 
     /// `org_id`'s Service App token.
     pub fn org(byova: Arc<Byova>, org_id: impl Into<String>) -> Self {
-        Self::new(byova, Subject::Org(org_id.into()))
+        Self::new(byova, TokenKey::Org(org_id.into()))
     }
 
     /// Sends retries through `agent` (build it with `http_status_as_error(false)` to get the
@@ -93,15 +86,15 @@ impl BearerAuth {
 
     fn token(&self) -> byova_core::Result<AccessToken> {
         match &self.subject {
-            Subject::Integration => self.byova.integration().get_access_token(),
-            Subject::Org(org) => self.byova.service_app().get_access_token(org),
+            TokenKey::Integration => self.byova.integration().get_access_token(),
+            TokenKey::Org(org) => self.byova.service_app().get_access_token(org),
         }
     }
 
     fn invalidate(&self, rejected: &AccessToken) -> byova_core::Result<()> {
         match &self.subject {
-            Subject::Integration => self.byova.integration().invalidate(rejected),
-            Subject::Org(org) => self.byova.service_app().invalidate(org, rejected),
+            TokenKey::Integration => self.byova.integration().invalidate(rejected),
+            TokenKey::Org(org) => self.byova.service_app().invalidate(org, rejected),
         }
     }
 
