@@ -56,8 +56,13 @@ struct Inner {
     scripts: Scripts,
     #[cfg(feature = "blocking")]
     pool: Mutex<Vec<SyncConn>>,
+    /// The async connection; `None` until first used, and again after a call on it was
+    /// abandoned mid-way (its caller timed out: on a silent network the multiplexed stream may
+    /// be out of step with its replies forever, so the next call connects afresh).
     #[cfg(feature = "async")]
-    manager: tokio::sync::OnceCell<AsyncConn>,
+    manager: tokio::sync::Mutex<Option<AsyncConn>>,
+    #[cfg(feature = "async")]
+    suspect: std::sync::atomic::AtomicBool,
 }
 
 /// One Redis server (or a primary behind a proxy), or a Redis Cluster.
@@ -296,7 +301,9 @@ impl RedisTokenStorage {
                 #[cfg(feature = "blocking")]
                 pool: Mutex::new(Vec::new()),
                 #[cfg(feature = "async")]
-                manager: tokio::sync::OnceCell::new(),
+                manager: tokio::sync::Mutex::new(None),
+                #[cfg(feature = "async")]
+                suspect: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -777,30 +784,34 @@ mod async_impl {
 
     impl RedisTokenStorage {
         async fn manager(&self) -> Result<AsyncConn, StorageError> {
-            let manager = self
-                .inner
-                .manager
-                .get_or_try_init(|| async {
-                    let connect = |e: redis::RedisError| {
-                        unavailable_or_other(&format!("connect to {}", self.inner.display), &e)
-                    };
-                    match &self.inner.client {
-                        Backend::Single(client) => {
-                            let config = redis::aio::ConnectionManagerConfig::new()
-                                .set_connection_timeout(Some(IO_TIMEOUT))
-                                .set_response_timeout(Some(IO_TIMEOUT));
-                            redis::aio::ConnectionManager::new_with_config(client.as_ref().clone(), config)
-                                .await
-                                .map(AsyncConn::Single)
-                                .map_err(connect)
-                        }
-                        Backend::Cluster(client) => {
-                            client.get_async_connection().await.map(AsyncConn::Cluster).map_err(connect)
-                        }
-                    }
-                })
-                .await?;
-            Ok(manager.clone())
+            use std::sync::atomic::Ordering;
+            let mut slot = self.inner.manager.lock().await;
+            if self.inner.suspect.swap(false, Ordering::AcqRel) {
+                // A call on it was abandoned mid-way: connect afresh.
+                *slot = None;
+            }
+            if let Some(conn) = slot.as_ref() {
+                return Ok(conn.clone());
+            }
+            let connect = |e: redis::RedisError| {
+                unavailable_or_other(&format!("connect to {}", self.inner.display), &e)
+            };
+            let conn = match &self.inner.client {
+                Backend::Single(client) => {
+                    let config = redis::aio::ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(IO_TIMEOUT))
+                        .set_response_timeout(Some(IO_TIMEOUT));
+                    redis::aio::ConnectionManager::new_with_config(client.as_ref().clone(), config)
+                        .await
+                        .map(AsyncConn::Single)
+                        .map_err(connect)?
+                }
+                Backend::Cluster(client) => {
+                    client.get_async_connection().await.map(AsyncConn::Cluster).map_err(connect)?
+                }
+            };
+            *slot = Some(conn.clone());
+            Ok(conn)
         }
 
         /// The orgs among `indexed` whose record exists: 500 `EXISTS` at a time, concurrently,
@@ -830,12 +841,24 @@ mod async_impl {
         }
 
         async fn run_async(&self, op: Op, key: Option<&TokenKey>) -> Result<Reply, StorageError> {
+            /// Marks the connection suspect unless the call it guards finished (with an answer
+            /// or an error): dropped mid-way, the next call reconnects.
+            struct Abandoned<'a>(&'a std::sync::atomic::AtomicBool, bool);
+            impl Drop for Abandoned<'_> {
+                fn drop(&mut self) {
+                    if !self.1 {
+                        self.0.store(true, std::sync::atomic::Ordering::Release);
+                    }
+                }
+            }
+            let mut guard = Abandoned(&self.inner.suspect, false);
             let conn = self.manager().await?;
             let invocation = self.invocation(&op)?;
             let reply: Result<Value, redis::RedisError> = match conn {
                 AsyncConn::Single(mut c) => invocation.run_async(&mut c).await,
                 AsyncConn::Cluster(mut c) => invocation.run_async(&mut c).await,
             };
+            guard.1 = reply.as_ref().is_ok_or_not_timeout();
             let value = reply.map_err(|e| unavailable_or_other("command failed", &e))?;
             self.interpret(&op, key, value)
         }
@@ -849,6 +872,23 @@ mod async_impl {
         async,
         await
     );
+}
+
+/// Whether a reply leaves the connection in step: an answer or an error from the server does;
+/// a timeout may not (a reply may still come, for the wrong command).
+#[cfg(feature = "async")]
+trait InStep {
+    fn is_ok_or_not_timeout(&self) -> bool;
+}
+
+#[cfg(feature = "async")]
+impl InStep for Result<&Value, &redis::RedisError> {
+    fn is_ok_or_not_timeout(&self) -> bool {
+        match self {
+            Ok(_) => true,
+            Err(e) => !e.is_timeout(),
+        }
+    }
 }
 
 #[cfg(test)]

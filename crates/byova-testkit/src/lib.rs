@@ -38,6 +38,7 @@ mod adapter;
 mod clock;
 pub mod conformance;
 mod fake;
+pub mod faultproxy;
 pub mod harness;
 pub mod logcapture;
 pub mod scenarios;

@@ -97,13 +97,16 @@ impl HeldLease {
     }
 
     /// Releases the lease, then continues with `then`; dropped before the release finished,
-    /// the lease goes back to the orphans.
+    /// or if the store could not release it (a network fault), the lease goes back to the
+    /// orphans, and the key's next run releases it instead of waiting out its TTL.
     fn release<T: Send + 'static>(self, then: impl FnOnce() -> Step<T> + Send + 'static) -> Step<T> {
         let lease = self.lease.clone();
         Step::ReleaseLease(
             lease,
-            Then::new(move |_, _| {
-                self.disarm();
+            Then::new(move |released: StorageResult<()>, _| {
+                if released.is_ok() {
+                    self.disarm();
+                }
                 then()
             }),
         )
