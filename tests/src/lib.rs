@@ -7,6 +7,7 @@
 //!   through this crate, so no README can drift from the API.
 
 pub mod herd;
+pub mod netfaults;
 
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]

@@ -458,99 +458,21 @@ fn a_redis_restart_gives_retryable_errors_and_loses_nothing() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Network faults between byova and Redis during a refresh (a fault proxy in between; fake
-/// Webex with strict rotation, so a refresh token spent twice or lost would show): the caller
-/// gets a valid token or a retryable error within bounded time; after the fault clears a
-/// valid token is served, no refresh token was spent twice, at most one refresh happened for
-/// the expiry, and the stored refresh token is the live one (a forced refresh succeeds).
+/// Network faults between byova and Redis before and during a refresh (see
+/// `byova_tests::netfaults`).
 fn store_faults_during_a_refresh(url: &str) {
-    use byova_testkit::faultproxy::{FaultProxy, NetFault};
-    let authority = url.split("://").nth(1).and_then(|r| r.split(['/', '?']).next()).unwrap().to_owned();
-    let upstream: std::net::SocketAddr = authority.parse().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let faults = [
-        NetFault::Latency(Duration::from_millis(300)),
-        NetFault::Reset,
-        NetFault::BlackHole,
-        NetFault::Trickle(Duration::from_millis(2)),
-    ];
-    for (fault, mid_refresh) in faults.iter().flat_map(|f| [(*f, false), (*f, true)]) {
-        let proxy = FaultProxy::start(upstream);
+    let prefixes = std::sync::Mutex::new(Vec::new());
+    let fresh = |url: &str, _: usize| {
         let prefix = unique_prefix("netfault");
-        let direct = RedisTokenStorage::open(&with_prefix(url, &prefix)).unwrap();
-        let via = with_prefix(&url.replacen(&authority, &proxy.addr().to_string(), 1), &prefix);
-        let fake = FakeWebex::start();
-        fake.update_settings(|s| {
-            s.rotate_refresh_tokens = true;
-            s.strict_rotation = true;
-        });
-        let issued = fake.issue_integration_tokens();
-        BlockingTokenStorage::set_integration_tokens(&direct, &issued.expired_at(SystemClock.now())).unwrap();
-        let mut config = fake.config();
-        config.storage_timeout = Duration::from_secs(1);
-        let byova =
-            byova_async::Byova::builder(fake.integration_credentials(), fake.service_app_credentials())
-                .config(config)
-                .storage(Arc::new(RedisTokenStorage::open(&via).unwrap()))
-                .build()
-                .unwrap();
-        let started = Instant::now();
-        let during = std::thread::scope(|scope| {
-            if mid_refresh {
-                // Webex redeems (and rotates) the refresh token at once but answers after
-                // 600 ms; the fault starts 300 ms in, so the new tokens meet it on their way
-                // into the store.
-                fake.set_answer_latency(byova_testkit::Endpoint::AccessToken, Duration::from_millis(600));
-                scope.spawn(|| {
-                    std::thread::sleep(Duration::from_millis(300));
-                    proxy.set(fault);
-                });
-            } else {
-                proxy.set(fault);
-            }
-            rt.block_on(async {
-                tokio::time::timeout(Duration::from_secs(30), byova.integration().get_access_token()).await
-            })
-        });
-        let took = started.elapsed();
-        fake.set_answer_latency(byova_testkit::Endpoint::AccessToken, Duration::ZERO);
-        let during = match during {
-            Err(_) => panic!("{fault:?}: no answer within 30 s"),
-            Ok(Ok(token)) => {
-                assert!(fake.is_access_token_valid(token.expose_secret()), "{fault:?}: a dead token served");
-                "valid token".to_owned()
-            }
-            Ok(Err(e)) => {
-                assert!(e.is_retryable(), "{fault:?}: {e} is not retryable");
-                format!("retryable error ({e})")
-            }
-        };
-        proxy.set(NetFault::None);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        let after = loop {
-            match rt.block_on(byova.integration().get_access_token()) {
-                Ok(token) => break token,
-                Err(e) if Instant::now() < deadline && e.is_retryable() => {
-                    std::thread::sleep(Duration::from_millis(200))
-                }
-                Err(e) => panic!("{fault:?}: no recovery after the fault cleared: {e}"),
-            }
-        };
-        assert!(fake.is_access_token_valid(after.expose_secret()), "{fault:?}: recovered token is live");
-        let (refreshes, reused) = (fake.refresh_calls(), fake.reused_refresh_tokens());
-        assert_eq!(reused, 0, "{fault:?}: a refresh token was spent twice");
-        assert!(refreshes <= 1, "{fault:?}: {refreshes} refreshes for one expiry");
-        if mid_refresh {
-            assert_eq!(refreshes, 1, "{fault:?}: the refresh happened before the fault");
-        }
-        // The stored refresh token is the live one: a forced refresh works.
-        let forced = rt.block_on(byova.integration().refresh(None));
-        assert!(forced.is_ok(), "{fault:?}: the stored refresh token was lost: {forced:?}");
-        let when = if mid_refresh { "mid-refresh" } else { "before the refresh" };
-        println!(
-            "  store fault {fault:?} {when}: during -> {during} after {:.2} s; after clearing -> valid token; {refreshes} refresh(es), 0 reused, 0 lost",
-            took.as_secs_f64()
-        );
+        prefixes.lock().unwrap().push(prefix.clone());
+        with_prefix(url, &prefix)
+    };
+    let open: byova_tests::netfaults::Open =
+        Box::new(|url| Box::pin(async move { open_redis(&url) as Arc<dyn TokenStorage> }));
+    let rows = byova_tests::netfaults::refresh_matrix(&rt, url, &fresh, &open);
+    byova_tests::netfaults::print("redis", &rows);
+    for prefix in prefixes.into_inner().unwrap() {
         cleanup(url, &prefix);
     }
 }

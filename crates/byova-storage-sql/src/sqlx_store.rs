@@ -44,7 +44,10 @@ fn sqlx_error(what: &str, e: &sqlx::Error) -> StorageError {
     }
     let message = format!("{what}: {text}");
     let transient = match e {
+        // A connection cut mid-exchange surfaces as I/O or as a garbled protocol message
+        // (e.g. Postgres's answer to SSLRequest missing): both are worth another try.
         sqlx::Error::Io(_)
+        | sqlx::Error::Protocol(_)
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,

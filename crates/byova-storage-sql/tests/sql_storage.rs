@@ -246,6 +246,28 @@ fn sslmode_require_never_falls_back_to_plaintext() {
     );
 }
 
+/// Network faults between byova and the database before and during a refresh (see
+/// `byova_tests::netfaults`).
+fn store_faults_during_a_refresh(url: &str) {
+    let rt = rt();
+    let tables = std::sync::Mutex::new(Vec::new());
+    let fresh = |url: &str, _: usize| {
+        let table = unique("netfault");
+        tables.lock().unwrap().push(with_table(url, &table));
+        with_table(url, &table)
+    };
+    let open: byova_tests::netfaults::Open = Box::new(open_sqlx);
+    let rows = byova_tests::netfaults::refresh_matrix(&rt, url, &fresh, &open);
+    byova_tests::netfaults::print(url.split("://").next().unwrap_or("sql"), &rows);
+    for table in tables.into_inner().unwrap() {
+        rt.block_on(async {
+            if let Ok(store) = byova_storage_sql::SqlTokenStorage::connect(&table).await {
+                let _ = store.drop_table().await;
+            }
+        });
+    }
+}
+
 fn main() {
     if herd::child_main(open_sqlx, |url| Arc::new(SqliteBlockingStorage::open(url).unwrap())) {
         return;
@@ -275,6 +297,11 @@ fn main() {
         cases.push((
             format!("{name}: a stalled lease holder's write affects no row"),
             Box::new(move || late_write_affects_no_row(&late)),
+        ));
+        let faults = url.clone();
+        cases.push((
+            format!("{name}: network faults before and during a refresh"),
+            Box::new(move || store_faults_during_a_refresh(&faults)),
         ));
         let commit = with_table(url, &unique("commit"));
         cases.push((
