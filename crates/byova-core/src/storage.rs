@@ -43,6 +43,18 @@ fn unsupported_state() -> StorageError {
     StorageError::new(crate::error::StorageErrorKind::Unsupported, "this store keeps no shared state")
 }
 
+/// Checks a shared state's name (letters, digits, `-`; at most 100), so every backend can use
+/// it in a key, a file name or a row name as it is.
+///
+/// # Errors
+/// A [`StorageError`] naming the refused name.
+pub fn check_state_name(name: &str) -> Result<(), StorageError> {
+    if name.is_empty() || name.len() > 100 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(StorageError::other(format!("{name:?} is not a shared state name")));
+    }
+    Ok(())
+}
+
 /// A conflict on the shared state `name` (a versioned write based on a stale read).
 pub fn state_conflict(name: &str) -> StorageError {
     StorageError::new(

@@ -385,12 +385,7 @@ impl FileTokenStorage {
     }
 
     fn state_path(&self, name: &str) -> Result<PathBuf, StorageError> {
-        if name.is_empty()
-            || name.len() > 100
-            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Err(StorageError::other(format!("{name:?} is not a shared state name")));
-        }
+        byova_core::check_state_name(name)?;
         Ok(self.inner.dir.join(format!("state-{name}.json")))
     }
 

@@ -373,12 +373,7 @@ impl RedisTokenStorage {
 
     /// A shared state's keys: the record and its version counter (one slot on a cluster).
     fn state_keys(&self, name: &str) -> Result<(String, String), StorageError> {
-        if name.is_empty()
-            || name.len() > 100
-            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Err(StorageError::other(format!("{name:?} is not a shared state name")));
-        }
+        byova_core::check_state_name(name)?;
         let p = &self.inner.prefix;
         let tag = if self.is_cluster() { format!("{{{p}:state:{name}}}") } else { format!("{{{p}}}") };
         Ok((format!("{tag}:state:{name}"), format!("{tag}:state:{name}:version")))

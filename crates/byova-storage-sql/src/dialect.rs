@@ -244,9 +244,7 @@ pub(crate) fn key_columns(
 
 /// The row of a shared state (`state:<name>`; no org id, so listings never see it).
 pub(crate) fn state_row(name: &str) -> Result<String, byova_core::StorageError> {
-    if name.is_empty() || name.len() > 100 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-        return Err(byova_core::StorageError::other(format!("{name:?} is not a shared state name")));
-    }
+    byova_core::check_state_name(name)?;
     Ok(format!("state:{name}"))
 }
 
