@@ -43,6 +43,6 @@ pub(crate) async fn open(url: &str) -> Result<Arc<dyn TokenStorage>, StorageErro
     }
     Err(StorageError::other(format!(
         "BYOVA_STORAGE {:?} is not a storage URL: use memory:, file:///dir, redis://host:port/db, redis+cluster://host:port,host:port/, postgres://…, mysql://… or sqlite:///path.db",
-        url.split('@').next_back().unwrap_or(url)
+        byova_core::redact_url(url)
     )))
 }

@@ -89,12 +89,21 @@ pub fn normalize_org_id(org_id: &str) -> Result<String> {
     match decode_webex_id(trimmed) {
         Ok(decoded) if looks_like_uuid(&decoded) => Ok(decoded),
         Ok(decoded) if decoded.starts_with("ciscospark://") => {
-            org_uuid_from_uri(&decoded).map(str::to_owned).ok_or_else(|| {
+            org_uuid_from_uri(&decoded).filter(|id| is_plain_org_id(id)).map(str::to_owned).ok_or_else(|| {
                 Error::InvalidInput(format!("{} is a Webex id but not an organization id", shorten(trimmed)))
             })
         }
         _ => Ok(trimmed.to_owned()),
     }
+}
+
+/// Whether `id` is already in the form [`normalize_org_id`] returns (so normalizing it again
+/// changes nothing): no surrounding space, and not itself a Webex id of an org.
+fn is_plain_org_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.trim() == id
+        && (looks_like_uuid(id)
+            || !matches!(decode_webex_id(id), Ok(d) if looks_like_uuid(&d) || d.starts_with("ciscospark://")))
 }
 
 pub(crate) fn looks_like_uuid(s: &str) -> bool {
@@ -183,6 +192,20 @@ mod tests {
         assert!(normalize_org_id("").is_err());
         assert_eq!(normalize_org_id(&URL_SAFE_NO_PAD.encode(ORG_UUID)).unwrap(), ORG_UUID);
         assert_eq!(normalize_org_id("org-1").unwrap(), "org-1");
+    }
+
+    #[test]
+    fn normalizing_twice_changes_nothing() {
+        // Found by the org_id fuzz target: the org part of a Webex id with a trailing control
+        // character normalized to an id that normalizes again to another (trimmed) one.
+        let torn = URL_SAFE_NO_PAD.encode("ciscospark://us/ORGANIZATION/63b02f90-9cc6-43b8\u{c}");
+        assert!(normalize_org_id(&torn).is_err());
+        // An org part that is itself a Webex id is refused as well: it would decode again.
+        let nested = URL_SAFE_NO_PAD
+            .encode(format!("ciscospark://us/ORGANIZATION/{}", URL_SAFE_NO_PAD.encode(ORG_UUID)));
+        assert!(normalize_org_id(&nested).is_err());
+        let plain = URL_SAFE_NO_PAD.encode("ciscospark://us/ORGANIZATION/org-7");
+        assert_eq!(normalize_org_id(&plain).unwrap(), "org-7");
     }
 
     proptest! {

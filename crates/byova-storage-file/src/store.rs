@@ -146,7 +146,10 @@ impl FileTokenStorage {
             .or_else(|| url.strip_prefix("file:"))
             .filter(|p| !p.is_empty())
             .ok_or_else(|| {
-                StorageError::other(format!("{url:?} is not a file: storage URL (file:///path/to/dir)"))
+                StorageError::other(format!(
+                    "{:?} is not a file: storage URL (file:///path/to/dir)",
+                    byova_core::redact_url(url)
+                ))
             })?;
         Self::open(path)
     }

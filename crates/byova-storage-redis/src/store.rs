@@ -217,12 +217,12 @@ impl RedisTokenStorage {
             query.split('&').filter(|p| !p.is_empty() && p.split('=').next() != Some("prefix")).collect();
         let client_url = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
         let unusable = |e: redis::RedisError| {
-            StorageError::other(format!("{} is not a usable redis URL: {e}", redact(base)))
+            StorageError::other(format!("{} is not a usable redis URL: {e}", byova_core::redact_url(base)))
         };
         if ca_file.is_some() && !base.starts_with("rediss://") {
             return Err(StorageError::other(format!(
                 "a CA file was given for {}, which does not use TLS: use rediss://",
-                redact(base)
+                byova_core::redact_url(base)
             )));
         }
         let client = match ca_file {
@@ -237,7 +237,7 @@ impl RedisTokenStorage {
             }
             _ => redis::Client::open(client_url.as_str()).map_err(unusable)?,
         };
-        Ok(Self::with_backend(Backend::Single(Box::new(client)), redact(base), prefix))
+        Ok(Self::with_backend(Backend::Single(Box::new(client)), byova_core::redact_url(base), prefix))
     }
 
     /// `redis+cluster://host:port,host:port/?prefix=NAME` (`rediss+cluster://` for TLS): a
@@ -261,7 +261,10 @@ impl RedisTokenStorage {
             .map(|h| format!("{scheme}://{userinfo}{}", h.trim()))
             .collect();
         if nodes.is_empty() {
-            return Err(StorageError::other(format!("{} names no cluster node", redact(base))));
+            return Err(StorageError::other(format!(
+                "{} names no cluster node",
+                byova_core::redact_url(base)
+            )));
         }
         let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
             .connection_timeout(IO_TIMEOUT)
@@ -269,7 +272,7 @@ impl RedisTokenStorage {
         if ca_file.is_some() && scheme != "rediss" {
             return Err(StorageError::other(format!(
                 "a CA file was given for {}, which does not use TLS: use rediss+cluster://",
-                redact(base)
+                byova_core::redact_url(base)
             )));
         }
         if let Some(path) = ca_file {
@@ -279,9 +282,12 @@ impl RedisTokenStorage {
             builder = builder.certs(redis::TlsCertificates { client_tls: None, root_cert: Some(pem) });
         }
         let client = builder.build().map_err(|e| {
-            StorageError::other(format!("{} is not a usable redis cluster URL: {e}", redact(base)))
+            StorageError::other(format!(
+                "{} is not a usable redis cluster URL: {e}",
+                byova_core::redact_url(base)
+            ))
         })?;
-        Ok(Self::with_backend(Backend::Cluster(Box::new(client)), redact(base), prefix))
+        Ok(Self::with_backend(Backend::Cluster(Box::new(client)), byova_core::redact_url(base), prefix))
     }
 
     fn with_backend(client: Backend, display: String, prefix: String) -> Self {
@@ -610,14 +616,6 @@ fn expect_args(expect: Expect) -> (&'static str, u64) {
     }
 }
 
-/// `redis://user:password@host` without the password.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
-}
-
 macro_rules! reply_as {
     ($reply:expr, $variant:ident) => {
         match $reply {
@@ -899,7 +897,7 @@ mod tests {
         assert_eq!(RedisTokenStorage::open("redis://127.0.0.1/").unwrap().prefix(), "byova");
         assert!(RedisTokenStorage::open("redis://127.0.0.1/?prefix={x}").is_err());
         assert!(RedisTokenStorage::open("notaurl").is_err());
-        assert_eq!(redact("redis://user:SECRET@host:1/0"), "redis://***@host:1/0");
+        assert_eq!(byova_core::redact_url("redis://user:SECRET@host:1/0"), "redis://***@host:1/0");
         let err = RedisTokenStorage::open("redis://u:SECRET@").map(|_| ()).unwrap_err();
         assert!(!err.to_string().contains("SECRET"));
     }

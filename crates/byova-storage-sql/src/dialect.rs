@@ -279,15 +279,6 @@ pub(crate) fn split_table(url: &str) -> Result<(String, String), byova_core::Sto
     Ok((rest, table))
 }
 
-/// `scheme://user:password@host` without the password.
-pub(crate) fn redact(url: &str) -> String {
-    let base = url.split('?').next().unwrap_or(url);
-    match (base.find("://"), base.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &base[..s], &base[at + 1..]),
-        _ => base.to_owned(),
-    }
-}
-
 /// A Postgres or MySQL URL with byova's TLS defaults: `ca_file` as the trusted CA unless the
 /// URL names one; verified TLS for a host that is not loopback unless the URL chooses a mode;
 /// and a CA never silently ignored: with one, `require` is upgraded to verifying the chain
@@ -391,7 +382,10 @@ mod tests {
         assert!(split_table("mysql://h/db?table=1abc").is_err());
         assert_eq!(key_columns(&byova_core::TokenKey::org("o")).unwrap(), ("org:o".into(), Some("o".into())));
         assert!(key_columns(&byova_core::TokenKey::org(" ")).is_err());
-        assert_eq!(redact("postgres://user:SECRET@db:5432/x?table=t"), "postgres://***@db:5432/x");
+        assert_eq!(
+            byova_core::redact_url("postgres://user:SECRET@db:5432/x?table=t"),
+            "postgres://***@db:5432/x"
+        );
         let s = Statements::new(Kind::Postgres, "t");
         assert!(s.update_record.contains("$3") && s.load_for_update.ends_with("FOR UPDATE"));
         assert!(!Statements::new(Kind::Sqlite, "t").load_for_update.contains("FOR UPDATE"));

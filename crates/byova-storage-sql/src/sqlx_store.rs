@@ -10,8 +10,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
 use crate::dialect::{
-    Kind, LOAD_MANY_BATCH, Statements, check_pending_key, decode_pending, key_columns, redact, split_table,
-    state_row,
+    Kind, LOAD_MANY_BATCH, Statements, check_pending_key, decode_pending, key_columns, split_table, state_row,
 };
 
 /// An async SQL token store. Cheap to clone (a connection pool).
@@ -116,7 +115,7 @@ impl SqlTokenStorage {
         } else {
             return Err(StorageError::other(format!(
                 "{} is not a postgres://, mysql:// or sqlite: URL",
-                redact(&url)
+                byova_core::redact_url(&url)
             )));
         };
         let url = match kind {
@@ -138,7 +137,7 @@ impl SqlTokenStorage {
                 })
             });
         }
-        let display = redact(&url);
+        let display = byova_core::redact_url(&url);
         let pool = options
             .connect(&url)
             .await
