@@ -1,15 +1,19 @@
 //! byova's project automation, with no dependencies beyond std.
 //!
 //! - `cargo xtask ci`: fmt check, clippy (warnings denied), the dependency-boundary check,
-//!   services, every test, docs (warnings denied), cargo-deny (advisories, offline against
+//!   services, every test, each fuzz target for 10 s, docs (warnings denied), cargo-deny (advisories, offline against
 //!   the RustSec snapshot in `../shared/advisory-db`; licenses, bans, sources).
 //! - `cargo xtask test`: services, then every test.
 //! - `cargo xtask services`: checks PostgreSQL, MariaDB and Redis on their loopback ports,
 //!   starts any that is installed but down, and prints the `BYOVA_TEST_*_URL` values.
 //! - `cargo xtask deps`: the dependency-boundary check alone.
 //! - `cargo xtask deny`: cargo-deny alone (advisories offline, licenses, bans, sources).
+//! - `cargo xtask fuzz [--seconds N] [TARGET…]`: builds the coverage-guided fuzz targets of
+//!   `fuzz/` and runs each for N seconds (default 60); see `fuzz.rs`.
 //! - `cargo xtask ci` also packs every published crate (`cargo package --no-verify`) and checks
 //!   that each package holds its sources, manifest, README and licenses only.
+
+mod fuzz;
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -31,8 +35,9 @@ fn main() -> ExitCode {
         Some("deps") => dependency_boundaries(),
         Some("deny") => deny(),
         Some("package") => package(),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci|test|services|deps|deny|package>");
+            eprintln!("usage: cargo xtask <ci|test|services|deps|deny|package|fuzz>");
             return ExitCode::from(2);
         }
     };
@@ -72,6 +77,9 @@ fn ci() -> Result {
     step("dependency boundaries");
     dependency_boundaries()?;
     test(&[])?;
+    // Each fuzz target briefly, from the committed seeds: a crash fails the run and is kept in
+    // fuzz/regressions (longer runs: `cargo xtask fuzz --seconds N`).
+    fuzz::fuzz(&["--seconds".to_owned(), CI_FUZZ_SECONDS.to_owned()])?;
     step("cargo doc (warnings denied)");
     run(cargo().args(["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings"))?;
     deny()?;
@@ -79,6 +87,9 @@ fn ci() -> Result {
     println!("\nci: all green in {:.0?}", started.elapsed());
     Ok(())
 }
+
+/// Seconds per fuzz target in `cargo xtask ci`.
+const CI_FUZZ_SECONDS: &str = "10";
 
 fn test(extra: &[String]) -> Result {
     step("services");
@@ -485,6 +496,21 @@ fn cluster_url() -> String {
 /// Makes every service reachable (starting installed ones that are down) and returns the
 /// environment the tests read. In CI (`CI=true`) a service that cannot be made reachable is an
 /// error; elsewhere its variable is left out and backend tests report that they skipped.
+/// The file store's power-loss test traces a real write's system calls with strace: installs
+/// it from Debian's packages when missing.
+fn ensure_strace() -> Result {
+    let works = || {
+        Command::new("strace").args(["-qq", "-e", "trace=none", "true"]).status().is_ok_and(|s| s.success())
+    };
+    if works() {
+        println!("strace: can trace");
+        return Ok(());
+    }
+    println!("strace: missing; installing it (apt-get install strace)");
+    sh("(apt-get install -y -q strace || (apt-get update -q && apt-get install -y -q strace)) >/dev/null")?;
+    if works() { Ok(()) } else { Err("installed, but cannot trace (ptrace refused?)".into()) }
+}
+
 fn services() -> Result<Vec<(&'static str, String)>> {
     let in_ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
     let mut envs = Vec::new();
@@ -523,6 +549,10 @@ fn services() -> Result<Vec<(&'static str, String)>> {
             println!("TLS services: {e}");
             missing.push("the TLS Redis and PostgreSQL");
         }
+    }
+    if let Err(e) = ensure_strace() {
+        println!("strace: {e}");
+        missing.push("strace (the file store's power-loss test)");
     }
     match redis_cluster() {
         Ok(url) => envs.push(("BYOVA_TEST_REDIS_CLUSTER_URL", url)),
