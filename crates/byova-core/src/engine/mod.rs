@@ -841,6 +841,9 @@ impl ServiceAppEngine {
 }
 
 #[cfg(test)]
+mod model_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::ids::encode_webex_id;
