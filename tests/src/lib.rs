@@ -8,6 +8,7 @@
 
 pub mod herd;
 pub mod netfaults;
+pub mod powerloss;
 
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]

@@ -13,7 +13,7 @@ use byova_core::{
 use byova_storage_file::FileTokenStorage;
 use byova_testkit::conformance;
 use byova_testkit::harness::{case, run};
-use byova_tests::herd;
+use byova_tests::{herd, powerloss};
 
 const KEY_ORG: &str = "63b02f90-9cc6-43b8-aa6d-cad425ac554c";
 
@@ -80,6 +80,17 @@ fn run_child(role: &str) {
                     s.spawn(|| (0..each).for_each(|_| increment(&store, &key)));
                 }
             });
+        }
+        "write-first" => {
+            store.store(&key, &counter(1), Expect::Absent).unwrap();
+        }
+        "delete" => {
+            store.delete_org(KEY_ORG, Expect::Any).unwrap();
+        }
+        "write-in-place" => {
+            // The control: what the store must not do (overwrite in place, no fsync).
+            let bytes = std::fs::read(std::env::var("BYOVA_FILE_SOURCE").unwrap()).unwrap();
+            std::fs::write(store.record_path(&key).unwrap(), bytes).unwrap();
         }
         other => panic!("unknown child role {other}"),
     }
@@ -166,6 +177,84 @@ fn sigkill_while_writing_never_tears_a_record() {
     println!("  sigkill: {runs} runs, {old} kept the old record, {new} the new one, none torn");
     assert!(old > 0 && new > 0, "the kills should land both before and after the write ({old}/{new})");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Traces `role` under strace over `dir` (holding `before`) and checks every crash state the
+/// power-loss model allows: the store opens, the record reads as one of `allowed` (`None`:
+/// absent), and a new write succeeds. Returns the states checked and the violations found.
+fn power_loss(
+    role: &str,
+    dir: &Path,
+    allowed: &[Option<u64>],
+    extra: &[(&str, String)],
+) -> (usize, Vec<String>) {
+    let before = powerloss::snapshot(dir);
+    let ops = powerloss::trace(child(role, dir, extra), dir, &before);
+    assert!(!ops.is_empty(), "{role}: strace saw no file operation under {}", dir.display());
+    let states = powerloss::crash_states(&before, &ops);
+    let key = TokenKey::org(KEY_ORG);
+    let scratch = temp_dir("powerloss-state");
+    let mut violations = Vec::new();
+    for state in &states {
+        powerloss::materialize(state, &scratch);
+        let store = FileTokenStorage::open(&scratch).unwrap();
+        match store.load(&key) {
+            Ok(record) if allowed.contains(&record.as_ref().map(|r| count_of(&r.value))) => {}
+            Ok(record) => {
+                violations.push(format!("{}: holds {:?}", state.kept, record.map(|r| count_of(&r.value))))
+            }
+            Err(e) => violations.push(format!("{}: {e}", state.kept)),
+        }
+        if let Err(e) = store.store(&key, &counter(99), Expect::Any) {
+            violations.push(format!("{}: no longer writable: {e}", state.kept));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    println!(
+        "  power loss, {role}: {} operations traced, {} crash states, {} violations",
+        ops.len(),
+        states.len(),
+        violations.len()
+    );
+    (states.len(), violations)
+}
+
+fn power_loss_at_any_point_leaves_the_old_or_the_new_record() {
+    assert!(
+        powerloss::strace_works(),
+        "strace cannot trace here: `cargo xtask services` installs it (apt-get install strace)"
+    );
+    let key = TokenKey::org(KEY_ORG);
+    // A first write: nothing or the record.
+    let dir = temp_dir("powerloss-first");
+    FileTokenStorage::open(&dir).unwrap();
+    let (states, violations) = power_loss("write-first", &dir, &[None, Some(1)], &[]);
+    assert!(violations.is_empty() && states > 1, "{violations:#?}");
+    // A replacement: the old record or the new one, never torn, empty or missing.
+    let store = FileTokenStorage::open(&dir).unwrap();
+    assert_eq!(count_of(&store.load(&key).unwrap().unwrap().value), 1, "the traced write happened");
+    let (states, violations) = power_loss("write-once", &dir, &[Some(1), Some(2)], &[]);
+    assert!(violations.is_empty() && states > 1, "{violations:#?}");
+    // A removal (deauthorized): the record or nothing.
+    let (states, violations) = power_loss("delete", &dir, &[Some(2), None], &[]);
+    assert!(violations.is_empty() && states > 1, "{violations:#?}");
+    assert!(store.load(&key).unwrap().is_none(), "the traced removal happened");
+    // The control: overwriting in place without fsync must show torn or empty records, or the
+    // model proves nothing.
+    store.store(&key, &counter(1), Expect::Any).unwrap();
+    let newer = temp_dir("powerloss-source");
+    let source = FileTokenStorage::open(&newer).unwrap();
+    source.store(&key, &counter(2), Expect::Any).unwrap();
+    let bytes = source.record_path(&key).unwrap();
+    let (_, violations) = power_loss(
+        "write-in-place",
+        &dir,
+        &[Some(1), Some(2)],
+        &[("BYOVA_FILE_SOURCE", bytes.display().to_string())],
+    );
+    assert!(!violations.is_empty(), "the model found no fault in an unsafe in-place write");
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&newer).unwrap();
 }
 
 fn four_processes_increment_exactly() {
@@ -413,6 +502,10 @@ fn main() {
             existing_directories_are_tightened_and_files_do_not_accumulate,
         ),
         case("sigkill_while_writing_never_tears_a_record", sigkill_while_writing_never_tears_a_record),
+        case(
+            "power_loss_at_any_point_leaves_the_old_or_the_new_record",
+            power_loss_at_any_point_leaves_the_old_or_the_new_record,
+        ),
         case("four_processes_increment_exactly", four_processes_increment_exactly),
         case("multi_process_herd_async", multi_process_herd_async),
         case("multi_process_herd_blocking", multi_process_herd_blocking),
