@@ -3,8 +3,8 @@
 //! Each target is a plain function of bytes, so the same checks run three ways: under libFuzzer
 //! (`cargo xtask fuzz`, the binaries in `fuzz_targets/`, built with the `libfuzzer` feature and
 //! coverage instrumentation on the stable toolchain), over the committed seed corpus and every
-//! past crash in `cargo test` (this crate's tests), and by hand on one file
-//! (`cargo xtask fuzz --replay FILE`).
+//! past crash in `cargo test` (this crate's tests). One input by hand:
+//! `target/fuzz/<host triple>/release/<target> FILE`.
 //!
 //! What holds for every input, whatever the target: no panic; a typed error or a value that
 //! round-trips; no secret from the input in an error's text or a value's `Debug`.
@@ -22,11 +22,14 @@
 
 use std::sync::{Arc, Mutex};
 
+use hmac::{Hmac, Mac};
+use sha1::Sha1;
+
 use byova_core::{
     BlockingTokenStorage, CallbackConnection, CallbackHandler, CallbackVerdict, ConnectionStep, CsrfState,
     HttpResponse, InMemoryTokenStorage, LoopbackRedirect, OAuthTokens, SealedStorage, StorageKeys, Timestamp,
     TokenCall, TokenKey, TokenSubject, WebhookGate, WebhookSecret, decode_org_id, decode_record,
-    normalize_org_id, parse_request_head, parse_token_response, redact_url, sign, verify_signature,
+    normalize_org_id, parse_request_head, parse_token_response, redact_url, sign,
 };
 
 /// One fuzz target: its name (the binary's and the corpus folder's) and its check.
@@ -104,10 +107,43 @@ fn secret_values(body: &[u8]) -> Vec<String> {
     out
 }
 
-/// Replaces every occurrence of `from` in `bytes` by `to` (same length: offsets stay).
-fn replaced(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
-    let text = String::from_utf8_lossy(bytes);
-    if text.as_bytes() == bytes { text.replace(from, to).into_bytes() } else { bytes.to_vec() }
+/// `body` with every secret field (as [`secret_values`] finds them) that holds `from` set to
+/// `to` instead; other fields, which may hold the same text, stay as they are.
+fn replaced(body: &[u8], from: &str, to: &str) -> Vec<u8> {
+    fn walk(value: &mut serde_json::Value, from: &str, to: &str) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    if matches!(
+                        key.as_str(),
+                        "access_token" | "refresh_token" | "accessToken" | "refreshToken"
+                    ) && v.as_str() == Some(from)
+                    {
+                        *v = serde_json::Value::String(to.to_owned());
+                    } else {
+                        walk(v, from, to);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| walk(v, from, to)),
+            _ => {}
+        }
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(mut value) => {
+            walk(&mut value, from, to);
+            serde_json::to_vec(&value).unwrap_or_else(|_| body.to_vec())
+        }
+        Err(_) => body.to_vec(),
+    }
+}
+
+/// The `X-Spark-Signature` a delivery of `body` carries, computed without byova: HMAC-SHA1
+/// of the raw body under the webhook secret, in hex.
+fn expected_signature(body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha1> as Mac>::new_from_slice(WEBHOOK_SECRET.as_bytes()).expect("any key length");
+    mac.update(body);
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A delivery: admitted only under a valid signature, decided as an unsigned gate decides once
@@ -122,7 +158,9 @@ pub fn webhook_delivery(data: &[u8]) {
     let verdict = signed_gate.admit(body, header);
     match &verdict {
         Ok(_) => {
-            assert!(verify_signature(&secret, body, header).is_ok(), "admitted without a valid signature")
+            let expected = expected_signature(body);
+            let given = header.map(|h| h.trim().to_ascii_lowercase());
+            assert_eq!(given.as_deref(), Some(expected.as_str()), "admitted without a valid signature");
         }
         Err(e) => {
             let text = format!("{e} {e:?}");
@@ -229,9 +267,18 @@ pub fn listener_head(data: &[u8]) {
                 let text = String::from_utf8(reply).expect("replies are text");
                 let status: u16 = text.get(9..12).and_then(|s| s.parse().ok()).expect("a status line");
                 assert!(text.starts_with("HTTP/1.1 ") && replies.contains(&status), "odd reply {text:?}");
-                let sent = String::from_utf8_lossy(request);
                 if let Some(CallbackVerdict::Code(_) | CallbackVerdict::Denied(_)) = verdict {
-                    assert!(sent.contains(LISTENER_STATE), "a redirect without the state was taken");
+                    // The request line's query must carry exactly this state.
+                    let end =
+                        request.windows(4).position(|w| w == b"\r\n\r\n").map_or(request.len(), |i| i + 4);
+                    let head = parse_request_head(&request[..end]).expect("a decided request has a head");
+                    let query = head.target.split_once('?').map_or("", |(_, q)| q);
+                    let states: Vec<&str> =
+                        query.split('&').filter_map(|p| p.strip_prefix("state=")).collect();
+                    assert!(
+                        states.contains(&LISTENER_STATE),
+                        "a redirect without the state was taken: {query:?}"
+                    );
                 }
                 break;
             }
@@ -294,67 +341,77 @@ pub fn org_id(data: &[u8]) {
     }
 }
 
-/// A storage URL: its redacted form (and any error or `Debug` a store gives for it) never
-/// shows the password, whether in the URL's user info or its query.
-pub fn storage_url(data: &[u8]) {
-    let Ok(url) = std::str::from_utf8(data) else { return };
-    let redacted = redact_url(url);
-    let mut secrets = Vec::new();
-    if let Ok(parsed) = url::Url::parse(url) {
-        if let Some(password) = parsed.password() {
-            secrets.push(password.to_owned());
-            if let Ok(decoded) = percent_decode(password) {
-                secrets.push(decoded);
+/// Where a URL's secrets are, as a person writing it means them (whether or not it parses):
+/// the password of the user info (after the first `:` of what precedes the authority's last
+/// `@`), and the value of any query parameter whose name holds `pass`.
+fn secret_ranges(url: &str) -> Vec<std::ops::Range<usize>> {
+    let mut ranges = Vec::new();
+    let Some(start) = url.find("://").map(|i| i + 3) else { return ranges };
+    let end = url[start..].find(['/', '?', '#']).map_or(url.len(), |i| start + i);
+    if let Some(at) = url[start..end].rfind('@').map(|i| start + i)
+        && let Some(colon) = url[start..at].find(':').map(|i| start + i)
+        && colon + 1 < at
+    {
+        ranges.push(colon + 1..at);
+    }
+    if let Some(q) = url[end..].find('?').map(|i| end + i + 1) {
+        let query_end = url[q..].find('#').map_or(url.len(), |i| q + i);
+        let mut at = q;
+        for pair in url[q..query_end].split('&') {
+            if let Some((name, value)) = pair.split_once('=')
+                && name.to_ascii_lowercase().contains("pass")
+                && !value.is_empty()
+            {
+                let from = at + name.len() + 1;
+                ranges.push(from..from + value.len());
             }
-        }
-        for (name, value) in parsed.query_pairs() {
-            if name.contains("pass") {
-                secrets.push(value.into_owned());
-            }
+            at += pair.len() + 1;
         }
     }
-    // A secret also written outside the user info and query (as the scheme or the host, say)
-    // may show; a very short one matches fixed text by chance.
-    let visible = {
-        let scheme = url.split(':').next().unwrap_or_default();
-        let rest = url.split_once("://").map_or(url, |(_, r)| r);
-        let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-        format!("{scheme} {}", rest.split(['?', '#']).next().unwrap_or_default())
-    };
-    let secrets: Vec<String> =
-        secrets.into_iter().filter(|s| s.len() >= 5 && !visible.contains(s.as_str())).collect();
-    let mut texts = vec![redacted];
-    if url.starts_with("redis") {
-        match byova_storage_redis::RedisTokenStorage::open(url) {
-            Ok(store) => texts.push(format!("{store:?}")),
-            Err(e) => texts.push(format!("{e} {e:?}")),
-        }
-    }
-    for text in &texts {
-        for secret in &secrets {
-            assert!(!text.contains(secret.as_str()), "the password shows in {text:?}");
-        }
-    }
+    ranges
 }
 
-fn percent_decode(text: &str) -> Result<String, std::string::FromUtf8Error> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
+/// `url` with the characters in `ranges` replaced by other ASCII letters, but for those that
+/// give a URL its shape (`@ / ? # : & =`): the redaction may rightly depend on where they are,
+/// never on the rest.
+fn with_other_secrets(url: &str, ranges: &[std::ops::Range<usize>]) -> String {
+    url.char_indices()
+        .map(|(i, c)| match ranges.iter().any(|r| r.contains(&i)) {
+            true if "@/?#:&=".contains(c) => c,
+            true if c == 'Q' => 'J',
+            true => 'Q',
+            false => c,
+        })
+        .collect()
+}
+
+/// A storage URL: nothing byova shows of it depends on its secrets. The redacted form is the
+/// same whatever the password (non-interference: no coincidence between a password and the
+/// rest of the URL can fool the check), and a Redis store's error or `Debug` never shows it.
+pub fn storage_url(data: &[u8]) {
+    let Ok(url) = std::str::from_utf8(data) else { return };
+    let ranges = secret_ranges(url);
+    let redacted = redact_url(url);
+    if ranges.is_empty() {
+        return;
+    }
+    let other = with_other_secrets(url, &ranges);
+    assert_eq!(redacted, redact_url(&other), "the redacted form of {url:?} depends on its secrets");
+    if url.starts_with("redis") {
+        let shown = |url: &str| match byova_storage_redis::RedisTokenStorage::open(url) {
+            Ok(store) => format!("{store:?}"),
+            Err(e) => format!("{e} {e:?}"),
+        };
+        let text = shown(url);
+        for range in &ranges {
+            let secret = &url[range.clone()];
+            assert_hidden(&text, secret, |replacement| {
+                let mut again = url.to_owned();
+                again.replace_range(range.clone(), replacement);
+                shown(&again)
+            });
         }
     }
-    String::from_utf8(out)
 }
 
 #[cfg(test)]

@@ -87,6 +87,16 @@ fn run_child(role: &str) {
         "delete" => {
             store.delete_org(KEY_ORG, Expect::Any).unwrap();
         }
+        "rename-no-dir-sync" => {
+            // The second control: temp file, fsync, rename, but no directory fsync.
+            let bytes = std::fs::read(std::env::var("BYOVA_FILE_SOURCE").unwrap()).unwrap();
+            let target = store.record_path(&key).unwrap();
+            let tmp = target.with_extension("tmp-control");
+            let mut file = std::fs::File::create(&tmp).unwrap();
+            std::io::Write::write_all(&mut file, &bytes).unwrap();
+            file.sync_all().unwrap();
+            std::fs::rename(&tmp, &target).unwrap();
+        }
         "write-in-place" => {
             // The control: what the store must not do (overwrite in place, no fsync).
             let bytes = std::fs::read(std::env::var("BYOVA_FILE_SOURCE").unwrap()).unwrap();
@@ -179,13 +189,16 @@ fn sigkill_while_writing_never_tears_a_record() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Traces `role` under strace over `dir` (holding `before`) and checks every crash state the
-/// power-loss model allows: the store opens, the record reads as one of `allowed` (`None`:
-/// absent), and a new write succeeds. Returns the states checked and the violations found.
+/// Traces `role` under strace over `dir` and checks every crash state the power-loss model
+/// allows: the store opens, the record reads as one of `allowed` (`None`: absent), and a new
+/// write succeeds; once the call has returned (the cut after its last operation), the record
+/// must read as `finally` in every state: a returned write is durable. Returns the states
+/// checked and the violations found.
 fn power_loss(
     role: &str,
     dir: &Path,
     allowed: &[Option<u64>],
+    finally: Option<u64>,
     extra: &[(&str, String)],
 ) -> (usize, Vec<String>) {
     let before = powerloss::snapshot(dir);
@@ -198,7 +211,14 @@ fn power_loss(
     for state in &states {
         powerloss::materialize(state, &scratch);
         let store = FileTokenStorage::open(&scratch).unwrap();
+        let returned = state.cut == ops.len();
         match store.load(&key) {
+            Ok(record) if returned && record.as_ref().map(|r| count_of(&r.value)) != finally => violations
+                .push(format!(
+                    "{}: after the call returned, holds {:?}",
+                    state.kept,
+                    record.map(|r| count_of(&r.value))
+                )),
             Ok(record) if allowed.contains(&record.as_ref().map(|r| count_of(&r.value))) => {}
             Ok(record) => {
                 violations.push(format!("{}: holds {:?}", state.kept, record.map(|r| count_of(&r.value))))
@@ -228,15 +248,15 @@ fn power_loss_at_any_point_leaves_the_old_or_the_new_record() {
     // A first write: nothing or the record.
     let dir = temp_dir("powerloss-first");
     FileTokenStorage::open(&dir).unwrap();
-    let (states, violations) = power_loss("write-first", &dir, &[None, Some(1)], &[]);
+    let (states, violations) = power_loss("write-first", &dir, &[None, Some(1)], Some(1), &[]);
     assert!(violations.is_empty() && states > 1, "{violations:#?}");
     // A replacement: the old record or the new one, never torn, empty or missing.
     let store = FileTokenStorage::open(&dir).unwrap();
     assert_eq!(count_of(&store.load(&key).unwrap().unwrap().value), 1, "the traced write happened");
-    let (states, violations) = power_loss("write-once", &dir, &[Some(1), Some(2)], &[]);
+    let (states, violations) = power_loss("write-once", &dir, &[Some(1), Some(2)], Some(2), &[]);
     assert!(violations.is_empty() && states > 1, "{violations:#?}");
     // A removal (deauthorized): the record or nothing.
-    let (states, violations) = power_loss("delete", &dir, &[Some(2), None], &[]);
+    let (states, violations) = power_loss("delete", &dir, &[Some(2), None], None, &[]);
     assert!(violations.is_empty() && states > 1, "{violations:#?}");
     assert!(store.load(&key).unwrap().is_none(), "the traced removal happened");
     // The control: overwriting in place without fsync must show torn or empty records, or the
@@ -246,13 +266,20 @@ fn power_loss_at_any_point_leaves_the_old_or_the_new_record() {
     let source = FileTokenStorage::open(&newer).unwrap();
     source.store(&key, &counter(2), Expect::Any).unwrap();
     let bytes = source.record_path(&key).unwrap();
-    let (_, violations) = power_loss(
-        "write-in-place",
-        &dir,
-        &[Some(1), Some(2)],
-        &[("BYOVA_FILE_SOURCE", bytes.display().to_string())],
+    let source_env = [("BYOVA_FILE_SOURCE", bytes.display().to_string())];
+    let (_, violations) = power_loss("write-in-place", &dir, &[Some(1), Some(2)], Some(2), &source_env);
+    assert!(
+        violations.iter().any(|v| !v.contains("after the call returned")),
+        "the model found no torn or empty record in an unsafe in-place write: {violations:#?}"
     );
-    assert!(!violations.is_empty(), "the model found no fault in an unsafe in-place write");
+    // The second control: a safe rename that returns before the directory is synced must
+    // fail the durability check (the rename may still be lost).
+    store.store(&key, &counter(1), Expect::Any).unwrap();
+    let (_, violations) = power_loss("rename-no-dir-sync", &dir, &[Some(1), Some(2)], Some(2), &source_env);
+    assert!(
+        violations.iter().any(|v| v.contains("after the call returned")),
+        "the model let a write return before its rename was durable: {violations:#?}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_dir_all(&newer).unwrap();
 }

@@ -9,15 +9,24 @@
 //! worlds. Processes are separate engines (their own cache and flight table) over one shared
 //! in-memory store with versions and leases; Webex rotates refresh tokens strictly.
 //!
+//! Besides the order, the checker chooses faults where worlds allow them: a caller dropped
+//! while it waits (where a driver awaits: callers only wait, all I/O runs in detached plans,
+//! which a dropped caller does not stop); a token call that never reaches Webex; a storage
+//! call that fails; a stall of the whole machine past the lease's lifetime (the store judges
+//! leases by the model's clock). After each schedule every process asks once more, without
+//! faults, so that what a fault left behind is seen.
+//!
 //! What is explored is the order of steps. Inside a step, the engine's own lock regions run
 //! as one piece, as they do for a caller holding the lock; interleavings between two lock
 //! regions of one continuation are not explored (loom would be needed for those, and the
-//! cache's `arc-swap` has no loom model).
+//! cache's `arc-swap` has no loom model). One key (the Integration's) is modelled; keys share
+//! no state beyond the budget.
 //!
-//! After every schedule: at most one token call per expiry per key; no refresh token spent
-//! twice; every caller's tokens were valid when handed out and never older than one it had
-//! already seen (nor one it had invalidated); no lease held and no flight left once every
-//! task is gone; the store holds the newest tokens and the live refresh token.
+//! After every schedule: no refresh token spent twice; at most one token call per expiry
+//! (without stalls); every caller's tokens were valid when handed out and never older than
+//! one it had already seen (nor one it had invalidated); an error only where a fault was
+//! injected; no lease held and no flight left once every task is gone; the store holds the
+//! newest tokens and Webex's live refresh token.
 //!
 //! `BYOVA_MODEL_SCHEDULES` sets the random schedules per world (default 2,000), and
 //! `BYOVA_MODEL_PREEMPTIONS` the preemption bound of the exhaustive search (default 1 or 2 by
@@ -61,7 +70,32 @@ struct World {
     budget: bool,
     /// The preemption bound of the exhaustive search (`BYOVA_MODEL_PREEMPTIONS` overrides).
     bound: u32,
+    /// Failed token or storage calls the checker may inject in one schedule.
+    faults: u32,
+    /// Whole-machine stalls past the lease's lifetime it may inject.
+    stalls: u32,
+    /// Process 1 on a store of its own (the control: coordination cannot work).
+    split: bool,
 }
+
+impl World {
+    fn new(name: &'static str, processes: Vec<Vec<Vec<Op>>>, age: Duration) -> Self {
+        World { name, processes, age, cancels: 0, budget: true, bound: 1, faults: 0, stalls: 0, split: false }
+    }
+}
+
+/// The model's clock, which the store judges leases by.
+#[derive(Debug)]
+struct ModelClock(Arc<std::sync::atomic::AtomicU64>);
+
+impl crate::time::Clock for ModelClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_unix_millis(self.0.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
+/// A stall: longer than a lease lives.
+const STALL: Duration = Duration::from_secs(61);
 
 /// Webex's token endpoint under strict rotation.
 #[derive(Default)]
@@ -141,7 +175,16 @@ fn flight_outcome(flight: &Flight) -> Option<Result<Held>> {
 
 struct Run {
     world: World,
-    storage: Arc<InMemoryTokenStorage>,
+    /// Each process's store (the same one but in the control).
+    stores: Vec<Arc<InMemoryTokenStorage>>,
+    clock: Arc<std::sync::atomic::AtomicU64>,
+    faults_left: u32,
+    stalls_left: u32,
+    /// Whether a fault or a stall was injected (errors are then allowed).
+    disturbed: bool,
+    stalled: bool,
+    /// Token calls the expiries in this schedule justify.
+    expected_calls: u32,
     engines: Vec<Arc<TokenEngine>>,
     webex: Webex,
     now: Timestamp,
@@ -149,6 +192,8 @@ struct Run {
     events: u32,
     cancels_left: u32,
     violations: Vec<String>,
+    /// Every event, when a broken schedule is replayed to show it.
+    log: Option<Vec<String>>,
 }
 
 /// How the checker chooses among the options at each point.
@@ -197,11 +242,19 @@ const MAX_EVENTS: u32 = 5_000;
 
 impl Run {
     fn new(world: &World) -> Self {
-        let storage = Arc::new(InMemoryTokenStorage::new());
+        let clock = Arc::new(std::sync::atomic::AtomicU64::new(START.as_unix_millis()));
         let initial = OAuthTokens::new(AccessToken::new("AT-0"), LIFETIME, START.saturating_sub(world.age))
             .with_refresh_token(RefreshToken::new("RT-0"), Some(7_775_999));
-        BlockingTokenStorage::store(storage.as_ref(), &TokenKey::Integration, &initial, Expect::Any)
-            .expect("the initial record");
+        let new_store = || {
+            let store = Arc::new(InMemoryTokenStorage::with_clock(Arc::new(ModelClock(clock.clone()))));
+            BlockingTokenStorage::store(store.as_ref(), &TokenKey::Integration, &initial, Expect::Any)
+                .expect("the initial record");
+            store
+        };
+        let shared = new_store();
+        let stores = (0..world.processes.len())
+            .map(|p| if world.split && p == 1 { new_store() } else { shared.clone() })
+            .collect();
         let engines = world
             .processes
             .iter()
@@ -234,7 +287,13 @@ impl Run {
         }
         let mut run = Run {
             world: world.clone(),
-            storage,
+            stores,
+            clock,
+            faults_left: world.faults,
+            stalls_left: world.stalls,
+            disturbed: false,
+            stalled: false,
+            expected_calls: u32::from(world.age.as_secs() >= LIFETIME * 9 / 10),
             engines,
             webex,
             now: START,
@@ -242,6 +301,7 @@ impl Run {
             events: 0,
             cancels_left: world.cancels,
             violations: Vec::new(),
+            log: None,
         };
         for id in 0..run.tasks.len() {
             run.next_op(id);
@@ -259,6 +319,8 @@ impl Run {
             }
             Some(Op::InvalidateSeen) => {
                 let serial = task.seen;
+                // Invalidating the newest token costs a refresh; an older one, none.
+                self.expected_calls += u32::from(serial == self.webex.serial);
                 task.invalidating = Some(serial);
                 let token = AccessToken::new(format!("AT-{serial}"));
                 Some(Work::Unit(Slot::Step(engine.invalidate(TokenKey::Integration, token, self.now))))
@@ -307,7 +369,8 @@ impl Run {
     ) -> std::result::Result<Slot<T>, Result<T>> {
         let process = self.tasks[id].process;
         let now = self.now;
-        let storage = self.storage.as_ref();
+        let store = self.stores[process].clone();
+        let storage = store.as_ref();
         let step = match slot {
             Slot::Step(step) => step,
             Slot::Sleep(_, then) => then.resume((), now),
@@ -356,8 +419,108 @@ impl Run {
         }
     }
 
+    /// Performs `id`'s next step as a failure: a token call that never reached Webex, or a
+    /// storage call the store could not serve.
+    fn fail_task(&mut self, id: usize) {
+        fn fail<T: Send + 'static>(slot: Slot<T>, now: Timestamp) -> Slot<T> {
+            let down = || crate::error::StorageError::unavailable("model: the store is unreachable");
+            let next = match slot {
+                Slot::Step(Step::Send(_, then)) => then.resume(
+                    Sent::new(
+                        Err(Error::Transport {
+                            message: "model: connection refused".into(),
+                            maybe_sent: false,
+                        }),
+                        now,
+                    ),
+                    now,
+                ),
+                Slot::Step(Step::Load(_, then)) => then.resume(Err(down()), now),
+                Slot::Step(Step::Store(_, _, _, then)) => then.resume(Err(down()), now),
+                Slot::Step(Step::AcquireLease(_, _, then)) => then.resume(Err(down()), now),
+                Slot::Step(Step::ExtendLease(_, _, then)) => then.resume(Err(down()), now),
+                Slot::Step(Step::LoadState(_, then)) => then.resume(Err(down()), now),
+                Slot::Step(Step::StoreState(_, _, _, then)) => then.resume(Err(down()), now),
+                other => return other,
+            };
+            Slot::Step(next)
+        }
+        self.events += 1;
+        self.note(|run| format!("FAIL {}", run.describe(id)));
+        self.faults_left -= 1;
+        self.disturbed = true;
+        let now = self.now;
+        let work = self.tasks[id].work.take();
+        self.tasks[id].work = match work {
+            Some(Work::Get(slot)) => Some(Work::Get(fail(slot, now))),
+            Some(Work::Unit(slot)) => Some(Work::Unit(fail(slot, now))),
+            None => None,
+        };
+        // A step that finished at once is handed on by the next event.
+    }
+
+    /// Whether `id`'s next step is a call that can fail.
+    fn can_fail(&self, id: usize) -> bool {
+        fn io<T>(slot: &Slot<T>) -> bool {
+            matches!(
+                slot,
+                Slot::Step(
+                    Step::Send(..)
+                        | Step::Load(..)
+                        | Step::Store(..)
+                        | Step::AcquireLease(..)
+                        | Step::ExtendLease(..)
+                        | Step::LoadState(..)
+                        | Step::StoreState(..)
+                )
+            )
+        }
+        match &self.tasks[id].work {
+            Some(Work::Get(slot)) => io(slot),
+            Some(Work::Unit(slot)) => io(slot),
+            None => false,
+        }
+    }
+
+    fn set_now(&mut self, now: Timestamp) {
+        self.now = now;
+        self.clock.store(now.as_unix_millis(), std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn describe(&self, id: usize) -> String {
+        fn what<T>(slot: &Slot<T>) -> String {
+            match slot {
+                Slot::Step(step) => format!("{step:?}"),
+                Slot::Sleep(until, _) => format!("wakes (slept until {})", until.as_unix_millis()),
+                Slot::Wait(..) => "its flight ended".into(),
+            }
+        }
+        let task = &self.tasks[id];
+        let kind = if task.caller { "caller" } else { "detached" };
+        let step = match &task.work {
+            Some(Work::Get(slot)) => what(slot),
+            Some(Work::Unit(slot)) => what(slot),
+            None => "nothing".into(),
+        };
+        format!(
+            "+{}ms p{} {kind} {id}: {step}",
+            self.now.as_unix_millis() - START.as_unix_millis(),
+            task.process
+        )
+    }
+
+    fn note(&mut self, line: impl FnOnce(&Self) -> String) {
+        if self.log.is_some() {
+            let line = line(self);
+            if let Some(log) = &mut self.log {
+                log.push(line);
+            }
+        }
+    }
+
     fn step_task(&mut self, id: usize) {
         self.events += 1;
+        self.note(|run| run.describe(id));
         match self.tasks[id].work.take() {
             None => {}
             Some(Work::Get(slot)) => match self.event(id, slot) {
@@ -390,6 +553,13 @@ impl Run {
         let now = self.now;
         let token = match result {
             Ok(token) => token,
+            Err(e) if self.disturbed && e.is_retryable() => return,
+            // A holder stalled past its lease after Webex answered it: another process spends
+            // the same refresh token, and under strict rotation Webex refuses it. The lease is
+            // for efficiency, the version check for correctness: that caller may hear
+            // `invalid_grant`, but the stalled holder's tokens still win the record (checked
+            // after the recovery round).
+            Err(Error::ReauthorizationRequired { .. }) if self.stalled => return,
             Err(e) => {
                 self.violations.push(format!("caller {id} got an error: {e}"));
                 return;
@@ -419,7 +589,7 @@ impl Run {
             if runnable.is_empty() {
                 match self.earliest_wake() {
                     Some(wake) => {
-                        self.now = self.now.max(wake);
+                        self.set_now(self.now.max(wake));
                         continue;
                     }
                     None if self.tasks.iter().any(|t| t.work.is_some()) => {
@@ -452,12 +622,19 @@ impl Run {
                 Vec::new()
             };
             let last_runnable = last.filter(|l| runnable.contains(l));
+            let failable: Vec<usize> = if self.faults_left > 0 {
+                runnable.iter().copied().filter(|&id| self.can_fail(id)).collect()
+            } else {
+                Vec::new()
+            };
             let options: Vec<Choice> = match (last_runnable, preemption_bound) {
                 (Some(l), Some(bound)) if preemptions >= bound => vec![Choice::Run(l)],
                 _ => runnable
                     .iter()
                     .map(|&id| Choice::Run(id))
                     .chain(cancellable.iter().map(|&id| Choice::Cancel(id)))
+                    .chain(failable.iter().map(|&id| Choice::Fail(id)))
+                    .chain((self.stalls_left > 0).then_some(Choice::Stall))
                     .collect(),
             };
             let choice = if options.len() == 1 { options[0] } else { options[chooser.choose(options.len())] };
@@ -469,7 +646,19 @@ impl Run {
                     last = Some(id);
                     self.step_task(id);
                 }
+                Choice::Fail(id) => {
+                    last = Some(id);
+                    self.fail_task(id);
+                }
+                Choice::Stall => {
+                    self.note(|_| format!("STALL {} s", STALL.as_secs()));
+                    self.stalls_left -= 1;
+                    self.stalled = true;
+                    self.disturbed = true;
+                    self.set_now(self.now.saturating_add(STALL));
+                }
                 Choice::Cancel(id) => {
+                    self.note(|run| format!("DROP {}", run.describe(id)));
                     // The caller's future is dropped: its plan (and any wait) goes, mid-step.
                     self.cancels_left -= 1;
                     let task = &mut self.tasks[id];
@@ -484,28 +673,28 @@ impl Run {
 
     /// What must hold once every task is gone.
     fn check_end(&mut self) {
-        if self.webex.reused > 0 {
+        if self.webex.reused > 0 && !self.stalled {
             self.violations.push(format!("{} refresh token(s) spent twice", self.webex.reused));
         }
-        let expiries = u32::from(self.world.age.as_secs() >= LIFETIME * 9 / 10)
-            + self.tasks.iter().map(|t| u32::try_from(t.invalidated.len()).unwrap_or(0)).sum::<u32>();
-        if self.webex.calls > expiries.max(1) {
-            self.violations.push(format!("{} token calls for {} expiries", self.webex.calls, expiries));
+        if !self.stalled && self.webex.calls > self.expected_calls.max(1) {
+            self.violations
+                .push(format!("{} token calls for {} expiries", self.webex.calls, self.expected_calls));
         }
         for (p, engine) in self.engines.iter().enumerate() {
             if engine.flights_in_progress() > 0 {
                 self.violations.push(format!("process {p} left a flight"));
             }
         }
+        let storage = self.stores[0].clone();
         match BlockingTokenStorage::try_acquire_lease(
-            self.storage.as_ref(),
+            storage.as_ref(),
             &TokenKey::Integration,
             Duration::from_secs(60),
         ) {
             Ok(Some(_)) => {}
             other => self.violations.push(format!("a lease was left held: {other:?}")),
         }
-        let stored = BlockingTokenStorage::load(self.storage.as_ref(), &TokenKey::Integration);
+        let stored = BlockingTokenStorage::load(storage.as_ref(), &TokenKey::Integration);
         match stored {
             Ok(Some(record)) => {
                 let refresh = record.value.refresh_token.as_ref().map(|r| r.expose_secret().to_owned());
@@ -528,29 +717,78 @@ impl Run {
 enum Choice {
     Run(usize),
     Cancel(usize),
+    Fail(usize),
+    Stall,
 }
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// Explores `world` depth first under the preemption bound; returns the schedules run.
-fn exhaustive(world: &World, bound: u32) -> u64 {
+impl Run {
+    /// One schedule to its end, then the recovery round (every process asks once more, with
+    /// no fault), then the final checks.
+    fn complete(&mut self, chooser: &mut dyn Chooser, preemption_bound: Option<u32>) {
+        self.run(chooser, preemption_bound);
+        if !self.violations.is_empty() {
+            self.check_end();
+            return;
+        }
+        self.cancels_left = 0;
+        self.faults_left = 0;
+        self.stalls_left = 0;
+        for process in 0..self.world.processes.len() {
+            let id = self.tasks.len();
+            self.tasks.push(Task {
+                process,
+                work: None,
+                script: [Op::Get].into_iter().collect(),
+                caller: true,
+                seen: 0,
+                invalidated: Vec::new(),
+                cancelled: false,
+                invalidating: None,
+            });
+            self.next_op(id);
+            // Errors are no longer excused: whatever a fault left, this call must overcome.
+            self.disturbed = false;
+            self.run(&mut First, None);
+        }
+        self.check_end();
+    }
+}
+
+/// Always the first option: the recovery round's one order.
+struct First;
+
+impl Chooser for First {
+    fn choose(&mut self, _options: usize) -> usize {
+        0
+    }
+}
+
+/// Explores `world` depth first under the preemption bound. Returns the schedules run, or
+/// the first that breaks a rule, with what it broke.
+fn exhaustive(world: &World, bound: u32) -> std::result::Result<u64, String> {
     let mut path: Vec<(usize, usize)> = Vec::new();
     let mut schedules = 0u64;
     loop {
         let mut chooser = Replay { path, at: 0 };
         let mut run = Run::new(world);
-        run.run(&mut chooser, Some(bound));
-        run.check_end();
+        run.complete(&mut chooser, Some(bound));
         schedules += 1;
-        assert!(
-            run.violations.is_empty(),
-            "{}: schedule {:?} breaks: {:#?}",
-            world.name,
-            chooser.path.iter().map(|(c, _)| *c).collect::<Vec<_>>(),
-            run.violations
-        );
+        if !run.violations.is_empty() {
+            let choices: Vec<usize> = chooser.path.iter().map(|(c, _)| *c).collect();
+            let mut again = Run::new(world);
+            again.log = Some(Vec::new());
+            again.complete(&mut Replay { path: chooser.path, at: 0 }, Some(bound));
+            return Err(format!(
+                "{}: schedule {choices:?} breaks: {:#?}\nevents:\n{}",
+                world.name,
+                run.violations,
+                again.log.unwrap_or_default().join("\n")
+            ));
+        }
         path = chooser.path;
         while let Some((choice, options)) = path.pop() {
             if choice + 1 < options {
@@ -559,25 +797,21 @@ fn exhaustive(world: &World, bound: u32) -> u64 {
             }
         }
         if path.is_empty() {
-            return schedules;
+            return Ok(schedules);
         }
     }
 }
 
 /// Runs `count` random schedules of `world`.
-fn random(world: &World, count: u64) -> u64 {
+fn random(world: &World, count: u64) -> std::result::Result<u64, String> {
     for seed in 0..count {
         let mut run = Run::new(world);
-        run.run(&mut Random(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0xB0BA), None);
-        run.check_end();
-        assert!(
-            run.violations.is_empty(),
-            "{}: random schedule {seed} breaks: {:#?}",
-            world.name,
-            run.violations
-        );
+        run.complete(&mut Random(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0xB0BA), None);
+        if !run.violations.is_empty() {
+            return Err(format!("{}: random schedule {seed} breaks: {:#?}", world.name, run.violations));
+        }
     }
-    count
+    Ok(count)
 }
 
 fn gets(n: usize) -> Vec<Op> {
@@ -591,44 +825,54 @@ const AHEAD: Duration = Duration::from_secs(3300);
 fn worlds() -> Vec<World> {
     vec![
         World {
-            name: "one process, three callers, expired",
-            processes: vec![vec![gets(2), gets(2), gets(1)]],
-            age: EXPIRED,
-            cancels: 0,
-            budget: true,
             bound: 2,
+            ..World::new(
+                "one process, three callers, expired",
+                vec![vec![gets(2), gets(2), gets(1)]],
+                EXPIRED,
+            )
         },
+        World::new(
+            "two processes, three callers, expired",
+            vec![vec![gets(2), gets(1)], vec![gets(2)]],
+            EXPIRED,
+        ),
         World {
-            name: "two processes, three callers, expired",
-            processes: vec![vec![gets(2), gets(1)], vec![gets(2)]],
-            age: EXPIRED,
-            cancels: 0,
-            budget: true,
-            bound: 1,
-        },
-        World {
-            name: "two processes, refresh-ahead, no budget",
-            processes: vec![vec![gets(2), gets(1)], vec![gets(2)]],
-            age: AHEAD,
-            cancels: 0,
             budget: false,
-            bound: 1,
+            ..World::new(
+                "two processes, refresh-ahead, no budget",
+                vec![vec![gets(2), gets(1)], vec![gets(2)]],
+                AHEAD,
+            )
         },
         World {
-            name: "two processes, expired, a caller cancelled mid-plan",
-            processes: vec![vec![gets(2), gets(1)], vec![gets(2)]],
-            age: EXPIRED,
             cancels: 1,
-            budget: true,
-            bound: 1,
+            ..World::new(
+                "two processes, expired, a caller dropped",
+                vec![vec![gets(2), gets(1)], vec![gets(2)]],
+                EXPIRED,
+            )
+        },
+        World::new(
+            "invalidation racing a refresh-ahead, two processes",
+            vec![vec![vec![Op::Get, Op::InvalidateSeen, Op::Get]], vec![gets(2)]],
+            AHEAD,
+        ),
+        World {
+            faults: 1,
+            ..World::new(
+                "two processes, expired, one failed call",
+                vec![vec![gets(1)], vec![gets(1)]],
+                EXPIRED,
+            )
         },
         World {
-            name: "invalidation racing a refresh-ahead, two processes",
-            processes: vec![vec![vec![Op::Get, Op::InvalidateSeen, Op::Get]], vec![gets(2)]],
-            age: AHEAD,
-            cancels: 0,
-            budget: true,
-            bound: 1,
+            stalls: 1,
+            ..World::new(
+                "two processes, expired, a stall past the lease",
+                vec![vec![gets(1)], vec![gets(1)]],
+                EXPIRED,
+            )
         },
     ]
 }
@@ -641,8 +885,8 @@ fn coordination_holds_under_every_explored_schedule() {
     for world in worlds() {
         let started = std::time::Instant::now();
         let bound = bound.unwrap_or(world.bound);
-        let dfs = exhaustive(&world, bound);
-        let rnd = random(&world, count);
+        let dfs = exhaustive(&world, bound).unwrap_or_else(|broken| panic!("{broken}"));
+        let rnd = random(&world, count).unwrap_or_else(|broken| panic!("{broken}"));
         total += dfs + rnd;
         println!(
             "model: {:<52} {dfs:>7} schedules (all, ≤{bound} preemptions) + {rnd} random, {:.1?}",
@@ -655,53 +899,14 @@ fn coordination_holds_under_every_explored_schedule() {
 }
 
 #[test]
-fn the_checker_catches_a_broken_rule() {
-    // A world where two processes share no store cannot coordinate: each refreshes with the
-    // same refresh token, and the checker must see the second spend it again.
+fn the_checker_finds_what_breaks_coordination() {
+    // Two processes on separate stores cannot coordinate: the exhaustive search must find a
+    // schedule where the second spends the refresh token the first already spent.
     let world = World {
-        name: "control",
-        processes: vec![vec![gets(1)], vec![gets(1)]],
-        age: EXPIRED,
-        cancels: 0,
         budget: false,
-        bound: 0,
+        split: true,
+        ..World::new("control", vec![vec![gets(1)], vec![gets(1)]], EXPIRED)
     };
-    let mut run = Run::new(&world);
-    // Give process 1 its own empty-leased copy of the record: a second store.
-    let own = Arc::new(InMemoryTokenStorage::new());
-    let record = BlockingTokenStorage::load(run.storage.as_ref(), &TokenKey::Integration).unwrap().unwrap();
-    BlockingTokenStorage::store(own.as_ref(), &TokenKey::Integration, &record.value, Expect::Any).unwrap();
-    let shared = run.storage.clone();
-    run.run_split(&mut Random(7), &shared, &own);
-    run.check_end();
-    assert!(
-        run.violations.iter().any(|v| v.contains("spent twice") || v.contains("got an error")),
-        "the checker missed a double spend: {:?}",
-        run.violations
-    );
-}
-
-impl Run {
-    /// [`run`](Self::run) with process 1 on a store of its own (the control above).
-    fn run_split(
-        &mut self,
-        chooser: &mut dyn Chooser,
-        shared: &Arc<InMemoryTokenStorage>,
-        own: &Arc<InMemoryTokenStorage>,
-    ) {
-        loop {
-            let runnable: Vec<usize> = (0..self.tasks.len()).filter(|&id| self.runnable(id)).collect();
-            if runnable.is_empty() {
-                match self.earliest_wake() {
-                    Some(wake) => self.now = self.now.max(wake),
-                    None => return,
-                }
-                continue;
-            }
-            let id = runnable[chooser.choose(runnable.len())];
-            self.storage = if self.tasks[id].process == 1 { own.clone() } else { shared.clone() };
-            self.step_task(id);
-            self.storage = shared.clone();
-        }
-    }
+    let broken = exhaustive(&world, 1).expect_err("the search missed a double spend");
+    assert!(broken.contains("spent twice"), "{broken}");
 }
