@@ -1,5 +1,7 @@
-//! `cargo xtask fuzz [--seconds N] [TARGET…]`: builds the libFuzzer targets of `fuzz/` and runs
-//! each for N seconds (default 60), then prints the executions each made.
+//! `cargo xtask fuzz [--seconds N] [--seed N] [--fresh] [TARGET…]`: builds the libFuzzer targets
+//! of `fuzz/` and runs each for N seconds (default 60), then prints the executions each made.
+//! `--seed` fixes libFuzzer's random seed; `--fresh` starts from the committed seeds alone, as a
+//! clean checkout does (CI uses both, so a run here replays what CI will do).
 //!
 //! How, on the stable toolchain alone: the targets are ordinary binaries of the `byova-fuzz`
 //! crate (feature `libfuzzer`, which links libFuzzer through `libfuzzer-sys`), compiled with
@@ -52,6 +54,8 @@ struct Outcome {
 
 pub(crate) fn fuzz(args: &[String]) -> Result {
     let mut seconds = 60u64;
+    let mut seed: Option<u64> = None;
+    let mut fresh = false;
     let mut only: Vec<&str> = Vec::new();
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -63,6 +67,10 @@ pub(crate) fn fuzz(args: &[String]) -> Result {
                     .filter(|s| *s > 0)
                     .ok_or("--seconds takes a number of seconds above 0")?;
             }
+            "--seed" => {
+                seed = Some(args.next().and_then(|s| s.parse().ok()).ok_or("--seed takes a number")?);
+            }
+            "--fresh" => fresh = true,
             name => {
                 let known = TARGETS.iter().find(|t| **t == name).ok_or_else(|| {
                     format!("{name:?} is not a fuzz target (targets: {})", TARGETS.join(", "))
@@ -98,7 +106,8 @@ pub(crate) fn fuzz(args: &[String]) -> Result {
     let mut outcomes = Vec::new();
     for target in targets {
         step(&format!("fuzz: {target} for {seconds} s"));
-        outcomes.push(run_target(&dir.join(&triple).join("release").join(target), target, seconds, &dir)?);
+        let binary = dir.join(&triple).join("release").join(target);
+        outcomes.push(run_target(&binary, target, &Options { seconds, seed, fresh }, &dir)?);
     }
     println!("\nfuzz: {seconds} s per target");
     println!("{:<18} {:>12} {:>8}  result", "target", "executions", "corpus");
@@ -114,16 +123,30 @@ pub(crate) fn fuzz(args: &[String]) -> Result {
     }
 }
 
-fn run_target(binary: &Path, target: &'static str, seconds: u64, dir: &Path) -> Result<Outcome> {
-    let work = dir.join("corpus").join(target);
+/// How each target runs.
+struct Options {
+    seconds: u64,
+    seed: Option<u64>,
+    fresh: bool,
+}
+
+fn run_target(binary: &Path, target: &'static str, options: &Options, dir: &Path) -> Result<Outcome> {
+    let work = dir.join(if options.fresh { "fresh-corpus" } else { "corpus" }).join(target);
+    if options.fresh {
+        let _ = std::fs::remove_dir_all(&work);
+    }
     let artifacts = dir.join("artifacts").join(target);
     let seeds = root().join("fuzz").join("corpus").join(target);
     for d in [&work, &artifacts] {
         std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
     }
     let before: Vec<_> = list(&artifacts);
-    let out = Command::new(binary)
-        .arg(format!("-max_total_time={seconds}"))
+    let mut fuzzer = Command::new(binary);
+    if let Some(seed) = options.seed {
+        fuzzer.arg(format!("-seed={seed}"));
+    }
+    let out = fuzzer
+        .arg(format!("-max_total_time={}", options.seconds))
         .arg("-max_len=16384")
         .arg("-timeout=10")
         .arg("-rss_limit_mb=2048")
