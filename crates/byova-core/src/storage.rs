@@ -58,7 +58,7 @@ pub fn check_state_name(name: &str) -> Result<(), StorageError> {
 /// A storage URL as it may appear in a log or an error message: whatever precedes the last `@`
 /// after the scheme (a user and password) becomes `***`, and the query and fragment (which can
 /// carry `password=`) are dropped. When that `@` may lie beyond the authority (a `/`, `?` or `#`
-/// comes before it), only the scheme is kept.
+/// comes before it), only the scheme is kept. Control characters are shown as `?`.
 ///
 /// ```
 /// use byova_core::redact_url;
@@ -92,7 +92,11 @@ pub fn redact_url(url: &str) -> String {
         None => ("", rest),
     };
     let tail = tail.split(['?', '#']).next().unwrap_or_default();
+    // Control characters become `?`, so a URL cannot forge lines in a log.
     format!("{scheme}{slashes}{userinfo}{tail}")
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 /// A conflict on the shared state `name` (a versioned write based on a stale read).
@@ -777,6 +781,7 @@ mod tests {
             ("mysql:/+st?password=hunter2:/redis://:4", "mysql:/+st"),
             ("redis:/x?password=hunter2@host", "redis:***"),
             ("mysql://db/test?password=hunter2&email=ops@example.com", "mysql://***"),
+            ("redis://host\n2026 INFO forged/0", "redis://host?2026 INFO forged/0"),
         ] {
             assert_eq!(redact_url(url), shown, "{url}");
         }
