@@ -1,10 +1,10 @@
 //! Coverage-guided fuzz targets for every parser of outside input, and what each must hold.
 //!
-//! Each target is a plain function of bytes, so the same checks run three ways: under libFuzzer
+//! Each target is a plain function of bytes, so the same checks run both under libFuzzer
 //! (`cargo xtask fuzz`, the binaries in `fuzz_targets/`, built with the `libfuzzer` feature and
-//! coverage instrumentation on the stable toolchain), over the committed seed corpus and every
-//! past crash in `cargo test` (this crate's tests). One input by hand:
-//! `target/fuzz/<host triple>/release/<target> FILE`.
+//! coverage instrumentation on the stable toolchain) and over the committed seed corpus and
+//! every past crash in `cargo test` (this crate's tests). One input by hand, after a
+//! `cargo xtask fuzz` build: `target/fuzz/<host triple>/release/<target> FILE`.
 //!
 //! What holds for every input, whatever the target: no panic; a typed error or a value that
 //! round-trips; no secret from the input in an error's text or a value's `Debug`.

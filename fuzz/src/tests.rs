@@ -70,3 +70,28 @@ fn the_checks_catch_what_they_guard_against() {
     assert_eq!(found, ["hunter22", "pw2"]);
     assert_eq!(with_other_secrets("a://u:pQ@h", &secret_ranges("a://u:pQ@h")), "a://u:QJ@h");
 }
+
+#[test]
+fn every_target_has_an_entry_point_and_xtask_runs_it() {
+    // xtask has no dependencies, so it names the targets again; they must not drift apart.
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml")).expect("the manifest");
+    let xtask = std::fs::read_to_string(root().join("../xtask/src/fuzz.rs")).expect("xtask's fuzz.rs");
+    for target in TARGETS {
+        let entry = root().join("fuzz_targets").join(format!("{}.rs", target.name));
+        let source =
+            std::fs::read_to_string(&entry).unwrap_or_else(|_| panic!("{} has no entry point", target.name));
+        assert!(
+            source.contains(&format!("byova_fuzz::{}(data)", target.name)),
+            "{} calls another check",
+            target.name
+        );
+        assert!(manifest.contains(&format!("name = \"{}\"", target.name)), "{} is no [[bin]]", target.name);
+        assert!(
+            xtask.contains(&format!("\"{}\"", target.name)),
+            "cargo xtask fuzz does not run {}",
+            target.name
+        );
+    }
+    let entries = std::fs::read_dir(root().join("fuzz_targets")).expect("fuzz_targets").count();
+    assert_eq!(entries, TARGETS.len(), "an entry point with no target in TARGETS");
+}

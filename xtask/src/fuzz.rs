@@ -101,7 +101,9 @@ pub(crate) fn fuzz(args: &[String]) -> Result {
         .arg(&dir)
         .env("RUSTFLAGS", COVERAGE_FLAGS.join(" "))
         .env_remove("CARGO_ENCODED_RUSTFLAGS");
-    crate::run(&mut build)?;
+    crate::run(&mut build).map_err(|e| {
+        format!("{e} (libfuzzer-sys builds libFuzzer from C++: it needs g++ or clang++ on the PATH)")
+    })?;
 
     let mut outcomes = Vec::new();
     for target in targets {
