@@ -346,7 +346,15 @@ pub fn org_id(data: &[u8]) {
 /// `@`), and the value of any query parameter whose name holds `pass`.
 fn secret_ranges(url: &str) -> Vec<std::ops::Range<usize>> {
     let mut ranges = Vec::new();
+    // Only a URL that starts with a scheme has an authority (a `://` later on, in the query
+    // say, starts none).
     let Some(start) = url.find("://").map(|i| i + 3) else { return ranges };
+    let scheme = &url.as_bytes()[..start - 3];
+    let is_scheme = scheme.first().is_some_and(u8::is_ascii_alphabetic)
+        && scheme.iter().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(b));
+    if !is_scheme {
+        return ranges;
+    }
     let end = url[start..].find(['/', '?', '#']).map_or(url.len(), |i| start + i);
     if let Some(at) = url[start..end].rfind('@').map(|i| start + i)
         && let Some(colon) = url[start..at].find(':').map(|i| start + i)

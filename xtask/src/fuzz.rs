@@ -1,7 +1,10 @@
-//! `cargo xtask fuzz [--seconds N] [--seed N] [--fresh] [TARGET…]`: builds the libFuzzer targets
-//! of `fuzz/` and runs each for N seconds (default 60), then prints the executions each made.
-//! `--seed` fixes libFuzzer's random seed; `--fresh` starts from the committed seeds alone, as a
-//! clean checkout does (CI uses both, so a run here replays what CI will do).
+//! `cargo xtask fuzz [--seconds N | --runs N] [--seed N] [--fresh] [TARGET…]`: builds the
+//! libFuzzer targets of `fuzz/` and runs each for N seconds (default 60) or N executions, then
+//! prints the executions each made. `--seed` fixes libFuzzer's random seed; `--fresh` starts
+//! from the committed seeds alone, as a clean checkout does. CI runs
+//! `--runs 400000 --seed 1 --fresh`: bounded by executions rather than time, so a slow machine
+//! does not fuzz less. Runs are not exactly repeatable even so: the code under test hashes with
+//! per-process random keys, which changes the paths libFuzzer sees.
 //!
 //! How, on the stable toolchain alone: the targets are ordinary binaries of the `byova-fuzz`
 //! crate (feature `libfuzzer`, which links libFuzzer through `libfuzzer-sys`), compiled with
@@ -54,6 +57,7 @@ struct Outcome {
 
 pub(crate) fn fuzz(args: &[String]) -> Result {
     let mut seconds = 60u64;
+    let mut runs: Option<u64> = None;
     let mut seed: Option<u64> = None;
     let mut fresh = false;
     let mut only: Vec<&str> = Vec::new();
@@ -66,6 +70,14 @@ pub(crate) fn fuzz(args: &[String]) -> Result {
                     .and_then(|s| s.parse().ok())
                     .filter(|s| *s > 0)
                     .ok_or("--seconds takes a number of seconds above 0")?;
+            }
+            "--runs" => {
+                runs = Some(
+                    args.next()
+                        .and_then(|s| s.parse().ok())
+                        .filter(|r| *r > 0)
+                        .ok_or("--runs takes a number of executions above 0")?,
+                );
             }
             "--seed" => {
                 seed = Some(args.next().and_then(|s| s.parse().ok()).ok_or("--seed takes a number")?);
@@ -107,11 +119,13 @@ pub(crate) fn fuzz(args: &[String]) -> Result {
 
     let mut outcomes = Vec::new();
     for target in targets {
-        step(&format!("fuzz: {target} for {seconds} s"));
+        let budget = runs.map_or(format!("{seconds} s"), |r| format!("{r} executions"));
+        step(&format!("fuzz: {target} for {budget}"));
         let binary = dir.join(&triple).join("release").join(target);
-        outcomes.push(run_target(&binary, target, &Options { seconds, seed, fresh }, &dir)?);
+        outcomes.push(run_target(&binary, target, &Options { seconds, runs, seed, fresh }, &dir)?);
     }
-    println!("\nfuzz: {seconds} s per target");
+    let budget = runs.map_or(format!("{seconds} s"), |r| format!("{r} executions"));
+    println!("\nfuzz: {budget} per target (seed {})", seed.map_or("random".to_owned(), |s| s.to_string()));
     println!("{:<18} {:>12} {:>8}  result", "target", "executions", "corpus");
     for o in &outcomes {
         let result = o.crash.as_deref().map_or("no crash".to_owned(), |c| format!("CRASH, saved as {c}"));
@@ -128,6 +142,7 @@ pub(crate) fn fuzz(args: &[String]) -> Result {
 /// How each target runs.
 struct Options {
     seconds: u64,
+    runs: Option<u64>,
     seed: Option<u64>,
     fresh: bool,
 }
@@ -147,8 +162,11 @@ fn run_target(binary: &Path, target: &'static str, options: &Options, dir: &Path
     if let Some(seed) = options.seed {
         fuzzer.arg(format!("-seed={seed}"));
     }
+    match options.runs {
+        Some(runs) => fuzzer.arg(format!("-runs={runs}")),
+        None => fuzzer.arg(format!("-max_total_time={}", options.seconds)),
+    };
     let out = fuzzer
-        .arg(format!("-max_total_time={}", options.seconds))
         .arg("-max_len=16384")
         .arg("-timeout=10")
         .arg("-rss_limit_mb=2048")

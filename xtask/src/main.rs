@@ -1,15 +1,17 @@
 //! byova's project automation, with no dependencies beyond std.
 //!
 //! - `cargo xtask ci`: fmt check, clippy (warnings denied), the dependency-boundary check,
-//!   services, every test, each fuzz target for 10 s, docs (warnings denied), cargo-deny (advisories, offline against
-//!   the RustSec snapshot in `../shared/advisory-db`; licenses, bans, sources).
+//!   services, every test, 400,000 executions of each fuzz target, docs (warnings denied),
+//!   cargo-deny (advisories, offline against the RustSec snapshot in `../shared/advisory-db`;
+//!   licenses, bans, sources).
 //! - `cargo xtask test`: services, then every test.
 //! - `cargo xtask services`: checks PostgreSQL, MariaDB and Redis on their loopback ports,
 //!   starts any that is installed but down, and prints the `BYOVA_TEST_*_URL` values.
 //! - `cargo xtask deps`: the dependency-boundary check alone.
 //! - `cargo xtask deny`: cargo-deny alone (advisories offline, licenses, bans, sources).
-//! - `cargo xtask fuzz [--seconds N] [TARGET…]`: builds the coverage-guided fuzz targets of
-//!   `fuzz/` and runs each for N seconds (default 60); see `fuzz.rs`.
+//! - `cargo xtask fuzz [--seconds N | --runs N] [--seed N] [--fresh] [TARGET…]`: builds the
+//!   coverage-guided fuzz targets of `fuzz/` and runs each for N seconds (default 60) or N
+//!   executions; see `fuzz.rs`.
 //! - `cargo xtask ci` also packs every published crate (`cargo package --no-verify`) and checks
 //!   that each package holds its sources, manifest, README and licenses only.
 
@@ -77,10 +79,10 @@ fn ci() -> Result {
     step("dependency boundaries");
     dependency_boundaries()?;
     test(&[])?;
-    // Each fuzz target briefly, from the committed seeds alone and a fixed seed, as on a clean
-    // checkout: a crash fails the run and is kept in fuzz/regressions (longer, wider runs:
-    // `cargo xtask fuzz --seconds N`).
-    fuzz::fuzz(&["--seconds", CI_FUZZ_SECONDS, "--seed", "1", "--fresh"].map(str::to_owned))?;
+    // Each fuzz target briefly: a fixed number of executions from a fixed seed and the
+    // committed seeds alone, as on a clean checkout (see xtask/src/fuzz.rs). A crash fails the
+    // run and is kept in fuzz/regressions. Longer, wider runs: `cargo xtask fuzz`.
+    fuzz::fuzz(&["--runs", CI_FUZZ_RUNS, "--seed", "1", "--fresh"].map(str::to_owned))?;
     step("cargo doc (warnings denied)");
     run(cargo().args(["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings"))?;
     deny()?;
@@ -89,8 +91,8 @@ fn ci() -> Result {
     Ok(())
 }
 
-/// Seconds per fuzz target in `cargo xtask ci`.
-const CI_FUZZ_SECONDS: &str = "10";
+/// Executions per fuzz target in `cargo xtask ci` (5–10 s each here).
+const CI_FUZZ_RUNS: &str = "400000";
 
 fn test(extra: &[String]) -> Result {
     step("services");
