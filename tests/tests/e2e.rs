@@ -67,7 +67,7 @@ async fn reqwest_middleware_renews_a_revoked_token_once() {
             None => byova_async::BearerAuth::integration(byova.clone()),
             Some(org) => byova_async::BearerAuth::org(byova.clone(), org),
         };
-        let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(auth).build();
+        let client = bearer_client(auth);
         let first = client.get(w.people_me()).send().await.unwrap();
         assert_eq!(first.status(), 200, "{org:?}: the token is attached");
         let token = match org {
@@ -103,13 +103,16 @@ async fn reqwest_middleware_renews_a_revoked_token_once() {
     }
 }
 
+/// A reqwest client whose requests go through `auth`.
+fn bearer_client(auth: byova_async::BearerAuth) -> reqwest_middleware::ClientWithMiddleware {
+    reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(auth).build()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reqwest_middleware_returns_the_401_of_a_streamed_body() {
     let w = world();
     let byova = w.async_byova();
-    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(byova_async::BearerAuth::integration(byova.clone()))
-        .build();
+    let client = bearer_client(byova_async::BearerAuth::integration(byova.clone()));
     let token = byova.integration().get_access_token().await.unwrap();
     assert!(w.fake.revoke_access_token(token.expose_secret()));
     let stream = futures_util::stream::once(async { Ok::<_, std::io::Error>(b"{}".to_vec()) });
@@ -133,9 +136,7 @@ async fn reqwest_middleware_returns_the_401_of_a_streamed_body() {
 async fn bearer_auth_sends_tokens_to_the_api_origin_only() {
     let w = world();
     let byova = w.async_byova();
-    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(byova_async::BearerAuth::integration(byova.clone()))
-        .build();
+    let client = bearer_client(byova_async::BearerAuth::integration(byova.clone()));
     let elsewhere = w.people_me().replace("127.0.0.1", "localhost");
     assert_eq!(client.get(&elsewhere).send().await.unwrap().status(), 401, "no token attached");
     let agent: ureq::Agent = ureq::Agent::config_builder()
