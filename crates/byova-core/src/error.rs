@@ -103,6 +103,15 @@ pub enum Error {
     /// A status code with no documented meaning for this endpoint.
     #[error("unexpected answer from Webex ({0})")]
     UnexpectedStatus(ApiFailure),
+    /// A token call was refused with an answer that cannot be taken as Webex's verdict: a 4xx
+    /// without a JSON body (a proxy's, a firewall's or a gateway's page, an empty body), or a
+    /// 400 whose JSON names no error byova knows. Nothing is concluded from it: the stored
+    /// tokens are kept (and served while valid), and the call is retried later.
+    #[error(
+        "an answer that does not read as Webex's ({0}): not a JSON error from the token endpoint \
+         (a proxy or gateway in between?); the stored tokens are kept, try again later"
+    )]
+    UnrecognizedAnswer(ApiFailure),
     /// The stored refresh token was rejected (`invalid_grant`): a person must authorize again.
     #[error("re-authorization required for {subject}: Webex rejected the refresh token ({failure})")]
     ReauthorizationRequired {
@@ -207,7 +216,8 @@ impl Error {
             | Error::NotFound(f)
             | Error::Validation(f)
             | Error::Server(f)
-            | Error::UnexpectedStatus(f) => Some(f),
+            | Error::UnexpectedStatus(f)
+            | Error::UnrecognizedAnswer(f) => Some(f),
             Error::ServiceAppNotAuthorized { failure, .. }
             | Error::RateLimited { failure, .. }
             | Error::ReauthorizationRequired { failure, .. } => Some(failure),
@@ -231,7 +241,10 @@ impl Error {
     /// Whether trying the same request again later may succeed.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::RateLimited { .. } | Error::Server(_) | Error::Transport { .. } => true,
+            Error::RateLimited { .. }
+            | Error::Server(_)
+            | Error::UnrecognizedAnswer(_)
+            | Error::Transport { .. } => true,
             Error::Storage(e) => e.is_retryable(),
             _ => false,
         }

@@ -115,7 +115,7 @@ pub use storage::{
     TokenStorage, check_state_name, decode_record, redact_url, state_conflict,
 };
 pub use time::{Clock, CoarseClock, SystemClock, Timestamp};
-pub use tokens::{OAuthTokens, ServiceAppTokens, TOKEN_SCHEMA_VERSION};
+pub use tokens::{OAuthTokens, Rejection, ServiceAppTokens, TOKEN_SCHEMA_VERSION};
 pub use webhook::{
     Admission, DeliveryBodyProblem, MAX_WEBHOOK_BODY_BYTES, NewWebhook, SIGNATURE_HEADER, ServiceAppEvent,
     ServiceAppEventKind, Webhook, WebhookChange, WebhookGate, WebhookOutcome, WebhookPage,

@@ -271,40 +271,69 @@ struct ErrorBody {
     error: Option<serde_json::Value>,
     #[serde(rename = "trackingId")]
     tracking_id: Option<serde_json::Value>,
+    message: Option<serde_json::Value>,
+    #[serde(default)]
+    errors: Option<Vec<serde_json::Value>>,
+}
+
+impl ErrorBody {
+    /// Whether Webex's own error shape (`{message, errors[{description}]}`) says the refresh
+    /// token (or the grant) is dead. Only the verdict is kept, never the text.
+    fn names_a_dead_grant(&self) -> bool {
+        let descriptions = self.errors.iter().flatten().filter_map(|e| e.get("description"));
+        self.message.iter().chain(descriptions).filter_map(serde_json::Value::as_str).any(|text| {
+            let text = text.to_ascii_lowercase();
+            text.contains("invalid_grant")
+                || ((text.contains("refresh token") || text.contains("refresh_token"))
+                    && ["invalid", "expired", "revoked", "malformed"].iter().any(|w| text.contains(w)))
+        })
+    }
 }
 
 /// What a non-2xx answer means, for either Webex error body (`{message, errors, trackingId}`)
 /// or an OAuth one (`{error, error_description}`), or no JSON at all (a 429 may come as HTML).
 ///
 /// - 429 and 423 → [`Error::RateLimited`] with `Retry-After` in seconds;
-/// - a refresh answered 400 with `invalid_grant`, or 400 without any OAuth code (Webex's own
-///   shape for a bad refresh token) → [`Error::ReauthorizationRequired`];
+/// - a refresh answered 400 or 401 with JSON naming the grant (OAuth `invalid_grant`, or
+///   Webex's shape saying the refresh token is invalid, expired or revoked) →
+///   [`Error::ReauthorizationRequired`]: the one answer that means a person must act;
+/// - a token call (refresh, Service App fetch) answered 4xx without a JSON body (a proxy's or a
+///   gateway's HTML page, an empty body), or a refresh answered 400 with JSON that names no
+///   error byova knows → [`Error::UnrecognizedAnswer`], retryable: nothing is concluded from it;
 /// - a Service App fetch answered 403 → [`Error::ServiceAppNotAuthorized`];
 /// - `invalid_client`, 401 and 403 → [`Error::Authentication`]; 404 → [`Error::NotFound`];
 ///   400/409/415 → [`Error::Validation`]; 5xx → [`Error::Server`].
 pub fn error_from_response(response: &HttpResponse, call: &TokenCall) -> Error {
-    let body: ErrorBody = if response.body.len() <= MAX_TOKEN_RESPONSE_BYTES {
-        serde_json::from_slice(&response.body).unwrap_or_default()
+    let parsed: Option<ErrorBody> = if response.body.len() <= MAX_TOKEN_RESPONSE_BYTES {
+        serde_json::from_slice(&response.body).ok()
     } else {
-        ErrorBody::default()
+        None
     };
-    let oauth_error = body.error.as_ref().and_then(|v| v.as_str()).and_then(known_oauth_error);
+    let json = parsed.is_some();
+    let body = parsed.unwrap_or_default();
+    let dead_grant = body.names_a_dead_grant();
+    let oauth_error = body
+        .error
+        .as_ref()
+        .and_then(|v| v.as_str())
+        .and_then(known_oauth_error)
+        .or(dead_grant.then_some("invalid_grant"));
     let tracking_id = tracking_id(response)
         .or_else(|| body.tracking_id.as_ref().and_then(|v| v.as_str()).map(sanitize_tracking_id));
     let failure = ApiFailure { status: response.status, tracking_id, oauth_error };
-    classify(failure, response.header("Retry-After"), call)
+    classify(failure, json, response.header("Retry-After"), call)
 }
 
-fn classify(failure: ApiFailure, retry_after: Option<&str>, call: &TokenCall) -> Error {
+fn classify(failure: ApiFailure, json: bool, retry_after: Option<&str>, call: &TokenCall) -> Error {
+    let token_call = matches!(call, TokenCall::Refresh(_) | TokenCall::ServiceAppFetch { .. });
     match (failure.status, call) {
         (429 | 423, _) => Error::RateLimited { retry_after: parse_retry_after(retry_after), failure },
+        (400..=499, _) if token_call && !json => Error::UnrecognizedAnswer(failure),
         (400 | 401, TokenCall::Refresh(subject)) if failure.oauth_error == Some("invalid_grant") => {
             Error::ReauthorizationRequired { subject: subject.clone(), failure }
         }
         (400 | 401, _) if failure.oauth_error == Some("invalid_client") => Error::Authentication(failure),
-        (400, TokenCall::Refresh(subject)) if failure.oauth_error.is_none() => {
-            Error::ReauthorizationRequired { subject: subject.clone(), failure }
-        }
+        (400, TokenCall::Refresh(_)) if failure.oauth_error.is_none() => Error::UnrecognizedAnswer(failure),
         (403, TokenCall::ServiceAppFetch { org_id }) => {
             Error::ServiceAppNotAuthorized { org_id: org_id.clone(), failure }
         }
@@ -321,8 +350,9 @@ pub fn api_error(response: &HttpResponse) -> Error {
     error_from_response(response, &TokenCall::CodeExchange)
 }
 
-/// `Retry-After` as delay-seconds. The HTTP-date form is not used by Webex and yields `None`,
-/// which the retry policy treats as its default wait.
+/// `Retry-After` as delay-seconds. The HTTP-date form is not used by Webex, and Webex has sent
+/// values such as `rand(30),add(30)`: anything but whole seconds yields `None`, which the retry
+/// policy treats as its default wait.
 pub fn parse_retry_after(value: Option<&str>) -> Option<std::time::Duration> {
     value?.trim().parse::<u64>().ok().map(std::time::Duration::from_secs)
 }
@@ -522,6 +552,7 @@ mod tests {
         let fetch = TokenCall::ServiceAppFetch { org_id: "o1".into() };
         let webex_400 =
             r#"{"message":"SECRET-CANARY bad","errors":[{"description":"x"}],"trackingId":"ROUTER_B"}"#;
+        let webex_dead_grant = r#"{"message":"SECRET-CANARY","errors":[{"description":"The refresh token provided is expired, revoked, malformed, or invalid."}],"trackingId":"ROUTER_B"}"#;
         type Check = fn(&Error) -> bool;
         let cases: Vec<(HttpResponse, &TokenCall, Check)> = vec![
             (
@@ -529,7 +560,10 @@ mod tests {
                 &refresh,
                 |e| matches!(e, Error::ReauthorizationRequired { .. }),
             ),
-            (resp(400, &[], webex_400), &refresh, |e| matches!(e, Error::ReauthorizationRequired { .. })),
+            (resp(400, &[], webex_400), &refresh, |e| matches!(e, Error::UnrecognizedAnswer(_))),
+            (resp(400, &[], webex_dead_grant), &refresh, |e| {
+                matches!(e, Error::ReauthorizationRequired { .. })
+            }),
             (resp(401, &[], r#"{"error":"invalid_grant"}"#), &refresh, |e| {
                 matches!(e, Error::ReauthorizationRequired { .. })
             }),
@@ -544,12 +578,13 @@ mod tests {
             }),
             (resp(403, &[], webex_400), &fetch, |e| matches!(e, Error::ServiceAppNotAuthorized { .. })),
             (resp(403, &[], ""), &TokenCall::CodeExchange, |e| matches!(e, Error::Authentication(_))),
-            (resp(401, &[], ""), &fetch, |e| matches!(e, Error::Authentication(_))),
-            (resp(404, &[], ""), &fetch, |e| matches!(e, Error::NotFound(_))),
-            (resp(409, &[], ""), &fetch, |e| matches!(e, Error::Validation(_))),
-            (resp(415, &[], ""), &fetch, |e| matches!(e, Error::Validation(_))),
+            (resp(401, &[], webex_400), &fetch, |e| matches!(e, Error::Authentication(_))),
+            (resp(404, &[], webex_400), &fetch, |e| matches!(e, Error::NotFound(_))),
+            (resp(409, &[], webex_400), &fetch, |e| matches!(e, Error::Validation(_))),
+            (resp(415, &[], webex_400), &fetch, |e| matches!(e, Error::Validation(_))),
             (resp(502, &[], "<html>bad gateway</html>"), &refresh, |e| matches!(e, Error::Server(_))),
-            (resp(418, &[], ""), &refresh, |e| matches!(e, Error::UnexpectedStatus(_))),
+            (resp(418, &[], webex_400), &refresh, |e| matches!(e, Error::UnexpectedStatus(_))),
+            (resp(418, &[], ""), &refresh, |e| matches!(e, Error::UnrecognizedAnswer(_))),
         ];
         for (r, call, check) in cases {
             let e = error_from_response(&r, call);
@@ -557,6 +592,51 @@ mod tests {
             assert!(!e.to_string().contains("SECRET-CANARY"));
             assert!(!format!("{e:?}").contains("SECRET-CANARY"));
         }
+    }
+
+    /// Rule 10: only Webex's JSON naming the grant locks a subject out. A proxy's HTML 400,
+    /// an empty 400, a 401 page from a firewall, or JSON that names nothing: retryable, and no
+    /// `invalid_grant` is claimed that was never sent.
+    #[test]
+    fn only_a_json_answer_naming_the_grant_requires_reauthorization() {
+        let refresh = TokenCall::Refresh(TokenSubject::Org("o1".into()));
+        let fetch = TokenCall::ServiceAppFetch { org_id: "o1".into() };
+        let html = "<html><body>400 Bad Request</body></html>";
+        for (status, body, call) in [
+            (400, html, &refresh),
+            (400, "", &refresh),
+            (401, html, &refresh),
+            (400, r#"{"message":"Bad request.","trackingId":"T"}"#, &refresh),
+            (400, r#"{"unrelated":true}"#, &refresh),
+            (403, html, &fetch),
+            (404, "", &fetch),
+            (400, "[1,2", &fetch),
+        ] {
+            let e = error_from_response(&resp(status, &[("Content-Type", "text/html")], body), call);
+            assert!(matches!(e, Error::UnrecognizedAnswer(_)), "{status} {body:?}: {e:?}");
+            assert!(e.is_retryable(), "{e:?}");
+            assert_eq!(e.api_failure().and_then(|f| f.oauth_error), None, "{e:?}");
+        }
+        for body in [
+            r#"{"error":"invalid_grant"}"#,
+            r#"{"message":"The refresh token is invalid.","trackingId":"T"}"#,
+            r#"{"message":"x","errors":[{"description":"refresh_token expired"}]}"#,
+            r#"{"message":"invalid_grant"}"#,
+        ] {
+            let e = error_from_response(&resp(400, &[], body), &refresh);
+            assert!(
+                matches!(&e, Error::ReauthorizationRequired { failure, .. } if failure.oauth_error == Some("invalid_grant")),
+                "{body}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn non_numeric_retry_after_falls_back_to_the_default_wait() {
+        for value in ["rand(30),add(30)", "-5", "1.5", "", "soon"] {
+            assert_eq!(parse_retry_after(Some(value)), None, "{value:?}");
+        }
+        assert_eq!(parse_retry_after(Some(" 30 ")), Some(std::time::Duration::from_secs(30)));
     }
 
     #[test]

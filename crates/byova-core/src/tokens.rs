@@ -44,6 +44,29 @@ pub struct OAuthTokens {
     /// For a Service App org: the `authorized` delivery these tokens answer (a digest of its
     /// body), so Webex's redelivery of it is answered without another fetch.
     pub authorized_by: Option<u64>,
+    /// With [`reauthorization_required`](Self::reauthorization_required): what Webex answered
+    /// when it rejected the refresh token, to quote to Webex support (absent on marks written
+    /// by an older byova).
+    pub rejection: Option<Rejection>,
+}
+
+/// What Webex answered when it rejected a record's refresh token, kept with the mark.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Rejection {
+    /// The HTTP status of the rejecting answer.
+    pub status: u16,
+    /// Its `trackingId`, when it had one.
+    pub tracking_id: Option<String>,
+    /// When it was received.
+    pub at: Timestamp,
+}
+
+impl Rejection {
+    /// A rejection answered with `status` (and `tracking_id`) at `at`.
+    pub fn new(status: u16, tracking_id: Option<String>, at: Timestamp) -> Self {
+        Self { status, tracking_id, at }
+    }
 }
 
 /// Service App tokens have exactly the shape of Integration tokens.
@@ -63,6 +86,7 @@ impl OAuthTokens {
             reauthorization_required: false,
             authorized_at: None,
             authorized_by: None,
+            rejection: None,
         }
     }
 
@@ -76,6 +100,13 @@ impl OAuthTokens {
     /// The same record marked: Webex rejected its refresh token.
     pub fn rejected(mut self) -> Self {
         self.reauthorization_required = true;
+        self
+    }
+
+    /// The same record marked, with what Webex answered.
+    pub fn rejected_by(mut self, rejection: Rejection) -> Self {
+        self.reauthorization_required = true;
+        self.rejection = Some(rejection);
         self
     }
 
@@ -166,6 +197,12 @@ struct WireOut<'a> {
     authorized_at_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     authorized_by: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rejected_status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rejected_tracking_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rejected_at_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -187,6 +224,12 @@ struct WireIn {
     authorized_at_ms: Option<u64>,
     #[serde(default)]
     authorized_by: Option<u64>,
+    #[serde(default)]
+    rejected_status: Option<u16>,
+    #[serde(default)]
+    rejected_tracking_id: Option<String>,
+    #[serde(default)]
+    rejected_at_ms: Option<u64>,
 }
 
 impl Serialize for OAuthTokens {
@@ -203,6 +246,9 @@ impl Serialize for OAuthTokens {
             reauthorization_required: self.reauthorization_required,
             authorized_at_ms: self.authorized_at.map(Timestamp::as_unix_millis),
             authorized_by: self.authorized_by,
+            rejected_status: self.rejection.as_ref().map(|r| r.status),
+            rejected_tracking_id: self.rejection.as_ref().and_then(|r| r.tracking_id.as_deref()),
+            rejected_at_ms: self.rejection.as_ref().map(|r| r.at.as_unix_millis()),
         }
         .serialize(serializer)
     }
@@ -228,6 +274,14 @@ impl<'de> Deserialize<'de> for OAuthTokens {
             reauthorization_required: w.reauthorization_required,
             authorized_at: w.authorized_at_ms.map(Timestamp::from_unix_millis),
             authorized_by: w.authorized_by,
+            rejection: match (w.rejected_status, w.rejected_at_ms) {
+                (Some(status), Some(at)) => Some(Rejection {
+                    status,
+                    tracking_id: w.rejected_tracking_id,
+                    at: Timestamp::from_unix_millis(at),
+                }),
+                _ => None,
+            },
         })
     }
 }
@@ -253,7 +307,7 @@ mod tests {
             "OAuthTokens { access_token: AccessToken([redacted]), expires_in: 1209599, token_type: \"Bearer\", \
              refresh_token: Some(RefreshToken([redacted])), refresh_token_expires_in: Some(7775999), scope: None, \
              obtained_at: Timestamp(1764000000500), reauthorization_required: false, \
-             authorized_at: None, authorized_by: None }"
+             authorized_at: None, authorized_by: None, rejection: None }"
         );
     }
 
@@ -283,6 +337,22 @@ mod tests {
         assert!(json.ends_with(r#","reauthorization_required":true}"#), "{json}");
         assert!(OAuthTokens::from_json(json.as_bytes()).unwrap().reauthorization_required);
         assert!(!String::from_utf8(sample().to_json()).unwrap().contains("reauthorization"));
+    }
+
+    #[test]
+    fn the_rejection_round_trips_with_the_mark() {
+        let at = Timestamp::from_unix_millis(1_764_000_100_000);
+        let marked = sample().rejected_by(Rejection::new(400, Some("ROUTER_X".into()), at));
+        let json = String::from_utf8(marked.to_json()).unwrap();
+        assert!(
+            json.ends_with(
+                r#","reauthorization_required":true,"rejected_status":400,"rejected_tracking_id":"ROUTER_X","rejected_at_ms":1764000100000}"#
+            ),
+            "{json}"
+        );
+        let back = OAuthTokens::from_json(json.as_bytes()).unwrap();
+        assert!(back.reauthorization_required);
+        assert_eq!(back.rejection, Some(Rejection::new(400, Some("ROUTER_X".into()), at)));
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub enum Endpoint {
     /// `GET /v1/people/me`: an authenticated API call (401 to a revoked, expired or unknown
     /// bearer)
     PeopleMe,
+    /// `GET /v1/devices`: a resource the tokens' scopes do not cover, answering 401 whatever
+    /// the bearer (a 401 that no fresh token cures)
+    ScopeMissing,
 }
 
 /// A fault injected into one request.
@@ -71,6 +74,19 @@ pub enum Fault {
     DropAfterProcessing,
     /// Answer 400 `invalid_grant` whatever the request.
     InvalidGrant,
+    /// Answer exactly this, as something between the client and Webex might (a proxy's or a
+    /// firewall's HTML page, an empty body, a `Retry-After` that is not a number): no
+    /// `trackingId`, nothing of Webex's shape.
+    Raw {
+        /// The status code.
+        status: u16,
+        /// The `Content-Type` (none when empty).
+        content_type: &'static str,
+        /// The body.
+        body: &'static str,
+        /// A `Retry-After` value, sent as it is.
+        retry_after: Option<&'static str>,
+    },
 }
 
 impl Fault {
@@ -82,6 +98,26 @@ impl Fault {
     /// A 429 with `Retry-After: secs` and an HTML body.
     pub fn rate_limited(secs: u64) -> Self {
         Fault::Status { status: 429, retry_after: Some(secs), html: true }
+    }
+
+    /// A proxy's or a web application firewall's HTML page with `status`.
+    pub fn proxy_page(status: u16) -> Self {
+        Fault::Raw {
+            status,
+            content_type: "text/html",
+            body: "<html><head><title>Bad Request</title></head><body>Request blocked by policy.</body></html>",
+            retry_after: None,
+        }
+    }
+
+    /// `status` with an empty body and no content type.
+    pub fn empty(status: u16) -> Self {
+        Fault::Raw { status, content_type: "", body: "", retry_after: None }
+    }
+
+    /// A 429 whose `Retry-After` is `value` as it is (Webex has sent `rand(30),add(30)`).
+    pub fn rate_limited_with(value: &'static str) -> Self {
+        Fault::Raw { status: 429, content_type: "text/html", body: "", retry_after: Some(value) }
     }
 }
 
@@ -1066,6 +1102,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
         }
         (_, p) if p == "/v1/webhooks" || p.starts_with("/v1/webhooks/") => Some(Endpoint::Webhooks),
         (_, "/v1/people/me") => Some(Endpoint::PeopleMe),
+        (_, "/v1/devices") => Some(Endpoint::ScopeMissing),
         _ => None,
     };
     let tracking_id = {
@@ -1115,6 +1152,19 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
             }
             return Ok(finish(resp, &tracking_id));
         }
+        Some(Fault::Raw { status, content_type, body, retry_after }) => {
+            let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+            *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            if !content_type.is_empty()
+                && let Ok(v) = content_type.parse()
+            {
+                resp.headers_mut().insert("Content-Type", v);
+            }
+            if let Some(v) = retry_after.and_then(|v| v.parse().ok()) {
+                resp.headers_mut().insert("Retry-After", v);
+            }
+            return Ok(resp);
+        }
         Some(Fault::InvalidGrant) => {
             return Ok(finish(
                 oauth_error(
@@ -1138,6 +1188,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
         }
         Endpoint::Webhooks => ctx.webhooks(&method, &path, &query, &headers, &body),
         Endpoint::PeopleMe => ctx.people_me(&method, &headers),
+        Endpoint::ScopeMissing => {
+            ctx.err(401, "The request requires a valid access token set in the Authorization request header.")
+        }
         _ => error(405, "Method not allowed.", &tracking_id),
     };
     if drop_after {

@@ -409,6 +409,7 @@ scenarios!(
     rate_limits_honour_retry_after,
     server_errors_and_dropped_connections_are_retried,
     invalid_grant_requires_reauthorization_and_keeps_the_record,
+    a_proxy_page_or_an_empty_400_never_locks_anyone_out,
     rotation_stores_the_new_refresh_token,
     refresh_keeps_old_refresh_token_when_response_omits_it,
     slow_responses_are_waited_for,
@@ -753,6 +754,46 @@ async fn invalid_grant_requires_reauthorization_and_keeps_the_record(f: Arc<dyn 
     assert!(stored.refresh_token.unwrap().ct_eq_str(&issued.refresh_token));
     let status = w.sdk.status().await.unwrap();
     assert_eq!(status[0].state, TokenState::ReauthorizationRequired);
+}
+
+/// Rule 10: a 400 that is not Webex's JSON naming the grant (a proxy's or firewall's HTML
+/// page, an empty body) is retried and then reported as retryable; the record is never marked,
+/// a still-valid token goes on being served, and once the path is clear the next call refreshes.
+async fn a_proxy_page_or_an_empty_400_never_locks_anyone_out(f: Arc<dyn Flavour>) {
+    for fault in [Fault::proxy_page(400), Fault::empty(400), Fault::proxy_page(401)] {
+        let w = world(f.as_ref(), None);
+        let issued = w.seed_expired_integration().await;
+        let org_issued = w.seed_expired_org(ORG).await;
+        w.fake.inject_always(Endpoint::AccessToken, fault.clone());
+        let err = w.sdk.get_access_token().await.unwrap_err();
+        assert!(matches!(err, Error::UnrecognizedAnswer(_)) && err.is_retryable(), "{fault:?}: {err:?}");
+        assert!(!err.to_string().contains("invalid_grant"), "no invalid_grant is claimed: {err}");
+        let err = w.sdk.org_token(ORG.into()).await.unwrap_err();
+        assert!(err.is_retryable(), "{fault:?}: {err:?}");
+        for (key, issued) in [(TokenKey::Integration, &issued), (TokenKey::org(ORG), &org_issued)] {
+            let stored = w.stored(&key).await.expect("kept");
+            assert!(!stored.reauthorization_required, "{fault:?}: {key} must not be marked");
+            assert!(stored.refresh_token.unwrap().ct_eq_str(&issued.refresh_token));
+        }
+        let states: Vec<TokenState> = w.sdk.status().await.unwrap().iter().map(|s| s.state).collect();
+        assert!(!states.contains(&TokenState::ReauthorizationRequired), "{fault:?}: {states:?}");
+        assert_eq!(w.fake.calls(Endpoint::ApplicationToken), 0, "no fallback fetch: nothing was refused");
+        w.fake.clear_faults();
+        let token = w.sdk.get_access_token().await.expect("a healthy path refreshes at once");
+        assert!(w.fake.is_access_token_valid(token.expose_secret()));
+        let token = w.sdk.org_token(ORG.into()).await.expect("the org too");
+        assert!(w.fake.is_access_token_valid(token.expose_secret()));
+    }
+    // A token that is still valid (in its refresh window) goes on being served behind the proxy.
+    let w = world(f.as_ref(), None);
+    let issued = w.fake.issue_integration_tokens();
+    let lifetime = Duration::from_secs(issued.expires_in);
+    let in_window = issued.to_oauth_tokens(w.now().saturating_sub(lifetime.mul_f64(0.85)));
+    w.setup.async_storage.set_integration_tokens(&in_window).await.unwrap();
+    w.fake.inject_always(Endpoint::AccessToken, Fault::proxy_page(400));
+    let token = w.sdk.get_access_token().await.expect("the still-valid token is served");
+    assert!(token.ct_eq_str(&issued.access_token));
+    assert!(!w.stored(&TokenKey::Integration).await.unwrap().reauthorization_required);
 }
 
 async fn rotation_stores_the_new_refresh_token(f: Arc<dyn Flavour>) {

@@ -32,7 +32,7 @@ use crate::oauth::{TokenCall, parse_token_response, refresh_request, service_app
 use crate::policy::{Freshness, RetryDecision};
 use crate::secret::{AccessToken, RefreshToken};
 use crate::time::Timestamp;
-use crate::tokens::OAuthTokens;
+use crate::tokens::{OAuthTokens, Rejection};
 
 /// What a caller wants from a run.
 #[derive(Clone, Debug)]
@@ -249,14 +249,23 @@ impl Run {
         }
     }
 
+    /// The error for a dead refresh token: what Webex said in this run, else what the stored
+    /// mark kept of it.
     fn reauthorization_required(&self) -> Error {
-        self.rejection.clone().unwrap_or_else(|| Error::ReauthorizationRequired {
-            subject: self.key.subject(),
-            failure: crate::error::ApiFailure {
-                status: 400,
-                tracking_id: None,
-                oauth_error: Some("invalid_grant"),
-            },
+        self.rejection.clone().unwrap_or_else(|| {
+            let kept = self.current.as_ref().and_then(|c| c.value.rejection.as_ref());
+            Error::ReauthorizationRequired {
+                subject: self.key.subject(),
+                failure: match kept {
+                    Some(r) => ApiFailure {
+                        status: r.status,
+                        tracking_id: r.tracking_id.clone(),
+                        oauth_error: Some("invalid_grant"),
+                    },
+                    // A mark from an older byova: what it was answered is not known.
+                    None => ApiFailure::new(400),
+                },
+            }
         })
     }
 
@@ -324,7 +333,10 @@ impl Run {
     fn conclude(mut self: Box<Self>, error: Error, now: Timestamp) -> Plan {
         let mark = std::mem::take(&mut self.mark_rejected) && (!self.is_service_app() || self.fetch_refused);
         if mark && let Some(current) = self.current.clone().filter(|c| !c.value.reauthorization_required) {
-            let marked = current.value.clone().rejected();
+            let failure = self.reauthorization_required();
+            let failure = failure.api_failure().cloned().unwrap_or_else(|| ApiFailure::new(400));
+            let marked =
+                current.value.clone().rejected_by(Rejection::new(failure.status, failure.tracking_id, now));
             let key = self.key.clone();
             let expect = Expect::Version(current.version);
             return Step::Store(

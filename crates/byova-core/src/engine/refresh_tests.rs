@@ -289,7 +289,7 @@ fn a_service_app_falls_back_to_fetching_with_the_integration_bearer() {
     let s = seeded(&key, expired("OLD", "DEAD"));
     let (out, trace) = drive(&s, Who::ServiceApp, key.clone(), Mode::GetValid, |req, _| {
         if req.url.ends_with("/access_token") {
-            Ok(status(400, &[], r#"{"message":"bad","errors":[]}"#))
+            Ok(status(400, &[], r#"{"message":"The refresh token is invalid.","errors":[]}"#))
         } else {
             assert_eq!(req.header_value("authorization"), Some("Bearer INT-BEARER"));
             Ok(ok_body("FETCHED", Some("NEWR")))
