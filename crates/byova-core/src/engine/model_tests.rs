@@ -138,7 +138,8 @@ fn serial(token: &AccessToken) -> u64 {
     token.expose_secret().strip_prefix("AT-").and_then(|n| n.parse().ok()).expect("a model token")
 }
 
-/// Where a plan stands between events.
+/// Where a plan stands between events. A few of them live at a time: their size is no concern.
+#[allow(clippy::large_enum_variant)]
 enum Slot<T> {
     Step(Step<T>),
     Sleep(Timestamp, Then<T, ()>),
