@@ -28,8 +28,8 @@ use sha1::Sha1;
 use byova_core::{
     BlockingTokenStorage, CallbackConnection, CallbackHandler, CallbackVerdict, ConnectionStep, CsrfState,
     HttpResponse, InMemoryTokenStorage, LoopbackRedirect, OAuthTokens, SealedStorage, StorageKeys, Timestamp,
-    TokenCall, TokenKey, TokenSubject, WebhookGate, WebhookSecret, decode_org_id, decode_record,
-    normalize_org_id, parse_request_head, parse_token_response, redact_url, sign,
+    TokenCall, TokenKey, TokenSubject, WebhookGate, WebhookSecret, WebhookVerification, decode_org_id,
+    decode_record, normalize_org_id, parse_request_head, parse_token_response, redact_url, sign,
 };
 
 /// One fuzz target: its name (the binary's and the corpus folder's) and its check.
@@ -152,8 +152,8 @@ pub fn webhook_delivery(data: &[u8]) {
     let (header, body) = first_line(data);
     let header = std::str::from_utf8(header).ok().filter(|h| !h.is_empty());
     let secret = WebhookSecret::new(WEBHOOK_SECRET);
-    let signed_gate = WebhookGate::new(APPLICATION_ID, vec![secret.clone()]);
-    let open_gate = WebhookGate::new(APPLICATION_ID, Vec::new());
+    let signed_gate = WebhookGate::new(APPLICATION_ID, WebhookVerification::signed(vec![secret.clone()]));
+    let open_gate = WebhookGate::new(APPLICATION_ID, WebhookVerification::UnsignedAllowed);
 
     let verdict = signed_gate.admit(body, header);
     match &verdict {

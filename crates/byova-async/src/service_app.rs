@@ -34,7 +34,7 @@ impl ServiceAppTokenManager {
         http: HttpClient,
         storage: Arc<dyn TokenStorage>,
     ) -> Self {
-        let engine = ServiceAppEngine::new(credentials, integration.config().clone(), Vec::new());
+        let engine = ServiceAppEngine::new(credentials, integration.config().clone(), Default::default());
         let storage: Arc<dyn TokenStorage> = Arc::new(byova_core::SealedStorage::new(storage, None));
         Self::from_parts(engine, integration, http, storage)
     }

@@ -86,3 +86,30 @@ async fn the_axum_route_answers_as_byova_serve_does() {
     .unwrap();
     assert_eq!(get, 405, "as byova serve answers it");
 }
+
+/// Rule 12: the route of a `Byova` built without a webhook secret refuses every delivery
+/// (500, so Webex delivers it again once the secret is set) and registers nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_secret_the_route_refuses_every_delivery() {
+    let fake = Arc::new(FakeWebex::start());
+    let storage = Arc::new(InMemoryTokenStorage::new());
+    storage
+        .set_integration_tokens(&fake.issue_integration_tokens().to_oauth_tokens(SystemClock.now()))
+        .unwrap();
+    fake.authorize_org(ORG);
+    let byova = byova_async::Byova::builder(fake.integration_credentials(), fake.service_app_credentials())
+        .config(fake.config())
+        .storage(storage.clone())
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/webhook", listener.local_addr().unwrap());
+    let app = axum::Router::new().merge(byova_axum::webhook_router(Arc::new(byova)));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let (body, _) = fake.service_app_delivery(ServiceAppEventKind::Authorized, ORG, None);
+    let forged = byova_core::sign(&WebhookSecret::new("guess"), &body);
+    assert_eq!(post(url.clone(), body.clone(), None).await, 500);
+    assert_eq!(post(url, body, Some(forged)).await, 500);
+    assert!(storage.list_registered_orgs().unwrap().is_empty());
+    assert_eq!(fake.calls(Endpoint::ApplicationToken), 0);
+}

@@ -28,7 +28,7 @@ use byova_core::engine::{FlightWait, Held, Sent, ServiceAppEngine, Step, Then};
 use byova_core::{
     AccessToken, BlockingTokenStorage, ByovaConfig, HttpRequest, HttpResponse, InMemoryTokenStorage,
     OAuthTokens, RefreshSchedule, RefreshToken, Result as CoreResult, ServiceAppCredentials, SystemClock,
-    Timestamp, TokenKey,
+    Timestamp, TokenKey, WebhookVerification,
 };
 use serde_json::{Value, json};
 
@@ -79,7 +79,7 @@ fn in_memory(args: &Args) -> Result<Value, String> {
     let engine = ServiceAppEngine::new(
         ServiceAppCredentials::new("Cfleet", "fleet-secret"),
         ByovaConfig::default(),
-        Vec::new(),
+        WebhookVerification::default(),
     );
     let before = rss_mb(std::process::id());
     let started = Instant::now();
@@ -413,7 +413,11 @@ fn cohort(orgs: usize, lifetime_s: u64, limit_per_min: usize) -> Result<Value, S
     let t0 = Timestamp::from_unix_secs(1_800_000_000);
     let config = ByovaConfig::with_base_url("https://webex.test/v1").map_err(|e| e.to_string())?;
     let budget = config.token_budget.clone();
-    let engine = ServiceAppEngine::new(ServiceAppCredentials::new("Csim", "sim-secret"), config, Vec::new());
+    let engine = ServiceAppEngine::new(
+        ServiceAppCredentials::new("Csim", "sim-secret"),
+        config,
+        WebhookVerification::default(),
+    );
     let mut sim = Sim {
         now: t0,
         storage: InMemoryTokenStorage::new(),

@@ -29,7 +29,7 @@ use byova_async::{
     AuthorizeOptions, Byova, ByovaConfig, Error, IntegrationCredentials, KeyStatus, ServiceAppCredentials,
     TokenKey,
 };
-use byova_core::{CsrfState, EnvSettings};
+use byova_core::{CsrfState, EnvSettings, WebhookSecret};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
@@ -198,6 +198,10 @@ enum WebhookCommand {
         /// the current and the previous one, one per line or comma-separated.
         #[arg(long)]
         secret_file: Option<String>,
+        /// Apply the delivery without a verified signature when no secret is set (for webhooks
+        /// created without one).
+        #[arg(long)]
+        allow_unsigned: bool,
         #[arg(long, hide = true, value_parser = on_command_line)]
         secret: Option<Hidden>,
     },
@@ -214,6 +218,10 @@ enum WebhooksCommand {
         /// signed with another one are moved to it.
         #[arg(long)]
         secret_file: Option<String>,
+        /// Create the webhooks without a secret when none is set. Unsafe: anyone who can reach
+        /// the receiver could then register or remove orgs.
+        #[arg(long)]
+        unsigned: bool,
         #[arg(long, hide = true, value_parser = on_command_line)]
         secret: Option<Hidden>,
     },
@@ -345,17 +353,8 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Outcome {
     refuse_secret_flags(&cli.command)?;
-    match &cli.command {
-        Command::Demo => return demo::run(cli.json).await,
-        Command::Serve { allow_unsigned: false, secret_file: None, .. }
-            if std::env::var("BYOVA_WEBHOOK_SECRET").map_or(true, |s| s.trim().is_empty()) =>
-        {
-            return Err(failure(
-                3,
-                "serve verifies webhook signatures: set BYOVA_WEBHOOK_SECRET (or --secret-file) to the secret the webhooks were created with (or pass --allow-unsigned)",
-            ));
-        }
-        _ => {}
+    if let Command::Demo = &cli.command {
+        return demo::run(cli.json).await;
     }
     let byova = connect(&cli).await?;
     match cli.command {
@@ -405,12 +404,9 @@ async fn run(cli: Cli) -> Outcome {
                 format!("{} {}", outcome.as_str(), outcome.org_id().unwrap_or(""))
             });
         }
-        Command::Webhooks(WebhooksCommand::Ensure { url, secret_file, .. }) => {
-            let secrets = match secret_file {
-                Some(file) => byova_core::webhook_secrets(&read_secret(&file, "webhook secret")?),
-                None => EnvSettings::from_env()?.webhook_secrets,
-            };
-            let changed = byova.ensure_service_app_webhooks(&url, secrets.first()).await?;
+        Command::Webhooks(WebhooksCommand::Ensure { url, .. }) => {
+            // The secret (or the explicit --unsigned) was taken by `connect`.
+            let changed = byova.ensure_service_app_webhooks(&url, None).await?;
             print_line(
                 cli.json,
                 json!({"changed": changed.iter().map(|w| &w.id).collect::<Vec<_>>()}),
@@ -458,21 +454,7 @@ async fn connect(cli: &Cli) -> Result<Byova, Failure> {
     if let Some(calls) = cli.max_token_calls_per_minute {
         env.config.token_budget = (calls > 0).then(|| byova_core::TokenBudget::per_minute(calls));
     }
-    let secrets = match &cli.command {
-        Command::Webhook(WebhookCommand::Handle { secret_file: Some(file), file: body, .. }) => {
-            if file == "-" && body.as_deref().is_none_or(|b| b == "-") {
-                return Err(failure(
-                    3,
-                    "stdin cannot hold both the delivery and the secret: give one of them as a file",
-                ));
-            }
-            byova_core::webhook_secrets(&read_secret(file, "webhook secret")?)
-        }
-        Command::Serve { secret_file: Some(file), .. } => {
-            byova_core::webhook_secrets(&read_secret(file, "webhook secret")?)
-        }
-        _ => env.webhook_secrets.clone(),
-    };
+    let (secrets, allow_unsigned) = webhook_settings(&cli.command, env.webhook_secrets.clone())?;
     let url = cli.storage.clone().unwrap_or_else(storage::default_url);
     let from_environment = std::env::var("BYOVA_STORAGE").is_ok_and(|v| v == url);
     if !from_environment && storage::has_password(&url) {
@@ -487,7 +469,66 @@ async fn connect(cli: &Cli) -> Result<Byova, Failure> {
         Some(keys) => builder.storage_keys(keys),
         None => builder,
     };
+    let builder = if allow_unsigned { builder.allow_unsigned_webhooks() } else { builder };
     Ok(builder.webhook_secrets(secrets).build()?)
+}
+
+/// The webhook secrets a command verifies or signs with (its `--secret-file`, else
+/// `BYOVA_WEBHOOK_SECRET`) and whether it allows unsigned webhooks by name. Rule 12: a list
+/// that holds no secret is refused, and so is a daemon or a registration without any secret
+/// unless `--allow-unsigned` / `--unsigned` says so.
+fn webhook_settings(
+    command: &Command,
+    from_env: Vec<WebhookSecret>,
+) -> Result<(Vec<WebhookSecret>, bool), Failure> {
+    let from_file = |file: &str| -> Result<Vec<WebhookSecret>, Failure> {
+        let text = read_secret(file, "webhook secret")?;
+        Ok(byova_core::parse_webhook_secrets(&text, &format!("the webhook secret file {file}"))?)
+    };
+    match command {
+        Command::Webhook(WebhookCommand::Handle { secret_file, file: body, allow_unsigned, .. }) => {
+            let secrets = match secret_file {
+                Some(file) if file == "-" && body.as_deref().is_none_or(|b| b == "-") => {
+                    return Err(failure(
+                        3,
+                        "stdin cannot hold both the delivery and the secret: give one of them as a file",
+                    ));
+                }
+                Some(file) => from_file(file)?,
+                None => from_env,
+            };
+            Ok((secrets, *allow_unsigned))
+        }
+        Command::Serve { secret_file, allow_unsigned, .. } => {
+            let secrets = match secret_file {
+                Some(file) => from_file(file)?,
+                None => from_env,
+            };
+            if secrets.is_empty() && !allow_unsigned {
+                return Err(failure(
+                    3,
+                    "serve verifies webhook signatures: set BYOVA_WEBHOOK_SECRET (or --secret-file) to the secret the \
+                     webhooks were created with (or pass --allow-unsigned, unsafe on a reachable port)",
+                ));
+            }
+            Ok((secrets, *allow_unsigned))
+        }
+        Command::Webhooks(WebhooksCommand::Ensure { secret_file, unsigned, .. }) => {
+            let secrets = match secret_file {
+                Some(file) => from_file(file)?,
+                None => from_env,
+            };
+            if secrets.is_empty() && !unsigned {
+                return Err(failure(
+                    3,
+                    "webhooks are created with a secret: set BYOVA_WEBHOOK_SECRET (or --secret-file), or pass \
+                     --unsigned to create them without one (unsafe: anyone reaching the receiver could remove orgs)",
+                ));
+            }
+            Ok((secrets, *unsigned))
+        }
+        _ => Ok((from_env, false)),
+    }
 }
 
 fn read_body(file: Option<&str>) -> Result<Vec<u8>, Failure> {

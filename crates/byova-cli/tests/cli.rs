@@ -421,6 +421,61 @@ fn webhooks_ensure_creates_only_what_is_missing() {
     );
 }
 
+/// Rule 12: a secret list that holds no secret is a configuration error everywhere; running
+/// without verification, or creating webhooks without a secret, takes a flag that says so.
+#[test]
+fn webhook_secrets_fail_closed_and_unsigned_is_an_explicit_opt_in() {
+    let env = Env::new();
+    env.seed_integration();
+    for blank in ["", ",", " , "] {
+        let o = env
+            .cmd()
+            .env("BYOVA_WEBHOOK_SECRET", blank)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        assert_fails(&o, 3, "BYOVA_WEBHOOK_SECRET holds no webhook secret");
+    }
+    let separators = env.file("separators", ",\n ,\n");
+    assert_fails(
+        &env.run(&["serve", "--listen", "127.0.0.1:0", "--secret-file", &separators]),
+        3,
+        "holds no webhook secret",
+    );
+    assert_fails(&env.run(&["webhooks", "ensure", "https://hooks.example.test/webex"]), 3, "--unsigned");
+    assert_eq!(env.fake.calls(Endpoint::Webhooks), 0, "nothing was created");
+    let unsigned = env.run(&["webhooks", "ensure", "https://hooks.example.test/webex", "--unsigned"]);
+    assert!(unsigned.status.success(), "{}", stderr(&unsigned));
+    assert!(stdout(&unsigned).starts_with("2 webhook(s)"), "{}", stdout(&unsigned));
+
+    env.fake.authorize_org(ORG);
+    let (body, _) = env.fake.service_app_delivery(ServiceAppEventKind::Authorized, ORG, None);
+    let handle = |extra: &[&str]| {
+        let mut child = env
+            .cmd()
+            .args(["webhook", "handle", "-"])
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&body).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    assert_fails(&handle(&[]), 3, "no webhook secret is configured");
+    assert!(env.store().get_service_app_tokens(ORG).unwrap().is_none(), "an unverified delivery did nothing");
+    let applied = handle(&["--allow-unsigned"]);
+    assert!(applied.status.success(), "{}", stderr(&applied));
+
+    let (mut child, base, _) =
+        start_serve(env.cmd().args(["serve", "--listen", "127.0.0.1:0", "--allow-unsigned"]));
+    let (body, _) = env.fake.service_app_delivery(ServiceAppEventKind::Deauthorized, ORG, None);
+    assert_eq!(post(&format!("{base}/webhook"), &body, None), 200, "unsigned deliveries, allowed by name");
+    assert!(env.store().get_service_app_tokens(ORG).unwrap().is_none());
+    assert!(sigterm(&mut child).success());
+}
+
 /// Starts `byova serve` (admin listener on a free port) and returns it with its public and
 /// admin base URLs.
 fn start_serve(cmd: &mut Command) -> (Child, String, String) {

@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::sealing::StorageKeys;
 use crate::secret::WebhookSecret;
 use crate::time::{Clock, CoarseClock};
+use crate::webhook::WebhookVerification;
 
 /// A flavour's facade (`byova_async::Byova`, `byova_blocking::Byova`), as the builder
 /// assembles it.
@@ -55,6 +56,7 @@ pub struct ByovaBuilder<F: Facade> {
     storage: Option<Arc<F::Storage>>,
     clock: Arc<dyn Clock>,
     webhook_secrets: Vec<WebhookSecret>,
+    unsigned_webhooks: bool,
     storage_keys: Option<StorageKeys>,
     flavour: PhantomData<fn() -> F>,
 }
@@ -79,6 +81,7 @@ impl<F: Facade> ByovaBuilder<F> {
             storage: None,
             clock: Arc::new(CoarseClock),
             webhook_secrets: Vec::new(),
+            unsigned_webhooks: false,
             storage_keys: None,
             flavour: PhantomData,
         }
@@ -130,6 +133,17 @@ impl<F: Facade> ByovaBuilder<F> {
         self
     }
 
+    /// Takes `serviceApp` deliveries without a signature (and lets
+    /// `ensure_service_app_webhooks` create webhooks without a secret) when no secret is set.
+    ///
+    /// **Unsafe on any port others can reach:** anyone who reaches the webhook receiver can
+    /// then register orgs or remove every one of them. Without a secret and without this,
+    /// every delivery is refused (a left-out setting never turns verification off).
+    pub fn allow_unsigned_webhooks(mut self) -> Self {
+        self.unsigned_webhooks = true;
+        self
+    }
+
     /// Seal access and refresh tokens at rest under `keys` (see [`StorageKeys`]): whoever
     /// can read the store cannot use them.
     pub fn storage_keys(mut self, keys: StorageKeys) -> Self {
@@ -144,7 +158,11 @@ impl<F: Facade> ByovaBuilder<F> {
     /// built.
     pub fn build(self) -> Result<F> {
         let integration = IntegrationEngine::new(self.integration, self.config.clone());
-        let service_app = ServiceAppEngine::new(self.service_app, self.config, self.webhook_secrets);
+        let webhooks = match (self.webhook_secrets.is_empty(), self.unsigned_webhooks) {
+            (true, true) => WebhookVerification::UnsignedAllowed,
+            _ => WebhookVerification::signed(self.webhook_secrets),
+        };
+        let service_app = ServiceAppEngine::new(self.service_app, self.config, webhooks);
         let storage = F::seal(self.storage.unwrap_or_else(F::memory_storage), self.storage_keys);
         F::assemble(Parts { integration, service_app, storage, clock: self.clock })
     }
@@ -183,8 +201,10 @@ impl EnvSettings {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let (integration, service_app) = credentials_from_lookup(&lookup)?;
         let config = ByovaConfig::from_lookup(&lookup)?;
-        let webhook_secrets =
-            lookup(config_env::WEBHOOK_SECRET).map(|all| webhook_secrets(&all)).unwrap_or_default();
+        let webhook_secrets = match lookup(config_env::WEBHOOK_SECRET) {
+            None => Vec::new(),
+            Some(all) => parse_webhook_secrets(&all, config_env::WEBHOOK_SECRET)?,
+        };
         let storage_keys = lookup(config_env::STORAGE_KEY)
             .filter(|k| !k.trim().is_empty())
             .map(|k| StorageKeys::parse(&k))
@@ -194,9 +214,26 @@ impl EnvSettings {
 }
 
 /// Webhook secrets from text: comma- or newline-separated, the current one first (during a
-/// rotation, `new,old`); blanks are ignored.
+/// rotation, `new,old`); blanks between separators are ignored.
 pub fn webhook_secrets(text: &str) -> Vec<WebhookSecret> {
     text.split([',', '\n']).map(str::trim).filter(|s| !s.is_empty()).map(WebhookSecret::new).collect()
+}
+
+/// [`webhook_secrets`] from a setting that was given: a list that holds no secret at all (an
+/// empty value, `,`, a file of separators) is a configuration error naming `source`, never
+/// "no verification".
+///
+/// # Errors
+/// [`Error::Configuration`](crate::Error::Configuration) for a list without a secret.
+pub fn parse_webhook_secrets(text: &str, source: &str) -> Result<Vec<WebhookSecret>> {
+    let secrets = webhook_secrets(text);
+    if secrets.is_empty() {
+        return Err(crate::Error::Configuration(format!(
+            "{source} holds no webhook secret (it is empty or only separators); set the secret the webhooks \
+             were created with, or leave it unset"
+        )));
+    }
+    Ok(secrets)
 }
 
 #[cfg(test)]
@@ -222,5 +259,13 @@ mod tests {
         let s = EnvSettings::from_lookup(rotating).unwrap();
         assert!(s.webhook_secrets[0].ct_eq_str("new") && s.webhook_secrets[1].ct_eq_str("old"));
         assert_eq!(s.service_app.client_id, "C2");
+        for blank in ["", ",", " , \n,", "\n"] {
+            let set = |n: &str| if n == "BYOVA_WEBHOOK_SECRET" { Some(blank.to_owned()) } else { lookup(n) };
+            let err = EnvSettings::from_lookup(set).unwrap_err();
+            assert!(
+                err.to_string().contains("BYOVA_WEBHOOK_SECRET holds no webhook secret"),
+                "{blank:?}: {err}"
+            );
+        }
     }
 }

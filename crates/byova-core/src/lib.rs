@@ -69,7 +69,7 @@ pub use authorize::{
     system_browser_command,
 };
 pub use budget::{BudgetDecision, BudgetState, TOKEN_BUDGET_STATE, TokenBudget};
-pub use builder::{ByovaBuilder, EnvSettings, Facade, Parts, webhook_secrets};
+pub use builder::{ByovaBuilder, EnvSettings, Facade, Parts, parse_webhook_secrets, webhook_secrets};
 pub use cache::{CacheEntry, TokenCache, Unsaved};
 pub use config::{ByovaConfig, DEFAULT_BASE_URL, env as config_env};
 pub use credentials::{
@@ -119,10 +119,10 @@ pub use tokens::{OAuthTokens, Rejection, ServiceAppTokens, TOKEN_SCHEMA_VERSION}
 pub use webhook::{
     Admission, DeliveryBodyProblem, MAX_WEBHOOK_BODY_BYTES, NewWebhook, SIGNATURE_HEADER, ServiceAppEvent,
     ServiceAppEventKind, Webhook, WebhookChange, WebhookGate, WebhookOutcome, WebhookPage,
-    create_webhook_request, delete_webhook_request, delivery_body_reply, delivery_method_reply,
-    delivery_reply, list_webhooks_request, next_link, next_page_request, parse_service_app_event,
-    parse_webhook, parse_webhook_deletion, parse_webhook_page, sign, update_webhook_request,
-    verify_signature, webhook_changes,
+    WebhookVerification, create_webhook_request, delete_webhook_request, delivery_body_reply,
+    delivery_method_reply, delivery_reply, list_webhooks_request, next_link, next_page_request,
+    parse_service_app_event, parse_webhook, parse_webhook_deletion, parse_webhook_page, sign,
+    update_webhook_request, verify_signature, webhook_changes,
 };
 
 /// `async_trait`, re-exported so backends implement [`TokenStorage`] with the same macro.

@@ -298,13 +298,62 @@ pub fn delivery_reply(result: &crate::error::Result<WebhookOutcome>) -> (u16, St
     }
 }
 
+/// How deliveries are verified. There is no way to turn verification off by leaving a
+/// setting out: without a secret, deliveries are refused until one is configured or unsigned
+/// deliveries are allowed by name.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub enum WebhookVerification {
+    /// No secret is configured and unsigned deliveries were not allowed: every delivery is
+    /// refused with [`Error::Configuration`] (a 500 to Webex, and a log line).
+    #[default]
+    Unconfigured,
+    /// Deliveries must carry a valid `X-Spark-Signature` under one of these: the current
+    /// secret first, then those being retired.
+    Signed(Vec<WebhookSecret>),
+    /// Deliveries are taken without a signature. Unsafe on any port others can reach: anyone
+    /// who reaches it can register or remove orgs. For webhooks created without a secret.
+    UnsignedAllowed,
+}
+
+impl WebhookVerification {
+    /// Signed with `secrets` (the current one first); no secrets at all is
+    /// [`Unconfigured`](Self::Unconfigured), never "unsigned".
+    pub fn signed(secrets: Vec<WebhookSecret>) -> Self {
+        if secrets.is_empty() { Self::Unconfigured } else { Self::Signed(secrets) }
+    }
+
+    /// The secret new webhooks are created with, when one is configured.
+    pub fn current_secret(&self) -> Option<&WebhookSecret> {
+        match self {
+            Self::Signed(secrets) => secrets.first(),
+            Self::Unconfigured | Self::UnsignedAllowed => None,
+        }
+    }
+
+    /// Whether unsigned deliveries (and webhooks created without a secret) were allowed by name.
+    pub fn allows_unsigned(&self) -> bool {
+        matches!(self, Self::UnsignedAllowed)
+    }
+}
+
+/// What a receiver without a secret says.
+fn unconfigured() -> Error {
+    Error::Configuration(
+        "no webhook secret is configured, so deliveries cannot be verified: set the secret the webhooks \
+         were created with (BYOVA_WEBHOOK_SECRET, ByovaBuilder::webhook_secret), or allow unsigned deliveries \
+         by name (ByovaBuilder::allow_unsigned_webhooks, `--allow-unsigned`; unsafe on a reachable port)"
+            .into(),
+    )
+}
+
 /// The gate every delivery passes before anything happens: signature, shape, application.
 /// It remembers nothing: repeated, late and out-of-order deliveries are made harmless by the
 /// store (a fetch satisfied by a registration at least as new, a removal that spares a newer
 /// one), not by a list of deliveries seen.
 #[derive(Debug)]
 pub struct WebhookGate {
-    secrets: Vec<WebhookSecret>,
+    verification: WebhookVerification,
     application_id: String,
 }
 
@@ -318,25 +367,31 @@ pub enum Admission {
 }
 
 impl WebhookGate {
-    /// A gate for the Service App `application_id`; with secrets, deliveries must carry a valid
-    /// `X-Spark-Signature` under one of them (the current one and, while webhooks are being
-    /// moved to it, the previous one).
-    pub fn new(application_id: impl Into<String>, secrets: Vec<WebhookSecret>) -> Self {
-        Self { secrets, application_id: application_id.into() }
+    /// A gate for the Service App `application_id`, verifying as `verification` says.
+    pub fn new(application_id: impl Into<String>, verification: WebhookVerification) -> Self {
+        Self { verification, application_id: application_id.into() }
+    }
+
+    /// How this gate verifies.
+    pub fn verification(&self) -> &WebhookVerification {
+        &self.verification
     }
 
     /// Verifies and parses one delivery.
     ///
     /// # Errors
-    /// [`Error::WebhookSignature`] for a missing or wrong signature (when a secret is set),
-    /// [`Error::InvalidInput`] for a malformed delivery.
+    /// [`Error::WebhookSignature`] for a missing or wrong signature,
+    /// [`Error::Configuration`] when no secret is configured and unsigned deliveries were not
+    /// allowed, [`Error::InvalidInput`] for a malformed delivery.
     pub fn admit(&self, raw_body: &[u8], signature_header: Option<&str>) -> Result<Admission> {
-        if let Some((first, others)) = self.secrets.split_first() {
-            let verdict = verify_signature(first, raw_body, signature_header);
-            if let Err(e) = verdict
-                && !others.iter().any(|s| verify_signature(s, raw_body, signature_header).is_ok())
-            {
-                return Err(e.into());
+        match &self.verification {
+            WebhookVerification::Unconfigured => return Err(unconfigured()),
+            WebhookVerification::UnsignedAllowed => {}
+            WebhookVerification::Signed(secrets) => {
+                if !secrets.iter().any(|s| verify_signature(s, raw_body, signature_header).is_ok()) {
+                    let first = secrets.first().ok_or_else(unconfigured)?;
+                    verify_signature(first, raw_body, signature_header)?;
+                }
             }
         }
         let event = parse_service_app_event(raw_body)?;
@@ -756,7 +811,7 @@ mod tests {
     #[test]
     fn the_gate_verifies_with_any_current_secret_remembers_nothing_and_filters_applications() {
         let (new, old) = (WebhookSecret::new("new"), WebhookSecret::new("old"));
-        let gate = WebhookGate::new("APP", vec![new.clone(), old.clone()]);
+        let gate = WebhookGate::new("APP", WebhookVerification::signed(vec![new.clone(), old.clone()]));
         let body = format!(
             r#"{{"id":"W","resource":"serviceApp","event":"authorized","orgId":"{}","data":{{"id":"APP"}}}}"#,
             org("o")
@@ -785,8 +840,31 @@ mod tests {
             gate.admit(other.as_bytes(), Some(&sig)).unwrap(),
             Admission::Done(WebhookOutcome::OtherApplication)
         ));
-        let open = WebhookGate::new("APP", Vec::new());
+        let open = WebhookGate::new("APP", WebhookVerification::UnsignedAllowed);
         assert!(matches!(open.admit(body.as_bytes(), None).unwrap(), Admission::Act(_)));
+    }
+
+    /// Rule 12: leaving the secret out never turns verification off.
+    #[test]
+    fn a_gate_without_a_secret_refuses_everything_unless_unsigned_is_allowed_by_name() {
+        let body =
+            format!(r#"{{"id":"W","resource":"serviceApp","event":"deauthorized","orgId":"{}"}}"#, org("o"));
+        for gate in [
+            WebhookGate::new("APP", WebhookVerification::default()),
+            WebhookGate::new("APP", WebhookVerification::signed(Vec::new())),
+        ] {
+            for signature in [None, Some("0".repeat(40))] {
+                let err = gate.admit(body.as_bytes(), signature.as_deref()).unwrap_err();
+                assert!(
+                    matches!(&err, Error::Configuration(m) if m.contains("allow_unsigned_webhooks")),
+                    "{err}"
+                );
+            }
+            assert!(gate.verification().current_secret().is_none());
+        }
+        let open = WebhookGate::new("APP", WebhookVerification::UnsignedAllowed);
+        assert!(matches!(open.admit(body.as_bytes(), None).unwrap(), Admission::Act(_)));
+        assert!(open.verification().allows_unsigned());
     }
 
     #[test]

@@ -70,6 +70,9 @@ macro_rules! flavour_adapter {
                 if let Some(secret) = &setup.webhook_secret {
                     builder = builder.webhook_secret(secret.clone());
                 }
+                if setup.allow_unsigned_webhooks {
+                    builder = builder.allow_unsigned_webhooks();
+                }
                 ::std::sync::Arc::new(AdapterSdk { byova: ::std::sync::Arc::new(builder.build().expect("build Byova")) })
             }
         }

@@ -52,6 +52,8 @@ pub struct Setup {
     pub clock: Arc<dyn Clock>,
     /// The webhook secret deliveries are verified with.
     pub webhook_secret: Option<WebhookSecret>,
+    /// Whether unsigned deliveries are allowed by name (the scenarios without a secret).
+    pub allow_unsigned_webhooks: bool,
 }
 
 impl std::fmt::Debug for Setup {
@@ -191,6 +193,7 @@ fn world_on(
         blocking_storage,
         clock: Arc::new(SystemClock),
         webhook_secret: secret.map(WebhookSecret::new),
+        allow_unsigned_webhooks: secret.is_none(),
     };
     let sdk = flavour.build(&setup);
     World { fake, setup, sdk }
@@ -405,6 +408,7 @@ scenarios!(
     webhooks_are_verified_applied_and_idempotent,
     the_webhook_lifecycle_matrix_in_memory,
     ensure_webhooks_creates_only_what_is_missing,
+    without_a_secret_deliveries_and_registrations_are_refused_unless_allowed_by_name,
     status_and_refresh_all_orgs,
     rate_limits_honour_retry_after,
     server_errors_and_dropped_connections_are_retried,
@@ -699,6 +703,34 @@ async fn ensure_webhooks_creates_only_what_is_missing(f: Arc<dyn Flavour>) {
     assert_eq!(w.sdk.count_webhooks().await.unwrap(), 2);
     w.fake.update_settings(|s| s.max_page_size = 1);
     assert_eq!(w.sdk.count_webhooks().await.unwrap(), 2, "pagination is followed");
+}
+
+/// Rule 12: a `Byova` built without a webhook secret refuses every delivery (signed or not)
+/// and creates no unsigned webhook; `allow_unsigned_webhooks` is the named way to take them.
+async fn without_a_secret_deliveries_and_registrations_are_refused_unless_allowed_by_name(
+    f: Arc<dyn Flavour>,
+) {
+    let mut w = world(f.as_ref(), None);
+    w.setup.allow_unsigned_webhooks = false;
+    let sdk = f.build(&w.setup);
+    w.seed_fresh_integration().await;
+    w.fake.authorize_org(ORG);
+    let (body, _) = w.fake.service_app_delivery(ServiceAppEventKind::Authorized, ORG, None);
+    let forged = byova_core::sign(&WebhookSecret::new("anything"), &body);
+    for signature in [None, Some(forged)] {
+        let err = sdk.handle_webhook(body.clone(), signature).await.unwrap_err();
+        assert!(matches!(&err, Error::Configuration(m) if m.contains("no webhook secret")), "{err:?}");
+    }
+    assert!(w.stored(&TokenKey::org(ORG)).await.is_none(), "nothing was registered");
+    let err = sdk.ensure_webhooks("https://hooks.example.test/webex".into(), None).await.unwrap_err();
+    assert!(matches!(&err, Error::Configuration(m) if m.contains("secret")), "{err:?}");
+    assert_eq!(w.fake.calls(Endpoint::Webhooks), 0, "no webhook was created or even listed");
+    // With the opt-in, the same delivery is applied and webhooks may be created unsigned.
+    w.setup.allow_unsigned_webhooks = true;
+    let open = f.build(&w.setup);
+    open.handle_webhook(body, None).await.expect("allowed by name");
+    assert!(w.stored(&TokenKey::org(ORG)).await.is_some());
+    assert_eq!(open.ensure_webhooks("https://hooks.example.test/webex".into(), None).await.unwrap(), 2);
 }
 
 async fn status_and_refresh_all_orgs(f: Arc<dyn Flavour>) {

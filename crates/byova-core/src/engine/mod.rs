@@ -41,12 +41,10 @@ use crate::key::{Expect, Lease, TokenKey, Versioned};
 use crate::oauth::{AuthorizationRequest, TokenCall, code_exchange_request, parse_token_response};
 use crate::pending::{PendingAuthorization, pending_key};
 use crate::policy::{KeyStatus, RetryDecision};
-use crate::secret::{
-    AccessToken, AuthorizationCode, CsrfState, PkceCodeVerifier, RefreshToken, WebhookSecret, random_u64,
-};
+use crate::secret::{AccessToken, AuthorizationCode, CsrfState, PkceCodeVerifier, RefreshToken, random_u64};
 use crate::time::Timestamp;
 use crate::tokens::OAuthTokens;
-use crate::webhook::WebhookGate;
+use crate::webhook::{WebhookGate, WebhookVerification};
 
 /// Whose client credentials a token engine refreshes with.
 #[derive(Debug)]
@@ -730,15 +728,15 @@ pub struct ServiceAppEngine {
 }
 
 impl ServiceAppEngine {
-    /// An engine for the Service App `credentials` under `config`; with `webhook_secrets`,
-    /// webhook deliveries must be signed with one of them (the first is the current one).
+    /// An engine for the Service App `credentials` under `config`, verifying webhook
+    /// deliveries as `webhooks` says.
     pub fn new(
         credentials: ServiceAppCredentials,
         config: ByovaConfig,
-        webhook_secrets: Vec<WebhookSecret>,
+        webhooks: WebhookVerification,
     ) -> Arc<Self> {
         let application_id = derive_application_id_in_region(&config.region, &credentials.client_id);
-        let gate = WebhookGate::new(application_id.clone(), webhook_secrets);
+        let gate = WebhookGate::new(application_id.clone(), webhooks);
         let tokens = TokenEngine::new(config, Client::ServiceApp { credentials: credentials.clone() });
         Arc::new(Self { tokens, credentials, application_id, gate })
     }
@@ -851,8 +849,11 @@ mod tests {
 
     #[test]
     fn every_form_of_an_org_id_reads_the_same_cache_entry() {
-        let engine =
-            ServiceAppEngine::new(ServiceAppCredentials::new("C", "s"), ByovaConfig::default(), Vec::new());
+        let engine = ServiceAppEngine::new(
+            ServiceAppCredentials::new("C", "s"),
+            ByovaConfig::default(),
+            WebhookVerification::default(),
+        );
         let org = "63b02f90-9cc6-43b8-aa6d-cad425ac554c";
         let now = Timestamp::from_unix_secs(1_000);
         let tokens = OAuthTokens::new(AccessToken::new("A"), 3_600, now);

@@ -74,7 +74,7 @@ enum Who {
 fn engine(who: Who) -> Arc<Engine> {
     match who {
         Who::Integration => IntegrationEngine::new(int_creds(), config()).tokens().clone(),
-        Who::ServiceApp => ServiceAppEngine::new(sa_creds(), config(), Vec::new()).tokens().clone(),
+        Who::ServiceApp => ServiceAppEngine::new(sa_creds(), config(), Default::default()).tokens().clone(),
     }
 }
 

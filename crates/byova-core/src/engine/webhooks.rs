@@ -159,14 +159,26 @@ impl ServiceAppEngine {
 
     /// Makes sure the `serviceApp` `authorized` and `deauthorized` webhooks deliver to
     /// `target_url`: creates what is missing, re-activates what Webex disabled, and moves
-    /// webhooks signed with another secret to `secret`. Returns the webhooks it created or
-    /// updated.
+    /// webhooks signed with another secret to `secret` (without one, the current secret
+    /// deliveries are verified with). Returns the webhooks it created or updated.
+    ///
+    /// Fails with [`Error::Configuration`] when there is no secret at all and unsigned
+    /// webhooks were not allowed by name (rule 12: a left-out setting never makes them unsigned).
     pub fn ensure_webhooks(
         self: &Arc<Self>,
         target_url: &str,
         secret: Option<&WebhookSecret>,
         now: Timestamp,
     ) -> Step<Vec<Webhook>> {
+        let verification = self.gate.verification();
+        let secret = secret.or(verification.current_secret());
+        if secret.is_none() && !verification.allows_unsigned() {
+            return done(Err(Error::Configuration(
+                "webhooks are created with a secret: give one (BYOVA_WEBHOOK_SECRET, --secret-file), or allow \
+                 unsigned webhooks by name (ByovaBuilder::allow_unsigned_webhooks, `--unsigned`)"
+                    .into(),
+            )));
+        }
         let wanted = NewWebhook::service_app_pair(self.application_id(), target_url, secret);
         let engine = self.clone();
         self.list_webhooks().then(now, move |existing, now| match existing {
