@@ -24,6 +24,15 @@ fn world() -> World {
     World { fake, storage }
 }
 
+/// The rejection cool-down these tests run with (10 minutes by default).
+const COOLDOWN: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn config(fake: &FakeWebex) -> byova_core::ByovaConfig {
+    let mut config = fake.config();
+    config.refresh.rejection_cooldown = COOLDOWN;
+    config
+}
+
 fn token_calls(fake: &FakeWebex) -> u64 {
     fake.calls(Endpoint::AccessToken) + fake.calls(Endpoint::ApplicationToken)
 }
@@ -34,7 +43,7 @@ impl World {
             self.fake.integration_credentials(),
             self.fake.service_app_credentials(),
         )
-        .config(self.fake.config())
+        .config(config(&self.fake))
         .storage(self.storage.clone())
         .build()
         .unwrap();
@@ -46,7 +55,7 @@ impl World {
             self.fake.integration_credentials(),
             self.fake.service_app_credentials(),
         )
-        .config(self.fake.config())
+        .config(config(&self.fake))
         .storage(self.storage.clone())
         .build()
         .unwrap();
@@ -100,6 +109,82 @@ async fn reqwest_middleware_renews_a_revoked_token_once() {
             assert_eq!(r.await.unwrap().unwrap(), 200);
         }
         assert_eq!(token_calls(&w.fake) - calls, 1, "{org:?}: fifty 401s, one refresh");
+    }
+}
+
+/// Rule 11 with reqwest: 150 requests to a resource that answers 401 whatever the bearer (the
+/// token lacks a scope) cost one refresh, not one per request; the 401s reach the caller; the
+/// cool-down is stored, so another process holds back too; and a token Webex then really
+/// revokes on another resource still renews at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reqwest_middleware_refreshes_once_for_a_401_no_token_cures() {
+    for org in [None, Some(ORG)] {
+        let w = world();
+        let byova = w.async_byova();
+        let auth = |byova: &Arc<byova_async::Byova>| match org {
+            None => byova_async::BearerAuth::integration(byova.clone()),
+            Some(org) => byova_async::BearerAuth::org(byova.clone(), org),
+        };
+        let client = bearer_client(auth(&byova));
+        let devices = format!("{}/devices", w.fake.base_url());
+        let calls = token_calls(&w.fake);
+        for _ in 0..150 {
+            assert_eq!(client.get(&devices).send().await.unwrap().status(), 401);
+        }
+        let refreshes = token_calls(&w.fake) - calls;
+        println!("{org:?}: 150 requests to a resource that always answers 401 -> {refreshes} refresh(es)");
+        assert_eq!(refreshes, 1, "{org:?}: one renewal, then the 401s go back to the caller");
+        assert_eq!(w.fake.calls(Endpoint::ScopeMissing), 151, "{org:?}: one retry, the first time only");
+        // Another process sharing the store holds back as well.
+        let other = bearer_client(auth(&w.async_byova()));
+        for _ in 0..20 {
+            assert_eq!(other.get(&devices).send().await.unwrap().status(), 401);
+        }
+        assert_eq!(token_calls(&w.fake) - calls, 1, "{org:?}: the cool-down is in the store");
+        // The token works where its scopes reach; once the cool-down is over, a token Webex
+        // really revoked renews at once.
+        assert_eq!(client.get(w.people_me()).send().await.unwrap().status(), 200);
+        let token = match org {
+            None => byova.integration().get_access_token().await.unwrap(),
+            Some(org) => byova.service_app().get_access_token(org).await.unwrap(),
+        };
+        assert!(w.fake.revoke_access_token(token.expose_secret()));
+        tokio::time::sleep(COOLDOWN + std::time::Duration::from_millis(100)).await;
+        assert_eq!(client.get(w.people_me()).send().await.unwrap().status(), 200, "{org:?}: renewed");
+        assert_eq!(token_calls(&w.fake) - calls, 2, "{org:?}: a real revocation costs its one refresh");
+    }
+}
+
+/// The same with ureq.
+#[test]
+fn ureq_middleware_refreshes_once_for_a_401_no_token_cures() {
+    for org in [None, Some(ORG)] {
+        let w = world();
+        let byova = w.blocking_byova();
+        let auth = match org {
+            None => byova_blocking::BearerAuth::integration(byova.clone()),
+            Some(org) => byova_blocking::BearerAuth::org(byova.clone(), org),
+        };
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().http_status_as_error(false).middleware(auth).build().into();
+        let devices = format!("{}/devices", w.fake.base_url());
+        let calls = token_calls(&w.fake);
+        for _ in 0..150 {
+            assert_eq!(agent.get(&devices).call().unwrap().status(), 401);
+        }
+        let refreshes = token_calls(&w.fake) - calls;
+        println!(
+            "{org:?} (ureq): 150 requests to a resource that always answers 401 -> {refreshes} refresh(es)"
+        );
+        assert_eq!(refreshes, 1, "{org:?}: one renewal, then the 401s go back to the caller");
+        let token = match org {
+            None => byova.integration().get_access_token().unwrap(),
+            Some(org) => byova.service_app().get_access_token(org).unwrap(),
+        };
+        assert!(w.fake.revoke_access_token(token.expose_secret()));
+        std::thread::sleep(COOLDOWN + std::time::Duration::from_millis(100));
+        assert_eq!(agent.get(&w.people_me()).call().unwrap().status(), 200, "{org:?}: renewed");
+        assert_eq!(token_calls(&w.fake) - calls, 2);
     }
 }
 
@@ -227,15 +312,18 @@ async fn the_readme_quickstart_flow_against_the_fake() {
         Ok(())
     };
     let integration = fake.integration_credentials().with_redirect_uri("http://127.0.0.1:0/callback");
+    let secret = byova_async::WebhookSecret::new("quickstart-secret");
     let byova = byova_async::Byova::builder(integration, fake.service_app_credentials())
         .config(fake.config())
+        .webhook_secret(secret.clone())
         .build()
         .unwrap();
     byova.integration().authorize(AuthorizeOptions::default().with_browser(browser)).await.unwrap();
     let bearer = byova.integration().get_access_token().await.unwrap();
     assert!(fake.is_access_token_valid(bearer.expose_secret()));
     fake.authorize_org(ORG);
-    let (raw_body, signature) = fake.service_app_delivery(ServiceAppEventKind::Authorized, ORG, None);
+    let (raw_body, signature) =
+        fake.service_app_delivery(ServiceAppEventKind::Authorized, ORG, Some(&secret));
     let outcome = byova.handle_service_app_webhook(&raw_body, signature.as_deref()).await.unwrap();
     assert_eq!(outcome.org_id(), Some(ORG));
     let org_token = byova.service_app().get_access_token(ORG).await.unwrap();

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use byova_core::engine::IntegrationEngine;
 use byova_core::{
-    AccessToken, AuthorizeOptions, ByovaConfig, Clock, CoarseClock, IntegrationCredentials, KeyStatus,
-    OAuthTokens, RefreshToken, Result, TokenKey, TokenStorage,
+    AccessToken, AuthorizeOptions, ByovaConfig, Clock, CoarseClock, IntegrationCredentials, Invalidation,
+    KeyStatus, OAuthTokens, RefreshToken, Result, TokenKey, TokenStorage,
 };
 
 use crate::driver::{Agent, Drive};
@@ -189,7 +189,26 @@ impl IntegrationTokenManager {
     /// process and in every process sharing the store (they stop serving it once their cache
     /// revalidates, 30 s at most by default). Errors: storage's.
     /// Cancel safety: the record is marked in one versioned write, or not at all.
-    pub async fn invalidate(&self, rejected: &AccessToken) -> Result<()> {
+    ///
+    /// A token that was itself obtained because Webex rejected the one before it, and is
+    /// rejected again within [`RefreshPolicy::rejection_cooldown`](byova_core::RefreshPolicy::rejection_cooldown)
+    /// (10 minutes, doubling with each repetition), is not renewed: the answer is
+    /// [`Invalidation::NotAboutTheToken`](byova_core::Invalidation::NotAboutTheToken), and the
+    /// 401 belongs to the caller (a missing scope, say). Webex caps the live tokens of a user;
+    /// every refresh mints one.
+    pub async fn invalidate(&self, rejected: &AccessToken) -> Result<Invalidation> {
         self.agent.run(self.engine.invalidate(rejected, self.agent.now())).await
+    }
+
+    /// Webex rejected `renewed` too: the token a request was retried with after a 401 and
+    /// [`invalidate`](Self::invalidate). That 401 is not about the token (a missing scope, a
+    /// resource the Integration may not see): for the cool-down
+    /// ([`RefreshPolicy::rejection_cooldown`](byova_core::RefreshPolicy::rejection_cooldown),
+    /// 10 minutes, doubling while it repeats) `invalidate` answers
+    /// [`Invalidation::NotAboutTheToken`](byova_core::Invalidation::NotAboutTheToken) for it and
+    /// renews nothing, here and in every process sharing the store. `BearerAuth` calls it for
+    /// you. Errors: storage's.
+    pub async fn rejected_again(&self, renewed: &AccessToken) -> Result<Invalidation> {
+        self.agent.run(self.engine.rejected_again(renewed, self.agent.now())).await
     }
 }

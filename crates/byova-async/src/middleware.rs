@@ -23,7 +23,7 @@ use reqwest::{Request, Response, StatusCode};
 use reqwest_middleware::{Middleware, Next};
 
 use crate::Byova;
-use byova_core::{AccessToken, TokenKey};
+use byova_core::{AccessToken, Invalidation, TokenKey};
 
 /// reqwest-middleware that authenticates requests to Webex's API (the configured base URL's
 /// origin; requests to other hosts pass untouched) with byova's tokens: `Authorization:
@@ -32,6 +32,13 @@ use byova_core::{AccessToken, TokenKey};
 /// and the request sent once more with a fresh one. Many requests meeting the same revoked
 /// token cause one refresh. A request whose body cannot be cloned (a stream) is not retried:
 /// its 401 is returned.
+///
+/// Webex caps the live tokens of a user (about 750) and every refresh mints one, so a 401 that
+/// a fresh token does not cure (the retry is refused too: a missing scope, a resource the
+/// identity may not see) costs at most one refresh: further 401s on that identity are returned
+/// as they are for a cool-down ([`RefreshPolicy::rejection_cooldown`](byova_core::RefreshPolicy::rejection_cooldown),
+/// 10 minutes by default, doubling while it repeats). A token Webex really revoked still
+/// renews at once, however young.
 #[derive(Clone)]
 pub struct BearerAuth {
     byova: Arc<Byova>,
@@ -62,10 +69,17 @@ impl BearerAuth {
         }
     }
 
-    async fn invalidate(&self, rejected: &AccessToken) -> byova_core::Result<()> {
+    async fn invalidate(&self, rejected: &AccessToken) -> byova_core::Result<Invalidation> {
         match &self.subject {
             TokenKey::Integration => self.byova.integration().invalidate(rejected).await,
             TokenKey::Org(org) => self.byova.service_app().invalidate(org, rejected).await,
+        }
+    }
+
+    async fn rejected_again(&self, renewed: &AccessToken) -> byova_core::Result<Invalidation> {
+        match &self.subject {
+            TokenKey::Integration => self.byova.integration().rejected_again(renewed).await,
+            TokenKey::Org(org) => self.byova.service_app().rejected_again(org, renewed).await,
         }
     }
 
@@ -97,16 +111,27 @@ impl Middleware for BearerAuth {
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
-        if let Err(e) = self.invalidate(&sent).await {
-            tracing::warn!(error = %e, "Webex answered 401 but the token could not be invalidated");
-            return Ok(response);
+        match self.invalidate(&sent).await {
+            Ok(Invalidation::Renew) => {}
+            // A 401 a fresh token did not cure: the caller's, without another refresh.
+            Ok(_) => return Ok(response),
+            Err(e) => {
+                tracing::warn!(error = %e, "Webex answered 401 but the token could not be invalidated");
+                return Ok(response);
+            }
         }
         let Some(retry) = retry else {
             tracing::debug!("401 on a request whose body cannot be cloned: invalidated, not retried");
             return Ok(response);
         };
         tracing::info!("Webex answered 401: invalidated the token; retrying once");
-        let (retry, _) = self.authorized(retry).await?;
-        next.run(retry, extensions).await
+        let (retry, renewed) = self.authorized(retry).await?;
+        let response = next.run(retry, extensions).await?;
+        if response.status() == StatusCode::UNAUTHORIZED {
+            // Rejected with a fresh token too: not about the token. 401s on it renew nothing
+            // for the cool-down.
+            let _ = self.rejected_again(&renewed).await;
+        }
+        Ok(response)
     }
 }

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use byova_core::engine::ServiceAppEngine;
 use byova_core::{
-    AccessToken, KeyStatus, RefreshToken, Result, ServiceAppCredentials, ServiceAppTokens, TokenStorage,
+    AccessToken, Invalidation, KeyStatus, RefreshToken, Result, ServiceAppCredentials, ServiceAppTokens,
+    TokenStorage,
 };
 
 use crate::driver::{Agent, Drive};
@@ -128,7 +129,13 @@ impl ServiceAppTokenManager {
     /// Stops serving `rejected` for `org_id`, a token Webex answered 401 to: as
     /// [`IntegrationTokenManager::invalidate`](crate::IntegrationTokenManager::invalidate).
     /// Cancel safety: the record is marked in one versioned write, or not at all.
-    pub async fn invalidate(&self, org_id: &str, rejected: &AccessToken) -> Result<()> {
+    pub async fn invalidate(&self, org_id: &str, rejected: &AccessToken) -> Result<Invalidation> {
         self.agent.run(self.engine.invalidate(org_id, rejected, self.agent.now())).await
+    }
+
+    /// Webex rejected `renewed` too, the token a request for `org_id` was retried with: as
+    /// [`IntegrationTokenManager::rejected_again`](crate::IntegrationTokenManager::rejected_again).
+    pub async fn rejected_again(&self, org_id: &str, renewed: &AccessToken) -> Result<Invalidation> {
+        self.agent.run(self.engine.rejected_again(org_id, renewed, self.agent.now())).await
     }
 }

@@ -19,7 +19,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use byova_core::{AccessToken, TokenKey};
+use byova_core::{AccessToken, Invalidation, TokenKey};
 use ureq::http::header::{AUTHORIZATION, HeaderValue};
 use ureq::http::{Method, Request, Response, StatusCode};
 use ureq::middleware::{Middleware, MiddlewareNext};
@@ -32,7 +32,10 @@ use crate::Byova;
 /// from [`Byova::integration`] or one org's Service App token; on a 401 the token is
 /// invalidated ([`IntegrationTokenManager::invalidate`](crate::IntegrationTokenManager::invalidate))
 /// and the request sent once more with a fresh one. Many requests meeting the same revoked
-/// token cause one refresh.
+/// token cause one refresh. A 401 that a fresh token does not cure costs at most one refresh:
+/// further 401s on that identity are returned as they are for a cool-down
+/// ([`RefreshPolicy::rejection_cooldown`](byova_core::RefreshPolicy::rejection_cooldown)), since
+/// Webex caps the live tokens of a user and every refresh mints one.
 ///
 /// ureq hands a middleware its request body as a one-shot stream and its chain as a one-shot
 /// continuation, so only requests without a body (`GET`, `HEAD`, `DELETE`, `OPTIONS`) are
@@ -91,10 +94,17 @@ impl BearerAuth {
         }
     }
 
-    fn invalidate(&self, rejected: &AccessToken) -> byova_core::Result<()> {
+    fn invalidate(&self, rejected: &AccessToken) -> byova_core::Result<Invalidation> {
         match &self.subject {
             TokenKey::Integration => self.byova.integration().invalidate(rejected),
             TokenKey::Org(org) => self.byova.service_app().invalidate(org, rejected),
+        }
+    }
+
+    fn rejected_again(&self, renewed: &AccessToken) -> byova_core::Result<Invalidation> {
+        match &self.subject {
+            TokenKey::Integration => self.byova.integration().rejected_again(renewed),
+            TokenKey::Org(org) => self.byova.service_app().rejected_again(org, renewed),
         }
     }
 
@@ -139,20 +149,30 @@ impl Middleware for BearerAuth {
         if !unauthorized {
             return answered;
         }
-        if let Err(e) = self.invalidate(&sent) {
-            tracing::warn!(error = %e, "Webex answered 401 but the token could not be invalidated");
-            return answered;
+        match self.invalidate(&sent) {
+            Ok(Invalidation::Renew) => {}
+            // A 401 a fresh token did not cure: the caller's, without another refresh.
+            Ok(_) => return answered,
+            Err(e) => {
+                tracing::warn!(error = %e, "Webex answered 401 but the token could not be invalidated");
+                return answered;
+            }
         }
         let Some(again) = again else {
             tracing::debug!("401 on a request with a body: not retried; the token is invalidated");
             return answered;
         };
         tracing::info!("Webex answered 401: invalidated the token; retrying once");
-        let (value, _) = self.bearer()?;
+        let (value, renewed) = self.bearer()?;
         let retry = again.header(AUTHORIZATION, value).body(()).map_err(ureq::Error::from)?;
         let response = self.retry_agent.run(retry)?;
-        // Answer as the caller's agent would: statuses as errors when it turns them into errors.
         let status = response.status();
+        if status == StatusCode::UNAUTHORIZED {
+            // Rejected with a fresh token too: not about the token. 401s on it renew nothing
+            // for the cool-down.
+            let _ = self.rejected_again(&renewed);
+        }
+        // Answer as the caller's agent would: statuses as errors when it turns them into errors.
         if matches!(answered, Err(ureq::Error::StatusCode(_)))
             && (status.is_client_error() || status.is_server_error())
         {

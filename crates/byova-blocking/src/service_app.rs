@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use byova_core::engine::ServiceAppEngine;
 use byova_core::{
-    AccessToken, BlockingTokenStorage, KeyStatus, RefreshToken, Result, ServiceAppCredentials,
+    AccessToken, BlockingTokenStorage, Invalidation, KeyStatus, RefreshToken, Result, ServiceAppCredentials,
     ServiceAppTokens,
 };
 
@@ -117,7 +117,13 @@ impl ServiceAppTokenManager {
 
     /// Stops serving `rejected` for `org_id`, a token Webex answered 401 to: as
     /// [`IntegrationTokenManager::invalidate`](crate::IntegrationTokenManager::invalidate).
-    pub fn invalidate(&self, org_id: &str, rejected: &AccessToken) -> Result<()> {
+    pub fn invalidate(&self, org_id: &str, rejected: &AccessToken) -> Result<Invalidation> {
         self.agent.run(self.engine.invalidate(org_id, rejected, self.agent.now()))
+    }
+
+    /// Webex rejected `renewed` too, the token a request for `org_id` was retried with: as
+    /// [`IntegrationTokenManager::rejected_again`](crate::IntegrationTokenManager::rejected_again).
+    pub fn rejected_again(&self, org_id: &str, renewed: &AccessToken) -> Result<Invalidation> {
+        self.agent.run(self.engine.rejected_again(org_id, renewed, self.agent.now()))
     }
 }

@@ -53,6 +53,11 @@ struct Cli {
     /// under Webex's rate limit; 0 turns the budget off [default: 240].
     #[arg(long, global = true, env = "BYOVA_MAX_TOKEN_CALLS_PER_MINUTE", value_name = "CALLS")]
     max_token_calls_per_minute: Option<u32>,
+    /// Seconds during which 401s on a token renew nothing once a request retried with a
+    /// renewed token was refused too (Webex caps a user's live tokens at about 750; every
+    /// refresh mints one); doubles while it repeats; 0 turns it off [default: 600].
+    #[arg(long, global = true, env = "BYOVA_REJECTION_COOLDOWN", value_name = "SECONDS")]
+    rejection_cooldown: Option<u64>,
     /// Print JSON for scripts instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -177,11 +182,15 @@ enum OrgCommand {
         /// What to read.
         file: String,
     },
-    /// Refresh every org now, honouring Retry-After.
+    /// Refresh every org now, honouring Retry-After. Tokens obtained in the last 10 minutes
+    /// are left as they are (each refresh mints a token Webex counts against a per-user cap).
     RefreshAll {
         /// Orgs refreshed at once.
         #[arg(long, default_value_t = 8)]
         concurrency: usize,
+        /// Refresh tokens obtained moments ago too.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -451,6 +460,12 @@ async fn connect(cli: &Cli) -> Result<Byova, Failure> {
         config.token_budget = env.config.token_budget.take();
         env.config = config;
     }
+    if let Some(secs) = cli.rejection_cooldown {
+        env.config.refresh.rejection_cooldown = Duration::from_secs(secs);
+    }
+    if let Command::Org(OrgCommand::RefreshAll { force: true, .. }) = &cli.command {
+        env.config.refresh.forced_refresh_floor = Duration::ZERO;
+    }
     if let Some(calls) = cli.max_token_calls_per_minute {
         env.config.token_budget = (calls > 0).then(|| byova_core::TokenBudget::per_minute(calls));
     }
@@ -579,7 +594,7 @@ async fn org(byova: &Byova, cmd: OrgCommand, as_json: bool) -> Outcome {
             sa.remove_org(&org).await?;
             print_line(as_json, json!({"removed": org}), || format!("Removed org {org}."));
         }
-        OrgCommand::RefreshAll { concurrency } => refresh_all(byova, concurrency, as_json).await?,
+        OrgCommand::RefreshAll { concurrency, .. } => refresh_all(byova, concurrency, as_json).await?,
         OrgCommand::Export { file } => {
             transfer::export(byova.integration().storage(), &file, as_json).await?
         }

@@ -293,7 +293,10 @@ fn org_commands_register_fetch_token_list_refresh_and_remove() {
     assert_eq!(keys, [format!("org:{ORG}"), "org:org-two".into()]);
     assert!(list.as_array().unwrap().iter().all(|s| s["state"] == "valid"));
     let before = env.fake.refresh_calls();
-    let all = env.run(&["org", "refresh-all", "--concurrency", "2"]);
+    let floored = env.run(&["org", "refresh-all", "--concurrency", "2"]);
+    assert!(floored.status.success(), "{}", stderr(&floored));
+    assert_eq!(env.fake.refresh_calls(), before, "tokens obtained moments ago are not refreshed again");
+    let all = env.run(&["org", "refresh-all", "--concurrency", "2", "--force"]);
     assert!(all.status.success(), "{}", stderr(&all));
     assert_eq!(
         stdout(&all).lines().filter(|l| l.starts_with("refreshed ")).count(),
@@ -873,7 +876,7 @@ fn tokens_are_sealed_at_rest_with_a_storage_key() {
     let wrong = keyed(new_key, &["org", "token", "org-sealed"], None);
     assert_fails(&wrong, 4, "does not hold");
     let rotated = format!("{new_key},{old_key}");
-    let refreshed = keyed(&rotated, &["org", "refresh-all"], None);
+    let refreshed = keyed(&rotated, &["org", "refresh-all", "--force"], None);
     assert!(refreshed.status.success(), "{}", stderr(&refreshed));
     let token = keyed(new_key, &["org", "token", "org-sealed"], None);
     assert!(token.status.success(), "re-sealed under the new key by the refresh: {}", stderr(&token));
@@ -926,7 +929,7 @@ fn export_import_round_trip(from: &Env, to: &Env) {
         assert!(listed.contains(&org), "{org} imported: {listed:?}");
     }
     // A refresh in the new store makes its record newer: importing the old export keeps it.
-    assert!(to.run(&["org", "refresh-all"]).status.success());
+    assert!(to.run(&["org", "refresh-all", "--force"]).status.success());
     let newer = to.run(&["org", "token", "org-e2"]);
     let third = to.run(&["org", "import", path, "--json"]);
     let counts: serde_json::Value = serde_json::from_slice(&third.stdout).unwrap();

@@ -77,8 +77,8 @@ pub use credentials::{
     credentials_from_lookup, env, load_credentials_from_env,
 };
 pub use engine::{
-    BulkProgress, Flight, IntegrationEngine, OrgRefresh, ProgressFn, Sent, ServiceAppEngine, Step, Then,
-    TokenEngine, Wiring,
+    BulkProgress, Flight, IntegrationEngine, Invalidation, OrgRefresh, ProgressFn, Sent, ServiceAppEngine,
+    Step, Then, TokenEngine, Wiring,
 };
 pub use error::{ApiFailure, Error, Result, SignatureError, StorageError, StorageErrorKind, TokenSubject};
 pub use http::{
@@ -94,7 +94,7 @@ pub use listener::{
     CallbackConnection, CallbackHandler, CallbackReply, CallbackVerdict, ConnectionStep, HeadProgress,
     HeadReader, LoopbackRedirect, MAX_CALLBACK_HEAD_BYTES, RequestHead, parse_request_head,
 };
-pub use metrics::{Metrics, metrics};
+pub use metrics::{Metrics, SkipReason, metrics};
 pub use oauth::{
     AuthorizationRequest, MAX_TOKEN_RESPONSE_BYTES, TokenCall, api_error, code_exchange_request,
     error_from_response, known_oauth_error, parse_retry_after, parse_token_response, refresh_request,

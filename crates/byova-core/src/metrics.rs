@@ -16,6 +16,16 @@ use crate::time::Timestamp;
 const WEBHOOK_OUTCOMES: [&str; 7] =
     ["registered", "removed", "superseded", "other_application", "rejected", "invalid", "failed"];
 
+/// Why a refresh was not made (see [`Metrics::record_refresh_skipped`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SkipReason {
+    /// A 401 on a token that was itself minted because Webex rejected its predecessor.
+    RejectionCooldown,
+    /// A forced refresh of tokens obtained moments ago.
+    ForcedFloor,
+}
+
 /// The counters. One per process: [`metrics`].
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -27,6 +37,8 @@ pub struct Metrics {
     refreshes_ok: AtomicU64,
     refreshes_failed: AtomicU64,
     budget_waits: AtomicU64,
+    skipped_rejection_cooldown: AtomicU64,
+    skipped_forced_floor: AtomicU64,
     webhooks: [AtomicU64; WEBHOOK_OUTCOMES.len()],
 }
 
@@ -39,6 +51,8 @@ static METRICS: Metrics = Metrics {
     refreshes_ok: AtomicU64::new(0),
     refreshes_failed: AtomicU64::new(0),
     budget_waits: AtomicU64::new(0),
+    skipped_rejection_cooldown: AtomicU64::new(0),
+    skipped_forced_floor: AtomicU64::new(0),
     webhooks: [const { AtomicU64::new(0) }; WEBHOOK_OUTCOMES.len()],
 };
 
@@ -87,6 +101,25 @@ impl Metrics {
     /// had no room.
     pub fn record_budget_wait(&self) {
         add(&self.budget_waits);
+    }
+
+    /// A refresh was not made to save Webex's per-user token cap: a 401 on a token that was
+    /// itself a renewal after a 401 (`rejection_cooldown`), or a forced refresh of tokens just
+    /// obtained (`forced_floor`).
+    pub fn record_refresh_skipped(&self, reason: SkipReason) {
+        add(match reason {
+            SkipReason::RejectionCooldown => &self.skipped_rejection_cooldown,
+            SkipReason::ForcedFloor => &self.skipped_forced_floor,
+        });
+    }
+
+    /// Refreshes skipped so far for `reason`.
+    pub fn refreshes_skipped(&self, reason: SkipReason) -> u64 {
+        match reason {
+            SkipReason::RejectionCooldown => &self.skipped_rejection_cooldown,
+            SkipReason::ForcedFloor => &self.skipped_forced_floor,
+        }
+        .load(Ordering::Relaxed)
     }
 
     /// How often the token budget held a call back so far.
@@ -160,6 +193,15 @@ impl Metrics {
             &[
                 (label("outcome", "success"), get(&self.refreshes_ok).to_string()),
                 (label("outcome", "failure"), get(&self.refreshes_failed).to_string()),
+            ],
+        );
+        family(
+            "byova_refreshes_skipped_total",
+            "counter",
+            "Refreshes not made to stay under Webex's per-user token cap, by reason.",
+            &[
+                (label("reason", "rejection_cooldown"), get(&self.skipped_rejection_cooldown).to_string()),
+                (label("reason", "forced_floor"), get(&self.skipped_forced_floor).to_string()),
             ],
         );
         let webhooks: Vec<_> = WEBHOOK_OUTCOMES

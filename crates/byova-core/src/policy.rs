@@ -42,11 +42,29 @@ pub struct RefreshPolicy {
     /// The latest point of the refresh window, in percent of the lifetime (0–100); at the
     /// same value as `refresh_from_percent` every key refreshes at that one point.
     pub refresh_ahead_percent: u8,
+    /// Webex caps the live tokens of a user (about 750) and every refresh mints one, so a 401
+    /// that a fresh token does not cure must not buy another. When the retry of a request
+    /// with the token renewed after a 401 is rejected too, further 401s on that token are
+    /// handed back without a refresh for this long (doubling with each renewal in a row, up
+    /// to 64 times). A token Webex really revoked still renews at once, however young. Zero
+    /// turns the cool-down off. 10 minutes by default.
+    pub rejection_cooldown: Duration,
+    /// A forced refresh (`refresh`, `refresh_for_org`, `refresh_all_orgs`, without a refresh
+    /// token of the caller's) of tokens obtained less than this long ago, still valid and not
+    /// rejected, returns them without calling Webex. Zero forces every time. 10 minutes by
+    /// default.
+    pub forced_refresh_floor: Duration,
 }
 
 impl Default for RefreshPolicy {
     fn default() -> Self {
-        Self { expiry_buffer: Duration::from_secs(60), refresh_from_percent: 50, refresh_ahead_percent: 80 }
+        Self {
+            expiry_buffer: Duration::from_secs(60),
+            refresh_from_percent: 50,
+            refresh_ahead_percent: 80,
+            rejection_cooldown: Duration::from_secs(600),
+            forced_refresh_floor: Duration::from_secs(600),
+        }
     }
 }
 
@@ -62,6 +80,37 @@ impl RefreshPolicy {
         } else {
             Freshness::Fresh
         }
+    }
+
+    /// How long 401s on `tokens` renew nothing once the cool-down starts: the configured
+    /// cool-down, doubled for each renewal in a row beyond the first (at most 64 times).
+    pub fn rejection_cooldown_for(&self, tokens: &OAuthTokens) -> Duration {
+        self.rejection_cooldown.saturating_mul(1u32 << tokens.renewals.saturating_sub(1).min(6))
+    }
+
+    /// Until when a 401 on `tokens` is not answered with a refresh at `now`, or `None` when it
+    /// renews them. It is not when a retry with them was rejected too (the cool-down stored
+    /// with them, [`OAuthTokens::cooldown_until`]), or when they are the
+    /// third renewal in a row and still within the cool-down of
+    /// their minting (a client that never reports a rejected retry cannot loop either).
+    pub fn rejection_cooldown_until(&self, tokens: &OAuthTokens, now: Timestamp) -> Option<Timestamp> {
+        if self.rejection_cooldown.is_zero() {
+            return None;
+        }
+        if let Some(until) = tokens.cooldown_until.filter(|until| now < *until) {
+            return Some(until);
+        }
+        let until = tokens.obtained_at.saturating_add(self.rejection_cooldown_for(tokens));
+        (tokens.renewals >= AUTOMATIC_COOLDOWN_RENEWALS && now < until).then_some(until)
+    }
+
+    /// Whether a forced refresh of `tokens` at `now` is answered with them instead (see
+    /// [`forced_refresh_floor`](Self::forced_refresh_floor)).
+    pub fn within_forced_floor(&self, tokens: &OAuthTokens, now: Timestamp) -> bool {
+        !tokens.reauthorization_required
+            && tokens.expires_in > 0
+            && now < tokens.obtained_at.saturating_add(self.forced_refresh_floor)
+            && !tokens.is_expired(self.buffer_for(tokens), now)
     }
 
     /// The expiry buffer for `tokens`: the configured one, or a tenth of their lifetime when
@@ -83,6 +132,10 @@ impl RefreshPolicy {
         opens.saturating_add(Duration::from_millis(offset_ms))
     }
 }
+
+/// Renewals on 401 in a row after which a 401 on the newest renews nothing within its
+/// cool-down, even when no rejected retry was reported.
+pub(crate) const AUTOMATIC_COOLDOWN_RENEWALS: u32 = 3;
 
 /// What places `key` in the refresh window: a hash of the key alone (FNV-1a), so every
 /// replica computes the same refresh point for it.
@@ -378,6 +431,42 @@ mod tests {
         );
         assert_eq!(p.state(&tokens(1_000, 1_000), at(3_000), 0), TokenState::ReauthorizationRequired);
         assert_eq!(TokenState::RefreshSoon.as_str(), "refresh_soon");
+    }
+
+    #[test]
+    fn the_rejection_cooldown_doubles_with_renewals_and_can_be_turned_off() {
+        let p = RefreshPolicy::default();
+        let at = Timestamp::from_unix_secs;
+        let mut t = tokens(1_000, 3_600);
+        assert_eq!(p.rejection_cooldown_until(&t, at(1_001)), None, "an ordinary token renews");
+        t.cooldown_until = Some(at(1_600));
+        assert_eq!(p.rejection_cooldown_until(&t, at(1_001)), Some(at(1_600)), "a rejected retry");
+        assert_eq!(p.rejection_cooldown_until(&t, at(1_600)), None, "until then only");
+        t.cooldown_until = None;
+        t.renewals = 2;
+        assert_eq!(p.rejection_cooldown_for(&t), Duration::from_secs(1_200));
+        assert_eq!(p.rejection_cooldown_until(&t, at(1_001)), None, "two renewals in a row still renew");
+        t.renewals = 3;
+        assert_eq!(p.rejection_cooldown_until(&t, at(1_001)), Some(at(1_000 + 2_400)), "the third holds");
+        t.renewals = 40;
+        assert_eq!(p.rejection_cooldown_for(&t), Duration::from_secs(600 * 64), "capped at 64 times");
+        let off = RefreshPolicy { rejection_cooldown: Duration::ZERO, ..RefreshPolicy::default() };
+        t.cooldown_until = Some(at(1_600));
+        assert_eq!(off.rejection_cooldown_until(&t, at(1_001)), None);
+    }
+
+    #[test]
+    fn forced_refreshes_have_a_floor_that_expiry_and_marks_cross() {
+        let p = RefreshPolicy::default();
+        let at = Timestamp::from_unix_secs;
+        let t = tokens(1_000, 3_600);
+        assert!(p.within_forced_floor(&t, at(1_599)));
+        assert!(!p.within_forced_floor(&t, at(1_600)), "10 minutes by default");
+        assert!(!p.within_forced_floor(&t.clone().access_rejected(), at(1_001)), "a rejected token");
+        assert!(!p.within_forced_floor(&t.clone().rejected(), at(1_001)), "a marked record");
+        assert!(!p.within_forced_floor(&tokens(1_000, 30), at(1_028)), "a token about to expire");
+        let none = RefreshPolicy { forced_refresh_floor: Duration::ZERO, ..RefreshPolicy::default() };
+        assert!(!none.within_forced_floor(&t, at(1_000)));
     }
 
     #[test]

@@ -44,6 +44,15 @@ pub struct OAuthTokens {
     /// For a Service App org: the `authorized` delivery these tokens answer (a digest of its
     /// body), so Webex's redelivery of it is answered without another fetch.
     pub authorized_by: Option<u64>,
+    /// How many times in a row these tokens were obtained because Webex rejected (401) the
+    /// access token before them (0: an ordinary refresh, fetch or authorization). A 401 on a
+    /// renewal is not cured by another one: see
+    /// [`RefreshPolicy::rejection_cooldown`](crate::RefreshPolicy::rejection_cooldown).
+    pub renewals: u32,
+    /// Until when 401s on this access token renew nothing: a request retried with it after a
+    /// 401 was rejected too, so those 401s are not about the token (see
+    /// [`RefreshPolicy::rejection_cooldown`](crate::RefreshPolicy::rejection_cooldown)).
+    pub cooldown_until: Option<Timestamp>,
     /// With [`reauthorization_required`](Self::reauthorization_required): what Webex answered
     /// when it rejected the refresh token, to quote to Webex support (absent on marks written
     /// by an older byova).
@@ -86,6 +95,8 @@ impl OAuthTokens {
             reauthorization_required: false,
             authorized_at: None,
             authorized_by: None,
+            renewals: 0,
+            cooldown_until: None,
             rejection: None,
         }
     }
@@ -114,6 +125,7 @@ impl OAuthTokens {
     /// it before its time): a zero lifetime. The refresh token and its expiry are kept.
     pub fn access_rejected(mut self) -> Self {
         self.expires_in = 0;
+        self.cooldown_until = None;
         self
     }
 
@@ -178,6 +190,11 @@ impl OAuthTokens {
     }
 }
 
+// serde's skip_serializing_if passes a reference.
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 #[derive(Serialize)]
 struct WireOut<'a> {
     schema: u32,
@@ -197,6 +214,10 @@ struct WireOut<'a> {
     authorized_at_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     authorized_by: Option<u64>,
+    #[serde(skip_serializing_if = "is_zero")]
+    renewals: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cooldown_until_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     rejected_status: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -225,6 +246,10 @@ struct WireIn {
     #[serde(default)]
     authorized_by: Option<u64>,
     #[serde(default)]
+    renewals: u32,
+    #[serde(default)]
+    cooldown_until_ms: Option<u64>,
+    #[serde(default)]
     rejected_status: Option<u16>,
     #[serde(default)]
     rejected_tracking_id: Option<String>,
@@ -246,6 +271,8 @@ impl Serialize for OAuthTokens {
             reauthorization_required: self.reauthorization_required,
             authorized_at_ms: self.authorized_at.map(Timestamp::as_unix_millis),
             authorized_by: self.authorized_by,
+            renewals: self.renewals,
+            cooldown_until_ms: self.cooldown_until.map(Timestamp::as_unix_millis),
             rejected_status: self.rejection.as_ref().map(|r| r.status),
             rejected_tracking_id: self.rejection.as_ref().and_then(|r| r.tracking_id.as_deref()),
             rejected_at_ms: self.rejection.as_ref().map(|r| r.at.as_unix_millis()),
@@ -274,6 +301,8 @@ impl<'de> Deserialize<'de> for OAuthTokens {
             reauthorization_required: w.reauthorization_required,
             authorized_at: w.authorized_at_ms.map(Timestamp::from_unix_millis),
             authorized_by: w.authorized_by,
+            renewals: w.renewals,
+            cooldown_until: w.cooldown_until_ms.map(Timestamp::from_unix_millis),
             rejection: match (w.rejected_status, w.rejected_at_ms) {
                 (Some(status), Some(at)) => Some(Rejection {
                     status,
@@ -307,7 +336,7 @@ mod tests {
             "OAuthTokens { access_token: AccessToken([redacted]), expires_in: 1209599, token_type: \"Bearer\", \
              refresh_token: Some(RefreshToken([redacted])), refresh_token_expires_in: Some(7775999), scope: None, \
              obtained_at: Timestamp(1764000000500), reauthorization_required: false, \
-             authorized_at: None, authorized_by: None, rejection: None }"
+             authorized_at: None, authorized_by: None, renewals: 0, cooldown_until: None, rejection: None }"
         );
     }
 

@@ -117,11 +117,17 @@ macro_rules! flavour_adapter {
             fn org_token(&self, org_id: String) -> $crate::scenarios::BoxFut<'_, byova_core::Result<byova_core::AccessToken>> {
                 $crate::$call!(self, |b| b.service_app().get_access_token(&org_id))
             }
-            fn invalidate(&self, rejected: byova_core::AccessToken) -> $crate::scenarios::BoxFut<'_, byova_core::Result<()>> {
+            fn invalidate(&self, rejected: byova_core::AccessToken) -> $crate::scenarios::BoxFut<'_, byova_core::Result<byova_core::Invalidation>> {
                 $crate::$call!(self, |b| b.integration().invalidate(&rejected))
             }
-            fn invalidate_org(&self, org_id: String, rejected: byova_core::AccessToken) -> $crate::scenarios::BoxFut<'_, byova_core::Result<()>> {
+            fn invalidate_org(&self, org_id: String, rejected: byova_core::AccessToken) -> $crate::scenarios::BoxFut<'_, byova_core::Result<byova_core::Invalidation>> {
                 $crate::$call!(self, |b| b.service_app().invalidate(&org_id, &rejected))
+            }
+            fn rejected_again(&self, org_id: Option<String>, renewed: byova_core::AccessToken) -> $crate::scenarios::BoxFut<'_, byova_core::Result<byova_core::Invalidation>> {
+                match org_id {
+                    None => $crate::$call!(self, |b| b.integration().rejected_again(&renewed)),
+                    Some(org_id) => $crate::$call!(self, |b| b.service_app().rejected_again(&org_id, &renewed)),
+                }
             }
             fn fetch_token_for_org(&self, org_id: String) -> $crate::scenarios::BoxFut<'_, byova_core::Result<byova_core::OAuthTokens>> {
                 $crate::$call!(self, |b| b.service_app().fetch_token_for_org(&org_id))

@@ -91,9 +91,19 @@ pub trait Sdk: Send + Sync {
     /// `ServiceAppTokenManager::get_access_token`
     fn org_token(&self, org_id: String) -> BoxFut<'_, Res<AccessToken>>;
     /// `IntegrationTokenManager::invalidate`
-    fn invalidate(&self, rejected: AccessToken) -> BoxFut<'_, Res<()>>;
+    fn invalidate(&self, rejected: AccessToken) -> BoxFut<'_, Res<byova_core::Invalidation>>;
     /// `ServiceAppTokenManager::invalidate`
-    fn invalidate_org(&self, org_id: String, rejected: AccessToken) -> BoxFut<'_, Res<()>>;
+    fn invalidate_org(
+        &self,
+        org_id: String,
+        rejected: AccessToken,
+    ) -> BoxFut<'_, Res<byova_core::Invalidation>>;
+    /// `IntegrationTokenManager::rejected_again` (`None`) or the Service App's for an org
+    fn rejected_again(
+        &self,
+        org_id: Option<String>,
+        renewed: AccessToken,
+    ) -> BoxFut<'_, Res<byova_core::Invalidation>>;
     /// `ServiceAppTokenManager::fetch_token_for_org`
     fn fetch_token_for_org(&self, org_id: String) -> BoxFut<'_, Res<OAuthTokens>>;
     /// `ServiceAppTokenManager::fetch_token_from_webhook_org`
@@ -156,6 +166,8 @@ fn fast_config(fake: &FakeWebex) -> ByovaConfig {
     // The fake has no rate limit unless a scenario sets one; scenarios about the budget set
     // their own.
     config.token_budget = Some(byova_core::TokenBudget::per_minute(60_000));
+    // Scenarios force refreshes back to back; the floor has its own scenario.
+    config.refresh.forced_refresh_floor = Duration::ZERO;
     config
 }
 
@@ -434,6 +446,9 @@ scenarios!(
     a_cohort_registered_together_spreads_its_refreshes_over_the_window,
     fifty_requests_on_a_revoked_token_cost_one_refresh,
     fifty_requests_on_a_revoked_org_token_cost_one_refresh,
+    a_401_no_fresh_token_cures_costs_one_refresh_in_every_process,
+    a_client_that_never_reports_a_rejected_retry_stops_after_three_renewals,
+    forced_refreshes_of_tokens_just_obtained_call_nobody,
     invalidating_a_replaced_token_refreshes_nothing,
     an_invalidation_reaches_another_process_through_the_store,
     two_replicas_share_one_token_budget_and_meet_no_429,
@@ -1212,10 +1227,11 @@ async fn request_with_retry(sdk: Arc<dyn Sdk>, fake: Arc<FakeWebex>, org: Option
     if status != 401 {
         return status;
     }
-    match &org {
+    let invalidated = match &org {
         Some(org) => sdk.invalidate_org(org.clone(), first).await.expect("invalidate"),
         None => sdk.invalidate(first).await.expect("invalidate"),
-    }
+    };
+    assert_eq!(invalidated, byova_core::Invalidation::Renew, "a revoked ordinary token renews");
     let second = token(sdk, org).await.expect("a fresh token");
     call_webex(&fake, &second).await
 }
@@ -1256,6 +1272,144 @@ async fn fifty_requests_on_a_revoked_org_token_cost_one_refresh(f: Arc<dyn Flavo
     }
     let calls = w.fake.calls(Endpoint::AccessToken) + w.fake.calls(Endpoint::ApplicationToken);
     assert_eq!(calls, 1, "one refresh for fifty 401s");
+}
+
+/// GET `path` of the fake's API with `token`; the status.
+async fn call_webex_at(fake: &Arc<FakeWebex>, path: &str, token: &AccessToken) -> u16 {
+    let url = format!("{}/{path}", fake.base_url());
+    let auth = format!("Bearer {}", token.expose_secret());
+    tokio::task::spawn_blocking(move || {
+        wire::send(&wire::request(
+            byova_core::Method::Get,
+            &url,
+            Vec::new(),
+            &[("Authorization", auth.as_str())],
+        ))
+        .map_or(0, |r| r.status)
+    })
+    .await
+    .unwrap_or(0)
+}
+
+/// Rule 11 through the managers, for the Integration and an org: a 401 renews once; when the
+/// retry with the renewed token is refused too (`rejected_again`), later 401s on that token
+/// are `NotAboutTheToken` and renew nothing, in this process and in another sharing the store;
+/// with the cool-down off, every 401 renews as before.
+async fn a_401_no_fresh_token_cures_costs_one_refresh_in_every_process(f: Arc<dyn Flavour>) {
+    use byova_core::Invalidation;
+    for org in [None, Some(ORG.to_owned())] {
+        let w = world(f.as_ref(), None);
+        w.seed_fresh_integration().await;
+        if org.is_some() {
+            let issued = w.fake.issue_service_app_tokens(ORG);
+            w.setup
+                .async_storage
+                .set_service_app_tokens(ORG, &issued.to_oauth_tokens(w.now()))
+                .await
+                .unwrap();
+        }
+        let token = |sdk: Arc<dyn Sdk>| {
+            let org = org.clone();
+            async move {
+                match org {
+                    Some(org) => sdk.org_token(org).await.unwrap(),
+                    None => sdk.get_access_token().await.unwrap(),
+                }
+            }
+        };
+        let invalidate = |sdk: Arc<dyn Sdk>, t: AccessToken| {
+            let org = org.clone();
+            async move {
+                match org {
+                    Some(org) => sdk.invalidate_org(org, t).await.unwrap(),
+                    None => sdk.invalidate(t).await.unwrap(),
+                }
+            }
+        };
+        let calls = || w.fake.refresh_calls() as u64 + w.fake.calls(Endpoint::ApplicationToken);
+        let first = token(w.sdk.clone()).await;
+        assert_eq!(call_webex_at(&w.fake, "devices", &first).await, 401);
+        assert_eq!(invalidate(w.sdk.clone(), first.clone()).await, Invalidation::Renew, "{org:?}");
+        let renewed = token(w.sdk.clone()).await;
+        assert!(!renewed.ct_eq(&first));
+        assert_eq!(call_webex_at(&w.fake, "devices", &renewed).await, 401, "not about the token");
+        let answer = w.sdk.rejected_again(org.clone(), renewed.clone()).await.unwrap();
+        assert!(matches!(answer, Invalidation::NotAboutTheToken { .. }), "{org:?}: {answer:?}");
+        for _ in 0..100 {
+            let answer = invalidate(w.sdk.clone(), renewed.clone()).await;
+            assert!(matches!(answer, Invalidation::NotAboutTheToken { .. }), "{org:?}: {answer:?}");
+            assert!(token(w.sdk.clone()).await.ct_eq(&renewed), "the token is still served");
+        }
+        let other = f.build(&w.setup);
+        let answer = invalidate(other.clone(), renewed.clone()).await;
+        assert!(matches!(answer, Invalidation::NotAboutTheToken { .. }), "{org:?}: the cool-down is stored");
+        assert_eq!(calls(), 1, "{org:?}: one refresh for every 401");
+        assert_eq!(
+            call_webex_at(&w.fake, "people/me", &renewed).await,
+            200,
+            "it works where its scopes reach"
+        );
+        // With the cool-down off, each 401 renews (the old behaviour, by choice).
+        let mut off = w.setup.clone();
+        off.config.refresh.rejection_cooldown = Duration::ZERO;
+        let open = f.build(&off);
+        let served = token(open.clone()).await;
+        assert_eq!(open.rejected_again(org.clone(), served.clone()).await.unwrap(), Invalidation::Renew);
+        assert_eq!(invalidate(open.clone(), served.clone()).await, Invalidation::Renew);
+        assert!(!token(open).await.ct_eq(&served));
+        assert_eq!(calls(), 2);
+    }
+}
+
+/// A client that calls only `invalidate` on a resource that always answers 401 (and never
+/// reports its rejected retries) still stops renewing: the third renewal in a row is not
+/// renewed again within its cool-down.
+async fn a_client_that_never_reports_a_rejected_retry_stops_after_three_renewals(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    w.seed_fresh_integration().await;
+    let mut not_about = 0;
+    for _ in 0..50 {
+        let t = w.sdk.get_access_token().await.unwrap();
+        assert_eq!(call_webex_at(&w.fake, "devices", &t).await, 401);
+        if matches!(w.sdk.invalidate(t).await.unwrap(), byova_core::Invalidation::NotAboutTheToken { .. }) {
+            not_about += 1;
+        }
+    }
+    assert_eq!(w.fake.refresh_calls(), 3, "three renewals, then the cool-down");
+    assert_eq!(not_about, 47);
+}
+
+/// Rule 11 for forced paths: `refresh`, `refresh_for_org` and `refresh_all_orgs` of tokens
+/// obtained moments ago return them without calling Webex (a floor of 10 minutes by default);
+/// a refresh with the caller's own refresh token is never held back; tokens past the floor, or
+/// expired, are refreshed.
+async fn forced_refreshes_of_tokens_just_obtained_call_nobody(f: Arc<dyn Flavour>) {
+    let mut w = world(f.as_ref(), None);
+    w.setup.config.refresh.forced_refresh_floor = Duration::from_secs(600);
+    let sdk = f.build(&w.setup);
+    let issued = w.seed_fresh_integration().await;
+    for org in ["org-a", "org-b"] {
+        w.seed_expired_org(org).await;
+    }
+    let first = sdk.refresh(None).await.unwrap();
+    assert_eq!(w.fake.refresh_calls(), 0, "tokens obtained just now are the answer");
+    assert!(first.access_token.ct_eq_str(&issued.access_token));
+    let outcome = sdk.refresh_all_orgs(2).await.unwrap();
+    assert!(outcome.iter().all(|(_, ok)| *ok), "{outcome:?}");
+    assert_eq!(w.fake.refresh_calls(), 2, "expired orgs are refreshed");
+    let again = sdk.refresh_all_orgs(2).await.unwrap();
+    assert!(again.iter().all(|(_, ok)| *ok));
+    assert_eq!(w.fake.refresh_calls(), 2, "a second bulk refresh right after calls nobody");
+    assert_eq!(sdk.refresh_for_org("org-a".into()).await.map(drop).ok(), Some(()));
+    assert_eq!(w.fake.refresh_calls(), 2);
+    sdk.refresh(Some(issued.refresh_token.clone())).await.unwrap();
+    assert_eq!(w.fake.refresh_calls(), 3, "the caller's own refresh token is always used");
+    // Tokens older than the floor are refreshed when forced.
+    let old = issued.to_oauth_tokens(w.now().saturating_sub(Duration::from_secs(601)));
+    w.setup.async_storage.set_integration_tokens(&old).await.unwrap();
+    let sdk = f.build(&w.setup);
+    sdk.refresh(None).await.unwrap();
+    assert_eq!(w.fake.refresh_calls(), 4);
 }
 
 /// Invalidating a token that was already replaced (another caller refreshed since) serves the

@@ -66,6 +66,35 @@ pub struct TokenEngine {
     /// The last access token invalidated per key: never handed out again, even by a run that
     /// read the record before it was marked.
     rejected: Mutex<HashMap<TokenKey, (AccessToken, Timestamp)>>,
+    /// Per key, a token whose 401s are not answered with a refresh, and until when (see
+    /// [`RefreshPolicy::rejection_cooldown`](crate::RefreshPolicy::rejection_cooldown)).
+    cooldowns: Mutex<HashMap<TokenKey, (AccessToken, Timestamp)>>,
+}
+
+/// How [`TokenEngine::invalidate_stored`] marks a record.
+#[derive(Clone, Copy, Debug)]
+enum Marking {
+    /// Expired: the next caller refreshes.
+    Expired,
+    /// In its cool-down: 401s on it renew nothing for a while.
+    CoolDown,
+}
+
+/// What [`TokenEngine::invalidate`] did with a token Webex answered 401 to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Invalidation {
+    /// The token is not served again: the next request gets another (one refresh for every
+    /// caller and every process sharing the store). Retry the request once with it.
+    Renew,
+    /// A request retried with this token after a 401 was rejected too: the 401 is not about
+    /// the token (a missing scope, a resource this identity may not see). Nothing was
+    /// refreshed, and until `until` no 401 on this token is (Webex caps the live tokens of a
+    /// user; every refresh mints one). Hand the 401 to the caller.
+    NotAboutTheToken {
+        /// When a 401 on this token may renew it again.
+        until: Timestamp,
+    },
 }
 
 impl TokenEngine {
@@ -78,6 +107,7 @@ impl TokenEngine {
             flights: Arc::default(),
             orphans: Arc::default(),
             rejected: Mutex::default(),
+            cooldowns: Mutex::default(),
         })
     }
 
@@ -124,7 +154,7 @@ impl TokenEngine {
                 let again = engine.clone();
                 engine
                     .clone()
-                    .invalidate_stored(key.clone(), rejected, 0)
+                    .invalidate_stored(key.clone(), rejected, Marking::Expired, 0)
                     .then(now, move |_, now| again.obtain_unrejected(key, now, attempt + 1))
             }
             Ok(t) => {
@@ -160,18 +190,125 @@ impl TokenEngine {
     /// of the key in this process. A newer token already stored (another caller refreshed
     /// since) is left alone, and so is a record already marked: any number of callers
     /// invalidating the same token cost one refresh.
-    pub fn invalidate(self: &Arc<Self>, key: TokenKey, rejected: AccessToken, now: Timestamp) -> Step<()> {
+    ///
+    /// Within the token's cool-down (a retry with it was rejected too: see
+    /// [`rejected_again`](Self::rejected_again)), nothing is renewed and the answer is
+    /// [`Invalidation::NotAboutTheToken`]: rule 11, a 401 that a fresh token does not cure
+    /// costs no more of Webex's per-user token cap.
+    pub fn invalidate(
+        self: &Arc<Self>,
+        key: TokenKey,
+        rejected: AccessToken,
+        now: Timestamp,
+    ) -> Step<Invalidation> {
+        let cached = self.cache.get(&key).filter(|e| e.record.value.access_token.ct_eq(&rejected));
+        let cooling = self.cooling(&key, &rejected, now).or_else(|| {
+            cached.and_then(|e| self.config.refresh.rejection_cooldown_until(&e.record.value, now))
+        });
+        if let Some(until) = cooling {
+            eprintln!(
+                "DEBUG cooling path cd={:?} local={:?}",
+                self.config.refresh.rejection_cooldown,
+                self.cooling(&key, &rejected, now)
+            );
+            return done(Ok(self.not_about_the_token(&key, &rejected, until)));
+        }
         self.rejected.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), (rejected.clone(), now));
         self.evict_if_holding(&key, &rejected);
+        let engine = self.clone();
+        let (cooled_key, cooled) = (key.clone(), rejected.clone());
         self.fly(
             key.clone(),
             Sharing::Queues,
             now,
             (key, rejected),
-            |engine, (key, rejected), now| engine.invalidate(key, rejected, now).map(now, |()| None),
-            |engine, (key, rejected), now| engine.invalidate_stored(key, rejected, 0).map(now, |()| None),
+            |engine, (key, rejected), now| engine.invalidate(key, rejected, now).map(now, |_| None),
+            |engine, (key, rejected), now| {
+                engine.invalidate_stored(key, rejected, Marking::Expired, 0).map(now, |()| None)
+            },
         )
-        .map(now, |_| ())
+        .then(now, move |flown, now| {
+            eprintln!(
+                "DEBUG after flight cd={:?} flown_ok={} cooling={:?}",
+                engine.config.refresh.rejection_cooldown,
+                flown.is_ok(),
+                engine.cooling(&cooled_key, &cooled, now)
+            );
+            done(flown.map(|_| match engine.cooling(&cooled_key, &cooled, now) {
+                Some(until) => Invalidation::NotAboutTheToken { until },
+                None => Invalidation::Renew,
+            }))
+        })
+    }
+
+    /// Webex rejected `renewed` too, the token a request was retried with after a 401: that
+    /// 401 is not about the token. For the cool-down
+    /// ([`RefreshPolicy::rejection_cooldown_for`](crate::RefreshPolicy::rejection_cooldown_for)),
+    /// 401s on it renew nothing, in this process and, through the stored record, in every
+    /// process sharing the store. With the cool-down off, this does nothing and answers
+    /// [`Invalidation::Renew`].
+    pub fn rejected_again(
+        self: &Arc<Self>,
+        key: TokenKey,
+        renewed: AccessToken,
+        now: Timestamp,
+    ) -> Step<Invalidation> {
+        if self.config.refresh.rejection_cooldown.is_zero() {
+            return done(Ok(Invalidation::Renew));
+        }
+        if let Some(until) = self.cooling(&key, &renewed, now) {
+            return done(Ok(Invalidation::NotAboutTheToken { until }));
+        }
+        let engine = self.clone();
+        let (cooled_key, cooled) = (key.clone(), renewed.clone());
+        self.fly(
+            key.clone(),
+            Sharing::Queues,
+            now,
+            (key, renewed),
+            |engine, (key, renewed), now| engine.rejected_again(key, renewed, now).map(now, |_| None),
+            |engine, (key, renewed), now| {
+                engine.invalidate_stored(key, renewed, Marking::CoolDown, 0).map(now, |()| None)
+            },
+        )
+        .then(now, move |flown, now| {
+            done(flown.map(|_| match engine.cooling(&cooled_key, &cooled, now) {
+                Some(until) => Invalidation::NotAboutTheToken { until },
+                None => Invalidation::Renew,
+            }))
+        })
+    }
+
+    /// Until when 401s on `token` for `key` renew nothing, as this process knows.
+    fn cooling(&self, key: &TokenKey, token: &AccessToken, now: Timestamp) -> Option<Timestamp> {
+        let cooldowns = self.cooldowns.lock().unwrap_or_else(|e| e.into_inner());
+        cooldowns.get(key).filter(|(t, until)| t.ct_eq(token) && now < *until).map(|(_, until)| *until)
+    }
+
+    /// Remembers that 401s on `token` renew nothing until `until` (the token is served on
+    /// meanwhile), logs it once, counts the refresh not made.
+    fn not_about_the_token(&self, key: &TokenKey, token: &AccessToken, until: Timestamp) -> Invalidation {
+        let earlier = self
+            .cooldowns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), (token.clone(), until));
+        {
+            let mut marked = self.rejected.lock().unwrap_or_else(|e| e.into_inner());
+            if marked.get(key).is_some_and(|(t, _)| t.ct_eq(token)) {
+                marked.remove(key);
+            }
+        }
+        crate::metrics::metrics().record_refresh_skipped(crate::metrics::SkipReason::RejectionCooldown);
+        if earlier.is_none_or(|(t, _)| !t.ct_eq(token)) {
+            tracing::warn!(
+                key = %key,
+                until = %until.to_rfc3339(),
+                "Webex rejects the token a request was renewed with: the 401 is not about the token (a scope or \
+                 a resource this identity may not use); 401s on it renew nothing until then"
+            );
+        }
+        Invalidation::NotAboutTheToken { until }
     }
 
     fn evict_if_holding(&self, key: &TokenKey, token: &AccessToken) {
@@ -180,37 +317,74 @@ impl TokenEngine {
         }
     }
 
-    fn invalidate_stored(self: Arc<Self>, key: TokenKey, rejected: AccessToken, attempt: u32) -> Step<()> {
+    /// Marks the stored record if it still holds `token`: expired (a 401 to renew), or in its
+    /// cool-down (a rejected retry). Within a cool-down already stored, nothing is written and
+    /// this process learns it.
+    fn invalidate_stored(
+        self: Arc<Self>,
+        key: TokenKey,
+        token: AccessToken,
+        marking: Marking,
+        attempt: u32,
+    ) -> Step<()> {
         Step::Load(
             key.clone(),
-            Then::new(move |loaded: StorageResult<Option<Versioned<OAuthTokens>>>, _| match loaded {
-                Ok(Some(record))
-                    if record.value.access_token.ct_eq(&rejected) && record.value.expires_in > 0 =>
-                {
-                    tracing::info!(key = %key, "Webex rejected the access token; marked for refresh");
-                    let marked = record.value.access_rejected();
-                    Step::Store(
-                        key.clone(),
-                        marked,
-                        Expect::Version(record.version),
-                        Then::new(move |stored: StorageResult<u64>, _| match stored {
-                            Ok(_) => {
-                                self.evict_if_holding(&key, &rejected);
-                                done(Ok(()))
-                            }
-                            Err(e) if e.kind() == crate::error::StorageErrorKind::Conflict && attempt < 4 => {
-                                self.invalidate_stored(key, rejected, attempt + 1)
-                            }
-                            Err(e) => done(Err(e.into())),
-                        }),
-                    )
+            Then::new(move |loaded: StorageResult<Option<Versioned<OAuthTokens>>>, now| {
+                let record = match loaded {
+                    Ok(Some(record)) if record.value.access_token.ct_eq(&token) => record,
+                    // A newer token is stored, or none is left.
+                    Ok(_) => {
+                        self.evict_if_holding(&key, &token);
+                        return done(Ok(()));
+                    }
+                    Err(e) => return done(Err(e.into())),
+                };
+                if let Some(until) = self.config.refresh.rejection_cooldown_until(&record.value, now) {
+                    self.not_about_the_token(&key, &token, until);
+                    return done(Ok(()));
                 }
-                // A newer token is stored, the record is marked already, or none is left.
-                Ok(_) => {
-                    self.evict_if_holding(&key, &rejected);
-                    done(Ok(()))
-                }
-                Err(e) => done(Err(e.into())),
+                let marked = match marking {
+                    Marking::Expired if record.value.expires_in == 0 => {
+                        self.evict_if_holding(&key, &token);
+                        return done(Ok(()));
+                    }
+                    Marking::Expired => {
+                        tracing::info!(key = %key, "Webex rejected the access token; marked for refresh");
+                        record.value.clone().access_rejected()
+                    }
+                    Marking::CoolDown => {
+                        let until =
+                            now.saturating_add(self.config.refresh.rejection_cooldown_for(&record.value));
+                        OAuthTokens { cooldown_until: Some(until), ..record.value.clone() }
+                    }
+                };
+                let cooldown = marked.cooldown_until;
+                Step::Store(
+                    key.clone(),
+                    marked,
+                    Expect::Version(record.version),
+                    Then::new(move |stored: StorageResult<u64>, _| match stored {
+                        Ok(_) => {
+                            match cooldown {
+                                Some(until) => {
+                                    self.not_about_the_token(&key, &token, until);
+                                }
+                                None => self.evict_if_holding(&key, &token),
+                            }
+                            done(Ok(()))
+                        }
+                        Err(e) if e.kind() == crate::error::StorageErrorKind::Conflict && attempt < 4 => {
+                            self.invalidate_stored(key, token, marking, attempt + 1)
+                        }
+                        Err(e) => {
+                            // This process holds back at least; the others refresh once.
+                            if let Some(until) = cooldown {
+                                self.not_about_the_token(&key, &token, until);
+                            }
+                            done(Err(e.into()))
+                        }
+                    }),
+                )
             }),
         )
     }
@@ -663,8 +837,13 @@ impl IntegrationEngine {
     }
 
     /// Stops serving `rejected` (see [`TokenEngine::invalidate`]).
-    pub fn invalidate(&self, rejected: &AccessToken, now: Timestamp) -> Step<()> {
+    pub fn invalidate(&self, rejected: &AccessToken, now: Timestamp) -> Step<Invalidation> {
         self.tokens.invalidate(TokenKey::Integration, rejected.clone(), now)
+    }
+
+    /// A retry with `renewed` was rejected too (see [`TokenEngine::rejected_again`]).
+    pub fn rejected_again(&self, renewed: &AccessToken, now: Timestamp) -> Step<Invalidation> {
+        self.tokens.rejected_again(TokenKey::Integration, renewed.clone(), now)
     }
 
     /// The Integration's status.
@@ -785,8 +964,14 @@ impl ServiceAppEngine {
     }
 
     /// Stops serving `rejected` for `org_id` (see [`TokenEngine::invalidate`]).
-    pub fn invalidate(&self, org_id: &str, rejected: &AccessToken, now: Timestamp) -> Step<()> {
+    pub fn invalidate(&self, org_id: &str, rejected: &AccessToken, now: Timestamp) -> Step<Invalidation> {
         Self::with_org(org_id, |key| self.tokens.invalidate(key, rejected.clone(), now))
+    }
+
+    /// A retry with `renewed` for `org_id` was rejected too (see
+    /// [`TokenEngine::rejected_again`]).
+    pub fn rejected_again(&self, org_id: &str, renewed: &AccessToken, now: Timestamp) -> Step<Invalidation> {
+        Self::with_org(org_id, |key| self.tokens.rejected_again(key, renewed.clone(), now))
     }
 
     /// Fetches new tokens for `org_id` with the Integration's bearer.

@@ -324,7 +324,9 @@ impl Run {
                 self.expected_calls += u32::from(serial == self.webex.serial);
                 task.invalidating = Some(serial);
                 let token = AccessToken::new(format!("AT-{serial}"));
-                Some(Work::Unit(Slot::Step(engine.invalidate(TokenKey::Integration, token, self.now))))
+                Some(Work::Unit(Slot::Step(
+                    engine.invalidate(TokenKey::Integration, token, self.now).map(self.now, drop),
+                )))
             }
             None => None,
         };

@@ -413,6 +413,16 @@ impl Run {
                 let rec = rec.clone();
                 return self.succeed(rec);
             }
+            // Rule 11: a forced refresh of tokens obtained moments ago mints a token of Webex's
+            // per-user cap for nothing; they are the answer.
+            (Some(rec), Mode::Force(None))
+                if self.engine.config.refresh.within_forced_floor(&rec.value, now) =>
+            {
+                crate::metrics::metrics().record_refresh_skipped(crate::metrics::SkipReason::ForcedFloor);
+                tracing::debug!(key = %self.key, "forced refresh of tokens obtained moments ago: served as they are");
+                let rec = rec.clone();
+                return self.succeed(rec);
+            }
             (None, Mode::Force(None)) if !self.is_service_app() => return self.fail(Error::NotAuthorized),
             // A Service App still fetches; the Integration has no way forward without a person.
             (Some(rec), Mode::Force(None)) if !self.is_service_app() && !self.renewable(&rec.value) => {
@@ -773,7 +783,16 @@ impl Run {
             (_, Mode::Fetch(Some(auth))) => Some(auth.delivery),
             _ => None,
         };
-        let tokens = OAuthTokens { authorized_at: self.authorized_at(&call, now), authorized_by, ..tokens };
+        // Tokens bought because Webex rejected the access token before them (a 401, see
+        // `TokenEngine::invalidate`) count how many such renewals came in a row.
+        let renewals = match (&self.mode, &self.current) {
+            (Mode::GetValid | Mode::Force(None), Some(c)) if c.value.expires_in == 0 => {
+                c.value.renewals.saturating_add(1)
+            }
+            _ => 0,
+        };
+        let tokens =
+            OAuthTokens { authorized_at: self.authorized_at(&call, now), authorized_by, renewals, ..tokens };
         let expect = match &self.current {
             Some(c) => Expect::Version(c.version),
             None => Expect::Absent,
