@@ -664,7 +664,21 @@ pub(crate) fn status_json(s: &KeyStatus) -> serde_json::Value {
         "access_expires_at_ms": s.access_expires_at.as_unix_millis(),
         "refresh_expires_at_ms": s.refresh_expires_at.map(|t| t.as_unix_millis()),
         "refresh_at_ms": s.refresh_at.map(|t| t.as_unix_millis()),
+        "refresh_token_rejected": s.refresh_token_rejected,
+        "action": remedy(s),
     })
+}
+
+/// What a person must do about a key, when anything.
+pub(crate) fn remedy(s: &KeyStatus) -> Option<&'static str> {
+    match (&s.key, s.refresh_token_rejected) {
+        (TokenKey::Integration, true) => Some("authorize the Integration again: byova authorize"),
+        (TokenKey::Org(_), true) => Some(
+            "its refresh token was rejected: authorize the Integration (byova fetches the org anew), or register \
+             the org again (byova org fetch ORG / org register ORG)",
+        ),
+        _ => None,
+    }
 }
 
 fn print_statuses(statuses: &[KeyStatus], as_json: bool) {
@@ -684,6 +698,9 @@ fn print_statuses(statuses: &[KeyStatus], as_json: bool) {
         };
         let refresh = s.refresh_expires_at.map(when).unwrap_or_else(|| "-".into());
         println!("{key:<44} {:<26} {:<24} {refresh}", s.state.as_str(), when(s.access_expires_at));
+        if let Some(remedy) = remedy(s) {
+            println!("  {key}: {remedy}");
+        }
     }
 }
 

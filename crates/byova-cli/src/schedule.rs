@@ -58,6 +58,8 @@ struct State {
     in_flight: HashMap<tokio::task::Id, TokenKey>,
     /// Consecutive attempts that left a key still due, per key.
     attempts: HashMap<TokenKey, u32>,
+    /// Keys whose rejected refresh token was reported to the operator (once each).
+    reported: HashSet<TokenKey>,
 }
 
 impl State {
@@ -73,6 +75,7 @@ impl State {
                 return false;
             }
         };
+        self.report(&key, status.as_ref());
         let still_due = status.as_ref().and_then(|s| s.refresh_at).is_some_and(|at| at <= now);
         match (ok, still_due) {
             (true, false) => {
@@ -93,6 +96,18 @@ impl State {
                 self.retry_later(key, AFTER_FAILURE);
                 false
             }
+        }
+    }
+
+    /// Tells the operator, once per key, that Webex rejected its refresh token.
+    fn report(&mut self, key: &TokenKey, status: Option<&KeyStatus>) {
+        let rejected = status.is_some_and(|s| s.refresh_token_rejected);
+        if !rejected {
+            self.reported.remove(key);
+        } else if self.reported.insert(key.clone())
+            && let Some(remedy) = status.and_then(crate::remedy)
+        {
+            tracing::warn!(key = %key, "Webex rejected the refresh token; no process sends it again: {remedy}");
         }
     }
 
@@ -164,6 +179,7 @@ impl Refresher {
                     match self.byova.service_app().status(&org).await {
                         Ok(status) => {
                             state.attempts.remove(&key);
+                            state.report(&key, status.as_ref());
                             state.schedule.apply(key, status.as_ref(), SystemClock.now());
                         }
                         Err(e) => tracing::warn!(org = %org, error = %e, "cannot read the org's status after a delivery"),
@@ -191,6 +207,9 @@ impl Refresher {
                 let now = SystemClock.now();
                 for status in statuses.iter().filter(|s| !busy.contains(&s.key)) {
                     fresh.apply(status.key.clone(), Some(status), now);
+                }
+                for status in &statuses {
+                    state.report(&status.key, Some(status));
                 }
                 state.schedule = fresh;
                 state.attempts.clear();

@@ -252,6 +252,9 @@ fn a_rejected_refresh_token_is_reported_by_every_later_process() {
     assert_fails(&env.run(&["token"]), 5, "re-authorization required");
     let status = env.run(&["status", "--json"]);
     assert!(stdout(&status).contains("reauthorization_required"), "{}", stdout(&status));
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status[0]["refresh_token_rejected"], true);
+    assert!(status[0]["action"].as_str().unwrap().contains("byova authorize"), "{status}");
     for _ in 0..3 {
         assert_fails(&env.run(&["token"]), 5, "re-authorization required");
     }
@@ -260,6 +263,34 @@ fn a_rejected_refresh_token_is_reported_by_every_later_process() {
         1,
         "the rejected token is never sent again"
     );
+}
+
+/// Rule 10 as the issue tried it: the Integration's token has expired and the token endpoint
+/// answers through a proxy that sends an HTML 400 (or an empty one). `byova token` fails as a
+/// network problem (exit 6), `byova status` does not say re-authorization is required, and once
+/// the path is clear `byova token` refreshes at once.
+#[test]
+fn a_proxy_page_on_refresh_locks_nobody_out() {
+    for fault in [byova_testkit::Fault::proxy_page(400), byova_testkit::Fault::empty(400)] {
+        let env = Env::new();
+        let issued = env.fake.issue_integration_tokens();
+        env.store().set_integration_tokens(&issued.expired_at(SystemClock.now())).unwrap();
+        env.fake.inject_always(Endpoint::AccessToken, fault.clone());
+        let failed = env.run(&["token"]);
+        assert_fails(&failed, 6, "does not read as Webex's");
+        assert!(!stderr(&failed).contains("invalid_grant"), "{}", stderr(&failed));
+        let status: serde_json::Value =
+            serde_json::from_slice(&env.run(&["status", "--json"]).stdout).unwrap();
+        assert_eq!(status[0]["state"], "expired", "{fault:?}: {status}");
+        assert_eq!(status[0]["refresh_token_rejected"], false);
+        let stored = env.store().get_integration_tokens().unwrap().unwrap();
+        assert!(!stored.reauthorization_required);
+        assert!(stored.refresh_token.unwrap().ct_eq_str(&issued.refresh_token), "kept");
+        env.fake.clear_faults();
+        let token = env.run(&["token"]);
+        assert!(token.status.success(), "{}", stderr(&token));
+        assert!(env.fake.is_access_token_valid(stdout(&token).trim()));
+    }
 }
 
 #[test]

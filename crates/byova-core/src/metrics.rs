@@ -222,6 +222,13 @@ impl Metrics {
         })
         .collect();
         family("byova_tokens", "gauge", "Stored tokens, by state.", &states);
+        family(
+            "byova_refresh_tokens_rejected",
+            "gauge",
+            "Keys whose refresh token Webex rejected: the Integration needs authorizing again; an org is \
+             fetched anew once the Integration is authorized, else it needs registering again.",
+            &[(String::new(), statuses.iter().filter(|s| s.refresh_token_rejected).count().to_string())],
+        );
         let expiry: Vec<_> = statuses
             .iter()
             .map(|s| {
@@ -275,6 +282,7 @@ mod tests {
             access_expires_at: Timestamp::from_unix_secs(1_060),
             refresh_expires_at: None,
             refresh_at: None,
+            refresh_token_rejected: true,
         }];
         let text = m.render_prometheus(&statuses, now);
         for line in [
@@ -283,6 +291,7 @@ mod tests {
             "byova_webex_calls_total{endpoint=\"api\"} 1",
             "byova_rate_limited_total 1",
             "byova_transport_errors_total 1",
+            "byova_refresh_tokens_rejected 1",
             "byova_refreshes_total{outcome=\"success\"} 1",
             "byova_webhook_deliveries_total{outcome=\"registered\"} 1",
             "byova_tokens{state=\"valid\"} 1",

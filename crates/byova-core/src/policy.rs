@@ -194,6 +194,11 @@ pub struct KeyStatus {
     /// when nobody can renew it without a person (marked, or an Integration's without a
     /// refresh token). A scheduler wakes for the key then.
     pub refresh_at: Option<Timestamp>,
+    /// Webex rejected the stored refresh token: no process sends it again. The Integration
+    /// needs a person to authorize again; an org is fetched anew with the Integration's bearer
+    /// when it is authorized, else it needs registering again (`save_registration`, a new
+    /// `authorized` delivery).
+    pub refresh_token_rejected: bool,
 }
 
 impl RefreshPolicy {
@@ -205,17 +210,18 @@ impl RefreshPolicy {
         now: Timestamp,
         jitter_seed: u64,
     ) -> KeyStatus {
-        // An org is renewed by a fetch even without a live refresh token; the Integration
-        // needs one that has not expired.
-        let renewable = !tokens.reauthorization_required
-            && (matches!(key, TokenKey::Org(_))
-                || (tokens.refresh_token.is_some()
-                    && tokens.refresh_token_expires_at().is_none_or(|at| at > now)));
+        // An org is renewed by a fetch even without a live refresh token (or with one Webex
+        // rejected); the Integration needs one that has not expired and was not rejected.
+        let renewable = matches!(key, TokenKey::Org(_))
+            || (!tokens.reauthorization_required
+                && tokens.refresh_token.is_some()
+                && tokens.refresh_token_expires_at().is_none_or(|at| at > now));
         KeyStatus {
             state: self.state(tokens, now, jitter_seed),
             access_expires_at: tokens.expires_at(),
             refresh_expires_at: tokens.refresh_token_expires_at(),
             refresh_at: renewable.then(|| self.refresh_ahead_at(tokens, jitter_seed)),
+            refresh_token_rejected: tokens.reauthorization_required,
             key,
         }
     }

@@ -430,6 +430,7 @@ scenarios!(
     refresh_keeps_old_refresh_token_when_response_omits_it,
     slow_responses_are_waited_for,
     service_app_invalid_grant_falls_back_to_the_integration_bearer,
+    an_org_refresh_token_lost_in_flight_is_marked_and_never_sent_again,
     a_failing_refresh_serves_the_still_valid_token,
     herd_of_1000_on_an_expired_integration_token_makes_one_call,
     herd_of_1000_on_an_expired_org_token_makes_one_call,
@@ -895,6 +896,58 @@ async fn service_app_invalid_grant_falls_back_to_the_integration_bearer(f: Arc<d
     let token = w.sdk.org_token(ORG.into()).await.unwrap();
     assert_eq!(w.fake.org_of_access_token(token.expose_secret()).as_deref(), Some(ORG));
     assert_eq!(w.fake.calls(Endpoint::ApplicationToken), 1);
+}
+
+/// Rule 10 and item 10 of the brief: a refresh whose answer never arrives (the process died,
+/// the connection dropped after Webex rotated the token) leaves a spent refresh token in the
+/// store. Webex's rejection of it is remembered in the record even when no fetch can stand in
+/// for it (no Integration authorized): no call sends it again, the status says what to do, and
+/// once the Integration is authorized the org is fetched anew without anyone noticing.
+async fn an_org_refresh_token_lost_in_flight_is_marked_and_never_sent_again(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), None);
+    w.fake.update_settings(|s| {
+        s.rotate_refresh_tokens = true;
+        s.strict_rotation = true;
+    });
+    let issued = w.seed_expired_org(ORG).await;
+    w.fake.authorize_org(ORG);
+    w.fake.inject(Endpoint::AccessToken, Fault::DropAfterProcessing);
+    let err = w.sdk.org_token(ORG.into()).await.unwrap_err();
+    assert!(
+        matches!(&err, Error::ReauthorizationRequired { subject: byova_core::TokenSubject::Org(o), .. } if o == ORG),
+        "{err:?}"
+    );
+    let stored = w.stored(&TokenKey::org(ORG)).await.expect("the record is kept");
+    assert!(stored.reauthorization_required, "the rejection is remembered in the store");
+    let rejection = stored.rejection.expect("with what Webex answered");
+    assert!(rejection.tracking_id.is_some(), "{rejection:?}");
+    let sent = |t: &str| w.fake.redemptions().iter().filter(|r| r.refresh_token == t).count();
+    assert_eq!(sent(&issued.refresh_token), 2, "the lost call and the one Webex refused");
+    let other = f.build(&w.setup);
+    for sdk in [&w.sdk, &other] {
+        for _ in 0..10 {
+            let err = sdk.org_token(ORG.into()).await.unwrap_err();
+            assert!(matches!(err, Error::ReauthorizationRequired { .. }), "{err:?}");
+        }
+    }
+    assert_eq!(sent(&issued.refresh_token), 2, "no process sends the spent token again");
+    assert_eq!(w.fake.reused_refresh_tokens(), 1);
+    let status = w.sdk.status().await.unwrap();
+    let org = status.iter().find(|s| s.key == TokenKey::org(ORG)).unwrap();
+    assert!(org.refresh_token_rejected, "{org:?}");
+    // The Integration is authorized: the org is fetched anew on its next use.
+    w.seed_fresh_integration().await;
+    let token = w.sdk.org_token(ORG.into()).await.expect("fetched with the Integration's bearer");
+    assert!(w.fake.is_access_token_valid(token.expose_secret()));
+    assert_eq!(w.fake.calls(Endpoint::ApplicationToken), 1);
+    let stored = w.stored(&TokenKey::org(ORG)).await.unwrap();
+    assert!(
+        !stored.reauthorization_required && stored.rejection.is_none(),
+        "a successful fetch clears the mark"
+    );
+    let status = w.sdk.status().await.unwrap();
+    assert!(status.iter().all(|s| !s.refresh_token_rejected), "{status:?}");
+    assert_eq!(sent(&issued.refresh_token), 2);
 }
 
 async fn a_failing_refresh_serves_the_still_valid_token(f: Arc<dyn Flavour>) {

@@ -273,10 +273,16 @@ impl Run {
         self.engine.config.refresh.assess(tokens, now, self.jitter_seed)
     }
 
-    /// Whether `tokens` can be renewed without a person: not marked, and with a refresh token
-    /// (or, for a Service App, through a fetch with the Integration's bearer).
+    /// Whether `tokens` can be renewed without a person: for a Service App always (through a
+    /// fetch with the Integration's bearer when its refresh token is gone or was rejected),
+    /// for the Integration when it holds a refresh token Webex has not rejected.
     fn renewable(&self, tokens: &OAuthTokens) -> bool {
-        !tokens.reauthorization_required && (tokens.refresh_token.is_some() || self.is_service_app())
+        self.is_service_app() || (!tokens.reauthorization_required && tokens.refresh_token.is_some())
+    }
+
+    /// Whether the record as last read carries the "refresh token rejected" mark.
+    fn current_marked(&self) -> bool {
+        self.current.as_ref().is_some_and(|c| c.value.reauthorization_required)
     }
 
     /// Whether `record` already answers the authorization this run fetches for: fetched for
@@ -327,11 +333,13 @@ impl Run {
         self.finish(Err(error), false, None)
     }
 
-    /// A failure: the record is marked first when Webex rejected its refresh token (for a
-    /// Service App only when the fetch standing in for it was refused too), then the
-    /// still-valid access token is served if there is one, else the error is returned.
+    /// A failure: the record is marked first when Webex rejected its refresh token, whatever
+    /// happened after (a Service App's fallback fetch refused, or impossible without an
+    /// authorized Integration): no process sends that refresh token again (rule 10; a spent
+    /// token resent in a loop is what a replica killed mid-refresh otherwise leaves behind).
+    /// Then the still-valid access token is served if there is one, else the error is returned.
     fn conclude(mut self: Box<Self>, error: Error, now: Timestamp) -> Plan {
-        let mark = std::mem::take(&mut self.mark_rejected) && (!self.is_service_app() || self.fetch_refused);
+        let mark = std::mem::take(&mut self.mark_rejected);
         if mark && let Some(current) = self.current.clone().filter(|c| !c.value.reauthorization_required) {
             let failure = self.reauthorization_required();
             let failure = failure.api_failure().cloned().unwrap_or_else(|| ApiFailure::new(400));
@@ -592,6 +600,14 @@ impl Run {
     fn on_integration_token(mut self: Box<Self>, token: Result<AccessToken>, now: Timestamp) -> Plan {
         let bearer = match token {
             Ok(bearer) => bearer,
+            // The org's refresh token was rejected and no fetch can stand in for it: the
+            // rejection is the caller's answer (its remedy: re-register the org, or authorize
+            // the Integration so byova fetches anew).
+            Err(e) if self.rejection.is_some() || self.current_marked() => {
+                tracing::warn!(key = %self.key, error = %e, "the org's refresh token is dead and no Service App fetch can replace it");
+                let error = self.reauthorization_required();
+                return self.conclude(error, now);
+            }
             Err(e) => return self.conclude(e, now),
         };
         let (Client::ServiceApp { credentials }, Some(org)) = (&self.engine.client, self.key.org_id()) else {

@@ -484,19 +484,21 @@ fn a_rejected_refresh_token_is_marked_and_never_sent_again() {
     assert!(!s.load(&key).unwrap().unwrap().value.reauthorization_required, "the mark is gone");
 }
 
+/// A marked org (Webex rejected its refresh token) is fetched anew with the Integration's
+/// bearer by any caller who needs a token, and its dead refresh token is never spent.
 #[test]
-fn a_marked_org_is_fetched_again_only_when_asked_explicitly() {
-    let key = TokenKey::org("o");
-    let s = seeded(&key, expired("OLD", "DEAD").rejected());
-    let (out, trace) = drive(&s, Who::ServiceApp, key.clone(), Mode::GetValid, never);
-    assert!(matches!(out.result, Err(Error::ReauthorizationRequired { .. })));
-    assert_eq!(trace.integration_tokens_asked, 0);
-    let (out, trace) = drive(&s, Who::ServiceApp, key.clone(), Mode::Force(None), |req, _| {
-        assert!(!req.url.ends_with("/access_token"), "the dead refresh token is not spent");
-        Ok(ok_body("FETCHED", Some("R2")))
-    });
-    assert!(out.result.unwrap().value.access_token.ct_eq_str("FETCHED"));
-    assert_eq!(trace.integration_tokens_asked, 1);
+fn a_marked_org_is_fetched_again_and_its_dead_refresh_token_never_spent() {
+    for mode in [Mode::GetValid, Mode::Force(None)] {
+        let key = TokenKey::org("o");
+        let s = seeded(&key, expired("OLD", "DEAD").rejected());
+        let (out, trace) = drive(&s, Who::ServiceApp, key.clone(), mode.clone(), |req, _| {
+            assert!(!req.url.ends_with("/access_token"), "the dead refresh token is not spent");
+            Ok(ok_body("FETCHED", Some("R2")))
+        });
+        assert!(out.result.unwrap().value.access_token.ct_eq_str("FETCHED"), "{mode:?}");
+        assert_eq!(trace.integration_tokens_asked, 1);
+        assert!(!s.load(&key).unwrap().unwrap().value.reauthorization_required, "the fetch clears the mark");
+    }
 }
 
 /// Delegates to memory, but `store` fails while `down` says so.
@@ -647,28 +649,36 @@ fn fresh_tokens_replace_a_record_that_still_holds_the_token_they_were_bought_wit
     assert!(s.load(&key).unwrap().unwrap().value.refresh_token.unwrap().ct_eq_str("R1"), "R1 is not lost");
 }
 
+/// Webex's `invalid_grant` for the stored refresh token is remembered whatever the fallback
+/// fetch says (a 503, a 403): no later run spends that token again; the runs that follow only
+/// fetch, and a fetch that succeeds clears the mark.
 #[test]
-fn a_service_app_is_marked_only_when_webex_refuses_the_fallback_fetch() {
+fn a_service_app_refresh_token_webex_rejected_is_marked_whatever_the_fallback_fetch_says() {
     let key = TokenKey::org("o");
     let s = seeded(&key, expired("OLD", "DEAD"));
     let (out, _) = drive(&s, Who::ServiceApp, key.clone(), Mode::GetValid, |req, _| {
         if req.url.ends_with("/access_token") {
-            Ok(status(400, &[], r#"{"error":"invalid_grant"}"#))
+            Ok(status(400, &[("trackingId", "ROUTER_DEAD")], r#"{"error":"invalid_grant"}"#))
         } else {
             Ok(status(503, &[], ""))
         }
     });
     assert!(matches!(out.result, Err(Error::Server(_))), "{:?}", out.result);
-    assert!(!s.load(&key).unwrap().unwrap().value.reauthorization_required, "a 503 is not a verdict");
+    let marked = s.load(&key).unwrap().unwrap().value;
+    assert!(marked.reauthorization_required, "the refresh token is dead whatever the fetch said");
+    assert_eq!(marked.rejection.and_then(|r| r.tracking_id).as_deref(), Some("ROUTER_DEAD"));
     let (out, _) = drive(&s, Who::ServiceApp, key.clone(), Mode::GetValid, |req, _| {
-        if req.url.ends_with("/access_token") {
-            Ok(status(400, &[], r#"{"error":"invalid_grant"}"#))
-        } else {
-            Ok(status(403, &[], r#"{"message":"not authorized"}"#))
-        }
+        assert!(!req.url.ends_with("/access_token"), "the rejected refresh token is never sent again");
+        Ok(status(403, &[], r#"{"message":"not authorized"}"#))
     });
     assert!(matches!(out.result, Err(Error::ServiceAppNotAuthorized { .. })), "{:?}", out.result);
-    assert!(s.load(&key).unwrap().unwrap().value.reauthorization_required, "a 403 is");
+    assert!(s.load(&key).unwrap().unwrap().value.reauthorization_required);
+    let (out, _) = drive(&s, Who::ServiceApp, key.clone(), Mode::GetValid, |req, _| {
+        assert!(!req.url.ends_with("/access_token"));
+        Ok(ok_body("FETCHED", Some("R2")))
+    });
+    assert!(out.result.unwrap().value.access_token.ct_eq_str("FETCHED"));
+    assert!(!s.load(&key).unwrap().unwrap().value.reauthorization_required);
 }
 
 #[test]
