@@ -58,6 +58,11 @@ struct Cli {
     /// refresh mints one); doubles while it repeats; 0 turns it off [default: 600].
     #[arg(long, global = true, env = "BYOVA_REJECTION_COOLDOWN", value_name = "SECONDS")]
     rejection_cooldown: Option<u64>,
+    /// Where tokens from Webex are kept on this host until a shared store (Redis, SQL)
+    /// confirmed them, replayed at the next start; `off` for none [default: a directory per
+    /// store under $XDG_STATE_HOME/byova/journal].
+    #[arg(long, global = true, env = "BYOVA_JOURNAL", value_name = "DIR")]
+    journal: Option<String>,
     /// Print JSON for scripts instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -478,7 +483,7 @@ async fn connect(cli: &Cli) -> Result<Byova, Failure> {
             "--storage holds a password, which every local user could read on the command line: set BYOVA_STORAGE instead",
         ));
     }
-    let store = storage::open(&url).await?;
+    let store = storage::with_journal(storage::open(&url).await?, &url, cli.journal.as_deref()).await?;
     let builder = Byova::builder(env.integration, env.service_app).config(env.config).storage(store);
     let builder = match env.storage_keys {
         Some(keys) => builder.storage_keys(keys),

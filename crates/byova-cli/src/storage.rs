@@ -46,3 +46,37 @@ pub(crate) async fn open(url: &str) -> Result<Arc<dyn TokenStorage>, StorageErro
         byova_core::redact_url(url)
     )))
 }
+
+/// Wraps a shared store (Redis, PostgreSQL, MySQL) in a local write-ahead journal
+/// ([`byova_storage_file::Journaled`]), so tokens Webex issued survive this process being
+/// killed, or the store being down, before the store confirmed them; entries an earlier process
+/// left are replayed first. `journal`: a directory, `off`, or `None` for the default (under
+/// `$XDG_STATE_HOME/byova/journal`, one directory per store). Stores on this host (files,
+/// SQLite, memory) are durable or private already and get none.
+pub(crate) async fn with_journal(
+    store: Arc<dyn TokenStorage>,
+    url: &str,
+    journal: Option<&str>,
+) -> Result<Arc<dyn TokenStorage>, StorageError> {
+    let shared = !(url == "memory:" || url.starts_with("file:") || url.starts_with("sqlite:"));
+    let dir = match journal {
+        Some("off") => return Ok(store),
+        Some(dir) => PathBuf::from(dir),
+        None if !shared => return Ok(store),
+        None => default_journal_dir(url),
+    };
+    Ok(byova_storage_file::Journaled::open(store, dir).await?)
+}
+
+/// One journal directory per store, named by a digest of its whole URL (a Redis prefix or a
+/// table is another store), so entries are replayed into the store they were meant for.
+fn default_journal_dir(url: &str) -> PathBuf {
+    use sha2::Digest;
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let digest = sha2::Sha256::digest(url.as_bytes());
+    let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    base.join("byova").join("journal").join(name)
+}

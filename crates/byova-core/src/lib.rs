@@ -112,7 +112,7 @@ pub use secret::{
 };
 pub use storage::{
     BlockingCoordinatedTokenStorage, BlockingTokenStorage, CoordinatedTokenStorage, InMemoryTokenStorage,
-    TokenStorage, check_state_name, decode_record, redact_url, state_conflict,
+    TokenStorage, check_state_name, decode_record, journal_replay, redact_url, state_conflict,
 };
 pub use time::{Clock, CoarseClock, SystemClock, Timestamp};
 pub use tokens::{OAuthTokens, Rejection, ServiceAppTokens, TOKEN_SCHEMA_VERSION};

@@ -38,6 +38,44 @@ pub fn decode_record(bytes: &[u8], key: &TokenKey, location: &str) -> Result<OAu
     })
 }
 
+/// Whether tokens a local journal kept (written to the store under `written_under`, never
+/// confirmed stored: the process died, or the store was down) still belong in the store that
+/// now holds `stored`, and under which condition to write them there.
+///
+/// They replace a record obtained earlier (the store never got them, or lost them when it
+/// was killed) under that record's version. They create a record only where one was meant to
+/// be created (`Expect::Absent`) and none exists, and only within `max_age` of being obtained,
+/// so a record removed since (a deauthorization) is not brought back by a stale entry. Anything
+/// else (a newer or the same record stored, a record removed since a versioned write) drops them.
+///
+/// ```
+/// use byova_core::{journal_replay, AccessToken, Expect, OAuthTokens, Timestamp, Versioned};
+/// use std::time::Duration;
+/// let at = Timestamp::from_unix_secs;
+/// let kept = OAuthTokens::new(AccessToken::new("new"), 60, at(100));
+/// let older = Versioned { value: OAuthTokens::new(AccessToken::new("old"), 60, at(50)), version: 7 };
+/// let hour = Duration::from_secs(3600);
+/// assert_eq!(journal_replay(&kept, Expect::Version(7), Some(&older), at(120), hour), Some(Expect::Version(7)));
+/// assert_eq!(journal_replay(&kept, Expect::Version(7), None, at(120), hour), None);
+/// assert_eq!(journal_replay(&kept, Expect::Absent, None, at(120), hour), Some(Expect::Absent));
+/// ```
+pub fn journal_replay(
+    tokens: &OAuthTokens,
+    written_under: Expect,
+    stored: Option<&Versioned<OAuthTokens>>,
+    now: Timestamp,
+    max_age: Duration,
+) -> Option<Expect> {
+    match stored {
+        Some(record) => {
+            (record.value.obtained_at < tokens.obtained_at).then_some(Expect::Version(record.version))
+        }
+        None => (written_under == Expect::Absent
+            && now.saturating_duration_since(tokens.obtained_at) <= max_age)
+            .then_some(Expect::Absent),
+    }
+}
+
 /// What a default shared-state hook answers.
 fn unsupported_state() -> StorageError {
     StorageError::new(crate::error::StorageErrorKind::Unsupported, "this store keeps no shared state")

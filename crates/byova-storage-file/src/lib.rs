@@ -45,6 +45,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod journal;
 mod store;
 
+pub use journal::{Journaled, Replay};
 pub use store::FileTokenStorage;

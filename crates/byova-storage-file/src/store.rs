@@ -115,23 +115,7 @@ impl FileTokenStorage {
     /// When the directory cannot be created, is a symlink, or is not a directory.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, StorageError> {
         let dir = dir.as_ref().to_path_buf();
-        match fs::symlink_metadata(&dir) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                return Err(StorageError::other(format!(
-                    "refusing the token directory {}: it is a symlink",
-                    dir.display()
-                )));
-            }
-            Ok(meta) if !meta.is_dir() => {
-                return Err(StorageError::other(format!(
-                    "the token directory {} is not a directory",
-                    dir.display()
-                )));
-            }
-            Ok(meta) => tighten_dir(&dir, &meta)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => create_private_dir(&dir)?,
-            Err(e) => return Err(io_error("cannot inspect the token directory", &dir, &e)),
-        }
+        ensure_private_dir(&dir)?;
         remove_legacy_lock_files(&dir)?;
         Ok(Self { inner: Arc::new(Inner { dir }) })
     }
@@ -613,10 +597,27 @@ fn read_no_follow(path: &Path) -> io::Result<Vec<u8>> {
     fs::read(path)
 }
 
+/// Makes `dir` a private directory of this user's: created `0700`, or an existing one (not a
+/// symlink, not another user's) tightened to `0700`.
+pub(crate) fn ensure_private_dir(dir: &Path) -> Result<(), StorageError> {
+    match fs::symlink_metadata(dir) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(StorageError::other(format!(
+            "refusing the token directory {}: it is a symlink",
+            dir.display()
+        ))),
+        Ok(meta) if !meta.is_dir() => {
+            Err(StorageError::other(format!("the token directory {} is not a directory", dir.display())))
+        }
+        Ok(meta) => tighten_dir(dir, &meta),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => create_private_dir(dir),
+        Err(e) => Err(io_error("cannot inspect the token directory", dir, &e)),
+    }
+}
+
 /// Temp file in the same directory (0600, unique name), write, fsync, rename: the old record
 /// or the new one survives any crash, never a torn one. The caller fsyncs the directory
 /// (outside the store's lock) before reporting success.
-fn write_durably(dir: &Path, target: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+pub(crate) fn write_durably(dir: &Path, target: &Path, bytes: &[u8]) -> Result<(), StorageError> {
     let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("record");
     let tmp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), random_suffix()));
     let written = (|| {
@@ -632,7 +633,7 @@ fn write_durably(dir: &Path, target: &Path, bytes: &[u8]) -> Result<(), StorageE
     Ok(())
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     #[cfg(unix)]
     {
         File::open(dir)

@@ -496,6 +496,140 @@ fn webhook_lifecycle_matrix_blocking() {
     lifecycle::print("blocking", "file", &cells);
 }
 
+/// A store that fails every write while `down` (a shared store killed mid-refresh).
+struct Outage {
+    inner: byova_core::InMemoryTokenStorage,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl byova_core::BlockingCoordinatedTokenStorage for Outage {
+    fn load(
+        &self,
+        key: &TokenKey,
+    ) -> Result<Option<byova_core::Versioned<OAuthTokens>>, byova_core::StorageError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(byova_core::StorageError::unavailable("the store is down"));
+        }
+        BlockingTokenStorage::load(&self.inner, key)
+    }
+    fn store(&self, key: &TokenKey, t: &OAuthTokens, e: Expect) -> Result<u64, byova_core::StorageError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(byova_core::StorageError::unavailable("the store is down"));
+        }
+        BlockingTokenStorage::store(&self.inner, key, t, e)
+    }
+    fn delete_org(&self, org: &str, e: Expect) -> Result<(), byova_core::StorageError> {
+        BlockingTokenStorage::delete_org(&self.inner, org, e)
+    }
+    fn list_orgs(&self) -> Result<Vec<String>, byova_core::StorageError> {
+        BlockingTokenStorage::list_registered_orgs(&self.inner)
+    }
+    fn try_acquire_lease(
+        &self,
+        key: &TokenKey,
+        ttl: Duration,
+    ) -> Result<Option<byova_core::Lease>, byova_core::StorageError> {
+        BlockingTokenStorage::try_acquire_lease(&self.inner, key, ttl)
+    }
+    fn release_lease(&self, lease: &byova_core::Lease) -> Result<(), byova_core::StorageError> {
+        BlockingTokenStorage::release_lease(&self.inner, lease)
+    }
+    fn extend_lease(
+        &self,
+        lease: &byova_core::Lease,
+        ttl: Duration,
+    ) -> Result<bool, byova_core::StorageError> {
+        BlockingTokenStorage::extend_lease(&self.inner, lease, ttl)
+    }
+}
+
+/// Item 10 of the brief: tokens the shared store could not take are on local disk before the
+/// store is asked, and the next start (a new process) replays them version-checked: into a
+/// store that lost them, not over a newer record, not into a record removed since.
+fn the_journal_replays_what_the_store_never_confirmed() {
+    use byova_storage_file::{Journaled, Replay};
+    let dir = temp_dir("journal");
+    let store = Arc::new(Outage { inner: byova_core::InMemoryTokenStorage::new(), down: false.into() });
+    let key = TokenKey::org(KEY_ORG);
+    let now = byova_core::Clock::now(&byova_core::SystemClock);
+    let at = |ago: u64| now.saturating_sub(Duration::from_secs(ago));
+    let tokens = |access: &str, obtained| OAuthTokens::new(AccessToken::new(access), 3600, obtained);
+    let old =
+        BlockingTokenStorage::store(store.as_ref(), &key, &tokens("OLD", at(100)), Expect::Absent).unwrap();
+    let journaled = Journaled::open_blocking(store.clone(), &dir).unwrap();
+    // Confirmed writes leave nothing behind.
+    let v = journaled.store(&key, &tokens("A", at(90)), Expect::Version(old)).unwrap();
+    assert_eq!(journaled.pending(), 0);
+    // The store is down when Webex's answer arrives: the tokens stay in the journal (0600).
+    store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = journaled.store(&key, &tokens("B", at(50)), Expect::Version(v)).unwrap_err();
+    assert_eq!(err.kind(), StorageErrorKind::Unavailable);
+    let first_org = TokenKey::org("org-first");
+    journaled.store(&first_org, &tokens("FIRST", at(40)), Expect::Absent).unwrap_err();
+    assert_eq!(journaled.pending(), 2);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let mode = entry.unwrap().metadata().unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+    let on_disk: String = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(on_disk.contains("\"B\"") && on_disk.contains("FIRST"), "the tokens are on disk");
+    drop(journaled);
+    // The process dies; the store comes back; the next start replays.
+    store.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let journaled = Journaled::open_blocking(store.clone(), &dir).unwrap();
+    assert_eq!(journaled.pending(), 0);
+    let stored = BlockingTokenStorage::load(store.as_ref(), &key).unwrap().unwrap().value;
+    assert!(stored.access_token.ct_eq_str("B"), "the kept tokens replace the older record");
+    assert!(
+        BlockingTokenStorage::load(store.as_ref(), &first_org)
+            .unwrap()
+            .unwrap()
+            .value
+            .access_token
+            .ct_eq_str("FIRST")
+    );
+    assert_eq!(journaled.replay().unwrap(), Replay::default(), "a second replay has nothing to do");
+    // Entries never replace a newer record, and never bring back a removed one.
+    store.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    journaled.store(&key, &tokens("STALE", at(30)), Expect::Any).unwrap_err();
+    let gone = TokenKey::org("org-gone");
+    journaled.store(&gone, &tokens("GONE", at(20)), Expect::Version(7)).unwrap_err();
+    store.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let current = BlockingTokenStorage::load(store.as_ref(), &key).unwrap().unwrap();
+    BlockingTokenStorage::store(
+        store.as_ref(),
+        &key,
+        &tokens("NEWER", at(10)),
+        Expect::Version(current.version),
+    )
+    .unwrap();
+    let report = journaled.replay().unwrap();
+    assert_eq!((report.stored, report.dropped, report.kept), (0, 2, 0));
+    assert!(
+        BlockingTokenStorage::load(store.as_ref(), &key)
+            .unwrap()
+            .unwrap()
+            .value
+            .access_token
+            .ct_eq_str("NEWER")
+    );
+    assert!(BlockingTokenStorage::load(store.as_ref(), &gone).unwrap().is_none());
+    // An entry that cannot be read is moved aside, not replayed and not lost.
+    std::fs::write(dir.join("entry-00-1.json"), b"{not json").unwrap();
+    let report = journaled.replay().unwrap();
+    assert_eq!(report, Replay::default());
+    assert!(dir.join("entry-00-1.json.unreadable").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
     if herd::child_main(
         |url| Box::pin(async move { open_file(&url) as Arc<dyn byova_core::TokenStorage> }),
@@ -534,6 +668,10 @@ fn main() {
             power_loss_at_any_point_leaves_the_old_or_the_new_record,
         ),
         case("four_processes_increment_exactly", four_processes_increment_exactly),
+        case(
+            "the_journal_replays_what_the_store_never_confirmed",
+            the_journal_replays_what_the_store_never_confirmed,
+        ),
         case("multi_process_herd_async", multi_process_herd_async),
         case("multi_process_herd_blocking", multi_process_herd_blocking),
         case("webhook_lifecycle_matrix_async", webhook_lifecycle_matrix_async),
