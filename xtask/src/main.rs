@@ -12,6 +12,8 @@
 //! - `cargo xtask fuzz [--seconds N | --runs N] [--seed N] [--fresh] [TARGET…]`: builds the
 //!   coverage-guided fuzz targets of `fuzz/` and runs each for N seconds (default 60) or N
 //!   executions; see `fuzz.rs`.
+//! - `cargo xtask chaos [--seconds N]`: the multi-replica chaos run alone (three `byova serve`
+//!   replicas killed, frozen, their store killed), N seconds per store (CI runs 60).
 //! - `cargo xtask ci` also packs every published crate (`cargo package --no-verify`) and checks
 //!   that each package holds its sources, manifest, README and licenses only.
 
@@ -38,8 +40,9 @@ fn main() -> ExitCode {
         Some("deny") => deny(),
         Some("package") => package(),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
+        Some("chaos") => chaos(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci|test|services|deps|deny|package|fuzz>");
+            eprintln!("usage: cargo xtask <ci|test|services|deps|deny|package|fuzz|chaos>");
             return ExitCode::from(2);
         }
     };
@@ -104,6 +107,19 @@ fn test(extra: &[String]) -> Result {
         cmd.env(name, value);
     }
     run(&mut cmd)
+}
+
+/// `cargo xtask chaos [--seconds N]`: the chaos test of byova-cli, N seconds per store.
+fn chaos(args: &[String]) -> Result {
+    let seconds = match args {
+        [] => "300".to_owned(),
+        [flag, n] if flag == "--seconds" && n.parse::<u64>().is_ok() => n.clone(),
+        _ => return Err("usage: cargo xtask chaos [--seconds N]".into()),
+    };
+    step(&format!("chaos: {seconds} s per store"));
+    run(cargo()
+        .args(["test", "-p", "byova-cli", "--test", "cli", "chaos_across", "--", "--nocapture"])
+        .env("BYOVA_CHAOS_SECONDS", seconds))
 }
 
 /// The crates a user installs.

@@ -228,6 +228,23 @@ pub struct Redemption {
     pub reused: bool,
     /// It was accepted.
     pub accepted: bool,
+    /// The org whose Service App tokens it belongs to (`None`: the Integration's, or unknown).
+    pub org: Option<String>,
+}
+
+/// What the fake knows of an access token it was shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AccessTokenStatus {
+    /// Live: Webex would accept it.
+    Valid,
+    /// Past its expiry.
+    Expired,
+    /// Revoked before its expiry (by an admin, or with its family when a rotated refresh
+    /// token was presented again).
+    Revoked,
+    /// Never issued (or revoked one by one with [`FakeWebex::revoke_access_token`]).
+    Unknown,
 }
 
 /// Tokens the fake issued outside a flow, for seeding storage.
@@ -355,6 +372,8 @@ struct State {
     settings: Settings,
     calls: HashMap<Endpoint, u64>,
     redemptions: Vec<Redemption>,
+    /// Service App token fetches, per org.
+    org_fetches: HashMap<String, u64>,
     /// When each token-endpoint call the rate limit admitted arrived.
     token_calls_admitted: Vec<std::time::Instant>,
     /// The admitted calls still inside the rate limit's window.
@@ -609,6 +628,7 @@ impl FakeWebexBuilder {
             settings: self.settings,
             calls: HashMap::new(),
             redemptions: Vec::new(),
+            org_fetches: HashMap::new(),
             token_calls_admitted: Vec::new(),
             token_window: std::collections::VecDeque::new(),
             rate_limited: 0,
@@ -785,6 +805,7 @@ impl FakeWebex {
         let mut s = self.shared.lock();
         s.calls.clear();
         s.redemptions.clear();
+        s.org_fetches.clear();
     }
 
     /// Marks `org_id` (UUID) as having authorized the Service App (no webhook is sent).
@@ -854,6 +875,28 @@ impl FakeWebex {
     /// Webex answers 401 to it from now on. Returns whether the fake knew it.
     pub fn revoke_access_token(&self, access_token: &str) -> bool {
         self.shared.lock().access.remove(access_token).is_some()
+    }
+
+    /// What the fake knows of `access_token` now.
+    pub fn access_token_status(&self, access_token: &str) -> AccessTokenStatus {
+        let now = self.shared.clock.now();
+        let s = self.shared.lock();
+        match s.access.get(access_token) {
+            None => AccessTokenStatus::Unknown,
+            Some(g) if s.families.get(&g.family).is_some_and(|f| f.revoked) => AccessTokenStatus::Revoked,
+            Some(g) if g.expires_at <= now => AccessTokenStatus::Expired,
+            Some(_) => AccessTokenStatus::Valid,
+        }
+    }
+
+    /// Token calls made for each org: refresh-token redemptions and Service App fetches.
+    pub fn token_calls_per_org(&self) -> HashMap<String, u64> {
+        let s = self.shared.lock();
+        let mut calls = s.org_fetches.clone();
+        for org in s.redemptions.iter().filter_map(|r| r.org.clone()) {
+            *calls.entry(org).or_insert(0) += 1;
+        }
+        calls
     }
 
     /// Whether the access token is currently valid at the fake.
@@ -1450,11 +1493,13 @@ impl Ctx<'_> {
         let fam = grant.as_ref().and_then(|g| s.families.get(&g.family));
         let valid = grant.as_ref().is_some_and(|g| g.current)
             && fam.is_some_and(|fam| !fam.revoked && fam.client_id == client_id);
+        let org = grant.as_ref().and_then(|g| s.families.get(&g.family)).and_then(|f| f.org.clone());
         s.redemptions.push(Redemption {
             refresh_token: token.clone(),
             client_id: client_id.to_owned(),
             reused,
             accepted: valid,
+            org,
         });
         let Some(grant) = grant.filter(|_| valid) else {
             if reused && s.settings.strict_rotation {
@@ -1549,6 +1594,7 @@ impl Ctx<'_> {
             return self.err(403, "Service App not authorized by Full Admin in Control Hub.");
         }
         let client = s.service_app.client_id.clone();
+        *s.org_fetches.entry(org.clone()).or_insert(0) += 1;
         let family = s.new_family(&client, vec!["spark:all".into()], Some(org));
         let expires_in = s.settings.service_app_expires_in;
         let omit = std::mem::replace(&mut s.settings.omit_refresh_token, false);

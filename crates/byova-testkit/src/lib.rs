@@ -52,6 +52,6 @@ pub mod __private {
 
 pub use clock::FakeClock;
 pub use fake::{
-    AuthorizeMode, DeliveryOutcome, DeliveryShape, Endpoint, FakeWebex, FakeWebexBuilder, Fault,
-    IssuedTokens, Redemption, Settings,
+    AccessTokenStatus, AuthorizeMode, DeliveryOutcome, DeliveryShape, Endpoint, FakeWebex, FakeWebexBuilder,
+    Fault, IssuedTokens, Redemption, Settings,
 };
