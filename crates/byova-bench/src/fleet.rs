@@ -50,8 +50,12 @@ fn long_lived(i: usize, now: Timestamp) -> OAuthTokens {
 
 pub(crate) fn run(args: &Args) -> Result<String, String> {
     let fleet = if args.storage == "memory:" { in_memory(args)? } else { daemon(args)? };
-    let cohort = cohort(1_000, 1_800, 300)?;
-    Ok(format!("{fleet}\n{cohort}"))
+    let wide = cohort(1_000, 1_800, 300, None, true)?;
+    // A tight cohort: a budget of 25 a minute under a Webex limit of 30; the control runs the
+    // schedule without planning against the budget (each key at its own point).
+    let tight = cohort(40, 240, 30, Some(25), true)?;
+    let control = cohort(40, 240, 30, Some(25), false)?;
+    Ok(format!("{fleet}\n{wide}\n{tight}\n{control}"))
 }
 
 /// This process's resident memory, in MB (Linux).
@@ -407,12 +411,24 @@ impl<T: Send + 'static> Task for PlanTask<T> {
 }
 
 /// A simulated cohort: `orgs` orgs registered together with `lifetime_s` tokens, against a
-/// Webex that allows `limit_per_min` token calls a minute, over two lifetimes.
-fn cohort(orgs: usize, lifetime_s: u64, limit_per_min: usize) -> Result<Value, String> {
+/// Webex that allows `limit_per_min` token calls a minute, over two lifetimes, with the
+/// daemon's budget (`budget_per_min`, the default 240 when `None`), its schedule planned
+/// against the budget (`planned`) or each key at its own point.
+fn cohort(
+    orgs: usize,
+    lifetime_s: u64,
+    limit_per_min: usize,
+    budget_per_min: Option<u32>,
+    planned: bool,
+) -> Result<Value, String> {
     let wall = Instant::now();
     let t0 = Timestamp::from_unix_secs(1_800_000_000);
-    let config = ByovaConfig::with_base_url("https://webex.test/v1").map_err(|e| e.to_string())?;
+    let mut config = ByovaConfig::with_base_url("https://webex.test/v1").map_err(|e| e.to_string())?;
+    if let Some(calls) = budget_per_min {
+        config.token_budget = Some(byova_core::TokenBudget::per_minute(calls));
+    }
     let budget = config.token_budget.clone();
+    let spacing = budget.as_ref().filter(|_| planned).map_or(Duration::ZERO, RefreshSchedule::spacing_for);
     let engine = ServiceAppEngine::new(
         ServiceAppCredentials::new("Csim", "sim-secret"),
         config,
@@ -435,11 +451,12 @@ fn cohort(orgs: usize, lifetime_s: u64, limit_per_min: usize) -> Result<Value, S
             history: Vec::new(),
         },
         engine: engine.clone(),
-        schedule: RefreshSchedule::default(),
+        schedule: RefreshSchedule::with_spacing(spacing),
         daemon_running: 0,
         served: 0,
         served_expired: 0,
     };
+    let mut expired_at_worst = 0usize;
     let names: Vec<String> = (0..orgs).map(org).collect();
     for name in &names {
         let access = format!("A-{name}-0");
@@ -478,10 +495,15 @@ fn cohort(orgs: usize, lifetime_s: u64, limit_per_min: usize) -> Result<Value, S
             tasks.push((PlanTask::boxed(plan, Some(finish)), State::Waiting));
         }
         let free = 8usize.saturating_sub(sim.daemon_running);
-        for key in sim.schedule.take_due(sim.now, free) {
+        for due in sim.schedule.take_due(sim.now, free) {
+            let (key, ahead) = (due.key, due.ahead);
             let TokenKey::Org(name) = key.clone() else { continue };
             sim.daemon_running += 1;
-            let plan = sim.engine.access_token(&name, sim.now);
+            // As `byova serve`'s refresher: a key planned ahead of its window is refreshed.
+            let plan = match ahead {
+                Some(_) => sim.engine.refresh_for_org(&name, sim.now).map(sim.now, |t| t.access_token),
+                None => sim.engine.access_token(&name, sim.now),
+            };
             let finish: Finish<AccessToken> = Box::new(move |token, sim: &mut Sim| {
                 sim.daemon_running -= 1;
                 let after = if token.is_ok() { Duration::from_secs(5) } else { Duration::from_secs(30) };
@@ -489,7 +511,11 @@ fn cohort(orgs: usize, lifetime_s: u64, limit_per_min: usize) -> Result<Value, S
                 match sim.storage.load(&key) {
                     Ok(Some(record)) => {
                         let status = sim.engine.tokens().cache().status(&key, &record.value, sim.now);
-                        sim.schedule.apply(key, Some(&status), not_before);
+                        let own = status.refresh_at.map(|at| at.saturating_add(byova_core::WAKE_SLACK));
+                        match ahead {
+                            Some(point) if own == Some(point) => sim.schedule.set(key, point),
+                            _ => sim.schedule.apply(key, Some(&status), not_before),
+                        }
                     }
                     _ => sim.schedule.set(key, not_before),
                 }
@@ -521,6 +547,16 @@ fn cohort(orgs: usize, lifetime_s: u64, limit_per_min: usize) -> Result<Value, S
             }
         }
         tasks.retain(|(_, s)| !matches!(s, State::Done));
+        // How many orgs hold a token that has really expired in the store right now.
+        let expired_now = names
+            .iter()
+            .filter(|name| {
+                sim.storage.get_service_app_tokens(name).ok().flatten().is_none_or(|t| {
+                    sim.webex.expiry.get(t.access_token.expose_secret()).is_none_or(|exp| *exp <= sim.now)
+                })
+            })
+            .count();
+        expired_at_worst = expired_at_worst.max(expired_now);
         // Move the clock to the next thing that happens.
         let next_sleeper = tasks
             .iter()
@@ -532,11 +568,14 @@ fn cohort(orgs: usize, lifetime_s: u64, limit_per_min: usize) -> Result<Value, S
         let next_caller = callers.peek().map(|std::cmp::Reverse((at, _))| *at);
         let next_due = if sim.daemon_running < 8 { sim.schedule.next_due() } else { None };
         let next = [next_sleeper, next_caller, next_due].into_iter().flatten().min().unwrap_or(end);
+        // At most a second at a time, so the store is looked at every simulated second.
+        let next = next.min(sim.now.saturating_add(Duration::from_secs(1)));
         sim.now = if next > sim.now { next } else { sim.now.saturating_add(Duration::from_millis(1)) };
     }
     let renewals = sim.webex.calls - sim.webex.rate_limited - sim.webex.premature;
     Ok(json!({
         "scenario": "cohort",
+        "planned_against_the_budget": planned,
         "orgs": orgs,
         "token_lifetime_seconds": lifetime_s,
         "webex_limit_per_minute": limit_per_min,
@@ -548,6 +587,7 @@ fn cohort(orgs: usize, lifetime_s: u64, limit_per_min: usize) -> Result<Value, S
         "calls_per_renewal": if renewals == 0 { f64::NAN } else { ((sim.webex.calls as f64 / renewals as f64) * 1000.0).round() / 1000.0 },
         "tokens_served": sim.served,
         "tokens_served_after_real_expiry": sim.served_expired,
+        "orgs_expired_in_the_store_at_worst": expired_at_worst,
         "busiest_minute": busiest_minute(&sim.webex),
         "wall_seconds": (wall.elapsed().as_secs_f64() * 100.0).round() / 100.0,
     }))
@@ -565,4 +605,90 @@ fn busiest_minute(webex: &Webex) -> usize {
         best = best.max(i + 1 - from);
     }
     best
+}
+
+/// `cohort-daemon`: the real daemon on a tight budget. `--orgs` orgs (use 40) registered in the
+/// same second with 240 s tokens, `byova serve` with `--max-token-calls-per-minute 25` against
+/// a fake Webex that answers 429 beyond 30 token calls a minute, for `--seconds` (use 480: two
+/// lifetimes); the store is looked at twice a second: how many orgs held a token that had
+/// really expired, at worst.
+pub(crate) fn cohort_daemon(args: &Args) -> Result<String, String> {
+    const LIFETIME: u64 = 240;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let byova = exe.with_file_name("byova");
+    if !byova.exists() {
+        return Err(format!(
+            "{} is missing: build it with `cargo build --release -p byova-cli`",
+            byova.display()
+        ));
+    }
+    let dir = std::env::temp_dir().join(format!("byova-cohort-{}", std::process::id()));
+    let url = format!("file://{}", dir.display());
+    let stores = storage::open(&url)?;
+    let fake = byova_testkit::FakeWebex::start();
+    fake.update_settings(|s| {
+        s.service_app_expires_in = LIFETIME;
+        s.token_rate_limit = Some((30, Duration::from_secs(60)));
+    });
+    let now = SystemClock.now();
+    stores.blocking.set_integration_tokens(&long_lived(usize::MAX >> 1, now)).map_err(|e| e.to_string())?;
+    let names: Vec<String> = (0..args.orgs).map(org).collect();
+    for name in &names {
+        fake.authorize_org(name);
+        let tokens = fake.issue_service_app_tokens(name).to_oauth_tokens(now);
+        stores.blocking.set_service_app_tokens(name, &tokens).map_err(|e| e.to_string())?;
+    }
+    fake.reset_counters();
+    let (int, sa) = (fake.integration_credentials(), fake.service_app_credentials());
+    let mut child = Command::new(&byova)
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--max-token-calls-per-minute", "25"])
+        .env("BYOVA_STORAGE", &url)
+        .env("BYOVA_BASE_URL", fake.base_url())
+        .env("BYOVA_WEBHOOK_SECRET", "cohort-secret")
+        .env("BYOVA_LOG", "warn")
+        .env("HOME", &dir)
+        .env("WEBEX_INTEGRATION_CLIENT_ID", &int.client_id)
+        .env("WEBEX_INTEGRATION_CLIENT_SECRET", int.client_secret.expose_secret())
+        .env("WEBEX_SA_CLIENT_ID", &sa.client_id)
+        .env("WEBEX_SA_CLIENT_SECRET", sa.client_secret.expose_secret())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("{}: {e}", byova.display()))?;
+    let started = Instant::now();
+    let mut worst = 0usize;
+    let mut samples = 0u64;
+    while started.elapsed() < Duration::from_secs(args.seconds) {
+        std::thread::sleep(Duration::from_millis(500));
+        let expired = names
+            .iter()
+            .filter(|name| {
+                stores.blocking.get_service_app_tokens(name).ok().flatten().is_none_or(|t| {
+                    fake.access_token_status(t.access_token.expose_secret())
+                        != byova_testkit::AccessTokenStatus::Valid
+                })
+            })
+            .count();
+        worst = worst.max(expired);
+        samples += 1;
+    }
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    let calls: u64 = fake.token_calls_per_org().values().sum();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(json!({
+        "scenario": "cohort-daemon",
+        "orgs": args.orgs,
+        "token_lifetime_seconds": LIFETIME,
+        "budget_per_minute": 25,
+        "webex_limit_per_minute": 30,
+        "seconds": args.seconds,
+        "store_samples": samples,
+        "orgs_expired_in_the_store_at_worst": worst,
+        "rate_limited_429": fake.rate_limited(),
+        "token_calls": calls,
+        "busiest_minute": fake.busiest_token_window(Duration::from_secs(60)),
+    })
+    .to_string())
 }

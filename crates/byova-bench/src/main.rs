@@ -15,6 +15,10 @@
 //!   or `byova serve` on the store for `--seconds` (its first resync, resident memory, idle
 //!   CPU); then a cohort of 1,000 orgs with 30-minute tokens under a 300/min limit, simulated
 //!   on a virtual clock over two lifetimes (429s, tokens served expired, calls per renewal).
+//! - `cohort-daemon`: the real `byova serve` (build it first) keeping `--orgs` orgs (40)
+//!   registered together with 240 s tokens fresh on a budget of 25 calls a minute against a
+//!   fake that answers 429 beyond 30, for `--seconds` (480: two lifetimes); the store looked
+//!   at twice a second (orgs expired at worst, 429s, calls).
 
 mod fleet;
 mod herd;
@@ -42,7 +46,7 @@ pub(crate) struct Args {
     child: bool,
 }
 
-const USAGE: &str = "usage: byova-bench hot|herd|sa-herd|storage-ops|fleet [--flavour async|blocking] [--callers N] \
+const USAGE: &str = "usage: byova-bench hot|herd|sa-herd|storage-ops|fleet|cohort-daemon [--flavour async|blocking] [--callers N] \
                      [--processes P] [--storage URL] [--base-url URL] [--iterations N] [--ops N] [--orgs N] [--seconds S]";
 
 fn parse_args() -> Result<Args, String> {
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
         "sa-herd" => herd::run(&args, true),
         "storage-ops" => storage_ops::run(&args),
         "fleet" => fleet::run(&args),
+        "cohort-daemon" => fleet::cohort_daemon(&args),
         other => Err(format!("unknown scenario {other:?}\n{USAGE}")),
     };
     match result {

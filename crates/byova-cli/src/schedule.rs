@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use byova_async::core::{Clock, KeyStatus, RefreshSchedule, SystemClock, Timestamp, TokenKey};
+use byova_async::core::{Clock, Due, KeyStatus, RefreshSchedule, SystemClock, Timestamp, TokenKey};
 use byova_async::{Byova, Error};
 use tokio::sync::{mpsc, watch};
 
@@ -47,11 +47,11 @@ pub(crate) struct Refresher {
     pub(crate) stop: watch::Receiver<bool>,
 }
 
-/// A due key's refresh finished: its status now (or why not), and whether it went well.
-type Finished = (TokenKey, Result<Option<KeyStatus>, Error>, bool);
+/// A due key's refresh finished: its status now (or why not), whether it went well, and its
+/// own refresh point when it was planned ahead of it.
+type Finished = (TokenKey, Result<Option<KeyStatus>, Error>, bool, Option<Timestamp>);
 
 /// The refresher's state between events.
-#[derive(Default)]
 struct State {
     schedule: RefreshSchedule,
     /// Keys being refreshed now, by task.
@@ -63,9 +63,24 @@ struct State {
 }
 
 impl State {
+    fn new(spacing: Duration) -> Self {
+        Self {
+            schedule: RefreshSchedule::with_spacing(spacing),
+            in_flight: HashMap::new(),
+            attempts: HashMap::new(),
+            reported: HashSet::new(),
+        }
+    }
+
     /// Reschedules a key whose refresh ended; says whether the budget seems to be holding
     /// refreshes back.
-    fn finished(&mut self, key: TokenKey, status: Result<Option<KeyStatus>, Error>, ok: bool) -> bool {
+    fn finished(
+        &mut self,
+        key: TokenKey,
+        status: Result<Option<KeyStatus>, Error>,
+        ok: bool,
+        ahead: Option<Timestamp>,
+    ) -> bool {
         let now = SystemClock.now();
         let status = match status {
             Ok(status) => status,
@@ -77,14 +92,28 @@ impl State {
         };
         self.report(&key, status.as_ref());
         let still_due = status.as_ref().and_then(|s| s.refresh_at).is_some_and(|at| at <= now);
+        let unchanged = |own: Timestamp| {
+            status
+                .as_ref()
+                .and_then(|s| s.refresh_at)
+                .map(|at| at.saturating_add(byova_async::core::WAKE_SLACK))
+                == Some(own)
+        };
         match (ok, still_due) {
+            // Planned ahead, but nothing was renewed (obtained moments ago): its own point.
+            (true, false) if ahead.is_some_and(unchanged) => {
+                self.attempts.remove(&key);
+                self.schedule.set(key, ahead.unwrap_or(now));
+                false
+            }
             (true, false) => {
                 self.attempts.remove(&key);
                 self.schedule.apply(key, status.as_ref(), now);
                 false
             }
             (true, true) => {
-                self.retry_later(key, FIRST_RETRY);
+                let cap = status.as_ref().map(|s| s.access_expires_at);
+                self.retry_later_before(key, FIRST_RETRY, cap);
                 true
             }
             (false, _) if status.is_none() => {
@@ -93,7 +122,8 @@ impl State {
                 false
             }
             (false, _) => {
-                self.retry_later(key, AFTER_FAILURE);
+                let cap = status.as_ref().map(|s| s.access_expires_at);
+                self.retry_later_before(key, AFTER_FAILURE, cap);
                 false
             }
         }
@@ -112,10 +142,21 @@ impl State {
     }
 
     fn retry_later(&mut self, key: TokenKey, first: Duration) {
+        self.retry_later_before(key, first, None);
+    }
+
+    /// Tries `key` again after a backoff (doubling from `first`), which never sleeps through
+    /// more than a quarter of what is left until `expires_at`: a key the budget held back is
+    /// asked again while its token still lives, not after it expired.
+    fn retry_later_before(&mut self, key: TokenKey, first: Duration, expires_at: Option<Timestamp>) {
+        let now = SystemClock.now();
         let n = self.attempts.entry(key.clone()).or_insert(0);
-        let delay = first.saturating_mul(1 << (*n).min(10)).min(MAX_RETRY);
+        let mut delay = first.saturating_mul(1 << (*n).min(10)).min(MAX_RETRY);
+        if let Some(expires_at) = expires_at {
+            delay = delay.min((expires_at.saturating_duration_since(now) / 4).max(FIRST_RETRY));
+        }
         *n += 1;
-        self.schedule.set(key, SystemClock.now().saturating_add(delay));
+        self.schedule.set(key, now.saturating_add(delay));
     }
 }
 
@@ -123,7 +164,9 @@ impl Refresher {
     /// Runs until `stop` turns true; refreshes in flight then finish (the caller bounds how
     /// long it waits).
     pub(crate) async fn run(mut self) {
-        let mut state = State::default();
+        // Planned against the shared token budget: refresh points that crowd into one stretch
+        // are moved earlier, so no token waits for the budget past its expiry.
+        let mut state = State::new(spacing_of(&self.byova));
         let mut running = tokio::task::JoinSet::<Finished>::new();
         let mut next_resync = Instant::now();
         let mut resync_retry = RESYNC_RETRY;
@@ -143,12 +186,10 @@ impl Refresher {
                 }
             }
             if Instant::now() >= hold_until {
-                for key in state.schedule.take_due(SystemClock.now(), slots.saturating_sub(running.len())) {
+                for due in state.schedule.take_due(SystemClock.now(), slots.saturating_sub(running.len())) {
                     let byova = self.byova.clone();
-                    let task = running.spawn({
-                        let key = key.clone();
-                        async move { refresh(&byova, key).await }
-                    });
+                    let key = due.key.clone();
+                    let task = running.spawn(async move { refresh(&byova, due).await });
                     state.in_flight.insert(task.id(), key);
                 }
             }
@@ -161,9 +202,9 @@ impl Refresher {
             tokio::select! {
                 () = tokio::time::sleep_until(wake), if !busy => {}
                 Some(done) = running.join_next_with_id(), if !running.is_empty() => match done {
-                    Ok((id, (key, status, ok))) => {
+                    Ok((id, (key, status, ok, ahead))) => {
                         state.in_flight.remove(&id);
-                        if state.finished(key, status, ok) {
+                        if state.finished(key, status, ok, ahead) {
                             hold_until = Instant::now() + HOLD;
                         }
                     }
@@ -203,7 +244,7 @@ impl Refresher {
         match self.byova.status().await {
             Ok(statuses) => {
                 let busy: HashSet<&TokenKey> = state.in_flight.values().collect();
-                let mut fresh = RefreshSchedule::default();
+                let mut fresh = RefreshSchedule::with_spacing(spacing_of(&self.byova));
                 let now = SystemClock.now();
                 for status in statuses.iter().filter(|s| !busy.contains(&s.key)) {
                     fresh.apply(status.key.clone(), Some(status), now);
@@ -229,16 +270,31 @@ impl Refresher {
     }
 }
 
-/// Refreshes `key` if it is due (a valid token is all that is asked: another replica may
-/// have refreshed it already), then reads its status back.
-async fn refresh(byova: &Byova, key: TokenKey) -> Finished {
+/// The spacing the schedule keeps between planned refreshes (see [`RefreshSchedule`]).
+fn spacing_of(byova: &Byova) -> Duration {
+    byova.integration().config().token_budget.as_ref().map_or(Duration::ZERO, RefreshSchedule::spacing_for)
+}
+
+/// Refreshes a due key (a valid token is all that is asked: another replica may have
+/// refreshed it already; a key planned ahead of its window to stay within the budget is
+/// refreshed although its token is still fresh), then reads its status back.
+async fn refresh(byova: &Byova, due: Due) -> Finished {
+    let (key, ahead) = (due.key, due.ahead);
     let (got, status) = match &key {
         TokenKey::Integration => {
-            let got = byova.integration().get_access_token().await.map(drop);
+            let got = if ahead.is_some() {
+                byova.integration().refresh(None).await.map(drop)
+            } else {
+                byova.integration().get_access_token().await.map(drop)
+            };
             (got, byova.integration().status().await)
         }
         TokenKey::Org(org) => {
-            let got = byova.service_app().get_access_token(org).await.map(drop);
+            let got = if ahead.is_some() {
+                byova.service_app().refresh_for_org(org).await.map(drop)
+            } else {
+                byova.service_app().get_access_token(org).await.map(drop)
+            };
             (got, byova.service_app().status(org).await)
         }
     };
@@ -250,5 +306,5 @@ async fn refresh(byova: &Byova, key: TokenKey) -> Finished {
             false
         }
     };
-    (key, status, ok)
+    (key, status, ok, ahead)
 }

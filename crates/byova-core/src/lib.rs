@@ -104,7 +104,7 @@ pub use pending::{PENDING_AUTHORIZATION_TTL, PendingAuthorization, pending_key};
 pub use policy::{
     CoordinationPolicy, Freshness, KeyStatus, RefreshPolicy, RetryDecision, RetryPolicy, TokenState, key_seed,
 };
-pub use schedule::{RefreshSchedule, WAKE_SLACK};
+pub use schedule::{Due, RefreshSchedule, WAKE_SLACK};
 pub use sealing::{SealedStorage, StorageKeys};
 pub use secret::{
     AccessToken, AuthorizationCode, ClientSecret, CsrfState, PkceCodeVerifier, RefreshToken, WebhookSecret,

@@ -50,9 +50,9 @@ pub struct RefreshPolicy {
     /// turns the cool-down off. 10 minutes by default.
     pub rejection_cooldown: Duration,
     /// A forced refresh (`refresh`, `refresh_for_org`, `refresh_all_orgs`, without a refresh
-    /// token of the caller's) of tokens obtained less than this long ago, still valid and not
-    /// rejected, returns them without calling Webex. Zero forces every time. 10 minutes by
-    /// default.
+    /// token of the caller's) of tokens obtained less than this long ago (a quarter of their
+    /// lifetime at most), still valid and not rejected, returns them without calling Webex.
+    /// Zero forces every time. 10 minutes by default.
     pub forced_refresh_floor: Duration,
 }
 
@@ -107,9 +107,11 @@ impl RefreshPolicy {
     /// Whether a forced refresh of `tokens` at `now` is answered with them instead (see
     /// [`forced_refresh_floor`](Self::forced_refresh_floor)).
     pub fn within_forced_floor(&self, tokens: &OAuthTokens, now: Timestamp) -> bool {
+        // Scaled like every other duration here: a quarter of a short token's life at most.
+        let floor = self.forced_refresh_floor.min(tokens.lifetime() / 4);
         !tokens.reauthorization_required
             && tokens.expires_in > 0
-            && now < tokens.obtained_at.saturating_add(self.forced_refresh_floor)
+            && now < tokens.obtained_at.saturating_add(floor)
             && !tokens.is_expired(self.buffer_for(tokens), now)
     }
 
@@ -471,6 +473,8 @@ mod tests {
         assert!(!p.within_forced_floor(&t.clone().access_rejected(), at(1_001)), "a rejected token");
         assert!(!p.within_forced_floor(&t.clone().rejected(), at(1_001)), "a marked record");
         assert!(!p.within_forced_floor(&tokens(1_000, 30), at(1_028)), "a token about to expire");
+        assert!(p.within_forced_floor(&tokens(1_000, 240), at(1_059)), "a quarter of a short life");
+        assert!(!p.within_forced_floor(&tokens(1_000, 240), at(1_060)));
         let none = RefreshPolicy { forced_refresh_floor: Duration::ZERO, ..RefreshPolicy::default() };
         assert!(!none.within_forced_floor(&t, at(1_000)));
     }

@@ -419,6 +419,7 @@ scenarios!(
     refresh_for_org_without_a_refresh_token_fetches,
     webhooks_are_verified_applied_and_idempotent,
     the_webhook_lifecycle_matrix_in_memory,
+    a_far_future_event_time_counts_as_arrival_time,
     ensure_webhooks_creates_only_what_is_missing,
     without_a_secret_deliveries_and_registrations_are_refused_unless_allowed_by_name,
     status_and_refresh_all_orgs,
@@ -697,6 +698,31 @@ async fn webhooks_are_verified_applied_and_idempotent(f: Arc<dyn Flavour>) {
     let junk = b"{\"resource\":\"messages\"}".to_vec();
     let sig = byova_core::sign(&secret, &junk);
     assert!(matches!(w.sdk.handle_webhook(junk, Some(sig)).await, Err(Error::InvalidInput(_))));
+}
+
+/// An `authorized` delivery whose event time lies far ahead of this clock (a skewed sender,
+/// or a forged-then-signed body of a leaked secret) is taken as arriving now: it cannot make
+/// every later `deauthorized` look older.
+async fn a_far_future_event_time_counts_as_arrival_time(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), Some("hook-secret"));
+    w.seed_fresh_integration().await;
+    let secret = WebhookSecret::new("hook-secret");
+    w.fake.authorize_org(ORG);
+    let (body, _) = w.fake.service_app_delivery(ServiceAppEventKind::Authorized, ORG, Some(&secret));
+    let text = String::from_utf8(body).unwrap();
+    let date =
+        text.split("\"authorizationDate\":\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_owned();
+    let future = text.replace(&date, "2099-01-01T00:00:00.000Z").into_bytes();
+    let sig = byova_core::sign(&secret, &future);
+    assert!(w.sdk.handle_webhook(future, Some(sig)).await.unwrap().contains("Registered"));
+    let stored = w.stored(&TokenKey::org(ORG)).await.unwrap();
+    let at = stored.authorized_at.expect("an authorization time");
+    assert!(at <= w.now().saturating_add(Duration::from_secs(1)), "taken as arrival time: {at:?}");
+    w.fake.deauthorize_org(ORG);
+    let (body, sig) = w.fake.service_app_delivery(ServiceAppEventKind::Deauthorized, ORG, Some(&secret));
+    let outcome = w.sdk.handle_webhook(body, sig).await.unwrap();
+    assert!(outcome.contains("Removed"), "the later deauthorization is not 'older': {outcome}");
+    assert!(w.stored(&TokenKey::org(ORG)).await.is_none());
 }
 
 async fn the_webhook_lifecycle_matrix_in_memory(f: Arc<dyn Flavour>) {

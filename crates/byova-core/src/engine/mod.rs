@@ -451,6 +451,49 @@ impl TokenEngine {
         )
     }
 
+    /// Removes the org's record only if Webex refuses a Service App fetch for it (403: the
+    /// app is no longer authorized), as the key's flight (after any refresh or fetch running
+    /// now). Returns what the key holds afterwards: `None` removed; `Some` kept, with fresh
+    /// tokens when Webex answered the fetch, or as it was when nobody could ask (no authorized
+    /// Integration).
+    pub(crate) fn remove_unless_authorized(self: &Arc<Self>, key: TokenKey, now: Timestamp) -> Step<Held> {
+        self.fly(
+            key.clone(),
+            Sharing::Queues,
+            now,
+            key,
+            |engine, key, now| engine.remove_unless_authorized(key, now),
+            |engine, key, _| {
+                Step::Load(
+                    key.clone(),
+                    Then::new(move |loaded: StorageResult<Option<Versioned<OAuthTokens>>>, now| {
+                        let kept = match loaded {
+                            Ok(None) => return done(Ok(None)),
+                            Ok(Some(record)) => Some(record.value),
+                            Err(e) => return done(Err(e.into())),
+                        };
+                        let settle = engine.clone();
+                        let settled_key = key.clone();
+                        Run::new(engine.clone(), key.clone(), Mode::Fetch(None), random_u64()).start().then(
+                            now,
+                            move |outcome, now| match outcome.and_then(|o| settle.settle(&settled_key, o, now)) {
+                                Ok(tokens) => done(Ok(Some(tokens))),
+                                Err(Error::ServiceAppNotAuthorized { .. }) => {
+                                    engine.delete_unless_newer(key, now, 0)
+                                }
+                                Err(Error::NotAuthorized) => {
+                                    tracing::warn!(key = %key, "a deauthorization without a time of its own cannot be confirmed without an authorized Integration; the org is kept");
+                                    done(Ok(kept))
+                                }
+                                Err(e) => done(Err(e)),
+                            },
+                        )
+                    }),
+                )
+            },
+        )
+    }
+
     fn delete_unless_newer(self: Arc<Self>, key: TokenKey, at: Timestamp, attempt: u32) -> Step<Held> {
         Step::Load(
             key.clone(),

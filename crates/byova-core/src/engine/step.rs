@@ -168,12 +168,8 @@ impl<T: Send + 'static> Step<T> {
         self.then_boxed(now, Box::new(f))
     }
 
-    /// Maps the plan's success.
-    pub(crate) fn map<U: Send + 'static>(
-        self,
-        now: Timestamp,
-        f: impl FnOnce(T) -> U + Send + 'static,
-    ) -> Step<U> {
+    /// Maps the plan's success (`now`: the current time, for a plan that is already done).
+    pub fn map<U: Send + 'static>(self, now: Timestamp, f: impl FnOnce(T) -> U + Send + 'static) -> Step<U> {
         self.then(now, |result, _| Step::Done(result.map(f)))
     }
 

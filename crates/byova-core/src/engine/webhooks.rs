@@ -21,6 +21,9 @@ use crate::webhook::{
     parse_webhook_deletion, parse_webhook_page, update_webhook_request, webhook_changes,
 };
 
+/// How far ahead of this clock a delivery's event time may lie and still be believed.
+const MAX_EVENT_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The most pages a webhook listing follows.
 const MAX_PAGES: usize = 10_000;
 
@@ -74,21 +77,36 @@ impl ServiceAppEngine {
         };
         tracing::debug!(org = %event.org_id, field = event.org_source, event = event.kind.as_str(), "serviceApp delivery");
         let key = TokenKey::org(event.org_id.clone());
-        let at = event.occurred_at.unwrap_or(now);
+        // An event time far ahead of this clock is not believed: a far-future authorization
+        // would make every later deauthorization look older. It counts as arrival time.
+        let occurred_at = event.occurred_at.filter(|at| {
+            let believable = *at <= now.saturating_add(MAX_EVENT_CLOCK_SKEW);
+            if !believable {
+                tracing::warn!(org = %event.org_id, at = %at.to_rfc3339(), "a delivery's event time lies in the future; taken as its arrival time");
+            }
+            believable
+        });
+        let at = occurred_at.unwrap_or(now);
         let org_id = event.org_id.clone();
         let work = match event.kind {
             ServiceAppEventKind::Authorized => {
-                let auth = Authorization {
-                    at,
-                    exact: event.occurred_at.is_some(),
-                    delivery: delivery_digest(raw_body),
-                };
+                let auth =
+                    Authorization { at, exact: occurred_at.is_some(), delivery: delivery_digest(raw_body) };
                 self.tokens
                     .obtain(key, Mode::Fetch(Some(auth)), now)
                     .map(now, |_| WebhookOutcome::Registered { org_id })
             }
-            ServiceAppEventKind::Deauthorized => {
+            ServiceAppEventKind::Deauthorized if occurred_at.is_some() => {
                 self.tokens.remove(key, Some(at), now).map(now, |held| match held {
+                    None => WebhookOutcome::Removed { org_id },
+                    Some(_) => WebhookOutcome::Superseded { org_id },
+                })
+            }
+            // Without a time of its own a deauthorization cannot be placed against the stored
+            // authorization (a captured old one replayed looks the same): Webex is asked, and
+            // the org goes only if it refuses a Service App fetch for it.
+            ServiceAppEventKind::Deauthorized => {
+                self.tokens.remove_unless_authorized(key, now).map(now, |held| match held {
                     None => WebhookOutcome::Removed { org_id },
                     Some(_) => WebhookOutcome::Superseded { org_id },
                 })
