@@ -61,9 +61,15 @@ pub(crate) async fn run(as_json: bool) -> Result<(), Failure> {
     let listener = crate::serve::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr().map_err(|e| failure(3, e.to_string()))?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = Arc::new(crate::serve::Daemon {
+        byova: byova.clone(),
+        touched: None,
+        board: Arc::default(),
+        admin_token: None,
+        metrics_per_key: false,
+    });
     let server = tokio::spawn(crate::serve::serve_http(
-        byova.clone(),
-        None,
+        daemon,
         listener,
         crate::serve::Role::Public,
         crate::serve::Limits { max_connections: 16 },

@@ -140,6 +140,13 @@ enum Command {
         /// one first, then the previous one during a rotation (one per line or comma-separated).
         #[arg(long)]
         secret_file: Option<String>,
+        /// A file holding the bearer token the admin listener asks for (`Authorization: Bearer
+        /// …`); required when --admin-listen is not a loopback address.
+        #[arg(long)]
+        admin_token_file: Option<String>,
+        /// Label a gauge in /metrics with each key (customer org ids then reach whoever scrapes).
+        #[arg(long)]
+        metrics_per_key: bool,
     },
     /// Walk through the whole lifecycle against a local fake Webex (no credentials, no network).
     Demo,
@@ -431,16 +438,27 @@ async fn run(cli: Cli) -> Outcome {
             let statuses = byova.status().await?;
             print_statuses(&statuses, cli.json);
         }
-        Command::Serve { listen, admin_listen, resync_interval, concurrency, max_connections, .. } => {
-            serve::run(
-                Arc::new(byova),
-                &listen,
-                &admin_listen,
-                Duration::from_secs(resync_interval.max(1)),
+        Command::Serve {
+            listen,
+            admin_listen,
+            resync_interval,
+            concurrency,
+            max_connections,
+            admin_token_file,
+            metrics_per_key,
+            ..
+        } => {
+            let admin_token = admin_token_file
+                .map(|file| read_secret(&file, "admin token").map(byova_core::SharedSecret::new))
+                .transpose()?;
+            let options = serve::Options {
+                resync: Duration::from_secs(resync_interval.max(1)),
                 concurrency,
-                serve::Limits { max_connections },
-            )
-            .await?;
+                limits: serve::Limits { max_connections },
+                admin_token,
+                metrics_per_key,
+            };
+            serve::run(Arc::new(byova), &listen, &admin_listen, options).await?;
         }
         Command::Demo => {}
     }

@@ -22,6 +22,51 @@ use tokio::sync::{mpsc, watch};
 /// full, the next resync catches up.
 pub(crate) type Touched = mpsc::Sender<String>;
 
+/// What the daemon knows of every key, for `/status` and `/metrics`: filled by the full
+/// resync, kept current by every refresh and delivery, so a scrape reads no store (and
+/// unseals no record).
+#[derive(Default)]
+pub(crate) struct StatusBoard {
+    statuses: std::sync::Mutex<Option<std::collections::BTreeMap<TokenKey, KeyStatus>>>,
+}
+
+impl StatusBoard {
+    /// Every key's status, `None` until the first resync.
+    pub(crate) fn snapshot(&self) -> Option<Vec<KeyStatus>> {
+        self.lock().as_ref().map(|all| all.values().cloned().collect())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<std::collections::BTreeMap<TokenKey, KeyStatus>>> {
+        self.statuses.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces everything (a full resync).
+    pub(crate) fn replace(&self, statuses: &[KeyStatus]) {
+        *self.lock() = Some(statuses.iter().map(|s| (s.key.clone(), s.clone())).collect());
+    }
+
+    /// One key's status now (`None`: nothing stored).
+    pub(crate) fn put(&self, key: &TokenKey, status: Option<&KeyStatus>) {
+        let mut board = self.lock();
+        let all = board.get_or_insert_with(Default::default);
+        match status {
+            Some(status) => {
+                all.insert(key.clone(), status.clone());
+            }
+            None => {
+                all.remove(key);
+            }
+        }
+    }
+
+    /// Reads every status from the store (a full resync); says whether it could.
+    pub(crate) async fn resync(&self, byova: &Byova) -> Result<usize, Error> {
+        let statuses = byova.status().await?;
+        self.replace(&statuses);
+        Ok(statuses.len())
+    }
+}
+
 /// A key still due right after its refresh (the token budget deferred it, another replica
 /// holds its lease, or Webex failed and the still-valid token was served) is tried again after
 /// this, doubling each time up to [`MAX_RETRY`]; meanwhile nothing else due is started for
@@ -45,6 +90,9 @@ pub(crate) struct Refresher {
     pub(crate) resync_every: Duration,
     pub(crate) touched: mpsc::Receiver<String>,
     pub(crate) stop: watch::Receiver<bool>,
+    /// What `/status` and `/metrics` read (the daemon may fill it before the refresher starts:
+    /// the refresher then plans from it instead of reading the store again).
+    pub(crate) board: Arc<StatusBoard>,
 }
 
 /// A due key's refresh finished: its status now (or why not), whether it went well, and its
@@ -169,6 +217,11 @@ impl Refresher {
         let mut state = State::new(spacing_of(&self.byova));
         let mut running = tokio::task::JoinSet::<Finished>::new();
         let mut next_resync = Instant::now();
+        if let Some(statuses) = self.board.snapshot() {
+            self.rebuild(&mut state, &statuses);
+            next_resync += self.resync_every;
+            tracing::info!(keys = state.schedule.len(), "refresh schedule planned");
+        }
         let mut resync_retry = RESYNC_RETRY;
         let mut hold_until = Instant::now();
         let slots = self.concurrency.max(1);
@@ -204,6 +257,9 @@ impl Refresher {
                 Some(done) = running.join_next_with_id(), if !running.is_empty() => match done {
                     Ok((id, (key, status, ok, ahead))) => {
                         state.in_flight.remove(&id);
+                        if let Ok(status) = &status {
+                            self.board.put(&key, status.as_ref());
+                        }
                         if state.finished(key, status, ok, ahead) {
                             hold_until = Instant::now() + HOLD;
                         }
@@ -220,6 +276,7 @@ impl Refresher {
                     match self.byova.service_app().status(&org).await {
                         Ok(status) => {
                             state.attempts.remove(&key);
+                            self.board.put(&key, status.as_ref());
                             state.report(&key, status.as_ref());
                             state.schedule.apply(key, status.as_ref(), SystemClock.now());
                         }
@@ -243,17 +300,8 @@ impl Refresher {
         let started = std::time::Instant::now();
         match self.byova.status().await {
             Ok(statuses) => {
-                let busy: HashSet<&TokenKey> = state.in_flight.values().collect();
-                let mut fresh = RefreshSchedule::with_spacing(spacing_of(&self.byova));
-                let now = SystemClock.now();
-                for status in statuses.iter().filter(|s| !busy.contains(&s.key)) {
-                    fresh.apply(status.key.clone(), Some(status), now);
-                }
-                for status in &statuses {
-                    state.report(&status.key, Some(status));
-                }
-                state.schedule = fresh;
-                state.attempts.clear();
+                self.board.replace(&statuses);
+                self.rebuild(state, &statuses);
                 tracing::info!(
                     keys = state.schedule.len(),
                     took = ?started.elapsed(),
@@ -267,6 +315,22 @@ impl Refresher {
                 false
             }
         }
+    }
+
+    /// The schedule anew from every key's status (keys being refreshed now are left to their
+    /// refresh).
+    fn rebuild(&self, state: &mut State, statuses: &[KeyStatus]) {
+        let busy: HashSet<&TokenKey> = state.in_flight.values().collect();
+        let mut fresh = RefreshSchedule::with_spacing(spacing_of(&self.byova));
+        let now = SystemClock.now();
+        for status in statuses.iter().filter(|s| !busy.contains(&s.key)) {
+            fresh.apply(status.key.clone(), Some(status), now);
+        }
+        for status in statuses {
+            state.report(&status.key, Some(status));
+        }
+        state.schedule = fresh;
+        state.attempts.clear();
     }
 }
 

@@ -18,9 +18,9 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use byova_async::core::{Clock, SystemClock};
+use byova_async::core::{Clock, SharedSecret, SystemClock};
 
-use crate::schedule::{Refresher, Touched};
+use crate::schedule::{Refresher, StatusBoard, Touched};
 use crate::{Failure, failure, status_json};
 
 type Resp = Response<Full<Bytes>>;
@@ -51,37 +51,68 @@ const READ_DEADLINE: Duration = Duration::from_secs(10);
 /// The most a connection may live, handling included.
 const CONNECTION_DEADLINE: Duration = Duration::from_secs(60);
 
+/// What every request handler of the daemon shares.
+pub(crate) struct Daemon {
+    pub(crate) byova: Arc<Byova>,
+    /// Orgs a delivery touched, for the refresher (the public listener's).
+    pub(crate) touched: Option<Touched>,
+    /// What `/status` and `/metrics` read.
+    pub(crate) board: Arc<StatusBoard>,
+    /// The bearer token the admin listener asks for, when one is set.
+    pub(crate) admin_token: Option<SharedSecret>,
+    /// Whether `/metrics` labels a gauge with each key (customer org ids).
+    pub(crate) metrics_per_key: bool,
+}
+
+/// Whether `req` carries `Authorization: Bearer <token>` (compared in constant time).
+fn authorized(req: &Request<Incoming>, token: &SharedSecret) -> bool {
+    req.headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| token.ct_eq_str(given.trim()))
+}
+
 /// Handles one request to the daemon; `read_by` is when its connection's reading time ends.
 pub(crate) async fn handle(
-    byova: Arc<Byova>,
-    touched: Option<Touched>,
+    daemon: Arc<Daemon>,
     role: Role,
     read_by: tokio::time::Instant,
     req: Request<Incoming>,
 ) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
+    if role == Role::Admin
+        && let Some(token) = &daemon.admin_token
+        && !authorized(&req, token)
+    {
+        let mut resp =
+            respond(StatusCode::UNAUTHORIZED, json!({"error": "the admin listener needs its bearer token"}));
+        resp.headers_mut().insert("WWW-Authenticate", hyper::header::HeaderValue::from_static("Bearer"));
+        return Ok(resp);
+    }
     let resp = match (role, method.as_str(), path.as_str()) {
         (Role::Admin, "GET", "/healthz") => respond(StatusCode::OK, json!({"status": "ok"})),
-        (Role::Admin, "GET", "/status") => match byova.status().await {
-            Ok(statuses) => {
+        (Role::Admin, "GET", "/status") => match daemon.board.snapshot() {
+            Some(statuses) => {
                 respond(StatusCode::OK, json!(statuses.iter().map(status_json).collect::<Vec<_>>()))
             }
-            Err(e) => respond(StatusCode::SERVICE_UNAVAILABLE, json!({"error": e.to_string()})),
+            None => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"error": "the tokens' status is not known yet: the store could not be read since the start"}),
+            ),
         },
         (Role::Admin, "GET", "/metrics") => {
-            // The counters are always served; the token gauges need the store.
-            let (statuses, readable) = match byova.status().await {
-                Ok(statuses) => (statuses, 1),
-                Err(e) => {
-                    tracing::warn!(error = %e, "/metrics: the tokens could not be read");
-                    (Vec::new(), 0)
-                }
+            // From what the daemon holds: a scrape reads no store and unseals no record.
+            let (statuses, known) = match daemon.board.snapshot() {
+                Some(statuses) => (statuses, 1),
+                None => (Vec::new(), 0),
             };
-            let mut text = byova_async::core::metrics().render_prometheus(&statuses, SystemClock.now());
+            let metrics = byova_async::core::metrics();
+            let mut text = metrics.render_prometheus(&statuses, SystemClock.now(), daemon.metrics_per_key);
             text.push_str(&format!(
-                "# HELP byova_store_readable Whether every stored token could be read for this scrape.\n\
-                 # TYPE byova_store_readable gauge\nbyova_store_readable {readable}\n"
+                "# HELP byova_store_readable Whether the tokens' status is known (the store was read since the start).\n\
+                 # TYPE byova_store_readable gauge\nbyova_store_readable {known}\n"
             ));
             let mut resp = Response::new(Full::new(Bytes::from(text)));
             resp.headers_mut().insert(
@@ -90,7 +121,7 @@ pub(crate) async fn handle(
             );
             resp
         }
-        (Role::Public, "POST", "/webhook") => webhook(&byova, touched.as_ref(), read_by, req).await,
+        (Role::Public, "POST", "/webhook") => webhook(&daemon, read_by, req).await,
         (Role::Public, _, "/webhook") => {
             let mut resp = reply(delivery_method_reply());
             resp.headers_mut().insert("Allow", hyper::header::HeaderValue::from_static("POST"));
@@ -102,12 +133,8 @@ pub(crate) async fn handle(
     Ok(resp)
 }
 
-async fn webhook(
-    byova: &Byova,
-    touched: Option<&Touched>,
-    read_by: tokio::time::Instant,
-    req: Request<Incoming>,
-) -> Resp {
+async fn webhook(daemon: &Daemon, read_by: tokio::time::Instant, req: Request<Incoming>) -> Resp {
+    let byova = &daemon.byova;
     let signature = req.headers().get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
     // The body is capped, and must arrive within the connection's reading time, before
     // anything else looks at it.
@@ -121,11 +148,16 @@ async fn webhook(
         Ok(Ok(body)) => body.to_bytes(),
     };
     let result = byova.handle_service_app_webhook(&body, signature.as_deref()).await;
-    if let (Some(touched), Ok(outcome)) = (touched, &result)
+    if let Ok(outcome) = &result
         && let Some(org) = outcome.org_id()
     {
-        // Full: the next resync catches up.
-        let _ = touched.try_send(org.to_owned());
+        if let Ok(status) = byova.service_app().status(org).await {
+            daemon.board.put(&byova_async::TokenKey::org(org), status.as_ref());
+        }
+        if let Some(touched) = &daemon.touched {
+            // Full: the next resync catches up.
+            let _ = touched.try_send(org.to_owned());
+        }
     }
     reply(delivery_reply(&result))
 }
@@ -174,8 +206,7 @@ impl Limits {
 /// a free slot, and an accept error (out of descriptors, say) backs off instead of spinning.
 /// Each connection serves one request, which must arrive within [`READ_DEADLINE`].
 pub(crate) async fn serve_http(
-    byova: Arc<Byova>,
-    touched: Option<Touched>,
+    daemon: Arc<Daemon>,
     listener: TcpListener,
     role: Role,
     limits: Limits,
@@ -212,13 +243,11 @@ pub(crate) async fn serve_http(
                 }
             }
         };
-        let (byova, touched) = (byova.clone(), touched.clone());
+        let daemon = daemon.clone();
         connections.spawn(async move {
             let read_by = tokio::time::Instant::now() + READ_DEADLINE;
             let io = hyper_util::rt::TokioIo::new(stream);
-            let service = hyper::service::service_fn(move |req| {
-                handle(byova.clone(), touched.clone(), role, read_by, req)
-            });
+            let service = hyper::service::service_fn(move |req| handle(daemon.clone(), role, read_by, req));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(READ_DEADLINE)
@@ -277,19 +306,50 @@ async fn bind_flag(listen: &str, flag: &str) -> Result<TcpListener, Failure> {
     })
 }
 
+/// How `byova serve` runs, beyond its addresses.
+pub(crate) struct Options {
+    /// Between full resyncs of the schedule with the store.
+    pub(crate) resync: Duration,
+    /// Keys refreshed at once.
+    pub(crate) concurrency: usize,
+    /// The public listener's limits.
+    pub(crate) limits: Limits,
+    /// The admin listener's bearer token (required on an address that is not loopback).
+    pub(crate) admin_token: Option<SharedSecret>,
+    /// Label `/metrics` gauges with each key.
+    pub(crate) metrics_per_key: bool,
+}
+
 /// `byova serve`.
 pub(crate) async fn run(
     byova: Arc<Byova>,
     listen: &str,
     admin_listen: &str,
-    resync: Duration,
-    concurrency: usize,
-    limits: Limits,
+    options: Options,
 ) -> Result<(), Failure> {
+    let Options { resync, concurrency, limits, admin_token, metrics_per_key } = options;
     let listener = bind(listen).await?;
     let admin = bind_flag(admin_listen, "--admin-listen").await?;
     let addr = listener.local_addr().map_err(|e| failure(3, e.to_string()))?;
     let admin_addr = admin.local_addr().map_err(|e| failure(3, e.to_string()))?;
+    // Rule 12: /status and /metrics on an address others can reach need a credential.
+    if !admin_addr.ip().is_loopback() && admin_token.is_none() {
+        return Err(failure(
+            3,
+            format!(
+                "--admin-listen {admin_addr} is not a loopback address: give --admin-token-file FILE (clients send \
+                 Authorization: Bearer <its content>) or listen on 127.0.0.1"
+            ),
+        ));
+    }
+    // What /status and /metrics read, filled before anything listens; the refresher plans
+    // from it. A store that cannot be read now is read by the refresher's resync later.
+    let board = Arc::new(StatusBoard::default());
+    let started = std::time::Instant::now();
+    match board.resync(&byova).await {
+        Ok(keys) => tracing::info!(keys, took = ?started.elapsed(), "refresh schedule resynced"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the tokens' status yet; the refresher tries again"),
+    }
     println!(
         "byova serve: listening on http://{addr} (POST /webhook); admin on http://{admin_addr} (GET /healthz, /status, /metrics)"
     );
@@ -305,12 +365,21 @@ pub(crate) async fn run(
             resync_every: resync,
             touched: touched_rx,
             stop: stop_rx.clone(),
+            board: board.clone(),
         }
         .run(),
     );
+    let daemon = |touched| {
+        Arc::new(Daemon {
+            byova: byova.clone(),
+            touched,
+            board: board.clone(),
+            admin_token: admin_token.clone(),
+            metrics_per_key,
+        })
+    };
     let admin_server = tokio::spawn(serve_http(
-        byova.clone(),
-        None,
+        daemon(None),
         admin,
         Role::Admin,
         Limits { max_connections: 64 },
@@ -318,7 +387,7 @@ pub(crate) async fn run(
     ));
     let limits = limits.within_descriptor_budget();
     tracing::info!(max_connections = limits.max_connections, "public listener");
-    let public = serve_http(byova.clone(), Some(touched), listener, Role::Public, limits, async {
+    let public = serve_http(daemon(Some(touched)), listener, Role::Public, limits, async {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });

@@ -513,6 +513,69 @@ fn webhook_secrets_fail_closed_and_unsigned_is_an_explicit_opt_in() {
     assert!(sigterm(&mut child).success());
 }
 
+/// Rule 12 and item 7 of the brief: an admin listener others can reach needs a bearer token
+/// (refused to start without one; 401 without it, 200 with it); org ids appear in /metrics
+/// only when asked for; /status and /metrics answer from what the daemon holds, even with the
+/// store gone.
+#[test]
+fn the_admin_surface_needs_a_token_off_loopback_and_reads_no_store() {
+    let env = Env::new();
+    env.seed_integration();
+    env.fake.authorize_org(ORG);
+    env.run(&["org", "fetch", ORG]);
+    let o = env
+        .cmd()
+        .env("BYOVA_WEBHOOK_SECRET", "s")
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_fails(&o, 3, "--admin-token-file");
+    let token = env.file("admin-token", "ADMIN-CANARY\n");
+    let mut child = env
+        .cmd()
+        .env("BYOVA_WEBHOOK_SECRET", "s")
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "0.0.0.0:0",
+            "--admin-token-file",
+            &token,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    let port =
+        line.split("admin on http://0.0.0.0:").nth(1).and_then(|r| r.split_whitespace().next()).unwrap();
+    let admin = format!("http://127.0.0.1:{port}");
+    let get = |path: &str, auth: Option<&str>| {
+        let url = format!("{admin}{path}");
+        let headers: Vec<(&str, &str)> = auth.map(|a| vec![("Authorization", a)]).unwrap_or_default();
+        wire::send(&wire::request(byova_core::Method::Get, &url, Vec::new(), &headers)).unwrap()
+    };
+    for path in ["/status", "/metrics", "/healthz"] {
+        assert_eq!(get(path, None).status, 401, "{path} without the token");
+        assert_eq!(get(path, Some("Bearer wrong")).status, 401, "{path} with a wrong token");
+        assert_eq!(get(path, Some("Bearer ADMIN-CANARY")).status, 200, "{path} with it");
+    }
+    let metrics = String::from_utf8(get("/metrics", Some("Bearer ADMIN-CANARY")).body.to_vec()).unwrap();
+    assert!(!metrics.contains(ORG), "no org ids unless --metrics-per-key: {metrics}");
+    assert!(metrics.contains("byova_tokens{state=\"valid\"} 2"), "{metrics}");
+    // The store goes away: the daemon still says what it knows.
+    let moved = env.dir.with_extension("moved");
+    std::fs::rename(&env.dir, &moved).unwrap();
+    let status = get("/status", Some("Bearer ADMIN-CANARY"));
+    std::fs::rename(&moved, &env.dir).unwrap();
+    assert_eq!(status.status, 200);
+    let status: serde_json::Value = serde_json::from_slice(&status.body).unwrap();
+    assert_eq!(status.as_array().unwrap().len(), 2, "{status}");
+    assert!(sigterm(&mut child).success());
+}
+
 /// Starts `byova serve` (admin listener on a free port) and returns it with its public and
 /// admin base URLs.
 fn start_serve(cmd: &mut Command) -> (Child, String, String) {
@@ -563,6 +626,7 @@ fn serve_accepts_signed_deliveries_and_rejects_the_rest() {
         "serve",
         "--listen",
         "127.0.0.1:0",
+        "--metrics-per-key",
     ]));
     let secret = WebhookSecret::new("serve-secret");
     let (body, sig) = env.fake.service_app_delivery(ServiceAppEventKind::Authorized, ORG, Some(&secret));
@@ -648,8 +712,10 @@ fn serve_lifecycle(shape: DeliveryShape) {
     );
     assert_eq!(statuses(&env.fake.admin_event(ServiceAppEventKind::Deauthorized, ORG)), ok);
     assert!(registered().is_empty(), "{shape:?}: deauthorized removes the org");
+    // Without an event time, the deauthorization was confirmed with Webex: a fetch it refused.
+    assert_eq!(fetches(), 2, "{shape:?}");
     assert_eq!(statuses(&env.fake.admin_event(ServiceAppEventKind::Authorized, ORG)), ok);
-    assert_eq!((registered(), fetches()), (vec![ORG.to_owned()], 2), "{shape:?}: authorized again");
+    assert_eq!((registered(), fetches()), (vec![ORG.to_owned()], 3), "{shape:?}: authorized again");
 
     // A delivery Webex gives up on while the fetch is in flight, then its redelivery.
     assert_eq!(statuses(&env.fake.admin_event(ServiceAppEventKind::Deauthorized, ORG)), ok);
@@ -661,11 +727,11 @@ fn serve_lifecycle(shape: DeliveryShape) {
     env.fake.set_answer_latency(Endpoint::ApplicationToken, Duration::ZERO);
     assert_eq!(
         (registered(), fetches()),
-        (vec![ORG.to_owned()], 3),
+        (vec![ORG.to_owned()], 5),
         "{shape:?}: the cut delivery completed and its redelivery joined it"
     );
     assert_eq!(statuses(&env.fake.deliver(ServiceAppEventKind::Authorized, ORG)), ok, "repeated");
-    assert_eq!(fetches(), 3, "{shape:?}: a repeated authorized costs nothing");
+    assert_eq!(fetches(), 5, "{shape:?}: a repeated authorized costs nothing");
 
     // `ensure` moves the webhooks to the current secret; then the old one can go.
     let rotated = env

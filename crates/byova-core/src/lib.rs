@@ -107,8 +107,8 @@ pub use policy::{
 pub use schedule::{Due, RefreshSchedule, WAKE_SLACK};
 pub use sealing::{SealedStorage, StorageKeys};
 pub use secret::{
-    AccessToken, AuthorizationCode, ClientSecret, CsrfState, PkceCodeVerifier, RefreshToken, WebhookSecret,
-    random_u64,
+    AccessToken, AuthorizationCode, ClientSecret, CsrfState, PkceCodeVerifier, RefreshToken, SharedSecret,
+    WebhookSecret, random_u64,
 };
 pub use storage::{
     BlockingCoordinatedTokenStorage, BlockingTokenStorage, CoordinatedTokenStorage, InMemoryTokenStorage,

@@ -146,8 +146,9 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of the counters, and of `statuses` (the tokens stored
-    /// now) at `now`.
-    pub fn render_prometheus(&self, statuses: &[KeyStatus], now: Timestamp) -> String {
+    /// now) at `now`: counts by state, and with `per_key` one expiry gauge per key (each
+    /// customer org id as a label: opt in, for a scrape that may see them).
+    pub fn render_prometheus(&self, statuses: &[KeyStatus], now: Timestamp, per_key: bool) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::new();
         let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
@@ -231,6 +232,7 @@ impl Metrics {
         );
         let expiry: Vec<_> = statuses
             .iter()
+            .filter(|_| per_key)
             .map(|s| {
                 let key = match &s.key {
                     TokenKey::Integration => "integration".to_owned(),
@@ -284,7 +286,8 @@ mod tests {
             refresh_at: None,
             refresh_token_rejected: true,
         }];
-        let text = m.render_prometheus(&statuses, now);
+        let text = m.render_prometheus(&statuses, now, true);
+        assert!(!m.render_prometheus(&statuses, now, false).contains("o\\\"1"), "no org ids unless asked");
         for line in [
             "byova_webex_calls_total{endpoint=\"access_token\"} 2",
             "byova_webex_calls_total{endpoint=\"application_token\"} 1",

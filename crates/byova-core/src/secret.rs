@@ -109,6 +109,11 @@ secret_type!(
     /// The secret a webhook was registered with; keys the `X-Spark-Signature` HMAC.
     WebhookSecret, clone: true
 );
+secret_type!(
+    /// A shared secret a local client presents as `Authorization: Bearer …` to the daemon
+    /// (its admin listener, say); compared in constant time.
+    SharedSecret, clone: true
+);
 
 /// Fills `buf` from the operating system's random source.
 ///
