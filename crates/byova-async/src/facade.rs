@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use byova_core::{
     BulkProgress, Facade, InMemoryTokenStorage, IntegrationCredentials, KeyStatus, NewWebhook, OrgRefresh,
-    Parts, Result, SealedStorage, ServiceAppCredentials, StorageKeys, TokenStorage, Webhook, WebhookOutcome,
-    WebhookSecret,
+    Parts, Result, SealedStorage, ServiceAppCredentials, StatusReport, StorageKeys, TokenStorage, Webhook,
+    WebhookOutcome, WebhookSecret,
 };
 
 use crate::driver::Drive;
@@ -41,8 +41,12 @@ impl Facade for Byova {
         Arc::new(InMemoryTokenStorage::new())
     }
 
-    fn seal(storage: Arc<dyn TokenStorage>, keys: Option<StorageKeys>) -> Arc<dyn TokenStorage> {
-        Arc::new(SealedStorage::new(storage, keys))
+    fn seal(
+        storage: Arc<dyn TokenStorage>,
+        keys: Option<StorageKeys>,
+        require_sealed: bool,
+    ) -> Arc<dyn TokenStorage> {
+        Arc::new(SealedStorage::new(storage, keys).requiring_sealed(require_sealed))
     }
 
     fn assemble(parts: Parts<dyn TokenStorage>) -> Result<Self> {
@@ -142,12 +146,17 @@ impl Byova {
         sa.agent.run(sa.engine.ensure_webhooks(target_url, secret, sa.agent.now())).await
     }
 
-    /// The status of the Integration and of every registered org. Holds no secret.
+    /// The status of the Integration and of every registered org. Holds no secret. Records
+    /// that cannot be read are left out ([`status_report`](Self::status_report) counts them).
     /// Cancel safety: it only reads.
     pub async fn status(&self) -> Result<Vec<KeyStatus>> {
-        let mut all: Vec<KeyStatus> = self.integration.status().await?.into_iter().collect();
-        all.extend(self.service_app.agent.run(self.service_app.engine.statuses()).await?);
-        Ok(all)
+        Ok(self.status_report().await?.keys)
+    }
+
+    /// [`status`](Self::status), with the keys whose records cannot be read.
+    /// Cancel safety: it only reads.
+    pub async fn status_report(&self) -> Result<StatusReport> {
+        self.service_app.agent.run(self.service_app.engine.status_report(true)).await
     }
 
     /// Refreshes every registered org, at most `concurrency` at a time; one failing never stops

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use byova_core::{
     BlockingTokenStorage, BulkProgress, Facade, InMemoryTokenStorage, IntegrationCredentials, KeyStatus,
-    NewWebhook, OrgRefresh, Parts, Result, SealedStorage, ServiceAppCredentials, StorageKeys, Webhook,
-    WebhookOutcome, WebhookSecret,
+    NewWebhook, OrgRefresh, Parts, Result, SealedStorage, ServiceAppCredentials, StatusReport, StorageKeys,
+    Webhook, WebhookOutcome, WebhookSecret,
 };
 
 use crate::driver::Drive;
@@ -43,8 +43,9 @@ impl Facade for Byova {
     fn seal(
         storage: Arc<dyn BlockingTokenStorage>,
         keys: Option<StorageKeys>,
+        require_sealed: bool,
     ) -> Arc<dyn BlockingTokenStorage> {
-        Arc::new(SealedStorage::new(storage, keys))
+        Arc::new(SealedStorage::new(storage, keys).requiring_sealed(require_sealed))
     }
 
     fn assemble(parts: Parts<dyn BlockingTokenStorage>) -> Result<Self> {
@@ -139,11 +140,15 @@ impl Byova {
         sa.agent.run(sa.engine.ensure_webhooks(target_url, secret, sa.agent.now()))
     }
 
-    /// The status of the Integration and of every registered org. Holds no secret.
+    /// The status of the Integration and of every registered org. Holds no secret. Records
+    /// that cannot be read are left out ([`status_report`](Self::status_report) counts them).
     pub fn status(&self) -> Result<Vec<KeyStatus>> {
-        let mut all: Vec<KeyStatus> = self.integration.status()?.into_iter().collect();
-        all.extend(self.service_app.agent.run(self.service_app.engine.statuses())?);
-        Ok(all)
+        Ok(self.status_report()?.keys)
+    }
+
+    /// [`status`](Self::status), with the keys whose records cannot be read.
+    pub fn status_report(&self) -> Result<StatusReport> {
+        self.service_app.agent.run(self.service_app.engine.status_report(true))
     }
 
     /// Refreshes every registered org, at most `concurrency` at a time; one failing never stops

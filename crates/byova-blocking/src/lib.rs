@@ -69,9 +69,9 @@ pub use byova_core as core;
 pub use byova_core::{
     AccessToken, ApiFailure, AuthorizeOptions, BlockingCoordinatedTokenStorage, BlockingTokenStorage,
     BulkProgress, ByovaConfig, Clock, CoarseClock, DEFAULT_INTEGRATION_SCOPES, DEFAULT_REDIRECT_URI, Error,
-    Expect, InMemoryTokenStorage, IntegrationCredentials, KeyStatus, Lease, NewWebhook, OAuthTokens,
-    OrgRefresh, RedirectOptions, RefreshToken, Result, ServiceAppCredentials, ServiceAppEventKind,
-    ServiceAppTokens, SignatureError, StorageError, StorageErrorKind, StorageKeys, SystemClock, Timestamp,
-    TokenKey, TokenState, TokenSubject, Versioned, Webhook, WebhookOutcome, WebhookSecret, decode_org_id,
-    derive_application_id, load_credentials_from_env,
+    Expect, InMemoryTokenStorage, IntegrationCredentials, Invalidation, KeyStatus, Lease, NewWebhook,
+    OAuthTokens, OrgRefresh, RedirectOptions, RefreshToken, Result, ServiceAppCredentials,
+    ServiceAppEventKind, ServiceAppTokens, SignatureError, StatusReport, StorageError, StorageErrorKind,
+    StorageKeys, SystemClock, Timestamp, TokenKey, TokenState, TokenSubject, Versioned, Webhook,
+    WebhookOutcome, WebhookSecret, decode_org_id, derive_application_id, load_credentials_from_env,
 };

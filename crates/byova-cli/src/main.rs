@@ -194,6 +194,10 @@ enum OrgCommand {
         /// What to read.
         file: String,
     },
+    /// Write every record again under the current storage key (BYOVA_STORAGE_KEY's first),
+    /// marked ones included, so a key rotation can finish; records no configured key opens
+    /// are reported. Exits 4 if any could not be rewritten.
+    Reseal,
     /// Refresh every org now, honouring Retry-After. Tokens obtained in the last 10 minutes
     /// are left as they are (each refresh mints a token Webex counts against a per-user cap).
     RefreshAll {
@@ -435,8 +439,9 @@ async fn run(cli: Cli) -> Outcome {
             );
         }
         Command::Status => {
-            let statuses = byova.status().await?;
-            print_statuses(&statuses, cli.json);
+            let report = byova.status_report().await?;
+            print_statuses(&report.keys, cli.json);
+            report_unreadable(&report);
         }
         Command::Serve {
             listen,
@@ -507,6 +512,7 @@ async fn connect(cli: &Cli) -> Result<Byova, Failure> {
         Some(keys) => builder.storage_keys(keys),
         None => builder,
     };
+    let builder = if env.require_sealed { builder.require_sealed_storage() } else { builder };
     let builder = if allow_unsigned { builder.allow_unsigned_webhooks() } else { builder };
     Ok(builder.webhook_secrets(secrets).build()?)
 }
@@ -607,12 +613,13 @@ async fn org(byova: &Byova, cmd: OrgCommand, as_json: bool) -> Outcome {
         }
         OrgCommand::Token { org } => println!("{}", sa.get_access_token(&org).await?.expose_secret()),
         OrgCommand::List => {
-            let mut statuses = Vec::new();
-            for org in sa.list_orgs().await? {
-                statuses.extend(sa.status(&org).await?);
-            }
-            print_statuses(&statuses, as_json);
+            let report = byova.status_report().await?;
+            let orgs: Vec<KeyStatus> =
+                report.keys.iter().filter(|s| matches!(s.key, TokenKey::Org(_))).cloned().collect();
+            print_statuses(&orgs, as_json);
+            report_unreadable(&report);
         }
+        OrgCommand::Reseal => reseal(byova, as_json).await?,
         OrgCommand::Remove { org } => {
             sa.remove_org(&org).await?;
             print_line(as_json, json!({"removed": org}), || format!("Removed org {org}."));
@@ -626,6 +633,59 @@ async fn org(byova: &Byova, cmd: OrgCommand, as_json: bool) -> Outcome {
         }
     }
     Ok(())
+}
+
+/// Records that cannot be read, on stderr (the statuses leave them out).
+fn report_unreadable(report: &byova_async::StatusReport) {
+    if !report.unreadable.is_empty() {
+        let keys: Vec<String> = report.unreadable.iter().map(ToString::to_string).collect();
+        eprintln!(
+            "byova: {} record(s) cannot be read and are left out: {} (an authorized delivery or `org fetch` \
+             replaces an org's; `org reseal` rewrites what the configured keys still open)",
+            keys.len(),
+            keys.join(", ")
+        );
+    }
+}
+
+/// `org reseal`: every record (the Integration's and each org's, marked ones included) read
+/// through the configured keys and written again, version-checked, under the current one.
+async fn reseal(byova: &Byova, as_json: bool) -> Outcome {
+    let storage = byova.integration().storage();
+    let mut keys = vec![TokenKey::Integration];
+    keys.extend(storage.list_registered_orgs().await?.into_iter().map(TokenKey::Org));
+    let (mut rewritten, mut failed) = (0usize, Vec::new());
+    for key in keys {
+        let result = match storage.load(&key).await {
+            Ok(None) => continue,
+            Ok(Some(record)) => {
+                storage.store(&key, &record.value, byova_core::Expect::Version(record.version)).await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(_) => rewritten += 1,
+            Err(e) => {
+                if as_json {
+                    println!(
+                        "{}",
+                        json!({"key": key.to_string(), "resealed": false, "error": e.to_string()})
+                    );
+                } else {
+                    eprintln!("  {key}: {e}");
+                }
+                failed.push(key);
+            }
+        }
+    }
+    print_line(as_json, json!({"resealed": rewritten, "failed": failed.len()}), || {
+        format!("{rewritten} record(s) written again under the current storage key")
+    });
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failure(4, format!("{} record(s) could not be resealed (see above)", failed.len())))
+    }
 }
 
 /// Refreshes every org with bounded concurrency, showing progress: a bar on a terminal, one

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use byova_async::core::{Clock, Due, KeyStatus, RefreshSchedule, SystemClock, Timestamp, TokenKey};
+use byova_async::core::{
+    Clock, Due, KeyStatus, RefreshSchedule, StatusReport, SystemClock, Timestamp, TokenKey,
+};
 use byova_async::{Byova, Error};
 use tokio::sync::{mpsc, watch};
 
@@ -28,6 +30,8 @@ pub(crate) type Touched = mpsc::Sender<String>;
 #[derive(Default)]
 pub(crate) struct StatusBoard {
     statuses: std::sync::Mutex<Option<std::collections::BTreeMap<TokenKey, KeyStatus>>>,
+    /// Records the last full resync could not read.
+    unreadable: std::sync::atomic::AtomicUsize,
 }
 
 impl StatusBoard {
@@ -40,9 +44,15 @@ impl StatusBoard {
         self.statuses.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Records the last full resync could not read.
+    pub(crate) fn unreadable(&self) -> usize {
+        self.unreadable.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Replaces everything (a full resync).
-    pub(crate) fn replace(&self, statuses: &[KeyStatus]) {
-        *self.lock() = Some(statuses.iter().map(|s| (s.key.clone(), s.clone())).collect());
+    pub(crate) fn replace(&self, report: &StatusReport) {
+        *self.lock() = Some(report.keys.iter().map(|s| (s.key.clone(), s.clone())).collect());
+        self.unreadable.store(report.unreadable.len(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// One key's status now (`None`: nothing stored).
@@ -61,9 +71,9 @@ impl StatusBoard {
 
     /// Reads every status from the store (a full resync); says whether it could.
     pub(crate) async fn resync(&self, byova: &Byova) -> Result<usize, Error> {
-        let statuses = byova.status().await?;
-        self.replace(&statuses);
-        Ok(statuses.len())
+        let report = byova.status_report().await?;
+        self.replace(&report);
+        Ok(report.keys.len())
     }
 }
 
@@ -298,10 +308,10 @@ impl Refresher {
     /// whether it could.
     async fn resync(&self, state: &mut State) -> bool {
         let started = std::time::Instant::now();
-        match self.byova.status().await {
-            Ok(statuses) => {
-                self.board.replace(&statuses);
-                self.rebuild(state, &statuses);
+        match self.byova.status_report().await {
+            Ok(report) => {
+                self.board.replace(&report);
+                self.rebuild(state, &report.keys);
                 tracing::info!(
                     keys = state.schedule.len(),
                     took = ?started.elapsed(),

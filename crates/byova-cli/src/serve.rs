@@ -112,7 +112,11 @@ pub(crate) async fn handle(
             let mut text = metrics.render_prometheus(&statuses, SystemClock.now(), daemon.metrics_per_key);
             text.push_str(&format!(
                 "# HELP byova_store_readable Whether the tokens' status is known (the store was read since the start).\n\
-                 # TYPE byova_store_readable gauge\nbyova_store_readable {known}\n"
+                 # TYPE byova_store_readable gauge\nbyova_store_readable {known}\n\
+                 # HELP byova_records_unreadable Records the last full resync could not read (corrupt, sealed under a key \
+                 not configured, written by a newer byova); a delivery or a fetch replaces them, byova org reseal rewrites \
+                 what the keys still open.\n# TYPE byova_records_unreadable gauge\nbyova_records_unreadable {}\n",
+                daemon.board.unreadable()
             ));
             let mut resp = Response::new(Full::new(Bytes::from(text)));
             resp.headers_mut().insert(

@@ -980,6 +980,38 @@ fn tokens_are_sealed_at_rest_with_a_storage_key() {
     assert!(refreshed.status.success(), "{}", stderr(&refreshed));
     let token = keyed(new_key, &["org", "token", "org-sealed"], None);
     assert!(token.status.success(), "re-sealed under the new key by the refresh: {}", stderr(&token));
+
+    // A record marked "refresh token rejected" is never refreshed, so only `org reseal` moves
+    // it to the new key; a store's records in clear are refused once sealing is required.
+    let old_keys = byova_core::StorageKeys::parse(old_key).unwrap();
+    let inner: Arc<dyn BlockingTokenStorage> = Arc::new(env.store());
+    let sealed_old = byova_core::SealedStorage::new(inner.clone(), Some(old_keys));
+    let marked =
+        env.fake.issue_service_app_tokens("org-marked").to_oauth_tokens(SystemClock.now()).rejected();
+    sealed_old.set_service_app_tokens("org-marked", &marked).unwrap();
+    let before = keyed(new_key, &["status", "--json"], None);
+    assert!(stderr(&before).contains("1 record(s) cannot be read"), "{}", stderr(&before));
+    let resealed = keyed(&rotated, &["org", "reseal", "--json"], None);
+    assert!(resealed.status.success(), "{}", stderr(&resealed));
+    let after = keyed(new_key, &["status", "--json"], None);
+    assert!(after.status.success() && stderr(&after).is_empty(), "{}", stderr(&after));
+    let statuses: serde_json::Value = serde_json::from_slice(&after.stdout).unwrap();
+    let marked = statuses.as_array().unwrap().iter().find(|s| s["key"] == "org:org-marked").unwrap();
+    assert_eq!(marked["refresh_token_rejected"], true, "the mark moved with the record");
+    let planted = env.fake.issue_service_app_tokens("org-planted").to_oauth_tokens(SystemClock.now());
+    env.store().set_service_app_tokens("org-planted", &planted).unwrap();
+    let strict = env
+        .cmd()
+        .env("BYOVA_STORAGE_KEY", new_key)
+        .env("BYOVA_STORAGE_REQUIRE_SEALED", "1")
+        .args(["org", "token", "org-planted"])
+        .output()
+        .unwrap();
+    assert_fails(&strict, 4, "stored in clear");
+    let lenient = keyed(new_key, &["org", "token", "org-planted"], None);
+    assert!(lenient.status.success(), "without the requirement a record in clear is read");
+    let no_key = env.cmd().env("BYOVA_STORAGE_REQUIRE_SEALED", "1").args(["status"]).output().unwrap();
+    assert_fails(&no_key, 3, "BYOVA_STORAGE_KEY");
 }
 
 /// `org export` from the store of `from`, `org import` into `to` (another store); a second
@@ -1288,6 +1320,22 @@ fn one_corrupt_record_does_not_hide_the_other_orgs() {
     let keys: Vec<&str> = listed.as_array().unwrap().iter().filter_map(|s| s["key"].as_str()).collect();
     assert_eq!(keys, ["integration", "org:org-c1", "org:org-c3"], "the readable ones, and only them");
     assert_eq!(std::fs::read(&path).unwrap(), b"{\"format\":1,", "the damaged record is left as it was");
+    // A long org id's record names its org inside: unreadable, it is left out of the listing.
+    std::fs::write(env.dir.join(format!("org-h-{}.json", "ab".repeat(32))), b"garbage").unwrap();
+    let listed = env.run(&["org", "list", "--json"]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    assert!(stderr(&listed).contains("1 record(s) cannot be read"), "{}", stderr(&listed));
+    // An authorized delivery (here: a fetch) registers the org over the damaged record.
+    env.fake.authorize_org("org-c2");
+    let fetched = env.run(&["org", "fetch", "org-c2"]);
+    assert!(fetched.status.success(), "{}", stderr(&fetched));
+    let kept = std::fs::read_dir(&env.dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.contains(".corrupt-"))
+        .count();
+    assert_eq!(kept, 1, "the damaged record is kept aside");
+    assert!(env.run(&["org", "token", "org-c2"]).status.success());
 }
 
 /// Item 11 of the brief: the multi-replica chaos run against a private Redis

@@ -24,8 +24,13 @@ pub trait Facade: Sized {
     fn memory_storage() -> Arc<Self::Storage>;
 
     /// `storage` with its tokens sealed under `keys` at rest (a
-    /// [`SealedStorage`](crate::SealedStorage); with `None` it only refuses sealed records).
-    fn seal(storage: Arc<Self::Storage>, keys: Option<StorageKeys>) -> Arc<Self::Storage>;
+    /// [`SealedStorage`](crate::SealedStorage); with `None` it only refuses sealed records),
+    /// refusing records in clear when `require_sealed`.
+    fn seal(
+        storage: Arc<Self::Storage>,
+        keys: Option<StorageKeys>,
+        require_sealed: bool,
+    ) -> Arc<Self::Storage>;
 
     /// Assembles the facade from its engines, storage and clock.
     ///
@@ -58,6 +63,7 @@ pub struct ByovaBuilder<F: Facade> {
     webhook_secrets: Vec<WebhookSecret>,
     unsigned_webhooks: bool,
     storage_keys: Option<StorageKeys>,
+    require_sealed: bool,
     flavour: PhantomData<fn() -> F>,
 }
 
@@ -83,6 +89,7 @@ impl<F: Facade> ByovaBuilder<F> {
             webhook_secrets: Vec::new(),
             unsigned_webhooks: false,
             storage_keys: None,
+            require_sealed: false,
             flavour: PhantomData,
         }
     }
@@ -97,6 +104,7 @@ impl<F: Facade> ByovaBuilder<F> {
         let mut builder = Self::new(env.integration, env.service_app).config(env.config);
         builder.webhook_secrets = env.webhook_secrets;
         builder.storage_keys = env.storage_keys;
+        builder.require_sealed = env.require_sealed;
         Ok(builder)
     }
 
@@ -151,19 +159,35 @@ impl<F: Facade> ByovaBuilder<F> {
         self
     }
 
+    /// Refuse stored records whose tokens are in clear (a typed
+    /// [`Sealing`](crate::StorageErrorKind::Sealing) error), and seal pending authorizations
+    /// too: whoever can write the store cannot plant tokens. Needs
+    /// [`storage_keys`](Self::storage_keys).
+    pub fn require_sealed_storage(mut self) -> Self {
+        self.require_sealed = true;
+        self
+    }
+
     /// Builds it.
     ///
     /// # Errors
     /// [`Error::Configuration`](crate::Error::Configuration) when the HTTP client cannot be
-    /// built.
+    /// built, or sealed storage is required without a storage key.
     pub fn build(self) -> Result<F> {
+        if self.require_sealed && self.storage_keys.is_none() {
+            return Err(crate::Error::Configuration(
+                "sealed storage is required (BYOVA_STORAGE_REQUIRE_SEALED) but no storage key is set (BYOVA_STORAGE_KEY)"
+                    .into(),
+            ));
+        }
         let integration = IntegrationEngine::new(self.integration, self.config.clone());
         let webhooks = match (self.webhook_secrets.is_empty(), self.unsigned_webhooks) {
             (true, true) => WebhookVerification::UnsignedAllowed,
             _ => WebhookVerification::signed(self.webhook_secrets),
         };
         let service_app = ServiceAppEngine::new(self.service_app, self.config, webhooks);
-        let storage = F::seal(self.storage.unwrap_or_else(F::memory_storage), self.storage_keys);
+        let storage =
+            F::seal(self.storage.unwrap_or_else(F::memory_storage), self.storage_keys, self.require_sealed);
         F::assemble(Parts { integration, service_app, storage, clock: self.clock })
     }
 }
@@ -183,6 +207,8 @@ pub struct EnvSettings {
     pub webhook_secrets: Vec<WebhookSecret>,
     /// From `BYOVA_STORAGE_KEY`: the keys tokens are sealed with at rest.
     pub storage_keys: Option<StorageKeys>,
+    /// From `BYOVA_STORAGE_REQUIRE_SEALED`: records in clear are refused.
+    pub require_sealed: bool,
 }
 
 impl EnvSettings {
@@ -209,7 +235,17 @@ impl EnvSettings {
             .filter(|k| !k.trim().is_empty())
             .map(|k| StorageKeys::parse(&k))
             .transpose()?;
-        Ok(Self { integration, service_app, config, webhook_secrets, storage_keys })
+        let require_sealed = match lookup(config_env::STORAGE_REQUIRE_SEALED).as_deref().map(str::trim) {
+            None | Some("" | "0" | "false") => false,
+            Some("1" | "true") => true,
+            Some(_) => {
+                return Err(crate::Error::Configuration(format!(
+                    "{} is 1 or 0 (true or false)",
+                    config_env::STORAGE_REQUIRE_SEALED
+                )));
+            }
+        };
+        Ok(Self { integration, service_app, config, webhook_secrets, storage_keys, require_sealed })
     }
 }
 

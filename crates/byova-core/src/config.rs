@@ -26,6 +26,9 @@ pub mod env {
     pub const MAX_TOKEN_CALLS_PER_MINUTE: &str = "BYOVA_MAX_TOKEN_CALLS_PER_MINUTE";
     /// Seconds one storage call may take (default 10).
     pub const STORAGE_TIMEOUT: &str = "BYOVA_STORAGE_TIMEOUT";
+    /// `1` or `true`: refuse stored records whose tokens are in clear (needs
+    /// [`STORAGE_KEY`]), so whoever can write the store cannot plant tokens.
+    pub const STORAGE_REQUIRE_SEALED: &str = "BYOVA_STORAGE_REQUIRE_SEALED";
     /// `1` or `true`: allow an `http://` base URL on a host other than loopback (client
     /// secrets and tokens then cross the network in clear text).
     pub const ALLOW_INSECURE_HTTP: &str = "BYOVA_ALLOW_INSECURE_HTTP";

@@ -78,7 +78,7 @@ pub use credentials::{
 };
 pub use engine::{
     BulkProgress, Flight, IntegrationEngine, Invalidation, OrgRefresh, ProgressFn, Sent, ServiceAppEngine,
-    Step, Then, TokenEngine, Wiring,
+    StatusReport, Step, Then, TokenEngine, Wiring,
 };
 pub use error::{ApiFailure, Error, Result, SignatureError, StorageError, StorageErrorKind, TokenSubject};
 pub use http::{

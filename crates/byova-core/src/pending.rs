@@ -66,6 +66,15 @@ impl PendingAuthorization {
         }
     }
 
+    /// A pending authorization that expires at `expires_at` (a stored one, read back).
+    pub fn with_expiry(
+        verifier: PkceCodeVerifier,
+        redirect_uri: impl Into<String>,
+        expires_at: Timestamp,
+    ) -> Self {
+        Self { verifier, redirect_uri: redirect_uri.into(), expires_at }
+    }
+
     /// Whether it is no longer accepted at `now`.
     pub fn is_expired(&self, now: Timestamp) -> bool {
         now >= self.expires_at

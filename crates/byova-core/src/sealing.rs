@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, StorageError, StorageErrorKind};
 use crate::key::{Expect, Lease, TokenKey, Versioned};
 use crate::pending::PendingAuthorization;
-use crate::secret::{AccessToken, RefreshToken};
+use crate::secret::{AccessToken, PkceCodeVerifier, RefreshToken};
 use crate::storage::{BlockingTokenStorage, TokenStorage};
 use crate::tokens::OAuthTokens;
 
@@ -99,7 +99,7 @@ impl StorageKeys {
         self.0.iter().map(|k| k.id.as_str()).collect()
     }
 
-    fn seal(&self, record: &TokenKey, field: &str, plain: &str) -> Result<String, StorageError> {
+    fn seal(&self, record: &dyn fmt::Display, field: &str, plain: &str) -> Result<String, StorageError> {
         let key = &self.0[0];
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).map_err(|e| {
@@ -118,19 +118,30 @@ impl StorageKeys {
     }
 }
 
-fn associated_data(record: &TokenKey, field: &str) -> String {
+fn associated_data(record: &dyn fmt::Display, field: &str) -> String {
     format!("byova/v1/{record}/{field}")
 }
 
-/// Opens `value` when it is sealed (with `keys`), else returns it as it is.
+/// Opens `value` when it is sealed (with `keys`), else returns it as it is, unless sealed
+/// values are required (`require_sealed`): a value in clear is then refused, so whoever can
+/// write the store cannot plant tokens.
 fn open(
     keys: Option<&StorageKeys>,
-    record: &TokenKey,
+    require_sealed: bool,
+    record: &dyn fmt::Display,
     field: &str,
     value: &str,
 ) -> Result<String, StorageError> {
-    let Some(rest) = value.strip_prefix(PREFIX) else { return Ok(value.to_owned()) };
     let unreadable = |why: String| StorageError::new(StorageErrorKind::Sealing, why);
+    let Some(rest) = value.strip_prefix(PREFIX) else {
+        if require_sealed {
+            return Err(unreadable(format!(
+                "the {field} of {record} is stored in clear, and sealed records are required \
+                 (BYOVA_STORAGE_REQUIRE_SEALED): reseal it (byova org reseal) or register it again"
+            )));
+        }
+        return Ok(value.to_owned());
+    };
     let (id, blob) = rest
         .split_once(':')
         .ok_or_else(|| unreadable(format!("the {field} of {record} is a malformed sealed value")))?;
@@ -175,19 +186,47 @@ fn seal_tokens(
     Ok(sealed)
 }
 
-/// Opens a stored record's tokens (plaintext ones pass through).
+/// Opens a stored record's tokens (plaintext ones pass through unless sealed ones are
+/// required).
 fn open_tokens(
     keys: Option<&StorageKeys>,
+    require_sealed: bool,
     record: &TokenKey,
     mut tokens: OAuthTokens,
 ) -> Result<OAuthTokens, StorageError> {
-    tokens.access_token =
-        AccessToken::new(open(keys, record, "access_token", tokens.access_token.expose_secret())?);
+    tokens.access_token = AccessToken::new(open(
+        keys,
+        require_sealed,
+        record,
+        "access_token",
+        tokens.access_token.expose_secret(),
+    )?);
     if let Some(refresh) = &tokens.refresh_token {
-        tokens.refresh_token =
-            Some(RefreshToken::new(open(keys, record, "refresh_token", refresh.expose_secret())?));
+        tokens.refresh_token = Some(RefreshToken::new(open(
+            keys,
+            require_sealed,
+            record,
+            "refresh_token",
+            refresh.expose_secret(),
+        )?));
     }
     Ok(tokens)
+}
+
+/// What a pending authorization's verifier is bound to when sealed.
+struct PendingRecord<'a>(&'a str);
+
+impl fmt::Display for PendingRecord<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pending authorization {}", self.0)
+    }
+}
+
+/// The shared-state name an unreadable record is kept under when it is replaced.
+fn aside_name(key: &TokenKey) -> String {
+    let digest = Sha256::digest(key.to_string().as_bytes());
+    let tag: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("unreadable-{tag}-{:016x}", crate::secret::random_u64())
 }
 
 /// A store whose tokens are sealed at rest: every write seals, every read opens. With no keys
@@ -195,6 +234,7 @@ fn open_tokens(
 pub struct SealedStorage<S: ?Sized> {
     inner: Arc<S>,
     keys: Option<StorageKeys>,
+    require_sealed: bool,
 }
 
 impl<S: ?Sized> fmt::Debug for SealedStorage<S> {
@@ -206,7 +246,16 @@ impl<S: ?Sized> fmt::Debug for SealedStorage<S> {
 impl<S: ?Sized> SealedStorage<S> {
     /// `inner`, sealed with `keys` (`None`: nothing is sealed; sealed records are refused).
     pub fn new(inner: Arc<S>, keys: Option<StorageKeys>) -> Self {
-        Self { inner, keys }
+        Self { inner, keys, require_sealed: false }
+    }
+
+    /// Refuses records whose tokens are stored in clear (a typed
+    /// [`Sealing`](StorageErrorKind::Sealing) error), so whoever can write the store cannot
+    /// plant tokens. Needs keys: without them nothing could be read.
+    #[must_use]
+    pub fn requiring_sealed(mut self, require: bool) -> Self {
+        self.require_sealed = require;
+        self
     }
 
     fn seal(&self, record: &TokenKey, tokens: &OAuthTokens) -> Result<OAuthTokens, StorageError> {
@@ -218,7 +267,7 @@ impl<S: ?Sized> SealedStorage<S> {
         record: &TokenKey,
         tokens: Option<OAuthTokens>,
     ) -> Result<Option<OAuthTokens>, StorageError> {
-        tokens.map(|t| open_tokens(self.keys.as_ref(), record, t)).transpose()
+        tokens.map(|t| open_tokens(self.keys.as_ref(), self.require_sealed, record, t)).transpose()
     }
 
     fn open_versioned(
@@ -228,7 +277,52 @@ impl<S: ?Sized> SealedStorage<S> {
     ) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
         loaded
             .map(|v| {
-                Ok(Versioned { value: open_tokens(self.keys.as_ref(), record, v.value)?, version: v.version })
+                let value = open_tokens(self.keys.as_ref(), self.require_sealed, record, v.value)?;
+                Ok(Versioned { value, version: v.version })
+            })
+            .transpose()
+    }
+
+    /// A pending authorization with its verifier sealed (bound to its key).
+    fn seal_pending(
+        &self,
+        key: &str,
+        pending: &PendingAuthorization,
+    ) -> Result<PendingAuthorization, StorageError> {
+        let Some(keys) = &self.keys else {
+            return Ok(PendingAuthorization::with_expiry(
+                PkceCodeVerifier::new(pending.verifier.expose_secret()),
+                pending.redirect_uri.clone(),
+                pending.expires_at,
+            ));
+        };
+        let sealed = keys.seal(&PendingRecord(key), "code_verifier", pending.verifier.expose_secret())?;
+        Ok(PendingAuthorization::with_expiry(
+            PkceCodeVerifier::new(sealed),
+            pending.redirect_uri.clone(),
+            pending.expires_at,
+        ))
+    }
+
+    fn open_pending(
+        &self,
+        key: &str,
+        pending: Option<PendingAuthorization>,
+    ) -> Result<Option<PendingAuthorization>, StorageError> {
+        pending
+            .map(|p| {
+                let verifier = open(
+                    self.keys.as_ref(),
+                    self.require_sealed,
+                    &PendingRecord(key),
+                    "code_verifier",
+                    p.verifier.expose_secret(),
+                )?;
+                Ok(PendingAuthorization::with_expiry(
+                    PkceCodeVerifier::new(verifier),
+                    p.redirect_uri,
+                    p.expires_at,
+                ))
             })
             .transpose()
     }
@@ -267,6 +361,19 @@ macro_rules! sealed_impl {
             }
             $($async_kw)? fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
                 let sealed = self.seal(key, tokens)?;
+                if expect == Expect::Any {
+                    // A record this store cannot open (sealed under a key no longer configured)
+                    // is kept aside, for a person holding that key, before it is replaced.
+                    if let Ok(Some(stored)) = self.inner.load(key)$(.$await)?
+                        && self.open_versioned(key, Some(stored.clone())).is_err()
+                    {
+                        let name = aside_name(key);
+                        match self.inner.store_state(&name, &stored.value.to_json(), Expect::Absent)$(.$await)? {
+                            Ok(_) => tracing::warn!(key = %key, aside = %name, "an unreadable record is replaced; kept aside"),
+                            Err(e) => tracing::warn!(key = %key, error = %e, "an unreadable record is replaced; it could not be kept aside"),
+                        }
+                    }
+                }
                 self.inner.store(key, &sealed, expect)$(.$await)?
             }
             $($async_kw)? fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
@@ -282,10 +389,12 @@ macro_rules! sealed_impl {
                 self.inner.extend_lease(lease, ttl)$(.$await)?
             }
             $($async_kw)? fn save_pending_authorization(&self, key: &str, pending: &PendingAuthorization) -> Result<bool, StorageError> {
-                self.inner.save_pending_authorization(key, pending)$(.$await)?
+                let sealed = self.seal_pending(key, pending)?;
+                self.inner.save_pending_authorization(key, &sealed)$(.$await)?
             }
             $($async_kw)? fn take_pending_authorization(&self, key: &str) -> Result<Option<PendingAuthorization>, StorageError> {
-                self.inner.take_pending_authorization(key)$(.$await)?
+                let taken = self.inner.take_pending_authorization(key)$(.$await)??;
+                self.open_pending(key, taken)
             }
             $($async_kw)? fn load_many(&self, keys: &[TokenKey]) -> Result<Vec<Option<Versioned<OAuthTokens>>>, StorageError> {
                 let loaded = self.inner.load_many(keys)$(.$await)??;
@@ -368,6 +477,82 @@ mod tests {
         assert!(back.refresh_token.unwrap().ct_eq_str("REFRESH-CANARY"));
         let versioned = store.load(&TokenKey::org("org-1")).unwrap().unwrap();
         assert!(versioned.value.access_token.ct_eq_str("ACCESS-CANARY"));
+    }
+
+    /// Rule 12: with sealed records required, a record in clear (planted by whoever can
+    /// write the store) is a typed sealing error, never a token; without, it is read.
+    #[test]
+    fn records_in_clear_are_refused_when_sealing_is_required() {
+        let keys = StorageKeys::parse(&key_text(7)).unwrap();
+        let raw = Arc::new(InMemoryTokenStorage::new());
+        BlockingTokenStorage::set_service_app_tokens(raw.as_ref(), "planted", &tokens()).unwrap();
+        let inner: Arc<dyn BlockingTokenStorage> = raw.clone();
+        let strict = SealedStorage::new(inner.clone(), Some(keys.clone())).requiring_sealed(true);
+        let err = strict.get_service_app_tokens("planted").unwrap_err();
+        assert_eq!(err.kind(), StorageErrorKind::Sealing);
+        assert!(err.to_string().contains("stored in clear") && !err.to_string().contains("CANARY"), "{err}");
+        assert!(SealedStorage::new(inner, Some(keys)).get_service_app_tokens("planted").unwrap().is_some());
+        // What the strict store writes, it reads back.
+        strict.set_service_app_tokens("sealed", &tokens()).unwrap();
+        assert!(strict.get_service_app_tokens("sealed").unwrap().is_some());
+    }
+
+    /// A pending authorization's PKCE verifier is sealed at rest like a token.
+    #[test]
+    fn pending_authorizations_are_sealed_at_rest() {
+        let keys = StorageKeys::parse(&key_text(7)).unwrap();
+        let (raw, store) = sealed(Some(keys));
+        let verifier = "V".repeat(43);
+        let pending = PendingAuthorization::new(
+            PkceCodeVerifier::new(verifier.clone()),
+            "http://127.0.0.1:1/cb",
+            Timestamp::from_unix_secs(1),
+        );
+        assert!(store.save_pending_authorization("k1", &pending).unwrap());
+        // Read straight from the inner store: sealed.
+        let at_rest = BlockingTokenStorage::take_pending_authorization(raw.as_ref(), "k1").unwrap().unwrap();
+        assert!(!at_rest.verifier.expose_secret().contains(&verifier), "sealed at rest");
+        BlockingTokenStorage::save_pending_authorization(raw.as_ref(), "k1", &at_rest).unwrap();
+        let back = store.take_pending_authorization("k1").unwrap().unwrap();
+        assert_eq!(back.verifier.expose_secret(), verifier);
+        // Bound to its key: moved to another, it does not open.
+        let again = PendingAuthorization::with_expiry(
+            PkceCodeVerifier::new(at_rest.verifier.expose_secret()),
+            "x",
+            at_rest.expires_at,
+        );
+        BlockingTokenStorage::save_pending_authorization(raw.as_ref(), "k2", &again).unwrap();
+        assert_eq!(store.take_pending_authorization("k2").unwrap_err().kind(), StorageErrorKind::Sealing);
+    }
+
+    /// Item 4 of the brief: a record sealed under a key no longer configured is kept aside
+    /// (as a shared state, for a person holding that key) when new tokens replace it.
+    #[test]
+    fn an_unreadable_record_is_kept_aside_when_replaced() {
+        let (raw, old_store) = sealed(Some(StorageKeys::parse(&key_text(1)).unwrap()));
+        old_store.set_service_app_tokens("org-1", &tokens()).unwrap();
+        let inner: Arc<dyn BlockingTokenStorage> = raw.clone();
+        let new_store = SealedStorage::new(inner, Some(StorageKeys::parse(&key_text(2)).unwrap()));
+        assert_eq!(new_store.load(&TokenKey::org("org-1")).unwrap_err().kind(), StorageErrorKind::Sealing);
+        new_store.store(&TokenKey::org("org-1"), &tokens(), Expect::Any).unwrap();
+        assert!(new_store.get_service_app_tokens("org-1").unwrap().is_some(), "replaced");
+        let digest = Sha256::digest(TokenKey::org("org-1").to_string().as_bytes());
+        let tag: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let kept = raw
+            .state_names()
+            .into_iter()
+            .find(|n| n.starts_with(&format!("unreadable-{tag}-")))
+            .expect("kept aside");
+        let bytes = BlockingTokenStorage::load_state(raw.as_ref(), &kept).unwrap().unwrap().value;
+        let aside = OAuthTokens::from_json(&bytes).unwrap();
+        let opened = open_tokens(
+            Some(&StorageKeys::parse(&key_text(1)).unwrap()),
+            false,
+            &TokenKey::org("org-1"),
+            aside,
+        )
+        .unwrap();
+        assert!(opened.refresh_token.unwrap().ct_eq_str("REFRESH-CANARY"), "the old key still opens it");
     }
 
     #[test]

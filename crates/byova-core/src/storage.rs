@@ -621,6 +621,13 @@ impl InMemoryTokenStorage {
         state.records.insert(key.clone(), (bytes, v));
     }
 
+    /// The names of the shared states kept (a test hook: records kept aside are among them).
+    pub fn state_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.lock().states.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     fn lock(&self) -> MutexGuard<'_, MemoryState> {
         // No code path panics while holding the lock, but a poisoned map is still consistent.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -649,6 +656,16 @@ impl InMemoryTokenStorage {
         let current = state.records.get(key).map(|(_, v)| *v);
         if !expect.admits(current) {
             return Err(StorageError::conflict(key));
+        }
+        // A record that does not parse is kept aside (as the file store keeps its file) when
+        // it is written over.
+        if let Some((old, _)) = state.records.get(key)
+            && OAuthTokens::from_json(old).is_err()
+        {
+            let old = old.clone();
+            state.last_version += 1;
+            let v = state.last_version;
+            state.states.insert(format!("unreadable-memory-{v}"), (old, v));
         }
         state.last_version += 1;
         let version = state.last_version;

@@ -295,19 +295,18 @@ impl FileTokenStorage {
             let Some(name) = name.to_str() else { continue };
             let Some(stem) = name.strip_suffix(".json") else { continue };
             if let Some(hashed) = stem.strip_prefix("org-h-") {
-                // Long ids are stored inside the record; read it.
-                let bytes = read_no_follow(&entry.path())
-                    .map_err(|e| io_error("cannot read the record", &entry.path(), &e))?;
-                let record: RecordIn = serde_json::from_slice(&bytes).map_err(|_| {
-                    StorageError::corrupt(format!("the record {} does not parse", entry.path().display()))
-                })?;
-                match record.org_id {
-                    Some(org) if hex(&Sha256::digest(org.as_bytes())) == hashed => orgs.push(org),
-                    _ => {
-                        return Err(StorageError::corrupt(format!(
-                            "{} holds no matching org id",
-                            entry.path().display()
-                        )));
+                // Long ids are stored inside the record; read it. One that cannot be read is
+                // left out (and said so), never in the way of the others.
+                let read = read_no_follow(&entry.path()).map_err(|e| e.to_string()).and_then(|bytes| {
+                    serde_json::from_slice::<RecordIn>(&bytes).map_err(|_| "it does not parse".into())
+                });
+                match read.map(|r| r.org_id) {
+                    Ok(Some(org)) if hex(&Sha256::digest(org.as_bytes())) == hashed => orgs.push(org),
+                    Ok(_) => {
+                        tracing::warn!(record = %entry.path().display(), "left out of the listing: it holds no matching org id")
+                    }
+                    Err(why) => {
+                        tracing::warn!(record = %entry.path().display(), %why, "left out of the listing: it cannot be read")
                     }
                 }
             } else if let Some(org) = stem.strip_prefix("org-").and_then(unhex) {

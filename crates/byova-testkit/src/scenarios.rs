@@ -418,6 +418,7 @@ scenarios!(
     save_registration_from_an_existing_refresh_token,
     refresh_for_org_without_a_refresh_token_fetches,
     webhooks_are_verified_applied_and_idempotent,
+    an_unreadable_record_never_blocks_its_org,
     the_webhook_lifecycle_matrix_in_memory,
     a_far_future_event_time_counts_as_arrival_time,
     ensure_webhooks_creates_only_what_is_missing,
@@ -723,6 +724,37 @@ async fn a_far_future_event_time_counts_as_arrival_time(f: Arc<dyn Flavour>) {
     let outcome = w.sdk.handle_webhook(body, sig).await.unwrap();
     assert!(outcome.contains("Removed"), "the later deauthorization is not 'older': {outcome}");
     assert!(w.stored(&TokenKey::org(ORG)).await.is_none());
+}
+
+/// Item 4 of the brief: an org whose stored record cannot be read (corrupt, written by a newer
+/// byova) is registered by its next `authorized` delivery or fetch, the old record kept aside;
+/// meanwhile a caller gets a typed storage error, and the status leaves it out.
+async fn an_unreadable_record_never_blocks_its_org(f: Arc<dyn Flavour>) {
+    let w = world(f.as_ref(), Some("hook-secret"));
+    w.seed_fresh_integration().await;
+    let secret = WebhookSecret::new("hook-secret");
+    let newer = br#"{"schema":9,"access_token":"x","expires_in":1,"token_type":"Bearer","obtained_at_ms":1}"#;
+    for (org, bytes) in [(ORG, &b"{not json"[..]), ("org-newer", &newer[..])] {
+        w.setup.storage.put_raw_record(&TokenKey::org(org), bytes.to_vec());
+        let err = w.sdk.org_token(org.into()).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Storage(e) if e.kind() == byova_core::StorageErrorKind::Corrupt),
+            "{err:?}"
+        );
+    }
+    let status = w.sdk.status().await.unwrap();
+    assert_eq!(status.len(), 1, "only the Integration is readable: {status:?}");
+    w.fake.authorize_org(ORG);
+    let (body, sig) = w.fake.service_app_delivery(ServiceAppEventKind::Authorized, ORG, Some(&secret));
+    let outcome = w.sdk.handle_webhook(body, sig).await.expect("the delivery is applied");
+    assert!(outcome.contains("Registered"), "{outcome}");
+    let token = w.sdk.org_token(ORG.into()).await.expect("registered");
+    assert!(w.fake.is_access_token_valid(token.expose_secret()));
+    w.fake.authorize_org("org-newer");
+    w.sdk.fetch_token_for_org("org-newer".into()).await.expect("a fetch replaces it too");
+    assert!(w.sdk.org_token("org-newer".into()).await.is_ok());
+    let kept = w.setup.storage.state_names().iter().filter(|n| n.starts_with("unreadable-")).count();
+    assert_eq!(kept, 2, "both unreadable records were kept aside");
 }
 
 async fn the_webhook_lifecycle_matrix_in_memory(f: Arc<dyn Flavour>) {

@@ -25,7 +25,7 @@ pub use flight::{Flight, FlightWait, Held};
 pub use pending::PendingAuthorizations;
 pub use refresh::Outcome;
 pub use step::{Sent, Step, StorageResult, Then};
-pub use webhooks::{BulkProgress, OrgRefresh, ProgressFn};
+pub use webhooks::{BulkProgress, OrgRefresh, ProgressFn, StatusReport};
 
 use crate::authorize::AuthorizeOptions;
 use crate::cache::{TokenCache, Unsaved};

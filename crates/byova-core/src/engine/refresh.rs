@@ -165,6 +165,8 @@ pub(crate) struct Run {
     store_attempts: u32,
     /// Reads of the token budget for the call about to be sent (a conflict reads again).
     budget_reads: u32,
+    /// The stored record could not be read, and this run (a fetch) replaces it.
+    unreadable: bool,
     /// How long this run has waited for the budget.
     budget_waited: Duration,
 }
@@ -207,6 +209,7 @@ impl Run {
             store_attempts: 0,
             budget_reads: 0,
             budget_waited: Duration::ZERO,
+            unreadable: false,
         })
     }
 
@@ -283,6 +286,15 @@ impl Run {
     /// Whether the record as last read carries the "refresh token rejected" mark.
     fn current_marked(&self) -> bool {
         self.current.as_ref().is_some_and(|c| c.value.reauthorization_required)
+    }
+
+    /// Whether a record that cannot be read (corrupt, sealed under a key not configured,
+    /// written by a newer byova) stands in this run's way: a fetch (an `authorized` delivery,
+    /// `fetch_token_for_org`) brings tokens of its own and replaces it, so the org is never
+    /// blocked by it.
+    fn replaces_unreadable(&self, error: &crate::error::StorageError) -> bool {
+        matches!(self.mode, Mode::Fetch(_))
+            && matches!(error.kind(), StorageErrorKind::Corrupt | StorageErrorKind::Sealing)
     }
 
     /// Whether `record` already answers the authorization this run fetches for: fetched for
@@ -401,6 +413,10 @@ impl Run {
     fn after_initial_load(mut self: Box<Self>, loaded: Loaded, now: Timestamp) -> Plan {
         let record = match loaded {
             Ok(record) => record,
+            Err(e) if self.replaces_unreadable(&e) => {
+                self.unreadable = true;
+                return self.acquire_lease();
+            }
             Err(e) => return self.fail(e.into()),
         };
         match (&record, &self.mode) {
@@ -508,6 +524,11 @@ impl Run {
     fn after_lease_load(mut self: Box<Self>, loaded: Loaded, now: Timestamp) -> Plan {
         let record = match loaded {
             Ok(record) => record,
+            Err(e) if self.replaces_unreadable(&e) => {
+                self.unreadable = true;
+                self.current = None;
+                return self.begin_token_call(now);
+            }
             Err(e) => return self.conclude(e.into(), now),
         };
         match &record {
@@ -811,8 +832,14 @@ impl Run {
             OAuthTokens { authorized_at: self.authorized_at(&call, now), authorized_by, renewals, ..tokens };
         let expect = match &self.current {
             Some(c) => Expect::Version(c.version),
+            // Over a record nobody can read: written whatever is there (the store keeps the
+            // unreadable one aside where it can: see `Expect::Any`).
+            None if self.unreadable => Expect::Any,
             None => Expect::Absent,
         };
+        if self.unreadable {
+            tracing::warn!(key = %self.key, "the stored record could not be read; replaced by the tokens just fetched");
+        }
         self.unsaved = Some(Unsaved::new(tokens, expect, self.used_refresh.clone()));
         self.persist(Afterwards::Finish)
     }

@@ -245,13 +245,25 @@ impl ServiceAppEngine {
 
     /// The status of every registered org. Holds no secret. Records are read in batches
     /// ([`TokenStorage::load_many`](crate::TokenStorage::load_many)), so a store that can
-    /// batch reads a large fleet in few round trips.
+    /// batch reads a large fleet in few round trips. Records that cannot be read are left out.
     pub fn statuses(self: &Arc<Self>) -> Step<Vec<KeyStatus>> {
+        let now = Timestamp::EPOCH;
+        self.status_report(false).map(now, |report| report.keys)
+    }
+
+    /// The status of every registered org (and of the Integration, with `integration`), and
+    /// the keys whose records cannot be read (corrupt, sealed under a key not configured,
+    /// written by a newer byova): left out of the statuses, never in their way.
+    pub fn status_report(self: &Arc<Self>, integration: bool) -> Step<StatusReport> {
         let engine = self.clone();
         Step::ListOrgs(Then::new(move |orgs: StorageResult<Vec<String>>, _| match orgs {
             Ok(orgs) => {
-                let keys: Vec<TokenKey> = orgs.into_iter().map(TokenKey::Org).collect();
-                engine.status_batches(keys, 0, Vec::new())
+                let keys: Vec<TokenKey> = integration
+                    .then_some(TokenKey::Integration)
+                    .into_iter()
+                    .chain(orgs.into_iter().map(TokenKey::Org))
+                    .collect();
+                engine.status_batches(keys, 0, StatusReport::default())
             }
             Err(e) => done(Err(e.into())),
         }))
@@ -261,8 +273,8 @@ impl ServiceAppEngine {
         self: Arc<Self>,
         keys: Vec<TokenKey>,
         from: usize,
-        mut all: Vec<KeyStatus>,
-    ) -> Step<Vec<KeyStatus>> {
+        mut all: StatusReport,
+    ) -> Step<StatusReport> {
         const BATCH: usize = 200;
         if from >= keys.len() {
             return done(Ok(all));
@@ -274,13 +286,13 @@ impl ServiceAppEngine {
                 Ok(records) if records.len() == batch.len() => {
                     for (key, record) in batch.iter().zip(records) {
                         if let Some(record) = record {
-                            all.push(self.tokens.cache().status(key, &record.value, now));
+                            all.keys.push(self.tokens.cache().status(key, &record.value, now));
                         }
                     }
                     self.status_batches(keys, from + BATCH, all)
                 }
                 // One unreadable record (corrupt, sealed under a retired key) must not hide
-                // the others: read this batch key by key and leave out what cannot be read.
+                // the others: read this batch key by key and count what cannot be read.
                 _ => self.status_one_by_one(keys, from, from + BATCH, all),
             }),
         )
@@ -291,8 +303,8 @@ impl ServiceAppEngine {
         keys: Vec<TokenKey>,
         at: usize,
         batch_end: usize,
-        mut all: Vec<KeyStatus>,
-    ) -> Step<Vec<KeyStatus>> {
+        mut all: StatusReport,
+    ) -> Step<StatusReport> {
         if at >= batch_end.min(keys.len()) {
             return self.status_batches(keys, batch_end, all);
         }
@@ -301,10 +313,12 @@ impl ServiceAppEngine {
             key.clone(),
             Then::new(move |loaded: StorageResult<Option<Versioned<OAuthTokens>>>, now| {
                 match loaded {
-                    Ok(Some(record)) => all.push(self.tokens.cache().status(&key, &record.value, now)),
+                    Ok(Some(record)) => all.keys.push(self.tokens.cache().status(&key, &record.value, now)),
                     Ok(None) => {}
+                    Err(e) if e.is_retryable() => return done(Err(e.into())),
                     Err(e) => {
-                        tracing::warn!(key = %key, error = %e, "left out of the status: its record cannot be read")
+                        tracing::warn!(key = %key, error = %e, "left out of the status: its record cannot be read");
+                        all.unreadable.push(key);
                     }
                 }
                 self.status_one_by_one(keys, at + 1, batch_end, all)
@@ -364,6 +378,18 @@ impl ServiceAppEngine {
             )
         }))
     }
+}
+
+/// Every key's status, and the keys whose records cannot be read.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct StatusReport {
+    /// The status of every key that could be read.
+    pub keys: Vec<KeyStatus>,
+    /// Keys whose records cannot be read (corrupt, sealed under a key not configured, written
+    /// by a newer byova): an `authorized` delivery or a fetch replaces them; `byova org reseal`
+    /// rewrites what the configured keys still open.
+    pub unreadable: Vec<TokenKey>,
 }
 
 /// A bulk refresh's results so far.
