@@ -68,6 +68,7 @@ impl RedirectListener {
         let mut oldest_first = std::collections::VecDeque::new();
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
+        let mut backoff = Duration::ZERO;
         loop {
             tokio::select! {
                 _ = &mut deadline => {
@@ -79,7 +80,19 @@ impl RedirectListener {
                     CallbackVerdict::KeepWaiting => {}
                 },
                 accepted = self.listener.accept() => {
-                    let Ok((stream, peer)) = accepted else { continue };
+                    let (stream, peer) = match accepted {
+                        Ok(accepted) => {
+                            backoff = Duration::ZERO;
+                            accepted
+                        }
+                        Err(_) => {
+                            // Out of descriptors, say: wait for some to come back instead of
+                            // spinning on the error (bounded: the deadline still ends the flow).
+                            backoff = (backoff * 2).clamp(Duration::from_millis(10), Duration::from_millis(500));
+                            tokio::time::sleep(backoff).await;
+                            continue;
+                        }
+                    };
                     if !peer.ip().is_loopback() {
                         continue;
                     }
@@ -164,7 +177,10 @@ pub(crate) fn present_url(url: &str, open: bool, browser: Option<BrowserOpener>)
 
 fn open_system_browser(url: &str) -> std::io::Result<()> {
     let (program, args) = system_browser_command();
+    // The launcher gets a desktop session's variables, none of this process's secrets.
     let status = std::process::Command::new(program)
+        .env_clear()
+        .envs(byova_core::browser_environment(std::env::vars()))
         .args(args)
         .arg(url)
         .stdout(std::process::Stdio::null())

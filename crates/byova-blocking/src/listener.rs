@@ -183,7 +183,10 @@ pub(crate) fn present_url(url: &str, open: bool, browser: Option<BrowserOpener>)
 
 fn open_system_browser(url: &str) -> std::io::Result<()> {
     let (program, args) = system_browser_command();
+    // The launcher gets a desktop session's variables, none of this process's secrets.
     let status = std::process::Command::new(program)
+        .env_clear()
+        .envs(byova_core::browser_environment(std::env::vars()))
         .args(args)
         .arg(url)
         .stdout(std::process::Stdio::null())

@@ -49,6 +49,11 @@ struct Cli {
     #[arg(long, global = true, env = "BYOVA_ALLOW_INSECURE_HTTP", action = clap::ArgAction::SetTrue,
           value_parser = clap::builder::BoolishValueParser::new())]
     allow_insecure_http: bool,
+    /// Allow a plain redis:// store on a host that is not loopback (tokens then cross the
+    /// network in clear text; for a network you trust only).
+    #[arg(long, global = true, env = "BYOVA_ALLOW_INSECURE_STORAGE", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    allow_insecure_storage: bool,
     /// Token-endpoint calls a minute that every process sharing the store may make together,
     /// under Webex's rate limit; 0 turns the budget off [default: 240].
     #[arg(long, global = true, env = "BYOVA_MAX_TOKEN_CALLS_PER_MINUTE", value_name = "CALLS")]
@@ -506,6 +511,7 @@ async fn connect(cli: &Cli) -> Result<Byova, Failure> {
             "--storage holds a password, which every local user could read on the command line: set BYOVA_STORAGE instead",
         ));
     }
+    storage::check_plaintext_redis(&url, cli.allow_insecure_storage).map_err(|e| failure(3, e))?;
     let store = storage::with_journal(storage::open(&url).await?, &url, cli.journal.as_deref()).await?;
     let builder = Byova::builder(env.integration, env.service_app).config(env.config).storage(store);
     let builder = match env.storage_keys {

@@ -14,11 +14,46 @@ pub(crate) fn default_url() -> String {
     format!("file://{}", base.join("byova").display())
 }
 
-/// Whether a storage URL carries a password (`scheme://user:password@host`).
+/// Whether a storage URL carries a password: `scheme://user:password@host`, or a query
+/// parameter such as `?password=` (the drivers read that too).
 pub(crate) fn has_password(url: &str) -> bool {
     let Some((_, rest)) = url.split_once("://") else { return false };
     let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':'))
+    let in_userinfo = authority.rsplit_once('@').is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    let query = rest.split_once('?').map_or("", |(_, q)| q);
+    let in_query = query.split('&').any(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        !value.is_empty()
+            && ["password", "pass", "passwd", "pwd"].contains(&key.to_ascii_lowercase().as_str())
+    });
+    in_userinfo || in_query
+}
+
+/// Rule 12: a plain `redis://` to a host other than this machine sends tokens (and any
+/// password) across the network in clear; it is refused unless `allow_insecure` says so.
+pub(crate) fn check_plaintext_redis(url: &str, allow_insecure: bool) -> Result<(), String> {
+    let Some(rest) = url.strip_prefix("redis://").or_else(|| url.strip_prefix("redis+cluster://")) else {
+        return Ok(());
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let remote = hosts.split(',').any(|host_port| {
+        let host = match host_port.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
+        };
+        !(host.is_empty()
+            || host.eq_ignore_ascii_case("localhost")
+            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()))
+    });
+    if remote && !allow_insecure {
+        return Err(format!(
+            "{} is plain Redis on another host: tokens would cross the network in clear; use rediss:// (TLS), \
+             or pass --allow-insecure-storage (BYOVA_ALLOW_INSECURE_STORAGE=1) on a network you trust",
+            byova_core::redact_url(url)
+        ));
+    }
+    Ok(())
 }
 
 /// Opens the store a URL names; `BYOVA_STORAGE_CA_FILE` (PEM) is the CA a TLS store's

@@ -401,6 +401,31 @@ fn bad_input_classes_have_one_line_and_their_own_exit_code() {
         .unwrap();
     assert_fails(&o, 3, "BYOVA_STORAGE");
     assert!(!stderr(&o).contains("PASSWORD-CANARY"));
+    // A password in the query is one too (the drivers read `?password=`).
+    for url in [
+        "postgres://u@127.0.0.1:1/x?password=PASSWORD-CANARY",
+        "mysql://root@127.0.0.1:1/x?sslmode=disable&Password=PASSWORD-CANARY",
+    ] {
+        let o = env.cmd().args(["--storage", url, "status"]).output().unwrap();
+        assert_fails(&o, 3, "BYOVA_STORAGE");
+        assert!(!stderr(&o).contains("PASSWORD-CANARY"));
+    }
+    // Rule 12: plain Redis on another host is refused unless allowed by name.
+    let remote = "redis://192.0.2.1:6379/0";
+    let o = env.cmd().env("BYOVA_STORAGE", remote).args(["org", "list"]).output().unwrap();
+    assert_fails(&o, 3, "--allow-insecure-storage");
+    let o = env
+        .cmd()
+        .env("BYOVA_STORAGE", remote)
+        .env("BYOVA_STORAGE_TIMEOUT", "1")
+        .args(["--allow-insecure-storage", "org", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        !o.status.success() && !stderr(&o).contains("--allow-insecure-storage"),
+        "it went on to connect: {}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -795,6 +820,37 @@ fn cpu_seconds(pid: u32) -> f64 {
     let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or_default().split_whitespace().collect();
     let ticks: f64 = fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|t| t.parse::<f64>().ok()).sum());
     ticks / 100.0
+}
+
+/// Item 9 of the brief: the loopback redirect listener out of descriptors (40 for the whole
+/// process, 60 idle connections) backs off on the accept error instead of spinning, and the
+/// flow still ends at its deadline.
+#[test]
+fn the_redirect_listener_backs_off_when_out_of_descriptors() {
+    let env = Env::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut child = env
+        .cmd_with_nofile(40)
+        .env("WEBEX_INTEGRATION_REDIRECT_URI", format!("http://127.0.0.1:{port}/callback"))
+        .args(["authorize", "--no-browser", "--timeout", "6"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let idle: Vec<_> =
+        (0..60).filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_seconds(child.id());
+    std::thread::sleep(Duration::from_secs(3));
+    let spent = cpu_seconds(child.id()) - before;
+    drop(idle);
+    let status = child.wait().unwrap();
+    assert!(spent < 0.5, "the listener spun on accept errors: {spent:.2} s of CPU in 3 s");
+    assert_eq!(status.code(), Some(8), "the flow ends at its deadline");
 }
 
 /// 200 clients that send headers and then a body one byte a second, against a daemon with 128

@@ -145,6 +145,42 @@ pub fn browser_command_for(os: &str) -> (&'static str, &'static [&'static str]) 
     }
 }
 
+/// The environment the browser launcher is started with: what a desktop session needs to
+/// show a window and find the user's browser, and nothing else. The parent's environment holds
+/// client secrets, `BYOVA_STORAGE_KEY`, storage URLs with passwords, and whatever else the
+/// operator exported; a browser (and every helper it starts) has no business with them.
+pub fn browser_environment(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
+    const KEEP: [&str; 22] = [
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "DISPLAY",
+        "WAYLAND_DISPLAY",
+        "XAUTHORITY",
+        "DBUS_SESSION_BUS_ADDRESS",
+        "BROWSER",
+        "DESKTOP_SESSION",
+        "SYSTEMROOT",
+        "WINDIR",
+        "USERPROFILE",
+        "APPDATA",
+        "LOCALAPPDATA",
+        "PROGRAMFILES",
+        "TEMP",
+        "TMP",
+    ];
+    vars.into_iter()
+        .filter(|(name, _)| {
+            KEEP.contains(&name.as_str()) || name.starts_with("LC_") || name.starts_with("XDG_")
+        })
+        .collect()
+}
+
 /// What to print when the URL is not (or could not be) opened in a browser.
 pub fn authorization_prompt(url: &str, browser_failed: bool) -> String {
     let lead =
@@ -155,6 +191,25 @@ pub fn authorization_prompt(url: &str, browser_failed: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_browser_gets_a_desktop_environment_and_no_secrets() {
+        let vars = [
+            ("PATH", "/usr/bin"),
+            ("DISPLAY", ":0"),
+            ("LC_ALL", "C.UTF-8"),
+            ("XDG_RUNTIME_DIR", "/run/user/1000"),
+            ("WEBEX_INTEGRATION_CLIENT_SECRET", "SECRET-CANARY"),
+            ("BYOVA_STORAGE_KEY", "SECRET-CANARY"),
+            ("BYOVA_STORAGE", "postgres://u:SECRET-CANARY@db/x"),
+            ("AWS_SECRET_ACCESS_KEY", "SECRET-CANARY"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let kept = browser_environment(vars);
+        let names: Vec<&str> = kept.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["PATH", "DISPLAY", "LC_ALL", "XDG_RUNTIME_DIR"]);
+        assert!(kept.iter().all(|(_, v)| !v.contains("SECRET-CANARY")));
+    }
 
     #[test]
     fn no_shell_parses_the_url_on_any_os() {

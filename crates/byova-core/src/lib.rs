@@ -66,7 +66,7 @@ mod webhook;
 
 pub use authorize::{
     AuthorizeOptions, BrowserOpener, RedirectOptions, authorization_prompt, browser_command_for,
-    system_browser_command,
+    browser_environment, system_browser_command,
 };
 pub use budget::{BudgetDecision, BudgetState, TOKEN_BUDGET_STATE, TokenBudget};
 pub use builder::{ByovaBuilder, EnvSettings, Facade, Parts, parse_webhook_secrets, webhook_secrets};

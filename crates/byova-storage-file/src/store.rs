@@ -117,6 +117,7 @@ impl FileTokenStorage {
         let dir = dir.as_ref().to_path_buf();
         ensure_private_dir(&dir)?;
         remove_legacy_lock_files(&dir)?;
+        remove_crash_leftovers(&dir);
         Ok(Self { inner: Arc::new(Inner { dir }) })
     }
 
@@ -594,6 +595,51 @@ fn read_no_follow(path: &Path) -> io::Result<Vec<u8>> {
         return Err(io::Error::new(io::ErrorKind::PermissionDenied, "refusing to follow a symlink"));
     }
     fs::read(path)
+}
+
+/// How old a leftover without a process id must be before it counts as abandoned.
+const LEFTOVER_AGE: Duration = Duration::from_secs(600);
+
+/// Removes what crashed writes left behind: temporary files (`.NAME.tmp-PID-…` whose process
+/// is gone, or any older than ten minutes) and pending authorizations a taker claimed but never
+/// finished (`.pending-….taken-…`, older than ten minutes; their expiry passed by then). A
+/// writer that is alive is never disturbed. Best effort: what cannot be removed stays.
+fn remove_crash_leftovers(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else { return };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with('.') || !(name.contains(".tmp-") || name.contains(".taken-")) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > LEFTOVER_AGE);
+        let writer_gone = name
+            .split_once(".tmp-")
+            .and_then(|(_, rest)| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| !process_alive(pid));
+        if old || writer_gone {
+            match fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %entry.path().display(), "removed what a crashed write left behind")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove a crashed write's leftover")
+                }
+            }
+        }
+    }
+}
+
+/// Whether a process with `pid` runs on this host (Linux: `/proc`; elsewhere assumed alive,
+/// and the age rule applies).
+fn process_alive(pid: u32) -> bool {
+    if Path::new("/proc/self").exists() { Path::new(&format!("/proc/{pid}")).exists() } else { true }
 }
 
 /// Makes `dir` a private directory of this user's: created `0700`, or an existing one (not a

@@ -630,6 +630,29 @@ fn the_journal_replays_what_the_store_never_confirmed() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Item 9 of the brief: opening the store removes what crashed writes left (a temporary file
+/// of a process that is gone, a claimed pending authorization abandoned long ago) and leaves a
+/// live writer's temporary file alone.
+fn crashed_writes_leave_nothing_behind_after_a_restart() {
+    let dir = temp_dir("leftovers");
+    drop(FileTokenStorage::open(&dir).unwrap());
+    let dead = dir.join(".org-00.json.tmp-999999999-00ff");
+    let live = dir.join(format!(".org-01.json.tmp-{}-00ff", std::process::id()));
+    let taken = dir.join(".pending-abc.taken-00ff");
+    let fresh_taken = dir.join(".pending-def.taken-00ff");
+    for f in [&dead, &live, &taken, &fresh_taken] {
+        std::fs::write(f, b"partial").unwrap();
+    }
+    let long_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options().write(true).open(&taken).unwrap().set_modified(long_ago).unwrap();
+    drop(FileTokenStorage::open(&dir).unwrap());
+    assert!(!dead.exists(), "a dead writer's temporary file is removed");
+    assert!(!taken.exists(), "an abandoned claim is removed");
+    assert!(live.exists(), "a live writer's temporary file stays");
+    assert!(fresh_taken.exists(), "a recent claim stays (its taker may be finishing)");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
     if herd::child_main(
         |url| Box::pin(async move { open_file(&url) as Arc<dyn byova_core::TokenStorage> }),
@@ -671,6 +694,10 @@ fn main() {
         case(
             "the_journal_replays_what_the_store_never_confirmed",
             the_journal_replays_what_the_store_never_confirmed,
+        ),
+        case(
+            "crashed_writes_leave_nothing_behind_after_a_restart",
+            crashed_writes_leave_nothing_behind_after_a_restart,
         ),
         case("multi_process_herd_async", multi_process_herd_async),
         case("multi_process_herd_blocking", multi_process_herd_blocking),

@@ -251,17 +251,22 @@ pub(crate) fn state_row(name: &str) -> Result<String, byova_core::StorageError> 
 /// A table name from the URL's `table` parameter: letters, digits and `_` only.
 pub(crate) fn check_table(name: &str) -> Result<(), byova_core::StorageError> {
     if !name.is_empty()
-        && name.len() <= 60
+        && name.len() <= MAX_TABLE_NAME
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !name.starts_with(|c: char| c.is_ascii_digit())
     {
         Ok(())
     } else {
         Err(byova_core::StorageError::other(format!(
-            "table name {name:?} must be 1-60 letters, digits or _ (not starting with a digit)"
+            "table name {name:?} must be 1-{MAX_TABLE_NAME} letters, digits or _ (not starting with a digit): \
+             with the \"_pending\" table derived from it, names stay within MySQL's 64 characters"
         )))
     }
 }
+
+/// The longest table name: `<table>_pending` must fit MySQL's 64-character identifiers
+/// (PostgreSQL's 63 too).
+const MAX_TABLE_NAME: usize = 63 - "_pending".len();
 
 /// Splits `?table=NAME` off a URL; the rest goes to the driver.
 pub(crate) fn split_table(url: &str) -> Result<(String, String), byova_core::StorageError> {
@@ -289,6 +294,17 @@ pub(crate) fn split_table(url: &str) -> Result<(String, String), byova_core::Sto
 pub(crate) fn with_tls_defaults(
     url: &str,
     ca_file: Option<&std::path::Path>,
+) -> Result<String, byova_core::StorageError> {
+    with_tls_defaults_in(url, ca_file, &|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+}
+
+/// [`with_tls_defaults`] with the process environment read through `env` (`PGHOST`,
+/// `PGHOSTADDR`, `PGSSLMODE`: sqlx reads them too, so the default is decided on the host and
+/// mode sqlx will really use).
+fn with_tls_defaults_in(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+    env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<String, byova_core::StorageError> {
     let (mode_keys, ca_keys, verified, ca_verified, require, off): (&[&str], &[&str], _, _, &str, &[&str]) =
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -331,8 +347,12 @@ pub(crate) fn with_tls_defaults(
             percent_encoding::utf8_percent_encode(&path, percent_encoding::NON_ALPHANUMERIC)
         ));
     }
-    match value_of(&pairs, mode_keys) {
-        None if has_ca || !is_loopback_url(url) => pairs.push(format!("{}={verified}", mode_keys[0])),
+    let postgres = mode_keys.len() == 2;
+    // A mode set in the environment is the operator's choice, as one in the URL is.
+    let env_mode = if postgres { env("PGSSLMODE") } else { None };
+    let host = if postgres { postgres_host(url, &pairs, env) } else { url_host(url) };
+    match value_of(&pairs, mode_keys).or(env_mode) {
+        None if has_ca || !is_local_host(&host) => pairs.push(format!("{}={verified}", mode_keys[0])),
         None => {}
         Some(mode) if has_ca && mode.eq_ignore_ascii_case(require) => {
             // `require` alone accepts any certificate; with a CA the chain is checked.
@@ -353,8 +373,8 @@ pub(crate) fn with_tls_defaults(
     Ok(if pairs.is_empty() { base.to_owned() } else { format!("{base}?{}", pairs.join("&")) })
 }
 
-/// Whether the URL's host is this machine (or a Unix socket).
-fn is_loopback_url(url: &str) -> bool {
+/// The host in the URL's authority (empty when it names none).
+fn url_host(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let authority = rest.split(['/', '?']).next().unwrap_or_default();
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
@@ -362,7 +382,28 @@ fn is_loopback_url(url: &str) -> bool {
         Some(v6) => v6.split(']').next().unwrap_or_default(),
         None => host_port.rsplit_once(':').map_or(host_port, |(h, _)| h),
     };
+    host.to_owned()
+}
+
+/// The host sqlx's Postgres driver will connect to: the last `host=` or `hostaddr=` of the
+/// query, else the URL's authority, else `PGHOSTADDR`, else `PGHOST`, else this machine.
+fn postgres_host(url: &str, pairs: &[String], env: &dyn Fn(&str) -> Option<String>) -> String {
+    let from_query = pairs.iter().rev().find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        matches!(k, "host" | "hostaddr")
+            .then(|| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
+    });
+    from_query
+        .or_else(|| Some(url_host(url)).filter(|h| !h.is_empty()))
+        .or_else(|| env("PGHOSTADDR"))
+        .or_else(|| env("PGHOST"))
+        .unwrap_or_default()
+}
+
+/// Whether `host` is this machine: loopback, `localhost`, a Unix socket path, or none.
+fn is_local_host(host: &str) -> bool {
     host.is_empty()
+        || host.starts_with('/')
         || host.eq_ignore_ascii_case("localhost")
         || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
@@ -429,4 +470,98 @@ mod tests {
         assert_eq!(d("sqlite:///tmp/x.db", Some(ca)), "sqlite:///tmp/x.db");
         assert_eq!(d("postgres://u:p@[::1]:5432/db", None), "postgres://u:p@[::1]:5432/db");
     }
+
+    /// Item 6 of the brief: the default is decided on the host sqlx will really use: a
+    /// `host=` or `hostaddr=` in the query, or `PGHOSTADDR`/`PGHOST` when the URL names none;
+    /// a mode in `PGSSLMODE` is the operator's, as one in the URL.
+    #[test]
+    fn table_names_leave_room_for_the_derived_ones() {
+        let longest = format!("t{}", "x".repeat(MAX_TABLE_NAME - 1));
+        assert!(check_table(&longest).is_ok());
+        assert!(format!("{longest}_pending").len() <= 63);
+        let err = check_table(&format!("{longest}x")).unwrap_err().to_string();
+        assert!(err.contains("64 characters"), "{err}");
+        assert!(split_table(&format!("mysql://db/x?table={longest}y")).is_err(), "refused at start");
+    }
+
+    #[test]
+    fn tls_defaults_follow_the_host_sqlx_connects_to() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
+        };
+        let none = env(&[]);
+        let d = |url: &str, e: &dyn Fn(&str) -> Option<String>| with_tls_defaults_in(url, None, e).unwrap();
+        assert_eq!(
+            d("postgres://u@127.0.0.1/db?host=db.example", &none),
+            "postgres://u@127.0.0.1/db?host=db.example&sslmode=verify-full"
+        );
+        assert_eq!(
+            d("postgres://u@localhost/db?hostaddr=10.0.0.7", &none),
+            "postgres://u@localhost/db?hostaddr=10.0.0.7&sslmode=verify-full"
+        );
+        assert_eq!(
+            d("postgres://u@db.example/db?host=%2Fvar%2Frun%2Fpostgresql", &none),
+            "postgres://u@db.example/db?host=%2Fvar%2Frun%2Fpostgresql",
+            "a Unix socket is local"
+        );
+        assert_eq!(
+            d("postgres:///db", &env(&[("PGHOST", "db.example")])),
+            "postgres:///db?sslmode=verify-full"
+        );
+        assert_eq!(
+            d("postgres:///db", &env(&[("PGHOSTADDR", "10.1.2.3"), ("PGHOST", "localhost")])),
+            "postgres:///db?sslmode=verify-full"
+        );
+        assert_eq!(d("postgres:///db", &env(&[("PGHOST", "/tmp")])), "postgres:///db");
+        assert_eq!(d("postgres:///db", &none), "postgres:///db", "this machine by default");
+        assert_eq!(
+            d("postgres://u@db.example/db", &env(&[("PGSSLMODE", "require")])),
+            "postgres://u@db.example/db",
+            "PGSSLMODE is honoured"
+        );
+    }
+}
+
+/// The database file a `sqlite:` URL names (`None` for an in-memory database).
+pub(crate) fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let in_memory = path.is_empty() || path == ":memory:" || query.split('&').any(|p| p == "mode=memory");
+    (!in_memory).then(|| std::path::PathBuf::from(path))
+}
+
+/// Makes the SQLite database file (created if missing) and its `-wal` and `-shm` companions
+/// readable by their owner only, whatever the umask: they hold refresh tokens (in clear unless
+/// sealed). SQLite creates the companions with the database file's mode.
+pub(crate) fn private_sqlite_files(path: &std::path::Path) -> Result<(), byova_core::StorageError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let fail = |what: &str, e: std::io::Error| {
+            byova_core::StorageError::other(format!("cannot {what} {}: {e}", path.display()))
+        };
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| fail("create", e))?;
+        let companions = ["", "-wal", "-shm"].map(|suffix| {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            std::path::PathBuf::from(name)
+        });
+        for file in companions {
+            match std::fs::metadata(&file) {
+                Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                        .map_err(|e| fail("make private", e))?;
+                }
+                _ => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
 }

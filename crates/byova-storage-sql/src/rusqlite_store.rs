@@ -53,6 +53,9 @@ impl SqliteBlockingStorage {
         let (rest, table) = split_table(url)?;
         let path = rest.strip_prefix("sqlite://").or_else(|| rest.strip_prefix("sqlite:")).unwrap_or(&rest);
         let path = path.split('?').next().unwrap_or(path).to_owned();
+        if let Some(file) = crate::dialect::sqlite_path(&path) {
+            crate::dialect::private_sqlite_files(&file)?;
+        }
         let conn = Connection::open(&path).map_err(|e| sqlite_error(&format!("cannot open {path}"), &e))?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(|e| sqlite_error("busy_timeout", &e))?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| sqlite_error("journal_mode", &e))?;

@@ -125,6 +125,11 @@ impl SqlTokenStorage {
             }
             _ => url,
         };
+        if kind == Kind::Sqlite
+            && let Some(file) = crate::dialect::sqlite_path(&url)
+        {
+            crate::dialect::private_sqlite_files(&file)?;
+        }
         let mut options = AnyPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(5));
         if kind == Kind::Sqlite {
             options = options.after_connect(|conn, _| {

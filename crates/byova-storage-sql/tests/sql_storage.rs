@@ -356,5 +356,61 @@ fn main() {
         Box::new(move || a_connection_lost_before_commit_leaves_the_old_record(&commit)),
     ));
 
+    let private = unique("private");
+    cases.push((
+        "sqlite: the database and its -wal and -shm files are 0600 under umask 022".into(),
+        Box::new(move || sqlite_files_are_private(&private)),
+    ));
+
     byova_testkit::harness::run(cases);
 }
+
+/// Item 6 of the brief: SQLite's three files hold refresh tokens; whatever the umask (the test
+/// process's is 022), they are readable by their owner only, through either driver.
+#[cfg(unix)]
+fn sqlite_files_are_private(name: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    for driver in ["sqlx", "rusqlite"] {
+        let path = std::env::temp_dir().join(format!("{name}_{driver}.db"));
+        let url = format!("sqlite://{}", path.display());
+        let key = TokenKey::org("org-private");
+        if driver == "sqlx" {
+            let rt = rt();
+            let store = rt.block_on(SqlTokenStorage::connect(&url)).unwrap();
+            rt.block_on(byova_core::CoordinatedTokenStorage::store(&store, &key, &counter(1), Expect::Any))
+                .unwrap();
+            check_private(&path, driver);
+            drop(store);
+        } else {
+            let store = SqliteBlockingStorage::open(&url).unwrap();
+            byova_core::BlockingCoordinatedTokenStorage::store(&store, &key, &counter(1), Expect::Any)
+                .unwrap();
+            check_private(&path, driver);
+        }
+        // An existing file someone made readable is made private again on open.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(SqliteBlockingStorage::open(&url).unwrap());
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "{driver}: tightened"
+        );
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+}
+
+#[cfg(unix)]
+fn check_private(path: &std::path::Path, driver: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = format!("{}{suffix}", path.display());
+        let mode =
+            std::fs::metadata(&file).unwrap_or_else(|e| panic!("{driver}: {file}: {e}")).permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{driver}: {file} is {:o}", mode & 0o777);
+    }
+}
+
+#[cfg(not(unix))]
+fn sqlite_files_are_private(_: &str) {}
