@@ -408,6 +408,50 @@ fn is_local_host(host: &str) -> bool {
         || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// The database file a `sqlite:` URL names (`None` for an in-memory database).
+pub(crate) fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let in_memory = path.is_empty() || path == ":memory:" || query.split('&').any(|p| p == "mode=memory");
+    (!in_memory).then(|| std::path::PathBuf::from(path))
+}
+
+/// Makes the SQLite database file (created if missing) and its `-wal` and `-shm` companions
+/// readable by their owner only, whatever the umask: they hold refresh tokens (in clear unless
+/// sealed). SQLite creates the companions with the database file's mode.
+pub(crate) fn private_sqlite_files(path: &std::path::Path) -> Result<(), byova_core::StorageError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let fail = |what: &str, e: std::io::Error| {
+            byova_core::StorageError::other(format!("cannot {what} {}: {e}", path.display()))
+        };
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| fail("create", e))?;
+        let companions = ["", "-wal", "-shm"].map(|suffix| {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            std::path::PathBuf::from(name)
+        });
+        for file in companions {
+            match std::fs::metadata(&file) {
+                Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                        .map_err(|e| fail("make private", e))?;
+                }
+                _ => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,48 +564,4 @@ mod tests {
             "PGSSLMODE is honoured"
         );
     }
-}
-
-/// The database file a `sqlite:` URL names (`None` for an in-memory database).
-pub(crate) fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
-    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
-    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    let in_memory = path.is_empty() || path == ":memory:" || query.split('&').any(|p| p == "mode=memory");
-    (!in_memory).then(|| std::path::PathBuf::from(path))
-}
-
-/// Makes the SQLite database file (created if missing) and its `-wal` and `-shm` companions
-/// readable by their owner only, whatever the umask: they hold refresh tokens (in clear unless
-/// sealed). SQLite creates the companions with the database file's mode.
-pub(crate) fn private_sqlite_files(path: &std::path::Path) -> Result<(), byova_core::StorageError> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let fail = |what: &str, e: std::io::Error| {
-            byova_core::StorageError::other(format!("cannot {what} {}: {e}", path.display()))
-        };
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| fail("create", e))?;
-        let companions = ["", "-wal", "-shm"].map(|suffix| {
-            let mut name = path.as_os_str().to_owned();
-            name.push(suffix);
-            std::path::PathBuf::from(name)
-        });
-        for file in companions {
-            match std::fs::metadata(&file) {
-                Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
-                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
-                        .map_err(|e| fail("make private", e))?;
-                }
-                _ => {}
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
 }
