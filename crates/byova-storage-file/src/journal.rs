@@ -31,7 +31,15 @@ const ENTRY_FORMAT: u32 = 1;
 /// older one may have been stored and removed since (a deauthorization).
 const CREATE_WITHIN: Duration = Duration::from_secs(3600);
 
-/// A store with a local write-ahead journal. See the [module docs](self).
+/// A store with a local write-ahead journal: tokens Webex issued are made durable on this host
+/// before the shared store is asked to take them, so a process killed after Webex's answer
+/// (or a store down, or killed, when they arrived) loses nothing; the next start replays what
+/// the store never confirmed, version-checked ([`byova_core::journal_replay`] decides).
+///
+/// One file per write (`0600`, in a `0700` directory), written as the file store writes
+/// records and removed once the store confirmed it (or refused it for a newer record).
+/// Wrapped inside [`SealedStorage`](byova_core::SealedStorage) (as `Byova`'s builder does with
+/// a storage key), entries hold tokens sealed like the store's.
 pub struct Journaled<S: ?Sized> {
     inner: Arc<S>,
     dir: PathBuf,
@@ -237,7 +245,8 @@ fn journal_failed(key: &TokenKey, e: &StorageError) {
 macro_rules! journaled_impl {
     ($(#[$attr:meta])* $trait:ident, $fs:ident $(, $async_kw:ident, $await:tt)?) => {
         impl Journaled<dyn $trait> {
-            /// Replays every entry the store never confirmed (see the [module docs](self)).
+            /// Replays every entry the store never confirmed: replaces an older record, creates
+            /// one only where one was meant to be created (within an hour), drops the rest.
             ///
             /// # Errors
             /// None today: entries the store cannot take are counted as kept.

@@ -31,6 +31,12 @@
 //!   written the same crash-safe way; taking one renames it to a name of the taker's own
 //!   first, so exactly one taker gets it. Unused ones are removed once they expired.
 //!
+//! - **A journal for shared stores**: [`Journaled`] puts a local write-ahead journal in front
+//!   of a Redis or SQL store, so tokens Webex issued survive the process or the store dying
+//!   before the store confirmed them (replayed, version-checked, at the next start).
+//! - **Crashed writes leave nothing behind**: opening the store removes temporary files of
+//!   processes that are gone and pending claims abandoned for ten minutes.
+//!
 //! ```
 //! use byova_core::{BlockingTokenStorage, OAuthTokens, AccessToken, Timestamp};
 //! let dir = std::env::temp_dir().join(format!("byova-doc-{}", std::process::id()));
