@@ -37,8 +37,8 @@ use byova_core::{AccessToken, Invalidation, TokenKey};
 /// a fresh token does not cure (the retry is refused too: a missing scope, a resource the
 /// identity may not see) costs at most one refresh: further 401s on that identity are returned
 /// as they are for a cool-down ([`RefreshPolicy::rejection_cooldown`](byova_core::RefreshPolicy::rejection_cooldown),
-/// 10 minutes by default, doubling while it repeats). A token Webex really revoked still
-/// renews at once, however young.
+/// 10 minutes by default, doubling while it repeats, 80 minutes at most). Outside such a
+/// cool-down a token Webex really revoked renews at once, however young.
 #[derive(Clone)]
 pub struct BearerAuth {
     byova: Arc<Byova>,

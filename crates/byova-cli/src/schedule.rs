@@ -55,10 +55,11 @@ impl StatusBoard {
         self.unreadable.store(report.unreadable.len(), std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// One key's status now (`None`: nothing stored).
+    /// One key's status now (`None`: nothing stored). Before the first full resync the board
+    /// knows nothing, and one key would pass for the whole list: it waits for the resync.
     pub(crate) fn put(&self, key: &TokenKey, status: Option<&KeyStatus>) {
         let mut board = self.lock();
-        let all = board.get_or_insert_with(Default::default);
+        let Some(all) = board.as_mut() else { return };
         match status {
             Some(status) => {
                 all.insert(key.clone(), status.clone());

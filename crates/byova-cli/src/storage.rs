@@ -23,16 +23,30 @@ pub(crate) fn has_password(url: &str) -> bool {
     let query = rest.split_once('?').map_or("", |(_, q)| q);
     let in_query = query.split('&').any(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        !value.is_empty()
-            && ["password", "pass", "passwd", "pwd"].contains(&key.to_ascii_lowercase().as_str())
+        let key = percent_decode(key).to_ascii_lowercase();
+        !value.is_empty() && ["password", "pass", "passwd", "pwd"].contains(&key.as_str())
     });
     in_userinfo || in_query
+}
+
+/// What names a store in its URL: everything but the user info and the query, plus the
+/// query's `prefix` and `table`.
+fn store_identity(url: &str) -> String {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let (scheme, rest) = base.split_once("://").unwrap_or(("", base));
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let mut names: Vec<&str> =
+        query.split('&').filter(|p| p.starts_with("prefix=") || p.starts_with("table=")).collect();
+    names.sort_unstable();
+    format!("{}://{}/{path}?{}", scheme.to_ascii_lowercase(), host.to_ascii_lowercase(), names.join("&"))
 }
 
 /// Rule 12: a plain `redis://` to a host other than this machine sends tokens (and any
 /// password) across the network in clear; it is refused unless `allow_insecure` says so.
 pub(crate) fn check_plaintext_redis(url: &str, allow_insecure: bool) -> Result<(), String> {
-    let Some(rest) = url.strip_prefix("redis://").or_else(|| url.strip_prefix("redis+cluster://")) else {
+    let lower = url.to_ascii_lowercase();
+    let Some(rest) = lower.strip_prefix("redis://").or_else(|| lower.strip_prefix("redis+cluster://")) else {
         return Ok(());
     };
     let authority = rest.split(['/', '?']).next().unwrap_or_default();
@@ -103,15 +117,77 @@ pub(crate) async fn with_journal(
     Ok(byova_storage_file::Journaled::open(store, dir).await?)
 }
 
-/// One journal directory per store, named by a digest of its whole URL (a Redis prefix or a
-/// table is another store), so entries are replayed into the store they were meant for.
+/// One journal directory per store, named by a digest of what names the store (scheme, host,
+/// port, database, and the `prefix` or `table` that make another store on the same server),
+/// so entries are replayed into the store they were meant for, and a new password or TLS
+/// setting does not strand them.
 fn default_journal_dir(url: &str) -> PathBuf {
     use sha2::Digest;
     let base = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
         .unwrap_or_else(|| PathBuf::from("."));
-    let digest = sha2::Sha256::digest(url.as_bytes());
+    let digest = sha2::Sha256::digest(store_identity(url).as_bytes());
     let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     base.join("byova").join("journal").join(name)
+}
+
+/// `%XX` escapes decoded (as the drivers decode query keys); anything else kept.
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'?'));
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_found_in_any_spelling() {
+        for url in [
+            "postgres://u:p@db/x",
+            "postgres://u@db/x?password=p",
+            "mysql://db/x?a=1&PassWord=p",
+            "postgres://db/x?pass%77ord=p",
+        ] {
+            assert!(has_password(url), "{url}");
+        }
+        assert!(!has_password("postgres://u@db/x?sslmode=require&password="));
+    }
+
+    #[test]
+    fn the_journal_follows_the_store_not_its_password() {
+        let a = store_identity("redis://:old@10.0.0.1:6379/0?prefix=p&timeout=1");
+        assert_eq!(a, store_identity("redis://:new@10.0.0.1:6379/0?prefix=p"));
+        assert_ne!(a, store_identity("redis://10.0.0.1:6379/0?prefix=q"));
+        assert!(!a.contains("old"));
+    }
+
+    #[test]
+    fn plain_redis_off_loopback_needs_the_allowance_in_any_case() {
+        for url in
+            ["redis://10.0.0.1:6379/0", "REDIS://10.0.0.1/0", "redis+cluster://127.0.0.1:1,10.0.0.2:2/"]
+        {
+            assert!(check_plaintext_redis(url, false).is_err(), "{url}");
+            assert!(check_plaintext_redis(url, true).is_ok(), "{url}");
+        }
+        for url in ["redis://127.0.0.1:6379/0", "rediss://10.0.0.1/0", "redis://:pw@[::1]:1/0"] {
+            assert!(check_plaintext_redis(url, false).is_ok(), "{url}");
+        }
+    }
 }

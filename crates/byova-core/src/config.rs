@@ -26,6 +26,10 @@ pub mod env {
     pub const MAX_TOKEN_CALLS_PER_MINUTE: &str = "BYOVA_MAX_TOKEN_CALLS_PER_MINUTE";
     /// Seconds one storage call may take (default 10).
     pub const STORAGE_TIMEOUT: &str = "BYOVA_STORAGE_TIMEOUT";
+    /// Seconds during which 401s on a token renew nothing once a retry with it was refused
+    /// too (default 600; `0` turns the cool-down off): see
+    /// [`RefreshPolicy::rejection_cooldown`](crate::RefreshPolicy::rejection_cooldown).
+    pub const REJECTION_COOLDOWN: &str = "BYOVA_REJECTION_COOLDOWN";
     /// `1` or `true`: refuse stored records whose tokens are in clear (needs
     /// [`STORAGE_KEY`]), so whoever can write the store cannot plant tokens.
     pub const STORAGE_REQUIRE_SEALED: &str = "BYOVA_STORAGE_REQUIRE_SEALED";
@@ -172,6 +176,15 @@ impl ByovaConfig {
                     ))
                 })?;
             config.storage_timeout = Duration::from_secs_f64(secs);
+        }
+        if let Some(secs) = lookup(env::REJECTION_COOLDOWN).filter(|v| !v.trim().is_empty()) {
+            let secs: u64 = secs.trim().parse().map_err(|_| {
+                Error::Configuration(format!(
+                    "{}={secs:?} is not a whole number of seconds (0: no cool-down)",
+                    env::REJECTION_COOLDOWN
+                ))
+            })?;
+            config.refresh.rejection_cooldown = Duration::from_secs(secs);
         }
         if let Some(calls) = lookup(env::MAX_TOKEN_CALLS_PER_MINUTE).filter(|v| !v.trim().is_empty()) {
             let calls: u32 = calls.trim().parse().map_err(|_| {

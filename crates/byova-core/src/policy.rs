@@ -46,8 +46,10 @@ pub struct RefreshPolicy {
     /// that a fresh token does not cure must not buy another. When the retry of a request
     /// with the token renewed after a 401 is rejected too, further 401s on that token are
     /// handed back without a refresh for this long (doubling with each renewal in a row, up
-    /// to 64 times). A token Webex really revoked still renews at once, however young. Zero
-    /// turns the cool-down off. 10 minutes by default.
+    /// to 8 times: at most one refresh per 80 minutes, well under the cap). A token Webex
+    /// really revoked renews at once, however young, unless it is in such a cool-down: then
+    /// at its end (or at its scheduled refresh). Zero turns the cool-down off. 10 minutes by
+    /// default.
     pub rejection_cooldown: Duration,
     /// A forced refresh (`refresh`, `refresh_for_org`, `refresh_all_orgs`, without a refresh
     /// token of the caller's) of tokens obtained less than this long ago (a quarter of their
@@ -83,9 +85,9 @@ impl RefreshPolicy {
     }
 
     /// How long 401s on `tokens` renew nothing once the cool-down starts: the configured
-    /// cool-down, doubled for each renewal in a row beyond the first (at most 64 times).
+    /// cool-down, doubled for each renewal in a row beyond the first (at most 8 times).
     pub fn rejection_cooldown_for(&self, tokens: &OAuthTokens) -> Duration {
-        self.rejection_cooldown.saturating_mul(1u32 << tokens.renewals.saturating_sub(1).min(6))
+        self.rejection_cooldown.saturating_mul(1u32 << tokens.renewals.saturating_sub(1).min(3))
     }
 
     /// Until when a 401 on `tokens` is not answered with a refresh at `now`, or `None` when it
@@ -457,7 +459,7 @@ mod tests {
         t.renewals = 3;
         assert_eq!(p.rejection_cooldown_until(&t, at(1_001)), Some(at(1_000 + 2_400)), "the third holds");
         t.renewals = 40;
-        assert_eq!(p.rejection_cooldown_for(&t), Duration::from_secs(600 * 64), "capped at 64 times");
+        assert_eq!(p.rejection_cooldown_for(&t), Duration::from_secs(600 * 8), "capped at 8 times");
         let off = RefreshPolicy { rejection_cooldown: Duration::ZERO, ..RefreshPolicy::default() };
         t.cooldown_until = Some(at(1_600));
         assert_eq!(off.rejection_cooldown_until(&t, at(1_001)), None);

@@ -137,7 +137,8 @@ fn open(
         if require_sealed {
             return Err(unreadable(format!(
                 "the {field} of {record} is stored in clear, and sealed records are required \
-                 (BYOVA_STORAGE_REQUIRE_SEALED): reseal it (byova org reseal) or register it again"
+                 (BYOVA_STORAGE_REQUIRE_SEALED): reseal it (byova org reseal, with the requirement unset \
+                 for that run) or register it again"
             )));
         }
         return Ok(value.to_owned());

@@ -229,7 +229,9 @@ fn settle_entry(entry: Option<&Path>, key: &TokenKey, result: &Result<u64, Stora
     let Some(path) = entry else { return };
     match result {
         Ok(_) => remove(path),
-        Err(e) if e.kind() == StorageErrorKind::Conflict => remove(path),
+        // The engine re-reads and may store these same tokens again (the entry then goes with
+        // that write), or drop them for a newer record (a later replay drops the entry).
+        Err(e) if e.kind() == StorageErrorKind::Conflict => {}
         Err(e) => {
             tracing::warn!(key = %key, error = %e, entry = %path.display(), "the store did not take new tokens; kept in the local journal for replay");
         }

@@ -351,7 +351,21 @@ fn with_tls_defaults_in(
     // A mode set in the environment is the operator's choice, as one in the URL is.
     let env_mode = if postgres { env("PGSSLMODE") } else { None };
     let host = if postgres { postgres_host(url, &pairs, env) } else { url_host(url) };
-    match value_of(&pairs, mode_keys).or(env_mode) {
+    if value_of(&pairs, mode_keys).is_none()
+        && let Some(mode) = env_mode
+    {
+        // Rule 12: an inherited mode that may skip verification is not taken for a database on
+        // another host; naming it in the URL is the explicit way.
+        if !is_local_host(&host) && off.iter().any(|o| o.eq_ignore_ascii_case(&mode)) {
+            return Err(byova_core::StorageError::other(format!(
+                "PGSSLMODE={mode} would let {host} be reached without verified TLS; name sslmode={mode} in the \
+                 storage URL to choose it, or unset PGSSLMODE"
+            )));
+        }
+        // Written into the URL, so a CA upgrades it as one named there would be.
+        pairs.push(format!("{}={mode}", mode_keys[0]));
+    }
+    match value_of(&pairs, mode_keys) {
         None if has_ca || !is_local_host(&host) => pairs.push(format!("{}={verified}", mode_keys[0])),
         None => {}
         Some(mode) if has_ca && mode.eq_ignore_ascii_case(require) => {
@@ -560,8 +574,24 @@ mod tests {
         assert_eq!(d("postgres:///db", &none), "postgres:///db", "this machine by default");
         assert_eq!(
             d("postgres://u@db.example/db", &env(&[("PGSSLMODE", "require")])),
-            "postgres://u@db.example/db",
+            "postgres://u@db.example/db?sslmode=require",
             "PGSSLMODE is honoured"
+        );
+        assert_eq!(
+            d("postgres://u@127.0.0.1/db", &env(&[("PGSSLMODE", "disable")])),
+            "postgres://u@127.0.0.1/db?sslmode=disable"
+        );
+        let weak = with_tls_defaults_in("postgres://u@db.example/db", None, &env(&[("PGSSLMODE", "prefer")]));
+        assert!(
+            weak.unwrap_err().to_string().contains("PGSSLMODE=prefer"),
+            "an inherited weak mode is refused off this host"
+        );
+        let ca = std::path::Path::new("/ca.pem");
+        assert_eq!(
+            with_tls_defaults_in("postgres://u@db.example/db", Some(ca), &env(&[("PGSSLMODE", "require")]))
+                .unwrap(),
+            "postgres://u@db.example/db?sslrootcert=%2Fca%2Epem&sslmode=verify-ca",
+            "a CA upgrades an inherited require too"
         );
     }
 }

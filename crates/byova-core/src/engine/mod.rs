@@ -69,7 +69,14 @@ pub struct TokenEngine {
     /// Per key, a token whose 401s are not answered with a refresh, and until when (see
     /// [`RefreshPolicy::rejection_cooldown`](crate::RefreshPolicy::rejection_cooldown)).
     cooldowns: Mutex<HashMap<TokenKey, (AccessToken, Timestamp)>>,
+    /// Per marked org, until when callers are not fetched for: Webex refused the last fetch.
+    refused_fetches: Mutex<HashMap<TokenKey, Timestamp>>,
 }
+
+/// How long a marked org is not fetched again after Webex refused a fetch for it (callers
+/// get `ReauthorizationRequired` meanwhile; an `authorized` delivery or an explicit fetch
+/// still goes ahead).
+const REFUSED_FETCH_PAUSE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// How [`TokenEngine::invalidate_stored`] marks a record.
 #[derive(Clone, Copy, Debug)]
@@ -108,6 +115,7 @@ impl TokenEngine {
             orphans: Arc::default(),
             rejected: Mutex::default(),
             cooldowns: Mutex::default(),
+            refused_fetches: Mutex::default(),
         })
     }
 
@@ -277,6 +285,27 @@ impl TokenEngine {
                 None => Invalidation::Renew,
             }))
         })
+    }
+
+    /// Webex refused a Service App fetch for `key` at `now`: callers wait a while.
+    pub(crate) fn pause_fetches(&self, key: &TokenKey, now: Timestamp) {
+        self.refused_fetches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone(), now.saturating_add(REFUSED_FETCH_PAUSE));
+    }
+
+    /// Whether callers of `key` are not fetched for at `now` (see [`pause_fetches`](Self::pause_fetches)).
+    pub(crate) fn fetch_paused(&self, key: &TokenKey, now: Timestamp) -> bool {
+        let mut paused = self.refused_fetches.lock().unwrap_or_else(|e| e.into_inner());
+        match paused.get(key) {
+            Some(until) if now < *until => true,
+            Some(_) => {
+                paused.remove(key);
+                false
+            }
+            None => false,
+        }
     }
 
     /// Until when 401s on `token` for `key` renew nothing, as this process knows.
@@ -481,7 +510,7 @@ impl TokenEngine {
                                 Err(Error::ServiceAppNotAuthorized { .. }) => {
                                     engine.delete_unless_newer(key, now, 0)
                                 }
-                                Err(Error::NotAuthorized) => {
+                                Err(Error::NotAuthorized | Error::ReauthorizationRequired { .. }) => {
                                     tracing::warn!(key = %key, "a deauthorization without a time of its own cannot be confirmed without an authorized Integration; the org is kept");
                                     done(Ok(kept))
                                 }

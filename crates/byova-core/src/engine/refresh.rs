@@ -167,6 +167,8 @@ pub(crate) struct Run {
     budget_reads: u32,
     /// The stored record could not be read, and this run (a fetch) replaces it.
     unreadable: bool,
+    /// Writes of the "refresh token rejected" mark lost to another writer.
+    mark_attempts: u32,
     /// How long this run has waited for the budget.
     budget_waited: Duration,
 }
@@ -210,6 +212,7 @@ impl Run {
             budget_reads: 0,
             budget_waited: Duration::ZERO,
             unreadable: false,
+            mark_attempts: 0,
         })
     }
 
@@ -363,12 +366,19 @@ impl Run {
                 key,
                 marked.clone(),
                 expect,
-                Then::new(move |stored: StorageResult<u64>, now| {
-                    if let Ok(version) = stored {
+                Then::new(move |stored: StorageResult<u64>, now| match stored {
+                    Ok(version) => {
                         tracing::warn!(key = %self.key, "Webex rejected the refresh token; marked re-authorization required");
                         self.current = Some(Versioned { value: marked, version });
+                        self.conclude(error, now)
                     }
-                    self.conclude(error, now)
+                    // Someone wrote the record meanwhile: if it still holds the rejected refresh
+                    // token, it is marked on the new version (a few times); a newer token stands.
+                    Err(e) if e.kind() == StorageErrorKind::Conflict && self.mark_attempts < 3 => {
+                        self.mark_attempts += 1;
+                        self.load(Self::remark_after_conflict)
+                    }
+                    Err(_) => self.conclude(error, now),
                 }),
             );
         }
@@ -380,6 +390,34 @@ impl Run {
         self.fail(error)
     }
 
+    /// After a conflict on the mark: marks the record as it is now if it still holds the
+    /// refresh token Webex rejected; a newer record stands.
+    fn remark_after_conflict(mut self: Box<Self>, loaded: Loaded, now: Timestamp) -> Plan {
+        let error = self.reauthorization_required();
+        match loaded {
+            Ok(Some(record))
+                if !record.value.reauthorization_required
+                    && record
+                        .value
+                        .refresh_token
+                        .as_ref()
+                        .zip(self.used_refresh.as_ref())
+                        .is_some_and(|(a, b)| a.ct_eq(b)) =>
+            {
+                self.current = Some(record);
+                self.mark_rejected = true;
+                self.conclude(error, now)
+            }
+            Ok(record) => {
+                if let Some(record) = record {
+                    self.current = Some(record);
+                }
+                self.conclude(error, now)
+            }
+            Err(_) => self.conclude(error, now),
+        }
+    }
+
     /// Judges a stored record for a caller who wants a valid token: fresh is served; one that
     /// cannot be renewed without a person is served while it is usable. Hands the run back
     /// when the record needs refreshing.
@@ -389,6 +427,11 @@ impl Run {
             return Ok(self.succeed(record));
         }
         if !self.renewable(&record.value) {
+            return Ok(self.serve_unrenewable(record, freshness));
+        }
+        // A marked org whose fetch Webex refused a moment ago (a missed deauthorization): asking
+        // again at every call would spend the shared budget on answers known in advance.
+        if record.value.reauthorization_required && self.engine.fetch_paused(&self.key, now) {
             return Ok(self.serve_unrenewable(record, freshness));
         }
         Err(self)
@@ -934,6 +977,9 @@ impl Run {
         if matches!(self.call, Some(TokenCall::ServiceAppFetch { .. })) {
             // Refused by Webex (403, 404, 401, 400), not merely unavailable.
             self.fetch_refused = error.api_failure().is_some() && !error.is_retryable();
+            if self.fetch_refused {
+                self.engine.pause_fetches(&self.key, now);
+            }
         }
         let rejected = matches!(error, Error::ReauthorizationRequired { .. });
         if rejected && matches!(self.mode, Mode::Force(Some(_))) {

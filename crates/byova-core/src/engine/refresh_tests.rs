@@ -501,6 +501,82 @@ fn a_marked_org_is_fetched_again_and_its_dead_refresh_token_never_spent() {
     }
 }
 
+/// A marked org whose fetch Webex refused (a deauthorization the webhook never reported) is
+/// not fetched for again by every caller: the next ones get the rejection without a call,
+/// for a while; an explicit fetch still goes ahead.
+#[test]
+fn a_refused_fetch_for_a_marked_org_is_not_repeated_by_every_caller() {
+    let key = TokenKey::org("o");
+    let s = seeded(&key, expired("OLD", "DEAD").rejected());
+    let engine = engine(Who::ServiceApp);
+    let refused =
+        |_: &HttpRequest, _: &InMemoryTokenStorage| Ok(status(403, &[], r#"{"message":"not authorized"}"#));
+    let (out, trace) = drive_with(&s, &engine, key.clone(), Mode::GetValid, refused);
+    assert!(matches!(out.result, Err(Error::ServiceAppNotAuthorized { .. })), "{:?}", out.result);
+    assert_eq!(trace.sent.len(), 1);
+    for _ in 0..5 {
+        let (out, trace) = drive_with(&s, &engine, key.clone(), Mode::GetValid, never);
+        assert!(matches!(out.result, Err(Error::ReauthorizationRequired { .. })), "{:?}", out.result);
+        assert!(trace.sent.is_empty(), "no call while paused");
+    }
+    let (out, trace) =
+        drive_with(&s, &engine, key.clone(), Mode::Fetch(None), |_, _| Ok(ok_body("NEW", Some("R2"))));
+    assert!(out.result.is_ok() && trace.sent.len() == 1, "an explicit fetch goes ahead");
+}
+
+/// The "refresh token rejected" mark survives a writer that changed the record meanwhile (a
+/// 401's invalidation, say): it is written on the new version while the record still holds
+/// the rejected token.
+#[test]
+fn the_mark_survives_a_concurrent_write() {
+    let key = TokenKey::Integration;
+    let s = BumpsOnLoad { inner: seeded(&key, expired("OLD", "DEAD")), loads: 0.into(), bump_at: 3 };
+    let (out, _) = drive_with(&s, &engine(Who::Integration), key.clone(), Mode::GetValid, |_, _| {
+        Ok(status(400, &[], r#"{"error":"invalid_grant"}"#))
+    });
+    assert!(matches!(out.result, Err(Error::ReauthorizationRequired { .. })), "{:?}", out.result);
+    let stored = BlockingTokenStorage::load(&s.inner, &key).unwrap().unwrap().value;
+    assert!(stored.reauthorization_required, "marked all the same");
+}
+
+/// Delegates to memory; right after its `bump_at`th load another writer rewrites the record
+/// (same tokens, a new version), as a concurrent invalidation would.
+struct BumpsOnLoad {
+    inner: InMemoryTokenStorage,
+    loads: std::sync::atomic::AtomicU32,
+    bump_at: u32,
+}
+
+impl crate::storage::BlockingCoordinatedTokenStorage for BumpsOnLoad {
+    fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
+        let loaded = BlockingTokenStorage::load(&self.inner, key);
+        if self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == self.bump_at
+            && let Ok(Some(current)) = &loaded
+        {
+            BlockingTokenStorage::store(&self.inner, key, &current.value, Expect::Version(current.version))?;
+        }
+        loaded
+    }
+    fn store(&self, key: &TokenKey, t: &OAuthTokens, e: Expect) -> Result<u64, StorageError> {
+        BlockingTokenStorage::store(&self.inner, key, t, e)
+    }
+    fn delete_org(&self, org: &str, expect: Expect) -> Result<(), StorageError> {
+        BlockingTokenStorage::delete_org(&self.inner, org, expect)
+    }
+    fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
+        self.inner.list_registered_orgs()
+    }
+    fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
+        BlockingTokenStorage::try_acquire_lease(&self.inner, key, ttl)
+    }
+    fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
+        BlockingTokenStorage::release_lease(&self.inner, lease)
+    }
+    fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
+        BlockingTokenStorage::extend_lease(&self.inner, lease, ttl)
+    }
+}
+
 /// Delegates to memory, but `store` fails while `down` says so.
 struct Flaky {
     inner: InMemoryTokenStorage,
