@@ -748,7 +748,7 @@ pub(crate) fn print_line(as_json: bool, value: serde_json::Value, text: impl FnO
 
 pub(crate) fn status_json(s: &KeyStatus) -> serde_json::Value {
     json!({
-        "key": match &s.key { TokenKey::Integration => "integration".to_owned(), TokenKey::Org(o) => format!("org:{o}") },
+        "key": s.key.label(),
         "state": s.state.as_str(),
         "access_expires_at_ms": s.access_expires_at.as_unix_millis(),
         "refresh_expires_at_ms": s.refresh_expires_at.map(|t| t.as_unix_millis()),

@@ -26,17 +26,11 @@ use crate::{Failure, failure};
 const FORMAT: u64 = 1;
 
 fn key_text(key: &TokenKey) -> String {
-    match key {
-        TokenKey::Integration => "integration".to_owned(),
-        TokenKey::Org(org) => format!("org:{org}"),
-    }
+    key.label()
 }
 
 fn parse_key(text: &str) -> Option<TokenKey> {
-    match text {
-        "integration" => Some(TokenKey::Integration),
-        _ => text.strip_prefix("org:").filter(|o| !o.trim().is_empty()).map(TokenKey::org),
-    }
+    TokenKey::from_label(text)
 }
 
 /// Opens `path` for the export: stdout for `-`, else a file only its owner can read (0600),

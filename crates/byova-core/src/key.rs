@@ -29,6 +29,31 @@ impl TokenKey {
         }
     }
 
+    /// The key as a stable label: `integration`, or `org:<id>` (export lines, journal entries,
+    /// status JSON, metrics labels and SQL row names all use it).
+    ///
+    /// ```
+    /// use byova_core::TokenKey;
+    /// assert_eq!(TokenKey::org("o-1").label(), "org:o-1");
+    /// assert_eq!(TokenKey::from_label("org:o-1"), Some(TokenKey::org("o-1")));
+    /// assert_eq!(TokenKey::from_label(&TokenKey::Integration.label()), Some(TokenKey::Integration));
+    /// assert_eq!(TokenKey::from_label("org: "), None);
+    /// ```
+    pub fn label(&self) -> String {
+        match self {
+            TokenKey::Integration => "integration".to_owned(),
+            TokenKey::Org(org) => format!("org:{org}"),
+        }
+    }
+
+    /// The key a [`label`](Self::label) names (`None` for anything else).
+    pub fn from_label(text: &str) -> Option<Self> {
+        match text {
+            "integration" => Some(TokenKey::Integration),
+            _ => text.strip_prefix("org:").filter(|o| !o.trim().is_empty()).map(TokenKey::org),
+        }
+    }
+
     /// The org id, for an org's key.
     pub fn org_id(&self) -> Option<&str> {
         match self {

@@ -8,7 +8,6 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::http::{HttpRequest, Method};
-use crate::key::TokenKey;
 use crate::policy::{KeyStatus, TokenState};
 use crate::time::Timestamp;
 
@@ -234,10 +233,7 @@ impl Metrics {
             .iter()
             .filter(|_| per_key)
             .map(|s| {
-                let key = match &s.key {
-                    TokenKey::Integration => "integration".to_owned(),
-                    TokenKey::Org(org) => format!("org:{org}"),
-                };
+                let key = s.key.label();
                 let left_ms =
                     i128::from(s.access_expires_at.as_unix_millis()) - i128::from(now.as_unix_millis());
                 (label("key", &key), (left_ms / 1000).to_string())
@@ -279,7 +275,7 @@ mod tests {
         m.record_webhook("no such outcome");
         let now = Timestamp::from_unix_secs(1_000);
         let statuses = [KeyStatus {
-            key: TokenKey::org("o\"1"),
+            key: crate::key::TokenKey::org("o\"1"),
             state: TokenState::Valid,
             access_expires_at: Timestamp::from_unix_secs(1_060),
             refresh_expires_at: None,

@@ -107,20 +107,6 @@ struct EntryIn {
     tokens: OAuthTokens,
 }
 
-fn key_text(key: &TokenKey) -> String {
-    match key {
-        TokenKey::Integration => "integration".to_owned(),
-        TokenKey::Org(org) => format!("org:{org}"),
-    }
-}
-
-fn parse_key(text: &str) -> Option<TokenKey> {
-    match text {
-        "integration" => Some(TokenKey::Integration),
-        _ => text.strip_prefix("org:").filter(|o| !o.is_empty()).map(TokenKey::org),
-    }
-}
-
 /// An entry read back: its file, key, condition and tokens.
 struct Entry {
     path: PathBuf,
@@ -172,14 +158,14 @@ impl<S: ?Sized> Journaled<S> {
         tokens: &OAuthTokens,
         expect: Expect,
     ) -> Result<PathBuf, StorageError> {
-        let digest = Sha256::digest(key_text(key).as_bytes());
+        let digest = Sha256::digest(key.label().as_bytes());
         let name = format!(
             "entry-{}-{}.json",
             digest[..8].iter().map(|b| format!("{b:02x}")).collect::<String>(),
             tokens.obtained_at.as_unix_millis()
         );
         let path = dir.join(name);
-        let entry = EntryOut { format: ENTRY_FORMAT, key: key_text(key), expect: expect.into(), tokens };
+        let entry = EntryOut { format: ENTRY_FORMAT, key: key.label(), expect: expect.into(), tokens };
         let bytes =
             serde_json::to_vec(&entry).map_err(|e| StorageError::other(format!("journal entry: {e}")))?;
         write_durably(dir, &path, &bytes)?;
@@ -197,7 +183,7 @@ impl<S: ?Sized> Journaled<S> {
                     serde_json::from_slice::<EntryIn>(&bytes).map_err(|e| format!("{:?}", e.classify()))
                 })
                 .and_then(|e| {
-                    let key = parse_key(&e.key).ok_or("an unknown key")?;
+                    let key = TokenKey::from_label(&e.key).ok_or("an unknown key")?;
                     if e.format != ENTRY_FORMAT {
                         return Err(format!("format {}", e.format));
                     }
