@@ -101,6 +101,32 @@ fn no_stubs_ignored_tests_or_debug_macros() {
     }
 }
 
+/// byova-core does no I/O: no printing either (a forgotten debugging line in the engine
+/// would write to every user's stderr). It reports through `tracing`; its test files (which
+/// print their figures) are exempt.
+#[test]
+fn byova_core_prints_nothing() {
+    let mut files = Vec::new();
+    rust_files(&root().join("crates/byova-core/src"), &mut files);
+    assert!(files.len() > 10, "the walk found too few files: {files:?}");
+    for file in files.into_iter().filter(|f| !f.to_string_lossy().ends_with("_tests.rs")) {
+        let text = fs::read_to_string(&file).unwrap();
+        for banned in [
+            concat!("eprint", "ln!("),
+            concat!("print", "ln!("),
+            concat!("eprint", "!("),
+            concat!("print", "!("),
+        ] {
+            let code_lines = text.lines().filter(|l| !l.trim_start().starts_with("//"));
+            assert!(
+                !code_lines.clone().any(|l| l.contains(banned)),
+                "{} contains `{banned}`: byova-core reports through tracing",
+                file.display()
+            );
+        }
+    }
+}
+
 #[test]
 fn ci_runs_exactly_the_readme_test_command() {
     let ci = fs::read_to_string(root().join(".ci/run")).unwrap();

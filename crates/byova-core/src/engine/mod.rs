@@ -214,34 +214,39 @@ impl TokenEngine {
             cached.and_then(|e| self.config.refresh.rejection_cooldown_until(&e.record.value, now))
         });
         if let Some(until) = cooling {
-            eprintln!(
-                "DEBUG cooling path cd={:?} local={:?}",
-                self.config.refresh.rejection_cooldown,
-                self.cooling(&key, &rejected, now)
-            );
             return done(Ok(self.not_about_the_token(&key, &rejected, until)));
         }
         self.rejected.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), (rejected.clone(), now));
         self.evict_if_holding(&key, &rejected);
+        self.mark_as_flight(key, rejected, Marking::Expired, now, |engine, (key, rejected, _), now| {
+            engine.invalidate(key, rejected, now).map(now, |_| None)
+        })
+    }
+
+    /// Marks the stored record for `token` as `marking` says, as the key's flight (`retry`:
+    /// what a caller behind another flight does once it ended), and answers what the token's
+    /// 401s mean now.
+    fn mark_as_flight(
+        self: &Arc<Self>,
+        key: TokenKey,
+        token: AccessToken,
+        marking: Marking,
+        now: Timestamp,
+        retry: fn(Arc<Self>, (TokenKey, AccessToken, Marking), Timestamp) -> Step<Held>,
+    ) -> Step<Invalidation> {
         let engine = self.clone();
-        let (cooled_key, cooled) = (key.clone(), rejected.clone());
+        let (cooled_key, cooled) = (key.clone(), token.clone());
         self.fly(
             key.clone(),
             Sharing::Queues,
             now,
-            (key, rejected),
-            |engine, (key, rejected), now| engine.invalidate(key, rejected, now).map(now, |_| None),
-            |engine, (key, rejected), now| {
-                engine.invalidate_stored(key, rejected, Marking::Expired, 0).map(now, |()| None)
+            (key, token, marking),
+            retry,
+            |engine, (key, token, marking), now| {
+                engine.invalidate_stored(key, token, marking, 0).map(now, |()| None)
             },
         )
         .then(now, move |flown, now| {
-            eprintln!(
-                "DEBUG after flight cd={:?} flown_ok={} cooling={:?}",
-                engine.config.refresh.rejection_cooldown,
-                flown.is_ok(),
-                engine.cooling(&cooled_key, &cooled, now)
-            );
             done(flown.map(|_| match engine.cooling(&cooled_key, &cooled, now) {
                 Some(until) => Invalidation::NotAboutTheToken { until },
                 None => Invalidation::Renew,
@@ -267,23 +272,8 @@ impl TokenEngine {
         if let Some(until) = self.cooling(&key, &renewed, now) {
             return done(Ok(Invalidation::NotAboutTheToken { until }));
         }
-        let engine = self.clone();
-        let (cooled_key, cooled) = (key.clone(), renewed.clone());
-        self.fly(
-            key.clone(),
-            Sharing::Queues,
-            now,
-            (key, renewed),
-            |engine, (key, renewed), now| engine.rejected_again(key, renewed, now).map(now, |_| None),
-            |engine, (key, renewed), now| {
-                engine.invalidate_stored(key, renewed, Marking::CoolDown, 0).map(now, |()| None)
-            },
-        )
-        .then(now, move |flown, now| {
-            done(flown.map(|_| match engine.cooling(&cooled_key, &cooled, now) {
-                Some(until) => Invalidation::NotAboutTheToken { until },
-                None => Invalidation::Renew,
-            }))
+        self.mark_as_flight(key, renewed, Marking::CoolDown, now, |engine, (key, renewed, _), now| {
+            engine.rejected_again(key, renewed, now).map(now, |_| None)
         })
     }
 
