@@ -78,6 +78,9 @@ pub struct TokenEngine {
 /// still goes ahead).
 const REFUSED_FETCH_PAUSE: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// What a marking flight carries: the key, the token, how to mark.
+type MarkingPayload = (TokenKey, AccessToken, Marking);
+
 /// How [`TokenEngine::invalidate_stored`] marks a record.
 #[derive(Clone, Copy, Debug)]
 enum Marking {
@@ -232,7 +235,7 @@ impl TokenEngine {
         token: AccessToken,
         marking: Marking,
         now: Timestamp,
-        retry: fn(Arc<Self>, (TokenKey, AccessToken, Marking), Timestamp) -> Step<Held>,
+        retry: fn(Arc<Self>, MarkingPayload, Timestamp) -> Step<Held>,
     ) -> Step<Invalidation> {
         let engine = self.clone();
         let (cooled_key, cooled) = (key.clone(), token.clone());
