@@ -184,6 +184,71 @@ fn every_source_file_is_in_the_code_map() {
     assert!(missing.is_empty(), "ARCHITECTURE.md's code map does not list: {missing:#?}");
 }
 
+/// Every file ARCHITECTURE.md names is in this repository: the code map's entries exist,
+/// and a path in backticks in the prose resolves from the root or as the tail of a file here
+/// (`engine/flight.rs`). A reader of the published crates has nothing else.
+#[test]
+fn architecture_names_only_files_in_the_repository() {
+    let architecture = fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    let mut everything = Vec::new();
+    all_files(&root(), &mut everything);
+    let everything: Vec<String> = everything
+        .iter()
+        .map(|f| f.strip_prefix(root()).unwrap().to_string_lossy().replace('\\', "/"))
+        .collect();
+    let mut missing = Vec::new();
+
+    let map = architecture.split("## Code map").nth(1).unwrap().split("```").nth(1).unwrap();
+    let mut folder = String::new();
+    for line in map.lines().skip(1) {
+        if !line.starts_with(' ') && !line.trim().is_empty() {
+            folder = line.split_whitespace().next().unwrap().trim_end_matches('/').to_owned();
+        } else if line.starts_with("  ") && !line.starts_with("   ") {
+            let entry = line.split_whitespace().next().unwrap();
+            let candidates = [format!("{folder}/src/{entry}"), format!("{folder}/{entry}")];
+            let found = candidates.iter().any(|c| match c.split_once("*") {
+                // A glob: its folder exists and holds a file with that ending.
+                Some((prefix, suffix)) => {
+                    everything.iter().any(|f| f.starts_with(prefix) && f.ends_with(suffix))
+                }
+                None => root().join(c).exists(),
+            });
+            if !found {
+                missing.push(format!("code map: {folder}: {entry}"));
+            }
+        }
+    }
+
+    for (i, quoted) in architecture.split('`').enumerate() {
+        let pathlike = i % 2 == 1
+            && !quoted.contains([' ', ':', '$', '<'])
+            && !quoted.starts_with('/')
+            && (quoted.contains('/') || [".rs", ".md", ".toml", ".sh"].iter().any(|e| quoted.ends_with(e)));
+        if !pathlike {
+            continue;
+        }
+        let path = quoted.trim_end_matches('/');
+        let here = root().join(path).exists() || everything.iter().any(|f| f.ends_with(&format!("/{path}")));
+        if quoted.starts_with("..") || quoted.starts_with("shared/") || !here {
+            missing.push(format!("prose: `{quoted}`"));
+        }
+    }
+    assert!(missing.is_empty(), "ARCHITECTURE.md names files that are not in the repository: {missing:#?}");
+}
+
+/// Every file under `dir` but build output and version control.
+fn all_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        let skip = path.file_name().is_some_and(|n| n == "target" || n == ".git");
+        if path.is_dir() && !skip {
+            all_files(&path, out);
+        } else if !skip {
+            out.push(path);
+        }
+    }
+}
+
 #[test]
 fn public_docs_name_the_python_sdk_not_the_seed() {
     let jargon = ["the seed", "seed's", "(seed:", "seed method", "seed-only"];

@@ -16,9 +16,9 @@ mod tests {
     use crate::config::ByovaConfig;
     use crate::error::{Error, SignatureError};
     use crate::http::{HttpResponse, Method, RetryClass};
-    use crate::time::Timestamp;
     use crate::ids::encode_webex_id;
     use crate::secret::{AccessToken, WebhookSecret};
+    use crate::time::Timestamp;
 
     const VECTOR_SIG: &str = "9e3f8035dcfe0c9b0c40f10cab7c44b505bd746a";
 
