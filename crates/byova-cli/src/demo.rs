@@ -6,7 +6,9 @@ use byova_async::{AuthorizeOptions, Byova, ServiceAppEventKind, WebhookSecret};
 use byova_testkit::{FakeWebex, wire};
 use serde_json::json;
 
-use crate::{Failure, demo_credentials, failure, status_json};
+use byova_async::{IntegrationCredentials, ServiceAppCredentials};
+
+use crate::{Failure, failure, status_json};
 
 const ORG_A: &str = "11111111-aaaa-4aaa-8aaa-111111111111";
 const ORG_B: &str = "22222222-bbbb-4bbb-8bbb-222222222222";
@@ -149,4 +151,12 @@ pub(crate) async fn run(as_json: bool) -> Result<(), Failure> {
         );
     }
     Ok(())
+}
+
+/// Credentials of the fake server, for the demo.
+fn demo_credentials(fake: &byova_testkit::FakeWebex) -> (IntegrationCredentials, ServiceAppCredentials) {
+    (
+        fake.integration_credentials().with_redirect_uri("http://127.0.0.1:0/callback"),
+        fake.service_app_credentials(),
+    )
 }

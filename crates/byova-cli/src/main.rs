@@ -13,6 +13,7 @@
 //! 7 a rejected webhook delivery, 8 the authorization was denied or timed out, 9 the listen
 //! address is in use.
 
+#[cfg(feature = "demo")]
 mod demo;
 mod progress;
 mod schedule;
@@ -25,10 +26,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use byova_async::{
-    AuthorizeOptions, Byova, ByovaConfig, Error, IntegrationCredentials, KeyStatus, ServiceAppCredentials,
-    TokenKey,
-};
+use byova_async::{AuthorizeOptions, Byova, ByovaConfig, Error, KeyStatus, TokenKey};
 use byova_core::{CsrfState, EnvSettings, WebhookSecret};
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -153,7 +151,8 @@ enum Command {
         #[arg(long)]
         metrics_per_key: bool,
     },
-    /// Walk through the whole lifecycle against a local fake Webex (no credentials, no network).
+    /// Walk through the whole lifecycle against a local fake Webex (no credentials, no network;
+    /// in a binary built with the `demo` feature).
     Demo,
 }
 
@@ -384,7 +383,15 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Outcome {
     refuse_secret_flags(&cli.command)?;
     if let Command::Demo = &cli.command {
+        #[cfg(feature = "demo")]
         return demo::run(cli.json).await;
+        #[cfg(not(feature = "demo"))]
+        return Err(failure(
+            2,
+            "this byova was built without the demo, so that the binary a provider installs carries no \
+             fake Webex server: in the repository, run `cargo run --release --bin byova --features demo -- demo`; \
+             or install with `cargo install byova-cli --features demo`",
+        ));
     }
     let byova = connect(&cli).await?;
     match cli.command {
@@ -791,16 +798,6 @@ fn print_statuses(statuses: &[KeyStatus], as_json: bool) {
             println!("  {key}: {remedy}");
         }
     }
-}
-
-/// Credentials of the fake server, for the demo.
-pub(crate) fn demo_credentials(
-    fake: &byova_testkit::FakeWebex,
-) -> (IntegrationCredentials, ServiceAppCredentials) {
-    (
-        fake.integration_credentials().with_redirect_uri("http://127.0.0.1:0/callback"),
-        fake.service_app_credentials(),
-    )
 }
 
 #[cfg(test)]

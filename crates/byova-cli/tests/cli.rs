@@ -119,6 +119,7 @@ fn assert_fails(o: &Output, code: i32, mentions: &str) {
     assert!(err.contains(mentions), "{err:?} should mention {mentions:?}");
 }
 
+#[cfg(feature = "demo")]
 #[test]
 fn demo_walks_through_the_whole_lifecycle() {
     let o =
@@ -139,6 +140,15 @@ fn demo_walks_through_the_whole_lifecycle() {
     assert!(json.status.success());
     let last: serde_json::Value = serde_json::from_str(stdout(&json).lines().last().unwrap()).unwrap();
     assert_eq!(last["status"].as_array().unwrap().len(), 2, "integration + one org remain");
+}
+
+/// The binary a provider installs has no fake Webex; asked for the demo, it says how to get it.
+#[cfg(not(feature = "demo"))]
+#[test]
+fn demo_without_the_feature_says_how_to_build_it() {
+    let o =
+        Command::new(env!("CARGO_BIN_EXE_byova")).arg("demo").env_remove("BYOVA_STORAGE").output().unwrap();
+    assert_fails(&o, 2, "--features demo");
 }
 
 #[test]
