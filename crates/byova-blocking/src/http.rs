@@ -7,9 +7,15 @@ use byova_core::{
     Error, HttpRequest, HttpResponse, MAX_RESPONSE_BYTES, Result, TRACKING_ID_HEADER, new_tracking_id,
 };
 
-/// The shared HTTP client: ureq with rustls (ring), the configured timeout, no redirect
-/// following, proxies from the environment, a `byova/<version>` user agent, and a fresh
-/// `TrackingID` on every request.
+/// The shared HTTP client: ureq with rustls and Mozilla's roots (webpki-roots), the configured
+/// timeout, no redirect following, proxies from the environment, a `byova/<version>` user
+/// agent, and a fresh `TrackingID` on every request.
+///
+/// TLS uses the process's rustls crypto provider. Unless the application installed one
+/// before, building a client installs aws-lc-rs, whose handshakes offer the post-quantum
+/// hybrid key exchange X25519MLKEM768 first (falling back to X25519 and the NIST curves with
+/// servers that lack it). An application that needs another provider (FIPS, *ring*)
+/// installs it first; byova then uses that one.
 #[derive(Clone, Debug)]
 pub struct HttpClient {
     agent: ureq::Agent,
@@ -18,9 +24,12 @@ pub struct HttpClient {
 impl HttpClient {
     /// A client whose requests time out after `timeout`.
     ///
+    /// Installs the aws-lc-rs crypto provider as the process default unless one is installed.
+    ///
     /// # Errors
     /// Never today; the signature matches the async flavour's.
     pub fn new(timeout: Duration) -> Result<Self> {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             .timeout_connect(Some(timeout.min(Duration::from_secs(10))))
@@ -72,4 +81,19 @@ fn transport(e: ureq::Error) -> Error {
         _ => "the request failed".to_owned(),
     };
     Error::Transport { message, maybe_sent }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::NamedGroup;
+
+    /// The first key exchange a handshake offers is the post-quantum hybrid.
+    #[test]
+    fn handshakes_prefer_post_quantum_key_exchange() {
+        let _client = super::HttpClient::new(std::time::Duration::from_secs(5)).unwrap();
+        let provider = rustls::crypto::CryptoProvider::get_default().unwrap();
+        let groups: Vec<NamedGroup> = provider.kx_groups.iter().map(|g| g.name()).collect();
+        assert_eq!(groups.first(), Some(&NamedGroup::X25519MLKEM768), "{groups:?}");
+        assert!(groups.contains(&NamedGroup::X25519), "a classical fallback remains: {groups:?}");
+    }
 }
