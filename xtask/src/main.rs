@@ -14,6 +14,9 @@
 //!   executions; see `fuzz.rs`.
 //! - `cargo xtask chaos [--seconds N]`: the multi-replica chaos run alone (three `byova serve`
 //!   replicas killed, frozen, their store killed), N seconds per store (CI runs 60).
+//! - `cargo xtask resolutions`: the library crates as a user's build resolves them: tested
+//!   against the newest versions the manifests allow (a fresh resolution) and built against
+//!   the oldest (direct dependencies at their declared minimums), warnings denied.
 //! - `cargo xtask ci` also packs every published crate (`cargo package --no-verify`) and checks
 //!   that each package holds its sources, manifest, README and licenses only.
 
@@ -41,8 +44,9 @@ fn main() -> ExitCode {
         Some("package") => package(),
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("chaos") => chaos(&args[1..]),
+        Some("resolutions") => resolutions(),
         _ => {
-            eprintln!("usage: cargo xtask <ci|test|services|deps|deny|package|fuzz|chaos>");
+            eprintln!("usage: cargo xtask <ci|test|services|deps|deny|package|fuzz|chaos|resolutions>");
             return ExitCode::from(2);
         }
     };
@@ -64,8 +68,12 @@ fn step(name: &str) {
 }
 
 fn run(cmd: &mut Command) -> Result {
+    run_in(&root(), cmd)
+}
+
+fn run_in(dir: &Path, cmd: &mut Command) -> Result {
     let shown = format!("{cmd:?}");
-    let status = cmd.current_dir(root()).status().map_err(|e| format!("could not run {shown}: {e}"))?;
+    let status = cmd.current_dir(dir).status().map_err(|e| format!("could not run {shown}: {e}"))?;
     if status.success() { Ok(()) } else { Err(format!("{shown} failed ({status})")) }
 }
 
@@ -97,6 +105,7 @@ fn ci() -> Result {
     fuzz::fuzz(&["--runs", CI_FUZZ_RUNS, "--seed", "1", "--fresh"].map(str::to_owned))?;
     step("cargo doc (warnings denied)");
     run(cargo().args(["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings"))?;
+    resolutions()?;
     deny()?;
     package()?;
     println!("\nci: all green in {:.0?}", started.elapsed());
@@ -133,6 +142,78 @@ fn chaos(args: &[String]) -> Result {
     run(cargo()
         .args(["test", "-p", "byova-cli", "--test", "cli", "chaos_across", "--", "--nocapture"])
         .env("BYOVA_CHAOS_SECONDS", seconds))
+}
+
+/// The published library crates (every published crate but the CLI).
+fn libraries() -> impl Iterator<Item = &'static str> {
+    PUBLISHED.iter().copied().filter(|c| *c != "byova-cli")
+}
+
+/// The library crates as a user's project resolves them, which is not what the lock file
+/// pins: a fresh resolution picks the newest compatible versions (tested, warnings denied),
+/// and a user may hold older ones the manifests allow (direct dependencies at their declared
+/// minimums, built with warnings denied). Each runs in a scratch copy of the checkout under
+/// `target/resolutions`, sharing one target directory, so the repository's lock file is
+/// never touched.
+fn resolutions() -> Result {
+    let scratch = root().join("target/resolutions");
+    let target = scratch.join("target");
+    let packages: Vec<String> = libraries().flat_map(|c| ["-p".to_owned(), c.to_owned()]).collect();
+
+    step("newest compatible versions: a fresh resolution, the library crates' tests");
+    let newest = scratch.join("newest");
+    copy_checkout(&newest)?;
+    run_in(&newest, cargo().args(["update"]))?;
+    let mut cmd = cargo();
+    cmd.args(["test"]).args(&packages).env("CARGO_TARGET_DIR", &target).env("RUSTFLAGS", "-D warnings");
+    for (name, value) in services()? {
+        cmd.env(name, value);
+    }
+    run_in(&newest, &mut cmd)?;
+
+    step("declared minimum versions: direct dependencies at their minimums, the library crates");
+    let minimal = scratch.join("minimal");
+    copy_checkout(&minimal)?;
+    // `-Z direct-minimal-versions` is unstable: RUSTC_BOOTSTRAP lets the stable toolchain run it.
+    run_in(&minimal, cargo().args(["update", "-Z", "direct-minimal-versions"]).env("RUSTC_BOOTSTRAP", "1"))?;
+    run_in(
+        &minimal,
+        cargo()
+            .args(["check", "--lib"])
+            .args(&packages)
+            .env("CARGO_TARGET_DIR", &target)
+            .env("RUSTFLAGS", "-D warnings"),
+    )
+}
+
+/// The checkout's files (tracked, and untracked ones git does not ignore) copied to `dest`,
+/// which is emptied first.
+fn copy_checkout(dest: &Path) -> Result {
+    if dest.exists() {
+        std::fs::remove_dir_all(dest).map_err(|e| format!("cannot empty {}: {e}", dest.display()))?;
+    }
+    let out = Command::new("git")
+        .args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"])
+        .current_dir(root())
+        .output()
+        .map_err(|e| format!("git ls-files: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("git ls-files failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    for file in out.stdout.split(|b| *b == 0).filter(|f| !f.is_empty()) {
+        let file = Path::new(std::str::from_utf8(file).map_err(|_| "a file name that is not UTF-8")?);
+        let from = root().join(file);
+        if !from.is_file() {
+            continue; // deleted in the working tree
+        }
+        let to = dest.join(file);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        std::fs::copy(&from, &to).map_err(|e| format!("cannot copy {}: {e}", file.display()))?;
+    }
+    Ok(())
 }
 
 /// The crates a user installs.
