@@ -14,12 +14,15 @@
 //!   executions; see `fuzz.rs`.
 //! - `cargo xtask chaos [--seconds N]`: the multi-replica chaos run alone (three `byova serve`
 //!   replicas killed, frozen, their store killed), N seconds per store (CI runs 60).
+//! - `cargo xtask api [--bless]`: each library crate's public API, one line per item, compared
+//!   with the snapshot in `api/` (see `api.rs`).
 //! - `cargo xtask resolutions`: the library crates as a user's build resolves them: tested
 //!   against the newest versions the manifests allow (a fresh resolution) and built against
 //!   the oldest (direct dependencies at their declared minimums), warnings denied.
 //! - `cargo xtask ci` also packs every published crate (`cargo package --no-verify`) and checks
 //!   that each package holds its sources, manifest, README and licenses only.
 
+mod api;
 mod fuzz;
 
 use std::net::{SocketAddr, TcpStream};
@@ -45,8 +48,9 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("chaos") => chaos(&args[1..]),
         Some("resolutions") => resolutions(),
+        Some("api") => api::api(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci|test|services|deps|deny|package|fuzz|chaos|resolutions>");
+            eprintln!("usage: cargo xtask <ci|test|services|deps|deny|package|fuzz|chaos|resolutions|api>");
             return ExitCode::from(2);
         }
     };
@@ -105,6 +109,7 @@ fn ci() -> Result {
     fuzz::fuzz(&["--runs", CI_FUZZ_RUNS, "--seed", "1", "--fresh"].map(str::to_owned))?;
     step("cargo doc (warnings denied)");
     run(cargo().args(["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings"))?;
+    api::api(&[])?;
     resolutions()?;
     deny()?;
     package()?;
