@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use byova_core::{
-    BlockingTokenStorage, Expect, InMemoryTokenStorage, OAuthTokens, SealedStorage, ServiceAppEventKind,
-    StorageKeys, TokenKey, WebhookSecret, encode_webex_id,
+    BlockingTokenStorage, InMemoryTokenStorage, OAuthTokens, SealedStorage, StorageKeys, TokenKey,
+    WebhookSecret, backend::Expect, ids::encode_webex_id, webhook::ServiceAppEventKind,
 };
 use byova_fuzz::{LISTENER_STATE, STORAGE_KEY, WEBHOOK_SECRET};
 use byova_testkit::wire;
@@ -47,7 +47,7 @@ fn main() {
             creds.client_secret.expose_secret()
         );
         let request = wire::request(
-            byova_core::Method::Post,
+            byova_core::engine::Method::Post,
             &format!("{base}/access_token"),
             body.into_bytes(),
             &[("content-type", "application/x-www-form-urlencoded")],
@@ -74,10 +74,10 @@ fn main() {
 
     // Stored records: the tokens above, as a store writes them, plain and sealed.
     let dir = root.join("stored_record");
-    let tokens = byova_core::parse_token_response(
-        &byova_core::HttpResponse::new(ok.status, ok.headers.clone(), ok.body.to_vec()),
+    let tokens = byova_core::oauth::parse_token_response(
+        &byova_core::engine::HttpResponse::new(ok.status, ok.headers.clone(), ok.body.to_vec()),
         byova_core::Timestamp::from_unix_secs(1_764_000_000),
-        &byova_core::TokenCall::Refresh(byova_core::TokenSubject::Integration),
+        &byova_core::oauth::TokenCall::Refresh(byova_core::TokenSubject::Integration),
     )
     .expect("the fake's response parses");
     write(&dir, "integration", &tokens.to_json());

@@ -26,10 +26,17 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
 use byova_core::{
-    BlockingTokenStorage, CallbackConnection, CallbackHandler, CallbackVerdict, ConnectionStep, CsrfState,
-    HttpResponse, InMemoryTokenStorage, LoopbackRedirect, OAuthTokens, SealedStorage, StorageKeys, Timestamp,
-    TokenCall, TokenKey, TokenSubject, WebhookGate, WebhookSecret, WebhookVerification, decode_org_id,
-    decode_record, normalize_org_id, parse_request_head, parse_token_response, redact_url, sign,
+    BlockingTokenStorage, InMemoryTokenStorage, OAuthTokens, SealedStorage, StorageKeys, Timestamp, TokenKey,
+    TokenSubject, WebhookSecret,
+    backend::{decode_record, redact_url},
+    engine::HttpResponse,
+    ids::{decode_org_id, normalize_org_id},
+    oauth::{CsrfState, TokenCall, parse_token_response},
+    redirect::{
+        CallbackConnection, CallbackHandler, CallbackVerdict, ConnectionStep, LoopbackRedirect,
+        parse_request_head,
+    },
+    webhook::{WebhookGate, WebhookVerification, sign},
 };
 
 /// One fuzz target: its name (the binary's and the corpus folder's) and its check.

@@ -60,7 +60,7 @@ fn the_checks_catch_what_they_guard_against() {
     assert_hidden("the token response is not JSON", "response", |_| "the token response is not JSON".into());
     // The oracle's signature is Webex's (and byova's) and differs per body.
     let secret = WebhookSecret::new(WEBHOOK_SECRET);
-    assert_eq!(expected_signature(b"{}"), byova_core::sign(&secret, b"{}"));
+    assert_eq!(expected_signature(b"{}"), byova_core::webhook::sign(&secret, b"{}"));
     assert_ne!(expected_signature(b"{}"), expected_signature(b"{ }"));
     // Secrets are found however deeply the body nests them.
     assert_eq!(secret_values(br#"{"a":[{"refresh_token":"r1"}],"access_token":"a1"}"#), ["r1", "a1"]);

@@ -90,7 +90,7 @@ pub fn trace(command: Command, dir: &Path, before: &Snapshot) -> Vec<Op> {
     let log = std::env::temp_dir().join(format!(
         "byova-strace-{}-{:x}.log",
         std::process::id(),
-        byova_core::random_u64()
+        byova_core::engine::random_u64()
     ));
     let program = command.get_program().to_owned();
     let args: Vec<_> = command.get_args().map(ToOwned::to_owned).collect();

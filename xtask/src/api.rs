@@ -8,7 +8,7 @@
 //! blessed (`cargo xtask api --bless`).
 //!
 //! What a line holds: every public item at each path a user can name it by (a name re-exported
-//! twice appears twice), its signature, the public fields and variants, inherent methods, and
+//! twice appears twice, and fails the check: each item has one home), its signature, the public fields and variants, inherent methods, and
 //! the traits each type implements (auto traits included, blanket impls left out).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -25,6 +25,7 @@ pub(crate) fn api(args: &[String]) -> Result {
     };
     step(if bless { "public API: writing the snapshots" } else { "public API: compared with the snapshots" });
     let mut changed = Vec::new();
+    let mut aliased_anywhere = Vec::new();
     for krate in libraries() {
         run(cargo()
             .args(["doc", "--no-deps", "-p", krate])
@@ -44,6 +45,7 @@ pub(crate) fn api(args: &[String]) -> Result {
         );
         for (item, paths) in &aliased {
             println!("  {krate}: {item} is reachable as {}", paths.join(" and "));
+            aliased_anywhere.push(item.clone());
         }
         let snapshot = root().join("api").join(format!("{krate}.txt"));
         let rendered: String = lines.iter().map(|l| format!("{l}\n")).collect();
@@ -61,6 +63,12 @@ pub(crate) fn api(args: &[String]) -> Result {
         } else {
             println!("{krate}: unchanged; {summary}");
         }
+    }
+    if !aliased_anywhere.is_empty() {
+        return Err(format!(
+            "{} public items are reachable by more than one path (listed above); give each one home",
+            aliased_anywhere.len()
+        ));
     }
     if changed.is_empty() {
         Ok(())

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use byova_core::engine::{Sent, Step, Then, Wiring};
+use byova_core::engine::{Sent, Step, Then};
 use byova_core::{AccessToken, Result, StorageError, TokenKey, TokenStorage};
 
 use crate::http::HttpClient;
@@ -14,8 +14,8 @@ use crate::http::HttpClient;
 pub(crate) type Running<T> = Pin<Box<dyn Future<Output = Result<T>> + Send>>;
 
 /// One manager's engine, storage, HTTP client and clock (and the Integration's, for a
-/// Service App): core's wiring, with this flavour's storage and client.
-pub(crate) type Agent = Wiring<dyn TokenStorage, HttpClient>;
+/// Service App): core's [`Agent`](byova_core::engine::Agent), with this flavour's storage and client.
+pub(crate) type Agent = byova_core::engine::Agent<dyn TokenStorage, HttpClient>;
 
 /// Running plans on tokio.
 pub(crate) trait Drive {
@@ -42,11 +42,11 @@ impl Drive for Agent {
     }
 
     fn integration_token(self: &Arc<Self>) -> Running<AccessToken> {
-        let agent = self.integration_wiring();
+        let agent = self.integration_agent();
         let now = agent.now();
-        match agent.tokens.fresh_integration(now) {
+        match agent.engine.fresh_integration(now) {
             Some(token) => Box::pin(std::future::ready(Ok(token))),
-            None => agent.run(agent.tokens.access_token(TokenKey::Integration, now)),
+            None => agent.run(agent.engine.access_token(TokenKey::Integration, now)),
         }
     }
 }
@@ -57,7 +57,7 @@ async fn bounded<T>(
     agent: &Agent,
     call: impl Future<Output = std::result::Result<T, StorageError>>,
 ) -> std::result::Result<T, StorageError> {
-    let limit = agent.tokens.config().storage_timeout;
+    let limit = agent.engine.config().storage_timeout;
     tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
         Err(StorageError::unavailable(format!("the token storage did not answer within {limit:?}")))
     })

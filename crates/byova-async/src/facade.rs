@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use byova_core::{
-    BulkProgress, Facade, InMemoryTokenStorage, IntegrationCredentials, KeyStatus, NewWebhook, OrgRefresh,
-    Parts, Result, SealedStorage, ServiceAppCredentials, StatusReport, StorageKeys, TokenStorage, Webhook,
-    WebhookOutcome, WebhookSecret,
+    BulkProgress, InMemoryTokenStorage, IntegrationCredentials, KeyStatus, OrgRefresh, Result, SealedStorage,
+    ServiceAppCredentials, StatusReport, StorageKeys, TokenStorage, WebhookSecret,
+    engine::{Facade, Parts},
+    webhook::{NewWebhook, Webhook, WebhookOutcome},
 };
 
 use crate::driver::Drive;
@@ -68,8 +69,8 @@ impl Byova {
     /// whoever started them): a process that is about to exit waits for this to reach zero,
     /// so no token Webex issued is dropped unsaved.
     pub fn work_in_progress(&self) -> usize {
-        self.integration.agent.tokens.flights_in_progress()
-            + self.service_app.agent.tokens.flights_in_progress()
+        self.integration.agent.engine.flights_in_progress()
+            + self.service_app.agent.engine.flights_in_progress()
     }
 
     /// A builder from both apps' credentials (production Webex, in-memory storage).

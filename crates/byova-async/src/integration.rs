@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use byova_core::engine::IntegrationEngine;
 use byova_core::{
-    AccessToken, AuthorizeOptions, ByovaConfig, Clock, CoarseClock, IntegrationCredentials, Invalidation,
-    KeyStatus, OAuthTokens, RefreshToken, Result, TokenKey, TokenStorage,
+    AccessToken, AuthorizeOptions, ByovaConfig, Clock, IntegrationCredentials, Invalidation, KeyStatus,
+    OAuthTokens, RefreshToken, Result, TokenKey, TokenStorage, engine::CoarseClock,
 };
 
 use crate::driver::{Agent, Drive};
@@ -76,7 +76,7 @@ impl IntegrationTokenManager {
         http: HttpClient,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let agent = Agent { tokens: engine.tokens().clone(), storage, http, clock, integration: None };
+        let agent = Agent { engine: engine.token_engine().clone(), storage, http, clock, integration: None };
         Self { agent: Arc::new(agent), engine }
     }
 
@@ -170,10 +170,10 @@ impl IntegrationTokenManager {
     /// Cancel safety: a refresh it started completes on its own; the next call gets its result.
     pub async fn get_access_token(&self) -> Result<AccessToken> {
         let now = self.agent.now();
-        if let Some(token) = self.agent.tokens.fresh_integration(now) {
+        if let Some(token) = self.agent.engine.fresh_integration(now) {
             return Ok(token);
         }
-        self.agent.run(self.agent.tokens.access_token(TokenKey::Integration, now)).await
+        self.agent.run(self.agent.engine.access_token(TokenKey::Integration, now)).await
     }
 
     /// The Integration's status, `None` when not authorized. Errors: storage's.

@@ -61,11 +61,14 @@ pub use service_app::ServiceAppTokenManager;
 /// byova-core, for everything not re-exported below (plans, policies, request builders).
 pub use byova_core as core;
 pub use byova_core::{
-    AccessToken, ApiFailure, AuthorizeOptions, BulkProgress, ByovaConfig, Clock, CoarseClock,
-    CoordinatedTokenStorage, DEFAULT_INTEGRATION_SCOPES, DEFAULT_REDIRECT_URI, Error, Expect,
-    InMemoryTokenStorage, IntegrationCredentials, Invalidation, KeyStatus, Lease, NewWebhook, OAuthTokens,
-    OrgRefresh, RedirectOptions, RefreshToken, Result, ServiceAppCredentials, ServiceAppEventKind,
-    ServiceAppTokens, SignatureError, StatusReport, StorageError, StorageErrorKind, StorageKeys, SystemClock,
-    Timestamp, TokenKey, TokenState, TokenStorage, TokenSubject, Versioned, Webhook, WebhookOutcome,
-    WebhookSecret, async_trait, decode_org_id, derive_application_id, load_credentials_from_env,
+    AccessToken, ApiFailure, AuthorizeOptions, BulkProgress, ByovaConfig, Clock, DEFAULT_INTEGRATION_SCOPES,
+    DEFAULT_REDIRECT_URI, Error, InMemoryTokenStorage, IntegrationCredentials, Invalidation, KeyStatus,
+    OAuthTokens, OrgRefresh, RedirectOptions, RefreshToken, Result, ServiceAppCredentials, ServiceAppTokens,
+    SignatureError, StatusReport, StorageError, StorageErrorKind, StorageKeys, SystemClock, Timestamp,
+    TokenKey, TokenState, TokenStorage, TokenSubject, WebhookSecret, async_trait,
+    backend::{CoordinatedTokenStorage, Expect, Lease, Versioned},
+    engine::CoarseClock,
+    ids::{decode_org_id, derive_application_id},
+    load_credentials_from_env,
+    webhook::{NewWebhook, ServiceAppEventKind, Webhook, WebhookOutcome},
 };

@@ -5,9 +5,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use byova_core::{
-    AuthorizationCode, BrowserOpener, CallbackConnection, CallbackHandler, CallbackVerdict, ConnectionStep,
-    CsrfState, Error, LoopbackRedirect, RedirectOptions, Result, authorization_prompt,
-    system_browser_command,
+    Error, RedirectOptions, Result,
+    oauth::{AuthorizationCode, CsrfState},
+    redirect::{
+        BrowserOpener, CallbackConnection, CallbackHandler, CallbackVerdict, ConnectionStep,
+        LoopbackRedirect, authorization_prompt, system_browser_command,
+    },
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -180,7 +183,7 @@ fn open_system_browser(url: &str) -> std::io::Result<()> {
     // The launcher gets a desktop session's variables, none of this process's secrets.
     let status = std::process::Command::new(program)
         .env_clear()
-        .envs(byova_core::browser_environment(std::env::vars()))
+        .envs(byova_core::redirect::browser_environment(std::env::vars()))
         .args(args)
         .arg(url)
         .stdout(std::process::Stdio::null())

@@ -46,8 +46,9 @@ impl ServiceAppTokenManager {
         http: HttpClient,
         storage: Arc<dyn TokenStorage>,
     ) -> Self {
-        let (tokens, clock) = (engine.tokens().clone(), integration.agent.clock.clone());
-        let agent = Agent { tokens, storage, http, clock, integration: Some(integration.agent.clone()) };
+        let (tokens, clock) = (engine.token_engine().clone(), integration.agent.clock.clone());
+        let agent =
+            Agent { engine: tokens, storage, http, clock, integration: Some(integration.agent.clone()) };
         Self { agent: Arc::new(agent), engine, integration }
     }
 

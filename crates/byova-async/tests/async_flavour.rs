@@ -64,7 +64,7 @@ async fn service_app_fetch_sends_json_with_the_integration_bearer() {
         .match_header("content-type", "application/json")
         .match_body(json_body(&format!(
             r#"{{"clientId":"Csa","clientSecret":"sa-secret","targetOrgId":"{}"}}"#,
-            byova_async::core::encode_webex_id("us", "ORGANIZATION", "o-1")
+            byova_async::core::ids::encode_webex_id("us", "ORGANIZATION", "o-1")
         )))
         .with_status(200)
         .with_body(r#"{"access_token":"SA","expires_in":3600,"refresh_token":"SR","token_type":"Bearer"}"#)

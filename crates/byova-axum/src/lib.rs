@@ -35,7 +35,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use byova_async::Byova;
-use byova_async::core::{
+use byova_async::core::webhook::{
     DeliveryBodyProblem, MAX_WEBHOOK_BODY_BYTES, SIGNATURE_HEADER, delivery_body_reply,
     delivery_method_reply, delivery_reply,
 };

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use byova_core::{
-    BlockingTokenStorage, Clock, InMemoryTokenStorage, Method, ServiceAppEventKind, SystemClock,
-    WebhookSecret,
+    BlockingTokenStorage, Clock, InMemoryTokenStorage, SystemClock, WebhookSecret, engine::Method,
+    webhook::ServiceAppEventKind,
 };
 use byova_testkit::{Endpoint, FakeWebex, wire};
 
@@ -72,7 +72,7 @@ async fn the_axum_route_answers_as_byova_serve_does() {
     assert_eq!(post(url.clone(), vec![b' '; 70 * 1024], signature.clone()).await, 413);
     // Signed but not a delivery: 400.
     let junk = br#"{"hello":"world"}"#.to_vec();
-    let junk_signature = byova_core::sign(&secret, &junk);
+    let junk_signature = byova_core::webhook::sign(&secret, &junk);
     assert_eq!(post(url.clone(), junk, Some(junk_signature)).await, 400);
     // The signed deauthorization: 200, the org is removed.
     assert_eq!(post(url.clone(), body, signature).await, 200);
@@ -107,7 +107,7 @@ async fn without_a_secret_the_route_refuses_every_delivery() {
     let app = axum::Router::new().merge(byova_axum::webhook_router(Arc::new(byova)));
     tokio::spawn(async move { axum::serve(listener, app).await });
     let (body, _) = fake.service_app_delivery(ServiceAppEventKind::Authorized, ORG, None);
-    let forged = byova_core::sign(&WebhookSecret::new("guess"), &body);
+    let forged = byova_core::webhook::sign(&WebhookSecret::new("guess"), &body);
     assert_eq!(post(url.clone(), body.clone(), None).await, 500);
     assert_eq!(post(url, body, Some(forged)).await, 500);
     assert!(storage.list_registered_orgs().unwrap().is_empty());

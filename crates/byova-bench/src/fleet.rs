@@ -26,9 +26,10 @@ use std::time::{Duration, Instant};
 use byova_core::Clock as _;
 use byova_core::engine::{FlightWait, Held, Sent, ServiceAppEngine, Step, Then};
 use byova_core::{
-    AccessToken, BlockingTokenStorage, ByovaConfig, HttpRequest, HttpResponse, InMemoryTokenStorage,
-    OAuthTokens, RefreshSchedule, RefreshToken, Result as CoreResult, ServiceAppCredentials, SystemClock,
-    Timestamp, TokenKey, WebhookVerification,
+    AccessToken, BlockingTokenStorage, ByovaConfig, InMemoryTokenStorage, OAuthTokens, RefreshToken,
+    Result as CoreResult, ServiceAppCredentials, SystemClock, Timestamp, TokenKey,
+    engine::{HttpRequest, HttpResponse, RefreshSchedule},
+    webhook::WebhookVerification,
 };
 use serde_json::{Value, json};
 
@@ -94,7 +95,7 @@ fn in_memory(args: &Args) -> Result<Value, String> {
     for batch in keys.chunks(200) {
         for (key, record) in batch.iter().zip(storage.load_many(batch).map_err(|e| e.to_string())?) {
             if let Some(record) = record {
-                let status = engine.tokens().cache().status(key, &record.value, now);
+                let status = engine.token_engine().cache().status(key, &record.value, now);
                 schedule.apply(key.clone(), Some(&status), now);
             }
         }
@@ -465,7 +466,7 @@ fn cohort(
             .with_refresh_token(RefreshToken::new(format!("R-{name}")), Some(7_775_999));
         sim.storage.set_service_app_tokens(name, &tokens).map_err(|e| e.to_string())?;
         let key = TokenKey::org(name.as_str());
-        let status = engine.tokens().cache().status(&key, &tokens, t0);
+        let status = engine.token_engine().cache().status(&key, &tokens, t0);
         sim.schedule.apply(key, Some(&status), t0);
     }
     // Callers: every org's token is asked for once a minute, at a per-org offset.
@@ -510,8 +511,9 @@ fn cohort(
                 let not_before = sim.now.saturating_add(after);
                 match sim.storage.load(&key) {
                     Ok(Some(record)) => {
-                        let status = sim.engine.tokens().cache().status(&key, &record.value, sim.now);
-                        let own = status.refresh_at.map(|at| at.saturating_add(byova_core::WAKE_SLACK));
+                        let status = sim.engine.token_engine().cache().status(&key, &record.value, sim.now);
+                        let own =
+                            status.refresh_at.map(|at| at.saturating_add(byova_core::engine::WAKE_SLACK));
                         match ahead {
                             Some(point) if own == Some(point) => sim.schedule.set(key, point),
                             _ => sim.schedule.apply(key, Some(&status), not_before),

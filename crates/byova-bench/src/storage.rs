@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use byova_core::{
-    BlockingTokenStorage, Expect, InMemoryTokenStorage, Lease, OAuthTokens, StorageError, TokenKey,
-    TokenStorage, Versioned,
+    BlockingTokenStorage, InMemoryTokenStorage, OAuthTokens, StorageError, TokenKey, TokenStorage,
+    backend::{Expect, Lease, Versioned},
 };
 
 /// One store seen through both traits.

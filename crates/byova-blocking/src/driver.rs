@@ -3,14 +3,14 @@
 
 use std::sync::Mutex;
 
-use byova_core::engine::{Sent, Step, Then, Wiring};
+use byova_core::engine::{Sent, Step, Then};
 use byova_core::{AccessToken, BlockingTokenStorage, Result, TokenKey};
 
 use crate::http::HttpClient;
 
 /// One manager's engine, storage, HTTP client and clock (and the Integration's, for a
-/// Service App): core's wiring, with this flavour's storage and client.
-pub(crate) type Agent = Wiring<dyn BlockingTokenStorage, HttpClient>;
+/// Service App): core's [`Agent`](byova_core::engine::Agent), with this flavour's storage and client.
+pub(crate) type Agent = byova_core::engine::Agent<dyn BlockingTokenStorage, HttpClient>;
 
 /// Running plans on the calling thread.
 pub(crate) trait Drive {
@@ -31,10 +31,10 @@ impl Drive for Agent {
     fn integration_token(&self) -> Result<AccessToken> {
         let agent = self.integration.as_deref().unwrap_or(self);
         let now = agent.now();
-        if let Some(token) = agent.tokens.fresh_integration(now) {
+        if let Some(token) = agent.engine.fresh_integration(now) {
             return Ok(token);
         }
-        agent.run(agent.tokens.access_token(TokenKey::Integration, now))
+        agent.run(agent.engine.access_token(TokenKey::Integration, now))
     }
 
     fn run<T: Send + 'static>(&self, mut step: Step<T>) -> Result<T> {

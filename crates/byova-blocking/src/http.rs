@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use byova_core::{
-    Error, HttpRequest, HttpResponse, MAX_RESPONSE_BYTES, Result, TRACKING_ID_HEADER, new_tracking_id,
+    Error, Result,
+    engine::{HttpRequest, HttpResponse, MAX_RESPONSE_BYTES, TRACKING_ID_HEADER, new_tracking_id},
 };
 
 /// The shared HTTP client: ureq with rustls and Mozilla's roots (webpki-roots), the configured

@@ -34,7 +34,7 @@ pub(crate) async fn run(as_json: bool) -> Result<(), Failure> {
     let fake = Arc::new(FakeWebex::start());
     steps.say(format!("Started a fake Webex at {} (no credentials or network needed)", fake.base_url()));
 
-    let secret = WebhookSecret::new(format!("demo-{:016x}", byova_core::random_u64()));
+    let secret = WebhookSecret::new(format!("demo-{:016x}", byova_core::engine::random_u64()));
     let (integration, service_app) = demo_credentials(&fake);
     let byova = Arc::new(
         Byova::builder(integration, service_app)

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use byova_async::{AuthorizeOptions, Byova, ByovaConfig, Error, KeyStatus, TokenKey};
-use byova_core::{CsrfState, EnvSettings, WebhookSecret};
+use byova_core::{EnvSettings, WebhookSecret, oauth::CsrfState};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
@@ -486,7 +486,7 @@ async fn run(cli: Cli) -> Outcome {
 async fn connect(cli: &Cli) -> Result<Byova, Failure> {
     let allow_insecure_http = cli.allow_insecure_http;
     let mut env = EnvSettings::from_lookup(|name| match name {
-        byova_core::config_env::ALLOW_INSECURE_HTTP if allow_insecure_http => Some("1".into()),
+        byova_core::env::ALLOW_INSECURE_HTTP if allow_insecure_http => Some("1".into()),
         _ => std::env::var(name).ok(),
     })?;
     if let Some(url) = &cli.base_url {
@@ -540,7 +540,7 @@ fn webhook_settings(
 ) -> Result<(Vec<WebhookSecret>, bool), Failure> {
     let from_file = |file: &str| -> Result<Vec<WebhookSecret>, Failure> {
         let text = read_secret(file, "webhook secret")?;
-        Ok(byova_core::parse_webhook_secrets(&text, &format!("the webhook secret file {file}"))?)
+        Ok(byova_core::webhook::parse_webhook_secrets(&text, &format!("the webhook secret file {file}"))?)
     };
     match command {
         Command::Webhook(WebhookCommand::Handle { secret_file, file: body, allow_unsigned, .. }) => {
@@ -672,7 +672,7 @@ async fn reseal(byova: &Byova, as_json: bool) -> Outcome {
         let result = match storage.load(&key).await {
             Ok(None) => continue,
             Ok(Some(record)) => {
-                storage.store(&key, &record.value, byova_core::Expect::Version(record.version)).await
+                storage.store(&key, &record.value, byova_core::backend::Expect::Version(record.version)).await
             }
             Err(e) => Err(e),
         };

@@ -15,7 +15,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use byova_async::core::{
-    Clock, Due, KeyStatus, RefreshSchedule, StatusReport, SystemClock, Timestamp, TokenKey,
+    Clock, KeyStatus, StatusReport, SystemClock, Timestamp, TokenKey,
+    engine::{Due, RefreshSchedule},
 };
 use byova_async::{Byova, Error};
 use tokio::sync::{mpsc, watch};
@@ -155,7 +156,7 @@ impl State {
             status
                 .as_ref()
                 .and_then(|s| s.refresh_at)
-                .map(|at| at.saturating_add(byova_async::core::WAKE_SLACK))
+                .map(|at| at.saturating_add(byova_async::core::engine::WAKE_SLACK))
                 == Some(own)
         };
         match (ok, still_due) {

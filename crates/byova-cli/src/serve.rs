@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use byova_async::Byova;
-use byova_async::core::{
+use byova_async::core::webhook::{
     DeliveryBodyProblem, MAX_WEBHOOK_BODY_BYTES, SIGNATURE_HEADER, delivery_body_reply,
     delivery_method_reply, delivery_reply,
 };

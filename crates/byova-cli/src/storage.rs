@@ -64,7 +64,7 @@ pub(crate) fn check_plaintext_redis(url: &str, allow_insecure: bool) -> Result<(
         return Err(format!(
             "{} is plain Redis on another host: tokens would cross the network in clear; use rediss:// (TLS), \
              or pass --allow-insecure-storage (BYOVA_ALLOW_INSECURE_STORAGE=1) on a network you trust",
-            byova_core::redact_url(url)
+            byova_core::backend::redact_url(url)
         ));
     }
     Ok(())
@@ -92,7 +92,7 @@ pub(crate) async fn open(url: &str) -> Result<Arc<dyn TokenStorage>, StorageErro
     }
     Err(StorageError::other(format!(
         "BYOVA_STORAGE {:?} is not a storage URL: use memory:, file:///dir, redis://host:port/db, redis+cluster://host:port,host:port/, postgres://…, mysql://… or sqlite:///path.db",
-        byova_core::redact_url(url)
+        byova_core::backend::redact_url(url)
     )))
 }
 

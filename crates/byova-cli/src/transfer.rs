@@ -16,7 +16,7 @@
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 
-use byova_core::{Expect, OAuthTokens, StorageErrorKind, TokenKey, TokenStorage};
+use byova_core::{OAuthTokens, StorageErrorKind, TokenKey, TokenStorage, backend::Expect};
 use serde_json::json;
 
 use crate::progress::Progress;

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use byova_core::{BlockingTokenStorage, Clock, ServiceAppEventKind, SystemClock, WebhookSecret};
+use byova_core::{BlockingTokenStorage, Clock, SystemClock, WebhookSecret, webhook::ServiceAppEventKind};
 use byova_testkit::{DeliveryShape, Endpoint, FakeWebex, wire};
 
 #[path = "support/chaos.rs"]
@@ -31,7 +31,7 @@ impl Env {
         let dir = std::env::temp_dir().join(format!(
             "byova-cli-{}-{:x}",
             std::process::id(),
-            byova_core::random_u64()
+            byova_core::engine::random_u64()
         ));
         let storage = format!("file://{}", dir.display());
         Self { fake, dir, storage }
@@ -458,7 +458,11 @@ fn webhook_handle_verifies_and_applies_one_delivery() {
     };
     assert_fails(&handle(&body, None), 7, "X-Spark-Signature");
     assert_fails(&handle(&body, Some(&"0".repeat(40))), 7, "does not match");
-    assert_fails(&handle(b"not json", Some(&byova_core::sign(&secret, b"not json"))), 7, "invalid input");
+    assert_fails(
+        &handle(b"not json", Some(&byova_core::webhook::sign(&secret, b"not json"))),
+        7,
+        "invalid input",
+    );
     let ok = handle(&body, sig.as_deref());
     assert!(ok.status.success(), "{}", stderr(&ok));
     assert_eq!(stdout(&ok).trim(), format!("registered {ORG}"));
@@ -590,7 +594,7 @@ fn the_admin_surface_needs_a_token_off_loopback_and_reads_no_store() {
     let get = |path: &str, auth: Option<&str>| {
         let url = format!("{admin}{path}");
         let headers: Vec<(&str, &str)> = auth.map(|a| vec![("Authorization", a)]).unwrap_or_default();
-        wire::send(&wire::request(byova_core::Method::Get, &url, Vec::new(), &headers)).unwrap()
+        wire::send(&wire::request(byova_core::engine::Method::Get, &url, Vec::new(), &headers)).unwrap()
     };
     for path in ["/status", "/metrics", "/healthz"] {
         assert_eq!(get(path, None).status, 401, "{path} without the token");
@@ -637,7 +641,7 @@ fn post(url: &str, body: &[u8], sig: Option<&str>) -> u16 {
     if let Some(sig) = sig {
         headers.push(("X-Spark-Signature", sig));
     }
-    wire::send(&wire::request(byova_core::Method::Post, url, body.to_vec(), &headers)).unwrap().status
+    wire::send(&wire::request(byova_core::engine::Method::Post, url, body.to_vec(), &headers)).unwrap().status
 }
 
 fn sigterm(child: &mut Child) -> std::process::ExitStatus {
@@ -982,8 +986,8 @@ fn tls_stores_trust_the_given_ca_and_refuse_others_with_one_line() {
         return;
     };
     let env = Env::new();
-    let table = format!("byova_cli_tls_{:x}", byova_core::random_u64() & 0xffff_ffff);
-    let prefix = format!("byova-cli-tls-{:x}", byova_core::random_u64());
+    let table = format!("byova_cli_tls_{:x}", byova_core::engine::random_u64() & 0xffff_ffff);
+    let prefix = format!("byova-cli-tls-{:x}", byova_core::engine::random_u64());
     for storage in [format!("{redis}?prefix={prefix}"), format!("{pg}?table={table}")] {
         let with = |ca: &str| {
             env.cmd()
@@ -1169,7 +1173,7 @@ fn org_export_and_import_into_sqlite_and_mysql() {
     };
     let from = Env::new();
     let mut to = Env::with_fake(from.fake.clone());
-    let table = format!("byova_cli_io_{:x}", byova_core::random_u64() & 0xffff_ffff);
+    let table = format!("byova_cli_io_{:x}", byova_core::engine::random_u64() & 0xffff_ffff);
     to.storage = format!("{mysql}?table={table}");
     export_import_round_trip(&from, &to);
 }
@@ -1226,7 +1230,7 @@ fn replicas_on_redis_refresh_each_org_once_and_share_authorizations() {
         return;
     };
     let mut env = Env::new();
-    let prefix = format!("byova-cli-{}-{:x}", std::process::id(), byova_core::random_u64());
+    let prefix = format!("byova-cli-{}-{:x}", std::process::id(), byova_core::engine::random_u64());
     env.storage = format!("{redis}{}prefix={prefix}", if redis.contains('?') { '&' } else { '?' });
     let store = byova_storage_redis::RedisTokenStorage::open(&env.storage).unwrap();
     two_replicas_refresh_each_org_once(&env, &store);
@@ -1254,7 +1258,8 @@ fn replicas_on_postgres_refresh_each_org_once_and_share_authorizations() {
         return;
     };
     let mut env = Env::new();
-    let table = format!("byova_cli_{}_{:x}", std::process::id(), byova_core::random_u64() & 0xffff_ffff);
+    let table =
+        format!("byova_cli_{}_{:x}", std::process::id(), byova_core::engine::random_u64() & 0xffff_ffff);
     env.storage = format!("{pg}{}table={table}", if pg.contains('?') { '&' } else { '?' });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let sql = rt.block_on(byova_storage_sql::SqlTokenStorage::connect(&env.storage)).unwrap();

@@ -110,8 +110,8 @@ impl RedirectOptions {
     /// # Errors
     /// [`Error::InvalidInput`](crate::Error::InvalidInput) without one: a redirect that cannot
     /// be tied to its request is refused.
-    pub fn required_state(&self) -> crate::Result<crate::CsrfState> {
-        self.expected_state.as_deref().map(crate::CsrfState::new).ok_or_else(|| {
+    pub fn required_state(&self) -> crate::Result<crate::oauth::CsrfState> {
+        self.expected_state.as_deref().map(crate::oauth::CsrfState::new).ok_or_else(|| {
             crate::Error::InvalidInput(
                 "expected_state is required: a redirect that cannot be tied to its request is refused".into(),
             )

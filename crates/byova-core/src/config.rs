@@ -10,7 +10,7 @@ use crate::policy::{CoordinationPolicy, RefreshPolicy, RetryPolicy};
 pub const DEFAULT_BASE_URL: &str = "https://webexapis.com/v1";
 
 /// The project's environment variables (beyond the Python SDK's `WEBEX_*` credentials).
-pub mod env {
+pub(crate) mod env {
     /// API base URL; the authorize and token URLs derive from it.
     pub const BASE_URL: &str = "BYOVA_BASE_URL";
     /// Storage URL: `memory:`, `file:///dir`, `sqlite:///path.db`, `postgres://…`, `mysql://…`,

@@ -11,7 +11,7 @@ pub const DEFAULT_INTEGRATION_SCOPES: [&str; 4] =
 pub const DEFAULT_REDIRECT_URI: &str = "http://127.0.0.1:8765/callback";
 
 /// The environment variables the Python SDK `webex_byova` defines.
-pub mod env {
+pub(crate) mod env {
     /// Integration client id (required).
     pub const INTEGRATION_CLIENT_ID: &str = "WEBEX_INTEGRATION_CLIENT_ID";
     /// Integration client secret (required).

@@ -365,7 +365,7 @@ pub enum SignatureError {
     /// The signature does not match the body under the configured secret.
     #[error("the X-Spark-Signature does not match the body")]
     Mismatch,
-    /// The body is larger than [`MAX_WEBHOOK_BODY_BYTES`](crate::MAX_WEBHOOK_BODY_BYTES).
+    /// The body is larger than [`MAX_WEBHOOK_BODY_BYTES`](crate::webhook::MAX_WEBHOOK_BODY_BYTES).
     #[error("the delivery is larger than 64 KiB")]
     TooLarge,
 }

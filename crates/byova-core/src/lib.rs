@@ -1,26 +1,45 @@
 //! # byova-core
 //!
 //! The pure heart of byova, the Rust SDK for the authentication side of a Webex BYOVA
-//! (Bring Your Own Virtual Agent) provider. It holds every OAuth decision and does no I/O:
+//! (Bring Your Own Virtual Agent) provider. It holds every OAuth decision and does no I/O.
+//! Most applications use it through `byova-async` or `byova-blocking`, which re-export the
+//! names below; the crate root holds what a user names, the modules what a protocol, a
+//! driver or a storage backend needs:
 //!
-//! - **Types**: credentials, [`OAuthTokens`] / [`ServiceAppTokens`] with absolute expiry and a
-//!   versioned storage form, [`ByovaConfig`], secret newtypes that never print.
-//! - **Requests as values** ([`HttpRequest`]) and **parsers** of the [`HttpResponse`] a driver
-//!   hands back: authorization URL with `state` and PKCE S256, code exchange, refresh, the
-//!   Service App token fetch, the `/webhooks` API.
-//! - **Policy**: [`RefreshPolicy`] (fresh, due in a per-key point of the refresh window, expired) and
-//!   [`RetryPolicy`] (capped jittered backoff, `Retry-After`, no retry of a code exchange).
-//! - **Webhooks**: tolerant `serviceApp` parsing and `X-Spark-Signature` verification.
-//! - **Storage**: [`TokenStorage`] (async) and [`BlockingTokenStorage`] with coordination hooks
-//!   (leases, versioned writes), and [`InMemoryTokenStorage`].
+//! - **At the root**: credentials and [`ByovaConfig`]; [`OAuthTokens`] / [`ServiceAppTokens`]
+//!   with absolute expiry; [`TokenKey`]; secret newtypes that never print ([`AccessToken`],
+//!   [`RefreshToken`], …); the policies ([`RefreshPolicy`], [`RetryPolicy`],
+//!   [`CoordinationPolicy`]) and what they report ([`KeyStatus`], [`TokenState`]); the storage
+//!   traits an application plugs a store in with ([`TokenStorage`], [`BlockingTokenStorage`],
+//!   [`InMemoryTokenStorage`], sealing at rest with [`SealedStorage`]); [`Error`].
+//! - [`oauth`]: the authorization URL with `state` and PKCE S256, the code exchange, the
+//!   refresh and the Service App token fetch as request values, and the parsing of their
+//!   answers, including what every error status means.
+//! - [`webhook`]: `serviceApp` deliveries, `X-Spark-Signature` and the `/webhooks` API.
+//! - [`redirect`]: the browser flow's loopback redirect, as values.
+//! - [`ids`]: Webex's base64 ids (org ids, the Service App's application id).
+//! - [`backend`]: what a storage backend implements and builds on (versions, leases, the
+//!   record's encoding).
+//! - [`engine`]: the driver SPI, for the flavour crates and anyone writing a third.
+//!
+//! **The engine.** Every operation (a valid token now, a refresh, a code exchange, a webhook
+//! delivery, a bulk refresh) is a method of an engine that returns a *plan*, a
+//! [`Step`](engine::Step): one piece of I/O (a storage call, an HTTP request, a sleep, a wait
+//! on another caller's refresh) with a typed continuation that takes its result and decides
+//! what comes next. A flavour's driver is a loop of about 70 lines that performs steps and
+//! hands results back; it holds no OAuth or coordination logic, so both flavours behave
+//! identically by construction, a model checker can replay every interleaving of several
+//! processes' plans, and a refresh runs as a detached single flight per key that a dropped
+//! caller never cuts short. The engine's cache answers a fresh token without any step.
 //!
 //! Not here: sockets, HTTP clients, runtimes, files, the process environment (except the one
 //! explicit edge, [`load_credentials_from_env`]) and clock reads (time is always an argument;
-//! [`SystemClock`] or [`CoarseClock`] is handed in by drivers). The `byova-async` and `byova-blocking` crates drive
-//! this core.
+//! [`SystemClock`] or [`engine::CoarseClock`] is handed in by drivers).
 //!
 //! ```
-//! use byova_core::*;
+//! use byova_core::engine::HttpResponse;
+//! use byova_core::oauth::{AuthorizationCode, AuthorizationRequest, TokenCall, code_exchange_request, parse_token_response};
+//! use byova_core::{ByovaConfig, Freshness, IntegrationCredentials, RefreshPolicy, Timestamp};
 //!
 //! let config = ByovaConfig::with_base_url("http://127.0.0.1:9/v1")?;
 //! let creds = IntegrationCredentials::new("C123", "secret");
@@ -49,11 +68,11 @@ mod credentials;
 pub mod engine;
 mod error;
 mod http;
-mod ids;
+pub mod ids;
 mod key;
 mod listener;
 mod metrics;
-mod oauth;
+pub mod oauth;
 mod pending;
 mod policy;
 mod schedule;
@@ -62,68 +81,60 @@ mod secret;
 mod storage;
 mod time;
 mod tokens;
-mod webhook;
+pub mod webhook;
 
-pub use authorize::{
-    AuthorizeOptions, BrowserOpener, RedirectOptions, authorization_prompt, browser_command_for,
-    browser_environment, system_browser_command,
-};
-pub use budget::{BudgetDecision, BudgetState, TOKEN_BUDGET_STATE, TokenBudget};
-pub use builder::{ByovaBuilder, EnvSettings, Facade, Parts, parse_webhook_secrets, webhook_secrets};
-pub use cache::{CacheEntry, TokenCache, Unsaved};
-pub use config::{ByovaConfig, DEFAULT_BASE_URL, env as config_env};
+pub use authorize::{AuthorizeOptions, RedirectOptions};
+pub use budget::TokenBudget;
+pub use builder::{ByovaBuilder, EnvSettings};
+pub use config::{ByovaConfig, DEFAULT_BASE_URL};
 pub use credentials::{
     DEFAULT_INTEGRATION_SCOPES, DEFAULT_REDIRECT_URI, IntegrationCredentials, ServiceAppCredentials,
-    credentials_from_lookup, env, load_credentials_from_env,
+    credentials_from_lookup, load_credentials_from_env,
 };
-pub use engine::{
-    BulkProgress, Flight, IntegrationEngine, Invalidation, OrgRefresh, ProgressFn, Sent, ServiceAppEngine,
-    StatusReport, Step, Then, TokenEngine, Wiring,
-};
+pub use engine::webhooks::{BulkProgress, OrgRefresh, ProgressFn, StatusReport};
 pub use error::{ApiFailure, Error, Result, SignatureError, StorageError, StorageErrorKind, TokenSubject};
-pub use http::{
-    HeaderValue, HttpRequest, HttpResponse, MAX_RESPONSE_BYTES, Method, RetryClass, TRACKING_ID_HEADER,
-    new_tracking_id,
-};
-pub use ids::{
-    decode_org_id, decode_webex_id, derive_application_id, derive_application_id_in_region, encode_webex_id,
-    normalize_org_id,
-};
-pub use key::{Expect, Lease, TokenKey, UNVERSIONED, Versioned};
-pub use listener::{
-    CallbackConnection, CallbackHandler, CallbackReply, CallbackVerdict, ConnectionStep, HeadProgress,
-    HeadReader, LoopbackRedirect, MAX_CALLBACK_HEAD_BYTES, RequestHead, parse_request_head,
-};
-pub use metrics::{Metrics, SkipReason, metrics};
-pub use oauth::{
-    AuthorizationRequest, MAX_TOKEN_RESPONSE_BYTES, TokenCall, api_error, code_exchange_request,
-    error_from_response, known_oauth_error, parse_retry_after, parse_token_response, refresh_request,
-    service_app_token_request, tracking_id,
-};
-pub use pending::{PENDING_AUTHORIZATION_TTL, PendingAuthorization, pending_key};
+pub use key::TokenKey;
+pub use metrics::{Metrics, metrics};
 pub use policy::{
-    CoordinationPolicy, Freshness, KeyStatus, RefreshPolicy, RetryDecision, RetryPolicy, TokenState, key_seed,
+    CoordinationPolicy, Freshness, Invalidation, KeyStatus, RefreshPolicy, RetryPolicy, TokenState,
 };
-pub use schedule::{Due, RefreshSchedule, WAKE_SLACK};
 pub use sealing::{SealedStorage, StorageKeys};
-pub use secret::{
-    AccessToken, AuthorizationCode, ClientSecret, CsrfState, PkceCodeVerifier, RefreshToken, SharedSecret,
-    WebhookSecret, random_u64,
-};
-pub use storage::{
-    BlockingCoordinatedTokenStorage, BlockingTokenStorage, CoordinatedTokenStorage, InMemoryTokenStorage,
-    TokenStorage, check_state_name, decode_record, journal_replay, redact_url, state_conflict,
-};
-pub use time::{Clock, CoarseClock, SystemClock, Timestamp};
-pub use tokens::{OAuthTokens, Rejection, ServiceAppTokens, TOKEN_SCHEMA_VERSION};
-pub use webhook::{
-    Admission, DeliveryBodyProblem, MAX_WEBHOOK_BODY_BYTES, NewWebhook, SIGNATURE_HEADER, ServiceAppEvent,
-    ServiceAppEventKind, Webhook, WebhookChange, WebhookGate, WebhookOutcome, WebhookPage,
-    WebhookVerification, create_webhook_request, delete_webhook_request, delivery_body_reply,
-    delivery_method_reply, delivery_reply, list_webhooks_request, next_link, next_page_request,
-    parse_service_app_event, parse_webhook, parse_webhook_deletion, parse_webhook_page, sign,
-    update_webhook_request, verify_signature, webhook_changes,
-};
+pub use secret::{AccessToken, ClientSecret, RefreshToken, SharedSecret, WebhookSecret};
+pub use storage::{BlockingTokenStorage, InMemoryTokenStorage, TokenStorage};
+pub use time::{Clock, SystemClock, Timestamp};
+pub use tokens::{OAuthTokens, Rejection, ServiceAppTokens};
+
+/// The names of the environment variables byova reads (credentials and configuration).
+pub mod env {
+    pub use crate::config::env::*;
+    pub use crate::credentials::env::*;
+}
+
+/// The browser flow's loopback redirect, as values: the listener's request parsing and
+/// replies ([`CallbackHandler`](crate::redirect::CallbackHandler)), and opening the system browser.
+pub mod redirect {
+    pub use crate::authorize::{
+        BrowserOpener, authorization_prompt, browser_command_for, browser_environment, system_browser_command,
+    };
+    pub use crate::listener::{
+        CallbackConnection, CallbackHandler, CallbackReply, CallbackVerdict, ConnectionStep, HeadProgress,
+        HeadReader, LoopbackRedirect, MAX_CALLBACK_HEAD_BYTES, RequestHead, parse_request_head,
+    };
+}
+
+/// What a storage backend builds on: the coordination traits ([`CoordinatedTokenStorage`](crate::backend::CoordinatedTokenStorage),
+/// [`BlockingCoordinatedTokenStorage`](crate::backend::BlockingCoordinatedTokenStorage)), versions and leases, the pending-authorization
+/// record, the stored record's encoding, and the helpers every backend in this workspace
+/// shares. The conformance suite in `byova-testkit` checks a backend against them.
+pub mod backend {
+    pub use crate::key::{Expect, Lease, UNVERSIONED, Versioned};
+    pub use crate::pending::{PENDING_AUTHORIZATION_TTL, PendingAuthorization, pending_key};
+    pub use crate::storage::{
+        BlockingCoordinatedTokenStorage, CoordinatedTokenStorage, check_state_name, decode_record,
+        journal_replay, redact_url, state_conflict,
+    };
+    pub use crate::tokens::TOKEN_SCHEMA_VERSION;
+}
 
 /// `async_trait`, re-exported so backends implement [`TokenStorage`] with the same macro.
 pub use async_trait::async_trait;
@@ -134,6 +145,11 @@ pub use async_trait::async_trait;
 mod robustness {
     use proptest::prelude::*;
 
+    use super::backend::*;
+    use super::engine::*;
+    use super::oauth::*;
+    use super::redirect::*;
+    use super::webhook::*;
     use super::*;
 
     proptest! {

@@ -126,7 +126,7 @@ impl Metrics {
         self.budget_waits.load(Ordering::Relaxed)
     }
 
-    /// A webhook delivery ended as `outcome`: a [`WebhookOutcome`](crate::WebhookOutcome)'s
+    /// A webhook delivery ended as `outcome`: a [`WebhookOutcome`](crate::webhook::WebhookOutcome)'s
     /// name, or `rejected` (signature), `invalid` (body), `failed` (anything else).
     pub fn record_webhook(&self, outcome: &str) {
         if let Some(i) = WEBHOOK_OUTCOMES.iter().position(|o| *o == outcome) {

@@ -9,11 +9,11 @@ use crate::credentials::{DEFAULT_INTEGRATION_SCOPES, IntegrationCredentials, Ser
 use crate::error::{ApiFailure, Error, Result, TokenSubject};
 use crate::http::{HttpRequest, HttpResponse, Method, RetryClass};
 use crate::ids::{derive_application_id_in_region, encode_webex_id};
-use crate::secret::{
-    AccessToken, AuthorizationCode, ClientSecret, CsrfState, PkceCodeVerifier, RefreshToken,
-};
+use crate::secret::{AccessToken, ClientSecret, RefreshToken};
 use crate::time::Timestamp;
 use crate::tokens::OAuthTokens;
+
+pub use crate::secret::{AuthorizationCode, CsrfState, PkceCodeVerifier};
 
 /// Token responses larger than this are refused unread.
 pub const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;

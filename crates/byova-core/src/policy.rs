@@ -346,6 +346,23 @@ impl RetryPolicy {
     }
 }
 
+/// What [`TokenEngine::invalidate`](crate::engine::TokenEngine::invalidate) did with a token Webex answered 401 to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Invalidation {
+    /// The token is not served again: the next request gets another (one refresh for every
+    /// caller and every process sharing the store). Retry the request once with it.
+    Renew,
+    /// A request retried with this token after a 401 was rejected too: the 401 is not about
+    /// the token (a missing scope, a resource this identity may not see). Nothing was
+    /// refreshed, and until `until` no 401 on this token is (Webex caps the live tokens of a
+    /// user; every refresh mints one). Hand the 401 to the caller.
+    NotAboutTheToken {
+        /// When a 401 on this token may renew it again.
+        until: Timestamp,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ use crate::policy::KeyStatus;
 use crate::time::Timestamp;
 
 /// Keys come due this long after their refresh point: the drivers read a coarse clock
-/// ([`CoarseClock::RESOLUTION`](crate::CoarseClock::RESOLUTION)), and a wake a tick early
+/// ([`CoarseClock::RESOLUTION`](crate::engine::CoarseClock::RESOLUTION)), and a wake a tick early
 /// would find the token still fresh.
 pub const WAKE_SLACK: Duration = Duration::from_millis(50);
 

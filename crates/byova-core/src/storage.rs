@@ -233,7 +233,7 @@ pub trait TokenStorage: Send + Sync {
         Ok(true)
     }
     /// Keeps a pending authorization (see [`PendingAuthorization`]) under `key` (a
-    /// [`pending_key`](crate::pending_key)) until its expiry, so a process sharing this store
+    /// [`pending_key`](crate::backend::pending_key)) until its expiry, so a process sharing this store
     /// can exchange its code. Returns whether it was kept; the default keeps nothing and
     /// returns `false` (the process that built the URL still holds it in memory).
     async fn save_pending_authorization(

@@ -2,7 +2,7 @@
 //! durable on this host before the shared store is asked to take them, so a process killed
 //! after Webex's answer (or a store that was down, or killed, when they arrived) loses nothing.
 //! The next start replays what the store never confirmed, version-checked
-//! ([`byova_core::journal_replay`] decides: a kept record replaces an older one, creates one
+//! ([`byova_core::backend::journal_replay`] decides: a kept record replaces an older one, creates one
 //! only where one was meant to be created, recently, and is dropped otherwise).
 //!
 //! One file per write, `entry-<key digest>-<obtained ms>.json` (`0600`, in a `0700`
@@ -17,8 +17,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use byova_core::{
-    BlockingTokenStorage, Clock, Expect, Lease, OAuthTokens, PendingAuthorization, ServiceAppTokens,
-    StorageError, StorageErrorKind, SystemClock, TokenKey, TokenStorage, Versioned, journal_replay,
+    BlockingTokenStorage, Clock, OAuthTokens, ServiceAppTokens, StorageError, StorageErrorKind, SystemClock,
+    TokenKey, TokenStorage,
+    backend::{Expect, Lease, PendingAuthorization, Versioned, journal_replay},
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -34,7 +35,7 @@ const CREATE_WITHIN: Duration = Duration::from_secs(3600);
 /// A store with a local write-ahead journal: tokens Webex issued are made durable on this host
 /// before the shared store is asked to take them, so a process killed after Webex's answer
 /// (or a store down, or killed, when they arrived) loses nothing; the next start replays what
-/// the store never confirmed, version-checked ([`byova_core::journal_replay`] decides).
+/// the store never confirmed, version-checked ([`byova_core::backend::journal_replay`] decides).
 ///
 /// One file per write (`0600`, in a `0700` directory), written as the file store writes
 /// records and removed once the store confirmed it (or refused it for a newer record).

@@ -7,8 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use byova_core::{
-    BlockingCoordinatedTokenStorage, Clock, Expect, Lease, OAuthTokens, PENDING_AUTHORIZATION_TTL,
-    PendingAuthorization, StorageError, StorageErrorKind, SystemClock, TokenKey, Versioned,
+    Clock, OAuthTokens, StorageError, StorageErrorKind, SystemClock, TokenKey,
+    backend::{
+        BlockingCoordinatedTokenStorage, Expect, Lease, PENDING_AUTHORIZATION_TTL, PendingAuthorization,
+        Versioned,
+    },
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -105,7 +108,7 @@ fn micros_now() -> u64 {
 }
 
 fn random_suffix() -> String {
-    format!("{:016x}", byova_core::random_u64())
+    format!("{:016x}", byova_core::engine::random_u64())
 }
 
 impl FileTokenStorage {
@@ -133,7 +136,7 @@ impl FileTokenStorage {
             .ok_or_else(|| {
                 StorageError::other(format!(
                     "{:?} is not a file: storage URL (file:///path/to/dir)",
-                    byova_core::redact_url(url)
+                    byova_core::backend::redact_url(url)
                 ))
             })?;
         Self::open(path)
@@ -372,7 +375,7 @@ impl FileTokenStorage {
     }
 
     fn state_path(&self, name: &str) -> Result<PathBuf, StorageError> {
-        byova_core::check_state_name(name)?;
+        byova_core::backend::check_state_name(name)?;
         Ok(self.inner.dir.join(format!("state-{name}.json")))
     }
 
@@ -398,7 +401,7 @@ impl FileTokenStorage {
         let version = self.locked("state", || {
             let current = self.read_state(&path)?.map(|r| r.version);
             if !expect.admits(current) {
-                return Err(byova_core::state_conflict(name));
+                return Err(byova_core::backend::state_conflict(name));
             }
             let version = current.map_or(0, |v| v + 1).max(micros_now());
             let record = StateRecord { format: RECORD_FORMAT, version, state };
@@ -731,7 +734,7 @@ impl BlockingCoordinatedTokenStorage for FileTokenStorage {
 #[cfg(feature = "async")]
 mod async_impl {
     use super::*;
-    use byova_core::{CoordinatedTokenStorage, async_trait};
+    use byova_core::{async_trait, backend::CoordinatedTokenStorage};
 
     impl FileTokenStorage {
         /// Runs blocking file work on tokio's blocking pool, never on the runtime's threads.

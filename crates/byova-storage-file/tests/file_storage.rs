@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use byova_core::{
-    AccessToken, BlockingTokenStorage, Expect, OAuthTokens, StorageErrorKind, Timestamp, TokenKey,
+    AccessToken, BlockingTokenStorage, OAuthTokens, StorageErrorKind, Timestamp, TokenKey, backend::Expect,
 };
 use byova_storage_file::FileTokenStorage;
 use byova_testkit::conformance;
@@ -29,7 +29,7 @@ fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "byova-file-{name}-{}-{:x}",
         std::process::id(),
-        byova_core::random_u64()
+        byova_core::engine::random_u64()
     ));
     let _ = std::fs::remove_dir_all(&dir);
     dir
@@ -52,7 +52,7 @@ fn increment(store: &FileTokenStorage, key: &TokenKey) {
         match store.store(key, &counter(count_of(&current.value) + 1), Expect::Version(current.version)) {
             Ok(_) => return,
             Err(e) if e.kind() == StorageErrorKind::Conflict => {
-                let jitter = byova_core::random_u64() % (backoff.as_micros() as u64 + 1);
+                let jitter = byova_core::engine::random_u64() % (backoff.as_micros() as u64 + 1);
                 std::thread::sleep(Duration::from_micros(jitter));
                 backoff = (backoff * 2).min(Duration::from_millis(16));
             }
@@ -173,7 +173,7 @@ fn sigkill_while_writing_never_tears_a_record() {
     for run in 0..runs {
         let before = count_of(&store.load(&key).unwrap().unwrap().value);
         let mut proc = child("write-once", &dir, &[]).spawn().unwrap();
-        std::thread::sleep(Duration::from_micros(byova_core::random_u64() % span));
+        std::thread::sleep(Duration::from_micros(byova_core::engine::random_u64() % span));
         let _ = proc.kill();
         let _ = proc.wait();
         let after = store
@@ -502,11 +502,11 @@ struct Outage {
     down: std::sync::atomic::AtomicBool,
 }
 
-impl byova_core::BlockingCoordinatedTokenStorage for Outage {
+impl byova_core::backend::BlockingCoordinatedTokenStorage for Outage {
     fn load(
         &self,
         key: &TokenKey,
-    ) -> Result<Option<byova_core::Versioned<OAuthTokens>>, byova_core::StorageError> {
+    ) -> Result<Option<byova_core::backend::Versioned<OAuthTokens>>, byova_core::StorageError> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(byova_core::StorageError::unavailable("the store is down"));
         }
@@ -528,15 +528,15 @@ impl byova_core::BlockingCoordinatedTokenStorage for Outage {
         &self,
         key: &TokenKey,
         ttl: Duration,
-    ) -> Result<Option<byova_core::Lease>, byova_core::StorageError> {
+    ) -> Result<Option<byova_core::backend::Lease>, byova_core::StorageError> {
         BlockingTokenStorage::try_acquire_lease(&self.inner, key, ttl)
     }
-    fn release_lease(&self, lease: &byova_core::Lease) -> Result<(), byova_core::StorageError> {
+    fn release_lease(&self, lease: &byova_core::backend::Lease) -> Result<(), byova_core::StorageError> {
         BlockingTokenStorage::release_lease(&self.inner, lease)
     }
     fn extend_lease(
         &self,
-        lease: &byova_core::Lease,
+        lease: &byova_core::backend::Lease,
         ttl: Duration,
     ) -> Result<bool, byova_core::StorageError> {
         BlockingTokenStorage::extend_lease(&self.inner, lease, ttl)

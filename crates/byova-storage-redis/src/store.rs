@@ -4,8 +4,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use byova_core::{
-    Clock, Expect, Lease, OAuthTokens, PendingAuthorization, StorageError, SystemClock, TokenKey, Versioned,
-    decode_record,
+    Clock, OAuthTokens, StorageError, SystemClock, TokenKey,
+    backend::{Expect, Lease, PendingAuthorization, Versioned, decode_record},
 };
 use redis::{Script, Value};
 
@@ -217,12 +217,15 @@ impl RedisTokenStorage {
             query.split('&').filter(|p| !p.is_empty() && p.split('=').next() != Some("prefix")).collect();
         let client_url = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
         let unusable = |e: redis::RedisError| {
-            StorageError::other(format!("{} is not a usable redis URL: {e}", byova_core::redact_url(base)))
+            StorageError::other(format!(
+                "{} is not a usable redis URL: {e}",
+                byova_core::backend::redact_url(base)
+            ))
         };
         if ca_file.is_some() && !base.starts_with("rediss://") {
             return Err(StorageError::other(format!(
                 "a CA file was given for {}, which does not use TLS: use rediss://",
-                byova_core::redact_url(base)
+                byova_core::backend::redact_url(base)
             )));
         }
         let client = match ca_file {
@@ -237,7 +240,11 @@ impl RedisTokenStorage {
             }
             _ => redis::Client::open(client_url.as_str()).map_err(unusable)?,
         };
-        Ok(Self::with_backend(Backend::Single(Box::new(client)), byova_core::redact_url(base), prefix))
+        Ok(Self::with_backend(
+            Backend::Single(Box::new(client)),
+            byova_core::backend::redact_url(base),
+            prefix,
+        ))
     }
 
     /// `redis+cluster://host:port,host:port/?prefix=NAME` (`rediss+cluster://` for TLS): a
@@ -263,7 +270,7 @@ impl RedisTokenStorage {
         if nodes.is_empty() {
             return Err(StorageError::other(format!(
                 "{} names no cluster node",
-                byova_core::redact_url(base)
+                byova_core::backend::redact_url(base)
             )));
         }
         let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
@@ -272,7 +279,7 @@ impl RedisTokenStorage {
         if ca_file.is_some() && scheme != "rediss" {
             return Err(StorageError::other(format!(
                 "a CA file was given for {}, which does not use TLS: use rediss+cluster://",
-                byova_core::redact_url(base)
+                byova_core::backend::redact_url(base)
             )));
         }
         if let Some(path) = ca_file {
@@ -284,10 +291,14 @@ impl RedisTokenStorage {
         let client = builder.build().map_err(|e| {
             StorageError::other(format!(
                 "{} is not a usable redis cluster URL: {e}",
-                byova_core::redact_url(base)
+                byova_core::backend::redact_url(base)
             ))
         })?;
-        Ok(Self::with_backend(Backend::Cluster(Box::new(client)), byova_core::redact_url(base), prefix))
+        Ok(Self::with_backend(
+            Backend::Cluster(Box::new(client)),
+            byova_core::backend::redact_url(base),
+            prefix,
+        ))
     }
 
     fn with_backend(client: Backend, display: String, prefix: String) -> Self {
@@ -379,7 +390,7 @@ impl RedisTokenStorage {
 
     /// A shared state's keys: the record and its version counter (one slot on a cluster).
     fn state_keys(&self, name: &str) -> Result<(String, String), StorageError> {
-        byova_core::check_state_name(name)?;
+        byova_core::backend::check_state_name(name)?;
         let p = &self.inner.prefix;
         let tag = if self.is_cluster() { format!("{{{p}:state:{name}}}") } else { format!("{{{p}}}") };
         Ok((format!("{tag}:state:{name}"), format!("{tag}:state:{name}:version")))
@@ -686,7 +697,7 @@ macro_rules! coordinated_impl {
                 let (mode, expected) = expect_args(expect);
                 let op = Op::Store { index: record.clone(), record, counter, mode, expected, payload: bytes.to_vec(), org: String::new() };
                 match self.$run(op, None)$(.$await)? {
-                    Err(e) if e.kind() == byova_core::StorageErrorKind::Conflict => Err(byova_core::state_conflict(name)),
+                    Err(e) if e.kind() == byova_core::StorageErrorKind::Conflict => Err(byova_core::backend::state_conflict(name)),
                     other => reply_as!(other?, Version),
                 }
             }
@@ -697,7 +708,7 @@ macro_rules! coordinated_impl {
 #[cfg(feature = "blocking")]
 mod blocking {
     use super::*;
-    use byova_core::BlockingCoordinatedTokenStorage;
+    use byova_core::backend::BlockingCoordinatedTokenStorage;
 
     impl RedisTokenStorage {
         fn run(&self, op: Op, key: Option<&TokenKey>) -> Result<Reply, StorageError> {
@@ -773,7 +784,7 @@ mod blocking {
 #[cfg(feature = "async")]
 mod async_impl {
     use super::*;
-    use byova_core::{CoordinatedTokenStorage, async_trait};
+    use byova_core::{async_trait, backend::CoordinatedTokenStorage};
 
     impl RedisTokenStorage {
         async fn manager(&self) -> Result<AsyncConn, StorageError> {
@@ -897,7 +908,7 @@ mod tests {
         assert_eq!(RedisTokenStorage::open("redis://127.0.0.1/").unwrap().prefix(), "byova");
         assert!(RedisTokenStorage::open("redis://127.0.0.1/?prefix={x}").is_err());
         assert!(RedisTokenStorage::open("notaurl").is_err());
-        assert_eq!(byova_core::redact_url("redis://user:SECRET@host:1/0"), "redis://***@host:1/0");
+        assert_eq!(byova_core::backend::redact_url("redis://user:SECRET@host:1/0"), "redis://***@host:1/0");
         let err = RedisTokenStorage::open("redis://u:SECRET@").map(|_| ()).unwrap_err();
         assert!(!err.to_string().contains("SECRET"));
     }

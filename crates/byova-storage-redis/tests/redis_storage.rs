@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use byova_core::{
-    AccessToken, BlockingTokenStorage, Clock, Expect, OAuthTokens, StorageError, StorageErrorKind,
-    SystemClock, Timestamp, TokenKey, TokenStorage, Versioned, async_trait,
+    AccessToken, BlockingTokenStorage, Clock, OAuthTokens, StorageError, StorageErrorKind, SystemClock,
+    Timestamp, TokenKey, TokenStorage, async_trait,
+    backend::{Expect, Versioned},
 };
 use byova_storage_redis::RedisTokenStorage;
 use byova_testkit::{FakeWebex, conformance};
@@ -183,7 +184,7 @@ fn with_prefix(url: &str, prefix: &str) -> String {
 }
 
 fn unique_prefix(name: &str) -> String {
-    format!("byova-test-{name}-{}-{:x}", std::process::id(), byova_core::random_u64())
+    format!("byova-test-{name}-{}-{:x}", std::process::id(), byova_core::engine::random_u64())
 }
 
 /// Deletes every key of a test prefix.
@@ -319,13 +320,17 @@ impl TokenStorage for Stalling {
         &self,
         key: &TokenKey,
         ttl: Duration,
-    ) -> Result<Option<byova_core::Lease>, StorageError> {
+    ) -> Result<Option<byova_core::backend::Lease>, StorageError> {
         TokenStorage::try_acquire_lease(&self.inner, key, ttl).await
     }
-    async fn release_lease(&self, lease: &byova_core::Lease) -> Result<(), StorageError> {
+    async fn release_lease(&self, lease: &byova_core::backend::Lease) -> Result<(), StorageError> {
         TokenStorage::release_lease(&self.inner, lease).await
     }
-    async fn extend_lease(&self, lease: &byova_core::Lease, ttl: Duration) -> Result<bool, StorageError> {
+    async fn extend_lease(
+        &self,
+        lease: &byova_core::backend::Lease,
+        ttl: Duration,
+    ) -> Result<bool, StorageError> {
         TokenStorage::extend_lease(&self.inner, lease, ttl).await
     }
 }
@@ -425,7 +430,7 @@ fn a_redis_restart_gives_retryable_errors_and_loses_nothing() {
     let dir = std::env::temp_dir().join(format!(
         "byova-redis-restart-{}-{:x}",
         std::process::id(),
-        byova_core::random_u64()
+        byova_core::engine::random_u64()
     ));
     std::fs::create_dir_all(&dir).unwrap();
     start_redis(port, &dir);

@@ -208,8 +208,8 @@ impl Statements {
 pub(crate) fn decode_pending(
     record: &str,
     location: &str,
-) -> Result<byova_core::PendingAuthorization, byova_core::StorageError> {
-    byova_core::PendingAuthorization::from_json(record.as_bytes()).map_err(|why| {
+) -> Result<byova_core::backend::PendingAuthorization, byova_core::StorageError> {
+    byova_core::backend::PendingAuthorization::from_json(record.as_bytes()).map_err(|why| {
         byova_core::StorageError::corrupt(format!(
             "a pending authorization in {location} is unreadable: {why}"
         ))
@@ -244,7 +244,7 @@ pub(crate) fn key_columns(
 
 /// The row of a shared state (`state:<name>`; no org id, so listings never see it).
 pub(crate) fn state_row(name: &str) -> Result<String, byova_core::StorageError> {
-    byova_core::check_state_name(name)?;
+    byova_core::backend::check_state_name(name)?;
     Ok(format!("state:{name}"))
 }
 
@@ -482,7 +482,7 @@ mod tests {
         assert_eq!(key_columns(&byova_core::TokenKey::org("o")).unwrap(), ("org:o".into(), Some("o".into())));
         assert!(key_columns(&byova_core::TokenKey::org(" ")).is_err());
         assert_eq!(
-            byova_core::redact_url("postgres://user:SECRET@db:5432/x?table=t"),
+            byova_core::backend::redact_url("postgres://user:SECRET@db:5432/x?table=t"),
             "postgres://***@db:5432/x"
         );
         let s = Statements::new(Kind::Postgres, "t");

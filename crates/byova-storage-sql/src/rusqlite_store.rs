@@ -4,8 +4,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use byova_core::{
-    BlockingCoordinatedTokenStorage, Clock, Expect, Lease, OAuthTokens, PendingAuthorization, StorageError,
-    SystemClock, TokenKey, Versioned, decode_record,
+    Clock, OAuthTokens, StorageError, SystemClock, TokenKey,
+    backend::{
+        BlockingCoordinatedTokenStorage, Expect, Lease, PendingAuthorization, Versioned, decode_record,
+    },
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
@@ -191,7 +193,7 @@ impl BlockingCoordinatedTokenStorage for SqliteBlockingStorage {
     fn store_state(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StorageError> {
         let text = String::from_utf8(bytes.to_vec())
             .map_err(|_| StorageError::other("a shared state is not UTF-8"))?;
-        self.write_text(&|| byova_core::state_conflict(name), &state_row(name)?, None, &text, expect)
+        self.write_text(&|| byova_core::backend::state_conflict(name), &state_row(name)?, None, &text, expect)
     }
     fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
         let (name, org) = key_columns(key)?;

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use byova_core::{
-    Clock, CoordinatedTokenStorage, Expect, Lease, OAuthTokens, PendingAuthorization, StorageError,
-    SystemClock, TokenKey, Versioned, async_trait, decode_record,
+    Clock, OAuthTokens, StorageError, SystemClock, TokenKey, async_trait,
+    backend::{CoordinatedTokenStorage, Expect, Lease, PendingAuthorization, Versioned, decode_record},
 };
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -115,7 +115,7 @@ impl SqlTokenStorage {
         } else {
             return Err(StorageError::other(format!(
                 "{} is not a postgres://, mysql:// or sqlite: URL",
-                byova_core::redact_url(&url)
+                byova_core::backend::redact_url(&url)
             )));
         };
         let url = match kind {
@@ -142,7 +142,7 @@ impl SqlTokenStorage {
                 })
             });
         }
-        let display = byova_core::redact_url(&url);
+        let display = byova_core::backend::redact_url(&url);
         let pool = options
             .connect(&url)
             .await
@@ -439,7 +439,8 @@ impl CoordinatedTokenStorage for SqlTokenStorage {
     async fn store_state(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StorageError> {
         let text = String::from_utf8(bytes.to_vec())
             .map_err(|_| StorageError::other("a shared state is not UTF-8"))?;
-        self.write_text(&|| byova_core::state_conflict(name), &state_row(name)?, None, text, expect).await
+        self.write_text(&|| byova_core::backend::state_conflict(name), &state_row(name)?, None, text, expect)
+            .await
     }
     async fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
         let (name, org) = key_columns(key)?;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use byova_core::{
-    AccessToken, BlockingTokenStorage, Expect, OAuthTokens, StorageErrorKind, Timestamp, TokenKey,
-    TokenStorage,
+    AccessToken, BlockingTokenStorage, OAuthTokens, StorageErrorKind, Timestamp, TokenKey, TokenStorage,
+    backend::Expect,
 };
 use byova_storage_sql::{SqlTokenStorage, SqliteBlockingStorage};
 use byova_testkit::conformance;
@@ -23,7 +23,7 @@ fn with_table(url: &str, table: &str) -> String {
 }
 
 fn unique(name: &str) -> String {
-    format!("byova_t_{name}_{}_{:x}", std::process::id(), byova_core::random_u64() & 0xffff_ffff)
+    format!("byova_t_{name}_{}_{:x}", std::process::id(), byova_core::engine::random_u64() & 0xffff_ffff)
 }
 
 fn sqlite_url(table: &str) -> String {
@@ -377,14 +377,24 @@ fn sqlite_files_are_private(name: &str) {
         if driver == "sqlx" {
             let rt = rt();
             let store = rt.block_on(SqlTokenStorage::connect(&url)).unwrap();
-            rt.block_on(byova_core::CoordinatedTokenStorage::store(&store, &key, &counter(1), Expect::Any))
-                .unwrap();
+            rt.block_on(byova_core::backend::CoordinatedTokenStorage::store(
+                &store,
+                &key,
+                &counter(1),
+                Expect::Any,
+            ))
+            .unwrap();
             check_private(&path, driver);
             drop(store);
         } else {
             let store = SqliteBlockingStorage::open(&url).unwrap();
-            byova_core::BlockingCoordinatedTokenStorage::store(&store, &key, &counter(1), Expect::Any)
-                .unwrap();
+            byova_core::backend::BlockingCoordinatedTokenStorage::store(
+                &store,
+                &key,
+                &counter(1),
+                Expect::Any,
+            )
+            .unwrap();
             check_private(&path, driver);
         }
         // An existing file someone made readable is made private again on open.

@@ -34,9 +34,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use byova_core::{
-    AccessToken, BlockingTokenStorage, Clock, Expect, Lease, OAuthTokens, PendingAuthorization,
-    PkceCodeVerifier, RefreshToken, StorageError, StorageErrorKind, SystemClock, Timestamp, TokenKey,
-    TokenStorage, Versioned, pending_key,
+    AccessToken, BlockingTokenStorage, Clock, OAuthTokens, RefreshToken, StorageError, StorageErrorKind,
+    SystemClock, Timestamp, TokenKey, TokenStorage,
+    backend::{Expect, Lease, PendingAuthorization, Versioned, pending_key},
+    oauth::PkceCodeVerifier,
 };
 
 /// Writes an unparseable record for a key, bypassing the codec (for the corrupt-record case).

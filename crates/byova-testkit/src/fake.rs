@@ -15,9 +15,11 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use byova_core::{
-    AccessToken, ByovaConfig, Clock, DEFAULT_INTEGRATION_SCOPES, IntegrationCredentials, Method, OAuthTokens,
-    RefreshToken, ServiceAppCredentials, ServiceAppEventKind, SystemClock, Timestamp, WebhookSecret,
-    derive_application_id, encode_webex_id, normalize_org_id,
+    AccessToken, ByovaConfig, Clock, DEFAULT_INTEGRATION_SCOPES, IntegrationCredentials, OAuthTokens,
+    RefreshToken, ServiceAppCredentials, SystemClock, Timestamp, WebhookSecret,
+    engine::Method,
+    ids::{derive_application_id, encode_webex_id, normalize_org_id},
+    webhook::ServiceAppEventKind,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -931,7 +933,7 @@ impl FakeWebex {
             s.record_event(org_id, now);
         }
         let body = s.delivery_body(&webhook, kind, org_id);
-        let sig = secret.map(|sec| byova_core::sign(sec, &body));
+        let sig = secret.map(|sec| byova_core::webhook::sign(sec, &body));
         (body, sig)
     }
 
@@ -978,7 +980,7 @@ impl FakeWebex {
         &self,
         kind: ServiceAppEventKind,
         org_id: &str,
-    ) -> Vec<(String, String, byova_core::HttpRequest)> {
+    ) -> Vec<(String, String, byova_core::engine::HttpRequest)> {
         let s = self.shared.lock();
         let app = derive_application_id(&s.service_app.client_id);
         let targets: Vec<WebhookRecord> = s
@@ -992,11 +994,13 @@ impl FakeWebex {
             .into_iter()
             .map(|w| {
                 let body = s.delivery_body(&w, kind, org_id);
-                let sig =
-                    w.secret.as_ref().map(|sec| byova_core::sign(&WebhookSecret::new(sec.clone()), &body));
+                let sig = w
+                    .secret
+                    .as_ref()
+                    .map(|sec| byova_core::webhook::sign(&WebhookSecret::new(sec.clone()), &body));
                 let mut headers = vec![("Content-Type", "application/json".to_owned())];
                 if let Some(sig) = sig {
-                    headers.push((byova_core::SIGNATURE_HEADER, sig));
+                    headers.push((byova_core::webhook::SIGNATURE_HEADER, sig));
                 }
                 let header_refs: Vec<(&'static str, &str)> =
                     headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
@@ -1076,7 +1080,7 @@ impl FakeWebex {
     }
 }
 
-fn location(resp: byova_core::HttpResponse) -> std::io::Result<String> {
+fn location(resp: byova_core::engine::HttpResponse) -> std::io::Result<String> {
     match (resp.status, resp.header("Location")) {
         (302 | 303, Some(loc)) => Ok(loc.to_owned()),
         (status, _) => Err(std::io::Error::new(
@@ -1580,7 +1584,7 @@ impl Ctx<'_> {
             return self.err(400, "clientId, clientSecret and targetOrgId are required.");
         };
         let app_in_path = path.trim_start_matches("/v1/applications/").trim_end_matches("/token");
-        let decoded_path = byova_core::decode_webex_id(app_in_path).unwrap_or_default();
+        let decoded_path = byova_core::ids::decode_webex_id(app_in_path).unwrap_or_default();
         if client_id != &s.service_app.client_id
             || decoded_path != format!("ciscospark://us/APPLICATION/{client_id}")
         {

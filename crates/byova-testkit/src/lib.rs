@@ -18,7 +18,8 @@
 //!   drive the fake and loopback listeners and see every hop.
 //!
 //! ```
-//! use byova_core::*;
+//! use byova_core::oauth::{TokenCall, parse_token_response, refresh_request};
+//! use byova_core::{RefreshToken, Timestamp, TokenSubject};
 //! use byova_testkit::{FakeWebex, wire};
 //!
 //! let fake = FakeWebex::start();

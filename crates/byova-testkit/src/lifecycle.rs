@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use byova_core::{
-    BlockingTokenStorage, InMemoryTokenStorage, ServiceAppEventKind, TokenKey, TokenStorage, WebhookSecret,
+    BlockingTokenStorage, InMemoryTokenStorage, TokenKey, TokenStorage, WebhookSecret,
+    webhook::ServiceAppEventKind,
 };
 
 use super::{Flavour, ORG, Sdk, World, world_on};

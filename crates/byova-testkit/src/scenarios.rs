@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use byova_core::{
     AccessToken, BlockingTokenStorage, ByovaConfig, Clock, Error, InMemoryTokenStorage,
-    IntegrationCredentials, KeyStatus, OAuthTokens, PendingAuthorization, RefreshToken,
-    ServiceAppCredentials, ServiceAppEventKind, StorageError, SystemClock, TokenKey, TokenState,
-    TokenStorage, WebhookSecret, pending_key,
+    IntegrationCredentials, KeyStatus, OAuthTokens, RefreshToken, ServiceAppCredentials, StorageError,
+    SystemClock, TokenKey, TokenState, TokenStorage, WebhookSecret,
+    backend::{PendingAuthorization, pending_key},
+    webhook::ServiceAppEventKind,
 };
 
 use crate::fake::{AuthorizeMode, Endpoint, FakeWebex, Fault};
@@ -328,37 +329,40 @@ macro_rules! panics_once_impl {
     ($(#[$attr:meta])* $trait:path, $inner:path $(, $async_kw:ident, $await:tt)?) => {
         $(#[$attr])*
         impl $trait for PanicsOnce {
-            $($async_kw)? fn load(&self, key: &TokenKey) -> Result<Option<byova_core::Versioned<OAuthTokens>>, StorageError> {
+            $($async_kw)? fn load(&self, key: &TokenKey) -> Result<Option<byova_core::backend::Versioned<OAuthTokens>>, StorageError> {
                 <InMemoryTokenStorage as $inner>::load(&self.inner, key)$(.$await)?
             }
-            $($async_kw)? fn store(&self, key: &TokenKey, t: &OAuthTokens, e: byova_core::Expect) -> Result<u64, StorageError> {
+            $($async_kw)? fn store(&self, key: &TokenKey, t: &OAuthTokens, e: byova_core::backend::Expect) -> Result<u64, StorageError> {
                 self.check();
                 <InMemoryTokenStorage as $inner>::store(&self.inner, key, t, e)$(.$await)?
             }
-            $($async_kw)? fn delete_org(&self, org: &str, expect: byova_core::Expect) -> Result<(), StorageError> {
+            $($async_kw)? fn delete_org(&self, org: &str, expect: byova_core::backend::Expect) -> Result<(), StorageError> {
                 <InMemoryTokenStorage as $inner>::delete_org(&self.inner, org, expect)$(.$await)?
             }
             $($async_kw)? fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
                 <InMemoryTokenStorage as $inner>::list_orgs(&self.inner)$(.$await)?
             }
-            $($async_kw)? fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<byova_core::Lease>, StorageError> {
+            $($async_kw)? fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<byova_core::backend::Lease>, StorageError> {
                 <InMemoryTokenStorage as $inner>::try_acquire_lease(&self.inner, key, ttl)$(.$await)?
             }
-            $($async_kw)? fn release_lease(&self, lease: &byova_core::Lease) -> Result<(), StorageError> {
+            $($async_kw)? fn release_lease(&self, lease: &byova_core::backend::Lease) -> Result<(), StorageError> {
                 <InMemoryTokenStorage as $inner>::release_lease(&self.inner, lease)$(.$await)?
             }
-            $($async_kw)? fn extend_lease(&self, lease: &byova_core::Lease, ttl: Duration) -> Result<bool, StorageError> {
+            $($async_kw)? fn extend_lease(&self, lease: &byova_core::backend::Lease, ttl: Duration) -> Result<bool, StorageError> {
                 <InMemoryTokenStorage as $inner>::extend_lease(&self.inner, lease, ttl)$(.$await)?
             }
         }
     };
 }
 
-panics_once_impl!(byova_core::BlockingCoordinatedTokenStorage, byova_core::BlockingCoordinatedTokenStorage);
+panics_once_impl!(
+    byova_core::backend::BlockingCoordinatedTokenStorage,
+    byova_core::backend::BlockingCoordinatedTokenStorage
+);
 panics_once_impl!(
     #[byova_core::async_trait]
-    byova_core::CoordinatedTokenStorage,
-    byova_core::CoordinatedTokenStorage,
+    byova_core::backend::CoordinatedTokenStorage,
+    byova_core::backend::CoordinatedTokenStorage,
     async,
     await
 );
@@ -587,7 +591,7 @@ async fn exchange_code_for_state_in_another_instance(f: Arc<dyn Flavour>) {
     assert!(matches!(unknown, Error::UnknownAuthorizationState), "{unknown:?}");
     // Issued eleven minutes ago by some replica: expired.
     let old = PendingAuthorization::new(
-        byova_core::PkceCodeVerifier::new_random(),
+        byova_core::oauth::PkceCodeVerifier::new_random(),
         w.setup.integration.redirect_uri.clone(),
         w.now().saturating_sub(Duration::from_secs(660)),
     );
@@ -635,7 +639,7 @@ async fn service_app_fetch_token_and_remove(f: Arc<dyn Flavour>) {
     w.sdk.remove_org(ORG.into()).await.unwrap();
     assert!(matches!(w.sdk.org_token(ORG.into()).await, Err(Error::OrgNotRegistered { .. })));
     w.sdk.remove_org(ORG.into()).await.expect("removing twice is fine");
-    let expected = byova_core::derive_application_id(&w.setup.service_app.client_id);
+    let expected = byova_core::ids::derive_application_id(&w.setup.service_app.client_id);
     assert_eq!(w.sdk.application_id(), expected);
 }
 
@@ -643,7 +647,7 @@ async fn fetch_token_from_webhook_org_decodes_the_id(f: Arc<dyn Flavour>) {
     let w = world(f.as_ref(), None);
     w.seed_fresh_integration().await;
     w.fake.authorize_org(ORG);
-    let encoded = byova_core::encode_webex_id("us", "ORGANIZATION", ORG);
+    let encoded = byova_core::ids::encode_webex_id("us", "ORGANIZATION", ORG);
     let (org, t) = w.sdk.fetch_token_from_webhook_org(encoded).await.unwrap();
     assert_eq!(org, ORG);
     assert!(w.stored(&TokenKey::org(ORG)).await.unwrap().access_token.ct_eq(&t.access_token));
@@ -697,7 +701,7 @@ async fn webhooks_are_verified_applied_and_idempotent(f: Arc<dyn Flavour>) {
     assert!(w.sdk.handle_webhook(body, sig).await.unwrap().contains("Removed"));
     assert!(w.stored(&TokenKey::org(ORG)).await.is_none());
     let junk = b"{\"resource\":\"messages\"}".to_vec();
-    let sig = byova_core::sign(&secret, &junk);
+    let sig = byova_core::webhook::sign(&secret, &junk);
     assert!(matches!(w.sdk.handle_webhook(junk, Some(sig)).await, Err(Error::InvalidInput(_))));
 }
 
@@ -714,7 +718,7 @@ async fn a_far_future_event_time_counts_as_arrival_time(f: Arc<dyn Flavour>) {
     let date =
         text.split("\"authorizationDate\":\"").nth(1).and_then(|r| r.split('"').next()).unwrap().to_owned();
     let future = text.replace(&date, "2099-01-01T00:00:00.000Z").into_bytes();
-    let sig = byova_core::sign(&secret, &future);
+    let sig = byova_core::webhook::sign(&secret, &future);
     assert!(w.sdk.handle_webhook(future, Some(sig)).await.unwrap().contains("Registered"));
     let stored = w.stored(&TokenKey::org(ORG)).await.unwrap();
     let at = stored.authorized_at.expect("an authorization time");
@@ -790,7 +794,7 @@ async fn without_a_secret_deliveries_and_registrations_are_refused_unless_allowe
     w.seed_fresh_integration().await;
     w.fake.authorize_org(ORG);
     let (body, _) = w.fake.service_app_delivery(ServiceAppEventKind::Authorized, ORG, None);
-    let forged = byova_core::sign(&WebhookSecret::new("anything"), &body);
+    let forged = byova_core::webhook::sign(&WebhookSecret::new("anything"), &body);
     for signature in [None, Some(forged)] {
         let err = sdk.handle_webhook(body.clone(), signature).await.unwrap_err();
         assert!(matches!(&err, Error::Configuration(m) if m.contains("no webhook secret")), "{err:?}");
@@ -1314,7 +1318,7 @@ async fn call_webex(fake: &Arc<FakeWebex>, token: &AccessToken) -> u16 {
     let auth = format!("Bearer {}", token.expose_secret());
     tokio::task::spawn_blocking(move || {
         wire::send(&wire::request(
-            byova_core::Method::Get,
+            byova_core::engine::Method::Get,
             &url,
             Vec::new(),
             &[("Authorization", auth.as_str())],
@@ -1391,7 +1395,7 @@ async fn call_webex_at(fake: &Arc<FakeWebex>, path: &str, token: &AccessToken) -
     let auth = format!("Bearer {}", token.expose_secret());
     tokio::task::spawn_blocking(move || {
         wire::send(&wire::request(
-            byova_core::Method::Get,
+            byova_core::engine::Method::Get,
             &url,
             Vec::new(),
             &[("Authorization", auth.as_str())],

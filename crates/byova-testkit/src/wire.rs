@@ -9,7 +9,7 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use byova_core::{HttpRequest, HttpResponse, Method, RetryClass};
+use byova_core::engine::{HttpRequest, HttpResponse, Method, RetryClass};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(30);

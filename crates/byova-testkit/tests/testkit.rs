@@ -7,6 +7,11 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use byova_core::backend::*;
+use byova_core::engine::*;
+use byova_core::ids::*;
+use byova_core::oauth::*;
+use byova_core::webhook::*;
 use byova_core::*;
 use byova_testkit::conformance::{self, Corrupter};
 use byova_testkit::{AuthorizeMode, Endpoint, FakeClock, FakeWebex, Fault, wire};

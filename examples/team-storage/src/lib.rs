@@ -11,8 +11,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use byova_core::{
-    BlockingCoordinatedTokenStorage, Expect, Lease, OAuthTokens, PendingAuthorization, StorageError,
-    Timestamp, TokenKey, Versioned, decode_record,
+    OAuthTokens, StorageError, Timestamp, TokenKey,
+    backend::{
+        BlockingCoordinatedTokenStorage, Expect, Lease, PendingAuthorization, Versioned, decode_record,
+    },
 };
 
 /// One versioned value.
@@ -172,7 +174,7 @@ impl BlockingCoordinatedTokenStorage for KvStore {
     fn store_state(&self, state: &str, bytes: &[u8], expect: Expect) -> Result<u64, StorageError> {
         let db = &mut *self.db();
         put(&mut db.states, &mut db.last_version, state.to_owned(), bytes, expect, || {
-            byova_core::state_conflict(state)
+            byova_core::backend::state_conflict(state)
         })
     }
 }

@@ -381,7 +381,7 @@ pub(crate) fn run(
         let fake = fake.clone();
         std::thread::spawn(move || {
             while !stop.load(Ordering::SeqCst) {
-                let org = org((byova_core::random_u64() as usize) % ORGS);
+                let org = org((byova_core::engine::random_u64() as usize) % ORGS);
                 let mut cmd = client_run.cmd();
                 cmd.env("BYOVA_STORAGE_TIMEOUT", "5").args(["org", "token", &org]);
                 match output_within(cmd, Duration::from_secs(20)) {
@@ -425,7 +425,7 @@ pub(crate) fn run(
     while Instant::now() < end {
         let now = Instant::now();
         if now >= next_kill {
-            let victim = (byova_core::random_u64() as usize) % replicas.len();
+            let victim = (byova_core::engine::random_u64() as usize) % replicas.len();
             if frozen.is_none_or(|(f, _)| f != victim) {
                 Run::stop_replica(&mut replicas[victim]);
                 report.kills += 1;
@@ -435,7 +435,7 @@ pub(crate) fn run(
             next_kill = now + Duration::from_secs(10);
         }
         if !froze && now >= freeze_at {
-            let victim = (byova_core::random_u64() as usize) % replicas.len();
+            let victim = (byova_core::engine::random_u64() as usize) % replicas.len();
             if let Some(child) = &replicas[victim].child {
                 let _ = Command::new("kill").args(["-STOP", &child.id().to_string()]).status();
                 frozen = Some((victim, now + Duration::from_secs(30.min(seconds / 3))));

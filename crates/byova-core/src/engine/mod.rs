@@ -7,41 +7,50 @@
 //! HTTP, sleeping, waiting) and hands the results back. The flavours hold no OAuth logic and
 //! no coordination logic of their own: one drive loop and one-line methods.
 //!
-//! Refreshes, Service App fetches and code exchanges run as flights ([`flight`]): one per key
+//! Refreshes, Service App fetches and code exchanges run as flights (`Flight`): one per key
 //! at a time, detached from the caller that started it ([`Step::Detach`]), so a caller whose
 //! future is dropped never cuts a refresh short, and every waiting caller gets the flight's
 //! outcome, failures included.
 
-pub mod flight;
+mod flight;
 mod pending;
 mod refresh;
-pub mod step;
-mod webhooks;
+mod step;
+pub(crate) mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+pub use crate::budget::{BudgetDecision, BudgetState, TOKEN_BUDGET_STATE};
+pub use crate::builder::{Facade, Parts};
+pub use crate::cache::{CacheEntry, TokenCache, Unsaved};
+pub use crate::http::{
+    HeaderValue, HttpRequest, HttpResponse, MAX_RESPONSE_BYTES, Method, RetryClass, TRACKING_ID_HEADER,
+    new_tracking_id,
+};
+pub use crate::metrics::SkipReason;
+pub use crate::policy::{RetryDecision, key_seed};
+pub use crate::schedule::{Due, RefreshSchedule, WAKE_SLACK};
+pub use crate::secret::random_u64;
+pub use crate::time::CoarseClock;
 pub use flight::{Flight, FlightWait, Held};
 pub use pending::PendingAuthorizations;
 pub use refresh::Outcome;
 pub use step::{Sent, Step, StorageResult, Then};
-pub use webhooks::{BulkProgress, OrgRefresh, ProgressFn, StatusReport};
 
 use crate::authorize::AuthorizeOptions;
-use crate::cache::{TokenCache, Unsaved};
 use crate::config::ByovaConfig;
 use crate::credentials::{IntegrationCredentials, ServiceAppCredentials};
 use crate::engine::flight::{Flights, Joined, Sharing};
 use crate::engine::refresh::{Mode, Run};
 use crate::engine::step::done;
 use crate::error::{Error, Result};
-use crate::http::HttpResponse;
 use crate::ids::{decode_org_id, derive_application_id_in_region, normalize_org_id};
 use crate::key::{Expect, Lease, TokenKey, Versioned};
 use crate::oauth::{AuthorizationRequest, TokenCall, code_exchange_request, parse_token_response};
 use crate::pending::{PendingAuthorization, pending_key};
-use crate::policy::{KeyStatus, RetryDecision};
-use crate::secret::{AccessToken, AuthorizationCode, CsrfState, PkceCodeVerifier, RefreshToken, random_u64};
+use crate::policy::{Invalidation, KeyStatus};
+use crate::secret::{AccessToken, AuthorizationCode, CsrfState, PkceCodeVerifier, RefreshToken};
 use crate::time::Timestamp;
 use crate::tokens::OAuthTokens;
 use crate::webhook::{WebhookGate, WebhookVerification};
@@ -88,23 +97,6 @@ enum Marking {
     Expired,
     /// In its cool-down: 401s on it renew nothing for a while.
     CoolDown,
-}
-
-/// What [`TokenEngine::invalidate`] did with a token Webex answered 401 to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Invalidation {
-    /// The token is not served again: the next request gets another (one refresh for every
-    /// caller and every process sharing the store). Retry the request once with it.
-    Renew,
-    /// A request retried with this token after a 401 was rejected too: the 401 is not about
-    /// the token (a missing scope, a resource this identity may not see). Nothing was
-    /// refreshed, and until `until` no 401 on this token is (Webex caps the live tokens of a
-    /// user; every refresh mints one). Hand the 401 to the caller.
-    NotAboutTheToken {
-        /// When a 401 on this token may renew it again.
-        until: Timestamp,
-    },
 }
 
 impl TokenEngine {
@@ -680,43 +672,43 @@ pub(crate) fn send_with_retry<T: Send + 'static>(
 
 /// What a flavour runs one manager's plans with: the manager's token engine, its storage
 /// (`S`: the flavour's storage trait object), the flavour's HTTP client `H`, a clock, and for a
-/// Service App the Integration's wiring, whose bearer fetches org tokens
+/// Service App the Integration's agent, whose bearer fetches org tokens
 /// ([`Step::IntegrationToken`]).
-pub struct Wiring<S: ?Sized, H> {
-    /// The manager's engine.
-    pub tokens: Arc<TokenEngine>,
+pub struct Agent<S: ?Sized, H> {
+    /// The manager's token engine.
+    pub engine: Arc<TokenEngine>,
     /// The storage its plans' storage steps go to.
     pub storage: Arc<S>,
     /// The HTTP client its `Send` steps go through.
     pub http: H,
     /// The clock every step's result is timestamped with.
     pub clock: Arc<dyn crate::time::Clock>,
-    /// The Integration's wiring, for a Service App's (`None`: this is the Integration's).
-    pub integration: Option<Arc<Wiring<S, H>>>,
+    /// The Integration's agent, for a Service App's (`None`: this is the Integration's).
+    pub integration: Option<Arc<Agent<S, H>>>,
 }
 
-impl<S: ?Sized, H> Wiring<S, H> {
+impl<S: ?Sized, H> Agent<S, H> {
     /// The current time.
     pub fn now(&self) -> Timestamp {
         self.clock.now()
     }
 
-    /// The Integration's wiring: this Service App's Integration, or itself.
-    pub fn integration_wiring(self: &Arc<Self>) -> &Arc<Self> {
+    /// The Integration's agent: this Service App's Integration, or itself.
+    pub fn integration_agent(self: &Arc<Self>) -> &Arc<Self> {
         self.integration.as_ref().unwrap_or(self)
     }
 }
 
-impl<S: ?Sized, H> std::fmt::Debug for Wiring<S, H> {
+impl<S: ?Sized, H> std::fmt::Debug for Agent<S, H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Wiring").field("tokens", &self.tokens).finish_non_exhaustive()
+        f.debug_struct("Agent").field("engine", &self.engine).finish_non_exhaustive()
     }
 }
 
 /// The engine of an `IntegrationTokenManager`: the Integration's own OAuth tokens.
 #[derive(Debug)]
 pub struct IntegrationEngine {
-    tokens: Arc<TokenEngine>,
+    token_engine: Arc<TokenEngine>,
     credentials: IntegrationCredentials,
     pending: PendingAuthorizations,
 }
@@ -725,12 +717,12 @@ impl IntegrationEngine {
     /// An engine for `credentials` under `config`.
     pub fn new(credentials: IntegrationCredentials, config: ByovaConfig) -> Arc<Self> {
         let tokens = TokenEngine::new(config, Client::Integration(credentials.clone()));
-        Arc::new(Self { tokens, credentials, pending: PendingAuthorizations::default() })
+        Arc::new(Self { token_engine: tokens, credentials, pending: PendingAuthorizations::default() })
     }
 
     /// The shared machinery (cache, flights) the flavour's driver runs against.
-    pub fn tokens(&self) -> &Arc<TokenEngine> {
-        &self.tokens
+    pub fn token_engine(&self) -> &Arc<TokenEngine> {
+        &self.token_engine
     }
 
     /// The Integration's credentials.
@@ -740,7 +732,7 @@ impl IntegrationEngine {
 
     /// The configuration.
     pub fn config(&self) -> &ByovaConfig {
-        &self.tokens.config
+        &self.token_engine.config
     }
 
     /// The authorization URL (state + PKCE S256) and its `state`, built at `now`, and the plan
@@ -799,7 +791,7 @@ impl IntegrationEngine {
         state: Option<&str>,
         now: Timestamp,
     ) -> Result<(String, String, Step<bool>)> {
-        let issued = self.pending.issue(&self.tokens.config, &self.credentials, scopes, state, now)?;
+        let issued = self.pending.issue(&self.token_engine.config, &self.credentials, scopes, state, now)?;
         let save = Step::SavePending(
             pending_key(&issued.state),
             issued.pending,
@@ -822,8 +814,13 @@ impl IntegrationEngine {
         let scopes: Option<Vec<&str>> =
             options.scopes.as_ref().map(|s| s.iter().map(String::as_str).collect());
         let state = options.state.as_deref().map(CsrfState::new);
-        let request =
-            AuthorizationRequest::new(&self.tokens.config, &credentials, scopes.as_deref(), state, true)?;
+        let request = AuthorizationRequest::new(
+            &self.token_engine.config,
+            &credentials,
+            scopes.as_deref(),
+            state,
+            true,
+        )?;
         Ok((request, credentials))
     }
 
@@ -887,33 +884,33 @@ impl IntegrationEngine {
         verifier: Option<PkceCodeVerifier>,
         now: Timestamp,
     ) -> Step<OAuthTokens> {
-        exchange_flight(self.tokens.clone(), (credentials, code, verifier), now)
+        exchange_flight(self.token_engine.clone(), (credentials, code, verifier), now)
             .then(now, |held, _| done(held.and_then(|h| h.ok_or(Error::NotAuthorized))))
     }
 
     /// Refreshes now; without `refresh_token`, with the stored one.
     pub fn refresh(&self, refresh_token: Option<RefreshToken>, now: Timestamp) -> Step<OAuthTokens> {
-        self.tokens.obtain(TokenKey::Integration, Mode::Force(refresh_token), now)
+        self.token_engine.obtain(TokenKey::Integration, Mode::Force(refresh_token), now)
     }
 
     /// A valid access token.
     pub fn access_token(&self, now: Timestamp) -> Step<AccessToken> {
-        self.tokens.access_token(TokenKey::Integration, now)
+        self.token_engine.access_token(TokenKey::Integration, now)
     }
 
     /// Stops serving `rejected` (see [`TokenEngine::invalidate`]).
     pub fn invalidate(&self, rejected: &AccessToken, now: Timestamp) -> Step<Invalidation> {
-        self.tokens.invalidate(TokenKey::Integration, rejected.clone(), now)
+        self.token_engine.invalidate(TokenKey::Integration, rejected.clone(), now)
     }
 
     /// A retry with `renewed` was rejected too (see [`TokenEngine::rejected_again`]).
     pub fn rejected_again(&self, renewed: &AccessToken, now: Timestamp) -> Step<Invalidation> {
-        self.tokens.rejected_again(TokenKey::Integration, renewed.clone(), now)
+        self.token_engine.rejected_again(TokenKey::Integration, renewed.clone(), now)
     }
 
     /// The Integration's status.
     pub fn status(&self) -> Step<Option<KeyStatus>> {
-        self.tokens.status(TokenKey::Integration)
+        self.token_engine.status(TokenKey::Integration)
     }
 }
 
@@ -965,7 +962,7 @@ fn store_new(engine: Arc<TokenEngine>, key: TokenKey, tokens: OAuthTokens, expec
 /// calls of a `Byova` facade.
 #[derive(Debug)]
 pub struct ServiceAppEngine {
-    tokens: Arc<TokenEngine>,
+    token_engine: Arc<TokenEngine>,
     credentials: ServiceAppCredentials,
     application_id: String,
     gate: WebhookGate,
@@ -982,12 +979,12 @@ impl ServiceAppEngine {
         let application_id = derive_application_id_in_region(&config.region, &credentials.client_id);
         let gate = WebhookGate::new(application_id.clone(), webhooks);
         let tokens = TokenEngine::new(config, Client::ServiceApp { credentials: credentials.clone() });
-        Arc::new(Self { tokens, credentials, application_id, gate })
+        Arc::new(Self { token_engine: tokens, credentials, application_id, gate })
     }
 
     /// The shared machinery (cache, flights) the flavour's driver runs against.
-    pub fn tokens(&self) -> &Arc<TokenEngine> {
-        &self.tokens
+    pub fn token_engine(&self) -> &Arc<TokenEngine> {
+        &self.token_engine
     }
 
     /// The Service App's credentials.
@@ -1002,7 +999,7 @@ impl ServiceAppEngine {
 
     /// The configuration.
     pub fn config(&self) -> &ByovaConfig {
-        &self.tokens.config
+        &self.token_engine.config
     }
 
     /// The hot path: the org's access token when the cached one is fresh at `now`. Takes the
@@ -1010,10 +1007,10 @@ impl ServiceAppEngine {
     #[inline]
     pub fn fresh_org(&self, org_id: &str, now: Timestamp) -> Option<AccessToken> {
         if crate::ids::looks_like_uuid(org_id) {
-            return self.tokens.cache.fresh_org(org_id, now);
+            return self.token_engine.cache.fresh_org(org_id, now);
         }
         let org = normalize_org_id(org_id).ok()?;
-        self.tokens.cache.fresh_org(&org, now)
+        self.token_engine.cache.fresh_org(&org, now)
     }
 
     fn with_org<T: Send + 'static>(org_id: &str, plan: impl FnOnce(TokenKey) -> Step<T>) -> Step<T> {
@@ -1025,23 +1022,23 @@ impl ServiceAppEngine {
 
     /// A valid access token for `org_id`.
     pub fn access_token(&self, org_id: &str, now: Timestamp) -> Step<AccessToken> {
-        Self::with_org(org_id, |key| self.tokens.access_token(key, now))
+        Self::with_org(org_id, |key| self.token_engine.access_token(key, now))
     }
 
     /// Stops serving `rejected` for `org_id` (see [`TokenEngine::invalidate`]).
     pub fn invalidate(&self, org_id: &str, rejected: &AccessToken, now: Timestamp) -> Step<Invalidation> {
-        Self::with_org(org_id, |key| self.tokens.invalidate(key, rejected.clone(), now))
+        Self::with_org(org_id, |key| self.token_engine.invalidate(key, rejected.clone(), now))
     }
 
     /// A retry with `renewed` for `org_id` was rejected too (see
     /// [`TokenEngine::rejected_again`]).
     pub fn rejected_again(&self, org_id: &str, renewed: &AccessToken, now: Timestamp) -> Step<Invalidation> {
-        Self::with_org(org_id, |key| self.tokens.rejected_again(key, renewed.clone(), now))
+        Self::with_org(org_id, |key| self.token_engine.rejected_again(key, renewed.clone(), now))
     }
 
     /// Fetches new tokens for `org_id` with the Integration's bearer.
     pub fn fetch(&self, org_id: &str, now: Timestamp) -> Step<OAuthTokens> {
-        Self::with_org(org_id, |key| self.tokens.obtain(key, Mode::Fetch(None), now))
+        Self::with_org(org_id, |key| self.token_engine.obtain(key, Mode::Fetch(None), now))
     }
 
     /// Decodes a webhook's org id and fetches its tokens.
@@ -1063,18 +1060,18 @@ impl ServiceAppEngine {
         refresh_token: RefreshToken,
         now: Timestamp,
     ) -> Step<OAuthTokens> {
-        Self::with_org(org_id, |key| self.tokens.obtain(key, Mode::Force(Some(refresh_token)), now))
+        Self::with_org(org_id, |key| self.token_engine.obtain(key, Mode::Force(Some(refresh_token)), now))
     }
 
     /// Refreshes `org_id` now (fetching with the Integration's bearer when it has no usable
     /// refresh token).
     pub fn refresh_for_org(&self, org_id: &str, now: Timestamp) -> Step<OAuthTokens> {
-        Self::with_org(org_id, |key| self.tokens.obtain(key, Mode::Force(None), now))
+        Self::with_org(org_id, |key| self.token_engine.obtain(key, Mode::Force(None), now))
     }
 
     /// Removes `org_id`'s tokens, after any refresh or fetch of it that is running.
     pub fn remove_org(&self, org_id: &str, now: Timestamp) -> Step<()> {
-        Self::with_org(org_id, |key| self.tokens.remove(key, None, now).map(now, drop))
+        Self::with_org(org_id, |key| self.token_engine.remove(key, None, now).map(now, drop))
     }
 
     /// Registered org ids.
@@ -1084,7 +1081,7 @@ impl ServiceAppEngine {
 
     /// The status of `org_id`, `None` when not registered.
     pub fn status(&self, org_id: &str) -> Step<Option<KeyStatus>> {
-        Self::with_org(org_id, |key| self.tokens.status(key))
+        Self::with_org(org_id, |key| self.token_engine.status(key))
     }
 }
 
@@ -1107,7 +1104,7 @@ mod tests {
         let org = "63b02f90-9cc6-43b8-aa6d-cad425ac554c";
         let now = Timestamp::from_unix_secs(1_000);
         let tokens = OAuthTokens::new(AccessToken::new("A"), 3_600, now);
-        engine.tokens().cache().put(&TokenKey::org(org), Versioned { value: tokens, version: 1 }, now);
+        engine.token_engine().cache().put(&TokenKey::org(org), Versioned { value: tokens, version: 1 }, now);
         let base64 = encode_webex_id("us", "ORGANIZATION", org);
         let padded = format!("{base64}{}", "=".repeat((4 - base64.len() % 4) % 4));
         for form in [org, &base64, &padded, &format!(" {org} ")] {

@@ -265,7 +265,7 @@ impl Run {
                     config.token_budget = None;
                 }
                 IntegrationEngine::new(IntegrationCredentials::new("Cint", "int-secret"), config)
-                    .tokens()
+                    .token_engine()
                     .clone()
             })
             .collect();

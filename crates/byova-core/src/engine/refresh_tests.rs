@@ -73,8 +73,10 @@ enum Who {
 
 fn engine(who: Who) -> Arc<Engine> {
     match who {
-        Who::Integration => IntegrationEngine::new(int_creds(), config()).tokens().clone(),
-        Who::ServiceApp => ServiceAppEngine::new(sa_creds(), config(), Default::default()).tokens().clone(),
+        Who::Integration => IntegrationEngine::new(int_creds(), config()).token_engine().clone(),
+        Who::ServiceApp => {
+            ServiceAppEngine::new(sa_creds(), config(), Default::default()).token_engine().clone()
+        }
     }
 }
 
@@ -843,7 +845,7 @@ fn budget_engine(calls: u32) -> Arc<Engine> {
     let mut config = config();
     config.token_budget =
         Some(crate::budget::TokenBudget { calls, per: Duration::from_secs(60), background_percent: 80 });
-    IntegrationEngine::new(int_creds(), config).tokens().clone()
+    IntegrationEngine::new(int_creds(), config).token_engine().clone()
 }
 
 fn spent_budget(s: &InMemoryTokenStorage) {

@@ -92,12 +92,12 @@ impl ServiceAppEngine {
             ServiceAppEventKind::Authorized => {
                 let auth =
                     Authorization { at, exact: occurred_at.is_some(), delivery: delivery_digest(raw_body) };
-                self.tokens
+                self.token_engine
                     .obtain(key, Mode::Fetch(Some(auth)), now)
                     .map(now, |_| WebhookOutcome::Registered { org_id })
             }
             ServiceAppEventKind::Deauthorized if occurred_at.is_some() => {
-                self.tokens.remove(key, Some(at), now).map(now, |held| match held {
+                self.token_engine.remove(key, Some(at), now).map(now, |held| match held {
                     None => WebhookOutcome::Removed { org_id },
                     Some(_) => WebhookOutcome::Superseded { org_id },
                 })
@@ -106,7 +106,7 @@ impl ServiceAppEngine {
             // authorization (a captured old one replayed looks the same): Webex is asked, and
             // the org goes only if it refuses a Service App fetch for it.
             ServiceAppEventKind::Deauthorized => {
-                self.tokens.remove_unless_authorized(key, now).map(now, |held| match held {
+                self.token_engine.remove_unless_authorized(key, now).map(now, |held| match held {
                     None => WebhookOutcome::Removed { org_id },
                     Some(_) => WebhookOutcome::Superseded { org_id },
                 })
@@ -286,7 +286,7 @@ impl ServiceAppEngine {
                 Ok(records) if records.len() == batch.len() => {
                     for (key, record) in batch.iter().zip(records) {
                         if let Some(record) = record {
-                            all.keys.push(self.tokens.cache().status(key, &record.value, now));
+                            all.keys.push(self.token_engine.cache().status(key, &record.value, now));
                         }
                     }
                     self.status_batches(keys, from + BATCH, all)
@@ -313,7 +313,9 @@ impl ServiceAppEngine {
             key.clone(),
             Then::new(move |loaded: StorageResult<Option<Versioned<OAuthTokens>>>, now| {
                 match loaded {
-                    Ok(Some(record)) => all.keys.push(self.tokens.cache().status(&key, &record.value, now)),
+                    Ok(Some(record)) => {
+                        all.keys.push(self.token_engine.cache().status(&key, &record.value, now))
+                    }
                     Ok(None) => {}
                     Err(e) if e.is_retryable() => return done(Err(e.into())),
                     Err(e) => {

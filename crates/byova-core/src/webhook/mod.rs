@@ -6,6 +6,7 @@ mod delivery;
 mod registration;
 mod signature;
 
+pub use crate::builder::{parse_webhook_secrets, webhook_secrets};
 pub use delivery::*;
 pub use registration::*;
 pub use signature::*;
