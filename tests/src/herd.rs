@@ -103,7 +103,7 @@ pub fn child_main(open_async: OpenAsync, open_blocking: OpenBlocking) -> bool {
         rt.block_on(async {
             let store = open_async(storage).await;
             let http = byova_async::HttpClient::new(Duration::from_secs(10)).expect("http client");
-            let m = byova_async::IntegrationTokenManager::new(env.integration, http, store, Some(env.config));
+            let m = byova_async::IntegrationTokenManager::new(env.integration, http, store, env.config);
             let tasks: Vec<_> = (0..CALLERS)
                 .map(|_| {
                     let m = m.clone();
@@ -121,7 +121,7 @@ pub fn child_main(open_async: OpenAsync, open_blocking: OpenBlocking) -> bool {
     } else {
         let store = open_blocking(&storage);
         let http = byova_blocking::HttpClient::new(Duration::from_secs(10)).expect("http client");
-        let m = byova_blocking::IntegrationTokenManager::new(env.integration, http, store, Some(env.config));
+        let m = byova_blocking::IntegrationTokenManager::new(env.integration, http, store, env.config);
         std::thread::scope(|s| {
             let handles: Vec<_> = (0..CALLERS)
                 .map(|_| s.spawn(|| m.get_access_token().expect("every caller gets a token")))

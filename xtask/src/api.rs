@@ -333,8 +333,8 @@ impl Walk<'_> {
             } else {
                 let negative = if body["is_negative"] == true { "!" } else { "" };
                 let trait_ = path(&body["trait"]);
-                if trait_ == "Freeze" {
-                    continue; // an unstable auto trait no user can name
+                if ["Freeze", "UnsafeUnpin", "StructuralPartialEq"].contains(&trait_.as_str()) {
+                    continue; // unstable or compiler-internal traits no user can name
                 }
                 // The type by the path the walk reached it at, with the impl's arguments.
                 let for_ = match body["for"].get("resolved_path") {

@@ -4,8 +4,8 @@ use std::sync::Arc;
 
 use byova_core::engine::IntegrationEngine;
 use byova_core::{
-    AccessToken, AuthorizeOptions, ByovaConfig, Clock, IntegrationCredentials, Invalidation, KeyStatus,
-    OAuthTokens, RefreshToken, Result, TokenKey, TokenStorage, engine::CoarseClock,
+    AccessToken, AuthorizationUrl, AuthorizeOptions, ByovaConfig, Clock, IntegrationCredentials,
+    Invalidation, KeyStatus, OAuthTokens, RefreshToken, Result, TokenKey, TokenStorage, engine::CoarseClock,
 };
 
 use crate::driver::{Agent, Drive};
@@ -27,7 +27,7 @@ use crate::listener::{RedirectListener, present_url};
 ///
 /// let (creds, _) = load_credentials_from_env()?;
 /// let http = HttpClient::new(std::time::Duration::from_secs(30))?;
-/// let integration = IntegrationTokenManager::new(creds, http, Arc::new(InMemoryTokenStorage::new()), None);
+/// let integration = IntegrationTokenManager::new(creds, http, Arc::new(InMemoryTokenStorage::new()), ByovaConfig::default());
 /// integration.authorize(AuthorizeOptions::default()).await?;
 /// let bearer = integration.get_access_token().await?;
 /// # let _ = bearer;
@@ -40,13 +40,13 @@ pub struct IntegrationTokenManager {
 }
 
 impl IntegrationTokenManager {
-    /// A manager for `credentials`, storing tokens in `storage`; `config: None` is production
-    /// Webex.
+    /// A manager for `credentials`, storing tokens in `storage`, with `config`
+    /// ([`ByovaConfig::default`] is production Webex).
     pub fn new(
         credentials: IntegrationCredentials,
         http: HttpClient,
         storage: Arc<dyn TokenStorage>,
-        config: Option<ByovaConfig>,
+        config: ByovaConfig,
     ) -> Self {
         Self::with_clock(credentials, http, storage, config, Arc::new(CoarseClock))
     }
@@ -56,14 +56,14 @@ impl IntegrationTokenManager {
         credentials: IntegrationCredentials,
         http: HttpClient,
         storage: Arc<dyn TokenStorage>,
-        config: Option<ByovaConfig>,
+        config: ByovaConfig,
         clock: Arc<dyn Clock>,
     ) -> Self {
         // Never hand out a value sealed at rest as a token: without keys the wrapper refuses
         // one (build with `Byova::builder(…).storage_keys(…)` to seal).
         let storage: Arc<dyn TokenStorage> = Arc::new(byova_core::SealedStorage::new(storage, None));
         Self::from_parts(
-            IntegrationEngine::new(credentials, config.unwrap_or_default()),
+            IntegrationEngine::new(credentials, config),
             storage,
             http,
             clock,
@@ -104,10 +104,10 @@ impl IntegrationTokenManager {
         &self,
         scopes: Option<&[&str]>,
         state: Option<&str>,
-    ) -> Result<(String, String)> {
-        let (url, state, save) = self.engine.authorization_url(scopes, state, self.agent.now())?;
+    ) -> Result<AuthorizationUrl> {
+        let (issued, save) = self.engine.authorization_url(scopes, state, self.agent.now())?;
         self.agent.start(save);
-        Ok((url, state))
+        Ok(issued)
     }
 
     /// [`get_authorization_url`](Self::get_authorization_url) that returns once the pending
@@ -118,10 +118,10 @@ impl IntegrationTokenManager {
         &self,
         scopes: Option<&[&str]>,
         state: Option<&str>,
-    ) -> Result<(String, String)> {
-        let (url, state, save) = self.engine.authorization_url_stored(scopes, state, self.agent.now())?;
+    ) -> Result<AuthorizationUrl> {
+        let (issued, save) = self.engine.authorization_url_stored(scopes, state, self.agent.now())?;
         self.agent.run(save).await?;
-        Ok((url, state))
+        Ok(issued)
     }
 
     /// Exchanges an authorization code (with the verifier of the latest authorization URL) and

@@ -61,11 +61,12 @@ pub use service_app::ServiceAppTokenManager;
 /// byova-core, for everything not re-exported below (plans, policies, request builders).
 pub use byova_core as core;
 pub use byova_core::{
-    AccessToken, ApiFailure, AuthorizeOptions, BulkProgress, ByovaConfig, Clock, DEFAULT_INTEGRATION_SCOPES,
-    DEFAULT_REDIRECT_URI, Error, InMemoryTokenStorage, IntegrationCredentials, Invalidation, KeyStatus,
-    OAuthTokens, OrgRefresh, RedirectOptions, RefreshToken, Result, ServiceAppCredentials, ServiceAppTokens,
-    SignatureError, StatusReport, StorageError, StorageErrorKind, StorageKeys, SystemClock, Timestamp,
-    TokenKey, TokenState, TokenStorage, TokenSubject, WebhookSecret, async_trait,
+    AccessToken, ApiFailure, AuthorizationUrl, AuthorizeOptions, BulkProgress, ByovaConfig, Clock,
+    DEFAULT_INTEGRATION_SCOPES, DEFAULT_REDIRECT_URI, Error, InMemoryTokenStorage, IntegrationCredentials,
+    Invalidation, KeyStatus, OAuthTokens, OrgRefresh, RedirectOptions, RefreshToken, Result,
+    ServiceAppCredentials, ServiceAppTokens, SignatureError, StatusReport, StorageError, StorageErrorKind,
+    StorageKeys, SystemClock, Timestamp, TokenKey, TokenState, TokenStorage, TokenSubject, WebhookSecret,
+    async_trait,
     backend::{CoordinatedTokenStorage, Expect, Lease, Versioned},
     engine::CoarseClock,
     ids::{decode_org_id, derive_application_id},

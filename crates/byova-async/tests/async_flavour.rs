@@ -44,7 +44,7 @@ async fn refresh_sends_the_form_fields_and_headers_webex_expects() {
         IntegrationCredentials::new("Cint", "int-secret"),
         http,
         Arc::new(InMemoryTokenStorage::new()),
-        Some(mock_config(&server)),
+        mock_config(&server),
     );
     let tokens = manager.refresh(Some("R-1")).await.unwrap();
     assert!(
@@ -83,7 +83,7 @@ async fn service_app_fetch_sends_json_with_the_integration_bearer() {
         IntegrationCredentials::new("Cint", "s"),
         http.clone(),
         storage.clone(),
-        Some(mock_config(&server)),
+        mock_config(&server),
     );
     let sa = ServiceAppTokenManager::new(
         ServiceAppCredentials::new("Csa", "sa-secret"),
@@ -108,7 +108,7 @@ async fn a_code_exchange_answered_500_is_not_retried() {
         IntegrationCredentials::new("Cint", "s"),
         HttpClient::new(Duration::from_secs(5)).unwrap(),
         Arc::new(InMemoryTokenStorage::new()),
-        Some(mock_config(&server)),
+        mock_config(&server),
     );
     let err = manager.exchange_code("code").await.unwrap_err();
     assert!(matches!(err, Error::Server(_)));
@@ -128,7 +128,7 @@ async fn redirects_from_the_token_endpoint_are_not_followed() {
         IntegrationCredentials::new("Cint", "s"),
         HttpClient::new(Duration::from_secs(5)).unwrap(),
         Arc::new(InMemoryTokenStorage::new()),
-        Some(mock_config(&server)),
+        mock_config(&server),
     );
     let err = manager.refresh(Some("R")).await.unwrap_err();
     assert!(matches!(err, Error::UnexpectedStatus(ref f) if f.status == 302), "{err:?}");

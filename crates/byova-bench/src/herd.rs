@@ -107,7 +107,7 @@ fn callers(
             target.integration.clone(),
             http.clone(),
             stores.blocking.clone(),
-            Some(target.config.clone()),
+            target.config.clone(),
         );
         let sa = b::ServiceAppTokenManager::new(
             target.service_app.clone(),
@@ -138,7 +138,7 @@ fn callers(
             target.integration.clone(),
             http.clone(),
             stores.async_.clone(),
-            Some(target.config.clone()),
+            target.config.clone(),
         );
         let sa = a::ServiceAppTokenManager::new(
             target.service_app.clone(),

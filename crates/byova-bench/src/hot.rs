@@ -28,7 +28,7 @@ pub(crate) fn run(args: &Args) -> Result<String, String> {
     let elapsed = if args.flavour == "blocking" {
         use byova_blocking as b;
         let http = b::HttpClient::new(Duration::from_secs(5)).map_err(|e| e.to_string())?;
-        let manager = b::IntegrationTokenManager::new(creds, http, stores.blocking, Some(config));
+        let manager = b::IntegrationTokenManager::new(creds, http, stores.blocking, config);
         manager.get_access_token().map_err(|e| e.to_string())?;
         let started = Instant::now();
         let mut total = 0usize;
@@ -45,7 +45,7 @@ pub(crate) fn run(args: &Args) -> Result<String, String> {
             tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
         rt.block_on(async {
             let http = a::HttpClient::new(Duration::from_secs(5)).map_err(|e| e.to_string())?;
-            let manager = a::IntegrationTokenManager::new(creds, http, stores.async_, Some(config));
+            let manager = a::IntegrationTokenManager::new(creds, http, stores.async_, config);
             // Warm the cache (one storage read), then time the hot path.
             manager.get_access_token().await.map_err(|e| e.to_string())?;
             let started = Instant::now();

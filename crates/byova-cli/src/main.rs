@@ -397,7 +397,8 @@ async fn run(cli: Cli) -> Outcome {
     match cli.command {
         Command::Authorize { print_url: true, scopes, .. } => {
             let scopes: Option<Vec<&str>> = scopes.as_ref().map(|s| s.iter().map(String::as_str).collect());
-            let (url, state) = byova.integration().start_authorization(scopes.as_deref(), None).await?;
+            let byova_core::AuthorizationUrl { url, state, .. } =
+                byova.integration().start_authorization(scopes.as_deref(), None).await?;
             print_line(cli.json, json!({"url": url, "state": state}), || {
                 format!("{url}\nstate: {state}\nthen: byova authorize --code-file FILE --state {state}")
             });

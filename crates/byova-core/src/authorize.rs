@@ -4,6 +4,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+/// An authorization URL and the `state` its redirect must carry back: what
+/// `get_authorization_url` and `start_authorization` answer (the Python SDK's `(url, state)`
+/// pair, with names).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AuthorizationUrl {
+    /// The URL to open in the browser (with `state` and a PKCE S256 challenge).
+    pub url: String,
+    /// The `state` the redirect must carry back; `exchange_code_for_state` takes it.
+    pub state: String,
+}
+
 /// Opens a URL for the user (a browser). Tests inject one that plays the browser.
 pub type BrowserOpener = Arc<dyn Fn(&str) -> std::io::Result<()> + Send + Sync>;
 

@@ -43,7 +43,7 @@
 //!
 //! let config = ByovaConfig::with_base_url("http://127.0.0.1:9/v1")?;
 //! let creds = IntegrationCredentials::new("C123", "secret");
-//! let auth = AuthorizationRequest::new(&config, &creds, None, None, true)?;
+//! let auth = AuthorizationRequest::new(&config, &creds)?;
 //! assert!(auth.url.contains("code_challenge_method=S256"));
 //!
 //! // A driver sends `request` and hands the response back:
@@ -83,7 +83,7 @@ mod time;
 mod tokens;
 pub mod webhook;
 
-pub use authorize::{AuthorizeOptions, RedirectOptions};
+pub use authorize::{AuthorizationUrl, AuthorizeOptions, RedirectOptions};
 pub use budget::TokenBudget;
 pub use builder::{ByovaBuilder, EnvSettings};
 pub use config::{ByovaConfig, DEFAULT_BASE_URL};

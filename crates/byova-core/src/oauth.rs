@@ -34,48 +34,114 @@ pub struct AuthorizationRequest {
 }
 
 impl AuthorizationRequest {
-    /// Builds the authorization URL with fresh randomness: a `state` of 128 random bits unless
-    /// one is given, and (with `pkce`) an S256 challenge from a 43-character verifier.
+    /// An authorization request with the defaults: [`DEFAULT_INTEGRATION_SCOPES`], a `state`
+    /// of 128 random bits and PKCE S256 with a fresh 43-character verifier. For anything else,
+    /// [`builder`](Self::builder).
     ///
-    /// `scopes: None` requests [`DEFAULT_INTEGRATION_SCOPES`].
+    /// ```
+    /// use byova_core::oauth::AuthorizationRequest;
+    /// use byova_core::{ByovaConfig, IntegrationCredentials};
+    ///
+    /// let request = AuthorizationRequest::new(&ByovaConfig::default(), &IntegrationCredentials::new("C1", "s"))?;
+    /// assert!(request.url.contains("code_challenge_method=S256"));
+    /// # Ok::<(), byova_core::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// None with the defaults; the signature matches [`AuthorizationRequestBuilder::build`].
+    pub fn new(config: &ByovaConfig, credentials: &IntegrationCredentials) -> Result<Self> {
+        Self::builder(config, credentials).build()
+    }
+
+    /// A builder for an authorization request: scopes, a caller's `state`, a caller's PKCE
+    /// verifier, or no PKCE.
+    ///
+    /// ```
+    /// use byova_core::oauth::{AuthorizationRequest, CsrfState};
+    /// use byova_core::{ByovaConfig, IntegrationCredentials};
+    ///
+    /// let (config, creds) = (ByovaConfig::default(), IntegrationCredentials::new("C1", "s"));
+    /// let request = AuthorizationRequest::builder(&config, &creds)
+    ///     .scopes(&["spark:all"])
+    ///     .state(CsrfState::new("my-state"))
+    ///     .build()?;
+    /// assert!(request.url.contains("scope=spark%3Aall&state=my-state"));
+    /// # Ok::<(), byova_core::Error>(())
+    /// ```
+    pub fn builder<'a>(
+        config: &'a ByovaConfig,
+        credentials: &'a IntegrationCredentials,
+    ) -> AuthorizationRequestBuilder<'a> {
+        AuthorizationRequestBuilder { config, credentials, scopes: None, state: None, pkce: Pkce::Random }
+    }
+}
+
+/// Builds an [`AuthorizationRequest`]; see [`AuthorizationRequest::builder`].
+#[derive(Debug)]
+#[must_use = "a builder does nothing until `build`"]
+pub struct AuthorizationRequestBuilder<'a> {
+    config: &'a ByovaConfig,
+    credentials: &'a IntegrationCredentials,
+    scopes: Option<&'a [&'a str]>,
+    state: Option<CsrfState>,
+    pkce: Pkce,
+}
+
+#[derive(Debug)]
+enum Pkce {
+    Random,
+    Verifier(PkceCodeVerifier),
+    Off,
+}
+
+impl<'a> AuthorizationRequestBuilder<'a> {
+    /// The scopes to request (default: [`DEFAULT_INTEGRATION_SCOPES`]).
+    pub fn scopes(mut self, scopes: &'a [&'a str]) -> Self {
+        self.scopes = Some(scopes);
+        self
+    }
+
+    /// The `state` the redirect must carry back (default: 128 random bits).
+    pub fn state(mut self, state: CsrfState) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// The PKCE verifier whose S256 challenge the URL carries (default: a fresh random one).
+    pub fn pkce_verifier(mut self, verifier: PkceCodeVerifier) -> Self {
+        self.pkce = Pkce::Verifier(verifier);
+        self
+    }
+
+    /// No PKCE: the URL carries no challenge and the code exchange sends no verifier.
+    pub fn without_pkce(mut self) -> Self {
+        self.pkce = Pkce::Off;
+        self
+    }
+
+    /// The request.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for an empty scope list or a scope containing whitespace.
-    pub fn new(
-        config: &ByovaConfig,
-        credentials: &IntegrationCredentials,
-        scopes: Option<&[&str]>,
-        state: Option<CsrfState>,
-        pkce: bool,
-    ) -> Result<Self> {
-        let state = state.unwrap_or_else(CsrfState::new_random);
-        let verifier = pkce.then(PkceCodeVerifier::new_random);
-        Self::with_parts(config, credentials, scopes, state, verifier)
-    }
-
-    /// [`AuthorizationRequest::new`] with caller-supplied `state` and verifier.
-    ///
-    /// # Errors
-    /// As [`AuthorizationRequest::new`].
-    pub fn with_parts(
-        config: &ByovaConfig,
-        credentials: &IntegrationCredentials,
-        scopes: Option<&[&str]>,
-        state: CsrfState,
-        pkce_verifier: Option<PkceCodeVerifier>,
-    ) -> Result<Self> {
-        let scopes = scopes.unwrap_or(&DEFAULT_INTEGRATION_SCOPES);
+    pub fn build(self) -> Result<AuthorizationRequest> {
+        let scopes = self.scopes.unwrap_or(&DEFAULT_INTEGRATION_SCOPES);
         if scopes.is_empty() || scopes.iter().any(|s| s.is_empty() || s.contains(char::is_whitespace)) {
             return Err(Error::InvalidInput(
                 "scopes must be a non-empty list of names without whitespace".into(),
             ));
         }
+        let state = self.state.unwrap_or_else(CsrfState::new_random);
+        let pkce_verifier = match self.pkce {
+            Pkce::Random => Some(PkceCodeVerifier::new_random()),
+            Pkce::Verifier(v) => Some(v),
+            Pkce::Off => None,
+        };
         let enc = |v: &str| utf8_percent_encode(v, QUERY).to_string();
         let mut url = format!(
             "{}?response_type=code&client_id={}&redirect_uri={}&scope={}&state={}",
-            config.authorize_url,
-            enc(&credentials.client_id),
-            enc(&credentials.redirect_uri),
+            self.config.authorize_url,
+            enc(&self.credentials.client_id),
+            enc(&self.credentials.redirect_uri),
             enc(&scopes.join(" ")),
             enc(state.expose_secret()),
         );
@@ -84,7 +150,7 @@ impl AuthorizationRequest {
             url.push_str(&v.s256_challenge());
             url.push_str("&code_challenge_method=S256");
         }
-        Ok(Self { url, state, pkce_verifier })
+        Ok(AuthorizationRequest { url, state, pkce_verifier })
     }
 }
 
@@ -394,14 +460,11 @@ mod tests {
     #[test]
     fn snapshot_authorization_url_with_pkce() {
         let verifier = PkceCodeVerifier::new("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk");
-        let req = AuthorizationRequest::with_parts(
-            &config(),
-            &creds(),
-            None,
-            CsrfState::new("st8"),
-            Some(verifier),
-        )
-        .unwrap();
+        let req = AuthorizationRequest::builder(&config(), &creds())
+            .state(CsrfState::new("st8"))
+            .pkce_verifier(verifier)
+            .build()
+            .unwrap();
         assert_eq!(
             req.url,
             "https://webex.test/v1/authorize?response_type=code&client_id=Cint\
@@ -413,15 +476,15 @@ mod tests {
 
     #[test]
     fn authorization_url_generates_state_and_rejects_bad_scopes() {
-        let req = AuthorizationRequest::new(&config(), &creds(), Some(&["spark:all"]), None, true).unwrap();
+        let req = AuthorizationRequest::builder(&config(), &creds()).scopes(&["spark:all"]).build().unwrap();
         assert_eq!(req.state.expose_secret().len(), 22);
         assert!(req.url.contains(&format!("state={}", req.state.expose_secret())));
         assert!(req.pkce_verifier.as_ref().unwrap().is_well_formed());
-        let no_pkce = AuthorizationRequest::new(&config(), &creds(), None, None, false).unwrap();
+        let no_pkce = AuthorizationRequest::builder(&config(), &creds()).without_pkce().build().unwrap();
         assert!(!no_pkce.url.contains("code_challenge"));
         for bad in [&[][..], &[""], &["a b"]] {
             assert!(matches!(
-                AuthorizationRequest::new(&config(), &creds(), Some(bad), None, true),
+                AuthorizationRequest::builder(&config(), &creds()).scopes(bad).build(),
                 Err(Error::InvalidInput(_))
             ));
         }

@@ -363,13 +363,13 @@ fn a_stalled_lease_holder_never_reuses_a_rotated_refresh_token(url: &str) {
             fake.integration_credentials(),
             http.clone(),
             stalling,
-            Some(config.clone()),
+            config.clone(),
         );
         let b = byova_async::IntegrationTokenManager::new(
             fake.integration_credentials(),
             http,
             Arc::new(redis.clone()),
-            Some(config),
+            config,
         );
         let a_task = tokio::spawn(async move { a.get_access_token().await });
         tokio::time::sleep(Duration::from_millis(500)).await; // A's lease has run out

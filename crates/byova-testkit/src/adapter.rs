@@ -84,7 +84,7 @@ macro_rules! flavour_adapter {
             fn refresh(&self, refresh_token: Option<String>) -> $crate::scenarios::BoxFut<'_, byova_core::Result<byova_core::OAuthTokens>> {
                 $crate::$call!(self, |b| b.integration().refresh(refresh_token.as_deref()))
             }
-            fn get_authorization_url(&self) -> byova_core::Result<(String, String)> {
+            fn get_authorization_url(&self) -> byova_core::Result<byova_core::AuthorizationUrl> {
                 self.byova.integration().get_authorization_url(None, None)
             }
             fn exchange_code(&self, code: String) -> $crate::scenarios::BoxFut<'_, byova_core::Result<byova_core::OAuthTokens>> {

@@ -75,7 +75,7 @@ pub trait Sdk: Send + Sync {
     /// `IntegrationTokenManager::refresh`
     fn refresh(&self, refresh_token: Option<String>) -> BoxFut<'_, Res<OAuthTokens>>;
     /// `IntegrationTokenManager::get_authorization_url` (default scopes)
-    fn get_authorization_url(&self) -> Res<(String, String)>;
+    fn get_authorization_url(&self) -> Res<byova_core::AuthorizationUrl>;
     /// `IntegrationTokenManager::exchange_code`
     fn exchange_code(&self, code: String) -> BoxFut<'_, Res<OAuthTokens>>;
     /// `IntegrationTokenManager::exchange_code_for_state`
@@ -556,7 +556,7 @@ async fn authorize_times_out_without_a_redirect(f: Arc<dyn Flavour>) {
 
 async fn authorization_url_then_exchange_code(f: Arc<dyn Flavour>) {
     let w = world(f.as_ref(), None);
-    let (url, state) = w.sdk.get_authorization_url().unwrap();
+    let byova_core::AuthorizationUrl { url, state, .. } = w.sdk.get_authorization_url().unwrap();
     assert!(url.contains("code_challenge_method=S256") && url.contains(&format!("state={state}")));
     assert!(state.len() >= 22);
     // The manager's redirect URI has port 0 here; the fake accepts any loopback port.
@@ -578,7 +578,7 @@ fn code_of(location: &str) -> String {
 async fn exchange_code_for_state_in_another_instance(f: Arc<dyn Flavour>) {
     let w = world(f.as_ref(), None);
     let other = f.build(&w.setup);
-    let (url, state) = w.sdk.get_authorization_url().unwrap();
+    let byova_core::AuthorizationUrl { url, state, .. } = w.sdk.get_authorization_url().unwrap();
     let code = code_of(&w.fake.browser_visit_async(&url).await.unwrap());
     let tokens = other
         .exchange_code_for_state(code.clone(), state.clone())
@@ -1705,7 +1705,7 @@ async fn canary_secrets_never_reach_logs_errors_or_debug(f: Arc<dyn Flavour>) {
     }
     let bad = w.sdk.handle_webhook(b"{}".to_vec(), Some("f".repeat(40))).await.unwrap_err();
     seen.push(format!("{bad} {bad:?}"));
-    let (url, state) = w.sdk.get_authorization_url().unwrap();
+    let byova_core::AuthorizationUrl { url, state, .. } = w.sdk.get_authorization_url().unwrap();
     let err = w.sdk.exchange_code("CODE-CANARY-0001".into()).await.unwrap_err();
     seen.push(format!("{err} {err:?} {:?}", w.setup));
     let status = w.sdk.status().await.unwrap();

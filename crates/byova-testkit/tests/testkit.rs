@@ -35,7 +35,13 @@ fn form_pairs(s: &str) -> HashMap<String, String> {
 fn run_flow(fake: &FakeWebex, scopes: Option<&[&str]>) -> (OAuthTokens, AuthorizationRequest, String) {
     let config = fake.config();
     let creds = fake.integration_credentials();
-    let auth = AuthorizationRequest::new(&config, &creds, scopes, None, true).unwrap();
+    let builder = AuthorizationRequest::builder(&config, &creds);
+    let auth = match scopes {
+        Some(scopes) => builder.scopes(scopes),
+        None => builder,
+    }
+    .build()
+    .unwrap();
     let location = fake.browser_visit(&auth.url).unwrap();
     assert!(location.starts_with(&creds.redirect_uri), "{location}");
     assert_eq!(query_param(&location, "state").as_deref(), Some(auth.state.expose_secret()));
@@ -96,7 +102,7 @@ fn a_wrong_or_missing_pkce_verifier_is_rejected() {
     let fake = FakeWebex::start();
     let (config, creds) = (fake.config(), fake.integration_credentials());
     for verifier in [Some(PkceCodeVerifier::new("w".repeat(43))), None] {
-        let auth = AuthorizationRequest::new(&config, &creds, None, None, true).unwrap();
+        let auth = AuthorizationRequest::new(&config, &creds).unwrap();
         let code = query_param(&fake.browser_visit(&auth.url).unwrap(), "code").unwrap();
         let req = code_exchange_request(&config, &creds, &AuthorizationCode::new(code), verifier.as_ref());
         let err = parse_token_response(&send(&req), Timestamp::EPOCH, &TokenCall::CodeExchange).unwrap_err();
@@ -110,26 +116,18 @@ fn authorize_validates_client_redirect_and_scope() {
     let config = fake.config();
     let creds = fake.integration_credentials();
     let bad_client = IntegrationCredentials::new("Cunknown", "x");
-    let url = AuthorizationRequest::new(&config, &bad_client, None, None, true).unwrap().url;
+    let url = AuthorizationRequest::new(&config, &bad_client).unwrap().url;
     assert!(fake.browser_visit(&url).is_err(), "unknown client must not redirect");
     let other_path = creds.clone().with_redirect_uri("http://127.0.0.1:8765/elsewhere");
-    assert!(
-        fake.browser_visit(&AuthorizationRequest::new(&config, &other_path, None, None, true).unwrap().url)
-            .is_err()
-    );
+    assert!(fake.browser_visit(&AuthorizationRequest::new(&config, &other_path).unwrap().url).is_err());
     let remote = creds.clone().with_redirect_uri("http://evil.test:8765/callback");
-    assert!(
-        fake.browser_visit(&AuthorizationRequest::new(&config, &remote, None, None, true).unwrap().url)
-            .is_err()
-    );
+    assert!(fake.browser_visit(&AuthorizationRequest::new(&config, &remote).unwrap().url).is_err());
     // RFC 8252 §7.3: any port on the loopback literal.
     let other_port = creds.clone().with_redirect_uri("http://127.0.0.1:45123/callback");
-    let loc = fake
-        .browser_visit(&AuthorizationRequest::new(&config, &other_port, None, None, true).unwrap().url)
-        .unwrap();
+    let loc = fake.browser_visit(&AuthorizationRequest::new(&config, &other_port).unwrap().url).unwrap();
     assert!(loc.starts_with("http://127.0.0.1:45123/callback?code="), "{loc}");
     let scoped =
-        AuthorizationRequest::new(&config, &creds, Some(&["spark:admin_everything"]), None, true).unwrap();
+        AuthorizationRequest::builder(&config, &creds).scopes(&["spark:admin_everything"]).build().unwrap();
     let loc = fake.browser_visit(&scoped.url).unwrap();
     assert_eq!(query_param(&loc, "error").as_deref(), Some("invalid_scope"));
     assert_eq!(query_param(&loc, "state").as_deref(), Some(scoped.state.expose_secret()));
@@ -139,8 +137,7 @@ fn authorize_validates_client_redirect_and_scope() {
 fn authorize_can_deny() {
     let fake = FakeWebex::start();
     fake.update_settings(|s| s.authorize_mode = AuthorizeMode::Deny("access_denied".into()));
-    let auth =
-        AuthorizationRequest::new(&fake.config(), &fake.integration_credentials(), None, None, true).unwrap();
+    let auth = AuthorizationRequest::new(&fake.config(), &fake.integration_credentials()).unwrap();
     let loc = fake.browser_visit(&auth.url).unwrap();
     assert_eq!(query_param(&loc, "error").as_deref(), Some("access_denied"));
     assert_eq!(query_param(&loc, "state").as_deref(), Some(auth.state.expose_secret()));
@@ -530,8 +527,7 @@ fn delivery_bodies_for_in_process_handling() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_helpers_work_inside_a_runtime() {
     let fake = FakeWebex::start();
-    let auth =
-        AuthorizationRequest::new(&fake.config(), &fake.integration_credentials(), None, None, true).unwrap();
+    let auth = AuthorizationRequest::new(&fake.config(), &fake.integration_credentials()).unwrap();
     let loc = fake.browser_visit_async(&auth.url).await.unwrap();
     assert!(query_param(&loc, "code").is_some());
     let r = wire::send_async(&wire::get(&format!("{}/x", fake.base_url()))).await.unwrap();

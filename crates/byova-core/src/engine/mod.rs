@@ -38,7 +38,7 @@ pub use pending::PendingAuthorizations;
 pub use refresh::Outcome;
 pub use step::{Sent, Step, StorageResult, Then};
 
-use crate::authorize::AuthorizeOptions;
+use crate::authorize::{AuthorizationUrl, AuthorizeOptions};
 use crate::config::ByovaConfig;
 use crate::credentials::{IntegrationCredentials, ServiceAppCredentials};
 use crate::engine::flight::{Flights, Joined, Sharing};
@@ -747,15 +747,15 @@ impl IntegrationEngine {
         scopes: Option<&[&str]>,
         state: Option<&str>,
         now: Timestamp,
-    ) -> Result<(String, String, Step<()>)> {
-        let (url, state, save) = self.issue_authorization(scopes, state, now)?;
+    ) -> Result<(AuthorizationUrl, Step<()>)> {
+        let (issued, save) = self.issue_authorization(scopes, state, now)?;
         let save = save.then(now, |saved, _| {
             if let Err(e) = saved {
                 tracing::warn!(error = %e, "could not store the pending authorization; its code can be exchanged only in this process");
             }
             done(Ok(()))
         });
-        Ok((url, state, save))
+        Ok((issued, save))
     }
 
     /// [`authorization_url`](Self::authorization_url) whose plan fails when the store did
@@ -769,8 +769,8 @@ impl IntegrationEngine {
         scopes: Option<&[&str]>,
         state: Option<&str>,
         now: Timestamp,
-    ) -> Result<(String, String, Step<()>)> {
-        let (url, state, save) = self.issue_authorization(scopes, state, now)?;
+    ) -> Result<(AuthorizationUrl, Step<()>)> {
+        let (issued, save) = self.issue_authorization(scopes, state, now)?;
         let save = save.then(now, |saved, _| {
             match saved {
             Ok(true) => done(Ok(())),
@@ -782,7 +782,7 @@ impl IntegrationEngine {
             Err(e) => done(Err(e)),
         }
         });
-        Ok((url, state, save))
+        Ok((issued, save))
     }
 
     fn issue_authorization(
@@ -790,14 +790,14 @@ impl IntegrationEngine {
         scopes: Option<&[&str]>,
         state: Option<&str>,
         now: Timestamp,
-    ) -> Result<(String, String, Step<bool>)> {
+    ) -> Result<(AuthorizationUrl, Step<bool>)> {
         let issued = self.pending.issue(&self.token_engine.config, &self.credentials, scopes, state, now)?;
         let save = Step::SavePending(
             pending_key(&issued.state),
             issued.pending,
             Then::new(|saved: StorageResult<bool>, _| done(saved.map_err(Error::from))),
         );
-        Ok((issued.url, issued.state, save))
+        Ok((AuthorizationUrl { url: issued.url, state: issued.state }, save))
     }
 
     /// The request `authorize` opens, for a listener bound at `redirect_uri`, and the
@@ -814,13 +814,14 @@ impl IntegrationEngine {
         let scopes: Option<Vec<&str>> =
             options.scopes.as_ref().map(|s| s.iter().map(String::as_str).collect());
         let state = options.state.as_deref().map(CsrfState::new);
-        let request = AuthorizationRequest::new(
-            &self.token_engine.config,
-            &credentials,
-            scopes.as_deref(),
-            state,
-            true,
-        )?;
+        let mut request = AuthorizationRequest::builder(&self.token_engine.config, &credentials);
+        if let Some(scopes) = scopes.as_deref() {
+            request = request.scopes(scopes);
+        }
+        if let Some(state) = state {
+            request = request.state(state);
+        }
+        let request = request.build()?;
         Ok((request, credentials))
     }
 

@@ -41,8 +41,14 @@ impl PendingAuthorizations {
         state: Option<&str>,
         now: Timestamp,
     ) -> Result<Issued> {
-        let request =
-            AuthorizationRequest::new(config, credentials, scopes, state.map(CsrfState::new), true)?;
+        let mut request = AuthorizationRequest::builder(config, credentials);
+        if let Some(scopes) = scopes {
+            request = request.scopes(scopes);
+        }
+        if let Some(state) = state {
+            request = request.state(CsrfState::new(state));
+        }
+        let request = request.build()?;
         let Some(verifier) = request.pkce_verifier else {
             return Err(Error::Internal("an authorization URL was built without PKCE".into()));
         };
