@@ -27,11 +27,14 @@ pub(crate) fn api(args: &[String]) -> Result {
     let mut changed = Vec::new();
     let mut aliased_anywhere = Vec::new();
     for krate in libraries() {
+        // A target directory of its own: cargo fingerprints RUSTC_BOOTSTRAP, so sharing the
+        // main one would rebuild every dependency for the next ordinary build.
         run(cargo()
             .args(["doc", "--no-deps", "-p", krate])
+            .env("CARGO_TARGET_DIR", root().join("target/api"))
             .env("RUSTC_BOOTSTRAP", "1")
             .env("RUSTDOCFLAGS", "-Z unstable-options --output-format json"))?;
-        let file = root().join("target/doc").join(format!("{}.json", krate.replace('-', "_")));
+        let file = root().join("target/api/doc").join(format!("{}.json", krate.replace('-', "_")));
         let json =
             std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
         let doc: Value = serde_json::from_str(&json).map_err(|e| format!("{}: {e}", file.display()))?;

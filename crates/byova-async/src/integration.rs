@@ -62,12 +62,7 @@ impl IntegrationTokenManager {
         // Never hand out a value sealed at rest as a token: without keys the wrapper refuses
         // one (build with `Byova::builder(…).storage_keys(…)` to seal).
         let storage: Arc<dyn TokenStorage> = Arc::new(byova_core::SealedStorage::new(storage, None));
-        Self::from_parts(
-            IntegrationEngine::new(credentials, config),
-            storage,
-            http,
-            clock,
-        )
+        Self::from_parts(IntegrationEngine::new(credentials, config), storage, http, clock)
     }
 
     pub(crate) fn from_parts(

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 ///
 /// ```
 /// assert_eq!(
-///     byova_core::derive_application_id("C279cb30ab49470aa3eba80cd82f1175"),
+///     byova_core::ids::derive_application_id("C279cb30ab49470aa3eba80cd82f1175"),
 ///     "Y2lzY29zcGFyazovL3VzL0FQUExJQ0FUSU9OL0MyNzljYjMwYWI0OTQ3MGFhM2ViYTgwY2Q4MmYxMTc1",
 /// );
 /// ```
@@ -57,8 +57,8 @@ pub fn decode_webex_id(encoded: &str) -> Result<String> {
 ///
 /// ```
 /// let id = "Y2lzY29zcGFyazovL3VzL09SR0FOSVpBVElPTi82M2IwMmY5MC05Y2M2LTQzYjgtYWE2ZC1jYWQ0MjVhYzU1NGM";
-/// assert_eq!(byova_core::decode_org_id(id)?, "63b02f90-9cc6-43b8-aa6d-cad425ac554c");
-/// assert!(byova_core::decode_org_id("not base64!").is_err());
+/// assert_eq!(byova_core::ids::decode_org_id(id)?, "63b02f90-9cc6-43b8-aa6d-cad425ac554c");
+/// assert!(byova_core::ids::decode_org_id("not base64!").is_err());
 /// # Ok::<(), byova_core::Error>(())
 /// ```
 ///

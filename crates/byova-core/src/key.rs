@@ -102,7 +102,7 @@ impl Expect {
     /// that check inside the database (a Lua script, a `WHERE` clause) follow the same table.
     ///
     /// ```
-    /// use byova_core::Expect;
+    /// use byova_core::backend::Expect;
     /// assert!(Expect::Absent.admits(None) && !Expect::Absent.admits(Some(3)));
     /// assert!(Expect::Version(3).admits(Some(3)) && !Expect::Version(3).admits(Some(4)));
     /// assert!(!Expect::Version(3).admits(None) && Expect::Any.admits(Some(9)));

@@ -25,7 +25,8 @@ pub const WAKE_SLACK: Duration = Duration::from_millis(50);
 /// [`Due::ahead`] when it comes due, and is refreshed then although it is not in its window yet.
 ///
 /// ```
-/// use byova_core::{RefreshSchedule, Timestamp, TokenKey};
+/// use byova_core::engine::RefreshSchedule;
+/// use byova_core::{Timestamp, TokenKey};
 /// let mut s = RefreshSchedule::default();
 /// s.set(TokenKey::org("a"), Timestamp::from_unix_secs(20));
 /// s.set(TokenKey::org("b"), Timestamp::from_unix_secs(10));

@@ -49,7 +49,8 @@ pub fn decode_record(bytes: &[u8], key: &TokenKey, location: &str) -> Result<OAu
 /// else (a newer or the same record stored, a record removed since a versioned write) drops them.
 ///
 /// ```
-/// use byova_core::{journal_replay, AccessToken, Expect, OAuthTokens, Timestamp, Versioned};
+/// use byova_core::backend::{journal_replay, Expect, Versioned};
+/// use byova_core::{AccessToken, OAuthTokens, Timestamp};
 /// use std::time::Duration;
 /// let at = Timestamp::from_unix_secs;
 /// let kept = OAuthTokens::new(AccessToken::new("new"), 60, at(100));
@@ -99,7 +100,7 @@ pub fn check_state_name(name: &str) -> Result<(), StorageError> {
 /// comes before it), only the scheme is kept. Control characters are shown as `?`.
 ///
 /// ```
-/// use byova_core::redact_url;
+/// use byova_core::backend::redact_url;
 /// assert_eq!(redact_url("postgres://app:s3cret@db:5432/tokens?sslmode=require"), "postgres://***@db:5432/tokens");
 /// assert_eq!(redact_url("redis://127.0.0.1:6379/0"), "redis://127.0.0.1:6379/0");
 /// assert_eq!(redact_url("mysql://db/test?password=s3cret&email=ops@example.com"), "mysql://***");

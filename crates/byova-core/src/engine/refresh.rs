@@ -26,7 +26,7 @@ use crate::cache::Unsaved;
 use crate::engine::step::{Sent, Step, StorageResult, Then};
 use crate::engine::{Client, TokenEngine as Engine};
 use crate::error::{ApiFailure, Error, Result, StorageErrorKind};
-use crate::http::{HttpRequest, RetryClass};
+use crate::http::HttpRequest;
 use crate::key::{Expect, Lease, TokenKey, Versioned};
 use crate::oauth::{TokenCall, parse_token_response, refresh_request, service_app_token_request};
 use crate::policy::{Freshness, RetryDecision};
@@ -121,12 +121,56 @@ impl Drop for HeldLease {
     }
 }
 
+/// Tokens Webex issued that are not durable yet, handed from step to step while a run stores
+/// them. Dropped before they are stored or knowingly given up (a failure, a cancelled task, a
+/// panicking store), they go back to the cache for the key's next run, so a refresh token
+/// Webex rotated is never lost to a storage outage.
+struct InHand {
+    unsaved: Unsaved,
+    engine: Arc<Engine>,
+    key: TokenKey,
+    armed: bool,
+}
+
+impl InHand {
+    fn new(engine: Arc<Engine>, key: TokenKey, unsaved: Unsaved) -> Self {
+        Self { unsaved, engine, key, armed: true }
+    }
+
+    /// Stored: the tokens, now durable.
+    fn stored(mut self) -> OAuthTokens {
+        self.armed = false;
+        self.unsaved.tokens.clone()
+    }
+
+    /// Given up on purpose: another writer's newer record (or its deletion) stands.
+    fn give_up(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for InHand {
+    fn drop(&mut self) {
+        if self.armed {
+            self.engine.cache().keep_unsaved(&self.key, self.unsaved.clone());
+        }
+    }
+}
+
 /// Once tokens in hand are stored: the run ends with them (fresh from Webex), or goes on as
 /// an ordinary run (an earlier run's tokens, stored first).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Afterwards {
     Finish,
     Continue,
+}
+
+/// A token call under way: which call, and the request that makes it. Handed from step to step
+/// while the call runs (the lease check, the budget, the send, each retry) and gone once the
+/// answer is handled, so no step can send without a request or read an answer without its call.
+struct Call {
+    kind: TokenCall,
+    request: HttpRequest,
 }
 
 type Plan = Step<Outcome>;
@@ -146,8 +190,7 @@ pub(crate) struct Run {
     stale_ok: bool,
     waited: Duration,
     attempt: u32,
-    call: Option<TokenCall>,
-    request: Option<HttpRequest>,
+    /// The refresh token the last call spent (none for a fetch).
     used_refresh: Option<RefreshToken>,
     reread_after_invalid_grant: bool,
     fallback_used: bool,
@@ -158,10 +201,6 @@ pub(crate) struct Run {
     /// The Service App fetch standing in for a dead refresh token was refused by Webex (not
     /// merely failed): only then does a Service App org need its admin.
     fetch_refused: bool,
-    /// Tokens Webex issued that are not durable yet. Dropped with the run (a failure, a
-    /// cancelled task, a panicking store), they go back to the cache for the key's next run,
-    /// so a refresh token Webex rotated is never lost to a storage outage.
-    unsaved: Option<Unsaved>,
     store_attempts: u32,
     /// Reads of the token budget for the call about to be sent (a conflict reads again).
     budget_reads: u32,
@@ -177,14 +216,6 @@ pub(crate) struct Run {
 /// jittered pause) before the call waits as for an empty bucket.
 const MAX_BUDGET_READS: u32 = 8;
 
-impl Drop for Run {
-    fn drop(&mut self) {
-        if let Some(unsaved) = self.unsaved.take() {
-            self.engine.cache().keep_unsaved(&self.key, unsaved);
-        }
-    }
-}
-
 impl Run {
     pub(crate) fn new(engine: Arc<Engine>, key: TokenKey, mode: Mode, random: u64) -> Box<Self> {
         let jitter_seed = engine.cache().jitter_seed(&key);
@@ -199,15 +230,12 @@ impl Run {
             stale_ok: false,
             waited: Duration::ZERO,
             attempt: 0,
-            call: None,
-            request: None,
             used_refresh: None,
             reread_after_invalid_grant: false,
             fallback_used: false,
             rejection: None,
             mark_rejected: false,
             fetch_refused: false,
-            unsaved: None,
             store_attempts: 0,
             budget_reads: 0,
             budget_waited: Duration::ZERO,
@@ -218,15 +246,15 @@ impl Run {
 
     /// The first step: release leases abandoned by earlier runs, store tokens an earlier run
     /// could not store, then read the record.
-    pub(crate) fn start(mut self: Box<Self>) -> Plan {
+    pub(crate) fn start(self: Box<Self>) -> Plan {
         let orphan = self.engine.orphans.lock().unwrap_or_else(|e| e.into_inner()).pop();
         if let Some(lease) = orphan {
             let held = HeldLease { lease, orphans: self.engine.orphans.clone(), armed: true };
             return held.release(move || self.start());
         }
         if let Some(unsaved) = self.engine.cache().take_unsaved(&self.key) {
-            self.unsaved = Some(unsaved);
-            return self.persist(Afterwards::Continue);
+            let in_hand = InHand::new(self.engine.clone(), self.key.clone(), unsaved);
+            return self.persist(in_hand, Afterwards::Continue);
         }
         self.load(Self::after_initial_load)
     }
@@ -648,9 +676,9 @@ impl Run {
             refresh_request(&self.engine.config, client_id, secret, &token)
         };
         self.used_refresh = Some(token);
-        self.call = Some(TokenCall::Refresh(self.key.subject()));
         self.attempt = 0;
-        self.send(request)
+        let kind = TokenCall::Refresh(self.key.subject());
+        self.send(Call { kind, request })
     }
 
     fn fetch_with_bearer(mut self: Box<Self>) -> Plan {
@@ -678,24 +706,32 @@ impl Run {
             return self.fail(Error::NotAuthorized);
         };
         let request = service_app_token_request(&self.engine.config, credentials, org, &bearer);
-        self.call = Some(TokenCall::ServiceAppFetch { org_id: org.to_owned() });
+        let kind = TokenCall::ServiceAppFetch { org_id: org.to_owned() };
         self.used_refresh = None;
         self.attempt = 0;
-        self.send(request)
+        self.send(Call { kind, request })
     }
 
     /// Checks the lease (when one is held) right before every token call: a holder that
     /// stalled past its lease must not spend a token its successor may have used.
-    fn send(mut self: Box<Self>, request: HttpRequest) -> Plan {
-        self.request = Some(request);
-        let Some(held) = &self.lease else { return self.send_now() };
+    fn send(self: Box<Self>, call: Call) -> Plan {
+        let Some(held) = &self.lease else { return self.send_now(call) };
         let (lease, ttl) = (held.lease.clone(), self.engine.config.coordination.lease_ttl);
-        Step::ExtendLease(lease, ttl, Then::new(move |extended, now| self.on_lease_extended(extended, now)))
+        Step::ExtendLease(
+            lease,
+            ttl,
+            Then::new(move |extended, now| self.on_lease_extended(call, extended, now)),
+        )
     }
 
-    fn on_lease_extended(mut self: Box<Self>, extended: StorageResult<bool>, now: Timestamp) -> Plan {
+    fn on_lease_extended(
+        mut self: Box<Self>,
+        call: Call,
+        extended: StorageResult<bool>,
+        now: Timestamp,
+    ) -> Plan {
         match extended {
-            Ok(true) => self.send_now(),
+            Ok(true) => self.send_now(call),
             // The lease expired and may be someone else's now: do not spend the token; wait for
             // the successor's result instead (or compete again once its lease has run out).
             Ok(false) => {
@@ -711,14 +747,14 @@ impl Run {
 
     /// Asks the token budget every process sharing the store keeps (see [`crate::budget`])
     /// for one call, then sends.
-    fn send_now(mut self: Box<Self>) -> Plan {
+    fn send_now(mut self: Box<Self>, call: Call) -> Plan {
         if self.engine.config.token_budget.is_none() {
-            return self.send_granted();
+            return self.send_granted(call);
         }
         self.budget_reads += 1;
         Step::LoadState(
             TOKEN_BUDGET_STATE.to_owned(),
-            Then::new(move |loaded, now| self.on_budget_loaded(loaded, now)),
+            Then::new(move |loaded, now| self.on_budget_loaded(call, loaded, now)),
         )
     }
 
@@ -735,24 +771,25 @@ impl Run {
 
     fn on_budget_loaded(
         self: Box<Self>,
+        call: Call,
         loaded: StorageResult<Option<Versioned<Vec<u8>>>>,
         now: Timestamp,
     ) -> Plan {
-        let Some(budget) = self.engine.config.token_budget.clone() else { return self.send_granted() };
+        let Some(budget) = self.engine.config.token_budget.clone() else { return self.send_granted(call) };
         let (urgent, max_pause) = (self.urgent(now), self.max_pause());
         let (state, expect) = match loaded {
             Ok(Some(stored)) => (BudgetState::from_json(&stored.value), Expect::Version(stored.version)),
             Ok(None) => (None, Expect::Absent),
             Err(e) if e.kind() == StorageErrorKind::Unsupported => {
                 return match take_local_budget(&budget, now, urgent, max_pause) {
-                    BudgetDecision::Granted(_) => self.send_granted(),
-                    BudgetDecision::RetryAt(at) => self.over_budget(at, now),
+                    BudgetDecision::Granted(_) => self.send_granted(call),
+                    BudgetDecision::RetryAt(at) => self.over_budget(call, at, now),
                 };
             }
             Err(e) => {
                 // The store cannot say; Webex's own 429s still slow us down.
                 tracing::warn!(error = %e, "the token budget could not be read; calling without it");
-                return self.send_granted();
+                return self.send_granted(call);
             }
         };
         match budget.take(state, now, urgent, max_pause) {
@@ -761,30 +798,30 @@ impl Run {
                 next.to_json(),
                 expect,
                 Then::new(move |stored: StorageResult<u64>, now| match stored {
-                    Ok(_) => self.send_granted(),
+                    Ok(_) => self.send_granted(call),
                     // Others are spending the budget right now: ask again after a short,
                     // jittered pause, and after a few losses wait as for an empty bucket.
-                    Err(e) if e.kind() == StorageErrorKind::Conflict => self.after_budget_conflict(now),
+                    Err(e) if e.kind() == StorageErrorKind::Conflict => self.after_budget_conflict(call, now),
                     Err(e) => {
                         tracing::warn!(error = %e, "the token budget could not be updated; calling without it");
-                        self.send_granted()
+                        self.send_granted(call)
                     }
                 }),
             ),
-            BudgetDecision::RetryAt(at) => self.over_budget(at, now),
+            BudgetDecision::RetryAt(at) => self.over_budget(call, at, now),
         }
     }
 
     /// A versioned write of the budget lost to another process: back off (jittered, growing)
     /// and read it again; after [`MAX_BUDGET_READS`] losses, wait as for an empty bucket.
-    fn after_budget_conflict(mut self: Box<Self>, now: Timestamp) -> Plan {
+    fn after_budget_conflict(mut self: Box<Self>, call: Call, now: Timestamp) -> Plan {
         if self.budget_reads >= MAX_BUDGET_READS {
             let jitter = Duration::from_millis(u64::from(self.random() % 50) + 1);
-            return self.over_budget(now.saturating_add(jitter), now);
+            return self.over_budget(call, now.saturating_add(jitter), now);
         }
         let ceiling = 1u64 << self.budget_reads.min(7);
         let d = Duration::from_millis(u64::from(self.random()) % ceiling + 1);
-        Step::Sleep(d, Then::new(move |(), _| self.send_now()))
+        Step::Sleep(d, Then::new(move |(), _| self.send_now(call)))
     }
 
     /// No room in the budget before `at`: a caller who only wants a valid token and has one
@@ -792,7 +829,7 @@ impl Run {
     /// else waits (a slice at a time, extending the lease in between) and asks again, for at
     /// most the longest `Retry-After` the retry policy honours; then the still-valid token is
     /// served if there is one, else the caller is told to come back later.
-    fn over_budget(mut self: Box<Self>, at: Timestamp, now: Timestamp) -> Plan {
+    fn over_budget(mut self: Box<Self>, call: Call, at: Timestamp, now: Timestamp) -> Plan {
         crate::metrics::metrics().record_budget_wait();
         if matches!(self.mode, Mode::GetValid)
             && self.old_still_valid(now)
@@ -815,34 +852,20 @@ impl Run {
         self.budget_waited += slice;
         tracing::debug!(key = %self.key, ?slice, "token budget spent; waiting");
         self.budget_reads = 0;
-        Step::Sleep(
-            slice,
-            Then::new(move |(), _| match self.request.take() {
-                Some(request) => self.send(request),
-                None => self.fail(Error::Internal("no request to send".into())),
-            }),
-        )
+        Step::Sleep(slice, Then::new(move |(), _| self.send(call)))
     }
 
-    fn send_granted(mut self: Box<Self>) -> Plan {
-        let Some(request) = self.request.clone() else {
-            return self.fail(Error::Internal("no request to send".into()));
-        };
+    fn send_granted(mut self: Box<Self>, call: Call) -> Plan {
         self.attempt += 1;
-        Step::Send(request, Then::new(move |sent, now| self.on_response(sent, now)))
+        Step::Send(call.request.clone(), Then::new(move |sent, now| self.on_response(call, sent, now)))
     }
 
-    fn on_response(mut self: Box<Self>, sent: Sent, now: Timestamp) -> Plan {
-        if let Some(request) = &self.request {
-            crate::metrics::metrics().record_call(request, sent.response.as_ref().ok().map(|r| r.status));
-        }
-        let Some(call) = self.call.clone() else {
-            return self.fail(Error::Internal("a response without a call".into()));
-        };
-        let parsed = sent.response.and_then(|r| parse_token_response(&r, sent.sent_at, &call));
+    fn on_response(self: Box<Self>, call: Call, sent: Sent, now: Timestamp) -> Plan {
+        crate::metrics::metrics().record_call(&call.request, sent.response.as_ref().ok().map(|r| r.status));
+        let parsed = sent.response.and_then(|r| parse_token_response(&r, sent.sent_at, &call.kind));
         let tokens = match parsed {
             Ok(tokens) => tokens,
-            Err(error) => return self.after_failed_call(error, now),
+            Err(error) => return self.after_failed_call(call, error, now),
         };
         // A response without a refresh token keeps the one that was sent (with the stored
         // record's expiry for it, when that is the one sent).
@@ -858,7 +881,7 @@ impl Run {
             }
             _ => tokens,
         };
-        let authorized_by = match (&call, &self.mode) {
+        let authorized_by = match (&call.kind, &self.mode) {
             (TokenCall::Refresh(_), _) => self.current.as_ref().and_then(|c| c.value.authorized_by),
             (_, Mode::Fetch(Some(auth))) => Some(auth.delivery),
             _ => None,
@@ -871,8 +894,12 @@ impl Run {
             }
             _ => 0,
         };
-        let tokens =
-            OAuthTokens { authorized_at: self.authorized_at(&call, now), authorized_by, renewals, ..tokens };
+        let tokens = OAuthTokens {
+            authorized_at: self.authorized_at(&call.kind, now),
+            authorized_by,
+            renewals,
+            ..tokens
+        };
         let expect = match &self.current {
             Some(c) => Expect::Version(c.version),
             // Over a record nobody can read: written whatever is there (the store keeps the
@@ -883,8 +910,9 @@ impl Run {
         if self.unreadable {
             tracing::warn!(key = %self.key, "the stored record could not be read; replaced by the tokens just fetched");
         }
-        self.unsaved = Some(Unsaved::new(tokens, expect, self.used_refresh.clone()));
-        self.persist(Afterwards::Finish)
+        let unsaved = Unsaved::new(tokens, expect, self.used_refresh.clone());
+        let in_hand = InHand::new(self.engine.clone(), self.key.clone(), unsaved);
+        self.persist(in_hand, Afterwards::Finish)
     }
 
     /// The authorization new tokens belong to: a refresh keeps the record's; a fetch for an
@@ -905,24 +933,24 @@ impl Run {
     /// A 429 with `Retry-After` pauses every process sharing the store (the pause is stored
     /// with the budget, for at most the longest `Retry-After` the retry policy honours), then
     /// the failure is handled as any other.
-    fn after_failed_call(mut self: Box<Self>, error: Error, now: Timestamp) -> Plan {
+    fn after_failed_call(mut self: Box<Self>, call: Call, error: Error, now: Timestamp) -> Plan {
         let pause = match (&error, error.retry_after(), &self.engine.config.token_budget) {
             (Error::RateLimited { .. }, Some(after), Some(_)) => {
                 now.saturating_add(after.min(self.max_pause()))
             }
-            _ => return self.retry_or_conclude(error, now),
+            _ => return self.retry_or_conclude(call, error, now),
         };
         self.budget_reads = 0;
-        self.store_pause(pause, error)
+        self.store_pause(call, pause, error)
     }
 
-    fn store_pause(mut self: Box<Self>, until: Timestamp, error: Error) -> Plan {
+    fn store_pause(mut self: Box<Self>, call: Call, until: Timestamp, error: Error) -> Plan {
         self.budget_reads += 1;
         Step::LoadState(
             TOKEN_BUDGET_STATE.to_owned(),
             Then::new(move |loaded: StorageResult<Option<Versioned<Vec<u8>>>>, now| {
                 let Some(budget) = self.engine.config.token_budget.clone() else {
-                    return self.retry_or_conclude(error, now);
+                    return self.retry_or_conclude(call, error, now);
                 };
                 let (state, expect) = match loaded {
                     Ok(Some(stored)) => {
@@ -931,9 +959,9 @@ impl Run {
                     Ok(None) => (None, Expect::Absent),
                     Err(e) if e.kind() == StorageErrorKind::Unsupported => {
                         pause_local_budget(&budget, now, until);
-                        return self.retry_or_conclude(error, now);
+                        return self.retry_or_conclude(call, error, now);
                     }
-                    Err(_) => return self.retry_or_conclude(error, now),
+                    Err(_) => return self.retry_or_conclude(call, error, now),
                 };
                 let paused = budget.pause(state, now, until);
                 Step::StoreState(
@@ -946,13 +974,13 @@ impl Run {
                                 && self.budget_reads < MAX_BUDGET_READS =>
                         {
                             let d = Duration::from_millis(u64::from(self.random() % 20) + 1);
-                            Step::Sleep(d, Then::new(move |(), _| self.store_pause(until, error)))
+                            Step::Sleep(d, Then::new(move |(), _| self.store_pause(call, until, error)))
                         }
                         stored => {
                             if stored.is_ok() {
                                 tracing::warn!(until = %until.to_rfc3339(), "Webex answered 429: token calls paused in every process sharing the store");
                             }
-                            self.retry_or_conclude(error, now)
+                            self.retry_or_conclude(call, error, now)
                         }
                     }),
                 )
@@ -960,21 +988,15 @@ impl Run {
         )
     }
 
-    fn retry_or_conclude(mut self: Box<Self>, error: Error, now: Timestamp) -> Plan {
-        let class = self.request.as_ref().map_or(RetryClass::Idempotent, |r| r.retry);
+    fn retry_or_conclude(mut self: Box<Self>, call: Call, error: Error, now: Timestamp) -> Plan {
+        let class = call.request.retry;
         let random = self.random();
         if let RetryDecision::RetryAfter(d) =
             self.engine.config.retry.decide(class, self.attempt, &error, random)
         {
-            return Step::Sleep(
-                d,
-                Then::new(move |(), _| match self.request.take() {
-                    Some(request) => self.send(request),
-                    None => self.fail(Error::Internal("no request to resend".into())),
-                }),
-            );
+            return Step::Sleep(d, Then::new(move |(), _| self.send(call)));
         }
-        if matches!(self.call, Some(TokenCall::ServiceAppFetch { .. })) {
+        if matches!(call.kind, TokenCall::ServiceAppFetch { .. }) {
             // Refused by Webex (403, 404, 401, 400), not merely unavailable.
             self.fetch_refused = error.api_failure().is_some() && !error.is_retryable();
             if self.fetch_refused {
@@ -986,7 +1008,7 @@ impl Run {
             // The caller's own refresh token was refused; the stored record is not at fault.
             return self.fail(error);
         }
-        if rejected && matches!(self.call, Some(TokenCall::Refresh(_))) && !self.reread_after_invalid_grant {
+        if rejected && matches!(call.kind, TokenCall::Refresh(_)) && !self.reread_after_invalid_grant {
             // Another process may have rotated the token we sent; look before giving up.
             self.reread_after_invalid_grant = true;
             self.rejection = Some(error);
@@ -1045,73 +1067,71 @@ impl Run {
 
     // ---- storing ----
 
-    /// Stores the tokens in hand (`self.unsaved`) under their condition. A conflict re-reads:
-    /// the tokens in hand replace a record that is marked or still holds the refresh token they
-    /// were bought with; anything else another writer stored stands, and so does a deletion.
-    fn persist(mut self: Box<Self>, afterwards: Afterwards) -> Plan {
-        let Some(unsaved) = &self.unsaved else {
-            return self.fail(Error::Internal("nothing to store".into()));
-        };
-        let (key, tokens, expect) = (self.key.clone(), unsaved.tokens.clone(), unsaved.expect);
+    /// Stores the tokens in hand under their condition. A conflict re-reads: the tokens in
+    /// hand replace a record that is marked or still holds the refresh token they were bought
+    /// with; anything else another writer stored stands, and so does a deletion.
+    fn persist(mut self: Box<Self>, in_hand: InHand, afterwards: Afterwards) -> Plan {
+        let (key, tokens, expect) =
+            (self.key.clone(), in_hand.unsaved.tokens.clone(), in_hand.unsaved.expect);
         self.store_attempts += 1;
         Step::Store(
             key,
             tokens,
             expect,
-            Then::new(move |stored, now| self.on_persisted(stored, afterwards, now)),
+            Then::new(move |stored, _| self.on_persisted(in_hand, stored, afterwards)),
         )
     }
 
     fn on_persisted(
-        mut self: Box<Self>,
+        self: Box<Self>,
+        in_hand: InHand,
         stored: StorageResult<u64>,
         afterwards: Afterwards,
-        now: Timestamp,
     ) -> Plan {
         let attempts_left = self.store_attempts < self.engine.config.retry.max_attempts.max(2);
         match stored {
             Ok(version) => {
-                let Some(unsaved) = self.unsaved.take() else {
-                    return self.fail(Error::Internal("stored nothing".into()));
-                };
+                let tokens = in_hand.stored();
                 match afterwards {
-                    Afterwards::Finish => {
-                        self.finish(Ok(Versioned { value: unsaved.tokens, version }), true, None)
-                    }
+                    Afterwards::Finish => self.finish(Ok(Versioned { value: tokens, version }), true, None),
                     Afterwards::Continue => self.load(Self::after_initial_load),
                 }
             }
             Err(e) if e.kind() == StorageErrorKind::Conflict && attempts_left => {
                 let key = self.key.clone();
-                Step::Load(key, Then::new(move |loaded, now| self.after_conflict(loaded, afterwards, now)))
+                Step::Load(
+                    key,
+                    Then::new(move |loaded, now| self.after_conflict(in_hand, loaded, afterwards, now)),
+                )
             }
             Err(e) if e.is_retryable() && attempts_left => {
                 let d = self.engine.config.retry.base_delay.saturating_mul(self.store_attempts);
-                Step::Sleep(d, Then::new(move |(), _| self.persist(afterwards)))
+                Step::Sleep(d, Then::new(move |(), _| self.persist(in_hand, afterwards)))
             }
-            // The tokens in hand stay in `self.unsaved`: dropped with the run, they are kept.
-            Err(e) => {
-                let _ = now;
-                self.fail(e.into())
-            }
+            // Dropped here, the tokens in hand go back to the cache: kept for the next run.
+            Err(e) => self.fail(e.into()),
         }
     }
 
-    fn after_conflict(mut self: Box<Self>, loaded: Loaded, afterwards: Afterwards, now: Timestamp) -> Plan {
+    fn after_conflict(
+        self: Box<Self>,
+        mut in_hand: InHand,
+        loaded: Loaded,
+        afterwards: Afterwards,
+        now: Timestamp,
+    ) -> Plan {
         let winner = match loaded {
             Ok(winner) => winner,
             Err(e) => return self.fail(e.into()),
         };
-        let supersede = match (&winner, &self.unsaved) {
-            (Some(w), Some(ours)) => ours.supersede(&w.value),
-            _ => false,
-        };
-        if supersede && let (Some(w), Some(ours)) = (&winner, &mut self.unsaved) {
-            ours.expect = Expect::Version(w.version);
-            return self.persist(afterwards);
+        if let Some(w) = &winner
+            && in_hand.unsaved.supersede(&w.value)
+        {
+            in_hand.unsaved.expect = Expect::Version(w.version);
+            return self.persist(in_hand, afterwards);
         }
         // The other writer's record (or its deletion) stands; ours are dropped on purpose.
-        self.unsaved = None;
+        in_hand.give_up();
         match (afterwards, winner) {
             (Afterwards::Continue, _) => self.load(Self::after_initial_load),
             (Afterwards::Finish, Some(w)) if !w.value.is_expired(Duration::ZERO, now) => self.succeed(w),

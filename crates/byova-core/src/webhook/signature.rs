@@ -16,7 +16,8 @@ pub const SIGNATURE_HEADER: &str = "X-Spark-Signature";
 /// keyed by the webhook secret, compared in constant time.
 ///
 /// ```
-/// use byova_core::{verify_signature, WebhookSecret};
+/// use byova_core::webhook::verify_signature;
+/// use byova_core::WebhookSecret;
 /// let secret = WebhookSecret::new("example-secret");
 /// assert!(verify_signature(&secret, br#"{"id":"x"}"#, Some("9e3f8035dcfe0c9b0c40f10cab7c44b505bd746a")).is_ok());
 /// ```
