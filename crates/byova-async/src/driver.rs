@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use byova_core::engine::{Sent, Step, Then};
-use byova_core::{AccessToken, Result, StorageError, TokenKey, TokenStorage};
+use byova_core::{AccessToken, Result, TokenKey, TokenStorage};
 
 use crate::http::HttpClient;
 
@@ -51,60 +51,13 @@ impl Drive for Agent {
     }
 }
 
-/// A storage call, failing as `Unavailable` (retryable) when it takes longer than the
-/// configured `storage_timeout`: a hung store never stalls a caller or the refresher.
-async fn bounded<T>(
-    agent: &Agent,
-    call: impl Future<Output = std::result::Result<T, StorageError>>,
-) -> std::result::Result<T, StorageError> {
-    let limit = agent.engine.config().storage_timeout;
-    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
-        Err(StorageError::unavailable(format!("the token storage did not answer within {limit:?}")))
-    })
-}
-
 async fn drive<T: Send + 'static>(agent: Arc<Agent>, mut step: Step<T>) -> Result<T> {
     let storage = agent.storage.as_ref();
-    let a = agent.as_ref();
     loop {
         step = match step {
-            Step::Load(key, then) => then.resume(bounded(a, storage.load(&key)).await, agent.now()),
-            Step::Store(key, tokens, expect, then) => {
-                then.resume(bounded(a, storage.store(&key, &tokens, expect)).await, agent.now())
-            }
-            Step::DeleteOrg(org, expect, then) => {
-                then.resume(bounded(a, storage.delete_org(&org, expect)).await, agent.now())
-            }
-            Step::ListOrgs(then) => {
-                then.resume(bounded(a, storage.list_registered_orgs()).await, agent.now())
-            }
-            Step::SavePending(key, pending, then) => {
-                then.resume(bounded(a, storage.save_pending_authorization(&key, &pending)).await, agent.now())
-            }
-            Step::TakePending(key, then) => {
-                then.resume(bounded(a, storage.take_pending_authorization(&key)).await, agent.now())
-            }
-            Step::LoadMany(keys, then) => {
-                then.resume(bounded(a, storage.load_many(&keys)).await, agent.now())
-            }
-            Step::LoadState(name, then) => {
-                then.resume(bounded(a, storage.load_state(&name)).await, agent.now())
-            }
-            Step::StoreState(name, bytes, expect, then) => {
-                then.resume(bounded(a, storage.store_state(&name, &bytes, expect)).await, agent.now())
-            }
-            Step::AcquireLease(key, ttl, then) => {
-                then.resume(bounded(a, storage.try_acquire_lease(&key, ttl)).await, agent.now())
-            }
-            Step::ExtendLease(lease, ttl, then) => {
-                then.resume(bounded(a, storage.extend_lease(&lease, ttl)).await, agent.now())
-            }
-            Step::ReleaseLease(lease, then) => {
-                let released = bounded(a, storage.release_lease(&lease)).await;
-                if let Err(e) = &released {
-                    tracing::warn!(key = %lease.key, error = %e, "could not release a refresh lease; it expires on its own");
-                }
-                then.resume(released, agent.now())
+            Step::Storage(call) => {
+                let limit = agent.engine.config().storage_timeout;
+                call.perform(storage, || agent.now(), limit, tokio::time::sleep(limit)).await
             }
             Step::Send(request, then) => {
                 let sent_at = agent.now();

@@ -367,20 +367,7 @@ impl<T: Send + 'static> Task for PlanTask<T> {
         loop {
             let Some(step) = self.step.take() else { return State::Done };
             self.step = Some(match step {
-                Step::Load(k, then) => then.resume(sim.storage.load(&k), now),
-                Step::Store(k, t, e, then) => then.resume(sim.storage.store(&k, &t, e), now),
-                Step::DeleteOrg(o, e, then) => then.resume(sim.storage.delete_org(&o, e), now),
-                Step::ListOrgs(then) => then.resume(sim.storage.list_registered_orgs(), now),
-                Step::SavePending(k, p, then) => {
-                    then.resume(sim.storage.save_pending_authorization(&k, &p), now)
-                }
-                Step::TakePending(k, then) => then.resume(sim.storage.take_pending_authorization(&k), now),
-                Step::LoadMany(keys, then) => then.resume(sim.storage.load_many(&keys), now),
-                Step::LoadState(n, then) => then.resume(sim.storage.load_state(&n), now),
-                Step::StoreState(n, b, e, then) => then.resume(sim.storage.store_state(&n, &b, e), now),
-                Step::AcquireLease(k, ttl, then) => then.resume(sim.storage.try_acquire_lease(&k, ttl), now),
-                Step::ExtendLease(l, ttl, then) => then.resume(sim.storage.extend_lease(&l, ttl), now),
-                Step::ReleaseLease(l, then) => then.resume(sim.storage.release_lease(&l), now),
+                Step::Storage(call) => call.perform_blocking(&sim.storage, || now),
                 Step::Send(request, then) => {
                     let response = sim.webex.answer(&request, now);
                     then.resume(Sent::new(Ok(response), now), now)

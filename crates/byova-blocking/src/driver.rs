@@ -41,38 +41,7 @@ impl Drive for Agent {
         let storage = self.storage.as_ref();
         loop {
             step = match step {
-                Step::Load(key, then) => then.resume(storage.load(&key), self.now()),
-                Step::Store(key, tokens, expect, then) => {
-                    then.resume(storage.store(&key, &tokens, expect), self.now())
-                }
-                Step::DeleteOrg(org, expect, then) => {
-                    then.resume(storage.delete_org(&org, expect), self.now())
-                }
-                Step::ListOrgs(then) => then.resume(storage.list_registered_orgs(), self.now()),
-                Step::SavePending(key, pending, then) => {
-                    then.resume(storage.save_pending_authorization(&key, &pending), self.now())
-                }
-                Step::TakePending(key, then) => {
-                    then.resume(storage.take_pending_authorization(&key), self.now())
-                }
-                Step::LoadMany(keys, then) => then.resume(storage.load_many(&keys), self.now()),
-                Step::LoadState(name, then) => then.resume(storage.load_state(&name), self.now()),
-                Step::StoreState(name, bytes, expect, then) => {
-                    then.resume(storage.store_state(&name, &bytes, expect), self.now())
-                }
-                Step::AcquireLease(key, ttl, then) => {
-                    then.resume(storage.try_acquire_lease(&key, ttl), self.now())
-                }
-                Step::ExtendLease(lease, ttl, then) => {
-                    then.resume(storage.extend_lease(&lease, ttl), self.now())
-                }
-                Step::ReleaseLease(lease, then) => {
-                    let released = storage.release_lease(&lease);
-                    if let Err(e) = &released {
-                        tracing::warn!(key = %lease.key, error = %e, "could not release a refresh lease; it expires on its own");
-                    }
-                    then.resume(released, self.now())
-                }
+                Step::Storage(call) => call.perform_blocking(storage, || self.now()),
                 Step::Send(request, then) => {
                     let sent_at = self.now();
                     tracing::debug!(url = request.url_for_logs(), "calling Webex");

@@ -36,7 +36,7 @@ pub use crate::time::CoarseClock;
 pub use flight::{Flight, FlightWait, Held};
 pub use pending::PendingAuthorizations;
 pub use refresh::Outcome;
-pub use step::{Sent, Step, StorageResult, Then};
+pub use step::{Sent, Step, StorageCall, StorageResult, Then};
 
 use crate::authorize::{AuthorizationUrl, AuthorizeOptions};
 use crate::config::ByovaConfig;
@@ -341,7 +341,7 @@ impl TokenEngine {
         marking: Marking,
         attempt: u32,
     ) -> Step<()> {
-        Step::Load(
+        Step::Storage(StorageCall::Load(
             key.clone(),
             Then::new(move |loaded: StorageResult<Option<Versioned<OAuthTokens>>>, now| {
                 let record = match loaded {
@@ -373,7 +373,7 @@ impl TokenEngine {
                     }
                 };
                 let cooldown = marked.cooldown_until;
-                Step::Store(
+                Step::Storage(StorageCall::Store(
                     key.clone(),
                     marked,
                     Expect::Version(record.version),
@@ -398,20 +398,20 @@ impl TokenEngine {
                             done(Err(e.into()))
                         }
                     }),
-                )
+                ))
             }),
-        )
+        ))
     }
 
     /// The status of `key` from storage, `None` when nothing is stored.
     pub fn status(self: &Arc<Self>, key: TokenKey) -> Step<Option<KeyStatus>> {
         let engine = self.clone();
-        Step::Load(
+        Step::Storage(StorageCall::Load(
             key.clone(),
             Then::new(move |loaded: StorageResult<Option<Versioned<OAuthTokens>>>, now| {
                 done(loaded.map_err(Error::from).map(|r| r.map(|r| engine.cache.status(&key, &r.value, now))))
             }),
-        )
+        ))
     }
 
     /// Tokens for `key` in `mode`, through the key's flight.
@@ -478,7 +478,7 @@ impl TokenEngine {
             key,
             |engine, key, now| engine.remove_unless_authorized(key, now),
             |engine, key, _| {
-                Step::Load(
+                Step::Storage(StorageCall::Load(
                     key.clone(),
                     Then::new(move |loaded: StorageResult<Option<Versioned<OAuthTokens>>>, now| {
                         let kept = match loaded {
@@ -503,13 +503,13 @@ impl TokenEngine {
                             },
                         )
                     }),
-                )
+                ))
             },
         )
     }
 
     fn delete_unless_newer(self: Arc<Self>, key: TokenKey, at: Timestamp, attempt: u32) -> Step<Held> {
-        Step::Load(
+        Step::Storage(StorageCall::Load(
             key.clone(),
             Then::new(move |loaded: StorageResult<Option<Versioned<OAuthTokens>>>, _| match loaded {
                 Err(e) => done(Err(e.into())),
@@ -520,7 +520,7 @@ impl TokenEngine {
                 }
                 Ok(Some(record)) => self.delete(key, Expect::Version(record.version), Some(at), attempt),
             }),
-        )
+        ))
     }
 
     /// Deletes under `expect`. For a deauthorization at `judged_at`, a conflict (the record
@@ -533,7 +533,7 @@ impl TokenEngine {
         attempt: u32,
     ) -> Step<Held> {
         let org = key.org_id().unwrap_or_default().to_owned();
-        Step::DeleteOrg(
+        Step::Storage(StorageCall::DeleteOrg(
             org,
             expect,
             Then::new(move |deleted: StorageResult<()>, _| match (deleted, judged_at) {
@@ -547,7 +547,7 @@ impl TokenEngine {
                 }
                 (Err(e), _) => done(Err(e.into())),
             }),
-        )
+        ))
     }
 
     /// Runs `lead` as the flight for `key`, or waits for the flight already running: shares
@@ -792,11 +792,11 @@ impl IntegrationEngine {
         now: Timestamp,
     ) -> Result<(AuthorizationUrl, Step<bool>)> {
         let issued = self.pending.issue(&self.token_engine.config, &self.credentials, scopes, state, now)?;
-        let save = Step::SavePending(
+        let save = Step::Storage(StorageCall::SavePending(
             pending_key(&issued.state),
             issued.pending,
             Then::new(|saved: StorageResult<bool>, _| done(saved.map_err(Error::from))),
-        );
+        ));
         Ok((AuthorizationUrl { url: issued.url, state: issued.state }, save))
     }
 
@@ -845,20 +845,20 @@ impl IntegrationEngine {
         };
         let engine = self.clone();
         match (local, state) {
-            (Some((state, local)), _) => Step::TakePending(
+            (Some((state, local)), _) => Step::Storage(StorageCall::TakePending(
                 pending_key(&state),
                 Then::new(move |_stored: StorageResult<Option<PendingAuthorization>>, now| {
                     engine.exchange_pending(code, local, now)
                 }),
-            ),
-            (None, Some(state)) => Step::TakePending(
+            )),
+            (None, Some(state)) => Step::Storage(StorageCall::TakePending(
                 pending_key(state),
                 Then::new(move |stored: StorageResult<Option<PendingAuthorization>>, now| match stored {
                     Ok(Some(pending)) => engine.exchange_pending(code, pending, now),
                     Ok(None) => done(Err(Error::UnknownAuthorizationState)),
                     Err(e) => done(Err(e.into())),
                 }),
-            ),
+            )),
             (None, None) => self.exchange(self.credentials.clone(), code, None, now),
         }
     }
@@ -941,7 +941,7 @@ fn exchange_lead(
 /// Stores tokens just obtained outside a refresh run (a code exchange) and caches them; if
 /// the store fails they are kept for the key's next run instead of being lost.
 fn store_new(engine: Arc<TokenEngine>, key: TokenKey, tokens: OAuthTokens, expect: Expect) -> Step<Held> {
-    Step::Store(
+    Step::Storage(StorageCall::Store(
         key.clone(),
         tokens.clone(),
         expect,
@@ -956,7 +956,7 @@ fn store_new(engine: Arc<TokenEngine>, key: TokenKey, tokens: OAuthTokens, expec
                 done(Err(e.into()))
             }
         }),
-    )
+    ))
 }
 
 /// The engine of a `ServiceAppTokenManager`, and of the webhook handling and webhook API
@@ -1077,7 +1077,9 @@ impl ServiceAppEngine {
 
     /// Registered org ids.
     pub fn list_orgs(&self) -> Step<Vec<String>> {
-        Step::ListOrgs(Then::new(|orgs: StorageResult<Vec<String>>, _| done(orgs.map_err(Error::from))))
+        Step::Storage(StorageCall::ListOrgs(Then::new(|orgs: StorageResult<Vec<String>>, _| {
+            done(orgs.map_err(Error::from))
+        })))
     }
 
     /// The status of `org_id`, `None` when not registered.

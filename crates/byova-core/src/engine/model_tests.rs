@@ -380,15 +380,7 @@ impl Run {
             Slot::Wait(flight, then) => then.resume(flight_outcome(&flight).expect("a finished flight"), now),
         };
         let next = match step {
-            Step::Load(key, then) => then.resume(storage.load(&key), now),
-            Step::Store(key, tokens, expect, then) => then.resume(storage.store(&key, &tokens, expect), now),
-            Step::LoadState(name, then) => then.resume(storage.load_state(&name), now),
-            Step::StoreState(name, bytes, expect, then) => {
-                then.resume(storage.store_state(&name, &bytes, expect), now)
-            }
-            Step::AcquireLease(key, ttl, then) => then.resume(storage.try_acquire_lease(&key, ttl), now),
-            Step::ExtendLease(lease, ttl, then) => then.resume(storage.extend_lease(&lease, ttl), now),
-            Step::ReleaseLease(lease, then) => then.resume(storage.release_lease(&lease), now),
+            Step::Storage(call) => call.perform_blocking(storage, || now),
             Step::Send(request, then) => {
                 let response = self.webex.answer(&request, now);
                 then.resume(Sent::new(Ok(response), now), now)
@@ -438,12 +430,18 @@ impl Run {
                     ),
                     now,
                 ),
-                Slot::Step(Step::Load(_, then)) => then.resume(Err(down()), now),
-                Slot::Step(Step::Store(_, _, _, then)) => then.resume(Err(down()), now),
-                Slot::Step(Step::AcquireLease(_, _, then)) => then.resume(Err(down()), now),
-                Slot::Step(Step::ExtendLease(_, _, then)) => then.resume(Err(down()), now),
-                Slot::Step(Step::LoadState(_, then)) => then.resume(Err(down()), now),
-                Slot::Step(Step::StoreState(_, _, _, then)) => then.resume(Err(down()), now),
+                Slot::Step(Step::Storage(StorageCall::Load(_, then))) => then.resume(Err(down()), now),
+                Slot::Step(Step::Storage(StorageCall::Store(_, _, _, then))) => then.resume(Err(down()), now),
+                Slot::Step(Step::Storage(StorageCall::AcquireLease(_, _, then))) => {
+                    then.resume(Err(down()), now)
+                }
+                Slot::Step(Step::Storage(StorageCall::ExtendLease(_, _, then))) => {
+                    then.resume(Err(down()), now)
+                }
+                Slot::Step(Step::Storage(StorageCall::LoadState(_, then))) => then.resume(Err(down()), now),
+                Slot::Step(Step::Storage(StorageCall::StoreState(_, _, _, then))) => {
+                    then.resume(Err(down()), now)
+                }
                 other => return other,
             };
             Slot::Step(next)
@@ -469,12 +467,12 @@ impl Run {
                 slot,
                 Slot::Step(
                     Step::Send(..)
-                        | Step::Load(..)
-                        | Step::Store(..)
-                        | Step::AcquireLease(..)
-                        | Step::ExtendLease(..)
-                        | Step::LoadState(..)
-                        | Step::StoreState(..)
+                        | Step::Storage(StorageCall::Load(..))
+                        | Step::Storage(StorageCall::Store(..))
+                        | Step::Storage(StorageCall::AcquireLease(..))
+                        | Step::Storage(StorageCall::ExtendLease(..))
+                        | Step::Storage(StorageCall::LoadState(..))
+                        | Step::Storage(StorageCall::StoreState(..))
                 )
             )
         }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use crate::budget::{BudgetDecision, BudgetState, TOKEN_BUDGET_STATE, pause_local_budget, take_local_budget};
 use crate::cache::Unsaved;
-use crate::engine::step::{Sent, Step, StorageResult, Then};
+use crate::engine::step::{Sent, Step, StorageCall, StorageResult, Then};
 use crate::engine::{Client, TokenEngine as Engine};
 use crate::error::{ApiFailure, Error, Result, StorageErrorKind};
 use crate::http::HttpRequest;
@@ -101,7 +101,7 @@ impl HeldLease {
     /// orphans, and the key's next run releases it instead of waiting out its TTL.
     fn release<T: Send + 'static>(self, then: impl FnOnce() -> Step<T> + Send + 'static) -> Step<T> {
         let lease = self.lease.clone();
-        Step::ReleaseLease(
+        Step::Storage(StorageCall::ReleaseLease(
             lease,
             Then::new(move |released: StorageResult<()>, _| {
                 if released.is_ok() {
@@ -109,7 +109,7 @@ impl HeldLease {
                 }
                 then()
             }),
-        )
+        ))
     }
 }
 
@@ -261,7 +261,7 @@ impl Run {
 
     fn load(self: Box<Self>, then: fn(Box<Self>, Loaded, Timestamp) -> Plan) -> Plan {
         let key = self.key.clone();
-        Step::Load(key, Then::new(move |loaded, now| then(self, loaded, now)))
+        Step::Storage(StorageCall::Load(key, Then::new(move |loaded, now| then(self, loaded, now))))
     }
 
     fn random(&mut self) -> u32 {
@@ -390,7 +390,7 @@ impl Run {
                 current.value.clone().rejected_by(Rejection::new(failure.status, failure.tracking_id, now));
             let key = self.key.clone();
             let expect = Expect::Version(current.version);
-            return Step::Store(
+            return Step::Storage(StorageCall::Store(
                 key,
                 marked.clone(),
                 expect,
@@ -408,7 +408,7 @@ impl Run {
                     }
                     Err(_) => self.conclude(error, now),
                 }),
-            );
+            ));
         }
         if self.old_still_valid(now)
             && let Some(current) = self.current.clone()
@@ -534,7 +534,11 @@ impl Run {
 
     fn acquire_lease(self: Box<Self>) -> Plan {
         let (key, ttl) = (self.key.clone(), self.engine.config.coordination.lease_ttl);
-        Step::AcquireLease(key, ttl, Then::new(move |lease, now| self.on_lease(lease, now)))
+        Step::Storage(StorageCall::AcquireLease(
+            key,
+            ttl,
+            Then::new(move |lease, now| self.on_lease(lease, now)),
+        ))
     }
 
     fn on_lease(mut self: Box<Self>, lease: StorageResult<Option<Lease>>, now: Timestamp) -> Plan {
@@ -717,11 +721,11 @@ impl Run {
     fn send(self: Box<Self>, call: Call) -> Plan {
         let Some(held) = &self.lease else { return self.send_now(call) };
         let (lease, ttl) = (held.lease.clone(), self.engine.config.coordination.lease_ttl);
-        Step::ExtendLease(
+        Step::Storage(StorageCall::ExtendLease(
             lease,
             ttl,
             Then::new(move |extended, now| self.on_lease_extended(call, extended, now)),
-        )
+        ))
     }
 
     fn on_lease_extended(
@@ -752,10 +756,10 @@ impl Run {
             return self.send_granted(call);
         }
         self.budget_reads += 1;
-        Step::LoadState(
+        Step::Storage(StorageCall::LoadState(
             TOKEN_BUDGET_STATE.to_owned(),
             Then::new(move |loaded, now| self.on_budget_loaded(call, loaded, now)),
-        )
+        ))
     }
 
     /// A caller whose token has expired (or is about to) is urgent: it may use the reserve
@@ -793,7 +797,7 @@ impl Run {
             }
         };
         match budget.take(state, now, urgent, max_pause) {
-            BudgetDecision::Granted(next) => Step::StoreState(
+            BudgetDecision::Granted(next) => Step::Storage(StorageCall::StoreState(
                 TOKEN_BUDGET_STATE.to_owned(),
                 next.to_json(),
                 expect,
@@ -807,7 +811,7 @@ impl Run {
                         self.send_granted(call)
                     }
                 }),
-            ),
+            )),
             BudgetDecision::RetryAt(at) => self.over_budget(call, at, now),
         }
     }
@@ -946,7 +950,7 @@ impl Run {
 
     fn store_pause(mut self: Box<Self>, call: Call, until: Timestamp, error: Error) -> Plan {
         self.budget_reads += 1;
-        Step::LoadState(
+        Step::Storage(StorageCall::LoadState(
             TOKEN_BUDGET_STATE.to_owned(),
             Then::new(move |loaded: StorageResult<Option<Versioned<Vec<u8>>>>, now| {
                 let Some(budget) = self.engine.config.token_budget.clone() else {
@@ -964,7 +968,7 @@ impl Run {
                     Err(_) => return self.retry_or_conclude(call, error, now),
                 };
                 let paused = budget.pause(state, now, until);
-                Step::StoreState(
+                Step::Storage(StorageCall::StoreState(
                     TOKEN_BUDGET_STATE.to_owned(),
                     paused.to_json(),
                     expect,
@@ -983,9 +987,9 @@ impl Run {
                             self.retry_or_conclude(call, error, now)
                         }
                     }),
-                )
+                ))
             }),
-        )
+        ))
     }
 
     fn retry_or_conclude(mut self: Box<Self>, call: Call, error: Error, now: Timestamp) -> Plan {
@@ -1074,12 +1078,12 @@ impl Run {
         let (key, tokens, expect) =
             (self.key.clone(), in_hand.unsaved.tokens.clone(), in_hand.unsaved.expect);
         self.store_attempts += 1;
-        Step::Store(
+        Step::Storage(StorageCall::Store(
             key,
             tokens,
             expect,
             Then::new(move |stored, _| self.on_persisted(in_hand, stored, afterwards)),
-        )
+        ))
     }
 
     fn on_persisted(
@@ -1099,10 +1103,10 @@ impl Run {
             }
             Err(e) if e.kind() == StorageErrorKind::Conflict && attempts_left => {
                 let key = self.key.clone();
-                Step::Load(
+                Step::Storage(StorageCall::Load(
                     key,
                     Then::new(move |loaded, now| self.after_conflict(in_hand, loaded, afterwards, now)),
-                )
+                ))
             }
             Err(e) if e.is_retryable() && attempts_left => {
                 let d = self.engine.config.retry.base_delay.saturating_mul(self.store_attempts);

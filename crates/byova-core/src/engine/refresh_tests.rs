@@ -112,12 +112,6 @@ fn drive_with<S: BlockingTokenStorage + ?Sized>(
     let mut step = Run::new(engine.clone(), key, mode, 42).start();
     for _ in 0..10_000 {
         step = match step {
-            Step::Load(k, then) => then.resume(storage.load(&k), NOW),
-            Step::AcquireLease(k, ttl, then) => then.resume(storage.try_acquire_lease(&k, ttl), NOW),
-            Step::LoadState(name, then) => then.resume(storage.load_state(&name), NOW),
-            Step::StoreState(name, bytes, expect, then) => {
-                then.resume(storage.store_state(&name, &bytes, expect), NOW)
-            }
             Step::Sleep(d, then) => {
                 trace.sleeps.push(d);
                 then.resume((), NOW)
@@ -131,12 +125,11 @@ fn drive_with<S: BlockingTokenStorage + ?Sized>(
                 trace.sent.push(req);
                 then.resume(Sent::new(resp, NOW), NOW)
             }
-            Step::Store(k, t, expect, then) => {
+            Step::Storage(StorageCall::Store(k, t, expect, then)) => {
                 trace.stores += 1;
                 then.resume(storage.store(&k, &t, expect), NOW)
             }
-            Step::ReleaseLease(lease, then) => then.resume(storage.release_lease(&lease), NOW),
-            Step::ExtendLease(lease, ttl, then) => then.resume(storage.extend_lease(&lease, ttl), NOW),
+            Step::Storage(call) => call.perform_blocking(storage, || NOW),
             Step::Done(outcome) => return (outcome.expect("a run always ends with an outcome"), trace),
             other => panic!("a refresh run asked for {other:?}"),
         };
@@ -339,8 +332,10 @@ fn a_lease_held_elsewhere_waits_for_the_other_refresh() {
     let mut polls = 0;
     let out = loop {
         step = match step {
-            Step::Load(k, then) => then.resume(s.load(&k), NOW),
-            Step::AcquireLease(k, ttl, then) => then.resume(s.try_acquire_lease(&k, ttl), NOW),
+            Step::Storage(StorageCall::Load(k, then)) => then.resume(s.load(&k), NOW),
+            Step::Storage(StorageCall::AcquireLease(k, ttl, then)) => {
+                then.resume(s.try_acquire_lease(&k, ttl), NOW)
+            }
             Step::Sleep(_, then) => {
                 polls += 1;
                 if polls == 3 {
@@ -371,8 +366,10 @@ fn a_waiter_accepts_any_newer_record_that_is_not_really_expired() {
     let mut polls = 0;
     let out = loop {
         step = match step {
-            Step::Load(k, then) => then.resume(s.load(&k), NOW),
-            Step::AcquireLease(k, ttl, then) => then.resume(s.try_acquire_lease(&k, ttl), NOW),
+            Step::Storage(StorageCall::Load(k, then)) => then.resume(s.load(&k), NOW),
+            Step::Storage(StorageCall::AcquireLease(k, ttl, then)) => {
+                then.resume(s.try_acquire_lease(&k, ttl), NOW)
+            }
             Step::Sleep(_, then) => {
                 polls += 1;
                 if polls == 1 {
@@ -408,8 +405,8 @@ fn a_holder_that_lost_its_lease_does_not_spend_the_refresh_token() {
     let mut sent = 0;
     let out = loop {
         step = match step {
-            Step::Load(k, then) => then.resume(s.load(&k), NOW),
-            Step::AcquireLease(k, _, then) => {
+            Step::Storage(StorageCall::Load(k, then)) => then.resume(s.load(&k), NOW),
+            Step::Storage(StorageCall::AcquireLease(k, _, then)) => {
                 // Our lease is so short it lapses before we send; a successor takes over.
                 let ours = s.try_acquire_lease(&k, Duration::from_millis(1)).unwrap();
                 std::thread::sleep(Duration::from_millis(5));
@@ -420,13 +417,17 @@ fn a_holder_that_lost_its_lease_does_not_spend_the_refresh_token() {
                 s.release_lease(&successor).unwrap();
                 then.resume(Ok(ours), NOW)
             }
-            Step::ExtendLease(lease, ttl, then) => then.resume(s.extend_lease(&lease, ttl), NOW),
+            Step::Storage(StorageCall::ExtendLease(lease, ttl, then)) => {
+                then.resume(s.extend_lease(&lease, ttl), NOW)
+            }
             Step::Send(_, then) => {
                 sent += 1;
                 then.resume(Sent::new(Ok(ok_body("NEVER", None)), NOW), NOW)
             }
             Step::Sleep(_, then) => then.resume((), NOW),
-            Step::ReleaseLease(lease, then) => then.resume(s.release_lease(&lease), NOW),
+            Step::Storage(StorageCall::ReleaseLease(lease, then)) => {
+                then.resume(s.release_lease(&lease), NOW)
+            }
             Step::Done(o) => break o.unwrap(),
             other => panic!("unexpected step {other:?}"),
         };
@@ -444,9 +445,13 @@ fn a_run_dropped_while_holding_its_lease_has_it_released_by_the_next_run() {
     // Drive until the request is about to be sent, then abandon the run (a cancelled task).
     loop {
         step = match step {
-            Step::Load(k, then) => then.resume(s.load(&k), NOW),
-            Step::AcquireLease(k, ttl, then) => then.resume(s.try_acquire_lease(&k, ttl), NOW),
-            Step::ExtendLease(lease, ttl, then) => then.resume(s.extend_lease(&lease, ttl), NOW),
+            Step::Storage(StorageCall::Load(k, then)) => then.resume(s.load(&k), NOW),
+            Step::Storage(StorageCall::AcquireLease(k, ttl, then)) => {
+                then.resume(s.try_acquire_lease(&k, ttl), NOW)
+            }
+            Step::Storage(StorageCall::ExtendLease(lease, ttl, then)) => {
+                then.resume(s.extend_lease(&lease, ttl), NOW)
+            }
             Step::Send(..) => break,
             other => panic!("unexpected step {other:?}"),
         };
@@ -769,11 +774,17 @@ fn an_explicit_refresh_token_is_used_even_after_waiting_for_another_process() {
     let mut sent = Vec::new();
     let out = loop {
         step = match step {
-            Step::Load(k, then) => then.resume(s.load(&k), NOW),
-            Step::AcquireLease(k, ttl, then) => then.resume(s.try_acquire_lease(&k, ttl), NOW),
-            Step::ExtendLease(lease, ttl, then) => then.resume(s.extend_lease(&lease, ttl), NOW),
-            Step::ReleaseLease(lease, then) => then.resume(s.release_lease(&lease), NOW),
-            Step::Store(k, t, e, then) => then.resume(s.store(&k, &t, e), NOW),
+            Step::Storage(StorageCall::Load(k, then)) => then.resume(s.load(&k), NOW),
+            Step::Storage(StorageCall::AcquireLease(k, ttl, then)) => {
+                then.resume(s.try_acquire_lease(&k, ttl), NOW)
+            }
+            Step::Storage(StorageCall::ExtendLease(lease, ttl, then)) => {
+                then.resume(s.extend_lease(&lease, ttl), NOW)
+            }
+            Step::Storage(StorageCall::ReleaseLease(lease, then)) => {
+                then.resume(s.release_lease(&lease), NOW)
+            }
+            Step::Storage(StorageCall::Store(k, t, e, then)) => then.resume(s.store(&k, &t, e), NOW),
             Step::Sleep(_, then) => {
                 if s.load(&key).unwrap().unwrap().value.access_token.ct_eq_str("OLD") {
                     // The other process finishes its own refresh and lets go.
@@ -809,12 +820,16 @@ fn tokens_obtained_by_a_run_dropped_before_they_were_stored_are_kept() {
     let mut step = Run::new(engine.clone(), key.clone(), Mode::GetValid, 1).start();
     loop {
         step = match step {
-            Step::Load(k, then) => then.resume(s.load(&k), NOW),
-            Step::AcquireLease(k, ttl, then) => then.resume(s.try_acquire_lease(&k, ttl), NOW),
-            Step::ExtendLease(lease, ttl, then) => then.resume(s.extend_lease(&lease, ttl), NOW),
+            Step::Storage(StorageCall::Load(k, then)) => then.resume(s.load(&k), NOW),
+            Step::Storage(StorageCall::AcquireLease(k, ttl, then)) => {
+                then.resume(s.try_acquire_lease(&k, ttl), NOW)
+            }
+            Step::Storage(StorageCall::ExtendLease(lease, ttl, then)) => {
+                then.resume(s.extend_lease(&lease, ttl), NOW)
+            }
             Step::Send(_, then) => then.resume(Sent::new(Ok(ok_body("NEW", Some("R1"))), NOW), NOW),
             // The store is about to be asked: the task is cancelled right here.
-            Step::Store(..) => break,
+            Step::Storage(StorageCall::Store(..)) => break,
             other => panic!("unexpected step {other:?}"),
         };
     }
@@ -899,12 +914,18 @@ fn a_spent_budget_makes_an_expired_token_wait_then_call() {
     let (mut sleeps, mut sent) = (0, 0);
     let out = loop {
         step = match step {
-            Step::Load(k, then) => then.resume(s.load(&k), NOW),
-            Step::AcquireLease(k, ttl, then) => then.resume(s.try_acquire_lease(&k, ttl), NOW),
-            Step::ExtendLease(lease, ttl, then) => then.resume(s.extend_lease(&lease, ttl), NOW),
-            Step::ReleaseLease(lease, then) => then.resume(s.release_lease(&lease), NOW),
-            Step::LoadState(name, then) => then.resume(s.load_state(&name), NOW),
-            Step::StoreState(name, bytes, expect, then) => {
+            Step::Storage(StorageCall::Load(k, then)) => then.resume(s.load(&k), NOW),
+            Step::Storage(StorageCall::AcquireLease(k, ttl, then)) => {
+                then.resume(s.try_acquire_lease(&k, ttl), NOW)
+            }
+            Step::Storage(StorageCall::ExtendLease(lease, ttl, then)) => {
+                then.resume(s.extend_lease(&lease, ttl), NOW)
+            }
+            Step::Storage(StorageCall::ReleaseLease(lease, then)) => {
+                then.resume(s.release_lease(&lease), NOW)
+            }
+            Step::Storage(StorageCall::LoadState(name, then)) => then.resume(s.load_state(&name), NOW),
+            Step::Storage(StorageCall::StoreState(name, bytes, expect, then)) => {
                 then.resume(s.store_state(&name, &bytes, expect), NOW)
             }
             Step::Sleep(d, then) => {
@@ -929,7 +950,9 @@ fn a_spent_budget_makes_an_expired_token_wait_then_call() {
                 sent += 1;
                 then.resume(Sent::new(Ok(ok_body("NEW", Some("R2"))), NOW), NOW)
             }
-            Step::Store(k, t, expect, then) => then.resume(s.store(&k, &t, expect), NOW),
+            Step::Storage(StorageCall::Store(k, t, expect, then)) => {
+                then.resume(s.store(&k, &t, expect), NOW)
+            }
             Step::Done(o) => break o.unwrap(),
             other => panic!("unexpected {other:?}"),
         };
@@ -950,12 +973,18 @@ fn a_429_with_retry_after_pauses_the_stored_budget() {
     let mut step = Run::new(budget_engine(240), key, Mode::GetValid, 7).start();
     let out = loop {
         step = match step {
-            Step::Load(k, then) => then.resume(s.load(&k), now),
-            Step::AcquireLease(k, ttl, then) => then.resume(s.try_acquire_lease(&k, ttl), now),
-            Step::ExtendLease(lease, ttl, then) => then.resume(s.extend_lease(&lease, ttl), now),
-            Step::ReleaseLease(lease, then) => then.resume(s.release_lease(&lease), now),
-            Step::LoadState(name, then) => then.resume(s.load_state(&name), now),
-            Step::StoreState(name, bytes, expect, then) => {
+            Step::Storage(StorageCall::Load(k, then)) => then.resume(s.load(&k), now),
+            Step::Storage(StorageCall::AcquireLease(k, ttl, then)) => {
+                then.resume(s.try_acquire_lease(&k, ttl), now)
+            }
+            Step::Storage(StorageCall::ExtendLease(lease, ttl, then)) => {
+                then.resume(s.extend_lease(&lease, ttl), now)
+            }
+            Step::Storage(StorageCall::ReleaseLease(lease, then)) => {
+                then.resume(s.release_lease(&lease), now)
+            }
+            Step::Storage(StorageCall::LoadState(name, then)) => then.resume(s.load_state(&name), now),
+            Step::Storage(StorageCall::StoreState(name, bytes, expect, then)) => {
                 then.resume(s.store_state(&name, &bytes, expect), now)
             }
             Step::Sleep(d, then) => {
@@ -977,7 +1006,9 @@ fn a_429_with_retry_after_pauses_the_stored_budget() {
                 };
                 then.resume(Sent::new(Ok(response), now), now)
             }
-            Step::Store(k, t, expect, then) => then.resume(s.store(&k, &t, expect), now),
+            Step::Storage(StorageCall::Store(k, t, expect, then)) => {
+                then.resume(s.store(&k, &t, expect), now)
+            }
             Step::Done(o) => break o.unwrap(),
             other => panic!("unexpected {other:?}"),
         };

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use crate::engine::refresh::{Authorization, Mode};
-use crate::engine::step::{Step, StorageResult, Then, done};
+use crate::engine::step::{Step, StorageCall, StorageResult, Then, done};
 use crate::engine::{ServiceAppEngine, send_with_retry};
 use crate::error::{Error, Result};
 use crate::http::HttpRequest;
@@ -256,17 +256,19 @@ impl ServiceAppEngine {
     /// written by a newer byova): left out of the statuses, never in their way.
     pub fn status_report(self: &Arc<Self>, integration: bool) -> Step<StatusReport> {
         let engine = self.clone();
-        Step::ListOrgs(Then::new(move |orgs: StorageResult<Vec<String>>, _| match orgs {
-            Ok(orgs) => {
-                let keys: Vec<TokenKey> = integration
-                    .then_some(TokenKey::Integration)
-                    .into_iter()
-                    .chain(orgs.into_iter().map(TokenKey::Org))
-                    .collect();
-                engine.status_batches(keys, 0, StatusReport::default())
-            }
-            Err(e) => done(Err(e.into())),
-        }))
+        Step::Storage(StorageCall::ListOrgs(Then::new(
+            move |orgs: StorageResult<Vec<String>>, _| match orgs {
+                Ok(orgs) => {
+                    let keys: Vec<TokenKey> = integration
+                        .then_some(TokenKey::Integration)
+                        .into_iter()
+                        .chain(orgs.into_iter().map(TokenKey::Org))
+                        .collect();
+                    engine.status_batches(keys, 0, StatusReport::default())
+                }
+                Err(e) => done(Err(e.into())),
+            },
+        )))
     }
 
     fn status_batches(
@@ -280,7 +282,7 @@ impl ServiceAppEngine {
             return done(Ok(all));
         }
         let batch = keys[from..(from + BATCH).min(keys.len())].to_vec();
-        Step::LoadMany(
+        Step::Storage(StorageCall::LoadMany(
             batch.clone(),
             Then::new(move |loaded: StorageResult<Vec<Option<Versioned<OAuthTokens>>>>, now| match loaded {
                 Ok(records) if records.len() == batch.len() => {
@@ -295,7 +297,7 @@ impl ServiceAppEngine {
                 // the others: read this batch key by key and count what cannot be read.
                 _ => self.status_one_by_one(keys, from, from + BATCH, all),
             }),
-        )
+        ))
     }
 
     fn status_one_by_one(
@@ -309,7 +311,7 @@ impl ServiceAppEngine {
             return self.status_batches(keys, batch_end, all);
         }
         let key = keys[at].clone();
-        Step::Load(
+        Step::Storage(StorageCall::Load(
             key.clone(),
             Then::new(move |loaded: StorageResult<Option<Versioned<OAuthTokens>>>, now| {
                 match loaded {
@@ -325,7 +327,7 @@ impl ServiceAppEngine {
                 }
                 self.status_one_by_one(keys, at + 1, batch_end, all)
             }),
-        )
+        ))
     }
 
     /// Refreshes every registered org, at most `concurrency` at a time, reporting progress
@@ -337,7 +339,7 @@ impl ServiceAppEngine {
         progress: Option<ProgressFn>,
     ) -> Step<Vec<OrgRefresh>> {
         let engine = self.clone();
-        Step::ListOrgs(Then::new(move |orgs: StorageResult<Vec<String>>, _| {
+        Step::Storage(StorageCall::ListOrgs(Then::new(move |orgs: StorageResult<Vec<String>>, _| {
             let orgs = match orgs {
                 Ok(orgs) => orgs,
                 Err(e) => return done(Err(e.into())),
@@ -378,7 +380,7 @@ impl ServiceAppEngine {
                     done(Ok(all))
                 }),
             )
-        }))
+        })))
     }
 }
 
