@@ -475,10 +475,12 @@ fn term(t: &Value) -> String {
     }
 }
 
-/// A path with its generic arguments, as written in the source.
+/// A path's last segment with its generic arguments, as rustdoc shows it: how the source
+/// spelled the path (`Result`, `crate::Result`, a macro's `$crate::Result`) is not the API.
 fn path(p: &Value) -> String {
     let name = p["path"].as_str().unwrap_or("_");
-    format!("{name}{}", args(&p["args"]))
+    let last = name.rsplit("::").next().unwrap_or(name);
+    format!("{last}{}", args(&p["args"]))
 }
 
 fn args(a: &Value) -> String {

@@ -67,6 +67,7 @@ mod config;
 mod credentials;
 pub mod engine;
 mod error;
+mod flavour;
 mod http;
 pub mod ids;
 mod key;

@@ -1,0 +1,495 @@
+//! The flavours' manager methods and their documentation, written once. `byova-async` and
+//! `byova-blocking` each expand these macros inside their own `impl` blocks with their storage
+//! trait and with `async`/`.await` or nothing, so a method, its body and its rustdoc exist in
+//! one place and the two flavours cannot drift apart. Not a public API: the macros are hidden
+//! and may change in any release.
+//!
+//! What stays in each flavour: the types themselves (their docs carry flavour-specific
+//! examples), the driver, the HTTP client, the loopback listener and `authorize`.
+
+/// A documentation line for one flavour only: `async` gets the first text, `blocking` the
+/// second.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __flavoured {
+    (async, $async:literal, $blocking:literal) => {
+        $async
+    };
+    (blocking, $async:literal, $blocking:literal) => {
+        $blocking
+    };
+}
+
+/// A method's cancel-safety note, in the async flavour's docs only (a blocking call cannot be
+/// dropped half way).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cancel_safety {
+    (async, $text:literal) => {
+        concat!("Cancel safety: ", $text)
+    };
+    (blocking, $text:literal) => {
+        ""
+    };
+}
+
+/// `IntegrationTokenManager`'s constructors and methods (all but `authorize`, which each
+/// flavour writes around its listener). Expects fields `agent: Arc<Agent>` and
+/// `engine: Arc<IntegrationEngine>`, and `Agent`, `HttpClient` and `Drive` in scope.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __integration_manager_methods {
+    ($flavour:ident, $storage:ty, {$($async:tt)*}, {$($await:tt)*}) => {
+        /// A manager for `credentials`, storing tokens in `storage`, with `config`
+        /// ([`ByovaConfig::default`](byova_core::ByovaConfig::default) is production Webex).
+        pub fn new(
+            credentials: $crate::IntegrationCredentials,
+            http: HttpClient,
+            storage: ::std::sync::Arc<$storage>,
+            config: $crate::ByovaConfig,
+        ) -> Self {
+            Self::with_clock(credentials, http, storage, config, ::std::sync::Arc::new($crate::engine::CoarseClock))
+        }
+
+        /// [`new`](Self::new) with an explicit clock (tests use a fake one).
+        pub fn with_clock(
+            credentials: $crate::IntegrationCredentials,
+            http: HttpClient,
+            storage: ::std::sync::Arc<$storage>,
+            config: $crate::ByovaConfig,
+            clock: ::std::sync::Arc<dyn $crate::Clock>,
+        ) -> Self {
+            // Never hand out a value sealed at rest as a token: without keys the wrapper
+            // refuses one (build with `Byova::builder(…).storage_keys(…)` to seal).
+            let storage: ::std::sync::Arc<$storage> =
+                ::std::sync::Arc::new($crate::SealedStorage::new(storage, None));
+            Self::from_parts($crate::engine::IntegrationEngine::new(credentials, config), storage, http, clock)
+        }
+
+        pub(crate) fn from_parts(
+            engine: ::std::sync::Arc<$crate::engine::IntegrationEngine>,
+            storage: ::std::sync::Arc<$storage>,
+            http: HttpClient,
+            clock: ::std::sync::Arc<dyn $crate::Clock>,
+        ) -> Self {
+            let agent = Agent { engine: engine.token_engine().clone(), storage, http, clock, integration: None };
+            Self { agent: ::std::sync::Arc::new(agent), engine }
+        }
+
+        /// The Integration's client credentials.
+        pub fn credentials(&self) -> &$crate::IntegrationCredentials {
+            self.engine.credentials()
+        }
+
+        /// The configuration.
+        pub fn config(&self) -> &$crate::ByovaConfig {
+            self.engine.config()
+        }
+
+        /// The token storage.
+        pub fn storage(&self) -> &::std::sync::Arc<$storage> {
+            &self.agent.storage
+        }
+
+        /// The authorization URL (with `state` and PKCE S256) and its `state`. The verifier is
+        /// kept for [`exchange_code`](Self::exchange_code) in this process and written to the
+        /// storage for ten minutes, so [`exchange_code_for_state`](Self::exchange_code_for_state)
+        /// works in any process sharing it
+        #[doc = $crate::__flavoured!($flavour,
+            "(the write runs in the background and a failure is logged).",
+            "(written before this returns; a failure is logged).")]
+        /// Errors: an empty or malformed scope list.
+        pub fn get_authorization_url(
+            &self,
+            scopes: Option<&[&str]>,
+            state: Option<&str>,
+        ) -> $crate::Result<$crate::AuthorizationUrl> {
+            let (issued, save) = self.engine.authorization_url(scopes, state, self.agent.now())?;
+            self.agent.start(save);
+            Ok(issued)
+        }
+
+        /// [`get_authorization_url`](Self::get_authorization_url) that returns once the pending
+        /// authorization is in the storage, so another process can exchange its code at once.
+        /// Errors: a bad scope list, or the storage's.
+        #[doc = $crate::__cancel_safety!($flavour, "dropped before it returns, the URL may or may not be usable elsewhere.")]
+        pub $($async)* fn start_authorization(
+            &self,
+            scopes: Option<&[&str]>,
+            state: Option<&str>,
+        ) -> $crate::Result<$crate::AuthorizationUrl> {
+            let (issued, save) = self.engine.authorization_url_stored(scopes, state, self.agent.now())?;
+            self.agent.run(save)$($await)*?;
+            Ok(issued)
+        }
+
+        /// Exchanges an authorization code (with the verifier of the latest authorization URL)
+        /// and stores the tokens; never retried once Webex may have seen the code. Errors: the
+        /// token endpoint's ([`Validation`](byova_core::Error::Validation) for a used code) or
+        /// storage's.
+        #[doc = $crate::__cancel_safety!($flavour, "once started, the exchange completes and stores the tokens on its own.")]
+        pub $($async)* fn exchange_code(&self, code: &str) -> $crate::Result<$crate::OAuthTokens> {
+            self.agent.run(self.engine.exchange_code(code, None, self.agent.now()))$($await)*
+        }
+
+        /// [`exchange_code`](Self::exchange_code) with the verifier issued with `state`, by this
+        /// process or by any process sharing the storage (a web app's callback on another
+        /// replica). Errors: [`UnknownAuthorizationState`](byova_core::Error::UnknownAuthorizationState)
+        /// for a state not issued, already used, or older than ten minutes.
+        #[doc = $crate::__cancel_safety!($flavour, "as [`exchange_code`](Self::exchange_code).")]
+        pub $($async)* fn exchange_code_for_state(&self, code: &str, state: &str) -> $crate::Result<$crate::OAuthTokens> {
+            self.agent.run(self.engine.exchange_code(code, Some(state), self.agent.now()))$($await)*
+        }
+
+        /// Refreshes now (with `refresh_token`, or the stored one) and stores the result before
+        /// returning. Errors: [`NotAuthorized`](byova_core::Error::NotAuthorized) without a
+        /// refresh token, [`ReauthorizationRequired`](byova_core::Error::ReauthorizationRequired)
+        /// when Webex rejects it or rejected it before (the mark is stored).
+        #[doc = $crate::__cancel_safety!($flavour, "once started, the refresh completes and stores the tokens on its own.")]
+        pub $($async)* fn refresh(&self, refresh_token: Option<&str>) -> $crate::Result<$crate::OAuthTokens> {
+            let token = refresh_token.map($crate::RefreshToken::new);
+            self.agent.run(self.engine.refresh(token, self.agent.now()))$($await)*
+        }
+
+        /// A valid Integration access token: from the process-local cache when fresh (no
+        /// storage trip), else refreshed. Errors: [`NotAuthorized`](byova_core::Error::NotAuthorized)
+        /// before authorization; the refresh's when the stored token cannot be used.
+        #[doc = $crate::__cancel_safety!($flavour, "a refresh it started completes on its own; the next call gets its result.")]
+        pub $($async)* fn get_access_token(&self) -> $crate::Result<$crate::AccessToken> {
+            let now = self.agent.now();
+            if let Some(token) = self.agent.engine.fresh_integration(now) {
+                return Ok(token);
+            }
+            self.agent.run(self.agent.engine.access_token($crate::TokenKey::Integration, now))$($await)*
+        }
+
+        /// The Integration's status, `None` when not authorized. Errors: storage's.
+        #[doc = $crate::__cancel_safety!($flavour, "it only reads.")]
+        pub $($async)* fn status(&self) -> $crate::Result<Option<$crate::KeyStatus>> {
+            self.agent.run(self.engine.status())$($await)*
+        }
+
+        /// Stops serving `rejected`, a token Webex answered 401 to (revoked early, or replaced by
+        /// a re-authorization elsewhere): the next [`get_access_token`](Self::get_access_token)
+        /// refreshes, unless a newer token than `rejected` is already stored, which it then
+        /// serves. Any number of callers invalidating the same token cost one refresh, in this
+        /// process and in every process sharing the store (they stop serving it once their
+        /// cache revalidates, 30 s at most by default). Errors: storage's.
+        #[doc = $crate::__cancel_safety!($flavour, "the record is marked in one versioned write, or not at all.")]
+        ///
+        /// A token that was itself obtained because Webex rejected the one before it, and is
+        /// rejected again within [`RefreshPolicy::rejection_cooldown`](byova_core::RefreshPolicy::rejection_cooldown)
+        /// (10 minutes, doubling with each repetition), is not renewed: the answer is
+        /// [`Invalidation::NotAboutTheToken`](byova_core::Invalidation::NotAboutTheToken), and the
+        /// 401 belongs to the caller (a missing scope, say). Webex caps the live tokens of a
+        /// user; every refresh mints one.
+        pub $($async)* fn invalidate(&self, rejected: &$crate::AccessToken) -> $crate::Result<$crate::Invalidation> {
+            self.agent.run(self.engine.invalidate(rejected, self.agent.now()))$($await)*
+        }
+
+        /// Webex rejected `renewed` too: the token a request was retried with after a 401 and
+        /// [`invalidate`](Self::invalidate). That 401 is not about the token (a missing scope, a
+        /// resource the Integration may not see): for the cool-down
+        /// ([`RefreshPolicy::rejection_cooldown`](byova_core::RefreshPolicy::rejection_cooldown),
+        /// 10 minutes, doubling while it repeats) `invalidate` answers
+        /// [`Invalidation::NotAboutTheToken`](byova_core::Invalidation::NotAboutTheToken) for it
+        /// and renews nothing, here and in every process sharing the store. `BearerAuth` calls
+        /// it for you. Errors: storage's.
+        pub $($async)* fn rejected_again(&self, renewed: &$crate::AccessToken) -> $crate::Result<$crate::Invalidation> {
+            self.agent.run(self.engine.rejected_again(renewed, self.agent.now()))$($await)*
+        }
+    };
+}
+
+/// `ServiceAppTokenManager`'s constructors and methods. Expects fields `agent: Arc<Agent>`,
+/// `engine: Arc<ServiceAppEngine>` and `integration: IntegrationTokenManager`, and `Agent`,
+/// `HttpClient` and `Drive` in scope.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __service_app_manager_methods {
+    ($flavour:ident, $storage:ty, {$($async:tt)*}, {$($await:tt)*}) => {
+        /// A manager for the Service App `credentials`, using `integration`'s bearer,
+        /// configuration and clock.
+        pub fn new(
+            credentials: $crate::ServiceAppCredentials,
+            integration: IntegrationTokenManager,
+            http: HttpClient,
+            storage: ::std::sync::Arc<$storage>,
+        ) -> Self {
+            let engine =
+                $crate::engine::ServiceAppEngine::new(credentials, integration.config().clone(), Default::default());
+            let storage: ::std::sync::Arc<$storage> =
+                ::std::sync::Arc::new($crate::SealedStorage::new(storage, None));
+            Self::from_parts(engine, integration, http, storage)
+        }
+
+        pub(crate) fn from_parts(
+            engine: ::std::sync::Arc<$crate::engine::ServiceAppEngine>,
+            integration: IntegrationTokenManager,
+            http: HttpClient,
+            storage: ::std::sync::Arc<$storage>,
+        ) -> Self {
+            let (engine_of_org_tokens, clock) = (engine.token_engine().clone(), integration.agent.clock.clone());
+            let integration_agent = Some(integration.agent.clone());
+            let agent = Agent { engine: engine_of_org_tokens, storage, http, clock, integration: integration_agent };
+            Self { agent: ::std::sync::Arc::new(agent), engine, integration }
+        }
+
+        /// The base64url application id derived from the client id.
+        pub fn application_id(&self) -> &str {
+            self.engine.application_id()
+        }
+
+        /// The Service App's client credentials.
+        pub fn credentials(&self) -> &$crate::ServiceAppCredentials {
+            self.engine.credentials()
+        }
+
+        /// The Integration manager whose bearer fetches tokens.
+        pub fn integration(&self) -> &IntegrationTokenManager {
+            &self.integration
+        }
+
+        /// Fetches tokens for `org_id` with the Integration's bearer and stores them.
+        #[doc = $crate::__cancel_safety!($flavour, "once started, the fetch completes and stores the tokens on its own.")]
+        pub $($async)* fn fetch_token_for_org(&self, org_id: &str) -> $crate::Result<$crate::ServiceAppTokens> {
+            self.agent.run(self.engine.fetch(org_id, self.agent.now()))$($await)*
+        }
+
+        /// Decodes a `serviceApp` webhook's org id (a base64 Webex id) and fetches its tokens.
+        #[doc = $crate::__cancel_safety!($flavour, "as [`fetch_token_for_org`](Self::fetch_token_for_org).")]
+        pub $($async)* fn fetch_token_from_webhook_org(
+            &self,
+            encoded_org_id: &str,
+        ) -> $crate::Result<(String, $crate::ServiceAppTokens)> {
+            self.agent.run(self.engine.fetch_from_webhook_org(encoded_org_id, self.agent.now()))$($await)*
+        }
+
+        /// Registers an org from an existing refresh token (the sandbox path): refreshes with it
+        /// and stores the result.
+        #[doc = $crate::__cancel_safety!($flavour, "once started, the refresh completes and stores the tokens on its own.")]
+        pub $($async)* fn save_registration(&self, org_id: &str, refresh_token: &str) -> $crate::Result<$crate::ServiceAppTokens> {
+            let token = $crate::RefreshToken::new(refresh_token);
+            self.agent.run(self.engine.save_registration(org_id, token, self.agent.now()))$($await)*
+        }
+
+        /// Refreshes now; without a usable refresh token (or when Webex rejects it) fetches new
+        /// ones with the Integration's bearer.
+        #[doc = $crate::__cancel_safety!($flavour, "once started, the refresh or fetch completes and stores on its own.")]
+        pub $($async)* fn refresh_for_org(&self, org_id: &str) -> $crate::Result<$crate::ServiceAppTokens> {
+            self.agent.run(self.engine.refresh_for_org(org_id, self.agent.now()))$($await)*
+        }
+
+        /// A valid access token for org-scoped calls: cached when fresh, else refreshed. After
+        /// Webex rejected the org's refresh token it is served until it expires, then
+        /// [`ReauthorizationRequired`](byova_core::Error::ReauthorizationRequired).
+        #[doc = $crate::__cancel_safety!($flavour, "a refresh it started completes on its own; the next call gets its result.")]
+        pub $($async)* fn get_access_token(&self, org_id: &str) -> $crate::Result<$crate::AccessToken> {
+            let now = self.agent.now();
+            if let Some(token) = self.engine.fresh_org(org_id, now) {
+                return Ok(token);
+            }
+            self.agent.run(self.engine.access_token(org_id, now))$($await)*
+        }
+
+        /// Removes the org's tokens (deauthorization); an unknown org is not an error.
+        #[doc = $crate::__cancel_safety!($flavour, "the delete either happened or did not.")]
+        pub $($async)* fn remove_org(&self, org_id: &str) -> $crate::Result<()> {
+            self.agent.run(self.engine.remove_org(org_id, self.agent.now()))$($await)*
+        }
+
+        /// Registered org ids.
+        #[doc = $crate::__cancel_safety!($flavour, "it only reads.")]
+        pub $($async)* fn list_orgs(&self) -> $crate::Result<Vec<String>> {
+            self.agent.run(self.engine.list_orgs())$($await)*
+        }
+
+        /// The org's status, `None` when not registered.
+        #[doc = $crate::__cancel_safety!($flavour, "it only reads.")]
+        pub $($async)* fn status(&self, org_id: &str) -> $crate::Result<Option<$crate::KeyStatus>> {
+            self.agent.run(self.engine.status(org_id))$($await)*
+        }
+
+        /// Stops serving `rejected` for `org_id`, a token Webex answered 401 to: as
+        /// [`IntegrationTokenManager::invalidate`](crate::IntegrationTokenManager::invalidate).
+        #[doc = $crate::__cancel_safety!($flavour, "the record is marked in one versioned write, or not at all.")]
+        pub $($async)* fn invalidate(&self, org_id: &str, rejected: &$crate::AccessToken) -> $crate::Result<$crate::Invalidation> {
+            self.agent.run(self.engine.invalidate(org_id, rejected, self.agent.now()))$($await)*
+        }
+
+        /// Webex rejected `renewed` too, the token a request for `org_id` was retried with: as
+        /// [`IntegrationTokenManager::rejected_again`](crate::IntegrationTokenManager::rejected_again).
+        pub $($async)* fn rejected_again(&self, org_id: &str, renewed: &$crate::AccessToken) -> $crate::Result<$crate::Invalidation> {
+            self.agent.run(self.engine.rejected_again(org_id, renewed, self.agent.now()))$($await)*
+        }
+    };
+}
+
+/// `Byova`'s methods. Expects `integration: IntegrationTokenManager` and
+/// `service_app: ServiceAppTokenManager` on `Self` and `Drive` in scope.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __byova_methods {
+    ($flavour:ident, $storage:ty, {$($async:tt)*}, {$($await:tt)*}) => {
+        /// Refreshes, fetches, code exchanges and removals running now (they run on their own,
+        /// whoever started them): a process that is about to exit waits for this to reach zero,
+        /// so no token Webex issued is dropped unsaved.
+        pub fn work_in_progress(&self) -> usize {
+            self.integration.agent.engine.flights_in_progress()
+                + self.service_app.agent.engine.flights_in_progress()
+        }
+
+        /// A builder from both apps' credentials (production Webex, in-memory storage).
+        pub fn builder(
+            integration: $crate::IntegrationCredentials,
+            service_app: $crate::ServiceAppCredentials,
+        ) -> ByovaBuilder {
+            ByovaBuilder::new(integration, service_app)
+        }
+
+        /// From the environment (the `WEBEX_*` credentials, `BYOVA_BASE_URL`,
+        /// `BYOVA_WEBHOOK_SECRET`), with in-memory storage. Errors: a missing or invalid
+        /// variable.
+        pub fn from_env() -> $crate::Result<Self> {
+            ByovaBuilder::from_env()?.build()
+        }
+
+        /// [`from_env`](Self::from_env) with the given storage.
+        pub fn from_env_with_storage(storage: ::std::sync::Arc<$storage>) -> $crate::Result<Self> {
+            ByovaBuilder::from_env()?.storage(storage).build()
+        }
+
+        /// The Integration manager.
+        pub fn integration(&self) -> &IntegrationTokenManager {
+            &self.integration
+        }
+
+        /// The Service App manager.
+        pub fn service_app(&self) -> &ServiceAppTokenManager {
+            &self.service_app
+        }
+
+        /// Handles one `serviceApp` webhook delivery: verifies `X-Spark-Signature` over the raw
+        /// body (when secrets are set), fetches tokens on `authorized` unless the stored
+        /// registration is already as new, removes them on `deauthorized` unless the org was
+        /// authorized again after it. Repeated, late and reordered deliveries are answered by
+        /// the store. Errors: [`WebhookSignature`](byova_core::Error::WebhookSignature),
+        /// [`InvalidInput`](byova_core::Error::InvalidInput) (malformed), or the fetch's (answer
+        /// 5xx so Webex retries).
+        #[doc = $crate::__cancel_safety!($flavour, "the fetch or removal it started completes on its own.")]
+        pub $($async)* fn handle_service_app_webhook(
+            &self,
+            raw_body: &[u8],
+            signature_header: Option<&str>,
+        ) -> $crate::Result<$crate::webhook::WebhookOutcome> {
+            let sa = &self.service_app;
+            sa.agent.run(sa.engine.handle_webhook(raw_body, signature_header, sa.agent.now()))$($await)*
+        }
+
+        /// Every registered webhook, following `Link` pagination.
+        #[doc = $crate::__cancel_safety!($flavour, "it only reads.")]
+        pub $($async)* fn list_webhooks(&self) -> $crate::Result<Vec<$crate::webhook::Webhook>> {
+            self.service_app.agent.run(self.service_app.engine.list_webhooks())$($await)*
+        }
+
+        /// Creates a webhook.
+        #[doc = $crate::__cancel_safety!($flavour, "once sent, the webhook may exist; list to see.")]
+        pub $($async)* fn create_webhook(&self, webhook: &$crate::webhook::NewWebhook) -> $crate::Result<$crate::webhook::Webhook> {
+            self.service_app.agent.run(self.service_app.engine.create_webhook(webhook.clone()))$($await)*
+        }
+
+        /// Deletes a webhook (an unknown id counts as deleted).
+        #[doc = $crate::__cancel_safety!($flavour, "the webhook is deleted or not; deleting again is harmless.")]
+        pub $($async)* fn delete_webhook(&self, webhook_id: &str) -> $crate::Result<()> {
+            self.service_app.agent.run(self.service_app.engine.delete_webhook(webhook_id))$($await)*
+        }
+
+        /// Makes sure the `serviceApp` `authorized` and `deauthorized` webhooks deliver to
+        /// `target_url`, signed with `secret`: creates what is missing, re-activates what Webex
+        /// disabled, moves webhooks to `secret` after a rotation; returns those it changed.
+        #[doc = $crate::__cancel_safety!($flavour, "what was changed stays; ensuring again does only the rest.")]
+        pub $($async)* fn ensure_service_app_webhooks(
+            &self,
+            target_url: &str,
+            secret: Option<&$crate::WebhookSecret>,
+        ) -> $crate::Result<Vec<$crate::webhook::Webhook>> {
+            let sa = &self.service_app;
+            sa.agent.run(sa.engine.ensure_webhooks(target_url, secret, sa.agent.now()))$($await)*
+        }
+
+        /// The status of the Integration and of every registered org. Holds no secret. Records
+        /// that cannot be read are left out ([`status_report`](Self::status_report) counts them).
+        #[doc = $crate::__cancel_safety!($flavour, "it only reads.")]
+        pub $($async)* fn status(&self) -> $crate::Result<Vec<$crate::KeyStatus>> {
+            Ok(self.status_report()$($await)*?.keys)
+        }
+
+        /// [`status`](Self::status), with the keys whose records cannot be read.
+        #[doc = $crate::__cancel_safety!($flavour, "it only reads.")]
+        pub $($async)* fn status_report(&self) -> $crate::Result<$crate::StatusReport> {
+            self.service_app.agent.run(self.service_app.engine.status_report(true))$($await)*
+        }
+
+        /// Refreshes every registered org, at most `concurrency` at a time; one failing never
+        /// stops the others (per-org failures are in the results).
+        #[doc = $crate::__cancel_safety!($flavour, "refreshes already started complete; the rest do not start.")]
+        pub $($async)* fn refresh_all_orgs(&self, concurrency: usize) -> $crate::Result<Vec<$crate::OrgRefresh>> {
+            self.service_app.agent.run(self.service_app.engine.refresh_all(concurrency, None))$($await)*
+        }
+
+        /// [`refresh_all_orgs`](Self::refresh_all_orgs), calling `progress` after each org.
+        #[doc = $crate::__cancel_safety!($flavour, "as [`refresh_all_orgs`](Self::refresh_all_orgs).")]
+        pub $($async)* fn refresh_all_orgs_with_progress(
+            &self,
+            concurrency: usize,
+            progress: impl Fn(&$crate::BulkProgress) + Send + Sync + 'static,
+        ) -> $crate::Result<Vec<$crate::OrgRefresh>> {
+            let plan = self.service_app.engine.refresh_all(concurrency, Some(::std::sync::Arc::new(progress)));
+            self.service_app.agent.run(plan)$($await)*
+        }
+    };
+}
+
+/// `Byova` as a [`Facade`](crate::engine::Facade) over `$storage`: what the builder needs to
+/// assemble one. Expects `Byova`, `IntegrationTokenManager`, `ServiceAppTokenManager` and
+/// `HttpClient` in scope.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __byova_facade {
+    ($storage:ty) => {
+        impl $crate::engine::Facade for Byova {
+            type Storage = $storage;
+
+            fn memory_storage() -> ::std::sync::Arc<$storage> {
+                ::std::sync::Arc::new($crate::InMemoryTokenStorage::new())
+            }
+
+            fn seal(
+                storage: ::std::sync::Arc<$storage>,
+                keys: Option<$crate::StorageKeys>,
+                require_sealed: bool,
+            ) -> ::std::sync::Arc<$storage> {
+                ::std::sync::Arc::new(
+                    $crate::SealedStorage::new(storage, keys).requiring_sealed(require_sealed),
+                )
+            }
+
+            fn assemble(parts: $crate::engine::Parts<$storage>) -> $crate::Result<Self> {
+                let http = HttpClient::new(parts.integration.config().timeout)?;
+                let integration = IntegrationTokenManager::from_parts(
+                    parts.integration,
+                    parts.storage.clone(),
+                    http.clone(),
+                    parts.clock,
+                );
+                let service_app = ServiceAppTokenManager::from_parts(
+                    parts.service_app,
+                    integration.clone(),
+                    http,
+                    parts.storage,
+                );
+                Ok(Self { integration, service_app })
+            }
+        }
+    };
+}
