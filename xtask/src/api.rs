@@ -7,15 +7,22 @@
 //! review: the check prints the lines removed and added and fails until the snapshot is
 //! blessed (`cargo xtask api --bless`).
 //!
+//! Each crate is documented with all its features (`BearerAuth` is behind `middleware`).
+//! The format is checked (`format_version`) so a toolchain that changes it fails with a
+//! clear message rather than a wrong snapshot.
+//!
 //! What a line holds: every public item at each path a user can name it by (a name re-exported
 //! twice appears twice, and fails the check: each item has one home), its signature, the public fields and variants, inherent methods, and
 //! the traits each type implements (auto traits included, blanket impls left out).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{Result, cargo, libraries, root, run, step};
+
+/// rustdoc JSON formats whose output this lister was checked against.
+const KNOWN_FORMATS: &[u64] = &[57];
 
 pub(crate) fn api(args: &[String]) -> Result {
     let bless = match args {
@@ -30,7 +37,7 @@ pub(crate) fn api(args: &[String]) -> Result {
         // A target directory of its own: cargo fingerprints RUSTC_BOOTSTRAP, so sharing the
         // main one would rebuild every dependency for the next ordinary build.
         run(cargo()
-            .args(["doc", "--no-deps", "-p", krate])
+            .args(["doc", "--no-deps", "--all-features", "-p", krate])
             .env("CARGO_TARGET_DIR", root().join("target/api"))
             .env("RUSTC_BOOTSTRAP", "1")
             .env("RUSTDOCFLAGS", "-Z unstable-options --output-format json"))?;
@@ -38,6 +45,13 @@ pub(crate) fn api(args: &[String]) -> Result {
         let json =
             std::fs::read_to_string(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
         let doc: Value = serde_json::from_str(&json).map_err(|e| format!("{}: {e}", file.display()))?;
+        let format = doc["format_version"].as_u64().unwrap_or(0);
+        if !KNOWN_FORMATS.contains(&format) {
+            return Err(format!(
+                "rustdoc JSON format {format} is not one this lister was checked against ({KNOWN_FORMATS:?}); \
+                 check the snapshot it prints and add the format to KNOWN_FORMATS in xtask/src/api.rs"
+            ));
+        }
         let (lines, aliased) = public_api(&doc)?;
         let crate_name = krate.replace('-', "_");
         let summary = format!(
@@ -100,6 +114,9 @@ type Aliased = BTreeMap<String, Vec<String>>;
 
 /// The lines of one crate's public API, and the items a user can name by more than one path.
 fn public_api(doc: &Value) -> Result<(BTreeSet<String>, Aliased)> {
+    DOC.with(|d| {
+        *d.borrow_mut() = Some(json!({"paths": doc["paths"], "external_crates": doc["external_crates"]}))
+    });
     let root_id = doc["root"].to_string();
     let krate = item(doc, &root_id).ok_or("rustdoc JSON without its root module")?;
     let name = krate["name"].as_str().ok_or("a root module without a name")?.to_owned();
@@ -233,7 +250,7 @@ impl Walk<'_> {
                         }
                     }
                 }
-                self.impls(&full, &body["impls"]);
+                self.impls(id, &full, &body["impls"]);
             }
             "enum" => {
                 self.lines.insert(format!("pub enum {full}{}", generics(&body["generics"])));
@@ -244,7 +261,7 @@ impl Walk<'_> {
                         self.lines.insert(format!("pub {full}::{vname}{fields}"));
                     }
                 }
-                self.impls(&full, &body["impls"]);
+                self.impls(id, &full, &body["impls"]);
             }
             "trait" => {
                 let bounds = bounds(&body["bounds"]);
@@ -318,7 +335,7 @@ impl Walk<'_> {
         self.lines.insert(line);
     }
 
-    fn impls(&mut self, owner: &str, impls: &Value) {
+    fn impls(&mut self, owner_id: &str, owner: &str, impls: &Value) {
         for id in impls.as_array().into_iter().flatten() {
             let Some(imp) = item(self.doc, &id_of(id)) else { continue };
             let body = &imp["inner"]["impl"];
@@ -339,10 +356,12 @@ impl Walk<'_> {
                 if ["Freeze", "UnsafeUnpin", "StructuralPartialEq"].contains(&trait_.as_str()) {
                     continue; // unstable or compiler-internal traits no user can name
                 }
-                // The type by the path the walk reached it at, with the impl's arguments.
+                // The type by the path the walk reached it at, with the impl's arguments. An
+                // impl rustdoc lists here whose `for` is another type (`From<Timestamp> for
+                // SystemTime` under `Timestamp`) is that type's, not this one's.
                 let for_ = match body["for"].get("resolved_path") {
-                    Some(p) => format!("{owner}{}", args(&p["args"])),
-                    None => ty(&body["for"]),
+                    Some(p) if id_of(&p["id"]) == owner_id => format!("{owner}{}", args(&p["args"])),
+                    _ => ty(&body["for"]),
                 };
                 self.lines.insert(format!(
                     "impl{} {negative}{trait_} for {for_}{}",
@@ -475,12 +494,33 @@ fn term(t: &Value) -> String {
     }
 }
 
-/// A path's last segment with its generic arguments, as rustdoc shows it: how the source
-/// spelled the path (`Result`, `crate::Result`, a macro's `$crate::Result`) is not the API.
+/// A path with its generic arguments. How the source spelled it (`Result`, `crate::Result`,
+/// a macro's `$crate::Result`) is not the API, so items of this workspace and of the standard
+/// library show their name, as rustdoc does, and other crates' items their crate and name
+/// (`ureq::Agent`), so a change of the type behind a name is a visible diff.
 fn path(p: &Value) -> String {
     let name = p["path"].as_str().unwrap_or("_");
     let last = name.rsplit("::").next().unwrap_or(name);
-    format!("{last}{}", args(&p["args"]))
+    let krate = DOC.with(|doc| {
+        let doc = doc.borrow();
+        let summary = doc.as_ref()?.get("paths")?.get(id_of(&p["id"]))?;
+        let crate_id = summary["crate_id"].as_u64()?;
+        if crate_id == 0 {
+            return None;
+        }
+        let krate = doc.as_ref()?["external_crates"].get(crate_id.to_string())?["name"].as_str()?.to_owned();
+        let ours = krate.starts_with("byova") || ["std", "core", "alloc"].contains(&krate.as_str());
+        (!ours).then_some(krate)
+    });
+    match krate {
+        Some(krate) => format!("{krate}::{last}{}", args(&p["args"])),
+        None => format!("{last}{}", args(&p["args"])),
+    }
+}
+
+thread_local! {
+    /// The rustdoc JSON being read, for [`path`] to look up which crate an item comes from.
+    static DOC: std::cell::RefCell<Option<Value>> = const { std::cell::RefCell::new(None) };
 }
 
 fn args(a: &Value) -> String {

@@ -2,7 +2,8 @@
 //! `byova-blocking` each expand these macros inside their own `impl` blocks with their storage
 //! trait and with `async`/`.await` or nothing, so a method, its body and its rustdoc exist in
 //! one place and the two flavours cannot drift apart. Not a public API: the macros are hidden
-//! and may change in any release.
+//! and may change in any release, so the workspace's crates require byova-core at an exact
+//! version and are released together.
 //!
 //! What stays in each flavour: the types themselves (their docs carry flavour-specific
 //! examples), the driver, the HTTP client, the loopback listener and `authorize`.
