@@ -7,13 +7,25 @@ use std::time::Duration;
 /// An authorization URL and the `state` its redirect must carry back: what
 /// `get_authorization_url` and `start_authorization` answer (the Python SDK's `(url, state)`
 /// pair, with names).
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// Its `Debug` leaves `state` out, as [`CsrfState`](crate::oauth::CsrfState)'s does: with a
+/// code, the state redeems the pending authorization from the shared store.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct AuthorizationUrl {
     /// The URL to open in the browser (with `state` and a PKCE S256 challenge).
     pub url: String,
     /// The `state` the redirect must carry back; `exchange_code_for_state` takes it.
     pub state: String,
+}
+
+impl std::fmt::Debug for AuthorizationUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthorizationUrl")
+            .field("url", &"[has the state]")
+            .field("state", &"[redacted]")
+            .finish()
+    }
 }
 
 /// Opens a URL for the user (a browser). Tests inject one that plays the browser.
@@ -203,6 +215,17 @@ pub fn authorization_prompt(url: &str, browser_failed: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_authorization_url_prints_without_its_state() {
+        let auth = AuthorizationUrl {
+            url: "https://webex.test/v1/authorize?state=THE-STATE".into(),
+            state: "THE-STATE".into(),
+        };
+        let printed = format!("{auth:?}");
+        assert!(!printed.contains("THE-STATE"), "{printed}");
+        assert!(printed.contains("redacted"), "{printed}");
+    }
 
     #[test]
     fn the_browser_gets_a_desktop_environment_and_no_secrets() {
