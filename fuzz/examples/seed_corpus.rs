@@ -85,7 +85,7 @@ fn main() {
     let keys = StorageKeys::parse(STORAGE_KEY).expect("the fuzz key");
     let inner: std::sync::Arc<dyn BlockingTokenStorage> = memory.clone();
     let sealed = SealedStorage::new(inner, Some(keys));
-    let key = TokenKey::org("fuzz-org");
+    let key = TokenKey::org(&byova_core::OrgId::from_static("fuzz-org"));
     BlockingTokenStorage::store(&sealed, &key, &tokens, Expect::Any).expect("stored");
     let raw = BlockingTokenStorage::load(&*memory, &key).expect("readable").expect("the sealed record");
     write(&dir, "sealed", &raw.value.to_json());

@@ -15,7 +15,7 @@
 //! | `token_response` | first line: the status; then `Name: value` lines; a blank line; the body | [`parse_token_response`] |
 //! | `listener_head` | first byte: the read size; then what the browser sent | [`CallbackConnection`], [`parse_request_head`] |
 //! | `stored_record` | a record as a store holds it | [`decode_record`], [`SealedStorage`] |
-//! | `org_id` | an org id as a caller or a delivery gives it | [`normalize_org_id`], [`decode_org_id`] |
+//! | `org_id` | an org id as a caller or a delivery gives it | [`OrgId::new`], [`OrgId::from_webhook`], [`decode_org_id`] |
 //! | `storage_url` | a `BYOVA_STORAGE` URL | [`redact_url`], `RedisTokenStorage::open` |
 
 #![forbid(unsafe_code)]
@@ -26,11 +26,11 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
 use byova_core::{
-    BlockingTokenStorage, InMemoryTokenStorage, OAuthTokens, SealedStorage, StorageKeys, Timestamp, TokenKey,
-    TokenSubject, WebhookSecret,
+    BlockingTokenStorage, InMemoryTokenStorage, OAuthTokens, OrgId, SealedStorage, StorageKeys, Timestamp,
+    TokenKey, TokenSubject, WebhookSecret,
     backend::{decode_record, redact_url},
     engine::HttpResponse,
-    ids::{decode_org_id, normalize_org_id},
+    ids::decode_org_id,
     oauth::{CsrfState, TokenCall, parse_token_response},
     redirect::{
         CallbackConnection, CallbackHandler, CallbackVerdict, ConnectionStep, LoopbackRedirect,
@@ -209,7 +209,7 @@ fn token_call(data: &[u8]) -> TokenCall {
     match data.len() % 3 {
         0 => TokenCall::CodeExchange,
         1 => TokenCall::Refresh(TokenSubject::Integration),
-        _ => TokenCall::ServiceAppFetch { org_id: "fuzz-org".into() },
+        _ => TokenCall::ServiceAppFetch { org_id: OrgId::from_static("fuzz-org") },
     }
 }
 
@@ -303,7 +303,7 @@ pub fn listener_head(data: &[u8]) {
 /// A stored record, plain and through the sealing layer: tokens that round-trip, or a
 /// corrupt-record error that shows no token.
 pub fn stored_record(data: &[u8]) {
-    let key = TokenKey::org("fuzz-org");
+    let key = TokenKey::org(&OrgId::from_static("fuzz-org"));
     match decode_record(data, &key, "fuzz") {
         Ok(tokens) => assert_round_trips(&tokens),
         Err(e) => {
@@ -337,14 +337,18 @@ pub fn stored_record(data: &[u8]) {
 /// gives text or a typed error.
 pub fn org_id(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    if let Ok(id) = normalize_org_id(text) {
+    if let Ok(id) = OrgId::new(text) {
         assert!(!id.trim().is_empty(), "an org id normalized to nothing");
-        let again = normalize_org_id(&id).expect("a normalized org id normalizes");
+        let again = OrgId::new(&id).expect("a normalized org id normalizes");
         assert_eq!(again, id, "normalizing {text:?} twice gave two ids");
-        let _ = TokenKey::org(id);
+        let key = TokenKey::org(&id);
+        assert_eq!(TokenKey::from_label(&key.label()), Some(key), "an org's label does not name it");
     }
     if let Ok(decoded) = decode_org_id(text) {
         let _ = decoded.len();
+    }
+    if let Ok(id) = OrgId::from_webhook(text) {
+        assert_eq!(OrgId::new(&id).ok(), Some(id), "an org id from a delivery normalizes to another");
     }
 }
 

@@ -9,6 +9,8 @@ use byova_core::{BlockingTokenStorage, Clock, InMemoryTokenStorage, SystemClock}
 use byova_testkit::{Endpoint, FakeWebex};
 
 const ORG: &str = "63b02f90-9cc6-43b8-aa6d-cad425ac554c";
+static ORG_ID: std::sync::LazyLock<byova_core::OrgId> =
+    std::sync::LazyLock::new(|| byova_core::OrgId::from_static(ORG));
 
 struct World {
     fake: Arc<FakeWebex>,
@@ -20,7 +22,9 @@ fn world() -> World {
     let storage = Arc::new(InMemoryTokenStorage::new());
     let now = SystemClock.now();
     storage.set_integration_tokens(&fake.issue_integration_tokens().to_oauth_tokens(now)).unwrap();
-    storage.set_service_app_tokens(ORG, &fake.issue_service_app_tokens(ORG).to_oauth_tokens(now)).unwrap();
+    storage
+        .set_service_app_tokens(&ORG_ID, &fake.issue_service_app_tokens(ORG).to_oauth_tokens(now))
+        .unwrap();
     World { fake, storage }
 }
 
@@ -69,12 +73,12 @@ impl World {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reqwest_middleware_renews_a_revoked_token_once() {
-    for org in [None, Some(ORG)] {
+    for org in [None, Some(&*ORG_ID)] {
         let w = world();
         let byova = w.async_byova();
         let auth = match org {
             None => byova_async::BearerAuth::integration(byova.clone()),
-            Some(org) => byova_async::BearerAuth::org(byova.clone(), org),
+            Some(org) => byova_async::BearerAuth::org(byova.clone(), org.clone()),
         };
         let client = bearer_client(auth);
         let first = client.get(w.people_me()).send().await.unwrap();
@@ -118,12 +122,12 @@ async fn reqwest_middleware_renews_a_revoked_token_once() {
 /// revokes on another resource still renews at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reqwest_middleware_refreshes_once_for_a_401_no_token_cures() {
-    for org in [None, Some(ORG)] {
+    for org in [None, Some(&*ORG_ID)] {
         let w = world();
         let byova = w.async_byova();
         let auth = |byova: &Arc<byova_async::Byova>| match org {
             None => byova_async::BearerAuth::integration(byova.clone()),
-            Some(org) => byova_async::BearerAuth::org(byova.clone(), org),
+            Some(org) => byova_async::BearerAuth::org(byova.clone(), org.clone()),
         };
         let client = bearer_client(auth(&byova));
         let devices = format!("{}/devices", w.fake.base_url());
@@ -158,12 +162,12 @@ async fn reqwest_middleware_refreshes_once_for_a_401_no_token_cures() {
 /// The same with ureq.
 #[test]
 fn ureq_middleware_refreshes_once_for_a_401_no_token_cures() {
-    for org in [None, Some(ORG)] {
+    for org in [None, Some(&*ORG_ID)] {
         let w = world();
         let byova = w.blocking_byova();
         let auth = match org {
             None => byova_blocking::BearerAuth::integration(byova.clone()),
-            Some(org) => byova_blocking::BearerAuth::org(byova.clone(), org),
+            Some(org) => byova_blocking::BearerAuth::org(byova.clone(), org.clone()),
         };
         let agent: ureq::Agent =
             ureq::Agent::config_builder().http_status_as_error(false).middleware(auth).build().into();
@@ -236,12 +240,12 @@ async fn bearer_auth_sends_tokens_to_the_api_origin_only() {
 
 #[test]
 fn ureq_middleware_renews_a_revoked_token_once() {
-    for org in [None, Some(ORG)] {
+    for org in [None, Some(&*ORG_ID)] {
         let w = world();
         let byova = w.blocking_byova();
         let auth = match org {
             None => byova_blocking::BearerAuth::integration(byova.clone()),
-            Some(org) => byova_blocking::BearerAuth::org(byova.clone(), org),
+            Some(org) => byova_blocking::BearerAuth::org(byova.clone(), org.clone()),
         };
         let agent: ureq::Agent = ureq::Agent::config_builder().middleware(auth).build().into();
         assert_eq!(agent.get(&w.people_me()).call().unwrap().status(), 200, "{org:?}: the token is attached");
@@ -325,8 +329,8 @@ async fn the_readme_quickstart_flow_against_the_fake() {
     let (raw_body, signature) =
         fake.service_app_delivery(ServiceAppEventKind::Authorized, ORG, Some(&secret));
     let outcome = byova.handle_service_app_webhook(&raw_body, signature.as_deref()).await.unwrap();
-    assert_eq!(outcome.org_id(), Some(ORG));
-    let org_token = byova.service_app().get_access_token(ORG).await.unwrap();
+    assert_eq!(outcome.org_id(), Some(&*ORG_ID));
+    let org_token = byova.service_app().get_access_token(&ORG_ID).await.unwrap();
     assert!(fake.is_access_token_valid(org_token.expose_secret()));
 }
 
@@ -344,7 +348,7 @@ fn the_readme_blocking_quickstart_against_the_fake() {
     let bearer = byova.integration().get_access_token().unwrap();
     assert!(fake.is_access_token_valid(bearer.expose_secret()));
     fake.authorize_org(ORG);
-    byova.service_app().fetch_token_for_org(ORG).unwrap();
-    let org_token = byova.service_app().get_access_token(ORG).unwrap();
+    byova.service_app().fetch_token_for_org(&ORG_ID).unwrap();
+    let org_token = byova.service_app().get_access_token(&ORG_ID).unwrap();
     assert!(fake.is_access_token_valid(org_token.expose_secret()));
 }

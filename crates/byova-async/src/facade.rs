@@ -18,7 +18,9 @@ pub type ByovaBuilder = byova_core::ByovaBuilder<Byova>;
 /// # async fn example(raw_body: &[u8], signature: Option<&str>) -> byova_async::Result<()> {
 /// let byova = byova_async::Byova::from_env()?;
 /// byova.handle_service_app_webhook(raw_body, signature).await?;
-/// let token = byova.service_app().get_access_token("63b02f90-9cc6-43b8-aa6d-cad425ac554c").await?;
+/// // An org id from a request or a configuration: parsed (and normalized) once.
+/// let org: byova_async::OrgId = "63b02f90-9cc6-43b8-aa6d-cad425ac554c".parse()?;
+/// let token = byova.service_app().get_access_token(&org).await?;
 /// # let _ = token;
 /// # Ok(()) }
 /// ```

@@ -63,7 +63,7 @@ pub use byova_core as core;
 pub use byova_core::{
     AccessToken, ApiFailure, AuthorizationUrl, AuthorizeOptions, BulkProgress, ByovaConfig, Clock,
     DEFAULT_INTEGRATION_SCOPES, DEFAULT_REDIRECT_URI, Error, InMemoryTokenStorage, IntegrationCredentials,
-    Invalidation, KeyStatus, OAuthTokens, OrgRefresh, RedirectOptions, RefreshToken, Result,
+    Invalidation, KeyStatus, OAuthTokens, OrgId, OrgRefresh, RedirectOptions, RefreshToken, Result,
     ServiceAppCredentials, ServiceAppTokens, SignatureError, StatusReport, StorageError, StorageErrorKind,
     StorageKeys, SystemClock, Timestamp, TokenKey, TokenState, TokenStorage, TokenSubject, WebhookSecret,
     async_trait,

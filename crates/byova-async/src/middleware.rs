@@ -23,7 +23,7 @@ use reqwest::{Request, Response, StatusCode};
 use reqwest_middleware::{Middleware, Next};
 
 use crate::Byova;
-use byova_core::{AccessToken, Invalidation, TokenKey};
+use byova_core::{AccessToken, Invalidation, OrgId, TokenKey};
 
 /// reqwest-middleware that authenticates requests to Webex's API (the configured base URL's
 /// origin; requests to other hosts pass untouched) with byova's tokens: `Authorization:
@@ -58,8 +58,8 @@ impl BearerAuth {
     }
 
     /// `org_id`'s Service App token.
-    pub fn org(byova: Arc<Byova>, org_id: impl Into<String>) -> Self {
-        Self { byova, subject: TokenKey::Org(org_id.into()) }
+    pub fn org(byova: Arc<Byova>, org_id: OrgId) -> Self {
+        Self { byova, subject: TokenKey::Org(org_id) }
     }
 
     async fn token(&self) -> byova_core::Result<AccessToken> {

@@ -1,5 +1,6 @@
 //! byova-async through the shared scenario table, plus request-shape tests with mockito.
 
+use byova_core::OrgId;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,7 +92,7 @@ async fn service_app_fetch_sends_json_with_the_integration_bearer() {
         http,
         storage,
     );
-    let tokens = sa.fetch_token_for_org("o-1").await.unwrap();
+    let tokens = sa.fetch_token_for_org(&OrgId::from_static("o-1")).await.unwrap();
     assert!(tokens.access_token.ct_eq_str("SA"));
     fetch.assert_async().await;
 }
@@ -149,21 +150,21 @@ impl TokenStorage for Hung {
     }
     async fn get_service_app_tokens(
         &self,
-        _: &str,
+        _: &OrgId,
     ) -> std::result::Result<Option<OAuthTokens>, StorageError> {
         std::future::pending().await
     }
     async fn set_service_app_tokens(
         &self,
-        _: &str,
+        _: &OrgId,
         _: &OAuthTokens,
     ) -> std::result::Result<(), StorageError> {
         std::future::pending().await
     }
-    async fn delete_service_app_tokens(&self, _: &str) -> std::result::Result<(), StorageError> {
+    async fn delete_service_app_tokens(&self, _: &OrgId) -> std::result::Result<(), StorageError> {
         std::future::pending().await
     }
-    async fn list_registered_orgs(&self) -> std::result::Result<Vec<String>, StorageError> {
+    async fn list_registered_orgs(&self) -> std::result::Result<Vec<OrgId>, StorageError> {
         std::future::pending().await
     }
 }
@@ -181,7 +182,7 @@ async fn a_store_that_never_answers_fails_every_call_in_time_as_unavailable() {
     let started = std::time::Instant::now();
     let errors = [
         byova.integration().get_access_token().await.map(drop).unwrap_err(),
-        byova.service_app().get_access_token("org-1").await.map(drop).unwrap_err(),
+        byova.service_app().get_access_token(&OrgId::from_static("org-1")).await.map(drop).unwrap_err(),
         byova.status().await.map(drop).unwrap_err(),
     ];
     for e in &errors {

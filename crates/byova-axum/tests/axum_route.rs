@@ -52,7 +52,10 @@ async fn the_axum_route_answers_as_byova_serve_does() {
         .await
         .unwrap();
     assert_eq!(outcomes.iter().map(|o| o.status).collect::<Vec<_>>(), [Some(200)]);
-    assert_eq!((registered(), fake.calls(Endpoint::ApplicationToken)), (vec![ORG.to_owned()], 1));
+    assert_eq!(
+        (registered(), fake.calls(Endpoint::ApplicationToken)),
+        (vec![byova_core::OrgId::from_static(ORG)], 1)
+    );
     // Repeated: answered 200, no second fetch.
     let f = fake.clone();
     let again =
@@ -67,7 +70,7 @@ async fn the_axum_route_answers_as_byova_serve_does() {
     let last = tampered.len() - 2;
     tampered[last] ^= 1;
     assert_eq!(post(url.clone(), tampered, signature.clone()).await, 401);
-    assert_eq!(registered(), vec![ORG.to_owned()], "refused deliveries change nothing");
+    assert_eq!(registered(), vec![byova_core::OrgId::from_static(ORG)], "refused deliveries change nothing");
     // Oversized: 413 before anything looks at it.
     assert_eq!(post(url.clone(), vec![b' '; 70 * 1024], signature.clone()).await, 413);
     // Signed but not a delivery: 400.

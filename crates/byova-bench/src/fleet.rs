@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use byova_core::Clock as _;
 use byova_core::engine::{FlightWait, Held, Sent, ServiceAppEngine, Step, Then};
 use byova_core::{
-    AccessToken, BlockingTokenStorage, ByovaConfig, InMemoryTokenStorage, OAuthTokens, RefreshToken,
+    AccessToken, BlockingTokenStorage, ByovaConfig, InMemoryTokenStorage, OAuthTokens, OrgId, RefreshToken,
     Result as CoreResult, ServiceAppCredentials, SystemClock, Timestamp, TokenKey,
     engine::{HttpRequest, HttpResponse, RefreshSchedule},
     webhook::WebhookVerification,
@@ -36,8 +36,8 @@ use serde_json::{Value, json};
 use crate::Args;
 use crate::storage;
 
-fn org(i: usize) -> String {
-    format!("00000000-0000-4000-8000-{i:012}")
+fn org(i: usize) -> OrgId {
+    OrgId::new(&format!("00000000-0000-4000-8000-{i:012}")).expect("a UUID is an org id")
 }
 
 /// Tokens good for two weeks from `now`: nothing comes due while the bench runs.
@@ -445,14 +445,14 @@ fn cohort(
         served_expired: 0,
     };
     let mut expired_at_worst = 0usize;
-    let names: Vec<String> = (0..orgs).map(org).collect();
+    let names: Vec<OrgId> = (0..orgs).map(org).collect();
     for name in &names {
         let access = format!("A-{name}-0");
         sim.webex.expiry.insert(access.clone(), t0.saturating_add(Duration::from_secs(lifetime_s)));
         let tokens = OAuthTokens::new(AccessToken::new(access), lifetime_s, t0)
             .with_refresh_token(RefreshToken::new(format!("R-{name}")), Some(7_775_999));
         sim.storage.set_service_app_tokens(name, &tokens).map_err(|e| e.to_string())?;
-        let key = TokenKey::org(name.as_str());
+        let key = TokenKey::org(name);
         let status = engine.token_engine().cache().status(&key, &tokens, t0);
         sim.schedule.apply(key, Some(&status), t0);
     }
@@ -621,7 +621,7 @@ pub(crate) fn cohort_daemon(args: &Args) -> Result<String, String> {
     });
     let now = SystemClock.now();
     stores.blocking.set_integration_tokens(&long_lived(usize::MAX >> 1, now)).map_err(|e| e.to_string())?;
-    let names: Vec<String> = (0..args.orgs).map(org).collect();
+    let names: Vec<OrgId> = (0..args.orgs).map(org).collect();
     for name in &names {
         fake.authorize_org(name);
         let tokens = fake.issue_service_app_tokens(name).to_oauth_tokens(now);

@@ -14,6 +14,8 @@ use crate::Args;
 use crate::storage::{self, Storages};
 
 const ORG: &str = "63b02f90-9cc6-43b8-aa6d-cad425ac554c";
+static ORG_ID: std::sync::LazyLock<byova_core::OrgId> =
+    std::sync::LazyLock::new(|| byova_core::OrgId::from_static(ORG));
 
 struct Target {
     config: ByovaConfig,
@@ -89,7 +91,7 @@ fn seed(stores: &Storages, fake: Option<&FakeWebex>, service_app: bool) -> Resul
         }
     };
     stores.blocking.set_integration_tokens(&integration).map_err(|e| e.to_string())?;
-    stores.blocking.set_service_app_tokens(ORG, &org).map_err(|e| e.to_string())
+    stores.blocking.set_service_app_tokens(&ORG_ID, &org).map_err(|e| e.to_string())
 }
 
 /// Runs `n` concurrent callers in this process; returns how many failed.
@@ -119,7 +121,11 @@ fn callers(
             let handles: Vec<_> = (0..n)
                 .map(|_| {
                     scope.spawn(|| {
-                        if service_app { sa.get_access_token(ORG) } else { integration.get_access_token() }
+                        if service_app {
+                            sa.get_access_token(&ORG_ID)
+                        } else {
+                            integration.get_access_token()
+                        }
                     })
                 })
                 .collect();
@@ -151,7 +157,7 @@ fn callers(
                 let (integration, sa) = (integration.clone(), sa.clone());
                 tokio::spawn(async move {
                     if service_app {
-                        sa.get_access_token(ORG).await
+                        sa.get_access_token(&ORG_ID).await
                     } else {
                         integration.get_access_token().await
                     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use byova_core::{
-    BlockingTokenStorage, InMemoryTokenStorage, OAuthTokens, StorageError, TokenKey, TokenStorage,
+    BlockingTokenStorage, InMemoryTokenStorage, OAuthTokens, OrgId, StorageError, TokenKey, TokenStorage,
     backend::{Expect, Lease, Versioned},
 };
 
@@ -78,10 +78,10 @@ macro_rules! on_runtime {
 on_runtime! {
     get_integration_tokens() -> Result<Option<OAuthTokens>, StorageError>;
     set_integration_tokens(t: &OAuthTokens) -> Result<(), StorageError>;
-    get_service_app_tokens(org: &str) -> Result<Option<OAuthTokens>, StorageError>;
-    set_service_app_tokens(org: &str, t: &OAuthTokens) -> Result<(), StorageError>;
-    delete_service_app_tokens(org: &str) -> Result<(), StorageError>;
-    list_registered_orgs() -> Result<Vec<String>, StorageError>;
+    get_service_app_tokens(org: &OrgId) -> Result<Option<OAuthTokens>, StorageError>;
+    set_service_app_tokens(org: &OrgId, t: &OAuthTokens) -> Result<(), StorageError>;
+    delete_service_app_tokens(org: &OrgId) -> Result<(), StorageError>;
+    list_registered_orgs() -> Result<Vec<OrgId>, StorageError>;
     load(key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError>;
     store(key: &TokenKey, t: &OAuthTokens, e: Expect) -> Result<u64, StorageError>;
     try_acquire_lease(key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError>;

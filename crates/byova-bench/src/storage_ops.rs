@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use byova_core::{AccessToken, OAuthTokens, RefreshToken, Timestamp};
+use byova_core::{AccessToken, OAuthTokens, OrgId, RefreshToken, Timestamp};
 use serde_json::json;
 
 use crate::Args;
@@ -20,8 +20,8 @@ fn tokens(i: usize) -> OAuthTokens {
     )
 }
 
-fn org(i: usize) -> String {
-    format!("00000000-0000-4000-8000-{i:012}")
+fn org(i: usize) -> OrgId {
+    OrgId::new(&format!("00000000-0000-4000-8000-{i:012}")).expect("a UUID is an org id")
 }
 
 pub(crate) fn run(args: &Args) -> Result<String, String> {

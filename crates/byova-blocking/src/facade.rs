@@ -17,7 +17,9 @@ pub type ByovaBuilder = byova_core::ByovaBuilder<Byova>;
 /// # fn example(raw_body: &[u8], signature: Option<&str>) -> byova_blocking::Result<()> {
 /// let byova = byova_blocking::Byova::from_env()?;
 /// byova.handle_service_app_webhook(raw_body, signature)?;
-/// let token = byova.service_app().get_access_token("63b02f90-9cc6-43b8-aa6d-cad425ac554c")?;
+/// // An org id from a request or a configuration: parsed (and normalized) once.
+/// let org: byova_blocking::OrgId = "63b02f90-9cc6-43b8-aa6d-cad425ac554c".parse()?;
+/// let token = byova.service_app().get_access_token(&org)?;
 /// # let _ = token;
 /// # Ok(()) }
 /// ```

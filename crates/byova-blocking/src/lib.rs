@@ -69,9 +69,10 @@ pub use byova_core as core;
 pub use byova_core::{
     AccessToken, ApiFailure, AuthorizationUrl, AuthorizeOptions, BlockingTokenStorage, BulkProgress,
     ByovaConfig, Clock, DEFAULT_INTEGRATION_SCOPES, DEFAULT_REDIRECT_URI, Error, InMemoryTokenStorage,
-    IntegrationCredentials, Invalidation, KeyStatus, OAuthTokens, OrgRefresh, RedirectOptions, RefreshToken,
-    Result, ServiceAppCredentials, ServiceAppTokens, SignatureError, StatusReport, StorageError,
-    StorageErrorKind, StorageKeys, SystemClock, Timestamp, TokenKey, TokenState, TokenSubject, WebhookSecret,
+    IntegrationCredentials, Invalidation, KeyStatus, OAuthTokens, OrgId, OrgRefresh, RedirectOptions,
+    RefreshToken, Result, ServiceAppCredentials, ServiceAppTokens, SignatureError, StatusReport,
+    StorageError, StorageErrorKind, StorageKeys, SystemClock, Timestamp, TokenKey, TokenState, TokenSubject,
+    WebhookSecret,
     backend::{BlockingCoordinatedTokenStorage, Expect, Lease, Versioned},
     engine::CoarseClock,
     ids::{decode_org_id, derive_application_id},

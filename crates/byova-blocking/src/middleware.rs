@@ -19,7 +19,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use byova_core::{AccessToken, Invalidation, TokenKey};
+use byova_core::{AccessToken, Invalidation, OrgId, TokenKey};
 use ureq::http::header::{AUTHORIZATION, HeaderValue};
 use ureq::http::{Method, Request, Response, StatusCode};
 use ureq::middleware::{Middleware, MiddlewareNext};
@@ -75,8 +75,8 @@ impl BearerAuth {
     }
 
     /// `org_id`'s Service App token.
-    pub fn org(byova: Arc<Byova>, org_id: impl Into<String>) -> Self {
-        Self::new(byova, TokenKey::Org(org_id.into()))
+    pub fn org(byova: Arc<Byova>, org_id: OrgId) -> Self {
+        Self::new(byova, TokenKey::Org(org_id))
     }
 
     /// Sends retries through `agent` (build it with `http_status_as_error(false)` to get the

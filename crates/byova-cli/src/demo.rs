@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use byova_async::{AuthorizeOptions, Byova, ServiceAppEventKind, WebhookSecret};
+use byova_async::{AuthorizeOptions, Byova, OrgId, ServiceAppEventKind, WebhookSecret};
 use byova_testkit::{FakeWebex, wire};
 use serde_json::json;
 
@@ -12,6 +12,10 @@ use crate::{Failure, failure, status_json};
 
 const ORG_A: &str = "11111111-aaaa-4aaa-8aaa-111111111111";
 const ORG_B: &str = "22222222-bbbb-4bbb-8bbb-222222222222";
+
+fn org_id(org: &'static str) -> OrgId {
+    OrgId::from_static(org)
+}
 
 struct Steps {
     json: bool,
@@ -101,7 +105,7 @@ pub(crate) async fn run(as_json: bool) -> Result<(), Failure> {
         }
     }
     for org in [ORG_A, ORG_B] {
-        let token = byova.service_app().get_access_token(org).await?;
+        let token = byova.service_app().get_access_token(&org_id(org)).await?;
         let valid = fake.is_access_token_valid(token.expose_secret());
         steps.say(format!(
             "Org {org} has a valid access token ({} characters; Webex accepts it: {valid})",
@@ -110,7 +114,7 @@ pub(crate) async fn run(as_json: bool) -> Result<(), Failure> {
     }
 
     let before = fake.refresh_calls();
-    byova.service_app().refresh_for_org(ORG_A).await?;
+    byova.service_app().refresh_for_org(&org_id(ORG_A)).await?;
     steps.say(format!(
         "Refreshed org {ORG_A}'s token with its refresh token ({} refresh call)",
         fake.refresh_calls() - before

@@ -26,7 +26,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use byova_async::{AuthorizeOptions, Byova, ByovaConfig, Error, KeyStatus, TokenKey};
+use byova_async::{AuthorizeOptions, Byova, ByovaConfig, Error, KeyStatus, OrgId, TokenKey};
 use byova_core::{EnvSettings, WebhookSecret, oauth::CsrfState};
 use clap::{Parser, Subcommand};
 use serde_json::json;
@@ -160,8 +160,8 @@ enum Command {
 enum OrgCommand {
     /// Register an org from an existing Service App refresh token.
     Register {
-        /// The org id.
-        org: String,
+        /// The org id (a UUID, or a base64 Webex id).
+        org: OrgId,
         /// A file holding the Service App refresh token (`-` reads stdin); or set
         /// BYOVA_REFRESH_TOKEN.
         #[arg(long)]
@@ -171,20 +171,20 @@ enum OrgCommand {
     },
     /// Fetch new tokens for an org with the Integration's bearer.
     Fetch {
-        /// The org id.
-        org: String,
+        /// The org id (a UUID, or a base64 Webex id).
+        org: OrgId,
     },
     /// Print a valid access token for an org and nothing else.
     Token {
-        /// The org id.
-        org: String,
+        /// The org id (a UUID, or a base64 Webex id).
+        org: OrgId,
     },
     /// List registered orgs with expiry and status.
     List,
     /// Remove an org's tokens.
     Remove {
-        /// The org id.
-        org: String,
+        /// The org id (a UUID, or a base64 Webex id).
+        org: OrgId,
     },
     /// Write every stored record (the Integration's and each org's) as JSON lines to FILE
     /// (`-`: stdout). The file holds secrets and is created readable by its owner only.
@@ -439,7 +439,7 @@ async fn run(cli: Cli) -> Outcome {
             let body = read_body(file.as_deref())?;
             let outcome = byova.handle_service_app_webhook(&body, signature.as_deref()).await?;
             print_line(cli.json, json!({"outcome": outcome.as_str(), "org_id": outcome.org_id()}), || {
-                format!("{} {}", outcome.as_str(), outcome.org_id().unwrap_or(""))
+                format!("{} {}", outcome.as_str(), outcome.org_id().map_or("", |org| org.as_str()))
             });
         }
         Command::Webhooks(WebhooksCommand::Ensure { url, .. }) => {

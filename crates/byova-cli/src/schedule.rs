@@ -18,12 +18,12 @@ use byova_async::core::{
     Clock, KeyStatus, StatusReport, SystemClock, Timestamp, TokenKey,
     engine::{Due, RefreshSchedule},
 };
-use byova_async::{Byova, Error};
+use byova_async::{Byova, Error, OrgId};
 use tokio::sync::{mpsc, watch};
 
 /// Orgs a webhook delivery touched, for the refresher to look up again. Bounded: when it is
 /// full, the next resync catches up.
-pub(crate) type Touched = mpsc::Sender<String>;
+pub(crate) type Touched = mpsc::Sender<OrgId>;
 
 /// What the daemon knows of every key, for `/status` and `/metrics`: filled by the full
 /// resync, kept current by every refresh and delivery, so a scrape reads no store (and
@@ -100,7 +100,7 @@ pub(crate) struct Refresher {
     pub(crate) concurrency: usize,
     /// Between full resyncs.
     pub(crate) resync_every: Duration,
-    pub(crate) touched: mpsc::Receiver<String>,
+    pub(crate) touched: mpsc::Receiver<OrgId>,
     pub(crate) stop: watch::Receiver<bool>,
     /// What `/status` and `/metrics` read (the daemon may fill it before the refresher starts:
     /// the refresher then plans from it instead of reading the store again).
@@ -284,7 +284,7 @@ impl Refresher {
                     }
                 },
                 Some(org) = self.touched.recv() => {
-                    let key = TokenKey::org(org.as_str());
+                    let key = TokenKey::org(&org);
                     match self.byova.service_app().status(&org).await {
                         Ok(status) => {
                             state.attempts.remove(&key);

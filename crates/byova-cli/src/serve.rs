@@ -160,7 +160,7 @@ async fn webhook(daemon: &Daemon, read_by: tokio::time::Instant, req: Request<In
         }
         if let Some(touched) = &daemon.touched {
             // Full: the next resync catches up.
-            let _ = touched.try_send(org.to_owned());
+            let _ = touched.try_send(org.clone());
         }
     }
     reply(delivery_reply(&result))

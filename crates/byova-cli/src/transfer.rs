@@ -64,7 +64,7 @@ pub(crate) async fn export(
     as_json: bool,
 ) -> Result<(), Failure> {
     let mut keys = vec![TokenKey::Integration];
-    keys.extend(storage.list_registered_orgs().await?.into_iter().map(TokenKey::org));
+    keys.extend(storage.list_registered_orgs().await?.into_iter().map(TokenKey::Org));
     let mut out = open_output(path)?;
     let mut progress = Progress::new("exporting", keys.len(), as_json || path == "-");
     let mut written = 0usize;
@@ -193,7 +193,7 @@ mod tests {
     fn lines_parse_strictly_without_echoing_secrets() {
         let good = r#"{"byova_export":1,"key":"org:o-1","record":{"schema":1,"access_token":"SECRET-A","expires_in":60,"token_type":"Bearer","obtained_at_ms":5}}"#;
         let (key, tokens) = parse_line(good).unwrap();
-        assert_eq!(key, TokenKey::org("o-1"));
+        assert_eq!(key, TokenKey::org(&byova_core::OrgId::from_static("o-1")));
         assert!(tokens.access_token.ct_eq_str("SECRET-A"));
         for bad in [
             "not json SECRET-A",
@@ -206,6 +206,6 @@ mod tests {
             assert!(!why.contains("SECRET"), "{why}");
         }
         assert_eq!(parse_key("integration"), Some(TokenKey::Integration));
-        assert_eq!(key_text(&TokenKey::org("x")), "org:x");
+        assert_eq!(key_text(&TokenKey::org(&byova_core::OrgId::from_static("x"))), "org:x");
     }
 }

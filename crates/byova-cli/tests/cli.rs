@@ -1,6 +1,7 @@
 //! The `byova` binary run as a user runs it: every command, every bad-input class, the daemon,
 //! and two daemons sharing Redis.
 
+use byova_core::OrgId;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -466,7 +467,7 @@ fn webhook_handle_verifies_and_applies_one_delivery() {
     let ok = handle(&body, sig.as_deref());
     assert!(ok.status.success(), "{}", stderr(&ok));
     assert_eq!(stdout(&ok).trim(), format!("registered {ORG}"));
-    assert!(env.store().get_service_app_tokens(ORG).unwrap().is_some());
+    assert!(env.store().get_service_app_tokens(&OrgId::from_static(ORG)).unwrap().is_some());
 }
 
 #[test]
@@ -540,7 +541,10 @@ fn webhook_secrets_fail_closed_and_unsigned_is_an_explicit_opt_in() {
         child.wait_with_output().unwrap()
     };
     assert_fails(&handle(&[]), 3, "no webhook secret is configured");
-    assert!(env.store().get_service_app_tokens(ORG).unwrap().is_none(), "an unverified delivery did nothing");
+    assert!(
+        env.store().get_service_app_tokens(&OrgId::from_static(ORG)).unwrap().is_none(),
+        "an unverified delivery did nothing"
+    );
     let applied = handle(&["--allow-unsigned"]);
     assert!(applied.status.success(), "{}", stderr(&applied));
 
@@ -548,7 +552,7 @@ fn webhook_secrets_fail_closed_and_unsigned_is_an_explicit_opt_in() {
         start_serve(env.cmd().args(["serve", "--listen", "127.0.0.1:0", "--allow-unsigned"]));
     let (body, _) = env.fake.service_app_delivery(ServiceAppEventKind::Deauthorized, ORG, None);
     assert_eq!(post(&format!("{base}/webhook"), &body, None), 200, "unsigned deliveries, allowed by name");
-    assert!(env.store().get_service_app_tokens(ORG).unwrap().is_none());
+    assert!(env.store().get_service_app_tokens(&OrgId::from_static(ORG)).unwrap().is_none());
     assert!(sigterm(&mut child).success());
 }
 
@@ -705,7 +709,10 @@ fn serve_accepts_signed_deliveries_and_rejects_the_rest() {
     assert!(metrics.contains(&format!("byova_token_expiry_seconds{{key=\"org:{ORG}\"}}")), "{metrics}");
     let (body, sig) = env.fake.service_app_delivery(ServiceAppEventKind::Deauthorized, ORG, Some(&secret));
     assert_eq!(post(&format!("{base}/webhook"), &body, sig.as_deref()), 200);
-    assert!(env.store().get_service_app_tokens(ORG).unwrap().is_none(), "deauthorized removes the tokens");
+    assert!(
+        env.store().get_service_app_tokens(&OrgId::from_static(ORG)).unwrap().is_none(),
+        "deauthorized removes the tokens"
+    );
     assert!(sigterm(&mut child).success(), "graceful shutdown exits 0");
 }
 
@@ -746,7 +753,7 @@ fn serve_lifecycle(shape: DeliveryShape) {
     assert_eq!(statuses(&env.fake.admin_event(ServiceAppEventKind::Authorized, ORG)), ok, "{shape:?}");
     assert_eq!(
         (registered(), fetches()),
-        (vec![ORG.to_owned()], 1),
+        (vec![OrgId::from_static(ORG)], 1),
         "{shape:?}: the customer, not the provider"
     );
     assert_eq!(statuses(&env.fake.admin_event(ServiceAppEventKind::Deauthorized, ORG)), ok);
@@ -754,7 +761,7 @@ fn serve_lifecycle(shape: DeliveryShape) {
     // Without an event time, the deauthorization was confirmed with Webex: a fetch it refused.
     assert_eq!(fetches(), 2, "{shape:?}");
     assert_eq!(statuses(&env.fake.admin_event(ServiceAppEventKind::Authorized, ORG)), ok);
-    assert_eq!((registered(), fetches()), (vec![ORG.to_owned()], 3), "{shape:?}: authorized again");
+    assert_eq!((registered(), fetches()), (vec![OrgId::from_static(ORG)], 3), "{shape:?}: authorized again");
 
     // A delivery Webex gives up on while the fetch is in flight, then its redelivery.
     assert_eq!(statuses(&env.fake.admin_event(ServiceAppEventKind::Deauthorized, ORG)), ok);
@@ -766,7 +773,7 @@ fn serve_lifecycle(shape: DeliveryShape) {
     env.fake.set_answer_latency(Endpoint::ApplicationToken, Duration::ZERO);
     assert_eq!(
         (registered(), fetches()),
-        (vec![ORG.to_owned()], 5),
+        (vec![OrgId::from_static(ORG)], 5),
         "{shape:?}: the cut delivery completed and its redelivery joined it"
     );
     assert_eq!(statuses(&env.fake.deliver(ServiceAppEventKind::Authorized, ORG)), ok, "repeated");
@@ -968,7 +975,10 @@ fn serve_finishes_work_in_flight_on_sigterm() {
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     assert_eq!(delivery.join().unwrap(), 200, "the delivery in flight is answered");
     assert!(sigterm(&mut child).success(), "then the daemon exits 0");
-    assert!(env.store().get_service_app_tokens(ORG).unwrap().is_some(), "and its tokens were stored");
+    assert!(
+        env.store().get_service_app_tokens(&OrgId::from_static(ORG)).unwrap().is_some(),
+        "and its tokens were stored"
+    );
 }
 
 /// TLS stores as a user meets them: the right CA works; a wrong one is one line and exit 4.
@@ -1034,7 +1044,8 @@ fn tokens_are_sealed_at_rest_with_a_storage_key() {
         Some(&issued.refresh_token),
     );
     assert!(register.status.success(), "{}", stderr(&register));
-    let path = env.store().record_path(&byova_core::TokenKey::org("org-sealed")).unwrap();
+    let path =
+        env.store().record_path(&byova_core::TokenKey::org(&OrgId::from_static("org-sealed"))).unwrap();
     let at_rest = std::fs::read_to_string(&path).unwrap();
     assert!(!at_rest.contains(&issued.refresh_token), "the refresh token is sealed at rest");
     assert!(at_rest.contains("byova-sealed:v1:"), "{at_rest}");
@@ -1058,7 +1069,7 @@ fn tokens_are_sealed_at_rest_with_a_storage_key() {
     let sealed_old = byova_core::SealedStorage::new(inner.clone(), Some(old_keys));
     let marked =
         env.fake.issue_service_app_tokens("org-marked").to_oauth_tokens(SystemClock.now()).rejected();
-    sealed_old.set_service_app_tokens("org-marked", &marked).unwrap();
+    sealed_old.set_service_app_tokens(&OrgId::from_static("org-marked"), &marked).unwrap();
     let before = keyed(new_key, &["status", "--json"], None);
     assert!(stderr(&before).contains("1 record(s) cannot be read"), "{}", stderr(&before));
     let resealed = keyed(&rotated, &["org", "reseal", "--json"], None);
@@ -1069,7 +1080,7 @@ fn tokens_are_sealed_at_rest_with_a_storage_key() {
     let marked = statuses.as_array().unwrap().iter().find(|s| s["key"] == "org:org-marked").unwrap();
     assert_eq!(marked["refresh_token_rejected"], true, "the mark moved with the record");
     let planted = env.fake.issue_service_app_tokens("org-planted").to_oauth_tokens(SystemClock.now());
-    env.store().set_service_app_tokens("org-planted", &planted).unwrap();
+    env.store().set_service_app_tokens(&OrgId::from_static("org-planted"), &planted).unwrap();
     let strict = env
         .cmd()
         .env("BYOVA_STORAGE_KEY", new_key)
@@ -1089,7 +1100,7 @@ fn tokens_are_sealed_at_rest_with_a_storage_key() {
 fn export_import_round_trip(from: &Env, to: &Env) {
     from.seed_integration();
     for org in ["org-e1", "org-e2", "org-e3"] {
-        let issued = from.fake.issue_service_app_tokens(org);
+        let issued = from.fake.issue_service_app_tokens(&OrgId::new(org).unwrap());
         let register = from
             .run_with_stdin(&["org", "register", org, "--refresh-token-file", "-"], &issued.refresh_token);
         assert!(register.status.success(), "{}", stderr(&register));
@@ -1193,8 +1204,8 @@ fn two_replicas_refresh_each_org_once(env: &Env, store: &dyn BlockingTokenStorag
     store.set_integration_tokens(&issued.to_oauth_tokens(SystemClock.now())).unwrap();
     let orgs = ["org-r1", "org-r2", "org-r3"];
     for org in orgs {
-        let t = env.fake.issue_service_app_tokens(org);
-        store.set_service_app_tokens(org, &t.expired_at(SystemClock.now())).unwrap();
+        let t = env.fake.issue_service_app_tokens(&OrgId::new(org).unwrap());
+        store.set_service_app_tokens(&OrgId::new(org).unwrap(), &t.expired_at(SystemClock.now())).unwrap();
     }
     env.fake.set_latency(byova_testkit::Endpoint::AccessToken, Duration::from_millis(200));
     let mut replicas: Vec<Child> = (0..2)
@@ -1217,7 +1228,7 @@ fn two_replicas_refresh_each_org_once(env: &Env, store: &dyn BlockingTokenStorag
     println!("two replicas, {} orgs: {} refresh calls", orgs.len(), redeemed.len());
     assert_eq!(redeemed.len(), orgs.len(), "each org refreshed once across both replicas: {redeemed:?}");
     for org in orgs {
-        let t = store.get_service_app_tokens(org).unwrap().unwrap();
+        let t = store.get_service_app_tokens(&OrgId::new(org).unwrap()).unwrap().unwrap();
         assert!(env.fake.is_access_token_valid(t.access_token.expose_secret()));
     }
 }
@@ -1286,21 +1297,29 @@ impl BlockingTokenStorage for OnRuntime<'_> {
     }
     fn get_service_app_tokens(
         &self,
-        org: &str,
+        org: &OrgId,
     ) -> Result<Option<byova_core::OAuthTokens>, byova_core::StorageError> {
-        self.rt.block_on(byova_core::TokenStorage::get_service_app_tokens(&self.sql, org))
+        self.rt
+            .block_on(byova_core::TokenStorage::get_service_app_tokens(&self.sql, &OrgId::new(org).unwrap()))
     }
     fn set_service_app_tokens(
         &self,
-        org: &str,
+        org: &OrgId,
         t: &byova_core::OAuthTokens,
     ) -> Result<(), byova_core::StorageError> {
-        self.rt.block_on(byova_core::TokenStorage::set_service_app_tokens(&self.sql, org, t))
+        self.rt.block_on(byova_core::TokenStorage::set_service_app_tokens(
+            &self.sql,
+            &OrgId::new(org).unwrap(),
+            t,
+        ))
     }
-    fn delete_service_app_tokens(&self, org: &str) -> Result<(), byova_core::StorageError> {
-        self.rt.block_on(byova_core::TokenStorage::delete_service_app_tokens(&self.sql, org))
+    fn delete_service_app_tokens(&self, org: &OrgId) -> Result<(), byova_core::StorageError> {
+        self.rt.block_on(byova_core::TokenStorage::delete_service_app_tokens(
+            &self.sql,
+            &OrgId::new(org).unwrap(),
+        ))
     }
-    fn list_registered_orgs(&self) -> Result<Vec<String>, byova_core::StorageError> {
+    fn list_registered_orgs(&self) -> Result<Vec<OrgId>, byova_core::StorageError> {
         self.rt.block_on(byova_core::TokenStorage::list_registered_orgs(&self.sql))
     }
 }
@@ -1318,8 +1337,10 @@ fn serve_refreshes_each_token_at_its_refresh_point_without_scanning() {
     env.seed_integration();
     let orgs = ["org-s1", "org-s2", "org-s3", "org-s4"];
     for org in orgs {
-        let issued = env.fake.issue_service_app_tokens(org);
-        env.store().set_service_app_tokens(org, &issued.to_oauth_tokens(SystemClock.now())).unwrap();
+        let issued = env.fake.issue_service_app_tokens(&OrgId::new(org).unwrap());
+        env.store()
+            .set_service_app_tokens(&OrgId::new(org).unwrap(), &issued.to_oauth_tokens(SystemClock.now()))
+            .unwrap();
     }
     let (mut serve, base, _) = start_serve(env.cmd().env("BYOVA_WEBHOOK_SECRET", "sched-secret").args([
         "serve",
@@ -1342,7 +1363,7 @@ fn serve_refreshes_each_token_at_its_refresh_point_without_scanning() {
     while started.elapsed() < Duration::from_secs(13) {
         std::thread::sleep(Duration::from_millis(250));
         for org in orgs.iter().copied().chain([ORG]) {
-            if let Some(t) = env.store().get_service_app_tokens(org).unwrap()
+            if let Some(t) = env.store().get_service_app_tokens(&OrgId::new(org).unwrap()).unwrap()
                 && t.is_expired(Duration::ZERO, SystemClock.now())
             {
                 expired_seen.push(org);
@@ -1360,13 +1381,13 @@ fn serve_refreshes_each_token_at_its_refresh_point_without_scanning() {
     // Each token lives 6 s and is refreshed in the 50-80 % window: in 13 s every seeded org is
     // refreshed at least twice (a scan every 10 minutes could not have done it).
     for org in orgs {
-        let stored = env.store().get_service_app_tokens(org).unwrap().unwrap();
+        let stored = env.store().get_service_app_tokens(&OrgId::new(org).unwrap()).unwrap().unwrap();
         assert!(env.fake.is_access_token_valid(stored.access_token.expose_secret()), "{org}");
     }
     assert!(redeemed.len() >= orgs.len() * 2, "each org refreshed at least twice: {}", redeemed.len());
     // At most one refresh per 3 s (the window's start) per token, plus the delivered org's.
     assert!(redeemed.len() <= (orgs.len() + 1) * 5, "no refresh storm: {}", redeemed.len());
-    let delivered = env.store().get_service_app_tokens(ORG).unwrap().unwrap();
+    let delivered = env.store().get_service_app_tokens(&OrgId::from_static(ORG)).unwrap().unwrap();
     assert!(
         env.fake.is_access_token_valid(delivered.access_token.expose_secret()),
         "the delivered org is kept fresh"
@@ -1380,10 +1401,12 @@ fn one_corrupt_record_does_not_hide_the_other_orgs() {
     let env = Env::new();
     env.seed_integration();
     for org in ["org-c1", "org-c2", "org-c3"] {
-        let issued = env.fake.issue_service_app_tokens(org);
-        env.store().set_service_app_tokens(org, &issued.to_oauth_tokens(SystemClock.now())).unwrap();
+        let issued = env.fake.issue_service_app_tokens(&OrgId::new(org).unwrap());
+        env.store()
+            .set_service_app_tokens(&OrgId::new(org).unwrap(), &issued.to_oauth_tokens(SystemClock.now()))
+            .unwrap();
     }
-    let path = env.store().record_path(&byova_core::TokenKey::org("org-c2")).unwrap();
+    let path = env.store().record_path(&byova_core::TokenKey::org(&OrgId::from_static("org-c2"))).unwrap();
     std::fs::write(&path, b"{\"format\":1,").unwrap();
     let listed = env.run(&["status", "--json"]);
     assert!(listed.status.success(), "{}", stderr(&listed));

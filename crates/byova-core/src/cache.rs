@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 
+use crate::key::OrgId;
 use crate::key::{Expect, TokenKey, Versioned};
 use crate::policy::{Freshness, KeyStatus, RefreshPolicy, key_seed};
 use crate::secret::{AccessToken, RefreshToken};
@@ -84,7 +85,7 @@ pub struct TokenCache {
     generation: AtomicU64,
     /// Lock-free: readers never contend with each other or wait for a writer.
     integration: ArcSwapOption<CacheEntry>,
-    orgs: RwLock<HashMap<String, Arc<CacheEntry>>>,
+    orgs: RwLock<HashMap<OrgId, Arc<CacheEntry>>>,
     /// Tokens obtained but not yet stored (the store was down), per key.
     unsaved: Mutex<HashMap<TokenKey, Unsaved>>,
     policy: RefreshPolicy,
@@ -270,6 +271,7 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::OrgId;
 
     fn record(obtained: u64, expires_in: u64) -> Versioned<OAuthTokens> {
         Versioned {
@@ -287,13 +289,13 @@ mod tests {
         assert!(cache.fresh_integration(now).is_some());
         assert!(cache.fresh_integration(Timestamp::from_unix_secs(1029)).is_some());
         assert!(cache.fresh_integration(Timestamp::from_unix_secs(1030)).is_none(), "re-read after 30 s");
-        cache.put(&TokenKey::org("o"), record(1000, 100), now);
-        assert!(cache.fresh_org("o", Timestamp::from_unix_secs(1010)).is_some());
+        cache.put(&TokenKey::org(&OrgId::from_static("o")), record(1000, 100), now);
+        assert!(cache.fresh_org(&OrgId::from_static("o"), Timestamp::from_unix_secs(1010)).is_some());
         // Refresh-ahead begins at 80 % of 100 s, before the revalidation interval ends.
-        assert!(cache.fresh_org("o", Timestamp::from_unix_secs(1080)).is_none());
-        assert!(cache.fresh_org("other", now).is_none());
-        cache.remove(&TokenKey::org("o"));
-        assert!(cache.get(&TokenKey::org("o")).is_none());
+        assert!(cache.fresh_org(&OrgId::from_static("o"), Timestamp::from_unix_secs(1080)).is_none());
+        assert!(cache.fresh_org(&OrgId::from_static("other"), now).is_none());
+        cache.remove(&TokenKey::org(&OrgId::from_static("o")));
+        assert!(cache.get(&TokenKey::org(&OrgId::from_static("o"))).is_none());
     }
 
     #[test]
@@ -334,10 +336,13 @@ mod tests {
     fn seeds_differ_per_key_and_agree_across_processes() {
         let a = TokenCache::new(RefreshPolicy::default(), Duration::from_secs(1));
         let b = TokenCache::new(RefreshPolicy::default(), Duration::from_secs(1));
-        assert_ne!(a.jitter_seed(&TokenKey::org("x")), a.jitter_seed(&TokenKey::org("y")));
+        assert_ne!(
+            a.jitter_seed(&TokenKey::org(&OrgId::from_static("x"))),
+            a.jitter_seed(&TokenKey::org(&OrgId::from_static("y")))
+        );
         assert_eq!(
-            a.jitter_seed(&TokenKey::org("x")),
-            b.jitter_seed(&TokenKey::org("x")),
+            a.jitter_seed(&TokenKey::org(&OrgId::from_static("x"))),
+            b.jitter_seed(&TokenKey::org(&OrgId::from_static("x"))),
             "every replica agrees"
         );
     }

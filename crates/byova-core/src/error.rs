@@ -50,7 +50,7 @@ pub enum TokenSubject {
     /// The provider's Integration.
     Integration,
     /// A customer organization's Service App registration.
-    Org(String),
+    Org(crate::key::OrgId),
 }
 
 impl fmt::Display for TokenSubject {
@@ -79,7 +79,7 @@ pub enum Error {
     )]
     ServiceAppNotAuthorized {
         /// The organization asked for.
-        org_id: String,
+        org_id: crate::key::OrgId,
         /// What Webex answered.
         failure: ApiFailure,
     },
@@ -154,7 +154,7 @@ pub enum Error {
     )]
     OrgNotRegistered {
         /// The organization asked for.
-        org_id: String,
+        org_id: crate::key::OrgId,
     },
     /// No Integration tokens are stored.
     #[error("the Integration is not authorized yet: run the authorization flow (`byova authorize`) first")]
@@ -376,6 +376,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::OrgId;
 
     #[test]
     fn messages_name_status_tracking_id_and_oauth_code() {
@@ -384,7 +385,8 @@ mod tests {
             tracking_id: Some("ROUTER_1".into()),
             oauth_error: Some("invalid_grant"),
         };
-        let e = Error::ReauthorizationRequired { subject: TokenSubject::Org("o-1".into()), failure };
+        let e =
+            Error::ReauthorizationRequired { subject: TokenSubject::Org(OrgId::from_static("o-1")), failure };
         assert_eq!(
             e.to_string(),
             "re-authorization required for org o-1: Webex rejected the refresh token (HTTP 400, OAuth error invalid_grant, trackingId ROUTER_1)"

@@ -253,7 +253,7 @@ macro_rules! __service_app_manager_methods {
 
         /// Fetches tokens for `org_id` with the Integration's bearer and stores them.
         #[doc = $crate::__cancel_safety!($flavour, "once started, the fetch completes and stores the tokens on its own.")]
-        pub $($async)* fn fetch_token_for_org(&self, org_id: &str) -> $crate::Result<$crate::ServiceAppTokens> {
+        pub $($async)* fn fetch_token_for_org(&self, org_id: &$crate::OrgId) -> $crate::Result<$crate::ServiceAppTokens> {
             self.agent.run(self.engine.fetch(org_id, self.agent.now()))$($await)*
         }
 
@@ -262,14 +262,14 @@ macro_rules! __service_app_manager_methods {
         pub $($async)* fn fetch_token_from_webhook_org(
             &self,
             encoded_org_id: &str,
-        ) -> $crate::Result<(String, $crate::ServiceAppTokens)> {
+        ) -> $crate::Result<($crate::OrgId, $crate::ServiceAppTokens)> {
             self.agent.run(self.engine.fetch_from_webhook_org(encoded_org_id, self.agent.now()))$($await)*
         }
 
         /// Registers an org from an existing refresh token (the sandbox path): refreshes with it
         /// and stores the result.
         #[doc = $crate::__cancel_safety!($flavour, "once started, the refresh completes and stores the tokens on its own.")]
-        pub $($async)* fn save_registration(&self, org_id: &str, refresh_token: &str) -> $crate::Result<$crate::ServiceAppTokens> {
+        pub $($async)* fn save_registration(&self, org_id: &$crate::OrgId, refresh_token: &str) -> $crate::Result<$crate::ServiceAppTokens> {
             let token = $crate::RefreshToken::new(refresh_token);
             self.agent.run(self.engine.save_registration(org_id, token, self.agent.now()))$($await)*
         }
@@ -277,7 +277,7 @@ macro_rules! __service_app_manager_methods {
         /// Refreshes now; without a usable refresh token (or when Webex rejects it) fetches new
         /// ones with the Integration's bearer.
         #[doc = $crate::__cancel_safety!($flavour, "once started, the refresh or fetch completes and stores on its own.")]
-        pub $($async)* fn refresh_for_org(&self, org_id: &str) -> $crate::Result<$crate::ServiceAppTokens> {
+        pub $($async)* fn refresh_for_org(&self, org_id: &$crate::OrgId) -> $crate::Result<$crate::ServiceAppTokens> {
             self.agent.run(self.engine.refresh_for_org(org_id, self.agent.now()))$($await)*
         }
 
@@ -285,7 +285,7 @@ macro_rules! __service_app_manager_methods {
         /// Webex rejected the org's refresh token it is served until it expires, then
         /// [`ReauthorizationRequired`](byova_core::Error::ReauthorizationRequired).
         #[doc = $crate::__cancel_safety!($flavour, "a refresh it started completes on its own; the next call gets its result.")]
-        pub $($async)* fn get_access_token(&self, org_id: &str) -> $crate::Result<$crate::AccessToken> {
+        pub $($async)* fn get_access_token(&self, org_id: &$crate::OrgId) -> $crate::Result<$crate::AccessToken> {
             let now = self.agent.now();
             if let Some(token) = self.engine.fresh_org(org_id, now) {
                 return Ok(token);
@@ -295,32 +295,32 @@ macro_rules! __service_app_manager_methods {
 
         /// Removes the org's tokens (deauthorization); an unknown org is not an error.
         #[doc = $crate::__cancel_safety!($flavour, "the delete either happened or did not.")]
-        pub $($async)* fn remove_org(&self, org_id: &str) -> $crate::Result<()> {
+        pub $($async)* fn remove_org(&self, org_id: &$crate::OrgId) -> $crate::Result<()> {
             self.agent.run(self.engine.remove_org(org_id, self.agent.now()))$($await)*
         }
 
         /// Registered org ids.
         #[doc = $crate::__cancel_safety!($flavour, "it only reads.")]
-        pub $($async)* fn list_orgs(&self) -> $crate::Result<Vec<String>> {
+        pub $($async)* fn list_orgs(&self) -> $crate::Result<Vec<$crate::OrgId>> {
             self.agent.run(self.engine.list_orgs())$($await)*
         }
 
         /// The org's status, `None` when not registered.
         #[doc = $crate::__cancel_safety!($flavour, "it only reads.")]
-        pub $($async)* fn status(&self, org_id: &str) -> $crate::Result<Option<$crate::KeyStatus>> {
+        pub $($async)* fn status(&self, org_id: &$crate::OrgId) -> $crate::Result<Option<$crate::KeyStatus>> {
             self.agent.run(self.engine.status(org_id))$($await)*
         }
 
         /// Stops serving `rejected` for `org_id`, a token Webex answered 401 to: as
         /// [`IntegrationTokenManager::invalidate`](crate::IntegrationTokenManager::invalidate).
         #[doc = $crate::__cancel_safety!($flavour, "the record is marked in one versioned write, or not at all.")]
-        pub $($async)* fn invalidate(&self, org_id: &str, rejected: &$crate::AccessToken) -> $crate::Result<$crate::Invalidation> {
+        pub $($async)* fn invalidate(&self, org_id: &$crate::OrgId, rejected: &$crate::AccessToken) -> $crate::Result<$crate::Invalidation> {
             self.agent.run(self.engine.invalidate(org_id, rejected, self.agent.now()))$($await)*
         }
 
         /// Webex rejected `renewed` too, the token a request for `org_id` was retried with: as
         /// [`IntegrationTokenManager::rejected_again`](crate::IntegrationTokenManager::rejected_again).
-        pub $($async)* fn rejected_again(&self, org_id: &str, renewed: &$crate::AccessToken) -> $crate::Result<$crate::Invalidation> {
+        pub $($async)* fn rejected_again(&self, org_id: &$crate::OrgId, renewed: &$crate::AccessToken) -> $crate::Result<$crate::Invalidation> {
             self.agent.run(self.engine.rejected_again(org_id, renewed, self.agent.now()))$($await)*
         }
     };

@@ -77,8 +77,8 @@ fn org_uuid_from_uri(uri: &str) -> Option<&str> {
 }
 
 /// Accepts an org id as either a UUID-like plain id or a base64 Webex id, returning the plain
-/// id. Used where callers may hold either form.
-pub fn normalize_org_id(org_id: &str) -> Result<String> {
+/// id ([`OrgId::new`](crate::OrgId::new) keeps it).
+pub(crate) fn normalize_org_id(org_id: &str) -> Result<String> {
     let trimmed = org_id.trim();
     if trimmed.is_empty() {
         return Err(Error::InvalidInput("the org id is empty".into()));
@@ -125,6 +125,7 @@ fn shorten(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::OrgId;
     use base64::engine::general_purpose::{STANDARD, URL_SAFE};
     use proptest::prelude::*;
 
@@ -206,6 +207,44 @@ mod tests {
         assert!(normalize_org_id(&nested).is_err());
         let plain = URL_SAFE_NO_PAD.encode("ciscospark://us/ORGANIZATION/org-7");
         assert_eq!(normalize_org_id(&plain).unwrap(), "org-7");
+    }
+
+    #[test]
+    fn an_org_id_is_one_key_whatever_its_spelling() {
+        let forms = [
+            ORG_UUID.to_owned(),
+            format!("  {ORG_UUID}\t"),
+            URL_SAFE_NO_PAD.encode(ORG_URI),
+            STANDARD.encode(ORG_URI),
+            URL_SAFE_NO_PAD.encode(ORG_UUID),
+        ];
+        let ids: Vec<OrgId> = forms.iter().map(|f| OrgId::new(f).unwrap()).collect();
+        assert!(ids.iter().all(|id| *id == ids[0] && id.as_str() == ORG_UUID), "{ids:?}");
+        // A map keyed by ids is read with a plain string (Borrow<str> agrees with Hash/Eq).
+        let map: std::collections::HashMap<OrgId, u8> = [(ids[1].clone(), 7)].into();
+        assert_eq!(map.get(ORG_UUID), Some(&7));
+        assert_eq!(format!("{} {:?}", ids[0], ids[0]), format!("{ORG_UUID} OrgId({ORG_UUID:?})"));
+        assert_eq!(ids[0].parse::<OrgId>().unwrap(), ids[0]);
+    }
+
+    #[test]
+    fn a_bad_org_id_is_a_typed_error_on_every_path_in() {
+        for bad in ["", "   ", &URL_SAFE_NO_PAD.encode("ciscospark://us/ROOM/x")] {
+            assert!(matches!(OrgId::new(bad), Err(Error::InvalidInput(_))), "{bad:?}");
+            assert!(bad.parse::<OrgId>().is_err() && OrgId::try_from(bad.to_owned()).is_err());
+            let json = serde_json::to_string(bad).unwrap();
+            assert!(serde_json::from_str::<OrgId>(&json).is_err(), "{bad:?}");
+        }
+        assert!(OrgId::from_webhook("not base64!").is_err());
+        assert_eq!(OrgId::from_webhook(&STANDARD.encode(ORG_URI)).unwrap(), ORG_UUID);
+        let id: OrgId = serde_json::from_str(&format!("\"{}\"", URL_SAFE_NO_PAD.encode(ORG_URI))).unwrap();
+        assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{ORG_UUID}\""));
+    }
+
+    #[test]
+    #[should_panic(expected = "is not an org id")]
+    fn a_malformed_literal_is_a_programming_error() {
+        let _ = OrgId::from_static(" ");
     }
 
     proptest! {

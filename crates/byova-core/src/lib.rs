@@ -94,7 +94,7 @@ pub use credentials::{
 };
 pub use engine::webhooks::{BulkProgress, OrgRefresh, ProgressFn, StatusReport};
 pub use error::{ApiFailure, Error, Result, SignatureError, StorageError, StorageErrorKind, TokenSubject};
-pub use key::TokenKey;
+pub use key::{OrgId, TokenKey};
 pub use metrics::{Metrics, metrics};
 pub use policy::{
     CoordinationPolicy, Freshness, Invalidation, KeyStatus, RefreshPolicy, RetryPolicy, TokenState,
@@ -132,7 +132,7 @@ pub mod backend {
     pub use crate::pending::{PENDING_AUTHORIZATION_TTL, PendingAuthorization, pending_key};
     pub use crate::storage::{
         BlockingCoordinatedTokenStorage, CoordinatedTokenStorage, check_state_name, decode_record,
-        journal_replay, redact_url, state_conflict,
+        journal_replay, redact_url, state_conflict, stored_org_ids,
     };
     pub use crate::tokens::TOKEN_SCHEMA_VERSION;
 }
@@ -159,7 +159,7 @@ mod robustness {
         #[test]
         fn token_responses_never_panic(status in 100u16..600, body in proptest::collection::vec(any::<u8>(), 0..512)) {
             let response = HttpResponse::new(status, vec![("Retry-After".into(), "x".into())], body);
-            for call in [TokenCall::CodeExchange, TokenCall::Refresh(TokenSubject::Integration), TokenCall::ServiceAppFetch { org_id: "o".into() }] {
+            for call in [TokenCall::CodeExchange, TokenCall::Refresh(TokenSubject::Integration), TokenCall::ServiceAppFetch { org_id: OrgId::from_static("o") }] {
                 if let Ok(tokens) = parse_token_response(&response, Timestamp::EPOCH, &call) {
                     prop_assert!(!tokens.access_token.expose_secret().is_empty());
                     prop_assert!((200..300).contains(&status));

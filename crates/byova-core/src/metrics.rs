@@ -258,6 +258,7 @@ fn escape_label(value: &str) -> String {
 mod tests {
     use super::*;
     use crate::http::RetryClass;
+    use crate::key::OrgId;
 
     #[test]
     fn calls_are_classified_and_rendered() {
@@ -275,7 +276,7 @@ mod tests {
         m.record_webhook("no such outcome");
         let now = Timestamp::from_unix_secs(1_000);
         let statuses = [KeyStatus {
-            key: crate::key::TokenKey::org("o\"1"),
+            key: crate::key::TokenKey::org(&OrgId::from_static("o\"1")),
             state: TokenState::Valid,
             access_expires_at: Timestamp::from_unix_secs(1_060),
             refresh_expires_at: None,

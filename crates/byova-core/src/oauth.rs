@@ -9,6 +9,7 @@ use crate::credentials::{DEFAULT_INTEGRATION_SCOPES, IntegrationCredentials, Ser
 use crate::error::{ApiFailure, Error, Result, TokenSubject};
 use crate::http::{HttpRequest, HttpResponse, Method, RetryClass};
 use crate::ids::{derive_application_id_in_region, encode_webex_id};
+use crate::key::OrgId;
 use crate::secret::{AccessToken, ClientSecret, RefreshToken};
 use crate::time::Timestamp;
 use crate::tokens::OAuthTokens;
@@ -200,7 +201,7 @@ fn token_endpoint(config: &ByovaConfig, retry: RetryClass) -> HttpRequest {
 pub fn service_app_token_request(
     config: &ByovaConfig,
     credentials: &ServiceAppCredentials,
-    org_id: &str,
+    org_id: &OrgId,
     integration_bearer: &AccessToken,
 ) -> HttpRequest {
     let application_id = derive_application_id_in_region(&config.region, &credentials.client_id);
@@ -230,7 +231,7 @@ pub enum TokenCall {
     /// A Service App token fetch for the org.
     ServiceAppFetch {
         /// The org asked for.
-        org_id: String,
+        org_id: OrgId,
     },
 }
 
@@ -526,7 +527,7 @@ mod tests {
         let req = service_app_token_request(
             &config(),
             &sa,
-            "63b02f90-9cc6-43b8-aa6d-cad425ac554c",
+            &OrgId::from_static("63b02f90-9cc6-43b8-aa6d-cad425ac554c"),
             &AccessToken::new("INT-BEARER"),
         );
         assert_eq!(
@@ -612,7 +613,7 @@ mod tests {
     #[test]
     fn status_mapping() {
         let refresh = TokenCall::Refresh(TokenSubject::Integration);
-        let fetch = TokenCall::ServiceAppFetch { org_id: "o1".into() };
+        let fetch = TokenCall::ServiceAppFetch { org_id: OrgId::from_static("o1") };
         let webex_400 =
             r#"{"message":"SECRET-CANARY bad","errors":[{"description":"x"}],"trackingId":"ROUTER_B"}"#;
         let webex_dead_grant = r#"{"message":"SECRET-CANARY","errors":[{"description":"The refresh token provided is expired, revoked, malformed, or invalid."}],"trackingId":"ROUTER_B"}"#;
@@ -662,8 +663,8 @@ mod tests {
     /// `invalid_grant` is claimed that was never sent.
     #[test]
     fn only_a_json_answer_naming_the_grant_requires_reauthorization() {
-        let refresh = TokenCall::Refresh(TokenSubject::Org("o1".into()));
-        let fetch = TokenCall::ServiceAppFetch { org_id: "o1".into() };
+        let refresh = TokenCall::Refresh(TokenSubject::Org(OrgId::from_static("o1")));
+        let fetch = TokenCall::ServiceAppFetch { org_id: OrgId::from_static("o1") };
         let html = "<html><body>400 Bad Request</body></html>";
         for (status, body, call) in [
             (400, html, &refresh),

@@ -367,6 +367,7 @@ pub enum Invalidation {
 mod tests {
     use super::*;
     use crate::error::ApiFailure;
+    use crate::key::OrgId;
     use crate::secret::AccessToken;
 
     fn tokens(obtained_secs: u64, expires_in: u64) -> OAuthTokens {
@@ -391,7 +392,8 @@ mod tests {
         let t = tokens(0, 1_800);
         let mut deciles = [0u32; 10];
         for i in 0..10_000 {
-            let at = p.refresh_ahead_at(&t, key_seed(&TokenKey::org(format!("org-{i}"))));
+            let at =
+                p.refresh_ahead_at(&t, key_seed(&TokenKey::org(&OrgId::new(&format!("org-{i}")).unwrap())));
             let secs = at.as_unix_millis() as f64 / 1000.0;
             assert!((900.0..=1_440.0).contains(&secs), "inside 50-80 % of 1,800 s: {secs}");
             let decile = (((secs - 900.0) / 540.0) * 10.0).min(9.0) as usize;
@@ -406,7 +408,7 @@ mod tests {
     fn every_replica_places_a_key_at_the_same_point() {
         let p = RefreshPolicy::default();
         let t = tokens(0, 3_600);
-        let key = TokenKey::org("63b02f90-9cc6-43b8-aa6d-cad425ac554c");
+        let key = TokenKey::org(&OrgId::from_static("63b02f90-9cc6-43b8-aa6d-cad425ac554c"));
         assert_eq!(p.refresh_ahead_at(&t, key_seed(&key)), p.refresh_ahead_at(&t, key_seed(&key.clone())));
         assert_ne!(key_seed(&key), key_seed(&TokenKey::Integration));
     }

@@ -26,13 +26,13 @@ pub const WAKE_SLACK: Duration = Duration::from_millis(50);
 ///
 /// ```
 /// use byova_core::engine::RefreshSchedule;
-/// use byova_core::{Timestamp, TokenKey};
+/// use byova_core::{OrgId, Timestamp, TokenKey};
 /// let mut s = RefreshSchedule::default();
-/// s.set(TokenKey::org("a"), Timestamp::from_unix_secs(20));
-/// s.set(TokenKey::org("b"), Timestamp::from_unix_secs(10));
+/// s.set(TokenKey::org(&OrgId::from_static("a")), Timestamp::from_unix_secs(20));
+/// s.set(TokenKey::org(&OrgId::from_static("b")), Timestamp::from_unix_secs(10));
 /// let due = s.take_due(Timestamp::from_unix_secs(15), 8);
 /// assert_eq!(due.len(), 1);
-/// assert_eq!(due[0].key, TokenKey::org("b"));
+/// assert_eq!(due[0].key, TokenKey::org(&OrgId::from_static("b")));
 /// ```
 #[derive(Debug, Default)]
 pub struct RefreshSchedule {
@@ -177,6 +177,7 @@ impl RefreshSchedule {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::OrgId;
 
     fn at(secs: u64) -> Timestamp {
         Timestamp::from_unix_secs(secs)
@@ -185,16 +186,16 @@ mod tests {
     #[test]
     fn keys_come_due_in_time_order_and_once() {
         let mut s = RefreshSchedule::default();
-        s.set(TokenKey::org("b"), at(20));
-        s.set(TokenKey::org("a"), at(10));
+        s.set(TokenKey::org(&OrgId::from_static("b")), at(20));
+        s.set(TokenKey::org(&OrgId::from_static("a")), at(10));
         s.set(TokenKey::Integration, at(30));
-        s.set(TokenKey::org("b"), at(5));
+        s.set(TokenKey::org(&OrgId::from_static("b")), at(5));
         assert_eq!(s.len(), 3);
         assert_eq!(s.next_due(), Some(at(5)));
         assert!(s.take_due(at(4), 10).is_empty());
         let keys = |due: Vec<Due>| due.into_iter().map(|d| d.key).collect::<Vec<_>>();
-        assert_eq!(keys(s.take_due(at(10), 1)), [TokenKey::org("b")]);
-        assert_eq!(keys(s.take_due(at(10), 10)), [TokenKey::org("a")]);
+        assert_eq!(keys(s.take_due(at(10), 1)), [TokenKey::org(&OrgId::from_static("b"))]);
+        assert_eq!(keys(s.take_due(at(10), 10)), [TokenKey::org(&OrgId::from_static("a"))]);
         assert_eq!(s.next_due(), Some(at(30)));
         s.remove(&TokenKey::Integration);
         assert_eq!((s.len(), s.next_due()), (0, None));
@@ -214,7 +215,7 @@ mod tests {
     fn crowded_points_move_earlier_to_the_budgets_pace() {
         let mut s = RefreshSchedule::with_spacing(Duration::from_secs(3));
         for i in 0..10 {
-            s.apply(TokenKey::org(format!("o{i}")), Some(&status(100)), at(0));
+            s.apply(TokenKey::org(&OrgId::new(&format!("o{i}")).unwrap()), Some(&status(100)), at(0));
         }
         let mut points: Vec<(Timestamp, Option<Timestamp>)> = Vec::new();
         while let Some(next) = s.next_due() {
@@ -234,7 +235,7 @@ mod tests {
         // Never before `not_before`: what cannot fit waits for the budget instead.
         let mut s = RefreshSchedule::with_spacing(Duration::from_secs(30));
         for i in 0..5 {
-            s.apply(TokenKey::org(format!("o{i}")), Some(&status(100)), at(90));
+            s.apply(TokenKey::org(&OrgId::new(&format!("o{i}")).unwrap()), Some(&status(100)), at(90));
         }
         assert!(s.next_due().unwrap() >= at(90));
         // A spacing from the budget: 25 a minute, 80 % for the background -> 3 s.

@@ -24,6 +24,7 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, StorageError, StorageErrorKind};
+use crate::key::OrgId;
 use crate::key::{Expect, Lease, TokenKey, Versioned};
 use crate::pending::PendingAuthorization;
 use crate::secret::{AccessToken, PkceCodeVerifier, RefreshToken};
@@ -341,17 +342,17 @@ macro_rules! sealed_impl {
                 let sealed = self.seal(&TokenKey::Integration, tokens)?;
                 self.inner.set_integration_tokens(&sealed)$(.$await)?
             }
-            $($async_kw)? fn get_service_app_tokens(&self, org_id: &str) -> Result<Option<OAuthTokens>, StorageError> {
+            $($async_kw)? fn get_service_app_tokens(&self, org_id: &OrgId) -> Result<Option<OAuthTokens>, StorageError> {
                 self.open(&TokenKey::org(org_id), self.inner.get_service_app_tokens(org_id)$(.$await)??)
             }
-            $($async_kw)? fn set_service_app_tokens(&self, org_id: &str, tokens: &OAuthTokens) -> Result<(), StorageError> {
+            $($async_kw)? fn set_service_app_tokens(&self, org_id: &OrgId, tokens: &OAuthTokens) -> Result<(), StorageError> {
                 let sealed = self.seal(&TokenKey::org(org_id), tokens)?;
                 self.inner.set_service_app_tokens(org_id, &sealed)$(.$await)?
             }
-            $($async_kw)? fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError> {
+            $($async_kw)? fn delete_service_app_tokens(&self, org_id: &OrgId) -> Result<(), StorageError> {
                 self.inner.delete_service_app_tokens(org_id)$(.$await)?
             }
-            $($async_kw)? fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
+            $($async_kw)? fn list_registered_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
                 self.inner.list_registered_orgs()$(.$await)?
             }
             fn supports_coordination(&self) -> bool {
@@ -377,7 +378,7 @@ macro_rules! sealed_impl {
                 }
                 self.inner.store(key, &sealed, expect)$(.$await)?
             }
-            $($async_kw)? fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
+            $($async_kw)? fn delete_org(&self, org_id: &OrgId, expect: Expect) -> Result<(), StorageError> {
                 self.inner.delete_org(org_id, expect)$(.$await)?
             }
             $($async_kw)? fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
@@ -422,6 +423,7 @@ sealed_impl!(BlockingTokenStorage);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::OrgId;
     use crate::storage::InMemoryTokenStorage;
     use crate::time::Timestamp;
 
@@ -462,8 +464,11 @@ mod tests {
     fn tokens_are_sealed_at_rest_and_opened_on_read() {
         let keys = StorageKeys::parse(&key_text(7)).unwrap();
         let (raw, store) = sealed(Some(keys.clone()));
-        store.set_service_app_tokens("org-1", &tokens()).unwrap();
-        let at_rest = BlockingTokenStorage::get_service_app_tokens(raw.as_ref(), "org-1").unwrap().unwrap();
+        store.set_service_app_tokens(&OrgId::from_static("org-1"), &tokens()).unwrap();
+        let at_rest =
+            BlockingTokenStorage::get_service_app_tokens(raw.as_ref(), &OrgId::from_static("org-1"))
+                .unwrap()
+                .unwrap();
         let rest_text = format!(
             "{} {}",
             at_rest.access_token.expose_secret(),
@@ -473,10 +478,10 @@ mod tests {
             !rest_text.contains("CANARY") && rest_text.contains(&format!("{PREFIX}{}:", keys.ids()[0])),
             "{rest_text}"
         );
-        let back = store.get_service_app_tokens("org-1").unwrap().unwrap();
+        let back = store.get_service_app_tokens(&OrgId::from_static("org-1")).unwrap().unwrap();
         assert!(back.access_token.ct_eq_str("ACCESS-CANARY"));
         assert!(back.refresh_token.unwrap().ct_eq_str("REFRESH-CANARY"));
-        let versioned = store.load(&TokenKey::org("org-1")).unwrap().unwrap();
+        let versioned = store.load(&TokenKey::org(&OrgId::from_static("org-1"))).unwrap().unwrap();
         assert!(versioned.value.access_token.ct_eq_str("ACCESS-CANARY"));
     }
 
@@ -486,16 +491,22 @@ mod tests {
     fn records_in_clear_are_refused_when_sealing_is_required() {
         let keys = StorageKeys::parse(&key_text(7)).unwrap();
         let raw = Arc::new(InMemoryTokenStorage::new());
-        BlockingTokenStorage::set_service_app_tokens(raw.as_ref(), "planted", &tokens()).unwrap();
+        BlockingTokenStorage::set_service_app_tokens(raw.as_ref(), &OrgId::from_static("planted"), &tokens())
+            .unwrap();
         let inner: Arc<dyn BlockingTokenStorage> = raw.clone();
         let strict = SealedStorage::new(inner.clone(), Some(keys.clone())).requiring_sealed(true);
-        let err = strict.get_service_app_tokens("planted").unwrap_err();
+        let err = strict.get_service_app_tokens(&OrgId::from_static("planted")).unwrap_err();
         assert_eq!(err.kind(), StorageErrorKind::Sealing);
         assert!(err.to_string().contains("stored in clear") && !err.to_string().contains("CANARY"), "{err}");
-        assert!(SealedStorage::new(inner, Some(keys)).get_service_app_tokens("planted").unwrap().is_some());
+        assert!(
+            SealedStorage::new(inner, Some(keys))
+                .get_service_app_tokens(&OrgId::from_static("planted"))
+                .unwrap()
+                .is_some()
+        );
         // What the strict store writes, it reads back.
-        strict.set_service_app_tokens("sealed", &tokens()).unwrap();
-        assert!(strict.get_service_app_tokens("sealed").unwrap().is_some());
+        strict.set_service_app_tokens(&OrgId::from_static("sealed"), &tokens()).unwrap();
+        assert!(strict.get_service_app_tokens(&OrgId::from_static("sealed")).unwrap().is_some());
     }
 
     /// A pending authorization's PKCE verifier is sealed at rest like a token.
@@ -531,13 +542,19 @@ mod tests {
     #[test]
     fn an_unreadable_record_is_kept_aside_when_replaced() {
         let (raw, old_store) = sealed(Some(StorageKeys::parse(&key_text(1)).unwrap()));
-        old_store.set_service_app_tokens("org-1", &tokens()).unwrap();
+        old_store.set_service_app_tokens(&OrgId::from_static("org-1"), &tokens()).unwrap();
         let inner: Arc<dyn BlockingTokenStorage> = raw.clone();
         let new_store = SealedStorage::new(inner, Some(StorageKeys::parse(&key_text(2)).unwrap()));
-        assert_eq!(new_store.load(&TokenKey::org("org-1")).unwrap_err().kind(), StorageErrorKind::Sealing);
-        new_store.store(&TokenKey::org("org-1"), &tokens(), Expect::Any).unwrap();
-        assert!(new_store.get_service_app_tokens("org-1").unwrap().is_some(), "replaced");
-        let digest = Sha256::digest(TokenKey::org("org-1").to_string().as_bytes());
+        assert_eq!(
+            new_store.load(&TokenKey::org(&OrgId::from_static("org-1"))).unwrap_err().kind(),
+            StorageErrorKind::Sealing
+        );
+        new_store.store(&TokenKey::org(&OrgId::from_static("org-1")), &tokens(), Expect::Any).unwrap();
+        assert!(
+            new_store.get_service_app_tokens(&OrgId::from_static("org-1")).unwrap().is_some(),
+            "replaced"
+        );
+        let digest = Sha256::digest(TokenKey::org(&OrgId::from_static("org-1")).to_string().as_bytes());
         let tag: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
         let kept = raw
             .state_names()
@@ -549,7 +566,7 @@ mod tests {
         let opened = open_tokens(
             Some(&StorageKeys::parse(&key_text(1)).unwrap()),
             false,
-            &TokenKey::org("org-1"),
+            &TokenKey::org(&OrgId::from_static("org-1")),
             aside,
         )
         .unwrap();
@@ -559,10 +576,13 @@ mod tests {
     #[test]
     fn a_sealed_token_copied_into_another_record_does_not_open() {
         let (raw, store) = sealed(Some(StorageKeys::parse(&key_text(7)).unwrap()));
-        store.set_service_app_tokens("org-1", &tokens()).unwrap();
-        let stolen = BlockingTokenStorage::get_service_app_tokens(raw.as_ref(), "org-1").unwrap().unwrap();
-        BlockingTokenStorage::set_service_app_tokens(raw.as_ref(), "org-2", &stolen).unwrap();
-        let e = store.get_service_app_tokens("org-2").unwrap_err();
+        store.set_service_app_tokens(&OrgId::from_static("org-1"), &tokens()).unwrap();
+        let stolen = BlockingTokenStorage::get_service_app_tokens(raw.as_ref(), &OrgId::from_static("org-1"))
+            .unwrap()
+            .unwrap();
+        BlockingTokenStorage::set_service_app_tokens(raw.as_ref(), &OrgId::from_static("org-2"), &stolen)
+            .unwrap();
+        let e = store.get_service_app_tokens(&OrgId::from_static("org-2")).unwrap_err();
         assert_eq!(e.kind(), StorageErrorKind::Sealing);
         assert!(e.to_string().contains("copied from another record"), "{e}");
     }

@@ -24,6 +24,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::error::StorageError;
+use crate::key::OrgId;
 use crate::key::{Expect, Lease, TokenKey, UNVERSIONED, Versioned};
 use crate::pending::PendingAuthorization;
 use crate::time::{Clock, SystemClock, Timestamp};
@@ -138,19 +139,31 @@ pub fn redact_url(url: &str) -> String {
         .collect()
 }
 
+/// Org ids read back from a store (keys, rows, file names) where they were written from
+/// [`OrgId`]s, sorted. One that no longer parses (an entry edited by hand) is left out with a
+/// warning naming `location`, never in the way of the others: it could not be named to
+/// refresh or remove it anyway.
+pub fn stored_org_ids(names: impl IntoIterator<Item = String>, location: &str) -> Vec<OrgId> {
+    let mut orgs: Vec<OrgId> = names
+        .into_iter()
+        .filter_map(|name| match OrgId::new(&name) {
+            Ok(org) => Some(org),
+            Err(why) => {
+                tracing::warn!(%location, %why, "an org id in the store is unreadable; left out of the listing");
+                None
+            }
+        })
+        .collect();
+    orgs.sort();
+    orgs
+}
+
 /// A conflict on the shared state `name` (a versioned write based on a stale read).
 pub fn state_conflict(name: &str) -> StorageError {
     StorageError::new(
         crate::error::StorageErrorKind::Conflict,
         format!("the shared state {name} changed since it was read"),
     )
-}
-
-fn check_org_id(org_id: &str) -> Result<(), StorageError> {
-    if org_id.trim().is_empty() {
-        return Err(StorageError::other("an org id must not be empty"));
-    }
-    Ok(())
 }
 
 /// Async token storage (the Python SDK's `TokenStorage` protocol) plus coordination hooks.
@@ -164,18 +177,18 @@ pub trait TokenStorage: Send + Sync {
     /// Persists Integration tokens.
     async fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError>;
     /// Service App tokens for an org, or `None` when not registered.
-    async fn get_service_app_tokens(&self, org_id: &str) -> Result<Option<ServiceAppTokens>, StorageError>;
+    async fn get_service_app_tokens(&self, org_id: &OrgId) -> Result<Option<ServiceAppTokens>, StorageError>;
     /// Persists Service App tokens for an org.
     async fn set_service_app_tokens(
         &self,
-        org_id: &str,
+        org_id: &OrgId,
         tokens: &ServiceAppTokens,
     ) -> Result<(), StorageError>;
     /// Removes an org's Service App tokens (deauthorization). Removing an absent org is not an
     /// error.
-    async fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError>;
+    async fn delete_service_app_tokens(&self, org_id: &OrgId) -> Result<(), StorageError>;
     /// Org ids with stored Service App tokens.
-    async fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError>;
+    async fn list_registered_orgs(&self) -> Result<Vec<OrgId>, StorageError>;
 
     /// Whether [`load`](Self::load), [`store`](Self::store) and the leases below coordinate
     /// for real (versions and exclusive leases). `false` by default.
@@ -207,7 +220,7 @@ pub trait TokenStorage: Send + Sync {
     /// Removes an org's record if `expect` holds (a stale `expect` fails with
     /// [`StorageErrorKind::Conflict`](crate::StorageErrorKind::Conflict)); an absent org is not
     /// an error. The default removes unconditionally.
-    async fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
+    async fn delete_org(&self, org_id: &OrgId, expect: Expect) -> Result<(), StorageError> {
         let _ = expect;
         self.delete_service_app_tokens(org_id).await
     }
@@ -292,13 +305,13 @@ pub trait BlockingTokenStorage: Send + Sync {
     /// Persists Integration tokens.
     fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError>;
     /// Service App tokens for an org, or `None` when not registered.
-    fn get_service_app_tokens(&self, org_id: &str) -> Result<Option<ServiceAppTokens>, StorageError>;
+    fn get_service_app_tokens(&self, org_id: &OrgId) -> Result<Option<ServiceAppTokens>, StorageError>;
     /// Persists Service App tokens for an org.
-    fn set_service_app_tokens(&self, org_id: &str, tokens: &ServiceAppTokens) -> Result<(), StorageError>;
+    fn set_service_app_tokens(&self, org_id: &OrgId, tokens: &ServiceAppTokens) -> Result<(), StorageError>;
     /// Removes an org's Service App tokens. Removing an absent org is not an error.
-    fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError>;
+    fn delete_service_app_tokens(&self, org_id: &OrgId) -> Result<(), StorageError>;
     /// Org ids with stored Service App tokens.
-    fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError>;
+    fn list_registered_orgs(&self) -> Result<Vec<OrgId>, StorageError>;
 
     /// See [`TokenStorage::supports_coordination`].
     fn supports_coordination(&self) -> bool {
@@ -325,7 +338,7 @@ pub trait BlockingTokenStorage: Send + Sync {
     }
 
     /// See [`TokenStorage::delete_org`].
-    fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
+    fn delete_org(&self, org_id: &OrgId, expect: Expect) -> Result<(), StorageError> {
         let _ = expect;
         self.delete_service_app_tokens(org_id)
     }
@@ -397,9 +410,9 @@ pub trait CoordinatedTokenStorage: Send + Sync {
     async fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError>;
     /// Removes an org's record if `expect` holds; an absent org is not an error (unless
     /// `expect` asks for a version).
-    async fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError>;
+    async fn delete_org(&self, org_id: &OrgId, expect: Expect) -> Result<(), StorageError>;
     /// Org ids with a record.
-    async fn list_orgs(&self) -> Result<Vec<String>, StorageError>;
+    async fn list_orgs(&self) -> Result<Vec<OrgId>, StorageError>;
     /// See [`TokenStorage::try_acquire_lease`].
     async fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError>;
     /// See [`TokenStorage::release_lease`].
@@ -453,9 +466,9 @@ pub trait BlockingCoordinatedTokenStorage: Send + Sync {
     /// See [`CoordinatedTokenStorage::store`].
     fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError>;
     /// See [`CoordinatedTokenStorage::delete_org`].
-    fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError>;
+    fn delete_org(&self, org_id: &OrgId, expect: Expect) -> Result<(), StorageError>;
     /// See [`CoordinatedTokenStorage::list_orgs`].
-    fn list_orgs(&self) -> Result<Vec<String>, StorageError>;
+    fn list_orgs(&self) -> Result<Vec<OrgId>, StorageError>;
     /// See [`TokenStorage::try_acquire_lease`].
     fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError>;
     /// See [`TokenStorage::release_lease`].
@@ -504,16 +517,16 @@ macro_rules! provide_seed_methods {
             $($async_kw)? fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError> {
                 $primitives::store(self, &TokenKey::Integration, tokens, Expect::Any)$(.$await)?.map(drop)
             }
-            $($async_kw)? fn get_service_app_tokens(&self, org_id: &str) -> Result<Option<ServiceAppTokens>, StorageError> {
+            $($async_kw)? fn get_service_app_tokens(&self, org_id: &OrgId) -> Result<Option<ServiceAppTokens>, StorageError> {
                 Ok($primitives::load(self, &TokenKey::org(org_id))$(.$await)??.map(|v| v.value))
             }
-            $($async_kw)? fn set_service_app_tokens(&self, org_id: &str, tokens: &ServiceAppTokens) -> Result<(), StorageError> {
+            $($async_kw)? fn set_service_app_tokens(&self, org_id: &OrgId, tokens: &ServiceAppTokens) -> Result<(), StorageError> {
                 $primitives::store(self, &TokenKey::org(org_id), tokens, Expect::Any)$(.$await)?.map(drop)
             }
-            $($async_kw)? fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError> {
+            $($async_kw)? fn delete_service_app_tokens(&self, org_id: &OrgId) -> Result<(), StorageError> {
                 $primitives::delete_org(self, org_id, Expect::Any)$(.$await)?
             }
-            $($async_kw)? fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
+            $($async_kw)? fn list_registered_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
                 $primitives::list_orgs(self)$(.$await)?
             }
             fn supports_coordination(&self) -> bool {
@@ -525,7 +538,7 @@ macro_rules! provide_seed_methods {
             $($async_kw)? fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
                 $primitives::store(self, key, tokens, expect)$(.$await)?
             }
-            $($async_kw)? fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
+            $($async_kw)? fn delete_org(&self, org_id: &OrgId, expect: Expect) -> Result<(), StorageError> {
                 $primitives::delete_org(self, org_id, expect)$(.$await)?
             }
             $($async_kw)? fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
@@ -565,10 +578,10 @@ provide_seed_methods!(BlockingTokenStorage over BlockingCoordinatedTokenStorage)
 /// so it exercises the same codec. Versions and leases are real (within this process).
 ///
 /// ```
-/// use byova_core::{InMemoryTokenStorage, BlockingTokenStorage, OAuthTokens, AccessToken, Timestamp};
+/// use byova_core::{InMemoryTokenStorage, BlockingTokenStorage, OAuthTokens, OrgId, AccessToken, Timestamp};
 /// let store = InMemoryTokenStorage::new();
 /// let tokens = OAuthTokens::new(AccessToken::new("a"), 3600, Timestamp::from_unix_secs(0));
-/// BlockingTokenStorage::set_service_app_tokens(&store, "org-1", &tokens)?;
+/// BlockingTokenStorage::set_service_app_tokens(&store, &OrgId::from_static("org-1"), &tokens)?;
 /// assert_eq!(BlockingTokenStorage::list_registered_orgs(&store)?, ["org-1"]);
 /// # Ok::<(), byova_core::StorageError>(())
 /// ```
@@ -635,9 +648,6 @@ impl InMemoryTokenStorage {
     }
 
     fn load_sync(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
-        if let TokenKey::Org(org) = key {
-            check_org_id(org)?;
-        }
         let state = self.lock();
         match state.records.get(key) {
             None => Ok(None),
@@ -649,9 +659,6 @@ impl InMemoryTokenStorage {
     }
 
     fn store_sync(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
-        if let TokenKey::Org(org) = key {
-            check_org_id(org)?;
-        }
         let bytes = tokens.to_json();
         let mut state = self.lock();
         let current = state.records.get(key).map(|(_, v)| *v);
@@ -674,8 +681,7 @@ impl InMemoryTokenStorage {
         Ok(version)
     }
 
-    fn delete_sync(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
-        check_org_id(org_id)?;
+    fn delete_sync(&self, org_id: &OrgId, expect: Expect) -> Result<(), StorageError> {
         let key = TokenKey::org(org_id);
         let mut state = self.lock();
         if !expect.admits(state.records.get(&key).map(|(_, v)| *v)) {
@@ -685,9 +691,9 @@ impl InMemoryTokenStorage {
         Ok(())
     }
 
-    fn list_sync(&self) -> Vec<String> {
+    fn list_sync(&self) -> Vec<OrgId> {
         let state = self.lock();
-        let mut orgs: Vec<String> = state
+        let mut orgs: Vec<OrgId> = state
             .records
             .keys()
             .filter_map(|k| match k {
@@ -779,10 +785,10 @@ macro_rules! memory_storage_impl {
             $($async_kw)? fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
                 self.store_sync(key, tokens, expect)
             }
-            $($async_kw)? fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
+            $($async_kw)? fn delete_org(&self, org_id: &OrgId, expect: Expect) -> Result<(), StorageError> {
                 self.delete_sync(org_id, expect)
             }
-            $($async_kw)? fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
+            $($async_kw)? fn list_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
                 Ok(self.list_sync())
             }
             $($async_kw)? fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
@@ -860,19 +866,19 @@ mod tests {
             self.0.lock().unwrap().insert(String::new(), t.clone());
             Ok(())
         }
-        fn get_service_app_tokens(&self, org: &str) -> Result<Option<OAuthTokens>, StorageError> {
-            Ok(self.0.lock().unwrap().get(org).cloned())
+        fn get_service_app_tokens(&self, org: &OrgId) -> Result<Option<OAuthTokens>, StorageError> {
+            Ok(self.0.lock().unwrap().get(org.as_str()).cloned())
         }
-        fn set_service_app_tokens(&self, org: &str, t: &OAuthTokens) -> Result<(), StorageError> {
-            self.0.lock().unwrap().insert(org.to_owned(), t.clone());
+        fn set_service_app_tokens(&self, org: &OrgId, t: &OAuthTokens) -> Result<(), StorageError> {
+            self.0.lock().unwrap().insert(org.to_string(), t.clone());
             Ok(())
         }
-        fn delete_service_app_tokens(&self, org: &str) -> Result<(), StorageError> {
-            self.0.lock().unwrap().remove(org);
+        fn delete_service_app_tokens(&self, org: &OrgId) -> Result<(), StorageError> {
+            self.0.lock().unwrap().remove(org.as_str());
             Ok(())
         }
-        fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
-            Ok(self.0.lock().unwrap().keys().filter(|k| !k.is_empty()).cloned().collect())
+        fn list_registered_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
+            Ok(self.0.lock().unwrap().keys().filter_map(|k| OrgId::new(k).ok()).collect())
         }
     }
 
@@ -888,16 +894,16 @@ mod tests {
         let lease = s.try_acquire_lease(&TokenKey::Integration, Duration::from_secs(1)).unwrap().unwrap();
         assert!(s.try_acquire_lease(&TokenKey::Integration, Duration::from_secs(1)).unwrap().is_some());
         s.release_lease(&lease).unwrap();
-        s.store(&TokenKey::org("o"), &tokens("b"), Expect::Any).unwrap();
+        s.store(&TokenKey::org(&OrgId::from_static("o")), &tokens("b"), Expect::Any).unwrap();
         assert_eq!(s.list_registered_orgs().unwrap(), ["o"]);
     }
 
     #[test]
     fn memory_versions_never_repeat_after_delete() {
         let s = InMemoryTokenStorage::new();
-        let key = TokenKey::org("o");
+        let key = TokenKey::org(&OrgId::from_static("o"));
         let v1 = BlockingTokenStorage::store(&s, &key, &tokens("a"), Expect::Absent).unwrap();
-        BlockingTokenStorage::delete_service_app_tokens(&s, "o").unwrap();
+        BlockingTokenStorage::delete_service_app_tokens(&s, &OrgId::from_static("o")).unwrap();
         let v2 = BlockingTokenStorage::store(&s, &key, &tokens("b"), Expect::Absent).unwrap();
         assert!(v2 > v1);
         let err = BlockingTokenStorage::store(&s, &key, &tokens("c"), Expect::Version(v1)).unwrap_err();
@@ -908,11 +914,13 @@ mod tests {
     #[test]
     fn storage_errors_name_the_key_not_the_content() {
         let s = InMemoryTokenStorage::new();
-        s.put_raw_record(&TokenKey::org("o-9"), b"{\"access_token\":\"SECRET-CANARY\"".to_vec());
-        let err = BlockingTokenStorage::get_service_app_tokens(&s, "o-9").unwrap_err();
+        s.put_raw_record(
+            &TokenKey::org(&OrgId::from_static("o-9")),
+            b"{\"access_token\":\"SECRET-CANARY\"".to_vec(),
+        );
+        let err = BlockingTokenStorage::get_service_app_tokens(&s, &OrgId::from_static("o-9")).unwrap_err();
         assert_eq!(err.kind(), StorageErrorKind::Corrupt);
         let msg = err.to_string();
         assert!(msg.contains("org o-9") && !msg.contains("SECRET-CANARY"), "{msg}");
-        assert!(BlockingTokenStorage::get_service_app_tokens(&s, " ").is_err());
     }
 }

@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use byova_core::{
-    BlockingTokenStorage, Clock, OAuthTokens, ServiceAppTokens, StorageError, StorageErrorKind, SystemClock,
-    TokenKey, TokenStorage,
+    BlockingTokenStorage, Clock, OAuthTokens, OrgId, ServiceAppTokens, StorageError, StorageErrorKind,
+    SystemClock, TokenKey, TokenStorage,
     backend::{Expect, Lease, PendingAuthorization, Versioned, journal_replay},
 };
 use serde::{Deserialize, Serialize};
@@ -288,16 +288,16 @@ macro_rules! journaled_impl {
             $($async_kw)? fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError> {
                 self.store(&TokenKey::Integration, tokens, Expect::Any)$(.$await)?.map(drop)
             }
-            $($async_kw)? fn get_service_app_tokens(&self, org_id: &str) -> Result<Option<ServiceAppTokens>, StorageError> {
+            $($async_kw)? fn get_service_app_tokens(&self, org_id: &OrgId) -> Result<Option<ServiceAppTokens>, StorageError> {
                 Ok(self.load(&TokenKey::org(org_id))$(.$await)??.map(|v| v.value))
             }
-            $($async_kw)? fn set_service_app_tokens(&self, org_id: &str, tokens: &ServiceAppTokens) -> Result<(), StorageError> {
+            $($async_kw)? fn set_service_app_tokens(&self, org_id: &OrgId, tokens: &ServiceAppTokens) -> Result<(), StorageError> {
                 self.store(&TokenKey::org(org_id), tokens, Expect::Any)$(.$await)?.map(drop)
             }
-            $($async_kw)? fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError> {
+            $($async_kw)? fn delete_service_app_tokens(&self, org_id: &OrgId) -> Result<(), StorageError> {
                 self.inner.delete_service_app_tokens(org_id)$(.$await)?
             }
-            $($async_kw)? fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
+            $($async_kw)? fn list_registered_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
                 self.inner.list_registered_orgs()$(.$await)?
             }
             fn supports_coordination(&self) -> bool {
@@ -319,7 +319,7 @@ macro_rules! journaled_impl {
                 settle_entry(entry.as_deref(), key, &result);
                 result
             }
-            $($async_kw)? fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
+            $($async_kw)? fn delete_org(&self, org_id: &OrgId, expect: Expect) -> Result<(), StorageError> {
                 self.inner.delete_org(org_id, expect)$(.$await)?
             }
             $($async_kw)? fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {

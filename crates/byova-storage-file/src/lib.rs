@@ -38,11 +38,11 @@
 //!   processes that are gone and pending claims abandoned for ten minutes.
 //!
 //! ```
-//! use byova_core::{BlockingTokenStorage, OAuthTokens, AccessToken, Timestamp};
+//! use byova_core::{BlockingTokenStorage, OAuthTokens, OrgId, AccessToken, Timestamp};
 //! let dir = std::env::temp_dir().join(format!("byova-doc-{}", std::process::id()));
 //! let store = byova_storage_file::FileTokenStorage::open(&dir)?;
 //! let tokens = OAuthTokens::new(AccessToken::new("a"), 3600, Timestamp::from_unix_secs(0));
-//! store.set_service_app_tokens("org-1", &tokens)?;
+//! store.set_service_app_tokens(&OrgId::from_static("org-1"), &tokens)?;
 //! assert_eq!(store.list_registered_orgs()?, ["org-1"]);
 //! # std::fs::remove_dir_all(&dir).ok();
 //! # Ok::<(), byova_core::StorageError>(())

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use byova_core::{
-    Clock, OAuthTokens, StorageError, StorageErrorKind, SystemClock, TokenKey,
+    Clock, OAuthTokens, OrgId, StorageError, StorageErrorKind, SystemClock, TokenKey,
     backend::{
         BlockingCoordinatedTokenStorage, Expect, Lease, PENDING_AUTHORIZATION_TTL, PendingAuthorization,
-        Versioned,
+        Versioned, stored_org_ids,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -92,9 +92,6 @@ fn unhex(s: &str) -> Option<String> {
 fn stem(key: &TokenKey) -> Result<String, StorageError> {
     match key {
         TokenKey::Integration => Ok("integration".to_owned()),
-        TokenKey::Org(org) if org.trim().is_empty() => {
-            Err(StorageError::other("an org id must not be empty"))
-        }
         TokenKey::Org(org) if org.len() <= MAX_HEX_ID_BYTES => Ok(format!("org-{}", hex(org.as_bytes()))),
         TokenKey::Org(org) => Ok(format!("org-h-{}", hex(&Sha256::digest(org.as_bytes())))),
     }
@@ -209,7 +206,7 @@ impl FileTokenStorage {
             )));
         }
         if let TokenKey::Org(org) = key
-            && record.org_id.as_deref().is_some_and(|stored| stored != org)
+            && record.org_id.as_deref().is_some_and(|stored| stored != org.as_str())
         {
             return Err(StorageError::corrupt(format!("{} holds another org's record", path.display())));
         }
@@ -270,7 +267,7 @@ impl FileTokenStorage {
         Ok(self.read(key, &stem)?.map(|(value, version)| Versioned { value, version }))
     }
 
-    fn delete_sync(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
+    fn delete_sync(&self, org_id: &OrgId, expect: Expect) -> Result<(), StorageError> {
         let key = TokenKey::org(org_id);
         let stem = stem(&key)?;
         self.locked(&stem, || {
@@ -289,7 +286,7 @@ impl FileTokenStorage {
         .and_then(|removed| if removed { sync_dir(&self.inner.dir) } else { Ok(()) })
     }
 
-    fn list_sync(&self) -> Result<Vec<String>, StorageError> {
+    fn list_sync(&self) -> Result<Vec<OrgId>, StorageError> {
         let dir = &self.inner.dir;
         let entries = fs::read_dir(dir).map_err(|e| io_error("cannot list the token directory", dir, &e))?;
         let mut orgs = Vec::new();
@@ -317,8 +314,7 @@ impl FileTokenStorage {
                 orgs.push(org);
             }
         }
-        orgs.sort();
-        Ok(orgs)
+        Ok(stored_org_ids(orgs, &dir.display().to_string()))
     }
 
     /// Writes a pending authorization as `pending-{key}.json` (durably), first removing the
@@ -698,10 +694,10 @@ impl BlockingCoordinatedTokenStorage for FileTokenStorage {
     fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
         self.store_sync(key, tokens, expect)
     }
-    fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
+    fn delete_org(&self, org_id: &OrgId, expect: Expect) -> Result<(), StorageError> {
         self.delete_sync(org_id, expect)
     }
-    fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
+    fn list_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
         self.list_sync()
     }
     fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
@@ -764,11 +760,11 @@ mod async_impl {
             let (key, tokens) = (key.clone(), tokens.clone());
             self.offload(move |s| s.store_sync(&key, &tokens, expect)).await
         }
-        async fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
+        async fn delete_org(&self, org_id: &OrgId, expect: Expect) -> Result<(), StorageError> {
             let org = org_id.to_owned();
             self.offload(move |s| s.delete_sync(&org, expect)).await
         }
-        async fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
+        async fn list_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
             self.offload(FileTokenStorage::list_sync).await
         }
         async fn try_acquire_lease(
@@ -820,12 +816,11 @@ mod tests {
     #[test]
     fn stems_are_safe_for_any_org_id() {
         assert_eq!(stem(&TokenKey::Integration).unwrap(), "integration");
-        let s = stem(&TokenKey::org("../../etc/passwd")).unwrap();
+        let s = stem(&TokenKey::org(&OrgId::from_static("../../etc/passwd"))).unwrap();
         assert!(!s.contains('/') && !s.contains(".."), "{s}");
         assert_eq!(unhex(s.strip_prefix("org-").unwrap()).as_deref(), Some("../../etc/passwd"));
-        let long = stem(&TokenKey::org("x".repeat(101))).unwrap();
+        let long = stem(&TokenKey::org(&OrgId::new(&"x".repeat(101)).unwrap())).unwrap();
         assert!(long.starts_with("org-h-") && long.len() == 6 + 64);
-        assert!(stem(&TokenKey::org(" ")).is_err());
         assert_eq!(unhex("zz"), None);
         assert_eq!(unhex("abc"), None);
     }

@@ -2,6 +2,7 @@
 //! permission rules. A custom harness: the same binary is re-run as the child processes the
 //! crash and multi-process tests need (`BYOVA_FILE_CHILD=<role>`).
 
+use byova_core::OrgId;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -64,7 +65,7 @@ fn increment(store: &FileTokenStorage, key: &TokenKey) {
 fn run_child(role: &str) {
     let dir = PathBuf::from(std::env::var("BYOVA_FILE_DIR").unwrap());
     let store = FileTokenStorage::open(&dir).unwrap();
-    let key = TokenKey::org(KEY_ORG);
+    let key = TokenKey::org(&OrgId::from_static(KEY_ORG));
     match role {
         "write-once" => {
             let current = store.load(&key).unwrap().unwrap();
@@ -85,7 +86,7 @@ fn run_child(role: &str) {
             store.store(&key, &counter(1), Expect::Absent).unwrap();
         }
         "delete" => {
-            store.delete_org(KEY_ORG, Expect::Any).unwrap();
+            store.delete_org(&OrgId::from_static(KEY_ORG), Expect::Any).unwrap();
         }
         "rename-no-dir-sync" => {
             // The second control: temp file, fsync, rename, but no directory fsync.
@@ -161,7 +162,7 @@ fn conformance_async() {
 fn sigkill_while_writing_never_tears_a_record() {
     let dir = temp_dir("sigkill");
     let store = FileTokenStorage::open(&dir).unwrap();
-    let key = TokenKey::org(KEY_ORG);
+    let key = TokenKey::org(&OrgId::from_static(KEY_ORG));
     store.store(&key, &counter(0), Expect::Absent).unwrap();
     // Time one unkilled child, so the kills spread from before it starts to after it is done
     // however fast or slow this machine is.
@@ -205,7 +206,7 @@ fn power_loss(
     let ops = powerloss::trace(child(role, dir, extra), dir, &before);
     assert!(!ops.is_empty(), "{role}: strace saw no file operation under {}", dir.display());
     let states = powerloss::crash_states(&before, &ops);
-    let key = TokenKey::org(KEY_ORG);
+    let key = TokenKey::org(&OrgId::from_static(KEY_ORG));
     let scratch = temp_dir("powerloss-state");
     let mut violations = Vec::new();
     for state in &states {
@@ -244,7 +245,7 @@ fn power_loss_at_any_point_leaves_the_old_or_the_new_record() {
         powerloss::strace_works(),
         "strace cannot trace here: `cargo xtask services` installs it (apt-get install strace)"
     );
-    let key = TokenKey::org(KEY_ORG);
+    let key = TokenKey::org(&OrgId::from_static(KEY_ORG));
     // A first write: nothing or the record.
     let dir = temp_dir("powerloss-first");
     FileTokenStorage::open(&dir).unwrap();
@@ -287,7 +288,7 @@ fn power_loss_at_any_point_leaves_the_old_or_the_new_record() {
 fn four_processes_increment_exactly() {
     let dir = temp_dir("procs");
     let store = FileTokenStorage::open(&dir).unwrap();
-    let key = TokenKey::org(KEY_ORG);
+    let key = TokenKey::org(&OrgId::from_static(KEY_ORG));
     store.store(&key, &counter(0), Expect::Absent).unwrap();
     let (procs, threads, each) = (4u64, 50u64, 200u64);
     let started = Instant::now();
@@ -361,9 +362,9 @@ fn existing_directories_are_tightened_and_files_do_not_accumulate() {
     assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
     assert!(!dir.join("org-6f31.lock").exists(), "an earlier version's lock file was removed");
     for i in 0..1_000 {
-        let org = format!("org-{i}");
+        let org = OrgId::new(&format!("org-{i}")).unwrap();
         store.set_service_app_tokens(&org, &counter(i)).unwrap();
-        let key = TokenKey::org(org.as_str());
+        let key = TokenKey::org(&org);
         let lease = store.try_acquire_lease(&key, Duration::from_secs(60)).unwrap().unwrap();
         if i % 2 == 0 {
             store.release_lease(&lease).unwrap();
@@ -404,7 +405,7 @@ fn perm_writer() {
     let dir = PathBuf::from(std::env::var("BYOVA_FILE_DIR").unwrap());
     let store = FileTokenStorage::open(&dir).unwrap();
     store.set_integration_tokens(&counter(1)).unwrap();
-    store.set_service_app_tokens(KEY_ORG, &counter(2)).unwrap();
+    store.set_service_app_tokens(&OrgId::from_static(KEY_ORG), &counter(2)).unwrap();
     let lease = store.try_acquire_lease(&TokenKey::Integration, Duration::from_secs(60)).unwrap().unwrap();
     let _ = lease;
 }
@@ -432,30 +433,32 @@ fn symlinks_are_refused() {
 fn corrupt_records_are_typed_and_kept_for_inspection() {
     let dir = temp_dir("corrupt");
     let store = FileTokenStorage::open(&dir).unwrap();
-    store.set_service_app_tokens(KEY_ORG, &counter(1)).unwrap();
-    let path = store.record_path(&TokenKey::org(KEY_ORG)).unwrap();
+    store.set_service_app_tokens(&OrgId::from_static(KEY_ORG), &counter(1)).unwrap();
+    let path = store.record_path(&TokenKey::org(&OrgId::from_static(KEY_ORG))).unwrap();
     let full = std::fs::read(&path).unwrap();
     for damaged in
         [full[..full.len() / 2].to_vec(), [full.clone(), b"garbage".to_vec()].concat(), vec![0; full.len()]]
     {
         std::fs::write(&path, &damaged).unwrap();
-        let err = store.get_service_app_tokens(KEY_ORG).unwrap_err();
+        let err = store.get_service_app_tokens(&OrgId::from_static(KEY_ORG)).unwrap_err();
         assert_eq!(err.kind(), StorageErrorKind::Corrupt);
         assert!(
             err.to_string().contains(path.file_name().unwrap().to_str().unwrap()),
             "names the file: {err}"
         );
         assert_eq!(std::fs::read(&path).unwrap(), damaged, "a read never rewrites it");
-        let stale = store.store(&TokenKey::org(KEY_ORG), &counter(9), Expect::Version(1)).unwrap_err();
+        let stale = store
+            .store(&TokenKey::org(&OrgId::from_static(KEY_ORG)), &counter(9), Expect::Version(1))
+            .unwrap_err();
         assert_eq!(stale.kind(), StorageErrorKind::Corrupt, "a versioned write does not paper over it");
     }
-    store.set_service_app_tokens(KEY_ORG, &counter(2)).unwrap();
+    store.set_service_app_tokens(&OrgId::from_static(KEY_ORG), &counter(2)).unwrap();
     let backups = std::fs::read_dir(&dir)
         .unwrap()
         .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".corrupt-"))
         .count();
     assert_eq!(backups, 1, "the unreadable record was moved aside before being replaced");
-    assert_eq!(count_of(&store.get_service_app_tokens(KEY_ORG).unwrap().unwrap()), 2);
+    assert_eq!(count_of(&store.get_service_app_tokens(&OrgId::from_static(KEY_ORG)).unwrap().unwrap()), 2);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -518,10 +521,10 @@ impl byova_core::backend::BlockingCoordinatedTokenStorage for Outage {
         }
         BlockingTokenStorage::store(&self.inner, key, t, e)
     }
-    fn delete_org(&self, org: &str, e: Expect) -> Result<(), byova_core::StorageError> {
+    fn delete_org(&self, org: &OrgId, e: Expect) -> Result<(), byova_core::StorageError> {
         BlockingTokenStorage::delete_org(&self.inner, org, e)
     }
-    fn list_orgs(&self) -> Result<Vec<String>, byova_core::StorageError> {
+    fn list_orgs(&self) -> Result<Vec<OrgId>, byova_core::StorageError> {
         BlockingTokenStorage::list_registered_orgs(&self.inner)
     }
     fn try_acquire_lease(
@@ -550,7 +553,7 @@ fn the_journal_replays_what_the_store_never_confirmed() {
     use byova_storage_file::{Journaled, Replay};
     let dir = temp_dir("journal");
     let store = Arc::new(Outage { inner: byova_core::InMemoryTokenStorage::new(), down: false.into() });
-    let key = TokenKey::org(KEY_ORG);
+    let key = TokenKey::org(&OrgId::from_static(KEY_ORG));
     let now = byova_core::Clock::now(&byova_core::SystemClock);
     let at = |ago: u64| now.saturating_sub(Duration::from_secs(ago));
     let tokens = |access: &str, obtained| OAuthTokens::new(AccessToken::new(access), 3600, obtained);
@@ -564,7 +567,7 @@ fn the_journal_replays_what_the_store_never_confirmed() {
     store.down.store(true, std::sync::atomic::Ordering::SeqCst);
     let err = journaled.store(&key, &tokens("B", at(50)), Expect::Version(v)).unwrap_err();
     assert_eq!(err.kind(), StorageErrorKind::Unavailable);
-    let first_org = TokenKey::org("org-first");
+    let first_org = TokenKey::org(&OrgId::from_static("org-first"));
     journaled.store(&first_org, &tokens("FIRST", at(40)), Expect::Absent).unwrap_err();
     assert_eq!(journaled.pending(), 2);
     #[cfg(unix)]
@@ -600,7 +603,7 @@ fn the_journal_replays_what_the_store_never_confirmed() {
     // Entries never replace a newer record, and never bring back a removed one.
     store.down.store(true, std::sync::atomic::Ordering::SeqCst);
     journaled.store(&key, &tokens("STALE", at(30)), Expect::Any).unwrap_err();
-    let gone = TokenKey::org("org-gone");
+    let gone = TokenKey::org(&OrgId::from_static("org-gone"));
     journaled.store(&gone, &tokens("GONE", at(20)), Expect::Version(7)).unwrap_err();
     store.down.store(false, std::sync::atomic::Ordering::SeqCst);
     let current = BlockingTokenStorage::load(store.as_ref(), &key).unwrap().unwrap();

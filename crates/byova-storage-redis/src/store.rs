@@ -4,8 +4,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use byova_core::{
-    Clock, OAuthTokens, StorageError, SystemClock, TokenKey,
-    backend::{Expect, Lease, PendingAuthorization, Versioned, decode_record},
+    Clock, OAuthTokens, OrgId, StorageError, SystemClock, TokenKey,
+    backend::{Expect, Lease, PendingAuthorization, Versioned, decode_record, stored_org_ids},
 };
 use redis::{Script, Value};
 
@@ -418,7 +418,7 @@ impl RedisTokenStorage {
         Self::checked(key)?;
         let (mode, expected) = expect_args(expect);
         let org = match key {
-            TokenKey::Org(org) => org.clone(),
+            TokenKey::Org(org) => org.to_string(),
             TokenKey::Integration => String::new(),
         };
         // On a cluster the index is in another slot: written by a command of its own.
@@ -435,14 +435,14 @@ impl RedisTokenStorage {
         })
     }
 
-    fn delete_op(&self, org_id: &str, expect: Expect) -> Result<Op, StorageError> {
+    fn delete_op(&self, org_id: &OrgId, expect: Expect) -> Result<Op, StorageError> {
         let key = TokenKey::org(org_id);
         Self::checked(&key)?;
         let (mode, expected) = expect_args(expect);
         let (index, org) = if self.is_cluster() {
             (self.record_key(&key), String::new())
         } else {
-            (self.index_key(), org_id.to_owned())
+            (self.index_key(), org_id.to_string())
         };
         Ok(Op::Delete { record: self.record_key(&key), index, org, mode, expected })
     }
@@ -534,9 +534,8 @@ impl RedisTokenStorage {
                 Err(_) => Err(bad("a write")),
             },
             Op::List { .. } => {
-                let mut orgs: Vec<String> = redis::from_redis_value(reply).map_err(|_| bad("SMEMBERS"))?;
-                orgs.sort();
-                Ok(Reply::Orgs(orgs))
+                let names: Vec<String> = redis::from_redis_value(reply).map_err(|_| bad("SMEMBERS"))?;
+                Ok(Reply::Orgs(stored_org_ids(names, &self.where_())))
             }
             Op::Acquire { .. } => Ok(Reply::Flag(
                 matches!(reply, Value::Okay) || matches!(&reply, Value::SimpleString(s) if s == "OK"),
@@ -611,7 +610,7 @@ impl Invocation<'_> {
 enum Reply {
     Record(Option<Versioned<OAuthTokens>>),
     Version(u64),
-    Orgs(Vec<String>),
+    Orgs(Vec<OrgId>),
     Flag(bool),
     Pending(Option<PendingAuthorization>),
     State(Option<Versioned<Vec<u8>>>),
@@ -651,17 +650,17 @@ macro_rules! coordinated_impl {
                     // Index first: listing checks that a record exists, so an entry ahead of its
                     // record is harmless, while a record missing from the index would be lost
                     // to the refresher.
-                    self.$run(Op::IndexAdd { index: self.index_key(), org: org.clone() }, None)$(.$await)??;
+                    self.$run(Op::IndexAdd { index: self.index_key(), org: org.to_string() }, None)$(.$await)??;
                 }
                 reply_as!(self.$run(op, Some(key))$(.$await)??, Version)
             }
-            $($async_kw)? fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
+            $($async_kw)? fn delete_org(&self, org_id: &OrgId, expect: Expect) -> Result<(), StorageError> {
                 // On a cluster the index entry stays (listing filters by existence): removing
                 // it could race a re-registration in another replica and lose the org.
                 let key = TokenKey::org(org_id);
                 self.$run(self.delete_op(org_id, expect)?, Some(&key))$(.$await)?.map(drop)
             }
-            $($async_kw)? fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
+            $($async_kw)? fn list_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
                 let indexed = reply_as!(self.$run(Op::List { index: self.index_key() }, None)$(.$await)??, Orgs)?;
                 if !self.is_cluster() {
                     return Ok(indexed);
@@ -753,7 +752,7 @@ mod blocking {
     impl RedisTokenStorage {
         /// The orgs among `indexed` whose record exists, checked in cluster pipelines of 1,000
         /// (each command routed to its node).
-        fn existing_orgs(&self, indexed: Vec<String>) -> Result<Vec<String>, StorageError> {
+        fn existing_orgs(&self, indexed: Vec<OrgId>) -> Result<Vec<OrgId>, StorageError> {
             let Backend::Cluster(client) = &self.inner.client else { return Ok(indexed) };
             let mut conn = client
                 .get_connection()
@@ -762,7 +761,7 @@ mod blocking {
             for chunk in indexed.chunks(1_000) {
                 let mut pipe = redis::cluster::cluster_pipe();
                 for org in chunk {
-                    pipe.cmd("EXISTS").arg(self.record_key(&TokenKey::org(org.as_str())));
+                    pipe.cmd("EXISTS").arg(self.record_key(&TokenKey::org(org)));
                 }
                 let exists: Vec<i64> = pipe.query(&mut conn).map_err(|e| unavailable_or_other("list", &e))?;
                 orgs.extend(chunk.iter().zip(exists).filter(|(_, e)| *e == 1).map(|(o, _)| o.clone()));
@@ -820,13 +819,13 @@ mod async_impl {
 
         /// The orgs among `indexed` whose record exists: 500 `EXISTS` at a time, concurrently,
         /// over the multiplexed cluster connection.
-        async fn existing_orgs_async(&self, indexed: Vec<String>) -> Result<Vec<String>, StorageError> {
+        async fn existing_orgs_async(&self, indexed: Vec<OrgId>) -> Result<Vec<OrgId>, StorageError> {
             let AsyncConn::Cluster(conn) = self.manager().await? else { return Ok(indexed) };
             let mut orgs = Vec::with_capacity(indexed.len());
             for chunk in indexed.chunks(500) {
                 let mut checks = tokio::task::JoinSet::new();
                 for (i, org) in chunk.iter().enumerate() {
-                    let (mut conn, record) = (conn.clone(), self.record_key(&TokenKey::org(org.as_str())));
+                    let (mut conn, record) = (conn.clone(), self.record_key(&TokenKey::org(org)));
                     checks.spawn(async move {
                         let exists: Result<i64, redis::RedisError> =
                             redis::cmd("EXISTS").arg(record).query_async(&mut conn).await;
@@ -903,7 +902,7 @@ mod tests {
     fn urls_prefixes_and_redaction() {
         let s = RedisTokenStorage::open("redis://127.0.0.1:6379/2?prefix=app1").unwrap();
         assert_eq!(s.prefix(), "app1");
-        assert_eq!(s.record_key(&TokenKey::org("o:1")), "{app1}:org:o:1");
+        assert_eq!(s.record_key(&TokenKey::org(&OrgId::from_static("o:1"))), "{app1}:org:o:1");
         assert_eq!(s.lease_key(&TokenKey::Integration), "{app1}:lease:integration");
         assert_eq!(RedisTokenStorage::open("redis://127.0.0.1/").unwrap().prefix(), "byova");
         assert!(RedisTokenStorage::open("redis://127.0.0.1/?prefix={x}").is_err());
@@ -916,7 +915,7 @@ mod tests {
     #[test]
     fn cluster_keys_share_a_slot_per_token_key_and_spread_across_keys() {
         let s = RedisTokenStorage::open("redis+cluster://127.0.0.1:7001,127.0.0.1:7002/?prefix=app").unwrap();
-        let org = TokenKey::org("o1");
+        let org = TokenKey::org(&OrgId::from_static("o1"));
         assert_eq!(s.record_key(&org), "{app:org:o1}:record");
         assert_eq!(s.lease_key(&org), "{app:org:o1}:lease");
         assert_eq!(s.counter_key(&org), "{app:org:o1}:version");
@@ -944,8 +943,9 @@ mod tests {
             "what a script touches shares a slot"
         );
         assert_eq!(slot(&s.record_key(&org)), slot(&s.lease_key(&org)));
-        let slots: std::collections::HashSet<u16> =
-            (0..100).map(|i| slot(&s.record_key(&TokenKey::org(format!("org-{i}"))))).collect();
+        let slots: std::collections::HashSet<u16> = (0..100)
+            .map(|i| slot(&s.record_key(&TokenKey::org(&OrgId::new(&format!("org-{i}")).unwrap()))))
+            .collect();
         assert!(slots.len() > 90, "a fleet spreads over the slots: {}", slots.len());
         assert!(RedisTokenStorage::open("redis+cluster:///?prefix=app").is_err(), "no node named");
         let standalone = RedisTokenStorage::open("redis://127.0.0.1/?prefix=app").unwrap();

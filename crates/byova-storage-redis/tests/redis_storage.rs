@@ -3,6 +3,7 @@
 //! Redis restart, and network faults (latency, cut, black hole, trickle) before and during a
 //! refresh. A custom harness: the binary re-runs itself as herd children.
 
+use byova_core::OrgId;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -140,18 +141,30 @@ fn cluster_conformance(url: &str) {
     ));
     assert!(report.skipped.is_empty(), "{:?}", report.skipped);
     for i in 0..30 {
-        BlockingTokenStorage::set_service_app_tokens(&store, &format!("org-{i}"), &counter(i)).unwrap();
+        BlockingTokenStorage::set_service_app_tokens(
+            &store,
+            &OrgId::new(&format!("org-{i}")).unwrap(),
+            &counter(i),
+        )
+        .unwrap();
     }
     assert_eq!(BlockingTokenStorage::list_registered_orgs(&store).unwrap().len(), 30);
-    BlockingTokenStorage::delete_service_app_tokens(&store, "org-0").unwrap();
-    assert!(!BlockingTokenStorage::list_registered_orgs(&store).unwrap().contains(&"org-0".to_owned()));
-    BlockingTokenStorage::set_service_app_tokens(&store, "org-0", &counter(0)).unwrap();
+    BlockingTokenStorage::delete_service_app_tokens(&store, &OrgId::from_static("org-0")).unwrap();
     assert!(
-        BlockingTokenStorage::list_registered_orgs(&store).unwrap().contains(&"org-0".to_owned()),
+        !BlockingTokenStorage::list_registered_orgs(&store).unwrap().contains(&OrgId::from_static("org-0"))
+    );
+    BlockingTokenStorage::set_service_app_tokens(&store, &OrgId::from_static("org-0"), &counter(0)).unwrap();
+    assert!(
+        BlockingTokenStorage::list_registered_orgs(&store).unwrap().contains(&OrgId::from_static("org-0")),
         "re-registered"
     );
     for i in 30..3_000 {
-        BlockingTokenStorage::set_service_app_tokens(&store, &format!("org-{i}"), &counter(i)).unwrap();
+        BlockingTokenStorage::set_service_app_tokens(
+            &store,
+            &OrgId::new(&format!("org-{i}")).unwrap(),
+            &counter(i),
+        )
+        .unwrap();
     }
     let started = Instant::now();
     assert_eq!(BlockingTokenStorage::list_registered_orgs(&store).unwrap().len(), 3_000);
@@ -291,16 +304,16 @@ impl TokenStorage for Stalling {
     async fn set_integration_tokens(&self, t: &OAuthTokens) -> Result<(), StorageError> {
         TokenStorage::set_integration_tokens(&self.inner, t).await
     }
-    async fn get_service_app_tokens(&self, org: &str) -> Result<Option<OAuthTokens>, StorageError> {
+    async fn get_service_app_tokens(&self, org: &OrgId) -> Result<Option<OAuthTokens>, StorageError> {
         TokenStorage::get_service_app_tokens(&self.inner, org).await
     }
-    async fn set_service_app_tokens(&self, org: &str, t: &OAuthTokens) -> Result<(), StorageError> {
+    async fn set_service_app_tokens(&self, org: &OrgId, t: &OAuthTokens) -> Result<(), StorageError> {
         TokenStorage::set_service_app_tokens(&self.inner, org, t).await
     }
-    async fn delete_service_app_tokens(&self, org: &str) -> Result<(), StorageError> {
+    async fn delete_service_app_tokens(&self, org: &OrgId) -> Result<(), StorageError> {
         TokenStorage::delete_service_app_tokens(&self.inner, org).await
     }
-    async fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
+    async fn list_registered_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
         TokenStorage::list_registered_orgs(&self.inner).await
     }
     fn supports_coordination(&self) -> bool {
@@ -438,10 +451,10 @@ fn a_redis_restart_gives_retryable_errors_and_loses_nothing() {
     let store = RedisTokenStorage::open(&url).unwrap();
     let bs: &dyn BlockingTokenStorage = &store;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    bs.set_service_app_tokens("org-1", &counter(7)).unwrap();
+    bs.set_service_app_tokens(&OrgId::from_static("org-1"), &counter(7)).unwrap();
     rt.block_on(TokenStorage::set_integration_tokens(&store, &counter(8))).unwrap();
     stop_redis(port);
-    let blocking_err = bs.get_service_app_tokens("org-1").unwrap_err();
+    let blocking_err = bs.get_service_app_tokens(&OrgId::from_static("org-1")).unwrap_err();
     assert_eq!(blocking_err.kind(), StorageErrorKind::Unavailable, "{blocking_err}");
     assert!(blocking_err.is_retryable());
     let async_err = rt.block_on(TokenStorage::get_integration_tokens(&store)).unwrap_err();
@@ -449,8 +462,10 @@ fn a_redis_restart_gives_retryable_errors_and_loses_nothing() {
     start_redis(port, &dir);
     let deadline = Instant::now() + Duration::from_secs(10);
     let recovered = loop {
-        match (bs.get_service_app_tokens("org-1"), rt.block_on(TokenStorage::get_integration_tokens(&store)))
-        {
+        match (
+            bs.get_service_app_tokens(&OrgId::from_static("org-1")),
+            rt.block_on(TokenStorage::get_integration_tokens(&store)),
+        ) {
             (Ok(a), Ok(b)) => break (a, b),
             _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
             (a, b) => panic!("no recovery after restart: {a:?} {b:?}"),

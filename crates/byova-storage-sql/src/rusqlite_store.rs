@@ -4,9 +4,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use byova_core::{
-    Clock, OAuthTokens, StorageError, SystemClock, TokenKey,
+    Clock, OAuthTokens, OrgId, StorageError, SystemClock, TokenKey,
     backend::{
         BlockingCoordinatedTokenStorage, Expect, Lease, PendingAuthorization, Versioned, decode_record,
+        stored_org_ids,
     },
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -133,7 +134,7 @@ impl SqliteBlockingStorage {
 }
 
 impl BlockingCoordinatedTokenStorage for SqliteBlockingStorage {
-    fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
+    fn delete_org(&self, org_id: &OrgId, expect: Expect) -> Result<(), StorageError> {
         let key = TokenKey::org(org_id);
         let (name, _) = key_columns(&key)?;
         let deleted = match expect {
@@ -153,11 +154,12 @@ impl BlockingCoordinatedTokenStorage for SqliteBlockingStorage {
         }
         Ok(())
     }
-    fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
+    fn list_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&self.st.list).map_err(|e| sqlite_error("list", &e))?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0)).map_err(|e| sqlite_error("list", &e))?;
-        rows.map(|r| r.map_err(|e| sqlite_error("list", &e))).collect()
+        let names = rows.map(|r| r.map_err(|e| sqlite_error("list", &e))).collect::<Result<Vec<_>, _>>()?;
+        Ok(stored_org_ids(names, &self.path))
     }
     fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
         let (name, _) = key_columns(key)?;

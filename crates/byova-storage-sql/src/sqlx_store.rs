@@ -3,8 +3,11 @@
 use std::time::Duration;
 
 use byova_core::{
-    Clock, OAuthTokens, StorageError, SystemClock, TokenKey, async_trait,
-    backend::{CoordinatedTokenStorage, Expect, Lease, PendingAuthorization, Versioned, decode_record},
+    Clock, OAuthTokens, OrgId, StorageError, SystemClock, TokenKey, async_trait,
+    backend::{
+        CoordinatedTokenStorage, Expect, Lease, PendingAuthorization, Versioned, decode_record,
+        stored_org_ids,
+    },
 };
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -346,7 +349,7 @@ impl SqlTokenStorage {
 
 #[async_trait]
 impl CoordinatedTokenStorage for SqlTokenStorage {
-    async fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
+    async fn delete_org(&self, org_id: &OrgId, expect: Expect) -> Result<(), StorageError> {
         let key = TokenKey::org(org_id);
         let (name, _) = key_columns(&key)?;
         let deleted = match expect {
@@ -366,10 +369,14 @@ impl CoordinatedTokenStorage for SqlTokenStorage {
         }
         Ok(())
     }
-    async fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
+    async fn list_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
         let rows =
             sqlx::query(&self.st.list).fetch_all(&self.pool).await.map_err(|e| sqlx_error("list", &e))?;
-        rows.iter().filter_map(|r| text(r, 0).map_err(|e| sqlx_error("list", &e)).transpose()).collect()
+        let names = rows
+            .iter()
+            .filter_map(|r| text(r, 0).map_err(|e| sqlx_error("list", &e)).transpose())
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(stored_org_ids(names, &self.display))
     }
     async fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
         let (name, _) = key_columns(key)?;

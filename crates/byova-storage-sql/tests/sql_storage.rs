@@ -3,6 +3,7 @@
 //! multi-process herds, a stalled lease holder's late write, and a connection lost before
 //! `COMMIT`. A custom harness: the binary re-runs itself as herd children.
 
+use byova_core::OrgId;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -134,7 +135,7 @@ fn a_connection_lost_before_commit_leaves_the_old_record(url: &str) {
     let rt = rt();
     rt.block_on(async {
         let store = SqlTokenStorage::connect(url).await.unwrap();
-        let key = TokenKey::org("org-commit");
+        let key = TokenKey::org(&OrgId::from_static("org-commit"));
         store.store(&key, &counter(1), Expect::Absent).await.unwrap();
         // A second pool on the same table: begin, write, then drop the connection unannounced.
         sqlx::any::install_default_drivers();
@@ -373,7 +374,7 @@ fn sqlite_files_are_private(name: &str) {
     for driver in ["sqlx", "rusqlite"] {
         let path = std::env::temp_dir().join(format!("{name}_{driver}.db"));
         let url = format!("sqlite://{}", path.display());
-        let key = TokenKey::org("org-private");
+        let key = TokenKey::org(&OrgId::from_static("org-private"));
         if driver == "sqlx" {
             let rt = rt();
             let store = rt.block_on(SqlTokenStorage::connect(&url)).unwrap();

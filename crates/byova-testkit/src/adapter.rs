@@ -115,27 +115,27 @@ macro_rules! flavour_adapter {
                 $crate::$call!(self, |_b| $krate::wait_for_redirect(&redirect_uri, options))
             }
             fn org_token(&self, org_id: String) -> $crate::scenarios::BoxFut<'_, byova_core::Result<byova_core::AccessToken>> {
-                $crate::$call!(self, |b| b.service_app().get_access_token(&org_id))
+                $crate::$call!(self, |b| b.service_app().get_access_token(&byova_core::OrgId::new(&org_id)?))
             }
             fn invalidate(&self, rejected: byova_core::AccessToken) -> $crate::scenarios::BoxFut<'_, byova_core::Result<byova_core::Invalidation>> {
                 $crate::$call!(self, |b| b.integration().invalidate(&rejected))
             }
             fn invalidate_org(&self, org_id: String, rejected: byova_core::AccessToken) -> $crate::scenarios::BoxFut<'_, byova_core::Result<byova_core::Invalidation>> {
-                $crate::$call!(self, |b| b.service_app().invalidate(&org_id, &rejected))
+                $crate::$call!(self, |b| b.service_app().invalidate(&byova_core::OrgId::new(&org_id)?, &rejected))
             }
             fn rejected_again(&self, org_id: Option<String>, renewed: byova_core::AccessToken) -> $crate::scenarios::BoxFut<'_, byova_core::Result<byova_core::Invalidation>> {
                 match org_id {
                     None => $crate::$call!(self, |b| b.integration().rejected_again(&renewed)),
-                    Some(org_id) => $crate::$call!(self, |b| b.service_app().rejected_again(&org_id, &renewed)),
+                    Some(org_id) => $crate::$call!(self, |b| b.service_app().rejected_again(&byova_core::OrgId::new(&org_id)?, &renewed)),
                 }
             }
             fn fetch_token_for_org(&self, org_id: String) -> $crate::scenarios::BoxFut<'_, byova_core::Result<byova_core::OAuthTokens>> {
-                $crate::$call!(self, |b| b.service_app().fetch_token_for_org(&org_id))
+                $crate::$call!(self, |b| b.service_app().fetch_token_for_org(&byova_core::OrgId::new(&org_id)?))
             }
             fn fetch_token_from_webhook_org(
                 &self,
                 encoded: String,
-            ) -> $crate::scenarios::BoxFut<'_, byova_core::Result<(String, byova_core::OAuthTokens)>> {
+            ) -> $crate::scenarios::BoxFut<'_, byova_core::Result<(byova_core::OrgId, byova_core::OAuthTokens)>> {
                 $crate::$call!(self, |b| b.service_app().fetch_token_from_webhook_org(&encoded))
             }
             fn save_registration(
@@ -143,13 +143,13 @@ macro_rules! flavour_adapter {
                 org_id: String,
                 refresh_token: String,
             ) -> $crate::scenarios::BoxFut<'_, byova_core::Result<byova_core::OAuthTokens>> {
-                $crate::$call!(self, |b| b.service_app().save_registration(&org_id, &refresh_token))
+                $crate::$call!(self, |b| b.service_app().save_registration(&byova_core::OrgId::new(&org_id)?, &refresh_token))
             }
             fn refresh_for_org(&self, org_id: String) -> $crate::scenarios::BoxFut<'_, byova_core::Result<byova_core::OAuthTokens>> {
-                $crate::$call!(self, |b| b.service_app().refresh_for_org(&org_id))
+                $crate::$call!(self, |b| b.service_app().refresh_for_org(&byova_core::OrgId::new(&org_id)?))
             }
             fn remove_org(&self, org_id: String) -> $crate::scenarios::BoxFut<'_, byova_core::Result<()>> {
-                $crate::$call!(self, |b| b.service_app().remove_org(&org_id))
+                $crate::$call!(self, |b| b.service_app().remove_org(&byova_core::OrgId::new(&org_id)?))
             }
             fn application_id(&self) -> String {
                 self.byova.service_app().application_id().to_owned()
@@ -173,7 +173,7 @@ macro_rules! flavour_adapter {
             fn status(&self) -> $crate::scenarios::BoxFut<'_, byova_core::Result<Vec<byova_core::KeyStatus>>> {
                 $crate::$call!(self, |b| b.status())
             }
-            fn refresh_all_orgs(&self, concurrency: usize) -> $crate::scenarios::BoxFut<'_, byova_core::Result<Vec<(String, bool)>>> {
+            fn refresh_all_orgs(&self, concurrency: usize) -> $crate::scenarios::BoxFut<'_, byova_core::Result<Vec<(byova_core::OrgId, bool)>>> {
                 let all = $crate::$call!(self, |b| b.refresh_all_orgs(concurrency));
                 ::std::boxed::Box::pin(async move {
                     Ok(all.await?.into_iter().map(|r| (r.org_id, r.result.is_ok())).collect())

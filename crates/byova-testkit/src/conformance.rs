@@ -34,8 +34,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use byova_core::{
-    AccessToken, BlockingTokenStorage, Clock, OAuthTokens, RefreshToken, StorageError, StorageErrorKind,
-    SystemClock, Timestamp, TokenKey, TokenStorage,
+    AccessToken, BlockingTokenStorage, Clock, OAuthTokens, OrgId, RefreshToken, StorageError,
+    StorageErrorKind, SystemClock, Timestamp, TokenKey, TokenStorage,
     backend::{Expect, Lease, PendingAuthorization, Versioned, pending_key},
     oauth::PkceCodeVerifier,
 };
@@ -95,16 +95,16 @@ impl Target {
     fn set_integration(&self, t: OAuthTokens) -> BoxFut<'static, Res<()>> {
         dispatch!(self, |s| s.set_integration_tokens(&t))
     }
-    fn get_org(&self, org: String) -> BoxFut<'static, Res<Option<OAuthTokens>>> {
+    fn get_org(&self, org: OrgId) -> BoxFut<'static, Res<Option<OAuthTokens>>> {
         dispatch!(self, |s| s.get_service_app_tokens(&org))
     }
-    fn set_org(&self, org: String, t: OAuthTokens) -> BoxFut<'static, Res<()>> {
+    fn set_org(&self, org: OrgId, t: OAuthTokens) -> BoxFut<'static, Res<()>> {
         dispatch!(self, |s| s.set_service_app_tokens(&org, &t))
     }
-    fn delete_org(&self, org: String) -> BoxFut<'static, Res<()>> {
+    fn delete_org(&self, org: OrgId) -> BoxFut<'static, Res<()>> {
         dispatch!(self, |s| s.delete_service_app_tokens(&org))
     }
-    fn delete_versioned(&self, org: String, expect: Expect) -> BoxFut<'static, Res<()>> {
+    fn delete_versioned(&self, org: OrgId, expect: Expect) -> BoxFut<'static, Res<()>> {
         dispatch!(self, |s| s.delete_org(&org, expect))
     }
     fn save_pending(&self, key: String, pending: PendingAuthorization) -> BoxFut<'static, Res<bool>> {
@@ -122,7 +122,7 @@ impl Target {
     fn store_state(&self, name: String, bytes: Vec<u8>, expect: Expect) -> BoxFut<'static, Res<u64>> {
         dispatch!(self, |s| s.store_state(&name, &bytes, expect))
     }
-    fn list(&self) -> BoxFut<'static, Res<Vec<String>>> {
+    fn list(&self) -> BoxFut<'static, Res<Vec<OrgId>>> {
         dispatch!(self, |s| s.list_registered_orgs())
     }
     fn load(&self, key: TokenKey) -> BoxFut<'static, Res<Option<Versioned<OAuthTokens>>>> {
@@ -173,6 +173,11 @@ pub fn check_blocking_token_storage(
 
 type CaseResult = Result<(), String>;
 
+/// `{org}-{i}`: an org id and a number make an org id.
+fn suffixed(org: &OrgId, i: usize) -> OrgId {
+    OrgId::new(&format!("{org}-{i}")).expect("an org id with a number appended is an org id")
+}
+
 fn ensure(cond: bool, what: impl FnOnce() -> String) -> CaseResult {
     if cond { Ok(()) } else { Err(what()) }
 }
@@ -211,8 +216,8 @@ struct Suite {
 }
 
 impl Suite {
-    fn org(&self, name: &str) -> String {
-        format!("{}-{name}", self.run_id)
+    fn org(&self, name: &str) -> OrgId {
+        OrgId::new(&format!("{}-{name}", self.run_id)).expect("a run id and a case name make an org id")
     }
 
     async fn integration_round_trip(&self) -> CaseResult {
@@ -312,7 +317,7 @@ impl Suite {
             let prefix = self.org(&format!("conc-{w}"));
             tasks.push(tokio::spawn(async move {
                 for i in 0..10 {
-                    t.set_org(format!("{prefix}-{i}"), sample_tokens(&format!("{w}-{i}"))).await?;
+                    t.set_org(suffixed(&prefix, i), sample_tokens(&format!("{w}-{i}"))).await?;
                 }
                 Ok::<(), StorageError>(())
             }));
@@ -324,7 +329,7 @@ impl Suite {
         let list = ok(self.target.list().await, "list_registered_orgs")?;
         for w in 0..8 {
             for i in 0..10 {
-                let org = format!("{}-{i}", self.org(&format!("conc-{w}")));
+                let org = suffixed(&self.org(&format!("conc-{w}")), i);
                 ensure(list.contains(&org), || format!("{org} written concurrently is missing"))?;
                 let got = ok(self.target.get_org(org.clone()).await, "get_service_app_tokens")?
                     .ok_or("lost a concurrent write")?;
@@ -338,7 +343,7 @@ impl Suite {
 
     async fn versioned_writes(&self) -> CaseResult {
         let t = &self.target;
-        let key = TokenKey::org(self.org("versioned"));
+        let key = TokenKey::org(&self.org("versioned"));
         let v1 = ok(
             t.store(key.clone(), counter_tokens(1), Expect::Absent).await,
             "store(Expect::Absent) on a new key",
@@ -389,7 +394,7 @@ impl Suite {
     async fn versioned_delete(&self) -> CaseResult {
         let t = &self.target;
         let org = self.org("vdelete");
-        let key = TokenKey::org(org.clone());
+        let key = TokenKey::org(&org);
         let v1 = ok(t.store(key.clone(), counter_tokens(1), Expect::Absent).await, "store(Absent)")?;
         let v2 = ok(t.store(key.clone(), counter_tokens(2), Expect::Version(v1)).await, "store(Version)")?;
         let stale = t.delete_versioned(org.clone(), Expect::Version(v1)).await;
@@ -470,7 +475,7 @@ impl Suite {
         let t = &self.target;
         let mut keys = Vec::new();
         for i in 0..250 {
-            let key = TokenKey::org(self.org(&format!("batch-{i:03}")));
+            let key = TokenKey::org(&self.org(&format!("batch-{i:03}")));
             if i % 3 != 1 {
                 ok(t.store(key.clone(), sample_tokens(&format!("batch-{i}")), Expect::Any).await, "store")?;
             }
@@ -574,14 +579,14 @@ impl Suite {
 
     async fn lease_exclusivity_and_expiry(&self) -> CaseResult {
         let t = &self.target;
-        let key = TokenKey::org(self.org("lease"));
+        let key = TokenKey::org(&self.org("lease"));
         let ttl = Duration::from_millis(400);
         let first = ok(t.acquire(key.clone(), ttl).await, "try_acquire_lease")?
             .ok_or("a free lease was not granted")?;
         ensure(ok(t.acquire(key.clone(), ttl).await, "try_acquire_lease")?.is_none(), || {
             "a held lease was granted twice".into()
         })?;
-        let other_key = TokenKey::org(self.org("lease-other"));
+        let other_key = TokenKey::org(&self.org("lease-other"));
         let other = ok(t.acquire(other_key, ttl).await, "try_acquire_lease")?
             .ok_or("a lease on another key was refused")?;
         let impostor = Lease { key: key.clone(), owner: first.owner.wrapping_add(1) };
@@ -605,7 +610,7 @@ impl Suite {
 
     async fn lease_extension_by_the_owner_only(&self) -> CaseResult {
         let t = &self.target;
-        let key = TokenKey::org(self.org("extend"));
+        let key = TokenKey::org(&self.org("extend"));
         let lease = ok(t.acquire(key.clone(), Duration::from_millis(400)).await, "try_acquire_lease")?
             .ok_or("a free lease was not granted")?;
         ensure(ok(t.extend(lease.clone(), Duration::from_secs(10)).await, "extend_lease")?, || {
@@ -638,7 +643,7 @@ impl Suite {
     async fn concurrent_versioned_increments(&self) -> CaseResult {
         const WRITERS: u64 = 8;
         const EACH: u64 = 25;
-        let key = TokenKey::org(self.org("increments"));
+        let key = TokenKey::org(&self.org("increments"));
         ok(self.target.store(key.clone(), counter_tokens(0), Expect::Absent).await, "store")?;
         let mut tasks = Vec::new();
         for _ in 0..WRITERS {
@@ -678,7 +683,7 @@ impl Suite {
         let org = self.org("corrupt");
         let neighbour = self.org("corrupt-neighbour");
         ok(self.target.set_org(neighbour.clone(), sample_tokens("n")).await, "set_service_app_tokens")?;
-        corrupt(&TokenKey::org(org.clone()));
+        corrupt(&TokenKey::org(&org));
         let got = self.target.get_org(org.clone()).await;
         ensure(matches!(&got, Err(e) if e.kind() == StorageErrorKind::Corrupt), || {
             format!("a corrupt record read as {:?}, not a Corrupt error", got.as_ref().map(|o| o.is_some()))

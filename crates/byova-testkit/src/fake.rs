@@ -18,7 +18,7 @@ use byova_core::{
     AccessToken, ByovaConfig, Clock, DEFAULT_INTEGRATION_SCOPES, IntegrationCredentials, OAuthTokens,
     RefreshToken, ServiceAppCredentials, SystemClock, Timestamp, WebhookSecret,
     engine::Method,
-    ids::{derive_application_id, encode_webex_id, normalize_org_id},
+    ids::{derive_application_id, encode_webex_id},
     webhook::ServiceAppEventKind,
 };
 use bytes::Bytes;
@@ -1593,7 +1593,9 @@ impl Ctx<'_> {
         if !s.service_app.client_secret.ct_eq_str(secret) {
             return self.err(401, "The Service App credentials are invalid.");
         }
-        let Ok(org) = normalize_org_id(target) else { return self.err(400, "targetOrgId is invalid.") };
+        let Ok(org) = byova_core::OrgId::new(target).map(|org| org.to_string()) else {
+            return self.err(400, "targetOrgId is invalid.");
+        };
         if !s.authorized_orgs.contains(&org) {
             return self.err(403, "Service App not authorized by Full Admin in Control Hub.");
         }

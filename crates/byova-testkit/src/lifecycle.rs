@@ -17,7 +17,7 @@ use byova_core::{
     webhook::ServiceAppEventKind,
 };
 
-use super::{Flavour, ORG, Sdk, World, world_on};
+use super::{Flavour, ORG, Sdk, World, org_id, world_on};
 use crate::fake::{DeliveryShape, Endpoint};
 
 /// One store, seen through both storage traits.
@@ -145,13 +145,13 @@ impl Cell0 {
     }
 
     async fn registered(&self) -> bool {
-        self.w.stored(&TokenKey::org(ORG)).await.is_some()
+        self.w.stored(&TokenKey::org(&org_id(ORG))).await.is_some()
     }
 
     async fn finish(self, shape: &Shape, case: &'static str) -> Cell {
         let provider = self.w.fake.provider_org_id();
         assert!(
-            self.w.stored(&TokenKey::org(provider)).await.is_none(),
+            self.w.stored(&TokenKey::org(&org_id(provider))).await.is_none(),
             "{}/{case}: the provider's own org was registered",
             shape.name
         );

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use byova_core::{
     AccessToken, BlockingTokenStorage, ByovaConfig, Clock, Error, InMemoryTokenStorage,
-    IntegrationCredentials, KeyStatus, OAuthTokens, RefreshToken, ServiceAppCredentials, StorageError,
+    IntegrationCredentials, KeyStatus, OAuthTokens, OrgId, RefreshToken, ServiceAppCredentials, StorageError,
     SystemClock, TokenKey, TokenState, TokenStorage, WebhookSecret,
     backend::{PendingAuthorization, pending_key},
     webhook::ServiceAppEventKind,
@@ -108,7 +108,7 @@ pub trait Sdk: Send + Sync {
     /// `ServiceAppTokenManager::fetch_token_for_org`
     fn fetch_token_for_org(&self, org_id: String) -> BoxFut<'_, Res<OAuthTokens>>;
     /// `ServiceAppTokenManager::fetch_token_from_webhook_org`
-    fn fetch_token_from_webhook_org(&self, encoded: String) -> BoxFut<'_, Res<(String, OAuthTokens)>>;
+    fn fetch_token_from_webhook_org(&self, encoded: String) -> BoxFut<'_, Res<(OrgId, OAuthTokens)>>;
     /// `ServiceAppTokenManager::save_registration`
     fn save_registration(&self, org_id: String, refresh_token: String) -> BoxFut<'_, Res<OAuthTokens>>;
     /// `ServiceAppTokenManager::refresh_for_org`
@@ -126,7 +126,7 @@ pub trait Sdk: Send + Sync {
     /// `Byova::status`
     fn status(&self) -> BoxFut<'_, Res<Vec<KeyStatus>>>;
     /// `Byova::refresh_all_orgs`: `(org, succeeded)`
-    fn refresh_all_orgs(&self, concurrency: usize) -> BoxFut<'_, Res<Vec<(String, bool)>>>;
+    fn refresh_all_orgs(&self, concurrency: usize) -> BoxFut<'_, Res<Vec<(OrgId, bool)>>>;
 }
 
 /// A flavour: builds its SDK from a [`Setup`].
@@ -151,6 +151,11 @@ impl std::fmt::Debug for Scenario {
 }
 
 const ORG: &str = "63b02f90-9cc6-43b8-aa6d-cad425ac554c";
+
+/// An org id the scenarios name by string, as a user's configuration does.
+pub(crate) fn org_id(org: &str) -> OrgId {
+    OrgId::new(org).expect("a scenario's org id is valid")
+}
 
 struct World {
     fake: Arc<FakeWebex>,
@@ -235,7 +240,7 @@ impl World {
         let issued = self.fake.issue_service_app_tokens(org);
         TokenStorage::set_service_app_tokens(
             self.setup.storage.as_ref(),
-            org,
+            &org_id(org),
             &issued.expired_at(self.now()),
         )
         .await
@@ -275,16 +280,16 @@ impl TokenStorage for SixMethodsOnly {
     async fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError> {
         BlockingTokenStorage::set_integration_tokens(self.0.as_ref(), tokens)
     }
-    async fn get_service_app_tokens(&self, org_id: &str) -> Result<Option<OAuthTokens>, StorageError> {
+    async fn get_service_app_tokens(&self, org_id: &OrgId) -> Result<Option<OAuthTokens>, StorageError> {
         BlockingTokenStorage::get_service_app_tokens(self.0.as_ref(), org_id)
     }
-    async fn set_service_app_tokens(&self, org_id: &str, tokens: &OAuthTokens) -> Result<(), StorageError> {
+    async fn set_service_app_tokens(&self, org_id: &OrgId, tokens: &OAuthTokens) -> Result<(), StorageError> {
         BlockingTokenStorage::set_service_app_tokens(self.0.as_ref(), org_id, tokens)
     }
-    async fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError> {
+    async fn delete_service_app_tokens(&self, org_id: &OrgId) -> Result<(), StorageError> {
         BlockingTokenStorage::delete_service_app_tokens(self.0.as_ref(), org_id)
     }
-    async fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
+    async fn list_registered_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
         BlockingTokenStorage::list_registered_orgs(self.0.as_ref())
     }
 }
@@ -296,16 +301,16 @@ impl BlockingTokenStorage for SixMethodsOnly {
     fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError> {
         BlockingTokenStorage::set_integration_tokens(self.0.as_ref(), tokens)
     }
-    fn get_service_app_tokens(&self, org_id: &str) -> Result<Option<OAuthTokens>, StorageError> {
+    fn get_service_app_tokens(&self, org_id: &OrgId) -> Result<Option<OAuthTokens>, StorageError> {
         BlockingTokenStorage::get_service_app_tokens(self.0.as_ref(), org_id)
     }
-    fn set_service_app_tokens(&self, org_id: &str, tokens: &OAuthTokens) -> Result<(), StorageError> {
+    fn set_service_app_tokens(&self, org_id: &OrgId, tokens: &OAuthTokens) -> Result<(), StorageError> {
         BlockingTokenStorage::set_service_app_tokens(self.0.as_ref(), org_id, tokens)
     }
-    fn delete_service_app_tokens(&self, org_id: &str) -> Result<(), StorageError> {
+    fn delete_service_app_tokens(&self, org_id: &OrgId) -> Result<(), StorageError> {
         BlockingTokenStorage::delete_service_app_tokens(self.0.as_ref(), org_id)
     }
-    fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
+    fn list_registered_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
         BlockingTokenStorage::list_registered_orgs(self.0.as_ref())
     }
 }
@@ -336,10 +341,10 @@ macro_rules! panics_once_impl {
                 self.check();
                 <InMemoryTokenStorage as $inner>::store(&self.inner, key, t, e)$(.$await)?
             }
-            $($async_kw)? fn delete_org(&self, org: &str, expect: byova_core::backend::Expect) -> Result<(), StorageError> {
+            $($async_kw)? fn delete_org(&self, org: &OrgId, expect: byova_core::backend::Expect) -> Result<(), StorageError> {
                 <InMemoryTokenStorage as $inner>::delete_org(&self.inner, org, expect)$(.$await)?
             }
-            $($async_kw)? fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
+            $($async_kw)? fn list_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
                 <InMemoryTokenStorage as $inner>::list_orgs(&self.inner)$(.$await)?
             }
             $($async_kw)? fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<byova_core::backend::Lease>, StorageError> {
@@ -650,7 +655,7 @@ async fn fetch_token_from_webhook_org_decodes_the_id(f: Arc<dyn Flavour>) {
     let encoded = byova_core::ids::encode_webex_id("us", "ORGANIZATION", ORG);
     let (org, t) = w.sdk.fetch_token_from_webhook_org(encoded).await.unwrap();
     assert_eq!(org, ORG);
-    assert!(w.stored(&TokenKey::org(ORG)).await.unwrap().access_token.ct_eq(&t.access_token));
+    assert!(w.stored(&TokenKey::org(&org_id(ORG))).await.unwrap().access_token.ct_eq(&t.access_token));
     assert!(matches!(w.sdk.fetch_token_from_webhook_org("%%%".into()).await, Err(Error::InvalidInput(_))));
 }
 
@@ -659,10 +664,10 @@ async fn save_registration_from_an_existing_refresh_token(f: Arc<dyn Flavour>) {
     let issued = w.fake.issue_service_app_tokens(ORG);
     let t = w.sdk.save_registration(ORG.into(), issued.refresh_token.clone()).await.unwrap();
     assert!(w.fake.is_access_token_valid(t.access_token.expose_secret()));
-    assert!(w.stored(&TokenKey::org(ORG)).await.is_some());
+    assert!(w.stored(&TokenKey::org(&org_id(ORG))).await.is_some());
     let err = w.sdk.save_registration("another-org".into(), "not-a-token".into()).await.unwrap_err();
     assert!(matches!(err, Error::ReauthorizationRequired { .. }), "{err:?}");
-    assert!(w.stored(&TokenKey::org("another-org")).await.is_none());
+    assert!(w.stored(&TokenKey::org(&org_id("another-org"))).await.is_none());
 }
 
 async fn refresh_for_org_without_a_refresh_token_fetches(f: Arc<dyn Flavour>) {
@@ -693,13 +698,13 @@ async fn webhooks_are_verified_applied_and_idempotent(f: Arc<dyn Flavour>) {
     assert_eq!(w.fake.calls(Endpoint::ApplicationToken), 0, "nothing happened before a valid signature");
     let outcome = w.sdk.handle_webhook(body.clone(), sig.clone()).await.unwrap();
     assert!(outcome.contains("Registered"), "{outcome}");
-    assert!(w.stored(&TokenKey::org(ORG)).await.is_some());
+    assert!(w.stored(&TokenKey::org(&org_id(ORG))).await.is_some());
     let again = w.sdk.handle_webhook(body, sig).await.unwrap();
     assert!(again.contains("Registered"), "a repeat is answered by the store: {again}");
     assert_eq!(w.fake.calls(Endpoint::ApplicationToken), 1, "and costs no second fetch");
     let (body, sig) = w.fake.service_app_delivery(ServiceAppEventKind::Deauthorized, ORG, Some(&secret));
     assert!(w.sdk.handle_webhook(body, sig).await.unwrap().contains("Removed"));
-    assert!(w.stored(&TokenKey::org(ORG)).await.is_none());
+    assert!(w.stored(&TokenKey::org(&org_id(ORG))).await.is_none());
     let junk = b"{\"resource\":\"messages\"}".to_vec();
     let sig = byova_core::webhook::sign(&secret, &junk);
     assert!(matches!(w.sdk.handle_webhook(junk, Some(sig)).await, Err(Error::InvalidInput(_))));
@@ -720,14 +725,14 @@ async fn a_far_future_event_time_counts_as_arrival_time(f: Arc<dyn Flavour>) {
     let future = text.replace(&date, "2099-01-01T00:00:00.000Z").into_bytes();
     let sig = byova_core::webhook::sign(&secret, &future);
     assert!(w.sdk.handle_webhook(future, Some(sig)).await.unwrap().contains("Registered"));
-    let stored = w.stored(&TokenKey::org(ORG)).await.unwrap();
+    let stored = w.stored(&TokenKey::org(&org_id(ORG))).await.unwrap();
     let at = stored.authorized_at.expect("an authorization time");
     assert!(at <= w.now().saturating_add(Duration::from_secs(1)), "taken as arrival time: {at:?}");
     w.fake.deauthorize_org(ORG);
     let (body, sig) = w.fake.service_app_delivery(ServiceAppEventKind::Deauthorized, ORG, Some(&secret));
     let outcome = w.sdk.handle_webhook(body, sig).await.unwrap();
     assert!(outcome.contains("Removed"), "the later deauthorization is not 'older': {outcome}");
-    assert!(w.stored(&TokenKey::org(ORG)).await.is_none());
+    assert!(w.stored(&TokenKey::org(&org_id(ORG))).await.is_none());
 }
 
 /// Item 4 of the brief: an org whose stored record cannot be read (corrupt, written by a newer
@@ -739,7 +744,7 @@ async fn an_unreadable_record_never_blocks_its_org(f: Arc<dyn Flavour>) {
     let secret = WebhookSecret::new("hook-secret");
     let newer = br#"{"schema":9,"access_token":"x","expires_in":1,"token_type":"Bearer","obtained_at_ms":1}"#;
     for (org, bytes) in [(ORG, &b"{not json"[..]), ("org-newer", &newer[..])] {
-        w.setup.storage.put_raw_record(&TokenKey::org(org), bytes.to_vec());
+        w.setup.storage.put_raw_record(&TokenKey::org(&org_id(org)), bytes.to_vec());
         let err = w.sdk.org_token(org.into()).await.unwrap_err();
         assert!(
             matches!(&err, Error::Storage(e) if e.kind() == byova_core::StorageErrorKind::Corrupt),
@@ -799,7 +804,7 @@ async fn without_a_secret_deliveries_and_registrations_are_refused_unless_allowe
         let err = sdk.handle_webhook(body.clone(), signature).await.unwrap_err();
         assert!(matches!(&err, Error::Configuration(m) if m.contains("no webhook secret")), "{err:?}");
     }
-    assert!(w.stored(&TokenKey::org(ORG)).await.is_none(), "nothing was registered");
+    assert!(w.stored(&TokenKey::org(&org_id(ORG))).await.is_none(), "nothing was registered");
     let err = sdk.ensure_webhooks("https://hooks.example.test/webex".into(), None).await.unwrap_err();
     assert!(matches!(&err, Error::Configuration(m) if m.contains("secret")), "{err:?}");
     assert_eq!(w.fake.calls(Endpoint::Webhooks), 0, "no webhook was created or even listed");
@@ -807,7 +812,7 @@ async fn without_a_secret_deliveries_and_registrations_are_refused_unless_allowe
     w.setup.allow_unsigned_webhooks = true;
     let open = f.build(&w.setup);
     open.handle_webhook(body, None).await.expect("allowed by name");
-    assert!(w.stored(&TokenKey::org(ORG)).await.is_some());
+    assert!(w.stored(&TokenKey::org(&org_id(ORG))).await.is_some());
     assert_eq!(open.ensure_webhooks("https://hooks.example.test/webex".into(), None).await.unwrap(), 2);
 }
 
@@ -824,7 +829,7 @@ async fn status_and_refresh_all_orgs(f: Arc<dyn Flavour>) {
     assert_eq!(status[0].state, TokenState::Valid);
     assert!(status[1..].iter().all(|s| s.state == TokenState::Expired));
     let results = w.sdk.refresh_all_orgs(2).await.unwrap();
-    assert_eq!(results, orgs.iter().map(|o| ((*o).to_owned(), true)).collect::<Vec<_>>());
+    assert_eq!(results, orgs.iter().map(|o| (org_id(o), true)).collect::<Vec<_>>());
     assert!(w.sdk.status().await.unwrap().iter().all(|s| s.state == TokenState::Valid));
     assert_eq!(w.fake.refresh_calls(), 3);
 }
@@ -880,7 +885,7 @@ async fn a_proxy_page_or_an_empty_400_never_locks_anyone_out(f: Arc<dyn Flavour>
         assert!(!err.to_string().contains("invalid_grant"), "no invalid_grant is claimed: {err}");
         let err = w.sdk.org_token(ORG.into()).await.unwrap_err();
         assert!(err.is_retryable(), "{fault:?}: {err:?}");
-        for (key, issued) in [(TokenKey::Integration, &issued), (TokenKey::org(ORG), &org_issued)] {
+        for (key, issued) in [(TokenKey::Integration, &issued), (TokenKey::org(&org_id(ORG)), &org_issued)] {
             let stored = w.stored(&key).await.expect("kept");
             assert!(!stored.reauthorization_required, "{fault:?}: {key} must not be marked");
             assert!(stored.refresh_token.unwrap().ct_eq_str(&issued.refresh_token));
@@ -979,7 +984,7 @@ async fn an_org_refresh_token_lost_in_flight_is_marked_and_never_sent_again(f: A
         matches!(&err, Error::ReauthorizationRequired { subject: byova_core::TokenSubject::Org(o), .. } if o == ORG),
         "{err:?}"
     );
-    let stored = w.stored(&TokenKey::org(ORG)).await.expect("the record is kept");
+    let stored = w.stored(&TokenKey::org(&org_id(ORG))).await.expect("the record is kept");
     assert!(stored.reauthorization_required, "the rejection is remembered in the store");
     let rejection = stored.rejection.expect("with what Webex answered");
     assert!(rejection.tracking_id.is_some(), "{rejection:?}");
@@ -995,14 +1000,14 @@ async fn an_org_refresh_token_lost_in_flight_is_marked_and_never_sent_again(f: A
     assert_eq!(sent(&issued.refresh_token), 2, "no process sends the spent token again");
     assert_eq!(w.fake.reused_refresh_tokens(), 1);
     let status = w.sdk.status().await.unwrap();
-    let org = status.iter().find(|s| s.key == TokenKey::org(ORG)).unwrap();
+    let org = status.iter().find(|s| s.key == TokenKey::org(&org_id(ORG))).unwrap();
     assert!(org.refresh_token_rejected, "{org:?}");
     // The Integration is authorized: the org is fetched anew on its next use.
     w.seed_fresh_integration().await;
     let token = w.sdk.org_token(ORG.into()).await.expect("fetched with the Integration's bearer");
     assert!(w.fake.is_access_token_valid(token.expose_secret()));
     assert_eq!(w.fake.calls(Endpoint::ApplicationToken), 1);
-    let stored = w.stored(&TokenKey::org(ORG)).await.unwrap();
+    let stored = w.stored(&TokenKey::org(&org_id(ORG))).await.unwrap();
     assert!(
         !stored.reauthorization_required && stored.rejection.is_none(),
         "a successful fetch clears the mark"
@@ -1113,7 +1118,7 @@ async fn dropped_caller_case(f: Arc<dyn Flavour>, org: Option<&str>) {
     w.fake.set_answer_latency(Endpoint::AccessToken, Duration::ZERO);
     let key = match org {
         None => TokenKey::Integration,
-        Some(org) => TokenKey::org(org),
+        Some(org) => TokenKey::org(&org_id(org)),
     };
     let stored = w.stored(&key).await.expect("stored");
     assert!(stored.access_token.ct_eq(&token), "the dropped caller's refresh was stored");
@@ -1376,7 +1381,11 @@ async fn fifty_requests_on_a_revoked_org_token_cost_one_refresh(f: Arc<dyn Flavo
     let w = world(f.as_ref(), None);
     w.seed_fresh_integration().await;
     let issued = w.fake.issue_service_app_tokens(ORG);
-    w.setup.async_storage.set_service_app_tokens(ORG, &issued.to_oauth_tokens(w.now())).await.unwrap();
+    w.setup
+        .async_storage
+        .set_service_app_tokens(&org_id(ORG), &issued.to_oauth_tokens(w.now()))
+        .await
+        .unwrap();
     let revoked = w.sdk.org_token(ORG.into()).await.unwrap();
     assert!(w.fake.revoke_access_token(revoked.expose_secret()));
     let tasks: Vec<_> = (0..50)
@@ -1419,7 +1428,7 @@ async fn a_401_no_fresh_token_cures_costs_one_refresh_in_every_process(f: Arc<dy
             let issued = w.fake.issue_service_app_tokens(ORG);
             w.setup
                 .async_storage
-                .set_service_app_tokens(ORG, &issued.to_oauth_tokens(w.now()))
+                .set_service_app_tokens(&org_id(ORG), &issued.to_oauth_tokens(w.now()))
                 .await
                 .unwrap();
         }
@@ -1571,7 +1580,7 @@ async fn a_cohort_registered_together_spreads_its_refreshes_over_the_window(f: A
     for i in 0..200 {
         let tokens = OAuthTokens::new(AccessToken::new(format!("A{i}")), 1_000, obtained)
             .with_refresh_token(RefreshToken::new(format!("R{i}")), Some(7_775_999));
-        w.setup.async_storage.set_service_app_tokens(&format!("org-{i:03}"), &tokens).await.unwrap();
+        w.setup.async_storage.set_service_app_tokens(&org_id(&format!("org-{i:03}")), &tokens).await.unwrap();
     }
     let points = |statuses: Vec<KeyStatus>| -> Vec<u64> {
         statuses

@@ -1,6 +1,7 @@
 //! The fake Webex server checked against byova-core's requests and the reference protocol,
 //! the fault switches, and the conformance suite (including that it catches broken backends).
 
+use byova_core::OrgId;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
@@ -67,13 +68,14 @@ fn int_refresh(fake: &FakeWebex, token: &str) -> Result<OAuthTokens, Error> {
 }
 
 fn sa_fetch(fake: &FakeWebex, bearer: &str, org: &str) -> Result<OAuthTokens, Error> {
+    let org = OrgId::new(org)?;
     let req = service_app_token_request(
         &fake.config(),
         &fake.service_app_credentials(),
-        org,
+        &org,
         &AccessToken::new(bearer),
     );
-    parse_token_response(&send(&req), Timestamp::EPOCH, &TokenCall::ServiceAppFetch { org_id: org.into() })
+    parse_token_response(&send(&req), Timestamp::EPOCH, &TokenCall::ServiceAppFetch { org_id: org })
 }
 
 #[test]
@@ -589,19 +591,26 @@ impl BlockingTokenStorage for SixMethods {
         self.0.lock().unwrap().insert("\0integration".into(), t.clone());
         Ok(())
     }
-    fn get_service_app_tokens(&self, org: &str) -> Result<Option<OAuthTokens>, StorageError> {
-        Ok(self.0.lock().unwrap().get(org).cloned())
+    fn get_service_app_tokens(&self, org: &OrgId) -> Result<Option<OAuthTokens>, StorageError> {
+        Ok(self.0.lock().unwrap().get(org.as_str()).cloned())
     }
-    fn set_service_app_tokens(&self, org: &str, t: &OAuthTokens) -> Result<(), StorageError> {
-        self.0.lock().unwrap().insert(org.into(), t.clone());
+    fn set_service_app_tokens(&self, org: &OrgId, t: &OAuthTokens) -> Result<(), StorageError> {
+        self.0.lock().unwrap().insert(org.to_string(), t.clone());
         Ok(())
     }
-    fn delete_service_app_tokens(&self, org: &str) -> Result<(), StorageError> {
-        self.0.lock().unwrap().remove(org);
+    fn delete_service_app_tokens(&self, org: &OrgId) -> Result<(), StorageError> {
+        self.0.lock().unwrap().remove(org.as_str());
         Ok(())
     }
-    fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
-        Ok(self.0.lock().unwrap().keys().filter(|k| !k.starts_with('\0')).cloned().collect())
+    fn list_registered_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
+        Ok(self
+            .0
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|k| !k.starts_with('\0'))
+            .filter_map(|k| OrgId::new(k).ok())
+            .collect())
     }
 }
 
@@ -634,16 +643,16 @@ impl BlockingTokenStorage for IgnoresVersions {
     fn set_integration_tokens(&self, t: &OAuthTokens) -> Result<(), StorageError> {
         BlockingTokenStorage::set_integration_tokens(&self.0, t)
     }
-    fn get_service_app_tokens(&self, org: &str) -> Result<Option<OAuthTokens>, StorageError> {
+    fn get_service_app_tokens(&self, org: &OrgId) -> Result<Option<OAuthTokens>, StorageError> {
         BlockingTokenStorage::get_service_app_tokens(&self.0, org)
     }
-    fn set_service_app_tokens(&self, org: &str, t: &OAuthTokens) -> Result<(), StorageError> {
+    fn set_service_app_tokens(&self, org: &OrgId, t: &OAuthTokens) -> Result<(), StorageError> {
         BlockingTokenStorage::set_service_app_tokens(&self.0, org, t)
     }
-    fn delete_service_app_tokens(&self, org: &str) -> Result<(), StorageError> {
+    fn delete_service_app_tokens(&self, org: &OrgId) -> Result<(), StorageError> {
         BlockingTokenStorage::delete_service_app_tokens(&self.0, org)
     }
-    fn list_registered_orgs(&self) -> Result<Vec<String>, StorageError> {
+    fn list_registered_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
         BlockingTokenStorage::list_registered_orgs(&self.0)
     }
     fn supports_coordination(&self) -> bool {

@@ -24,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let byova = Arc::new(Byova::from_env_with_storage(storage)?);
     let url = format!("{}/people/me", byova.integration().config().base_url);
     let auth = match std::env::args().nth(1) {
-        Some(org_id) => BearerAuth::org(byova, org_id),
+        Some(org_id) => BearerAuth::org(byova, org_id.parse()?),
         None => BearerAuth::integration(byova),
     };
     let webex: ureq::Agent = ureq::Agent::config_builder().middleware(auth).build().into();

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
-use byova_async::{BearerAuth, Byova};
+use byova_async::{BearerAuth, Byova, OrgId};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -47,7 +47,8 @@ struct Gateway {
 }
 
 /// Webex's `GET /people/me` with the org's Service App token.
-async fn who_am_i(State(gateway): State<Gateway>, Path(org_id): Path<String>) -> (StatusCode, String) {
+/// The org id is parsed (and normalized) by the extractor: a malformed one is a 400.
+async fn who_am_i(State(gateway): State<Gateway>, Path(org_id): Path<OrgId>) -> (StatusCode, String) {
     let url = format!("{}/people/me", gateway.byova.integration().config().base_url);
     let webex = reqwest_middleware::ClientBuilder::new(gateway.http.clone())
         .with(BearerAuth::org(gateway.byova, org_id))

@@ -11,9 +11,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use byova_core::{
-    OAuthTokens, StorageError, Timestamp, TokenKey,
+    OAuthTokens, OrgId, StorageError, Timestamp, TokenKey,
     backend::{
         BlockingCoordinatedTokenStorage, Expect, Lease, PendingAuthorization, Versioned, decode_record,
+        stored_org_ids,
     },
 };
 
@@ -94,7 +95,7 @@ impl BlockingCoordinatedTokenStorage for KvStore {
         })
     }
 
-    fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
+    fn delete_org(&self, org_id: &OrgId, expect: Expect) -> Result<(), StorageError> {
         let key = TokenKey::org(org_id);
         let mut db = self.db();
         let current = db.records.get(&name(&key)).map(|e| e.version);
@@ -105,11 +106,14 @@ impl BlockingCoordinatedTokenStorage for KvStore {
         Ok(())
     }
 
-    fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
-        let mut orgs: Vec<String> =
-            self.db().records.keys().filter_map(|k| k.strip_prefix("org:").map(str::to_owned)).collect();
-        orgs.sort();
-        Ok(orgs)
+    fn list_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
+        let names = self
+            .db()
+            .records
+            .keys()
+            .filter_map(|k| k.strip_prefix("org:").map(str::to_owned))
+            .collect::<Vec<_>>();
+        Ok(stored_org_ids(names, "the team's store"))
     }
 
     fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {

@@ -230,6 +230,7 @@ impl Drop for Lead {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::OrgId;
     use crate::secret::AccessToken;
     use crate::time::Timestamp;
 
@@ -254,7 +255,10 @@ mod tests {
     #[test]
     fn a_dropped_lead_completes_its_flight_with_an_error() {
         let flights = Arc::new(Flights::default());
-        let Joined::Lead(lead) = flights.join(&TokenKey::org("o"), Sharing::Joins) else { panic!() };
+        let Joined::Lead(lead) = flights.join(&TokenKey::org(&OrgId::from_static("o")), Sharing::Joins)
+        else {
+            panic!()
+        };
         let flight = lead.flight();
         drop(lead);
         assert!(matches!(flight.wait_blocking(), Err(Error::Internal(m)) if m.contains("abandoned")));

@@ -45,7 +45,8 @@ use crate::engine::flight::{Flights, Joined, Sharing};
 use crate::engine::refresh::{Mode, Run};
 use crate::engine::step::done;
 use crate::error::{Error, Result};
-use crate::ids::{decode_org_id, derive_application_id_in_region, normalize_org_id};
+use crate::ids::derive_application_id_in_region;
+use crate::key::OrgId;
 use crate::key::{Expect, Lease, TokenKey, Versioned};
 use crate::oauth::{AuthorizationRequest, TokenCall, code_exchange_request, parse_token_response};
 use crate::pending::{PendingAuthorization, pending_key};
@@ -451,16 +452,16 @@ impl TokenEngine {
     /// that is running, before any that starts later). With `before`, only a record no newer
     /// than that: a `deauthorized` event spares an authorization that came after it. Returns
     /// what the key holds afterwards (`Some`: a newer authorization was spared).
-    fn remove(self: &Arc<Self>, key: TokenKey, before: Option<Timestamp>, now: Timestamp) -> Step<Held> {
+    fn remove(self: &Arc<Self>, org: OrgId, before: Option<Timestamp>, now: Timestamp) -> Step<Held> {
         self.fly(
-            key.clone(),
+            TokenKey::org(&org),
             Sharing::Queues,
             now,
-            (key, before),
-            |engine, (key, before), now| engine.remove(key, before, now),
-            |engine, (key, before), _| match before {
-                None => engine.delete(key, Expect::Any, None, 0),
-                Some(at) => engine.delete_unless_newer(key, at, 0),
+            (org, before),
+            |engine, (org, before), now| engine.remove(org, before, now),
+            |engine, (org, before), _| match before {
+                None => engine.delete(org, Expect::Any, None, 0),
+                Some(at) => engine.delete_unless_newer(org, at, 0),
             },
         )
     }
@@ -470,14 +471,15 @@ impl TokenEngine {
     /// now). Returns what the key holds afterwards: `None` removed; `Some` kept, with fresh
     /// tokens when Webex answered the fetch, or as it was when nobody could ask (no authorized
     /// Integration).
-    pub(crate) fn remove_unless_authorized(self: &Arc<Self>, key: TokenKey, now: Timestamp) -> Step<Held> {
+    pub(crate) fn remove_unless_authorized(self: &Arc<Self>, org: OrgId, now: Timestamp) -> Step<Held> {
         self.fly(
-            key.clone(),
+            TokenKey::org(&org),
             Sharing::Queues,
             now,
-            key,
-            |engine, key, now| engine.remove_unless_authorized(key, now),
-            |engine, key, _| {
+            org,
+            |engine, org, now| engine.remove_unless_authorized(org, now),
+            |engine, org, _| {
+                let key = TokenKey::org(&org);
                 Step::Storage(StorageCall::Load(
                     key.clone(),
                     Then::new(move |loaded: StorageResult<Option<Versioned<OAuthTokens>>>, now| {
@@ -493,7 +495,7 @@ impl TokenEngine {
                             move |outcome, now| match outcome.and_then(|o| settle.settle(&settled_key, o, now)) {
                                 Ok(tokens) => done(Ok(Some(tokens))),
                                 Err(Error::ServiceAppNotAuthorized { .. }) => {
-                                    engine.delete_unless_newer(key, now, 0)
+                                    engine.delete_unless_newer(org, now, 0)
                                 }
                                 Err(Error::NotAuthorized | Error::ReauthorizationRequired { .. }) => {
                                     tracing::warn!(key = %key, "a deauthorization without a time of its own cannot be confirmed without an authorized Integration; the org is kept");
@@ -508,7 +510,8 @@ impl TokenEngine {
         )
     }
 
-    fn delete_unless_newer(self: Arc<Self>, key: TokenKey, at: Timestamp, attempt: u32) -> Step<Held> {
+    fn delete_unless_newer(self: Arc<Self>, org: OrgId, at: Timestamp, attempt: u32) -> Step<Held> {
+        let key = TokenKey::org(&org);
         Step::Storage(StorageCall::Load(
             key.clone(),
             Then::new(move |loaded: StorageResult<Option<Versioned<OAuthTokens>>>, _| match loaded {
@@ -518,7 +521,7 @@ impl TokenEngine {
                     tracing::info!(key = %key, "a deauthorization older than the stored authorization was ignored");
                     done(Ok(Some(record.value)))
                 }
-                Ok(Some(record)) => self.delete(key, Expect::Version(record.version), Some(at), attempt),
+                Ok(Some(record)) => self.delete(org, Expect::Version(record.version), Some(at), attempt),
             }),
         ))
     }
@@ -527,14 +530,14 @@ impl TokenEngine {
     /// changed since it was read) means it is judged again, a few times.
     fn delete(
         self: Arc<Self>,
-        key: TokenKey,
+        org: OrgId,
         expect: Expect,
         judged_at: Option<Timestamp>,
         attempt: u32,
     ) -> Step<Held> {
-        let org = key.org_id().unwrap_or_default().to_owned();
+        let key = TokenKey::org(&org);
         Step::Storage(StorageCall::DeleteOrg(
-            org,
+            org.clone(),
             expect,
             Then::new(move |deleted: StorageResult<()>, _| match (deleted, judged_at) {
                 (Ok(()), _) => {
@@ -543,7 +546,7 @@ impl TokenEngine {
                     done(Ok(None))
                 }
                 (Err(e), Some(at)) if e.kind() == crate::error::StorageErrorKind::Conflict && attempt < 4 => {
-                    self.delete_unless_newer(key, at, attempt + 1)
+                    self.delete_unless_newer(org, at, attempt + 1)
                 }
                 (Err(e), _) => done(Err(e.into())),
             }),
@@ -1003,88 +1006,72 @@ impl ServiceAppEngine {
         &self.token_engine.config
     }
 
-    /// The hot path: the org's access token when the cached one is fresh at `now`. Takes the
-    /// org id in any form; a canonical UUID costs no allocation.
+    /// The hot path: the org's access token when the cached one is fresh at `now`.
     #[inline]
-    pub fn fresh_org(&self, org_id: &str, now: Timestamp) -> Option<AccessToken> {
-        if crate::ids::looks_like_uuid(org_id) {
-            return self.token_engine.cache.fresh_org(org_id, now);
-        }
-        let org = normalize_org_id(org_id).ok()?;
-        self.token_engine.cache.fresh_org(&org, now)
+    pub fn fresh_org(&self, org: &OrgId, now: Timestamp) -> Option<AccessToken> {
+        self.token_engine.cache.fresh_org(org, now)
     }
 
-    fn with_org<T: Send + 'static>(org_id: &str, plan: impl FnOnce(TokenKey) -> Step<T>) -> Step<T> {
-        match normalize_org_id(org_id) {
-            Ok(org) => plan(TokenKey::Org(org)),
-            Err(e) => done(Err(e)),
-        }
+    /// A valid access token for `org`.
+    pub fn access_token(&self, org: &OrgId, now: Timestamp) -> Step<AccessToken> {
+        self.token_engine.access_token(TokenKey::org(org), now)
     }
 
-    /// A valid access token for `org_id`.
-    pub fn access_token(&self, org_id: &str, now: Timestamp) -> Step<AccessToken> {
-        Self::with_org(org_id, |key| self.token_engine.access_token(key, now))
+    /// Stops serving `rejected` for `org` (see [`TokenEngine::invalidate`]).
+    pub fn invalidate(&self, org: &OrgId, rejected: &AccessToken, now: Timestamp) -> Step<Invalidation> {
+        self.token_engine.invalidate(TokenKey::org(org), rejected.clone(), now)
     }
 
-    /// Stops serving `rejected` for `org_id` (see [`TokenEngine::invalidate`]).
-    pub fn invalidate(&self, org_id: &str, rejected: &AccessToken, now: Timestamp) -> Step<Invalidation> {
-        Self::with_org(org_id, |key| self.token_engine.invalidate(key, rejected.clone(), now))
-    }
-
-    /// A retry with `renewed` for `org_id` was rejected too (see
+    /// A retry with `renewed` for `org` was rejected too (see
     /// [`TokenEngine::rejected_again`]).
-    pub fn rejected_again(&self, org_id: &str, renewed: &AccessToken, now: Timestamp) -> Step<Invalidation> {
-        Self::with_org(org_id, |key| self.token_engine.rejected_again(key, renewed.clone(), now))
+    pub fn rejected_again(&self, org: &OrgId, renewed: &AccessToken, now: Timestamp) -> Step<Invalidation> {
+        self.token_engine.rejected_again(TokenKey::org(org), renewed.clone(), now)
     }
 
-    /// Fetches new tokens for `org_id` with the Integration's bearer.
-    pub fn fetch(&self, org_id: &str, now: Timestamp) -> Step<OAuthTokens> {
-        Self::with_org(org_id, |key| self.token_engine.obtain(key, Mode::Fetch(None), now))
+    /// Fetches new tokens for `org` with the Integration's bearer.
+    pub fn fetch(&self, org: &OrgId, now: Timestamp) -> Step<OAuthTokens> {
+        self.token_engine.obtain(TokenKey::org(org), Mode::Fetch(None), now)
     }
 
     /// Decodes a webhook's org id and fetches its tokens.
-    pub fn fetch_from_webhook_org(
-        &self,
-        encoded_org_id: &str,
-        now: Timestamp,
-    ) -> Step<(String, OAuthTokens)> {
-        match decode_org_id(encoded_org_id) {
+    pub fn fetch_from_webhook_org(&self, encoded_org_id: &str, now: Timestamp) -> Step<(OrgId, OAuthTokens)> {
+        match OrgId::from_webhook(encoded_org_id) {
             Ok(org) => self.fetch(&org, now).map(now, move |tokens| (org, tokens)),
             Err(e) => done(Err(e)),
         }
     }
 
-    /// Registers `org_id` from an existing refresh token.
+    /// Registers `org` from an existing refresh token.
     pub fn save_registration(
         &self,
-        org_id: &str,
+        org: &OrgId,
         refresh_token: RefreshToken,
         now: Timestamp,
     ) -> Step<OAuthTokens> {
-        Self::with_org(org_id, |key| self.token_engine.obtain(key, Mode::Force(Some(refresh_token)), now))
+        self.token_engine.obtain(TokenKey::org(org), Mode::Force(Some(refresh_token)), now)
     }
 
-    /// Refreshes `org_id` now (fetching with the Integration's bearer when it has no usable
+    /// Refreshes `org` now (fetching with the Integration's bearer when it has no usable
     /// refresh token).
-    pub fn refresh_for_org(&self, org_id: &str, now: Timestamp) -> Step<OAuthTokens> {
-        Self::with_org(org_id, |key| self.token_engine.obtain(key, Mode::Force(None), now))
+    pub fn refresh_for_org(&self, org: &OrgId, now: Timestamp) -> Step<OAuthTokens> {
+        self.token_engine.obtain(TokenKey::org(org), Mode::Force(None), now)
     }
 
-    /// Removes `org_id`'s tokens, after any refresh or fetch of it that is running.
-    pub fn remove_org(&self, org_id: &str, now: Timestamp) -> Step<()> {
-        Self::with_org(org_id, |key| self.token_engine.remove(key, None, now).map(now, drop))
+    /// Removes `org`'s tokens, after any refresh or fetch of it that is running.
+    pub fn remove_org(&self, org: &OrgId, now: Timestamp) -> Step<()> {
+        self.token_engine.remove(org.clone(), None, now).map(now, drop)
     }
 
     /// Registered org ids.
-    pub fn list_orgs(&self) -> Step<Vec<String>> {
-        Step::Storage(StorageCall::ListOrgs(Then::new(|orgs: StorageResult<Vec<String>>, _| {
+    pub fn list_orgs(&self) -> Step<Vec<OrgId>> {
+        Step::Storage(StorageCall::ListOrgs(Then::new(|orgs: StorageResult<Vec<OrgId>>, _| {
             done(orgs.map_err(Error::from))
         })))
     }
 
-    /// The status of `org_id`, `None` when not registered.
-    pub fn status(&self, org_id: &str) -> Step<Option<KeyStatus>> {
-        Self::with_org(org_id, |key| self.token_engine.status(key))
+    /// The status of `org`, `None` when not registered.
+    pub fn status(&self, org: &OrgId) -> Step<Option<KeyStatus>> {
+        self.token_engine.status(TokenKey::org(org))
     }
 }
 
@@ -1107,12 +1094,14 @@ mod tests {
         let org = "63b02f90-9cc6-43b8-aa6d-cad425ac554c";
         let now = Timestamp::from_unix_secs(1_000);
         let tokens = OAuthTokens::new(AccessToken::new("A"), 3_600, now);
-        engine.token_engine().cache().put(&TokenKey::org(org), Versioned { value: tokens, version: 1 }, now);
+        let key = TokenKey::org(&OrgId::from_static(org));
+        engine.token_engine().cache().put(&key, Versioned { value: tokens, version: 1 }, now);
         let base64 = encode_webex_id("us", "ORGANIZATION", org);
         let padded = format!("{base64}{}", "=".repeat((4 - base64.len() % 4) % 4));
         for form in [org, &base64, &padded, &format!(" {org} ")] {
-            assert!(engine.fresh_org(form, now).is_some_and(|t| t.ct_eq_str("A")), "{form:?}");
+            let id = OrgId::new(form).unwrap();
+            assert!(engine.fresh_org(&id, now).is_some_and(|t| t.ct_eq_str("A")), "{form:?}");
         }
-        assert!(engine.fresh_org("not-an-org", now).is_none());
+        assert!(engine.fresh_org(&OrgId::from_static("not-an-org"), now).is_none());
     }
 }

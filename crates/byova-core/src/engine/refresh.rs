@@ -710,7 +710,7 @@ impl Run {
             return self.fail(Error::NotAuthorized);
         };
         let request = service_app_token_request(&self.engine.config, credentials, org, &bearer);
-        let kind = TokenCall::ServiceAppFetch { org_id: org.to_owned() };
+        let kind = TokenCall::ServiceAppFetch { org_id: org.clone() };
         self.used_refresh = None;
         self.attempt = 0;
         self.send(Call { kind, request })

@@ -7,6 +7,7 @@ use crate::credentials::{IntegrationCredentials, ServiceAppCredentials};
 use crate::engine::{IntegrationEngine, ServiceAppEngine};
 use crate::error::{StorageError, TokenSubject};
 use crate::http::HttpResponse;
+use crate::key::OrgId;
 use crate::storage::{BlockingTokenStorage, InMemoryTokenStorage};
 
 const NOW: Timestamp = Timestamp::from_unix_secs(1_800_000_000);
@@ -210,7 +211,7 @@ fn rate_limits_wait_exactly_retry_after() {
     let (out, trace) = drive(&s, Who::Integration, key, Mode::GetValid, |_, _| {
         n += 1;
         if n == 1 {
-            Ok(status(429, &[("Retry-After", "2")], "<html>"))
+            Ok(status(429, &[("Retry-After", "2")], &OrgId::from_static("<html>")))
         } else {
             Ok(ok_body("NEW", Some("R")))
         }
@@ -280,7 +281,7 @@ fn invalid_grant_after_another_replica_rotated_uses_the_stored_token() {
 
 #[test]
 fn a_service_app_falls_back_to_fetching_with_the_integration_bearer() {
-    let key = TokenKey::org("o1");
+    let key = TokenKey::org(&OrgId::from_static("o1"));
     let s = seeded(&key, expired("OLD", "DEAD"));
     let (out, trace) = drive(&s, Who::ServiceApp, key.clone(), Mode::GetValid, |req, _| {
         if req.url.ends_with("/access_token") {
@@ -300,10 +301,12 @@ fn missing_records_are_typed_errors_and_force_refresh_of_an_org_fetches() {
     let s = InMemoryTokenStorage::new();
     let (out, _) = drive(&s, Who::Integration, TokenKey::Integration, Mode::GetValid, never);
     assert!(matches!(out.result, Err(Error::NotAuthorized)));
-    let (out, _) = drive(&s, Who::ServiceApp, TokenKey::org("o"), Mode::GetValid, never);
+    let (out, _) = drive(&s, Who::ServiceApp, TokenKey::org(&OrgId::from_static("o")), Mode::GetValid, never);
     assert!(matches!(out.result, Err(Error::OrgNotRegistered { ref org_id }) if org_id == "o"));
     let (out, trace) =
-        drive(&s, Who::ServiceApp, TokenKey::org("o"), Mode::Force(None), |_, _| Ok(ok_body("F", Some("R"))));
+        drive(&s, Who::ServiceApp, TokenKey::org(&OrgId::from_static("o")), Mode::Force(None), |_, _| {
+            Ok(ok_body("F", Some("R")))
+        });
     assert!(out.result.is_ok());
     assert_eq!(trace.integration_tokens_asked, 1);
     let (out, _) = drive(
@@ -496,7 +499,7 @@ fn a_rejected_refresh_token_is_marked_and_never_sent_again() {
 #[test]
 fn a_marked_org_is_fetched_again_and_its_dead_refresh_token_never_spent() {
     for mode in [Mode::GetValid, Mode::Force(None)] {
-        let key = TokenKey::org("o");
+        let key = TokenKey::org(&OrgId::from_static("o"));
         let s = seeded(&key, expired("OLD", "DEAD").rejected());
         let (out, trace) = drive(&s, Who::ServiceApp, key.clone(), mode.clone(), |req, _| {
             assert!(!req.url.ends_with("/access_token"), "the dead refresh token is not spent");
@@ -513,7 +516,7 @@ fn a_marked_org_is_fetched_again_and_its_dead_refresh_token_never_spent() {
 /// for a while; an explicit fetch still goes ahead.
 #[test]
 fn a_refused_fetch_for_a_marked_org_is_not_repeated_by_every_caller() {
-    let key = TokenKey::org("o");
+    let key = TokenKey::org(&OrgId::from_static("o"));
     let s = seeded(&key, expired("OLD", "DEAD").rejected());
     let engine = engine(Who::ServiceApp);
     let refused =
@@ -567,10 +570,10 @@ impl crate::storage::BlockingCoordinatedTokenStorage for BumpsOnLoad {
     fn store(&self, key: &TokenKey, t: &OAuthTokens, e: Expect) -> Result<u64, StorageError> {
         BlockingTokenStorage::store(&self.inner, key, t, e)
     }
-    fn delete_org(&self, org: &str, expect: Expect) -> Result<(), StorageError> {
+    fn delete_org(&self, org: &OrgId, expect: Expect) -> Result<(), StorageError> {
         BlockingTokenStorage::delete_org(&self.inner, org, expect)
     }
-    fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
+    fn list_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
         self.inner.list_registered_orgs()
     }
     fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
@@ -600,10 +603,10 @@ impl crate::storage::BlockingCoordinatedTokenStorage for Flaky {
         }
         BlockingTokenStorage::store(&self.inner, key, t, e)
     }
-    fn delete_org(&self, org: &str, expect: Expect) -> Result<(), StorageError> {
+    fn delete_org(&self, org: &OrgId, expect: Expect) -> Result<(), StorageError> {
         BlockingTokenStorage::delete_org(&self.inner, org, expect)
     }
-    fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
+    fn list_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
         self.inner.list_registered_orgs()
     }
     fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
@@ -691,7 +694,7 @@ fn a_store_conflict_yields_to_the_other_writer() {
 
 #[test]
 fn an_unreadable_response_body_never_drops_the_stored_token() {
-    let key = TokenKey::org("o");
+    let key = TokenKey::org(&OrgId::from_static("o"));
     let s = seeded(&key, expired("OLD", "R"));
     let (out, _) =
         drive(&s, Who::ServiceApp, key.clone(), Mode::GetValid, |_, _| Ok(status(200, &[], "<html>")));
@@ -737,7 +740,7 @@ fn fresh_tokens_replace_a_record_that_still_holds_the_token_they_were_bought_wit
 /// fetch, and a fetch that succeeds clears the mark.
 #[test]
 fn a_service_app_refresh_token_webex_rejected_is_marked_whatever_the_fallback_fetch_says() {
-    let key = TokenKey::org("o");
+    let key = TokenKey::org(&OrgId::from_static("o"));
     let s = seeded(&key, expired("OLD", "DEAD"));
     let (out, _) = drive(&s, Who::ServiceApp, key.clone(), Mode::GetValid, |req, _| {
         if req.url.ends_with("/access_token") {
@@ -1033,10 +1036,10 @@ fn a_store_without_shared_state_keeps_the_budget_in_the_process() {
         fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
             Primitives::store(&self.0, key, tokens, expect)
         }
-        fn delete_org(&self, org_id: &str, expect: Expect) -> Result<(), StorageError> {
+        fn delete_org(&self, org_id: &OrgId, expect: Expect) -> Result<(), StorageError> {
             Primitives::delete_org(&self.0, org_id, expect)
         }
-        fn list_orgs(&self) -> Result<Vec<String>, StorageError> {
+        fn list_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
             Primitives::list_orgs(&self.0)
         }
         fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {

@@ -24,6 +24,7 @@ use std::time::Duration;
 use crate::engine::flight::{Flight, Held};
 use crate::error::{Result, StorageError};
 use crate::http::{HttpRequest, HttpResponse};
+use crate::key::OrgId;
 use crate::key::{Expect, Lease, TokenKey, Versioned};
 use crate::pending::PendingAuthorization;
 use crate::secret::AccessToken;
@@ -123,9 +124,9 @@ pub enum StorageCall<T> {
     /// `storage.store(key, tokens, expect)`.
     Store(TokenKey, OAuthTokens, Expect, Then<T, StorageResult<u64>>),
     /// `storage.delete_org(org_id, expect)`.
-    DeleteOrg(String, Expect, Then<T, StorageResult<()>>),
+    DeleteOrg(OrgId, Expect, Then<T, StorageResult<()>>),
     /// `storage.list_registered_orgs()`.
-    ListOrgs(Then<T, StorageResult<Vec<String>>>),
+    ListOrgs(Then<T, StorageResult<Vec<OrgId>>>),
     /// `storage.save_pending_authorization(key, pending)`.
     SavePending(String, PendingAuthorization, Then<T, StorageResult<bool>>),
     /// `storage.take_pending_authorization(key)`.

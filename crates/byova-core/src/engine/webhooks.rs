@@ -10,6 +10,7 @@ use crate::engine::step::{Step, StorageCall, StorageResult, Then, done};
 use crate::engine::{ServiceAppEngine, send_with_retry};
 use crate::error::{Error, Result};
 use crate::http::HttpRequest;
+use crate::key::OrgId;
 use crate::key::{TokenKey, Versioned};
 use crate::policy::KeyStatus;
 use crate::secret::{AccessToken, WebhookSecret};
@@ -32,7 +33,7 @@ const MAX_PAGES: usize = 10_000;
 #[non_exhaustive]
 pub struct OrgRefresh {
     /// The org.
-    pub org_id: String,
+    pub org_id: OrgId,
     /// Its new tokens, or why it failed.
     pub result: Result<OAuthTokens>,
 }
@@ -48,7 +49,7 @@ pub struct BulkProgress {
     /// Orgs that failed so far.
     pub failed: usize,
     /// The org that just finished.
-    pub org_id: String,
+    pub org_id: OrgId,
     /// Whether it succeeded (the error is in the final results).
     pub ok: bool,
 }
@@ -76,7 +77,7 @@ impl ServiceAppEngine {
             Err(e) => return done(Err(e)),
         };
         tracing::debug!(org = %event.org_id, field = event.org_source, event = event.kind.as_str(), "serviceApp delivery");
-        let key = TokenKey::org(event.org_id.clone());
+        let key = TokenKey::org(&event.org_id);
         // An event time far ahead of this clock is not believed: a far-future authorization
         // would make every later deauthorization look older. It counts as arrival time.
         let occurred_at = event.occurred_at.filter(|at| {
@@ -97,7 +98,7 @@ impl ServiceAppEngine {
                     .map(now, |_| WebhookOutcome::Registered { org_id })
             }
             ServiceAppEventKind::Deauthorized if occurred_at.is_some() => {
-                self.token_engine.remove(key, Some(at), now).map(now, |held| match held {
+                self.token_engine.remove(org_id.clone(), Some(at), now).map(now, |held| match held {
                     None => WebhookOutcome::Removed { org_id },
                     Some(_) => WebhookOutcome::Superseded { org_id },
                 })
@@ -106,7 +107,7 @@ impl ServiceAppEngine {
             // authorization (a captured old one replayed looks the same): Webex is asked, and
             // the org goes only if it refuses a Service App fetch for it.
             ServiceAppEventKind::Deauthorized => {
-                self.token_engine.remove_unless_authorized(key, now).map(now, |held| match held {
+                self.token_engine.remove_unless_authorized(org_id.clone(), now).map(now, |held| match held {
                     None => WebhookOutcome::Removed { org_id },
                     Some(_) => WebhookOutcome::Superseded { org_id },
                 })
@@ -257,7 +258,7 @@ impl ServiceAppEngine {
     pub fn status_report(self: &Arc<Self>, integration: bool) -> Step<StatusReport> {
         let engine = self.clone();
         Step::Storage(StorageCall::ListOrgs(Then::new(
-            move |orgs: StorageResult<Vec<String>>, _| match orgs {
+            move |orgs: StorageResult<Vec<OrgId>>, _| match orgs {
                 Ok(orgs) => {
                     let keys: Vec<TokenKey> = integration
                         .then_some(TokenKey::Integration)
@@ -339,7 +340,7 @@ impl ServiceAppEngine {
         progress: Option<ProgressFn>,
     ) -> Step<Vec<OrgRefresh>> {
         let engine = self.clone();
-        Step::Storage(StorageCall::ListOrgs(Then::new(move |orgs: StorageResult<Vec<String>>, _| {
+        Step::Storage(StorageCall::ListOrgs(Then::new(move |orgs: StorageResult<Vec<OrgId>>, _| {
             let orgs = match orgs {
                 Ok(orgs) => orgs,
                 Err(e) => return done(Err(e.into())),
@@ -369,7 +370,7 @@ impl ServiceAppEngine {
                 Then::new(move |(), _| {
                     let mut all =
                         std::mem::take(&mut tally.lock().unwrap_or_else(|e| e.into_inner()).results);
-                    let finished: std::collections::HashSet<String> =
+                    let finished: std::collections::HashSet<OrgId> =
                         all.iter().map(|r| r.org_id.clone()).collect();
                     for org_id in orgs.into_iter().filter(|o| !finished.contains(o)) {
                         let result =
@@ -403,7 +404,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn record(&mut self, org_id: String, result: Result<OAuthTokens>, total: usize) -> BulkProgress {
+    fn record(&mut self, org_id: OrgId, result: Result<OAuthTokens>, total: usize) -> BulkProgress {
         let ok = result.is_ok();
         self.failed += usize::from(!ok);
         self.results.push(OrgRefresh { org_id: org_id.clone(), result });

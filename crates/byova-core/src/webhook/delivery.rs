@@ -5,7 +5,8 @@ use serde::Deserialize;
 
 use super::signature::{MAX_WEBHOOK_BODY_BYTES, verify_signature};
 use crate::error::{Error, Result};
-use crate::ids::{decode_org_id, looks_like_uuid};
+use crate::ids::looks_like_uuid;
+use crate::key::OrgId;
 use crate::secret::WebhookSecret;
 use crate::time::Timestamp;
 
@@ -34,8 +35,8 @@ impl ServiceAppEventKind {
 pub struct ServiceAppEvent {
     /// Authorized or deauthorized.
     pub kind: ServiceAppEventKind,
-    /// The customer org's UUID.
-    pub org_id: String,
+    /// The customer org.
+    pub org_id: OrgId,
     /// Which field named it: `data.authorizerOrgId`, `orgId` (the envelope's) or `data.orgId`.
     pub org_source: &'static str,
     /// The webhook's id, when present.
@@ -113,7 +114,8 @@ pub fn parse_service_app_event(raw_body: &[u8]) -> Result<ServiceAppEvent> {
         .filter_map(|(field, value)| value.map(|v| (field, v.trim())))
         .filter(|(_, value)| !value.is_empty())
         .find_map(|(field, value)| {
-            let org = if looks_like_uuid(value) { Some(value.to_owned()) } else { decode_org_id(value).ok() };
+            let org =
+                if looks_like_uuid(value) { OrgId::new(value) } else { OrgId::from_webhook(value) }.ok();
             org.map(|org| (field, org))
         })
         .ok_or_else(|| Error::InvalidInput("the serviceApp delivery carries no usable org id".into()))?;
@@ -135,17 +137,17 @@ pub enum WebhookOutcome {
     /// `authorized`: the org holds tokens for this authorization (fetched now, or already).
     Registered {
         /// The org.
-        org_id: String,
+        org_id: OrgId,
     },
     /// `deauthorized`: the org's tokens were removed (or there were none).
     Removed {
         /// The org.
-        org_id: String,
+        org_id: OrgId,
     },
     /// `deauthorized`, but the org was authorized again after it: nothing was removed.
     Superseded {
         /// The org.
-        org_id: String,
+        org_id: OrgId,
     },
     /// A delivery for another Service App; nothing was done.
     OtherApplication,
@@ -165,7 +167,7 @@ impl WebhookOutcome {
 
     /// The org the delivery was about, when it was for this application.
     #[must_use]
-    pub fn org_id(&self) -> Option<&str> {
+    pub fn org_id(&self) -> Option<&OrgId> {
         match self {
             Self::Registered { org_id } | Self::Removed { org_id } | Self::Superseded { org_id } => {
                 Some(org_id)
