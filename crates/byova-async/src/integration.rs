@@ -17,16 +17,25 @@ use crate::listener::{RedirectListener, present_url};
 /// exchange that has begun runs to its end (stored, lease released) on its own task, and the
 /// next call gets its result. Dropping a call never loses a token or leaves a lease held.
 ///
-/// ```no_run
-/// # async fn example() -> byova_async::Result<()> {
+/// ```
+/// # #[tokio::main(flavor = "multi_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::sync::Arc;
 /// use byova_async::*;
-///
-/// let (creds, _) = load_credentials_from_env()?;
+/// # let fake = byova_testkit::FakeWebex::start();
+/// # let (credentials, config) = (fake.integration_credentials(), fake.config());
 /// let http = HttpClient::new(std::time::Duration::from_secs(30))?;
-/// let integration = IntegrationTokenManager::new(creds, http, Arc::new(InMemoryTokenStorage::new()), ByovaConfig::default());
-/// integration.authorize(AuthorizeOptions::default()).await?;
-/// let bearer = integration.get_access_token().await?;
+/// let storage = Arc::new(InMemoryTokenStorage::new());
+/// let integration = IntegrationTokenManager::new(credentials, http, storage, config);
+///
+/// // `authorize` runs the whole browser flow on a loopback listener; by hand it is:
+/// let authorization = integration.get_authorization_url(None, None)?; // state and PKCE inside
+/// # let redirected = fake.browser_visit_async(&authorization.url).await?; // the user's browser
+/// # let code = byova_testkit::wire::query_param(&redirected, "code").unwrap();
+/// let tokens = integration.exchange_code_for_state(&code, &authorization.state).await?;
+/// assert!(tokens.refresh_token.is_some());
+///
+/// let bearer = integration.get_access_token().await?; // cached; refreshed when due
 /// # let _ = bearer;
 /// # Ok(()) }
 /// ```

@@ -1,16 +1,26 @@
 //! [`BearerAuth`]: reqwest-middleware that puts a byova access token on every request and, when
 //! Webex answers 401, invalidates that token and retries the request once with a fresh one.
 //!
-//! ```no_run
+//! ```
 //! use std::sync::Arc;
-//! use byova_async::{BearerAuth, Byova};
+//! use byova_async::{BearerAuth, Byova, OrgId};
 //!
-//! # async fn demo(byova: Arc<Byova>) -> Result<(), Box<dyn std::error::Error>> {
+//! # #[tokio::main(flavor = "multi_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let fake = byova_testkit::FakeWebex::start();
+//! # let builder = Byova::builder(fake.integration_credentials(), fake.service_app_credentials());
+//! # let byova = Arc::new(builder.config(fake.config()).build()?);
+//! let org: OrgId = "63b02f90-9cc6-43b8-aa6d-cad425ac554c".parse()?;
+//! # fake.authorize_org(&org);
+//! # let issued = fake.issue_integration_tokens();
+//! # byova.integration().refresh(Some(&issued.refresh_token)).await?; // stands in for authorize()
+//! # byova.service_app().fetch_token_for_org(&org).await?; // stands in for the webhook
 //! let webex = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-//!     .with(BearerAuth::org(byova.clone(), "63b02f90-9cc6-43b8-aa6d-cad425ac554c"))
+//!     .with(BearerAuth::org(byova.clone(), org))
 //!     .build();
-//! let me = webex.get("https://webexapis.com/v1/people/me").send().await?;
-//! println!("{}", me.status());
+//! let base_url = &byova.integration().config().base_url; // https://webexapis.com/v1
+//! let me = webex.get(format!("{base_url}/people/me")).send().await?;
+//! assert_eq!(me.status(), 200);
 //! # Ok(())
 //! # }
 //! ```

@@ -9,14 +9,29 @@
 //! should deliver again. The
 //! answers come from the same function in byova-core that `byova serve` uses.
 //!
-//! ```no_run
+//! ```
 //! use std::sync::Arc;
-//! # async fn demo(byova: byova_async::Byova) -> std::io::Result<()> {
-//! let app = axum::Router::new()
-//!     .merge(byova_axum::webhook_router(Arc::new(byova)));
-//! let listener = tokio::net::TcpListener::bind("0.0.0.0:8080").await?;
-//! axum::serve(listener, app).await
-//! # }
+//! use byova_async::{Byova, OrgId, ServiceAppEventKind, WebhookSecret};
+//! # #[tokio::main(flavor = "multi_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let fake = byova_testkit::FakeWebex::start();
+//! # let builder = Byova::builder(fake.integration_credentials(), fake.service_app_credentials());
+//! let secret = WebhookSecret::new("the secret Webex signs deliveries with");
+//! # let byova = Arc::new(builder.config(fake.config()).webhook_secret(secret.clone()).build()?);
+//! # let issued = fake.issue_integration_tokens();
+//! # byova.integration().refresh(Some(&issued.refresh_token)).await?; // stands in for authorize()
+//! let app = axum::Router::new().merge(byova_axum::webhook_router(byova.clone()));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?; // behind your public URL
+//! let url = format!("http://{}/webhook", listener.local_addr()?);
+//! tokio::spawn(async move { axum::serve(listener, app).await });
+//! byova.ensure_service_app_webhooks(&url, Some(&secret)).await?; // Webex delivers here now
+//!
+//! // A customer admin authorizes the Service App; Webex posts the signed delivery, the
+//! // router verifies it and the org's tokens are fetched and stored.
+//! let org: OrgId = "63b02f90-9cc6-43b8-aa6d-cad425ac554c".parse()?;
+//! # fake.admin_event_async(ServiceAppEventKind::Authorized, &org).await;
+//! assert_eq!(byova.service_app().list_orgs().await?, [org]);
+//! # Ok(()) }
 //! ```
 //!
 //! Put a request timeout in front of it (tower-http's `TimeoutLayer`, or your proxy's): axum

@@ -17,16 +17,24 @@ use crate::listener::{RedirectListener, present_url};
 /// thread that panics mid-refresh leaves nothing held (waiters get an error, the next run
 /// releases its lease).
 ///
-/// ```no_run
-/// # fn example() -> byova_blocking::Result<()> {
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::sync::Arc;
 /// use byova_blocking::*;
-///
-/// let (creds, _) = load_credentials_from_env()?;
+/// # let fake = byova_testkit::FakeWebex::start();
+/// # let (credentials, config) = (fake.integration_credentials(), fake.config());
 /// let http = HttpClient::new(std::time::Duration::from_secs(30))?;
-/// let integration = IntegrationTokenManager::new(creds, http, Arc::new(InMemoryTokenStorage::new()), ByovaConfig::default());
-/// integration.authorize(AuthorizeOptions::default())?;
-/// let bearer = integration.get_access_token()?;
+/// let storage = Arc::new(InMemoryTokenStorage::new());
+/// let integration = IntegrationTokenManager::new(credentials, http, storage, config);
+///
+/// // `authorize` runs the whole browser flow on a loopback listener; by hand it is:
+/// let authorization = integration.get_authorization_url(None, None)?; // state and PKCE inside
+/// # let redirected = fake.browser_visit(&authorization.url)?; // the user's browser
+/// # let code = byova_testkit::wire::query_param(&redirected, "code").unwrap();
+/// let tokens = integration.exchange_code_for_state(&code, &authorization.state)?;
+/// assert!(tokens.refresh_token.is_some());
+///
+/// let bearer = integration.get_access_token()?; // cached; refreshed when due
 /// # let _ = bearer;
 /// # Ok(()) }
 /// ```

@@ -32,16 +32,17 @@
 //! # let (integration_creds, service_app_creds) = (fake.integration_credentials(), fake.service_app_credentials());
 //! # let config = fake.config();
 //! # let issued = fake.issue_integration_tokens();
-//! const ORG: &str = "63b02f90-9cc6-43b8-aa6d-cad425ac554c";
+//! // An org id as a webhook, a request or a configuration gives it: parsed once.
+//! let org: OrgId = "63b02f90-9cc6-43b8-aa6d-cad425ac554c".parse()?;
 //!
 //! let byova = Byova::builder(integration_creds, service_app_creds)
 //!     .config(config) // ByovaConfig::default() is production Webex
 //!     .build()?;
 //! # byova.integration().refresh(Some(&issued.refresh_token))?; // stands in for authorize()
 //! let bearer = byova.integration().get_access_token()?;
-//! # fake.authorize_org(ORG);
-//! byova.service_app().fetch_token_for_org(ORG)?;
-//! let org_token = byova.service_app().get_access_token(ORG)?;
+//! # fake.authorize_org(&org);
+//! byova.service_app().fetch_token_for_org(&org)?;
+//! let org_token = byova.service_app().get_access_token(&org)?;
 //! # let _ = (bearer, org_token);
 //! # Ok::<(), byova_blocking::Error>(())
 //! ```

@@ -1,17 +1,26 @@
 //! [`BearerAuth`]: ureq 3 middleware that puts a byova access token on every request and, when
 //! Webex answers 401, invalidates that token and sends the request once more with a fresh one.
 //!
-//! ```no_run
+//! ```
 //! use std::sync::Arc;
-//! use byova_blocking::{BearerAuth, Byova};
+//! use byova_blocking::{BearerAuth, Byova, OrgId};
 //!
-//! # fn demo(byova: Arc<Byova>) -> Result<(), ureq::Error> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let fake = byova_testkit::FakeWebex::start();
+//! # let builder = Byova::builder(fake.integration_credentials(), fake.service_app_credentials());
+//! # let byova = Arc::new(builder.config(fake.config()).build()?);
+//! let org: OrgId = "63b02f90-9cc6-43b8-aa6d-cad425ac554c".parse()?;
+//! # fake.authorize_org(&org);
+//! # let issued = fake.issue_integration_tokens();
+//! # byova.integration().refresh(Some(&issued.refresh_token))?; // stands in for authorize()
+//! # byova.service_app().fetch_token_for_org(&org)?; // stands in for the webhook
+//! let base_url = byova.integration().config().base_url.clone(); // https://webexapis.com/v1
 //! let webex: ureq::Agent = ureq::Agent::config_builder()
-//!     .middleware(BearerAuth::org(byova, "63b02f90-9cc6-43b8-aa6d-cad425ac554c"))
+//!     .middleware(BearerAuth::org(byova, org))
 //!     .build()
 //!     .into();
-//! let me = webex.get("https://webexapis.com/v1/people/me").call()?;
-//! println!("{}", me.status());
+//! let me = webex.get(format!("{base_url}/people/me")).call()?;
+//! assert_eq!(me.status(), 200);
 //! # Ok(())
 //! # }
 //! ```

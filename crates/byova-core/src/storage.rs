@@ -170,6 +170,53 @@ pub fn state_conflict(name: &str) -> StorageError {
 ///
 /// Implement the six methods for a simple store; implement [`CoordinatedTokenStorage`]
 /// instead for one that several processes share (this trait is then provided).
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::sync::Mutex;
+/// use byova_core::{AccessToken, OAuthTokens, OrgId, StorageError, Timestamp, TokenKey, TokenStorage, async_trait};
+///
+/// /// A team's own store: the Python SDK's six methods, nothing more.
+/// #[derive(Default)]
+/// struct TeamStore(Mutex<HashMap<TokenKey, OAuthTokens>>);
+///
+/// #[async_trait]
+/// impl TokenStorage for TeamStore {
+///     async fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
+///         Ok(self.0.lock().unwrap().get(&TokenKey::Integration).cloned())
+///     }
+///     async fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError> {
+///         self.0.lock().unwrap().insert(TokenKey::Integration, tokens.clone());
+///         Ok(())
+///     }
+///     async fn get_service_app_tokens(&self, org: &OrgId) -> Result<Option<OAuthTokens>, StorageError> {
+///         Ok(self.0.lock().unwrap().get(&TokenKey::org(org)).cloned())
+///     }
+///     async fn set_service_app_tokens(&self, org: &OrgId, tokens: &OAuthTokens) -> Result<(), StorageError> {
+///         self.0.lock().unwrap().insert(TokenKey::org(org), tokens.clone());
+///         Ok(())
+///     }
+///     async fn delete_service_app_tokens(&self, org: &OrgId) -> Result<(), StorageError> {
+///         self.0.lock().unwrap().remove(&TokenKey::org(org));
+///         Ok(())
+///     }
+///     async fn list_registered_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
+///         Ok(self.0.lock().unwrap().keys().filter_map(TokenKey::org_id).cloned().collect())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = TeamStore::default();
+/// let org: OrgId = "63b02f90-9cc6-43b8-aa6d-cad425ac554c".parse()?;
+/// let tokens = OAuthTokens::new(AccessToken::new("a"), 3600, Timestamp::from_unix_secs(0));
+/// store.set_service_app_tokens(&org, &tokens).await?;
+/// assert_eq!(store.list_registered_orgs().await?, [org.clone()]);
+/// // The refresh path's hooks are provided for it: one process, unversioned records.
+/// assert!(!store.supports_coordination());
+/// assert_eq!(store.load(&TokenKey::org(&org)).await?.map(|r| r.version), Some(0));
+/// # Ok(()) }
+/// ```
 #[async_trait]
 pub trait TokenStorage: Send + Sync {
     /// Stored Integration tokens, or `None` when not authorized.
