@@ -12,21 +12,15 @@ use byova_core::{
 /// redirect following (a token endpoint that redirects is an error, not something to chase),
 /// proxies from the environment, a `byova/<version>` user agent, and a fresh `TrackingID` on
 /// every request.
-///
-/// TLS uses the process's rustls crypto provider. Unless the application installed one
-/// before, building a client installs aws-lc-rs, whose handshakes offer the post-quantum
-/// hybrid key exchange X25519MLKEM768 first (falling back to X25519 and the NIST curves with
-/// servers that lack it). An application that needs another provider (FIPS, *ring*)
-/// installs it first; byova then uses that one.
+#[doc = byova_core::__tls_provider_doc!()]
 #[derive(Clone, Debug)]
 pub struct HttpClient {
     client: reqwest::Client,
 }
 
 impl HttpClient {
-    /// A client whose requests time out after `timeout`.
-    ///
-    /// Installs the aws-lc-rs crypto provider as the process default unless one is installed.
+    /// A client whose requests time out after `timeout`, installing the aws-lc-rs crypto
+    /// provider as the process default unless one is installed.
     ///
     /// # Errors
     /// [`Error::Configuration`] when the TLS stack cannot be set up.
@@ -96,17 +90,9 @@ fn transport(e: reqwest::Error) -> Error {
     Error::Transport { message, maybe_sent }
 }
 
-#[cfg(test)]
-mod tests {
-    use rustls::NamedGroup;
-
-    /// The first key exchange a handshake offers is the post-quantum hybrid.
-    #[test]
-    fn handshakes_prefer_post_quantum_key_exchange() {
-        let _client = super::HttpClient::new(std::time::Duration::from_secs(5)).unwrap();
-        let provider = rustls::crypto::CryptoProvider::get_default().unwrap();
-        let groups: Vec<NamedGroup> = provider.kx_groups.iter().map(|g| g.name()).collect();
-        assert_eq!(groups.first(), Some(&NamedGroup::X25519MLKEM768), "{groups:?}");
-        assert!(groups.contains(&NamedGroup::X25519), "a classical fallback remains: {groups:?}");
-    }
+/// Building a client installs the provider whose first key exchange is post-quantum.
+#[test]
+fn handshakes_prefer_post_quantum_key_exchange() {
+    HttpClient::new(Duration::from_secs(5)).unwrap();
+    byova_testkit::tls::assert_prefers_post_quantum_key_exchange();
 }

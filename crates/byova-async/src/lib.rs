@@ -43,21 +43,17 @@
 #![warn(missing_docs)]
 
 mod driver;
-mod facade;
 mod http;
-mod integration;
 mod listener;
+mod managers;
 #[cfg(feature = "middleware")]
 mod middleware;
-mod service_app;
 
-pub use facade::{Byova, ByovaBuilder};
 pub use http::HttpClient;
-pub use integration::IntegrationTokenManager;
 pub use listener::{RedirectListener, wait_for_redirect};
+pub use managers::{Byova, ByovaBuilder, IntegrationTokenManager, ServiceAppTokenManager};
 #[cfg(feature = "middleware")]
 pub use middleware::BearerAuth;
-pub use service_app::ServiceAppTokenManager;
 
 /// byova-core, for everything not re-exported below (plans, policies, request builders).
 pub use byova_core as core;

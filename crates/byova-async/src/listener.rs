@@ -5,59 +5,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use byova_core::{
-    Error, RedirectOptions, Result,
+    Error, Result,
     oauth::{AuthorizationCode, CsrfState},
     redirect::{
-        BrowserOpener, CallbackConnection, CallbackHandler, CallbackVerdict, ConnectionStep,
-        LoopbackRedirect, authorization_prompt, system_browser_command,
+        BrowserOpener, CALLBACK_READ_TIMEOUT, CallbackConnection, CallbackHandler, CallbackVerdict,
+        ConnectionStep, MAX_CALLBACK_CONNECTIONS, authorization_prompt, browser_launch,
     },
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// How long one connection may take to send its request head.
-const CONNECTION_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; a new one beyond it closes the oldest, so idle connections can
-/// never turn the real redirect away.
-const MAX_CONNECTIONS: usize = 64;
-
-/// A listener bound on the redirect URI's loopback address, waiting for one redirect.
-///
-/// Bind it before opening the browser (so the port is ready), read back
-/// [`redirect_uri`](Self::redirect_uri) (the port may have been chosen by the OS), then
-/// [`wait`](Self::wait). The port closes when `wait` returns or the listener is dropped.
-#[derive(Debug)]
-pub struct RedirectListener {
-    listener: TcpListener,
-    redirect: LoopbackRedirect,
-    port: u16,
-}
+byova_core::__redirect_listener!(async, {async}, {.await});
 
 impl RedirectListener {
-    /// Binds the loopback address of `redirect_uri` (port 0 picks a free port).
-    ///
-    /// # Errors
-    /// [`Error::Configuration`] for a non-loopback URI, [`Error::Listen`] for a port already
-    /// in use.
-    /// Cancel safety: dropped, nothing is bound.
-    pub async fn bind(redirect_uri: &str) -> Result<Self> {
-        let redirect = LoopbackRedirect::parse(redirect_uri)?;
-        let listen = |e| Error::listen(redirect.listen_address(), e);
-        let listener = TcpListener::bind((redirect.bind_host(), redirect.port)).await.map_err(listen)?;
-        let port = listener.local_addr().map_err(listen)?.port();
-        Ok(Self { listener, redirect, port })
-    }
-
-    /// The redirect URI with the bound port.
-    pub fn redirect_uri(&self) -> String {
-        self.redirect.uri_with_port(self.port)
-    }
-
-    /// The bound port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// Waits for the redirect carrying `expected_state`.
     ///
     /// # Errors
@@ -100,7 +60,7 @@ impl RedirectListener {
                         continue;
                     }
                     oldest_first.retain(|c: &tokio::task::AbortHandle| !c.is_finished());
-                    if oldest_first.len() >= MAX_CONNECTIONS
+                    if oldest_first.len() >= MAX_CALLBACK_CONNECTIONS
                         && let Some(oldest) = oldest_first.pop_front()
                     {
                         oldest.abort();
@@ -123,7 +83,7 @@ async fn serve(
 ) {
     let mut connection = CallbackConnection::new();
     let mut chunk = [0u8; 1024];
-    let answer = tokio::time::timeout(CONNECTION_READ_TIMEOUT, async {
+    let answer = tokio::time::timeout(CALLBACK_READ_TIMEOUT, async {
         loop {
             let n = stream.read(&mut chunk).await.ok()?;
             match connection.push(&chunk[..n], handler) {
@@ -139,26 +99,6 @@ async fn serve(
     if let Some(verdict) = verdict {
         let _ = tx.send(verdict).await;
     }
-}
-
-/// Waits for the OAuth redirect on `redirect_uri` (the Python SDK's `wait_for_redirect`): binds the
-/// listener, opens (or prints) the authorization URL, and returns `(code, state)`.
-///
-/// # Errors
-/// As [`RedirectListener::bind`] and [`RedirectListener::wait`]; [`Error::InvalidInput`]
-/// without `expected_state`.
-/// Cancel safety: dropped, the port closes and the flow ends.
-pub async fn wait_for_redirect(
-    redirect_uri: &str,
-    options: RedirectOptions,
-) -> Result<(String, Option<String>)> {
-    let state = options.required_state()?;
-    let listener = RedirectListener::bind(redirect_uri).await?;
-    if let Some(url) = &options.authorization_url {
-        present_url(url, options.open_browser, options.browser.clone());
-    }
-    let code = listener.wait(state.clone(), options.timeout).await?;
-    Ok((code.expose_secret().to_owned(), Some(state.expose_secret().to_owned())))
 }
 
 /// Opens `url` with `browser` (or the system browser) on a blocking thread, without waiting
@@ -179,15 +119,6 @@ pub(crate) fn present_url(url: &str, open: bool, browser: Option<BrowserOpener>)
 }
 
 fn open_system_browser(url: &str) -> std::io::Result<()> {
-    let (program, args) = system_browser_command();
-    // The launcher gets a desktop session's variables, none of this process's secrets.
-    let status = std::process::Command::new(program)
-        .env_clear()
-        .envs(byova_core::redirect::browser_environment(std::env::vars()))
-        .args(args)
-        .arg(url)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()?;
+    let status = browser_launch(url, std::env::vars()).status()?;
     if status.success() { Ok(()) } else { Err(std::io::Error::other("the browser launcher failed")) }
 }

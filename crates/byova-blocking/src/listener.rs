@@ -8,18 +8,14 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use byova_core::{
-    Error, RedirectOptions, Result,
+    Error, Result,
     oauth::{AuthorizationCode, CsrfState},
     redirect::{
-        BrowserOpener, CallbackConnection, CallbackHandler, CallbackVerdict, ConnectionStep,
-        LoopbackRedirect, authorization_prompt, system_browser_command,
+        BrowserOpener, CALLBACK_READ_TIMEOUT, CallbackConnection, CallbackHandler, CallbackVerdict,
+        ConnectionStep, MAX_CALLBACK_CONNECTIONS, authorization_prompt, browser_launch,
     },
 };
 
-const CONNECTION_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; a new one beyond it closes the oldest, so idle connections can
-/// never turn the real redirect away.
-const MAX_CONNECTIONS: usize = 64;
 const POLL: Duration = Duration::from_millis(5);
 
 /// Refuses to block an async runtime's worker thread for a whole authorization flow: on a
@@ -38,38 +34,9 @@ pub(crate) fn refuse_async_worker(operation: &str) -> Result<()> {
     Ok(())
 }
 
-/// A listener bound on the redirect URI's loopback address, waiting for one redirect.
-#[derive(Debug)]
-pub struct RedirectListener {
-    listener: TcpListener,
-    redirect: LoopbackRedirect,
-    port: u16,
-}
+byova_core::__redirect_listener!(blocking, {}, {});
 
 impl RedirectListener {
-    /// Binds the loopback address of `redirect_uri` (port 0 picks a free port).
-    ///
-    /// # Errors
-    /// [`Error::Configuration`] for a non-loopback URI, [`Error::Listen`] for a port already
-    /// in use.
-    pub fn bind(redirect_uri: &str) -> Result<Self> {
-        let redirect = LoopbackRedirect::parse(redirect_uri)?;
-        let listen = |e| Error::listen(redirect.listen_address(), e);
-        let listener = TcpListener::bind((redirect.bind_host(), redirect.port)).map_err(listen)?;
-        let port = listener.local_addr().map_err(listen)?.port();
-        Ok(Self { listener, redirect, port })
-    }
-
-    /// The redirect URI with the bound port.
-    pub fn redirect_uri(&self) -> String {
-        self.redirect.uri_with_port(self.port)
-    }
-
-    /// The bound port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// Waits for the redirect carrying `expected_state`. Each connection is served on its own
     /// short-lived thread, so idle connections never hold the flow up.
     ///
@@ -101,7 +68,7 @@ impl RedirectListener {
                     continue;
                 }
                 oldest_first.retain(|(_, open)| open.load(Ordering::SeqCst));
-                if oldest_first.len() >= MAX_CONNECTIONS
+                if oldest_first.len() >= MAX_CALLBACK_CONNECTIONS
                     && let Some((oldest, _)) = oldest_first.pop_front()
                 {
                     // Its thread's read returns at once and the thread ends.
@@ -128,7 +95,7 @@ impl RedirectListener {
 /// bytes come), answers it, and passes a final verdict on; every decision is the core's
 /// [`CallbackConnection`].
 fn serve(mut stream: TcpStream, handler: &Mutex<CallbackHandler>, tx: &mpsc::Sender<CallbackVerdict>) {
-    let deadline = Instant::now() + CONNECTION_READ_TIMEOUT;
+    let deadline = Instant::now() + CALLBACK_READ_TIMEOUT;
     let mut connection = CallbackConnection::new();
     let mut chunk = [0u8; 1024];
     let _ = stream.set_nonblocking(false);
@@ -152,22 +119,6 @@ fn serve(mut stream: TcpStream, handler: &Mutex<CallbackHandler>, tx: &mpsc::Sen
     }
 }
 
-/// Waits for the OAuth redirect on `redirect_uri` (the Python SDK's `wait_for_redirect`): binds the
-/// listener, opens (or prints) the authorization URL, and returns `(code, state)`.
-///
-/// # Errors
-/// As [`RedirectListener::bind`] and [`RedirectListener::wait`]; [`Error::InvalidInput`]
-/// without `expected_state`.
-pub fn wait_for_redirect(redirect_uri: &str, options: RedirectOptions) -> Result<(String, Option<String>)> {
-    let state = options.required_state()?;
-    let listener = RedirectListener::bind(redirect_uri)?;
-    if let Some(url) = &options.authorization_url {
-        present_url(url, options.open_browser, options.browser.clone());
-    }
-    let code = listener.wait(state.clone(), options.timeout)?;
-    Ok((code.expose_secret().to_owned(), Some(state.expose_secret().to_owned())))
-}
-
 /// Opens `url` with `browser` (or the system browser); prints it when not opening or when
 /// opening fails.
 pub(crate) fn present_url(url: &str, open: bool, browser: Option<BrowserOpener>) {
@@ -185,15 +136,6 @@ pub(crate) fn present_url(url: &str, open: bool, browser: Option<BrowserOpener>)
 }
 
 fn open_system_browser(url: &str) -> std::io::Result<()> {
-    let (program, args) = system_browser_command();
-    // The launcher gets a desktop session's variables, none of this process's secrets.
-    let status = std::process::Command::new(program)
-        .env_clear()
-        .envs(byova_core::redirect::browser_environment(std::env::vars()))
-        .args(args)
-        .arg(url)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()?;
+    let status = browser_launch(url, std::env::vars()).status()?;
     if status.success() { Ok(()) } else { Err(std::io::Error::other("the browser launcher failed")) }
 }

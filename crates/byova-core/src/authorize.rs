@@ -158,6 +158,23 @@ pub fn system_browser_command() -> (&'static str, &'static [&'static str]) {
     browser_command_for(std::env::consts::OS)
 }
 
+/// The command that opens `url` in the system browser ([`system_browser_command`]), to run
+/// as it is: the launcher gets only a desktop session's variables out of `vars` (see
+/// [`browser_environment`]), none of this process's secrets, and its output is discarded.
+/// Building it runs nothing.
+pub fn browser_launch(url: &str, vars: impl IntoIterator<Item = (String, String)>) -> std::process::Command {
+    let (program, args) = system_browser_command();
+    let mut command = std::process::Command::new(program);
+    command
+        .env_clear()
+        .envs(browser_environment(vars))
+        .args(args)
+        .arg(url)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    command
+}
+
 /// [`system_browser_command`] for `os` (a `std::env::consts::OS` value). No shell sees the
 /// URL: on Windows `cmd /C start` would cut it at the first `&` (the authorization URL has
 /// several), so the URL goes to the shell's URL handler through `rundll32`.
@@ -215,6 +232,23 @@ pub fn authorization_prompt(url: &str, browser_failed: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_browser_launch_carries_the_url_whole_and_no_secret() {
+        let url = "https://webexapis.com/v1/authorize?client_id=C&state=S&scope=a%20b";
+        let vars =
+            [("PATH", "/usr/bin"), ("WEBEX_INTEGRATION_CLIENT_SECRET", "SECRET-CANARY"), ("DISPLAY", ":0")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()));
+        let command = browser_launch(url, vars);
+        let (program, args) = system_browser_command();
+        assert_eq!(command.get_program(), program);
+        let mut expected: Vec<&str> = args.to_vec();
+        expected.push(url);
+        assert_eq!(command.get_args().collect::<Vec<_>>(), expected);
+        let env: Vec<_> = command.get_envs().map(|(k, v)| (k.to_owned(), v.map(ToOwned::to_owned))).collect();
+        assert!(env.iter().any(|(k, v)| k == "PATH" && v.as_deref() == Some("/usr/bin".as_ref())), "{env:?}");
+        assert!(!format!("{env:?}").contains("SECRET-CANARY"), "{env:?}");
+    }
 
     #[test]
     fn an_authorization_url_prints_without_its_state() {

@@ -5,8 +5,9 @@
 //! and may change in any release, so the workspace's crates require byova-core at an exact
 //! version and are released together.
 //!
-//! What stays in each flavour: the types themselves (their docs carry flavour-specific
-//! examples), the driver, the HTTP client, the loopback listener and `authorize`.
+//! The types are written here too (`__flavour_types!`, `__redirect_listener!`), their
+//! documentation examples built per flavour. What stays in each flavour: the driver, the HTTP
+//! client, the listener's I/O (`RedirectListener::wait`) and `authorize`.
 
 /// A documentation line for one flavour only: `async` gets the first text, `blocking` the
 /// second.
@@ -491,6 +492,245 @@ macro_rules! __byova_facade {
                 );
                 Ok(Self { integration, service_app })
             }
+        }
+    };
+}
+
+/// The flavours' `HttpClient` documentation on TLS (a paragraph of its own).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __tls_provider_doc {
+    () => {
+        "\n\nTLS uses the process's rustls crypto provider. Unless the application installed one\n\
+         before, building a client installs aws-lc-rs, whose handshakes offer the post-quantum\n\
+         hybrid key exchange X25519MLKEM768 first (falling back to X25519 and the NIST curves with\n\
+         servers that lack it). An application that needs another provider (FIPS, *ring*)\n\
+         installs it first; byova then uses that one."
+    };
+}
+
+/// `.await` in the async flavour's documentation, nothing in the blocking one's.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __await {
+    (async) => {
+        ".await"
+    };
+    (blocking) => {
+        ""
+    };
+}
+
+/// The opening lines of a documentation example's hidden `main` in each flavour.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __example_main {
+    (async) => {
+        "# #[tokio::main(flavor = \"multi_thread\")]\n# async fn main() -> Result<(), Box<dyn std::error::Error>> {\n"
+    };
+    (blocking) => {
+        "# fn main() -> Result<(), Box<dyn std::error::Error>> {\n"
+    };
+}
+
+/// A flavour's three types with their documentation and examples: `IntegrationTokenManager`,
+/// `ServiceAppTokenManager` and `Byova` (with `ByovaBuilder`), their methods (from the macros
+/// above) and `Byova`'s `Facade`. `authorize` stays with each flavour's listener. Expects
+/// `Agent`, `HttpClient` and `Drive` in scope; `$krate` names the flavour in the examples.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __flavour_types {
+    ($flavour:ident, $krate:ident, $storage:ty, {$($async:tt)*}, {$($await:tt)*}) => {
+        #[doc = concat!(
+            "Manages Integration OAuth tokens for the developer-initiated flow: authorization URL, the\n",
+            "full browser flow with a loopback redirect listener, code exchange, refresh, and a valid\n",
+            "token on demand. Cheap to clone; clones share one cache.\n\n",
+            $crate::__flavoured!($flavour,
+                "**Cancel safety.** Every method may be dropped at any `.await`: a refresh, fetch or code\n\
+                 exchange that has begun runs to its end (stored, lease released) on its own task, and the\n\
+                 next call gets its result. Dropping a call never loses a token or leaves a lease held.\n\n",
+                "**Threads.** Concurrent callers share one refresh per key and all get its outcome; a\n\
+                 thread that panics mid-refresh leaves nothing held (waiters get an error, the next run\n\
+                 releases its lease).\n\n"),
+            "```\n",
+            $crate::__example_main!($flavour),
+            "use std::sync::Arc;\n",
+            "use ", stringify!($krate), "::*;\n",
+            "# let fake = byova_testkit::FakeWebex::start();\n",
+            "# let (credentials, config) = (fake.integration_credentials(), fake.config());\n",
+            "let http = HttpClient::new(std::time::Duration::from_secs(30))?;\n",
+            "let storage = Arc::new(InMemoryTokenStorage::new());\n",
+            "let integration = IntegrationTokenManager::new(credentials, http, storage, config);\n\n",
+            "// `authorize` runs the whole browser flow on a loopback listener; by hand it is:\n",
+            "let authorization = integration.get_authorization_url(None, None)?; // state and PKCE inside\n",
+            "# let redirected = fake.", $crate::__flavoured!($flavour, "browser_visit_async", "browser_visit"),
+            "(&authorization.url)", $crate::__await!($flavour), "?; // the user's browser\n",
+            "# let code = byova_testkit::wire::query_param(&redirected, \"code\").unwrap();\n",
+            "let tokens = integration.exchange_code_for_state(&code, &authorization.state)", $crate::__await!($flavour), "?;\n",
+            "assert!(tokens.refresh_token.is_some());\n\n",
+            "let bearer = integration.get_access_token()", $crate::__await!($flavour), "?; // cached; refreshed when due\n",
+            "# let _ = bearer;\n",
+            "# Ok(()) }\n",
+            "```",
+        )]
+        #[derive(Clone, Debug)]
+        pub struct IntegrationTokenManager {
+            pub(crate) agent: ::std::sync::Arc<Agent>,
+            pub(crate) engine: ::std::sync::Arc<$crate::engine::IntegrationEngine>,
+        }
+
+        impl IntegrationTokenManager {
+            $crate::__integration_manager_methods!($flavour, $storage, {$($async)*}, {$($await)*});
+        }
+
+        #[doc = concat!(
+            "Fetches, refreshes and stores per-organization Service App tokens, obtained once a\n",
+            "customer admin authorizes the Service App in Control Hub. Cheap to clone. ",
+            $crate::__flavoured!($flavour, "Cancel safe", "Shared by threads"), " as [`IntegrationTokenManager`] is.\n\n",
+            "Errors common to its methods: [`ServiceAppNotAuthorized`](byova_core::Error::ServiceAppNotAuthorized)\n",
+            "when the org's admin has not authorized the app, [`OrgNotRegistered`](byova_core::Error::OrgNotRegistered)\n",
+            "for an org with no tokens, the Integration's errors (its bearer fetches), storage's.\n\n",
+            "```\n",
+            $crate::__example_main!($flavour),
+            "use std::sync::Arc;\n",
+            "use ", stringify!($krate), "::*;\n",
+            "# let fake = byova_testkit::FakeWebex::start();\n",
+            "# let (integration_credentials, config) = (fake.integration_credentials(), fake.config());\n",
+            "# let service_app_credentials = fake.service_app_credentials();\n",
+            "let http = HttpClient::new(std::time::Duration::from_secs(30))?;\n",
+            "let storage = Arc::new(InMemoryTokenStorage::new());\n",
+            "let integration = IntegrationTokenManager::new(integration_credentials, http.clone(), storage.clone(), config);\n",
+            "# let issued = fake.issue_integration_tokens();\n",
+            "# integration.refresh(Some(&issued.refresh_token))", $crate::__await!($flavour), "?; // stands in for authorize()\n",
+            "let service_app = ServiceAppTokenManager::new(service_app_credentials, integration, http, storage);\n\n",
+            "// An org id as a webhook, a request or a configuration gives it: parsed once.\n",
+            "let org: OrgId = \"63b02f90-9cc6-43b8-aa6d-cad425ac554c\".parse()?;\n",
+            "# fake.authorize_org(&org); // a customer admin authorizes the Service App\n",
+            "service_app.fetch_token_for_org(&org)", $crate::__await!($flavour), "?; // with the Integration's bearer; stored\n",
+            "let token = service_app.get_access_token(&org)", $crate::__await!($flavour), "?; // cached; refreshed when due\n",
+            "assert_eq!(service_app.list_orgs()", $crate::__await!($flavour), "?, [org]);\n",
+            "# let _ = token;\n",
+            "# Ok(()) }\n",
+            "```",
+        )]
+        #[derive(Clone, Debug)]
+        pub struct ServiceAppTokenManager {
+            pub(crate) agent: ::std::sync::Arc<Agent>,
+            pub(crate) engine: ::std::sync::Arc<$crate::engine::ServiceAppEngine>,
+            integration: IntegrationTokenManager,
+        }
+
+        impl ServiceAppTokenManager {
+            $crate::__service_app_manager_methods!($flavour, $storage, {$($async)*}, {$($await)*});
+        }
+
+        /// Builds a [`Byova`]: `Byova::builder(integration, service_app)`, then `.config(…)`,
+        /// `.storage(…)`, `.clock(…)`, `.webhook_secret(…)` as needed, then `.build()`.
+        pub type ByovaBuilder = $crate::ByovaBuilder<Byova>;
+
+        #[doc = concat!(
+            "The whole authentication side of a BYOVA provider.",
+            $crate::__flavoured!($flavour, " Every method is cancel safe in the sense of [`IntegrationTokenManager`].", ""),
+            "\n\n```\n",
+            $crate::__example_main!($flavour),
+            "use ", stringify!($krate), "::{Byova, OrgId, ServiceAppEventKind, WebhookSecret};\n",
+            "# let fake = byova_testkit::FakeWebex::start();\n",
+            "# let (integration, service_app) = (fake.integration_credentials(), fake.service_app_credentials());\n",
+            "let secret = WebhookSecret::new(\"the secret Webex signs deliveries with\");\n",
+            "let byova = Byova::builder(integration, service_app)\n",
+            "    .config(fake.config()) // ByovaConfig::default() is production Webex\n",
+            "    .webhook_secret(secret.clone())\n",
+            "    .build()?; // in-memory storage unless .storage(…) says otherwise\n",
+            "# let issued = fake.issue_integration_tokens();\n",
+            "# byova.integration().refresh(Some(&issued.refresh_token))", $crate::__await!($flavour), "?; // stands in for authorize()\n\n",
+            "// A customer admin authorized the Service App; Webex posts the serviceApp webhook.\n",
+            "let org: OrgId = \"63b02f90-9cc6-43b8-aa6d-cad425ac554c\".parse()?;\n",
+            "# fake.authorize_org(&org);\n",
+            "# let (raw_body, signature) = fake.service_app_delivery(ServiceAppEventKind::Authorized, &org, Some(&secret));\n",
+            "let outcome = byova.handle_service_app_webhook(&raw_body, signature.as_deref())", $crate::__await!($flavour), "?;\n",
+            "assert_eq!(outcome.org_id(), Some(&org)); // its tokens are fetched and stored\n\n",
+            "let token = byova.service_app().get_access_token(&org)", $crate::__await!($flavour), "?; // cached; refreshed when due\n",
+            "# let _ = token;\n",
+            "# Ok(()) }\n",
+            "```",
+        )]
+        #[derive(Clone, Debug)]
+        pub struct Byova {
+            integration: IntegrationTokenManager,
+            service_app: ServiceAppTokenManager,
+        }
+
+        $crate::__byova_facade!($storage);
+
+        impl Byova {
+            $crate::__byova_methods!($flavour, $storage, {$($async)*}, {$($await)*});
+        }
+    };
+}
+
+/// A flavour's `RedirectListener` (the struct, `bind` and its accessors; each flavour writes
+/// `wait` on its own I/O) and `wait_for_redirect`. Expects `TcpListener` (std's or tokio's)
+/// and `present_url` in scope.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __redirect_listener {
+    ($flavour:ident, {$($async:tt)*}, {$($await:tt)*}) => {
+        /// A listener bound on the redirect URI's loopback address, waiting for one redirect.
+        ///
+        /// Bind it before opening the browser (so the port is ready), read back
+        /// [`redirect_uri`](Self::redirect_uri) (the port may have been chosen by the OS), then
+        /// [`wait`](Self::wait). The port closes when `wait` returns or the listener is dropped.
+        #[derive(Debug)]
+        pub struct RedirectListener {
+            listener: TcpListener,
+            redirect: $crate::redirect::LoopbackRedirect,
+            port: u16,
+        }
+
+        impl RedirectListener {
+            /// Binds the loopback address of `redirect_uri` (port 0 picks a free port).
+            ///
+            /// # Errors
+            /// [`Error::Configuration`](byova_core::Error::Configuration) for a non-loopback URI,
+            /// [`Error::Listen`](byova_core::Error::Listen) for a port already in use.
+            #[doc = $crate::__cancel_safety!($flavour, "dropped, nothing is bound.")]
+            pub $($async)* fn bind(redirect_uri: &str) -> $crate::Result<Self> {
+                let redirect = $crate::redirect::LoopbackRedirect::parse(redirect_uri)?;
+                let listen = |e| $crate::Error::listen(redirect.listen_address(), e);
+                let listener = TcpListener::bind((redirect.bind_host(), redirect.port))$($await)*.map_err(listen)?;
+                let port = listener.local_addr().map_err(listen)?.port();
+                Ok(Self { listener, redirect, port })
+            }
+
+            /// The redirect URI with the bound port.
+            pub fn redirect_uri(&self) -> String {
+                self.redirect.uri_with_port(self.port)
+            }
+
+            /// The bound port.
+            pub fn port(&self) -> u16 {
+                self.port
+            }
+        }
+
+        /// Waits for the OAuth redirect on `redirect_uri` (the Python SDK's `wait_for_redirect`):
+        /// binds the listener, opens (or prints) the authorization URL, and returns `(code, state)`.
+        ///
+        /// # Errors
+        /// As [`RedirectListener::bind`] and [`RedirectListener::wait`];
+        /// [`Error::InvalidInput`](byova_core::Error::InvalidInput) without `expected_state`.
+        #[doc = $crate::__cancel_safety!($flavour, "dropped, the port closes and the flow ends.")]
+        pub $($async)* fn wait_for_redirect(
+            redirect_uri: &str,
+            options: $crate::RedirectOptions,
+        ) -> $crate::Result<(String, Option<String>)> {
+            let state = options.required_state()?;
+            let listener = RedirectListener::bind(redirect_uri)$($await)*?;
+            if let Some(url) = &options.authorization_url {
+                present_url(url, options.open_browser, options.browser.clone());
+            }
+            let code = listener.wait(state.clone(), options.timeout)$($await)*?;
+            Ok((code.expose_secret().to_owned(), Some(state.expose_secret().to_owned())))
         }
     };
 }

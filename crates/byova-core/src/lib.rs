@@ -115,11 +115,13 @@ pub mod env {
 /// replies ([`CallbackHandler`](crate::redirect::CallbackHandler)), and opening the system browser.
 pub mod redirect {
     pub use crate::authorize::{
-        BrowserOpener, authorization_prompt, browser_command_for, browser_environment, system_browser_command,
+        BrowserOpener, authorization_prompt, browser_command_for, browser_environment, browser_launch,
+        system_browser_command,
     };
     pub use crate::listener::{
-        CallbackConnection, CallbackHandler, CallbackReply, CallbackVerdict, ConnectionStep, HeadProgress,
-        HeadReader, LoopbackRedirect, MAX_CALLBACK_HEAD_BYTES, RequestHead, parse_request_head,
+        CALLBACK_READ_TIMEOUT, CallbackConnection, CallbackHandler, CallbackReply, CallbackVerdict,
+        ConnectionStep, HeadProgress, HeadReader, LoopbackRedirect, MAX_CALLBACK_CONNECTIONS,
+        MAX_CALLBACK_HEAD_BYTES, RequestHead, parse_request_head,
     };
 }
 

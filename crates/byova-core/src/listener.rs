@@ -15,6 +15,13 @@ use crate::secret::{AuthorizationCode, CsrfState};
 /// Request heads longer than this get 431 and the connection is closed.
 pub const MAX_CALLBACK_HEAD_BYTES: usize = 8 * 1024;
 
+/// How long one connection to the listener may take to send its request head.
+pub const CALLBACK_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Connections a listener serves at once; a new one beyond it closes the oldest, so idle
+/// connections can never turn the real redirect away.
+pub const MAX_CALLBACK_CONNECTIONS: usize = 64;
+
 /// A parsed loopback redirect URI: `http://127.0.0.1:<port>/<path>` (or `[::1]`, or
 /// `localhost`, which is bound as `127.0.0.1`).
 #[derive(Clone, Debug, PartialEq, Eq)]

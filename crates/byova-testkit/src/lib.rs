@@ -43,6 +43,7 @@ pub mod faultproxy;
 pub mod harness;
 pub mod logcapture;
 pub mod scenarios;
+pub mod tls;
 pub mod wire;
 
 /// What `flavour_adapter!` expands to needs; not part of the API.

@@ -1,0 +1,28 @@
+//! The flavour's types ([`Byova`], [`IntegrationTokenManager`], [`ServiceAppTokenManager`])
+//! with their methods and documentation, written once in byova-core and expanded here with
+//! this flavour's storage trait and `async`/`.await`; and `authorize`, around this
+//! flavour's loopback listener.
+
+use byova_core::{AuthorizeOptions, OAuthTokens, Result, TokenStorage};
+
+use crate::driver::{Agent, Drive};
+use crate::http::HttpClient;
+use crate::listener::{RedirectListener, present_url};
+
+byova_core::__flavour_types!(async, byova_async, dyn TokenStorage, {async}, {.await});
+
+impl IntegrationTokenManager {
+    /// The whole browser flow: binds the loopback listener on the redirect URI, opens the
+    /// authorization URL, waits for the redirect, exchanges the code and stores the tokens.
+    /// Errors: [`OAuthRedirect`](byova_core::Error::OAuthRedirect) (denied),
+    /// [`OAuthRedirectTimeout`](byova_core::Error::OAuthRedirectTimeout),
+    /// [`Listen`](byova_core::Error::Listen) (busy port), a non-loopback URI, the exchange's.
+    /// Cancel safety: dropped while waiting, the listener closes; after, the exchange completes.
+    pub async fn authorize(&self, options: AuthorizeOptions) -> Result<OAuthTokens> {
+        let listener = RedirectListener::bind(&self.credentials().redirect_uri).await?;
+        let (request, credentials) = self.engine.authorization(&listener.redirect_uri(), &options)?;
+        present_url(&request.url, options.open_browser, options.browser.clone());
+        let code = listener.wait(request.state.clone(), options.timeout).await?;
+        self.agent.run(self.engine.exchange(credentials, code, request.pkce_verifier, self.agent.now())).await
+    }
+}
