@@ -30,6 +30,9 @@ pub(crate) trait Drive {
 }
 
 impl Drive for Agent {
+    // Out of line: the hot path's caller only reaches it on a miss, and the drive future it
+    // builds would otherwise widen that caller's stack frame.
+    #[inline(never)]
     fn run<T: Send + 'static>(self: &Arc<Self>, plan: Step<T>) -> Running<T> {
         Box::pin(drive(self.clone(), plan))
     }

@@ -74,7 +74,7 @@ macro_rules! __integration_manager_methods {
             http: HttpClient,
             clock: ::std::sync::Arc<dyn $crate::Clock>,
         ) -> Self {
-            let agent = Agent { engine: engine.token_engine().clone(), storage, http, clock, integration: None };
+            let agent = Agent::new(engine.token_engine().clone(), storage, http, clock, None);
             Self { agent: ::std::sync::Arc::new(agent), engine }
         }
 
@@ -233,7 +233,7 @@ macro_rules! __service_app_manager_methods {
         ) -> Self {
             let (engine_of_org_tokens, clock) = (engine.token_engine().clone(), integration.agent.clock.clone());
             let integration_agent = Some(integration.agent.clone());
-            let agent = Agent { engine: engine_of_org_tokens, storage, http, clock, integration: integration_agent };
+            let agent = Agent::new(engine_of_org_tokens, storage, http, clock, integration_agent);
             Self { agent: ::std::sync::Arc::new(agent), engine, integration }
         }
 

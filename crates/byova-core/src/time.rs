@@ -172,6 +172,12 @@ impl From<Timestamp> for SystemTime {
 pub trait Clock: Send + Sync + std::fmt::Debug {
     /// The current time.
     fn now(&self) -> Timestamp;
+
+    /// Whether this is [`CoarseClock`], which a driver then reads without a dynamic call.
+    #[doc(hidden)]
+    fn is_coarse(&self) -> bool {
+        false
+    }
 }
 
 /// The operating system's wall clock.
@@ -199,33 +205,46 @@ impl CoarseClock {
     /// How stale a reading may be.
     pub const RESOLUTION: Duration = Duration::from_millis(10);
 
-    fn cell() -> &'static std::sync::atomic::AtomicU64 {
-        use std::sync::OnceLock;
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static NOW: OnceLock<&'static AtomicU64> = OnceLock::new();
-        NOW.get_or_init(|| {
-            let cell: &'static AtomicU64 =
-                Box::leak(Box::new(AtomicU64::new(SystemClock.now().as_unix_millis())));
-            let ticker = std::thread::Builder::new().name("byova-clock".into()).spawn(move || {
+    /// The reading: one relaxed load of a static. `0` until the ticker runs (the first read
+    /// starts it), `u64::MAX` when it could not be started; the system clock answers both.
+    #[inline]
+    pub(crate) fn read() -> Timestamp {
+        let ms = COARSE_NOW.load(std::sync::atomic::Ordering::Relaxed);
+        if ms == 0 || ms == u64::MAX { Self::read_cold() } else { Timestamp(ms) }
+    }
+
+    #[cold]
+    fn read_cold() -> Timestamp {
+        use std::sync::atomic::Ordering;
+        static TICKER: std::sync::Once = std::sync::Once::new();
+        TICKER.call_once(|| {
+            COARSE_NOW.store(SystemClock.now().as_unix_millis().max(1), Ordering::Relaxed);
+            let ticker = std::thread::Builder::new().name("byova-clock".into()).spawn(|| {
                 loop {
                     std::thread::sleep(Self::RESOLUTION);
-                    cell.store(SystemClock.now().as_unix_millis(), Ordering::Relaxed);
+                    COARSE_NOW.store(SystemClock.now().as_unix_millis().max(1), Ordering::Relaxed);
                 }
             });
-            // Without the ticker every reading falls back to the system clock (see `now`).
+            // Without the ticker every reading falls back to the system clock.
             if ticker.is_err() {
-                cell.store(u64::MAX, Ordering::Relaxed);
+                COARSE_NOW.store(u64::MAX, Ordering::Relaxed);
             }
-            cell
-        })
+        });
+        SystemClock.now()
     }
 }
+
+/// [`CoarseClock`]'s reading in milliseconds (see [`CoarseClock::read`]).
+static COARSE_NOW: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Clock for CoarseClock {
     #[inline]
     fn now(&self) -> Timestamp {
-        let ms = Self::cell().load(std::sync::atomic::Ordering::Relaxed);
-        if ms == u64::MAX { SystemClock.now() } else { Timestamp(ms) }
+        Self::read()
+    }
+
+    fn is_coarse(&self) -> bool {
+        true
     }
 }
 
@@ -253,6 +272,8 @@ mod tests {
         assert!(s.saturating_duration_since(a) <= Duration::from_millis(500), "{a:?} vs {s:?}");
         std::thread::sleep(Duration::from_millis(50));
         assert!(CoarseClock.now() > a, "the ticker advances it");
+        // Only the coarse clock is read past its vtable; any other (a test's fake) is asked.
+        assert!(CoarseClock.is_coarse() && !SystemClock.is_coarse());
     }
 
     #[test]

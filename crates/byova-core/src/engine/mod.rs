@@ -132,6 +132,9 @@ impl TokenEngine {
     }
 
     /// A valid access token for `key`: from the cache when fresh, else after the key's flight.
+    /// Out of line: the drivers call it when the hot path missed, and inlined it would widen
+    /// the hot path's stack frame.
+    #[inline(never)]
     pub fn access_token(self: &Arc<Self>, key: TokenKey, now: Timestamp) -> Step<AccessToken> {
         if let Some(token) = self.cache.fresh(&key, now) {
             return done(Ok(token));
@@ -688,12 +691,27 @@ pub struct Agent<S: ?Sized, H> {
     pub clock: Arc<dyn crate::time::Clock>,
     /// The Integration's agent, for a Service App's (`None`: this is the Integration's).
     pub integration: Option<Arc<Agent<S, H>>>,
+    /// `clock` is the [`CoarseClock`](crate::time::CoarseClock): read without a dynamic call.
+    coarse: bool,
 }
 
 impl<S: ?Sized, H> Agent<S, H> {
-    /// The current time.
+    /// An agent of these parts.
+    pub fn new(
+        engine: Arc<TokenEngine>,
+        storage: Arc<S>,
+        http: H,
+        clock: Arc<dyn crate::time::Clock>,
+        integration: Option<Arc<Agent<S, H>>>,
+    ) -> Self {
+        let coarse = clock.is_coarse();
+        Self { engine, storage, http, clock, integration, coarse }
+    }
+
+    /// The current time (the hot path reads it on every call).
+    #[inline]
     pub fn now(&self) -> Timestamp {
-        self.clock.now()
+        if self.coarse { crate::time::CoarseClock::read() } else { self.clock.now() }
     }
 
     /// The Integration's agent: this Service App's Integration, or itself.
@@ -1012,7 +1030,8 @@ impl ServiceAppEngine {
         self.token_engine.cache.fresh_org(org, now)
     }
 
-    /// A valid access token for `org`.
+    /// A valid access token for `org` (out of line, as [`TokenEngine::access_token`]).
+    #[inline(never)]
     pub fn access_token(&self, org: &OrgId, now: Timestamp) -> Step<AccessToken> {
         self.token_engine.access_token(TokenKey::org(org), now)
     }
