@@ -211,7 +211,7 @@ fn architecture_names_only_files_in_the_repository() {
                 Some((prefix, suffix)) => {
                     everything.iter().any(|f| f.starts_with(prefix) && f.ends_with(suffix))
                 }
-                None => root().join(c).exists(),
+                None => everything.iter().any(|f| f == c || f.starts_with(&format!("{c}/"))),
             });
             if !found {
                 missing.push(format!("code map: {folder}: {entry}"));
@@ -228,8 +228,8 @@ fn architecture_names_only_files_in_the_repository() {
             continue;
         }
         let path = quoted.trim_end_matches('/');
-        // Against the tracked tree only, not the disk: build output (`target/`) exists on a
-        // developer's machine and not on a clean checkout.
+        // Against the repository's files (`all_files`: no build output, no `.git`), not the
+        // disk: `target/` exists on a developer's machine and not on a clean checkout.
         let here = everything.iter().any(|f| {
             f == path
                 || f.starts_with(&format!("{path}/"))

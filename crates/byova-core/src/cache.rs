@@ -157,7 +157,7 @@ impl TokenCache {
 
     /// The hot path for an org.
     #[inline]
-    pub fn fresh_org(&self, org_id: &str, now: Timestamp) -> Option<AccessToken> {
+    pub fn fresh_org(&self, org_id: &OrgId, now: Timestamp) -> Option<AccessToken> {
         let map = self.orgs.read().unwrap_or_else(|e| e.into_inner());
         map.get(org_id).filter(|e| now < e.serve_until).map(|e| e.record.value.access_token.clone())
     }

@@ -231,7 +231,7 @@ macro_rules! __service_app_manager_methods {
             http: HttpClient,
             storage: ::std::sync::Arc<$storage>,
         ) -> Self {
-            let (engine_of_org_tokens, clock) = (engine.token_engine().clone(), integration.agent.clock.clone());
+            let (engine_of_org_tokens, clock) = (engine.token_engine().clone(), integration.agent.clock().clone());
             let integration_agent = Some(integration.agent.clone());
             let agent = Agent::new(engine_of_org_tokens, storage, http, clock, integration_agent);
             Self { agent: ::std::sync::Arc::new(agent), engine, integration }

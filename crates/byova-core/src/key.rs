@@ -11,7 +11,8 @@ use crate::ids::{decode_org_id, normalize_org_id};
 
 /// A customer organization's id, normalized when it is built: the plain id (a UUID) whether
 /// it was given as one or as a base64 Webex id (`ciscospark://<region>/ORGANIZATION/<uuid>`),
-/// trimmed. Every API that names an org takes one, so an org is normalized once, where its
+/// trimmed. Other non-empty text is kept as given, trimmed; an empty id and the base64 id of
+/// something other than an organization are refused. Every API that names an org takes one, so an org is normalized once, where its
 /// id enters the program, and two spellings of one org are one key everywhere.
 ///
 /// It is cheap to clone (a shared string) and reads as a `str`.

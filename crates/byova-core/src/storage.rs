@@ -140,16 +140,22 @@ pub fn redact_url(url: &str) -> String {
 }
 
 /// Org ids read back from a store (keys, rows, file names) where they were written from
-/// [`OrgId`]s, sorted. One that no longer parses (an entry edited by hand) is left out with a
-/// warning naming `location`, never in the way of the others: it could not be named to
-/// refresh or remove it anyway.
+/// [`OrgId`]s, sorted. A name that is not an org id in its normalized spelling (an entry edited
+/// by hand, or written by an older byova under another spelling of the org) is left out with
+/// a warning naming it and `location`, never in the way of the others: every read and delete
+/// names the normalized id, so listing it under that id would point at nothing (re-register
+/// the org, or `byova org import` its record, to bring it back).
 pub fn stored_org_ids(names: impl IntoIterator<Item = String>, location: &str) -> Vec<OrgId> {
     let mut orgs: Vec<OrgId> = names
         .into_iter()
         .filter_map(|name| match OrgId::new(&name) {
-            Ok(org) => Some(org),
+            Ok(org) if org.as_str() == name => Some(org),
+            Ok(org) => {
+                tracing::warn!(%location, stored = %name.escape_debug(), normalized = %org, "an org is stored under a spelling byova does not read; left out of the listing");
+                None
+            }
             Err(why) => {
-                tracing::warn!(%location, %why, "an org id in the store is unreadable; left out of the listing");
+                tracing::warn!(%location, stored = %name.escape_debug(), %why, "an org id in the store is unreadable; left out of the listing");
                 None
             }
         })
@@ -943,6 +949,15 @@ mod tests {
         s.release_lease(&lease).unwrap();
         s.store(&TokenKey::org(&OrgId::from_static("o")), &tokens("b"), Expect::Any).unwrap();
         assert_eq!(s.list_registered_orgs().unwrap(), ["o"]);
+    }
+
+    #[test]
+    fn stored_org_ids_lists_only_names_stored_as_byova_writes_them() {
+        let encoded =
+            crate::ids::encode_webex_id("us", "ORGANIZATION", "63b02f90-9cc6-43b8-aa6d-cad425ac554c");
+        let names = ["b", " a", "", "a", &encoded, "63b02f90-9cc6-43b8-aa6d-cad425ac554c"].map(str::to_owned);
+        let listed = stored_org_ids(names, "test");
+        assert_eq!(listed, ["63b02f90-9cc6-43b8-aa6d-cad425ac554c", "a", "b"]);
     }
 
     #[test]

@@ -173,7 +173,8 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
     /// The current time.
     fn now(&self) -> Timestamp;
 
-    /// Whether this is [`CoarseClock`], which a driver then reads without a dynamic call.
+    /// Whether this is [`CoarseClock`], which a driver then reads without a dynamic call. Not
+    /// for other clocks to answer `true`: a clock that does is never asked the time.
     #[doc(hidden)]
     fn is_coarse(&self) -> bool {
         false

@@ -400,22 +400,11 @@ impl RedisTokenStorage {
         format!("{{{}}}:orgs", self.inner.prefix)
     }
 
-    fn checked(key: &TokenKey) -> Result<(), StorageError> {
-        match key {
-            TokenKey::Org(org) if org.trim().is_empty() => {
-                Err(StorageError::other("an org id must not be empty"))
-            }
-            _ => Ok(()),
-        }
-    }
-
     fn load_op(&self, key: &TokenKey) -> Result<Op, StorageError> {
-        Self::checked(key)?;
         Ok(Op::Load { record: self.record_key(key) })
     }
 
     fn store_op(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<Op, StorageError> {
-        Self::checked(key)?;
         let (mode, expected) = expect_args(expect);
         let org = match key {
             TokenKey::Org(org) => org.to_string(),
@@ -437,7 +426,6 @@ impl RedisTokenStorage {
 
     fn delete_op(&self, org_id: &OrgId, expect: Expect) -> Result<Op, StorageError> {
         let key = TokenKey::org(org_id);
-        Self::checked(&key)?;
         let (mode, expected) = expect_args(expect);
         let (index, org) = if self.is_cluster() {
             (self.record_key(&key), String::new())
@@ -448,7 +436,6 @@ impl RedisTokenStorage {
     }
 
     fn acquire_op(&self, key: &TokenKey, ttl: Duration, owner: u128) -> Result<Op, StorageError> {
-        Self::checked(key)?;
         Ok(Op::Acquire { lease: self.lease_key(key), owner: owner.to_string(), ttl_ms: ttl_ms(ttl) })
     }
 

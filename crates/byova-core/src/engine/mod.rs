@@ -688,7 +688,7 @@ pub struct Agent<S: ?Sized, H> {
     /// The HTTP client its `Send` steps go through.
     pub http: H,
     /// The clock every step's result is timestamped with.
-    pub clock: Arc<dyn crate::time::Clock>,
+    clock: Arc<dyn crate::time::Clock>,
     /// The Integration's agent, for a Service App's (`None`: this is the Integration's).
     pub integration: Option<Arc<Agent<S, H>>>,
     /// `clock` is the [`CoarseClock`](crate::time::CoarseClock): read without a dynamic call.
@@ -706,6 +706,11 @@ impl<S: ?Sized, H> Agent<S, H> {
     ) -> Self {
         let coarse = clock.is_coarse();
         Self { engine, storage, http, clock, integration, coarse }
+    }
+
+    /// The clock every step's result is timestamped with.
+    pub fn clock(&self) -> &Arc<dyn crate::time::Clock> {
+        &self.clock
     }
 
     /// The current time (the hot path reads it on every call).

@@ -198,9 +198,6 @@ pub(crate) struct Run {
     rejection: Option<Error>,
     /// The stored refresh token is confirmed dead: mark the record before the run ends.
     mark_rejected: bool,
-    /// The Service App fetch standing in for a dead refresh token was refused by Webex (not
-    /// merely failed): only then does a Service App org need its admin.
-    fetch_refused: bool,
     store_attempts: u32,
     /// Reads of the token budget for the call about to be sent (a conflict reads again).
     budget_reads: u32,
@@ -235,7 +232,6 @@ impl Run {
             fallback_used: false,
             rejection: None,
             mark_rejected: false,
-            fetch_refused: false,
             store_attempts: 0,
             budget_reads: 0,
             budget_waited: Duration::ZERO,
@@ -1002,8 +998,8 @@ impl Run {
         }
         if matches!(call.kind, TokenCall::ServiceAppFetch { .. }) {
             // Refused by Webex (403, 404, 401, 400), not merely unavailable.
-            self.fetch_refused = error.api_failure().is_some() && !error.is_retryable();
-            if self.fetch_refused {
+            let refused = error.api_failure().is_some() && !error.is_retryable();
+            if refused {
                 self.engine.pause_fetches(&self.key, now);
             }
         }
