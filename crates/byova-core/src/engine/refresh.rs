@@ -192,12 +192,10 @@ pub(crate) struct Run {
     attempt: u32,
     /// The refresh token the last call spent (none for a fetch).
     used_refresh: Option<RefreshToken>,
-    reread_after_invalid_grant: bool,
+    /// A Service App's fetch with the Integration's bearer has stood in once already.
     fallback_used: bool,
-    /// What Webex said when it rejected the stored refresh token.
-    rejection: Option<Error>,
-    /// The stored refresh token is confirmed dead: mark the record before the run ends.
-    mark_rejected: bool,
+    /// What this run learned of Webex rejecting the refresh token it sent.
+    dead: DeadToken,
     store_attempts: u32,
     /// Reads of the token budget for the call about to be sent (a conflict reads again).
     budget_reads: u32,
@@ -207,6 +205,47 @@ pub(crate) struct Run {
     mark_attempts: u32,
     /// How long this run has waited for the budget.
     budget_waited: Duration,
+}
+
+/// What a run learned of Webex rejecting (`invalid_grant`) the refresh token it sent. Marking
+/// the record is pending only for a rejection believed, so a mark without one cannot be asked
+/// for; and a rejection is re-read from the store once, before it is believed.
+enum DeadToken {
+    /// No rejection yet: the first one is checked against the store (another process may have
+    /// rotated the token this run sent).
+    Unchecked,
+    /// A rejection was checked and explained (the token had been rotated elsewhere) or could
+    /// not be checked: a later one is not re-read.
+    Explained,
+    /// Webex rejected the stored refresh token: `error` is the caller's answer, and while
+    /// `mark` is set the record is marked "re-authorization required" before the run ends.
+    Rejected { error: Error, mark: bool },
+}
+
+impl DeadToken {
+    /// What Webex answered, when this run believes the stored refresh token dead.
+    fn rejection(&self) -> Option<&Error> {
+        match self {
+            DeadToken::Rejected { error, .. } => Some(error),
+            DeadToken::Unchecked | DeadToken::Explained => None,
+        }
+    }
+
+    /// Asks for the record to be marked before the run ends (again, after a conflict); only a
+    /// rejection believed can be marked.
+    fn mark_again(&mut self) {
+        if let DeadToken::Rejected { mark, .. } = self {
+            *mark = true;
+        }
+    }
+
+    /// Whether a mark is pending, clearing it: the caller writes it once.
+    fn take_mark(&mut self) -> bool {
+        match self {
+            DeadToken::Rejected { mark, .. } => std::mem::take(mark),
+            DeadToken::Unchecked | DeadToken::Explained => false,
+        }
+    }
 }
 
 /// Versioned writes of the token budget that may lose to other writers (each after a short,
@@ -228,10 +267,8 @@ impl Run {
             waited: Duration::ZERO,
             attempt: 0,
             used_refresh: None,
-            reread_after_invalid_grant: false,
             fallback_used: false,
-            rejection: None,
-            mark_rejected: false,
+            dead: DeadToken::Unchecked,
             store_attempts: 0,
             budget_reads: 0,
             budget_waited: Duration::ZERO,
@@ -282,7 +319,7 @@ impl Run {
     /// The error for a dead refresh token: what Webex said in this run, else what the stored
     /// mark kept of it.
     fn reauthorization_required(&self) -> Error {
-        self.rejection.clone().unwrap_or_else(|| {
+        self.dead.rejection().cloned().unwrap_or_else(|| {
             let kept = self.current.as_ref().and_then(|c| c.value.rejection.as_ref());
             Error::ReauthorizationRequired {
                 subject: self.key.subject(),
@@ -378,7 +415,7 @@ impl Run {
     /// token resent in a loop is what a replica killed mid-refresh otherwise leaves behind).
     /// Then the still-valid access token is served if there is one, else the error is returned.
     fn conclude(mut self: Box<Self>, error: Error, now: Timestamp) -> Plan {
-        let mark = std::mem::take(&mut self.mark_rejected);
+        let mark = self.dead.take_mark();
         if mark && let Some(current) = self.current.clone().filter(|c| !c.value.reauthorization_required) {
             let failure = self.reauthorization_required();
             let failure = failure.api_failure().cloned().unwrap_or_else(|| ApiFailure::new(400));
@@ -429,7 +466,7 @@ impl Run {
                         .is_some_and(|(a, b)| a.ct_eq(b)) =>
             {
                 self.current = Some(record);
-                self.mark_rejected = true;
+                self.dead.mark_again();
                 self.conclude(error, now)
             }
             Ok(record) => {
@@ -695,7 +732,7 @@ impl Run {
             // The org's refresh token was rejected and no fetch can stand in for it: the
             // rejection is the caller's answer (its remedy: re-register the org, or authorize
             // the Integration so byova fetches anew).
-            Err(e) if self.rejection.is_some() || self.current_marked() => {
+            Err(e) if self.dead.rejection().is_some() || self.current_marked() => {
                 tracing::warn!(key = %self.key, error = %e, "the org's refresh token is dead and no Service App fetch can replace it");
                 let error = self.reauthorization_required();
                 return self.conclude(error, now);
@@ -1008,10 +1045,10 @@ impl Run {
             // The caller's own refresh token was refused; the stored record is not at fault.
             return self.fail(error);
         }
-        if rejected && matches!(call.kind, TokenCall::Refresh(_)) && !self.reread_after_invalid_grant {
+        if rejected && matches!(call.kind, TokenCall::Refresh(_)) && matches!(self.dead, DeadToken::Unchecked)
+        {
             // Another process may have rotated the token we sent; look before giving up.
-            self.reread_after_invalid_grant = true;
-            self.rejection = Some(error);
+            self.dead = DeadToken::Rejected { error, mark: false };
             return self.load(Self::after_invalid_grant_load);
         }
         self.conclude(error, now)
@@ -1026,7 +1063,7 @@ impl Run {
             }
             Err(e) => {
                 // The refresh token was refused but the record cannot be read to mark it.
-                self.rejection = None;
+                self.dead = DeadToken::Explained;
                 return self.fail(e.into());
             }
         };
@@ -1036,12 +1073,12 @@ impl Run {
         };
         if rotated_elsewhere {
             self.current = Some(rec.clone());
+            // Another process rotated it: the rejection is explained (and not re-read again).
+            self.dead = DeadToken::Explained;
             if rec.value.reauthorization_required {
-                self.rejection = None;
                 let error = self.reauthorization_required();
                 return self.conclude(error, now);
             }
-            self.rejection = None;
             if self.freshness(&rec.value, now) != Freshness::Expired {
                 return self.succeed(rec);
             }
@@ -1050,7 +1087,7 @@ impl Run {
             }
         }
         self.current = Some(rec);
-        self.mark_rejected = true;
+        self.dead.mark_again();
         self.give_up_on_refresh_token(now)
     }
 
