@@ -9,8 +9,10 @@
 use std::path::{Path, PathBuf};
 
 use byova_core::{
-    BlockingTokenStorage, InMemoryTokenStorage, OAuthTokens, SealedStorage, StorageKeys, TokenKey,
-    WebhookSecret, backend::Expect, ids::encode_webex_id, webhook::ServiceAppEventKind,
+    InMemoryTokenStorage, OAuthTokens, SealedStorage, StorageKeys, TokenKey, WebhookSecret,
+    backend::{BlockingCoordinatedTokenStorage, Expect},
+    ids::encode_webex_id,
+    webhook::ServiceAppEventKind,
 };
 use byova_fuzz::{LISTENER_STATE, STORAGE_KEY, WEBHOOK_SECRET};
 use byova_testkit::wire;
@@ -83,11 +85,12 @@ fn main() {
     write(&dir, "integration", &tokens.to_json());
     let memory = std::sync::Arc::new(InMemoryTokenStorage::new());
     let keys = StorageKeys::parse(STORAGE_KEY).expect("the fuzz key");
-    let inner: std::sync::Arc<dyn BlockingTokenStorage> = memory.clone();
+    let inner: std::sync::Arc<dyn BlockingCoordinatedTokenStorage> = memory.clone();
     let sealed = SealedStorage::new(inner, Some(keys));
     let key = TokenKey::org(&byova_core::OrgId::from_static("fuzz-org"));
-    BlockingTokenStorage::store(&sealed, &key, &tokens, Expect::Any).expect("stored");
-    let raw = BlockingTokenStorage::load(&*memory, &key).expect("readable").expect("the sealed record");
+    BlockingCoordinatedTokenStorage::store(&sealed, &key, &tokens, Expect::Any).expect("stored");
+    let raw =
+        BlockingCoordinatedTokenStorage::load(&*memory, &key).expect("readable").expect("the sealed record");
     write(&dir, "sealed", &raw.value.to_json());
     let bare: OAuthTokens =
         OAuthTokens::from_json(br#"{"access_token":"a","expires_in":60,"obtained_at":0}"#)

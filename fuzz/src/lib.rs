@@ -26,9 +26,9 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 
 use byova_core::{
-    BlockingTokenStorage, InMemoryTokenStorage, OAuthTokens, OrgId, SealedStorage, StorageKeys, Timestamp,
-    TokenKey, TokenSubject, WebhookSecret,
-    backend::{decode_record, redact_url},
+    InMemoryTokenStorage, OAuthTokens, OrgId, SealedStorage, StorageKeys, Timestamp, TokenKey, TokenSubject,
+    WebhookSecret,
+    backend::{BlockingCoordinatedTokenStorage, decode_record, redact_url},
     engine::HttpResponse,
     ids::decode_org_id,
     oauth::{CsrfState, TokenCall, parse_token_response},
@@ -321,9 +321,9 @@ pub fn stored_record(data: &[u8]) {
     let memory = InMemoryTokenStorage::new();
     memory.put_raw_record(&key, data.to_vec());
     let keys = StorageKeys::parse(STORAGE_KEY).expect("a valid key");
-    let inner: Arc<dyn BlockingTokenStorage> = Arc::new(memory);
+    let inner: Arc<dyn BlockingCoordinatedTokenStorage> = Arc::new(memory);
     let sealed = SealedStorage::new(inner, Some(keys));
-    match BlockingTokenStorage::load(&sealed, &key) {
+    match BlockingCoordinatedTokenStorage::load(&sealed, &key) {
         Ok(Some(record)) => assert_round_trips(&record.value),
         Ok(None) => panic!("a record put in the store was not found"),
         Err(e) => {

@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use byova_core::{BlockingTokenStorage, Clock, EnvSettings, OAuthTokens, SystemClock, TokenStorage};
+use byova_core::backend::{BlockingCoordinatedTokenStorage, CoordinatedTokenStorage};
+use byova_core::{Clock, EnvSettings, OAuthTokens, SystemClock};
 use byova_testkit::{Endpoint, FakeWebex};
 
 const CHILD_ENV: &str = "BYOVA_HERD_CHILD";
@@ -35,9 +36,9 @@ impl Flavour {
 }
 
 /// Opens the async store a URL names (may connect asynchronously).
-pub type OpenAsync = fn(String) -> Pin<Box<dyn Future<Output = Arc<dyn TokenStorage>>>>;
+pub type OpenAsync = fn(String) -> Pin<Box<dyn Future<Output = Arc<dyn CoordinatedTokenStorage>>>>;
 /// Opens the blocking store a URL names.
-pub type OpenBlocking = fn(&str) -> Arc<dyn BlockingTokenStorage>;
+pub type OpenBlocking = fn(&str) -> Arc<dyn BlockingCoordinatedTokenStorage>;
 
 /// The parent: starts a fake Webex (100 ms per token call), lets `seed` store an expired
 /// Integration token it accepts, spawns 4 children of this binary sharing `storage`, and asserts

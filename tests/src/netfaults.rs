@@ -9,12 +9,13 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use byova_core::backend::CoordinatedTokenStorage;
 use byova_core::{Clock, SystemClock, TokenStorage};
 use byova_testkit::faultproxy::{FaultProxy, NetFault};
 use byova_testkit::{Endpoint, FakeWebex};
 
 /// Opens a store at a URL on the given runtime's context.
-pub type Open = Box<dyn Fn(String) -> Pin<Box<dyn Future<Output = Arc<dyn TokenStorage>>>>>;
+pub type Open = Box<dyn Fn(String) -> Pin<Box<dyn Future<Output = Arc<dyn CoordinatedTokenStorage>>>>>;
 
 /// One row of the matrix, for the log.
 #[derive(Debug)]

@@ -5,8 +5,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use byova_core::backend::CoordinatedTokenStorage;
 use byova_core::engine::{Sent, Step, Then};
-use byova_core::{AccessToken, Result, TokenKey, TokenStorage};
+use byova_core::{AccessToken, Result, TokenKey};
 
 use crate::http::HttpClient;
 
@@ -15,7 +16,7 @@ pub(crate) type Running<T> = Pin<Box<dyn Future<Output = Result<T>> + Send>>;
 
 /// One manager's engine, storage, HTTP client and clock (and the Integration's, for a
 /// Service App): core's [`Agent`](byova_core::engine::Agent), with this flavour's storage and client.
-pub(crate) type Agent = byova_core::engine::Agent<dyn TokenStorage, HttpClient>;
+pub(crate) type Agent = byova_core::engine::Agent<dyn CoordinatedTokenStorage, HttpClient>;
 
 /// Running plans on tokio.
 pub(crate) trait Drive {

@@ -64,7 +64,7 @@ pub use byova_core::{
     ServiceAppCredentials, ServiceAppTokens, SignatureError, StatusReport, StorageError, StorageErrorKind,
     StorageKeys, SystemClock, Timestamp, TokenKey, TokenState, TokenStorage, TokenSubject, WebhookSecret,
     async_trait,
-    backend::{CoordinatedTokenStorage, Expect, Lease, Versioned},
+    backend::{CoordinatedTokenStorage, Expect, Lease, SingleProcess, Versioned},
     engine::CoarseClock,
     ids::{decode_org_id, derive_application_id},
     load_credentials_from_env,

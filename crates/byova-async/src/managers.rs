@@ -3,13 +3,14 @@
 //! this flavour's storage trait and `async`/`.await`; and `authorize`, around this
 //! flavour's loopback listener.
 
-use byova_core::{AuthorizeOptions, OAuthTokens, Result, TokenStorage};
+use byova_core::backend::CoordinatedTokenStorage;
+use byova_core::{AuthorizeOptions, OAuthTokens, Result};
 
 use crate::driver::{Agent, Drive};
 use crate::http::HttpClient;
 use crate::listener::{RedirectListener, present_url};
 
-byova_core::__flavour_types!(async, byova_async, dyn TokenStorage, {async}, {.await});
+byova_core::__flavour_types!(async, byova_async, dyn CoordinatedTokenStorage, {async}, {.await});
 
 impl IntegrationTokenManager {
     /// The whole browser flow: binds the loopback listener on the redirect URI, opens the

@@ -176,7 +176,7 @@ async fn a_store_that_never_answers_fails_every_call_in_time_as_unavailable() {
     config.storage_timeout = Duration::from_millis(300);
     let byova = Byova::builder(fake.integration_credentials(), fake.service_app_credentials())
         .config(config)
-        .storage(Arc::new(Hung))
+        .storage(Arc::new(byova_async::SingleProcess::new(Hung)))
         .build()
         .unwrap();
     let started = std::time::Instant::now();

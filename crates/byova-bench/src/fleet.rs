@@ -24,6 +24,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use byova_core::Clock as _;
+use byova_core::backend::BlockingCoordinatedTokenStorage;
 use byova_core::engine::{FlightWait, Held, Sent, ServiceAppEngine, Step, Then};
 use byova_core::{
     AccessToken, BlockingTokenStorage, ByovaConfig, InMemoryTokenStorage, OAuthTokens, OrgId, RefreshToken,

@@ -4,8 +4,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use byova_core::{
-    AccessToken, ByovaConfig, Clock, EnvSettings, IntegrationCredentials, OAuthTokens, RefreshToken,
-    ServiceAppCredentials, SystemClock,
+    AccessToken, BlockingTokenStorage, ByovaConfig, Clock, EnvSettings, IntegrationCredentials, OAuthTokens,
+    RefreshToken, ServiceAppCredentials, SystemClock,
 };
 use byova_testkit::{Endpoint, FakeWebex};
 use serde_json::{Value, json};

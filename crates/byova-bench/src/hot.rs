@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use byova_core::{
-    AccessToken, ByovaConfig, Clock, IntegrationCredentials, OAuthTokens, RefreshToken, SystemClock,
+    AccessToken, BlockingTokenStorage, ByovaConfig, Clock, IntegrationCredentials, OAuthTokens, RefreshToken,
+    SystemClock,
 };
 use serde_json::json;
 

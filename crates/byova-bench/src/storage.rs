@@ -6,14 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use byova_core::{
-    BlockingTokenStorage, InMemoryTokenStorage, OAuthTokens, OrgId, StorageError, TokenKey, TokenStorage,
-    backend::{Expect, Lease, Versioned},
+    InMemoryTokenStorage, OAuthTokens, OrgId, StorageError, TokenKey,
+    backend::{
+        BlockingCoordinatedTokenStorage, CoordinatedTokenStorage, Expect, Lease, PendingAuthorization,
+        Versioned,
+    },
 };
 
 /// One store seen through both traits.
 pub(crate) struct Storages {
-    pub(crate) async_: Arc<dyn TokenStorage>,
-    pub(crate) blocking: Arc<dyn BlockingTokenStorage>,
+    pub(crate) async_: Arc<dyn CoordinatedTokenStorage>,
+    pub(crate) blocking: Arc<dyn BlockingCoordinatedTokenStorage>,
     /// Whether several processes can share it.
     pub(crate) shared: bool,
     /// The runtime an async store's connections belong to (sqlx pools are tied to theirs).
@@ -45,7 +48,7 @@ pub(crate) fn open(url: &str) -> Result<Storages, String> {
         let sql = rt.block_on(byova_storage_sql::SqlTokenStorage::connect(url)).map_err(|e| e.to_string())?;
         let rt = Arc::new(rt);
         // The blocking flavour gets rusqlite for SQLite and an adapter over sqlx otherwise.
-        let blocking: Arc<dyn BlockingTokenStorage> = if url.starts_with("sqlite:") {
+        let blocking: Arc<dyn BlockingCoordinatedTokenStorage> = if url.starts_with("sqlite:") {
             Arc::new(byova_storage_sql::SqliteBlockingStorage::open(url).map_err(|e| e.to_string())?)
         } else {
             Arc::new(OnRuntime { inner: sql.clone(), rt: rt.clone() })
@@ -66,27 +69,24 @@ struct OnRuntime {
 
 macro_rules! on_runtime {
     ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
-        impl BlockingTokenStorage for OnRuntime {
-            $(fn $name(&self, $($arg: $ty),*) -> $ret { self.rt.block_on(TokenStorage::$name(&self.inner, $($arg),*)) })*
-            fn supports_coordination(&self) -> bool {
-                true
-            }
+        impl BlockingCoordinatedTokenStorage for OnRuntime {
+            $(fn $name(&self, $($arg: $ty),*) -> $ret {
+                self.rt.block_on(CoordinatedTokenStorage::$name(&self.inner, $($arg),*))
+            })*
         }
     };
 }
 
 on_runtime! {
-    get_integration_tokens() -> Result<Option<OAuthTokens>, StorageError>;
-    set_integration_tokens(t: &OAuthTokens) -> Result<(), StorageError>;
-    get_service_app_tokens(org: &OrgId) -> Result<Option<OAuthTokens>, StorageError>;
-    set_service_app_tokens(org: &OrgId, t: &OAuthTokens) -> Result<(), StorageError>;
-    delete_service_app_tokens(org: &OrgId) -> Result<(), StorageError>;
-    list_registered_orgs() -> Result<Vec<OrgId>, StorageError>;
     load(key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError>;
     store(key: &TokenKey, t: &OAuthTokens, e: Expect) -> Result<u64, StorageError>;
+    delete_org(org: &OrgId, e: Expect) -> Result<(), StorageError>;
+    list_orgs() -> Result<Vec<OrgId>, StorageError>;
     try_acquire_lease(key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError>;
     release_lease(lease: &Lease) -> Result<(), StorageError>;
     extend_lease(lease: &Lease, ttl: Duration) -> Result<bool, StorageError>;
+    save_pending_authorization(key: &str, p: &PendingAuthorization) -> Result<bool, StorageError>;
+    take_pending_authorization(key: &str) -> Result<Option<PendingAuthorization>, StorageError>;
     load_many(keys: &[TokenKey]) -> Result<Vec<Option<Versioned<OAuthTokens>>>, StorageError>;
     load_state(name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError>;
     store_state(name: &str, bytes: &[u8], e: Expect) -> Result<u64, StorageError>;

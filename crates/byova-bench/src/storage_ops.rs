@@ -2,7 +2,9 @@
 
 use std::time::Instant;
 
-use byova_core::{AccessToken, OAuthTokens, OrgId, RefreshToken, Timestamp};
+use byova_core::{
+    AccessToken, BlockingTokenStorage, OAuthTokens, OrgId, RefreshToken, Timestamp, TokenStorage,
+};
 use serde_json::json;
 
 use crate::Args;

@@ -3,14 +3,15 @@
 
 use std::sync::Mutex;
 
+use byova_core::backend::BlockingCoordinatedTokenStorage;
 use byova_core::engine::{Sent, Step, Then};
-use byova_core::{AccessToken, BlockingTokenStorage, Result, TokenKey};
+use byova_core::{AccessToken, Result, TokenKey};
 
 use crate::http::HttpClient;
 
 /// One manager's engine, storage, HTTP client and clock (and the Integration's, for a
 /// Service App): core's [`Agent`](byova_core::engine::Agent), with this flavour's storage and client.
-pub(crate) type Agent = byova_core::engine::Agent<dyn BlockingTokenStorage, HttpClient>;
+pub(crate) type Agent = byova_core::engine::Agent<dyn BlockingCoordinatedTokenStorage, HttpClient>;
 
 /// Running plans on the calling thread.
 pub(crate) trait Drive {

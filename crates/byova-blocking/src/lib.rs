@@ -70,7 +70,7 @@ pub use byova_core::{
     RefreshToken, Result, ServiceAppCredentials, ServiceAppTokens, SignatureError, StatusReport,
     StorageError, StorageErrorKind, StorageKeys, SystemClock, Timestamp, TokenKey, TokenState, TokenSubject,
     WebhookSecret,
-    backend::{BlockingCoordinatedTokenStorage, Expect, Lease, Versioned},
+    backend::{BlockingCoordinatedTokenStorage, Expect, Lease, SingleProcess, Versioned},
     engine::CoarseClock,
     ids::{decode_org_id, derive_application_id},
     load_credentials_from_env,

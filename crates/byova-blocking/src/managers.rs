@@ -3,13 +3,14 @@
 //! this flavour's storage trait and neither `async` nor `.await`; and `authorize`, around this
 //! flavour's loopback listener.
 
-use byova_core::{AuthorizeOptions, BlockingTokenStorage, OAuthTokens, Result};
+use byova_core::backend::BlockingCoordinatedTokenStorage;
+use byova_core::{AuthorizeOptions, OAuthTokens, Result};
 
 use crate::driver::{Agent, Drive};
 use crate::http::HttpClient;
 use crate::listener::{RedirectListener, present_url};
 
-byova_core::__flavour_types!(blocking, byova_blocking, dyn BlockingTokenStorage, {}, {});
+byova_core::__flavour_types!(blocking, byova_blocking, dyn BlockingCoordinatedTokenStorage, {}, {});
 
 impl IntegrationTokenManager {
     /// The whole browser flow: binds the loopback listener on the redirect URI, opens the

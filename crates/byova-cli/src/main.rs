@@ -667,7 +667,7 @@ fn report_unreadable(report: &byova_async::StatusReport) {
 async fn reseal(byova: &Byova, as_json: bool) -> Outcome {
     let storage = byova.integration().storage();
     let mut keys = vec![TokenKey::Integration];
-    keys.extend(storage.list_registered_orgs().await?.into_iter().map(TokenKey::Org));
+    keys.extend(storage.list_orgs().await?.into_iter().map(TokenKey::Org));
     let (mut rewritten, mut failed) = (0usize, Vec::new());
     for key in keys {
         let result = match storage.load(&key).await {

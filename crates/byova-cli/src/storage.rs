@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use byova_core::{InMemoryTokenStorage, StorageError, TokenStorage};
+use byova_core::backend::CoordinatedTokenStorage;
+use byova_core::{InMemoryTokenStorage, StorageError};
 
 /// The default store when none is named: files under the user's data directory.
 pub(crate) fn default_url() -> String {
@@ -72,7 +73,7 @@ pub(crate) fn check_plaintext_redis(url: &str, allow_insecure: bool) -> Result<(
 
 /// Opens the store a URL names; `BYOVA_STORAGE_CA_FILE` (PEM) is the CA a TLS store's
 /// certificate is checked against (system roots otherwise).
-pub(crate) async fn open(url: &str) -> Result<Arc<dyn TokenStorage>, StorageError> {
+pub(crate) async fn open(url: &str) -> Result<Arc<dyn CoordinatedTokenStorage>, StorageError> {
     let ca_file = std::env::var_os("BYOVA_STORAGE_CA_FILE").filter(|v| !v.is_empty()).map(PathBuf::from);
     let ca_file = ca_file.as_deref();
     if url == "memory:" {
@@ -103,10 +104,10 @@ pub(crate) async fn open(url: &str) -> Result<Arc<dyn TokenStorage>, StorageErro
 /// `$XDG_STATE_HOME/byova/journal`, one directory per store). Stores on this host (files,
 /// SQLite, memory) are durable or private already and get none.
 pub(crate) async fn with_journal(
-    store: Arc<dyn TokenStorage>,
+    store: Arc<dyn CoordinatedTokenStorage>,
     url: &str,
     journal: Option<&str>,
-) -> Result<Arc<dyn TokenStorage>, StorageError> {
+) -> Result<Arc<dyn CoordinatedTokenStorage>, StorageError> {
     let shared = !(url == "memory:" || url.starts_with("file:") || url.starts_with("sqlite:"));
     let dir = match journal {
         Some("off") => return Ok(store),

@@ -16,7 +16,10 @@
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 
-use byova_core::{OAuthTokens, StorageErrorKind, TokenKey, TokenStorage, backend::Expect};
+use byova_core::{
+    OAuthTokens, StorageErrorKind, TokenKey, TokenStorage,
+    backend::{CoordinatedTokenStorage, Expect},
+};
 use serde_json::json;
 
 use crate::progress::Progress;
@@ -59,7 +62,7 @@ fn open_output(path: &str) -> Result<Box<dyn Write>, Failure> {
 
 /// Writes every stored record (the Integration's and each org's) to `path`.
 pub(crate) async fn export(
-    storage: &Arc<dyn TokenStorage>,
+    storage: &Arc<dyn CoordinatedTokenStorage>,
     path: &str,
     as_json: bool,
 ) -> Result<(), Failure> {
@@ -94,7 +97,7 @@ enum Imported {
 }
 
 async fn import_one(
-    storage: &Arc<dyn TokenStorage>,
+    storage: &Arc<dyn CoordinatedTokenStorage>,
     key: &TokenKey,
     tokens: &OAuthTokens,
 ) -> Result<Imported, Failure> {
@@ -118,7 +121,7 @@ async fn import_one(
 /// Reads JSON lines from `path` (`-`: stdin) and stores each record unless the store holds a
 /// newer one.
 pub(crate) async fn import(
-    storage: &Arc<dyn TokenStorage>,
+    storage: &Arc<dyn CoordinatedTokenStorage>,
     path: &str,
     as_json: bool,
 ) -> Result<(), Failure> {

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use byova_core::backend::BlockingCoordinatedTokenStorage;
 use byova_core::{BlockingTokenStorage, Clock, SystemClock, WebhookSecret, webhook::ServiceAppEventKind};
 use byova_testkit::{DeliveryShape, Endpoint, FakeWebex, wire};
 
@@ -1065,7 +1066,7 @@ fn tokens_are_sealed_at_rest_with_a_storage_key() {
     // A record marked "refresh token rejected" is never refreshed, so only `org reseal` moves
     // it to the new key; a store's records in clear are refused once sealing is required.
     let old_keys = byova_core::StorageKeys::parse(old_key).unwrap();
-    let inner: Arc<dyn BlockingTokenStorage> = Arc::new(env.store());
+    let inner: Arc<dyn BlockingCoordinatedTokenStorage> = Arc::new(env.store());
     let sealed_old = byova_core::SealedStorage::new(inner.clone(), Some(old_keys));
     let marked =
         env.fake.issue_service_app_tokens("org-marked").to_oauth_tokens(SystemClock.now()).rejected();

@@ -17,7 +17,7 @@ use crate::webhook::WebhookVerification;
 /// A flavour's facade (`byova_async::Byova`, `byova_blocking::Byova`), as the builder
 /// assembles it.
 pub trait Facade: Sized {
-    /// The storage the flavour takes (`dyn TokenStorage` or `dyn BlockingTokenStorage`).
+    /// The storage the flavour takes (`dyn CoordinatedTokenStorage` or `dyn BlockingCoordinatedTokenStorage`).
     type Storage: ?Sized + Send + Sync;
 
     /// In-memory storage, the default.

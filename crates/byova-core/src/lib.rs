@@ -9,17 +9,19 @@
 //! - **At the root**: credentials and [`ByovaConfig`]; [`OAuthTokens`] / [`ServiceAppTokens`]
 //!   with absolute expiry; [`TokenKey`]; secret newtypes that never print ([`AccessToken`],
 //!   [`RefreshToken`], …); the policies ([`RefreshPolicy`], [`RetryPolicy`],
-//!   [`CoordinationPolicy`]) and what they report ([`KeyStatus`], [`TokenState`]); the storage
-//!   traits an application plugs a store in with ([`TokenStorage`], [`BlockingTokenStorage`],
-//!   [`InMemoryTokenStorage`], sealing at rest with [`SealedStorage`]); [`Error`].
+//!   [`CoordinationPolicy`]) and what they report ([`KeyStatus`], [`TokenState`]); the Python
+//!   SDK's storage traits ([`TokenStorage`], [`BlockingTokenStorage`]: six methods, which every
+//!   store has), [`InMemoryTokenStorage`] and sealing at rest ([`SealedStorage`]); [`Error`].
 //! - [`oauth`]: the authorization URL with `state` and PKCE S256, the code exchange, the
 //!   refresh and the Service App token fetch as request values, and the parsing of their
 //!   answers, including what every error status means.
 //! - [`webhook`]: `serviceApp` deliveries, `X-Spark-Signature` and the `/webhooks` API.
 //! - [`redirect`]: the browser flow's loopback redirect, as values.
 //! - [`ids`]: Webex's base64 ids (org ids, the Service App's application id).
-//! - [`backend`]: what a storage backend implements and builds on (versions, leases, the
-//!   record's encoding).
+//! - [`backend`]: the one storage surface: the primitives every store implements and the
+//!   engine reads and writes ([`CoordinatedTokenStorage`](backend::CoordinatedTokenStorage),
+//!   versions, leases, the record's encoding), and [`SingleProcess`](backend::SingleProcess),
+//!   which makes a store with only the six methods one.
 //! - [`engine`]: the driver SPI, for the flavour crates and anyone writing a third.
 //!
 //! **The engine.** Every operation (a valid token now, a refresh, a code exchange, a webhook
@@ -125,16 +127,20 @@ pub mod redirect {
     };
 }
 
-/// What a storage backend builds on: the coordination traits ([`CoordinatedTokenStorage`](crate::backend::CoordinatedTokenStorage),
-/// [`BlockingCoordinatedTokenStorage`](crate::backend::BlockingCoordinatedTokenStorage)), versions and leases, the pending-authorization
-/// record, the stored record's encoding, and the helpers every backend in this workspace
-/// shares. The conformance suite in `byova-testkit` checks a backend against them.
+/// The storage surface: the primitives every store implements and the engine reads and writes
+/// ([`CoordinatedTokenStorage`](crate::backend::CoordinatedTokenStorage), its blocking twin
+/// [`BlockingCoordinatedTokenStorage`](crate::backend::BlockingCoordinatedTokenStorage); the
+/// managers take an `Arc<dyn …>` of one), [`SingleProcess`](crate::backend::SingleProcess) for
+/// a store that has only the Python SDK's six methods, versions and leases, the
+/// pending-authorization record, the stored record's encoding, and the helpers every backend
+/// in this workspace shares. The conformance suite in `byova-testkit` checks a store against
+/// them.
 pub mod backend {
     pub use crate::key::{Expect, Lease, UNVERSIONED, Versioned};
     pub use crate::pending::{PENDING_AUTHORIZATION_TTL, PendingAuthorization, pending_key};
     pub use crate::storage::{
-        BlockingCoordinatedTokenStorage, CoordinatedTokenStorage, check_state_name, decode_record,
-        journal_replay, redact_url, state_conflict, stored_org_ids,
+        BlockingCoordinatedTokenStorage, CoordinatedTokenStorage, SingleProcess, check_state_name,
+        decode_record, journal_replay, redact_url, state_conflict, stored_org_ids,
     };
     pub use crate::tokens::TOKEN_SCHEMA_VERSION;
 }

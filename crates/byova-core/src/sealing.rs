@@ -28,7 +28,7 @@ use crate::key::OrgId;
 use crate::key::{Expect, Lease, TokenKey, Versioned};
 use crate::pending::PendingAuthorization;
 use crate::secret::{AccessToken, PkceCodeVerifier, RefreshToken};
-use crate::storage::{BlockingTokenStorage, TokenStorage};
+use crate::storage::{BlockingCoordinatedTokenStorage, CoordinatedTokenStorage};
 use crate::tokens::OAuthTokens;
 
 const PREFIX: &str = "byova-sealed:v1:";
@@ -264,14 +264,6 @@ impl<S: ?Sized> SealedStorage<S> {
         seal_tokens(self.keys.as_ref(), record, tokens)
     }
 
-    fn open(
-        &self,
-        record: &TokenKey,
-        tokens: Option<OAuthTokens>,
-    ) -> Result<Option<OAuthTokens>, StorageError> {
-        tokens.map(|t| open_tokens(self.keys.as_ref(), self.require_sealed, record, t)).transpose()
-    }
-
     fn open_versioned(
         &self,
         record: &TokenKey,
@@ -330,31 +322,12 @@ impl<S: ?Sized> SealedStorage<S> {
     }
 }
 
-/// Both traits for [`SealedStorage`], written once.
+/// Both flavours' primitives for [`SealedStorage`], written once (the six methods come with
+/// them).
 macro_rules! sealed_impl {
     ($(#[$attr:meta])* $trait:ident $(, $async_kw:ident, $await:tt)?) => {
         $(#[$attr])*
         impl $trait for SealedStorage<dyn $trait> {
-            $($async_kw)? fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
-                self.open(&TokenKey::Integration, self.inner.get_integration_tokens()$(.$await)??)
-            }
-            $($async_kw)? fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError> {
-                let sealed = self.seal(&TokenKey::Integration, tokens)?;
-                self.inner.set_integration_tokens(&sealed)$(.$await)?
-            }
-            $($async_kw)? fn get_service_app_tokens(&self, org_id: &OrgId) -> Result<Option<OAuthTokens>, StorageError> {
-                self.open(&TokenKey::org(org_id), self.inner.get_service_app_tokens(org_id)$(.$await)??)
-            }
-            $($async_kw)? fn set_service_app_tokens(&self, org_id: &OrgId, tokens: &OAuthTokens) -> Result<(), StorageError> {
-                let sealed = self.seal(&TokenKey::org(org_id), tokens)?;
-                self.inner.set_service_app_tokens(org_id, &sealed)$(.$await)?
-            }
-            $($async_kw)? fn delete_service_app_tokens(&self, org_id: &OrgId) -> Result<(), StorageError> {
-                self.inner.delete_service_app_tokens(org_id)$(.$await)?
-            }
-            $($async_kw)? fn list_registered_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
-                self.inner.list_registered_orgs()$(.$await)?
-            }
             fn supports_coordination(&self) -> bool {
                 self.inner.supports_coordination()
             }
@@ -380,6 +353,9 @@ macro_rules! sealed_impl {
             }
             $($async_kw)? fn delete_org(&self, org_id: &OrgId, expect: Expect) -> Result<(), StorageError> {
                 self.inner.delete_org(org_id, expect)$(.$await)?
+            }
+            $($async_kw)? fn list_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
+                self.inner.list_orgs()$(.$await)?
             }
             $($async_kw)? fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
                 self.inner.try_acquire_lease(key, ttl)$(.$await)?
@@ -414,17 +390,17 @@ macro_rules! sealed_impl {
 
 sealed_impl!(
     #[async_trait]
-    TokenStorage,
+    CoordinatedTokenStorage,
     async,
     await
 );
-sealed_impl!(BlockingTokenStorage);
+sealed_impl!(BlockingCoordinatedTokenStorage);
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::key::OrgId;
-    use crate::storage::InMemoryTokenStorage;
+    use crate::storage::{BlockingTokenStorage, InMemoryTokenStorage};
     use crate::time::Timestamp;
 
     fn key_text(byte: u8) -> String {
@@ -438,9 +414,9 @@ mod tests {
 
     fn sealed(
         keys: Option<StorageKeys>,
-    ) -> (Arc<InMemoryTokenStorage>, SealedStorage<dyn BlockingTokenStorage>) {
+    ) -> (Arc<InMemoryTokenStorage>, SealedStorage<dyn BlockingCoordinatedTokenStorage>) {
         let raw = Arc::new(InMemoryTokenStorage::new());
-        let inner: Arc<dyn BlockingTokenStorage> = raw.clone();
+        let inner: Arc<dyn BlockingCoordinatedTokenStorage> = raw.clone();
         (raw, SealedStorage::new(inner, keys))
     }
 
@@ -493,7 +469,7 @@ mod tests {
         let raw = Arc::new(InMemoryTokenStorage::new());
         BlockingTokenStorage::set_service_app_tokens(raw.as_ref(), &OrgId::from_static("planted"), &tokens())
             .unwrap();
-        let inner: Arc<dyn BlockingTokenStorage> = raw.clone();
+        let inner: Arc<dyn BlockingCoordinatedTokenStorage> = raw.clone();
         let strict = SealedStorage::new(inner.clone(), Some(keys.clone())).requiring_sealed(true);
         let err = strict.get_service_app_tokens(&OrgId::from_static("planted")).unwrap_err();
         assert_eq!(err.kind(), StorageErrorKind::Sealing);
@@ -522,9 +498,10 @@ mod tests {
         );
         assert!(store.save_pending_authorization("k1", &pending).unwrap());
         // Read straight from the inner store: sealed.
-        let at_rest = BlockingTokenStorage::take_pending_authorization(raw.as_ref(), "k1").unwrap().unwrap();
+        let at_rest =
+            BlockingCoordinatedTokenStorage::take_pending_authorization(raw.as_ref(), "k1").unwrap().unwrap();
         assert!(!at_rest.verifier.expose_secret().contains(&verifier), "sealed at rest");
-        BlockingTokenStorage::save_pending_authorization(raw.as_ref(), "k1", &at_rest).unwrap();
+        BlockingCoordinatedTokenStorage::save_pending_authorization(raw.as_ref(), "k1", &at_rest).unwrap();
         let back = store.take_pending_authorization("k1").unwrap().unwrap();
         assert_eq!(back.verifier.expose_secret(), verifier);
         // Bound to its key: moved to another, it does not open.
@@ -533,7 +510,7 @@ mod tests {
             "x",
             at_rest.expires_at,
         );
-        BlockingTokenStorage::save_pending_authorization(raw.as_ref(), "k2", &again).unwrap();
+        BlockingCoordinatedTokenStorage::save_pending_authorization(raw.as_ref(), "k2", &again).unwrap();
         assert_eq!(store.take_pending_authorization("k2").unwrap_err().kind(), StorageErrorKind::Sealing);
     }
 
@@ -543,7 +520,7 @@ mod tests {
     fn an_unreadable_record_is_kept_aside_when_replaced() {
         let (raw, old_store) = sealed(Some(StorageKeys::parse(&key_text(1)).unwrap()));
         old_store.set_service_app_tokens(&OrgId::from_static("org-1"), &tokens()).unwrap();
-        let inner: Arc<dyn BlockingTokenStorage> = raw.clone();
+        let inner: Arc<dyn BlockingCoordinatedTokenStorage> = raw.clone();
         let new_store = SealedStorage::new(inner, Some(StorageKeys::parse(&key_text(2)).unwrap()));
         assert_eq!(
             new_store.load(&TokenKey::org(&OrgId::from_static("org-1"))).unwrap_err().kind(),
@@ -561,7 +538,7 @@ mod tests {
             .into_iter()
             .find(|n| n.starts_with(&format!("unreadable-{tag}-")))
             .expect("kept aside");
-        let bytes = BlockingTokenStorage::load_state(raw.as_ref(), &kept).unwrap().unwrap().value;
+        let bytes = BlockingCoordinatedTokenStorage::load_state(raw.as_ref(), &kept).unwrap().unwrap().value;
         let aside = OAuthTokens::from_json(&bytes).unwrap();
         let opened = open_tokens(
             Some(&StorageKeys::parse(&key_text(1)).unwrap()),
@@ -593,7 +570,10 @@ mod tests {
         let (raw, store) = sealed(Some(old.clone()));
         store.set_integration_tokens(&tokens()).unwrap();
         let rotated = StorageKeys::parse(&format!("{},{}", key_text(2), key_text(1))).unwrap();
-        let store = SealedStorage::new(raw.clone() as Arc<dyn BlockingTokenStorage>, Some(rotated.clone()));
+        let store = SealedStorage::new(
+            raw.clone() as Arc<dyn BlockingCoordinatedTokenStorage>,
+            Some(rotated.clone()),
+        );
         let back = store.get_integration_tokens().unwrap().unwrap();
         assert!(back.access_token.ct_eq_str("ACCESS-CANARY"), "the previous key still opens");
         store.set_integration_tokens(&back).unwrap();
@@ -603,7 +583,7 @@ mod tests {
             "re-sealed under the current key"
         );
         let only_new = StorageKeys::parse(&key_text(2)).unwrap();
-        let store = SealedStorage::new(raw as Arc<dyn BlockingTokenStorage>, Some(only_new));
+        let store = SealedStorage::new(raw as Arc<dyn BlockingCoordinatedTokenStorage>, Some(only_new));
         assert!(store.get_integration_tokens().is_ok(), "the old key is no longer needed");
     }
 
@@ -614,7 +594,7 @@ mod tests {
         let (raw, store) = sealed(Some(keys));
         store.set_integration_tokens(&tokens()).unwrap();
         for other in [Some(StorageKeys::parse(&key_text(9)).unwrap()), None] {
-            let store = SealedStorage::new(raw.clone() as Arc<dyn BlockingTokenStorage>, other);
+            let store = SealedStorage::new(raw.clone() as Arc<dyn BlockingCoordinatedTokenStorage>, other);
             let e = store.get_integration_tokens().unwrap_err();
             assert_eq!(e.kind(), StorageErrorKind::Sealing);
             assert!(e.to_string().contains(&id) && !e.to_string().contains("CANARY"), "{e}");
@@ -626,7 +606,7 @@ mod tests {
         let (raw, _) = sealed(None);
         BlockingTokenStorage::set_integration_tokens(raw.as_ref(), &tokens()).unwrap();
         let store = SealedStorage::new(
-            raw as Arc<dyn BlockingTokenStorage>,
+            raw as Arc<dyn BlockingCoordinatedTokenStorage>,
             Some(StorageKeys::parse(&key_text(3)).unwrap()),
         );
         assert!(store.get_integration_tokens().unwrap().unwrap().access_token.ct_eq_str("ACCESS-CANARY"));

@@ -1,20 +1,17 @@
-//! Token storage: the six-method traits of the Python SDK `webex_byova` ([`TokenStorage`], async, and its blocking twin
-//! [`BlockingTokenStorage`]), the coordination layer shared backends implement instead
-//! ([`CoordinatedTokenStorage`], [`BlockingCoordinatedTokenStorage`]), and
-//! [`InMemoryTokenStorage`].
+//! Token storage: the primitives every store implements ([`CoordinatedTokenStorage`], async, and
+//! its blocking twin [`BlockingCoordinatedTokenStorage`]), the Python SDK's six methods provided
+//! on top of them ([`TokenStorage`], [`BlockingTokenStorage`]), [`SingleProcess`] for a store
+//! that has only the six, and [`InMemoryTokenStorage`].
 //!
-//! # Two layers
+//! # One surface
 //! The refresh path needs versions and leases: a **lease** per key so one process calls the
 //! token endpoint (efficiency), and a **version** on every record so a write based on a stale
-//! read is rejected (correctness). It reads them through the hooks of [`TokenStorage`]
-//! (`load`, `store`, the lease methods), whose defaults describe a single process, so a
-//! backend written against the Python SDK's six methods keeps working unchanged: it gets
-//! in-process single-flight and nothing more.
-//!
-//! A backend that coordinates for real implements the primitives once
-//! ([`CoordinatedTokenStorage`]: `load`, `store` with [`Expect`], `delete_org`, `list_orgs`,
-//! and the three lease methods); the Python SDK's six methods and the hooks are then provided for it
-//! by a blanket implementation.
+//! read is rejected (correctness). It reads and writes only through the primitives
+//! (`load`, `store` with [`Expect`], `delete_org`, `list_orgs`, the three lease methods,
+//! pending authorizations, shared states), declared once here for both flavours. Everything
+//! else is provided on top of them in this file: the Python SDK's six methods for every
+//! store, and the primitives of one process (no versions, leases always granted) for a store
+//! written against the six methods alone, through [`SingleProcess`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -172,14 +169,18 @@ pub fn state_conflict(name: &str) -> StorageError {
     )
 }
 
-/// Async token storage (the Python SDK's `TokenStorage` protocol) plus coordination hooks.
+/// Async token storage: the Python SDK's `TokenStorage` protocol, six methods.
 ///
-/// Implement the six methods for a simple store; implement [`CoordinatedTokenStorage`]
-/// instead for one that several processes share (this trait is then provided).
+/// Every store byova ships has these six methods, provided on top of its primitives
+/// ([`CoordinatedTokenStorage`]). A team's own store implements just these six and hands
+/// byova a [`SingleProcess`] around it, which provides the primitives for a store one process
+/// uses: records without versions, leases always granted (in-process single-flight does the
+/// work).
 ///
 /// ```
 /// use std::collections::HashMap;
 /// use std::sync::Mutex;
+/// use byova_core::backend::{CoordinatedTokenStorage, SingleProcess};
 /// use byova_core::{AccessToken, OAuthTokens, OrgId, StorageError, Timestamp, TokenKey, TokenStorage, async_trait};
 ///
 /// /// A team's own store: the Python SDK's six methods, nothing more.
@@ -213,12 +214,13 @@ pub fn state_conflict(name: &str) -> StorageError {
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let store = TeamStore::default();
+/// // What byova's managers take: `Arc<dyn CoordinatedTokenStorage>`.
+/// let store = std::sync::Arc::new(SingleProcess::new(TeamStore::default()));
 /// let org: OrgId = "63b02f90-9cc6-43b8-aa6d-cad425ac554c".parse()?;
 /// let tokens = OAuthTokens::new(AccessToken::new("a"), 3600, Timestamp::from_unix_secs(0));
 /// store.set_service_app_tokens(&org, &tokens).await?;
 /// assert_eq!(store.list_registered_orgs().await?, [org.clone()]);
-/// // The refresh path's hooks are provided for it: one process, unversioned records.
+/// // The primitives are provided for it: one process, unversioned records.
 /// assert!(!store.supports_coordination());
 /// assert_eq!(store.load(&TokenKey::org(&org)).await?.map(|r| r.version), Some(0));
 /// # Ok(()) }
@@ -242,116 +244,10 @@ pub trait TokenStorage: Send + Sync {
     async fn delete_service_app_tokens(&self, org_id: &OrgId) -> Result<(), StorageError>;
     /// Org ids with stored Service App tokens.
     async fn list_registered_orgs(&self) -> Result<Vec<OrgId>, StorageError>;
-
-    /// Whether [`load`](Self::load), [`store`](Self::store) and the leases below coordinate
-    /// for real (versions and exclusive leases). `false` by default.
-    fn supports_coordination(&self) -> bool {
-        false
-    }
-
-    /// Reads a record with its version ([`UNVERSIONED`] by default).
-    async fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
-        let value = match key {
-            TokenKey::Integration => self.get_integration_tokens().await?,
-            TokenKey::Org(org) => self.get_service_app_tokens(org).await?,
-        };
-        Ok(value.map(|value| Versioned { value, version: UNVERSIONED }))
-    }
-
-    /// Writes a record if `expect` holds, returning the new version; a stale `expect` fails
-    /// with [`StorageErrorKind::Conflict`](crate::StorageErrorKind::Conflict). The default
-    /// writes unconditionally.
-    async fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
-        let _ = expect;
-        match key {
-            TokenKey::Integration => self.set_integration_tokens(tokens).await?,
-            TokenKey::Org(org) => self.set_service_app_tokens(org, tokens).await?,
-        }
-        Ok(UNVERSIONED)
-    }
-
-    /// Removes an org's record if `expect` holds (a stale `expect` fails with
-    /// [`StorageErrorKind::Conflict`](crate::StorageErrorKind::Conflict)); an absent org is not
-    /// an error. The default removes unconditionally.
-    async fn delete_org(&self, org_id: &OrgId, expect: Expect) -> Result<(), StorageError> {
-        let _ = expect;
-        self.delete_service_app_tokens(org_id).await
-    }
-
-    /// Takes the lease on `key` for `ttl`, or `None` while another owner holds it. The default
-    /// always grants it (one process: in-process single-flight does the work).
-    async fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
-        let _ = ttl;
-        Ok(Some(Lease::new(key.clone())))
-    }
-
-    /// Releases a lease; a lease that expired and was taken by another owner is left alone.
-    async fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
-        let _ = lease;
-        Ok(())
-    }
-
-    /// Extends a lease to `ttl` from now if its owner still holds it; `false` when it expired
-    /// or another owner holds it now. The refresh path calls this right before it spends a
-    /// refresh token, so a holder that stalled past its lease never sends a token its
-    /// successor already used.
-    async fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
-        let _ = (lease, ttl);
-        Ok(true)
-    }
-    /// Keeps a pending authorization (see [`PendingAuthorization`]) under `key` (a
-    /// [`pending_key`](crate::backend::pending_key)) until its expiry, so a process sharing this store
-    /// can exchange its code. Returns whether it was kept; the default keeps nothing and
-    /// returns `false` (the process that built the URL still holds it in memory).
-    async fn save_pending_authorization(
-        &self,
-        key: &str,
-        pending: &PendingAuthorization,
-    ) -> Result<bool, StorageError> {
-        let _ = (key, pending);
-        Ok(false)
-    }
-
-    /// Removes and returns the pending authorization under `key`: exactly one caller gets it.
-    /// The default has none.
-    async fn take_pending_authorization(
-        &self,
-        key: &str,
-    ) -> Result<Option<PendingAuthorization>, StorageError> {
-        let _ = key;
-        Ok(None)
-    }
-
-    /// Reads many records at once (a daemon's resync reads every org), in the order of
-    /// `keys`. The default reads them one by one; a store that can batch them does.
-    async fn load_many(
-        &self,
-        keys: &[TokenKey],
-    ) -> Result<Vec<Option<Versioned<OAuthTokens>>>, StorageError> {
-        let mut all = Vec::with_capacity(keys.len());
-        for key in keys {
-            all.push(self.load(key).await?);
-        }
-        Ok(all)
-    }
-
-    /// Reads a small state every replica shares (the token budget) with its version. The
-    /// default fails with [`StorageErrorKind::Unsupported`](crate::StorageErrorKind::Unsupported):
-    /// the state then lives in each process.
-    async fn load_state(&self, name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError> {
-        let _ = name;
-        Err(unsupported_state())
-    }
-
-    /// Writes a shared state if `expect` holds (as [`store`](Self::store)), returning its new
-    /// version. The default: [`StorageErrorKind::Unsupported`](crate::StorageErrorKind::Unsupported).
-    async fn store_state(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StorageError> {
-        let _ = (name, bytes, expect);
-        Err(unsupported_state())
-    }
 }
 
-/// Blocking token storage: the same contract as [`TokenStorage`], without async.
+/// Blocking token storage: the same six methods as [`TokenStorage`], without async; a team's
+/// own store reaches byova through [`SingleProcess`], as there.
 pub trait BlockingTokenStorage: Send + Sync {
     /// Stored Integration tokens, or `None` when not authorized.
     fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError>;
@@ -361,209 +257,131 @@ pub trait BlockingTokenStorage: Send + Sync {
     fn get_service_app_tokens(&self, org_id: &OrgId) -> Result<Option<ServiceAppTokens>, StorageError>;
     /// Persists Service App tokens for an org.
     fn set_service_app_tokens(&self, org_id: &OrgId, tokens: &ServiceAppTokens) -> Result<(), StorageError>;
-    /// Removes an org's Service App tokens. Removing an absent org is not an error.
+    /// Removes an org's Service App tokens (deauthorization). Removing an absent org is not an
+    /// error.
     fn delete_service_app_tokens(&self, org_id: &OrgId) -> Result<(), StorageError>;
     /// Org ids with stored Service App tokens.
     fn list_registered_orgs(&self) -> Result<Vec<OrgId>, StorageError>;
+}
 
-    /// See [`TokenStorage::supports_coordination`].
-    fn supports_coordination(&self) -> bool {
-        false
-    }
+/// Declares the primitives, once: the async trait and its blocking twin are written from this
+/// one list, so their methods, defaults and documentation cannot drift apart.
+macro_rules! primitives {
+    ($(#[$attr:meta])* $name:ident $(, $async_kw:ident, $await:tt)?) => {
+        $(#[$attr])*
+        pub trait $name: Send + Sync {
+            /// Whether versions and leases coordinate for real: `true`, except for
+            /// [`SingleProcess`] (unversioned records, leases always granted).
+            fn supports_coordination(&self) -> bool {
+                true
+            }
 
-    /// See [`TokenStorage::load`].
-    fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
-        let value = match key {
-            TokenKey::Integration => self.get_integration_tokens()?,
-            TokenKey::Org(org) => self.get_service_app_tokens(org)?,
-        };
-        Ok(value.map(|value| Versioned { value, version: UNVERSIONED }))
-    }
+            /// Reads a record with its version.
+            $($async_kw)? fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError>;
 
-    /// See [`TokenStorage::store`].
-    fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
-        let _ = expect;
-        match key {
-            TokenKey::Integration => self.set_integration_tokens(tokens)?,
-            TokenKey::Org(org) => self.set_service_app_tokens(org, tokens)?,
+            /// Writes a record if `expect` holds, returning its new version; a stale `expect`
+            /// fails with [`StorageErrorKind::Conflict`](crate::StorageErrorKind::Conflict).
+            $($async_kw)? fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError>;
+
+            /// Removes an org's record if `expect` holds (a stale `expect` fails with
+            /// [`StorageErrorKind::Conflict`](crate::StorageErrorKind::Conflict)); an absent org
+            /// is not an error unless `expect` asks for a version.
+            $($async_kw)? fn delete_org(&self, org_id: &OrgId, expect: Expect) -> Result<(), StorageError>;
+
+            /// Org ids with a record.
+            $($async_kw)? fn list_orgs(&self) -> Result<Vec<OrgId>, StorageError>;
+
+            /// Takes the lease on `key` for `ttl`, or `None` while another owner holds it.
+            $($async_kw)? fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError>;
+
+            /// Releases a lease; a lease that expired and was taken by another owner is left
+            /// alone.
+            $($async_kw)? fn release_lease(&self, lease: &Lease) -> Result<(), StorageError>;
+
+            /// Extends a lease to `ttl` from now if its owner still holds it; `false` when it
+            /// expired or another owner holds it now. The refresh path calls this right before
+            /// it spends a refresh token, so a holder that stalled past its lease never sends a
+            /// token its successor already used.
+            $($async_kw)? fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError>;
+
+            /// Keeps a pending authorization (see [`PendingAuthorization`]) under `key` (a
+            /// [`pending_key`](crate::backend::pending_key)) until its expiry, so a process
+            /// sharing this store can exchange its code. Returns whether it was kept; by default
+            /// nothing is kept (the process that built the URL still holds it in memory).
+            $($async_kw)? fn save_pending_authorization(
+                &self,
+                key: &str,
+                pending: &PendingAuthorization,
+            ) -> Result<bool, StorageError> {
+                let _ = (key, pending);
+                Ok(false)
+            }
+
+            /// Removes and returns the pending authorization under `key`: exactly one caller
+            /// gets it. By default there is none.
+            $($async_kw)? fn take_pending_authorization(&self, key: &str) -> Result<Option<PendingAuthorization>, StorageError> {
+                let _ = key;
+                Ok(None)
+            }
+
+            /// Reads many records at once (a daemon's resync reads every org), in the order of
+            /// `keys`. By default one by one; a store that can batch them does.
+            $($async_kw)? fn load_many(&self, keys: &[TokenKey]) -> Result<Vec<Option<Versioned<OAuthTokens>>>, StorageError> {
+                let mut all = Vec::with_capacity(keys.len());
+                for key in keys {
+                    all.push(self.load(key)$(.$await)??);
+                }
+                Ok(all)
+            }
+
+            /// Reads a small state every replica shares (the token budget) with its version.
+            /// By default it fails with
+            /// [`StorageErrorKind::Unsupported`](crate::StorageErrorKind::Unsupported): the
+            /// state then lives in each process.
+            $($async_kw)? fn load_state(&self, name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError> {
+                let _ = name;
+                Err(unsupported_state())
+            }
+
+            /// Writes a shared state if `expect` holds (as `store`), returning its new version.
+            /// By default: [`StorageErrorKind::Unsupported`](crate::StorageErrorKind::Unsupported).
+            $($async_kw)? fn store_state(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StorageError> {
+                let _ = (name, bytes, expect);
+                Err(unsupported_state())
+            }
         }
-        Ok(UNVERSIONED)
-    }
-
-    /// See [`TokenStorage::delete_org`].
-    fn delete_org(&self, org_id: &OrgId, expect: Expect) -> Result<(), StorageError> {
-        let _ = expect;
-        self.delete_service_app_tokens(org_id)
-    }
-
-    /// See [`TokenStorage::try_acquire_lease`].
-    fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
-        let _ = ttl;
-        Ok(Some(Lease::new(key.clone())))
-    }
-
-    /// See [`TokenStorage::release_lease`].
-    fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
-        let _ = lease;
-        Ok(())
-    }
-
-    /// See [`TokenStorage::extend_lease`].
-    fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
-        let _ = (lease, ttl);
-        Ok(true)
-    }
-    /// See [`TokenStorage::save_pending_authorization`].
-    fn save_pending_authorization(
-        &self,
-        key: &str,
-        pending: &PendingAuthorization,
-    ) -> Result<bool, StorageError> {
-        let _ = (key, pending);
-        Ok(false)
-    }
-
-    /// See [`TokenStorage::take_pending_authorization`].
-    fn take_pending_authorization(&self, key: &str) -> Result<Option<PendingAuthorization>, StorageError> {
-        let _ = key;
-        Ok(None)
-    }
-
-    /// See [`TokenStorage::load_many`].
-    fn load_many(&self, keys: &[TokenKey]) -> Result<Vec<Option<Versioned<OAuthTokens>>>, StorageError> {
-        keys.iter().map(|key| self.load(key)).collect()
-    }
-
-    /// See [`TokenStorage::load_state`].
-    fn load_state(&self, name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError> {
-        let _ = name;
-        Err(unsupported_state())
-    }
-
-    /// See [`TokenStorage::store_state`].
-    fn store_state(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StorageError> {
-        let _ = (name, bytes, expect);
-        Err(unsupported_state())
-    }
+    };
 }
 
-/// The primitives of a store that several processes share: versioned records and leases.
-/// Implement these once; [`TokenStorage`] (the Python SDK's six methods and the hooks) is provided.
-///
-/// The contract, which `byova_testkit::conformance` checks: versions only grow, also across a
-/// delete and a re-create; [`store`](Self::store) applies only when [`Expect::admits`] the
-/// stored version and fails with a conflict otherwise; a lease is held by one owner at a time
-/// until released or until its time-to-live passes, and only its owner can release or extend
-/// it.
-#[async_trait]
-pub trait CoordinatedTokenStorage: Send + Sync {
-    /// Reads a record with its version.
-    async fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError>;
-    /// Writes a record if `expect` holds and returns its new version.
-    async fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError>;
-    /// Removes an org's record if `expect` holds; an absent org is not an error (unless
-    /// `expect` asks for a version).
-    async fn delete_org(&self, org_id: &OrgId, expect: Expect) -> Result<(), StorageError>;
-    /// Org ids with a record.
-    async fn list_orgs(&self) -> Result<Vec<OrgId>, StorageError>;
-    /// See [`TokenStorage::try_acquire_lease`].
-    async fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError>;
-    /// See [`TokenStorage::release_lease`].
-    async fn release_lease(&self, lease: &Lease) -> Result<(), StorageError>;
-    /// See [`TokenStorage::extend_lease`].
-    async fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError>;
-    /// See [`TokenStorage::save_pending_authorization`]; by default nothing is kept.
-    async fn save_pending_authorization(
-        &self,
-        key: &str,
-        pending: &PendingAuthorization,
-    ) -> Result<bool, StorageError> {
-        let _ = (key, pending);
-        Ok(false)
-    }
-    /// See [`TokenStorage::take_pending_authorization`].
-    async fn take_pending_authorization(
-        &self,
-        key: &str,
-    ) -> Result<Option<PendingAuthorization>, StorageError> {
-        let _ = key;
-        Ok(None)
-    }
-    /// See [`TokenStorage::load_many`]; by default one by one.
-    async fn load_many(
-        &self,
-        keys: &[TokenKey],
-    ) -> Result<Vec<Option<Versioned<OAuthTokens>>>, StorageError> {
-        let mut all = Vec::with_capacity(keys.len());
-        for key in keys {
-            all.push(self.load(key).await?);
-        }
-        Ok(all)
-    }
-    /// See [`TokenStorage::load_state`]; by default unsupported.
-    async fn load_state(&self, name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError> {
-        let _ = name;
-        Err(unsupported_state())
-    }
-    /// See [`TokenStorage::store_state`]; by default unsupported.
-    async fn store_state(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StorageError> {
-        let _ = (name, bytes, expect);
-        Err(unsupported_state())
-    }
-}
+primitives!(
+    /// The primitives of a token store, what the refresh path reads and writes: versioned
+    /// records, leases, pending authorizations and shared states. Implement these once; the
+    /// Python SDK's six methods ([`TokenStorage`]) are provided on top of them. byova's
+    /// managers take an `Arc<dyn CoordinatedTokenStorage>`.
+    ///
+    /// The refresh path needs a **lease** per key, so one process calls the token endpoint
+    /// (efficiency), and a **version** on every record, so a write based on a stale read is
+    /// rejected (correctness). The contract, which `byova_testkit::conformance` checks:
+    /// versions only grow, also across a delete and a re-create; `store` applies only when
+    /// [`Expect::admits`] the stored version and fails with a conflict otherwise; a lease is
+    /// held by one owner at a time until released or until its time-to-live passes, and only
+    /// its owner can release or extend it.
+    #[async_trait]
+    CoordinatedTokenStorage,
+    async,
+    await
+);
+primitives!(
+    /// The blocking twin of [`CoordinatedTokenStorage`], with the same methods and contract;
+    /// [`BlockingTokenStorage`] is provided on top of it.
+    BlockingCoordinatedTokenStorage
+);
 
-/// The blocking twin of [`CoordinatedTokenStorage`]; [`BlockingTokenStorage`] is provided.
-pub trait BlockingCoordinatedTokenStorage: Send + Sync {
-    /// See [`CoordinatedTokenStorage::load`].
-    fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError>;
-    /// See [`CoordinatedTokenStorage::store`].
-    fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError>;
-    /// See [`CoordinatedTokenStorage::delete_org`].
-    fn delete_org(&self, org_id: &OrgId, expect: Expect) -> Result<(), StorageError>;
-    /// See [`CoordinatedTokenStorage::list_orgs`].
-    fn list_orgs(&self) -> Result<Vec<OrgId>, StorageError>;
-    /// See [`TokenStorage::try_acquire_lease`].
-    fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError>;
-    /// See [`TokenStorage::release_lease`].
-    fn release_lease(&self, lease: &Lease) -> Result<(), StorageError>;
-    /// See [`TokenStorage::extend_lease`].
-    fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError>;
-    /// See [`TokenStorage::save_pending_authorization`]; by default nothing is kept.
-    fn save_pending_authorization(
-        &self,
-        key: &str,
-        pending: &PendingAuthorization,
-    ) -> Result<bool, StorageError> {
-        let _ = (key, pending);
-        Ok(false)
-    }
-    /// See [`TokenStorage::take_pending_authorization`].
-    fn take_pending_authorization(&self, key: &str) -> Result<Option<PendingAuthorization>, StorageError> {
-        let _ = key;
-        Ok(None)
-    }
-    /// See [`TokenStorage::load_many`]; by default one by one.
-    fn load_many(&self, keys: &[TokenKey]) -> Result<Vec<Option<Versioned<OAuthTokens>>>, StorageError> {
-        keys.iter().map(|key| self.load(key)).collect()
-    }
-    /// See [`TokenStorage::load_state`]; by default unsupported.
-    fn load_state(&self, name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError> {
-        let _ = name;
-        Err(unsupported_state())
-    }
-    /// See [`TokenStorage::store_state`]; by default unsupported.
-    fn store_state(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StorageError> {
-        let _ = (name, bytes, expect);
-        Err(unsupported_state())
-    }
-}
-
-/// Writes the Python SDK's six methods and the hooks over the coordinated primitives, once for each
-/// pair of traits.
+/// Writes the Python SDK's six methods over the primitives, once for each flavour.
 macro_rules! provide_seed_methods {
     ($(#[$attr:meta])* $seed:ident over $primitives:ident $(, $async_kw:ident, $await:tt)?) => {
         $(#[$attr])*
-        impl<S: $primitives> $seed for S {
+        impl<S: $primitives + ?Sized> $seed for S {
             $($async_kw)? fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
                 Ok($primitives::load(self, &TokenKey::Integration)$(.$await)??.map(|v| v.value))
             }
@@ -582,48 +400,84 @@ macro_rules! provide_seed_methods {
             $($async_kw)? fn list_registered_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
                 $primitives::list_orgs(self)$(.$await)?
             }
-            fn supports_coordination(&self) -> bool {
-                true
-            }
-            $($async_kw)? fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
-                $primitives::load(self, key)$(.$await)?
-            }
-            $($async_kw)? fn store(&self, key: &TokenKey, tokens: &OAuthTokens, expect: Expect) -> Result<u64, StorageError> {
-                $primitives::store(self, key, tokens, expect)$(.$await)?
-            }
-            $($async_kw)? fn delete_org(&self, org_id: &OrgId, expect: Expect) -> Result<(), StorageError> {
-                $primitives::delete_org(self, org_id, expect)$(.$await)?
-            }
-            $($async_kw)? fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
-                $primitives::try_acquire_lease(self, key, ttl)$(.$await)?
-            }
-            $($async_kw)? fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
-                $primitives::release_lease(self, lease)$(.$await)?
-            }
-            $($async_kw)? fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
-                $primitives::extend_lease(self, lease, ttl)$(.$await)?
-            }
-            $($async_kw)? fn save_pending_authorization(&self, key: &str, pending: &PendingAuthorization) -> Result<bool, StorageError> {
-                $primitives::save_pending_authorization(self, key, pending)$(.$await)?
-            }
-            $($async_kw)? fn take_pending_authorization(&self, key: &str) -> Result<Option<PendingAuthorization>, StorageError> {
-                $primitives::take_pending_authorization(self, key)$(.$await)?
-            }
-            $($async_kw)? fn load_many(&self, keys: &[TokenKey]) -> Result<Vec<Option<Versioned<OAuthTokens>>>, StorageError> {
-                $primitives::load_many(self, keys)$(.$await)?
-            }
-            $($async_kw)? fn load_state(&self, name: &str) -> Result<Option<Versioned<Vec<u8>>>, StorageError> {
-                $primitives::load_state(self, name)$(.$await)?
-            }
-            $($async_kw)? fn store_state(&self, name: &str, bytes: &[u8], expect: Expect) -> Result<u64, StorageError> {
-                $primitives::store_state(self, name, bytes, expect)$(.$await)?
-            }
         }
     };
 }
 
 provide_seed_methods!(#[async_trait] TokenStorage over CoordinatedTokenStorage, async, await);
 provide_seed_methods!(BlockingTokenStorage over BlockingCoordinatedTokenStorage);
+
+/// A store that has only the Python SDK's six methods ([`TokenStorage`] or
+/// [`BlockingTokenStorage`]), made a byova store for one process: its primitives are provided
+/// on top of the six. Records carry no version ([`UNVERSIONED`]) and every write applies,
+/// whatever it expects; a lease is always granted; nothing pending or shared is kept. Within
+/// one process, single-flight still makes one refresh per key at a time; processes sharing
+/// such a store each refresh on their own, so give several replicas a coordinating store.
+///
+/// [`supports_coordination`](CoordinatedTokenStorage::supports_coordination) answers `false`.
+#[derive(Clone, Debug, Default)]
+pub struct SingleProcess<S>(S);
+
+impl<S> SingleProcess<S> {
+    /// `store`, used by one process.
+    pub fn new(store: S) -> Self {
+        SingleProcess(store)
+    }
+
+    /// The store inside.
+    pub fn get_ref(&self) -> &S {
+        &self.0
+    }
+
+    /// The store inside, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.0
+    }
+}
+
+/// The primitives of [`SingleProcess`] over one flavour's six methods.
+macro_rules! single_process_impl {
+    ($(#[$attr:meta])* $primitives:ident over $seed:ident $(, $async_kw:ident, $await:tt)?) => {
+        $(#[$attr])*
+        impl<S: $seed> $primitives for SingleProcess<S> {
+            fn supports_coordination(&self) -> bool {
+                false
+            }
+            $($async_kw)? fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
+                let value = match key {
+                    TokenKey::Integration => self.0.get_integration_tokens()$(.$await)??,
+                    TokenKey::Org(org) => self.0.get_service_app_tokens(org)$(.$await)??,
+                };
+                Ok(value.map(|value| Versioned { value, version: UNVERSIONED }))
+            }
+            $($async_kw)? fn store(&self, key: &TokenKey, tokens: &OAuthTokens, _expect: Expect) -> Result<u64, StorageError> {
+                match key {
+                    TokenKey::Integration => self.0.set_integration_tokens(tokens)$(.$await)??,
+                    TokenKey::Org(org) => self.0.set_service_app_tokens(org, tokens)$(.$await)??,
+                }
+                Ok(UNVERSIONED)
+            }
+            $($async_kw)? fn delete_org(&self, org_id: &OrgId, _expect: Expect) -> Result<(), StorageError> {
+                self.0.delete_service_app_tokens(org_id)$(.$await)?
+            }
+            $($async_kw)? fn list_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
+                self.0.list_registered_orgs()$(.$await)?
+            }
+            $($async_kw)? fn try_acquire_lease(&self, key: &TokenKey, _ttl: Duration) -> Result<Option<Lease>, StorageError> {
+                Ok(Some(Lease::new(key.clone())))
+            }
+            $($async_kw)? fn release_lease(&self, _lease: &Lease) -> Result<(), StorageError> {
+                Ok(())
+            }
+            $($async_kw)? fn extend_lease(&self, _lease: &Lease, _ttl: Duration) -> Result<bool, StorageError> {
+                Ok(true)
+            }
+        }
+    };
+}
+
+single_process_impl!(#[async_trait] CoordinatedTokenStorage over TokenStorage, async, await);
+single_process_impl!(BlockingCoordinatedTokenStorage over BlockingTokenStorage);
 
 /// In-process token storage for development and tests; tokens are lost when the process exits.
 ///
@@ -936,8 +790,8 @@ mod tests {
     }
 
     #[test]
-    fn six_method_backends_get_single_process_defaults() {
-        let s = SixMethods::default();
+    fn six_method_backends_get_single_process_primitives() {
+        let s = SingleProcess::new(SixMethods::default());
         assert!(!s.supports_coordination());
         assert!(s.load(&TokenKey::Integration).unwrap().is_none());
         assert_eq!(s.store(&TokenKey::Integration, &tokens("a"), Expect::Version(7)).unwrap(), UNVERSIONED);
@@ -964,11 +818,12 @@ mod tests {
     fn memory_versions_never_repeat_after_delete() {
         let s = InMemoryTokenStorage::new();
         let key = TokenKey::org(&OrgId::from_static("o"));
-        let v1 = BlockingTokenStorage::store(&s, &key, &tokens("a"), Expect::Absent).unwrap();
+        let v1 = BlockingCoordinatedTokenStorage::store(&s, &key, &tokens("a"), Expect::Absent).unwrap();
         BlockingTokenStorage::delete_service_app_tokens(&s, &OrgId::from_static("o")).unwrap();
-        let v2 = BlockingTokenStorage::store(&s, &key, &tokens("b"), Expect::Absent).unwrap();
+        let v2 = BlockingCoordinatedTokenStorage::store(&s, &key, &tokens("b"), Expect::Absent).unwrap();
         assert!(v2 > v1);
-        let err = BlockingTokenStorage::store(&s, &key, &tokens("c"), Expect::Version(v1)).unwrap_err();
+        let err =
+            BlockingCoordinatedTokenStorage::store(&s, &key, &tokens("c"), Expect::Version(v1)).unwrap_err();
         assert_eq!(err.kind(), StorageErrorKind::Conflict);
         assert!(err.is_retryable());
     }

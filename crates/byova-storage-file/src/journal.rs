@@ -17,9 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use byova_core::{
-    BlockingTokenStorage, Clock, OAuthTokens, OrgId, ServiceAppTokens, StorageError, StorageErrorKind,
-    SystemClock, TokenKey, TokenStorage,
-    backend::{Expect, Lease, PendingAuthorization, Versioned, journal_replay},
+    Clock, OAuthTokens, OrgId, StorageError, StorageErrorKind, SystemClock, TokenKey,
+    backend::{
+        BlockingCoordinatedTokenStorage, CoordinatedTokenStorage, Expect, Lease, PendingAuthorization,
+        Versioned, journal_replay,
+    },
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -282,24 +284,6 @@ macro_rules! journaled_impl {
 
         $(#[$attr])*
         impl $trait for Journaled<dyn $trait> {
-            $($async_kw)? fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
-                Ok(self.load(&TokenKey::Integration)$(.$await)??.map(|v| v.value))
-            }
-            $($async_kw)? fn set_integration_tokens(&self, tokens: &OAuthTokens) -> Result<(), StorageError> {
-                self.store(&TokenKey::Integration, tokens, Expect::Any)$(.$await)?.map(drop)
-            }
-            $($async_kw)? fn get_service_app_tokens(&self, org_id: &OrgId) -> Result<Option<ServiceAppTokens>, StorageError> {
-                Ok(self.load(&TokenKey::org(org_id))$(.$await)??.map(|v| v.value))
-            }
-            $($async_kw)? fn set_service_app_tokens(&self, org_id: &OrgId, tokens: &ServiceAppTokens) -> Result<(), StorageError> {
-                self.store(&TokenKey::org(org_id), tokens, Expect::Any)$(.$await)?.map(drop)
-            }
-            $($async_kw)? fn delete_service_app_tokens(&self, org_id: &OrgId) -> Result<(), StorageError> {
-                self.inner.delete_service_app_tokens(org_id)$(.$await)?
-            }
-            $($async_kw)? fn list_registered_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
-                self.inner.list_registered_orgs()$(.$await)?
-            }
             fn supports_coordination(&self) -> bool {
                 self.inner.supports_coordination()
             }
@@ -321,6 +305,9 @@ macro_rules! journaled_impl {
             }
             $($async_kw)? fn delete_org(&self, org_id: &OrgId, expect: Expect) -> Result<(), StorageError> {
                 self.inner.delete_org(org_id, expect)$(.$await)?
+            }
+            $($async_kw)? fn list_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
+                self.inner.list_orgs()$(.$await)?
             }
             $($async_kw)? fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
                 self.inner.try_acquire_lease(key, ttl)$(.$await)?
@@ -355,16 +342,16 @@ fn inline<T>(work: impl FnOnce() -> T) -> T {
     work()
 }
 
-journaled_impl!(BlockingTokenStorage, inline);
+journaled_impl!(BlockingCoordinatedTokenStorage, inline);
 
-impl Journaled<dyn BlockingTokenStorage> {
+impl Journaled<dyn BlockingCoordinatedTokenStorage> {
     /// `inner` with a journal in `dir` (created `0700`); entries left by an earlier process are
     /// replayed first.
     ///
     /// # Errors
     /// When the directory cannot be created or is not private.
     pub fn open_blocking(
-        inner: Arc<dyn BlockingTokenStorage>,
+        inner: Arc<dyn BlockingCoordinatedTokenStorage>,
         dir: impl AsRef<Path>,
     ) -> Result<Arc<Self>, StorageError> {
         let journaled = Arc::new(Self::with_dir(inner, dir.as_ref().to_path_buf())?);
@@ -389,20 +376,20 @@ mod async_impl {
 
     journaled_impl!(
         #[async_trait]
-        TokenStorage,
+        CoordinatedTokenStorage,
         offload,
         async,
         await
     );
 
-    impl Journaled<dyn TokenStorage> {
+    impl Journaled<dyn CoordinatedTokenStorage> {
         /// `inner` with a journal in `dir` (created `0700`); entries left by an earlier
         /// process are replayed first.
         ///
         /// # Errors
         /// When the directory cannot be created or is not private.
         pub async fn open(
-            inner: Arc<dyn TokenStorage>,
+            inner: Arc<dyn CoordinatedTokenStorage>,
             dir: impl AsRef<Path>,
         ) -> Result<Arc<Self>, StorageError> {
             let dir = dir.as_ref().to_path_buf();

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use byova_core::{
-    AccessToken, BlockingTokenStorage, OAuthTokens, StorageErrorKind, Timestamp, TokenKey, backend::Expect,
+    AccessToken, BlockingTokenStorage, OAuthTokens, StorageErrorKind, Timestamp, TokenKey,
+    backend::{BlockingCoordinatedTokenStorage, Expect},
 };
 use byova_storage_file::FileTokenStorage;
 use byova_testkit::conformance;
@@ -513,16 +514,16 @@ impl byova_core::backend::BlockingCoordinatedTokenStorage for Outage {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(byova_core::StorageError::unavailable("the store is down"));
         }
-        BlockingTokenStorage::load(&self.inner, key)
+        BlockingCoordinatedTokenStorage::load(&self.inner, key)
     }
     fn store(&self, key: &TokenKey, t: &OAuthTokens, e: Expect) -> Result<u64, byova_core::StorageError> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(byova_core::StorageError::unavailable("the store is down"));
         }
-        BlockingTokenStorage::store(&self.inner, key, t, e)
+        BlockingCoordinatedTokenStorage::store(&self.inner, key, t, e)
     }
     fn delete_org(&self, org: &OrgId, e: Expect) -> Result<(), byova_core::StorageError> {
-        BlockingTokenStorage::delete_org(&self.inner, org, e)
+        BlockingCoordinatedTokenStorage::delete_org(&self.inner, org, e)
     }
     fn list_orgs(&self) -> Result<Vec<OrgId>, byova_core::StorageError> {
         BlockingTokenStorage::list_registered_orgs(&self.inner)
@@ -532,17 +533,17 @@ impl byova_core::backend::BlockingCoordinatedTokenStorage for Outage {
         key: &TokenKey,
         ttl: Duration,
     ) -> Result<Option<byova_core::backend::Lease>, byova_core::StorageError> {
-        BlockingTokenStorage::try_acquire_lease(&self.inner, key, ttl)
+        BlockingCoordinatedTokenStorage::try_acquire_lease(&self.inner, key, ttl)
     }
     fn release_lease(&self, lease: &byova_core::backend::Lease) -> Result<(), byova_core::StorageError> {
-        BlockingTokenStorage::release_lease(&self.inner, lease)
+        BlockingCoordinatedTokenStorage::release_lease(&self.inner, lease)
     }
     fn extend_lease(
         &self,
         lease: &byova_core::backend::Lease,
         ttl: Duration,
     ) -> Result<bool, byova_core::StorageError> {
-        BlockingTokenStorage::extend_lease(&self.inner, lease, ttl)
+        BlockingCoordinatedTokenStorage::extend_lease(&self.inner, lease, ttl)
     }
 }
 
@@ -558,7 +559,8 @@ fn the_journal_replays_what_the_store_never_confirmed() {
     let at = |ago: u64| now.saturating_sub(Duration::from_secs(ago));
     let tokens = |access: &str, obtained| OAuthTokens::new(AccessToken::new(access), 3600, obtained);
     let old =
-        BlockingTokenStorage::store(store.as_ref(), &key, &tokens("OLD", at(100)), Expect::Absent).unwrap();
+        BlockingCoordinatedTokenStorage::store(store.as_ref(), &key, &tokens("OLD", at(100)), Expect::Absent)
+            .unwrap();
     let journaled = Journaled::open_blocking(store.clone(), &dir).unwrap();
     // Confirmed writes leave nothing behind.
     let v = journaled.store(&key, &tokens("A", at(90)), Expect::Version(old)).unwrap();
@@ -589,10 +591,10 @@ fn the_journal_replays_what_the_store_never_confirmed() {
     store.down.store(false, std::sync::atomic::Ordering::SeqCst);
     let journaled = Journaled::open_blocking(store.clone(), &dir).unwrap();
     assert_eq!(journaled.pending(), 0);
-    let stored = BlockingTokenStorage::load(store.as_ref(), &key).unwrap().unwrap().value;
+    let stored = BlockingCoordinatedTokenStorage::load(store.as_ref(), &key).unwrap().unwrap().value;
     assert!(stored.access_token.ct_eq_str("B"), "the kept tokens replace the older record");
     assert!(
-        BlockingTokenStorage::load(store.as_ref(), &first_org)
+        BlockingCoordinatedTokenStorage::load(store.as_ref(), &first_org)
             .unwrap()
             .unwrap()
             .value
@@ -606,8 +608,8 @@ fn the_journal_replays_what_the_store_never_confirmed() {
     let gone = TokenKey::org(&OrgId::from_static("org-gone"));
     journaled.store(&gone, &tokens("GONE", at(20)), Expect::Version(7)).unwrap_err();
     store.down.store(false, std::sync::atomic::Ordering::SeqCst);
-    let current = BlockingTokenStorage::load(store.as_ref(), &key).unwrap().unwrap();
-    BlockingTokenStorage::store(
+    let current = BlockingCoordinatedTokenStorage::load(store.as_ref(), &key).unwrap().unwrap();
+    BlockingCoordinatedTokenStorage::store(
         store.as_ref(),
         &key,
         &tokens("NEWER", at(10)),
@@ -617,14 +619,14 @@ fn the_journal_replays_what_the_store_never_confirmed() {
     let report = journaled.replay().unwrap();
     assert_eq!((report.stored, report.dropped, report.kept), (0, 2, 0));
     assert!(
-        BlockingTokenStorage::load(store.as_ref(), &key)
+        BlockingCoordinatedTokenStorage::load(store.as_ref(), &key)
             .unwrap()
             .unwrap()
             .value
             .access_token
             .ct_eq_str("NEWER")
     );
-    assert!(BlockingTokenStorage::load(store.as_ref(), &gone).unwrap().is_none());
+    assert!(BlockingCoordinatedTokenStorage::load(store.as_ref(), &gone).unwrap().is_none());
     // An entry that cannot be read is moved aside, not replayed and not lost.
     std::fs::write(dir.join("entry-00-1.json"), b"{not json").unwrap();
     let report = journaled.replay().unwrap();
@@ -658,7 +660,9 @@ fn crashed_writes_leave_nothing_behind_after_a_restart() {
 
 fn main() {
     if herd::child_main(
-        |url| Box::pin(async move { open_file(&url) as Arc<dyn byova_core::TokenStorage> }),
+        |url| {
+            Box::pin(async move { open_file(&url) as Arc<dyn byova_core::backend::CoordinatedTokenStorage> })
+        },
         |url| open_file(url),
     ) {
         return;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use byova_core::{
     AccessToken, BlockingTokenStorage, Clock, OAuthTokens, StorageError, StorageErrorKind, SystemClock,
     Timestamp, TokenKey, TokenStorage, async_trait,
-    backend::{Expect, Versioned},
+    backend::{BlockingCoordinatedTokenStorage, CoordinatedTokenStorage, Expect, Versioned},
 };
 use byova_storage_redis::RedisTokenStorage;
 use byova_testkit::{FakeWebex, conformance};
@@ -266,7 +266,7 @@ fn open_redis(url: &str) -> Arc<RedisTokenStorage> {
 fn a_late_write_from_an_expired_lease_holder_is_rejected(url: &str) {
     let prefix = unique_prefix("late");
     let store = RedisTokenStorage::open(&with_prefix(url, &prefix)).unwrap();
-    let store: &dyn BlockingTokenStorage = &store;
+    let store: &dyn BlockingCoordinatedTokenStorage = &store;
     let key = TokenKey::Integration;
     let v1 = store.store(&key, &counter(1), Expect::Absent).unwrap();
     let a = store.try_acquire_lease(&key, Duration::from_millis(200)).unwrap().expect("A gets the lease");
@@ -297,54 +297,39 @@ struct Stalling {
 }
 
 #[async_trait]
-impl TokenStorage for Stalling {
-    async fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
-        TokenStorage::get_integration_tokens(&self.inner).await
+impl CoordinatedTokenStorage for Stalling {
+    async fn delete_org(&self, org: &OrgId, e: Expect) -> Result<(), StorageError> {
+        CoordinatedTokenStorage::delete_org(&self.inner, org, e).await
     }
-    async fn set_integration_tokens(&self, t: &OAuthTokens) -> Result<(), StorageError> {
-        TokenStorage::set_integration_tokens(&self.inner, t).await
-    }
-    async fn get_service_app_tokens(&self, org: &OrgId) -> Result<Option<OAuthTokens>, StorageError> {
-        TokenStorage::get_service_app_tokens(&self.inner, org).await
-    }
-    async fn set_service_app_tokens(&self, org: &OrgId, t: &OAuthTokens) -> Result<(), StorageError> {
-        TokenStorage::set_service_app_tokens(&self.inner, org, t).await
-    }
-    async fn delete_service_app_tokens(&self, org: &OrgId) -> Result<(), StorageError> {
-        TokenStorage::delete_service_app_tokens(&self.inner, org).await
-    }
-    async fn list_registered_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
-        TokenStorage::list_registered_orgs(&self.inner).await
-    }
-    fn supports_coordination(&self) -> bool {
-        true
+    async fn list_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
+        CoordinatedTokenStorage::list_orgs(&self.inner).await
     }
     async fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
-        let loaded = TokenStorage::load(&self.inner, key).await;
+        let loaded = CoordinatedTokenStorage::load(&self.inner, key).await;
         if self.loads.fetch_add(1, Ordering::SeqCst) + 1 == self.stall_on {
             tokio::time::sleep(self.stall).await;
         }
         loaded
     }
     async fn store(&self, key: &TokenKey, t: &OAuthTokens, e: Expect) -> Result<u64, StorageError> {
-        TokenStorage::store(&self.inner, key, t, e).await
+        CoordinatedTokenStorage::store(&self.inner, key, t, e).await
     }
     async fn try_acquire_lease(
         &self,
         key: &TokenKey,
         ttl: Duration,
     ) -> Result<Option<byova_core::backend::Lease>, StorageError> {
-        TokenStorage::try_acquire_lease(&self.inner, key, ttl).await
+        CoordinatedTokenStorage::try_acquire_lease(&self.inner, key, ttl).await
     }
     async fn release_lease(&self, lease: &byova_core::backend::Lease) -> Result<(), StorageError> {
-        TokenStorage::release_lease(&self.inner, lease).await
+        CoordinatedTokenStorage::release_lease(&self.inner, lease).await
     }
     async fn extend_lease(
         &self,
         lease: &byova_core::backend::Lease,
         ttl: Duration,
     ) -> Result<bool, StorageError> {
-        TokenStorage::extend_lease(&self.inner, lease, ttl).await
+        CoordinatedTokenStorage::extend_lease(&self.inner, lease, ttl).await
     }
 }
 
@@ -449,7 +434,7 @@ fn a_redis_restart_gives_retryable_errors_and_loses_nothing() {
     start_redis(port, &dir);
     let url = format!("redis://127.0.0.1:{port}/0?prefix=restart");
     let store = RedisTokenStorage::open(&url).unwrap();
-    let bs: &dyn BlockingTokenStorage = &store;
+    let bs: &dyn BlockingCoordinatedTokenStorage = &store;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     bs.set_service_app_tokens(&OrgId::from_static("org-1"), &counter(7)).unwrap();
     rt.block_on(TokenStorage::set_integration_tokens(&store, &counter(8))).unwrap();
@@ -489,7 +474,7 @@ fn store_faults_during_a_refresh(url: &str) {
         with_prefix(url, &prefix)
     };
     let open: byova_tests::netfaults::Open =
-        Box::new(|url| Box::pin(async move { open_redis(&url) as Arc<dyn TokenStorage> }));
+        Box::new(|url| Box::pin(async move { open_redis(&url) as Arc<dyn CoordinatedTokenStorage> }));
     let rows = byova_tests::netfaults::refresh_matrix(&rt, url, &fresh, &open);
     byova_tests::netfaults::print("redis", &rows);
     for prefix in prefixes.into_inner().unwrap() {
@@ -499,7 +484,7 @@ fn store_faults_during_a_refresh(url: &str) {
 
 fn main() {
     if herd::child_main(
-        |url| Box::pin(async move { open_redis(&url) as Arc<dyn TokenStorage> }),
+        |url| Box::pin(async move { open_redis(&url) as Arc<dyn CoordinatedTokenStorage> }),
         |url| open_redis(url),
     ) {
         return;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use byova_core::{
     AccessToken, BlockingTokenStorage, OAuthTokens, StorageErrorKind, Timestamp, TokenKey, TokenStorage,
-    backend::Expect,
+    backend::{CoordinatedTokenStorage, Expect},
 };
 use byova_storage_sql::{SqlTokenStorage, SqliteBlockingStorage};
 use byova_testkit::conformance;
@@ -94,8 +94,12 @@ fn multi_process_herd(url: &str, flavour: herd::Flavour) {
     }
 }
 
-fn open_sqlx(url: String) -> std::pin::Pin<Box<dyn std::future::Future<Output = Arc<dyn TokenStorage>>>> {
-    Box::pin(async move { Arc::new(SqlTokenStorage::connect(&url).await.unwrap()) as Arc<dyn TokenStorage> })
+fn open_sqlx(
+    url: String,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Arc<dyn CoordinatedTokenStorage>>>> {
+    Box::pin(async move {
+        Arc::new(SqlTokenStorage::connect(&url).await.unwrap()) as Arc<dyn CoordinatedTokenStorage>
+    })
 }
 
 fn late_write_affects_no_row(url: &str) {

@@ -1,5 +1,8 @@
-//! The storage conformance suite: the whole [`TokenStorage`] / [`BlockingTokenStorage`]
-//! contract as public functions any backend's own tests call.
+//! The storage conformance suite: the whole contract of a store's primitives
+//! ([`CoordinatedTokenStorage`] / [`BlockingCoordinatedTokenStorage`]) and of the Python SDK's
+//! six methods provided on them ([`TokenStorage`] / [`BlockingTokenStorage`]), as public
+//! functions any backend's own tests call. A store with only the six methods is checked
+//! through [`SingleProcess`](byova_core::backend::SingleProcess).
 //!
 //! ```no_run
 //! # async fn example() {
@@ -22,7 +25,7 @@
 //! every org id it uses carries a random per-run prefix, and list checks are about its own ids.
 //! It does write the Integration record. Coordination cases (versioned writes and deletes,
 //! leases, concurrent versioned writers) run when the backend reports
-//! [`supports_coordination`](TokenStorage::supports_coordination); otherwise they are listed in
+//! [`supports_coordination`](CoordinatedTokenStorage::supports_coordination); otherwise they are listed in
 //! [`ConformanceReport::skipped`]. The pending-authorization case runs when the backend keeps
 //! them (its `save_pending_authorization` returns `true`).
 //!
@@ -36,7 +39,10 @@ use std::time::Duration;
 use byova_core::{
     AccessToken, BlockingTokenStorage, Clock, OAuthTokens, OrgId, RefreshToken, StorageError,
     StorageErrorKind, SystemClock, Timestamp, TokenKey, TokenStorage,
-    backend::{Expect, Lease, PendingAuthorization, Versioned, pending_key},
+    backend::{
+        BlockingCoordinatedTokenStorage, CoordinatedTokenStorage, Expect, Lease, PendingAuthorization,
+        Versioned, pending_key,
+    },
     oauth::PkceCodeVerifier,
 };
 
@@ -59,8 +65,8 @@ type Res<T> = Result<T, StorageError>;
 /// Either flavour of storage behind one async face, so the suite is written once.
 #[derive(Clone)]
 enum Target {
-    Async(Arc<dyn TokenStorage>),
-    Blocking(Arc<dyn BlockingTokenStorage>),
+    Async(Arc<dyn CoordinatedTokenStorage>),
+    Blocking(Arc<dyn BlockingCoordinatedTokenStorage>),
 }
 
 macro_rules! dispatch {
@@ -147,7 +153,7 @@ impl Target {
 /// # Panics
 /// When any case fails, naming every failed case.
 pub async fn check_token_storage(
-    storage: Arc<dyn TokenStorage>,
+    storage: Arc<dyn CoordinatedTokenStorage>,
     corrupt: Option<Corrupter>,
 ) -> ConformanceReport {
     run(Target::Async(storage), corrupt).await
@@ -159,7 +165,7 @@ pub async fn check_token_storage(
 /// # Panics
 /// When any case fails, naming every failed case.
 pub fn check_blocking_token_storage(
-    storage: Arc<dyn BlockingTokenStorage>,
+    storage: Arc<dyn BlockingCoordinatedTokenStorage>,
     corrupt: Option<Corrupter>,
 ) -> ConformanceReport {
     let rt = tokio::runtime::Builder::new_multi_thread()

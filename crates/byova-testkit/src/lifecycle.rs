@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use byova_core::{
-    BlockingTokenStorage, InMemoryTokenStorage, TokenKey, TokenStorage, WebhookSecret,
+    InMemoryTokenStorage, TokenKey, WebhookSecret,
+    backend::{BlockingCoordinatedTokenStorage, CoordinatedTokenStorage},
     webhook::ServiceAppEventKind,
 };
 
@@ -21,7 +22,7 @@ use super::{Flavour, ORG, Sdk, World, org_id, world_on};
 use crate::fake::{DeliveryShape, Endpoint};
 
 /// One store, seen through both storage traits.
-pub type Stores = (Arc<dyn TokenStorage>, Arc<dyn BlockingTokenStorage>);
+pub type Stores = (Arc<dyn CoordinatedTokenStorage>, Arc<dyn BlockingCoordinatedTokenStorage>);
 
 /// Makes a fresh, empty store for each cell of the matrix.
 pub type StoreFactory = Arc<dyn Fn() -> Stores + Send + Sync>;

@@ -19,7 +19,10 @@ use byova_core::{
     AccessToken, BlockingTokenStorage, ByovaConfig, Clock, Error, InMemoryTokenStorage,
     IntegrationCredentials, KeyStatus, OAuthTokens, OrgId, RefreshToken, ServiceAppCredentials, StorageError,
     SystemClock, TokenKey, TokenState, TokenStorage, WebhookSecret,
-    backend::{PendingAuthorization, pending_key},
+    backend::{
+        BlockingCoordinatedTokenStorage, CoordinatedTokenStorage, PendingAuthorization, SingleProcess,
+        pending_key,
+    },
     webhook::ServiceAppEventKind,
 };
 
@@ -44,11 +47,11 @@ pub struct Setup {
     pub service_app: ServiceAppCredentials,
     /// The in-memory store behind both trait objects below, for the scenarios' own checks.
     pub storage: Arc<InMemoryTokenStorage>,
-    /// The storage an async flavour uses (`storage`, or `storage` without its coordination
-    /// hooks, as a six-method backend).
-    pub async_storage: Arc<dyn TokenStorage>,
+    /// The storage an async flavour uses (`storage`, or `storage` seen as a six-method
+    /// backend through `SingleProcess`).
+    pub async_storage: Arc<dyn CoordinatedTokenStorage>,
     /// The storage a blocking flavour uses.
-    pub blocking_storage: Arc<dyn BlockingTokenStorage>,
+    pub blocking_storage: Arc<dyn BlockingCoordinatedTokenStorage>,
     /// The clock.
     pub clock: Arc<dyn Clock>,
     /// The webhook secret deliveries are verified with.
@@ -183,12 +186,17 @@ fn world(flavour: &dyn Flavour, secret: Option<&str>) -> World {
 
 fn world_with(flavour: &dyn Flavour, secret: Option<&str>, coordinated: bool) -> World {
     let storage = Arc::new(InMemoryTokenStorage::new());
-    let (async_storage, blocking_storage): (Arc<dyn TokenStorage>, Arc<dyn BlockingTokenStorage>) =
-        if coordinated {
-            (storage.clone(), storage.clone())
-        } else {
-            (Arc::new(SixMethodsOnly(storage.clone())), Arc::new(SixMethodsOnly(storage.clone())))
-        };
+    let (async_storage, blocking_storage): (
+        Arc<dyn CoordinatedTokenStorage>,
+        Arc<dyn BlockingCoordinatedTokenStorage>,
+    ) = if coordinated {
+        (storage.clone(), storage.clone())
+    } else {
+        (
+            Arc::new(SingleProcess::new(SixMethodsOnly(storage.clone()))),
+            Arc::new(SingleProcess::new(SixMethodsOnly(storage.clone()))),
+        )
+    };
     world_on(flavour, secret, storage, async_storage, blocking_storage)
 }
 
@@ -196,8 +204,8 @@ fn world_on(
     flavour: &dyn Flavour,
     secret: Option<&str>,
     storage: Arc<InMemoryTokenStorage>,
-    async_storage: Arc<dyn TokenStorage>,
-    blocking_storage: Arc<dyn BlockingTokenStorage>,
+    async_storage: Arc<dyn CoordinatedTokenStorage>,
+    blocking_storage: Arc<dyn BlockingCoordinatedTokenStorage>,
 ) -> World {
     let fake = Arc::new(FakeWebex::start());
     let mut integration = fake.integration_credentials();
@@ -268,8 +276,8 @@ impl World {
     }
 }
 
-/// A store offering only the Python SDK's six methods: the coordination hooks keep their
-/// single-process defaults, so only in-process single-flight stands between a herd and Webex.
+/// A store offering only the Python SDK's six methods, given to byova through
+/// [`SingleProcess`]: only in-process single-flight stands between a herd and Webex.
 struct SixMethodsOnly(Arc<InMemoryTokenStorage>);
 
 #[byova_core::async_trait]
@@ -600,9 +608,13 @@ async fn exchange_code_for_state_in_another_instance(f: Arc<dyn Flavour>) {
         w.setup.integration.redirect_uri.clone(),
         w.now().saturating_sub(Duration::from_secs(660)),
     );
-    TokenStorage::save_pending_authorization(w.setup.storage.as_ref(), &pending_key("old-state"), &old)
-        .await
-        .unwrap();
+    CoordinatedTokenStorage::save_pending_authorization(
+        w.setup.storage.as_ref(),
+        &pending_key("old-state"),
+        &old,
+    )
+    .await
+    .unwrap();
     let expired = other.exchange_code_for_state("c".into(), "old-state".into()).await.unwrap_err();
     assert!(matches!(expired, Error::UnknownAuthorizationState), "{expired:?}");
     assert_eq!(w.fake.calls(Endpoint::AccessToken), 1, "only the one real exchange reached Webex");

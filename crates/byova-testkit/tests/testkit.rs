@@ -564,13 +564,13 @@ async fn sealed_storage_passes_the_suite_in_both_flavours() {
     use byova_core::{SealedStorage, StorageKeys};
     let keys = StorageKeys::parse("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=").unwrap();
     let raw = Arc::new(InMemoryTokenStorage::new());
-    let sealed: Arc<dyn TokenStorage> =
-        Arc::new(SealedStorage::new(raw.clone() as Arc<dyn TokenStorage>, Some(keys.clone())));
+    let sealed: Arc<dyn CoordinatedTokenStorage> =
+        Arc::new(SealedStorage::new(raw.clone() as Arc<dyn CoordinatedTokenStorage>, Some(keys.clone())));
     let report = conformance::check_token_storage(sealed, Some(memory_corrupter(&raw))).await;
     assert!(report.skipped.is_empty(), "{:?}", report.skipped);
     let raw = Arc::new(InMemoryTokenStorage::new());
-    let sealed: Arc<dyn BlockingTokenStorage> =
-        Arc::new(SealedStorage::new(raw.clone() as Arc<dyn BlockingTokenStorage>, Some(keys)));
+    let sealed: Arc<dyn BlockingCoordinatedTokenStorage> =
+        Arc::new(SealedStorage::new(raw.clone() as Arc<dyn BlockingCoordinatedTokenStorage>, Some(keys)));
     let corrupt = memory_corrupter(&raw);
     let report =
         tokio::task::spawn_blocking(move || conformance::check_blocking_token_storage(sealed, Some(corrupt)))
@@ -616,7 +616,8 @@ impl BlockingTokenStorage for SixMethods {
 
 #[test]
 fn a_seed_only_backend_passes_with_coordination_cases_skipped() {
-    let report = conformance::check_blocking_token_storage(Arc::new(SixMethods::default()), None);
+    let report =
+        conformance::check_blocking_token_storage(Arc::new(SingleProcess::new(SixMethods::default())), None);
     assert_eq!(report.passed.len(), 6);
     assert_eq!(
         report.skipped,
@@ -636,42 +637,27 @@ fn a_seed_only_backend_passes_with_coordination_cases_skipped() {
 /// Claims coordination but ignores versions: the suite must catch it.
 struct IgnoresVersions(InMemoryTokenStorage);
 
-impl BlockingTokenStorage for IgnoresVersions {
-    fn get_integration_tokens(&self) -> Result<Option<OAuthTokens>, StorageError> {
-        BlockingTokenStorage::get_integration_tokens(&self.0)
-    }
-    fn set_integration_tokens(&self, t: &OAuthTokens) -> Result<(), StorageError> {
-        BlockingTokenStorage::set_integration_tokens(&self.0, t)
-    }
-    fn get_service_app_tokens(&self, org: &OrgId) -> Result<Option<OAuthTokens>, StorageError> {
-        BlockingTokenStorage::get_service_app_tokens(&self.0, org)
-    }
-    fn set_service_app_tokens(&self, org: &OrgId, t: &OAuthTokens) -> Result<(), StorageError> {
-        BlockingTokenStorage::set_service_app_tokens(&self.0, org, t)
-    }
-    fn delete_service_app_tokens(&self, org: &OrgId) -> Result<(), StorageError> {
-        BlockingTokenStorage::delete_service_app_tokens(&self.0, org)
-    }
-    fn list_registered_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
-        BlockingTokenStorage::list_registered_orgs(&self.0)
-    }
-    fn supports_coordination(&self) -> bool {
-        true
-    }
+impl BlockingCoordinatedTokenStorage for IgnoresVersions {
     fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
-        BlockingTokenStorage::load(&self.0, key)
+        BlockingCoordinatedTokenStorage::load(&self.0, key)
     }
     fn store(&self, key: &TokenKey, t: &OAuthTokens, _expect: Expect) -> Result<u64, StorageError> {
-        BlockingTokenStorage::store(&self.0, key, t, Expect::Any)
+        BlockingCoordinatedTokenStorage::store(&self.0, key, t, Expect::Any)
+    }
+    fn delete_org(&self, org: &OrgId, _expect: Expect) -> Result<(), StorageError> {
+        BlockingCoordinatedTokenStorage::delete_org(&self.0, org, Expect::Any)
+    }
+    fn list_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
+        BlockingCoordinatedTokenStorage::list_orgs(&self.0)
     }
     fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
-        BlockingTokenStorage::try_acquire_lease(&self.0, key, ttl)
+        BlockingCoordinatedTokenStorage::try_acquire_lease(&self.0, key, ttl)
     }
     fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
-        BlockingTokenStorage::release_lease(&self.0, lease)
+        BlockingCoordinatedTokenStorage::release_lease(&self.0, lease)
     }
     fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
-        BlockingTokenStorage::extend_lease(&self.0, lease, ttl)
+        BlockingCoordinatedTokenStorage::extend_lease(&self.0, lease, ttl)
     }
 }
 

@@ -42,7 +42,7 @@ use super::*;
 use crate::config::ByovaConfig;
 use crate::credentials::IntegrationCredentials;
 use crate::http::{HttpRequest, HttpResponse};
-use crate::storage::{BlockingTokenStorage, InMemoryTokenStorage};
+use crate::storage::{BlockingCoordinatedTokenStorage, InMemoryTokenStorage};
 
 const START: Timestamp = Timestamp::from_unix_secs(1_800_000_000);
 const LIFETIME: u64 = 3600;
@@ -248,8 +248,13 @@ impl Run {
             .with_refresh_token(RefreshToken::new("RT-0"), Some(7_775_999));
         let new_store = || {
             let store = Arc::new(InMemoryTokenStorage::with_clock(Arc::new(ModelClock(clock.clone()))));
-            BlockingTokenStorage::store(store.as_ref(), &TokenKey::Integration, &initial, Expect::Any)
-                .expect("the initial record");
+            BlockingCoordinatedTokenStorage::store(
+                store.as_ref(),
+                &TokenKey::Integration,
+                &initial,
+                Expect::Any,
+            )
+            .expect("the initial record");
             store
         };
         let shared = new_store();
@@ -687,7 +692,7 @@ impl Run {
             }
         }
         let storage = self.stores[0].clone();
-        match BlockingTokenStorage::try_acquire_lease(
+        match BlockingCoordinatedTokenStorage::try_acquire_lease(
             storage.as_ref(),
             &TokenKey::Integration,
             Duration::from_secs(60),
@@ -695,7 +700,7 @@ impl Run {
             Ok(Some(_)) => {}
             other => self.violations.push(format!("a lease was left held: {other:?}")),
         }
-        let stored = BlockingTokenStorage::load(storage.as_ref(), &TokenKey::Integration);
+        let stored = BlockingCoordinatedTokenStorage::load(storage.as_ref(), &TokenKey::Integration);
         match stored {
             Ok(Some(record)) => {
                 let refresh = record.value.refresh_token.as_ref().map(|r| r.expose_secret().to_owned());

@@ -8,7 +8,7 @@ use crate::engine::{IntegrationEngine, ServiceAppEngine};
 use crate::error::{StorageError, TokenSubject};
 use crate::http::HttpResponse;
 use crate::key::OrgId;
-use crate::storage::{BlockingTokenStorage, InMemoryTokenStorage};
+use crate::storage::{BlockingCoordinatedTokenStorage, InMemoryTokenStorage};
 
 const NOW: Timestamp = Timestamp::from_unix_secs(1_800_000_000);
 
@@ -102,7 +102,7 @@ fn drive(
 }
 
 /// [`drive`] over any blocking store and engine (whose cache may hold unsaved tokens).
-fn drive_with<S: BlockingTokenStorage + ?Sized>(
+fn drive_with<S: BlockingCoordinatedTokenStorage + ?Sized>(
     storage: &S,
     engine: &Arc<Engine>,
     key: TokenKey,
@@ -140,7 +140,7 @@ fn drive_with<S: BlockingTokenStorage + ?Sized>(
 
 fn seeded(key: &TokenKey, t: OAuthTokens) -> InMemoryTokenStorage {
     let s = InMemoryTokenStorage::new();
-    BlockingTokenStorage::store(&s, key, &t, Expect::Absent).unwrap();
+    BlockingCoordinatedTokenStorage::store(&s, key, &t, Expect::Absent).unwrap();
     s
 }
 
@@ -545,7 +545,7 @@ fn the_mark_survives_a_concurrent_write() {
         Ok(status(400, &[], r#"{"error":"invalid_grant"}"#))
     });
     assert!(matches!(out.result, Err(Error::ReauthorizationRequired { .. })), "{:?}", out.result);
-    let stored = BlockingTokenStorage::load(&s.inner, &key).unwrap().unwrap().value;
+    let stored = BlockingCoordinatedTokenStorage::load(&s.inner, &key).unwrap().unwrap().value;
     assert!(stored.reauthorization_required, "marked all the same");
 }
 
@@ -559,31 +559,36 @@ struct BumpsOnLoad {
 
 impl crate::storage::BlockingCoordinatedTokenStorage for BumpsOnLoad {
     fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
-        let loaded = BlockingTokenStorage::load(&self.inner, key);
+        let loaded = BlockingCoordinatedTokenStorage::load(&self.inner, key);
         if self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == self.bump_at
             && let Ok(Some(current)) = &loaded
         {
-            BlockingTokenStorage::store(&self.inner, key, &current.value, Expect::Version(current.version))?;
+            BlockingCoordinatedTokenStorage::store(
+                &self.inner,
+                key,
+                &current.value,
+                Expect::Version(current.version),
+            )?;
         }
         loaded
     }
     fn store(&self, key: &TokenKey, t: &OAuthTokens, e: Expect) -> Result<u64, StorageError> {
-        BlockingTokenStorage::store(&self.inner, key, t, e)
+        BlockingCoordinatedTokenStorage::store(&self.inner, key, t, e)
     }
     fn delete_org(&self, org: &OrgId, expect: Expect) -> Result<(), StorageError> {
-        BlockingTokenStorage::delete_org(&self.inner, org, expect)
+        BlockingCoordinatedTokenStorage::delete_org(&self.inner, org, expect)
     }
     fn list_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
-        self.inner.list_registered_orgs()
+        BlockingCoordinatedTokenStorage::list_orgs(&self.inner)
     }
     fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
-        BlockingTokenStorage::try_acquire_lease(&self.inner, key, ttl)
+        BlockingCoordinatedTokenStorage::try_acquire_lease(&self.inner, key, ttl)
     }
     fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
-        BlockingTokenStorage::release_lease(&self.inner, lease)
+        BlockingCoordinatedTokenStorage::release_lease(&self.inner, lease)
     }
     fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
-        BlockingTokenStorage::extend_lease(&self.inner, lease, ttl)
+        BlockingCoordinatedTokenStorage::extend_lease(&self.inner, lease, ttl)
     }
 }
 
@@ -595,35 +600,35 @@ struct Flaky {
 
 impl crate::storage::BlockingCoordinatedTokenStorage for Flaky {
     fn load(&self, key: &TokenKey) -> Result<Option<Versioned<OAuthTokens>>, StorageError> {
-        BlockingTokenStorage::load(&self.inner, key)
+        BlockingCoordinatedTokenStorage::load(&self.inner, key)
     }
     fn store(&self, key: &TokenKey, t: &OAuthTokens, e: Expect) -> Result<u64, StorageError> {
         if self.down.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(StorageError::unavailable("the store is down"));
         }
-        BlockingTokenStorage::store(&self.inner, key, t, e)
+        BlockingCoordinatedTokenStorage::store(&self.inner, key, t, e)
     }
     fn delete_org(&self, org: &OrgId, expect: Expect) -> Result<(), StorageError> {
-        BlockingTokenStorage::delete_org(&self.inner, org, expect)
+        BlockingCoordinatedTokenStorage::delete_org(&self.inner, org, expect)
     }
     fn list_orgs(&self) -> Result<Vec<OrgId>, StorageError> {
-        self.inner.list_registered_orgs()
+        BlockingCoordinatedTokenStorage::list_orgs(&self.inner)
     }
     fn try_acquire_lease(&self, key: &TokenKey, ttl: Duration) -> Result<Option<Lease>, StorageError> {
-        BlockingTokenStorage::try_acquire_lease(&self.inner, key, ttl)
+        BlockingCoordinatedTokenStorage::try_acquire_lease(&self.inner, key, ttl)
     }
     fn release_lease(&self, lease: &Lease) -> Result<(), StorageError> {
-        BlockingTokenStorage::release_lease(&self.inner, lease)
+        BlockingCoordinatedTokenStorage::release_lease(&self.inner, lease)
     }
     fn extend_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StorageError> {
-        BlockingTokenStorage::extend_lease(&self.inner, lease, ttl)
+        BlockingCoordinatedTokenStorage::extend_lease(&self.inner, lease, ttl)
     }
 }
 
 /// Runs an Integration refresh over any blocking store with `engine`'s cache, counting token
 /// calls (a run keeps what it could not store in the cache itself).
 fn drive_on(
-    storage: &dyn BlockingTokenStorage,
+    storage: &dyn BlockingCoordinatedTokenStorage,
     engine: &Arc<Engine>,
     respond: &mut dyn FnMut() -> HttpResponse,
 ) -> (Outcome, usize) {
@@ -872,12 +877,18 @@ fn spent_budget(s: &InMemoryTokenStorage) {
         updated_at_ms: NOW.as_unix_millis(),
         paused_until_ms: 0,
     };
-    BlockingTokenStorage::store_state(s, crate::budget::TOKEN_BUDGET_STATE, &state.to_json(), Expect::Absent)
-        .unwrap();
+    BlockingCoordinatedTokenStorage::store_state(
+        s,
+        crate::budget::TOKEN_BUDGET_STATE,
+        &state.to_json(),
+        Expect::Absent,
+    )
+    .unwrap();
 }
 
 fn stored_budget(s: &InMemoryTokenStorage) -> crate::budget::BudgetState {
-    let stored = BlockingTokenStorage::load_state(s, crate::budget::TOKEN_BUDGET_STATE).unwrap().unwrap();
+    let stored =
+        BlockingCoordinatedTokenStorage::load_state(s, crate::budget::TOKEN_BUDGET_STATE).unwrap().unwrap();
     crate::budget::BudgetState::from_json(&stored.value).unwrap()
 }
 
@@ -1060,9 +1071,14 @@ fn a_store_without_shared_state_keeps_the_budget_in_the_process() {
     let (first, _) =
         drive_with(&s, &engine, key.clone(), Mode::GetValid, |_, _| Ok(ok_body("NEW", Some("R2"))));
     assert!(first.refreshed);
-    let cur = BlockingTokenStorage::load(&s, &key).unwrap().unwrap();
-    BlockingTokenStorage::store(&s, &key, &refresh_ahead("AHEAD", "R2"), Expect::Version(cur.version))
-        .unwrap();
+    let cur = BlockingCoordinatedTokenStorage::load(&s, &key).unwrap().unwrap();
+    BlockingCoordinatedTokenStorage::store(
+        &s,
+        &key,
+        &refresh_ahead("AHEAD", "R2"),
+        Expect::Version(cur.version),
+    )
+    .unwrap();
     let (second, trace) = drive_with(&s, &engine, key, Mode::GetValid, |_, _| panic!("no call"));
     assert!(trace.sent.is_empty());
     assert!(second.deferred_until.is_some());

@@ -28,7 +28,7 @@ use crate::key::OrgId;
 use crate::key::{Expect, Lease, TokenKey, Versioned};
 use crate::pending::PendingAuthorization;
 use crate::secret::AccessToken;
-use crate::storage::{BlockingTokenStorage, TokenStorage};
+use crate::storage::{BlockingCoordinatedTokenStorage, CoordinatedTokenStorage};
 use crate::time::Timestamp;
 use crate::tokens::OAuthTokens;
 
@@ -240,7 +240,7 @@ impl<T: Send + 'static> StorageCall<T> {
 
     /// Performs the call against a blocking store and resumes its continuation at `now()`,
     /// read once the store has answered.
-    pub fn perform_blocking<S: BlockingTokenStorage + ?Sized>(
+    pub fn perform_blocking<S: BlockingCoordinatedTokenStorage + ?Sized>(
         self,
         store: &S,
         now: impl Fn() -> Timestamp,
@@ -250,7 +250,7 @@ impl<T: Send + 'static> StorageCall<T> {
             C::Load(key, then) => then.resume(store.load(&key), now()),
             C::Store(key, tokens, expect, then) => then.resume(store.store(&key, &tokens, expect), now()),
             C::DeleteOrg(org, expect, then) => then.resume(store.delete_org(&org, expect), now()),
-            C::ListOrgs(then) => then.resume(store.list_registered_orgs(), now()),
+            C::ListOrgs(then) => then.resume(store.list_orgs(), now()),
             C::SavePending(key, pending, then) => {
                 then.resume(store.save_pending_authorization(&key, &pending), now())
             }
@@ -271,7 +271,7 @@ impl<T: Send + 'static> StorageCall<T> {
     /// from the driver's runtime) completes fails as
     /// [`Unavailable`](crate::StorageErrorKind::Unavailable), which is retryable: a hung store
     /// never stalls a caller or the refresher.
-    pub async fn perform<S: TokenStorage + ?Sized>(
+    pub async fn perform<S: CoordinatedTokenStorage + ?Sized>(
         self,
         store: &S,
         now: impl Fn() -> Timestamp,
@@ -288,7 +288,7 @@ impl<T: Send + 'static> StorageCall<T> {
             C::DeleteOrg(org, expect, then) => {
                 then.resume(within(timer, store.delete_org(&org, expect)).await, now())
             }
-            C::ListOrgs(then) => then.resume(within(timer, store.list_registered_orgs()).await, now()),
+            C::ListOrgs(then) => then.resume(within(timer, store.list_orgs()).await, now()),
             C::SavePending(key, pending, then) => {
                 then.resume(within(timer, store.save_pending_authorization(&key, &pending)).await, now())
             }

@@ -245,7 +245,7 @@ impl ServiceAppEngine {
     }
 
     /// The status of every registered org. Holds no secret. Records are read in batches
-    /// ([`TokenStorage::load_many`](crate::TokenStorage::load_many)), so a store that can
+    /// ([`CoordinatedTokenStorage::load_many`](crate::backend::CoordinatedTokenStorage::load_many)), so a store that can
     /// batch reads a large fleet in few round trips. Records that cannot be read are left out.
     pub fn statuses(self: &Arc<Self>) -> Step<Vec<KeyStatus>> {
         let now = Timestamp::EPOCH;
