@@ -14,7 +14,12 @@
 //! ```
 //!
 //! Each continuation is a method taking the run by value, so what comes next is decided by
-//! which method the previous step named, never by a state field. The run holds every
+//! which method the previous step named, never by a state field. The run's phase is its type:
+//! a [`Run<Unleased>`](Run) reads, takes the lease and waits; only a [`Run<Leased>`](Run) has
+//! the methods that call Webex (and holds the lease they check), so a token call without the
+//! lease does not compile, and losing the lease turns the run back into an unleased one. Data
+//! a phase needs travels with it: the lease in [`Leased`], the call under way and the tokens
+//! in hand as arguments of the steps that use them. The run holds every
 //! decision: when a token is good enough, whether to wait or to call Webex, what to retry,
 //! when a refresh token is dead, and that new tokens are stored before anyone is given them.
 
@@ -157,12 +162,14 @@ impl Drop for InHand {
     }
 }
 
-/// Once tokens in hand are stored: the run ends with them (fresh from Webex), or goes on as
-/// an ordinary run (an earlier run's tokens, stored first).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Afterwards {
-    Finish,
-    Continue,
+/// How storing tokens in hand ended, for the step that asked for it: the run ends with them
+/// (fresh from Webex), or goes on as an ordinary run (an earlier run's tokens, stored first).
+enum Persisted {
+    /// Stored, at this version.
+    Stored(Versioned<OAuthTokens>),
+    /// Another writer's record (or its deletion, `None`) stands; the tokens in hand were given
+    /// up on purpose.
+    Superseded(Option<Versioned<OAuthTokens>>),
 }
 
 /// A token call under way: which call, and the request that makes it. Handed from step to step
@@ -176,8 +183,43 @@ struct Call {
 type Plan = Step<Outcome>;
 type Loaded = StorageResult<Option<Versioned<OAuthTokens>>>;
 
-/// One run of the refresh path for one key. See the [module docs](self).
-pub(crate) struct Run {
+/// One run of the refresh path for one key, in phase `P`. See the [module docs](self).
+///
+/// The phase is a type: a run holds the key's lease ([`Leased`]) or does not ([`Unleased`]),
+/// and only a leased run has the methods that call Webex, so a token call without the lease
+/// (two processes spending one refresh token) does not compile. Losing the lease turns the run
+/// back into an unleased one, which can only wait and read.
+pub(crate) struct Run<P = Unleased> {
+    s: Box<State>,
+    phase: P,
+}
+
+/// Before the lease: reading, taking the lease, waiting for another holder.
+pub(crate) struct Unleased;
+
+/// Holding the key's lease: the run may call Webex and store what it gets.
+pub(crate) struct Leased(HeldLease);
+
+/// What a phase does when the run ends: a held lease is released first.
+pub(crate) trait Phase: Send + 'static {
+    /// Ends the run with `outcome`.
+    fn end(self, outcome: Outcome) -> Plan;
+}
+
+impl Phase for Unleased {
+    fn end(self, outcome: Outcome) -> Plan {
+        Step::Done(Ok(outcome))
+    }
+}
+
+impl Phase for Leased {
+    fn end(self, outcome: Outcome) -> Plan {
+        self.0.release(move || Step::Done(Ok(outcome)))
+    }
+}
+
+/// What a run knows and has decided, whatever its phase.
+struct State {
     engine: Arc<Engine>,
     key: TokenKey,
     mode: Mode,
@@ -185,7 +227,6 @@ pub(crate) struct Run {
     rng: u64,
     /// The record as last read.
     current: Option<Versioned<OAuthTokens>>,
-    lease: Option<HeldLease>,
     /// The caller may be given the stored access token if refreshing fails.
     stale_ok: bool,
     waited: Duration,
@@ -252,65 +293,26 @@ impl DeadToken {
 /// jittered pause) before the call waits as for an empty bucket.
 const MAX_BUDGET_READS: u32 = 8;
 
-impl Run {
-    pub(crate) fn new(engine: Arc<Engine>, key: TokenKey, mode: Mode, random: u64) -> Box<Self> {
-        let jitter_seed = engine.cache().jitter_seed(&key);
-        Box::new(Self {
-            engine,
-            key,
-            mode,
-            jitter_seed,
-            rng: random | 1,
-            current: None,
-            lease: None,
-            stale_ok: false,
-            waited: Duration::ZERO,
-            attempt: 0,
-            used_refresh: None,
-            fallback_used: false,
-            dead: DeadToken::Unchecked,
-            store_attempts: 0,
-            budget_reads: 0,
-            budget_waited: Duration::ZERO,
-            unreadable: false,
-            mark_attempts: 0,
-        })
-    }
-
-    /// The first step: release leases abandoned by earlier runs, store tokens an earlier run
-    /// could not store, then read the record.
-    pub(crate) fn start(self: Box<Self>) -> Plan {
-        let orphan = self.engine.orphans.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        if let Some(lease) = orphan {
-            let held = HeldLease { lease, orphans: self.engine.orphans.clone(), armed: true };
-            return held.release(move || self.start());
-        }
-        if let Some(unsaved) = self.engine.cache().take_unsaved(&self.key) {
-            let in_hand = InHand::new(self.engine.clone(), self.key.clone(), unsaved);
-            return self.persist(in_hand, Afterwards::Continue);
-        }
-        self.load(Self::after_initial_load)
-    }
-
-    fn load(self: Box<Self>, then: fn(Box<Self>, Loaded, Timestamp) -> Plan) -> Plan {
-        let key = self.key.clone();
+impl<P: Phase> Run<P> {
+    fn load(self, then: fn(Self, Loaded, Timestamp) -> Plan) -> Plan {
+        let key = self.s.key.clone();
         Step::Storage(StorageCall::Load(key, Then::new(move |loaded, now| then(self, loaded, now))))
     }
 
     fn random(&mut self) -> u32 {
         // xorshift64*: plenty for spreading backoff.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32
+        self.s.rng ^= self.s.rng >> 12;
+        self.s.rng ^= self.s.rng << 25;
+        self.s.rng ^= self.s.rng >> 27;
+        (self.s.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as u32
     }
 
     fn is_service_app(&self) -> bool {
-        matches!(self.engine.client, Client::ServiceApp { .. })
+        matches!(self.s.engine.client, Client::ServiceApp { .. })
     }
 
     fn nothing_stored(&self) -> Error {
-        match self.key.org_id() {
+        match self.s.key.org_id() {
             Some(org) => Error::OrgNotRegistered { org_id: org.to_owned() },
             None => Error::NotAuthorized,
         }
@@ -319,10 +321,10 @@ impl Run {
     /// The error for a dead refresh token: what Webex said in this run, else what the stored
     /// mark kept of it.
     fn reauthorization_required(&self) -> Error {
-        self.dead.rejection().cloned().unwrap_or_else(|| {
-            let kept = self.current.as_ref().and_then(|c| c.value.rejection.as_ref());
+        self.s.dead.rejection().cloned().unwrap_or_else(|| {
+            let kept = self.s.current.as_ref().and_then(|c| c.value.rejection.as_ref());
             Error::ReauthorizationRequired {
-                subject: self.key.subject(),
+                subject: self.s.key.subject(),
                 failure: match kept {
                     Some(r) => ApiFailure {
                         status: r.status,
@@ -337,7 +339,7 @@ impl Run {
     }
 
     fn freshness(&self, tokens: &OAuthTokens, now: Timestamp) -> Freshness {
-        self.engine.config.refresh.assess(tokens, now, self.jitter_seed)
+        self.s.engine.config.refresh.assess(tokens, now, self.s.jitter_seed)
     }
 
     /// Whether `tokens` can be renewed without a person: for a Service App always (through a
@@ -349,7 +351,7 @@ impl Run {
 
     /// Whether the record as last read carries the "refresh token rejected" mark.
     fn current_marked(&self) -> bool {
-        self.current.as_ref().is_some_and(|c| c.value.reauthorization_required)
+        self.s.current.as_ref().is_some_and(|c| c.value.reauthorization_required)
     }
 
     /// Whether a record that cannot be read (corrupt, sealed under a key not configured,
@@ -357,7 +359,7 @@ impl Run {
     /// `fetch_token_for_org`) brings tokens of its own and replaces it, so the org is never
     /// blocked by it.
     fn replaces_unreadable(&self, error: &crate::error::StorageError) -> bool {
-        matches!(self.mode, Mode::Fetch(_))
+        matches!(self.s.mode, Mode::Fetch(_))
             && matches!(error.kind(), StorageErrorKind::Corrupt | StorageErrorKind::Sealing)
     }
 
@@ -365,7 +367,7 @@ impl Run {
     /// this very delivery (a redelivery, or another replica that got it too), or for an event
     /// at least as new.
     fn satisfied_by(&self, record: &Versioned<OAuthTokens>) -> bool {
-        let Mode::Fetch(Some(auth)) = &self.mode else { return false };
+        let Mode::Fetch(Some(auth)) = &self.s.mode else { return false };
         let tokens = &record.value;
         !tokens.reauthorization_required
             && (tokens.authorized_by == Some(auth.delivery)
@@ -374,38 +376,30 @@ impl Run {
 
     /// Whether `record` is newer than the one this run last read.
     fn is_newer(&self, record: &Versioned<OAuthTokens>) -> bool {
-        self.current.as_ref().is_none_or(|c| record.version != c.version)
+        self.s.current.as_ref().is_none_or(|c| record.version != c.version)
     }
 
     /// Whether the stored access token may be handed out if refreshing fails.
     fn old_still_valid(&self, now: Timestamp) -> bool {
-        self.stale_ok && self.current.as_ref().is_some_and(|c| !c.value.is_expired(Duration::ZERO, now))
+        self.s.stale_ok && self.s.current.as_ref().is_some_and(|c| !c.value.is_expired(Duration::ZERO, now))
     }
 
     // ---- the end of a run ----
 
-    fn finish(
-        self: Box<Self>,
-        result: Result<Versioned<OAuthTokens>>,
-        refreshed: bool,
-        stale: Option<Error>,
-    ) -> Plan {
+    fn finish(self, result: Result<Versioned<OAuthTokens>>, refreshed: bool, stale: Option<Error>) -> Plan {
         self.end(Outcome { result, refreshed, served_stale_after: stale, deferred_until: None })
     }
 
     /// Releases the lease, if one is held, and ends with `outcome`.
-    fn end(mut self: Box<Self>, outcome: Outcome) -> Plan {
-        match self.lease.take() {
-            Some(held) => held.release(move || Step::Done(Ok(outcome))),
-            None => Step::Done(Ok(outcome)),
-        }
+    fn end(self, outcome: Outcome) -> Plan {
+        self.phase.end(outcome)
     }
 
-    fn succeed(self: Box<Self>, record: Versioned<OAuthTokens>) -> Plan {
+    fn succeed(self, record: Versioned<OAuthTokens>) -> Plan {
         self.finish(Ok(record), false, None)
     }
 
-    fn fail(self: Box<Self>, error: Error) -> Plan {
+    fn fail(self, error: Error) -> Plan {
         self.finish(Err(error), false, None)
     }
 
@@ -414,14 +408,14 @@ impl Run {
     /// authorized Integration): no process sends that refresh token again (rule 10; a spent
     /// token resent in a loop is what a replica killed mid-refresh otherwise leaves behind).
     /// Then the still-valid access token is served if there is one, else the error is returned.
-    fn conclude(mut self: Box<Self>, error: Error, now: Timestamp) -> Plan {
-        let mark = self.dead.take_mark();
-        if mark && let Some(current) = self.current.clone().filter(|c| !c.value.reauthorization_required) {
+    fn conclude(mut self, error: Error, now: Timestamp) -> Plan {
+        let mark = self.s.dead.take_mark();
+        if mark && let Some(current) = self.s.current.clone().filter(|c| !c.value.reauthorization_required) {
             let failure = self.reauthorization_required();
             let failure = failure.api_failure().cloned().unwrap_or_else(|| ApiFailure::new(400));
             let marked =
                 current.value.clone().rejected_by(Rejection::new(failure.status, failure.tracking_id, now));
-            let key = self.key.clone();
+            let key = self.s.key.clone();
             let expect = Expect::Version(current.version);
             return Step::Storage(StorageCall::Store(
                 key,
@@ -429,14 +423,14 @@ impl Run {
                 expect,
                 Then::new(move |stored: StorageResult<u64>, now| match stored {
                     Ok(version) => {
-                        tracing::warn!(key = %self.key, "Webex rejected the refresh token; marked re-authorization required");
-                        self.current = Some(Versioned { value: marked, version });
+                        tracing::warn!(key = %self.s.key, "Webex rejected the refresh token; marked re-authorization required");
+                        self.s.current = Some(Versioned { value: marked, version });
                         self.conclude(error, now)
                     }
                     // Someone wrote the record meanwhile: if it still holds the rejected refresh
                     // token, it is marked on the new version (a few times); a newer token stands.
-                    Err(e) if e.kind() == StorageErrorKind::Conflict && self.mark_attempts < 3 => {
-                        self.mark_attempts += 1;
+                    Err(e) if e.kind() == StorageErrorKind::Conflict && self.s.mark_attempts < 3 => {
+                        self.s.mark_attempts += 1;
                         self.load(Self::remark_after_conflict)
                     }
                     Err(_) => self.conclude(error, now),
@@ -444,7 +438,7 @@ impl Run {
             ));
         }
         if self.old_still_valid(now)
-            && let Some(current) = self.current.clone()
+            && let Some(current) = self.s.current.clone()
         {
             return self.finish(Ok(current), false, Some(error));
         }
@@ -453,7 +447,7 @@ impl Run {
 
     /// After a conflict on the mark: marks the record as it is now if it still holds the
     /// refresh token Webex rejected; a newer record stands.
-    fn remark_after_conflict(mut self: Box<Self>, loaded: Loaded, now: Timestamp) -> Plan {
+    fn remark_after_conflict(mut self, loaded: Loaded, now: Timestamp) -> Plan {
         let error = self.reauthorization_required();
         match loaded {
             Ok(Some(record))
@@ -462,16 +456,16 @@ impl Run {
                         .value
                         .refresh_token
                         .as_ref()
-                        .zip(self.used_refresh.as_ref())
+                        .zip(self.s.used_refresh.as_ref())
                         .is_some_and(|(a, b)| a.ct_eq(b)) =>
             {
-                self.current = Some(record);
-                self.dead.mark_again();
+                self.s.current = Some(record);
+                self.s.dead.mark_again();
                 self.conclude(error, now)
             }
             Ok(record) => {
                 if let Some(record) = record {
-                    self.current = Some(record);
+                    self.s.current = Some(record);
                 }
                 self.conclude(error, now)
             }
@@ -482,7 +476,7 @@ impl Run {
     /// Judges a stored record for a caller who wants a valid token: fresh is served; one that
     /// cannot be renewed without a person is served while it is usable. Hands the run back
     /// when the record needs refreshing.
-    fn judge(self: Box<Self>, record: Versioned<OAuthTokens>, now: Timestamp) -> Result<Plan, Box<Self>> {
+    fn judge(self, record: Versioned<OAuthTokens>, now: Timestamp) -> Result<Plan, Self> {
         let freshness = self.freshness(&record.value, now);
         if freshness == Freshness::Fresh {
             return Ok(self.succeed(record));
@@ -492,7 +486,7 @@ impl Run {
         }
         // A marked org whose fetch Webex refused a moment ago (a missed deauthorization): asking
         // again at every call would spend the shared budget on answers known in advance.
-        if record.value.reauthorization_required && self.engine.fetch_paused(&self.key, now) {
+        if record.value.reauthorization_required && self.s.engine.fetch_paused(&self.s.key, now) {
             return Ok(self.serve_unrenewable(record, freshness));
         }
         Err(self)
@@ -500,34 +494,154 @@ impl Run {
 
     /// A record that cannot be renewed (marked "re-authorization required", or an
     /// Integration's without a refresh token) is served while it is usable, and never refreshed.
-    fn serve_unrenewable(self: Box<Self>, record: Versioned<OAuthTokens>, freshness: Freshness) -> Plan {
-        if freshness != Freshness::Expired && matches!(self.mode, Mode::GetValid) {
+    fn serve_unrenewable(self, record: Versioned<OAuthTokens>, freshness: Freshness) -> Plan {
+        if freshness != Freshness::Expired && matches!(self.s.mode, Mode::GetValid) {
             return self.succeed(record);
         }
         let error = if record.value.reauthorization_required {
             self.reauthorization_required()
         } else {
-            Error::NoRefreshToken { subject: self.key.subject() }
+            Error::NoRefreshToken { subject: self.s.key.subject() }
         };
         self.fail(error)
     }
 
+    /// A caller whose token has expired (or is about to) is urgent: it may use the reserve
+    /// that background refreshes leave.
+    fn urgent(&self, now: Timestamp) -> bool {
+        self.s.current.as_ref().is_none_or(|c| self.freshness(&c.value, now) == Freshness::Expired)
+    }
+
+    /// How long a stored pause counts at most (a longer `Retry-After` is not waited for).
+    fn max_pause(&self) -> Duration {
+        self.s.engine.config.retry.max_retry_after
+    }
+
+    // ---- storing ----
+
+    /// Stores the tokens in hand under their condition. A conflict re-reads: the tokens in
+    /// hand replace a record that is marked or still holds the refresh token they were bought
+    /// with; anything else another writer stored stands, and so does a deletion.
+    fn persist(mut self, in_hand: InHand, afterwards: fn(Self, Persisted, Timestamp) -> Plan) -> Plan {
+        let (key, tokens, expect) =
+            (self.s.key.clone(), in_hand.unsaved.tokens.clone(), in_hand.unsaved.expect);
+        self.s.store_attempts += 1;
+        Step::Storage(StorageCall::Store(
+            key,
+            tokens,
+            expect,
+            Then::new(move |stored, now| self.on_persisted(in_hand, stored, afterwards, now)),
+        ))
+    }
+
+    fn on_persisted(
+        self,
+        in_hand: InHand,
+        stored: StorageResult<u64>,
+        afterwards: fn(Self, Persisted, Timestamp) -> Plan,
+        now: Timestamp,
+    ) -> Plan {
+        let attempts_left = self.s.store_attempts < self.s.engine.config.retry.max_attempts.max(2);
+        match stored {
+            Ok(version) => {
+                let tokens = in_hand.stored();
+                afterwards(self, Persisted::Stored(Versioned { value: tokens, version }), now)
+            }
+            Err(e) if e.kind() == StorageErrorKind::Conflict && attempts_left => {
+                let key = self.s.key.clone();
+                Step::Storage(StorageCall::Load(
+                    key,
+                    Then::new(move |loaded, now| self.after_conflict(in_hand, loaded, afterwards, now)),
+                ))
+            }
+            Err(e) if e.is_retryable() && attempts_left => {
+                let d = self.s.engine.config.retry.base_delay.saturating_mul(self.s.store_attempts);
+                Step::Sleep(d, Then::new(move |(), _| self.persist(in_hand, afterwards)))
+            }
+            // Dropped here, the tokens in hand go back to the cache: kept for the next run.
+            Err(e) => self.fail(e.into()),
+        }
+    }
+
+    fn after_conflict(
+        self,
+        mut in_hand: InHand,
+        loaded: Loaded,
+        afterwards: fn(Self, Persisted, Timestamp) -> Plan,
+        now: Timestamp,
+    ) -> Plan {
+        let winner = match loaded {
+            Ok(winner) => winner,
+            Err(e) => return self.fail(e.into()),
+        };
+        if let Some(w) = &winner
+            && in_hand.unsaved.supersede(&w.value)
+        {
+            in_hand.unsaved.expect = Expect::Version(w.version);
+            return self.persist(in_hand, afterwards);
+        }
+        // The other writer's record (or its deletion) stands; ours are dropped on purpose.
+        in_hand.give_up();
+        afterwards(self, Persisted::Superseded(winner), now)
+    }
+}
+
+impl Run<Unleased> {
+    pub(crate) fn new(engine: Arc<Engine>, key: TokenKey, mode: Mode, random: u64) -> Self {
+        let jitter_seed = engine.cache().jitter_seed(&key);
+        let s = Box::new(State {
+            engine,
+            key,
+            mode,
+            jitter_seed,
+            rng: random | 1,
+            current: None,
+            stale_ok: false,
+            waited: Duration::ZERO,
+            attempt: 0,
+            used_refresh: None,
+            fallback_used: false,
+            dead: DeadToken::Unchecked,
+            store_attempts: 0,
+            budget_reads: 0,
+            budget_waited: Duration::ZERO,
+            unreadable: false,
+            mark_attempts: 0,
+        });
+        Run { s, phase: Unleased }
+    }
+
+    /// The first step: release leases abandoned by earlier runs, store tokens an earlier run
+    /// could not store, then read the record.
+    pub(crate) fn start(self) -> Plan {
+        let orphan = self.s.engine.orphans.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        if let Some(lease) = orphan {
+            let held = HeldLease { lease, orphans: self.s.engine.orphans.clone(), armed: true };
+            return held.release(move || self.start());
+        }
+        if let Some(unsaved) = self.s.engine.cache().take_unsaved(&self.s.key) {
+            let in_hand = InHand::new(self.s.engine.clone(), self.s.key.clone(), unsaved);
+            return self.persist(in_hand, Self::after_earlier_stored);
+        }
+        self.load(Self::after_initial_load)
+    }
+
     // ---- reading ----
 
-    fn after_initial_load(mut self: Box<Self>, loaded: Loaded, now: Timestamp) -> Plan {
+    fn after_initial_load(mut self, loaded: Loaded, now: Timestamp) -> Plan {
         let record = match loaded {
             Ok(record) => record,
             Err(e) if self.replaces_unreadable(&e) => {
-                self.unreadable = true;
+                self.s.unreadable = true;
                 return self.acquire_lease();
             }
             Err(e) => return self.fail(e.into()),
         };
-        match (&record, &self.mode) {
+        match (&record, &self.s.mode) {
             (Some(rec), Mode::GetValid) => {
                 let rec = rec.clone();
-                self.current = Some(rec.clone());
-                self.stale_ok = true;
+                self.s.current = Some(rec.clone());
+                self.s.stale_ok = true;
                 match self.judge(rec, now) {
                     Ok(plan) => return plan,
                     Err(run) => self = run,
@@ -544,10 +658,10 @@ impl Run {
             // Rule 11: a forced refresh of tokens obtained moments ago mints a token of Webex's
             // per-user cap for nothing; they are the answer.
             (Some(rec), Mode::Force(None))
-                if self.engine.config.refresh.within_forced_floor(&rec.value, now) =>
+                if self.s.engine.config.refresh.within_forced_floor(&rec.value, now) =>
             {
                 crate::metrics::metrics().record_refresh_skipped(crate::metrics::SkipReason::ForcedFloor);
-                tracing::debug!(key = %self.key, "forced refresh of tokens obtained moments ago: served as they are");
+                tracing::debug!(key = %self.s.key, "forced refresh of tokens obtained moments ago: served as they are");
                 let rec = rec.clone();
                 return self.succeed(rec);
             }
@@ -559,14 +673,20 @@ impl Run {
             }
             _ => {}
         }
-        if self.current.is_none() {
-            self.current = record;
+        if self.s.current.is_none() {
+            self.s.current = record;
         }
         self.acquire_lease()
     }
 
-    fn acquire_lease(self: Box<Self>) -> Plan {
-        let (key, ttl) = (self.key.clone(), self.engine.config.coordination.lease_ttl);
+    /// An earlier run's tokens are stored (or a newer record stands): the run goes on as an
+    /// ordinary one.
+    fn after_earlier_stored(self, _: Persisted, _: Timestamp) -> Plan {
+        self.load(Self::after_initial_load)
+    }
+
+    fn acquire_lease(self) -> Plan {
+        let (key, ttl) = (self.s.key.clone(), self.s.engine.config.coordination.lease_ttl);
         Step::Storage(StorageCall::AcquireLease(
             key,
             ttl,
@@ -574,37 +694,39 @@ impl Run {
         ))
     }
 
-    fn on_lease(mut self: Box<Self>, lease: StorageResult<Option<Lease>>, now: Timestamp) -> Plan {
+    fn on_lease(self, lease: StorageResult<Option<Lease>>, now: Timestamp) -> Plan {
         match lease {
             Ok(Some(lease)) => {
-                self.lease = Some(HeldLease { lease, orphans: self.engine.orphans.clone(), armed: true });
-                self.load(Self::after_lease_load)
+                let held = HeldLease { lease, orphans: self.s.engine.orphans.clone(), armed: true };
+                Run { s: self.s, phase: Leased(held) }.load(Run::after_lease_load)
             }
             // Another process is refreshing; a still-valid token needs no waiting for.
-            Ok(None) if self.old_still_valid(now) && !self.mode.explicit() => match self.current.clone() {
-                Some(current) => self.succeed(current),
-                None => self.poll(),
-            },
+            Ok(None) if self.old_still_valid(now) && !self.s.mode.explicit() => {
+                match self.s.current.clone() {
+                    Some(current) => self.succeed(current),
+                    None => self.poll(),
+                }
+            }
             Ok(None) => self.poll(),
             Err(e) => self.conclude(e.into(), now),
         }
     }
 
-    fn poll(mut self: Box<Self>) -> Plan {
-        let d = self.engine.config.coordination.poll_interval;
-        self.waited += d;
+    fn poll(mut self) -> Plan {
+        let d = self.s.engine.config.coordination.poll_interval;
+        self.s.waited += d;
         Step::Sleep(d, Then::new(move |(), _| self.load(Self::after_poll)))
     }
 
     /// Another process holds the lease: accept any record newer than the one seen that is
     /// not really expired, or compete again once the holder has had its whole lease. A caller
     /// that brought its own credential goes on with it once the lease is free.
-    fn after_poll(mut self: Box<Self>, loaded: Loaded, now: Timestamp) -> Plan {
-        let ttl = self.engine.config.coordination.lease_ttl;
+    fn after_poll(mut self, loaded: Loaded, now: Timestamp) -> Plan {
+        let ttl = self.s.engine.config.coordination.lease_ttl;
         match loaded {
-            Ok(Some(rec)) if self.is_newer(&rec) && self.mode.explicit() => {
-                self.current = Some(rec);
-                self.waited = Duration::ZERO;
+            Ok(Some(rec)) if self.is_newer(&rec) && self.s.mode.explicit() => {
+                self.s.current = Some(rec);
+                self.s.waited = Duration::ZERO;
                 self.acquire_lease()
             }
             Ok(Some(rec)) if self.is_newer(&rec) && !rec.value.is_expired(Duration::ZERO, now) => {
@@ -614,27 +736,29 @@ impl Run {
                 let freshness = self.freshness(&rec.value, now);
                 self.serve_unrenewable(rec, freshness)
             }
-            Ok(None) if self.current.is_some() && !self.mode.explicit() => {
+            Ok(None) if self.s.current.is_some() && !self.s.mode.explicit() => {
                 let error = self.nothing_stored();
                 self.fail(error)
             }
-            Ok(_) | Err(_) if self.waited < ttl => self.poll(),
+            Ok(_) | Err(_) if self.s.waited < ttl => self.poll(),
             // The holder has had the whole lease: it may have died. Compete again.
             Ok(_) => {
-                self.waited = Duration::ZERO;
+                self.s.waited = Duration::ZERO;
                 self.acquire_lease()
             }
             Err(e) => self.conclude(e.into(), now),
         }
     }
+}
 
+impl Run<Leased> {
     /// Re-read under the lease: another process may have refreshed since the first read.
-    fn after_lease_load(mut self: Box<Self>, loaded: Loaded, now: Timestamp) -> Plan {
+    fn after_lease_load(mut self, loaded: Loaded, now: Timestamp) -> Plan {
         let record = match loaded {
             Ok(record) => record,
             Err(e) if self.replaces_unreadable(&e) => {
-                self.unreadable = true;
-                self.current = None;
+                self.s.unreadable = true;
+                self.s.current = None;
                 return self.begin_token_call(now);
             }
             Err(e) => return self.conclude(e.into(), now),
@@ -644,11 +768,11 @@ impl Run {
                 let rec = rec.clone();
                 return self.succeed(rec);
             }
-            Some(rec) if self.is_newer(rec) && !self.mode.explicit() => {
+            Some(rec) if self.is_newer(rec) && !self.s.mode.explicit() => {
                 let rec = rec.clone();
-                match self.mode {
+                match self.s.mode {
                     Mode::GetValid => {
-                        self.current = Some(rec.clone());
+                        self.s.current = Some(rec.clone());
                         match self.judge(rec, now) {
                             Ok(plan) => return plan,
                             Err(run) => self = run,
@@ -658,43 +782,44 @@ impl Run {
                     _ if !rec.value.is_expired(Duration::ZERO, now) && self.renewable(&rec.value) => {
                         return self.succeed(rec);
                     }
-                    _ => self.current = Some(rec),
+                    _ => self.s.current = Some(rec),
                 }
             }
-            Some(rec) => self.current = Some(rec.clone()),
-            None if self.current.is_some() && matches!(self.mode, Mode::GetValid) => {
+            Some(rec) => self.s.current = Some(rec.clone()),
+            None if self.s.current.is_some() && matches!(self.s.mode, Mode::GetValid) => {
                 // Removed while we waited for the lease (deauthorized elsewhere).
                 let error = self.nothing_stored();
                 return self.fail(error);
             }
-            None => self.current = None,
+            None => self.s.current = None,
         }
         self.begin_token_call(now)
     }
 
     // ---- calling Webex ----
 
-    fn begin_token_call(self: Box<Self>, now: Timestamp) -> Plan {
-        if matches!(self.mode, Mode::Fetch(_)) {
+    fn begin_token_call(self, now: Timestamp) -> Plan {
+        if matches!(self.s.mode, Mode::Fetch(_)) {
             return self.fetch_with_bearer();
         }
-        let explicit = match &self.mode {
+        let explicit = match &self.s.mode {
             Mode::Force(Some(token)) => Some(token.clone()),
             _ => None,
         };
         let stored = self
+            .s
             .current
             .as_ref()
             .filter(|c| !c.value.reauthorization_required)
             .and_then(|c| c.value.refresh_token.clone());
-        match (explicit.or(stored), &self.current) {
+        match (explicit.or(stored), &self.s.current) {
             (Some(token), _) => self.send_refresh(token),
             (None, _) if self.is_service_app() => self.fetch_with_bearer(),
             (None, Some(current)) => {
                 let error = if current.value.reauthorization_required {
                     self.reauthorization_required()
                 } else {
-                    Error::NoRefreshToken { subject: self.key.subject() }
+                    Error::NoRefreshToken { subject: self.s.key.subject() }
                 };
                 self.conclude(error, now)
             }
@@ -702,58 +827,58 @@ impl Run {
         }
     }
 
-    fn send_refresh(mut self: Box<Self>, token: RefreshToken) -> Plan {
+    fn send_refresh(mut self, token: RefreshToken) -> Plan {
         let request = {
-            let (client_id, secret) = match &self.engine.client {
+            let (client_id, secret) = match &self.s.engine.client {
                 Client::Integration(c) => (&c.client_id, &c.client_secret),
                 Client::ServiceApp { credentials, .. } => {
                     (&credentials.client_id, &credentials.client_secret)
                 }
             };
-            refresh_request(&self.engine.config, client_id, secret, &token)
+            refresh_request(&self.s.engine.config, client_id, secret, &token)
         };
-        self.used_refresh = Some(token);
-        self.attempt = 0;
-        let kind = TokenCall::Refresh(self.key.subject());
+        self.s.used_refresh = Some(token);
+        self.s.attempt = 0;
+        let kind = TokenCall::Refresh(self.s.key.subject());
         self.send(Call { kind, request })
     }
 
-    fn fetch_with_bearer(mut self: Box<Self>) -> Plan {
+    fn fetch_with_bearer(mut self) -> Plan {
         if !self.is_service_app() {
             return self.fail(Error::NotAuthorized);
         }
-        self.fallback_used = true;
+        self.s.fallback_used = true;
         Step::IntegrationToken(Then::new(move |token, now| self.on_integration_token(token, now)))
     }
 
-    fn on_integration_token(mut self: Box<Self>, token: Result<AccessToken>, now: Timestamp) -> Plan {
+    fn on_integration_token(mut self, token: Result<AccessToken>, now: Timestamp) -> Plan {
         let bearer = match token {
             Ok(bearer) => bearer,
             // The org's refresh token was rejected and no fetch can stand in for it: the
             // rejection is the caller's answer (its remedy: re-register the org, or authorize
             // the Integration so byova fetches anew).
-            Err(e) if self.dead.rejection().is_some() || self.current_marked() => {
-                tracing::warn!(key = %self.key, error = %e, "the org's refresh token is dead and no Service App fetch can replace it");
+            Err(e) if self.s.dead.rejection().is_some() || self.current_marked() => {
+                tracing::warn!(key = %self.s.key, error = %e, "the org's refresh token is dead and no Service App fetch can replace it");
                 let error = self.reauthorization_required();
                 return self.conclude(error, now);
             }
             Err(e) => return self.conclude(e, now),
         };
-        let (Client::ServiceApp { credentials }, Some(org)) = (&self.engine.client, self.key.org_id()) else {
+        let (Client::ServiceApp { credentials }, Some(org)) = (&self.s.engine.client, self.s.key.org_id())
+        else {
             return self.fail(Error::NotAuthorized);
         };
-        let request = service_app_token_request(&self.engine.config, credentials, org, &bearer);
+        let request = service_app_token_request(&self.s.engine.config, credentials, org, &bearer);
         let kind = TokenCall::ServiceAppFetch { org_id: org.clone() };
-        self.used_refresh = None;
-        self.attempt = 0;
+        self.s.used_refresh = None;
+        self.s.attempt = 0;
         self.send(Call { kind, request })
     }
 
-    /// Checks the lease (when one is held) right before every token call: a holder that
+    /// Checks the lease right before every token call: a holder that
     /// stalled past its lease must not spend a token its successor may have used.
-    fn send(self: Box<Self>, call: Call) -> Plan {
-        let Some(held) = &self.lease else { return self.send_now(call) };
-        let (lease, ttl) = (held.lease.clone(), self.engine.config.coordination.lease_ttl);
+    fn send(self, call: Call) -> Plan {
+        let (lease, ttl) = (self.phase.0.lease.clone(), self.s.engine.config.coordination.lease_ttl);
         Step::Storage(StorageCall::ExtendLease(
             lease,
             ttl,
@@ -761,22 +886,16 @@ impl Run {
         ))
     }
 
-    fn on_lease_extended(
-        mut self: Box<Self>,
-        call: Call,
-        extended: StorageResult<bool>,
-        now: Timestamp,
-    ) -> Plan {
+    fn on_lease_extended(self, call: Call, extended: StorageResult<bool>, now: Timestamp) -> Plan {
         match extended {
             Ok(true) => self.send_now(call),
             // The lease expired and may be someone else's now: do not spend the token; wait for
             // the successor's result instead (or compete again once its lease has run out).
             Ok(false) => {
-                if let Some(held) = self.lease.take() {
-                    held.disarm();
-                }
-                self.waited = Duration::ZERO;
-                self.load(Self::after_poll)
+                let Run { mut s, phase: Leased(held) } = self;
+                held.disarm();
+                s.waited = Duration::ZERO;
+                Run { s, phase: Unleased }.load(Run::after_poll)
             }
             Err(e) => self.conclude(e.into(), now),
         }
@@ -784,35 +903,24 @@ impl Run {
 
     /// Asks the token budget every process sharing the store keeps (see [`crate::budget`])
     /// for one call, then sends.
-    fn send_now(mut self: Box<Self>, call: Call) -> Plan {
-        if self.engine.config.token_budget.is_none() {
+    fn send_now(mut self, call: Call) -> Plan {
+        if self.s.engine.config.token_budget.is_none() {
             return self.send_granted(call);
         }
-        self.budget_reads += 1;
+        self.s.budget_reads += 1;
         Step::Storage(StorageCall::LoadState(
             TOKEN_BUDGET_STATE.to_owned(),
             Then::new(move |loaded, now| self.on_budget_loaded(call, loaded, now)),
         ))
     }
 
-    /// A caller whose token has expired (or is about to) is urgent: it may use the reserve
-    /// that background refreshes leave.
-    fn urgent(&self, now: Timestamp) -> bool {
-        self.current.as_ref().is_none_or(|c| self.freshness(&c.value, now) == Freshness::Expired)
-    }
-
-    /// How long a stored pause counts at most (a longer `Retry-After` is not waited for).
-    fn max_pause(&self) -> Duration {
-        self.engine.config.retry.max_retry_after
-    }
-
     fn on_budget_loaded(
-        self: Box<Self>,
+        self,
         call: Call,
         loaded: StorageResult<Option<Versioned<Vec<u8>>>>,
         now: Timestamp,
     ) -> Plan {
-        let Some(budget) = self.engine.config.token_budget.clone() else { return self.send_granted(call) };
+        let Some(budget) = self.s.engine.config.token_budget.clone() else { return self.send_granted(call) };
         let (urgent, max_pause) = (self.urgent(now), self.max_pause());
         let (state, expect) = match loaded {
             Ok(Some(stored)) => (BudgetState::from_json(&stored.value), Expect::Version(stored.version)),
@@ -851,12 +959,12 @@ impl Run {
 
     /// A versioned write of the budget lost to another process: back off (jittered, growing)
     /// and read it again; after [`MAX_BUDGET_READS`] losses, wait as for an empty bucket.
-    fn after_budget_conflict(mut self: Box<Self>, call: Call, now: Timestamp) -> Plan {
-        if self.budget_reads >= MAX_BUDGET_READS {
+    fn after_budget_conflict(mut self, call: Call, now: Timestamp) -> Plan {
+        if self.s.budget_reads >= MAX_BUDGET_READS {
             let jitter = Duration::from_millis(u64::from(self.random() % 50) + 1);
             return self.over_budget(call, now.saturating_add(jitter), now);
         }
-        let ceiling = 1u64 << self.budget_reads.min(7);
+        let ceiling = 1u64 << self.s.budget_reads.min(7);
         let d = Duration::from_millis(u64::from(self.random()) % ceiling + 1);
         Step::Sleep(d, Then::new(move |(), _| self.send_now(call)))
     }
@@ -866,13 +974,13 @@ impl Run {
     /// else waits (a slice at a time, extending the lease in between) and asks again, for at
     /// most the longest `Retry-After` the retry policy honours; then the still-valid token is
     /// served if there is one, else the caller is told to come back later.
-    fn over_budget(mut self: Box<Self>, call: Call, at: Timestamp, now: Timestamp) -> Plan {
+    fn over_budget(mut self, call: Call, at: Timestamp, now: Timestamp) -> Plan {
         crate::metrics::metrics().record_budget_wait();
-        if matches!(self.mode, Mode::GetValid)
+        if matches!(self.s.mode, Mode::GetValid)
             && self.old_still_valid(now)
-            && let Some(current) = self.current.clone()
+            && let Some(current) = self.s.current.clone()
         {
-            tracing::debug!(key = %self.key, "token budget spent; serving the still-valid access token");
+            tracing::debug!(key = %self.s.key, "token budget spent; serving the still-valid access token");
             return self.end(Outcome {
                 result: Ok(current),
                 refreshed: false,
@@ -881,23 +989,23 @@ impl Run {
             });
         }
         let wait = at.saturating_duration_since(now).max(Duration::from_millis(1));
-        if self.budget_waited.saturating_add(wait) > self.max_pause() {
+        if self.s.budget_waited.saturating_add(wait) > self.max_pause() {
             let error = Error::RateLimited { failure: ApiFailure::new(429), retry_after: Some(wait) };
             return self.conclude(error, now);
         }
-        let slice = wait.min((self.engine.config.coordination.lease_ttl / 3).max(Duration::from_millis(1)));
-        self.budget_waited += slice;
-        tracing::debug!(key = %self.key, ?slice, "token budget spent; waiting");
-        self.budget_reads = 0;
+        let slice = wait.min((self.s.engine.config.coordination.lease_ttl / 3).max(Duration::from_millis(1)));
+        self.s.budget_waited += slice;
+        tracing::debug!(key = %self.s.key, ?slice, "token budget spent; waiting");
+        self.s.budget_reads = 0;
         Step::Sleep(slice, Then::new(move |(), _| self.send(call)))
     }
 
-    fn send_granted(mut self: Box<Self>, call: Call) -> Plan {
-        self.attempt += 1;
+    fn send_granted(mut self, call: Call) -> Plan {
+        self.s.attempt += 1;
         Step::Send(call.request.clone(), Then::new(move |sent, now| self.on_response(call, sent, now)))
     }
 
-    fn on_response(self: Box<Self>, call: Call, sent: Sent, now: Timestamp) -> Plan {
+    fn on_response(self, call: Call, sent: Sent, now: Timestamp) -> Plan {
         crate::metrics::metrics().record_call(&call.request, sent.response.as_ref().ok().map(|r| r.status));
         let parsed = sent.response.and_then(|r| parse_token_response(&r, sent.sent_at, &call.kind));
         let tokens = match parsed {
@@ -906,7 +1014,7 @@ impl Run {
         };
         // A response without a refresh token keeps the one that was sent (with the stored
         // record's expiry for it, when that is the one sent).
-        let tokens = match (&self.used_refresh, &self.current) {
+        let tokens = match (&self.s.used_refresh, &self.s.current) {
             (Some(used), Some(old))
                 if tokens.refresh_token.is_none()
                     && old.value.refresh_token.as_ref().is_some_and(|r| r.ct_eq(used)) =>
@@ -918,14 +1026,14 @@ impl Run {
             }
             _ => tokens,
         };
-        let authorized_by = match (&call.kind, &self.mode) {
-            (TokenCall::Refresh(_), _) => self.current.as_ref().and_then(|c| c.value.authorized_by),
+        let authorized_by = match (&call.kind, &self.s.mode) {
+            (TokenCall::Refresh(_), _) => self.s.current.as_ref().and_then(|c| c.value.authorized_by),
             (_, Mode::Fetch(Some(auth))) => Some(auth.delivery),
             _ => None,
         };
         // Tokens bought because Webex rejected the access token before them (a 401, see
         // `TokenEngine::invalidate`) count how many such renewals came in a row.
-        let renewals = match (&self.mode, &self.current) {
+        let renewals = match (&self.s.mode, &self.s.current) {
             (Mode::GetValid | Mode::Force(None), Some(c)) if c.value.expires_in == 0 => {
                 c.value.renewals.saturating_add(1)
             }
@@ -937,19 +1045,32 @@ impl Run {
             renewals,
             ..tokens
         };
-        let expect = match &self.current {
+        let expect = match &self.s.current {
             Some(c) => Expect::Version(c.version),
             // Over a record nobody can read: written whatever is there (the store keeps the
             // unreadable one aside where it can: see `Expect::Any`).
-            None if self.unreadable => Expect::Any,
+            None if self.s.unreadable => Expect::Any,
             None => Expect::Absent,
         };
-        if self.unreadable {
-            tracing::warn!(key = %self.key, "the stored record could not be read; replaced by the tokens just fetched");
+        if self.s.unreadable {
+            tracing::warn!(key = %self.s.key, "the stored record could not be read; replaced by the tokens just fetched");
         }
-        let unsaved = Unsaved::new(tokens, expect, self.used_refresh.clone());
-        let in_hand = InHand::new(self.engine.clone(), self.key.clone(), unsaved);
-        self.persist(in_hand, Afterwards::Finish)
+        let unsaved = Unsaved::new(tokens, expect, self.s.used_refresh.clone());
+        let in_hand = InHand::new(self.s.engine.clone(), self.s.key.clone(), unsaved);
+        self.persist(in_hand, Self::after_fresh_stored)
+    }
+
+    /// Tokens fresh from Webex are stored: the run ends with them. When another writer's record
+    /// stood instead, it is the answer while it is valid.
+    fn after_fresh_stored(self, persisted: Persisted, now: Timestamp) -> Plan {
+        match persisted {
+            Persisted::Stored(record) => self.finish(Ok(record), true, None),
+            Persisted::Superseded(Some(w)) if !w.value.is_expired(Duration::ZERO, now) => self.succeed(w),
+            Persisted::Superseded(_) => {
+                let key = self.s.key.clone();
+                self.fail(Error::Storage(crate::error::StorageError::conflict(key)))
+            }
+        }
     }
 
     /// The authorization new tokens belong to: a refresh keeps the record's; a fetch for an
@@ -958,8 +1079,8 @@ impl Run {
     /// older); any other fetch or registration is one as of now. An event's time, not the
     /// fetch's: a `deauthorized` that arrives while the fetch runs is newer and removes it.
     fn authorized_at(&self, call: &TokenCall, now: Timestamp) -> Option<Timestamp> {
-        let kept = self.current.as_ref().and_then(|c| c.value.authorized_at);
-        match (call, &self.mode) {
+        let kept = self.s.current.as_ref().and_then(|c| c.value.authorized_at);
+        match (call, &self.s.mode) {
             (TokenCall::Refresh(_), Mode::Force(Some(_))) if self.is_service_app() => Some(now),
             (TokenCall::Refresh(_), _) => kept,
             (_, Mode::Fetch(Some(auth))) => Some(kept.map_or(auth.at, |k| k.max(auth.at))),
@@ -970,23 +1091,23 @@ impl Run {
     /// A 429 with `Retry-After` pauses every process sharing the store (the pause is stored
     /// with the budget, for at most the longest `Retry-After` the retry policy honours), then
     /// the failure is handled as any other.
-    fn after_failed_call(mut self: Box<Self>, call: Call, error: Error, now: Timestamp) -> Plan {
-        let pause = match (&error, error.retry_after(), &self.engine.config.token_budget) {
+    fn after_failed_call(mut self, call: Call, error: Error, now: Timestamp) -> Plan {
+        let pause = match (&error, error.retry_after(), &self.s.engine.config.token_budget) {
             (Error::RateLimited { .. }, Some(after), Some(_)) => {
                 now.saturating_add(after.min(self.max_pause()))
             }
             _ => return self.retry_or_conclude(call, error, now),
         };
-        self.budget_reads = 0;
+        self.s.budget_reads = 0;
         self.store_pause(call, pause, error)
     }
 
-    fn store_pause(mut self: Box<Self>, call: Call, until: Timestamp, error: Error) -> Plan {
-        self.budget_reads += 1;
+    fn store_pause(mut self, call: Call, until: Timestamp, error: Error) -> Plan {
+        self.s.budget_reads += 1;
         Step::Storage(StorageCall::LoadState(
             TOKEN_BUDGET_STATE.to_owned(),
             Then::new(move |loaded: StorageResult<Option<Versioned<Vec<u8>>>>, now| {
-                let Some(budget) = self.engine.config.token_budget.clone() else {
+                let Some(budget) = self.s.engine.config.token_budget.clone() else {
                     return self.retry_or_conclude(call, error, now);
                 };
                 let (state, expect) = match loaded {
@@ -1008,7 +1129,7 @@ impl Run {
                     Then::new(move |stored: StorageResult<u64>, now| match stored {
                         Err(e)
                             if e.kind() == StorageErrorKind::Conflict
-                                && self.budget_reads < MAX_BUDGET_READS =>
+                                && self.s.budget_reads < MAX_BUDGET_READS =>
                         {
                             let d = Duration::from_millis(u64::from(self.random() % 20) + 1);
                             Step::Sleep(d, Then::new(move |(), _| self.store_pause(call, until, error)))
@@ -1025,11 +1146,11 @@ impl Run {
         ))
     }
 
-    fn retry_or_conclude(mut self: Box<Self>, call: Call, error: Error, now: Timestamp) -> Plan {
+    fn retry_or_conclude(mut self, call: Call, error: Error, now: Timestamp) -> Plan {
         let class = call.request.retry;
         let random = self.random();
         if let RetryDecision::RetryAfter(d) =
-            self.engine.config.retry.decide(class, self.attempt, &error, random)
+            self.s.engine.config.retry.decide(class, self.s.attempt, &error, random)
         {
             return Step::Sleep(d, Then::new(move |(), _| self.send(call)));
         }
@@ -1037,24 +1158,26 @@ impl Run {
             // Refused by Webex (403, 404, 401, 400), not merely unavailable.
             let refused = error.api_failure().is_some() && !error.is_retryable();
             if refused {
-                self.engine.pause_fetches(&self.key, now);
+                self.s.engine.pause_fetches(&self.s.key, now);
             }
         }
         let rejected = matches!(error, Error::ReauthorizationRequired { .. });
-        if rejected && matches!(self.mode, Mode::Force(Some(_))) {
+        if rejected && matches!(self.s.mode, Mode::Force(Some(_))) {
             // The caller's own refresh token was refused; the stored record is not at fault.
             return self.fail(error);
         }
-        if rejected && matches!(call.kind, TokenCall::Refresh(_)) && matches!(self.dead, DeadToken::Unchecked)
+        if rejected
+            && matches!(call.kind, TokenCall::Refresh(_))
+            && matches!(self.s.dead, DeadToken::Unchecked)
         {
             // Another process may have rotated the token we sent; look before giving up.
-            self.dead = DeadToken::Rejected { error, mark: false };
+            self.s.dead = DeadToken::Rejected { error, mark: false };
             return self.load(Self::after_invalid_grant_load);
         }
         self.conclude(error, now)
     }
 
-    fn after_invalid_grant_load(mut self: Box<Self>, loaded: Loaded, now: Timestamp) -> Plan {
+    fn after_invalid_grant_load(mut self, loaded: Loaded, now: Timestamp) -> Plan {
         let rec = match loaded {
             Ok(Some(rec)) => rec,
             Ok(None) => {
@@ -1063,18 +1186,18 @@ impl Run {
             }
             Err(e) => {
                 // The refresh token was refused but the record cannot be read to mark it.
-                self.dead = DeadToken::Explained;
+                self.s.dead = DeadToken::Explained;
                 return self.fail(e.into());
             }
         };
-        let rotated_elsewhere = match (&rec.value.refresh_token, &self.used_refresh) {
+        let rotated_elsewhere = match (&rec.value.refresh_token, &self.s.used_refresh) {
             (Some(stored), Some(used)) => !stored.ct_eq(used),
             _ => false,
         };
         if rotated_elsewhere {
-            self.current = Some(rec.clone());
+            self.s.current = Some(rec.clone());
             // Another process rotated it: the rejection is explained (and not re-read again).
-            self.dead = DeadToken::Explained;
+            self.s.dead = DeadToken::Explained;
             if rec.value.reauthorization_required {
                 let error = self.reauthorization_required();
                 return self.conclude(error, now);
@@ -1086,97 +1209,20 @@ impl Run {
                 return self.send_refresh(token);
             }
         }
-        self.current = Some(rec);
-        self.dead.mark_again();
+        self.s.current = Some(rec);
+        self.s.dead.mark_again();
         self.give_up_on_refresh_token(now)
     }
 
     /// The stored refresh token is dead. A Service App fetches new tokens with the
     /// Integration's bearer once, as the Python SDK does; otherwise the record is marked and
     /// re-authorization is required.
-    fn give_up_on_refresh_token(self: Box<Self>, now: Timestamp) -> Plan {
-        if self.is_service_app() && !self.fallback_used {
+    fn give_up_on_refresh_token(self, now: Timestamp) -> Plan {
+        if self.is_service_app() && !self.s.fallback_used {
             return self.fetch_with_bearer();
         }
         let error = self.reauthorization_required();
         self.conclude(error, now)
-    }
-
-    // ---- storing ----
-
-    /// Stores the tokens in hand under their condition. A conflict re-reads: the tokens in
-    /// hand replace a record that is marked or still holds the refresh token they were bought
-    /// with; anything else another writer stored stands, and so does a deletion.
-    fn persist(mut self: Box<Self>, in_hand: InHand, afterwards: Afterwards) -> Plan {
-        let (key, tokens, expect) =
-            (self.key.clone(), in_hand.unsaved.tokens.clone(), in_hand.unsaved.expect);
-        self.store_attempts += 1;
-        Step::Storage(StorageCall::Store(
-            key,
-            tokens,
-            expect,
-            Then::new(move |stored, _| self.on_persisted(in_hand, stored, afterwards)),
-        ))
-    }
-
-    fn on_persisted(
-        self: Box<Self>,
-        in_hand: InHand,
-        stored: StorageResult<u64>,
-        afterwards: Afterwards,
-    ) -> Plan {
-        let attempts_left = self.store_attempts < self.engine.config.retry.max_attempts.max(2);
-        match stored {
-            Ok(version) => {
-                let tokens = in_hand.stored();
-                match afterwards {
-                    Afterwards::Finish => self.finish(Ok(Versioned { value: tokens, version }), true, None),
-                    Afterwards::Continue => self.load(Self::after_initial_load),
-                }
-            }
-            Err(e) if e.kind() == StorageErrorKind::Conflict && attempts_left => {
-                let key = self.key.clone();
-                Step::Storage(StorageCall::Load(
-                    key,
-                    Then::new(move |loaded, now| self.after_conflict(in_hand, loaded, afterwards, now)),
-                ))
-            }
-            Err(e) if e.is_retryable() && attempts_left => {
-                let d = self.engine.config.retry.base_delay.saturating_mul(self.store_attempts);
-                Step::Sleep(d, Then::new(move |(), _| self.persist(in_hand, afterwards)))
-            }
-            // Dropped here, the tokens in hand go back to the cache: kept for the next run.
-            Err(e) => self.fail(e.into()),
-        }
-    }
-
-    fn after_conflict(
-        self: Box<Self>,
-        mut in_hand: InHand,
-        loaded: Loaded,
-        afterwards: Afterwards,
-        now: Timestamp,
-    ) -> Plan {
-        let winner = match loaded {
-            Ok(winner) => winner,
-            Err(e) => return self.fail(e.into()),
-        };
-        if let Some(w) = &winner
-            && in_hand.unsaved.supersede(&w.value)
-        {
-            in_hand.unsaved.expect = Expect::Version(w.version);
-            return self.persist(in_hand, afterwards);
-        }
-        // The other writer's record (or its deletion) stands; ours are dropped on purpose.
-        in_hand.give_up();
-        match (afterwards, winner) {
-            (Afterwards::Continue, _) => self.load(Self::after_initial_load),
-            (Afterwards::Finish, Some(w)) if !w.value.is_expired(Duration::ZERO, now) => self.succeed(w),
-            (Afterwards::Finish, _) => {
-                let key = self.key.clone();
-                self.fail(Error::Storage(crate::error::StorageError::conflict(key)))
-            }
-        }
     }
 }
 
