@@ -145,7 +145,9 @@ pub mod backend {
     pub use crate::tokens::TOKEN_SCHEMA_VERSION;
 }
 
-/// `async_trait`, re-exported so backends implement [`TokenStorage`] with the same macro.
+/// `async_trait`, re-exported so backends implement
+/// [`CoordinatedTokenStorage`](backend::CoordinatedTokenStorage) (and teams [`TokenStorage`])
+/// with the same macro.
 pub use async_trait::async_trait;
 
 /// Robustness: every parser of outside input returns a typed result for any bytes, never a

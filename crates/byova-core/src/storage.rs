@@ -75,7 +75,7 @@ pub fn journal_replay(
     }
 }
 
-/// What a default shared-state hook answers.
+/// What the primitives' default shared-state methods answer.
 fn unsupported_state() -> StorageError {
     StorageError::new(crate::error::StorageErrorKind::Unsupported, "this store keeps no shared state")
 }
@@ -270,8 +270,9 @@ macro_rules! primitives {
     ($(#[$attr:meta])* $name:ident $(, $async_kw:ident, $await:tt)?) => {
         $(#[$attr])*
         pub trait $name: Send + Sync {
-            /// Whether versions and leases coordinate for real: `true`, except for
-            /// [`SingleProcess`] (unversioned records, leases always granted).
+            /// Whether versions and leases coordinate for real: `true` by default; `false` for
+            /// [`SingleProcess`] (unversioned records, leases always granted). A store that
+            /// wraps another forwards it.
             fn supports_coordination(&self) -> bool {
                 true
             }

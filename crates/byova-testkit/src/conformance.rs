@@ -435,7 +435,7 @@ impl Suite {
     }
 
     /// Pending authorizations: kept until taken, taken exactly once, by one of many racing
-    /// takers. `None` (not applicable) when the backend keeps none (the default hooks).
+    /// takers. `None` (not applicable) when the backend keeps none (the primitives' defaults).
     async fn pending_authorizations(&self) -> Option<CaseResult> {
         let t = &self.target;
         let (key_a, a) = self.pending("a");
@@ -516,7 +516,7 @@ impl Suite {
 
     /// The small shared state replicas keep (the token budget): versioned exactly like
     /// records, and 8 concurrent compare-and-set writers lose no update. `None` (not
-    /// applicable) when the backend keeps none (the default hooks).
+    /// applicable) when the backend keeps none (the primitives' defaults).
     async fn shared_state(&self) -> Option<CaseResult> {
         let t = &self.target;
         let name = format!("{}-state", self.run_id);
