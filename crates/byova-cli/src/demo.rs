@@ -73,6 +73,9 @@ pub(crate) async fn run(as_json: bool) -> Result<(), Failure> {
         board: Arc::default(),
         admin_token: None,
         metrics_per_key: false,
+        token_secret: None,
+        token_stats: Arc::default(),
+        sinks: Arc::default(),
     });
     let server = tokio::spawn(crate::serve::serve_http(
         daemon,

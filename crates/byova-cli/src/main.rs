@@ -18,7 +18,9 @@ mod demo;
 mod progress;
 mod schedule;
 mod serve;
+mod sink;
 mod storage;
+mod token;
 mod transfer;
 
 use std::io::{IsTerminal, Read};
@@ -150,10 +152,70 @@ enum Command {
         /// Label a gauge in /metrics with each key (customer org ids then reach whoever scrapes).
         #[arg(long)]
         metrics_per_key: bool,
+        /// Serve valid tokens to local programs (repeatable): `unix:PATH` (a socket created
+        /// 0660) or a loopback `IP:PORT` (with --token-secret-file). GET /v1/integration/token
+        /// and /v1/orgs/{org}/token, optional ?min_valid=SECONDS.
+        #[arg(long, value_name = "unix:PATH|IP:PORT")]
+        token_listen: Vec<String>,
+        /// The group a token socket is given (a name or a numeric id), so its members connect.
+        #[arg(long, value_name = "GROUP")]
+        token_socket_group: Option<String>,
+        /// A file holding the shared secret a TCP token listener asks for (`Authorization:
+        /// Bearer …`); required for one.
+        #[arg(long)]
+        token_secret_file: Option<String>,
+        /// Let a TCP token listener take an address that is not loopback (tokens then cross
+        /// the network in clear).
+        #[arg(long)]
+        token_allow_remote: bool,
+        #[command(flatten)]
+        sinks: SinkArgs,
+    },
+    /// Bring every token up to date (refreshing what is due) and write the sinks, then exit:
+    /// for init containers and cron. Exits non-zero (with the class's code) when a key could
+    /// not be brought up to date.
+    Sync {
+        #[command(flatten)]
+        sinks: SinkArgs,
     },
     /// Walk through the whole lifecycle against a local fake Webex (no credentials, no network;
     /// in a binary built with the `demo` feature).
     Demo,
+}
+
+/// Where tokens are written for other programs, and what runs after.
+#[derive(clap::Args, Debug)]
+struct SinkArgs {
+    /// Write every key's token to a file (repeatable), replaced atomically at every rotation:
+    /// `file:///run/byova/{org}.json?format=json|env|raw&mode=0640` (`{org}` is the org id, or
+    /// `integration`).
+    #[arg(long, value_name = "TEMPLATE")]
+    sink: Vec<String>,
+    /// A program (and its arguments, split on spaces, no shell) run after a key's sink files
+    /// are current, with BYOVA_KEY and BYOVA_SINK_PATH in its environment (never the token).
+    #[arg(long, value_name = "COMMAND")]
+    on_rotate: Option<String>,
+    /// Seconds a rotation hook may run before it is killed (a failure, not retried).
+    #[arg(long, default_value_t = 30)]
+    on_rotate_timeout: u64,
+}
+
+impl SinkArgs {
+    fn parse(&self) -> Result<(Vec<sink::Sink>, Option<sink::Hook>), Failure> {
+        let sinks = self.sink.iter().map(|s| sink::Sink::parse(s)).collect::<Result<Vec<_>, _>>()?;
+        let hook = self
+            .on_rotate
+            .as_deref()
+            .map(|c| sink::Hook::parse(c, Duration::from_secs(self.on_rotate_timeout.max(1))))
+            .transpose()?;
+        if hook.is_some() && sinks.is_empty() {
+            return Err(failure(
+                3,
+                "--on-rotate runs after sink files are written: give at least one --sink",
+            ));
+        }
+        Ok((sinks, hook))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -312,7 +374,8 @@ fn secret<T: From<String>>(value: &str) -> Result<T, String> {
     if value.is_empty() { Err("must not be empty".into()) } else { Ok(T::from(value.to_owned())) }
 }
 
-/// A failure with its exit code and one line for stderr.
+/// A failure with its exit code and one line for stderr (which names no secret).
+#[derive(Debug)]
 pub(crate) struct Failure {
     code: u8,
     message: String,
@@ -451,6 +514,10 @@ async fn run(cli: Cli) -> Outcome {
                 || format!("{} webhook(s) created or updated for {url}", changed.len()),
             );
         }
+        Command::Sync { sinks } => {
+            let (sinks, hook) = sinks.parse()?;
+            sink::sync(Arc::new(byova), sinks, hook).await?;
+        }
         Command::Status => {
             let report = byova.status_report().await?;
             print_statuses(&report.keys, cli.json);
@@ -464,17 +531,35 @@ async fn run(cli: Cli) -> Outcome {
             max_connections,
             admin_token_file,
             metrics_per_key,
+            token_listen,
+            token_socket_group,
+            token_secret_file,
+            token_allow_remote,
+            sinks,
             ..
         } => {
+            let (sinks, on_rotate) = sinks.parse()?;
             let admin_token = admin_token_file
                 .map(|file| read_secret(&file, "admin token").map(byova_core::SharedSecret::new))
                 .transpose()?;
+            let token_listen =
+                token_listen.iter().map(|l| token::TokenListen::parse(l)).collect::<Result<Vec<_>, _>>()?;
+            let token_secret = token_secret_file
+                .map(|file| read_secret(&file, "token secret").map(byova_core::SharedSecret::new))
+                .transpose()?;
+            let token_socket_group = token_socket_group.as_deref().map(token::group_id).transpose()?;
             let options = serve::Options {
                 resync: Duration::from_secs(resync_interval.max(1)),
                 concurrency,
                 limits: serve::Limits { max_connections },
                 admin_token,
                 metrics_per_key,
+                token_listen,
+                token_socket_group,
+                token_secret,
+                token_allow_remote,
+                sinks,
+                on_rotate,
             };
             serve::run(Arc::new(byova), &listen, &admin_listen, options).await?;
         }

@@ -1,5 +1,6 @@
 //! `byova serve`: a webhook receiver on the public address; `/healthz`, `/status` and
-//! `/metrics` on the admin address (loopback by default); a background refresher.
+//! `/metrics` on the admin address (loopback by default); the local token endpoint on the
+//! token listeners (see [`crate::token`]); a background refresher.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,11 +22,13 @@ use tokio::net::TcpListener;
 use byova_async::core::{Clock, SharedSecret, SystemClock};
 
 use crate::schedule::{Refresher, StatusBoard, Touched};
+use crate::sink::{Hook, Sink, SinkState, SinkWriter};
+use crate::token::{self, TokenListen, TokenStats};
 use crate::{Failure, failure, status_json};
 
-type Resp = Response<Full<Bytes>>;
+pub(crate) type Resp = Response<Full<Bytes>>;
 
-fn respond(status: StatusCode, body: serde_json::Value) -> Resp {
+pub(crate) fn respond(status: StatusCode, body: serde_json::Value) -> Resp {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut().insert("Content-Type", hyper::header::HeaderValue::from_static("application/json"));
@@ -38,8 +41,12 @@ fn respond(status: StatusCode, body: serde_json::Value) -> Resp {
 pub(crate) enum Role {
     /// The public address: `POST /webhook` only.
     Public,
-    /// The operator's address (loopback by default): `/healthz`, `/status`, `/metrics`.
+    /// The operator's address (loopback by default): `/healthz`, `/ready`, `/status`,
+    /// `/metrics`.
     Admin,
+    /// A token listener (a Unix socket, or loopback TCP with the shared secret): `GET
+    /// /v1/integration/token`, `GET /v1/orgs/{org}/token`.
+    Token,
 }
 
 /// After the public listener has drained (10 s at most): how long the refresher and the
@@ -62,6 +69,14 @@ pub(crate) struct Daemon {
     pub(crate) admin_token: Option<SharedSecret>,
     /// Whether `/metrics` labels a gauge with each key (customer org ids).
     pub(crate) metrics_per_key: bool,
+    /// The shared secret a token listener asks for (TCP; a Unix socket's access control is its
+    /// mode).
+    pub(crate) token_secret: Option<SharedSecret>,
+    /// The token endpoint's requests and latencies, for `/metrics`.
+    pub(crate) token_stats: Arc<TokenStats>,
+    /// The sinks' figures and the keys whose files are not current, for `/metrics` and
+    /// `/ready`.
+    pub(crate) sinks: Arc<SinkState>,
 }
 
 /// Whether `req` carries `Authorization: Bearer <token>` (compared in constant time).
@@ -91,8 +106,21 @@ pub(crate) async fn handle(
         resp.headers_mut().insert("WWW-Authenticate", hyper::header::HeaderValue::from_static("Bearer"));
         return Ok(resp);
     }
+    if role == Role::Token
+        && let Some(secret) = &daemon.token_secret
+        && !authorized(&req, secret)
+    {
+        daemon.token_stats.unauthorized();
+        let mut resp = respond(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "unauthorized", "message": "the token listener needs its shared secret as a bearer token"}),
+        );
+        resp.headers_mut().insert("WWW-Authenticate", hyper::header::HeaderValue::from_static("Bearer"));
+        return Ok(resp);
+    }
     let resp = match (role, method.as_str(), path.as_str()) {
         (Role::Admin, "GET", "/healthz") => respond(StatusCode::OK, json!({"status": "ok"})),
+        (Role::Admin, "GET", "/ready") => ready(&daemon.board, &daemon.sinks),
         (Role::Admin, "GET", "/status") => match daemon.board.snapshot() {
             Some(statuses) => {
                 respond(StatusCode::OK, json!(statuses.iter().map(status_json).collect::<Vec<_>>()))
@@ -118,11 +146,22 @@ pub(crate) async fn handle(
                  what the keys still open.\n# TYPE byova_records_unreadable gauge\nbyova_records_unreadable {}\n",
                 daemon.board.unreadable()
             ));
+            text.push_str(&daemon.token_stats.render());
+            text.push_str(&daemon.sinks.render());
             let mut resp = Response::new(Full::new(Bytes::from(text)));
             resp.headers_mut().insert(
                 "Content-Type",
                 hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
+            resp
+        }
+        (Role::Token, "GET", _) => token::answer(&daemon, &req).await,
+        (Role::Token, _, _) => {
+            let mut resp = respond(
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"error": "method_not_allowed", "message": "GET only"}),
+            );
+            resp.headers_mut().insert("Allow", hyper::header::HeaderValue::from_static("GET"));
             resp
         }
         (Role::Public, "POST", "/webhook") => webhook(&daemon, read_by, req).await,
@@ -135,6 +174,37 @@ pub(crate) async fn handle(
         _ => respond(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "method not allowed"})),
     };
     Ok(resp)
+}
+
+/// `/ready`: 200 when every registered key holds an access token that has not expired and
+/// every sink file is current, else 503 naming the keys that are not (and why); 503 too while
+/// the store was never read.
+fn ready(board: &StatusBoard, sinks: &SinkState) -> Resp {
+    let Some(statuses) = board.snapshot() else {
+        return respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"ready": false, "error": "the tokens' status is not known yet: the store could not be read since the start"}),
+        );
+    };
+    let now = SystemClock.now();
+    let mut not_ready: Vec<_> = statuses
+        .iter()
+        .filter(|s| s.access_expires_at <= now)
+        .map(|s| {
+            let state = if s.refresh_token_rejected { "reauthorization_required" } else { "expired" };
+            json!({"key": s.key.label(), "state": state})
+        })
+        .collect();
+    not_ready
+        .extend(sinks.failing().iter().map(|key| json!({"key": key.label(), "state": "sink_not_written"})));
+    if not_ready.is_empty() {
+        respond(StatusCode::OK, json!({"ready": true, "keys": statuses.len()}))
+    } else {
+        respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"ready": false, "keys": statuses.len(), "not_ready": not_ready}),
+        )
+    }
 }
 
 async fn webhook(daemon: &Daemon, read_by: tokio::time::Instant, req: Request<Incoming>) -> Resp {
@@ -205,13 +275,35 @@ impl Limits {
     }
 }
 
+/// A listener `serve_http` accepts connections from: TCP or a Unix socket.
+pub(crate) trait Accept: Send + 'static {
+    /// A connection.
+    type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    /// The next connection.
+    fn next(&self) -> impl std::future::Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Stream = tokio::net::TcpStream;
+    async fn next(&self) -> std::io::Result<Self::Stream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn next(&self) -> std::io::Result<Self::Stream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
 /// Serves `listener` as `role` until `shutdown` resolves, then lets open connections finish
 /// (10 s at most). At most `limits.max_connections` connections are open: accepting waits for
 /// a free slot, and an accept error (out of descriptors, say) backs off instead of spinning.
 /// Each connection serves one request, which must arrive within [`READ_DEADLINE`].
 pub(crate) async fn serve_http(
     daemon: Arc<Daemon>,
-    listener: TcpListener,
+    listener: impl Accept,
     role: Role,
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
@@ -229,10 +321,10 @@ pub(crate) async fn serve_http(
         let Ok(slot) = slot else { break };
         let accepted = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => accepted,
+            accepted = listener.next() => accepted,
         };
         let stream = match accepted {
-            Ok((stream, _)) => {
+            Ok(stream) => {
                 backoff = Duration::ZERO;
                 stream
             }
@@ -266,6 +358,33 @@ pub(crate) async fn serve_http(
         while connections.join_next().await.is_some() {}
     })
     .await;
+}
+
+/// Tells systemd (the datagram socket in `NOTIFY_SOCKET`, a path or an abstract `@name`)
+/// `message`; nothing when not run by systemd. A failure is logged, never fatal.
+fn sd_notify(message: &str) {
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let sent = std::os::unix::net::UnixDatagram::unbound().and_then(|socket| {
+        #[cfg(target_os = "linux")]
+        if let Some(name) = target.as_encoded_bytes().strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            return socket.send_to_addr(message.as_bytes(), &addr);
+        }
+        socket.send_to(message.as_bytes(), &target)
+    });
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// systemd's watchdog interval for this process (`WATCHDOG_USEC`, when `WATCHDOG_PID` is
+/// unset or names this process): the daemon pings at half of it.
+fn watchdog_interval() -> Option<Duration> {
+    let usec = std::env::var("WATCHDOG_USEC").ok()?.parse::<u64>().ok().filter(|u| *u > 0)?;
+    let for_us =
+        std::env::var("WATCHDOG_PID").ok().is_none_or(|pid| pid.trim() == std::process::id().to_string());
+    for_us.then(|| Duration::from_micros(usec) / 2)
 }
 
 async fn shutdown_signal() {
@@ -322,6 +441,55 @@ pub(crate) struct Options {
     pub(crate) admin_token: Option<SharedSecret>,
     /// Label `/metrics` gauges with each key.
     pub(crate) metrics_per_key: bool,
+    /// Where the local token endpoint listens (none: no token endpoint).
+    pub(crate) token_listen: Vec<TokenListen>,
+    /// The group a token socket is given (its mode is `0660`).
+    pub(crate) token_socket_group: Option<u32>,
+    /// The shared secret a TCP token listener asks for (required for one).
+    pub(crate) token_secret: Option<SharedSecret>,
+    /// Let a TCP token listener take an address that is not loopback.
+    pub(crate) token_allow_remote: bool,
+    /// Files every key's token is written to.
+    pub(crate) sinks: Vec<Sink>,
+    /// Run after a key's sink files are current.
+    pub(crate) on_rotate: Option<Hook>,
+}
+
+/// The token listeners, bound; refused before anything is bound when one is on TCP without the
+/// shared secret, or off loopback without the explicit allowance.
+async fn bind_token_listeners(
+    options: &Options,
+) -> Result<(Vec<TcpListener>, Vec<(tokio::net::UnixListener, std::path::PathBuf)>), Failure> {
+    for listen in &options.token_listen {
+        if let TokenListen::Tcp(addr) = listen {
+            if options.token_secret.is_none() {
+                return Err(failure(
+                    3,
+                    format!(
+                        "--token-listen {addr} is TCP: give --token-secret-file FILE (clients send Authorization:                          Bearer <its content>), or listen on unix:PATH"
+                    ),
+                ));
+            }
+            if !addr.ip().is_loopback() && !options.token_allow_remote {
+                return Err(failure(
+                    3,
+                    format!(
+                        "--token-listen {addr} is not a loopback address: tokens would cross the network in clear;                          listen on 127.0.0.1 or unix:PATH (or pass --token-allow-remote)"
+                    ),
+                ));
+            }
+        }
+    }
+    let (mut tcp, mut unix) = (Vec::new(), Vec::new());
+    for listen in &options.token_listen {
+        match listen {
+            TokenListen::Tcp(addr) => tcp.push(bind_flag(&addr.to_string(), "--token-listen").await?),
+            TokenListen::Unix(path) => {
+                unix.push((token::bind_unix(path, options.token_socket_group)?, path.clone()))
+            }
+        }
+    }
+    Ok((tcp, unix))
 }
 
 /// `byova serve`.
@@ -331,7 +499,18 @@ pub(crate) async fn run(
     admin_listen: &str,
     options: Options,
 ) -> Result<(), Failure> {
-    let Options { resync, concurrency, limits, admin_token, metrics_per_key } = options;
+    let (token_tcp, token_unix) = bind_token_listeners(&options).await?;
+    let Options {
+        resync,
+        concurrency,
+        limits,
+        admin_token,
+        metrics_per_key,
+        token_secret,
+        sinks,
+        on_rotate,
+        ..
+    } = options;
     let listener = bind(listen).await?;
     let admin = bind_flag(admin_listen, "--admin-listen").await?;
     let addr = listener.local_addr().map_err(|e| failure(3, e.to_string()))?;
@@ -354,13 +533,37 @@ pub(crate) async fn run(
         Ok(keys) => tracing::info!(keys, took = ?started.elapsed(), "refresh schedule resynced"),
         Err(e) => tracing::warn!(error = %e, "cannot read the tokens' status yet; the refresher tries again"),
     }
+    let mut token_addrs = Vec::new();
+    for l in &token_tcp {
+        token_addrs.push(format!("http://{}", l.local_addr().map_err(|e| failure(3, e.to_string()))?));
+    }
+    token_addrs.extend(token_unix.iter().map(|(_, path)| format!("unix:{}", path.display())));
+    let token_line = if token_addrs.is_empty() {
+        String::new()
+    } else {
+        format!("; tokens on {} (GET /v1/integration/token, /v1/orgs/{{org}}/token)", token_addrs.join(" "))
+    };
     println!(
-        "byova serve: listening on http://{addr} (POST /webhook); admin on http://{admin_addr} (GET /healthz, /status, /metrics)"
+        "byova serve: listening on http://{addr} (POST /webhook); admin on http://{admin_addr} (GET /healthz, /ready, /status, /metrics){token_line}"
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    sd_notify("READY=1");
+    let watchdog = watchdog_interval().map(|every| {
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            loop {
+                sd_notify("WATCHDOG=1");
+                tokio::select! {
+                    () = &mut stop => break,
+                    () = tokio::time::sleep(every) => {}
+                }
+            }
+        })
+    });
     let (touched, touched_rx) = tokio::sync::mpsc::channel(1024);
     let refresher = tokio::spawn(
         Refresher {
@@ -373,17 +576,43 @@ pub(crate) async fn run(
         }
         .run(),
     );
-    let daemon = |touched| {
+    let token_stats = Arc::new(TokenStats::default());
+    let sink_state = Arc::new(SinkState::default());
+    let sink_writer = (!sinks.is_empty()).then(|| {
+        let writer = SinkWriter::new(byova.clone(), sinks, on_rotate, board.clone(), sink_state.clone());
+        tokio::spawn(writer.run(stopped(stop_rx.clone())))
+    });
+    let daemon = |touched, token_secret| {
         Arc::new(Daemon {
             byova: byova.clone(),
             touched,
             board: board.clone(),
             admin_token: admin_token.clone(),
             metrics_per_key,
+            token_secret,
+            token_stats: token_stats.clone(),
+            sinks: sink_state.clone(),
         })
     };
+    let token_limits = Limits { max_connections: 256 }.within_descriptor_budget();
+    let mut token_servers = Vec::new();
+    for l in token_tcp {
+        let served = serve_http(
+            daemon(None, token_secret.clone()),
+            l,
+            Role::Token,
+            token_limits,
+            stopped(stop_rx.clone()),
+        );
+        token_servers.push(tokio::spawn(served));
+    }
+    let socket_paths: Vec<_> = token_unix.iter().map(|(_, path)| path.clone()).collect();
+    for (l, _) in token_unix {
+        let served = serve_http(daemon(None, None), l, Role::Token, token_limits, stopped(stop_rx.clone()));
+        token_servers.push(tokio::spawn(served));
+    }
     let admin_server = tokio::spawn(serve_http(
-        daemon(None),
+        daemon(None, None),
         admin,
         Role::Admin,
         Limits { max_connections: 64 },
@@ -391,11 +620,15 @@ pub(crate) async fn run(
     ));
     let limits = limits.within_descriptor_budget();
     tracing::info!(max_connections = limits.max_connections, "public listener");
-    let public = serve_http(daemon(Some(touched)), listener, Role::Public, limits, async {
+    let public = serve_http(daemon(Some(touched), None), listener, Role::Public, limits, async {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
     public.await;
+    sd_notify("STOPPING=1");
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     // Deliveries in flight finished (or ran out of their 10 s) above. The refresher starts
     // nothing new now; let what runs finish, then any detached refresh or fetch, so no token
     // bought from Webex is dropped unsaved. All of it within SHUTDOWN_BUDGET (under the usual
@@ -414,7 +647,16 @@ pub(crate) async fn run(
     if settled.is_err() {
         tracing::warn!("stopping with refreshes still running; their tokens are kept only if stored");
     }
+    if let Some(writer) = sink_writer {
+        let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    }
     admin_server.abort();
+    for server in token_servers {
+        server.abort();
+    }
+    for path in socket_paths {
+        let _ = std::fs::remove_file(path);
+    }
     println!("byova serve: stopped");
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use byova_core::backend::BlockingCoordinatedTokenStorage;
 use byova_core::{BlockingTokenStorage, Clock, SystemClock, WebhookSecret, webhook::ServiceAppEventKind};
-use byova_testkit::{DeliveryShape, Endpoint, FakeWebex, wire};
+use byova_testkit::{DeliveryShape, Endpoint, FakeWebex, Fault, wire};
 
 #[path = "support/chaos.rs"]
 mod chaos;
@@ -1498,4 +1498,320 @@ fn chaos_across_replicas_and_a_killed_store_loses_no_org() {
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// One `GET` over a Unix socket: the status, the headers (lowercase names) and the body.
+fn unix_get(socket: &std::path::Path, target: &str, method: &str) -> (u16, String, String) {
+    use std::io::Read;
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(stream, "{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+/// Starts `byova serve` and returns it with its first line (the addresses it listens on).
+fn start_serve_line(cmd: &mut Command) -> (Child, String) {
+    let mut child = cmd
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    (child, line)
+}
+
+/// Issue 22, item 1: a program in any language gets a valid token from the daemon over a Unix
+/// socket (mode 0660), with its expiry, never the refresh token; `min_valid` refreshes first,
+/// once; every error class has its status and code; `/metrics` counts the answers; the socket
+/// goes away with the daemon.
+#[test]
+fn the_token_endpoint_serves_valid_tokens_over_a_unix_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    env.fake.update_settings(|s| s.service_app_expires_in = 600);
+    env.seed_integration();
+    // The org's token was obtained 250 s ago: 350 s left, its refresh point still ahead.
+    let issued = env.fake.issue_service_app_tokens(ORG);
+    let obtained = SystemClock.now().saturating_sub(Duration::from_secs(250));
+    env.store().set_service_app_tokens(&OrgId::from_static(ORG), &issued.to_oauth_tokens(obtained)).unwrap();
+    let socket = env.dir.join("token.sock");
+    let (mut child, line) = start_serve_line(env.cmd().env("BYOVA_WEBHOOK_SECRET", "s").args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--token-listen",
+        &format!("unix:{}", socket.display()),
+    ]));
+    assert!(line.contains(&format!("tokens on unix:{}", socket.display())), "{line}");
+    assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o660);
+
+    let (status, head, body) = unix_get(&socket, &format!("/v1/orgs/{ORG}/token"), "GET");
+    assert_eq!(status, 200, "{body}");
+    assert!(head.contains("cache-control: no-store"), "{head}");
+    let granted: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let token = granted["access_token"].as_str().unwrap().to_owned();
+    assert!(env.fake.is_access_token_valid(&token));
+    assert_eq!(env.fake.org_of_access_token(&token).as_deref(), Some(ORG));
+    assert_eq!(granted["token_type"], "Bearer");
+    let expires_in = granted["expires_in"].as_u64().unwrap();
+    assert!((330..=350).contains(&expires_in), "{granted}");
+    assert!(granted["expires_at"].as_str().unwrap().ends_with('Z'), "{granted}");
+    assert!(granted.get("refresh_token").is_none() && !body.contains("refresh"), "{body}");
+
+    let (status, _, body) = unix_get(&socket, "/v1/integration/token", "GET");
+    assert_eq!(status, 200, "{body}");
+    let integration: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(env.fake.is_access_token_valid(integration["access_token"].as_str().unwrap()));
+
+    // Asking for more than the token has left refreshes first, once: a second such request is
+    // answered with the tokens just obtained.
+    let before = env.fake.refresh_calls();
+    let (status, _, body) = unix_get(&socket, &format!("/v1/orgs/{ORG}/token?min_valid=400"), "GET");
+    assert_eq!(status, 200, "{body}");
+    let renewed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_ne!(renewed["access_token"], granted["access_token"], "refreshed first");
+    assert!(env.fake.is_access_token_valid(renewed["access_token"].as_str().unwrap()));
+    assert!(renewed["expires_in"].as_u64().unwrap() >= 590, "{renewed}");
+    let (status, _, again) = unix_get(&socket, &format!("/v1/orgs/{ORG}/token?min_valid=400"), "GET");
+    assert_eq!(status, 200, "{again}");
+    let again: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(again["access_token"], renewed["access_token"]);
+    assert_eq!(env.fake.refresh_calls(), before + 1, "one refresh for two requests");
+
+    let people = byova_core::ids::encode_webex_id("us", "PEOPLE", ORG);
+    for (target, method, status, code) in [
+        ("/v1/orgs/0f6c9b4e-1111-4c2a-9d7e-000000000000/token", "GET", 404, "org_not_registered"),
+        (&format!("/v1/orgs/{people}/token") as &str, "GET", 400, "invalid_request"),
+        (&format!("/v1/orgs/{ORG}/token?min_valid=-5"), "GET", 400, "invalid_request"),
+        ("/v1/tokens", "GET", 404, "not_found"),
+        ("/v1/integration/token", "POST", 405, "method_not_allowed"),
+    ] {
+        let (got, _, body) = unix_get(&socket, target, method);
+        assert_eq!(got, status, "{method} {target}: {body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer["error"], code, "{method} {target}: {body}");
+    }
+
+    let admin = line.split("admin on ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap();
+    let metrics = wire::send(&wire::get(&format!("{admin}/metrics"))).unwrap();
+    let metrics = String::from_utf8(metrics.body.to_vec()).unwrap();
+    assert!(metrics.contains("byova_token_requests_total{answer=\"ok\"} 4"), "{metrics}");
+    assert!(metrics.contains("byova_token_requests_total{answer=\"org_not_registered\"} 1"), "{metrics}");
+    assert!(metrics.contains("byova_token_request_seconds_count 8"), "{metrics}");
+    assert!(!metrics.contains(&token), "no token in /metrics");
+    assert!(sigterm(&mut child).success());
+    assert!(!socket.exists(), "the socket goes with the daemon");
+}
+
+/// Issue 22, item 1: a TCP token listener needs its shared secret (refused to start without
+/// one; 401 without it or with a wrong one) and a loopback address unless explicitly allowed.
+#[test]
+fn the_tcp_token_endpoint_needs_its_secret_and_loopback() {
+    let env = Env::new();
+    env.seed_integration();
+    let serve = |extra: &[&str]| {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        env.cmd().env("BYOVA_WEBHOOK_SECRET", "s").args(&args).stdin(Stdio::null()).output().unwrap()
+    };
+    assert_fails(&serve(&["--token-listen", "127.0.0.1:0"]), 3, "--token-secret-file");
+    let secret = env.file("token-secret", "TOKEN-SECRET-CANARY\n");
+    assert_fails(&serve(&["--token-listen", "0.0.0.0:0", "--token-secret-file", &secret]), 3, "loopback");
+    assert_fails(&serve(&["--token-listen", "unix:"]), 3, "unix:");
+    assert_fails(&serve(&["--token-listen", "localhost:80"]), 3, "--token-listen");
+    assert_fails(
+        &serve(&["--token-listen", "unix:/tmp/x.sock", "--token-socket-group", "no-such-group-x"]),
+        3,
+        "group",
+    );
+
+    let (mut child, line) = start_serve_line(env.cmd().env("BYOVA_WEBHOOK_SECRET", "s").args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--token-listen",
+        "127.0.0.1:0",
+        "--token-secret-file",
+        &secret,
+    ]));
+    let base = line.split("tokens on ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_owned();
+    let get = |auth: Option<&str>| {
+        let headers: Vec<(&str, &str)> = auth.map(|a| vec![("Authorization", a)]).unwrap_or_default();
+        let url = format!("{base}/v1/integration/token");
+        wire::send(&wire::request(byova_core::engine::Method::Get, &url, Vec::new(), &headers)).unwrap()
+    };
+    assert_eq!(get(None).status, 401);
+    let wrong = get(Some("Bearer TOKEN-SECRET-WRONG"));
+    assert_eq!(wrong.status, 401);
+    assert!(!String::from_utf8_lossy(&wrong.body).contains("CANARY"), "the refusal does not echo the secret");
+    let granted = get(Some("Bearer TOKEN-SECRET-CANARY"));
+    assert_eq!(granted.status, 200);
+    let granted: serde_json::Value = serde_json::from_slice(&granted.body).unwrap();
+    assert!(env.fake.is_access_token_valid(granted["access_token"].as_str().unwrap()));
+    assert!(sigterm(&mut child).success());
+}
+
+/// Issue 22, item 4: `/ready` is 503 (naming the org) while an org holds an expired token
+/// Webex will not renew yet, and 200 once the refresher renewed it; run by systemd, the
+/// daemon says `READY=1` and pings the watchdog.
+#[test]
+fn ready_means_every_key_holds_a_valid_token_and_systemd_hears_of_it() {
+    let env = Env::new();
+    env.seed_integration();
+    env.fake.authorize_org(ORG);
+    assert!(env.run(&["org", "fetch", ORG]).status.success());
+    let expired = env.fake.issue_service_app_tokens(ORG).expired_at(SystemClock.now());
+    env.store().set_service_app_tokens(&OrgId::from_static(ORG), &expired).unwrap();
+    let down = Fault::Status { status: 503, retry_after: None, html: false };
+    env.fake.inject_always(Endpoint::AccessToken, down.clone());
+    env.fake.inject_always(Endpoint::ApplicationToken, down);
+    std::fs::create_dir_all(&env.dir).unwrap();
+    let notify_path = env.dir.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (mut child, _, admin) = start_serve(
+        env.cmd()
+            .env("BYOVA_WEBHOOK_SECRET", "s")
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("WATCHDOG_USEC", "200000")
+            .args(["serve", "--listen", "127.0.0.1:0"]),
+    );
+    let mut heard = Vec::new();
+    let mut buf = [0u8; 64];
+    while !heard.iter().any(|m: &String| m == "WATCHDOG=1") {
+        let n = notify.recv(&mut buf).expect("systemd hears from the daemon");
+        heard.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(heard[0], "READY=1", "{heard:?}");
+
+    let ready = || wire::send(&wire::get(&format!("{admin}/ready"))).unwrap();
+    let answer = ready();
+    assert_eq!(answer.status, 503);
+    let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(body["not_ready"].as_array().unwrap().len(), 1, "{body}");
+    assert!(body["not_ready"][0]["key"].as_str().unwrap().contains(ORG), "{body}");
+    assert_eq!(body["not_ready"][0]["state"], "expired", "{body}");
+
+    env.fake.clear_faults();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while ready().status != 200 {
+        assert!(Instant::now() < deadline, "the refresher renews the org and /ready says so");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(sigterm(&mut child).success());
+}
+
+/// Issue 22, items 2 and 3: while six-second tokens rotate, a reader that opens the org's sink
+/// file continuously (at least 10,000 reads) never sees a partial, empty or expired file; the
+/// hook runs exactly once per token written, told the key and the file, never the token; a
+/// removed org's file goes.
+#[test]
+fn sinks_are_replaced_atomically_and_the_hook_runs_once_per_rotation() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    env.fake.update_settings(|s| s.service_app_expires_in = 6);
+    env.seed_integration();
+    env.fake.authorize_org(ORG);
+    assert!(env.run(&["org", "fetch", ORG]).status.success());
+    let sinks = env.dir.join("sinks");
+    std::fs::create_dir_all(&sinks).unwrap();
+    let log = env.dir.join("hook.log");
+    let hook = env.file(
+        "hook.sh",
+        &format!(
+            "#!/bin/sh\necho \"$BYOVA_KEY $BYOVA_SINK_PATH ${{BYOVA_ACCESS_TOKEN:-none}}\" >> {}\n",
+            log.display()
+        ),
+    );
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let template = format!("file://{}/{{org}}.json?mode=0640", sinks.display());
+    let (mut child, _, admin) = start_serve(env.cmd().env("BYOVA_WEBHOOK_SECRET", "s").args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--resync-interval",
+        "2",
+        "--sink",
+        &template,
+        "--on-rotate",
+        &hook,
+    ]));
+    let file = sinks.join(format!("{ORG}.json"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !file.exists() {
+        assert!(Instant::now() < deadline, "the sink is written at start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o640);
+    let (mut reads, mut seen) = (0u64, Vec::<String>::new());
+    let until = Instant::now() + Duration::from_secs(16);
+    while Instant::now() < until || reads < 10_000 {
+        let text = std::fs::read_to_string(&file).expect("the file is always there");
+        let json: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("partial file {text:?}: {e}"));
+        let token = json["access_token"].as_str().unwrap().to_owned();
+        let expires_at = json["expires_at"].as_str().unwrap();
+        let expires = byova_core::Timestamp::parse_rfc3339(expires_at).unwrap();
+        assert!(expires > SystemClock.now(), "a file past its expiry: {text}");
+        if seen.last() != Some(&token) {
+            assert!(!seen.contains(&token), "a token came back");
+            seen.push(token);
+        }
+        reads += 1;
+    }
+    assert!(seen.len() >= 3, "tokens rotated during the run: {}", seen.len());
+    let metrics = wire::send(&wire::get(&format!("{admin}/metrics"))).unwrap();
+    let metrics = String::from_utf8(metrics.body.to_vec()).unwrap();
+    assert!(metrics.contains("byova_sink_write_failures_total 0"), "{metrics}");
+    assert!(metrics.contains("byova_rotation_hook_failures_total 0"), "{metrics}");
+
+    assert!(env.run(&["org", "remove", ORG]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while file.exists() {
+        assert!(Instant::now() < deadline, "a removed org's file goes");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(sigterm(&mut child).success());
+    let log = std::fs::read_to_string(&log).unwrap();
+    let org_runs: Vec<_> = log.lines().filter(|l| l.contains(ORG)).collect();
+    assert_eq!(org_runs.len(), seen.len(), "one hook run per token written: {log}\n{reads} reads");
+    assert!(
+        org_runs.iter().all(|l| l.ends_with(&format!("{}.json none", sinks.join(ORG).display()))),
+        "{log}"
+    );
+    assert_eq!(log.lines().filter(|l| l.starts_with("integration ")).count(), 1, "{log}");
+    eprintln!("sink reader: {reads} reads, {} tokens, 0 partial, {} hook runs", seen.len(), org_runs.len());
+}
+
+/// Issue 22, item 6: `byova sync` brings every key up to date, writes the sinks and exits 0;
+/// a sink it cannot write exits 3, and a hook without a sink is refused.
+#[test]
+fn sync_writes_every_sink_once_and_exits_with_its_class() {
+    let env = Env::new();
+    env.seed_integration();
+    env.fake.authorize_org(ORG);
+    assert!(env.run(&["org", "fetch", ORG]).status.success());
+    let sinks = env.dir.join("sinks");
+    std::fs::create_dir_all(&sinks).unwrap();
+    let template = format!("file://{}/{{org}}.env?format=env", sinks.display());
+    let o = env.run(&["sync", "--sink", &template]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("2 keys; 2 files written"), "{}", stdout(&o));
+    let env_file = std::fs::read_to_string(sinks.join(format!("{ORG}.env"))).unwrap();
+    let token = env_file.lines().next().unwrap().strip_prefix("BYOVA_ACCESS_TOKEN=").unwrap();
+    assert_eq!(env.fake.org_of_access_token(token).as_deref(), Some(ORG));
+    assert!(env_file.contains("BYOVA_EXPIRES_AT="), "{env_file}");
+    assert!(sinks.join("integration.env").exists());
+    assert_fails(
+        &env.run(&["sync", "--sink", "file:///proc/no-such-dir/{org}.json"]),
+        3,
+        "could not be written",
+    );
+    assert_fails(&env.run(&["sync", "--on-rotate", "/bin/true"]), 3, "--sink");
+    assert_fails(&env.run(&["sync", "--sink", "file:///tmp/token.json"]), 3, "{org}");
 }

@@ -165,6 +165,17 @@ macro_rules! __integration_manager_methods {
             self.agent.run(self.agent.engine.access_token($crate::TokenKey::Integration, now))$($await)*
         }
 
+        /// Valid Integration tokens with at least `min_valid` left, for a process that hands the
+        /// access token on with its expiry (`byova serve`'s token endpoint): the cached or
+        /// stored ones when they last that long, else refreshed first. Tokens obtained moments
+        /// ago are the answer as they are, so a `min_valid` longer than the lifetime Webex
+        /// gives tokens costs one refresh, not one per call; check `expires_at`. Errors: as
+        /// [`get_access_token`](Self::get_access_token).
+        #[doc = $crate::__cancel_safety!($flavour, "a refresh it started completes on its own; the next call gets its result.")]
+        pub $($async)* fn get_valid_tokens(&self, min_valid: ::std::time::Duration) -> $crate::Result<$crate::OAuthTokens> {
+            self.agent.run(self.engine.valid_tokens(min_valid, self.agent.now()))$($await)*
+        }
+
         /// The Integration's status, `None` when not authorized. Errors: storage's.
         #[doc = $crate::__cancel_safety!($flavour, "it only reads.")]
         pub $($async)* fn status(&self) -> $crate::Result<Option<$crate::KeyStatus>> {
@@ -292,6 +303,14 @@ macro_rules! __service_app_manager_methods {
                 return Ok(token);
             }
             self.agent.run(self.engine.access_token(org_id, now))$($await)*
+        }
+
+        /// Valid tokens for the org with at least `min_valid` left: as
+        /// [`IntegrationTokenManager::get_valid_tokens`](crate::IntegrationTokenManager::get_valid_tokens).
+        /// Errors: as [`get_access_token`](Self::get_access_token).
+        #[doc = $crate::__cancel_safety!($flavour, "a refresh it started completes on its own; the next call gets its result.")]
+        pub $($async)* fn get_valid_tokens(&self, org_id: &$crate::OrgId, min_valid: ::std::time::Duration) -> $crate::Result<$crate::ServiceAppTokens> {
+            self.agent.run(self.engine.valid_tokens(org_id, min_valid, self.agent.now()))$($await)*
         }
 
         /// Removes the org's tokens (deauthorization); an unknown org is not an error.

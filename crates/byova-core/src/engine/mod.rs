@@ -20,6 +20,7 @@ pub(crate) mod webhooks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub use crate::budget::{BudgetDecision, BudgetState, TOKEN_BUDGET_STATE};
 pub use crate::builder::{Facade, Parts};
@@ -86,7 +87,7 @@ pub struct TokenEngine {
 /// How long a marked org is not fetched again after Webex refused a fetch for it (callers
 /// get `ReauthorizationRequired` meanwhile; an `authorized` delivery or an explicit fetch
 /// still goes ahead).
-const REFUSED_FETCH_PAUSE: std::time::Duration = std::time::Duration::from_secs(300);
+const REFUSED_FETCH_PAUSE: Duration = Duration::from_secs(300);
 
 /// What a marking flight carries: the key, the token, how to mark.
 type MarkingPayload = (TokenKey, AccessToken, Marking);
@@ -139,7 +140,26 @@ impl TokenEngine {
         if let Some(token) = self.cache.fresh(&key, now) {
             return done(Ok(token));
         }
-        self.obtain_unrejected(key, now, 0)
+        self.obtain_unrejected(key, now, 0).map(now, |tokens| tokens.access_token)
+    }
+
+    /// Valid tokens for `key` with at least `min_valid` left at `now` (for a process that hands
+    /// tokens on with their expiry): the cached or stored ones when they last that long, else
+    /// refreshed first, through the key's flight, lease and budget as a forced refresh. Tokens
+    /// obtained moments ago are the answer as they are (rule 11), so a `min_valid` longer than
+    /// the lifetime Webex gives tokens costs one refresh, not one per call.
+    pub fn valid_tokens(
+        self: &Arc<Self>,
+        key: TokenKey,
+        min_valid: Duration,
+        now: Timestamp,
+    ) -> Step<OAuthTokens> {
+        let engine = self.clone();
+        self.obtain_unrejected(key.clone(), now, 0).then(now, move |tokens, now| match tokens {
+            Ok(t) if min_valid.is_zero() || !t.is_expired(min_valid, now) => done(Ok(t)),
+            Ok(_) => engine.obtain(key, Mode::Force(None), now),
+            Err(e) => done(Err(e)),
+        })
     }
 
     /// Tokens for `key` through its flight; a flight that started before an invalidation may
@@ -147,7 +167,7 @@ impl TokenEngine {
     /// again if need be and the key obtained again (a new flight reads the marked record and
     /// refreshes). If the store keeps answering with the rejected token, the caller gets a
     /// retryable error, never that token.
-    fn obtain_unrejected(self: &Arc<Self>, key: TokenKey, now: Timestamp, attempt: u32) -> Step<AccessToken> {
+    fn obtain_unrejected(self: &Arc<Self>, key: TokenKey, now: Timestamp, attempt: u32) -> Step<OAuthTokens> {
         let engine = self.clone();
         self.obtain(key.clone(), Mode::GetValid, now).then(now, move |tokens, now| match tokens {
             Ok(t) if engine.is_rejected(&key, &t) => {
@@ -166,7 +186,7 @@ impl TokenEngine {
             }
             Ok(t) => {
                 engine.forget_rejection(&key);
-                done(Ok(t.access_token))
+                done(Ok(t))
             }
             Err(e) => done(Err(e)),
         })
@@ -925,6 +945,11 @@ impl IntegrationEngine {
         self.token_engine.access_token(TokenKey::Integration, now)
     }
 
+    /// Valid tokens with at least `min_valid` left (see [`TokenEngine::valid_tokens`]).
+    pub fn valid_tokens(&self, min_valid: Duration, now: Timestamp) -> Step<OAuthTokens> {
+        self.token_engine.valid_tokens(TokenKey::Integration, min_valid, now)
+    }
+
     /// Stops serving `rejected` (see [`TokenEngine::invalidate`]).
     pub fn invalidate(&self, rejected: &AccessToken, now: Timestamp) -> Step<Invalidation> {
         self.token_engine.invalidate(TokenKey::Integration, rejected.clone(), now)
@@ -1039,6 +1064,11 @@ impl ServiceAppEngine {
     #[inline(never)]
     pub fn access_token(&self, org: &OrgId, now: Timestamp) -> Step<AccessToken> {
         self.token_engine.access_token(TokenKey::org(org), now)
+    }
+
+    /// Valid tokens for `org` with at least `min_valid` left (see [`TokenEngine::valid_tokens`]).
+    pub fn valid_tokens(&self, org: &OrgId, min_valid: Duration, now: Timestamp) -> Step<OAuthTokens> {
+        self.token_engine.valid_tokens(TokenKey::org(org), min_valid, now)
     }
 
     /// Stops serving `rejected` for `org` (see [`TokenEngine::invalidate`]).
