@@ -1815,3 +1815,79 @@ fn sync_writes_every_sink_once_and_exits_with_its_class() {
     assert_fails(&env.run(&["sync", "--on-rotate", "/bin/true"]), 3, "--sink");
     assert_fails(&env.run(&["sync", "--sink", "file:///tmp/token.json"]), 3, "{org}");
 }
+
+/// Issue 22, tests: a standard-library Python client asks for the tokens of 50 orgs over the
+/// Unix socket as fast as it can for 60 s while six-second tokens rotate; every token was
+/// valid when served (the fake checks each against the expiry it issued it with), 0 errors.
+#[test]
+fn a_python_client_gets_valid_tokens_of_fifty_orgs_while_they_rotate() {
+    let env = Env::new();
+    env.fake.update_settings(|s| s.service_app_expires_in = 6);
+    env.seed_integration();
+    let now = SystemClock.now();
+    let orgs: Vec<String> = (0..50).map(|i| format!("0f6c9b4e-1111-4c2a-9d7e-{i:012}")).collect();
+    for org in &orgs {
+        let issued = env.fake.issue_service_app_tokens(org);
+        env.store().set_service_app_tokens(&OrgId::new(org).unwrap(), &issued.to_oauth_tokens(now)).unwrap();
+    }
+    let socket = env.dir.join("token.sock");
+    let (mut child, _, admin) = start_serve(
+        env.cmd()
+            .env("BYOVA_WEBHOOK_SECRET", "s")
+            .env("BYOVA_MAX_TOKEN_CALLS_PER_MINUTE", "3000")
+            .args(["serve", "--listen", "127.0.0.1:0", "--concurrency", "16"])
+            .args(["--token-listen", &format!("unix:{}", socket.display())]),
+    );
+    let seconds = std::env::var("BYOVA_PY_LOAD_SECONDS").unwrap_or_else(|_| "60".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/python-gateway/load.py");
+    let out = Command::new("python3")
+        .args([
+            script,
+            "--socket",
+            &socket.display().to_string(),
+            "--orgs",
+            &orgs.join(","),
+            "--seconds",
+            &seconds,
+        ])
+        .output()
+        .expect("python3 runs the example client");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["errors"], 0, "{}", report["first_errors"]);
+    let tokens = report["tokens"].as_array().unwrap();
+    assert!(tokens.len() > orgs.len() * 3, "tokens rotated while served: {} distinct", tokens.len());
+    for t in tokens {
+        let token = t["token"].as_str().unwrap();
+        let expiry = env.fake.access_token_expiry(token).expect("a token the fake issued");
+        let served = byova_core::Timestamp::from_unix_millis(t["last_served_ms"].as_u64().unwrap());
+        assert!(served < expiry, "{token} served at {served:?}, after its expiry {expiry:?}");
+        assert_eq!(env.fake.org_of_access_token(token).as_deref(), t["org"].as_str(), "the org's own token");
+    }
+    let requests = report["requests"].as_u64().unwrap();
+    let secs: f64 = seconds.parse().unwrap();
+    eprintln!(
+        "python over the socket: {requests} requests in {secs} s ({:.0}/s), p50 {:.3} ms, p99 {:.3} ms, {} distinct tokens, 0 errors",
+        requests as f64 / secs,
+        report["p50_ms"].as_f64().unwrap(),
+        report["p99_ms"].as_f64().unwrap(),
+        tokens.len()
+    );
+    // The same work as a process per token, for comparison.
+    let started = Instant::now();
+    for org in orgs.iter().take(20) {
+        let o = env.run(&["org", "token", org]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    eprintln!(
+        "byova org token as a process: {:.1} ms per token",
+        started.elapsed().as_secs_f64() * 1000.0 / 20.0
+    );
+    let metrics = wire::send(&wire::get(&format!("{admin}/metrics"))).unwrap();
+    let metrics = String::from_utf8(metrics.body.to_vec()).unwrap();
+    assert!(
+        metrics.contains(&format!("byova_token_requests_total{{answer=\"ok\"}} {requests}")),
+        "{metrics}"
+    );
+    assert!(sigterm(&mut child).success());
+}

@@ -891,6 +891,11 @@ impl FakeWebex {
         }
     }
 
+    /// When the fake made `access_token` expire (`None`: it never issued it).
+    pub fn access_token_expiry(&self, access_token: &str) -> Option<Timestamp> {
+        self.shared.lock().access.get(access_token).map(|g| g.expires_at)
+    }
+
     /// Token calls made for each org: refresh-token redemptions and Service App fetches.
     pub fn token_calls_per_org(&self) -> HashMap<String, u64> {
         let s = self.shared.lock();
