@@ -157,6 +157,7 @@ pub(crate) async fn handle(
         }
         (Role::Token, "GET", _) => token::answer(&daemon, &req).await,
         (Role::Token, _, _) => {
+            daemon.token_stats.refused_method();
             let mut resp = respond(
                 StatusCode::METHOD_NOT_ALLOWED,
                 json!({"error": "method_not_allowed", "message": "GET only"}),
@@ -459,7 +460,7 @@ pub(crate) struct Options {
 /// shared secret, or off loopback without the explicit allowance.
 async fn bind_token_listeners(
     options: &Options,
-) -> Result<(Vec<TcpListener>, Vec<(tokio::net::UnixListener, std::path::PathBuf)>), Failure> {
+) -> Result<(Vec<TcpListener>, Vec<(tokio::net::UnixListener, token::PlacedSocket)>), Failure> {
     for listen in &options.token_listen {
         if let TokenListen::Tcp(addr) = listen {
             if options.token_secret.is_none() {
@@ -484,9 +485,7 @@ async fn bind_token_listeners(
     for listen in &options.token_listen {
         match listen {
             TokenListen::Tcp(addr) => tcp.push(bind_flag(&addr.to_string(), "--token-listen").await?),
-            TokenListen::Unix(path) => {
-                unix.push((token::bind_unix(path, options.token_socket_group)?, path.clone()))
-            }
+            TokenListen::Unix(path) => unix.push(token::bind_unix(path, options.token_socket_group)?),
         }
     }
     Ok((tcp, unix))
@@ -537,7 +536,7 @@ pub(crate) async fn run(
     for l in &token_tcp {
         token_addrs.push(format!("http://{}", l.local_addr().map_err(|e| failure(3, e.to_string()))?));
     }
-    token_addrs.extend(token_unix.iter().map(|(_, path)| format!("unix:{}", path.display())));
+    token_addrs.extend(token_unix.iter().map(|(_, placed)| format!("unix:{}", placed.path.display())));
     let token_line = if token_addrs.is_empty() {
         String::new()
     } else {
@@ -549,6 +548,28 @@ pub(crate) async fn run(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let (touched, touched_rx) = tokio::sync::mpsc::channel(1024);
+    let refresher = tokio::spawn(
+        Refresher {
+            byova: byova.clone(),
+            concurrency,
+            resync_every: resync,
+            touched: touched_rx,
+            stop: stop_rx.clone(),
+            board: board.clone(),
+        }
+        .run(),
+    );
+    let token_stats = Arc::new(TokenStats::default());
+    let sink_state = Arc::new(SinkState::default());
+    // The sinks are written once before the daemon says it is ready.
+    let sink_writer = if sinks.is_empty() {
+        None
+    } else {
+        let mut writer = SinkWriter::new(byova.clone(), sinks, on_rotate, board.clone(), sink_state.clone());
+        writer.pass().await;
+        Some(tokio::spawn(writer.run(stopped(stop_rx.clone()))))
     };
     sd_notify("READY=1");
     let watchdog = watchdog_interval().map(|every| {
@@ -564,24 +585,7 @@ pub(crate) async fn run(
             }
         })
     });
-    let (touched, touched_rx) = tokio::sync::mpsc::channel(1024);
-    let refresher = tokio::spawn(
-        Refresher {
-            byova: byova.clone(),
-            concurrency,
-            resync_every: resync,
-            touched: touched_rx,
-            stop: stop_rx.clone(),
-            board: board.clone(),
-        }
-        .run(),
-    );
-    let token_stats = Arc::new(TokenStats::default());
-    let sink_state = Arc::new(SinkState::default());
-    let sink_writer = (!sinks.is_empty()).then(|| {
-        let writer = SinkWriter::new(byova.clone(), sinks, on_rotate, board.clone(), sink_state.clone());
-        tokio::spawn(writer.run(stopped(stop_rx.clone())))
-    });
+
     let daemon = |touched, token_secret| {
         Arc::new(Daemon {
             byova: byova.clone(),
@@ -606,8 +610,9 @@ pub(crate) async fn run(
         );
         token_servers.push(tokio::spawn(served));
     }
-    let socket_paths: Vec<_> = token_unix.iter().map(|(_, path)| path.clone()).collect();
-    for (l, _) in token_unix {
+    let mut sockets = Vec::new();
+    for (l, placed) in token_unix {
+        sockets.push(placed);
         let served = serve_http(daemon(None, None), l, Role::Token, token_limits, stopped(stop_rx.clone()));
         token_servers.push(tokio::spawn(served));
     }
@@ -622,10 +627,10 @@ pub(crate) async fn run(
     tracing::info!(max_connections = limits.max_connections, "public listener");
     let public = serve_http(daemon(Some(touched), None), listener, Role::Public, limits, async {
         shutdown_signal().await;
+        sd_notify("STOPPING=1");
         let _ = stop_tx.send(true);
     });
     public.await;
-    sd_notify("STOPPING=1");
     if let Some(watchdog) = watchdog {
         watchdog.abort();
     }
@@ -654,8 +659,8 @@ pub(crate) async fn run(
     for server in token_servers {
         server.abort();
     }
-    for path in socket_paths {
-        let _ = std::fs::remove_file(path);
+    for socket in sockets {
+        socket.remove();
     }
     println!("byova serve: stopped");
     Ok(())

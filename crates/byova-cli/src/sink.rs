@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use byova_async::core::{Clock, SystemClock};
+use byova_async::core::{Clock, SystemClock, Timestamp};
 use byova_async::{AccessToken, Byova, OAuthTokens, TokenKey};
 
 use crate::schedule::StatusBoard;
@@ -61,8 +61,8 @@ impl Sink {
                 Some(("mode", m)) => {
                     mode = u32::from_str_radix(m, 8)
                         .ok()
-                        .filter(|m| *m <= 0o777 && m & 0o002 == 0)
-                        .ok_or_else(|| bad("mode must be octal, like 0640, and not writable by others"))?;
+                        .filter(|m| *m <= 0o777 && m & 0o007 == 0)
+                        .ok_or_else(|| bad("mode must be octal, like 0640, with no access for others"))?;
                 }
                 _ => return Err(bad("only format=json|env|raw and mode=OCTAL are understood")),
             }
@@ -70,13 +70,23 @@ impl Sink {
         Ok(Sink { template: path.to_owned(), format, mode })
     }
 
-    /// The file for `key`.
-    pub(crate) fn path(&self, key: &TokenKey) -> PathBuf {
+    /// The file for `key`; `None` for an org id that is not a plain file name (a `/`, `..`,
+    /// or the Integration's own name), which would write outside the sink's directory or over
+    /// another key's file.
+    pub(crate) fn path(&self, key: &TokenKey) -> Option<PathBuf> {
         let name = match key.org_id() {
-            Some(org) => org.as_str().to_owned(),
+            Some(org) => {
+                let org = org.as_str();
+                let plain =
+                    org.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'=');
+                if !plain || org == "integration" {
+                    return None;
+                }
+                org.to_owned()
+            }
             None => "integration".to_owned(),
         };
-        PathBuf::from(self.template.replace("{org}", &name))
+        Some(PathBuf::from(self.template.replace("{org}", &name)))
     }
 
     /// The file's content for `tokens`.
@@ -113,7 +123,9 @@ pub(crate) fn write_atomically(path: &Path, content: &[u8], mode: u32) -> std::i
         dir.join(format!(".{name}.{}.{:x}.tmp", std::process::id(), byova_async::core::engine::random_u64()));
     let written = (|| {
         let mut file =
-            std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&temporary)?;
+            std::fs::OpenOptions::new().write(true).create_new(true).mode(mode & 0o600).open(&temporary)?;
+        // The mode asked for, whatever the umask took away (owner-only until now).
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
         file.write_all(content)?;
         file.sync_all()?;
         std::fs::rename(&temporary, path)?;
@@ -142,11 +154,21 @@ impl Hook {
         Ok(Hook { argv, timeout })
     }
 
-    /// Runs the hook for `key`, whose files are `paths`: `BYOVA_KEY` and `BYOVA_SINK_PATH` (the
-    /// first file; `BYOVA_SINK_PATHS` all of them, one per line) in its environment, never the
-    /// token. Says whether it exited 0 in time; one that runs too long is killed.
+    /// Runs the hook for `key`, whose files are `paths`, with an environment of its own:
+    /// `BYOVA_KEY` and `BYOVA_SINK_PATH` (the first file; `BYOVA_SINK_PATHS` all of them, one
+    /// per line), and `PATH`, `HOME`, the locale and the user from the daemon's; never the
+    /// token or any other secret. Says whether it exited 0 in time; one that runs too long is
+    /// killed (the program itself; what it started is its own).
     async fn run(&self, key: &TokenKey, paths: &[PathBuf]) -> bool {
         let mut command = tokio::process::Command::new(&self.argv[0]);
+        // Only what a hook needs: the daemon's environment holds client secrets, the webhook
+        // secret and a storage URL that may carry a password.
+        command.env_clear();
+        for name in ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME"] {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
         command
             .args(&self.argv[1..])
             .env("BYOVA_KEY", key.label())
@@ -236,8 +258,8 @@ pub(crate) struct SinkWriter {
     pub(crate) hook: Option<Hook>,
     pub(crate) board: Arc<StatusBoard>,
     pub(crate) state: Arc<SinkState>,
-    /// The access token each key's files hold now.
-    written: BTreeMap<TokenKey, AccessToken>,
+    /// The access token each key's files hold now, and when the board said it expires.
+    written: BTreeMap<TokenKey, (AccessToken, Timestamp)>,
 }
 
 /// How often the writer looks for rotations (the cache answers; the store is read only when
@@ -258,18 +280,29 @@ impl SinkWriter {
     /// One pass: every key the board knows whose token is valid gets its files rewritten when
     /// its token changed (and the hook run); a key no longer registered loses its files.
     /// Returns how many keys could not be brought up to date.
+    ///
+    /// The writer never makes a refresh happen: it asks for a key's tokens only when the
+    /// board shows a token other than the one written, and only while that token is before
+    /// its refresh point (so the cache or the store answers). Renewing is the refresher's,
+    /// with its backoff and the shared budget; once it has renewed, the board shows the new
+    /// token and the writer follows.
     pub(crate) async fn pass(&mut self) -> usize {
         let Some(statuses) = self.board.snapshot() else { return 0 };
         let now = SystemClock.now();
         let mut behind = 0;
         let keys: BTreeSet<TokenKey> = statuses.iter().map(|s| s.key.clone()).collect();
         for status in &statuses {
-            if status.access_expires_at <= now {
-                // Nothing valid to write; the refresher works on it, and /ready says so.
-                behind += 1;
+            let key = &status.key;
+            if self.written.get(key).is_some_and(|(_, expires)| *expires == status.access_expires_at) {
                 continue;
             }
-            let key = &status.key;
+            let before_refresh_point = status.refresh_at.is_none_or(|at| at > now);
+            if status.access_expires_at <= now || !before_refresh_point {
+                // Nothing this writer may ask for without causing a refresh; the refresher
+                // works on it (and /ready says so once a token has expired).
+                behind += usize::from(status.access_expires_at <= now);
+                continue;
+            }
             let tokens = match key.org_id() {
                 None => self.byova.integration().get_valid_tokens(Duration::ZERO).await,
                 Some(org) => self.byova.service_app().get_valid_tokens(org, Duration::ZERO).await,
@@ -282,14 +315,17 @@ impl SinkWriter {
                     continue;
                 }
             };
-            if self.written.get(key).is_some_and(|held| held.ct_eq(&tokens.access_token)) {
+            if let Some((held, _)) = self.written.get(key)
+                && held.ct_eq(&tokens.access_token)
+            {
+                self.written.insert(key.clone(), (tokens.access_token.clone(), status.access_expires_at));
                 continue;
             }
             if self.write(key, &tokens).await {
-                self.written.insert(key.clone(), tokens.access_token.clone());
+                self.written.insert(key.clone(), (tokens.access_token.clone(), status.access_expires_at));
                 self.state.set_failing(key, false);
                 if let Some(hook) = &self.hook {
-                    let paths: Vec<_> = self.sinks.iter().map(|s| s.path(key)).collect();
+                    let paths: Vec<_> = self.sinks.iter().filter_map(|s| s.path(key)).collect();
                     self.state.hook_runs.fetch_add(1, Ordering::Relaxed);
                     if !hook.run(key, &paths).await {
                         self.state.hook_failures.fetch_add(1, Ordering::Relaxed);
@@ -302,8 +338,14 @@ impl SinkWriter {
         }
         let gone: Vec<TokenKey> = self.written.keys().filter(|k| !keys.contains(*k)).cloned().collect();
         for key in gone {
-            for sink in &self.sinks {
-                let path = sink.path(&key);
+            // Off the board is not removed (an unreadable record leaves the board too): the
+            // files go once the store says the org is gone.
+            if let Some(org) = key.org_id()
+                && !matches!(self.byova.service_app().status(org).await, Ok(None))
+            {
+                continue;
+            }
+            for path in self.sinks.iter().filter_map(|s| s.path(&key)) {
                 if let Err(e) = std::fs::remove_file(&path)
                     && e.kind() != std::io::ErrorKind::NotFound
                 {
@@ -318,8 +360,14 @@ impl SinkWriter {
 
     /// Writes every sink file of `key`; says whether all were written.
     async fn write(&self, key: &TokenKey, tokens: &OAuthTokens) -> bool {
-        let files: Vec<(PathBuf, Vec<u8>, u32)> =
-            self.sinks.iter().map(|s| (s.path(key), s.content(tokens), s.mode)).collect();
+        let mut files: Vec<(PathBuf, Vec<u8>, u32)> = Vec::new();
+        for sink in &self.sinks {
+            let Some(path) = sink.path(key) else {
+                tracing::warn!(key = %key, "the org id is not a plain file name; no sink file is written for it");
+                return false;
+            };
+            files.push((path, sink.content(tokens), sink.mode));
+        }
         let state = self.state.clone();
         let key_label = key.to_string();
         tokio::task::spawn_blocking(move || {
@@ -355,8 +403,8 @@ impl SinkWriter {
     }
 }
 
-/// `byova sync`: every key brought up to date (refreshed when due), the sinks written and the
-/// hook run for each key whose files changed. The first key that could not be brought up to
+/// `byova sync`: every key brought up to date (refreshed when due), every sink file written
+/// and the hook run for every key (this process has written none before). The first key that could not be brought up to
 /// date decides the exit code (its class's); sink files that could not be written exit 3.
 pub(crate) async fn sync(byova: Arc<Byova>, sinks: Vec<Sink>, hook: Option<Hook>) -> Result<(), Failure> {
     let report = byova.status_report().await?;
@@ -410,14 +458,20 @@ mod tests {
         assert_eq!(sink.format, Format::Env);
         assert_eq!(sink.mode, 0o640);
         let org = OrgId::from_static("63b02f90-9cc6-43b8-aa6d-cad425ac554c");
-        assert_eq!(sink.path(&TokenKey::org(&org)), PathBuf::from(format!("/run/byova/{org}.env")));
-        assert_eq!(sink.path(&TokenKey::Integration), PathBuf::from("/run/byova/integration.env"));
+        assert_eq!(sink.path(&TokenKey::org(&org)), Some(PathBuf::from(format!("/run/byova/{org}.env"))));
+        assert_eq!(sink.path(&TokenKey::Integration), Some(PathBuf::from("/run/byova/integration.env")));
+        for unsafe_id in ["../../etc/x", "a/b", "integration", ".."] {
+            if let Ok(org) = OrgId::new(unsafe_id) {
+                assert_eq!(sink.path(&TokenKey::org(&org)), None, "{unsafe_id}");
+            }
+        }
         for bad in [
             "/run/{org}.json",
             "file://relative/{org}.json",
             "file:///run/token.json",
             "file:///run/{org}?format=xml",
             "file:///run/{org}?mode=0666",
+            "file:///run/{org}?mode=0644",
             "file:///run/{org}?mode=rw",
         ] {
             assert!(Sink::parse(bad).is_err(), "{bad}");

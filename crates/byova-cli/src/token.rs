@@ -66,9 +66,10 @@ enum Class {
     RateLimited,
     Webex,
     Unauthorized,
+    MethodNotAllowed,
 }
 
-const CLASSES: [Class; 10] = [
+const CLASSES: [Class; 11] = [
     Class::Ok,
     Class::BadRequest,
     Class::NotFound,
@@ -79,6 +80,7 @@ const CLASSES: [Class; 10] = [
     Class::RateLimited,
     Class::Webex,
     Class::Unauthorized,
+    Class::MethodNotAllowed,
 ];
 
 impl Class {
@@ -94,6 +96,7 @@ impl Class {
             Class::RateLimited => "budget_exhausted",
             Class::Webex => "webex_unavailable",
             Class::Unauthorized => "unauthorized",
+            Class::MethodNotAllowed => "method_not_allowed",
         }
     }
 
@@ -107,6 +110,7 @@ impl Class {
             Class::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Class::Webex => StatusCode::BAD_GATEWAY,
             Class::Unauthorized => StatusCode::UNAUTHORIZED,
+            Class::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 
@@ -157,6 +161,11 @@ impl TokenStats {
     /// Counts an answer refused for a missing or wrong secret (no latency: nothing was asked).
     pub(crate) fn unauthorized(&self) {
         self.record(Class::Unauthorized, Duration::ZERO);
+    }
+
+    /// Counts an answer refused for its method (anything but `GET`).
+    pub(crate) fn refused_method(&self) {
+        self.record(Class::MethodNotAllowed, Duration::ZERO);
     }
 
     /// The Prometheus text of these figures.
@@ -284,41 +293,96 @@ async fn ask(daemon: &Daemon, req: &Request<Incoming>) -> Result<OAuthTokens, Re
     })
 }
 
-/// Binds a Unix socket at `path` with mode `0660` (and `group`, when given) before anyone can
-/// connect: it is bound under a temporary name in the same directory, given its mode, then
-/// renamed into place. A stale socket left by a process that died is replaced; one a live
-/// process answers on is not (exit 9).
-pub(crate) fn bind_unix(path: &Path, group: Option<u32>) -> Result<tokio::net::UnixListener, Failure> {
-    use std::os::unix::fs::PermissionsExt;
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+/// A token socket this process placed: removed at shutdown only if it is still the one placed
+/// (another instance may have taken the path since).
+pub(crate) struct PlacedSocket {
+    pub(crate) path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl PlacedSocket {
+    /// Removes the socket if the path still names it.
+    pub(crate) fn remove(&self) {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(meta) = std::fs::symlink_metadata(&self.path)
+            && meta.dev() == self.dev
+            && meta.ino() == self.ino
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Binds a Unix socket at `path` with mode `0660` (and `group`, when given) that nobody can
+/// reach before it has them: it is bound inside a fresh directory only this process can enter
+/// (`0700`), given its mode and group there (no one can swap it for a link meanwhile), then
+/// renamed into place. What is at `path` already is replaced only when it is a socket nobody
+/// answers on (its process died); a live one exits 9, anything else (a file, a socket this
+/// process may not check) exits 3.
+pub(crate) fn bind_unix(
+    path: &Path,
+    group: Option<u32>,
+) -> Result<(tokio::net::UnixListener, PlacedSocket), Failure> {
+    use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+    let shown = path.display();
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(failure(
+                    9,
+                    format!(
+                        "{shown} is already in use: stop the other process or choose another --token-listen"
+                    ),
+                ));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)
+                .map_err(|e| failure(3, format!("cannot replace the stale socket {shown}: {e}")))?,
+            Err(e) => {
+                return Err(failure(
+                    3,
+                    format!(
+                        "{shown} is a socket byova cannot check ({e}): remove it or choose another --token-listen"
+                    ),
+                ));
+            }
+        },
+        Ok(_) => {
             return Err(failure(
-                9,
-                format!(
-                    "{} is already in use: stop the other process or choose another --token-listen",
-                    path.display()
-                ),
+                3,
+                format!("{shown} exists and is not a socket: choose another --token-listen"),
             ));
         }
-        std::fs::remove_file(path)
-            .map_err(|e| failure(3, format!("cannot replace the stale socket {}: {e}", path.display())))?;
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(failure(3, format!("cannot check {shown} (--token-listen): {e}"))),
     }
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let temporary = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&temporary);
-    let listener = tokio::net::UnixListener::bind(&temporary)
-        .map_err(|e| failure(3, format!("cannot listen on {} (--token-listen): {e}", path.display())))?;
-    let placed = std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o660))
-        .and_then(|()| match group {
-            Some(gid) => std::os::unix::fs::chown(&temporary, None, Some(gid)),
-            None => Ok(()),
-        })
-        .and_then(|()| std::fs::rename(&temporary, path));
-    if let Err(e) = placed {
-        let _ = std::fs::remove_file(&temporary);
-        return Err(failure(3, format!("cannot set up the token socket {}: {e}", path.display())));
-    }
-    Ok(listener)
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let private = parent.join(format!(
+        ".byova-token-{}-{:x}",
+        std::process::id(),
+        byova_async::core::engine::random_u64()
+    ));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|e| failure(3, format!("cannot listen on {shown} (--token-listen): {e}")))?;
+    let inner = private.join("token.sock");
+    let placed = (|| {
+        let listener = tokio::net::UnixListener::bind(&inner)?;
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o660))?;
+        if let Some(gid) = group {
+            std::os::unix::fs::chown(&inner, None, Some(gid))?;
+        }
+        std::fs::rename(&inner, path)?;
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok::<_, std::io::Error>((
+            listener,
+            PlacedSocket { path: path.to_owned(), dev: meta.dev(), ino: meta.ino() },
+        ))
+    })();
+    let _ = std::fs::remove_file(&inner);
+    let _ = std::fs::remove_dir(&private);
+    placed.map_err(|e| failure(3, format!("cannot set up the token socket {shown}: {e}")))
 }
 
 /// The id of the group named `name` (from `/etc/group`), or of a numeric id.

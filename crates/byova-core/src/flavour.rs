@@ -167,9 +167,10 @@ macro_rules! __integration_manager_methods {
 
         /// Valid Integration tokens with at least `min_valid` left, for a process that hands the
         /// access token on with its expiry (`byova serve`'s token endpoint): the cached or
-        /// stored ones when they last that long, else refreshed first. Tokens obtained moments
-        /// ago are the answer as they are, so a `min_valid` longer than the lifetime Webex
-        /// gives tokens costs one refresh, not one per call; check `expires_at`. Errors: as
+        /// stored ones when they last that long, else refreshed first. No refresh is made when
+        /// a fresh token could not last that long either, nor for tokens obtained moments ago;
+        /// when the refresh fails, the still-valid tokens are the answer. So `min_valid` is a
+        /// wish, not a promise: check `expires_at`. Errors: as
         /// [`get_access_token`](Self::get_access_token).
         #[doc = $crate::__cancel_safety!($flavour, "a refresh it started completes on its own; the next call gets its result.")]
         pub $($async)* fn get_valid_tokens(&self, min_valid: ::std::time::Duration) -> $crate::Result<$crate::OAuthTokens> {

@@ -145,9 +145,11 @@ impl TokenEngine {
 
     /// Valid tokens for `key` with at least `min_valid` left at `now` (for a process that hands
     /// tokens on with their expiry): the cached or stored ones when they last that long, else
-    /// refreshed first, through the key's flight, lease and budget as a forced refresh. Tokens
-    /// obtained moments ago are the answer as they are (rule 11), so a `min_valid` longer than
-    /// the lifetime Webex gives tokens costs one refresh, not one per call.
+    /// refreshed first, through the key's flight, lease and budget as a forced refresh (tokens
+    /// obtained moments ago are the answer as they are, rule 11). No refresh is made when a
+    /// fresh token could not last `min_valid` either (the tokens' own lifetime is shorter), and
+    /// when the refresh fails the still-valid tokens are the answer: their expiry says how
+    /// long they last.
     pub fn valid_tokens(
         self: &Arc<Self>,
         key: TokenKey,
@@ -157,7 +159,16 @@ impl TokenEngine {
         let engine = self.clone();
         self.obtain_unrejected(key.clone(), now, 0).then(now, move |tokens, now| match tokens {
             Ok(t) if min_valid.is_zero() || !t.is_expired(min_valid, now) => done(Ok(t)),
-            Ok(_) => engine.obtain(key, Mode::Force(None), now),
+            Ok(t) if Duration::from_secs(t.expires_in) <= min_valid && !t.is_expired(Duration::ZERO, now) => {
+                done(Ok(t))
+            }
+            Ok(t) => engine.obtain(key.clone(), Mode::Force(None), now).then(now, move |renewed, now| match renewed {
+                Err(e) if !t.is_expired(Duration::ZERO, now) => {
+                    tracing::warn!(key = %key, error = %e, "a refresh for a longer-lived token failed; the valid one is served");
+                    done(Ok(t))
+                }
+                renewed => done(renewed),
+            }),
             Err(e) => done(Err(e)),
         })
     }
