@@ -260,11 +260,18 @@ pub(crate) struct SinkWriter {
     pub(crate) state: Arc<SinkState>,
     /// The access token each key's files hold now, and when the board said it expires.
     written: BTreeMap<TokenKey, (AccessToken, Timestamp)>,
+    /// Keys off the board whose files stay until the store says they are gone: when the
+    /// store may be asked about each again (not at every tick: it may be slow or down).
+    recheck_at: BTreeMap<TokenKey, Timestamp>,
 }
 
 /// How often the writer looks for rotations (the cache answers; the store is read only when
 /// the cache revalidates).
 pub(crate) const SINK_TICK: Duration = Duration::from_millis(500);
+
+/// How long a key off the board whose record the store still holds (or could not say) waits
+/// before the store is asked about it again.
+const GONE_RECHECK: Duration = Duration::from_secs(30);
 
 impl SinkWriter {
     pub(crate) fn new(
@@ -274,7 +281,7 @@ impl SinkWriter {
         board: Arc<StatusBoard>,
         state: Arc<SinkState>,
     ) -> Self {
-        Self { byova, sinks, hook, board, state, written: BTreeMap::new() }
+        Self { byova, sinks, hook, board, state, written: BTreeMap::new(), recheck_at: BTreeMap::new() }
     }
 
     /// One pass: every key the board knows whose token is valid gets its files rewritten when
@@ -303,11 +310,7 @@ impl SinkWriter {
                 behind += usize::from(status.access_expires_at <= now);
                 continue;
             }
-            let tokens = match key.org_id() {
-                None => self.byova.integration().get_valid_tokens(Duration::ZERO).await,
-                Some(org) => self.byova.service_app().get_valid_tokens(org, Duration::ZERO).await,
-            };
-            let tokens = match tokens {
+            let tokens = match crate::token::valid_tokens(&self.byova, key, Duration::ZERO).await {
                 Ok(tokens) => tokens,
                 Err(e) => {
                     tracing::warn!(key = %key, error = %e, "cannot read the key's token for its sinks");
@@ -340,11 +343,16 @@ impl SinkWriter {
         for key in gone {
             // Off the board is not removed (an unreadable record leaves the board too): the
             // files go once the store says the org is gone.
+            if self.recheck_at.get(&key).is_some_and(|at| *at > now) {
+                continue;
+            }
             if let Some(org) = key.org_id()
                 && !matches!(self.byova.service_app().status(org).await, Ok(None))
             {
+                self.recheck_at.insert(key, now.saturating_add(GONE_RECHECK));
                 continue;
             }
+            self.recheck_at.remove(&key);
             for path in self.sinks.iter().filter_map(|s| s.path(&key)) {
                 if let Err(e) = std::fs::remove_file(&path)
                     && e.kind() != std::io::ErrorKind::NotFound
@@ -410,11 +418,7 @@ pub(crate) async fn sync(byova: Arc<Byova>, sinks: Vec<Sink>, hook: Option<Hook>
     let report = byova.status_report().await?;
     let mut first_error = None;
     for status in &report.keys {
-        let result = match status.key.org_id() {
-            None => byova.integration().get_valid_tokens(Duration::ZERO).await,
-            Some(org) => byova.service_app().get_valid_tokens(org, Duration::ZERO).await,
-        };
-        if let Err(e) = result {
+        if let Err(e) = crate::token::valid_tokens(&byova, &status.key, Duration::ZERO).await {
             tracing::warn!(key = %status.key, error = %e, "cannot bring the key up to date");
             first_error.get_or_insert(e);
         }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use byova_async::core::{Clock, SystemClock};
-use byova_async::{Error, OAuthTokens, OrgId};
+use byova_async::{Byova, Error, OAuthTokens, OrgId, TokenKey};
 use hyper::body::Incoming;
 use hyper::{Request, StatusCode};
 use serde_json::json;
@@ -278,16 +278,25 @@ pub(crate) async fn answer(daemon: &Daemon, req: &Request<Incoming>) -> Resp {
 
 type Refusal = (Class, String, Option<Duration>);
 
+/// `key`'s tokens with at least `min_valid` left, from the Integration's manager or the
+/// Service App's: what the endpoint, the sink writer and `byova sync` all ask.
+pub(crate) async fn valid_tokens(
+    byova: &Byova,
+    key: &TokenKey,
+    min_valid: Duration,
+) -> Result<OAuthTokens, Error> {
+    match key.org_id() {
+        None => byova.integration().get_valid_tokens(min_valid).await,
+        Some(org) => byova.service_app().get_valid_tokens(org, min_valid).await,
+    }
+}
+
 async fn ask(daemon: &Daemon, req: &Request<Incoming>) -> Result<OAuthTokens, Refusal> {
     let plain = |(class, message): (Class, String)| (class, message, None);
     let key = key_of(req.uri().path()).map_err(plain)?;
     let min_valid = min_valid(req.uri().query()).map_err(plain)?;
-    let byova = &daemon.byova;
-    let result = match &key {
-        None => byova.integration().get_valid_tokens(min_valid).await,
-        Some(org) => byova.service_app().get_valid_tokens(org, min_valid).await,
-    };
-    result.map_err(|e| {
+    let key = key.as_ref().map_or(TokenKey::Integration, TokenKey::org);
+    valid_tokens(&daemon.byova, &key, min_valid).await.map_err(|e| {
         let retry_after = e.retry_after();
         (Class::of(&e), e.to_string(), retry_after)
     })
