@@ -74,7 +74,8 @@ pub(crate) async fn run(as_json: bool) -> Result<(), Failure> {
         admin_token: None,
         metrics_per_key: false,
         token_secret: None,
-        token_stats: Arc::default(),
+        token_stats: Arc::new(crate::token::RequestStats::token_endpoint()),
+        proxy_stats: Arc::default(),
         sinks: Arc::default(),
     });
     let server = tokio::spawn(crate::serve::serve_http(

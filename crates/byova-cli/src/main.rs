@@ -16,6 +16,7 @@
 #[cfg(feature = "demo")]
 mod demo;
 mod progress;
+mod proxy;
 mod schedule;
 mod serve;
 mod sink;
@@ -160,14 +161,20 @@ enum Command {
         /// The group a token socket is given (a name or a numeric id), so its members connect.
         #[arg(long, value_name = "GROUP")]
         token_socket_group: Option<String>,
-        /// A file holding the shared secret a TCP token listener asks for (`Authorization:
-        /// Bearer …`); required for one.
+        /// A file holding the shared secret a TCP token listener and the proxy ask for
+        /// (`Authorization: Bearer …`); required for them.
         #[arg(long)]
         token_secret_file: Option<String>,
         /// Let a TCP token listener take an address that is not loopback (tokens then cross
         /// the network in clear).
         #[arg(long)]
         token_allow_remote: bool,
+        /// Forward requests to the Webex API with the bearer attached (a loopback `IP:PORT`,
+        /// with --token-secret-file): apps call http://IP:PORT/v1/… with `Authorization:
+        /// Bearer <the secret>` and `X-Byova-Org: ORG` (the Integration's token without it); a
+        /// 401 renews the token once.
+        #[arg(long, value_name = "IP:PORT")]
+        proxy_listen: Option<String>,
         #[command(flatten)]
         sinks: SinkArgs,
     },
@@ -535,6 +542,7 @@ async fn run(cli: Cli) -> Outcome {
             token_socket_group,
             token_secret_file,
             token_allow_remote,
+            proxy_listen,
             sinks,
             ..
         } => {
@@ -558,6 +566,7 @@ async fn run(cli: Cli) -> Outcome {
                 token_socket_group,
                 token_secret,
                 token_allow_remote,
+                proxy_listen,
                 sinks,
                 on_rotate,
             };

@@ -1,6 +1,7 @@
 //! `byova serve`: a webhook receiver on the public address; `/healthz`, `/status` and
 //! `/metrics` on the admin address (loopback by default); the local token endpoint on the
-//! token listeners (see [`crate::token`]); a background refresher.
+//! token listeners (see [`crate::token`]); the injecting proxy (see [`crate::proxy`]); a
+//! background refresher.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,9 +22,10 @@ use tokio::net::TcpListener;
 
 use byova_async::core::{Clock, SharedSecret, SystemClock};
 
+use crate::proxy::{Proxy, ProxyStats};
 use crate::schedule::{Refresher, StatusBoard, Touched};
 use crate::sink::{Hook, Sink, SinkState, SinkWriter};
-use crate::token::{self, TokenListen, TokenStats};
+use crate::token::{self, RequestStats, TokenListen};
 use crate::{Failure, failure, status_json};
 
 pub(crate) type Resp = Response<Full<Bytes>>;
@@ -73,7 +75,9 @@ pub(crate) struct Daemon {
     /// mode).
     pub(crate) token_secret: Option<SharedSecret>,
     /// The token endpoint's requests and latencies, for `/metrics`.
-    pub(crate) token_stats: Arc<TokenStats>,
+    pub(crate) token_stats: Arc<RequestStats>,
+    /// The injecting proxy's figures, for `/metrics`.
+    pub(crate) proxy_stats: Arc<ProxyStats>,
     /// The sinks' figures and the keys whose files are not current, for `/metrics` and
     /// `/ready`.
     pub(crate) sinks: Arc<SinkState>,
@@ -147,6 +151,7 @@ pub(crate) async fn handle(
                 daemon.board.unreadable()
             ));
             text.push_str(&daemon.token_stats.render());
+            text.push_str(&daemon.proxy_stats.render());
             text.push_str(&daemon.sinks.render());
             let mut resp = Response::new(Full::new(Bytes::from(text)));
             resp.headers_mut().insert(
@@ -299,9 +304,8 @@ impl Accept for tokio::net::UnixListener {
 }
 
 /// Serves `listener` as `role` until `shutdown` resolves, then lets open connections finish
-/// (10 s at most). At most `limits.max_connections` connections are open: accepting waits for
-/// a free slot, and an accept error (out of descriptors, say) backs off instead of spinning.
-/// Each connection serves one request, which must arrive within [`READ_DEADLINE`].
+/// (10 s at most). Each connection serves one request, which must arrive within
+/// [`READ_DEADLINE`].
 pub(crate) async fn serve_http(
     daemon: Arc<Daemon>,
     listener: impl Accept,
@@ -309,6 +313,36 @@ pub(crate) async fn serve_http(
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    accept_loop(listener, limits, shutdown, move |stream| {
+        let daemon = daemon.clone();
+        async move {
+            let read_by = tokio::time::Instant::now() + READ_DEADLINE;
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let service = hyper::service::service_fn(move |req| handle(daemon.clone(), role, read_by, req));
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(READ_DEADLINE)
+                .keep_alive(false)
+                .serve_connection(io, service);
+            let _ = tokio::time::timeout(CONNECTION_DEADLINE, conn).await;
+        }
+    })
+    .await;
+}
+
+/// Accepts connections from `listener` until `shutdown` resolves, each handled by `connection`
+/// on its own task, then lets open connections finish (10 s at most). At most
+/// `limits.max_connections` connections are open: accepting waits for a free slot, and an
+/// accept error (out of descriptors, say) backs off instead of spinning.
+pub(crate) async fn accept_loop<A: Accept, F, Fut>(
+    listener: A,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()>,
+    connection: F,
+) where
+    F: Fn(A::Stream) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let mut connections = tokio::task::JoinSet::new();
     let mut backoff = Duration::ZERO;
@@ -340,17 +374,9 @@ pub(crate) async fn serve_http(
                 }
             }
         };
-        let daemon = daemon.clone();
+        let served = connection(stream);
         connections.spawn(async move {
-            let read_by = tokio::time::Instant::now() + READ_DEADLINE;
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let service = hyper::service::service_fn(move |req| handle(daemon.clone(), role, read_by, req));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(READ_DEADLINE)
-                .keep_alive(false)
-                .serve_connection(io, service);
-            let _ = tokio::time::timeout(CONNECTION_DEADLINE, conn).await;
+            served.await;
             drop(slot);
         });
     }
@@ -414,7 +440,7 @@ pub(crate) async fn bind(listen: &str) -> Result<TcpListener, Failure> {
 }
 
 /// Binds `listen`, naming `flag` (the option it came from) in any error.
-async fn bind_flag(listen: &str, flag: &str) -> Result<TcpListener, Failure> {
+pub(crate) async fn bind_flag(listen: &str, flag: &str) -> Result<TcpListener, Failure> {
     let addr: SocketAddr = listen
         .parse()
         .map_err(|_| failure(3, format!("{flag} {listen:?} is not an address like 127.0.0.1:8080")))?;
@@ -450,6 +476,8 @@ pub(crate) struct Options {
     pub(crate) token_secret: Option<SharedSecret>,
     /// Let a TCP token listener take an address that is not loopback.
     pub(crate) token_allow_remote: bool,
+    /// Where the injecting proxy listens (loopback TCP, with the shared secret).
+    pub(crate) proxy_listen: Option<String>,
     /// Files every key's token is written to.
     pub(crate) sinks: Vec<Sink>,
     /// Run after a key's sink files are current.
@@ -499,6 +527,10 @@ pub(crate) async fn run(
     options: Options,
 ) -> Result<(), Failure> {
     let (token_tcp, token_unix) = bind_token_listeners(&options).await?;
+    let proxy_listener = match &options.proxy_listen {
+        Some(listen) => Some(crate::proxy::bind(listen, options.token_secret.as_ref()).await?),
+        None => None,
+    };
     let Options {
         resync,
         concurrency,
@@ -542,8 +574,15 @@ pub(crate) async fn run(
     } else {
         format!("; tokens on {} (GET /v1/integration/token, /v1/orgs/{{org}}/token)", token_addrs.join(" "))
     };
+    let proxy_line = match &proxy_listener {
+        Some(l) => format!(
+            "; proxy on http://{} (the API, with X-Byova-Org)",
+            l.local_addr().map_err(|e| failure(3, e.to_string()))?
+        ),
+        None => String::new(),
+    };
     println!(
-        "byova serve: listening on http://{addr} (POST /webhook); admin on http://{admin_addr} (GET /healthz, /ready, /status, /metrics){token_line}"
+        "byova serve: listening on http://{addr} (POST /webhook); admin on http://{admin_addr} (GET /healthz, /ready, /status, /metrics){token_line}{proxy_line}"
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -561,7 +600,8 @@ pub(crate) async fn run(
         }
         .run(),
     );
-    let token_stats = Arc::new(TokenStats::default());
+    let token_stats = Arc::new(RequestStats::token_endpoint());
+    let proxy_stats = Arc::new(ProxyStats::default());
     let sink_state = Arc::new(SinkState::default());
     // The sinks are written once before the daemon says it is ready.
     let sink_writer = if sinks.is_empty() {
@@ -595,6 +635,7 @@ pub(crate) async fn run(
             metrics_per_key,
             token_secret,
             token_stats: token_stats.clone(),
+            proxy_stats: proxy_stats.clone(),
             sinks: sink_state.clone(),
         })
     };
@@ -614,6 +655,17 @@ pub(crate) async fn run(
     for (l, placed) in token_unix {
         sockets.push(placed);
         let served = serve_http(daemon(None, None), l, Role::Token, token_limits, stopped(stop_rx.clone()));
+        token_servers.push(tokio::spawn(served));
+    }
+    if let (Some(listener), Some(secret)) = (proxy_listener, token_secret.clone()) {
+        let proxy = Arc::new(Proxy::new(byova.clone(), secret, proxy_stats.clone())?);
+        let stop = stop_rx.clone();
+        let served = accept_loop(
+            listener,
+            Limits { max_connections: 256 }.within_descriptor_budget(),
+            stopped(stop_rx.clone()),
+            move |stream| proxy.clone().connection(stream, stopped(stop.clone())),
+        );
         token_servers.push(tokio::spawn(served));
     }
     let admin_server = tokio::spawn(serve_http(

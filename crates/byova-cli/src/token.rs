@@ -53,9 +53,9 @@ impl TokenListen {
     }
 }
 
-/// What a token request may go wrong with, each with its stable `error` code.
+/// What a token (or proxied) request may go wrong with, each with its stable `error` code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Class {
+pub(crate) enum Class {
     Ok,
     BadRequest,
     NotFound,
@@ -84,7 +84,7 @@ const CLASSES: [Class; 11] = [
 ];
 
 impl Class {
-    fn code(self) -> &'static str {
+    pub(crate) fn code(self) -> &'static str {
         match self {
             Class::Ok => "ok",
             Class::BadRequest => "invalid_request",
@@ -100,7 +100,7 @@ impl Class {
         }
     }
 
-    fn status(self) -> StatusCode {
+    pub(crate) fn status(self) -> StatusCode {
         match self {
             Class::Ok => StatusCode::OK,
             Class::BadRequest => StatusCode::BAD_REQUEST,
@@ -116,7 +116,7 @@ impl Class {
 
     /// The class of a library error: the same grouping as the CLI's exit codes (4 the store,
     /// 5 a person must act, 6 Webex or the network).
-    fn of(error: &Error) -> Class {
+    pub(crate) fn of(error: &Error) -> Class {
         match error {
             Error::OrgNotRegistered { .. } => Class::NotRegistered,
             Error::NotAuthorized => Class::NotAuthorized,
@@ -135,17 +135,37 @@ impl Class {
 /// Latency buckets of `/metrics` (seconds).
 const BUCKETS: [f64; 9] = [0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05, 0.25, 1.0];
 
-/// Requests to the token endpoint by answer, and their latency: for `/metrics`.
-#[derive(Default)]
-pub(crate) struct TokenStats {
+/// Requests to one of the daemon's local endpoints (the token endpoint, the proxy) by answer,
+/// and their latency: for `/metrics`, as `byova_{name}_requests_total` and
+/// `byova_{name}_request_seconds`.
+pub(crate) struct RequestStats {
+    name: &'static str,
+    what: &'static str,
     by_class: [AtomicU64; CLASSES.len()],
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     micros: AtomicU64,
 }
 
-impl TokenStats {
-    fn record(&self, class: Class, took: Duration) {
+impl RequestStats {
+    /// The token endpoint's figures.
+    pub(crate) fn token_endpoint() -> Self {
+        Self::new("token", "the local token endpoint")
+    }
+
+    /// Figures named `byova_{name}_…`, described as requests to `what`.
+    pub(crate) fn new(name: &'static str, what: &'static str) -> Self {
+        Self {
+            name,
+            what,
+            by_class: Default::default(),
+            buckets: Default::default(),
+            count: AtomicU64::new(0),
+            micros: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn record(&self, class: Class, took: Duration) {
         let index = CLASSES.iter().position(|c| *c == class).unwrap_or(0);
         self.by_class[index].fetch_add(1, Ordering::Relaxed);
         let secs = took.as_secs_f64();
@@ -170,41 +190,52 @@ impl TokenStats {
 
     /// The Prometheus text of these figures.
     pub(crate) fn render(&self) -> String {
-        let mut text = String::from(
-            "# HELP byova_token_requests_total Requests to the local token endpoint, by answer.\n\
-             # TYPE byova_token_requests_total counter\n",
+        let (name, what) = (self.name, self.what);
+        let mut text = format!(
+            "# HELP byova_{name}_requests_total Requests to {what}, by answer.\n\
+             # TYPE byova_{name}_requests_total counter\n"
         );
         for (class, count) in CLASSES.iter().zip(&self.by_class) {
             text.push_str(&format!(
-                "byova_token_requests_total{{answer=\"{}\"}} {}\n",
+                "byova_{name}_requests_total{{answer=\"{}\"}} {}\n",
                 class.code(),
                 count.load(Ordering::Relaxed)
             ));
         }
-        text.push_str(
-            "# HELP byova_token_request_seconds How long the local token endpoint took to answer.\n\
-             # TYPE byova_token_request_seconds histogram\n",
-        );
+        text.push_str(&format!(
+            "# HELP byova_{name}_request_seconds How long {what} took to answer.\n\
+             # TYPE byova_{name}_request_seconds histogram\n"
+        ));
         for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
             text.push_str(&format!(
-                "byova_token_request_seconds_bucket{{le=\"{bound}\"}} {}\n",
+                "byova_{name}_request_seconds_bucket{{le=\"{bound}\"}} {}\n",
                 bucket.load(Ordering::Relaxed)
             ));
         }
         let count = self.count.load(Ordering::Relaxed);
-        text.push_str(&format!("byova_token_request_seconds_bucket{{le=\"+Inf\"}} {count}\n"));
+        text.push_str(&format!("byova_{name}_request_seconds_bucket{{le=\"+Inf\"}} {count}\n"));
         let sum = self.micros.load(Ordering::Relaxed) as f64 / 1e6;
         text.push_str(&format!(
-            "byova_token_request_seconds_sum {sum}\nbyova_token_request_seconds_count {count}\n"
+            "byova_{name}_request_seconds_sum {sum}\nbyova_{name}_request_seconds_count {count}\n"
         ));
         text
     }
 }
 
 /// An error answer: its class's status and code, and a message that names no secret (the
-/// library's errors never carry one).
-fn refuse(class: Class, message: impl Into<String>) -> Resp {
-    respond(class.status(), json!({"error": class.code(), "message": message.into()}))
+/// library's errors never carry one); `Retry-After` (whole seconds, at least 1) when given.
+pub(crate) fn refuse(class: Class, message: impl Into<String>, retry_after: Option<Duration>) -> Resp {
+    let mut resp = respond(class.status(), json!({"error": class.code(), "message": message.into()}));
+    if let Some(after) = retry_after {
+        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        if let Ok(value) = hyper::header::HeaderValue::from_str(&secs.max(1).to_string()) {
+            resp.headers_mut().insert(hyper::header::RETRY_AFTER, value);
+        }
+    }
+    if class == Class::Unauthorized {
+        resp.headers_mut().insert("WWW-Authenticate", hyper::header::HeaderValue::from_static("Bearer"));
+    }
+    resp
 }
 
 /// Which key a path names: `None` for the Integration, `Some` for an org; `Err` for a path
@@ -261,16 +292,7 @@ pub(crate) async fn answer(daemon: &Daemon, req: &Request<Incoming>) -> Resp {
     let started = Instant::now();
     let (class, resp) = match ask(daemon, req).await {
         Ok(tokens) => (Class::Ok, grant(&tokens)),
-        Err((class, message, retry_after)) => {
-            let mut resp = refuse(class, message);
-            if let Some(after) = retry_after {
-                let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-                if let Ok(value) = hyper::header::HeaderValue::from_str(&secs.max(1).to_string()) {
-                    resp.headers_mut().insert(hyper::header::RETRY_AFTER, value);
-                }
-            }
-            (class, resp)
-        }
+        Err((class, message, retry_after)) => (class, refuse(class, message, retry_after)),
     };
     daemon.token_stats.record(class, started.elapsed());
     resp
@@ -451,7 +473,7 @@ mod tests {
 
     #[test]
     fn every_class_has_its_own_code_and_the_metrics_name_them() {
-        let stats = TokenStats::default();
+        let stats = RequestStats::token_endpoint();
         stats.record(Class::Ok, Duration::from_micros(300));
         stats.unauthorized();
         let text = stats.render();

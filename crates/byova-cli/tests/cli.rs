@@ -1906,3 +1906,229 @@ fn a_python_client_gets_valid_tokens_of_fifty_orgs_while_they_rotate() {
     );
     assert!(sigterm(&mut child).success());
 }
+
+/// One request to `addr` on a connection of its own: `head` is the request line and headers
+/// (without the blank line); `Connection: close` is added. The status, the head (lowercase) and
+/// the body, read to the end (the answers carry a Content-Length).
+fn raw_http(addr: &str, head: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(stream, "{head}\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    stream.write_all(body).unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).unwrap();
+    let split = answer.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete head");
+    let head = String::from_utf8_lossy(&answer[..split]).to_ascii_lowercase();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head, answer[split + 4..].to_vec())
+}
+
+/// The value of header `name` (lowercase) in a lowercased head.
+fn head_value<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+    head.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':')).map(str::trim)
+}
+
+/// `body` in chunked transfer coding, `chunk` bytes a chunk.
+fn chunked(body: &[u8], chunk: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for piece in body.chunks(chunk) {
+        out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        out.extend_from_slice(piece);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+/// Issue 22, item 5: the injecting proxy puts the org's (or the Integration's) token on a
+/// request in place of the shared secret, drops `X-Byova-Org`, streams bodies both ways
+/// unchanged (a 100 KiB one read first, an 8 MiB chunked upload and a 16 MiB download
+/// streamed); a revoked token costs one refresh for 50 concurrent requests, a 401 no token
+/// cures at most one; it refuses what it must, each with its class, and counts in `/metrics`.
+#[test]
+fn the_proxy_attaches_tokens_renews_once_and_streams_bodies() {
+    let env = Env::new();
+    env.seed_integration();
+    let issued = env.fake.issue_service_app_tokens(ORG);
+    env.store()
+        .set_service_app_tokens(&OrgId::from_static(ORG), &issued.to_oauth_tokens(SystemClock.now()))
+        .unwrap();
+    let secret = env.file("proxy-secret", "PROXY-SECRET-CANARY\n");
+    let serve = |extra: &[&str]| {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        env.cmd().env("BYOVA_WEBHOOK_SECRET", "s").args(&args).stdin(Stdio::null()).output().unwrap()
+    };
+    assert_fails(&serve(&["--proxy-listen", "127.0.0.1:0"]), 3, "--token-secret-file");
+    assert_fails(&serve(&["--proxy-listen", "0.0.0.0:0", "--token-secret-file", &secret]), 3, "loopback");
+    assert_fails(
+        &serve(&["--proxy-listen", "localhost:1", "--token-secret-file", &secret]),
+        3,
+        "--proxy-listen",
+    );
+
+    let socket = env.dir.join("token.sock");
+    let (mut child, line) = start_serve_line(env.cmd().env("BYOVA_WEBHOOK_SECRET", "s").args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--proxy-listen",
+        "127.0.0.1:0",
+        "--token-secret-file",
+        &secret,
+        "--token-listen",
+        &format!("unix:{}", socket.display()),
+    ]));
+    let proxy =
+        line.split("proxy on http://").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_owned();
+    let auth = "Authorization: Bearer PROXY-SECRET-CANARY";
+    let org_header = format!("X-Byova-Org: {ORG}");
+    let get = |path: &str, headers: &[&str]| {
+        let mut head = format!("GET {path} HTTP/1.1");
+        for h in headers {
+            head.push_str("\r\n");
+            head.push_str(h);
+        }
+        raw_http(&proxy, &head, b"")
+    };
+
+    let (status, _, body) = get("/v1/people/me", &[auth, &org_header]);
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let me: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(me["orgId"], ORG, "the org's own token");
+    let (status, _, body) = get("/v1/people/me", &[auth]);
+    assert_eq!(status, 200);
+    let me: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_ne!(me["orgId"], ORG, "the Integration's token without X-Byova-Org");
+
+    // What the proxy answers itself: each class with its status and code, never the secret.
+    for (headers, target, status, code) in [
+        (vec![], "/v1/people/me", 401, "unauthorized"),
+        (vec!["Authorization: Bearer PROXY-SECRET-WRONG"], "/v1/people/me", 401, "unauthorized"),
+        (vec![auth, "X-Byova-Org: "], "/v1/people/me", 400, "invalid_request"),
+        (
+            vec![auth, "X-Byova-Org: 0f6c9b4e-1111-4c2a-9d7e-000000000000"],
+            "/v1/people/me",
+            404,
+            "org_not_registered",
+        ),
+        (vec![auth], "http://example.com/v1/people/me", 400, "invalid_request"),
+    ] {
+        let (got, head, body) = get(target, &headers);
+        let text = String::from_utf8_lossy(&body).into_owned();
+        assert_eq!(got, status, "{headers:?} {target}: {text}");
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer["error"], code, "{text}");
+        assert!(!text.contains("CANARY") && !head.contains("canary"), "{text}");
+    }
+
+    // Bodies both ways, byte for byte: the secret and X-Byova-Org stay behind (the fake checks
+    // the bearer, and names the headers that reached it).
+    let small: Vec<u8> = (0..100 * 1024).map(|i| (i * 7 % 256) as u8).collect();
+    let (status, head, body) = raw_http(
+        &proxy,
+        &format!(
+            "POST /v1/testkit/echo HTTP/1.1\r\n{auth}\r\n{org_header}\r\nContent-Length: {}",
+            small.len()
+        ),
+        &small,
+    );
+    assert_eq!(status, 200, "{head}");
+    assert!(body == small, "a 100 KiB body comes back unchanged");
+    assert_eq!(head_value(&head, "x-echo-org"), Some(ORG));
+    assert_eq!(head_value(&head, "x-echo-chunked"), Some("false"));
+    let seen = head_value(&head, "x-echo-headers").unwrap();
+    assert!(!seen.contains("x-byova-org") && seen.contains("trackingid"), "{seen}");
+    let large: Vec<u8> = (0..8 << 20).map(|i| (i * 13 % 256) as u8).collect();
+    let (status, head, body) = raw_http(
+        &proxy,
+        &format!("POST /v1/testkit/echo HTTP/1.1\r\n{auth}\r\n{org_header}\r\nTransfer-Encoding: chunked"),
+        &chunked(&large, 64 * 1024),
+    );
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(head_value(&head, "x-echo-chunked"), Some("true"), "streamed to Webex as it came");
+    assert!(body == large, "an 8 MiB chunked upload comes back unchanged ({} bytes)", body.len());
+    let (status, _, body) = get(&format!("/v1/testkit/echo?bytes={}", 16 << 20), &[auth, &org_header]);
+    assert_eq!(status, 200);
+    assert!(body == byova_testkit::echo_pattern(16 << 20), "a 16 MiB download arrives unchanged");
+
+    // A revoked token: 50 requests at once meet the 401, one refresh, every one answered 200.
+    let (status, _, granted) = unix_get(&socket, &format!("/v1/orgs/{ORG}/token"), "GET");
+    assert_eq!(status, 200);
+    let granted: serde_json::Value = serde_json::from_str(&granted).unwrap();
+    assert!(env.fake.revoke_access_token(granted["access_token"].as_str().unwrap()));
+    env.fake.reset_counters();
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let threads: Vec<_> =
+            (0..50).map(|_| scope.spawn(|| get("/v1/people/me", &[auth, &org_header]).0)).collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(env.fake.token_calls_per_org().get(ORG), Some(&1), "one refresh for fifty 401s");
+    // A 401 no fresh token cures (a scope the token lacks): one refresh, then none.
+    env.fake.reset_counters();
+    for _ in 0..5 {
+        assert_eq!(get("/v1/devices", &[auth, &org_header]).0, 401);
+    }
+    assert_eq!(env.fake.token_calls_per_org().get(ORG).copied().unwrap_or(0), 1, "five 401s, one refresh");
+
+    let admin = line.split("admin on ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap();
+    let metrics = wire::send(&wire::get(&format!("{admin}/metrics"))).unwrap();
+    let metrics = String::from_utf8(metrics.body.to_vec()).unwrap();
+    assert!(metrics.contains("byova_proxy_requests_total{answer=\"ok\"} 60"), "{metrics}");
+    assert!(metrics.contains("byova_proxy_requests_total{answer=\"unauthorized\"} 2"), "{metrics}");
+    assert!(metrics.contains("byova_proxy_upstream_responses_total{status=\"4xx\"} 5"), "{metrics}");
+    assert!(!metrics.contains("CANARY"), "no secret in /metrics");
+    assert!(sigterm(&mut child).success());
+}
+
+/// Issue 22, item 7: the standard-library Python gateway takes an org's token from the socket
+/// and calls the API with it, then calls it through the proxy holding no token; both reach the
+/// org. The proxy's added latency per request, against calling the fake directly, is printed.
+#[test]
+fn the_python_gateway_calls_the_api_with_a_socket_token_and_through_the_proxy() {
+    let env = Env::new();
+    env.seed_integration();
+    let issued = env.fake.issue_service_app_tokens(ORG);
+    env.store()
+        .set_service_app_tokens(&OrgId::from_static(ORG), &issued.to_oauth_tokens(SystemClock.now()))
+        .unwrap();
+    let secret = env.file("proxy-secret", "PROXY-SECRET\n");
+    let socket = env.dir.join("token.sock");
+    let (mut child, line) = start_serve_line(env.cmd().env("BYOVA_WEBHOOK_SECRET", "s").args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--proxy-listen",
+        "127.0.0.1:0",
+        "--token-secret-file",
+        &secret,
+        "--token-listen",
+        &format!("unix:{}", socket.display()),
+    ]));
+    let proxy = line.split("proxy on ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_owned();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/python-gateway/gateway.py");
+    let out = Command::new("python3")
+        .args([script, "--socket", &socket.display().to_string(), "--org", ORG, "--api", env.fake.base_url()])
+        .args(["--proxy", &format!("{proxy}/v1"), "--secret-file", &secret, "--compare", "500"])
+        .output()
+        .expect("python3 runs the example gateway");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for way in ["direct", "proxied"] {
+        assert_eq!(report[way]["status"], 200, "{report}");
+        assert_eq!(report[way]["orgId"], ORG, "{report}");
+    }
+    let ms = |way: &str, q: &str| report[way][q].as_f64().unwrap();
+    eprintln!(
+        "500 sequential GET /v1/people/me: direct p50 {:.3} ms p99 {:.3} ms; through the proxy p50 {:.3} ms p99 {:.3} ms; \
+         added p50 {:.3} ms",
+        ms("direct", "p50_ms"),
+        ms("direct", "p99_ms"),
+        ms("proxied", "p50_ms"),
+        ms("proxied", "p99_ms"),
+        ms("proxied", "p50_ms") - ms("direct", "p50_ms"),
+    );
+    assert!(sigterm(&mut child).success());
+}

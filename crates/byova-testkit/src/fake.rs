@@ -51,7 +51,22 @@ pub enum Endpoint {
     /// `GET /v1/devices`: a resource the tokens' scopes do not cover, answering 401 whatever
     /// the bearer (a 401 that no fresh token cures)
     ScopeMissing,
+    /// `/v1/testkit/echo`: not Webex, an instrument for what stands between a client and
+    /// Webex (byova's injecting proxy). Authenticated like any API call (401 to a bad bearer);
+    /// `POST` or `PUT` answers the request body as it came, `GET ?bytes=N` answers
+    /// [`echo_pattern`]`(N)`; every answer says in `X-Echo-Org` whose token came (the org, or
+    /// `integration`), in `X-Echo-Headers` the request's header names, and in
+    /// `X-Echo-Chunked` whether its body came chunked.
+    Echo,
 }
+
+/// `len` bytes of the fixed pattern [`Endpoint::Echo`] answers a `GET ?bytes=N` with.
+pub fn echo_pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+/// The most [`Endpoint::Echo`] answers a `GET` with (64 MiB).
+const MAX_ECHO_BYTES: usize = 64 << 20;
 
 /// A fault injected into one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1155,6 +1170,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
         (_, p) if p == "/v1/webhooks" || p.starts_with("/v1/webhooks/") => Some(Endpoint::Webhooks),
         (_, "/v1/people/me") => Some(Endpoint::PeopleMe),
         (_, "/v1/devices") => Some(Endpoint::ScopeMissing),
+        (_, "/v1/testkit/echo") => Some(Endpoint::Echo),
         _ => None,
     };
     let tracking_id = {
@@ -1240,6 +1256,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
         }
         Endpoint::Webhooks => ctx.webhooks(&method, &path, &query, &headers, &body),
         Endpoint::PeopleMe => ctx.people_me(&method, &headers),
+        Endpoint::Echo => ctx.echo(&method, &query, &headers, body.clone()),
         Endpoint::ScopeMissing => {
             ctx.err(401, "The request requires a valid access token set in the Authorization request header.")
         }
@@ -1632,6 +1649,45 @@ impl Ctx<'_> {
             200,
             &serde_json::json!({ "id": "fake-person", "orgId": org, "displayName": "Fake Person" }),
         )
+    }
+
+    fn echo(&self, method: &hyper::Method, query: &str, headers: &hyper::HeaderMap, body: Bytes) -> Resp {
+        let s = self.shared.lock();
+        let Some(grant) = s.bearer_grant(header(headers, "authorization"), self.now) else {
+            drop(s);
+            return self.err(
+                401,
+                "The request requires a valid access token set in the Authorization request header.",
+            );
+        };
+        let org = grant.org.clone().unwrap_or_else(|| "integration".to_owned());
+        drop(s);
+        let answer = match *method {
+            hyper::Method::POST | hyper::Method::PUT => body,
+            hyper::Method::GET => {
+                let len = form(query.as_bytes()).get("bytes").and_then(|n| n.parse::<usize>().ok());
+                match len.filter(|n| *n <= MAX_ECHO_BYTES) {
+                    Some(len) => Bytes::from(echo_pattern(len)),
+                    None => return self.err(400, "bytes must be a length up to 64 MiB."),
+                }
+            }
+            _ => return self.err(405, "Method not allowed."),
+        };
+        let names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+        let chunked = header(headers, "transfer-encoding").is_some_and(|v| v.contains("chunked"));
+        let mut resp = Response::new(Full::new(answer));
+        resp.headers_mut()
+            .insert("Content-Type", hyper::header::HeaderValue::from_static("application/octet-stream"));
+        for (name, value) in [
+            ("X-Echo-Org", org),
+            ("X-Echo-Headers", names.join(",")),
+            ("X-Echo-Chunked", chunked.to_string()),
+        ] {
+            if let Ok(value) = value.parse() {
+                resp.headers_mut().insert(name, value);
+            }
+        }
+        resp
     }
 
     fn webhooks(

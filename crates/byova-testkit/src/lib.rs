@@ -55,5 +55,5 @@ pub mod __private {
 pub use clock::FakeClock;
 pub use fake::{
     AccessTokenStatus, AuthorizeMode, DeliveryOutcome, DeliveryShape, Endpoint, FakeWebex, FakeWebexBuilder,
-    Fault, IssuedTokens, Redemption, Settings,
+    Fault, IssuedTokens, Redemption, Settings, echo_pattern,
 };
