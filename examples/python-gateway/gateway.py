@@ -61,6 +61,8 @@ def main():
     parser.add_argument("--secret-file", help="byova serve --token-secret-file (the proxy's bearer)")
     parser.add_argument("--compare", type=int, default=0, help="time N calls each way")
     args = parser.parse_args()
+    if args.proxy and not args.secret_file:
+        parser.error("--proxy needs --secret-file: the proxy asks for the daemon's shared secret")
 
     try:
         granted = ByovaTokens(args.socket).token(org=args.org, min_valid=30)

@@ -9,12 +9,18 @@
 //! Bodies stream both ways. A request body of known length up to [`REPLAYABLE_BODY_BYTES`] is
 //! read first, so the request can be sent again after a 401; a larger or chunked one streams
 //! to Webex as it arrives, and its 401 is answered as it is (the token is invalidated, so the
-//! app's own retry gets a fresh one).
+//! app's own retry gets a fresh one). Only the standard methods pass (no `TRACE`, which would
+//! echo the token). Links in Webex's answers (`Link` for the next page, `Location`) that point
+//! at the API origin are rewritten to point at the proxy, so an app that follows them stays
+//! behind it. Nothing waits forever: an exchange in which neither the app's body nor Webex's
+//! answer moves for the API timeout is ended, and so is a body that stalls that long.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use byova_async::core::SharedSecret;
@@ -22,7 +28,7 @@ use byova_async::core::engine::{TRACKING_ID_HEADER, new_tracking_id};
 use byova_async::{BearerAuth, Byova, OrgId};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
@@ -38,10 +44,24 @@ pub(crate) const REPLAYABLE_BODY_BYTES: u64 = 1 << 20;
 
 /// How long a kept-alive connection may sit idle between requests, and how long a request's
 /// head may take to arrive.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// How long a replayable request body may take to arrive.
-const BODY_DEADLINE: Duration = Duration::from_secs(30);
+/// Connections open at once (each holds a second descriptor, to Webex).
+pub(crate) const MAX_CONNECTIONS: usize = 128;
+
+/// The methods forwarded: the ones Webex's API uses. `TRACE` would echo the token back.
+const METHODS: [hyper::Method; 7] = [
+    hyper::Method::GET,
+    hyper::Method::HEAD,
+    hyper::Method::POST,
+    hyper::Method::PUT,
+    hyper::Method::PATCH,
+    hyper::Method::DELETE,
+    hyper::Method::OPTIONS,
+];
+
+/// The proxy's latency buckets in `/metrics` (seconds, up to Webex's answer head).
+const PROXY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// Headers that belong to one hop (RFC 9110 §7.6.1), never forwarded either way.
 const HOP_BY_HOP: [&str; 9] = [
@@ -57,7 +77,109 @@ const HOP_BY_HOP: [&str; 9] = [
 ];
 
 /// The body of a proxy answer: the proxy's own JSON, or Webex's, streamed.
-type ProxyBody = Either<Full<Bytes>, reqwest::Body>;
+type ProxyBody = Either<Full<Bytes>, IdleBody<reqwest::Body>>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// When the app's side of an exchange last moved, and whether its body failed.
+struct Progress {
+    start: Instant,
+    last_millis: AtomicU64,
+    app_body_failed: AtomicBool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_millis: AtomicU64::new(0),
+            app_body_failed: AtomicBool::new(false),
+        }
+    }
+
+    fn touch(&self) {
+        let millis = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_millis.store(millis, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_millis.load(Ordering::Relaxed))
+    }
+}
+
+/// A body stalled for longer than its idle limit.
+#[derive(Debug)]
+struct Stalled(Duration);
+
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no data for {} s", self.0.as_secs())
+    }
+}
+
+impl std::error::Error for Stalled {}
+
+/// A body that fails once its source has had nothing for `idle` while it was being read (time
+/// the reader spends not reading does not count), and reports its progress.
+pub(crate) struct IdleBody<B> {
+    inner: B,
+    idle: Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    progress: Option<Arc<Progress>>,
+}
+
+impl<B> IdleBody<B> {
+    fn new(inner: B, idle: Duration, progress: Option<Arc<Progress>>) -> Self {
+        Self { inner, idle, timer: None, progress }
+    }
+}
+
+impl<B> Body for IdleBody<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.timer = None;
+                if let Some(progress) = &this.progress {
+                    match &frame {
+                        Some(Err(_)) => progress.app_body_failed.store(true, Ordering::Relaxed),
+                        _ => progress.touch(),
+                    }
+                }
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if let Some(progress) = &this.progress {
+                    progress.app_body_failed.store(true, Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Err(Box::new(Stalled(idle)))))
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+}
 
 /// The proxy's figures for `/metrics`: its answers (`ok` is forwarded, whatever Webex said)
 /// and latency up to Webex's response head, and Webex's answers by status class.
@@ -68,7 +190,10 @@ pub(crate) struct ProxyStats {
 
 impl Default for ProxyStats {
     fn default() -> Self {
-        Self { requests: RequestStats::new("proxy", "the injecting proxy"), upstream: Default::default() }
+        Self {
+            requests: RequestStats::new("proxy", "the injecting proxy", PROXY_BUCKETS),
+            upstream: Default::default(),
+        }
     }
 }
 
@@ -102,6 +227,10 @@ pub(crate) struct Proxy {
     client: reqwest::Client,
     /// `scheme://authority` of the configured API base URL.
     origin: String,
+    /// `http://IP:PORT`: where the proxy listens, for links in Webex's answers.
+    local: String,
+    /// How long an exchange, or a body, may stand still (the API timeout).
+    idle: Duration,
     secret: SharedSecret,
     stats: Arc<ProxyStats>,
 }
@@ -120,24 +249,26 @@ impl Refusal {
 }
 
 impl Proxy {
-    /// A proxy to `byova`'s API origin that asks its clients for `secret`.
+    /// A proxy listening on `local` to `byova`'s API origin that asks its clients for
+    /// `secret`.
     pub(crate) fn new(
         byova: Arc<Byova>,
+        local: SocketAddr,
         secret: SharedSecret,
         stats: Arc<ProxyStats>,
     ) -> Result<Self, Failure> {
         let config = byova.integration().config();
         let origin = origin_of(&config.base_url)
             .ok_or_else(|| failure(3, format!("the API base URL {:?} has no origin", config.base_url)))?;
+        let idle = config.timeout;
         let client = reqwest::Client::builder()
-            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-            // Between two reads, not for the whole answer: a large download streams.
-            .read_timeout(config.timeout)
+            .connect_timeout(idle.min(Duration::from_secs(10)))
+            .pool_max_idle_per_host(32)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("byova-proxy/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| failure(3, format!("cannot build the proxy's HTTP client: {e}")))?;
-        Ok(Self { byova, client, origin, secret, stats })
+        Ok(Self { byova, client, origin, local: format!("http://{local}"), idle, secret, stats })
     }
 
     /// Serves one connection: kept alive between requests (idle for [`IDLE_TIMEOUT`] at
@@ -171,30 +302,34 @@ impl Proxy {
                 (Class::Ok, resp.map(Either::Right))
             }
             Err(Refusal { class, message, retry_after }) => {
-                (class, refuse(class, message, retry_after).map(Either::Left))
+                let mut resp = refuse(class, message, retry_after);
+                if class == Class::Unauthorized {
+                    // Whoever lacks the secret keeps no connection open.
+                    resp.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                if class == Class::MethodNotAllowed {
+                    let allow = HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
+                    resp.headers_mut().insert(hyper::header::ALLOW, allow);
+                }
+                (class, resp.map(Either::Left))
             }
         };
         self.stats.requests.record(class, started.elapsed());
         Ok(resp)
     }
 
-    async fn send(&self, req: Request<Incoming>) -> Result<Response<reqwest::Body>, Refusal> {
+    async fn send(&self, req: Request<Incoming>) -> Result<Response<IdleBody<reqwest::Body>>, Refusal> {
         let (parts, body) = req.into_parts();
-        let given = parts
-            .headers
-            .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|given| self.secret.ct_eq_str(given.trim())) {
+        if !crate::serve::authorized(&parts.headers, &self.secret) {
             return Err(Refusal::new(
                 Class::Unauthorized,
                 "the proxy needs the daemon's shared secret as the bearer token; it puts the real one in its place",
             ));
         }
-        if parts.method == hyper::Method::CONNECT {
+        if !METHODS.contains(&parts.method) {
             return Err(Refusal::new(
                 Class::MethodNotAllowed,
-                "CONNECT: the proxy is a base URL, not a tunnel",
+                format!("{}: the proxy forwards the API's methods only", parts.method),
             ));
         }
         let target = match parts.uri.path_and_query() {
@@ -212,22 +347,25 @@ impl Proxy {
             Some(org) => BearerAuth::org(self.byova.clone(), org),
             None => BearerAuth::integration(self.byova.clone()),
         };
+        let progress = Arc::new(Progress::new());
         let body = match body.size_hint().exact() {
             Some(len) if len <= REPLAYABLE_BODY_BYTES => {
-                // usize is at least 32 bits here, and len is at most 1 MiB.
-                let read = Limited::new(body, REPLAYABLE_BODY_BYTES as usize).collect();
-                match tokio::time::timeout(BODY_DEADLINE, read).await {
-                    Ok(Ok(body)) => reqwest::Body::from(body.to_bytes()),
-                    Ok(Err(_)) => {
-                        return Err(Refusal::new(Class::BadRequest, "the request body could not be read"));
-                    }
-                    Err(_) => {
-                        return Err(Refusal::new(Class::BadRequest, "the request body came too slowly"));
+                // Read whole, so BearerAuth can send it again after a 401 (REPLAYABLE_BODY_BYTES
+                // fits any usize).
+                let read = Limited::new(IdleBody::new(body, self.idle, None), REPLAYABLE_BODY_BYTES as usize);
+                match read.collect().await {
+                    Ok(body) => reqwest::Body::from(body.to_bytes()),
+                    Err(e) => {
+                        return Err(Refusal::new(
+                            Class::BadRequest,
+                            format!("the request body could not be read: {e}"),
+                        ));
                     }
                 }
             }
-            _ => reqwest::Body::wrap(body),
+            _ => reqwest::Body::wrap(IdleBody::new(body, self.idle, Some(progress.clone()))),
         };
+        progress.touch();
         let mut headers = forwarded(&parts.headers);
         for name in [hyper::header::HOST, hyper::header::AUTHORIZATION, hyper::header::CONTENT_LENGTH] {
             headers.remove(name);
@@ -241,13 +379,84 @@ impl Proxy {
             headers.insert(TRACKING_ID_HEADER, value);
         }
         let client = reqwest_middleware::ClientBuilder::new(self.client.clone()).with(auth).build();
-        let sent = client.request(parts.method, target).headers(headers).body(body).send().await;
-        let response = sent.map_err(refusal_of)?;
-        let mut response: Response<reqwest::Body> = response.into();
-        let kept = forwarded(response.headers());
-        *response.headers_mut() = kept;
-        Ok(response)
+        let sent = client.request(parts.method, target).headers(headers).body(body).send();
+        tokio::pin!(sent);
+        // Ended only when neither the app's body nor Webex's answer has moved for `idle`.
+        let sent = loop {
+            tokio::select! {
+                sent = &mut sent => break sent,
+                () = tokio::time::sleep_until((progress.last() + self.idle).into()) => {
+                    if progress.last() + self.idle <= Instant::now() {
+                        return Err(Refusal::new(
+                            Class::Webex,
+                            format!("Webex did not answer within {} s", self.idle.as_secs()),
+                        ));
+                    }
+                }
+            }
+        };
+        let response = sent.map_err(|e| {
+            if progress.app_body_failed.load(Ordering::Relaxed) {
+                Refusal::new(Class::BadRequest, "the request body was cut off, or stalled, on its way in")
+            } else {
+                refusal_of(e)
+            }
+        })?;
+        let response: Response<reqwest::Body> = response.into();
+        let (mut head, body) = response.into_parts();
+        head.headers = forwarded(&head.headers);
+        self.point_links_here(&mut head.headers);
+        Ok(Response::from_parts(head, IdleBody::new(body, self.idle, None)))
     }
+
+    /// `Link` and `Location` values that point at the API origin, pointed at the proxy.
+    fn point_links_here(&self, headers: &mut HeaderMap) {
+        for name in [hyper::header::LINK, hyper::header::LOCATION] {
+            let values: Vec<HeaderValue> = headers
+                .get_all(&name)
+                .iter()
+                .map(|value| {
+                    value
+                        .to_str()
+                        .ok()
+                        .and_then(|text| rewrite_origin(text, &self.origin, &self.local))
+                        .and_then(|text| HeaderValue::from_str(&text).ok())
+                        .unwrap_or_else(|| value.clone())
+                })
+                .collect();
+            headers.remove(&name);
+            for value in values {
+                headers.append(&name, value);
+            }
+        }
+    }
+}
+
+/// `text` with every URL on `origin` (`origin/…`, `origin?…` or `origin` alone) on `local`
+/// instead; `None` when it names none.
+fn rewrite_origin(text: &str, origin: &str, local: &str) -> Option<String> {
+    let lower = text.to_ascii_lowercase();
+    let origin = origin.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut rest = 0;
+    let mut found = false;
+    let mut from = 0;
+    while let Some(at) = lower[from..].find(&origin).map(|i| i + from) {
+        let end = at + origin.len();
+        let bounded = matches!(
+            lower.as_bytes().get(end),
+            None | Some(b'/' | b'?' | b'>' | b'#' | b'"' | b' ' | b';' | b',')
+        );
+        if bounded {
+            out.push_str(&text[rest..at]);
+            out.push_str(local);
+            rest = end;
+            found = true;
+        }
+        from = end;
+    }
+    out.push_str(&text[rest..]);
+    found.then_some(out)
 }
 
 /// The org `X-Byova-Org` names, `None` without the header (the Integration).
@@ -390,6 +599,23 @@ mod tests {
         for bad in [&["a", "b"][..], &[""], &["  "]] {
             assert_eq!(with(bad).err().map(|r| r.class), Some(Class::BadRequest), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn links_to_the_api_origin_point_at_the_proxy() {
+        let (origin, local) = ("https://webexapis.com", "http://127.0.0.1:8091");
+        assert_eq!(
+            rewrite_origin(r#"<https://webexapis.com/v1/people?cursor=a>; rel="next""#, origin, local)
+                .as_deref(),
+            Some(r#"<http://127.0.0.1:8091/v1/people?cursor=a>; rel="next""#)
+        );
+        assert_eq!(
+            rewrite_origin("HTTPS://WebexAPIs.com/v1/x", origin, local).as_deref(),
+            Some("http://127.0.0.1:8091/v1/x")
+        );
+        assert_eq!(rewrite_origin("https://webexapis.com.evil.test/v1", origin, local), None);
+        assert_eq!(rewrite_origin("https://other.test/v1", origin, local), None);
+        assert_eq!(rewrite_origin("/v1/relative", origin, local), None);
     }
 
     #[test]

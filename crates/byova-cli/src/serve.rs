@@ -83,13 +83,15 @@ pub(crate) struct Daemon {
     pub(crate) sinks: Arc<SinkState>,
 }
 
-/// Whether `req` carries `Authorization: Bearer <token>` (compared in constant time).
-fn authorized(req: &Request<Incoming>, token: &SharedSecret) -> bool {
-    req.headers()
+/// Whether `headers` carry `Authorization: Bearer <token>` (the scheme in any case; the token
+/// compared in constant time).
+pub(crate) fn authorized(headers: &hyper::HeaderMap, token: &SharedSecret) -> bool {
+    headers
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| token.ct_eq_str(given.trim()))
+        .and_then(|v| v.trim_start().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .is_some_and(|(_, given)| token.ct_eq_str(given.trim()))
 }
 
 /// Handles one request to the daemon; `read_by` is when its connection's reading time ends.
@@ -103,7 +105,7 @@ pub(crate) async fn handle(
     let method = req.method().clone();
     if role == Role::Admin
         && let Some(token) = &daemon.admin_token
-        && !authorized(&req, token)
+        && !authorized(req.headers(), token)
     {
         let mut resp =
             respond(StatusCode::UNAUTHORIZED, json!({"error": "the admin listener needs its bearer token"}));
@@ -112,7 +114,7 @@ pub(crate) async fn handle(
     }
     if role == Role::Token
         && let Some(secret) = &daemon.token_secret
-        && !authorized(&req, secret)
+        && !authorized(req.headers(), secret)
     {
         daemon.token_stats.unauthorized();
         let mut resp = respond(
@@ -574,12 +576,17 @@ pub(crate) async fn run(
     } else {
         format!("; tokens on {} (GET /v1/integration/token, /v1/orgs/{{org}}/token)", token_addrs.join(" "))
     };
-    let proxy_line = match &proxy_listener {
-        Some(l) => format!(
-            "; proxy on http://{} (the API, with X-Byova-Org)",
-            l.local_addr().map_err(|e| failure(3, e.to_string()))?
-        ),
-        None => String::new(),
+    let proxy_stats = Arc::new(ProxyStats::default());
+    let (proxy, proxy_line) = match (proxy_listener, &token_secret) {
+        (Some(listener), Some(secret)) => {
+            let local = listener.local_addr().map_err(|e| failure(3, e.to_string()))?;
+            let proxy = Proxy::new(byova.clone(), local, secret.clone(), proxy_stats.clone())?;
+            (
+                Some((listener, Arc::new(proxy))),
+                format!("; proxy on http://{local} (the API, with X-Byova-Org)"),
+            )
+        }
+        _ => (None, String::new()),
     };
     println!(
         "byova serve: listening on http://{addr} (POST /webhook); admin on http://{admin_addr} (GET /healthz, /ready, /status, /metrics){token_line}{proxy_line}"
@@ -601,7 +608,6 @@ pub(crate) async fn run(
         .run(),
     );
     let token_stats = Arc::new(RequestStats::token_endpoint());
-    let proxy_stats = Arc::new(ProxyStats::default());
     let sink_state = Arc::new(SinkState::default());
     // The sinks are written once before the daemon says it is ready.
     let sink_writer = if sinks.is_empty() {
@@ -657,12 +663,11 @@ pub(crate) async fn run(
         let served = serve_http(daemon(None, None), l, Role::Token, token_limits, stopped(stop_rx.clone()));
         token_servers.push(tokio::spawn(served));
     }
-    if let (Some(listener), Some(secret)) = (proxy_listener, token_secret.clone()) {
-        let proxy = Arc::new(Proxy::new(byova.clone(), secret, proxy_stats.clone())?);
+    if let Some((listener, proxy)) = proxy {
         let stop = stop_rx.clone();
         let served = accept_loop(
             listener,
-            Limits { max_connections: 256 }.within_descriptor_budget(),
+            Limits { max_connections: crate::proxy::MAX_CONNECTIONS }.within_descriptor_budget(),
             stopped(stop_rx.clone()),
             move |stream| proxy.clone().connection(stream, stopped(stop.clone())),
         );
@@ -707,10 +712,15 @@ pub(crate) async fn run(
     if let Some(writer) = sink_writer {
         let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
     }
-    admin_server.abort();
+    // The token listeners and the proxy stopped accepting at the signal; what they still
+    // serve (a proxied call already at Webex, say) finishes within the budget.
     for server in token_servers {
-        server.abort();
+        let abort = server.abort_handle();
+        if tokio::time::timeout_at(deadline, server).await.is_err() {
+            abort.abort();
+        }
     }
+    admin_server.abort();
     for socket in sockets {
         socket.remove();
     }

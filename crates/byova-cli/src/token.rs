@@ -132,8 +132,8 @@ impl Class {
     }
 }
 
-/// Latency buckets of `/metrics` (seconds).
-const BUCKETS: [f64; 9] = [0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05, 0.25, 1.0];
+/// The token endpoint's latency buckets in `/metrics` (seconds): it answers from memory.
+const TOKEN_BUCKETS: &[f64] = &[0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05, 0.25, 1.0];
 
 /// Requests to one of the daemon's local endpoints (the token endpoint, the proxy) by answer,
 /// and their latency: for `/metrics`, as `byova_{name}_requests_total` and
@@ -142,7 +142,8 @@ pub(crate) struct RequestStats {
     name: &'static str,
     what: &'static str,
     by_class: [AtomicU64; CLASSES.len()],
-    buckets: [AtomicU64; BUCKETS.len()],
+    bounds: &'static [f64],
+    buckets: Box<[AtomicU64]>,
     count: AtomicU64,
     micros: AtomicU64,
 }
@@ -150,16 +151,18 @@ pub(crate) struct RequestStats {
 impl RequestStats {
     /// The token endpoint's figures.
     pub(crate) fn token_endpoint() -> Self {
-        Self::new("token", "the local token endpoint")
+        Self::new("token", "the local token endpoint", TOKEN_BUCKETS)
     }
 
-    /// Figures named `byova_{name}_…`, described as requests to `what`.
-    pub(crate) fn new(name: &'static str, what: &'static str) -> Self {
+    /// Figures named `byova_{name}_…`, described as requests to `what`, latencies in buckets
+    /// bounded by `bounds` (seconds, ascending).
+    pub(crate) fn new(name: &'static str, what: &'static str, bounds: &'static [f64]) -> Self {
         Self {
             name,
             what,
             by_class: Default::default(),
-            buckets: Default::default(),
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
             count: AtomicU64::new(0),
             micros: AtomicU64::new(0),
         }
@@ -169,8 +172,8 @@ impl RequestStats {
         let index = CLASSES.iter().position(|c| *c == class).unwrap_or(0);
         self.by_class[index].fetch_add(1, Ordering::Relaxed);
         let secs = took.as_secs_f64();
-        for (bucket, bound) in self.buckets.iter().zip(BUCKETS) {
-            if secs <= bound {
+        for (bucket, bound) in self.buckets.iter().zip(self.bounds) {
+            if secs <= *bound {
                 bucket.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -206,7 +209,7 @@ impl RequestStats {
             "# HELP byova_{name}_request_seconds How long {what} took to answer.\n\
              # TYPE byova_{name}_request_seconds histogram\n"
         ));
-        for (bound, bucket) in BUCKETS.iter().zip(&self.buckets) {
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
             text.push_str(&format!(
                 "byova_{name}_request_seconds_bucket{{le=\"{bound}\"}} {}\n",
                 bucket.load(Ordering::Relaxed)
