@@ -93,6 +93,21 @@ impl Env {
         byova_storage_file::FileTokenStorage::from_url(&self.storage).unwrap()
     }
 
+    /// `byova serve` with `extra` flags, run to its end (for flags it refuses at start).
+    fn serve_once(&self, extra: &[&str]) -> Output {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        self.cmd().env("BYOVA_WEBHOOK_SECRET", "s").args(&args).stdin(Stdio::null()).output().unwrap()
+    }
+
+    /// Fresh Service App tokens for `org`, stored.
+    fn seed_org(&self, org: &str) {
+        let issued = self.fake.issue_service_app_tokens(org);
+        self.store()
+            .set_service_app_tokens(&OrgId::new(org).unwrap(), &issued.to_oauth_tokens(SystemClock.now()))
+            .unwrap();
+    }
+
     fn seed_integration(&self) {
         let issued = self.fake.issue_integration_tokens();
         self.store().set_integration_tokens(&issued.to_oauth_tokens(SystemClock.now())).unwrap();
@@ -1618,11 +1633,7 @@ fn the_token_endpoint_serves_valid_tokens_over_a_unix_socket() {
 fn the_tcp_token_endpoint_needs_its_secret_and_loopback() {
     let env = Env::new();
     env.seed_integration();
-    let serve = |extra: &[&str]| {
-        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
-        args.extend_from_slice(extra);
-        env.cmd().env("BYOVA_WEBHOOK_SECRET", "s").args(&args).stdin(Stdio::null()).output().unwrap()
-    };
+    let serve = |extra: &[&str]| env.serve_once(extra);
     assert_fails(&serve(&["--token-listen", "127.0.0.1:0"]), 3, "--token-secret-file");
     let secret = env.file("token-secret", "TOKEN-SECRET-CANARY\n");
     assert_fails(&serve(&["--token-listen", "0.0.0.0:0", "--token-secret-file", &secret]), 3, "loopback");
@@ -1941,6 +1952,21 @@ fn chunked(body: &[u8], chunk: usize) -> Vec<u8> {
     out
 }
 
+/// `byova serve` with the proxy (and `secret`) and a token socket at `socket`; its first line.
+fn start_proxy_daemon(env: &Env, secret: &str, socket: &std::path::Path) -> (Child, String) {
+    start_serve_line(env.cmd().env("BYOVA_WEBHOOK_SECRET", "s").args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--proxy-listen",
+        "127.0.0.1:0",
+        "--token-secret-file",
+        secret,
+        "--token-listen",
+        &format!("unix:{}", socket.display()),
+    ]))
+}
+
 /// The peak resident memory of process `pid` (`VmHWM`), in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -1960,16 +1986,9 @@ fn peak_rss_kib(pid: u32) -> u64 {
 fn the_proxy_attaches_tokens_renews_once_and_streams_bodies() {
     let env = Env::new();
     env.seed_integration();
-    let issued = env.fake.issue_service_app_tokens(ORG);
-    env.store()
-        .set_service_app_tokens(&OrgId::from_static(ORG), &issued.to_oauth_tokens(SystemClock.now()))
-        .unwrap();
+    env.seed_org(ORG);
     let secret = env.file("proxy-secret", "PROXY-SECRET-CANARY\n");
-    let serve = |extra: &[&str]| {
-        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
-        args.extend_from_slice(extra);
-        env.cmd().env("BYOVA_WEBHOOK_SECRET", "s").args(&args).stdin(Stdio::null()).output().unwrap()
-    };
+    let serve = |extra: &[&str]| env.serve_once(extra);
     assert_fails(&serve(&["--proxy-listen", "127.0.0.1:0"]), 3, "--token-secret-file");
     assert_fails(&serve(&["--proxy-listen", "0.0.0.0:0", "--token-secret-file", &secret]), 3, "loopback");
     assert_fails(
@@ -1979,17 +1998,7 @@ fn the_proxy_attaches_tokens_renews_once_and_streams_bodies() {
     );
 
     let socket = env.dir.join("token.sock");
-    let (mut child, line) = start_serve_line(env.cmd().env("BYOVA_WEBHOOK_SECRET", "s").args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--proxy-listen",
-        "127.0.0.1:0",
-        "--token-secret-file",
-        &secret,
-        "--token-listen",
-        &format!("unix:{}", socket.display()),
-    ]));
+    let (mut child, line) = start_proxy_daemon(&env, &secret, &socket);
     let proxy =
         line.split("proxy on http://").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_owned();
     let auth = "Authorization: Bearer PROXY-SECRET-CANARY";
@@ -2149,23 +2158,10 @@ fn the_proxy_attaches_tokens_renews_once_and_streams_bodies() {
 fn the_python_gateway_calls_the_api_with_a_socket_token_and_through_the_proxy() {
     let env = Env::new();
     env.seed_integration();
-    let issued = env.fake.issue_service_app_tokens(ORG);
-    env.store()
-        .set_service_app_tokens(&OrgId::from_static(ORG), &issued.to_oauth_tokens(SystemClock.now()))
-        .unwrap();
+    env.seed_org(ORG);
     let secret = env.file("proxy-secret", "PROXY-SECRET\n");
     let socket = env.dir.join("token.sock");
-    let (mut child, line) = start_serve_line(env.cmd().env("BYOVA_WEBHOOK_SECRET", "s").args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--proxy-listen",
-        "127.0.0.1:0",
-        "--token-secret-file",
-        &secret,
-        "--token-listen",
-        &format!("unix:{}", socket.display()),
-    ]));
+    let (mut child, line) = start_proxy_daemon(&env, &secret, &socket);
     let proxy = line.split("proxy on ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap().to_owned();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/python-gateway/gateway.py");
     let out = Command::new("python3")

@@ -1631,17 +1631,21 @@ impl Ctx<'_> {
         resp
     }
 
-    fn people_me(&self, method: &hyper::Method, headers: &hyper::HeaderMap) -> Resp {
+    /// Whose valid bearer `headers` carry: `Some(None)` the Integration's, `Some(Some(org))` an
+    /// org's; `None` when it is not valid.
+    fn bearer_org(&self, headers: &hyper::HeaderMap) -> Option<Option<String>> {
         let s = self.shared.lock();
-        let Some(grant) = s.bearer_grant(header(headers, "authorization"), self.now) else {
-            drop(s);
-            return self.err(
-                401,
-                "The request requires a valid access token set in the Authorization request header.",
-            );
-        };
-        let org = grant.org.clone().unwrap_or_else(|| "fake-provider-org".to_owned());
-        drop(s);
+        s.bearer_grant(header(headers, "authorization"), self.now).map(|grant| grant.org.clone())
+    }
+
+    /// Webex's 401 to a missing, expired or revoked bearer.
+    fn unauthenticated(&self) -> Resp {
+        self.err(401, "The request requires a valid access token set in the Authorization request header.")
+    }
+
+    fn people_me(&self, method: &hyper::Method, headers: &hyper::HeaderMap) -> Resp {
+        let Some(org) = self.bearer_org(headers) else { return self.unauthenticated() };
+        let org = org.unwrap_or_else(|| "fake-provider-org".to_owned());
         if method != hyper::Method::GET {
             return self.err(405, "Method not allowed.");
         }
@@ -1652,16 +1656,8 @@ impl Ctx<'_> {
     }
 
     fn echo(&self, method: &hyper::Method, query: &str, headers: &hyper::HeaderMap, body: Bytes) -> Resp {
-        let s = self.shared.lock();
-        let Some(grant) = s.bearer_grant(header(headers, "authorization"), self.now) else {
-            drop(s);
-            return self.err(
-                401,
-                "The request requires a valid access token set in the Authorization request header.",
-            );
-        };
-        let org = grant.org.clone().unwrap_or_else(|| "integration".to_owned());
-        drop(s);
+        let Some(org) = self.bearer_org(headers) else { return self.unauthenticated() };
+        let org = org.unwrap_or_else(|| "integration".to_owned());
         let answer = match *method {
             hyper::Method::POST | hyper::Method::PUT => body,
             hyper::Method::GET => {
