@@ -17,6 +17,7 @@
 //! | `stored_record` | a record as a store holds it | [`decode_record`], [`SealedStorage`] |
 //! | `org_id` | an org id as a caller or a delivery gives it | [`OrgId::new`], [`OrgId::from_webhook`], [`decode_org_id`] |
 //! | `storage_url` | a `BYOVA_STORAGE` URL | [`redact_url`], `RedisTokenStorage::open` |
+//! | `jws` | a gateway's bearer: a JWS Webex's broker signed, or anything posing as one | [`JwsPolicy::inspect`], [`JwsPolicy::verify`], [`JwkSet::parse`] |
 
 #![forbid(unsafe_code)]
 
@@ -31,6 +32,7 @@ use byova_core::{
     backend::{BlockingCoordinatedTokenStorage, decode_record, redact_url},
     engine::HttpResponse,
     ids::decode_org_id,
+    jws::{JwkSet, JwsError, JwsPolicy},
     oauth::{CsrfState, TokenCall, parse_token_response},
     redirect::{
         CallbackConnection, CallbackHandler, CallbackVerdict, ConnectionStep, LoopbackRedirect,
@@ -56,6 +58,7 @@ pub const TARGETS: &[Target] = &[
     Target { name: "stored_record", check: stored_record },
     Target { name: "org_id", check: org_id },
     Target { name: "storage_url", check: storage_url },
+    Target { name: "jws", check: jws },
 ];
 
 /// The webhook secret deliveries are checked against.
@@ -435,3 +438,37 @@ pub fn storage_url(data: &[u8]) {
 
 #[cfg(test)]
 mod tests;
+
+/// A key set no fuzzer can sign for: one 2048-bit RSA key (`kid` `fuzz`) whose private half
+/// does not exist (its modulus is a fixed pattern).
+fn unsignable_keys() -> JwkSet {
+    use base64::Engine as _;
+    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0xC5u8; 256]);
+    let doc = format!(r#"{{"keys":[{{"kty":"RSA","kid":"fuzz","n":"{n}","e":"AQAB"}}]}}"#);
+    JwkSet::parse(doc.as_bytes()).expect("the fixed key set parses")
+}
+
+/// A gateway's bearer: parsed and checked against Webex's issuers and a key nobody can sign
+/// for. Nothing passes (a signature cannot be forged), nothing panics, no refusal echoes the
+/// token; any key set parses or is refused.
+pub fn jws(data: &[u8]) {
+    let _ = JwkSet::parse(data);
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let policy = JwsPolicy::new("https://gateway.example.com/byova").expect("a data source URL");
+    let refused = match policy.inspect(text) {
+        Ok(jws) => {
+            let keys = unsignable_keys();
+            let verified = policy.verify(&jws, &keys, Timestamp::from_unix_secs(1_800_000_000));
+            match verified {
+                Ok(_) => panic!("a token passed with a key nobody holds"),
+                Err(e) => e,
+            }
+        }
+        Err(e) => e,
+    };
+    let message = refused.to_string();
+    if text.len() >= 24 {
+        assert!(!message.contains(text.trim()), "a refusal echoes the token: {message}");
+    }
+    assert!(!matches!(refused, JwsError::KeysUnavailable(_)), "no fetch here, so never unavailable");
+}

@@ -25,7 +25,7 @@ use crate::{Result, cargo, root, step};
 
 /// The targets (binaries of `fuzz/`).
 pub(crate) const TARGETS: &[&str] =
-    &["webhook_delivery", "token_response", "listener_head", "stored_record", "org_id", "storage_url"];
+    &["webhook_delivery", "token_response", "listener_head", "stored_record", "org_id", "storage_url", "jws"];
 
 const COVERAGE_FLAGS: &[&str] = &[
     "-Cpasses=sancov-module",

@@ -44,6 +44,7 @@
 
 mod driver;
 mod http;
+pub mod jws;
 mod listener;
 mod managers;
 #[cfg(feature = "middleware")]

@@ -202,3 +202,219 @@ async fn a_store_that_never_answers_fails_every_call_in_time_as_unavailable() {
         "nothing was spent while the store was away"
     );
 }
+
+// ---- inbound JWS, against the fake identity broker ----
+
+mod inbound_jws {
+    use super::*;
+    use byova_async::jws::{JwksCachePolicy, JwsError, JwsPolicy, JwsVerifier};
+    use byova_testkit::{Endpoint, FakeWebex, Fault};
+    use serde_json::{Value, json};
+
+    const URL: &str = "https://gateway.example.com/byova";
+    const ORG: &str = "63b02f90-9cc6-43b8-aa6d-cad425ac554c";
+
+    fn verifier(fake: &FakeWebex, cache: JwksCachePolicy) -> JwsVerifier {
+        let policy = JwsPolicy::new(URL).unwrap().with_trusted_issuers([fake.broker_issuer()]).unwrap();
+        let http = HttpClient::new(Duration::from_secs(5)).unwrap();
+        JwsVerifier::with_parts(policy, cache, http, Arc::new(SystemClock))
+    }
+
+    fn with(claims: &Value, change: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Value {
+        let mut claims = claims.clone();
+        change(claims.as_object_mut().unwrap());
+        claims
+    }
+
+    /// The verification matrix: a valid JWS passes; every way of being wrong is refused with
+    /// its own error; an untrusted issuer costs no fetch.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn every_way_of_being_wrong_has_its_own_refusal() {
+        let fake = FakeWebex::start();
+        let v = verifier(&fake, JwksCachePolicy::default());
+        let good = fake.data_source_claims(URL, ORG);
+        let verified = v.verify(&fake.mint_jws(&good)).await.unwrap();
+        assert_eq!(verified.data_source_url, URL);
+        assert_eq!(verified.issuer, fake.broker_issuer());
+        assert_eq!(verified.claims["com.cisco.org.id"], ORG);
+        assert_eq!(fake.calls(Endpoint::Jwks), 1);
+
+        let now = SystemClock.now().as_unix_secs();
+        let signed = fake.mint_jws(&good);
+        let (head, _) = signed.split_once('.').unwrap();
+        let (_, signature) = signed.rsplit_once('.').unwrap();
+        let other_claims = {
+            use base64::Engine as _;
+            let c = with(&good, |c| drop(c.insert("sub".into(), "somebody-else".into())));
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(c.to_string())
+        };
+        let tampered = format!("{head}.{other_claims}.{signature}");
+        let unsigned = {
+            let t = fake.mint_jws_with_header(&json!({"alg": "none"}), &good);
+            format!("{}.", t.rsplit_once('.').unwrap().0)
+        };
+        let cases: Vec<(&str, String, JwsError)> = vec![
+            (
+                "a key the broker never published",
+                fake.mint_jws_with_foreign_key(&good),
+                JwsError::BadSignature,
+            ),
+            ("claims changed after signing", tampered, JwsError::BadSignature),
+            (
+                "an issuer not trusted",
+                fake.mint_jws(&with(&good, |c| {
+                    drop(c.insert("iss".into(), "https://attacker.example/idb".into()))
+                })),
+                JwsError::UntrustedIssuer,
+            ),
+            (
+                "expired",
+                fake.mint_jws(&with(&good, |c| drop(c.insert("exp".into(), (now - 120).into())))),
+                JwsError::Expired,
+            ),
+            (
+                "not yet valid",
+                fake.mint_jws(&with(&good, |c| drop(c.insert("nbf".into(), (now + 120).into())))),
+                JwsError::NotYetValid,
+            ),
+            ("no jti", fake.mint_jws(&with(&good, |c| drop(c.remove("jti")))), JwsError::MissingClaim("jti")),
+            ("no aud", fake.mint_jws(&with(&good, |c| drop(c.remove("aud")))), JwsError::MissingClaim("aud")),
+            ("no sub", fake.mint_jws(&with(&good, |c| drop(c.remove("sub")))), JwsError::MissingClaim("sub")),
+            (
+                "another data source",
+                fake.mint_jws(&with(&good, |c| {
+                    drop(c.insert("com.cisco.datasource.url".into(), "https://evil.example".into()))
+                })),
+                JwsError::WrongDataSourceUrl,
+            ),
+            (
+                "another schema",
+                fake.mint_jws(&with(&good, |c| {
+                    drop(c.insert(
+                        "com.cisco.datasource.schema.uuid".into(),
+                        "00000000-0000-4000-8000-000000000000".into(),
+                    ))
+                })),
+                JwsError::WrongSchema,
+            ),
+            ("alg none", unsigned, JwsError::Algorithm),
+            ("HS256 keyed with the public key", fake.forge_hs256_jws(&good), JwsError::Algorithm),
+        ];
+        for (what, token, expected) in cases {
+            let refused = v.verify(&token).await.expect_err(what);
+            assert_eq!(refused, expected, "{what}");
+            assert!(!refused.to_string().contains(&token[..40]), "{what}: the error echoes the token");
+        }
+        assert_eq!(fake.calls(Endpoint::Jwks), 1, "no refusal above cost a fetch");
+    }
+
+    /// The broker rotates its key: the new kid is picked up with one fetch (once the minimum
+    /// interval since the last fetch has passed), and the old key still verifies.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_rotated_key_is_picked_up_with_one_fetch() {
+        let fake = FakeWebex::start();
+        let cache = JwksCachePolicy::new(
+            Duration::from_secs(3600),
+            Duration::from_secs(5),
+            Duration::from_secs(3600),
+        );
+        let v = verifier(&fake, cache);
+        let claims = fake.data_source_claims(URL, ORG);
+        let old = fake.mint_jws(&claims);
+        v.verify(&old).await.unwrap();
+        let fetched = tokio::time::Instant::now();
+        // Generating the new RSA key takes a moment, well under the 5 s interval.
+        let kid = fake.rotate_broker_key();
+        let new = fake.mint_jws(&claims);
+        assert_eq!(
+            v.verify(&new).await,
+            Err(JwsError::UnknownKey),
+            "{kid}: within the minimum interval, no fetch"
+        );
+        tokio::time::sleep_until(fetched + Duration::from_millis(5050)).await;
+        let verified = futures_join_all((0..20).map(|_| v.verify(&new))).await;
+        assert!(verified.iter().all(Result::is_ok), "{verified:?}");
+        assert_eq!(fake.calls(Endpoint::Jwks), 2, "one fetch for twenty requests with the new kid");
+        v.verify(&old).await.unwrap();
+        assert_eq!(fake.calls(Endpoint::Jwks), 2);
+    }
+
+    /// 1,000 requests with random unknown kids, over about three seconds: at most one fetch
+    /// per minimum interval (one second here), every one refused.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn random_kids_cannot_make_it_fetch_in_a_loop() {
+        let fake = FakeWebex::start();
+        let cache = JwksCachePolicy::new(
+            Duration::from_secs(3600),
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        );
+        let v = Arc::new(verifier(&fake, cache));
+        let claims = fake.data_source_claims(URL, ORG);
+        v.verify(&fake.mint_jws(&claims)).await.unwrap();
+        let tokens: Vec<String> = (0..1000)
+            .map(|i| fake.mint_jws_with_header(&json!({"alg": "RS256", "kid": format!("random-{i}-{:x}", byova_core::engine::random_u64())}), &claims))
+            .collect();
+        let started = std::time::Instant::now();
+        for batch in tokens.chunks(50) {
+            let results = futures_join_all(batch.iter().map(|t| v.verify(t))).await;
+            assert!(results.iter().all(|r| *r == Err(JwsError::UnknownKey)), "{results:?}");
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let fetches = fake.calls(Endpoint::Jwks) - 1;
+        eprintln!("1,000 random kids over {elapsed:.1} s: {fetches} fetches");
+        assert!(fetches as f64 <= 1.0 + elapsed, "{fetches} fetches in {elapsed:.1} s, at most one a second");
+        assert!(elapsed > 2.0, "the run spans several intervals");
+    }
+
+    /// The broker answers 429: the cached keys keep verifying past their freshness, then,
+    /// past the stale bound, a clear error; once it answers again, tokens verify.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn stale_keys_serve_while_the_broker_answers_429_then_a_clear_error() {
+        let fake = FakeWebex::start();
+        let cache =
+            JwksCachePolicy::new(Duration::from_secs(1), Duration::from_millis(200), Duration::from_secs(2));
+        let v = verifier(&fake, cache);
+        let claims = fake.data_source_claims(URL, ORG);
+        let token = fake.mint_jws(&claims);
+        v.verify(&token).await.unwrap();
+        fake.inject_always(Endpoint::Jwks, Fault::rate_limited(1));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        v.verify(&token).await.expect("stale keys while the broker answers 429");
+        assert_eq!(fake.calls(Endpoint::Jwks), 2, "it asked once, and was refused");
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        match v.verify(&token).await {
+            Err(JwsError::KeysUnavailable(why)) => {
+                assert!(why.contains("429") && why.contains("too old"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        fake.clear_faults();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        v.verify(&token).await.expect("the broker answers again");
+    }
+
+    async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+        let mut out = Vec::new();
+        let handles: Vec<_> = futures.collect();
+        // Polled together, so they contend for the cache and the fetch as requests would.
+        let mut pinned: Vec<std::pin::Pin<Box<F>>> = handles.into_iter().map(Box::pin).collect();
+        let mut done: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+        std::future::poll_fn(|cx| {
+            let mut pending = false;
+            for (future, slot) in pinned.iter_mut().zip(done.iter_mut()) {
+                if slot.is_none() {
+                    match future.as_mut().poll(cx) {
+                        std::task::Poll::Ready(v) => *slot = Some(v),
+                        std::task::Poll::Pending => pending = true,
+                    }
+                }
+            }
+            if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+        })
+        .await;
+        out.extend(done.into_iter().flatten());
+        out
+    }
+}

@@ -34,11 +34,17 @@
 //! # Ok(()) }
 //! ```
 //!
+//! [`JwsAuthLayer`] is the other half of a gateway's authentication: it lets through only
+//! the requests Webex signed for your data source.
+//!
 //! Put a request timeout in front of it (tower-http's `TimeoutLayer`, or your proxy's): axum
 //! imposes none, and `byova serve` gives a delivery 10 s to arrive.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+mod jws;
+pub use jws::{JwsAuth, JwsAuthLayer};
 
 use std::sync::Arc;
 

@@ -116,3 +116,70 @@ async fn without_a_secret_the_route_refuses_every_delivery() {
     assert!(storage.list_registered_orgs().unwrap().is_empty());
     assert_eq!(fake.calls(Endpoint::ApplicationToken), 0);
 }
+
+/// Issue 23, item 2: the tower layer in front of an axum router lets through only requests
+/// whose bearer the broker signed for this data source, hands the handler the claims, and
+/// refuses the rest with 401 (HTTP) or grpc-status 16 (gRPC), naming the reason, never the
+/// token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jws_layer_lets_through_only_what_webex_signed() {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use axum::{Extension, Router, routing::post};
+    use byova_async::jws::{JwksCachePolicy, JwsPolicy, JwsVerifier, VerifiedClaims};
+    use tower::ServiceExt as _;
+
+    let fake = FakeWebex::start();
+    let url = "https://gateway.example.com/byova";
+    let policy = JwsPolicy::new(url).unwrap().with_trusted_issuers([fake.broker_issuer()]).unwrap();
+    let http = byova_async::HttpClient::new(std::time::Duration::from_secs(5)).unwrap();
+    let verifier =
+        Arc::new(JwsVerifier::with_parts(policy, JwksCachePolicy::default(), http, Arc::new(SystemClock)));
+    async fn handler(Extension(claims): Extension<VerifiedClaims>) -> String {
+        format!("org {}", claims.claims["com.cisco.org.id"].as_str().unwrap_or_default())
+    }
+    let app = Router::new()
+        .route("/byova.VoiceVirtualAgent/ProcessCallerInput", post(handler))
+        .layer(byova_axum::JwsAuthLayer::new(verifier));
+    let call = |auth: Option<String>, grpc: bool| {
+        let app = app.clone();
+        async move {
+            let mut req = Request::post("/byova.VoiceVirtualAgent/ProcessCallerInput");
+            if let Some(auth) = auth {
+                req = req.header("authorization", auth);
+            }
+            if grpc {
+                req = req.header("content-type", "application/grpc");
+            }
+            let resp = app.oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+            let (parts, body) = resp.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 16).await.unwrap();
+            (parts, String::from_utf8(body.to_vec()).unwrap())
+        }
+    };
+    let claims = fake.data_source_claims(url, ORG);
+    let token = fake.mint_jws(&claims);
+    let (parts, body) = call(Some(format!("Bearer {token}")), false).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    assert_eq!(body, format!("org {ORG}"), "the handler reads the verified claims");
+    let (parts, body) = call(Some(format!("bearer {token}")), true).await;
+    assert_eq!((parts.status, body), (StatusCode::OK, format!("org {ORG}")), "gRPC metadata, any case");
+
+    let (parts, _) = call(None, false).await;
+    assert_eq!(parts.status, StatusCode::UNAUTHORIZED);
+    let challenge = parts.headers["www-authenticate"].to_str().unwrap();
+    assert!(challenge.contains("invalid_token") && challenge.contains("no bearer"), "{challenge}");
+    let mut expired = claims.clone();
+    expired["exp"] = (SystemClock.now().as_unix_secs() - 600).into();
+    let expired = fake.mint_jws(&expired);
+    let (parts, _) = call(Some(format!("Bearer {expired}")), false).await;
+    assert_eq!(parts.status, StatusCode::UNAUTHORIZED);
+    let challenge = parts.headers["www-authenticate"].to_str().unwrap();
+    assert!(challenge.contains("expired") && !challenge.contains(&expired[..30]), "{challenge}");
+    let (parts, body) = call(Some(format!("Bearer {}", fake.forge_hs256_jws(&claims))), true).await;
+    assert_eq!(parts.status, StatusCode::OK, "gRPC refusals are trailers-only answers");
+    assert_eq!(parts.headers["grpc-status"], "16", "UNAUTHENTICATED");
+    assert!(parts.headers["grpc-message"].to_str().unwrap().contains("RS256"));
+    assert!(body.is_empty());
+    assert_eq!(fake.calls(Endpoint::Jwks), 1, "one key fetch for every request");
+}

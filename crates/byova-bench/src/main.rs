@@ -19,10 +19,13 @@
 //!   registered together with 240 s tokens fresh on a budget of 25 calls a minute against a
 //!   fake that answers 429 beyond 30, for `--seconds` (480: two lifetimes); the store looked
 //!   at twice a second (orgs expired at worst, 429s, calls).
+//! - `jws`: `verifications_per_second_per_core` of an inbound JWS (RS256, 2048-bit key) with
+//!   the broker's keys cached, `--iterations` times on one thread (try 20000).
 
 mod fleet;
 mod herd;
 mod hot;
+mod jws;
 mod storage;
 mod storage_ops;
 
@@ -46,7 +49,7 @@ pub(crate) struct Args {
     child: bool,
 }
 
-const USAGE: &str = "usage: byova-bench hot|herd|sa-herd|storage-ops|fleet|cohort-daemon [--flavour async|blocking] [--callers N] \
+const USAGE: &str = "usage: byova-bench hot|herd|sa-herd|storage-ops|fleet|cohort-daemon|jws [--flavour async|blocking] [--callers N] \
                      [--processes P] [--storage URL] [--base-url URL] [--iterations N] [--ops N] [--orgs N] [--seconds S]";
 
 fn parse_args() -> Result<Args, String> {
@@ -106,6 +109,7 @@ fn main() -> ExitCode {
         "storage-ops" => storage_ops::run(&args),
         "fleet" => fleet::run(&args),
         "cohort-daemon" => fleet::cohort_daemon(&args),
+        "jws" => jws::run(&args),
         other => Err(format!("unknown scenario {other:?}\n{USAGE}")),
     };
     match result {

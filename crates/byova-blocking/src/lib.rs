@@ -52,6 +52,7 @@
 
 mod driver;
 mod http;
+pub mod jws;
 mod listener;
 mod managers;
 mod middleware;

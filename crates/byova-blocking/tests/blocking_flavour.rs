@@ -67,3 +67,28 @@ async fn authorize_on_an_async_worker_fails_fast_instead_of_hanging() {
     assert!(outcome.1 < Duration::from_secs(1));
     runtime.shutdown_background();
 }
+
+/// The blocking verifier: a valid JWS passes, an untrusted issuer costs no fetch, and twenty
+/// threads meeting a cold cache fetch the broker's keys once.
+#[test]
+fn inbound_jws_verify_with_one_fetch_for_many_threads() {
+    use byova_blocking::jws::{JwksCachePolicy, JwsError, JwsPolicy, JwsVerifier};
+    use byova_testkit::{Endpoint, FakeWebex};
+    let fake = FakeWebex::start();
+    let url = "https://gateway.example.com/byova";
+    let policy = JwsPolicy::new(url).unwrap().with_trusted_issuers([fake.broker_issuer()]).unwrap();
+    let http = HttpClient::new(Duration::from_secs(5)).unwrap();
+    let verifier = JwsVerifier::with_parts(policy, JwksCachePolicy::default(), http, Arc::new(SystemClock));
+    let mut claims = fake.data_source_claims(url, "63b02f90-9cc6-43b8-aa6d-cad425ac554c");
+    let token = fake.mint_jws(&claims);
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..20).map(|_| scope.spawn(|| verifier.verify(&token))).collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap().unwrap().data_source_url, url);
+        }
+    });
+    assert_eq!(fake.calls(Endpoint::Jwks), 1, "one fetch for twenty threads");
+    claims["iss"] = "https://attacker.example/idb".into();
+    assert_eq!(verifier.verify(&fake.mint_jws(&claims)), Err(JwsError::UntrustedIssuer));
+    assert_eq!(fake.calls(Endpoint::Jwks), 1);
+}

@@ -185,6 +185,9 @@ enum Command {
         #[command(flatten)]
         sinks: SinkArgs,
     },
+    /// Webex's side of the call: the JWS Webex sends with every request to a gateway.
+    #[command(subcommand)]
+    Jws(JwsCommand),
     /// Walk through the whole lifecycle against a local fake Webex (no credentials, no network;
     /// in a binary built with the `demo` feature).
     Demo,
@@ -280,6 +283,28 @@ enum OrgCommand {
         /// Refresh tokens obtained moments ago too.
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum JwsCommand {
+    /// Verify a JWS read from stdin (a gateway's bearer, with or without `Bearer `): prints its
+    /// verified claims as JSON, or one line naming why it was refused (exit 7). Needs no
+    /// credentials: it fetches only the trusted issuer's public keys.
+    Verify {
+        /// The data source's URL, as registered with Webex (`com.cisco.datasource.url`).
+        #[arg(long)]
+        data_source_url: String,
+        /// The data-source schema [default: BYOVA's, 5397013b-7920-4ffc-807c-e8a3e0a18f43].
+        #[arg(long)]
+        schema: Option<String>,
+        /// An identity broker to trust (repeatable) instead of Webex's production and test
+        /// brokers of every region.
+        #[arg(long = "trusted-issuer", value_name = "URL")]
+        trusted_issuers: Vec<String>,
+        /// Seconds of clock skew forgiven on exp and nbf (at most 300).
+        #[arg(long, default_value_t = 30)]
+        leeway: u64,
     },
 }
 
@@ -463,6 +488,11 @@ async fn run(cli: Cli) -> Outcome {
              or install with `cargo install byova-cli --features demo`",
         ));
     }
+    if let Command::Jws(JwsCommand::Verify { data_source_url, schema, trusted_issuers, leeway }) =
+        &cli.command
+    {
+        return jws_verify(data_source_url, schema.as_deref(), trusted_issuers, *leeway).await;
+    }
     let byova = connect(&cli).await?;
     match cli.command {
         Command::Authorize { print_url: true, scopes, .. } => {
@@ -572,8 +602,31 @@ async fn run(cli: Cli) -> Outcome {
             };
             serve::run(Arc::new(byova), &listen, &admin_listen, options).await?;
         }
-        Command::Demo => {}
+        Command::Demo | Command::Jws(_) => {}
     }
+    Ok(())
+}
+
+/// `byova jws verify`: the token from stdin, its claims as JSON on stdout, or the reason.
+async fn jws_verify(url: &str, schema: Option<&str>, issuers: &[String], leeway: u64) -> Outcome {
+    use byova_async::jws::{JwsPolicy, JwsVerifier};
+    let mut policy = JwsPolicy::new(url)?.with_leeway(Duration::from_secs(leeway));
+    if let Some(schema) = schema {
+        policy = policy.with_schema_id(schema);
+    }
+    if !issuers.is_empty() {
+        policy = policy.with_trusted_issuers(issuers)?;
+    }
+    let mut input = String::new();
+    std::io::stdin()
+        .take(byova_core::jws::MAX_TOKEN_BYTES as u64 + 64)
+        .read_to_string(&mut input)
+        .map_err(|e| failure(3, format!("cannot read the token from stdin: {e}")))?;
+    let token = input.trim();
+    let token = token.strip_prefix("Bearer ").or_else(|| token.strip_prefix("bearer ")).unwrap_or(token);
+    let verifier = JwsVerifier::new(policy)?;
+    let claims = verifier.verify(token).await.map_err(|e| failure(7, format!("the JWS is refused: {e}")))?;
+    println!("{}", serde_json::to_string_pretty(&claims).unwrap_or_default());
     Ok(())
 }
 

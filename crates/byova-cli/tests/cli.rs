@@ -2187,3 +2187,45 @@ fn the_python_gateway_calls_the_api_with_a_socket_token_and_through_the_proxy() 
     );
     assert!(sigterm(&mut child).success());
 }
+
+/// Issue 23: `byova jws verify` reads a gateway's bearer on stdin and prints its verified
+/// claims, or exits 7 with one line naming the reason; it needs no credentials.
+#[test]
+fn jws_verify_prints_the_claims_or_the_reason() {
+    let env = Env::new();
+    let url = "https://gateway.example.com/byova";
+    let claims = env.fake.data_source_claims(url, ORG);
+    let issuer = env.fake.broker_issuer();
+    let verify = |token: &str, extra: &[&str]| {
+        let mut args = vec!["jws", "verify", "--data-source-url", url, "--trusted-issuer", &issuer];
+        args.extend_from_slice(extra);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_byova"));
+        cmd.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).args(&args);
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(token.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let token = env.fake.mint_jws(&claims);
+    let out = verify(&format!("Bearer {token}\n"), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let verified: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(verified["data_source_url"], url);
+    assert_eq!(verified["claims"]["com.cisco.org.id"], ORG);
+    assert!(verified["expires_at"].as_str().unwrap().ends_with('Z'));
+
+    let mut expired = claims.clone();
+    expired["exp"] = (SystemClock.now().as_unix_secs() - 600).into();
+    assert_fails(&verify(&env.fake.mint_jws(&expired), &[]), 7, "expired");
+    assert_fails(&verify(&token, &["--schema", "00000000-0000-4000-8000-000000000000"]), 7, "schema");
+    let untrusted = verify(&token, &["--trusted-issuer", "https://idbroker.webex.com/idb"]);
+    assert!(untrusted.status.success(), "a second trusted issuer keeps the first: {}", stderr(&untrusted));
+    let out = Command::new(env!("CARGO_BIN_EXE_byova"))
+        .env_clear()
+        .args(["jws", "verify", "--data-source-url", url])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_fails(&out, 7, "not a compact JWS");
+    assert_eq!(env.fake.calls(Endpoint::Jwks), 4, "a fetch per process that reached the key check");
+}

@@ -234,7 +234,7 @@ impl ByovaConfig {
 }
 
 /// Whether `host[:port]` names this machine: `localhost`, `127.0.0.0/8` or `[::1]`.
-fn is_loopback_authority(authority: &str) -> bool {
+pub(crate) fn is_loopback_authority(authority: &str) -> bool {
     let host = match authority.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or_default(),
         None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),

@@ -72,6 +72,7 @@ mod error;
 mod flavour;
 mod http;
 pub mod ids;
+pub mod jws;
 mod key;
 mod listener;
 mod metrics;

@@ -58,6 +58,9 @@ pub enum Endpoint {
     /// `integration`), in `X-Echo-Headers` the request's header names, and in
     /// `X-Echo-Chunked` whether its body came chunked.
     Echo,
+    /// `GET {issuer}/oauth2/v2/keys/verificationjwk`: the fake identity broker's keys (the
+    /// issuer is [`FakeWebex::broker_issuer`]).
+    Jwks,
 }
 
 /// `len` bytes of the fixed pattern [`Endpoint::Echo`] answers a `GET ?bytes=N` with.
@@ -557,6 +560,7 @@ struct Shared {
     state: Mutex<State>,
     clock: Arc<dyn Clock>,
     base_url: String,
+    broker: crate::broker::Broker,
 }
 
 impl Shared {
@@ -653,8 +657,12 @@ impl FakeWebexBuilder {
             org_events: HashMap::new(),
             last_event: Timestamp::EPOCH,
         };
-        let shared =
-            Arc::new(Shared { state: Mutex::new(state), clock: self.clock, base_url: base_url.clone() });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            clock: self.clock,
+            base_url: base_url.clone(),
+            broker: crate::broker::Broker::new(),
+        });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("fake-webex")
@@ -711,6 +719,56 @@ impl FakeWebex {
     /// `http://127.0.0.1:<port>/v1`.
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// The fake identity broker's issuer (`iss` of the JWS it mints): `http://{addr}/idb`.
+    pub fn broker_issuer(&self) -> String {
+        format!("http://{}/idb", self.addr())
+    }
+
+    /// Claims of a JWS Webex sends to the data source at `url` for `org_id`: the broker's
+    /// issuer, the BYOVA schema, `aud` `BYOVAGateway`, `sub` `callAudioData`, a fresh `jti`,
+    /// five minutes of life from the fake's clock.
+    pub fn data_source_claims(&self, url: &str, org_id: &str) -> serde_json::Value {
+        let now = self.shared.clock.now().as_unix_secs();
+        let jti = format!("{:016x}", byova_core::engine::random_u64());
+        serde_json::json!({
+            "iss": self.broker_issuer(),
+            "sub": "callAudioData",
+            "aud": "BYOVAGateway",
+            "jti": jti,
+            "iat": now,
+            "exp": now + 300,
+            "com.cisco.datasource.url": url,
+            "com.cisco.datasource.schema.uuid": byova_core::jws::BYOVA_SCHEMA_ID,
+            "com.cisco.org.id": org_id,
+        })
+    }
+
+    /// A JWS of `claims` signed RS256 by the broker's newest key.
+    pub fn mint_jws(&self, claims: &serde_json::Value) -> String {
+        self.mint_jws_with_header(&serde_json::json!({"alg": "RS256", "typ": "JWT"}), claims)
+    }
+
+    /// A JWS with this `header` (its `kid` defaults to the newest key's), signed RS256 by the
+    /// newest key whatever the header says.
+    pub fn mint_jws_with_header(&self, header: &serde_json::Value, claims: &serde_json::Value) -> String {
+        self.shared.broker.sign(header, claims)
+    }
+
+    /// A JWS of `claims` under the newest key's kid, signed by a key the broker never published.
+    pub fn mint_jws_with_foreign_key(&self, claims: &serde_json::Value) -> String {
+        self.shared.broker.sign_foreign(claims)
+    }
+
+    /// The key-confusion forgery of `claims`: `alg: HS256`, keyed with the published JWK.
+    pub fn forge_hs256_jws(&self, claims: &serde_json::Value) -> String {
+        self.shared.broker.forge_hs256(claims)
+    }
+
+    /// The broker signs with a new key from now on (the old ones stay published); its kid.
+    pub fn rotate_broker_key(&self) -> String {
+        self.shared.broker.rotate()
     }
 
     /// The socket address it listens on.
@@ -1171,6 +1229,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
         (_, "/v1/people/me") => Some(Endpoint::PeopleMe),
         (_, "/v1/devices") => Some(Endpoint::ScopeMissing),
         (_, "/v1/testkit/echo") => Some(Endpoint::Echo),
+        (_, "/idb/oauth2/v2/keys/verificationjwk") => Some(Endpoint::Jwks),
         _ => None,
     };
     let tracking_id = {
@@ -1257,6 +1316,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
         Endpoint::Webhooks => ctx.webhooks(&method, &path, &query, &headers, &body),
         Endpoint::PeopleMe => ctx.people_me(&method, &headers),
         Endpoint::Echo => ctx.echo(&method, &query, &headers, body.clone()),
+        Endpoint::Jwks if method == hyper::Method::GET => json_response(200, &shared.broker.jwks()),
         Endpoint::ScopeMissing => {
             ctx.err(401, "The request requires a valid access token set in the Authorization request header.")
         }

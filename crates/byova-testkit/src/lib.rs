@@ -36,6 +36,7 @@
 #![warn(missing_docs)]
 
 mod adapter;
+mod broker;
 mod clock;
 pub mod conformance;
 mod fake;
