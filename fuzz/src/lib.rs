@@ -439,36 +439,86 @@ pub fn storage_url(data: &[u8]) {
 #[cfg(test)]
 mod tests;
 
-/// A key set no fuzzer can sign for: one 2048-bit RSA key (`kid` `fuzz`) whose private half
-/// does not exist (its modulus is a fixed pattern).
-fn unsignable_keys() -> JwkSet {
-    use base64::Engine as _;
-    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode([0xC5u8; 256]);
-    let doc = format!(r#"{{"keys":[{{"kty":"RSA","kid":"fuzz","n":"{n}","e":"AQAB"}}]}}"#);
-    JwkSet::parse(doc.as_bytes()).expect("the fixed key set parses")
+/// The harness's own signing key (generated once per process, its private half never leaves
+/// it) and the key set that publishes it.
+struct Signer {
+    pair: aws_lc_rs::rsa::KeyPair,
+    keys: JwkSet,
 }
 
-/// A gateway's bearer: parsed and checked against Webex's issuers and a key nobody can sign
-/// for. Nothing passes (a signature cannot be forged), nothing panics, no refusal echoes the
-/// token; any key set parses or is refused.
+fn signer() -> &'static Signer {
+    use aws_lc_rs::signature::KeyPair as _;
+    use base64::Engine as _;
+    static SIGNER: std::sync::OnceLock<Signer> = std::sync::OnceLock::new();
+    SIGNER.get_or_init(|| {
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("an RSA key");
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let public = pair.public_key();
+        let n = b64(public.modulus().big_endian_without_leading_zero());
+        let e = b64(public.exponent().big_endian_without_leading_zero());
+        let doc = format!(r#"{{"keys":[{{"kty":"RSA","kid":"fuzz","n":"{n}","e":"{e}"}}]}}"#);
+        Signer { pair, keys: JwkSet::parse(doc.as_bytes()).expect("the harness's key set parses") }
+    })
+}
+
+/// `claims` (raw bytes, as a broker could send them) signed RS256 by the harness's key.
+fn signed(claims: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let input = format!("{}.{}", b64(br#"{"alg":"RS256","kid":"fuzz","typ":"JWT"}"#), b64(claims));
+    let key = &signer().pair;
+    let mut signature = vec![0; key.public_modulus_len()];
+    key.sign(
+        &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+        &aws_lc_rs::rand::SystemRandom::new(),
+        input.as_bytes(),
+        &mut signature,
+    )
+    .expect("aws-lc-rs signs");
+    format!("{input}.{}", b64(&signature))
+}
+
+/// The data source the `jws` target's policy expects.
+const FUZZ_DATA_SOURCE: &str = "https://gateway.example.com/byova";
+/// When the `jws` target verifies.
+const FUZZ_NOW_SECS: u64 = 1_800_000_000;
+
+/// A gateway's bearer, both ways. As a token: parsed and checked against Webex's issuers and
+/// a key only the harness holds, it never passes. As the claims of a token the harness signs:
+/// whatever passes holds every claim the policy requires (a trusted issuer, the data source's
+/// URL and schema, an `exp` ahead, `aud`, `sub`, `jti`). No input panics; no refusal repeats
+/// the input; any key set parses or is refused.
 pub fn jws(data: &[u8]) {
     let _ = JwkSet::parse(data);
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    let policy = JwsPolicy::new("https://gateway.example.com/byova").expect("a data source URL");
-    let refused = match policy.inspect(text) {
-        Ok(jws) => {
-            let keys = unsignable_keys();
-            let verified = policy.verify(&jws, &keys, Timestamp::from_unix_secs(1_800_000_000));
-            match verified {
-                Ok(_) => panic!("a token passed with a key nobody holds"),
-                Err(e) => e,
+    let policy = JwsPolicy::new(FUZZ_DATA_SOURCE).expect("a data source URL");
+    let now = Timestamp::from_unix_secs(FUZZ_NOW_SECS);
+    let keys = &signer().keys;
+    if let Ok(text) = std::str::from_utf8(data) {
+        let refused = match policy.inspect(text) {
+            Ok(jws) => {
+                policy.verify(&jws, keys, now).expect_err("a token passed with a key only the harness holds")
             }
+            Err(e) => e,
+        };
+        if text.trim().len() >= 24 {
+            assert!(!refused.to_string().contains(text.trim()), "a refusal repeats the token: {refused}");
         }
-        Err(e) => e,
-    };
-    let message = refused.to_string();
-    if text.len() >= 24 {
-        assert!(!message.contains(text.trim()), "a refusal echoes the token: {message}");
     }
-    assert!(!matches!(refused, JwsError::KeysUnavailable(_)), "no fetch here, so never unavailable");
+    // Signing costs a private-key operation: only claims that are a JSON object are worth it.
+    if serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(data).is_err() {
+        return;
+    }
+    let token = signed(data);
+    match policy.inspect(&token).and_then(|jws| policy.verify(&jws, keys, now)) {
+        Ok(claims) => {
+            assert!(byova_core::jws::WEBEX_ISSUERS.contains(&claims.issuer.as_str()), "{claims:?}");
+            assert_eq!(claims.data_source_url, FUZZ_DATA_SOURCE);
+            assert!(claims.schema_id.eq_ignore_ascii_case(byova_core::jws::BYOVA_SCHEMA_ID));
+            assert!(claims.expires_at.as_unix_secs() + 30 > FUZZ_NOW_SECS, "expired, yet passed: {claims:?}");
+            assert!(!claims.jti.is_empty() && !claims.subject.is_empty() && !claims.audience.is_empty());
+        }
+        Err(refused) => {
+            assert!(!matches!(refused, JwsError::KeysUnavailable(_) | JwsError::BadSignature), "{refused}");
+        }
+    }
 }

@@ -321,9 +321,10 @@ mod inbound_jws {
         let v = verifier(&fake, cache);
         let claims = fake.data_source_claims(URL, ORG);
         let old = fake.mint_jws(&claims);
+        // The new key is generated before the clock starts, so that the rotation is instant.
+        fake.stage_broker_key();
         v.verify(&old).await.unwrap();
         let fetched = tokio::time::Instant::now();
-        // Generating the new RSA key takes a moment, well under the 5 s interval.
         let kid = fake.rotate_broker_key();
         let new = fake.mint_jws(&claims);
         assert_eq!(
@@ -374,16 +375,18 @@ mod inbound_jws {
     async fn stale_keys_serve_while_the_broker_answers_429_then_a_clear_error() {
         let fake = FakeWebex::start();
         let cache =
-            JwksCachePolicy::new(Duration::from_secs(1), Duration::from_millis(200), Duration::from_secs(2));
+            JwksCachePolicy::new(Duration::from_secs(1), Duration::from_millis(200), Duration::from_secs(4));
         let v = verifier(&fake, cache);
         let claims = fake.data_source_claims(URL, ORG);
         let token = fake.mint_jws(&claims);
         v.verify(&token).await.unwrap();
+        let fetched = tokio::time::Instant::now();
         fake.inject_always(Endpoint::Jwks, Fault::rate_limited(1));
         tokio::time::sleep(Duration::from_millis(1100)).await;
         v.verify(&token).await.expect("stale keys while the broker answers 429");
         assert_eq!(fake.calls(Endpoint::Jwks), 2, "it asked once, and was refused");
-        tokio::time::sleep(Duration::from_millis(2100)).await;
+        // Past fresh (1 s) and the stale bound (4 s more).
+        tokio::time::sleep_until(fetched + Duration::from_millis(5200)).await;
         match v.verify(&token).await {
             Err(JwsError::KeysUnavailable(why)) => {
                 assert!(why.contains("429") && why.contains("too old"), "{why}")
@@ -393,6 +396,37 @@ mod inbound_jws {
         fake.clear_faults();
         tokio::time::sleep(Duration::from_millis(1100)).await;
         v.verify(&token).await.expect("the broker answers again");
+    }
+
+    /// Requests dropped while their key fetch is in flight (a client that resets its stream, a
+    /// timeout layer) still count as fetches: random kids over three seconds against a slow
+    /// broker make at most one fetch per interval (one second).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn requests_dropped_mid_fetch_cannot_make_it_fetch_in_a_loop() {
+        let fake = FakeWebex::start();
+        let cache = JwksCachePolicy::new(
+            Duration::from_secs(3600),
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        );
+        let v = verifier(&fake, cache);
+        let claims = fake.data_source_claims(URL, ORG);
+        v.verify(&fake.mint_jws(&claims)).await.unwrap();
+        fake.set_answer_latency(Endpoint::Jwks, Duration::from_millis(800));
+        let started = std::time::Instant::now();
+        let mut dropped = 0;
+        while started.elapsed() < Duration::from_secs(3) {
+            let kid = format!("random-{:x}", byova_core::engine::random_u64());
+            let token = fake.mint_jws_with_header(&json!({"alg": "RS256", "kid": kid}), &claims);
+            if tokio::time::timeout(Duration::from_millis(50), v.verify(&token)).await.is_err() {
+                dropped += 1;
+            }
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let fetches = fake.calls(Endpoint::Jwks) - 1;
+        eprintln!("{dropped} requests dropped mid-fetch over {elapsed:.1} s: {fetches} fetches");
+        assert!(dropped >= 1, "some requests were dropped while their fetch was in flight");
+        assert!(fetches as f64 <= 1.0 + elapsed, "{fetches} fetches in {elapsed:.1} s, at most one a second");
     }
 
     async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {

@@ -4,7 +4,9 @@
 //! in front of an axum router or a tonic server alike: a gRPC request (`content-type:
 //! application/grpc…`) is refused with `grpc-status: 16` (`UNAUTHENTICATED`), any other with
 //! `401` and `WWW-Authenticate: Bearer error="invalid_token"`; the token never reaches a log
-//! or the answer.
+//! or the answer. When the broker's keys cannot be had, the fault is the gateway's, not the
+//! caller's: `503` (gRPC `14`, `UNAVAILABLE`), so Webex tries again; the details go to the log
+//! only.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -116,17 +118,26 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned()).filter(|t| !t.is_empty())
 }
 
-/// The refusal: gRPC's `UNAUTHENTICATED` (a trailers-only answer), or HTTP's 401.
+/// The refusal: gRPC's `UNAUTHENTICATED` (a trailers-only answer), or HTTP's 401; for keys
+/// that cannot be had, `UNAVAILABLE` or 503.
 fn refusal<B: Default>(grpc: bool, refused: &JwsError) -> Response<B> {
+    let unavailable = matches!(refused, JwsError::KeysUnavailable(_));
+    // byova's own reasons are fixed ASCII text; the one that carries a transport failure's
+    // details is named without them.
+    let reason = if unavailable {
+        "the identity broker's keys are unavailable".to_owned()
+    } else {
+        refused.to_string()
+    };
     let mut resp = Response::new(B::default());
     if !grpc {
-        *resp.status_mut() = StatusCode::UNAUTHORIZED;
+        *resp.status_mut() =
+            if unavailable { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::UNAUTHORIZED };
     }
-    let reason = refused.to_string();
     let headers = resp.headers_mut();
     if grpc {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-        headers.insert("grpc-status", HeaderValue::from_static("16"));
+        headers.insert("grpc-status", HeaderValue::from_static(if unavailable { "14" } else { "16" }));
         // grpc-message is percent-encoded; the reasons are ASCII text of byova's own.
         let encoded: String = reason
             .bytes()
@@ -141,7 +152,7 @@ fn refusal<B: Default>(grpc: bool, refused: &JwsError) -> Response<B> {
         if let Ok(value) = HeaderValue::from_str(&encoded) {
             headers.insert("grpc-message", value);
         }
-    } else {
+    } else if !unavailable {
         let challenge =
             format!("Bearer error=\"invalid_token\", error_description=\"{}\"", reason.replace('"', "'"));
         if let Ok(value) = HeaderValue::from_str(&challenge) {

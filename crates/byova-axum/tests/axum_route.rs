@@ -182,4 +182,32 @@ async fn the_jws_layer_lets_through_only_what_webex_signed() {
     assert!(parts.headers["grpc-message"].to_str().unwrap().contains("RS256"));
     assert!(body.is_empty());
     assert_eq!(fake.calls(Endpoint::Jwks), 1, "one key fetch for every request");
+
+    // A broker that cannot be reached is the gateway's fault: 503 / UNAVAILABLE, no detail.
+    let dead = "http://127.0.0.1:9/idb";
+    let policy = JwsPolicy::new(url).unwrap().with_trusted_issuers([dead]).unwrap();
+    let http = byova_async::HttpClient::new(std::time::Duration::from_secs(5)).unwrap();
+    let verifier =
+        Arc::new(JwsVerifier::with_parts(policy, JwksCachePolicy::default(), http, Arc::new(SystemClock)));
+    let app = Router::new()
+        .route("/byova.VoiceVirtualAgent/ProcessCallerInput", post(handler))
+        .layer(byova_axum::JwsAuthLayer::new(verifier));
+    let mut from_dead = claims.clone();
+    from_dead["iss"] = dead.into();
+    let token = fake.mint_jws(&from_dead);
+    for grpc in [false, true] {
+        let mut req = Request::post("/byova.VoiceVirtualAgent/ProcessCallerInput")
+            .header("authorization", format!("Bearer {token}"));
+        if grpc {
+            req = req.header("content-type", "application/grpc");
+        }
+        let resp = app.clone().oneshot(req.body(Body::empty()).unwrap()).await.unwrap();
+        if grpc {
+            assert_eq!(resp.headers()["grpc-status"], "14", "UNAVAILABLE");
+            let message = resp.headers()["grpc-message"].to_str().unwrap();
+            assert!(message.contains("unavailable") && !message.contains("127.0.0.1"), "{message}");
+        } else {
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        }
+    }
 }

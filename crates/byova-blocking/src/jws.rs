@@ -89,22 +89,41 @@ impl JwsVerifier {
     }
 
     fn keys(&self, issuer: &str, kid: &str) -> Result<Arc<JwkSet>, JwsError> {
-        if let Some(decided) = decided(self.cache.lookup(issuer, kid, self.clock.now())) {
-            return decided;
-        }
         let lock = {
             let mut fetching = self.fetching.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             fetching.entry(issuer.to_owned()).or_default().clone()
         };
-        let _one_at_a_time = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _one_at_a_time = match self.cache.lookup(issuer, kid, self.clock.now()) {
+            KeyLookup::Ready(keys) => return Ok(keys),
+            KeyLookup::Refused(e) => return Err(e),
+            // Past fresh: whoever finds no fetch running refreshes; the rest verify meanwhile.
+            KeyLookup::Refresh(stale) => match lock.try_lock() {
+                Ok(guard) => guard,
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(stale),
+            },
+            KeyLookup::Fetch => lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner),
+        };
         // Another caller may have fetched while this one waited.
-        if let Some(decided) = decided(self.cache.lookup(issuer, kid, self.clock.now())) {
-            return decided;
+        match self.cache.lookup_after_wait(issuer, kid, self.clock.now()) {
+            KeyLookup::Ready(keys) => return Ok(keys),
+            KeyLookup::Refused(e) => return Err(e),
+            KeyLookup::Fetch | KeyLookup::Refresh(_) => {}
         }
+        self.cache.begin_fetch(issuer, self.clock.now());
         let outcome = match self.http.send(&jwks_request(issuer)) {
             Ok(response) => jwks_response(&response),
-            Err(e) => Err(FetchFailure { message: e.to_string(), retry_after: e.retry_after() }),
+            Err(e) => Err(FetchFailure { message: e.to_string(), retry_after: None }),
         };
+        self.finish_fetch(issuer, kid, outcome)
+    }
+
+    fn finish_fetch(
+        &self,
+        issuer: &str,
+        kid: &str,
+        outcome: Result<JwkSet, FetchFailure>,
+    ) -> Result<Arc<JwkSet>, JwsError> {
         if let Err(failure) = &outcome {
             tracing::warn!(issuer, failure = %failure.message, "cannot fetch the identity broker's keys");
         }
@@ -119,6 +138,6 @@ fn decided(lookup: KeyLookup) -> Option<Result<Arc<JwkSet>, JwsError>> {
     match lookup {
         KeyLookup::Ready(keys) => Some(Ok(keys)),
         KeyLookup::Refused(e) => Some(Err(e)),
-        KeyLookup::Fetch => None,
+        KeyLookup::Fetch | KeyLookup::Refresh(_) => None,
     }
 }

@@ -618,10 +618,16 @@ async fn jws_verify(url: &str, schema: Option<&str>, issuers: &[String], leeway:
         policy = policy.with_trusted_issuers(issuers)?;
     }
     let mut input = String::new();
+    // Read one byte past the longest token (and its `Bearer ` and newline), to tell a token too
+    // long from one cut short.
+    let limit = byova_core::jws::MAX_TOKEN_BYTES as u64 + 64;
     std::io::stdin()
-        .take(byova_core::jws::MAX_TOKEN_BYTES as u64 + 64)
+        .take(limit + 1)
         .read_to_string(&mut input)
         .map_err(|e| failure(3, format!("cannot read the token from stdin: {e}")))?;
+    if input.len() as u64 > limit {
+        return Err(failure(7, format!("the JWS is refused: {}", byova_core::jws::JwsError::TooLarge)));
+    }
     let token = input.trim();
     let token = token.strip_prefix("Bearer ").or_else(|| token.strip_prefix("bearer ")).unwrap_or(token);
     let verifier = JwsVerifier::new(policy)?;

@@ -2218,8 +2218,19 @@ fn jws_verify_prints_the_claims_or_the_reason() {
     expired["exp"] = (SystemClock.now().as_unix_secs() - 600).into();
     assert_fails(&verify(&env.fake.mint_jws(&expired), &[]), 7, "expired");
     assert_fails(&verify(&token, &["--schema", "00000000-0000-4000-8000-000000000000"]), 7, "schema");
-    let untrusted = verify(&token, &["--trusted-issuer", "https://idbroker.webex.com/idb"]);
-    assert!(untrusted.status.success(), "a second trusted issuer keeps the first: {}", stderr(&untrusted));
+    let both = verify(&token, &["--trusted-issuer", "https://idbroker.webex.com/idb"]);
+    assert!(both.status.success(), "a second trusted issuer keeps the first: {}", stderr(&both));
+    let mut untrusted = Command::new(env!("CARGO_BIN_EXE_byova"))
+        .env_clear()
+        .args(["jws", "verify", "--data-source-url", url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    untrusted.stdin.take().unwrap().write_all(token.as_bytes()).unwrap();
+    assert_fails(&untrusted.wait_with_output().unwrap(), 7, "issuer is not trusted");
+    assert_fails(&verify(&"a".repeat(20_000), &[]), 7, "longer than 16 KiB");
     let out = Command::new(env!("CARGO_BIN_EXE_byova"))
         .env_clear()
         .args(["jws", "verify", "--data-source-url", url])

@@ -235,6 +235,11 @@ impl ByovaConfig {
 
 /// Whether `host[:port]` names this machine: `localhost`, `127.0.0.0/8` or `[::1]`.
 pub(crate) fn is_loopback_authority(authority: &str) -> bool {
+    if authority.contains('@') {
+        // `localhost:1@elsewhere.example`: the host is what follows the `@`; such user info
+        // has no business in these URLs.
+        return false;
+    }
     let host = match authority.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or_default(),
         None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),

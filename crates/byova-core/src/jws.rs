@@ -26,10 +26,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aws_lc_rs::signature::{ParsedPublicKey, RSA_PKCS1_2048_8192_SHA256, RsaPublicKeyComponents};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
 use crate::http::{HttpRequest, HttpResponse, Method, RetryClass};
 use crate::{Error, Result, Timestamp};
@@ -57,14 +57,13 @@ pub const DATA_SOURCE_URL_CLAIM: &str = "com.cisco.datasource.url";
 /// The claim naming the data source's schema.
 pub const SCHEMA_CLAIM: &str = "com.cisco.datasource.schema.uuid";
 
-/// The smallest RSA modulus accepted (2048 bits).
-const MIN_RSA_BITS: usize = 2048;
+/// The RSA moduli accepted, in bits: at least 2048, at most 8192 (a larger key would only
+/// make each verification costlier).
+const RSA_BITS: std::ops::RangeInclusive<usize> = 2048..=8192;
 
-/// DER `DigestInfo` prefix of a SHA-256 digest (RFC 8017 §9.2): what PKCS #1 v1.5 signs.
-const SHA256_DIGEST_INFO: [u8; 19] = [
-    0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01, 0x05, 0x00,
-    0x04, 0x20,
-];
+/// The longest a broker's `Retry-After` holds fetching back (5 minutes): one answer, from the
+/// broker or a proxy on the way, must not stop key fetches for hours.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// Why a token was refused. No variant carries the token or a claim's value.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -224,6 +223,10 @@ impl JwsPolicy {
         keys: &JwkSet,
         now: Timestamp,
     ) -> std::result::Result<VerifiedClaims, JwsError> {
+        // Again, for a Jws parsed without inspect().
+        if !self.trusted_issuers.contains(&jws.issuer) {
+            return Err(JwsError::UntrustedIssuer);
+        }
         let key = keys.key(&jws.kid).ok_or(JwsError::UnknownKey)?;
         key.verify(jws.signing_input.as_bytes(), &jws.signature)?;
         self.check_claims(jws, now)
@@ -422,11 +425,12 @@ fn rfc3339<S: serde::Serializer>(at: &Timestamp, s: S) -> std::result::Result<S:
     s.serialize_str(&at.to_rfc3339())
 }
 
-/// One of an issuer's RSA signing keys.
+/// One of an issuer's RSA signing keys, parsed once (by aws-lc-rs, the crypto provider rustls
+/// already uses).
 #[derive(Clone)]
 pub struct RsaKey {
     kid: String,
-    key: rsa::RsaPublicKey,
+    key: ParsedPublicKey,
 }
 
 impl std::fmt::Debug for RsaKey {
@@ -443,9 +447,7 @@ impl RsaKey {
 
     /// RSASSA-PKCS1-v1_5 with SHA-256 over `message`.
     fn verify(&self, message: &[u8], signature: &[u8]) -> std::result::Result<(), JwsError> {
-        let digest = Sha256::digest(message);
-        let scheme = rsa::Pkcs1v15Sign { hash_len: Some(32), prefix: Box::new(SHA256_DIGEST_INFO) };
-        self.key.verify(scheme, &digest, signature).map_err(|_| JwsError::BadSignature)
+        self.key.verify_sig(message, signature).map_err(|_| JwsError::BadSignature)
     }
 }
 
@@ -457,7 +459,7 @@ pub struct JwkSet {
 
 impl JwkSet {
     /// Parses a JWKS document, keeping the RSA keys meant for signatures (`use` `sig` or
-    /// absent, `alg` `RS256` or absent) of at least 2048 bits.
+    /// absent, `alg` `RS256` or absent) of 2048 to 8192 bits.
     ///
     /// # Errors
     /// [`JwsError::KeysUnavailable`] when it is not a JWKS or holds no such key.
@@ -484,16 +486,19 @@ impl JwkSet {
             ) else {
                 continue;
             };
-            let n = rsa::BigUint::from_bytes_be(&n);
-            if n.bits() < MIN_RSA_BITS {
+            let n: Vec<u8> = n.into_iter().skip_while(|b| *b == 0).collect();
+            let e: Vec<u8> = e.into_iter().skip_while(|b| *b == 0).collect();
+            let bits = n.first().map_or(0, |top| (n.len() - 1) * 8 + (8 - top.leading_zeros() as usize));
+            if !RSA_BITS.contains(&bits) {
                 continue;
             }
-            if let Ok(key) = rsa::RsaPublicKey::new(n, rsa::BigUint::from_bytes_be(&e)) {
+            let components = RsaPublicKeyComponents { n: &n[..], e: &e[..] };
+            if let Ok(key) = components.to_parsed_public_key(&RSA_PKCS1_2048_8192_SHA256) {
                 keys.push(RsaKey { kid: kid.to_owned(), key });
             }
         }
         if keys.is_empty() {
-            return Err(unavailable("the key set holds no RSA signing key of 2048 bits or more"));
+            return Err(unavailable("the key set holds no RSA signing key of 2048 to 8192 bits"));
         }
         Ok(Self { keys })
     }
@@ -536,7 +541,9 @@ pub fn jwks_response(response: &HttpResponse) -> std::result::Result<JwkSet, Fet
             .map_err(|e| FetchFailure { message: e.to_string(), retry_after: None }),
         status => Err(FetchFailure {
             message: format!("the identity broker answered {status}"),
-            retry_after: crate::oauth::parse_retry_after(response.header("retry-after")),
+            retry_after: matches!(status, 429 | 503)
+                .then(|| crate::oauth::parse_retry_after(response.header("retry-after")))
+                .flatten(),
         }),
     }
 }
@@ -577,9 +584,13 @@ impl JwksCachePolicy {
 pub enum KeyLookup {
     /// Verify with these keys.
     Ready(Arc<JwkSet>),
-    /// Fetch the issuer's keys (one caller per issuer at a time), report with
-    /// [`JwksCache::fetched`], then ask [`JwksCache::after_fetch`].
+    /// Fetch the issuer's keys (one caller per issuer at a time): [`JwksCache::begin_fetch`]
+    /// before sending, [`JwksCache::fetched`] with the outcome, then ask
+    /// [`JwksCache::after_fetch`].
     Fetch,
+    /// The keys are past fresh but may still serve, and hold the kid: fetch as for
+    /// [`Fetch`](Self::Fetch) when no other caller is fetching, else verify with these.
+    Refresh(Arc<JwkSet>),
     /// Refuse the token.
     Refused(JwsError),
 }
@@ -590,6 +601,8 @@ struct Entry {
     fetched_at: Option<Timestamp>,
     /// No fetch before this (the minimum interval, or the broker's `Retry-After`).
     next_fetch: Option<Timestamp>,
+    /// A fetch began and has not reported (it may still, or its caller was dropped).
+    in_flight: bool,
     last_failure: Option<String>,
 }
 
@@ -618,17 +631,39 @@ impl JwksCache {
         self.entries.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// What to do for `kid` of `issuer` at `now`.
+    /// What to do for `kid` of `issuer` at `now`. While a fetch is in flight, a kid it may
+    /// bring is answered [`KeyLookup::Fetch`]: wait for the fetch (the per-issuer lock), then
+    /// ask [`lookup_after_wait`](Self::lookup_after_wait).
     pub fn lookup(&self, issuer: &str, kid: &str, now: Timestamp) -> KeyLookup {
         let entries = self.entries();
         let Some(entry) = entries.get(issuer) else { return KeyLookup::Fetch };
+        match self.decide(entry, kid, now) {
+            KeyLookup::Refused(_) if entry.in_flight => KeyLookup::Fetch,
+            decided => decided,
+        }
+    }
+
+    /// [`lookup`](Self::lookup) for a caller holding the per-issuer lock: no fetch is in
+    /// flight (one that began and never reported was dropped).
+    pub fn lookup_after_wait(&self, issuer: &str, kid: &str, now: Timestamp) -> KeyLookup {
+        let entries = self.entries();
+        match entries.get(issuer) {
+            Some(entry) => self.decide(entry, kid, now),
+            None => KeyLookup::Fetch,
+        }
+    }
+
+    fn decide(&self, entry: &Entry, kid: &str, now: Timestamp) -> KeyLookup {
         let may_fetch = entry.next_fetch.is_none_or(|at| now >= at);
         let fresh = entry.fetched_at.is_some_and(|at| now < at.saturating_add(self.policy.refresh_every));
         if fresh && let Some(keys) = entry.keys.as_ref().filter(|keys| keys.key(kid).is_some()) {
             return KeyLookup::Ready(keys.clone());
         }
         if may_fetch {
-            KeyLookup::Fetch
+            match self.stale(entry, kid, now) {
+                KeyLookup::Ready(stale) if !fresh => KeyLookup::Refresh(stale),
+                _ => KeyLookup::Fetch,
+            }
         } else if fresh {
             // An unknown kid, and the keys were fetched moments ago: no fetch in a loop.
             KeyLookup::Refused(JwsError::UnknownKey)
@@ -637,10 +672,20 @@ impl JwksCache {
         }
     }
 
+    /// A fetch of `issuer`'s keys starts at `now`: none other before the minimum interval, even
+    /// if this one never reports (its caller gave up, its request was cancelled).
+    pub fn begin_fetch(&self, issuer: &str, now: Timestamp) {
+        let mut entries = self.entries();
+        let entry = entries.entry(issuer.to_owned()).or_default();
+        entry.next_fetch = Some(now.saturating_add(self.policy.min_refetch));
+        entry.in_flight = true;
+    }
+
     /// Records the outcome of fetching `issuer`'s keys at `now`.
     pub fn fetched(&self, issuer: &str, outcome: std::result::Result<JwkSet, FetchFailure>, now: Timestamp) {
         let mut entries = self.entries();
         let entry = entries.entry(issuer.to_owned()).or_default();
+        entry.in_flight = false;
         match outcome {
             Ok(keys) => {
                 entry.keys = Some(Arc::new(keys));
@@ -649,7 +694,8 @@ impl JwksCache {
                 entry.last_failure = None;
             }
             Err(failure) => {
-                let wait = failure.retry_after.unwrap_or_default().max(self.policy.min_refetch);
+                let asked = failure.retry_after.unwrap_or_default().min(MAX_RETRY_AFTER);
+                let wait = asked.max(self.policy.min_refetch);
                 entry.next_fetch = Some(now.saturating_add(wait));
                 entry.last_failure = Some(failure.message);
             }

@@ -159,7 +159,9 @@ fn trusted_issuers_are_https_or_loopback_and_never_empty() {
     let p =
         policy().with_trusted_issuers(["https://idbroker.example/idb/", "http://127.0.0.1:9/idb"]).unwrap();
     assert_eq!(p.trusted_issuers(), ["https://idbroker.example/idb", "http://127.0.0.1:9/idb"]);
-    for bad in ["http://idbroker.example/idb", "ftp://x", "https://", ""] {
+    for bad in
+        ["http://idbroker.example/idb", "http://localhost:1@evil.example/idb", "ftp://x", "https://", ""]
+    {
         assert!(policy().with_trusted_issuers([bad]).is_err(), "{bad}");
     }
     assert!(policy().with_trusted_issuers(Vec::<String>::new()).is_err());
@@ -216,7 +218,10 @@ fn the_cache_fetches_once_then_serves_until_the_keys_age() {
     cache.fetched(ISSUER, Ok(key_set(&["k1"])), at(NOW));
     assert!(ready(cache.after_fetch(ISSUER, "k1", at(NOW))));
     assert!(ready(cache.lookup(ISSUER, "k1", at(NOW + 3599))));
-    assert!(matches!(cache.lookup(ISSUER, "k1", at(NOW + 3600)), KeyLookup::Fetch), "an hour on: refetch");
+    assert!(
+        matches!(cache.lookup(ISSUER, "k1", at(NOW + 3600)), KeyLookup::Refresh(_)),
+        "an hour on: refetch, serving meanwhile"
+    );
     assert!(matches!(cache.lookup("https://idbroker-eu.webex.com/idb", "k1", at(NOW)), KeyLookup::Fetch));
 }
 
@@ -249,7 +254,14 @@ fn stale_keys_serve_while_the_broker_fails_then_a_clear_error() {
     let cache = JwksCache::new(policy);
     cache.fetched(ISSUER, Ok(key_set(&["k1"])), at(NOW));
     let aged = NOW + 3600;
-    assert!(matches!(cache.lookup(ISSUER, "k1", at(aged)), KeyLookup::Fetch));
+    assert!(
+        matches!(cache.lookup(ISSUER, "k1", at(aged)), KeyLookup::Refresh(_)),
+        "refresh, the old keys serving meanwhile"
+    );
+    assert!(
+        matches!(cache.lookup(ISSUER, "k2", at(aged)), KeyLookup::Fetch),
+        "an unknown kid waits for the fetch"
+    );
     let throttled = FetchFailure {
         message: "the identity broker answered 429".into(),
         retry_after: Some(Duration::from_secs(120)),
@@ -257,7 +269,7 @@ fn stale_keys_serve_while_the_broker_fails_then_a_clear_error() {
     cache.fetched(ISSUER, Err(throttled), at(aged));
     assert!(ready(cache.after_fetch(ISSUER, "k1", at(aged))), "the stale keys serve");
     assert!(ready(cache.lookup(ISSUER, "k1", at(aged + 60))), "no fetch before Retry-After");
-    assert!(matches!(cache.lookup(ISSUER, "k1", at(aged + 120)), KeyLookup::Fetch));
+    assert!(matches!(cache.lookup(ISSUER, "k1", at(aged + 120)), KeyLookup::Refresh(_)));
     cache.fetched(
         ISSUER,
         Err(FetchFailure { message: "cannot connect".into(), retry_after: None }),
@@ -349,4 +361,43 @@ proptest! {
             Err(e) => prop_assert!(e == JwsError::Expired && exp + 30 <= NOW, "{:?}", e),
         }
     }
+}
+
+#[test]
+fn a_fetch_counts_from_its_start_and_retry_after_is_capped() {
+    let cache = JwksCache::new(JwksCachePolicy::default());
+    cache.fetched(ISSUER, Ok(key_set(&["k1"])), at(NOW));
+    assert!(matches!(cache.lookup(ISSUER, "k9", at(NOW + 30)), KeyLookup::Fetch));
+    // The caller that began this fetch never reports (its request was cancelled): no other
+    // fetch before the interval.
+    cache.begin_fetch(ISSUER, at(NOW + 30));
+    assert!(
+        matches!(cache.lookup(ISSUER, "k9", at(NOW + 31)), KeyLookup::Fetch),
+        "wait for the fetch in flight"
+    );
+    assert!(matches!(
+        cache.lookup_after_wait(ISSUER, "k9", at(NOW + 59)),
+        KeyLookup::Refused(JwsError::UnknownKey)
+    ));
+    assert!(matches!(cache.lookup_after_wait(ISSUER, "k9", at(NOW + 60)), KeyLookup::Fetch));
+    // One answer asking for a very long pause holds fetches back five minutes at most.
+    let forever = FetchFailure {
+        message: "the identity broker answered 429".into(),
+        retry_after: Some(Duration::from_secs(999_999_999)),
+    };
+    cache.fetched(ISSUER, Err(forever), at(NOW + 60));
+    assert!(matches!(cache.lookup(ISSUER, "k9", at(NOW + 359)), KeyLookup::Refused(_)));
+    assert!(matches!(cache.lookup(ISSUER, "k9", at(NOW + 360)), KeyLookup::Fetch));
+    // Retry-After counts on 429 and 503 only.
+    let error = HttpResponse::new(500, vec![("Retry-After".into(), "90".into())], Vec::new());
+    assert_eq!(jwks_response(&error).unwrap_err().retry_after, None);
+}
+
+#[test]
+fn verify_checks_the_issuer_even_without_inspect() {
+    let mut c = claims(NOW);
+    c["iss"] = "https://attacker.example/idb".into();
+    let t = token(&header(), &c);
+    let jws = Jws::parse(&t).unwrap();
+    assert_eq!(policy().verify(&jws, &key_set(&["k1"]), at(NOW)).unwrap_err(), JwsError::UntrustedIssuer);
 }

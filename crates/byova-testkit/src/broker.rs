@@ -23,7 +23,11 @@ struct SigningKey {
 impl SigningKey {
     fn generate(kid: String) -> Self {
         let pair = KeyPair::generate(KeySize::Rsa2048).expect("aws-lc-rs generates an RSA key");
-        let (modulus, exponent) = rsa_public_key_parts(pair.public_key().as_ref());
+        let public = pair.public_key();
+        let (modulus, exponent) = (
+            public.modulus().big_endian_without_leading_zero().to_vec(),
+            public.exponent().big_endian_without_leading_zero().to_vec(),
+        );
         Self { kid, pair, modulus, exponent }
     }
 
@@ -47,51 +51,47 @@ impl SigningKey {
     }
 }
 
-/// `n` and `e` of a DER `RSAPublicKey` (RFC 8017 A.1.1: a SEQUENCE of two INTEGERs), without
-/// leading zeros.
-fn rsa_public_key_parts(der: &[u8]) -> (Vec<u8>, Vec<u8>) {
-    fn element(der: &[u8], tag: u8) -> (&[u8], &[u8]) {
-        assert_eq!(der[0], tag, "an RSAPublicKey element");
-        let (len, header) = match der[1] {
-            short if short < 0x80 => (usize::from(short), 2),
-            long => {
-                let bytes = usize::from(long & 0x7f);
-                (der[2..2 + bytes].iter().fold(0, |n, b| (n << 8) | usize::from(*b)), 2 + bytes)
-            }
-        };
-        (&der[header..header + len], &der[header + len..])
-    }
-    let (sequence, _) = element(der, 0x30);
-    let (n, rest) = element(sequence, 0x02);
-    let (e, _) = element(rest, 0x02);
-    let strip = |v: &[u8]| v.iter().skip_while(|b| **b == 0).copied().collect::<Vec<u8>>();
-    (strip(n), strip(e))
-}
-
-/// The broker's keys: the newest signs, all of them are published.
+/// The broker's keys: the newest signs, all of them are published. Generated on first use
+/// (most fakes never sign anything).
+#[derive(Default)]
 pub(crate) struct Broker {
     keys: Mutex<Vec<SigningKey>>,
+    /// The next key, generated ahead so that a rotation is instant.
+    staged: Mutex<Option<SigningKey>>,
     /// A key that is published nowhere, for signatures no JWKS verifies.
-    foreign: SigningKey,
+    foreign: std::sync::OnceLock<SigningKey>,
 }
 
 impl Broker {
-    pub(crate) fn new() -> Self {
-        Self {
-            keys: Mutex::new(vec![SigningKey::generate("fake-broker-1".into())]),
-            foreign: SigningKey::generate("fake-broker-1".into()),
+    fn keys(&self) -> std::sync::MutexGuard<'_, Vec<SigningKey>> {
+        let mut keys = self.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if keys.is_empty() {
+            keys.push(SigningKey::generate("fake-broker-1".into()));
+        }
+        keys
+    }
+
+    fn staged(&self) -> std::sync::MutexGuard<'_, Option<SigningKey>> {
+        self.staged.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Generates the next key without publishing it, so that [`rotate`](Self::rotate) takes no
+    /// time.
+    pub(crate) fn stage(&self) {
+        let kid = format!("fake-broker-{}", self.keys().len() + 1);
+        let mut staged = self.staged();
+        if staged.is_none() {
+            *staged = Some(SigningKey::generate(kid));
         }
     }
 
-    fn keys(&self) -> std::sync::MutexGuard<'_, Vec<SigningKey>> {
-        self.keys.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// A new signing key (the old ones stay published); its kid.
+    /// A new signing key (the staged one, if any; the old ones stay published); its kid.
     pub(crate) fn rotate(&self) -> String {
+        let staged = self.staged().take();
         let mut keys = self.keys();
-        let kid = format!("fake-broker-{}", keys.len() + 1);
-        keys.push(SigningKey::generate(kid.clone()));
+        let key = staged.unwrap_or_else(|| SigningKey::generate(format!("fake-broker-{}", keys.len() + 1)));
+        let kid = key.kid.clone();
+        keys.push(key);
         kid
     }
 
@@ -111,7 +111,8 @@ impl Broker {
     /// Signed by a key no JWKS publishes, under the newest key's kid.
     pub(crate) fn sign_foreign(&self, claims: &Value) -> String {
         let kid = self.keys().last().map(|k| k.kid.clone()).unwrap_or_default();
-        Self::sign_with(&self.foreign, &json!({"alg": "RS256", "kid": kid, "typ": "JWT"}), claims)
+        let foreign = self.foreign.get_or_init(|| SigningKey::generate("foreign".into()));
+        Self::sign_with(foreign, &json!({"alg": "RS256", "kid": kid, "typ": "JWT"}), claims)
     }
 
     fn sign_with(key: &SigningKey, header: &Value, claims: &Value) -> String {

@@ -661,7 +661,7 @@ impl FakeWebexBuilder {
             state: Mutex::new(state),
             clock: self.clock,
             base_url: base_url.clone(),
-            broker: crate::broker::Broker::new(),
+            broker: crate::broker::Broker::default(),
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -767,8 +767,16 @@ impl FakeWebex {
     }
 
     /// The broker signs with a new key from now on (the old ones stay published); its kid.
+    /// Instant after [`stage_broker_key`](Self::stage_broker_key); otherwise the key is
+    /// generated first.
     pub fn rotate_broker_key(&self) -> String {
         self.shared.broker.rotate()
+    }
+
+    /// Generates the broker's next key now, so that the next
+    /// [`rotate_broker_key`](Self::rotate_broker_key) is instant.
+    pub fn stage_broker_key(&self) {
+        self.shared.broker.stage();
     }
 
     /// The socket address it listens on.
