@@ -35,7 +35,7 @@ use crate::HttpClient;
 /// while the broker fails: [`JwksCachePolicy`]). Share one per process.
 pub struct JwsVerifier {
     policy: JwsPolicy,
-    cache: JwksCache,
+    cache: Arc<JwksCache>,
     http: HttpClient,
     clock: Arc<dyn Clock>,
     /// One fetch per issuer at a time: the others wait for it, then read the cache.
@@ -70,7 +70,13 @@ impl JwsVerifier {
         http: HttpClient,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        Self { policy, cache: JwksCache::new(cache), http, clock, fetching: Mutex::new(HashMap::new()) }
+        Self {
+            policy,
+            cache: Arc::new(JwksCache::new(cache)),
+            http,
+            clock,
+            fetching: Mutex::new(HashMap::new()),
+        }
     }
 
     /// What it accepts.
@@ -94,15 +100,15 @@ impl JwsVerifier {
             let mut fetching = self.fetching.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             fetching.entry(issuer.to_owned()).or_default().clone()
         };
-        let _one_at_a_time = match self.cache.lookup(issuer, kid, self.clock.now()) {
+        let one_at_a_time = match self.cache.lookup(issuer, kid, self.clock.now()) {
             KeyLookup::Ready(keys) => return Ok(keys),
             KeyLookup::Refused(e) => return Err(e),
             // Past fresh: whoever finds no fetch running refreshes; the rest verify meanwhile.
-            KeyLookup::Refresh(stale) => match lock.try_lock() {
+            KeyLookup::Refresh(stale) => match lock.try_lock_owned() {
                 Ok(guard) => guard,
                 Err(_) => return Ok(stale),
             },
-            KeyLookup::Fetch => lock.lock().await,
+            KeyLookup::Fetch => lock.lock_owned().await,
         };
         // Another caller may have fetched while this one waited.
         match self.cache.lookup_after_wait(issuer, kid, self.clock.now()) {
@@ -110,25 +116,26 @@ impl JwsVerifier {
             KeyLookup::Refused(e) => return Err(e),
             KeyLookup::Fetch | KeyLookup::Refresh(_) => {}
         }
-        // Counted before it is sent: a caller dropped mid-fetch still holds the next one back.
         self.cache.begin_fetch(issuer, self.clock.now());
-        let outcome = match self.http.send(&jwks_request(issuer)).await {
-            Ok(response) => jwks_response(&response),
-            Err(e) => Err(FetchFailure { message: e.to_string(), retry_after: None }),
-        };
-        self.finish_fetch(issuer, kid, outcome)
-    }
-
-    fn finish_fetch(
-        &self,
-        issuer: &str,
-        kid: &str,
-        outcome: Result<JwkSet, FetchFailure>,
-    ) -> Result<Arc<JwkSet>, JwsError> {
-        if let Err(failure) = &outcome {
-            tracing::warn!(issuer, failure = %failure.message, "cannot fetch the identity broker's keys");
+        // The fetch runs on a task of its own, holding the issuer's lock, and always reports:
+        // a caller that is dropped (its client reset the stream, a timeout fired) cancels only
+        // its own wait, never the fetch the others wait for.
+        let (cache, http, clock, owned) =
+            (self.cache.clone(), self.http.clone(), self.clock.clone(), issuer.to_owned());
+        let fetch = tokio::spawn(async move {
+            let _one_at_a_time = one_at_a_time;
+            let outcome = match http.send(&jwks_request(&owned)).await {
+                Ok(response) => jwks_response(&response),
+                Err(e) => Err(FetchFailure { message: e.to_string(), retry_after: None }),
+            };
+            if let Err(failure) = &outcome {
+                tracing::warn!(issuer = %owned, failure = %failure.message, "cannot fetch the identity broker's keys");
+            }
+            cache.fetched(&owned, outcome, clock.now());
+        });
+        if fetch.await.is_err() {
+            return Err(JwsError::KeysUnavailable("the key fetch failed".into()));
         }
-        self.cache.fetched(issuer, outcome, self.clock.now());
         decided(self.cache.after_fetch(issuer, kid, self.clock.now()))
             .unwrap_or_else(|| Err(JwsError::KeysUnavailable("the keys could not be fetched".into())))
     }

@@ -429,6 +429,74 @@ mod inbound_jws {
         assert!(fetches as f64 <= 1.0 + elapsed, "{fetches} fetches in {elapsed:.1} s, at most one a second");
     }
 
+    /// A request whose fetch is dropped mid-way does not leave the others without it: the
+    /// fetch runs on its own, and a request with the broker's newly rotated kid, waiting behind
+    /// it, verifies.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_dropped_request_does_not_cancel_the_fetch_others_wait_for() {
+        let fake = FakeWebex::start();
+        let cache = JwksCachePolicy::new(
+            Duration::from_secs(3600),
+            Duration::from_millis(500),
+            Duration::from_secs(3600),
+        );
+        let v = Arc::new(verifier(&fake, cache));
+        let claims = fake.data_source_claims(URL, ORG);
+        fake.stage_broker_key();
+        v.verify(&fake.mint_jws(&claims)).await.unwrap();
+        fake.rotate_broker_key();
+        let new = fake.mint_jws(&claims);
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        fake.set_answer_latency(Endpoint::Jwks, Duration::from_millis(800));
+        let dropped = tokio::time::timeout(Duration::from_millis(100), v.verify(&new));
+        let waiting = {
+            let (v, new) = (v.clone(), new.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                v.verify(&new).await
+            })
+        };
+        assert!(dropped.await.is_err(), "the first request gave up mid-fetch");
+        let verified = waiting.await.unwrap();
+        assert!(verified.is_ok(), "{verified:?}");
+        assert_eq!(fake.calls(Endpoint::Jwks), 2, "one fetch, finished though its caller left");
+    }
+
+    /// Past fresh, one request refreshes the keys while the others verify with the stale ones
+    /// instead of waiting for the broker.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn stale_keys_serve_while_one_request_refreshes() {
+        let fake = FakeWebex::start();
+        let cache = JwksCachePolicy::new(
+            Duration::from_secs(1),
+            Duration::from_millis(200),
+            Duration::from_secs(3600),
+        );
+        let v = Arc::new(verifier(&fake, cache));
+        let token = fake.mint_jws(&fake.data_source_claims(URL, ORG));
+        v.verify(&token).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        fake.set_answer_latency(Endpoint::Jwks, Duration::from_millis(800));
+        let timed: Vec<_> = (0..20)
+            .map(|_| {
+                let (v, token) = (v.clone(), token.clone());
+                tokio::spawn(async move {
+                    let started = std::time::Instant::now();
+                    let verified = v.verify(&token).await;
+                    (verified.is_ok(), started.elapsed())
+                })
+            })
+            .collect();
+        let mut quick = 0;
+        for t in timed {
+            let (ok, took) = t.await.unwrap();
+            assert!(ok);
+            quick += usize::from(took < Duration::from_millis(400));
+        }
+        assert!(quick >= 19, "{quick} of 20 answered before the 800 ms fetch finished");
+        assert_eq!(fake.calls(Endpoint::Jwks), 2, "one refresh");
+    }
+
     async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
         let mut out = Vec::new();
         let handles: Vec<_> = futures.collect();

@@ -31,11 +31,7 @@ fn two_hundred_threads_on_an_expired_token_make_one_call() {
     let issued = fake.issue_integration_tokens();
     BlockingTokenStorage::set_integration_tokens(storage.as_ref(), &issued.expired_at(SystemClock.now()))
         .unwrap();
-    let byova = Byova::builder(fake.integration_credentials(), fake.service_app_credentials())
-        .config(fake.config())
-        .storage(storage)
-        .build()
-        .unwrap();
+    let byova = byova_on(&fake, storage);
     let tokens: Vec<AccessToken> = std::thread::scope(|s| {
         let handles: Vec<_> =
             (0..200).map(|_| s.spawn(|| byova.integration().get_access_token().unwrap())).collect();
@@ -91,4 +87,50 @@ fn inbound_jws_verify_with_one_fetch_for_many_threads() {
     claims["iss"] = "https://attacker.example/idb".into();
     assert_eq!(verifier.verify(&fake.mint_jws(&claims)), Err(JwsError::UntrustedIssuer));
     assert_eq!(fake.calls(Endpoint::Jwks), 1);
+}
+
+/// The blocking flavour keeps an org's data source: registered once, left while its token is
+/// not due, updated when the wanted lifetime changes.
+#[test]
+fn an_orgs_data_source_is_registered_kept_and_updated() {
+    use byova_core::datasource::{DataSourcePlan, DataSourceSpec};
+    let fake = byova_testkit::FakeWebex::start();
+    let org = "63b02f90-9cc6-43b8-aa6d-cad425ac554c";
+    let storage = Arc::new(InMemoryTokenStorage::new());
+    let now = SystemClock.now();
+    BlockingTokenStorage::set_integration_tokens(
+        storage.as_ref(),
+        &fake.issue_integration_tokens().to_oauth_tokens(now),
+    )
+    .unwrap();
+    let org_id = byova_core::OrgId::new(org).unwrap();
+    BlockingTokenStorage::set_service_app_tokens(
+        storage.as_ref(),
+        &org_id,
+        &fake.issue_service_app_tokens(org).to_oauth_tokens(now),
+    )
+    .unwrap();
+    let byova = byova_on(&fake, storage);
+    let spec =
+        DataSourceSpec::new("https://gateway.example.com/byova").unwrap().with_lifetime_minutes(60).unwrap();
+    let made = byova.ensure_data_source(&org_id, &spec).unwrap();
+    assert_eq!(made.action, DataSourcePlan::Register);
+    let kept = byova.ensure_data_source(&org_id, &spec).unwrap();
+    assert!(matches!(kept.action, DataSourcePlan::Keep { .. }), "{kept:?}");
+    assert_eq!(kept.data_source.id, made.data_source.id);
+    let longer = spec.with_lifetime_minutes(90).unwrap();
+    let updated = byova.ensure_data_source(&org_id, &longer).unwrap();
+    assert_eq!(updated.action, DataSourcePlan::Update { id: made.data_source.id.clone() });
+    assert_eq!(updated.data_source.token_lifetime_minutes, Some(90));
+    assert_eq!(byova.list_data_sources(&org_id).unwrap().len(), 1);
+    assert_eq!(fake.data_source_lapses(), 0);
+}
+
+/// The blocking SDK against `fake`, over `storage`.
+fn byova_on(fake: &byova_testkit::FakeWebex, storage: Arc<InMemoryTokenStorage>) -> Byova {
+    Byova::builder(fake.integration_credentials(), fake.service_app_credentials())
+        .config(fake.config())
+        .storage(storage)
+        .build()
+        .unwrap()
 }

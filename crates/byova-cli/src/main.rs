@@ -188,6 +188,9 @@ enum Command {
     /// Webex's side of the call: the JWS Webex sends with every request to a gateway.
     #[command(subcommand)]
     Jws(JwsCommand),
+    /// An org's data sources (`/v1/dataSources`): what points Webex at the gateway.
+    #[command(subcommand)]
+    Datasource(DatasourceCommand),
     /// Walk through the whole lifecycle against a local fake Webex (no credentials, no network;
     /// in a binary built with the `demo` feature).
     Demo,
@@ -283,6 +286,30 @@ enum OrgCommand {
         /// Refresh tokens obtained moments ago too.
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DatasourceCommand {
+    /// Register the org's data source for URL, update it when it differs, or extend its token
+    /// when due (with a fresh nonce); prints what was done and when the token expires.
+    Ensure {
+        /// The org id (a UUID, or a base64 Webex id).
+        org: OrgId,
+        /// Where Webex calls the gateway (https://).
+        #[arg(long)]
+        url: String,
+        /// The data-source schema [default: BYOVA's, 5397013b-7920-4ffc-807c-e8a3e0a18f43].
+        #[arg(long)]
+        schema: Option<String>,
+        /// How long each token Webex issues for it lives, 1 to 1,440 minutes.
+        #[arg(long, default_value_t = 1440)]
+        lifetime_minutes: u32,
+    },
+    /// The org's data sources.
+    List {
+        /// The org id.
+        org: OrgId,
     },
 }
 
@@ -550,6 +577,48 @@ async fn run(cli: Cli) -> Outcome {
                 json!({"changed": changed.iter().map(|w| &w.id).collect::<Vec<_>>()}),
                 || format!("{} webhook(s) created or updated for {url}", changed.len()),
             );
+        }
+        Command::Datasource(DatasourceCommand::Ensure { org, url, schema, lifetime_minutes }) => {
+            let mut spec = byova_core::datasource::DataSourceSpec::new(&url)
+                .and_then(|spec| spec.with_lifetime_minutes(lifetime_minutes))
+                .map_err(|e| failure(3, e.to_string()))?;
+            if let Some(schema) = schema {
+                spec = spec.with_schema_id(&schema);
+            }
+            let outcome = byova.ensure_data_source(&org, &spec).await?;
+            let action = match &outcome.action {
+                byova_core::datasource::DataSourcePlan::Register => "registered",
+                byova_core::datasource::DataSourcePlan::Update { .. } => "updated",
+                byova_core::datasource::DataSourcePlan::Extend { .. } => "extended",
+                _ => "up to date",
+            };
+            let ds = &outcome.data_source;
+            print_line(
+                cli.json,
+                json!({"action": action, "id": ds.id, "url": ds.url, "token_expiry_time": ds.token_expiry_time}),
+                || {
+                    let expiry = ds.token_expiry_time.as_deref().unwrap_or("unknown");
+                    format!("{action}: data source {} for {} (token expires {expiry})", ds.id, ds.url)
+                },
+            );
+        }
+        Command::Datasource(DatasourceCommand::List { org }) => {
+            for ds in byova.list_data_sources(&org).await? {
+                print_line(
+                    cli.json,
+                    json!({"id": ds.id, "url": ds.url, "schema_id": ds.schema_id, "status": ds.status,
+                           "token_expiry_time": ds.token_expiry_time}),
+                    || {
+                        format!(
+                            "{}\t{}\t{}\t{}",
+                            ds.id,
+                            ds.url,
+                            ds.status,
+                            ds.token_expiry_time.as_deref().unwrap_or("-")
+                        )
+                    },
+                );
+            }
         }
         Command::Sync { sinks } => {
             let (sinks, hook) = sinks.parse()?;

@@ -2240,3 +2240,46 @@ fn jws_verify_prints_the_claims_or_the_reason() {
     assert_fails(&out, 7, "not a compact JWS");
     assert_eq!(env.fake.calls(Endpoint::Jwks), 4, "a fetch per process that reached the key check");
 }
+
+/// Issue 23, items 3 to 5: `byova datasource ensure` registers the org's data source with its
+/// Service App token, leaves it while its token is not due, updates it when it differs (a
+/// fresh nonce each time: the fake refuses a repeated one); `list` shows it; nothing lapsed.
+#[test]
+fn datasource_ensure_registers_keeps_and_updates_an_orgs_data_source() {
+    let env = Env::new();
+    env.seed_integration();
+    env.seed_org(ORG);
+    let url = "https://gateway.example.com/byova";
+    let ensure = |extra: &[&str]| {
+        let mut args = vec!["--json", "datasource", "ensure", ORG, "--url", url];
+        args.extend_from_slice(extra);
+        let out = env.run(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str::<serde_json::Value>(stdout(&out).trim()).unwrap()
+    };
+    let first = ensure(&["--lifetime-minutes", "60"]);
+    assert_eq!(first["action"], "registered", "{first}");
+    let held = env.fake.data_sources_of(ORG);
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0]["schemaId"], byova_core::jws::BYOVA_SCHEMA_ID);
+    assert_eq!(held[0]["tokenLifetimeMinutes"], 60);
+    assert_eq!(ensure(&["--lifetime-minutes", "60"])["action"], "up to date");
+    let changed = ensure(&["--lifetime-minutes", "120"]);
+    assert_eq!(changed["action"], "updated", "{changed}");
+    assert_eq!(env.fake.data_sources_of(ORG)[0]["tokenLifetimeMinutes"], 120);
+    assert_eq!(env.fake.data_sources_of(ORG).len(), 1, "updated in place");
+    let listed = env.run(&["--json", "datasource", "list", ORG]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    assert!(stdout(&listed).contains(url));
+    assert_fails(
+        &env.run(&["datasource", "ensure", ORG, "--url", "http://gateway.example.com"]),
+        3,
+        "https://",
+    );
+    assert_fails(
+        &env.run(&["datasource", "ensure", ORG, "--url", url, "--lifetime-minutes", "0"]),
+        3,
+        "1 to 1440",
+    );
+    assert_eq!(env.fake.data_source_lapses(), 0);
+}

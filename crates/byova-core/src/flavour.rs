@@ -439,6 +439,28 @@ macro_rules! __byova_methods {
             sa.agent.run(sa.engine.ensure_webhooks(target_url, secret, sa.agent.now()))$($await)*
         }
 
+        /// `org_id`'s data sources (`/v1/dataSources`, with its Service App token).
+        #[doc = $crate::__cancel_safety!($flavour, "it only reads.")]
+        pub $($async)* fn list_data_sources(&self, org_id: &$crate::OrgId) -> $crate::Result<Vec<$crate::datasource::DataSource>> {
+            let sa = &self.service_app;
+            sa.agent.run(sa.engine.list_data_sources(org_id, sa.agent.now()))$($await)*
+        }
+
+        /// Makes sure `org_id` has a data source for `spec` (its URL and schema) whose token is
+        /// not due: registers one, updates one that drifted, extends one whose token is due
+        /// (each with a fresh nonce), or leaves it; the outcome says which and when to come back
+        /// ([`DataSourcePlan::Keep`](byova_core::datasource::DataSourcePlan::Keep)). If the
+        /// token lapses, Webex stops calling the gateway for that org.
+        #[doc = $crate::__cancel_safety!($flavour, "once sent, the register or update may be done; ensuring again finds it.")]
+        pub $($async)* fn ensure_data_source(
+            &self,
+            org_id: &$crate::OrgId,
+            spec: &$crate::datasource::DataSourceSpec,
+        ) -> $crate::Result<$crate::datasource::DataSourceOutcome> {
+            let sa = &self.service_app;
+            sa.agent.run(sa.engine.ensure_data_source(org_id, spec.clone(), sa.agent.now()))$($await)*
+        }
+
         /// The status of the Integration and of every registered org. Holds no secret. Records
         /// that cannot be read are left out ([`status_report`](Self::status_report) counts them).
         #[doc = $crate::__cancel_safety!($flavour, "it only reads.")]

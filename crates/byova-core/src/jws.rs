@@ -606,6 +606,16 @@ struct Entry {
     last_failure: Option<String>,
 }
 
+/// The refusal of a kid the fresh keys lack: unknown, if the broker was asked since it came;
+/// unavailable (try again), if the last attempt to ask it failed: a key it rotated in may
+/// well be real.
+fn unknown_kid(entry: &Entry) -> JwsError {
+    match &entry.last_failure {
+        Some(failure) => JwsError::KeysUnavailable(failure.clone()),
+        None => JwsError::UnknownKey,
+    }
+}
+
 /// Every trusted issuer's keys, with the decisions of when to fetch: fresh for
 /// `refresh_every`; an unknown `kid` refetches at most once per `min_refetch`; while the
 /// broker fails, keys up to `max_stale` past fresh are used. Shared by every verification of
@@ -666,7 +676,7 @@ impl JwksCache {
             }
         } else if fresh {
             // An unknown kid, and the keys were fetched moments ago: no fetch in a loop.
-            KeyLookup::Refused(JwsError::UnknownKey)
+            KeyLookup::Refused(unknown_kid(entry))
         } else {
             self.stale(entry, kid, now)
         }
@@ -711,7 +721,7 @@ impl JwksCache {
         let fresh = entry.fetched_at.is_some_and(|at| now < at.saturating_add(self.policy.refresh_every));
         match &entry.keys {
             Some(keys) if fresh && keys.key(kid).is_some() => KeyLookup::Ready(keys.clone()),
-            Some(_) if fresh => KeyLookup::Refused(JwsError::UnknownKey),
+            Some(_) if fresh => KeyLookup::Refused(unknown_kid(entry)),
             _ => self.stale(entry, kid, now),
         }
     }

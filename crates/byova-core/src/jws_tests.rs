@@ -401,3 +401,43 @@ fn verify_checks_the_issuer_even_without_inspect() {
     let jws = Jws::parse(&t).unwrap();
     assert_eq!(policy().verify(&jws, &key_set(&["k1"]), at(NOW)).unwrap_err(), JwsError::UntrustedIssuer);
 }
+
+#[test]
+fn a_failed_fetch_for_a_new_kid_is_unavailable_not_unknown() {
+    let cache = JwksCache::new(JwksCachePolicy::default());
+    cache.fetched(ISSUER, Ok(key_set(&["k1"])), at(NOW));
+    cache.begin_fetch(ISSUER, at(NOW + 30));
+    let down = FetchFailure {
+        message: "the identity broker answered 503".into(),
+        retry_after: Some(Duration::from_secs(60)),
+    };
+    cache.fetched(ISSUER, Err(down), at(NOW + 30));
+    // The broker was not asked about k2: a token signed with a key it rotated in may be real.
+    match cache.after_fetch(ISSUER, "k2", at(NOW + 30)) {
+        KeyLookup::Refused(JwsError::KeysUnavailable(why)) => assert!(why.contains("503"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        cache.lookup_after_wait(ISSUER, "k2", at(NOW + 60)),
+        KeyLookup::Refused(JwsError::KeysUnavailable(_))
+    ));
+    assert!(ready(cache.lookup(ISSUER, "k1", at(NOW + 60))), "the keys it has still serve");
+    assert!(
+        matches!(cache.lookup(ISSUER, "k2", at(NOW + 90)), KeyLookup::Fetch),
+        "503's Retry-After honoured"
+    );
+    cache.fetched(ISSUER, Ok(key_set(&["k1"])), at(NOW + 90));
+    assert!(
+        matches!(cache.after_fetch(ISSUER, "k2", at(NOW + 90)), KeyLookup::Refused(JwsError::UnknownKey)),
+        "asked, and unknown"
+    );
+}
+
+#[test]
+fn keys_above_8192_bits_are_not_kept() {
+    let huge = URL_SAFE_NO_PAD.encode(vec![0xC5u8; 1125]);
+    let doc = serde_json::json!({"keys": [{"kty": "RSA", "kid": "huge", "n": huge, "e": "AQAB"}]});
+    assert!(matches!(JwkSet::parse(&serde_json::to_vec(&doc).unwrap()), Err(JwsError::KeysUnavailable(_))));
+    let unavailable = HttpResponse::new(503, vec![("Retry-After".into(), "90".into())], Vec::new());
+    assert_eq!(jwks_response(&unavailable).unwrap_err().retry_after, Some(Duration::from_secs(90)));
+}

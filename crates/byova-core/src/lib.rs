@@ -67,6 +67,7 @@ mod builder;
 mod cache;
 mod config;
 mod credentials;
+pub mod datasource;
 pub mod engine;
 mod error;
 mod flavour;

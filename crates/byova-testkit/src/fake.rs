@@ -61,6 +61,41 @@ pub enum Endpoint {
     /// `GET {issuer}/oauth2/v2/keys/verificationjwk`: the fake identity broker's keys (the
     /// issuer is [`FakeWebex::broker_issuer`]).
     Jwks,
+    /// `/v1/dataSources` and `/v1/dataSources/{id}`, with an org's Service App token: list,
+    /// get, register (`POST`), update and extend (`PUT`, a fresh nonce each time). A token
+    /// that expired before its extension counts as a lapse
+    /// ([`FakeWebex::data_source_lapses`]).
+    DataSources,
+}
+
+/// A data source the fake holds.
+#[derive(Clone, Debug)]
+struct DataSourceRecord {
+    id: String,
+    org: String,
+    schema_id: String,
+    url: String,
+    audience: String,
+    subject: String,
+    status: String,
+    lifetime_minutes: u32,
+    expires_at: Timestamp,
+}
+
+impl DataSourceRecord {
+    fn to_json(&self) -> Value {
+        json!({
+            "id": self.id,
+            "orgId": self.org,
+            "schemaId": self.schema_id,
+            "url": self.url,
+            "audience": self.audience,
+            "subject": self.subject,
+            "status": self.status,
+            "tokenLifetimeMinutes": self.lifetime_minutes,
+            "tokenExpiryTime": self.expires_at.to_rfc3339(),
+        })
+    }
 }
 
 /// `len` bytes of the fixed pattern [`Endpoint::Echo`] answers a `GET ?bytes=N` with.
@@ -388,6 +423,12 @@ struct State {
     refresh: HashMap<String, RefreshGrant>,
     families: HashMap<u64, Family>,
     webhooks: Vec<WebhookRecord>,
+    /// Registered data sources, every org's.
+    data_sources: Vec<DataSourceRecord>,
+    /// Every nonce a data-source register or update carried.
+    data_source_nonces: HashSet<String>,
+    /// Extensions that came after the data source's token had expired.
+    data_source_lapses: u64,
     faults: HashMap<Endpoint, FaultQueue>,
     settings: Settings,
     calls: HashMap<Endpoint, u64>,
@@ -645,6 +686,9 @@ impl FakeWebexBuilder {
             refresh: HashMap::new(),
             families: HashMap::new(),
             webhooks: Vec::new(),
+            data_sources: Vec::new(),
+            data_source_nonces: HashSet::new(),
+            data_source_lapses: 0,
             faults: HashMap::new(),
             settings: self.settings,
             calls: HashMap::new(),
@@ -987,6 +1031,18 @@ impl FakeWebex {
         calls
     }
 
+    /// Data-source extensions that came after the token had expired (Webex would have stopped
+    /// calling the gateway in between).
+    pub fn data_source_lapses(&self) -> u64 {
+        self.shared.lock().data_source_lapses
+    }
+
+    /// `org_id`'s data sources, as `GET /v1/dataSources` answers them.
+    pub fn data_sources_of(&self, org_id: &str) -> Vec<serde_json::Value> {
+        let s = self.shared.lock();
+        s.data_sources.iter().filter(|d| d.org == org_id).map(DataSourceRecord::to_json).collect()
+    }
+
     /// Whether the access token is currently valid at the fake.
     pub fn is_access_token_valid(&self, access_token: &str) -> bool {
         let now = self.shared.clock.now();
@@ -1238,6 +1294,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
         (_, "/v1/devices") => Some(Endpoint::ScopeMissing),
         (_, "/v1/testkit/echo") => Some(Endpoint::Echo),
         (_, "/idb/oauth2/v2/keys/verificationjwk") => Some(Endpoint::Jwks),
+        (_, p) if p == "/v1/dataSources" || p.starts_with("/v1/dataSources/") => Some(Endpoint::DataSources),
         _ => None,
     };
     let tracking_id = {
@@ -1322,6 +1379,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
             ctx.application_token(&path, &headers, &body)
         }
         Endpoint::Webhooks => ctx.webhooks(&method, &path, &query, &headers, &body),
+        Endpoint::DataSources => ctx.data_sources(&method, &path, &headers, &body),
         Endpoint::PeopleMe => ctx.people_me(&method, &headers),
         Endpoint::Echo => ctx.echo(&method, &query, &headers, body.clone()),
         Endpoint::Jwks if method == hyper::Method::GET => json_response(200, &shared.broker.jwks()),
@@ -1752,6 +1810,93 @@ impl Ctx<'_> {
             }
         }
         resp
+    }
+
+    fn data_sources(
+        &self,
+        method: &hyper::Method,
+        path: &str,
+        headers: &hyper::HeaderMap,
+        body: &[u8],
+    ) -> Resp {
+        let Some(org) = self.bearer_org(headers) else { return self.unauthenticated() };
+        let Some(org) = org else {
+            return self.err(403, "Data sources are managed with an org's Service App token.");
+        };
+        let id = path.strip_prefix("/v1/dataSources/").map(percent_decode);
+        let mut s = self.shared.lock();
+        let now = self.now;
+        match (method.as_str(), id) {
+            ("GET", None) => {
+                let items: Vec<Value> =
+                    s.data_sources.iter().filter(|d| d.org == org).map(DataSourceRecord::to_json).collect();
+                json_response(200, &json!({ "items": items }))
+            }
+            ("GET", Some(id)) => match s.data_sources.iter().find(|d| d.id == id && d.org == org) {
+                Some(d) => json_response(200, &d.to_json()),
+                None => self.err(404, "The data source was not found."),
+            },
+            ("POST", None) | ("PUT", Some(_)) => {
+                let Ok(Value::Object(v)) = serde_json::from_slice::<Value>(body) else {
+                    return self.err(400, "The request body is not a JSON object.");
+                };
+                let text =
+                    |k: &str| v.get(k).and_then(Value::as_str).filter(|t| !t.is_empty()).map(str::to_owned);
+                let lifetime =
+                    v.get("tokenLifetimeMinutes").and_then(Value::as_u64).filter(|m| (1..=1440).contains(m));
+                let (Some(schema_id), Some(url), Some(audience), Some(subject), Some(nonce), Some(lifetime)) = (
+                    text("schemaId"),
+                    text("url"),
+                    text("audience"),
+                    text("subject"),
+                    text("nonce"),
+                    lifetime,
+                ) else {
+                    return self.err(
+                        400,
+                        "schemaId, url, audience, subject, nonce and tokenLifetimeMinutes (1-1440) are required.",
+                    );
+                };
+                if !s.data_source_nonces.insert(nonce) {
+                    return self.err(400, "The nonce was used before.");
+                }
+                let lifetime = u32::try_from(lifetime).unwrap_or(1440);
+                let expires_at = now.saturating_add(Duration::from_secs(u64::from(lifetime) * 60));
+                if let Some(id) = path.strip_prefix("/v1/dataSources/").map(percent_decode) {
+                    let Some(index) = s.data_sources.iter().position(|d| d.id == id && d.org == org) else {
+                        return self.err(404, "The data source was not found.");
+                    };
+                    if s.data_sources[index].expires_at <= now {
+                        s.data_source_lapses += 1;
+                    }
+                    let record = &mut s.data_sources[index];
+                    (record.schema_id, record.url, record.audience, record.subject) =
+                        (schema_id, url, audience, subject);
+                    record.status = text("status").unwrap_or_else(|| "active".into());
+                    (record.lifetime_minutes, record.expires_at) = (lifetime, expires_at);
+                    return json_response(200, &record.to_json());
+                }
+                if s.data_sources.iter().any(|d| d.org == org && d.url == url && d.schema_id == schema_id) {
+                    return self.err(409, "A data source with this URL and schema is registered.");
+                }
+                let n = s.next();
+                let record = DataSourceRecord {
+                    id: format!("fake-data-source-{n:06}"),
+                    org,
+                    schema_id,
+                    url,
+                    audience,
+                    subject,
+                    status: "active".into(),
+                    lifetime_minutes: lifetime,
+                    expires_at,
+                };
+                let out = record.to_json();
+                s.data_sources.push(record);
+                json_response(200, &out)
+            }
+            _ => self.err(405, "Method not allowed."),
+        }
     }
 
     fn webhooks(

@@ -12,6 +12,7 @@
 //! future is dropped never cuts a refresh short, and every waiting caller gets the flight's
 //! outcome, failures included.
 
+mod datasources;
 mod flight;
 mod pending;
 mod refresh;
