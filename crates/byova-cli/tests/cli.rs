@@ -637,7 +637,7 @@ fn the_admin_surface_needs_a_token_off_loopback_and_reads_no_store() {
 
 /// Starts `byova serve` (admin listener on a free port) and returns it with its public and
 /// admin base URLs.
-fn start_serve(cmd: &mut Command) -> (Child, String, String) {
+fn start_serve(cmd: &mut Command) -> (Serving, String, String) {
     let mut child = cmd
         .args(["--admin-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
@@ -653,7 +653,33 @@ fn start_serve(cmd: &mut Command) -> (Child, String, String) {
             .unwrap_or_else(|| panic!("no address after {marker:?} in {line:?}"))
             .to_owned()
     };
-    (child, after("listening on "), after("admin on "))
+    (Serving(child), after("listening on "), after("admin on "))
+}
+
+/// A `byova serve` that is killed when dropped, so a test that fails midway leaves no daemon
+/// running (one that stopped, after a SIGTERM, is left alone).
+struct Serving(Child);
+
+impl std::ops::Deref for Serving {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Serving {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 fn post(url: &str, body: &[u8], sig: Option<&str>) -> u16 {
@@ -1224,7 +1250,7 @@ fn two_replicas_refresh_each_org_once(env: &Env, store: &dyn BlockingTokenStorag
         store.set_service_app_tokens(&OrgId::new(org).unwrap(), &t.expired_at(SystemClock.now())).unwrap();
     }
     env.fake.set_latency(byova_testkit::Endpoint::AccessToken, Duration::from_millis(200));
-    let mut replicas: Vec<Child> = (0..2)
+    let mut replicas: Vec<Serving> = (0..2)
         .map(|_| {
             start_serve(env.cmd().env("BYOVA_WEBHOOK_SECRET", "replica-secret").args([
                 "serve",
@@ -1528,7 +1554,7 @@ fn unix_get(socket: &std::path::Path, target: &str, method: &str) -> (u16, Strin
 }
 
 /// Starts `byova serve` and returns it with its first line (the addresses it listens on).
-fn start_serve_line(cmd: &mut Command) -> (Child, String) {
+fn start_serve_line(cmd: &mut Command) -> (Serving, String) {
     let mut child = cmd
         .args(["--admin-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
@@ -1537,7 +1563,7 @@ fn start_serve_line(cmd: &mut Command) -> (Child, String) {
         .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-    (child, line)
+    (Serving(child), line)
 }
 
 /// Issue 22, item 1: a program in any language gets a valid token from the daemon over a Unix
@@ -1953,7 +1979,7 @@ fn chunked(body: &[u8], chunk: usize) -> Vec<u8> {
 }
 
 /// `byova serve` with the proxy (and `secret`) and a token socket at `socket`; its first line.
-fn start_proxy_daemon(env: &Env, secret: &str, socket: &std::path::Path) -> (Child, String) {
+fn start_proxy_daemon(env: &Env, secret: &str, socket: &std::path::Path) -> (Serving, String) {
     start_serve_line(env.cmd().env("BYOVA_WEBHOOK_SECRET", "s").args([
         "serve",
         "--listen",

@@ -163,7 +163,8 @@ impl DataSource {
         self.audience != spec.audience
             || self.subject != spec.subject
             || self.token_lifetime_minutes.is_some_and(|m| m != spec.lifetime_minutes)
-            || !self.status.eq_ignore_ascii_case("active")
+            // A status Webex left out is not a disabled data source.
+            || !(self.status.is_empty() || self.status.eq_ignore_ascii_case("active"))
     }
 }
 
@@ -366,6 +367,12 @@ mod tests {
             DataSourcePlan::Extend { id: "ds-1".into() }
         );
         assert_eq!(plan(&[registered(None)], &spec(), now), DataSourcePlan::Extend { id: "ds-1".into() });
+        let mut terse = registered(Some("2026-12-06T12:30:00Z"));
+        (terse.status, terse.token_lifetime_minutes) = (String::new(), None);
+        assert!(
+            matches!(plan(&[terse], &spec(), now), DataSourcePlan::Keep { .. }),
+            "what Webex leaves out is no drift"
+        );
         for drift in [
             |d: &mut DataSource| d.audience = "Other".into(),
             |d: &mut DataSource| d.status = "disabled".into(),
