@@ -93,7 +93,7 @@ fn inbound_jws_verify_with_one_fetch_for_many_threads() {
 /// not due, updated when the wanted lifetime changes.
 #[test]
 fn an_orgs_data_source_is_registered_kept_and_updated() {
-    use byova_core::datasource::{DataSourcePlan, DataSourceSpec};
+    use byova_core::datasource::{DataSourceAction, DataSourceSpec};
     let fake = byova_testkit::FakeWebex::start();
     let org = "63b02f90-9cc6-43b8-aa6d-cad425ac554c";
     let storage = Arc::new(InMemoryTokenStorage::new());
@@ -114,14 +114,17 @@ fn an_orgs_data_source_is_registered_kept_and_updated() {
     let spec =
         DataSourceSpec::new("https://gateway.example.com/byova").unwrap().with_lifetime_minutes(60).unwrap();
     let made = byova.ensure_data_source(&org_id, &spec).unwrap();
-    assert_eq!(made.action, DataSourcePlan::Register);
+    assert_eq!(made.action, DataSourceAction::Registered);
+    let made_id = made.data_source.map(|d| d.id);
     let kept = byova.ensure_data_source(&org_id, &spec).unwrap();
-    assert!(matches!(kept.action, DataSourcePlan::Keep { .. }), "{kept:?}");
-    assert_eq!(kept.data_source.id, made.data_source.id);
+    assert_eq!(kept.action, DataSourceAction::Kept, "{kept:?}");
+    assert_eq!(kept.data_source.map(|d| d.id), made_id);
     let longer = spec.with_lifetime_minutes(90).unwrap();
     let updated = byova.ensure_data_source(&org_id, &longer).unwrap();
-    assert_eq!(updated.action, DataSourcePlan::Update { id: made.data_source.id.clone() });
-    assert_eq!(updated.data_source.token_lifetime_minutes, Some(90));
+    assert_eq!(updated.action, DataSourceAction::Updated);
+    let updated = updated.data_source.unwrap();
+    assert_eq!(Some(updated.id), made_id);
+    assert_eq!(updated.token_lifetime_minutes, Some(90));
     assert_eq!(byova.list_data_sources(&org_id).unwrap().len(), 1);
     assert_eq!(fake.data_source_lapses(), 0);
 }

@@ -69,7 +69,7 @@ pub(crate) async fn run(as_json: bool) -> Result<(), Failure> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let daemon = Arc::new(crate::serve::Daemon {
         byova: byova.clone(),
-        touched: None,
+        touched: Vec::new(),
         board: Arc::default(),
         admin_token: None,
         metrics_per_key: false,
@@ -77,6 +77,7 @@ pub(crate) async fn run(as_json: bool) -> Result<(), Failure> {
         token_stats: Arc::new(crate::token::RequestStats::token_endpoint()),
         proxy_stats: Arc::default(),
         sinks: Arc::default(),
+        data_sources: None,
     });
     let server = tokio::spawn(crate::serve::serve_http(
         daemon,

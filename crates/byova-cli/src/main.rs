@@ -15,6 +15,7 @@
 
 #[cfg(feature = "demo")]
 mod demo;
+mod keeper;
 mod progress;
 mod proxy;
 mod schedule;
@@ -176,7 +177,9 @@ enum Command {
         #[arg(long, value_name = "IP:PORT")]
         proxy_listen: Option<String>,
         #[command(flatten)]
-        sinks: SinkArgs,
+        sinks: Box<SinkArgs>,
+        #[command(flatten)]
+        data_source: Box<DataSourceArgs>,
     },
     /// Bring every token up to date (refreshing what is due) and write the sinks, then exit:
     /// for init containers and cron. Exits non-zero (with the class's code) when a key could
@@ -194,6 +197,41 @@ enum Command {
     /// Walk through the whole lifecycle against a local fake Webex (no credentials, no network;
     /// in a binary built with the `demo` feature).
     Demo,
+}
+
+/// The data source `serve` keeps for every registered org.
+#[derive(clap::Args, Debug)]
+struct DataSourceArgs {
+    /// Keep every registered org's data source at this https:// URL registered, and its token
+    /// extended before it lapses (Webex stops calling the gateway for an org whose token lapsed).
+    #[arg(long, value_name = "URL")]
+    data_source_url: Option<String>,
+    /// The data source's schema id [default: BYOVA's].
+    #[arg(long, value_name = "ID", requires = "data_source_url")]
+    data_source_schema: Option<String>,
+    /// How long each token Webex issues for the data source lives (1-1440 minutes).
+    #[arg(long, value_name = "N", default_value_t = 1440)]
+    data_source_lifetime_minutes: u32,
+    /// Remove an org's data source from Webex when a deauthorized delivery removes the org.
+    #[arg(long, requires = "data_source_url")]
+    data_source_remove_on_deauthorize: bool,
+    /// /v1/dataSources calls every replica sharing the store may make a minute (0: no budget).
+    #[arg(long, value_name = "N", default_value_t = 240)]
+    data_source_calls_per_minute: u32,
+}
+
+impl DataSourceArgs {
+    /// The data source to keep, when one is asked for.
+    fn spec(&self) -> Result<Option<byova_core::datasource::DataSourceSpec>, Failure> {
+        let Some(url) = &self.data_source_url else { return Ok(None) };
+        let mut spec = byova_core::datasource::DataSourceSpec::new(url)
+            .and_then(|spec| spec.with_lifetime_minutes(self.data_source_lifetime_minutes))
+            .map_err(|e| failure(3, format!("--data-source-url: {e}")))?;
+        if let Some(schema) = &self.data_source_schema {
+            spec = spec.with_schema_id(schema);
+        }
+        Ok(Some(spec))
+    }
 }
 
 /// Where tokens are written for other programs, and what runs after.
@@ -586,19 +624,34 @@ async fn run(cli: Cli) -> Outcome {
                 spec = spec.with_schema_id(&schema);
             }
             let outcome = byova.ensure_data_source(&org, &spec).await?;
-            let action = match &outcome.action {
-                byova_core::datasource::DataSourcePlan::Register => "registered",
-                byova_core::datasource::DataSourcePlan::Update { .. } => "updated",
-                byova_core::datasource::DataSourcePlan::Extend { .. } => "extended",
-                _ => "up to date",
+            let action = match outcome.action {
+                byova_core::datasource::DataSourceAction::Kept => "up to date",
+                other => other.as_str(),
             };
-            let ds = &outcome.data_source;
+            let (id, expiry) = match &outcome.data_source {
+                Some(ds) => (Some(ds.id.as_str()), outcome.expires_at.map(byova_core::Timestamp::to_rfc3339)),
+                None => (None, None),
+            };
             print_line(
                 cli.json,
-                json!({"action": action, "id": ds.id, "url": ds.url, "token_expiry_time": ds.token_expiry_time}),
-                || {
-                    let expiry = ds.token_expiry_time.as_deref().unwrap_or("unknown");
-                    format!("{action}: data source {} for {} (token expires {expiry})", ds.id, ds.url)
+                json!({"action": action, "id": id, "url": spec.url, "token_expiry_time": expiry,
+                       "next_check": outcome.next_check.to_rfc3339()}),
+                || match (id, outcome.action) {
+                    (_, byova_core::datasource::DataSourceAction::Busy) => format!(
+                        "busy: another process is registering or extending the data source for {}; look again after {}",
+                        spec.url,
+                        outcome.next_check.to_rfc3339()
+                    ),
+                    (_, byova_core::datasource::DataSourceAction::Deferred) => format!(
+                        "deferred: the data-source budget has no room before {}",
+                        outcome.next_check.to_rfc3339()
+                    ),
+                    (id, _) => format!(
+                        "{action}: data source {} for {} (token expires {})",
+                        id.unwrap_or("-"),
+                        spec.url,
+                        expiry.as_deref().unwrap_or("unknown")
+                    ),
                 },
             );
         }
@@ -643,9 +696,11 @@ async fn run(cli: Cli) -> Outcome {
             token_allow_remote,
             proxy_listen,
             sinks,
+            data_source,
             ..
         } => {
             let (sinks, on_rotate) = sinks.parse()?;
+            let data_source = data_source.spec()?;
             let admin_token = admin_token_file
                 .map(|file| read_secret(&file, "admin token").map(byova_core::SharedSecret::new))
                 .transpose()?;
@@ -668,6 +723,7 @@ async fn run(cli: Cli) -> Outcome {
                 proxy_listen,
                 sinks,
                 on_rotate,
+                data_source,
             };
             serve::run(Arc::new(byova), &listen, &admin_listen, options).await?;
         }
@@ -731,6 +787,13 @@ async fn connect(cli: &Cli) -> Result<Byova, Failure> {
     }
     if let Some(calls) = cli.max_token_calls_per_minute {
         env.config.token_budget = (calls > 0).then(|| byova_core::TokenBudget::per_minute(calls));
+    }
+    if let Command::Serve { data_source, .. } = &cli.command {
+        let calls = data_source.data_source_calls_per_minute;
+        env.config.data_source_budget = (calls > 0).then(|| byova_core::TokenBudget::per_minute(calls));
+        if data_source.data_source_remove_on_deauthorize {
+            env.config.remove_data_source_on_deauthorize = data_source.spec()?;
+        }
     }
     let (secrets, allow_unsigned) = webhook_settings(&cli.command, env.webhook_secrets.clone())?;
     let url = cli.storage.clone().unwrap_or_else(storage::default_url);

@@ -20,8 +20,10 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use byova_async::core::{Clock, SharedSecret, SystemClock};
+use byova_async::core::datasource::DataSourceSpec;
+use byova_async::core::{Clock, SharedSecret, SystemClock, TokenKey};
 
+use crate::keeper::{DataSourceBoard, Keeper};
 use crate::proxy::{Proxy, ProxyStats};
 use crate::schedule::{Refresher, StatusBoard, Touched};
 use crate::sink::{Hook, Sink, SinkState, SinkWriter};
@@ -63,8 +65,9 @@ const CONNECTION_DEADLINE: Duration = Duration::from_secs(60);
 /// What every request handler of the daemon shares.
 pub(crate) struct Daemon {
     pub(crate) byova: Arc<Byova>,
-    /// Orgs a delivery touched, for the refresher (the public listener's).
-    pub(crate) touched: Option<Touched>,
+    /// Orgs a delivery touched, for the refresher and the data-source keeper (the public
+    /// listener's).
+    pub(crate) touched: Vec<Touched>,
     /// What `/status` and `/metrics` read.
     pub(crate) board: Arc<StatusBoard>,
     /// The bearer token the admin listener asks for, when one is set.
@@ -81,6 +84,8 @@ pub(crate) struct Daemon {
     /// The sinks' figures and the keys whose files are not current, for `/metrics` and
     /// `/ready`.
     pub(crate) sinks: Arc<SinkState>,
+    /// Every org's data source, when the daemon keeps them (`--data-source-url`).
+    pub(crate) data_sources: Option<Arc<DataSourceBoard>>,
 }
 
 /// Whether `headers` carry `Authorization: Bearer <token>` (the scheme in any case; the token
@@ -126,10 +131,18 @@ pub(crate) async fn handle(
     }
     let resp = match (role, method.as_str(), path.as_str()) {
         (Role::Admin, "GET", "/healthz") => respond(StatusCode::OK, json!({"status": "ok"})),
-        (Role::Admin, "GET", "/ready") => ready(&daemon.board, &daemon.sinks),
+        (Role::Admin, "GET", "/ready") => ready(&daemon.board, &daemon.sinks, daemon.data_sources.as_deref()),
         (Role::Admin, "GET", "/status") => match daemon.board.snapshot() {
             Some(statuses) => {
-                respond(StatusCode::OK, json!(statuses.iter().map(status_json).collect::<Vec<_>>()))
+                let now = SystemClock.now();
+                let entries = statuses.iter().map(|s| {
+                    let mut entry = status_json(s);
+                    if let (Some(board), TokenKey::Org(org)) = (&daemon.data_sources, &s.key) {
+                        entry["data_source"] = board.json(org, now).unwrap_or(serde_json::Value::Null);
+                    }
+                    entry
+                });
+                respond(StatusCode::OK, json!(entries.collect::<Vec<_>>()))
             }
             None => respond(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -155,6 +168,9 @@ pub(crate) async fn handle(
             text.push_str(&daemon.token_stats.render());
             text.push_str(&daemon.proxy_stats.render());
             text.push_str(&daemon.sinks.render());
+            if let Some(board) = &daemon.data_sources {
+                text.push_str(&board.render(SystemClock.now()));
+            }
             let mut resp = Response::new(Full::new(Bytes::from(text)));
             resp.headers_mut().insert(
                 "Content-Type",
@@ -184,10 +200,10 @@ pub(crate) async fn handle(
     Ok(resp)
 }
 
-/// `/ready`: 200 when every registered key holds an access token that has not expired and
-/// every sink file is current, else 503 naming the keys that are not (and why); 503 too while
-/// the store was never read.
-fn ready(board: &StatusBoard, sinks: &SinkState) -> Resp {
+/// `/ready`: 200 when every registered key holds an access token that has not expired, every
+/// sink file is current and no kept data source has lapsed or failed to register, else 503
+/// naming the keys that are not (and why); 503 too while the store was never read.
+fn ready(board: &StatusBoard, sinks: &SinkState, data_sources: Option<&DataSourceBoard>) -> Resp {
     let Some(statuses) = board.snapshot() else {
         return respond(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -205,6 +221,14 @@ fn ready(board: &StatusBoard, sinks: &SinkState) -> Resp {
         .collect();
     not_ready
         .extend(sinks.failing().iter().map(|key| json!({"key": key.label(), "state": "sink_not_written"})));
+    if let Some(data_sources) = data_sources {
+        not_ready.extend(
+            data_sources
+                .not_ready(now)
+                .into_iter()
+                .map(|(org, state)| json!({"key": TokenKey::org(&org).label(), "state": state})),
+        );
+    }
     if not_ready.is_empty() {
         respond(StatusCode::OK, json!({"ready": true, "keys": statuses.len()}))
     } else {
@@ -236,7 +260,7 @@ async fn webhook(daemon: &Daemon, read_by: tokio::time::Instant, req: Request<In
         if let Ok(status) = byova.service_app().status(org).await {
             daemon.board.put(&byova_async::TokenKey::org(org), status.as_ref());
         }
-        if let Some(touched) = &daemon.touched {
+        for touched in &daemon.touched {
             // Full: the next resync catches up.
             let _ = touched.try_send(org.clone());
         }
@@ -484,6 +508,8 @@ pub(crate) struct Options {
     pub(crate) sinks: Vec<Sink>,
     /// Run after a key's sink files are current.
     pub(crate) on_rotate: Option<Hook>,
+    /// The data source kept for every registered org (`--data-source-url`).
+    pub(crate) data_source: Option<DataSourceSpec>,
 }
 
 /// The token listeners, bound; refused before anything is bound when one is on TCP without the
@@ -542,6 +568,7 @@ pub(crate) async fn run(
         token_secret,
         sinks,
         on_rotate,
+        data_source,
         ..
     } = options;
     let listener = bind(listen).await?;
@@ -607,6 +634,26 @@ pub(crate) async fn run(
         }
         .run(),
     );
+    let mut touched = vec![touched];
+    let (data_sources, keeper) = match data_source {
+        Some(spec) => {
+            let (keeper_touched, keeper_rx) = tokio::sync::mpsc::channel(1024);
+            touched.push(keeper_touched);
+            let board = Arc::new(DataSourceBoard::default());
+            tracing::info!(url = %spec.url, lifetime_minutes = spec.lifetime_minutes, "keeping every org's data source");
+            let keeper = Keeper {
+                byova: byova.clone(),
+                spec,
+                concurrency,
+                resync_every: resync,
+                touched: keeper_rx,
+                stop: stop_rx.clone(),
+                board: board.clone(),
+            };
+            (Some(board), Some(tokio::spawn(keeper.run())))
+        }
+        None => (None, None),
+    };
     let token_stats = Arc::new(RequestStats::token_endpoint());
     let sink_state = Arc::new(SinkState::default());
     // The sinks are written once before the daemon says it is ready.
@@ -643,13 +690,14 @@ pub(crate) async fn run(
             token_stats: token_stats.clone(),
             proxy_stats: proxy_stats.clone(),
             sinks: sink_state.clone(),
+            data_sources: data_sources.clone(),
         })
     };
     let token_limits = Limits { max_connections: 256 }.within_descriptor_budget();
     let mut token_servers = Vec::new();
     for l in token_tcp {
         let served = serve_http(
-            daemon(None, token_secret.clone()),
+            daemon(Vec::new(), token_secret.clone()),
             l,
             Role::Token,
             token_limits,
@@ -660,7 +708,8 @@ pub(crate) async fn run(
     let mut sockets = Vec::new();
     for (l, placed) in token_unix {
         sockets.push(placed);
-        let served = serve_http(daemon(None, None), l, Role::Token, token_limits, stopped(stop_rx.clone()));
+        let served =
+            serve_http(daemon(Vec::new(), None), l, Role::Token, token_limits, stopped(stop_rx.clone()));
         token_servers.push(tokio::spawn(served));
     }
     if let Some((listener, proxy)) = proxy {
@@ -674,7 +723,7 @@ pub(crate) async fn run(
         token_servers.push(tokio::spawn(served));
     }
     let admin_server = tokio::spawn(serve_http(
-        daemon(None, None),
+        daemon(Vec::new(), None),
         admin,
         Role::Admin,
         Limits { max_connections: 64 },
@@ -682,7 +731,7 @@ pub(crate) async fn run(
     ));
     let limits = limits.within_descriptor_budget();
     tracing::info!(max_connections = limits.max_connections, "public listener");
-    let public = serve_http(daemon(Some(touched), None), listener, Role::Public, limits, async {
+    let public = serve_http(daemon(touched, None), listener, Role::Public, limits, async {
         shutdown_signal().await;
         sd_notify("STOPPING=1");
         let _ = stop_tx.send(true);
@@ -696,9 +745,11 @@ pub(crate) async fn run(
     // bought from Webex is dropped unsaved. All of it within SHUTDOWN_BUDGET (under the usual
     // 30 s grace period of a container orchestrator).
     let deadline = tokio::time::Instant::now() + SHUTDOWN_BUDGET;
-    let abort = refresher.abort_handle();
-    if tokio::time::timeout_at(deadline, refresher).await.is_err() {
-        abort.abort();
+    for task in std::iter::once(refresher).chain(keeper) {
+        let abort = task.abort_handle();
+        if tokio::time::timeout_at(deadline, task).await.is_err() {
+            abort.abort();
+        }
     }
     let settled = tokio::time::timeout_at(deadline, async {
         while byova.work_in_progress() > 0 {

@@ -2309,3 +2309,126 @@ fn datasource_ensure_registers_keeps_and_updates_an_orgs_data_source() {
     );
     assert_eq!(env.fake.data_source_lapses(), 0);
 }
+
+/// Issue 23's lifecycle run: 200 orgs with 2-minute data-source tokens, kept alive by two
+/// `byova serve --data-source-url` replicas sharing Redis, for
+/// `BYOVA_DATA_SOURCE_SOAK_SECONDS` (600 by default) against a Webex that allows 300
+/// `/v1/dataSources` calls a minute, with a budget of 240: no token lapses, no data source is
+/// extended before it is due (each extension once per period), no call meets a 429, and both
+/// replicas report every data source `ok`.
+#[test]
+fn two_daemons_keep_200_data_sources_alive_within_the_budget() {
+    let Some(redis) = std::env::var("BYOVA_TEST_REDIS_URL").ok().filter(|u| !u.is_empty()) else {
+        assert!(std::env::var("CI").is_err(), "CI must run this against Redis (BYOVA_TEST_REDIS_URL)");
+        println!("skipped: BYOVA_TEST_REDIS_URL is not set");
+        return;
+    };
+    let seconds: u64 =
+        std::env::var("BYOVA_DATA_SOURCE_SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(600);
+    let mut env = Env::new();
+    let prefix = format!("byova-ds-{}-{:x}", std::process::id(), byova_core::engine::random_u64());
+    env.storage = format!("{redis}{}prefix={prefix}", if redis.contains('?') { '&' } else { '?' });
+    let store = byova_storage_redis::RedisTokenStorage::open(&env.storage).unwrap();
+    env.fake.update_settings(|s| s.data_source_rate_limit = Some((300, Duration::from_secs(60))));
+    let issued = env.fake.issue_integration_tokens();
+    store.set_integration_tokens(&issued.to_oauth_tokens(SystemClock.now())).unwrap();
+    let orgs: Vec<String> =
+        (0..200u32).map(|i| format!("{i:08x}-0000-4000-8000-{:012x}", i * 7919)).collect();
+    for org in &orgs {
+        let t = env.fake.issue_service_app_tokens(org);
+        store
+            .set_service_app_tokens(&OrgId::new(org).unwrap(), &t.to_oauth_tokens(SystemClock.now()))
+            .unwrap();
+    }
+    let url = "https://gateway.example.com/byova";
+    let started = Instant::now();
+    let mut replicas: Vec<(Serving, String)> = (0..2)
+        .map(|_| {
+            let (serving, _, admin) =
+                start_serve(env.cmd().env("BYOVA_WEBHOOK_SECRET", "replica-secret").args([
+                    "serve",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--data-source-url",
+                    url,
+                    "--data-source-lifetime-minutes",
+                    "2",
+                    "--data-source-calls-per-minute",
+                    "240",
+                ]));
+            (serving, admin)
+        })
+        .collect();
+    let get = |admin: &str, path: &str| {
+        let resp = wire::send(&wire::request(
+            byova_core::engine::Method::Get,
+            &format!("{admin}{path}"),
+            Vec::new(),
+            &[],
+        ))
+        .unwrap();
+        (resp.status, String::from_utf8_lossy(&resp.body).into_owned())
+    };
+    let mut lapses_seen = Vec::new();
+    while started.elapsed() < Duration::from_secs(seconds) {
+        std::thread::sleep(
+            Duration::from_secs(10).min(Duration::from_secs(seconds).saturating_sub(started.elapsed())),
+        );
+        lapses_seen.push(env.fake.data_source_lapses());
+        for (serving, _) in &mut replicas {
+            assert!(serving.try_wait().unwrap().is_none(), "a replica stopped");
+        }
+    }
+    let elapsed = started.elapsed();
+    let renewals = env.fake.data_source_renewals();
+    let registrations = renewals.iter().filter(|r| r.previous_expiry.is_none()).count();
+    let extensions = renewals.len() - registrations;
+    // Due a quarter of the life (30 s) before expiry; an extension with more left was early.
+    let duplicates = renewals
+        .iter()
+        .filter(|r| {
+            r.previous_expiry.is_some_and(|e| e.saturating_duration_since(r.at) > Duration::from_secs(31))
+        })
+        .count();
+    let lapses = env.fake.data_source_lapses();
+    let limited = env.fake.data_source_rate_limited();
+    let busiest = env.fake.busiest_data_source_window(Duration::from_secs(60));
+    let calls = env.fake.calls(Endpoint::DataSources);
+    println!(
+        "data sources: {} orgs, 2-minute tokens, 2 replicas, {:.0} s ({:.1} periods of 90 s): {registrations} \
+         registrations, {extensions} extensions, {duplicates} early (duplicate) extensions, {lapses} lapses, \
+         {limited} 429s; {calls} calls to /v1/dataSources, at most {busiest} in any minute (budget 240, Webex 300)",
+        orgs.len(),
+        elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() / 90.0,
+    );
+    for (_, admin) in &replicas {
+        let (status, ready) = get(admin, "/ready");
+        assert_eq!(status, 200, "{ready}");
+        let (_, metrics) = get(admin, "/metrics");
+        assert!(metrics.contains(&format!("byova_data_sources{{state=\"ok\"}} {}", orgs.len())), "{metrics}");
+        let (_, status) = get(admin, "/status");
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        let kept = status.as_array().unwrap().iter().filter(|k| k["data_source"]["state"] == "ok").count();
+        assert_eq!(kept, orgs.len(), "every org's data source in /status");
+    }
+    for (serving, _) in &mut replicas {
+        assert!(sigterm(serving).success());
+    }
+    assert_eq!(registrations, orgs.len(), "each data source registered once");
+    assert_eq!(lapses, 0, "no token lapsed (checked every 10 s: {lapses_seen:?})");
+    assert_eq!(duplicates, 0, "each extension once per period");
+    assert_eq!(limited, 0, "no 429 under the budget");
+    assert!(busiest <= 240, "the budget held: {busiest} calls in a minute");
+    for org in &orgs {
+        assert_eq!(env.fake.data_sources_of(org).len(), 1, "{org}: one data source");
+    }
+    let client = redis::Client::open(redis.split('?').next().unwrap());
+    if let Ok(mut conn) = client.and_then(|c| c.get_connection()) {
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg(format!("{{{prefix}}}*")).query(&mut conn).unwrap_or_default();
+        if !keys.is_empty() {
+            let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
+        }
+    }
+}

@@ -172,9 +172,12 @@ impl TokenBudget {
     }
 }
 
-/// The budget's state for stores that keep no shared state: one per process (every engine,
+/// A budget's state for stores that keep no shared state: one per process (every engine,
 /// Integration and Service App alike, draws on it).
-static LOCAL: std::sync::Mutex<Option<BudgetState>> = std::sync::Mutex::new(None);
+pub(crate) type LocalBudget = std::sync::Mutex<Option<BudgetState>>;
+
+/// The token budget's [`LocalBudget`].
+static LOCAL: LocalBudget = std::sync::Mutex::new(None);
 
 /// [`TokenBudget::take`] on this process's own state.
 pub(crate) fn take_local_budget(
@@ -183,7 +186,18 @@ pub(crate) fn take_local_budget(
     urgent: bool,
     max_pause: Duration,
 ) -> BudgetDecision {
-    let mut state = LOCAL.lock().unwrap_or_else(|e| e.into_inner());
+    take_local(&LOCAL, budget, now, urgent, max_pause)
+}
+
+/// [`TokenBudget::take`] on the process's own state `local`.
+pub(crate) fn take_local(
+    local: &LocalBudget,
+    budget: &TokenBudget,
+    now: Timestamp,
+    urgent: bool,
+    max_pause: Duration,
+) -> BudgetDecision {
+    let mut state = local.lock().unwrap_or_else(|e| e.into_inner());
     let decision = budget.take(*state, now, urgent, max_pause);
     if let BudgetDecision::Granted(next) = decision {
         *state = Some(next);
@@ -193,7 +207,12 @@ pub(crate) fn take_local_budget(
 
 /// [`TokenBudget::pause`] on this process's own state.
 pub(crate) fn pause_local_budget(budget: &TokenBudget, now: Timestamp, until: Timestamp) {
-    let mut state = LOCAL.lock().unwrap_or_else(|e| e.into_inner());
+    pause_local(&LOCAL, budget, now, until);
+}
+
+/// [`TokenBudget::pause`] on the process's own state `local`.
+pub(crate) fn pause_local(local: &LocalBudget, budget: &TokenBudget, now: Timestamp, until: Timestamp) {
+    let mut state = local.lock().unwrap_or_else(|e| e.into_inner());
     *state = Some(budget.pause(*state, now, until));
 }
 

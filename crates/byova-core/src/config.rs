@@ -65,6 +65,13 @@ pub struct ByovaConfig {
     /// How many token-endpoint calls every process sharing the store may make together
     /// (240 a minute by default; `None`: no budget, only Webex's 429s slow calls down).
     pub token_budget: Option<TokenBudget>,
+    /// How many `/v1/dataSources` calls every process sharing the store may make together
+    /// (240 a minute by default, stored apart from the token budget; `None`: no budget).
+    pub data_source_budget: Option<TokenBudget>,
+    /// The data source removed from Webex when a `deauthorized` delivery removes an org (with
+    /// the org's last access token; best effort: Webex may refuse it once the org withdrew the
+    /// authorization, and then the data source lapses on its own). `None`: left registered.
+    pub remove_data_source_on_deauthorize: Option<crate::datasource::DataSourceSpec>,
 }
 
 impl Default for ByovaConfig {
@@ -148,6 +155,8 @@ impl ByovaConfig {
             retry: RetryPolicy::default(),
             coordination: CoordinationPolicy::default(),
             token_budget: Some(TokenBudget::default()),
+            data_source_budget: Some(TokenBudget::default()),
+            remove_data_source_on_deauthorize: None,
         }
     }
 

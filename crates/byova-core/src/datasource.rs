@@ -8,6 +8,15 @@
 //! update one that drifted, extend one whose token is due, or leave it until
 //! [`DataSource::extend_at`]. Each register or update sends a fresh nonce.
 //!
+//! Every process sharing a store coordinates through a [`DataSourceRecord`] per org and
+//! spec (a few hundred bytes of shared state, written with versioned writes): what Webex last
+//! answered, when the token expires, and which process is at it. [`DataSourceRecord::next`]
+//! decides from it, with no call to Webex, whether the data source is fine until its
+//! extension point, whether another process is extending it right now, or whether this one
+//! should claim it and act: one extension per data source per period, however many replicas
+//! wake for it. A process that dies holding a claim holds it for [`claim_ttl`] at most, well
+//! inside the time left before the token expires.
+//!
 //! ```
 //! use byova_core::datasource::{DataSourcePlan, DataSourceSpec, plan};
 //! use byova_core::Timestamp;
@@ -21,12 +30,13 @@
 use std::time::Duration;
 
 use percent_encoding::utf8_percent_encode;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::ByovaConfig;
 use crate::error::{Error, Result};
 use crate::http::{HttpRequest, HttpResponse, Method, RetryClass};
 use crate::jws::BYOVA_SCHEMA_ID;
+use crate::key::OrgId;
 use crate::oauth::api_error;
 use crate::secret::{AccessToken, random_bytes};
 use crate::time::Timestamp;
@@ -111,7 +121,7 @@ impl DataSourceSpec {
 }
 
 /// A registered data source, as `/v1/dataSources` returns it.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct DataSource {
@@ -133,10 +143,10 @@ pub struct DataSource {
     #[serde(default)]
     pub status: String,
     /// `tokenLifetimeMinutes`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_lifetime_minutes: Option<u32>,
     /// `tokenExpiryTime` (RFC 3339), when given.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_expiry_time: Option<String>,
 }
 
@@ -149,8 +159,7 @@ impl DataSource {
     /// When to extend its token: an hour before expiry, or a quarter of `lifetime` when that
     /// is shorter; `None` without a known expiry.
     pub fn extend_at(&self, lifetime: Duration) -> Option<Timestamp> {
-        let ahead = EXTEND_AHEAD.min(lifetime / 4);
-        self.token_expiry().map(|expiry| expiry.saturating_sub(ahead))
+        self.token_expiry().map(|expiry| expiry.saturating_sub(extend_ahead(lifetime)))
     }
 
     /// Whether it is `spec`'s: the same URL and schema (the keys Webex's sample finds it by).
@@ -166,6 +175,11 @@ impl DataSource {
             // A status Webex left out is not a disabled data source.
             || !(self.status.is_empty() || self.status.eq_ignore_ascii_case("active"))
     }
+}
+
+/// How long before expiry a token of `lifetime` is extended.
+fn extend_ahead(lifetime: Duration) -> Duration {
+    EXTEND_AHEAD.min(lifetime / 4)
 }
 
 /// What to do about an org's data source.
@@ -206,15 +220,247 @@ pub fn plan(existing: &[DataSource], spec: &DataSourceSpec, now: Timestamp) -> D
     }
 }
 
-/// What [`ensure`](crate::engine::ServiceAppEngine::ensure_data_source) did, and the data
-/// source as Webex answered (or as listed, when it was left).
+/// What [`ensure_data_source`](crate::engine::ServiceAppEngine::ensure_data_source) or
+/// [`keep_data_source`](crate::engine::ServiceAppEngine::keep_data_source) did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct DataSourceOutcome {
-    /// What was done: registered, updated, extended, or left (`Keep`).
-    pub action: DataSourcePlan,
-    /// The data source.
-    pub data_source: DataSource,
+    /// What was done.
+    pub action: DataSourceAction,
+    /// The data source as Webex answered, or as last recorded (`None`: none is known yet,
+    /// another process is registering it).
+    pub data_source: Option<DataSource>,
+    /// When its token expires, when known (Webex's `tokenExpiryTime`, or the lifetime counted
+    /// from the request when Webex left it out).
+    pub expires_at: Option<Timestamp>,
+    /// When to look at it again: its extension point, or when the other process's claim or
+    /// the budget allows.
+    pub next_check: Timestamp,
+}
+
+/// What was done about an org's data source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DataSourceAction {
+    /// None was registered: one was (`POST`).
+    Registered,
+    /// It differed from the spec: it was updated, which extends its token too (`PUT`).
+    Updated,
+    /// Its token was due: it was extended (`PUT` with a fresh nonce).
+    Extended,
+    /// Nothing was due.
+    Kept,
+    /// Another process sharing the store is registering or extending it right now.
+    Busy,
+    /// The data-source budget has no room before `next_check`.
+    Deferred,
+}
+
+impl DataSourceAction {
+    /// `registered`, `updated`, `extended`, `kept`, `busy` or `deferred`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Registered => "registered",
+            Self::Updated => "updated",
+            Self::Extended => "extended",
+            Self::Kept => "kept",
+            Self::Busy => "busy",
+            Self::Deferred => "deferred",
+        }
+    }
+
+    /// Whether Webex was asked to register, update or extend.
+    pub fn renewed(self) -> bool {
+        matches!(self, Self::Registered | Self::Updated | Self::Extended)
+    }
+}
+
+/// The shared state name the budget for `/v1/dataSources` calls is stored under.
+pub const DATA_SOURCE_BUDGET_STATE: &str = "data-source-budget";
+
+/// How often a record is checked against Webex's list even when nothing seems due (someone
+/// may have changed or deleted the data source at Webex).
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(3600);
+
+/// A process that found another's claim looks again after this (or when the claim ends, if
+/// sooner): by then the other has usually written what it did.
+pub const BUSY_RECHECK: Duration = Duration::from_secs(3);
+
+/// How long a process's claim on a data source lasts: half of how far ahead of expiry it is
+/// extended, 10 s to 2 min. A process that dies holding one delays the extension by this at
+/// most, and the token still has as long again to live.
+pub fn claim_ttl(spec: &DataSourceSpec) -> Duration {
+    (extend_ahead(spec.lifetime()) / 2).clamp(Duration::from_secs(10), Duration::from_secs(120))
+}
+
+/// The shared state name of `org`'s data source for `spec`: `data-source-` and 32 hex digits
+/// of a SHA-256 of the org, URL and schema (letters, digits and `-`, as every store takes).
+pub fn record_name(org: &OrgId, spec: &DataSourceSpec) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(
+        format!("{}\n{}\n{}", org.as_str(), spec.url, spec.schema_id.to_ascii_lowercase()).as_bytes(),
+    );
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("data-source-{hex}")
+}
+
+/// What every process sharing a store knows of one org's data source (stored as JSON under
+/// [`record_name`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct DataSourceRecord {
+    /// What Webex last answered (`None`: none known; look it up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_source: Option<DataSource>,
+    /// When its token expires (unix ms): Webex's `tokenExpiryTime`, or the lifetime counted
+    /// from the request when Webex left it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+    /// When the record was last checked against Webex's list (unix ms).
+    #[serde(default)]
+    pub verified_at_ms: u64,
+    /// A process is registering or extending it until then (unix ms).
+    #[serde(default)]
+    pub claimed_until_ms: u64,
+    /// A register or an update was sent and its answer lost: Webex may have acted on it, so
+    /// the list is read before anything else is sent.
+    #[serde(default)]
+    pub unsure: bool,
+    /// Registrations, updates and extensions made, by every process.
+    #[serde(default)]
+    pub renewals: u64,
+    /// Why the last attempt failed (no secret in it), cleared by the next success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// What a process should do about an org's data source, from its [`DataSourceRecord`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordDecision {
+    /// Another process holds the claim until then.
+    Busy(Timestamp),
+    /// Nothing is due before then: no call to Webex.
+    Keep(Timestamp),
+    /// Claim it, read the list first when `list`, then act as [`plan`] decides.
+    Claim {
+        /// Read the org's data sources before acting (the record is missing, unsure, stale,
+        /// or not the spec's).
+        list: bool,
+    },
+}
+
+impl DataSourceRecord {
+    /// Parses the stored form (`None`: unreadable, start afresh).
+    pub fn from_json(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+
+    /// The stored form.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// When its token expires, when known.
+    pub fn expires_at(&self) -> Option<Timestamp> {
+        self.expires_at_ms.map(Timestamp::from_unix_millis)
+    }
+
+    /// When to extend it for `spec`, when known.
+    pub fn extend_at(&self, spec: &DataSourceSpec) -> Option<Timestamp> {
+        self.expires_at().map(|at| at.saturating_sub(extend_ahead(spec.lifetime())))
+    }
+
+    /// What to do at `now` (`reconcile`: read Webex's list whatever the record says, as an
+    /// operator's `ensure` does).
+    pub fn next(&self, spec: &DataSourceSpec, now: Timestamp, reconcile: bool) -> RecordDecision {
+        let claimed_until = Timestamp::from_unix_millis(self.claimed_until_ms);
+        if claimed_until > now {
+            return RecordDecision::Busy(claimed_until);
+        }
+        let known = self.data_source.as_ref().filter(|d| d.is_for(spec) && !d.drifted(spec));
+        let stale = now.saturating_duration_since(Timestamp::from_unix_millis(self.verified_at_ms))
+            >= RECONCILE_EVERY;
+        if reconcile || known.is_none() || self.unsure || stale {
+            return RecordDecision::Claim { list: true };
+        }
+        match self.extend_at(spec) {
+            Some(at) if now < at => RecordDecision::Keep(at),
+            Some(_) => RecordDecision::Claim { list: false },
+            None => RecordDecision::Claim { list: true },
+        }
+    }
+
+    /// This record claimed by a process until `until`.
+    #[must_use]
+    pub fn claimed(mut self, until: Timestamp) -> Self {
+        self.claimed_until_ms = until.as_unix_millis();
+        self
+    }
+
+    /// This record after Webex answered `data_source` to a request sent at `sent_at` for
+    /// `spec` (its expiry counted from then when Webex left it out); `renewed`: it registered,
+    /// updated or extended; `listed`: it came from (or after) reading the list.
+    #[must_use]
+    pub fn answered(
+        mut self,
+        data_source: DataSource,
+        spec: &DataSourceSpec,
+        sent_at: Timestamp,
+        renewed: bool,
+        listed: bool,
+    ) -> Self {
+        let expiry = data_source.token_expiry().or_else(|| {
+            // Without Webex's word, count the lifetime from the request (early, never late);
+            // a listed one of unknown expiry is extended now.
+            renewed.then(|| sent_at.saturating_add(spec.lifetime()))
+        });
+        self.expires_at_ms = expiry.map(Timestamp::as_unix_millis);
+        self.data_source = Some(data_source);
+        if listed || renewed && self.verified_at_ms == 0 {
+            self.verified_at_ms = sent_at.as_unix_millis();
+        }
+        self.renewals += u64::from(renewed);
+        self.claimed_until_ms = 0;
+        self.unsure = false;
+        self.last_error = None;
+        self
+    }
+
+    /// This record after an attempt failed with `error`, its claim released. An answer that
+    /// may have been acted on leaves it `unsure`; a data source Webex no longer has is
+    /// forgotten.
+    #[must_use]
+    pub fn failed(mut self, error: &Error) -> Self {
+        self.claimed_until_ms = 0;
+        if may_have_acted(error) {
+            self.unsure = true;
+        }
+        if matches!(error, Error::NotFound(_)) {
+            self.data_source = None;
+            self.unsure = true;
+        }
+        self.last_error = Some(error.to_string());
+        self
+    }
+
+    /// This record with its claim released and nothing else changed.
+    #[must_use]
+    pub fn released(mut self) -> Self {
+        self.claimed_until_ms = 0;
+        self
+    }
+}
+
+/// Whether Webex may have acted on a request that ended in `error` (the answer was lost, was
+/// a server error, or was not Webex's).
+pub fn may_have_acted(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Transport { maybe_sent: true, .. }
+            | Error::Server(_)
+            | Error::UnrecognizedAnswer(_)
+            | Error::InvalidResponse { .. }
+    )
 }
 
 /// A fresh nonce for a register or an update (a random UUID, version 4).
@@ -227,11 +473,6 @@ fn nonce_from(mut bytes: [u8; 16]) -> String {
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
-}
-
-fn bearer(req: HttpRequest, token: &AccessToken) -> HttpRequest {
-    req.header("Accept", "application/json")
-        .secret_header("Authorization", format!("Bearer {}", token.expose_secret()))
 }
 
 fn body(spec: &DataSourceSpec, nonce: &str) -> serde_json::Value {
@@ -247,7 +488,7 @@ fn body(spec: &DataSourceSpec, nonce: &str) -> serde_json::Value {
 
 /// `GET /dataSources`: the org's data sources (the token's org).
 pub fn list_request(config: &ByovaConfig, token: &AccessToken) -> HttpRequest {
-    bearer(HttpRequest::new(Method::Get, config.api_url("dataSources"), RetryClass::Idempotent), token)
+    HttpRequest::new(Method::Get, config.api_url("dataSources"), RetryClass::Idempotent).api_bearer(token)
 }
 
 /// `POST /dataSources`: registers `spec` with `nonce`. Not repeated once Webex may have seen
@@ -258,11 +499,9 @@ pub fn register_request(
     spec: &DataSourceSpec,
     nonce: &str,
 ) -> HttpRequest {
-    bearer(
-        HttpRequest::new(Method::Post, config.api_url("dataSources"), RetryClass::OnlyIfNotProcessed),
-        token,
-    )
-    .json_body(&body(spec, nonce))
+    HttpRequest::new(Method::Post, config.api_url("dataSources"), RetryClass::OnlyIfNotProcessed)
+        .api_bearer(token)
+        .json_body(&body(spec, nonce))
 }
 
 /// `PUT /dataSources/{id}`: sets `spec` and extends the token, with a fresh `nonce` (a
@@ -277,15 +516,20 @@ pub fn update_request(
     let id = utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC);
     let mut body = body(spec, nonce);
     body["status"] = "active".into();
-    bearer(
-        HttpRequest::new(
-            Method::Put,
-            config.api_url(&format!("dataSources/{id}")),
-            RetryClass::OnlyIfNotProcessed,
-        ),
-        token,
+    HttpRequest::new(
+        Method::Put,
+        config.api_url(&format!("dataSources/{id}")),
+        RetryClass::OnlyIfNotProcessed,
     )
+    .api_bearer(token)
     .json_body(&body)
+}
+
+/// `DELETE /dataSources/{id}`.
+pub fn delete_request(config: &ByovaConfig, token: &AccessToken, id: &str) -> HttpRequest {
+    let id = utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC);
+    HttpRequest::new(Method::Delete, config.api_url(&format!("dataSources/{id}")), RetryClass::Idempotent)
+        .api_bearer(token)
 }
 
 #[derive(Deserialize)]
@@ -306,6 +550,17 @@ pub fn parse_list(response: &HttpResponse) -> Result<Vec<DataSource>> {
         status: response.status,
     })?;
     Ok(items.items)
+}
+
+/// Parses the answer to a `DELETE` (a data source already gone counts as deleted).
+///
+/// # Errors
+/// The status's [`Error`].
+pub fn parse_deletion(response: &HttpResponse) -> Result<()> {
+    match response.status {
+        200..=299 | 404 => Ok(()),
+        _ => Err(api_error(response)),
+    }
 }
 
 /// Parses the answer to a register or an update.
@@ -390,6 +645,93 @@ mod tests {
             plan(&[long], &day, now),
             DataSourcePlan::Keep { id: "ds-1".into(), extend_at: at("2026-12-07T11:00:00Z") }
         );
+    }
+
+    fn record_of(expiry: &str, verified: &str) -> DataSourceRecord {
+        DataSourceRecord {
+            data_source: Some(registered(Some(expiry))),
+            expires_at_ms: Some(at(expiry).as_unix_millis()),
+            verified_at_ms: at(verified).as_unix_millis(),
+            ..DataSourceRecord::default()
+        }
+    }
+
+    #[test]
+    fn the_shared_record_decides_without_calling_webex_while_it_is_fresh() {
+        let spec = spec();
+        let now = at("2026-12-06T12:00:00Z");
+        let fresh = record_of("2026-12-06T12:30:00Z", "2026-12-06T11:50:00Z");
+        assert_eq!(fresh.next(&spec, now, false), RecordDecision::Keep(at("2026-12-06T12:15:00Z")));
+        assert_eq!(
+            fresh.next(&spec, now, true),
+            RecordDecision::Claim { list: true },
+            "an ensure reads the list"
+        );
+        assert_eq!(
+            fresh.next(&spec, at("2026-12-06T12:15:00Z"), false),
+            RecordDecision::Claim { list: false },
+            "due: extended with no list"
+        );
+        let claimed = fresh.clone().claimed(at("2026-12-06T12:00:15Z"));
+        assert_eq!(claimed.next(&spec, now, false), RecordDecision::Busy(at("2026-12-06T12:00:15Z")));
+        assert_eq!(claimed.next(&spec, now, true), RecordDecision::Busy(at("2026-12-06T12:00:15Z")));
+        assert_eq!(claimed.clone().released().next(&spec, now, false), fresh.next(&spec, now, false));
+        let list = RecordDecision::Claim { list: true };
+        assert_eq!(DataSourceRecord::default().next(&spec, now, false), list, "nothing known");
+        let stale = record_of("2026-12-06T12:30:00Z", "2026-12-06T10:59:00Z");
+        assert_eq!(stale.next(&spec, now, false), list, "not checked against Webex for an hour");
+        let mut unsure = fresh.clone();
+        unsure.unsure = true;
+        assert_eq!(unsure.next(&spec, now, false), list, "an answer was lost");
+        let other = spec.clone().with_lifetime_minutes(90).unwrap();
+        assert_eq!(fresh.next(&other, now, false), list, "the spec changed");
+    }
+
+    #[test]
+    fn answers_and_failures_update_the_record() {
+        let spec = spec();
+        let sent = at("2026-12-06T12:00:00Z");
+        let claimed = DataSourceRecord::default().claimed(at("2026-12-06T12:00:15Z"));
+        // Webex left tokenExpiryTime out: the lifetime counts from the request, so the next
+        // call is not an extension again.
+        let made = claimed.clone().answered(registered(None), &spec, sent, true, false);
+        assert_eq!(made.expires_at(), Some(at("2026-12-06T13:00:00Z")));
+        assert_eq!(
+            (made.renewals, made.claimed_until_ms, made.verified_at_ms),
+            (1, 0, sent.as_unix_millis())
+        );
+        assert!(matches!(made.next(&spec, sent, false), RecordDecision::Keep(_)));
+        let listed = claimed.clone().answered(registered(None), &spec, sent, false, true);
+        assert_eq!(listed.expires_at(), None, "a listed one of unknown expiry");
+        assert_eq!(listed.next(&spec, sent, false), RecordDecision::Claim { list: true });
+        let lost = made
+            .clone()
+            .claimed(sent)
+            .failed(&Error::Transport { message: "reset".into(), maybe_sent: true });
+        assert!(lost.unsure && lost.claimed_until_ms == 0 && lost.last_error.is_some());
+        let refused = made.clone().failed(&Error::Validation(crate::error::ApiFailure::new(400)));
+        assert!(!refused.unsure, "Webex refused it: nothing was done");
+        let gone = made.clone().failed(&Error::NotFound(crate::error::ApiFailure::new(404)));
+        assert_eq!(gone.data_source, None);
+        let again = gone.answered(registered(Some("2026-12-06T13:00:00Z")), &spec, sent, true, true);
+        assert_eq!((again.renewals, again.last_error.as_deref(), again.unsure), (2, None, false));
+        let stored = DataSourceRecord::from_json(&again.to_json()).unwrap();
+        assert_eq!(stored, again);
+        assert_eq!(DataSourceRecord::from_json(b"{not json"), None);
+    }
+
+    #[test]
+    fn claims_end_well_inside_the_time_left_and_names_fit_every_store() {
+        let lifetime = |m| DataSourceSpec::new(URL).unwrap().with_lifetime_minutes(m).unwrap();
+        assert_eq!(claim_ttl(&lifetime(2)), Duration::from_secs(15), "half of the 30 s ahead");
+        assert_eq!(claim_ttl(&lifetime(1)), Duration::from_secs(10));
+        assert_eq!(claim_ttl(&lifetime(1440)), Duration::from_secs(120));
+        let org = OrgId::from_static("63b02f90-9cc6-43b8-aa6d-cad425ac554c");
+        let name = record_name(&org, &spec());
+        assert!(crate::storage::check_state_name(&name).is_ok(), "{name}");
+        assert_eq!(name, record_name(&org, &spec().with_schema_id(&BYOVA_SCHEMA_ID.to_uppercase())));
+        assert_ne!(name, record_name(&OrgId::from_static("other"), &spec()));
+        assert_ne!(name, record_name(&org, &DataSourceSpec::new("https://other.example.com").unwrap()));
     }
 
     #[test]

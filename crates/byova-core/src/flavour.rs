@@ -447,11 +447,13 @@ macro_rules! __byova_methods {
         }
 
         /// Makes sure `org_id` has a data source for `spec` (its URL and schema) whose token is
-        /// not due: registers one, updates one that drifted, extends one whose token is due
-        /// (each with a fresh nonce), or leaves it; the outcome says which and when to come back
-        /// ([`DataSourcePlan::Keep`](byova_core::datasource::DataSourcePlan::Keep)). If the
-        /// token lapses, Webex stops calling the gateway for that org.
-        #[doc = $crate::__cancel_safety!($flavour, "once sent, the register or update may be done; ensuring again finds it.")]
+        /// not due: reads Webex's list, then registers one, updates one that drifted, extends one
+        /// whose token is due (each with a fresh nonce), or leaves it; the outcome says which and
+        /// when to look again. Coordinated with every process sharing the store (one claims the
+        /// data source before sending; another finds it
+        /// [`Busy`](byova_core::datasource::DataSourceAction::Busy)). If the token lapses, Webex
+        /// stops calling the gateway for that org.
+        #[doc = $crate::__cancel_safety!($flavour, "once sent, the register or update may be done: the shared record is then claimed until its claim runs out, and the next call reads the list before sending anything.")]
         pub $($async)* fn ensure_data_source(
             &self,
             org_id: &$crate::OrgId,
@@ -459,6 +461,32 @@ macro_rules! __byova_methods {
         ) -> $crate::Result<$crate::datasource::DataSourceOutcome> {
             let sa = &self.service_app;
             sa.agent.run(sa.engine.ensure_data_source(org_id, spec.clone(), sa.agent.now()))$($await)*
+        }
+
+        /// What to call at each of `org_id`'s extension points (as `byova serve
+        /// --data-source-url` does): like [`ensure_data_source`](Self::ensure_data_source), but
+        /// while the shared record is fresh nothing is sent before the extension point, and then
+        /// only the extension. Call again at the outcome's `next_check`.
+        #[doc = $crate::__cancel_safety!($flavour, "once sent, the extension may be done: the shared record is then claimed until its claim runs out, and the next call reads the list before sending anything.")]
+        pub $($async)* fn keep_data_source(
+            &self,
+            org_id: &$crate::OrgId,
+            spec: &$crate::datasource::DataSourceSpec,
+        ) -> $crate::Result<$crate::datasource::DataSourceOutcome> {
+            let sa = &self.service_app;
+            sa.agent.run(sa.engine.keep_data_source(org_id, spec.clone(), sa.agent.now()))$($await)*
+        }
+
+        /// Removes `org_id`'s data source for `spec` from Webex and resets its shared record;
+        /// the id of the one removed (`None`: there was none).
+        #[doc = $crate::__cancel_safety!($flavour, "the removal may be done once sent; removing again finds nothing.")]
+        pub $($async)* fn remove_data_source(
+            &self,
+            org_id: &$crate::OrgId,
+            spec: &$crate::datasource::DataSourceSpec,
+        ) -> $crate::Result<Option<String>> {
+            let sa = &self.service_app;
+            sa.agent.run(sa.engine.remove_data_source(org_id, spec.clone(), sa.agent.now()))$($await)*
         }
 
         /// The status of the Integration and of every registered org. Holds no secret. Records

@@ -117,6 +117,12 @@ impl HttpRequest {
         self
     }
 
+    /// A JSON API call with `token` as its bearer (kept out of `Debug`).
+    pub(crate) fn api_bearer(self, token: &crate::secret::AccessToken) -> Self {
+        self.header("Accept", "application/json")
+            .secret_header("Authorization", format!("Bearer {}", token.expose_secret()))
+    }
+
     pub(crate) fn form_body(self, pairs: &[(&str, &str)]) -> Self {
         let mut ser = form_urlencoded::Serializer::new(String::new());
         for (k, v) in pairs {

@@ -173,6 +173,25 @@ macro_rules! flavour_adapter {
             fn status(&self) -> $crate::scenarios::BoxFut<'_, byova_core::Result<Vec<byova_core::KeyStatus>>> {
                 $crate::$call!(self, |b| b.status())
             }
+            fn keep_data_source(
+                &self,
+                org_id: String,
+                spec: byova_core::datasource::DataSourceSpec,
+                reconcile: bool,
+            ) -> $crate::scenarios::BoxFut<'_, byova_core::Result<byova_core::datasource::DataSourceOutcome>> {
+                if reconcile {
+                    $crate::$call!(self, |b| b.ensure_data_source(&byova_core::OrgId::new(&org_id)?, &spec))
+                } else {
+                    $crate::$call!(self, |b| b.keep_data_source(&byova_core::OrgId::new(&org_id)?, &spec))
+                }
+            }
+            fn remove_data_source(
+                &self,
+                org_id: String,
+                spec: byova_core::datasource::DataSourceSpec,
+            ) -> $crate::scenarios::BoxFut<'_, byova_core::Result<Option<String>>> {
+                $crate::$call!(self, |b| b.remove_data_source(&byova_core::OrgId::new(&org_id)?, &spec))
+            }
             fn refresh_all_orgs(&self, concurrency: usize) -> $crate::scenarios::BoxFut<'_, byova_core::Result<Vec<(byova_core::OrgId, bool)>>> {
                 let all = $crate::$call!(self, |b| b.refresh_all_orgs(concurrency));
                 ::std::boxed::Box::pin(async move {

@@ -245,6 +245,8 @@ pub struct Settings {
     /// at most this many admitted calls in any window of this length (a sliding window, real
     /// time); beyond it a 429 with `Retry-After` (whole seconds until a call leaves the window).
     pub token_rate_limit: Option<(u32, Duration)>,
+    /// Rate-limit `/v1/dataSources` the same way (its own window).
+    pub data_source_rate_limit: Option<(u32, Duration)>,
 }
 
 impl Default for Settings {
@@ -267,8 +269,66 @@ impl Default for Settings {
             denial_echoes_state: true,
             delivery_timeout: Duration::from_secs(15),
             token_rate_limit: None,
+            data_source_rate_limit: None,
         }
     }
+}
+
+/// Calls a rate limit admitted: when each arrived, and those still inside its window.
+#[derive(Default)]
+struct RateWindow {
+    admitted: Vec<std::time::Instant>,
+    window: std::collections::VecDeque<std::time::Instant>,
+}
+
+impl RateWindow {
+    /// Admits a call under `limit` (at most this many in any window of this length; `None`:
+    /// no limit), recording when, or returns the `Retry-After` seconds of the 429.
+    fn admit(&mut self, limit: Option<(u32, Duration)>) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if let Some((limit, window)) = limit {
+            while self.window.front().is_some_and(|t| *t + window <= now) {
+                self.window.pop_front();
+            }
+            let limit = limit.max(1) as usize;
+            if self.window.len() >= limit {
+                let frees_at = self.window[self.window.len() - limit] + window;
+                return Some(frees_at.saturating_duration_since(now).as_secs_f64().ceil().max(1.0) as u64);
+            }
+            self.window.push_back(now);
+        }
+        self.admitted.push(now);
+        None
+    }
+
+    /// The most calls admitted in any window of `window`.
+    fn busiest(&self, window: Duration) -> usize {
+        let times = &self.admitted;
+        let (mut best, mut from) = (0, 0);
+        for (i, t) in times.iter().enumerate() {
+            while times[from] + window <= *t {
+                from += 1;
+            }
+            best = best.max(i + 1 - from);
+        }
+        best
+    }
+}
+
+/// A successful register or update of a data source at the fake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DataSourceRenewal {
+    /// The data source.
+    pub id: String,
+    /// Its org.
+    pub org: String,
+    /// When (the fake's clock).
+    pub at: Timestamp,
+    /// When its token would have expired without it (`None`: it was registered).
+    pub previous_expiry: Option<Timestamp>,
+    /// Its token's lifetime, in minutes.
+    pub lifetime_minutes: u32,
 }
 
 /// Every time a refresh token was presented to `/v1/access_token`.
@@ -429,16 +489,19 @@ struct State {
     data_source_nonces: HashSet<String>,
     /// Extensions that came after the data source's token had expired.
     data_source_lapses: u64,
+    /// Every successful register and update of a data source.
+    data_source_renewals: Vec<DataSourceRenewal>,
+    /// `/v1/dataSources` calls the rate limit admitted, and those it answered 429.
+    data_source_calls: RateWindow,
+    data_source_rate_limited: u64,
     faults: HashMap<Endpoint, FaultQueue>,
     settings: Settings,
     calls: HashMap<Endpoint, u64>,
     redemptions: Vec<Redemption>,
     /// Service App token fetches, per org.
     org_fetches: HashMap<String, u64>,
-    /// When each token-endpoint call the rate limit admitted arrived.
-    token_calls_admitted: Vec<std::time::Instant>,
-    /// The admitted calls still inside the rate limit's window.
-    token_window: std::collections::VecDeque<std::time::Instant>,
+    /// Token-endpoint calls the rate limit admitted.
+    token_calls: RateWindow,
     /// Token-endpoint calls answered 429 by the rate limit.
     rate_limited: u64,
     counter: u64,
@@ -528,20 +591,8 @@ impl State {
     /// Admits a token-endpoint call (recording when), or returns the `Retry-After` seconds of
     /// the 429 the rate limit answers.
     fn over_token_rate_limit(&mut self) -> Option<u64> {
-        let now = std::time::Instant::now();
-        if let Some((limit, window)) = self.settings.token_rate_limit {
-            while self.token_window.front().is_some_and(|t| *t + window <= now) {
-                self.token_window.pop_front();
-            }
-            let limit = limit.max(1) as usize;
-            if self.token_window.len() >= limit {
-                let frees_at = self.token_window[self.token_window.len() - limit] + window;
-                return Some(frees_at.saturating_duration_since(now).as_secs_f64().ceil().max(1.0) as u64);
-            }
-            self.token_window.push_back(now);
-        }
-        self.token_calls_admitted.push(now);
-        None
+        let limit = self.settings.token_rate_limit;
+        self.token_calls.admit(limit)
     }
 
     fn take_fault(&mut self, endpoint: Endpoint) -> (Duration, Option<Fault>) {
@@ -689,13 +740,15 @@ impl FakeWebexBuilder {
             data_sources: Vec::new(),
             data_source_nonces: HashSet::new(),
             data_source_lapses: 0,
+            data_source_renewals: Vec::new(),
+            data_source_calls: RateWindow::default(),
+            data_source_rate_limited: 0,
             faults: HashMap::new(),
             settings: self.settings,
             calls: HashMap::new(),
             redemptions: Vec::new(),
             org_fetches: HashMap::new(),
-            token_calls_admitted: Vec::new(),
-            token_window: std::collections::VecDeque::new(),
+            token_calls: RateWindow::default(),
             rate_limited: 0,
             counter: 0,
             org_events: HashMap::new(),
@@ -900,16 +953,18 @@ impl FakeWebex {
     /// The most token-endpoint calls admitted in any window of `window` so far (all calls
     /// are recorded, with or without a rate limit).
     pub fn busiest_token_window(&self, window: Duration) -> usize {
-        let s = self.shared.lock();
-        let times = &s.token_calls_admitted;
-        let (mut best, mut from) = (0, 0);
-        for (i, t) in times.iter().enumerate() {
-            while times[from] + window <= *t {
-                from += 1;
-            }
-            best = best.max(i + 1 - from);
-        }
-        best
+        self.shared.lock().token_calls.busiest(window)
+    }
+
+    /// `/v1/dataSources` calls the rate limit ([`Settings::data_source_rate_limit`]) answered
+    /// 429.
+    pub fn data_source_rate_limited(&self) -> u64 {
+        self.shared.lock().data_source_rate_limited
+    }
+
+    /// The most `/v1/dataSources` calls admitted in any window of `window` so far.
+    pub fn busiest_data_source_window(&self, window: Duration) -> usize {
+        self.shared.lock().data_source_calls.busiest(window)
     }
 
     /// Refresh-grant requests received by `/v1/access_token`.
@@ -1031,10 +1086,23 @@ impl FakeWebex {
         calls
     }
 
-    /// Data-source extensions that came after the token had expired (Webex would have stopped
-    /// calling the gateway in between).
+    /// Data-source tokens that lapsed: extensions that came after the token had expired
+    /// (Webex would have stopped calling the gateway in between), and data sources whose
+    /// token has expired now.
     pub fn data_source_lapses(&self) -> u64 {
-        self.shared.lock().data_source_lapses
+        let now = self.shared.clock.now();
+        let s = self.shared.lock();
+        s.data_source_lapses + s.data_sources.iter().filter(|d| d.expires_at <= now).count() as u64
+    }
+
+    /// Deletes `org_id`'s data sources, as someone else might at Webex.
+    pub fn forget_data_sources_of(&self, org_id: &str) {
+        self.shared.lock().data_sources.retain(|d| d.org != org_id);
+    }
+
+    /// Every successful register and update of a data source, in order.
+    pub fn data_source_renewals(&self) -> Vec<DataSourceRenewal> {
+        self.shared.lock().data_source_renewals.clone()
     }
 
     /// `org_id`'s data sources, as `GET /v1/dataSources` answers them.
@@ -1311,10 +1379,17 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Resp, Dro
     let (latency, fault, oauth_bodies) = {
         let mut s = shared.lock();
         *s.calls.entry(endpoint).or_insert(0) += 1;
-        if matches!(endpoint, Endpoint::AccessToken | Endpoint::ApplicationToken)
-            && let Some(retry_after) = s.over_token_rate_limit()
-        {
-            s.rate_limited += 1;
+        let over = match endpoint {
+            Endpoint::AccessToken | Endpoint::ApplicationToken => {
+                s.over_token_rate_limit().inspect(|_| s.rate_limited += 1)
+            }
+            Endpoint::DataSources => {
+                let limit = s.settings.data_source_rate_limit;
+                s.data_source_calls.admit(limit).inspect(|_| s.data_source_rate_limited += 1)
+            }
+            _ => None,
+        };
+        if let Some(retry_after) = over {
             drop(s);
             let mut resp = error(429, "Too many requests.", &tracking_id);
             resp.headers_mut()
@@ -1866,7 +1941,8 @@ impl Ctx<'_> {
                     let Some(index) = s.data_sources.iter().position(|d| d.id == id && d.org == org) else {
                         return self.err(404, "The data source was not found.");
                     };
-                    if s.data_sources[index].expires_at <= now {
+                    let previous_expiry = s.data_sources[index].expires_at;
+                    if previous_expiry <= now {
                         s.data_source_lapses += 1;
                     }
                     let record = &mut s.data_sources[index];
@@ -1874,7 +1950,15 @@ impl Ctx<'_> {
                         (schema_id, url, audience, subject);
                     record.status = text("status").unwrap_or_else(|| "active".into());
                     (record.lifetime_minutes, record.expires_at) = (lifetime, expires_at);
-                    return json_response(200, &record.to_json());
+                    let out = record.to_json();
+                    s.data_source_renewals.push(DataSourceRenewal {
+                        id,
+                        org,
+                        at: now,
+                        previous_expiry: Some(previous_expiry),
+                        lifetime_minutes: lifetime,
+                    });
+                    return json_response(200, &out);
                 }
                 if s.data_sources.iter().any(|d| d.org == org && d.url == url && d.schema_id == schema_id) {
                     return self.err(409, "A data source with this URL and schema is registered.");
@@ -1892,8 +1976,25 @@ impl Ctx<'_> {
                     expires_at,
                 };
                 let out = record.to_json();
+                s.data_source_renewals.push(DataSourceRenewal {
+                    id: record.id.clone(),
+                    org: record.org.clone(),
+                    at: now,
+                    previous_expiry: None,
+                    lifetime_minutes: lifetime,
+                });
                 s.data_sources.push(record);
                 json_response(200, &out)
+            }
+            ("DELETE", Some(id)) => {
+                let before = s.data_sources.len();
+                s.data_sources.retain(|d| !(d.id == id && d.org == org));
+                if s.data_sources.len() == before {
+                    return self.err(404, "The data source was not found.");
+                }
+                let mut resp = Response::new(Full::new(Bytes::new()));
+                *resp.status_mut() = hyper::StatusCode::NO_CONTENT;
+                resp
             }
             _ => self.err(405, "Method not allowed."),
         }

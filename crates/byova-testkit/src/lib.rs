@@ -55,6 +55,6 @@ pub mod __private {
 
 pub use clock::FakeClock;
 pub use fake::{
-    AccessTokenStatus, AuthorizeMode, DeliveryOutcome, DeliveryShape, Endpoint, FakeWebex, FakeWebexBuilder,
-    Fault, IssuedTokens, Redemption, Settings, echo_pattern,
+    AccessTokenStatus, AuthorizeMode, DataSourceRenewal, DeliveryOutcome, DeliveryShape, Endpoint, FakeWebex,
+    FakeWebexBuilder, Fault, IssuedTokens, Redemption, Settings, echo_pattern,
 };

@@ -23,6 +23,7 @@ use byova_core::{
         BlockingCoordinatedTokenStorage, CoordinatedTokenStorage, PendingAuthorization, SingleProcess,
         pending_key,
     },
+    datasource::{DataSourceOutcome, DataSourceSpec},
     webhook::ServiceAppEventKind,
 };
 
@@ -130,6 +131,15 @@ pub trait Sdk: Send + Sync {
     fn status(&self) -> BoxFut<'_, Res<Vec<KeyStatus>>>;
     /// `Byova::refresh_all_orgs`: `(org, succeeded)`
     fn refresh_all_orgs(&self, concurrency: usize) -> BoxFut<'_, Res<Vec<(OrgId, bool)>>>;
+    /// `Byova::keep_data_source`, or `Byova::ensure_data_source` when `reconcile`
+    fn keep_data_source(
+        &self,
+        org_id: String,
+        spec: DataSourceSpec,
+        reconcile: bool,
+    ) -> BoxFut<'_, Res<DataSourceOutcome>>;
+    /// `Byova::remove_data_source`
+    fn remove_data_source(&self, org_id: String, spec: DataSourceSpec) -> BoxFut<'_, Res<Option<String>>>;
 }
 
 /// A flavour: builds its SDK from a [`Setup`].
@@ -175,6 +185,7 @@ fn fast_config(fake: &FakeWebex) -> ByovaConfig {
     // The fake has no rate limit unless a scenario sets one; scenarios about the budget set
     // their own.
     config.token_budget = Some(byova_core::TokenBudget::per_minute(60_000));
+    config.data_source_budget = Some(byova_core::TokenBudget::per_minute(60_000));
     // Scenarios force refreshes back to back; the floor has its own scenario.
     config.refresh.forced_refresh_floor = Duration::ZERO;
     config
@@ -200,6 +211,16 @@ fn world_with(flavour: &dyn Flavour, secret: Option<&str>, coordinated: bool) ->
     world_on(flavour, secret, storage, async_storage, blocking_storage)
 }
 
+/// A world whose fake, store and SDK all read `clock` (time moves when the scenario says).
+fn world_clocked(flavour: &dyn Flavour, secret: Option<&str>, clock: Arc<crate::FakeClock>) -> World {
+    let storage = Arc::new(InMemoryTokenStorage::with_clock(clock.clone()));
+    let fake = Arc::new(FakeWebex::builder().clock(clock.clone()).start());
+    let mut w = world_of(flavour, secret, fake, storage.clone(), storage.clone(), storage);
+    w.setup.clock = clock;
+    w.sdk = flavour.build(&w.setup);
+    w
+}
+
 fn world_on(
     flavour: &dyn Flavour,
     secret: Option<&str>,
@@ -207,7 +228,17 @@ fn world_on(
     async_storage: Arc<dyn CoordinatedTokenStorage>,
     blocking_storage: Arc<dyn BlockingCoordinatedTokenStorage>,
 ) -> World {
-    let fake = Arc::new(FakeWebex::start());
+    world_of(flavour, secret, Arc::new(FakeWebex::start()), storage, async_storage, blocking_storage)
+}
+
+fn world_of(
+    flavour: &dyn Flavour,
+    secret: Option<&str>,
+    fake: Arc<FakeWebex>,
+    storage: Arc<InMemoryTokenStorage>,
+    async_storage: Arc<dyn CoordinatedTokenStorage>,
+    blocking_storage: Arc<dyn BlockingCoordinatedTokenStorage>,
+) -> World {
     let mut integration = fake.integration_credentials();
     integration.redirect_uri = "http://127.0.0.1:0/callback".into();
     let setup = Setup {
@@ -253,6 +284,16 @@ impl World {
         )
         .await
         .unwrap();
+        issued
+    }
+
+    async fn seed_fresh_org(&self, org: &str) -> crate::IssuedTokens {
+        let issued = self.fake.issue_service_app_tokens(org);
+        self.setup
+            .async_storage
+            .set_service_app_tokens(&org_id(org), &issued.to_oauth_tokens(self.now()))
+            .await
+            .unwrap();
         issued
     }
 
@@ -473,6 +514,9 @@ scenarios!(
     an_invalidation_reaches_another_process_through_the_store,
     two_replicas_share_one_token_budget_and_meet_no_429,
     a_429_pauses_every_replica_until_retry_after,
+    two_replicas_keep_data_sources_alive_extending_each_once_per_period,
+    a_lost_answer_a_deleted_data_source_and_a_429_cost_no_lapse_and_no_duplicate,
+    a_deauthorization_removes_the_data_source_when_configured,
     strict_rotation_over_1000_refresh_cycles_reuses_nothing,
     canary_secrets_never_reach_logs_errors_or_debug,
     listener_refuses_everything_but_the_matching_callback,
@@ -1678,6 +1722,154 @@ async fn a_429_pauses_every_replica_until_retry_after(f: Arc<dyn Flavour>) {
     first.await.unwrap().expect("org-a after its Retry-After");
     assert!(waited >= Duration::from_millis(1500), "the second replica waited out the pause: {waited:?}");
     assert_eq!(w.fake.calls(Endpoint::AccessToken), 3, "the 429, then one call per org");
+}
+
+const DATA_SOURCE_URL: &str = "https://gateway.example.com/byova";
+
+fn two_minute_data_source() -> DataSourceSpec {
+    DataSourceSpec::new(DATA_SOURCE_URL).unwrap().with_lifetime_minutes(2).unwrap()
+}
+
+/// Twelve orgs with 2-minute data-source tokens, kept by two replicas sharing a store for ten
+/// minutes (a fake clock, 5-second steps; each replica calls `keep` when its last outcome
+/// said): no token lapses, each data source is registered once and extended once per period
+/// (six times in ten minutes), and the second replica sends nothing the first already did.
+async fn two_replicas_keep_data_sources_alive_extending_each_once_per_period(f: Arc<dyn Flavour>) {
+    let clock = Arc::new(crate::FakeClock::default());
+    let w = world_clocked(f.as_ref(), None, clock.clone());
+    let replicas = [f.build(&w.setup), f.build(&w.setup)];
+    w.seed_fresh_integration().await;
+    let orgs: Vec<String> = (0..12).map(|i| format!("org-{i:02}")).collect();
+    for org in &orgs {
+        w.seed_fresh_org(org).await;
+    }
+    let spec = two_minute_data_source();
+    let start = clock.now();
+    let mut next: Vec<std::collections::HashMap<String, byova_core::Timestamp>> =
+        vec![orgs.iter().map(|o| (o.clone(), start)).collect(); 2];
+    let mut actions = std::collections::BTreeMap::<&'static str, usize>::new();
+    while clock.now() < start.saturating_add(Duration::from_secs(600)) {
+        let now = clock.now();
+        let mut calls = Vec::new();
+        for (r, replica) in replicas.iter().enumerate() {
+            for org in orgs.iter().filter(|o| next[r][*o] <= now) {
+                let (sdk, org, spec) = (replica.clone(), org.clone(), spec.clone());
+                calls.push(tokio::spawn(async move {
+                    let outcome = sdk.keep_data_source(org.clone(), spec, false).await;
+                    (r, org, outcome)
+                }));
+            }
+        }
+        for call in calls {
+            let (r, org, outcome) = call.await.unwrap();
+            let outcome = outcome.unwrap_or_else(|e| panic!("{org} kept by replica {r}: {e}"));
+            assert!(outcome.next_check > now, "{org}: looked at again later, not {:?}", outcome.next_check);
+            *actions.entry(outcome.action.as_str()).or_default() += 1;
+            next[r].insert(org, outcome.next_check);
+        }
+        clock.advance(Duration::from_secs(5));
+    }
+    assert_eq!(w.fake.data_source_lapses(), 0, "no token lapsed: {actions:?}");
+    let renewals = w.fake.data_source_renewals();
+    let early: Vec<_> = renewals
+        .iter()
+        .filter(|r| {
+            r.previous_expiry.is_some_and(|e| e.saturating_duration_since(r.at) > Duration::from_secs(30))
+        })
+        .collect();
+    assert!(early.is_empty(), "no extension before a quarter of the life was left: {early:?}");
+    for org in &orgs {
+        let of_org: Vec<_> = renewals.iter().filter(|r| r.org == *org).collect();
+        assert_eq!(of_org.iter().filter(|r| r.previous_expiry.is_none()).count(), 1, "{org} registered once");
+        assert_eq!(of_org.len(), 7, "{org}: registered, then extended at 90, 180, ... 540 s: {of_org:?}");
+        assert_eq!(w.fake.data_sources_of(org).len(), 1);
+    }
+    assert_eq!(
+        w.fake.calls(Endpoint::DataSources),
+        (orgs.len() * 8) as u64,
+        "one list, one register and six extensions per org, whichever replica: {actions:?}"
+    );
+    assert!(actions.get("busy").copied().unwrap_or(0) + actions.get("kept").copied().unwrap_or(0) > 0);
+}
+
+/// An extension whose answer is lost (Webex acted on it) is not sent again: the next call
+/// reads the list and finds the new expiry. A data source deleted at Webex is registered again
+/// at its next extension (404, the list, a register). A 429 defers every replica until its
+/// `Retry-After`, with no further call; then the extension goes through. Nothing lapses.
+async fn a_lost_answer_a_deleted_data_source_and_a_429_cost_no_lapse_and_no_duplicate(f: Arc<dyn Flavour>) {
+    use byova_core::datasource::DataSourceAction;
+    let clock = Arc::new(crate::FakeClock::default());
+    let w = world_clocked(f.as_ref(), None, clock.clone());
+    let other = f.build(&w.setup);
+    w.seed_fresh_integration().await;
+    w.seed_fresh_org(ORG).await;
+    let spec = two_minute_data_source();
+    let keep = |sdk: &Arc<dyn Sdk>| {
+        let (sdk, spec) = (sdk.clone(), spec.clone());
+        async move { sdk.keep_data_source(ORG.into(), spec, false).await }
+    };
+    assert_eq!(keep(&w.sdk).await.unwrap().action, DataSourceAction::Registered);
+    clock.advance(Duration::from_secs(90));
+    w.fake.inject(Endpoint::DataSources, Fault::DropAfterProcessing);
+    let lost = keep(&w.sdk).await.unwrap_err();
+    assert!(matches!(lost, Error::Transport { .. }), "{lost:?}");
+    assert_eq!(w.fake.data_source_renewals().len(), 2, "Webex extended it");
+    let found = keep(&other).await.unwrap();
+    assert_eq!(found.action, DataSourceAction::Kept, "the list shows the extension: {found:?}");
+    assert_eq!(w.fake.data_source_renewals().len(), 2, "and it is not sent again");
+    assert_eq!(found.expires_at, Some(clock.now().saturating_add(Duration::from_secs(120))));
+
+    // Deleted at Webex by someone else: the next extension registers it again.
+    w.fake.forget_data_sources_of(ORG);
+    clock.advance(Duration::from_secs(90));
+    let again = keep(&w.sdk).await.unwrap();
+    assert_eq!(again.action, DataSourceAction::Registered, "{again:?}");
+    assert_eq!(w.fake.data_sources_of(ORG).len(), 1);
+
+    // A 429 pauses both replicas until its Retry-After.
+    clock.advance(Duration::from_secs(90));
+    w.fake.inject(Endpoint::DataSources, Fault::rate_limited(20));
+    let deferred = keep(&w.sdk).await.unwrap();
+    assert_eq!(deferred.action, DataSourceAction::Deferred, "{deferred:?}");
+    assert_eq!(deferred.next_check, clock.now().saturating_add(Duration::from_secs(20)));
+    let calls = w.fake.calls(Endpoint::DataSources);
+    let held = keep(&other).await.unwrap();
+    assert_eq!(held.action, DataSourceAction::Deferred, "the other replica honours the pause: {held:?}");
+    assert_eq!(w.fake.calls(Endpoint::DataSources), calls, "without calling Webex");
+    clock.advance(Duration::from_secs(20));
+    assert_eq!(keep(&other).await.unwrap().action, DataSourceAction::Extended);
+    assert_eq!(w.fake.data_source_lapses(), 0);
+}
+
+/// With `remove_data_source_on_deauthorize`, a `deauthorized` delivery that removes the org
+/// removes its data source from Webex too (with the org's last token); when Webex already
+/// revoked that token the delivery is still answered, and the data source is left to lapse.
+/// Without the setting the data source stays.
+async fn a_deauthorization_removes_the_data_source_when_configured(f: Arc<dyn Flavour>) {
+    let secret = WebhookSecret::new("hook-secret");
+    for (configured, revoked) in [(true, false), (true, true), (false, false)] {
+        let mut w = world(f.as_ref(), Some("hook-secret"));
+        let spec = DataSourceSpec::new(DATA_SOURCE_URL).unwrap();
+        if configured {
+            w.setup.config.remove_data_source_on_deauthorize = Some(spec.clone());
+            w.sdk = f.build(&w.setup);
+        }
+        w.seed_fresh_integration().await;
+        w.fake.authorize_org(ORG);
+        let (body, sig) = w.fake.service_app_delivery(ServiceAppEventKind::Authorized, ORG, Some(&secret));
+        assert!(w.sdk.handle_webhook(body, sig).await.unwrap().contains("Registered"));
+        w.sdk.keep_data_source(ORG.into(), spec.clone(), true).await.unwrap();
+        assert_eq!(w.fake.data_sources_of(ORG).len(), 1);
+        if revoked {
+            w.fake.deauthorize_org(ORG);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let (body, sig) = w.fake.service_app_delivery(ServiceAppEventKind::Deauthorized, ORG, Some(&secret));
+        let outcome = w.sdk.handle_webhook(body, sig).await.unwrap();
+        assert!(outcome.contains("Removed"), "{outcome}");
+        let left = w.fake.data_sources_of(ORG).len();
+        assert_eq!(left, usize::from(!configured || revoked), "configured {configured}, revoked {revoked}");
+    }
 }
 
 async fn strict_rotation_over_1000_refresh_cycles_reuses_nothing(f: Arc<dyn Flavour>) {

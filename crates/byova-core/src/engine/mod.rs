@@ -678,6 +678,15 @@ pub(crate) fn send_with_retry<T: Send + 'static>(
     request: crate::http::HttpRequest,
     parse: impl Fn(&HttpResponse, Timestamp) -> Result<T> + Send + Sync + 'static,
 ) -> Step<T> {
+    send_with_policy(config.retry.clone(), request, parse)
+}
+
+/// [`send_with_retry`] under `retry` instead of the configured policy.
+pub(crate) fn send_with_policy<T: Send + 'static>(
+    retry: crate::policy::RetryPolicy,
+    request: crate::http::HttpRequest,
+    parse: impl Fn(&HttpResponse, Timestamp) -> Result<T> + Send + Sync + 'static,
+) -> Step<T> {
     type Parse<T> = Arc<dyn Fn(&HttpResponse, Timestamp) -> Result<T> + Send + Sync>;
     fn attempt<T: Send + 'static>(
         retry: crate::policy::RetryPolicy,
@@ -705,7 +714,7 @@ pub(crate) fn send_with_retry<T: Send + 'static>(
             }),
         )
     }
-    attempt(config.retry.clone(), request, Arc::new(parse), 1)
+    attempt(retry, request, Arc::new(parse), 1)
 }
 
 /// What a flavour runs one manager's plans with: the manager's token engine, its storage

@@ -97,19 +97,22 @@ impl ServiceAppEngine {
                     .obtain(key, Mode::Fetch(Some(auth)), now)
                     .map(now, |_| WebhookOutcome::Registered { org_id })
             }
-            ServiceAppEventKind::Deauthorized if occurred_at.is_some() => {
-                self.token_engine.remove(org_id.clone(), Some(at), now).map(now, |held| match held {
-                    None => WebhookOutcome::Removed { org_id },
-                    Some(_) => WebhookOutcome::Superseded { org_id },
-                })
-            }
-            // Without a time of its own a deauthorization cannot be placed against the stored
-            // authorization (a captured old one replayed looks the same): Webex is asked, and
-            // the org goes only if it refuses a Service App fetch for it.
             ServiceAppEventKind::Deauthorized => {
-                self.token_engine.remove_unless_authorized(org_id.clone(), now).map(now, |held| match held {
-                    None => WebhookOutcome::Removed { org_id },
-                    Some(_) => WebhookOutcome::Superseded { org_id },
+                let (engine, exact) = (self.clone(), occurred_at.is_some());
+                self.removing_data_source(org_id.clone(), now, move |org_id, now| {
+                    let removal = if exact {
+                        engine.token_engine.remove(org_id.clone(), Some(at), now)
+                    } else {
+                        // Without a time of its own a deauthorization cannot be placed
+                        // against the stored authorization (a captured old one replayed
+                        // looks the same): Webex is asked, and the org goes only if it
+                        // refuses a Service App fetch for it.
+                        engine.token_engine.remove_unless_authorized(org_id.clone(), now)
+                    };
+                    removal.map(now, |held| match held {
+                        None => WebhookOutcome::Removed { org_id },
+                        Some(_) => WebhookOutcome::Superseded { org_id },
+                    })
                 })
             }
         };
@@ -119,6 +122,41 @@ impl ServiceAppEngine {
             }
             done(outcome)
         })
+    }
+
+    /// Runs `removal`; when it removed the org and
+    /// [`remove_data_source_on_deauthorize`](crate::ByovaConfig::remove_data_source_on_deauthorize)
+    /// names a data source, removes that from Webex too, with the org's last access token
+    /// (read before the removal). Best effort: the delivery is answered by the removal alone.
+    fn removing_data_source(
+        self: &Arc<Self>,
+        org_id: OrgId,
+        now: Timestamp,
+        removal: impl FnOnce(OrgId, Timestamp) -> Step<WebhookOutcome> + Send + 'static,
+    ) -> Step<WebhookOutcome> {
+        let Some(spec) = self.config().remove_data_source_on_deauthorize.clone() else {
+            return removal(org_id, now);
+        };
+        let engine = self.clone();
+        Step::Storage(StorageCall::Load(
+            TokenKey::org(&org_id),
+            Then::new(move |loaded: StorageResult<Option<Versioned<OAuthTokens>>>, now| {
+                let token = loaded.ok().flatten().map(|stored| stored.value.access_token);
+                removal(org_id, now).then(now, move |outcome, now| match (outcome, token) {
+                    (Ok(WebhookOutcome::Removed { org_id }), Some(token)) => {
+                        engine.remove_with(org_id.clone(), spec, token, now).then(now, move |removed, _| {
+                            match removed {
+                                Ok(Some(id)) => tracing::info!(org = %org_id, data_source = %id, "the deauthorized org's data source was removed"),
+                                Ok(None) => tracing::info!(org = %org_id, "the deauthorized org had no data source to remove"),
+                                Err(e) => tracing::warn!(org = %org_id, error = %e, "the deauthorized org's data source could not be removed; its token lapses on its own"),
+                            }
+                            done(Ok(WebhookOutcome::Removed { org_id }))
+                        })
+                    }
+                    (outcome, _) => done(outcome),
+                })
+            }),
+        ))
     }
 
     /// Every registered webhook, following `Link` pagination.

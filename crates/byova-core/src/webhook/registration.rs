@@ -151,15 +151,10 @@ pub struct WebhookPage {
     pub next: Option<String>,
 }
 
-fn bearer(req: HttpRequest, token: &AccessToken) -> HttpRequest {
-    req.header("Accept", "application/json")
-        .secret_header("Authorization", format!("Bearer {}", token.expose_secret()))
-}
-
 /// `GET /webhooks?max=…`: the first page.
 pub fn list_webhooks_request(config: &ByovaConfig, token: &AccessToken, max: u32) -> HttpRequest {
     let url = config.api_url(&format!("webhooks?max={}", max.clamp(1, 1000)));
-    bearer(HttpRequest::new(Method::Get, url, RetryClass::Idempotent), token)
+    HttpRequest::new(Method::Get, url, RetryClass::Idempotent).api_bearer(token)
 }
 
 /// `GET` of a `Link: rel="next"` URL, verbatim.
@@ -175,7 +170,7 @@ pub fn next_page_request(config: &ByovaConfig, token: &AccessToken, next_url: &s
             status: 200,
         });
     }
-    Ok(bearer(HttpRequest::new(Method::Get, next_url.to_owned(), RetryClass::Idempotent), token))
+    Ok(HttpRequest::new(Method::Get, next_url.to_owned(), RetryClass::Idempotent).api_bearer(token))
 }
 
 /// `POST /webhooks`.
@@ -196,7 +191,8 @@ pub fn create_webhook_request(
     if let Some(secret) = &webhook.secret {
         body["secret"] = secret.expose_secret().into();
     }
-    bearer(HttpRequest::new(Method::Post, config.api_url("webhooks"), RetryClass::OnlyIfNotProcessed), token)
+    HttpRequest::new(Method::Post, config.api_url("webhooks"), RetryClass::OnlyIfNotProcessed)
+        .api_bearer(token)
         .json_body(&body)
 }
 
@@ -213,20 +209,16 @@ pub fn update_webhook_request(
     if let Some(secret) = &webhook.secret {
         body["secret"] = secret.expose_secret().into();
     }
-    bearer(
-        HttpRequest::new(Method::Put, config.api_url(&format!("webhooks/{id}")), RetryClass::Idempotent),
-        token,
-    )
-    .json_body(&body)
+    HttpRequest::new(Method::Put, config.api_url(&format!("webhooks/{id}")), RetryClass::Idempotent)
+        .api_bearer(token)
+        .json_body(&body)
 }
 
 /// `DELETE /webhooks/{id}`.
 pub fn delete_webhook_request(config: &ByovaConfig, token: &AccessToken, webhook_id: &str) -> HttpRequest {
     let id = utf8_percent_encode(webhook_id, percent_encoding::NON_ALPHANUMERIC);
-    bearer(
-        HttpRequest::new(Method::Delete, config.api_url(&format!("webhooks/{id}")), RetryClass::Idempotent),
-        token,
-    )
+    HttpRequest::new(Method::Delete, config.api_url(&format!("webhooks/{id}")), RetryClass::Idempotent)
+        .api_bearer(token)
 }
 
 #[derive(Deserialize)]
