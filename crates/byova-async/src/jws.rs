@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use byova_core::jws::{FetchFailure, JwkSet, JwksCache, KeyLookup, jwks_request, jwks_response};
+use byova_core::jws::{JwkSet, JwksCache, KeyLookup, jwks_outcome, jwks_request};
 pub use byova_core::jws::{JwksCachePolicy, JwsError, JwsPolicy, VerifiedClaims};
 use byova_core::{Clock, SystemClock};
 
@@ -124,28 +124,12 @@ impl JwsVerifier {
             (self.cache.clone(), self.http.clone(), self.clock.clone(), issuer.to_owned());
         let fetch = tokio::spawn(async move {
             let _one_at_a_time = one_at_a_time;
-            let outcome = match http.send(&jwks_request(&owned)).await {
-                Ok(response) => jwks_response(&response),
-                Err(e) => Err(FetchFailure { message: e.to_string(), retry_after: None }),
-            };
-            if let Err(failure) = &outcome {
-                tracing::warn!(issuer = %owned, failure = %failure.message, "cannot fetch the identity broker's keys");
-            }
-            cache.fetched(&owned, outcome, clock.now());
+            let outcome = jwks_outcome(http.send(&jwks_request(&owned)).await);
+            cache.record(&owned, outcome, clock.now());
         });
         if fetch.await.is_err() {
             return Err(JwsError::KeysUnavailable("the key fetch failed".into()));
         }
-        decided(self.cache.after_fetch(issuer, kid, self.clock.now()))
-            .unwrap_or_else(|| Err(JwsError::KeysUnavailable("the keys could not be fetched".into())))
-    }
-}
-
-/// The keys or the refusal a lookup decided; `None` when it asks for a fetch.
-fn decided(lookup: KeyLookup) -> Option<Result<Arc<JwkSet>, JwsError>> {
-    match lookup {
-        KeyLookup::Ready(keys) => Some(Ok(keys)),
-        KeyLookup::Refused(e) => Some(Err(e)),
-        KeyLookup::Fetch | KeyLookup::Refresh(_) => None,
+        self.cache.settled(issuer, kid, self.clock.now())
     }
 }

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use byova_core::jws::{FetchFailure, JwkSet, JwksCache, KeyLookup, jwks_request, jwks_response};
+use byova_core::jws::{JwkSet, JwksCache, KeyLookup, jwks_outcome, jwks_request};
 pub use byova_core::jws::{JwksCachePolicy, JwsError, JwsPolicy, VerifiedClaims};
 use byova_core::{Clock, SystemClock};
 
@@ -111,33 +111,7 @@ impl JwsVerifier {
             KeyLookup::Fetch | KeyLookup::Refresh(_) => {}
         }
         self.cache.begin_fetch(issuer, self.clock.now());
-        let outcome = match self.http.send(&jwks_request(issuer)) {
-            Ok(response) => jwks_response(&response),
-            Err(e) => Err(FetchFailure { message: e.to_string(), retry_after: None }),
-        };
-        self.finish_fetch(issuer, kid, outcome)
-    }
-
-    fn finish_fetch(
-        &self,
-        issuer: &str,
-        kid: &str,
-        outcome: Result<JwkSet, FetchFailure>,
-    ) -> Result<Arc<JwkSet>, JwsError> {
-        if let Err(failure) = &outcome {
-            tracing::warn!(issuer, failure = %failure.message, "cannot fetch the identity broker's keys");
-        }
-        self.cache.fetched(issuer, outcome, self.clock.now());
-        decided(self.cache.after_fetch(issuer, kid, self.clock.now()))
-            .unwrap_or_else(|| Err(JwsError::KeysUnavailable("the keys could not be fetched".into())))
-    }
-}
-
-/// The keys or the refusal a lookup decided; `None` when it asks for a fetch.
-fn decided(lookup: KeyLookup) -> Option<Result<Arc<JwkSet>, JwsError>> {
-    match lookup {
-        KeyLookup::Ready(keys) => Some(Ok(keys)),
-        KeyLookup::Refused(e) => Some(Err(e)),
-        KeyLookup::Fetch | KeyLookup::Refresh(_) => None,
+        self.cache.record(issuer, jwks_outcome(self.http.send(&jwks_request(issuer))), self.clock.now());
+        self.cache.settled(issuer, kid, self.clock.now())
     }
 }

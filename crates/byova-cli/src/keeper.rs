@@ -258,7 +258,7 @@ impl Keeper {
                     Ok((id, (org, outcome))) => {
                         in_flight.remove(&id);
                         if known.contains(&org) {
-                            self.finished(&mut schedule, &mut attempts, org, outcome);
+                            self.finished(&mut schedule, &mut attempts, &mut known, org, outcome);
                         }
                     }
                     Err(e) => {
@@ -298,6 +298,7 @@ impl Keeper {
         &self,
         schedule: &mut RefreshSchedule,
         attempts: &mut HashMap<OrgId, u32>,
+        known: &mut HashSet<OrgId>,
         org: OrgId,
         outcome: Result<DataSourceOutcome, Error>,
     ) {
@@ -309,10 +310,13 @@ impl Keeper {
                 self.board.record(&org, &outcome);
                 schedule.set(key, outcome.next_check.max(now.saturating_add(Duration::from_millis(50))));
             }
+            // Removed meanwhile: forgotten, so that the next resync (or a delivery) finds it
+            // again if it comes back.
             Err(Error::OrgNotRegistered { .. }) => {
                 attempts.remove(&org);
                 schedule.remove(&key);
                 self.board.remove(&org);
+                known.remove(&org);
             }
             Err(e) => {
                 let n = attempts.entry(org.clone()).or_insert(0);

@@ -14,8 +14,9 @@
 //! decides from it, with no call to Webex, whether the data source is fine until its
 //! extension point, whether another process is extending it right now, or whether this one
 //! should claim it and act: one extension per data source per period, however many replicas
-//! wake for it. A process that dies holding a claim holds it for [`claim_ttl`] at most, well
-//! inside the time left before the token expires.
+//! wake for it. A process that dies holding a claim holds it for [`claim_ttl`] at most (half of
+//! how far ahead of expiry the token is extended), and a claim is marked before every register
+//! or extension is sent, so whoever takes over reads Webex's list before sending anything.
 //!
 //! ```
 //! use byova_core::datasource::{DataSourcePlan, DataSourceSpec, plan};
@@ -287,10 +288,12 @@ pub const RECONCILE_EVERY: Duration = Duration::from_secs(3600);
 pub const BUSY_RECHECK: Duration = Duration::from_secs(3);
 
 /// How long a process's claim on a data source lasts: half of how far ahead of expiry it is
-/// extended, 10 s to 2 min. A process that dies holding one delays the extension by this at
-/// most, and the token still has as long again to live.
+/// extended (a quarter of the lifetime, an hour at most), 5 s to 2 min; it is renewed before
+/// each register or extension is sent. A process that dies holding one delays the extension by
+/// this at most, and the token then has as long again to live (with a lifetime of one minute,
+/// 7.5 s: keep short lifetimes for tests).
 pub fn claim_ttl(spec: &DataSourceSpec) -> Duration {
-    (extend_ahead(spec.lifetime()) / 2).clamp(Duration::from_secs(10), Duration::from_secs(120))
+    (extend_ahead(spec.lifetime()) / 2).clamp(Duration::from_secs(5), Duration::from_secs(120))
 }
 
 /// The shared state name of `org`'s data source for `spec`: `data-source-` and 32 hex digits
@@ -322,16 +325,13 @@ pub struct DataSourceRecord {
     /// A process is registering or extending it until then (unix ms).
     #[serde(default)]
     pub claimed_until_ms: u64,
-    /// A register or an update was sent and its answer lost: Webex may have acted on it, so
-    /// the list is read before anything else is sent.
+    /// A register or an update is being sent, or was sent and its answer lost: Webex may have
+    /// acted on it, so the list is read before anything else is sent.
     #[serde(default)]
     pub unsure: bool,
     /// Registrations, updates and extensions made, by every process.
     #[serde(default)]
     pub renewals: u64,
-    /// Why the last attempt failed (no secret in it), cleared by the next success.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
 }
 
 /// What a process should do about an org's data source, from its [`DataSourceRecord`].
@@ -339,7 +339,8 @@ pub struct DataSourceRecord {
 pub enum RecordDecision {
     /// Another process holds the claim until then.
     Busy(Timestamp),
-    /// Nothing is due before then: no call to Webex.
+    /// Nothing is due before then (the extension point, or the hourly check against Webex's
+    /// list): no call to Webex.
     Keep(Timestamp),
     /// Claim it, read the list first when `list`, then act as [`plan`] decides.
     Claim {
@@ -384,9 +385,38 @@ impl DataSourceRecord {
             return RecordDecision::Claim { list: true };
         }
         match self.extend_at(spec) {
-            Some(at) if now < at => RecordDecision::Keep(at),
+            Some(at) if now < at => RecordDecision::Keep(at.min(self.reconcile_at())),
             Some(_) => RecordDecision::Claim { list: false },
             None => RecordDecision::Claim { list: true },
+        }
+    }
+
+    /// When the record is next checked against Webex's list.
+    fn reconcile_at(&self) -> Timestamp {
+        Timestamp::from_unix_millis(self.verified_at_ms).saturating_add(RECONCILE_EVERY)
+    }
+
+    /// When to look at it again after it was renewed or checked at `now`: its extension point
+    /// or the hourly check, whichever comes first, and not before its claim would have run out
+    /// (an expiry Webex set shorter than asked must not make every look an extension).
+    pub fn next_check(&self, spec: &DataSourceSpec, now: Timestamp) -> Timestamp {
+        let at = self.extend_at(spec).map_or(self.reconcile_at(), |at| at.min(self.reconcile_at()));
+        at.max(now.saturating_add(claim_ttl(spec)))
+    }
+
+    /// Whether an attempt at `now` keeps a token alive that is due (or lapsed): it goes before
+    /// registrations and checks in the budget.
+    pub fn due(&self, spec: &DataSourceSpec, now: Timestamp) -> bool {
+        self.extend_at(spec).is_some_and(|at| now >= at)
+    }
+
+    /// Gives the listed data source this record knows, when Webex's list leaves its
+    /// `tokenExpiryTime` out, the expiry recorded when it was last renewed (else every
+    /// `ensure` would extend it again).
+    pub fn fill_in_expiry(&self, listed: &mut [DataSource]) {
+        let (Some(known), Some(expiry)) = (&self.data_source, self.expires_at()) else { return };
+        for d in listed.iter_mut().filter(|d| d.id == known.id && d.token_expiry_time.is_none()) {
+            d.token_expiry_time = Some(expiry.to_rfc3339());
         }
     }
 
@@ -394,6 +424,15 @@ impl DataSourceRecord {
     #[must_use]
     pub fn claimed(mut self, until: Timestamp) -> Self {
         self.claimed_until_ms = until.as_unix_millis();
+        self
+    }
+
+    /// This record claimed until `until` by a process about to send a register or an
+    /// extension: until its answer is recorded, whoever takes over reads the list first.
+    #[must_use]
+    pub fn sending(mut self, until: Timestamp) -> Self {
+        self.claimed_until_ms = until.as_unix_millis();
+        self.unsure = true;
         self
     }
 
@@ -422,24 +461,19 @@ impl DataSourceRecord {
         self.renewals += u64::from(renewed);
         self.claimed_until_ms = 0;
         self.unsure = false;
-        self.last_error = None;
         self
     }
 
-    /// This record after an attempt failed with `error`, its claim released. An answer that
-    /// may have been acted on leaves it `unsure`; a data source Webex no longer has is
-    /// forgotten.
+    /// This record after a register or an extension failed with `error`, its claim released:
+    /// `unsure` when Webex may have acted on it; a data source Webex no longer has is forgotten.
     #[must_use]
     pub fn failed(mut self, error: &Error) -> Self {
         self.claimed_until_ms = 0;
-        if may_have_acted(error) {
-            self.unsure = true;
-        }
+        self.unsure = may_have_acted(error);
         if matches!(error, Error::NotFound(_)) {
             self.data_source = None;
             self.unsure = true;
         }
-        self.last_error = Some(error.to_string());
         self
     }
 
@@ -662,6 +696,20 @@ mod tests {
         let now = at("2026-12-06T12:00:00Z");
         let fresh = record_of("2026-12-06T12:30:00Z", "2026-12-06T11:50:00Z");
         assert_eq!(fresh.next(&spec, now, false), RecordDecision::Keep(at("2026-12-06T12:15:00Z")));
+        assert!(!fresh.due(&spec, now) && fresh.due(&spec, at("2026-12-06T12:15:00Z")));
+        // A day-long token is still checked against Webex's list hourly.
+        let day = DataSourceSpec::new(URL).unwrap();
+        let mut long = record_of("2026-12-07T11:00:00Z", "2026-12-06T11:50:00Z");
+        long.data_source.as_mut().unwrap().token_lifetime_minutes = Some(1440);
+        assert_eq!(long.next(&day, now, false), RecordDecision::Keep(at("2026-12-06T12:50:00Z")));
+        assert_eq!(long.next_check(&day, now), at("2026-12-06T12:50:00Z"));
+        // An expiry shorter than asked never makes the next look immediate.
+        let short = record_of("2026-12-06T12:00:10Z", "2026-12-06T12:00:00Z");
+        assert_eq!(
+            short.next_check(&spec, now),
+            at("2026-12-06T12:02:00Z"),
+            "not before the claim would run out"
+        );
         assert_eq!(
             fresh.next(&spec, now, true),
             RecordDecision::Claim { list: true },
@@ -704,17 +752,21 @@ mod tests {
         let listed = claimed.clone().answered(registered(None), &spec, sent, false, true);
         assert_eq!(listed.expires_at(), None, "a listed one of unknown expiry");
         assert_eq!(listed.next(&spec, sent, false), RecordDecision::Claim { list: true });
-        let lost = made
-            .clone()
-            .claimed(sent)
-            .failed(&Error::Transport { message: "reset".into(), maybe_sent: true });
-        assert!(lost.unsure && lost.claimed_until_ms == 0 && lost.last_error.is_some());
-        let refused = made.clone().failed(&Error::Validation(crate::error::ApiFailure::new(400)));
+        let marked = made.clone().sending(at("2026-12-06T12:00:15Z"));
+        assert!(marked.unsure, "whoever takes over a claim that was sending reads the list");
+        assert_eq!(marked.clone().released().next(&spec, sent, false), RecordDecision::Claim { list: true });
+        let lost = marked.clone().failed(&Error::Transport { message: "reset".into(), maybe_sent: true });
+        assert!(lost.unsure && lost.claimed_until_ms == 0);
+        let refused = marked.failed(&Error::Validation(crate::error::ApiFailure::new(400)));
         assert!(!refused.unsure, "Webex refused it: nothing was done");
         let gone = made.clone().failed(&Error::NotFound(crate::error::ApiFailure::new(404)));
         assert_eq!(gone.data_source, None);
         let again = gone.answered(registered(Some("2026-12-06T13:00:00Z")), &spec, sent, true, true);
-        assert_eq!((again.renewals, again.last_error.as_deref(), again.unsure), (2, None, false));
+        assert_eq!((again.renewals, again.unsure), (2, false));
+        let mut listed = vec![registered(None)];
+        made.fill_in_expiry(&mut listed);
+        assert_eq!(listed[0].token_expiry(), made.expires_at(), "a terse list keeps the recorded expiry");
+        assert!(matches!(plan(&listed, &spec, sent), DataSourcePlan::Keep { .. }));
         let stored = DataSourceRecord::from_json(&again.to_json()).unwrap();
         assert_eq!(stored, again);
         assert_eq!(DataSourceRecord::from_json(b"{not json"), None);
@@ -724,7 +776,7 @@ mod tests {
     fn claims_end_well_inside_the_time_left_and_names_fit_every_store() {
         let lifetime = |m| DataSourceSpec::new(URL).unwrap().with_lifetime_minutes(m).unwrap();
         assert_eq!(claim_ttl(&lifetime(2)), Duration::from_secs(15), "half of the 30 s ahead");
-        assert_eq!(claim_ttl(&lifetime(1)), Duration::from_secs(10));
+        assert_eq!(claim_ttl(&lifetime(1)), Duration::from_millis(7500));
         assert_eq!(claim_ttl(&lifetime(1440)), Duration::from_secs(120));
         let org = OrgId::from_static("63b02f90-9cc6-43b8-aa6d-cad425ac554c");
         let name = record_name(&org, &spec());

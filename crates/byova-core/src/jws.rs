@@ -534,6 +534,15 @@ pub struct FetchFailure {
     pub retry_after: Option<Duration>,
 }
 
+/// The key set in the answer to [`jwks_request`] (or why there is none), from what the
+/// transport returned.
+pub fn jwks_outcome(sent: crate::Result<HttpResponse>) -> std::result::Result<JwkSet, FetchFailure> {
+    match sent {
+        Ok(response) => jwks_response(&response),
+        Err(e) => Err(FetchFailure { message: e.to_string(), retry_after: None }),
+    }
+}
+
 /// The key set in `response`, or why there is none.
 pub fn jwks_response(response: &HttpResponse) -> std::result::Result<JwkSet, FetchFailure> {
     match response.status {
@@ -708,6 +717,34 @@ impl JwksCache {
                 let wait = asked.max(self.policy.min_refetch);
                 entry.next_fetch = Some(now.saturating_add(wait));
                 entry.last_failure = Some(failure.message);
+            }
+        }
+    }
+
+    /// [`fetched`](Self::fetched), a failure logged (naming the broker's answer, never a
+    /// token).
+    pub fn record(&self, issuer: &str, outcome: std::result::Result<JwkSet, FetchFailure>, now: Timestamp) {
+        if let Err(failure) = &outcome {
+            tracing::warn!(issuer, failure = %failure.message, "cannot fetch the identity broker's keys");
+        }
+        self.fetched(issuer, outcome, now);
+    }
+
+    /// After a fetch (by this caller or another): the keys to verify `kid` with, or why not.
+    ///
+    /// # Errors
+    /// The refusal [`after_fetch`](Self::after_fetch) decided.
+    pub fn settled(
+        &self,
+        issuer: &str,
+        kid: &str,
+        now: Timestamp,
+    ) -> std::result::Result<Arc<JwkSet>, JwsError> {
+        match self.after_fetch(issuer, kid, now) {
+            KeyLookup::Ready(keys) => Ok(keys),
+            KeyLookup::Refused(e) => Err(e),
+            KeyLookup::Fetch | KeyLookup::Refresh(_) => {
+                Err(JwsError::KeysUnavailable("the keys could not be fetched".into()))
             }
         }
     }

@@ -22,8 +22,8 @@ use crate::datasource::{
 use crate::engine::step::{Step, StorageCall, StorageResult, Then, done};
 use crate::engine::{ServiceAppEngine, send_with_policy};
 use crate::error::{Error, StorageErrorKind};
-use crate::http::HttpRequest;
 use crate::key::{Expect, OrgId, Versioned};
+use crate::policy::Invalidation;
 use crate::secret::{AccessToken, random_u64};
 use crate::time::Timestamp;
 
@@ -85,8 +85,10 @@ impl ServiceAppEngine {
         Tend::new(self.clone(), org.clone(), spec, false).start(now)
     }
 
-    /// Removes `org`'s data source for `spec` from Webex (found by URL and schema) and resets
-    /// its shared record; `Some(id)` when one was removed.
+    /// Removes `org`'s data source for `spec` from Webex (the one its shared record names, else
+    /// the one listed for the URL and schema) and resets its shared record; `Some(id)` when one
+    /// was removed. Removals are rare (one per deauthorization) and take nothing from the
+    /// budget.
     pub fn remove_data_source(
         self: &Arc<Self>,
         org: &OrgId,
@@ -96,49 +98,71 @@ impl ServiceAppEngine {
         let engine = self.clone();
         let org = org.clone();
         self.access_token(&org, now).then(now, move |token, now| match token {
-            Ok(token) => engine.remove_with(org, spec, token, now),
+            Ok(token) => engine.remove_with(org, spec, token, engine.config().retry.clone(), now),
             Err(e) => done(Err(e)),
         })
     }
 
     /// [`remove_data_source`](Self::remove_data_source) with `token` (the org's last access
-    /// token, when its tokens are gone already).
+    /// token, when its tokens are gone already), each call under `retry`.
     pub(crate) fn remove_with(
         self: &Arc<Self>,
         org: OrgId,
         spec: DataSourceSpec,
         token: AccessToken,
-        now: Timestamp,
+        retry: crate::policy::RetryPolicy,
+        _now: Timestamp,
     ) -> Step<Option<String>> {
         let engine = self.clone();
-        let list = list_request(engine.config(), &token);
-        Budget::new(engine.clone(), true).then(now, false, move |granted, now| {
-            if let Err(at) = granted {
-                return done(Err(deferred_error(at, now)));
+        Step::Storage(StorageCall::LoadState(
+            record_name(&org, &spec),
+            Then::new(move |loaded: StorageResult<Option<Versioned<Vec<u8>>>>, now| {
+                let known = loaded
+                    .ok()
+                    .flatten()
+                    .and_then(|stored| DataSourceRecord::from_json(&stored.value))
+                    .and_then(|record| record.data_source)
+                    .filter(|d| d.is_for(&spec));
+                let removal = Removal { engine, org, spec, token, retry };
+                match known {
+                    Some(known) => removal.delete(known.id, now),
+                    None => removal.find_then_delete(now),
+                }
+            }),
+        ))
+    }
+}
+
+/// One removal of an org's data source.
+struct Removal {
+    engine: Arc<ServiceAppEngine>,
+    org: OrgId,
+    spec: DataSourceSpec,
+    token: AccessToken,
+    retry: crate::policy::RetryPolicy,
+}
+
+impl Removal {
+    fn find_then_delete(self, now: Timestamp) -> Step<Option<String>> {
+        let list = list_request(self.engine.config(), &self.token);
+        send_with_policy(self.retry.clone(), list, |r, _| parse_list(r)).then(now, move |listed, now| {
+            match listed.map(|listed| listed.into_iter().find(|d| d.is_for(&self.spec))) {
+                Ok(Some(found)) => self.delete(found.id, now),
+                Ok(None) => forget_record(&self.org, &self.spec, None),
+                Err(e) => done(Err(e)),
             }
-            send_with_policy(engine.config().retry.clone(), list, |r, _| parse_list(r)).then(
-                now,
-                move |listed, now| {
-                    let Some(found) = (match listed {
-                        Ok(listed) => listed.into_iter().find(|d| d.is_for(&spec)),
-                        Err(e) => return done(Err(e)),
-                    }) else {
-                        return forget_record(&org, &spec, None);
-                    };
-                    let delete = delete_request(engine.config(), &token, &found.id);
-                    Budget::new(engine.clone(), true).then(now, false, move |granted, now| {
-                        if let Err(at) = granted {
-                            return done(Err(deferred_error(at, now)));
-                        }
-                        send_with_policy(engine.config().retry.clone(), delete, |r, _| parse_deletion(r))
-                            .then(now, move |deleted, _| match deleted {
-                                Ok(()) => forget_record(&org, &spec, Some(found.id)),
-                                Err(e) => done(Err(e)),
-                            })
-                    })
-                },
-            )
         })
+    }
+
+    fn delete(self, id: String, now: Timestamp) -> Step<Option<String>> {
+        let request = delete_request(self.engine.config(), &self.token, &id);
+        send_with_policy(self.retry.clone(), request, |r, _| parse_deletion(r)).then(
+            now,
+            move |deleted, _| match deleted {
+                Ok(()) => forget_record(&self.org, &self.spec, Some(id)),
+                Err(e) => done(Err(e)),
+            },
+        )
     }
 }
 
@@ -222,11 +246,17 @@ impl Budget {
                         expect,
                         Then::new(move |stored: StorageResult<u64>, now| match stored {
                             Ok(_) => next(Ok(()), now),
+                            // Others are spending it right now: read it again after a short,
+                            // growing, jittered pause, counted as waiting.
                             Err(e) if e.kind() == StorageErrorKind::Conflict => {
                                 let mut again = self;
                                 again.conflicts += 1;
                                 let ceiling = 1u64 << again.conflicts.min(7);
                                 let pause = Duration::from_millis(random_u64() % ceiling + 1);
+                                if again.waited.saturating_add(pause) > MAX_BUDGET_WAIT {
+                                    return next(Err(now.saturating_add(pause)), now);
+                                }
+                                again.waited += pause;
                                 Step::Sleep(pause, Then::new(move |(), now| again.then(now, urgent, next)))
                             }
                             Err(e) => {
@@ -316,6 +346,16 @@ struct Tend {
     conflicts: u32,
     /// The list was read again after a 409 or a 404 (once per attempt).
     relisted: bool,
+    /// The org's token was renewed after a 401 (once per attempt).
+    renewed: bool,
+}
+
+/// What an attempt was doing when it failed.
+enum Phase {
+    /// Getting the org's token or reading the list: nothing was sent that changes anything.
+    Reading,
+    /// Sending a register or an update.
+    Sending,
 }
 
 impl Tend {
@@ -332,6 +372,7 @@ impl Tend {
             coordinated: true,
             conflicts: 0,
             relisted: false,
+            renewed: false,
         }
     }
 
@@ -362,72 +403,83 @@ impl Tend {
         match self.record.next(&self.spec, now, self.reconcile) {
             RecordDecision::Busy(until) => {
                 let next_check = until.min(now.saturating_add(BUSY_RECHECK));
-                self.outcome(DataSourceAction::Busy, self.record.data_source.clone(), next_check)
+                self.outcome(DataSourceAction::Busy, next_check)
             }
-            RecordDecision::Keep(at) => {
-                self.outcome(DataSourceAction::Kept, self.record.data_source.clone(), at)
-            }
+            RecordDecision::Keep(at) => self.outcome(DataSourceAction::Kept, at),
             RecordDecision::Claim { list } => self.claim(list, now),
         }
     }
 
-    fn outcome(
-        &self,
-        action: DataSourceAction,
-        data_source: Option<DataSource>,
-        next_check: Timestamp,
-    ) -> Plan {
-        let expires_at = self.record.expires_at();
-        done(Ok(DataSourceOutcome { action, data_source, expires_at, next_check }))
+    /// Reports `action` with the record as it stands.
+    fn outcome(&self, action: DataSourceAction, next_check: Timestamp) -> Plan {
+        done(Ok(DataSourceOutcome {
+            action,
+            data_source: self.record.data_source.clone(),
+            expires_at: self.record.expires_at(),
+            next_check,
+        }))
     }
 
     fn expect(&self) -> Expect {
         self.version.map_or(Expect::Absent, Expect::Version)
     }
 
-    /// Writes the record claimed by this process, then acts; a lost write reads it again.
-    fn claim(self, list: bool, now: Timestamp) -> Plan {
-        let claimed = self.record.clone().claimed(now.saturating_add(claim_ttl(&self.spec)));
+    /// Writes `record` over the one this attempt holds (its version), then continues with
+    /// this attempt holding it; a write another process won first goes to `on_conflict`.
+    fn write(
+        self,
+        record: DataSourceRecord,
+        now: Timestamp,
+        then: impl FnOnce(Self, Timestamp) -> Plan + Send + 'static,
+        on_conflict: impl FnOnce(Self, Timestamp) -> Plan + Send + 'static,
+    ) -> Plan {
+        if !self.coordinated {
+            let mut tend = self;
+            tend.record = record;
+            return then(tend, now);
+        }
         Step::Storage(StorageCall::StoreState(
             self.name.clone(),
-            claimed.to_json(),
+            record.to_json(),
             self.expect(),
             Then::new(move |stored: StorageResult<u64>, now| match stored {
                 Ok(version) => {
                     let mut tend = self;
-                    (tend.record, tend.version) = (claimed, Some(version));
-                    tend.with_token(now, list)
+                    (tend.record, tend.version) = (record, Some(version));
+                    then(tend, now)
                 }
-                Err(e) if e.kind() == StorageErrorKind::Conflict => self.lost_write(now),
+                Err(e) if e.kind() == StorageErrorKind::Conflict => on_conflict(self, now),
                 Err(e) => done(Err(e.into())),
             }),
         ))
+    }
+
+    /// Claims the record, then acts; a lost write reads it again.
+    fn claim(self, list: bool, now: Timestamp) -> Plan {
+        let claimed = self.record.clone().claimed(now.saturating_add(claim_ttl(&self.spec)));
+        self.write(claimed, now, move |tend, now| tend.with_token(now, list), Self::lost_write)
     }
 
     /// Another process wrote the record first: read it again (it is probably at it now).
     fn lost_write(mut self, now: Timestamp) -> Plan {
         self.conflicts += 1;
         if self.conflicts >= MAX_CONFLICTS {
-            return self.outcome(
-                DataSourceAction::Busy,
-                self.record.data_source.clone(),
-                now.saturating_add(BUSY_RECHECK),
-            );
+            return self.outcome(DataSourceAction::Busy, now.saturating_add(BUSY_RECHECK));
         }
         self.start(now)
     }
 
-    /// Whether this attempt keeps a live token alive (an extension, or the list before one):
-    /// it may use the budget's reserve, which registrations and reconciliations leave, so a
-    /// fleet registering hundreds of orgs at once never starves the extensions already due.
+    /// Whether this attempt keeps a token alive that is due or lapsed: it may use the budget's
+    /// reserve, which registrations and checks leave, so a fleet registering hundreds of orgs
+    /// at once never starves the extensions already due.
     fn urgent(&self, now: Timestamp) -> bool {
-        self.record.expires_at().is_some_and(|at| at > now)
+        self.record.due(&self.spec, now)
     }
 
     /// The org's access token, then the list (when `list`) or the extension.
     fn with_token(self, now: Timestamp, list: bool) -> Plan {
         self.engine.clone().access_token(&self.org, now).then(now, move |token, now| match token {
-            Err(e) => self.failed(e, now),
+            Err(e) => self.fail(e, Phase::Reading, now),
             Ok(token) => {
                 let known = self.record.data_source.as_ref().map(|d| d.id.clone());
                 match known {
@@ -446,58 +498,92 @@ impl Tend {
         retry
     }
 
-    fn budgeted(
-        self,
-        request: HttpRequest,
-        now: Timestamp,
-        then: impl FnOnce(Self, Result<(DataSource, Timestamp), Error>, Timestamp) -> Plan + Send + 'static,
-        parse: impl Fn(&crate::http::HttpResponse) -> Result<DataSource, Error> + Send + Sync + 'static,
-    ) -> Plan {
+    /// One call from the budget, then `then`; no room soon enough releases the claim and
+    /// reports `Deferred`.
+    fn budgeted(self, now: Timestamp, then: impl FnOnce(Self, Timestamp) -> Plan + Send + 'static) -> Plan {
         let budget = Budget::new(self.engine.clone(), self.coordinated);
         let urgent = self.urgent(now);
-        budget.then(now, urgent, move |granted, now| {
-            if let Err(at) = granted {
-                return self.deferred(at, now);
-            }
-            let retry = self.retry();
-            send_with_policy(retry, request, move |r, sent_at| parse(r).map(|d| (d, sent_at)))
-                .then(now, move |answered, now| then(self, answered, now))
+        budget.then(now, urgent, move |granted, now| match granted {
+            Ok(()) => then(self, now),
+            Err(at) => self.deferred(at, now),
         })
     }
 
     /// Reads the org's data sources, then acts as [`plan`] decides.
     fn list(self, token: AccessToken, now: Timestamp) -> Plan {
-        let request = list_request(self.engine.config(), &token);
-        let budget = Budget::new(self.engine.clone(), self.coordinated);
-        let urgent = self.urgent(now);
-        budget.then(now, urgent, move |granted, now| {
-            if let Err(at) = granted {
-                return self.deferred(at, now);
-            }
-            send_with_policy(self.retry(), request, |r, sent_at| parse_list(r).map(|l| (l, sent_at))).then(
+        self.budgeted(now, move |tend, now| {
+            let request = list_request(tend.engine.config(), &token);
+            send_with_policy(tend.retry(), request, |r, sent_at| parse_list(r).map(|l| (l, sent_at))).then(
                 now,
                 move |listed, now| match listed {
-                    Err(e) => self.failed_with(e, Some(&token), now),
-                    Ok((existing, listed_at)) => match plan(&existing, &self.spec, now) {
-                        DataSourcePlan::Keep { id, .. } => {
-                            let Some(found) = existing.into_iter().find(|d| d.id == id) else {
-                                return done(Err(Error::Internal(
-                                    "the planned data source left the list".into(),
-                                )));
-                            };
-                            let record =
-                                self.record.clone().answered(found, &self.spec, listed_at, false, true);
-                            self.save(record, DataSourceAction::Kept, now)
+                    Err(e) => tend.fail_call(e, token, false, now),
+                    Ok((mut existing, listed_at)) => {
+                        tend.record.fill_in_expiry(&mut existing);
+                        match plan(&existing, &tend.spec, now) {
+                            DataSourcePlan::Keep { id, .. } => {
+                                let Some(found) = existing.into_iter().find(|d| d.id == id) else {
+                                    return done(Err(Error::Internal(
+                                        "the planned data source left the list".into(),
+                                    )));
+                                };
+                                let record =
+                                    tend.record.clone().answered(found, &tend.spec, listed_at, false, true);
+                                tend.save(record, DataSourceAction::Kept, now)
+                            }
+                            action => tend.send(token, action, true, now),
                         }
-                        action => self.send(token, action, true, now),
-                    },
+                    }
                 },
             )
         })
     }
 
-    /// Registers, updates or extends as `action` says (`listed`: the list was just read).
+    /// Registers, updates or extends as `action` says (`listed`: the list was just read):
+    /// takes one from the budget, marks the record as sending (renewing the claim), checks
+    /// before a register that the org is still registered, then sends.
     fn send(self, token: AccessToken, action: DataSourcePlan, listed: bool, now: Timestamp) -> Plan {
+        if let DataSourcePlan::Keep { .. } = action {
+            return done(Err(Error::Internal("a kept data source is not sent".into())));
+        }
+        self.budgeted(now, move |tend, now| {
+            let marked = tend.record.clone().sending(now.saturating_add(claim_ttl(&tend.spec)));
+            let lost = |tend: Self, now: Timestamp| {
+                // The claim ran out and another process took it over: it is at it now.
+                tend.outcome(DataSourceAction::Busy, now.saturating_add(BUSY_RECHECK))
+            };
+            tend.write(
+                marked,
+                now,
+                move |tend, now| {
+                    if action != DataSourcePlan::Register {
+                        return tend.transmit(token, action, listed, now);
+                    }
+                    // A deauthorization may have removed the org meanwhile: no data source is
+                    // registered for an org whose tokens are gone.
+                    let key = crate::key::TokenKey::org(&tend.org);
+                    Step::Storage(StorageCall::Load(
+                        key,
+                        Then::new(
+                            move |stored: StorageResult<Option<Versioned<crate::tokens::OAuthTokens>>>,
+                                  now| {
+                                match stored {
+                                    Ok(Some(_)) => tend.transmit(token, action, listed, now),
+                                    Ok(None) => {
+                                        let gone = Error::OrgNotRegistered { org_id: tend.org.clone() };
+                                        tend.fail(gone, Phase::Reading, now)
+                                    }
+                                    Err(e) => tend.fail(e.into(), Phase::Reading, now),
+                                }
+                            },
+                        ),
+                    ))
+                },
+                lost,
+            )
+        })
+    }
+
+    fn transmit(self, token: AccessToken, action: DataSourcePlan, listed: bool, now: Timestamp) -> Plan {
         let config = self.engine.config();
         let (request, done_as) = match &action {
             DataSourcePlan::Register => {
@@ -506,69 +592,61 @@ impl Tend {
             DataSourcePlan::Update { id } => {
                 (update_request(config, &token, id, &self.spec, &new_nonce()), DataSourceAction::Updated)
             }
-            DataSourcePlan::Extend { id } => {
+            DataSourcePlan::Extend { id } | DataSourcePlan::Keep { id, .. } => {
                 (update_request(config, &token, id, &self.spec, &new_nonce()), DataSourceAction::Extended)
             }
-            DataSourcePlan::Keep { .. } => {
-                return done(Err(Error::Internal("a kept data source is not sent".into())));
-            }
         };
-        self.budgeted(
-            request,
+        send_with_policy(self.retry(), request, |r, sent_at| parse_one(r).map(|d| (d, sent_at))).then(
             now,
-            move |tend, answered, now| match answered {
+            move |answered, now| match answered {
                 Ok((data_source, sent_at)) => {
-                    let record = tend.record.clone().answered(data_source, &tend.spec, sent_at, true, listed);
-                    tend.save(record, done_as, now)
+                    let record = self.record.clone().answered(data_source, &self.spec, sent_at, true, listed);
+                    if record.extend_at(&self.spec).is_some_and(|at| at <= now) {
+                        tracing::warn!(org = %self.org, "Webex set the data source's token to expire sooner than asked; it is looked at again when its claim would have run out");
+                    }
+                    self.save(record, done_as, now)
                 }
                 // Registered meanwhile (409), or gone from Webex (404): read the list again,
                 // once.
-                Err(e) if !tend.relisted && matches!(e.status(), Some(404 | 409)) => {
-                    let mut again = tend;
+                Err(e) if !self.relisted && matches!(e.status(), Some(404 | 409)) => {
+                    let mut again = self;
                     again.relisted = true;
-                    if e.status() == Some(404) {
-                        again.record.data_source = None;
-                    }
+                    again.record = again.record.clone().failed(&e).claimed(now.saturating_add(claim_ttl(&again.spec)));
                     tracing::info!(org = %again.org, status = ?e.status(), "the data source changed at Webex; reading the list again");
                     again.list(token, now)
                 }
-                Err(e) => tend.failed_with(e, Some(&token), now),
+                Err(e) => self.fail_call(e, token, true, now),
             },
-            parse_one,
         )
     }
 
     /// Stores `record` (releasing the claim) and reports `action`.
     fn save(self, record: DataSourceRecord, action: DataSourceAction, now: Timestamp) -> Plan {
-        let next_check = record.extend_at(&self.spec).unwrap_or(now.saturating_add(BUSY_RECHECK));
-        let data_source = record.data_source.clone();
         if action.renewed() {
             tracing::info!(org = %self.org, action = action.as_str(), expires = ?record.expires_at().map(Timestamp::to_rfc3339), "data source renewed");
         }
-        let outcome = DataSourceOutcome { action, data_source, expires_at: record.expires_at(), next_check };
-        if !self.coordinated {
-            return done(Ok(outcome));
-        }
-        let (name, expect) = (self.name.clone(), self.expect());
-        Step::Storage(StorageCall::StoreState(
-            name,
-            record.to_json(),
-            expect,
-            Then::new(move |stored: StorageResult<u64>, now| match stored {
-                Ok(_) => done(Ok(outcome)),
-                // The claim ran out and another process took it: keep whichever expiry is
-                // later.
-                Err(e) if e.kind() == StorageErrorKind::Conflict => self.merge(record, outcome, now),
-                Err(e) => {
-                    tracing::warn!(org = %self.org, error = %e, "the data source was renewed but its shared record could not be written; its claim runs out on its own");
-                    done(Ok(outcome))
-                }
-            }),
-        ))
+        let merge_with = record.clone();
+        self.write(
+            record,
+            now,
+            move |tend, now| {
+                let next_check = tend.record.next_check(&tend.spec, now);
+                tend.outcome(action, next_check)
+            },
+            // The claim ran out and another process took it: keep whichever expiry is later.
+            move |tend, now| tend.merge(merge_with, action, now),
+        )
     }
 
     /// After a lost write of `ours`: writes it again over a record whose expiry is earlier.
-    fn merge(self, ours: DataSourceRecord, outcome: DataSourceOutcome, _now: Timestamp) -> Plan {
+    fn merge(self, ours: DataSourceRecord, action: DataSourceAction, now: Timestamp) -> Plan {
+        let next_check = ours.next_check(&self.spec, now);
+        let outcome = DataSourceOutcome {
+            action,
+            data_source: ours.data_source.clone(),
+            expires_at: ours.expires_at(),
+            next_check,
+        };
         Step::Storage(StorageCall::LoadState(
             self.name.clone(),
             Then::new(move |loaded: StorageResult<Option<Versioned<Vec<u8>>>>, _| {
@@ -590,58 +668,62 @@ impl Tend {
         ))
     }
 
-    fn failed(self, error: Error, now: Timestamp) -> Plan {
-        self.failed_with(error, None, now)
-    }
-
-    /// Records why the attempt failed (releasing the claim), then reports it. A 429 pauses
-    /// every process's data-source calls and reports `Deferred`; a 401 marks the org's
-    /// token rejected, so the next attempt gets another.
-    fn failed_with(self, error: Error, token: Option<&AccessToken>, now: Timestamp) -> Plan {
+    /// A call to `/v1/dataSources` failed (`sent`: a register or an update). A 429 pauses
+    /// every process's data-source calls and reports `Deferred`; a 401 renews the org's token
+    /// and tries once more (a 401 the new token does not cure is not about the token).
+    fn fail_call(mut self, error: Error, token: AccessToken, sent: bool, now: Timestamp) -> Plan {
         if let Error::RateLimited { retry_after, .. } = &error {
             let until = now.saturating_add(retry_after.unwrap_or(Duration::from_secs(60)).min(MAX_PAUSE));
             tracing::warn!(org = %self.org, until = %until.to_rfc3339(), "Webex answered 429 to a data-source call; every process pauses them");
+            if sent {
+                self.record = self.record.clone().failed(&error);
+            }
             let budget = Budget::new(self.engine.clone(), self.coordinated);
             return budget.pause(until, now, move |now| self.deferred(until, now));
         }
-        let record = self.record.clone().failed(&error);
-        let rejected = matches!(error, Error::Authentication(_));
-        let after = move |tend: Self| -> Plan {
-            if !tend.coordinated {
-                return done(Err(error));
-            }
-            Step::Storage(StorageCall::StoreState(
-                tend.name.clone(),
-                record.to_json(),
-                tend.expect(),
-                Then::new(move |_: StorageResult<u64>, _| done(Err(error))),
-            ))
-        };
-        match (token, rejected) {
-            (Some(token), true) => {
-                let rejected = token.clone();
-                self.engine.invalidate(&self.org, &rejected, now).then(now, move |_, _| after(self))
-            }
-            _ => after(self),
+        if error.status() == Some(401) {
+            return self.engine.clone().invalidate(&self.org, &token, now).then(
+                now,
+                move |invalidated, now| match invalidated {
+                    Ok(Invalidation::Renew) if !self.renewed => {
+                        let mut again = self;
+                        again.renewed = true;
+                        if sent {
+                            again.record = again
+                                .record
+                                .clone()
+                                .failed(&error)
+                                .claimed(now.saturating_add(claim_ttl(&again.spec)));
+                        }
+                        again.with_token(now, true)
+                    }
+                    _ => self.fail(error, if sent { Phase::Sending } else { Phase::Reading }, now),
+                },
+            );
         }
+        self.fail(error, if sent { Phase::Sending } else { Phase::Reading }, now)
+    }
+
+    /// Records that the attempt failed (releasing the claim; after a send, `unsure` when Webex
+    /// may have acted), then reports `error`.
+    fn fail(self, error: Error, phase: Phase, now: Timestamp) -> Plan {
+        let record = match phase {
+            Phase::Reading => self.record.clone().released(),
+            Phase::Sending => self.record.clone().failed(&error),
+        };
+        // Lost to another process that took the record over: the error is still this one's.
+        let reported = error.clone();
+        self.write(record, now, move |_, _| done(Err(error)), move |_, _| done(Err(reported)))
     }
 
     /// No room in the budget before `at`: releases the claim and says when to come back.
-    fn deferred(self, at: Timestamp, _now: Timestamp) -> Plan {
-        let outcome = DataSourceOutcome {
-            action: DataSourceAction::Deferred,
-            data_source: self.record.data_source.clone(),
-            expires_at: self.record.expires_at(),
-            next_check: at,
-        };
-        if !self.coordinated {
-            return done(Ok(outcome));
-        }
-        Step::Storage(StorageCall::StoreState(
-            self.name.clone(),
-            self.record.clone().released().to_json(),
-            self.expect(),
-            Then::new(move |_: StorageResult<u64>, _| done(Ok(outcome))),
-        ))
+    fn deferred(self, at: Timestamp, now: Timestamp) -> Plan {
+        let record = self.record.clone().released();
+        self.write(
+            record,
+            now,
+            move |tend, _| tend.outcome(DataSourceAction::Deferred, at),
+            move |tend, _| tend.outcome(DataSourceAction::Deferred, at),
+        )
     }
 }

@@ -127,7 +127,9 @@ impl ServiceAppEngine {
     /// Runs `removal`; when it removed the org and
     /// [`remove_data_source_on_deauthorize`](crate::ByovaConfig::remove_data_source_on_deauthorize)
     /// names a data source, removes that from Webex too, with the org's last access token
-    /// (read before the removal). Best effort: the delivery is answered by the removal alone.
+    /// (read before the removal): one `DELETE` (two calls when the shared record does not name
+    /// the data source), each tried once within the request timeout, outside the budget. Best
+    /// effort: a failure is logged, and the delivery is answered as the removal decided.
     fn removing_data_source(
         self: &Arc<Self>,
         org_id: OrgId,
@@ -141,10 +143,18 @@ impl ServiceAppEngine {
         Step::Storage(StorageCall::Load(
             TokenKey::org(&org_id),
             Then::new(move |loaded: StorageResult<Option<Versioned<OAuthTokens>>>, now| {
-                let token = loaded.ok().flatten().map(|stored| stored.value.access_token);
+                let token = match loaded {
+                    Ok(stored) => stored.map(|stored| stored.value.access_token),
+                    Err(e) => {
+                        tracing::warn!(org = %org_id, error = %e, "the org's token could not be read; its data source is not removed from Webex");
+                        None
+                    }
+                };
                 removal(org_id, now).then(now, move |outcome, now| match (outcome, token) {
                     (Ok(WebhookOutcome::Removed { org_id }), Some(token)) => {
-                        engine.remove_with(org_id.clone(), spec, token, now).then(now, move |removed, _| {
+                        let mut once = engine.config().retry.clone();
+                        once.max_attempts = 1;
+                        engine.remove_with(org_id.clone(), spec, token, once, now).then(now, move |removed, _| {
                             match removed {
                                 Ok(Some(id)) => tracing::info!(org = %org_id, data_source = %id, "the deauthorized org's data source was removed"),
                                 Ok(None) => tracing::info!(org = %org_id, "the deauthorized org had no data source to remove"),
