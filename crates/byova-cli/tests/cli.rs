@@ -1277,26 +1277,46 @@ fn two_replicas_refresh_each_org_once(env: &Env, store: &dyn BlockingTokenStorag
 
 #[test]
 fn replicas_on_redis_refresh_each_org_once_and_share_authorizations() {
-    let Some(redis) = std::env::var("BYOVA_TEST_REDIS_URL").ok().filter(|u| !u.is_empty()) else {
-        assert!(std::env::var("CI").is_err(), "CI must run this against Redis (BYOVA_TEST_REDIS_URL)");
-        println!("skipped: BYOVA_TEST_REDIS_URL is not set");
-        return;
-    };
-    let mut env = Env::new();
-    let prefix = format!("byova-cli-{}-{:x}", std::process::id(), byova_core::engine::random_u64());
-    env.storage = format!("{redis}{}prefix={prefix}", if redis.contains('?') { '&' } else { '?' });
+    let Some((env, _keys)) = Env::on_redis() else { return };
     let store = byova_storage_redis::RedisTokenStorage::open(&env.storage).unwrap();
     two_replicas_refresh_each_org_once(&env, &store);
     split_authorization_across_processes(&env);
     let from = Env::with_fake(env.fake.clone());
     export_import_round_trip(&from, &env);
-    let client = redis::Client::open(redis.split('?').next().unwrap());
-    if let Ok(mut conn) = client.and_then(|c| c.get_connection()) {
-        let keys: Vec<String> =
-            redis::cmd("KEYS").arg(format!("{{{prefix}}}*")).query(&mut conn).unwrap_or_default();
-        if !keys.is_empty() {
-            let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
+}
+
+/// A prefix of Redis keys a test owns, deleted when dropped.
+struct RedisKeys {
+    url: String,
+    prefix: String,
+}
+
+impl Drop for RedisKeys {
+    fn drop(&mut self) {
+        let client = redis::Client::open(self.url.split('?').next().unwrap_or_default());
+        if let Ok(mut conn) = client.and_then(|c| c.get_connection()) {
+            let keys: Vec<String> =
+                redis::cmd("KEYS").arg(format!("{{{}}}*", self.prefix)).query(&mut conn).unwrap_or_default();
+            if !keys.is_empty() {
+                let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
+            }
         }
+    }
+}
+
+impl Env {
+    /// An environment whose store is Redis under a prefix of its own (its keys deleted when the
+    /// guard drops); `None`, saying so, without `BYOVA_TEST_REDIS_URL`, which CI always sets.
+    fn on_redis() -> Option<(Env, RedisKeys)> {
+        let Some(url) = std::env::var("BYOVA_TEST_REDIS_URL").ok().filter(|u| !u.is_empty()) else {
+            assert!(std::env::var("CI").is_err(), "CI must run this against Redis (BYOVA_TEST_REDIS_URL)");
+            println!("skipped: BYOVA_TEST_REDIS_URL is not set");
+            return None;
+        };
+        let mut env = Env::new();
+        let prefix = format!("byova-cli-{}-{:x}", std::process::id(), byova_core::engine::random_u64());
+        env.storage = format!("{url}{}prefix={prefix}", if url.contains('?') { '&' } else { '?' });
+        Some((env, RedisKeys { url, prefix }))
     }
 }
 
@@ -2318,16 +2338,9 @@ fn datasource_ensure_registers_keeps_and_updates_an_orgs_data_source() {
 /// replicas report every data source `ok`.
 #[test]
 fn two_daemons_keep_200_data_sources_alive_within_the_budget() {
-    let Some(redis) = std::env::var("BYOVA_TEST_REDIS_URL").ok().filter(|u| !u.is_empty()) else {
-        assert!(std::env::var("CI").is_err(), "CI must run this against Redis (BYOVA_TEST_REDIS_URL)");
-        println!("skipped: BYOVA_TEST_REDIS_URL is not set");
-        return;
-    };
+    let Some((env, _keys)) = Env::on_redis() else { return };
     let seconds: u64 =
         std::env::var("BYOVA_DATA_SOURCE_SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(600);
-    let mut env = Env::new();
-    let prefix = format!("byova-ds-{}-{:x}", std::process::id(), byova_core::engine::random_u64());
-    env.storage = format!("{redis}{}prefix={prefix}", if redis.contains('?') { '&' } else { '?' });
     let store = byova_storage_redis::RedisTokenStorage::open(&env.storage).unwrap();
     env.fake.update_settings(|s| s.data_source_rate_limit = Some((300, Duration::from_secs(60))));
     let issued = env.fake.issue_integration_tokens();
@@ -2433,13 +2446,5 @@ fn two_daemons_keep_200_data_sources_alive_within_the_budget() {
     assert!(busiest <= 243, "the budget held: {busiest} calls in a minute");
     for org in &orgs {
         assert_eq!(env.fake.data_sources_of(org).len(), 1, "{org}: one data source");
-    }
-    let client = redis::Client::open(redis.split('?').next().unwrap());
-    if let Ok(mut conn) = client.and_then(|c| c.get_connection()) {
-        let keys: Vec<String> =
-            redis::cmd("KEYS").arg(format!("{{{prefix}}}*")).query(&mut conn).unwrap_or_default();
-        if !keys.is_empty() {
-            let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
-        }
     }
 }
