@@ -291,7 +291,9 @@ pub const BUSY_RECHECK: Duration = Duration::from_secs(3);
 /// extended (a quarter of the lifetime, an hour at most), 5 s to 2 min; it is renewed before
 /// each register or extension is sent. A process that dies holding one delays the extension by
 /// this at most, and the token then has as long again to live (with a lifetime of one minute,
-/// 7.5 s: keep short lifetimes for tests).
+/// 7.5 s: keep short lifetimes for tests). A call slower than the claim (the request timeout is
+/// 30 s by default) may be repeated by the process that takes over: one extension too many,
+/// never a lapse.
 pub fn claim_ttl(spec: &DataSourceSpec) -> Duration {
     (extend_ahead(spec.lifetime()) / 2).clamp(Duration::from_secs(5), Duration::from_secs(120))
 }

@@ -1748,6 +1748,8 @@ async fn two_replicas_keep_data_sources_alive_extending_each_once_per_period(f: 
     let mut next: Vec<std::collections::HashMap<String, byova_core::Timestamp>> =
         vec![orgs.iter().map(|o| (o.clone(), start)).collect(); 2];
     let mut actions = std::collections::BTreeMap::<&'static str, usize>::new();
+    // Per replica: looks that renewed, and looks that found the other's work (kept, busy).
+    let mut took_part = [(0, 0); 2];
     while clock.now() < start.saturating_add(Duration::from_secs(600)) {
         let now = clock.now();
         let mut calls = Vec::new();
@@ -1765,11 +1767,20 @@ async fn two_replicas_keep_data_sources_alive_extending_each_once_per_period(f: 
             let outcome = outcome.unwrap_or_else(|e| panic!("{org} kept by replica {r}: {e}"));
             assert!(outcome.next_check > now, "{org}: looked at again later, not {:?}", outcome.next_check);
             *actions.entry(outcome.action.as_str()).or_default() += 1;
+            if outcome.action.renewed() {
+                took_part[r].0 += 1;
+            } else {
+                took_part[r].1 += 1;
+            }
             next[r].insert(org, outcome.next_check);
         }
         clock.advance(Duration::from_secs(5));
     }
     assert_eq!(w.fake.data_source_lapses(), 0, "no token lapsed: {actions:?}");
+    assert!(
+        took_part.iter().all(|(renewed, found)| *renewed > 0 && *found > 0),
+        "both replicas renewed some and found the other's work on others: {took_part:?}"
+    );
     let renewals = w.fake.data_source_renewals();
     let early: Vec<_> = renewals
         .iter()

@@ -6,8 +6,9 @@
 //! Every process sharing the store coordinates through the org's
 //! [`DataSourceRecord`]: a versioned write claims the data source before anything is sent,
 //! so when two replicas wake for the same extension, one extends and the other finds the claim
-//! and then the new expiry. Each call to `/v1/dataSources` takes one from the data-source
-//! budget ([`ByovaConfig::data_source_budget`](crate::ByovaConfig::data_source_budget),
+//! and then the new expiry. Each call an `ensure` or a `keep` makes to `/v1/dataSources` is
+//! tried once (the caller, or the daemon's keeper, tries again later) and takes one from the
+//! data-source budget ([`ByovaConfig::data_source_budget`](crate::ByovaConfig::data_source_budget),
 //! shared through the store like the token budget); a 429 pauses it for every process.
 
 use std::sync::Arc;
@@ -125,7 +126,7 @@ impl ServiceAppEngine {
                     .filter(|d| d.is_for(&spec));
                 let removal = Removal { engine, org, spec, token, retry };
                 match known {
-                    Some(known) => removal.delete(known.id, now),
+                    Some(known) => removal.delete(known.id, true, now),
                     None => removal.find_then_delete(now),
                 }
             }),
@@ -147,22 +148,27 @@ impl Removal {
         let list = list_request(self.engine.config(), &self.token);
         send_with_policy(self.retry.clone(), list, |r, _| parse_list(r)).then(now, move |listed, now| {
             match listed.map(|listed| listed.into_iter().find(|d| d.is_for(&self.spec))) {
-                Ok(Some(found)) => self.delete(found.id, now),
+                Ok(Some(found)) => self.delete(found.id, false, now),
                 Ok(None) => forget_record(&self.org, &self.spec, None),
                 Err(e) => done(Err(e)),
             }
         })
     }
 
-    fn delete(self, id: String, now: Timestamp) -> Step<Option<String>> {
+    /// Deletes `id` (`recorded`: the id came from the shared record, which may be out of
+    /// date: a 404 then looks the data source up in the list).
+    fn delete(self, id: String, recorded: bool, now: Timestamp) -> Step<Option<String>> {
         let request = delete_request(self.engine.config(), &self.token, &id);
-        send_with_policy(self.retry.clone(), request, |r, _| parse_deletion(r)).then(
-            now,
-            move |deleted, _| match deleted {
-                Ok(()) => forget_record(&self.org, &self.spec, Some(id)),
-                Err(e) => done(Err(e)),
-            },
-        )
+        send_with_policy(self.retry.clone(), request, |r, _| match r.status {
+            404 => Ok(false),
+            _ => parse_deletion(r).map(|()| true),
+        })
+        .then(now, move |deleted, now| match deleted {
+            Ok(true) => forget_record(&self.org, &self.spec, Some(id)),
+            Ok(false) if recorded => self.find_then_delete(now),
+            Ok(false) => forget_record(&self.org, &self.spec, None),
+            Err(e) => done(Err(e)),
+        })
     }
 }
 
@@ -348,6 +354,9 @@ struct Tend {
     relisted: bool,
     /// The org's token was renewed after a 401 (once per attempt).
     renewed: bool,
+    /// Webex's list shows the token due (or of unknown expiry): extending it goes first in
+    /// the budget.
+    due: bool,
 }
 
 /// What an attempt was doing when it failed.
@@ -373,6 +382,7 @@ impl Tend {
             conflicts: 0,
             relisted: false,
             renewed: false,
+            due: false,
         }
     }
 
@@ -473,7 +483,7 @@ impl Tend {
     /// reserve, which registrations and checks leave, so a fleet registering hundreds of orgs
     /// at once never starves the extensions already due.
     fn urgent(&self, now: Timestamp) -> bool {
-        self.record.due(&self.spec, now)
+        self.due || self.record.due(&self.spec, now)
     }
 
     /// The org's access token, then the list (when `list`) or the extension.
@@ -490,10 +500,12 @@ impl Tend {
         })
     }
 
-    /// The retry policy of data-source calls: a 429 is not slept through here (it pauses the
-    /// shared budget and the attempt reports `Deferred`).
+    /// The retry policy of data-source calls: one try each (every try takes one from the
+    /// budget, and stays within the claim); the caller tries again later. A 429 pauses the
+    /// shared budget and the attempt reports `Deferred`.
     fn retry(&self) -> crate::policy::RetryPolicy {
         let mut retry = self.engine.config().retry.clone();
+        retry.max_attempts = 1;
         retry.max_retry_after = Duration::ZERO;
         retry
     }
@@ -530,7 +542,11 @@ impl Tend {
                                     tend.record.clone().answered(found, &tend.spec, listed_at, false, true);
                                 tend.save(record, DataSourceAction::Kept, now)
                             }
-                            action => tend.send(token, action, true, now),
+                            action => {
+                                let mut tend = tend;
+                                tend.due |= matches!(action, DataSourcePlan::Extend { .. });
+                                tend.send(token, action, true, now)
+                            }
                         }
                     }
                 },
@@ -547,10 +563,6 @@ impl Tend {
         }
         self.budgeted(now, move |tend, now| {
             let marked = tend.record.clone().sending(now.saturating_add(claim_ttl(&tend.spec)));
-            let lost = |tend: Self, now: Timestamp| {
-                // The claim ran out and another process took it over: it is at it now.
-                tend.outcome(DataSourceAction::Busy, now.saturating_add(BUSY_RECHECK))
-            };
             tend.write(
                 marked,
                 now,
@@ -578,7 +590,9 @@ impl Tend {
                         ),
                     ))
                 },
-                lost,
+                // The claim ran out and another process wrote the record meanwhile (took it
+                // over, or removed the data source): read it again.
+                Self::lost_write,
             )
         })
     }
@@ -611,7 +625,7 @@ impl Tend {
                 Err(e) if !self.relisted && matches!(e.status(), Some(404 | 409)) => {
                     let mut again = self;
                     again.relisted = true;
-                    again.record = again.record.clone().failed(&e).claimed(now.saturating_add(claim_ttl(&again.spec)));
+                    again.record = again.record.clone().failed(&e);
                     tracing::info!(org = %again.org, status = ?e.status(), "the data source changed at Webex; reading the list again");
                     again.list(token, now)
                 }
@@ -625,38 +639,54 @@ impl Tend {
         if action.renewed() {
             tracing::info!(org = %self.org, action = action.as_str(), expires = ?record.expires_at().map(Timestamp::to_rfc3339), "data source renewed");
         }
-        let merge_with = record.clone();
-        self.write(
-            record,
-            now,
-            move |tend, now| {
-                let next_check = tend.record.next_check(&tend.spec, now);
-                tend.outcome(action, next_check)
-            },
-            // The claim ran out and another process took it: keep whichever expiry is later.
-            move |tend, now| tend.merge(merge_with, action, now),
-        )
-    }
-
-    /// After a lost write of `ours`: writes it again over a record whose expiry is earlier.
-    fn merge(self, ours: DataSourceRecord, action: DataSourceAction, now: Timestamp) -> Plan {
-        let next_check = ours.next_check(&self.spec, now);
         let outcome = DataSourceOutcome {
             action,
-            data_source: ours.data_source.clone(),
-            expires_at: ours.expires_at(),
-            next_check,
+            data_source: record.data_source.clone(),
+            expires_at: record.expires_at(),
+            next_check: record.next_check(&self.spec, now),
         };
+        if !self.coordinated {
+            return done(Ok(outcome));
+        }
+        Step::Storage(StorageCall::StoreState(
+            self.name.clone(),
+            record.to_json(),
+            self.expect(),
+            Then::new(move |stored: StorageResult<u64>, now| match stored {
+                Ok(_) => done(Ok(outcome)),
+                // The claim ran out and another process took it: keep whichever expiry is
+                // later.
+                Err(e) if e.kind() == StorageErrorKind::Conflict => self.merge(record, outcome, now),
+                // Webex did it: say so. The record still says `sending`, so the next look
+                // reads the list first once the claim runs out.
+                Err(e) => {
+                    tracing::warn!(org = %self.org, error = %e, "the data source was renewed but its shared record could not be written");
+                    done(Ok(outcome))
+                }
+            }),
+        ))
+    }
+
+    /// After a lost write of `ours`: writes it again over a record of the same data source
+    /// whose expiry is earlier (keeping the other process's claim and marker). A record reset
+    /// meanwhile (the data source was removed) or naming another data source is left alone.
+    fn merge(self, ours: DataSourceRecord, outcome: DataSourceOutcome, now: Timestamp) -> Plan {
         Step::Storage(StorageCall::LoadState(
             self.name.clone(),
             Then::new(move |loaded: StorageResult<Option<Versioned<Vec<u8>>>>, _| {
                 let Ok(Some(stored)) = loaded else { return done(Ok(outcome)) };
                 let theirs = DataSourceRecord::from_json(&stored.value).unwrap_or_default();
-                if theirs.expires_at_ms >= ours.expires_at_ms {
+                let same = |r: &DataSourceRecord| r.data_source.as_ref().map(|d| d.id.clone());
+                if same(&theirs).is_none()
+                    || same(&theirs) != same(&ours)
+                    || theirs.expires_at_ms >= ours.expires_at_ms
+                {
                     return done(Ok(outcome));
                 }
                 let mut ours = ours;
-                ours.claimed_until_ms = theirs.claimed_until_ms;
+                if Timestamp::from_unix_millis(theirs.claimed_until_ms) > now {
+                    (ours.claimed_until_ms, ours.unsure) = (theirs.claimed_until_ms, theirs.unsure);
+                }
                 ours.renewals = ours.renewals.max(theirs.renewals);
                 Step::Storage(StorageCall::StoreState(
                     self.name.clone(),
@@ -689,11 +719,7 @@ impl Tend {
                         let mut again = self;
                         again.renewed = true;
                         if sent {
-                            again.record = again
-                                .record
-                                .clone()
-                                .failed(&error)
-                                .claimed(now.saturating_add(claim_ttl(&again.spec)));
+                            again.record = again.record.clone().failed(&error);
                         }
                         again.with_token(now, true)
                     }

@@ -163,6 +163,10 @@ impl ServiceAppEngine {
                             done(Ok(WebhookOutcome::Removed { org_id }))
                         })
                     }
+                    (Ok(WebhookOutcome::Removed { org_id }), None) => {
+                        tracing::warn!(org = %org_id, "the deauthorized org had no stored token; its data source is not removed from Webex and lapses on its own");
+                        done(Ok(WebhookOutcome::Removed { org_id }))
+                    }
                     (outcome, _) => done(outcome),
                 })
             }),
