@@ -1,9 +1,9 @@
 //! The daemon's data-source keeper (`byova serve --data-source-url URL`): every registered
 //! org's data source is kept registered and its token extended before it lapses.
 //!
-//! Each org is looked at when its data source is due (core's `keep_data_source` says when:
-//! its extension point, or sooner when another replica holds it or the budget is spent), so
-//! with nothing due the keeper sleeps. Replicas sharing a store wake for an org together; the
+//! Each org is looked at when core's `keep_data_source` says (`next_check`: its extension
+//! point or the hourly check against Webex's list; a few seconds when another replica holds
+//! it; when the budget or a 429 allows), so with nothing due the keeper sleeps. Replicas sharing a store wake for an org together; the
 //! org's shared record lets one of them extend it, and the others then read the new expiry.
 //! Orgs come from the store (at the start and every `--resync-interval`) and from webhook
 //! deliveries (an authorized org is looked at at once; a removed one is dropped).
@@ -140,16 +140,18 @@ impl DataSourceBoard {
             }
         }
         let mut text = String::from(
-            "# HELP byova_data_sources Data sources the keeper holds, by state (ok: its token is valid; lapsed: \
-             its token expired, Webex stops calling the gateway for the org; failing: the last attempt failed; \
-             pending: not known yet).\n# TYPE byova_data_sources gauge\n",
+            "# HELP byova_data_sources Data sources this replica's keeper holds, by state (ok: its token is \
+             valid and the last attempt did not fail; lapsed: its token expired, Webex stops calling the gateway \
+             for the org; failing: the last attempt failed; pending: not known yet).\n\
+             # TYPE byova_data_sources gauge\n",
         );
         for (state, n) in by_state {
             text.push_str(&format!("byova_data_sources{{state=\"{state}\"}} {n}\n"));
         }
         text.push_str(
-            "# HELP byova_data_source_outcomes_total What each look at an org's data source did (busy: another \
-             replica was at it; deferred: the data-source budget had no room).\n\
+            "# HELP byova_data_source_outcomes_total What each of this replica's looks at an org's data source did \
+             (registered, updated, extended; kept: nothing was due; busy: another replica was at it; deferred: the \
+             data-source budget had no room, or Webex answered 429; failed: an error, tried again later).\n\
              # TYPE byova_data_source_outcomes_total counter\n",
         );
         for (name, n) in OUTCOME_NAMES.iter().zip(&self.outcomes) {

@@ -215,7 +215,8 @@ struct DataSourceArgs {
     /// Remove an org's data source from Webex when a deauthorized delivery removes the org.
     #[arg(long, requires = "data_source_url")]
     data_source_remove_on_deauthorize: bool,
-    /// /v1/dataSources calls every replica sharing the store may make a minute (0: no budget).
+    /// /v1/dataSources calls every replica sharing the store may make a minute (0: no budget,
+    /// and a 429 then holds back only the call that met it).
     #[arg(long, value_name = "N", default_value_t = 240)]
     data_source_calls_per_minute: u32,
 }
@@ -226,7 +227,7 @@ impl DataSourceArgs {
         let Some(url) = &self.data_source_url else { return Ok(None) };
         let mut spec = byova_core::datasource::DataSourceSpec::new(url)
             .and_then(|spec| spec.with_lifetime_minutes(self.data_source_lifetime_minutes))
-            .map_err(|e| failure(3, format!("--data-source-url: {e}")))?;
+            .map_err(|e| failure(3, format!("--data-source-url / --data-source-lifetime-minutes: {e}")))?;
         if let Some(schema) = &self.data_source_schema {
             spec = spec.with_schema_id(schema);
         }
@@ -330,7 +331,9 @@ enum OrgCommand {
 #[derive(Subcommand, Debug)]
 enum DatasourceCommand {
     /// Register the org's data source for URL, update it when it differs, or extend its token
-    /// when due (with a fresh nonce); prints what was done and when the token expires.
+    /// when due (with a fresh nonce); prints what was done and when the token expires. `busy`
+    /// (another process sharing the store is at it) exits 0; `deferred` (the data-source budget
+    /// has no room, or Webex answered 429; nothing was sent) exits 6.
     Ensure {
         /// The org id (a UUID, or a base64 Webex id).
         org: OrgId,
@@ -632,28 +635,34 @@ async fn run(cli: Cli) -> Outcome {
                 Some(ds) => (Some(ds.id.as_str()), outcome.expires_at.map(byova_core::Timestamp::to_rfc3339)),
                 None => (None, None),
             };
-            print_line(
-                cli.json,
-                json!({"action": action, "id": id, "url": spec.url, "token_expiry_time": expiry,
-                       "next_check": outcome.next_check.to_rfc3339()}),
-                || match (id, outcome.action) {
-                    (_, byova_core::datasource::DataSourceAction::Busy) => format!(
-                        "busy: another process is registering or extending the data source for {}; look again after {}",
-                        spec.url,
+            let line = json!({"action": action, "id": id, "url": spec.url, "token_expiry_time": expiry,
+                              "next_check": outcome.next_check.to_rfc3339()});
+            if outcome.action == byova_core::datasource::DataSourceAction::Deferred {
+                if cli.json {
+                    println!("{line}");
+                }
+                return Err(failure(
+                    6,
+                    format!(
+                        "deferred: the data-source budget has no room, or Webex answered 429; nothing was sent; \
+                         try again after {}",
                         outcome.next_check.to_rfc3339()
                     ),
-                    (_, byova_core::datasource::DataSourceAction::Deferred) => format!(
-                        "deferred: the data-source budget has no room before {}",
-                        outcome.next_check.to_rfc3339()
-                    ),
-                    (id, _) => format!(
-                        "{action}: data source {} for {} (token expires {})",
-                        id.unwrap_or("-"),
-                        spec.url,
-                        expiry.as_deref().unwrap_or("unknown")
-                    ),
-                },
-            );
+                ));
+            }
+            print_line(cli.json, line, || match (id, outcome.action) {
+                (_, byova_core::datasource::DataSourceAction::Busy) => format!(
+                    "busy: another process is registering or extending the data source for {}; look again after {}",
+                    spec.url,
+                    outcome.next_check.to_rfc3339()
+                ),
+                (id, _) => format!(
+                    "{action}: data source {} for {} (token expires {})",
+                    id.unwrap_or("-"),
+                    spec.url,
+                    expiry.as_deref().unwrap_or("unknown")
+                ),
+            });
         }
         Command::Datasource(DatasourceCommand::List { org }) => {
             for ds in byova.list_data_sources(&org).await? {

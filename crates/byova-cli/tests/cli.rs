@@ -2327,6 +2327,20 @@ fn datasource_ensure_registers_keeps_and_updates_an_orgs_data_source() {
         3,
         "1 to 1440",
     );
+    // A 429: deferred (exit 6), and the next run honours the pause without calling Webex.
+    env.fake.inject(Endpoint::DataSources, Fault::rate_limited(30));
+    assert_fails(
+        &env.run(&["datasource", "ensure", ORG, "--url", url, "--lifetime-minutes", "120"]),
+        6,
+        "deferred",
+    );
+    let calls = env.fake.calls(Endpoint::DataSources);
+    assert_fails(
+        &env.run(&["datasource", "ensure", ORG, "--url", url, "--lifetime-minutes", "120"]),
+        6,
+        "429",
+    );
+    assert_eq!(env.fake.calls(Endpoint::DataSources), calls, "nothing sent during the pause");
     assert_eq!(env.fake.data_source_lapses(), 0);
 }
 

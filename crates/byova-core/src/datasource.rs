@@ -15,7 +15,7 @@
 //! extension point, whether another process is extending it right now, or whether this one
 //! should claim it and act: one extension per data source per period, however many replicas
 //! wake for it. A process that dies holding a claim holds it for [`claim_ttl`] at most (half of
-//! how far ahead of expiry the token is extended), and a claim is marked before every register
+//! how far ahead of expiry the token is extended, 2 minutes at most), and a claim is marked before every register
 //! or extension is sent, so whoever takes over reads Webex's list before sending anything.
 //!
 //! ```
@@ -229,17 +229,20 @@ pub struct DataSourceOutcome {
     /// What was done.
     pub action: DataSourceAction,
     /// The data source as Webex answered, or as last recorded (`None`: none is known yet,
-    /// another process is registering it).
+    /// for instance while another process registers it or the budget deferred its
+    /// registration).
     pub data_source: Option<DataSource>,
     /// When its token expires, when known (Webex's `tokenExpiryTime`, or the lifetime counted
     /// from the request when Webex left it out).
     pub expires_at: Option<Timestamp>,
-    /// When to look at it again: its extension point, or when the other process's claim or
-    /// the budget allows.
+    /// When to look at it again: its extension point or the hourly check against Webex's
+    /// list, whichever comes first; for `Busy`, a few seconds; for `Deferred`, when the budget
+    /// or Webex's `Retry-After` allows.
     pub next_check: Timestamp,
 }
 
-/// What was done about an org's data source.
+/// What was done about an org's data source. Every one is an `Ok` answer; with `Busy` and
+/// `Deferred` nothing was sent, and the caller looks again at the outcome's `next_check`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DataSourceAction {
@@ -253,7 +256,8 @@ pub enum DataSourceAction {
     Kept,
     /// Another process sharing the store is registering or extending it right now.
     Busy,
-    /// The data-source budget has no room before `next_check`.
+    /// Not now: the data-source budget has no room, or Webex answered 429 (every process
+    /// sharing the store then waits), before `next_check`.
     Deferred,
 }
 

@@ -439,7 +439,8 @@ macro_rules! __byova_methods {
             sa.agent.run(sa.engine.ensure_webhooks(target_url, secret, sa.agent.now()))$($await)*
         }
 
-        /// `org_id`'s data sources (`/v1/dataSources`, with its Service App token).
+        /// `org_id`'s data sources (`/v1/dataSources`, with its Service App token; outside the
+        /// data-source budget).
         #[doc = $crate::__cancel_safety!($flavour, "it only reads.")]
         pub $($async)* fn list_data_sources(&self, org_id: &$crate::OrgId) -> $crate::Result<Vec<$crate::datasource::DataSource>> {
             let sa = &self.service_app;
@@ -451,8 +452,11 @@ macro_rules! __byova_methods {
         /// whose token is due (each with a fresh nonce), or leaves it; the outcome says which and
         /// when to look again. Coordinated with every process sharing the store (one claims the
         /// data source before sending; another finds it
-        /// [`Busy`](byova_core::datasource::DataSourceAction::Busy)). If the token lapses, Webex
-        /// stops calling the gateway for that org.
+        /// [`Busy`](byova_core::datasource::DataSourceAction::Busy)). Each call to Webex is sent
+        /// once and takes one from the data-source budget; with no room, or after a 429, the
+        /// answer is [`Deferred`](byova_core::datasource::DataSourceAction::Deferred). After
+        /// `Busy`, `Deferred` or an error, look again later (the outcome's `next_check`). If the
+        /// token lapses, Webex stops calling the gateway for that org.
         #[doc = $crate::__cancel_safety!($flavour, "once sent, the register or update may be done: the shared record is then claimed until its claim runs out, and the next call reads the list before sending anything.")]
         pub $($async)* fn ensure_data_source(
             &self,

@@ -42,20 +42,15 @@ const MAX_BUDGET_WAIT: Duration = Duration::from_secs(5);
 const MAX_CONFLICTS: u32 = 4;
 
 impl ServiceAppEngine {
-    /// `org`'s data sources (one call from the data-source budget).
+    /// `org`'s data sources (an operator's look, outside the data-source budget).
     pub fn list_data_sources(self: &Arc<Self>, org: &OrgId, now: Timestamp) -> Step<Vec<DataSource>> {
         let engine = self.clone();
-        let org = org.clone();
-        self.access_token(&org, now).then(now, move |token, now| {
-            let token = match token {
-                Ok(token) => token,
-                Err(e) => return done(Err(e)),
-            };
-            let request = list_request(engine.config(), &token);
-            Budget::new(engine.clone(), true).then(now, false, move |granted, now| match granted {
-                Ok(()) => send_with_policy(engine.config().retry.clone(), request, |r, _| parse_list(r)),
-                Err(at) => done(Err(deferred_error(at, now))),
-            })
+        self.access_token(org, now).then(now, move |token, _| match token {
+            Ok(token) => {
+                let request = list_request(engine.config(), &token);
+                send_with_policy(engine.config().retry.clone(), request, |r, _| parse_list(r))
+            }
+            Err(e) => done(Err(e)),
         })
     }
 
@@ -89,7 +84,8 @@ impl ServiceAppEngine {
     /// Removes `org`'s data source for `spec` from Webex (the one its shared record names, else
     /// the one listed for the URL and schema) and resets its shared record; `Some(id)` when one
     /// was removed. Removals are rare (one per deauthorization) and take nothing from the
-    /// budget.
+    /// budget. An org still registered gets a data source again from whatever keeps them (a
+    /// `byova serve --data-source-url`).
     pub fn remove_data_source(
         self: &Arc<Self>,
         org: &OrgId,
@@ -184,15 +180,6 @@ fn forget_record(org: &OrgId, spec: &DataSourceSpec, removed: Option<String>) ->
             Err(e) => done(Err(e.into())),
         }),
     ))
-}
-
-/// The error a one-off call reports at `now` when the data-source budget has no room before
-/// `at`.
-fn deferred_error(at: Timestamp, now: Timestamp) -> Error {
-    Error::RateLimited {
-        failure: crate::error::ApiFailure::new(429),
-        retry_after: Some(at.saturating_duration_since(now)),
-    }
 }
 
 /// The data-source budget, asked for one call at a time.
