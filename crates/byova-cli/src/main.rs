@@ -229,7 +229,8 @@ impl DataSourceArgs {
             .and_then(|spec| spec.with_lifetime_minutes(self.data_source_lifetime_minutes))
             .map_err(|e| failure(3, format!("--data-source-url / --data-source-lifetime-minutes: {e}")))?;
         if let Some(schema) = &self.data_source_schema {
-            spec = spec.with_schema_id(schema);
+            spec =
+                spec.with_schema_id(schema).map_err(|e| failure(3, format!("--data-source-schema: {e}")))?;
         }
         Ok(Some(spec))
     }
@@ -624,7 +625,7 @@ async fn run(cli: Cli) -> Outcome {
                 .and_then(|spec| spec.with_lifetime_minutes(lifetime_minutes))
                 .map_err(|e| failure(3, e.to_string()))?;
             if let Some(schema) = schema {
-                spec = spec.with_schema_id(&schema);
+                spec = spec.with_schema_id(&schema).map_err(|e| failure(3, format!("--schema: {e}")))?;
             }
             let outcome = byova.ensure_data_source(&org, &spec).await?;
             let action = match outcome.action {

@@ -38,7 +38,6 @@ use crate::error::{Error, Result};
 use crate::http::{HttpRequest, HttpResponse, Method, RetryClass};
 use crate::jws::BYOVA_SCHEMA_ID;
 use crate::key::OrgId;
-use crate::oauth::api_error;
 use crate::secret::{AccessToken, random_bytes};
 use crate::time::Timestamp;
 
@@ -104,9 +103,17 @@ impl DataSourceSpec {
     }
 
     /// With schema `schema_id`.
-    pub fn with_schema_id(mut self, schema_id: &str) -> Self {
-        self.schema_id = schema_id.trim().to_owned();
-        self
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when it is blank (it would match any data source Webex lists
+    /// without one).
+    pub fn with_schema_id(mut self, schema_id: &str) -> Result<Self> {
+        let schema_id = schema_id.trim();
+        if schema_id.is_empty() {
+            return Err(Error::InvalidInput("a data source's schema id cannot be blank".into()));
+        }
+        self.schema_id = schema_id.to_owned();
+        Ok(self)
     }
 
     /// With `audience` and `subject` for the JWS Webex signs.
@@ -577,13 +584,30 @@ struct Items {
     items: Vec<DataSource>,
 }
 
+/// The error of a non-2xx answer to a data-source call. A 4xx that is not in Webex's shape (a
+/// proxy's or a firewall's HTML page, an empty body) is not Webex's verdict:
+/// [`Error::UnrecognizedAnswer`] (tried again later, the list read first), never a 401 that
+/// would renew the org's token, a 404 that would forget the data source or a 409. A 429 counts
+/// whatever its body (Webex's own is HTML).
+fn answer_error(response: &HttpResponse) -> Error {
+    let error = crate::oauth::api_error(response);
+    let webex_shaped =
+        serde_json::from_slice::<serde_json::Value>(&response.body).is_ok_and(|v| v.is_object());
+    let not_webex =
+        (400..=499).contains(&response.status) && !matches!(response.status, 423 | 429) && !webex_shaped;
+    match error.api_failure() {
+        Some(failure) if not_webex => Error::UnrecognizedAnswer(failure.clone()),
+        _ => error,
+    }
+}
+
 /// Parses `GET /dataSources`.
 ///
 /// # Errors
 /// The status's [`Error`], or [`Error::InvalidResponse`] for an unusable body.
 pub fn parse_list(response: &HttpResponse) -> Result<Vec<DataSource>> {
     if !response.is_success() {
-        return Err(api_error(response));
+        return Err(answer_error(response));
     }
     let items: Items = serde_json::from_slice(&response.body).map_err(|_| Error::InvalidResponse {
         what: "the data source list is not {\"items\": [...]}".into(),
@@ -592,14 +616,16 @@ pub fn parse_list(response: &HttpResponse) -> Result<Vec<DataSource>> {
     Ok(items.items)
 }
 
-/// Parses the answer to a `DELETE` (a data source already gone counts as deleted).
+/// Parses the answer to a `DELETE`: `true` when it was deleted, `false` when Webex says there
+/// is no such data source (a 404 in Webex's shape).
 ///
 /// # Errors
-/// The status's [`Error`].
-pub fn parse_deletion(response: &HttpResponse) -> Result<()> {
-    match response.status {
-        200..=299 | 404 => Ok(()),
-        _ => Err(api_error(response)),
+/// The status's [`Error`]; a 4xx not in Webex's shape is [`Error::UnrecognizedAnswer`].
+pub fn parse_deletion(response: &HttpResponse) -> Result<bool> {
+    match (response.status, answer_error(response)) {
+        (200..=299, _) => Ok(true),
+        (404, Error::NotFound(_)) => Ok(false),
+        (_, error) => Err(error),
     }
 }
 
@@ -609,7 +635,7 @@ pub fn parse_deletion(response: &HttpResponse) -> Result<()> {
 /// The status's [`Error`], or [`Error::InvalidResponse`] for an unusable body.
 pub fn parse_one(response: &HttpResponse) -> Result<DataSource> {
     if !response.is_success() {
-        return Err(api_error(response));
+        return Err(answer_error(response));
     }
     serde_json::from_slice(&response.body).map_err(|_| Error::InvalidResponse {
         what: "the data source is not a JSON object with an id".into(),
@@ -787,13 +813,17 @@ mod tests {
         let org = OrgId::from_static("63b02f90-9cc6-43b8-aa6d-cad425ac554c");
         let name = record_name(&org, &spec());
         assert!(crate::storage::check_state_name(&name).is_ok(), "{name}");
-        assert_eq!(name, record_name(&org, &spec().with_schema_id(&BYOVA_SCHEMA_ID.to_uppercase())));
+        assert_eq!(name, record_name(&org, &spec().with_schema_id(&BYOVA_SCHEMA_ID.to_uppercase()).unwrap()));
         assert_ne!(name, record_name(&OrgId::from_static("other"), &spec()));
         assert_ne!(name, record_name(&org, &DataSourceSpec::new("https://other.example.com").unwrap()));
     }
 
     #[test]
     fn specs_are_https_with_a_lifetime_webex_accepts() {
+        assert!(
+            matches!(spec().with_schema_id("  "), Err(Error::InvalidInput(_))),
+            "a blank schema is refused"
+        );
         for bad in ["http://gateway.example.com", "gateway.example.com", "https://", "https://u@h/x"] {
             assert!(DataSourceSpec::new(bad).is_err(), "{bad}");
         }
@@ -838,5 +868,21 @@ mod tests {
         assert!(matches!(parse_one(&not_json), Err(Error::InvalidResponse { .. })));
         let denied = HttpResponse::new(403, vec![], br#"{"message":"no"}"#.to_vec());
         assert!(parse_one(&denied).is_err());
+        let gone = HttpResponse::new(404, vec![], br#"{"message":"not found","trackingId":"t"}"#.to_vec());
+        assert!(matches!(parse_one(&gone), Err(Error::NotFound(_))), "Webex's 404");
+        for status in [401, 404, 409] {
+            for body in [&b"<html>blocked</html>"[..], b""] {
+                let page = HttpResponse::new(status, vec![], body.to_vec());
+                assert!(
+                    matches!(parse_one(&page), Err(Error::UnrecognizedAnswer(_))),
+                    "a {status} not in Webex's shape is not Webex's verdict"
+                );
+                assert!(matches!(parse_deletion(&page), Err(Error::UnrecognizedAnswer(_))));
+            }
+        }
+        assert_eq!(parse_deletion(&gone).ok(), Some(false), "Webex says it is gone");
+        assert_eq!(parse_deletion(&HttpResponse::new(204, vec![], Vec::new())).ok(), Some(true));
+        let html_429 = HttpResponse::new(429, vec![("Retry-After".into(), "3".into())], b"<html/>".to_vec());
+        assert!(matches!(parse_list(&html_429), Err(Error::RateLimited { .. })), "Webex's 429 is HTML");
     }
 }

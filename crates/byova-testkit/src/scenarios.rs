@@ -1862,6 +1862,15 @@ async fn a_lost_answer_a_deleted_data_source_and_a_429_cost_no_lapse_and_no_dupl
     assert_eq!(refused.status(), Some(403), "{refused:?}");
     assert_eq!(token_calls(), before + 1, "a 403 is not about the token");
     assert_eq!(keep(&other).await.unwrap().action, DataSourceAction::Extended, "the next look extends it");
+
+    // A proxy's HTML 401 is not Webex's verdict on the token: nothing is renewed, and the
+    // next look reads the list and extends.
+    clock.advance(Duration::from_secs(90));
+    w.fake.inject(Endpoint::DataSources, Fault::proxy_page(401));
+    let blocked = keep(&w.sdk).await.unwrap_err();
+    assert!(matches!(blocked, Error::UnrecognizedAnswer(_)), "{blocked:?}");
+    assert_eq!(token_calls(), before + 1, "no renewal for an answer that is not Webex's");
+    assert_eq!(keep(&other).await.unwrap().action, DataSourceAction::Extended);
     assert_eq!(w.fake.data_source_lapses(), 0);
 }
 

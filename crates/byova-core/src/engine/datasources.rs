@@ -155,16 +155,15 @@ impl Removal {
     /// date: a 404 then looks the data source up in the list).
     fn delete(self, id: String, recorded: bool, now: Timestamp) -> Step<Option<String>> {
         let request = delete_request(self.engine.config(), &self.token, &id);
-        send_with_policy(self.retry.clone(), request, |r, _| match r.status {
-            404 => Ok(false),
-            _ => parse_deletion(r).map(|()| true),
-        })
-        .then(now, move |deleted, now| match deleted {
-            Ok(true) => forget_record(&self.org, &self.spec, Some(id)),
-            Ok(false) if recorded => self.find_then_delete(now),
-            Ok(false) => forget_record(&self.org, &self.spec, None),
-            Err(e) => done(Err(e)),
-        })
+        send_with_policy(self.retry.clone(), request, |r, _| parse_deletion(r)).then(
+            now,
+            move |deleted, now| match deleted {
+                Ok(true) => forget_record(&self.org, &self.spec, Some(id)),
+                Ok(false) if recorded => self.find_then_delete(now),
+                Ok(false) => forget_record(&self.org, &self.spec, None),
+                Err(e) => done(Err(e)),
+            },
+        )
     }
 }
 
@@ -609,7 +608,10 @@ impl Tend {
                 }
                 // Registered meanwhile (409), or gone from Webex (404): read the list again,
                 // once.
-                Err(e) if !self.relisted && matches!(e.status(), Some(404 | 409)) => {
+                Err(e)
+                    if !self.relisted
+                        && matches!((&e, e.status()), (Error::NotFound(_), _) | (Error::Validation(_), Some(409))) =>
+                {
                     let mut again = self;
                     again.relisted = true;
                     again.record = again.record.clone().failed(&e);
@@ -698,7 +700,8 @@ impl Tend {
             let budget = Budget::new(self.engine.clone(), self.coordinated);
             return budget.pause(until, now, move |now| self.deferred(until, now));
         }
-        if error.status() == Some(401) {
+        // Webex's 401 (an answer not in its shape is `UnrecognizedAnswer`, and renews nothing).
+        if matches!(error, Error::Authentication(_)) && error.status() == Some(401) {
             return self.engine.clone().invalidate(&self.org, &token, now).then(
                 now,
                 move |invalidated, now| match invalidated {
